@@ -1,0 +1,104 @@
+//! Checking a client's credentials: runs the configured method's exchange over
+//! the client connection. The cryptography lives in `scram` and `md5`; this file
+//! only moves messages and decides which method applies.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::BytesMut;
+
+use super::scram::{ScramServer, Step};
+use super::secret::Credentials;
+use super::{md5, AuthError, Secret};
+use crate::config::AuthType;
+use crate::protocol::messages::{backend, password};
+
+/// The one operation auth needs from a connection: send bytes, get the next `p` body.
+#[allow(async_fn_in_trait)]
+pub trait AuthChannel {
+    /// Writes `out` and reads the next message, which must be a `p`.
+    async fn round_trip(&mut self, out: &[u8]) -> Result<Vec<u8>, AuthChannelError>;
+}
+
+/// Why the exchange stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthChannelError {
+    /// The credentials did not check out.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The connection failed or the client sent something else.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Authenticates `user`; `secret` is `None` for an unknown user, who still goes
+/// through the whole exchange so the reply never reveals whether the user exists.
+/// On success returns what must be sent before AuthenticationOk (SCRAM's final
+/// message), so the caller can write it together with the rest of the login reply.
+pub async fn authenticate(
+    ch: &mut impl AuthChannel,
+    method: AuthType,
+    user: &str,
+    creds: Option<&Credentials>,
+) -> Result<BytesMut, AuthChannelError> {
+    let secret = creds.map(|c| &c.secret);
+    let fail = || AuthChannelError::Auth(AuthError::Failed(user.to_string()));
+    match method {
+        AuthType::Trust => secret.map(|_| BytesMut::new()).ok_or_else(fail),
+        AuthType::Md5 if !matches!(secret, Some(Secret::Scram(_))) => {
+            let salt: [u8; 4] = rand::random();
+            let mut out = BytesMut::new();
+            backend::auth_md5(&mut out, salt);
+            let reply = ch.round_trip(&out).await?;
+            let response = password::decode_password(&reply)
+                .ok_or(AuthError::Malformed("password message"))?;
+            match secret {
+                Some(s) if md5::verify(s, user, salt, response) => Ok(BytesMut::new()),
+                _ => Err(fail()),
+            }
+        }
+        _ => scram(ch, creds).await.map_err(|e| match e {
+            AuthChannelError::Auth(AuthError::Failed(_)) => fail(),
+            other => other,
+        }),
+    }
+}
+
+async fn scram(
+    ch: &mut impl AuthChannel,
+    creds: Option<&Credentials>,
+) -> Result<BytesMut, AuthChannelError> {
+    // Unknown users (and md5-only secrets) get a verifier nobody knows the password of.
+    let real = creds.and_then(|c| c.scram.clone());
+    let known = real.is_some();
+    let verifier = real.unwrap_or_else(|| {
+        let random: [u8; 24] = rand::random();
+        Secret::Plain(STANDARD.encode(random))
+            .scram_verifier()
+            .unwrap_or_else(|| unreachable!("plaintext always yields a verifier"))
+    });
+    let nonce: [u8; 18] = rand::random();
+    let mut state = ScramServer::new(verifier, STANDARD.encode(nonce));
+    let mut out = BytesMut::new();
+    backend::auth_sasl(&mut out);
+    let first = ch.round_trip(&out).await?;
+    let (mechanism, data) =
+        password::decode_sasl_initial(&first).ok_or(AuthError::Malformed("SASLInitialResponse"))?;
+    if mechanism != "SCRAM-SHA-256" {
+        return Err(AuthError::Malformed("unsupported SASL mechanism").into());
+    }
+    let mut data = data.to_vec();
+    loop {
+        let (next, step) = state.step(&data)?;
+        state = next;
+        out.clear();
+        match step {
+            Step::Continue(msg) => backend::auth_sasl_step(&mut out, 11, &msg.0),
+            Step::Done(_) if !known => return Err(AuthError::Failed(String::new()).into()),
+            Step::Done(msg) => {
+                backend::auth_sasl_step(&mut out, 12, &msg.0);
+                return Ok(out);
+            }
+        }
+        data = ch.round_trip(&out).await?;
+    }
+}

@@ -1,0 +1,227 @@
+//! SCRAM-SHA-256 (RFC 5802/7677), server side, as a pure state machine: the
+//! caller passes the client's messages and the nonce; no socket, clock or RNG here.
+//! Channel binding (-PLUS) arrives with TLS; until then only `n,,` / `y,,` are accepted.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::{Digest, Sha256};
+
+use super::md5::constant_time_eq;
+use super::secret::ScramVerifier;
+use super::AuthError;
+
+/// Where the exchange stands.
+#[derive(Debug)]
+pub enum ScramServer {
+    /// Waiting for client-first-message.
+    Initial {
+        verifier: ScramVerifier,
+        server_nonce: String,
+    },
+    /// server-first-message sent; waiting for client-final-message.
+    SaltSent {
+        verifier: ScramVerifier,
+        nonce: String,
+        auth_prefix: String,
+    },
+}
+
+/// What to do after a step.
+#[must_use]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send this as AuthenticationSASLContinue and wait for the next client message.
+    Continue(ScramServer2Client),
+    /// The proof matched: send this as AuthenticationSASLFinal, then AuthenticationOk.
+    Done(ScramServer2Client),
+}
+
+/// Bytes to send to the client.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ScramServer2Client(pub Vec<u8>);
+
+impl ScramServer {
+    /// Starts an exchange; `server_nonce` must be fresh random printable text.
+    pub fn new(verifier: ScramVerifier, server_nonce: String) -> ScramServer {
+        ScramServer::Initial {
+            verifier,
+            server_nonce,
+        }
+    }
+
+    /// Feeds one client message; returns the next state and what to send.
+    pub fn step(self, msg: &[u8]) -> Result<(ScramServer, Step), AuthError> {
+        let msg = std::str::from_utf8(msg)
+            .map_err(|_| AuthError::Malformed("SCRAM message is not UTF-8"))?;
+        match self {
+            ScramServer::Initial {
+                verifier,
+                server_nonce,
+            } => client_first(verifier, &server_nonce, msg),
+            ScramServer::SaltSent {
+                verifier,
+                nonce,
+                auth_prefix,
+            } => client_final(verifier, &nonce, &auth_prefix, msg),
+        }
+    }
+}
+
+fn client_first(
+    verifier: ScramVerifier,
+    server_nonce: &str,
+    msg: &str,
+) -> Result<(ScramServer, Step), AuthError> {
+    // gs2-header: "n,," (no binding) or "y,," (client could bind, thinks we can't).
+    let bare = msg
+        .strip_prefix("n,,")
+        .or_else(|| msg.strip_prefix("y,,"))
+        .ok_or(AuthError::Malformed(
+            "unsupported SCRAM channel binding flag",
+        ))?;
+    let client_nonce = bare
+        .split(',')
+        .find_map(|attr| attr.strip_prefix("r="))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b','))
+        .ok_or(AuthError::Malformed("SCRAM client nonce missing"))?;
+    let nonce = format!("{client_nonce}{server_nonce}");
+    let server_first = format!(
+        "r={nonce},s={},i={}",
+        STANDARD.encode(&verifier.salt),
+        verifier.iterations
+    );
+    let auth_prefix = format!("{bare},{server_first}");
+    let next = ScramServer::SaltSent {
+        verifier,
+        nonce,
+        auth_prefix,
+    };
+    Ok((
+        next,
+        Step::Continue(ScramServer2Client(server_first.into_bytes())),
+    ))
+}
+
+fn client_final(
+    verifier: ScramVerifier,
+    nonce: &str,
+    auth_prefix: &str,
+    msg: &str,
+) -> Result<(ScramServer, Step), AuthError> {
+    let (without_proof, proof) = msg
+        .rsplit_once(",p=")
+        .ok_or(AuthError::Malformed("SCRAM proof missing"))?;
+    let mut attrs = without_proof.split(',');
+    let binding = attrs.next().and_then(|a| a.strip_prefix("c="));
+    if binding != Some("biws") && binding != Some("eSws") {
+        return Err(AuthError::Malformed("SCRAM channel binding does not match"));
+    }
+    if attrs.next().and_then(|a| a.strip_prefix("r=")) != Some(nonce) {
+        return Err(AuthError::Malformed("SCRAM nonce does not match"));
+    }
+    let proof = STANDARD
+        .decode(proof)
+        .map_err(|_| AuthError::Malformed("SCRAM proof is not base64"))?;
+    let auth_message = format!("{auth_prefix},{without_proof}");
+    let client_signature = hmac(&verifier.stored_key, auth_message.as_bytes());
+    if proof.len() != client_signature.len() {
+        return Err(AuthError::Malformed("SCRAM proof has the wrong length"));
+    }
+    let client_key: Vec<u8> = proof
+        .iter()
+        .zip(&client_signature)
+        .map(|(p, s)| p ^ s)
+        .collect();
+    if !constant_time_eq(Sha256::digest(&client_key).as_slice(), &verifier.stored_key) {
+        return Err(AuthError::Failed(String::new()));
+    }
+    let server_signature = hmac(&verifier.server_key, auth_message.as_bytes());
+    let server_final = format!("v={}", STANDARD.encode(server_signature));
+    let next = ScramServer::SaltSent {
+        verifier,
+        nonce: nonce.to_string(),
+        auth_prefix: auth_prefix.to_string(),
+    };
+    Ok((
+        next,
+        Step::Done(ScramServer2Client(server_final.into_bytes())),
+    ))
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    fn verifier(pw: &str) -> ScramVerifier {
+        ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(pw.as_bytes())).unwrap()
+    }
+
+    /// Runs a real client (postgres-protocol's, the one tokio-postgres uses) against the server.
+    fn exchange(client_pw: &str, server_pw: &str) -> Result<(), AuthError> {
+        let mut client = ScramSha256::new(client_pw.as_bytes(), ChannelBinding::unsupported());
+        let server = ScramServer::new(verifier(server_pw), "servernonce123".into());
+        let (server, step) = server.step(client.message())?;
+        let Step::Continue(first) = step else {
+            panic!("expected continue")
+        };
+        client.update(&first.0).unwrap();
+        let (_, step) = server.step(client.message())?;
+        let Step::Done(last) = step else {
+            panic!("expected done")
+        };
+        client
+            .finish(&last.0)
+            .expect("client accepts the server signature");
+        Ok(())
+    }
+
+    #[test]
+    fn right_password_passes_and_server_proves_itself() {
+        exchange("s3cret", "s3cret").unwrap();
+    }
+
+    #[test]
+    fn wrong_password_fails() {
+        assert!(matches!(
+            exchange("wrong", "s3cret"),
+            Err(AuthError::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_messages_are_errors_not_panics() {
+        let first_msgs: [&[u8]; 6] = [
+            b"",
+            b"p=tls-server-end-point,,n=,r=abc",
+            b"n,,n=,",
+            b"n,,n=,r=",
+            b"\xff\xfe",
+            b"n,,n=,r=a,b",
+        ];
+        for m in first_msgs {
+            let s = ScramServer::new(verifier("x"), "sn".into());
+            let _ = s.step(m); // must not panic; most are errors
+        }
+        let finals: [&[u8]; 5] = [
+            b"",
+            b"c=biws,r=cnsn",
+            b"c=biws,r=wrong,p=AAAA",
+            b"c=xx,r=cnsn,p=AAAA",
+            b"c=biws,r=cnsn,p=!!!",
+        ];
+        for m in finals {
+            let s = ScramServer::new(verifier("x"), "sn".into());
+            let (s, _) = s.step(b"n,,n=,r=cn").unwrap();
+            assert!(s.step(m).is_err(), "{:?}", String::from_utf8_lossy(m));
+        }
+    }
+}

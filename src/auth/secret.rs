@@ -1,0 +1,152 @@
+//! The stored form of a user's password, as PostgreSQL keeps it in `pg_authid`:
+//! plaintext, an md5 hash, or a SCRAM-SHA-256 verifier.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+/// A parsed SCRAM-SHA-256 verifier: `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScramVerifier {
+    /// PBKDF2 iteration count.
+    pub iterations: u32,
+    /// Raw salt bytes.
+    pub salt: Vec<u8>,
+    /// H(ClientKey).
+    pub stored_key: [u8; 32],
+    /// HMAC(SaltedPassword, "Server Key").
+    pub server_key: [u8; 32],
+}
+
+/// A configured password in one of the forms PostgreSQL accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// The password itself.
+    Plain(String),
+    /// `md5` + hex(md5(password || username)).
+    Md5(String),
+    /// A SCRAM-SHA-256 verifier.
+    Scram(ScramVerifier),
+}
+
+impl Secret {
+    /// Recognises the stored form the way PostgreSQL does: a `SCRAM-SHA-256$`
+    /// prefix is a verifier (and must parse), `md5` + 32 hex digits is an md5
+    /// hash, anything else is plaintext.
+    pub fn parse(s: &str) -> Result<Secret, &'static str> {
+        if s.starts_with("SCRAM-SHA-256$") {
+            return ScramVerifier::parse(s).map(Secret::Scram);
+        }
+        let hex = s.strip_prefix("md5").unwrap_or("");
+        if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Secret::Md5(s.to_string()));
+        }
+        Ok(Secret::Plain(s.to_string()))
+    }
+
+    /// The SCRAM verifier to check clients against, derived from plaintext when needed.
+    pub fn scram_verifier(&self) -> Option<ScramVerifier> {
+        match self {
+            Secret::Scram(v) => Some(v.clone()),
+            Secret::Plain(p) => {
+                ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(p.as_bytes())).ok()
+            }
+            Secret::Md5(_) => None,
+        }
+    }
+
+    /// The plaintext, when this secret is one (what the server side can log in with).
+    pub fn plaintext(&self) -> Option<&str> {
+        match self {
+            Secret::Plain(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl ScramVerifier {
+    /// Parses PostgreSQL's verifier text.
+    pub fn parse(s: &str) -> Result<ScramVerifier, &'static str> {
+        const BAD: &str = "not a valid SCRAM-SHA-256 verifier (SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>)";
+        let rest = s.strip_prefix("SCRAM-SHA-256$").ok_or(BAD)?;
+        let (iter_salt, keys) = rest.split_once('$').ok_or(BAD)?;
+        let (iter, salt) = iter_salt.split_once(':').ok_or(BAD)?;
+        let (stored, server) = keys.split_once(':').ok_or(BAD)?;
+        let iterations: u32 = iter.parse().map_err(|_| BAD)?;
+        let salt = STANDARD.decode(salt).map_err(|_| BAD)?;
+        let key = |k: &str| -> Result<[u8; 32], &'static str> {
+            STANDARD
+                .decode(k)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or(BAD)
+        };
+        if iterations == 0 || salt.is_empty() {
+            return Err(BAD);
+        }
+        Ok(ScramVerifier {
+            iterations,
+            salt,
+            stored_key: key(stored)?,
+            server_key: key(server)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_stored_forms() {
+        assert_eq!(
+            Secret::parse("hunter2"),
+            Ok(Secret::Plain("hunter2".into()))
+        );
+        assert_eq!(Secret::parse("md5abc"), Ok(Secret::Plain("md5abc".into())));
+        let md5 = "md5".to_string() + &"a".repeat(32);
+        assert_eq!(Secret::parse(&md5), Ok(Secret::Md5(md5.clone())));
+        assert!(Secret::parse("SCRAM-SHA-256$4096:c2FsdA==$x:y").is_err());
+        let generated = postgres_protocol::password::scram_sha_256(b"pw");
+        let Ok(Secret::Scram(v)) = Secret::parse(&generated) else {
+            panic!("{generated}")
+        };
+        assert_eq!(v.iterations, 4096);
+    }
+
+    #[test]
+    fn plaintext_yields_a_verifier() {
+        let v = Secret::Plain("pw".into()).scram_verifier().unwrap();
+        assert_eq!(v.salt.len(), 16);
+        assert!(Secret::Md5("md5".to_string() + &"0".repeat(32))
+            .scram_verifier()
+            .is_none());
+    }
+}
+
+/// A configured user's secrets, with the SCRAM verifier computed once at load
+/// (PBKDF2 is deliberately slow; doing it per login would cost milliseconds).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// The password as configured.
+    pub secret: Secret,
+    /// Verifier to check SCRAM clients against.
+    pub scram: Option<ScramVerifier>,
+    /// Plaintext Switchyard sends to PostgreSQL.
+    pub server_password: Option<String>,
+}
+
+impl Credentials {
+    /// Builds credentials from a `[[users]]` entry's password and server password.
+    pub fn new(password: &str, server_password: Option<&str>) -> Result<Credentials, &'static str> {
+        let secret = Secret::parse(password)?;
+        let scram = secret.scram_verifier();
+        let server_password = server_password
+            .map(str::to_string)
+            .or_else(|| secret.plaintext().map(str::to_string));
+        Ok(Credentials {
+            secret,
+            scram,
+            server_password,
+        })
+    }
+}

@@ -1,0 +1,103 @@
+//! Logging Switchyard into PostgreSQL: answers each Authentication request
+//! (cleartext, md5, SCRAM-SHA-256) with the configured server password. No
+//! I/O here: the caller feeds `R` message bodies and sends back what it returns.
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::frontend;
+
+use super::AuthError;
+
+/// What the login sequence should do after an `R` message.
+#[derive(Debug)]
+pub enum Reply {
+    /// Send these bytes and wait for the next message.
+    Send(BytesMut),
+    /// Nothing to send; wait for the next message.
+    Wait,
+    /// AuthenticationOk: authentication finished.
+    Ok,
+}
+
+/// Server-side login state for one connection.
+pub struct ServerAuth {
+    user: String,
+    password: Option<String>,
+    scram: Option<ScramSha256>,
+}
+
+impl ServerAuth {
+    /// `password` is the plaintext PostgreSQL expects, if any is configured.
+    pub fn new(user: &str, password: Option<&str>) -> ServerAuth {
+        ServerAuth {
+            user: user.to_string(),
+            password: password.map(str::to_string),
+            scram: None,
+        }
+    }
+
+    fn password(&self) -> Result<&str, AuthError> {
+        self.password
+            .as_deref()
+            .ok_or_else(|| AuthError::NoServerPassword(self.user.clone()))
+    }
+
+    /// Handles one Authentication message body (after tag and length).
+    pub fn on_request(&mut self, body: &[u8]) -> Result<Reply, AuthError> {
+        let code = body
+            .get(..4)
+            .ok_or(AuthError::Malformed("short authentication request"))?;
+        let code = i32::from_be_bytes([code[0], code[1], code[2], code[3]]);
+        let data = &body[4..];
+        let mut out = BytesMut::new();
+        let io = |_| AuthError::Malformed("cannot encode password message");
+        match code {
+            0 => return Ok(Reply::Ok),
+            3 => frontend::password_message(self.password()?.as_bytes(), &mut out).map_err(io)?,
+            5 => {
+                let salt: [u8; 4] = data
+                    .try_into()
+                    .map_err(|_| AuthError::Malformed("md5 salt"))?;
+                let hash = postgres_protocol::authentication::md5_hash(
+                    self.user.as_bytes(),
+                    self.password()?.as_bytes(),
+                    salt,
+                );
+                frontend::password_message(hash.as_bytes(), &mut out).map_err(io)?;
+            }
+            10 => {
+                if !data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256") {
+                    return Err(AuthError::Unsupported(code));
+                }
+                let scram =
+                    ScramSha256::new(self.password()?.as_bytes(), ChannelBinding::unsupported());
+                frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out)
+                    .map_err(io)?;
+                self.scram = Some(scram);
+            }
+            11 => {
+                let scram = self
+                    .scram
+                    .as_mut()
+                    .ok_or(AuthError::Malformed("SASL continue before start"))?;
+                scram
+                    .update(data)
+                    .map_err(|_| AuthError::Malformed("server SCRAM message"))?;
+                frontend::sasl_response(scram.message(), &mut out).map_err(io)?;
+            }
+            12 => {
+                let scram = self
+                    .scram
+                    .as_mut()
+                    .ok_or(AuthError::Malformed("SASL final before start"))?;
+                // A server that cannot prove it knows the verifier is not our server.
+                scram
+                    .finish(data)
+                    .map_err(|_| AuthError::Malformed("server SCRAM signature is invalid"))?;
+                return Ok(Reply::Wait);
+            }
+            other => return Err(AuthError::Unsupported(other)),
+        }
+        Ok(Reply::Send(out))
+    }
+}

@@ -1,0 +1,96 @@
+//! One task per client connection: login (`login`), then the query loop
+//! (`relay`). Errors end here: they are sent to the client with a SQLSTATE and
+//! logged, and never reach the listener.
+
+pub mod cancel;
+pub mod conn;
+pub mod login;
+pub mod relay;
+pub mod txn;
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::cluster::ClusterError;
+use crate::error::ClientError;
+use crate::listener::Context;
+use crate::pool::server_conn::{send_cancel, ConnectError};
+use crate::pool::{Pool, PoolError};
+use cancel::CancelGuard;
+use conn::{ClientConn, ReadError};
+use login::Opening;
+use relay::Session;
+
+/// Serves one accepted connection. `permit` is `None` when `max_client_conn`
+/// is reached: the client is still heard out (it may be a CancelRequest) and
+/// then refused with 53300.
+pub async fn handle(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSemaphorePermit>) {
+    let mut conn = ClientConn::new(stream);
+    let login_timeout = ctx.config.proxy.client_login_timeout;
+    let (pool, cancel) =
+        match tokio::time::timeout(login_timeout, login(&mut conn, &ctx, permit.is_some())).await {
+            Err(_) => return conn.send_error(&ClientError::LoginTimeout).await,
+            Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return,
+            Ok(Err(ReadError::Client(e))) => return conn.send_error(&e).await,
+            Ok(Ok(Some(logged_in))) => logged_in,
+        };
+    Session {
+        client: conn,
+        ctx,
+        pool,
+        cancel,
+        last_txn: Default::default(),
+    }
+    .run()
+    .await;
+    drop(permit);
+}
+
+/// Negotiates, authenticates and sends the login reply. `None`: a cancel was served.
+async fn login(
+    conn: &mut ClientConn,
+    ctx: &Arc<Context>,
+    admitted: bool,
+) -> Result<Option<(Pool, CancelGuard)>, ReadError> {
+    let (user, database) = match login::negotiate(conn).await? {
+        Opening::Cancel { pid, secret } => {
+            if let Some(target) = ctx.cancels.lookup(pid, secret) {
+                if let Err(e) = send_cancel(&target.addr, target.key).await {
+                    tracing::warn!(error = %e, "could not forward cancel request");
+                }
+            }
+            return Ok(None);
+        }
+        Opening::Session { user, database, .. } => (user, database),
+    };
+    if !admitted {
+        return Err(ReadError::Client(ClientError::TooManyClients));
+    }
+    let mut reply = login::check_credentials(conn, ctx, &user).await?;
+    let pool = ctx.pool_for(&database, &user);
+    let params = pool
+        .server_params()
+        .await
+        .map_err(|e| ReadError::Client(pool_error(e, true)))?;
+    let cancel = ctx.cancels.register();
+    login::login_reply(&mut reply, &params, (cancel.pid, cancel.secret));
+    conn.send(&reply).await?;
+    tracing::debug!(%user, %database, "client logged in");
+    Ok(Some((pool, cancel)))
+}
+
+/// The client-facing form of a pool failure. At login the server's own refusal
+/// (unknown database, ...) is passed on; detail goes to the log.
+pub fn pool_error(err: PoolError, at_login: bool) -> ClientError {
+    tracing::warn!(error = %err, "no server connection for client");
+    match err {
+        PoolError::Timeout => ClientError::CheckoutTimeout,
+        PoolError::Connect(ClusterError::Login(ConnectError::Refused { error, .. })) => {
+            ClientError::Server(error)
+        }
+        PoolError::Connect(ClusterError::Login(_)) if at_login => ClientError::ServerLoginFailed,
+        PoolError::Connect(_) => ClientError::NoPrimary,
+    }
+}

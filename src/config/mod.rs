@@ -1,0 +1,251 @@
+//! Typed configuration: one struct per TOML section, loading from file +
+//! environment, and validation. The key names are Switchyard's public interface;
+//! renaming one breaks every deployment, so add keys, never rename them.
+
+mod duration;
+mod load;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use load::{load, load_str, ConfigError};
+pub use validate::validate;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[proxy]`: the client-facing listener and pooling.
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    /// `[[users]]`: who may log in and with which password.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// `[cluster]`: the PostgreSQL nodes behind the proxy.
+    pub cluster: ClusterConfig,
+    /// `[databases.NAME]`: optional client-facing aliases. Names not listed
+    /// pass through to the primary under the same name.
+    #[serde(default)]
+    pub databases: BTreeMap<String, DatabaseConfig>,
+}
+
+/// How long a client keeps its server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// A server connection per transaction (default).
+    Transaction,
+    /// A server connection for the whole client session, reset with `DISCARD ALL`.
+    Session,
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthType {
+    /// SCRAM-SHA-256 (default), as PostgreSQL does it.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 challenge/response; users whose password is a SCRAM verifier get SCRAM, as in PostgreSQL.
+    Md5,
+    /// No password: any configured user gets in. Only for local development.
+    Trust,
+}
+
+/// `[proxy]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Client-facing address. Default `127.0.0.1:6432`. Needs a restart to change.
+    pub listen: String,
+    /// `transaction` (default) or `session`.
+    pub pool_mode: PoolMode,
+    /// Server connections per (database, user) pool. Default 20.
+    pub default_pool_size: usize,
+    /// Client connections accepted at once; more get SQLSTATE 53300. Default 10000.
+    pub max_client_conn: usize,
+    /// Longest wait for a server connection before SQLSTATE 53300. Default `5s`.
+    #[serde(with = "duration")]
+    pub checkout_timeout: Duration,
+    /// Longest time a client may take from connect to logged in. Default `15s`.
+    #[serde(with = "duration")]
+    pub client_login_timeout: Duration,
+    /// Idle server connections older than this are closed. Default `10m`.
+    #[serde(with = "duration")]
+    pub server_idle_timeout: Duration,
+    /// Server connections are closed (when idle) after this long. Default `1h`.
+    #[serde(with = "duration")]
+    pub server_lifetime: Duration,
+    /// Longest time to open and log in a server connection. Default `5s`.
+    #[serde(with = "duration")]
+    pub server_connect_timeout: Duration,
+    /// `scram-sha-256` (default), `md5` or `trust`.
+    pub auth_type: AuthType,
+    /// Users allowed into the admin console (database `switchyard` / `pgbouncer`).
+    pub admin_users: Vec<String>,
+    /// Largest client message accepted, in bytes; larger is a protocol violation. Default 256 MiB.
+    pub max_message_size: usize,
+    /// On SIGTERM/SIGINT, how long running transactions may take to finish. Default `30s`.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: "127.0.0.1:6432".into(),
+            pool_mode: PoolMode::Transaction,
+            default_pool_size: 20,
+            max_client_conn: 10_000,
+            checkout_timeout: Duration::from_secs(5),
+            client_login_timeout: Duration::from_secs(15),
+            server_idle_timeout: Duration::from_secs(600),
+            server_lifetime: Duration::from_secs(3600),
+            server_connect_timeout: Duration::from_secs(5),
+            auth_type: AuthType::ScramSha256,
+            admin_users: vec!["admin".into()],
+            max_message_size: 256 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One `[[users]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name, the same on the client side and on PostgreSQL.
+    pub name: String,
+    /// Plaintext, or a `SCRAM-SHA-256$...` / `md5...` verifier, for client auth.
+    pub password: String,
+    /// What Switchyard sends to PostgreSQL when it differs from `password`
+    /// or when `password` is a verifier.
+    #[serde(default)]
+    pub server_password: Option<String>,
+}
+
+/// `[cluster]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The PostgreSQL nodes: `"host:port"` strings or `{ name, addr, priority }` tables.
+    pub nodes: Vec<NodeSpec>,
+    /// Login for health checks and control (used by the health checker).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password for `user`.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+/// A node as written in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum NodeSpec {
+    /// `"host:port"`.
+    Addr(String),
+    /// `{ name = "db1", addr = "host:port", priority = 10 }`.
+    Table(NodeTable),
+}
+
+/// The table form of a node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeTable {
+    /// Name used in logs and events; defaults to the address.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `host:port`.
+    pub addr: String,
+    /// Tie-breaker for promotion: higher wins. Default 0.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// A node after defaults are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// Name for logs; the address when not configured.
+    pub name: String,
+    /// `host:port`.
+    pub addr: String,
+    /// Promotion tie-breaker.
+    pub priority: i32,
+}
+
+impl NodeSpec {
+    /// The node with defaults filled in.
+    pub fn resolve(&self) -> Node {
+        match self {
+            NodeSpec::Addr(addr) => Node {
+                name: addr.clone(),
+                addr: addr.clone(),
+                priority: 0,
+            },
+            NodeSpec::Table(t) => Node {
+                name: t.name.clone().unwrap_or_else(|| t.addr.clone()),
+                addr: t.addr.clone(),
+                priority: t.priority,
+            },
+        }
+    }
+}
+
+/// Where a client-facing database's queries go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// The current primary (default).
+    #[default]
+    Primary,
+    /// Healthy replicas within the lag bound, else the primary.
+    Replica,
+    /// Any healthy node.
+    Any,
+}
+
+/// One `[databases.NAME]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Real database name on PostgreSQL; defaults to the client-facing name.
+    #[serde(default)]
+    pub dbname: Option<String>,
+    /// `primary` (default), `replica` or `any`.
+    #[serde(default)]
+    pub target: Target,
+    /// Overrides `proxy.default_pool_size` for this database.
+    #[serde(default)]
+    pub pool_size: Option<usize>,
+}
+
+impl Config {
+    /// The configured nodes with defaults filled in.
+    pub fn nodes(&self) -> Vec<Node> {
+        self.cluster.nodes.iter().map(NodeSpec::resolve).collect()
+    }
+
+    /// The user entry for `name`, if configured.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// Real database name, target and pool size for a client-facing database name.
+    pub fn database(&self, name: &str) -> (String, Target, usize) {
+        match self.databases.get(name) {
+            Some(db) => (
+                db.dbname.clone().unwrap_or_else(|| name.to_string()),
+                db.target,
+                db.pool_size.unwrap_or(self.proxy.default_pool_size),
+            ),
+            None => (
+                name.to_string(),
+                Target::Primary,
+                self.proxy.default_pool_size,
+            ),
+        }
+    }
+}

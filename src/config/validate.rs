@@ -1,0 +1,116 @@
+//! Checks that a parsed configuration can run. Pure: the same function serves
+//! startup, `check-config` and (later) reload, so all three agree.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use super::{AuthType, Config};
+use crate::auth::Secret;
+
+/// Returns a message naming the first problem found.
+pub fn validate(cfg: &Config) -> Result<(), String> {
+    cfg.proxy
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("proxy.listen = {:?}: {e}", cfg.proxy.listen))?;
+    if cfg.proxy.default_pool_size == 0 {
+        return Err("proxy.default_pool_size must be at least 1".into());
+    }
+    if cfg.proxy.max_client_conn == 0 {
+        return Err("proxy.max_client_conn must be at least 1".into());
+    }
+    if cfg.proxy.max_message_size < 8192 {
+        return Err("proxy.max_message_size must be at least 8192 bytes".into());
+    }
+    validate_nodes(cfg)?;
+    validate_users(cfg)?;
+    for (name, db) in &cfg.databases {
+        if db.pool_size == Some(0) {
+            return Err(format!("databases.{name}.pool_size must be at least 1"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_nodes(cfg: &Config) -> Result<(), String> {
+    let nodes = cfg.nodes();
+    if nodes.is_empty() {
+        return Err("cluster.nodes must list at least one node".into());
+    }
+    let mut names = HashSet::new();
+    for node in &nodes {
+        let (host, port) = node
+            .addr
+            .rsplit_once(':')
+            .ok_or_else(|| format!("cluster node {:?}: address must be host:port", node.addr))?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(format!(
+                "cluster node {:?}: address must be host:port",
+                node.addr
+            ));
+        }
+        if !names.insert(node.name.clone()) {
+            return Err(format!("cluster node name {:?} is used twice", node.name));
+        }
+    }
+    Ok(())
+}
+
+fn validate_users(cfg: &Config) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for user in &cfg.users {
+        if user.name.is_empty() {
+            return Err("users: a user has an empty name".into());
+        }
+        if !seen.insert(user.name.as_str()) {
+            return Err(format!("users: {:?} is listed twice", user.name));
+        }
+        let secret = Secret::parse(&user.password)
+            .map_err(|e| format!("users.{}: password: {e}", user.name))?;
+        if cfg.proxy.auth_type == AuthType::ScramSha256 && matches!(secret, Secret::Md5(_)) {
+            return Err(format!(
+                "users.{}: an md5 verifier cannot be used with auth_type = \"scram-sha-256\"",
+                user.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+
+    fn err_of(toml: &str) -> String {
+        load_str(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rejects_what_cannot_run() {
+        let base = "[cluster]\nnodes=[\"127.0.0.1:5432\"]\n";
+        let cases = [
+            ("[proxy]\nlisten = \"nowhere\"\n", "proxy.listen"),
+            ("[proxy]\ndefault_pool_size = 0\n", "default_pool_size"),
+            ("[proxy]\nmax_client_conn = 0\n", "max_client_conn"),
+            (
+                "[[users]]\nname=\"a\"\npassword=\"x\"\n[[users]]\nname=\"a\"\npassword=\"y\"\n",
+                "twice",
+            ),
+            (
+                "[[users]]\nname=\"a\"\npassword=\"md50123456789abcdef0123456789abcdef\"\n",
+                "md5",
+            ),
+            (
+                "[[users]]\nname=\"a\"\npassword=\"SCRAM-SHA-256$bad\"\n",
+                "SCRAM",
+            ),
+            ("[databases.x]\npool_size = 0\n", "databases.x.pool_size"),
+        ];
+        for (extra, needle) in cases {
+            let err = err_of(&format!("{extra}{base}"));
+            assert!(err.contains(needle), "{extra:?}: {err}");
+        }
+        assert!(err_of("[cluster]\nnodes=[]\n").contains("at least one node"));
+        assert!(err_of("[cluster]\nnodes=[\"nohost\"]\n").contains("host:port"));
+    }
+}

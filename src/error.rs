@@ -1,0 +1,107 @@
+//! Every error a client can see, and its SQLSTATE, in one place. Messages name
+//! no addresses or secrets; the detail goes to the log where the error happens.
+
+use bytes::BytesMut;
+
+use crate::protocol::messages::error_response::{self, ServerError, ERROR, FATAL};
+
+/// An error Switchyard reports to a client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// Wrong password, unknown user, or an unusable method: never says which.
+    #[error("password authentication failed for user \"{0}\"")]
+    AuthFailed(String),
+    /// `max_client_conn` reached.
+    #[error("no more connections allowed (max_client_conn)")]
+    TooManyClients,
+    /// No server connection became free within `checkout_timeout`.
+    #[error("no server connection available within checkout_timeout")]
+    CheckoutTimeout,
+    /// The client did not finish logging in within `client_login_timeout`.
+    #[error("client_login_timeout: login took too long")]
+    LoginTimeout,
+    /// The client broke the protocol; the connection is closed.
+    #[error("{0}")]
+    Protocol(String),
+    /// A startup packet asked for a protocol we do not speak.
+    #[error("{0}")]
+    UnsupportedProtocol(String),
+    /// The startup packet named no user.
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
+    /// No node accepted a read-write connection.
+    #[error("no primary server is available")]
+    NoPrimary,
+    /// Logging into PostgreSQL failed on Switchyard's side (server password, method).
+    #[error("server login failed")]
+    ServerLoginFailed,
+    /// The server connection broke while the client was using it.
+    #[error("server connection lost; the transaction, if any, was not committed")]
+    ServerLost,
+    /// The proxy is shutting down.
+    #[error("terminating connection due to administrator command")]
+    Shutdown,
+    /// PostgreSQL refused the login; its SQLSTATE and message are passed on.
+    #[error("{}", .0.message)]
+    Server(ServerError),
+}
+
+impl ClientError {
+    /// The SQLSTATE clients see.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            ClientError::AuthFailed(_) => "28P01",
+            ClientError::TooManyClients | ClientError::CheckoutTimeout => "53300",
+            ClientError::LoginTimeout => "57014",
+            ClientError::Protocol(_) => "08P01",
+            ClientError::UnsupportedProtocol(_) => "0A000",
+            ClientError::NoUser => "28000",
+            ClientError::NoPrimary => "08006",
+            ClientError::ServerLoginFailed => "08006",
+            ClientError::ServerLost => "08006",
+            ClientError::Shutdown => "57P01",
+            ClientError::Server(e) => &e.code,
+        }
+    }
+
+    /// Whether the connection survives it (ERROR) or is closed after it (FATAL).
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, ClientError::CheckoutTimeout)
+    }
+
+    /// Appends the ErrorResponse for this error, with its usual severity.
+    pub fn encode(&self, out: &mut BytesMut) {
+        self.encode_as(out, self.is_fatal());
+    }
+
+    /// Appends the ErrorResponse as FATAL (the connection closes) or ERROR
+    /// (the session goes on, e.g. when a query could not get a server).
+    pub fn encode_as(&self, out: &mut BytesMut, fatal: bool) {
+        let severity = if fatal { FATAL } else { ERROR };
+        error_response::encode(out, severity, self.sqlstate(), &self.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_follow_postgresql() {
+        let cases = [
+            (ClientError::AuthFailed("u".into()), "28P01", true),
+            (ClientError::TooManyClients, "53300", true),
+            (ClientError::CheckoutTimeout, "53300", false),
+            (ClientError::Protocol("x".into()), "08P01", true),
+            (ClientError::UnsupportedProtocol("x".into()), "0A000", true),
+            (ClientError::Shutdown, "57P01", true),
+        ];
+        for (err, code, fatal) in cases {
+            assert_eq!((err.sqlstate(), err.is_fatal()), (code, fatal), "{err:?}");
+            let mut out = BytesMut::new();
+            err.encode(&mut out);
+            let decoded = error_response::decode(&out[5..]).unwrap();
+            assert_eq!(decoded.code, code);
+        }
+    }
+}

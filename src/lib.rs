@@ -1,0 +1,26 @@
+//! Switchyard: a PostgreSQL-protocol proxy with connection pooling and
+//! transparent failover.
+//!
+//! A tour of the layout (see docs/ARCHITECTURE.md for the full picture):
+//! - [`listener`] accepts clients and owns the shared [`listener::Context`];
+//! - [`client`] runs one task per client: login, then the query relay;
+//! - [`pool`] keeps server connections per (database, user);
+//! - [`cluster`] knows which node is the primary;
+//! - [`auth`] checks clients and logs into PostgreSQL;
+//! - [`protocol`] frames messages and decodes the few bodies the proxy reads;
+//! - [`config`] loads and validates the TOML file;
+//! - [`error`] maps every client-visible error to its SQLSTATE;
+//! - [`local_cluster`] starts a throw-away PostgreSQL primary + replica (demo, tests, benchmarks).
+
+pub mod auth;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod listener;
+pub mod local_cluster;
+pub mod pool;
+pub mod protocol;
+
+pub use listener::{run, RunError};

@@ -1,0 +1,141 @@
+//! The `switchyard` binary: parses the command line, loads the configuration
+//! and runs the proxy (or `check-config`, or `demo`). All logic is in the library.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use switchyard::local_cluster::{LocalCluster, LocalClusterOptions};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "PostgreSQL proxy with pooling and transparent failover"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = "config/switchyard.toml")]
+    config: PathBuf,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level (overridden by RUST_LOG).
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the configuration file and exit.
+    CheckConfig,
+    /// Start a throw-away primary + replica and the proxy in front of them.
+    Demo {
+        /// Where the proxy listens.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    match dispatch(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => {
+            switchyard::config::load(&cli.config)
+                .with_context(|| format!("{}", cli.config.display()))?;
+            println!("{}: configuration is valid", cli.config.display());
+            Ok(())
+        }
+        Command::Run => {
+            let config = switchyard::config::load(&cli.config)
+                .with_context(|| format!("{}", cli.config.display()))?;
+            runtime()?.block_on(serve(config))
+        }
+        Command::Demo { listen } => demo(&listen),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn serve(config: switchyard::config::Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&config.proxy.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
+    tracing::info!(listen = %config.proxy.listen, "switchyard is accepting connections");
+    switchyard::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn demo(listen: &str) -> anyhow::Result<()> {
+    eprintln!("starting a throw-away PostgreSQL primary + replica (initdb, pg_basebackup)...");
+    let cluster = LocalCluster::start(LocalClusterOptions::default())
+        .context("could not start the demo cluster")?;
+    let config = switchyard::demo::demo_config(&cluster, listen)?;
+    let rt = runtime()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {listen} (use --listen to pick another address)")
+            })?;
+        println!("{}", switchyard::demo::banner(&cluster, listen));
+        switchyard::run(config, listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    drop(cluster);
+    eprintln!("demo stopped; cluster removed");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm => {}
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

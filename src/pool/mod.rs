@@ -1,0 +1,217 @@
+//! Server connection pools, one per (client-facing database, user). A pool
+//! bounds the connections to its size with a semaphore (a checked-out
+//! connection holds a permit), keeps idle connections most-recently-used first,
+//! and closes them when idle or old for too long. Locks are std mutexes held for
+//! a push or pop, never across `.await`.
+
+pub mod server_conn;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::cluster::{Cluster, ClusterError};
+use server_conn::{Login, ServerConn};
+
+/// Timeouts a pool works with.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Connections in the pool (idle + checked out), at most.
+    pub size: usize,
+    /// Longest wait for a free slot.
+    pub checkout_timeout: Duration,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+    /// Connections older than this are closed when next idle.
+    pub lifetime: Duration,
+    /// Longest connect + login.
+    pub connect_timeout: Duration,
+}
+
+/// Why no server connection was handed out.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No slot became free within `checkout_timeout`.
+    #[error("checkout timed out")]
+    Timeout,
+    /// Opening a new connection failed.
+    #[error(transparent)]
+    Connect(#[from] ClusterError),
+}
+
+/// ParameterStatus (name, value) pairs as a server reported them.
+pub type ServerParams = Arc<Vec<(String, String)>>;
+
+/// A cheap, cloneable handle to one pool.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    login: Login,
+    settings: PoolSettings,
+    slots: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+    cluster: Arc<Cluster>,
+    /// ParameterStatus values of the first server connection, replayed to clients at login.
+    params: Mutex<Option<ServerParams>>,
+}
+
+impl Pool {
+    /// An empty pool; connections are opened on demand.
+    pub fn new(login: Login, settings: PoolSettings, cluster: Arc<Cluster>) -> Pool {
+        let slots = Arc::new(Semaphore::new(settings.size));
+        let shared = Shared {
+            login,
+            settings,
+            slots,
+            idle: Mutex::new(vec![]),
+            cluster,
+            params: Mutex::new(None),
+        };
+        Pool {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Takes a server connection: an idle one if there is one, else a new one.
+    /// Waits up to `checkout_timeout` for a free slot.
+    pub async fn checkout(&self) -> Result<ServerConn, PoolError> {
+        let s = &self.shared;
+        let permit = match s.slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                tokio::time::timeout(s.settings.checkout_timeout, s.slots.clone().acquire_owned())
+                    .await
+                    .map_err(|_| PoolError::Timeout)?
+                    .map_err(|_| PoolError::Timeout)?
+            }
+        };
+        let mut conn = match self.pop_usable(Instant::now()) {
+            Some(conn) => conn,
+            None => self.open().await?,
+        };
+        conn.permit = Some(permit);
+        Ok(conn)
+    }
+
+    fn pop_usable(&self, now: Instant) -> Option<ServerConn> {
+        loop {
+            let conn = lock(&self.shared.idle).pop()?;
+            // A connection idle for a while may have been closed by the server;
+            // a fresh one is checked only by age to keep the hot path syscall-free.
+            let stale = now.duration_since(conn.last_used) > Duration::from_secs(1);
+            if !(expired(&conn, now, &self.shared.settings) || stale && conn.is_broken()) {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<ServerConn, PoolError> {
+        let s = &self.shared;
+        let conn = s
+            .cluster
+            .connect_primary(&s.login, s.settings.connect_timeout)
+            .await?;
+        let mut params = lock(&s.params);
+        if params.is_none() {
+            *params = Some(Arc::new(conn.params.clone()));
+        }
+        Ok(conn)
+    }
+
+    /// Returns a connection whose transaction status is idle. Its slot is freed.
+    pub fn checkin(&self, mut conn: ServerConn) {
+        let now = Instant::now();
+        conn.permit = None;
+        if expired(&conn, now, &self.shared.settings) || !conn.buf.is_empty() {
+            return;
+        }
+        conn.last_used = now;
+        lock(&self.shared.idle).push(conn);
+    }
+
+    /// The server's ParameterStatus values for a client's login reply, opening a
+    /// connection the first time (which also proves the database and login work).
+    pub async fn server_params(&self) -> Result<ServerParams, PoolError> {
+        if let Some(p) = lock(&self.shared.params).clone() {
+            return Ok(p);
+        }
+        let conn = self.checkout().await?;
+        let params = Arc::new(conn.params.clone());
+        self.checkin(conn);
+        Ok(params)
+    }
+
+    /// Closes idle connections past their idle timeout or lifetime.
+    pub fn reap(&self, now: Instant) {
+        lock(&self.shared.idle).retain(|c| !expired(c, now, &self.shared.settings));
+    }
+
+    /// Idle connections right now (for tests and stats).
+    pub fn idle_count(&self) -> usize {
+        lock(&self.shared.idle).len()
+    }
+}
+
+/// Whether a connection has outlived its lifetime or idle timeout.
+fn expired(conn: &ServerConn, now: Instant, s: &PoolSettings) -> bool {
+    is_expired(conn.created, conn.last_used, now, s)
+}
+
+/// Pure form of the expiry rule, for tests.
+pub fn is_expired(created: Instant, last_used: Instant, now: Instant, s: &PoolSettings) -> bool {
+    now.duration_since(created) >= s.lifetime || now.duration_since(last_used) >= s.idle_timeout
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the data inconsistent
+    // (push/pop/replace only), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// All pools, keyed by (client-facing database, user).
+#[derive(Default)]
+pub struct Pools {
+    pools: Mutex<HashMap<(String, String), Pool>>,
+}
+
+impl Pools {
+    /// The pool for `key`, created by `make` on first use.
+    pub fn get_or_create(&self, key: (String, String), make: impl FnOnce() -> Pool) -> Pool {
+        lock(&self.pools).entry(key).or_insert_with(make).clone()
+    }
+
+    /// Runs `reap` on every pool.
+    pub fn reap_all(&self, now: Instant) {
+        let pools: Vec<Pool> = lock(&self.pools).values().cloned().collect();
+        for p in pools {
+            p.reap(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_by_lifetime_or_idle_time() {
+        let s = PoolSettings {
+            size: 1,
+            checkout_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(10),
+            lifetime: Duration::from_secs(100),
+            connect_timeout: Duration::from_secs(1),
+        };
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert!(!is_expired(t0, t0, at(5), &s));
+        assert!(is_expired(t0, t0, at(10), &s));
+        assert!(!is_expired(t0, at(95), at(99), &s));
+        assert!(is_expired(t0, at(95), at(100), &s));
+    }
+}

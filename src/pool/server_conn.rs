@@ -1,0 +1,314 @@
+//! One connection from Switchyard to PostgreSQL: opening it, logging in, and
+//! the bookkeeping the pool needs (age, idle time, cancel key). The relay reads
+//! and writes `stream`/`buf` directly; nothing here sits on the hot path.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::auth::server_side::{Reply, ServerAuth};
+use crate::auth::AuthError;
+use crate::protocol::frame_len;
+use crate::protocol::messages::error_response::{self, ServerError};
+
+/// Largest message accepted from a server during login.
+const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+
+/// Why a server connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TCP connect or I/O failed.
+    #[error("{addr}: {source}")]
+    Io {
+        /// Node address.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Connect + login took longer than `server_connect_timeout`.
+    #[error("{0}: timed out connecting")]
+    Timeout(String),
+    /// PostgreSQL answered the login with an ErrorResponse.
+    #[error("{addr}: server refused login: {} ({})", .error.message, .error.code)]
+    Refused {
+        /// Node address.
+        addr: String,
+        /// What the server said.
+        error: ServerError,
+    },
+    /// Authentication toward PostgreSQL failed on our side.
+    #[error("{addr}: {source}")]
+    Auth {
+        /// Node address.
+        addr: String,
+        /// Cause.
+        source: AuthError,
+    },
+    /// The server sent something unexpected.
+    #[error("{0}: protocol error during login: {1}")]
+    Protocol(String, &'static str),
+}
+
+/// What to log in as.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// PostgreSQL role.
+    pub user: String,
+    /// Real database name.
+    pub database: String,
+    /// Plaintext password for the server, if configured.
+    pub password: Option<String>,
+}
+
+/// A logged-in server connection.
+pub struct ServerConn {
+    /// The socket; the relay reads and writes it directly.
+    pub stream: TcpStream,
+    /// Read buffer kept with the connection so its allocation is reused.
+    pub buf: BytesMut,
+    /// Node address (`host:port`), shared cheaply with the cancel map.
+    pub addr: std::sync::Arc<str>,
+    /// BackendKeyData (pid, secret) for cancelling this connection's query.
+    pub key: (i32, i32),
+    /// ParameterStatus values reported at login.
+    pub params: Vec<(String, String)>,
+    /// When the connection was opened.
+    pub created: Instant,
+    /// When it was last returned to the pool.
+    pub last_used: Instant,
+    /// Pool slot held while checked out.
+    pub(crate) permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ServerConn {
+    /// Opens and logs in a connection to `addr`, all within `timeout`.
+    pub async fn connect(
+        addr: &str,
+        login: &Login,
+        timeout: Duration,
+    ) -> Result<ServerConn, ConnectError> {
+        tokio::time::timeout(timeout, Self::connect_inner(addr, login))
+            .await
+            .map_err(|_| ConnectError::Timeout(addr.to_string()))?
+    }
+
+    async fn connect_inner(addr: &str, login: &Login) -> Result<ServerConn, ConnectError> {
+        let io = |source| ConnectError::Io {
+            addr: addr.to_string(),
+            source,
+        };
+        let stream = TcpStream::connect(addr).await.map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        let now = Instant::now();
+        let mut conn = ServerConn {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            addr: addr.into(),
+            key: (0, 0),
+            params: vec![],
+            created: now,
+            last_used: now,
+            permit: None,
+        };
+        let mut out = BytesMut::new();
+        let params = [
+            ("user", login.user.as_str()),
+            ("database", login.database.as_str()),
+        ];
+        frontend::startup_message(params, &mut out).map_err(io)?;
+        conn.stream.write_all(&out).await.map_err(io)?;
+        conn.login(login).await?;
+        Ok(conn)
+    }
+
+    /// Reads the next whole message during login: (tag, body).
+    async fn read_message(&mut self) -> Result<(u8, BytesMut), ConnectError> {
+        loop {
+            let len = frame_len(&self.buf, MAX_LOGIN_MESSAGE)
+                .map_err(|_| ConnectError::Protocol(self.addr.to_string(), "bad message length"))?;
+            if let Some(len) = len {
+                let mut frame = self.buf.split_to(len);
+                let tag = frame[0];
+                frame.advance(5);
+                return Ok((tag, frame));
+            }
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(|source| ConnectError::Io {
+                    addr: self.addr.to_string(),
+                    source,
+                })?;
+            if n == 0 {
+                return Err(ConnectError::Protocol(
+                    self.addr.to_string(),
+                    "server closed the connection",
+                ));
+            }
+        }
+    }
+
+    async fn login(&mut self, login: &Login) -> Result<(), ConnectError> {
+        let mut auth = ServerAuth::new(&login.user, login.password.as_deref());
+        let mut authenticated = false;
+        loop {
+            let (tag, mut body) = self.read_message().await?;
+            match tag {
+                b'R' if !authenticated => match auth.on_request(&body) {
+                    Ok(Reply::Ok) => authenticated = true,
+                    Ok(Reply::Wait) => {}
+                    Ok(Reply::Send(out)) => {
+                        self.stream
+                            .write_all(&out)
+                            .await
+                            .map_err(|source| ConnectError::Io {
+                                addr: self.addr.to_string(),
+                                source,
+                            })?
+                    }
+                    Err(source) => {
+                        return Err(ConnectError::Auth {
+                            addr: self.addr.to_string(),
+                            source,
+                        })
+                    }
+                },
+                b'E' => {
+                    let error = error_response::decode(&body).ok_or_else(|| {
+                        ConnectError::Protocol(self.addr.to_string(), "malformed ErrorResponse")
+                    })?;
+                    return Err(ConnectError::Refused {
+                        addr: self.addr.to_string(),
+                        error,
+                    });
+                }
+                b'S' if authenticated => self.params.extend(decode_parameter_status(&body)),
+                b'K' if authenticated && body.len() == 8 => {
+                    self.key = (body.get_i32(), body.get_i32());
+                }
+                b'N' => {}
+                b'Z' if authenticated => return Ok(()),
+                _ => {
+                    return Err(ConnectError::Protocol(
+                        self.addr.to_string(),
+                        "unexpected message during login",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The value of a parameter PostgreSQL reported at login.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the server is a hot standby (read-only). PostgreSQL 14+ reports
+    /// `in_hot_standby` at login; older servers are asked.
+    pub async fn is_standby(&mut self) -> Result<bool, ConnectError> {
+        if let Some(v) = self.param("in_hot_standby") {
+            return Ok(v == "on");
+        }
+        let mut out = BytesMut::new();
+        frontend::query("SELECT pg_is_in_recovery()", &mut out).map_err(|source| {
+            ConnectError::Io {
+                addr: self.addr.to_string(),
+                source,
+            }
+        })?;
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|source| ConnectError::Io {
+                addr: self.addr.to_string(),
+                source,
+            })?;
+        let mut standby = None;
+        loop {
+            match self.read_message().await? {
+                (b'D', body) => standby = Some(body.ends_with(b"t")),
+                (b'Z', _) => break,
+                (b'E', _) => {
+                    return Err(ConnectError::Protocol(
+                        self.addr.to_string(),
+                        "pg_is_in_recovery() failed",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        standby.ok_or_else(|| {
+            ConnectError::Protocol(self.addr.to_string(), "pg_is_in_recovery() returned no row")
+        })
+    }
+
+    /// True when the peer has closed or sent something unasked while idle:
+    /// such a connection must not be handed to a client.
+    pub fn is_broken(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Runs a simple query whose result is not needed (e.g. ROLLBACK, DISCARD ALL)
+    /// and returns the final transaction status.
+    pub async fn run_reset(&mut self, sql: &str) -> Result<u8, ConnectError> {
+        let mut out = BytesMut::new();
+        let io = |addr: &str, source| ConnectError::Io {
+            addr: addr.to_string(),
+            source,
+        };
+        frontend::query(sql, &mut out).map_err(|e| io(&self.addr, e))?;
+        self.stream
+            .write_all(&out)
+            .await
+            .map_err(|e| io(&self.addr, e))?;
+        let mut failed = false;
+        loop {
+            match self.read_message().await? {
+                (b'E', _) => failed = true,
+                (b'Z', body) if !failed => return Ok(body.first().copied().unwrap_or(b'E')),
+                (b'Z', _) => return Ok(b'E'),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        // Best effort Terminate so PostgreSQL logs a clean disconnect; a full
+        // socket buffer just means the close alone has to do.
+        let _ = self.stream.try_write(b"X\0\0\0\x04");
+    }
+}
+
+fn decode_parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let mut parts = body.split(|&b| b == 0);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    Some((name.to_string(), value.to_string()))
+}
+
+/// Sends a CancelRequest for `key` to `addr` (a fresh connection, as the protocol requires).
+pub async fn send_cancel(addr: &str, key: (i32, i32)) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    frontend::cancel_request(key.0, key.1, &mut out);
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel connect timed out")
+        })??;
+    stream.write_all(&out).await?;
+    // Wait for the server to close, so the cancel is delivered before we return.
+    let mut sink = [0u8; 16];
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! ErrorResponse / NoticeResponse (B, tags `E` / `N`): writing the proxy's own
+//! errors, and reading the SQLSTATE and message of a server's.
+
+use bytes::BytesMut;
+
+use crate::protocol::frame::put_frame;
+
+/// ERROR: the statement failed, the session goes on.
+pub const ERROR: &str = "ERROR";
+/// FATAL: the connection is about to close.
+pub const FATAL: &str = "FATAL";
+
+/// Appends an ErrorResponse with severity, SQLSTATE and message.
+pub fn encode(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
+    let mut body = Vec::with_capacity(32 + message.len());
+    for (field, value) in [
+        (b'S', severity),
+        (b'V', severity),
+        (b'C', code),
+        (b'M', message),
+    ] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    put_frame(out, b'E', &body);
+}
+
+/// The fields a proxy cares about in a server's ErrorResponse body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerError {
+    /// `S` (localized) severity.
+    pub severity: String,
+    /// `C` SQLSTATE.
+    pub code: String,
+    /// `M` message.
+    pub message: String,
+}
+
+/// Reads an ErrorResponse body (after tag and length). Unknown fields are skipped.
+pub fn decode(body: &[u8]) -> Option<ServerError> {
+    let mut err = ServerError {
+        severity: String::new(),
+        code: String::new(),
+        message: String::new(),
+    };
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            return Some(err);
+        }
+        let nul = tail.iter().position(|&b| b == 0)?;
+        let value = String::from_utf8_lossy(&tail[..nul]).into_owned();
+        match field {
+            b'S' => err.severity = value,
+            b'C' => err.code = value,
+            b'M' => err.message = value,
+            _ => {}
+        }
+        rest = &tail[nul + 1..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_truncation() {
+        let mut out = BytesMut::new();
+        encode(&mut out, ERROR, "53300", "too many");
+        let e = decode(&out[5..]).unwrap();
+        assert_eq!(
+            (e.severity.as_str(), e.code.as_str(), e.message.as_str()),
+            ("ERROR", "53300", "too many")
+        );
+        for cut in 5..out.len() - 1 {
+            assert_eq!(decode(&out[5..cut]), None, "cut at {cut}");
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Test harness: one real PostgreSQL primary + streaming replica shared by the
+//! tests of a binary (stopped by its Drop when the last test using it ends),
+//! an in-process Switchyard per test, and small clients (tokio-postgres, raw
+//! protocol) to talk to it.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, BytesMut};
+use switchyard::local_cluster::{
+    LocalCluster, LocalClusterOptions, APP_DB, APP_PASSWORD, APP_USER,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+static CLUSTER: Mutex<Weak<LocalCluster>> = Mutex::new(Weak::new());
+
+/// The shared cluster, started on first use.
+pub fn cluster() -> Arc<LocalCluster> {
+    let mut slot = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = slot.upgrade() {
+        return c;
+    }
+    let c = Arc::new(
+        LocalCluster::start(LocalClusterOptions::default()).expect("start PostgreSQL cluster"),
+    );
+    *slot = Arc::downgrade(&c);
+    c
+}
+
+/// A Switchyard running inside the test process; stops when dropped.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    pub cluster: Arc<LocalCluster>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts a proxy in front of the shared cluster (nodes: primary, replica).
+    /// `extra` is TOML placed in `[proxy]` (e.g. `default_pool_size = 1`).
+    pub async fn start(extra: &str) -> Proxy {
+        let cluster = cluster();
+        let nodes = cluster
+            .nodes()
+            .iter()
+            .map(|n| format!("{:?}", n.addr()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Self::start_with(
+            cluster,
+            &format!("[proxy]\n{extra}\n{USERS}\n[cluster]\nnodes = [{nodes}]\n"),
+        )
+        .await
+    }
+
+    /// Starts a proxy with a whole TOML configuration.
+    pub async fn start_with(cluster: Arc<LocalCluster>, toml: &str) -> Proxy {
+        let config = switchyard::config::load_str(toml).expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            switchyard::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("proxy runs");
+        });
+        Proxy {
+            addr,
+            cluster,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Asks the proxy to shut down and waits until `run` returns.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap();
+        }
+    }
+
+    /// A connection string for `user`/`password` on `db`.
+    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db} connect_timeout=10",
+            self.addr.port()
+        )
+    }
+
+    /// A tokio-postgres client as `app`.
+    pub async fn client(&self) -> Client {
+        self.client_as(APP_USER, APP_PASSWORD, APP_DB)
+            .await
+            .expect("connect through proxy")
+    }
+
+    /// A tokio-postgres client with explicit credentials.
+    pub async fn client_as(
+        &self,
+        user: &str,
+        pw: &str,
+        db: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::connect(&self.url(user, pw, db), NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// A direct (not proxied) client to the primary as the superuser.
+    pub async fn direct_admin(&self) -> Client {
+        let p = self.cluster.primary();
+        let url = format!(
+            "host=127.0.0.1 port={} user=postgres password=postgres dbname=app",
+            p.port()
+        );
+        let (client, conn) = tokio_postgres::connect(&url, NoTls)
+            .await
+            .expect("direct connect");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        client
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Users every test proxy knows.
+pub const USERS: &str = r#"
+[[users]]
+name = "app"
+password = "app"
+[[users]]
+name = "md5user"
+password = "md5pass"
+[[users]]
+name = "trustuser"
+password = "whatever"
+"#;
+
+/// A unique name for test objects.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}_{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server (or proxy) sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.as_db_error().map(|d| d.code().code().to_string())
+}
+
+/// A hand-driven protocol client for what drivers will not send.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    /// BackendKeyData received at login.
+    pub key: Option<(i32, i32)>,
+}
+
+impl Raw {
+    pub async fn connect(addr: std::net::SocketAddr) -> Raw {
+        Raw {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: BytesMut::new(),
+            key: None,
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Sends a StartupMessage for `user`/`db` with protocol 3.`minor`.
+    pub async fn startup(&mut self, minor: u16, user: &str, db: &str) {
+        let mut body = BytesMut::new();
+        body.put_u32(3 << 16 | minor as u32);
+        for (k, v) in [("user", user), ("database", db)] {
+            body.put_slice(k.as_bytes());
+            body.put_u8(0);
+            body.put_slice(v.as_bytes());
+            body.put_u8(0);
+        }
+        body.put_u8(0);
+        let mut out = BytesMut::new();
+        out.put_u32(body.len() as u32 + 4);
+        out.put_slice(&body);
+        self.send(&out).await;
+    }
+
+    /// Next message (tag, body), or None on EOF / timeout.
+    pub async fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() > len {
+                    let tag = self.buf[0];
+                    self.buf.advance(5);
+                    let body = self.buf.split_to(len - 4).to_vec();
+                    return Some((tag, body));
+                }
+            }
+            match tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf))
+                .await
+            {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads until ReadyForQuery; returns every message before it, and the status.
+    pub async fn until_ready(&mut self) -> (Vec<(u8, Vec<u8>)>, Option<u8>) {
+        let mut msgs = vec![];
+        while let Some((tag, body)) = self.recv().await {
+            if tag == b'Z' {
+                return (msgs, body.first().copied());
+            }
+            if tag == b'K' && body.len() == 8 {
+                let pid = i32::from_be_bytes(body[0..4].try_into().unwrap());
+                let secret = i32::from_be_bytes(body[4..8].try_into().unwrap());
+                self.key = Some((pid, secret));
+            }
+            msgs.push((tag, body));
+        }
+        (msgs, None)
+    }
+
+    /// Sends a simple Query.
+    pub async fn query(&mut self, sql: &str) {
+        let mut out = BytesMut::new();
+        out.put_u8(b'Q');
+        out.put_u32(sql.len() as u32 + 5);
+        out.put_slice(sql.as_bytes());
+        out.put_u8(0);
+        self.send(&out).await;
+    }
+
+    /// True once the peer has closed (EOF or reset) within `secs`.
+    pub async fn closed_within(&mut self, secs: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let mut scratch = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// The SQLSTATE (`C` field) of an ErrorResponse body.
+pub fn error_code(body: &[u8]) -> String {
+    let mut rest = body;
+    while let Some((&field, tail)) = rest.split_first() {
+        if field == 0 {
+            break;
+        }
+        let nul = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        if field == b'C' {
+            return String::from_utf8_lossy(&tail[..nul]).into_owned();
+        }
+        rest = tail.get(nul + 1..).unwrap_or(&[]);
+    }
+    String::new()
+}
+
+/// Sends a CancelRequest with `key` to `addr`.
+pub async fn send_cancel(addr: std::net::SocketAddr, key: (i32, i32)) {
+    let mut out = BytesMut::new();
+    out.put_u32(16);
+    out.put_u32(80_877_102);
+    out.put_i32(key.0);
+    out.put_i32(key.1);
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    let mut sink = [0u8; 8];
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+}

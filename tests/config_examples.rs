@@ -1,0 +1,78 @@
+//! Every example configuration under config/ loads and validates, and the
+//! environment can override any key.
+
+use std::path::Path;
+
+#[test]
+fn every_file_under_config_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            switchyard::config::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 1, "config/ has examples");
+}
+
+#[test]
+fn check_config_command_accepts_good_and_rejects_bad_files() {
+    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml");
+    let out = std::process::Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = std::env::temp_dir().join(format!("sy_bad_{}.toml", std::process::id()));
+    std::fs::write(
+        &bad,
+        "[proxy]\ndefault_pool_size = \"lots\"\n[cluster]\nnodes = [\"a:1\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&bad);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("default_pool_size"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Environment overrides use SWITCHYARD__SECTION__KEY and are validated too.
+    let out = std::process::Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .env("SWITCHYARD__PROXY__DEFAULT_POOL_SIZE", "0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("default_pool_size must be at least 1"));
+}
+
+#[test]
+fn environment_overrides_reach_the_loaded_config() {
+    // Run in a child process: the environment is process-wide.
+    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/switchyard.toml");
+    let out = std::process::Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .env("SWITCHYARD__PROXY__LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not-an-address"));
+}
