@@ -247,3 +247,47 @@ async fn a_100mb_result_streams_without_the_proxy_growing() {
         after - before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_runs_a_script_with_copy_through_the_proxy() {
+    let proxy = Proxy::start("default_pool_size = 2").await;
+    let table = unique("psql");
+    let script = format!(
+        "CREATE TABLE {table} (id int, t text);\n\
+         \\copy {table} FROM STDIN\n1\tone\n2\ttwo\n\\.\n\
+         BEGIN;\nUPDATE {table} SET t = upper(t);\nCOMMIT;\n\
+         SELECT string_agg(t, ',' ORDER BY id) FROM {table};\n\
+         DROP TABLE {table};\n"
+    );
+    let mut child = std::process::Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            &proxy.url("app", "app", "app"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql is installed");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ONE,TWO");
+}
