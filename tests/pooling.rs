@@ -160,8 +160,7 @@ async fn wrong_password_and_unknown_user_get_28p01() {
         let err = proxy
             .client_as(user, pw, "app")
             .await
-            .err()
-            .expect("login must fail");
+            .expect_err("login must fail");
         assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{user}: {err}");
     }
     // md5 on the client side, and md5 + trust on the server side.
@@ -198,8 +197,7 @@ async fn a_missing_database_is_reported_at_login() {
     let err = proxy
         .client_as("app", "app", "no_such_db")
         .await
-        .err()
-        .expect("login must fail");
+        .expect_err("login must fail");
     assert_eq!(sqlstate(&err).as_deref(), Some("3D000"), "{err}");
 }
 
@@ -211,8 +209,7 @@ async fn too_many_clients_get_53300() {
     let err = proxy
         .client_as("app", "app", "app")
         .await
-        .err()
-        .expect("third client refused");
+        .expect_err("third client refused");
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
     drop(a);
     tokio::time::sleep(Duration::from_millis(200)).await;
