@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod events;
 pub mod listener;
 pub mod local_cluster;
 pub mod pool;

@@ -16,6 +16,7 @@ use crate::auth::secret::Credentials;
 use crate::client::cancel::CancelMap;
 use crate::cluster::Cluster;
 use crate::config::Config;
+use crate::events::Events;
 use crate::pool::server_conn::Login;
 use crate::pool::{Pool, PoolSettings, Pools};
 
@@ -52,7 +53,7 @@ impl Context {
                 .map_err(|e| RunError::BadUser(u.name.clone(), e))?;
             users.insert(u.name.clone(), creds);
         }
-        let cluster = Arc::new(Cluster::new(config.nodes()));
+        let cluster = Arc::new(Cluster::new(config.nodes(), Arc::new(Events::new(1000))));
         Ok(Context {
             config: Arc::new(config),
             users,
@@ -67,7 +68,7 @@ impl Context {
     pub fn pool_for(&self, database: &str, user: &str) -> Pool {
         self.pools
             .get_or_create((database.to_string(), user.to_string()), || {
-                let (dbname, _target, size) = self.config.database(database);
+                let (dbname, target, size) = self.config.database(database);
                 let p = &self.config.proxy;
                 let settings = PoolSettings {
                     size,
@@ -75,6 +76,8 @@ impl Context {
                     idle_timeout: p.server_idle_timeout,
                     lifetime: p.server_lifetime,
                     connect_timeout: p.server_connect_timeout,
+                    hold_timeout: self.config.failover.hold_timeout,
+                    target,
                 };
                 let password = self.users.get(user).and_then(|c| c.server_password.clone());
                 let login = Login {
@@ -99,6 +102,11 @@ pub async fn run(
     let ctx = Arc::new(Context::new(config, token.clone())?);
     let tracker = TaskTracker::new();
     tracker.spawn(reaper(ctx.clone()));
+    tracker.spawn(crate::cluster::monitor::run(
+        ctx.cluster.clone(),
+        ctx.config.clone(),
+        token.clone(),
+    ));
     let clients = Arc::new(Semaphore::new(ctx.config.proxy.max_client_conn));
     tokio::pin!(shutdown);
     loop {

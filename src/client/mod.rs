@@ -91,6 +91,6 @@ pub fn pool_error(err: PoolError, at_login: bool) -> ClientError {
             ClientError::Server(error)
         }
         PoolError::Connect(ClusterError::Login(_)) if at_login => ClientError::ServerLoginFailed,
-        PoolError::Connect(_) => ClientError::NoPrimary,
+        PoolError::HoldTimeout | PoolError::Connect(_) => ClientError::NoPrimary,
     }
 }

@@ -1,103 +1,237 @@
-//! Topology: which node is the primary. Until health checks arrive (issue #3)
-//! the primary is found the way libpq's `target_session_attrs=read-write` does:
-//! the first reachable node that is not a hot standby, starting with the last
-//! one that was. The choice of order is a pure function, tested without sockets.
+//! Topology, health and failover. The [`Cluster`] handle is what the rest of
+//! the proxy sees: where to route a connection now (`route`), a way to wait
+//! for that to change (`changed`), and a way to report a broken connection
+//! (`nudge`). The [`monitor`] task behind it probes every node, runs the
+//! failover state machine ([`failover::step`], pure) and performs its actions.
+
+pub mod decide;
+pub mod failover;
+pub mod health;
+pub mod monitor;
+pub mod view;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::Node;
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Node, Target};
+use crate::events::Events;
 use crate::pool::server_conn::{ConnectError, Login, ServerConn};
 
-/// The nodes and what is known about them.
-pub struct Cluster {
-    nodes: Vec<Node>,
-    /// Index of the node that was primary last time; tried first.
-    primary_hint: AtomicUsize,
+/// What routing knows right now; replaced as a whole by the monitor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The node taking writes, if any.
+    pub primary: Option<usize>,
+    /// Replicas fit for read traffic (healthy, on the primary's timeline, within the lag bound).
+    pub replicas: Vec<usize>,
+    /// Nodes that passed a health check and are not fenced (for `any`).
+    pub usable: Vec<usize>,
 }
 
-/// Why no primary connection could be opened.
+/// Where one server connection should go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Node index.
+    pub node: usize,
+    /// Node address.
+    pub addr: Arc<str>,
+    /// Incarnation of the node's connections; a newer epoch retires older ones.
+    pub epoch: u64,
+    /// Cancelled when the node's connections must close (node down, role changed).
+    pub retired: CancellationToken,
+}
+
+struct Incarnation {
+    epoch: u64,
+    retired: CancellationToken,
+}
+
+/// The shared topology handle.
+pub struct Cluster {
+    nodes: Vec<Node>,
+    addrs: Vec<Arc<str>>,
+    snapshot: ArcSwap<Snapshot>,
+    changed: watch::Sender<u64>,
+    incarnations: Vec<Mutex<Incarnation>>,
+    /// Server connections checked out per node (for least-outstanding replica choice).
+    load: Vec<AtomicUsize>,
+    nudge: Notify,
+    /// The incident timeline.
+    pub events: Arc<Events>,
+}
+
+/// Why no server connection could be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// Every node was unreachable or a standby.
-    #[error("no primary among {0} node(s)")]
-    NoPrimary(usize),
-    /// A node answered with an error that is the client's business (bad
-    /// database, auth failure): trying another node would not help.
+    /// No node is routable for the target now.
+    #[error("no {0} server is available")]
+    NoNode(&'static str),
+    /// A node answered with an error that is the client's business (unknown
+    /// database, auth failure).
     #[error(transparent)]
     Login(ConnectError),
+    /// The node could not be reached.
+    #[error(transparent)]
+    Unreachable(ConnectError),
 }
 
 impl Cluster {
-    /// A cluster over `nodes`, first node presumed primary.
-    pub fn new(nodes: Vec<Node>) -> Cluster {
+    /// A cluster over `nodes`; nothing is routable until the monitor's first checks.
+    pub fn new(nodes: Vec<Node>, events: Arc<Events>) -> Cluster {
+        let addrs = nodes.iter().map(|n| Arc::from(n.addr.as_str())).collect();
+        let incarnations = nodes
+            .iter()
+            .map(|_| {
+                Mutex::new(Incarnation {
+                    epoch: 0,
+                    retired: CancellationToken::new(),
+                })
+            })
+            .collect();
+        let load = nodes.iter().map(|_| AtomicUsize::new(0)).collect();
         Cluster {
             nodes,
-            primary_hint: AtomicUsize::new(0),
+            addrs,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            changed: watch::channel(0).0,
+            incarnations,
+            load,
+            nudge: Notify::new(),
+            events,
         }
     }
 
-    /// Opens a logged-in connection to the primary.
-    pub async fn connect_primary(
+    /// The configured nodes.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The current routing snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Where a connection for `target` goes now; `None` when nothing is routable.
+    /// `replica` falls back to the primary when no replica qualifies.
+    pub fn route(&self, target: Target) -> Option<Route> {
+        let snap = self.snapshot.load();
+        let node = match target {
+            Target::Primary => snap.primary,
+            Target::Replica => self.least_loaded(&snap.replicas).or(snap.primary),
+            Target::Any => self.least_loaded(&snap.usable).or(snap.primary),
+        }?;
+        let inc = lock(&self.incarnations[node]);
+        Some(Route {
+            node,
+            addr: self.addrs[node].clone(),
+            epoch: inc.epoch,
+            retired: inc.retired.clone(),
+        })
+    }
+
+    fn least_loaded(&self, candidates: &[usize]) -> Option<usize> {
+        candidates
+            .iter()
+            .copied()
+            .min_by_key(|&i| (self.load[i].load(Ordering::Relaxed), i))
+    }
+
+    /// Whether connections of `epoch` to `node` are still current.
+    pub fn is_current(&self, node: usize, epoch: u64) -> bool {
+        lock(&self.incarnations[node]).epoch == epoch
+    }
+
+    /// Opens a logged-in connection along `route`.
+    pub async fn connect(
         &self,
+        route: &Route,
         login: &Login,
         timeout: Duration,
     ) -> Result<ServerConn, ClusterError> {
-        let hint = self.primary_hint.load(Ordering::Relaxed);
-        for idx in try_order(self.nodes.len(), hint) {
-            let node = &self.nodes[idx];
-            match ServerConn::connect(&node.addr, login, timeout).await {
-                Ok(mut conn) => match conn.is_standby().await {
-                    Ok(false) => {
-                        self.primary_hint.store(idx, Ordering::Relaxed);
-                        return Ok(conn);
-                    }
-                    Ok(true) => {
-                        tracing::debug!(node = %node.name, "node is a standby; trying the next")
-                    }
-                    Err(e) => tracing::warn!(node = %node.name, error = %e, "role check failed"),
-                },
-                Err(e @ ConnectError::Refused { .. }) if !is_node_state_error(&e) => {
-                    return Err(ClusterError::Login(e));
-                }
-                Err(e @ ConnectError::Auth { .. }) => return Err(ClusterError::Login(e)),
-                Err(e) => tracing::warn!(node = %node.name, error = %e, "node unreachable"),
+        match ServerConn::connect(&route.addr, login, timeout).await {
+            Ok(mut conn) => {
+                conn.node = route.node;
+                conn.epoch = route.epoch;
+                conn.retired = route.retired.clone();
+                Ok(conn)
+            }
+            Err(e @ (ConnectError::Refused { .. } | ConnectError::Auth { .. }))
+                if !is_node_state_error(&e) =>
+            {
+                Err(ClusterError::Login(e))
+            }
+            Err(e) => {
+                self.nudge();
+                Err(ClusterError::Unreachable(e))
             }
         }
-        Err(ClusterError::NoPrimary(self.nodes.len()))
+    }
+
+    /// Counts a checked-out connection to `node` (`delta` = +1 / -1).
+    pub fn add_load(&self, node: usize, delta: isize) {
+        if delta >= 0 {
+            self.load[node].fetch_add(delta as usize, Ordering::Relaxed);
+        } else {
+            self.load[node].fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves when the routing snapshot changes (or at once if it changed
+    /// since `seen`). Returns the new version.
+    pub async fn changed(&self, seen: u64) -> u64 {
+        let mut rx = self.changed.subscribe();
+        let _ = rx.wait_for(|v| *v != seen).await;
+        let v = *rx.borrow();
+        v
+    }
+
+    /// The current snapshot version (for `changed`).
+    pub fn version(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
+    /// Asks the monitor to probe now (a pooled connection broke, a connect was refused).
+    pub fn nudge(&self) {
+        self.nudge.notify_one();
+    }
+
+    /// Replaces the routing snapshot and wakes held clients.
+    pub(crate) fn publish(&self, snap: Snapshot) {
+        self.snapshot.store(Arc::new(snap));
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Retires every connection to `node`: idle ones are dropped at checkout,
+    /// active ones see `retired` cancelled and end at once.
+    pub(crate) fn retire(&self, node: usize) {
+        let mut inc = lock(&self.incarnations[node]);
+        inc.retired.cancel();
+        inc.epoch += 1;
+        inc.retired = CancellationToken::new();
+    }
+
+    pub(crate) async fn nudged(&self) {
+        self.nudge.notified().await
     }
 }
 
-/// Node indexes to try: the hint first, then the others in configured order.
-pub fn try_order(n: usize, hint: usize) -> impl Iterator<Item = usize> {
-    let hint = if hint < n { Some(hint) } else { None };
-    hint.into_iter()
-        .chain((0..n).filter(move |&i| Some(i) != hint))
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Errors that say the node, not the login, is the problem (starting up,
-/// shutting down, in recovery, too many connections): try another node.
+/// shutting down, in recovery, too many connections).
 fn is_node_state_error(e: &ConnectError) -> bool {
     match e {
-        ConnectError::Refused { error, .. } => {
-            matches!(
-                error.code.as_str(),
-                "57P03" | "57P01" | "57P02" | "53300" | "08006"
-            )
-        }
+        ConnectError::Refused { error, .. } => matches!(
+            error.code.as_str(),
+            "57P03" | "57P01" | "57P02" | "53300" | "08006"
+        ),
         _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hint_first_then_configured_order() {
-        assert_eq!(try_order(3, 0).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert_eq!(try_order(3, 2).collect::<Vec<_>>(), vec![2, 0, 1]);
-        assert_eq!(try_order(3, 9).collect::<Vec<_>>(), vec![0, 1, 2]);
-        assert_eq!(try_order(0, 0).count(), 0);
     }
 }

@@ -30,6 +30,112 @@ pub struct Config {
     /// pass through to the primary under the same name.
     #[serde(default)]
     pub databases: BTreeMap<String, DatabaseConfig>,
+    /// `[health]`: how nodes are checked.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// `[failover]`: what happens when the primary fails.
+    #[serde(default)]
+    pub failover: FailoverConfig,
+    /// `[routing]`: where replica traffic may go.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+}
+
+/// `[health]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Time between probes of a healthy node. Default `1s`.
+    #[serde(with = "duration")]
+    pub interval: Duration,
+    /// A probe slower than this failed. Default `1s`.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Consecutive failed probes before a node is down. Default 3.
+    pub failure_threshold: u32,
+    /// Database the health connections log into. Default `postgres`.
+    pub database: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+            database: "postgres".into(),
+        }
+    }
+}
+
+/// Who moves writes when the primary fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverMode {
+    /// Switchyard promotes the best replica (default).
+    Promote,
+    /// Something else promotes; Switchyard follows the node that left recovery.
+    Follow,
+    /// Route only; never move writes.
+    Off,
+}
+
+/// What a promoted primary does with `synchronous_standby_names`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncPolicy {
+    /// Clear it when no standby is connected, so writes do not wait forever (default).
+    Availability,
+    /// Leave it: writes wait until a synchronous standby connects.
+    Durability,
+}
+
+/// `[failover]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// `promote` (default), `follow` or `off`.
+    pub mode: FailoverMode,
+    /// A replica further behind than this (bytes) is never promoted. Default 16 MiB.
+    pub max_lag_bytes: u64,
+    /// Point the other replicas at the new primary. Default true.
+    pub repoint_replicas: bool,
+    /// Run with the old primary's address after a promotion (optional).
+    pub fence_command: Option<String>,
+    /// `availability` (default) or `durability`.
+    pub sync_policy: SyncPolicy,
+    /// How long a query waits for a routable primary before an error. Default `30s`.
+    #[serde(with = "duration")]
+    pub hold_timeout: Duration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            mode: FailoverMode::Promote,
+            max_lag_bytes: 16 * 1024 * 1024,
+            repoint_replicas: true,
+            fence_command: None,
+            sync_policy: SyncPolicy::Availability,
+            hold_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[routing]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Replicas further behind than this (bytes) get no `replica` traffic. Default 16 MiB.
+    pub max_replica_lag: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            max_replica_lag: 16 * 1024 * 1024,
+        }
+    }
 }
 
 /// How long a client keeps its server connection.

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::cluster::{Cluster, ClusterError};
+use crate::cluster::{Cluster, ClusterError, Route};
+use crate::config::Target;
 use server_conn::{Login, ServerConn};
 
 /// Timeouts a pool works with.
@@ -28,6 +29,10 @@ pub struct PoolSettings {
     pub lifetime: Duration,
     /// Longest connect + login.
     pub connect_timeout: Duration,
+    /// Longest wait for a routable node (a failover in progress).
+    pub hold_timeout: Duration,
+    /// Where this pool's connections go.
+    pub target: Target,
 }
 
 /// Why no server connection was handed out.
@@ -36,6 +41,9 @@ pub enum PoolError {
     /// No slot became free within `checkout_timeout`.
     #[error("checkout timed out")]
     Timeout,
+    /// No node became routable within `hold_timeout`.
+    #[error("no routable server within hold_timeout")]
+    HoldTimeout,
     /// Opening a new connection failed.
     #[error(transparent)]
     Connect(#[from] ClusterError),
@@ -77,10 +85,13 @@ impl Pool {
         }
     }
 
-    /// Takes a server connection: an idle one if there is one, else a new one.
-    /// Waits up to `checkout_timeout` for a free slot.
+    /// Takes a server connection on the node the pool's target routes to now:
+    /// an idle one if there is one, else a new one. While nothing is routable
+    /// (a failover) the request is held up to `hold_timeout`; a free slot is
+    /// awaited up to `checkout_timeout`.
     pub async fn checkout(&self) -> Result<ServerConn, PoolError> {
         let s = &self.shared;
+        let deadline = tokio::time::Instant::now() + s.settings.hold_timeout;
         let permit = match s.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -90,17 +101,40 @@ impl Pool {
                     .map_err(|_| PoolError::Timeout)?
             }
         };
-        let mut conn = match self.pop_usable(Instant::now()) {
-            Some(conn) => conn,
-            None => self.open().await?,
-        };
-        conn.permit = Some(permit);
-        Ok(conn)
+        loop {
+            let version = s.cluster.version();
+            if let Some(route) = s.cluster.route(s.settings.target) {
+                let found = self.pop_usable(&route, Instant::now());
+                let conn = match found {
+                    Some(conn) => Ok(conn),
+                    None => self.open(&route).await,
+                };
+                match conn {
+                    Ok(mut conn) => {
+                        conn.permit = Some(permit);
+                        conn.load = Some(LoadGuard::new(s.cluster.clone(), conn.node));
+                        return Ok(conn);
+                    }
+                    Err(PoolError::Connect(ClusterError::Unreachable(e))) => {
+                        tracing::debug!(error = %e, "routed node unreachable; holding for the topology to change");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let wait = s.cluster.changed(version);
+            if tokio::time::timeout_at(deadline, wait).await.is_err() {
+                return Err(PoolError::HoldTimeout);
+            }
+        }
     }
 
-    fn pop_usable(&self, now: Instant) -> Option<ServerConn> {
-        loop {
-            let conn = lock(&self.shared.idle).pop()?;
+    fn pop_usable(&self, route: &Route, now: Instant) -> Option<ServerConn> {
+        let mut idle = lock(&self.shared.idle);
+        let cluster = &self.shared.cluster;
+        // Connections to retired incarnations are closed here (dropped).
+        idle.retain(|c| cluster.is_current(c.node, c.epoch));
+        while let Some(pos) = idle.iter().rposition(|c| c.node == route.node) {
+            let conn = idle.remove(pos);
             // A connection idle for a while may have been closed by the server;
             // a fresh one is checked only by age to keep the hot path syscall-free.
             let stale = now.duration_since(conn.last_used) > Duration::from_secs(1);
@@ -108,13 +142,14 @@ impl Pool {
                 return Some(conn);
             }
         }
+        None
     }
 
-    async fn open(&self) -> Result<ServerConn, PoolError> {
+    async fn open(&self, route: &Route) -> Result<ServerConn, PoolError> {
         let s = &self.shared;
         let conn = s
             .cluster
-            .connect_primary(&s.login, s.settings.connect_timeout)
+            .connect(route, &s.login, s.settings.connect_timeout)
             .await?;
         let mut params = lock(&s.params);
         if params.is_none() {
@@ -127,7 +162,9 @@ impl Pool {
     pub fn checkin(&self, mut conn: ServerConn) {
         let now = Instant::now();
         conn.permit = None;
-        if expired(&conn, now, &self.shared.settings) || !conn.buf.is_empty() {
+        conn.load = None;
+        let current = self.shared.cluster.is_current(conn.node, conn.epoch);
+        if !current || expired(&conn, now, &self.shared.settings) || !conn.buf.is_empty() {
             return;
         }
         conn.last_used = now;
@@ -154,6 +191,25 @@ impl Pool {
     /// Idle connections right now (for tests and stats).
     pub fn idle_count(&self) -> usize {
         lock(&self.shared.idle).len()
+    }
+}
+
+/// Counts a checked-out connection against its node while it lives.
+pub struct LoadGuard {
+    cluster: Arc<Cluster>,
+    node: usize,
+}
+
+impl LoadGuard {
+    fn new(cluster: Arc<Cluster>, node: usize) -> LoadGuard {
+        cluster.add_load(node, 1);
+        LoadGuard { cluster, node }
+    }
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        self.cluster.add_load(self.node, -1);
     }
 }
 
@@ -206,6 +262,8 @@ mod tests {
             idle_timeout: Duration::from_secs(10),
             lifetime: Duration::from_secs(100),
             connect_timeout: Duration::from_secs(1),
+            hold_timeout: Duration::from_secs(1),
+            target: Target::Primary,
         };
         let t0 = Instant::now();
         let at = |secs| t0 + Duration::from_secs(secs);

@@ -82,6 +82,14 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Pool slot held while checked out.
     pub(crate) permit: Option<OwnedSemaphorePermit>,
+    /// Node index in the cluster.
+    pub node: usize,
+    /// The node incarnation this connection belongs to.
+    pub epoch: u64,
+    /// Cancelled when the node's connections must close at once.
+    pub retired: tokio_util::sync::CancellationToken,
+    /// Counts this connection against its node while checked out.
+    pub(crate) load: Option<super::LoadGuard>,
 }
 
 impl ServerConn {
@@ -113,6 +121,10 @@ impl ServerConn {
             created: now,
             last_used: now,
             permit: None,
+            node: 0,
+            epoch: 0,
+            retired: tokio_util::sync::CancellationToken::new(),
+            load: None,
         };
         let mut out = BytesMut::new();
         let params = [
@@ -211,43 +223,35 @@ impl ServerConn {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Whether the server is a hot standby (read-only). PostgreSQL 14+ reports
-    /// `in_hot_standby` at login; older servers are asked.
-    pub async fn is_standby(&mut self) -> Result<bool, ConnectError> {
-        if let Some(v) = self.param("in_hot_standby") {
-            return Ok(v == "on");
-        }
+    /// Runs a simple query and returns the first row's text values (`None`
+    /// for NULL; empty without a row); an ErrorResponse becomes `Err`.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ConnectError> {
         let mut out = BytesMut::new();
-        frontend::query("SELECT pg_is_in_recovery()", &mut out).map_err(|source| {
-            ConnectError::Io {
-                addr: self.addr.to_string(),
-                source,
-            }
-        })?;
+        let io = |addr: &str, source| ConnectError::Io {
+            addr: addr.to_string(),
+            source,
+        };
+        frontend::query(sql, &mut out).map_err(|e| io(&self.addr, e))?;
         self.stream
             .write_all(&out)
             .await
-            .map_err(|source| ConnectError::Io {
-                addr: self.addr.to_string(),
-                source,
-            })?;
-        let mut standby = None;
+            .map_err(|e| io(&self.addr, e))?;
+        let (mut row, mut error) = (None, None);
         loop {
             match self.read_message().await? {
-                (b'D', body) => standby = Some(body.ends_with(b"t")),
+                (b'D', body) if row.is_none() => row = Some(decode_data_row(&body)),
+                (b'E', body) => error = error_response::decode(&body),
                 (b'Z', _) => break,
-                (b'E', _) => {
-                    return Err(ConnectError::Protocol(
-                        self.addr.to_string(),
-                        "pg_is_in_recovery() failed",
-                    ))
-                }
                 _ => {}
             }
         }
-        standby.ok_or_else(|| {
-            ConnectError::Protocol(self.addr.to_string(), "pg_is_in_recovery() returned no row")
-        })
+        if let Some(error) = error {
+            return Err(ConnectError::Refused {
+                addr: self.addr.to_string(),
+                error,
+            });
+        }
+        Ok(row.flatten().unwrap_or_default())
     }
 
     /// True when the peer has closed or sent something unasked while idle:
@@ -288,6 +292,25 @@ impl Drop for ServerConn {
         // socket buffer just means the close alone has to do.
         let _ = self.stream.try_write(b"X\0\0\0\x04");
     }
+}
+
+/// DataRow (B): column count, then per column a length (-1: NULL) and bytes.
+fn decode_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
+    let count = u16::from_be_bytes(body.get(..2)?.try_into().ok()?);
+    let mut rest = &body[2..];
+    let mut values = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = i32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
+        rest = &rest[4..];
+        if len < 0 {
+            values.push(None);
+            continue;
+        }
+        let value = rest.get(..len as usize)?;
+        values.push(Some(String::from_utf8_lossy(value).into_owned()));
+        rest = &rest[len as usize..];
+    }
+    Some(values)
 }
 
 fn decode_parameter_status(body: &[u8]) -> Option<(String, String)> {

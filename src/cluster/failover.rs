@@ -1,0 +1,307 @@
+//! The primary's state machine. `step` takes the current state and the node
+//! views and returns the next state plus the actions to perform; the monitor
+//! (async) gathers views and performs actions. Every safety rule of
+//! DESIGN.md §4 is a table test of `step` below.
+
+use std::time::{Duration, Instant};
+
+use super::decide::{choose_candidate, reported_primary, to_fence, Blocked};
+use super::view::{Health, NodeView, Role};
+use crate::config::FailoverMode;
+use crate::events::EventKind;
+
+/// Where the primary stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Primary {
+    /// No primary known yet (startup): nothing is routed for writes.
+    Discovering,
+    /// This node takes writes.
+    Serving(usize),
+    /// The primary is down and no replacement serves yet.
+    Lost {
+        /// The node that was primary.
+        old: usize,
+        /// Why promotion is not running, once said (to avoid repeating it every tick).
+        blocked: Option<Blocked>,
+    },
+    /// `pg_promote()` was started on `candidate`.
+    Promoting {
+        /// The node that was primary.
+        old: usize,
+        /// The replica being promoted.
+        candidate: usize,
+        /// When promotion started.
+        since: Instant,
+    },
+}
+
+impl Primary {
+    /// The node that takes writes now, if any.
+    pub fn serving(&self) -> Option<usize> {
+        match self {
+            Primary::Serving(p) => Some(*p),
+            _ => None,
+        }
+    }
+}
+
+/// Something the monitor must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Run `pg_promote()` on this node.
+    Promote(usize),
+    /// Point this replica's `primary_conninfo` at `primary`.
+    Repoint {
+        /// The replica to repoint.
+        replica: usize,
+        /// The new primary.
+        primary: usize,
+    },
+    /// Never route to this node again (until re-admitted).
+    Fence(usize),
+    /// Close every server connection to this node now.
+    CloseConns(usize),
+    /// Clear `synchronous_standby_names` on this new primary if no standby is connected.
+    ClearSyncStandby(usize),
+    /// Run `failover.fence_command` for this old primary.
+    FenceCommand(usize),
+    /// Record an event.
+    Event(EventKind, Option<usize>, String),
+}
+
+/// The settings `step` needs.
+#[derive(Debug, Clone)]
+pub struct FailoverSettings {
+    /// promote | follow | off.
+    pub mode: FailoverMode,
+    /// Largest lag (bytes) of a promotable replica.
+    pub max_lag_bytes: u64,
+    /// Repoint the other replicas after a promotion.
+    pub repoint_replicas: bool,
+    /// Clear `synchronous_standby_names` on the new primary.
+    pub clear_sync_standby: bool,
+    /// A fence command is configured.
+    pub fence_command: bool,
+    /// Give up on a promotion that has not shown after this long.
+    pub promote_timeout: Duration,
+}
+
+/// One decision step.
+pub fn step(
+    state: &Primary,
+    nodes: &[NodeView],
+    now: Instant,
+    cfg: &FailoverSettings,
+) -> (Primary, Vec<Action>) {
+    let mut actions = vec![];
+    for i in to_fence(nodes) {
+        let msg = format!(
+            "node reports primary on timeline {} below the highest seen; fenced",
+            nodes[i].timeline()
+        );
+        actions.extend([
+            Action::Fence(i),
+            Action::CloseConns(i),
+            Action::Event(EventKind::NodeFenced, Some(i), msg),
+        ]);
+    }
+    let fenced_now: Vec<usize> = actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::Fence(i) = a {
+                Some(*i)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let usable = |i: usize| !fenced_now.contains(&i) && nodes[i].live_role() == Some(Role::Primary);
+    let next = match state {
+        Primary::Discovering => match reported_primary(nodes, None).filter(|&p| usable(p)) {
+            Some(p) => {
+                actions.push(Action::Event(
+                    EventKind::WritesResumed,
+                    Some(p),
+                    "primary discovered".into(),
+                ));
+                Primary::Serving(p)
+            }
+            None => Primary::Discovering,
+        },
+        Primary::Serving(p) => serving(*p, nodes, &fenced_now, now, cfg, &mut actions),
+        Primary::Lost { old, blocked } => {
+            lost(*old, blocked.as_ref(), nodes, now, cfg, &mut actions)
+        }
+        Primary::Promoting {
+            old,
+            candidate,
+            since,
+        } => {
+            if usable(*candidate) {
+                took_over(*candidate, Some(*old), nodes, cfg, &mut actions)
+            } else if now.duration_since(*since) > cfg.promote_timeout
+                || nodes[*candidate].health == Health::Down
+            {
+                let msg = "promotion did not complete; choosing again".to_string();
+                actions.push(Action::Event(
+                    EventKind::ActionFailed,
+                    Some(*candidate),
+                    msg,
+                ));
+                Primary::Lost {
+                    old: *old,
+                    blocked: None,
+                }
+            } else {
+                state.clone()
+            }
+        }
+    };
+    (next, actions)
+}
+
+fn serving(
+    p: usize,
+    nodes: &[NodeView],
+    fenced_now: &[usize],
+    now: Instant,
+    cfg: &FailoverSettings,
+    actions: &mut Vec<Action>,
+) -> Primary {
+    let node = &nodes[p];
+    let still_primary = !fenced_now.contains(&p) && node.live_role() == Some(Role::Primary);
+    if !still_primary {
+        let why = match (
+            node.fenced || fenced_now.contains(&p),
+            node.health,
+            node.probe.as_ref().map(|x| x.role),
+        ) {
+            (true, _, _) => "primary fenced",
+            (_, Health::Down, _) => "primary is down",
+            (_, _, Some(Role::Replica)) => "primary is in recovery now",
+            _ => "primary is not usable",
+        };
+        actions.push(Action::CloseConns(p));
+        actions.push(Action::Event(
+            EventKind::FailoverStarted,
+            Some(p),
+            why.into(),
+        ));
+        return lost(p, None, nodes, now, cfg, actions);
+    }
+    match reported_primary(nodes, Some(p)) {
+        Some(q) if q != p => {
+            // Someone promoted another node onto a higher timeline.
+            actions.push(Action::CloseConns(p));
+            took_over(q, Some(p), nodes, cfg, actions)
+        }
+        _ => Primary::Serving(p),
+    }
+}
+
+fn lost(
+    old: usize,
+    blocked: Option<&Blocked>,
+    nodes: &[NodeView],
+    now: Instant,
+    cfg: &FailoverSettings,
+    actions: &mut Vec<Action>,
+) -> Primary {
+    if let Some(q) = reported_primary(nodes, None) {
+        return took_over(q, (q != old).then_some(old), nodes, cfg, actions);
+    }
+    if cfg.mode != FailoverMode::Promote {
+        return Primary::Lost {
+            old,
+            blocked: blocked.cloned(),
+        };
+    }
+    match choose_candidate(nodes, old, cfg.max_lag_bytes) {
+        Ok(c) => {
+            let msg = format!(
+                "candidate {} at {:X} (old primary last seen at {:X})",
+                nodes[c].name,
+                nodes[c].lsn(),
+                nodes[old].lsn()
+            );
+            actions.push(Action::Event(EventKind::CandidateChosen, Some(c), msg));
+            actions.push(Action::Promote(c));
+            Primary::Promoting {
+                old,
+                candidate: c,
+                since: now,
+            }
+        }
+        Err(b) => {
+            if blocked != Some(&b) {
+                let msg = match &b {
+                    Blocked::WitnessSeesPrimary(w) => {
+                        format!("not promoting: replica {w} still receives WAL from the primary")
+                    }
+                    Blocked::NoCandidate => {
+                        "not promoting: no reachable replica within failover.max_lag_bytes".into()
+                    }
+                };
+                actions.push(Action::Event(EventKind::FailoverBlocked, Some(old), msg));
+            }
+            Primary::Lost {
+                old,
+                blocked: Some(b),
+            }
+        }
+    }
+}
+
+/// `new` takes writes: resume, fence the old primary, repoint the others.
+fn took_over(
+    new: usize,
+    old: Option<usize>,
+    nodes: &[NodeView],
+    cfg: &FailoverSettings,
+    actions: &mut Vec<Action>,
+) -> Primary {
+    let msg = format!(
+        "{} takes writes on timeline {}",
+        nodes[new].name,
+        nodes[new].timeline()
+    );
+    actions.push(Action::Event(EventKind::WritesResumed, Some(new), msg));
+    if let Some(o) = old {
+        if !nodes[o].fenced {
+            let msg = format!(
+                "old primary {} replaced by {}",
+                nodes[o].name, nodes[new].name
+            );
+            actions.extend([
+                Action::Fence(o),
+                Action::CloseConns(o),
+                Action::Event(EventKind::NodeFenced, Some(o), msg),
+            ]);
+        }
+        if cfg.fence_command {
+            actions.push(Action::FenceCommand(o));
+        }
+    }
+    if cfg.clear_sync_standby
+        && nodes[new]
+            .probe
+            .as_ref()
+            .is_some_and(|p| p.sync_standby_names)
+    {
+        actions.push(Action::ClearSyncStandby(new));
+    }
+    if cfg.repoint_replicas && old.is_some() {
+        for (i, n) in nodes.iter().enumerate() {
+            if i != new && Some(i) != old && n.live_role() == Some(Role::Replica) {
+                actions.push(Action::Repoint {
+                    replica: i,
+                    primary: new,
+                });
+            }
+        }
+    }
+    Primary::Serving(new)
+}
+
+#[cfg(test)]
+mod tests;

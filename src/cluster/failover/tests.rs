@@ -1,0 +1,282 @@
+//! Table tests of the failover state machine: each safety rule, no sockets.
+
+use super::*;
+use crate::cluster::view::{Health, Probe};
+
+fn node(name: &str, role: Role, tl: u32, lsn: u64) -> NodeView {
+    NodeView {
+        name: name.into(),
+        priority: 0,
+        health: Health::Up,
+        probe: Some(Probe {
+            role,
+            timeline: tl,
+            lsn,
+            replay_lsn: lsn,
+            streaming: role == Role::Replica,
+            lag_seconds: None,
+            sync_standby_names: false,
+            at: Instant::now(),
+        }),
+        witness_fresh: false,
+        fenced: false,
+    }
+}
+
+fn cfg(mode: FailoverMode) -> FailoverSettings {
+    FailoverSettings {
+        mode,
+        max_lag_bytes: 1 << 20,
+        repoint_replicas: true,
+        clear_sync_standby: true,
+        fence_command: false,
+        promote_timeout: Duration::from_secs(30),
+    }
+}
+
+fn down(mut n: NodeView) -> NodeView {
+    n.health = Health::Down;
+    n
+}
+
+fn has(actions: &[Action], want: &Action) -> bool {
+    actions.contains(want)
+}
+
+#[test]
+fn discovery_waits_for_a_checked_primary() {
+    let now = Instant::now();
+    let mut p = node("p", Role::Primary, 1, 10);
+    p.health = Health::Unknown;
+    let (s, _) = step(
+        &Primary::Discovering,
+        &[p.clone(), node("r", Role::Replica, 1, 10)],
+        now,
+        &cfg(FailoverMode::Promote),
+    );
+    assert_eq!(
+        s,
+        Primary::Discovering,
+        "no traffic before the first successful check"
+    );
+    p.health = Health::Up;
+    let (s, _) = step(
+        &Primary::Discovering,
+        &[p, node("r", Role::Replica, 1, 10)],
+        now,
+        &cfg(FailoverMode::Promote),
+    );
+    assert_eq!(s, Primary::Serving(0));
+}
+
+#[test]
+fn a_dead_primary_is_replaced_by_the_best_replica() {
+    let now = Instant::now();
+    let nodes = [
+        down(node("p", Role::Primary, 1, 100)),
+        node("a", Role::Replica, 1, 90),
+        node("b", Role::Replica, 1, 99),
+    ];
+    let (s, actions) = step(
+        &Primary::Serving(0),
+        &nodes,
+        now,
+        &cfg(FailoverMode::Promote),
+    );
+    assert_eq!(
+        s,
+        Primary::Promoting {
+            old: 0,
+            candidate: 2,
+            since: now
+        }
+    );
+    assert!(
+        has(&actions, &Action::CloseConns(0)),
+        "connections to the dead primary are closed at once"
+    );
+    assert!(has(&actions, &Action::Promote(2)));
+
+    // The candidate reports primary on the next timeline: writes resume there.
+    let nodes = [
+        down(node("p", Role::Primary, 1, 100)),
+        node("a", Role::Replica, 1, 90),
+        node("b", Role::Primary, 2, 99),
+    ];
+    let (s, actions) = step(
+        &Primary::Promoting {
+            old: 0,
+            candidate: 2,
+            since: now,
+        },
+        &nodes,
+        now,
+        &cfg(FailoverMode::Promote),
+    );
+    assert_eq!(s, Primary::Serving(2));
+    assert!(
+        has(&actions, &Action::Fence(0)),
+        "the old primary is fenced"
+    );
+    assert!(has(
+        &actions,
+        &Action::Repoint {
+            replica: 1,
+            primary: 2
+        }
+    ));
+}
+
+#[test]
+fn no_promotion_while_a_replica_witnesses_the_primary() {
+    let now = Instant::now();
+    let mut r = node("r", Role::Replica, 1, 100);
+    r.witness_fresh = true;
+    let nodes = [down(node("p", Role::Primary, 1, 100)), r];
+    let (s, actions) = step(
+        &Primary::Serving(0),
+        &nodes,
+        now,
+        &cfg(FailoverMode::Promote),
+    );
+    assert!(matches!(
+        s,
+        Primary::Lost {
+            old: 0,
+            blocked: Some(Blocked::WitnessSeesPrimary(_))
+        }
+    ));
+    assert!(!actions.iter().any(|a| matches!(a, Action::Promote(_))));
+    // The blocked reason is reported once, not every tick.
+    let (_, again) = step(&s, &nodes, now, &cfg(FailoverMode::Promote));
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn follow_and_off_never_promote() {
+    let now = Instant::now();
+    let nodes = [
+        down(node("p", Role::Primary, 1, 100)),
+        node("r", Role::Replica, 1, 100),
+    ];
+    for mode in [FailoverMode::Follow, FailoverMode::Off] {
+        let (s, actions) = step(&Primary::Serving(0), &nodes, now, &cfg(mode));
+        assert!(matches!(s, Primary::Lost { old: 0, .. }), "{mode:?}");
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Promote(_))),
+            "{mode:?}"
+        );
+    }
+    // follow: someone else promoted r.
+    let nodes = [
+        down(node("p", Role::Primary, 1, 100)),
+        node("r", Role::Primary, 2, 100),
+    ];
+    let (s, _) = step(
+        &Primary::Lost {
+            old: 0,
+            blocked: None,
+        },
+        &nodes,
+        now,
+        &cfg(FailoverMode::Follow),
+    );
+    assert_eq!(s, Primary::Serving(1));
+}
+
+#[test]
+fn an_external_promotion_moves_writes_even_while_the_old_primary_answers() {
+    let now = Instant::now();
+    let nodes = [
+        node("p", Role::Primary, 1, 100),
+        node("r", Role::Primary, 2, 100),
+    ];
+    let (s, actions) = step(
+        &Primary::Serving(0),
+        &nodes,
+        now,
+        &cfg(FailoverMode::Follow),
+    );
+    assert_eq!(s, Primary::Serving(1));
+    assert!(
+        has(&actions, &Action::Fence(0)),
+        "at most one node takes writes"
+    );
+    assert!(has(&actions, &Action::CloseConns(0)));
+}
+
+#[test]
+fn the_old_primary_coming_back_is_fenced_and_never_serves() {
+    let now = Instant::now();
+    let mut old = node("old", Role::Primary, 1, 100);
+    old.fenced = false;
+    let nodes = [old, node("new", Role::Primary, 2, 50)];
+    let (s, actions) = step(
+        &Primary::Serving(1),
+        &nodes,
+        now,
+        &cfg(FailoverMode::Promote),
+    );
+    assert_eq!(s, Primary::Serving(1));
+    assert!(has(&actions, &Action::Fence(0)));
+    let mut fenced = nodes.clone();
+    fenced[0].fenced = true;
+    fenced[1] = down(fenced[1].clone());
+    let (s, _) = step(
+        &Primary::Serving(1),
+        &fenced,
+        now,
+        &cfg(FailoverMode::Promote),
+    );
+    assert!(
+        !matches!(s, Primary::Serving(0)),
+        "a fenced node never takes writes: {s:?}"
+    );
+}
+
+#[test]
+fn a_stuck_promotion_is_retried() {
+    let t0 = Instant::now();
+    let nodes = [
+        down(node("p", Role::Primary, 1, 100)),
+        node("r", Role::Replica, 1, 100),
+    ];
+    let state = Primary::Promoting {
+        old: 0,
+        candidate: 1,
+        since: t0,
+    };
+    let (s, _) = step(
+        &state,
+        &nodes,
+        t0 + Duration::from_secs(5),
+        &cfg(FailoverMode::Promote),
+    );
+    assert_eq!(s, state);
+    let (s, _) = step(
+        &state,
+        &nodes,
+        t0 + Duration::from_secs(31),
+        &cfg(FailoverMode::Promote),
+    );
+    assert!(matches!(s, Primary::Lost { .. }));
+}
+
+#[test]
+fn sync_standby_is_cleared_only_when_configured() {
+    let now = Instant::now();
+    let mut newp = node("b", Role::Primary, 2, 99);
+    newp.probe.as_mut().unwrap().sync_standby_names = true;
+    let nodes = [down(node("p", Role::Primary, 1, 100)), newp];
+    let state = Primary::Promoting {
+        old: 0,
+        candidate: 1,
+        since: now,
+    };
+    let (_, actions) = step(&state, &nodes, now, &cfg(FailoverMode::Promote));
+    assert!(has(&actions, &Action::ClearSyncStandby(1)));
+    let mut durability = cfg(FailoverMode::Promote);
+    durability.clear_sync_standby = false;
+    let (_, actions) = step(&state, &nodes, now, &durability);
+    assert!(!has(&actions, &Action::ClearSyncStandby(1)));
+}

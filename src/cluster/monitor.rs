@@ -1,0 +1,371 @@
+//! The monitor task: probes every node each tick (faster while anything is in
+//! flux, at once when nudged), turns results into node views, runs the pure
+//! failover `step`, performs its actions and publishes the routing snapshot.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::decide::fit_replicas;
+use super::failover::{step, Action, FailoverSettings, Primary};
+use super::health::Checker;
+use super::view::{Health, NodeView, Probe, Role};
+use super::{Cluster, Snapshot};
+use crate::config::{Config, SyncPolicy};
+use crate::events::EventKind;
+use crate::pool::server_conn::Login;
+
+/// Probe cadence while a node is suspect or the primary is not serving.
+const FAST_TICK: Duration = Duration::from_millis(200);
+
+struct Track {
+    checker: Checker,
+    health: Health,
+    probe: Option<Probe>,
+    fenced: bool,
+    /// The replica's position at its first probe after the primary began failing.
+    witness_base: Option<u64>,
+    witness_fresh: bool,
+}
+
+/// Runs until `shutdown`.
+pub async fn run(cluster: Arc<Cluster>, config: Arc<Config>, shutdown: CancellationToken) {
+    let login = health_login(&config);
+    let mut tracks: Vec<Track> = cluster
+        .nodes()
+        .iter()
+        .map(|n| Track {
+            checker: Checker::new(n.addr.clone(), login.clone()),
+            health: Health::Unknown,
+            probe: None,
+            fenced: false,
+            witness_base: None,
+            witness_fresh: false,
+        })
+        .collect();
+    let settings = failover_settings(&config);
+    let mut state = Primary::Discovering;
+    loop {
+        probe_all(&cluster, &config, &mut tracks, &state).await;
+        let views = views(&cluster, &tracks);
+        let (next, actions) = step(&state, &views, Instant::now(), &settings);
+        state = next;
+        for action in actions {
+            perform(&cluster, &config, &mut tracks, action).await;
+        }
+        publish(&cluster, &config, &tracks, &state);
+        let in_flux = !matches!(state, Primary::Serving(_))
+            || tracks
+                .iter()
+                .any(|t| matches!(t.health, Health::Suspect(_)));
+        let wait = if in_flux {
+            config.health.interval.min(FAST_TICK)
+        } else {
+            config.health.interval
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = cluster.nudged() => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Health checks log in as `[cluster] user`, else as the first user with a server password.
+fn health_login(config: &Config) -> Login {
+    let (user, password) = match &config.cluster.user {
+        Some(u) => (u.clone(), config.cluster.password.clone()),
+        None => config
+            .users
+            .iter()
+            .find_map(|u| {
+                let pw = u.server_password.clone().or_else(|| {
+                    crate::auth::Secret::parse(&u.password)
+                        .ok()?
+                        .plaintext()
+                        .map(str::to_string)
+                });
+                pw.map(|p| (u.name.clone(), Some(p)))
+            })
+            .unwrap_or_else(|| ("postgres".into(), None)),
+    };
+    Login {
+        user,
+        database: config.health.database.clone(),
+        password,
+    }
+}
+
+fn failover_settings(config: &Config) -> FailoverSettings {
+    let f = &config.failover;
+    FailoverSettings {
+        mode: f.mode,
+        max_lag_bytes: f.max_lag_bytes,
+        repoint_replicas: f.repoint_replicas,
+        clear_sync_standby: f.sync_policy == SyncPolicy::Availability,
+        fence_command: f.fence_command.is_some(),
+        promote_timeout: Duration::from_secs(30),
+    }
+}
+
+async fn probe_all(cluster: &Cluster, config: &Config, tracks: &mut [Track], state: &Primary) {
+    let timeout = config.health.timeout;
+    let results =
+        futures_util::future::join_all(tracks.iter_mut().map(|t| t.checker.probe(timeout))).await;
+    let primary_failing = match state {
+        Primary::Serving(p) => !matches!(tracks[*p].health, Health::Up) || results[*p].is_err(),
+        Primary::Lost { .. } => true,
+        _ => false,
+    };
+    for (i, (track, result)) in tracks.iter_mut().zip(results).enumerate() {
+        let name = &cluster.nodes()[i].name;
+        let before = track.health;
+        track.health = before.after(result.is_ok(), config.health.failure_threshold);
+        match result {
+            Ok(probe) => {
+                if track
+                    .probe
+                    .as_ref()
+                    .is_some_and(|old| old.role != probe.role)
+                {
+                    // PgBouncer #1311: connections to a node whose role changed are stale.
+                    cluster.retire(i);
+                }
+                update_witness(track, &probe, primary_failing);
+                track.probe = Some(probe);
+            }
+            Err(e) => tracing::debug!(node = %name, error = %e, "probe failed"),
+        }
+        match (before, track.health) {
+            (Health::Unknown | Health::Down, Health::Up) => {
+                cluster
+                    .events
+                    .record(EventKind::NodeUp, Some(name), "health check passed")
+            }
+            (b, Health::Down) if b != Health::Down => {
+                cluster.retire(i);
+                let msg = format!(
+                    "{} consecutive health checks failed",
+                    config.health.failure_threshold
+                );
+                cluster.events.record(EventKind::NodeDown, Some(name), msg);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A replica witnesses a live primary only if its received WAL advances
+/// between two probes made after the primary began failing: WAL sent before
+/// the failure cannot count, and a hung primary sends nothing new.
+fn update_witness(track: &mut Track, probe: &Probe, primary_failing: bool) {
+    if !primary_failing || probe.role != Role::Replica || !probe.streaming {
+        track.witness_base = None;
+        track.witness_fresh = false;
+        return;
+    }
+    match track.witness_base {
+        None => track.witness_base = Some(probe.lsn),
+        Some(base) => track.witness_fresh |= probe.lsn > base,
+    }
+}
+
+fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
+    cluster
+        .nodes()
+        .iter()
+        .zip(tracks)
+        .map(|(n, t)| NodeView {
+            name: n.name.clone(),
+            priority: n.priority,
+            health: t.health,
+            probe: t.probe.clone(),
+            witness_fresh: t.witness_fresh,
+            fenced: t.fenced,
+        })
+        .collect()
+}
+
+async fn perform(cluster: &Cluster, config: &Config, tracks: &mut [Track], action: Action) {
+    let name = |i: usize| cluster.nodes()[i].name.clone();
+    let timeout = config.health.timeout.max(Duration::from_secs(5));
+    match action {
+        Action::Event(kind, node, msg) => {
+            cluster.events.record(kind, node.map(name).as_deref(), msg)
+        }
+        Action::Fence(i) => tracks[i].fenced = true,
+        Action::CloseConns(i) => cluster.retire(i),
+        Action::Promote(i) => {
+            // Do not wait for the promotion here: the probes see it finish.
+            let result = tracks[i]
+                .checker
+                .control("SELECT pg_promote(false)", timeout)
+                .await;
+            let (kind, msg) = match result {
+                Ok(_) => (EventKind::Promoting, "pg_promote() started".to_string()),
+                Err(e) => (EventKind::ActionFailed, format!("pg_promote() failed: {e}")),
+            };
+            cluster.events.record(kind, Some(&name(i)), msg);
+        }
+        Action::Repoint { replica, primary } => {
+            let addr = cluster.nodes()[primary].addr.clone();
+            let result = repoint(&mut tracks[replica].checker, &addr, timeout).await;
+            let (kind, msg) = match result {
+                Ok(()) => (
+                    EventKind::ReplicaRepointed,
+                    format!("primary_conninfo now points at {}", name(primary)),
+                ),
+                Err(e) => (EventKind::ActionFailed, format!("repointing failed: {e}")),
+            };
+            cluster.events.record(kind, Some(&name(replica)), msg);
+        }
+        Action::ClearSyncStandby(i) => {
+            clear_sync_standby(cluster, &mut tracks[i].checker, &name(i), timeout).await
+        }
+        Action::FenceCommand(i) => spawn_fence_command(cluster, config, i),
+    }
+}
+
+async fn repoint(
+    checker: &mut Checker,
+    new_primary: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let row = checker
+        .control("SELECT current_setting('primary_conninfo')", timeout)
+        .await?;
+    let current = row.first().cloned().flatten().unwrap_or_default();
+    let conninfo = rewrite_conninfo(&current, new_primary);
+    let quoted = conninfo.replace('\'', "''");
+    checker
+        .control(
+            &format!("ALTER SYSTEM SET primary_conninfo = '{quoted}'"),
+            timeout,
+        )
+        .await?;
+    checker
+        .control("SELECT pg_reload_conf()", timeout)
+        .await
+        .map(|_| ())
+}
+
+/// `conninfo` with its host and port replaced by `addr` (`host:port`).
+pub fn rewrite_conninfo(conninfo: &str, addr: &str) -> String {
+    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "5432"));
+    let kept: Vec<&str> = conninfo
+        .split_whitespace()
+        .filter(|kv| {
+            !kv.starts_with("host=") && !kv.starts_with("port=") && !kv.starts_with("hostaddr=")
+        })
+        .collect();
+    let mut out = format!("host={host} port={port}");
+    for kv in kept {
+        out.push(' ');
+        out.push_str(kv);
+    }
+    out
+}
+
+async fn clear_sync_standby(
+    cluster: &Cluster,
+    checker: &mut Checker,
+    name: &str,
+    timeout: Duration,
+) {
+    let streaming = checker
+        .control(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            timeout,
+        )
+        .await
+        .ok()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse::<u32>().ok());
+    if streaming != Some(0) {
+        return;
+    }
+    let result = async {
+        checker
+            .control("ALTER SYSTEM SET synchronous_standby_names = ''", timeout)
+            .await?;
+        checker.control("SELECT pg_reload_conf()", timeout).await
+    }
+    .await;
+    let (kind, msg) = match result {
+        Ok(_) => (EventKind::SyncStandbyCleared, "no standby connected: cleared synchronous_standby_names so writes do not wait (sync_policy = availability)".to_string()),
+        Err(e) => (EventKind::ActionFailed, format!("clearing synchronous_standby_names failed: {e}")),
+    };
+    cluster.events.record(kind, Some(name), msg);
+}
+
+fn spawn_fence_command(cluster: &Cluster, config: &Config, node: usize) {
+    let Some(cmd) = config.failover.fence_command.clone() else {
+        return;
+    };
+    let addr = cluster.nodes()[node].addr.clone();
+    let name = cluster.nodes()[node].name.clone();
+    let events = cluster.events.clone();
+    tokio::spawn(async move {
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .arg("fence")
+            .arg(&addr)
+            .env("SWITCHYARD_FENCED_NODE", &addr)
+            .output()
+            .await;
+        let (kind, msg) = match out {
+            Ok(o) if o.status.success() => (
+                EventKind::NodeFenced,
+                format!("fence_command succeeded for {addr}"),
+            ),
+            Ok(o) => (
+                EventKind::ActionFailed,
+                format!(
+                    "fence_command exited with {}: {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            ),
+            Err(e) => (
+                EventKind::ActionFailed,
+                format!("fence_command could not run: {e}"),
+            ),
+        };
+        events.record(kind, Some(&name), msg);
+    });
+}
+
+fn publish(cluster: &Cluster, config: &Config, tracks: &[Track], state: &Primary) {
+    let views = views(cluster, tracks);
+    let primary = state.serving();
+    let snap = Snapshot {
+        primary,
+        replicas: fit_replicas(&views, primary, config.routing.max_replica_lag),
+        usable: views
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.live_role().is_some())
+            .map(|(i, _)| i)
+            .collect(),
+    };
+    if *cluster.snapshot() != snap {
+        cluster.publish(snap);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_gets_the_new_host_and_port_and_keeps_the_rest() {
+        let old = "user=postgres passfile='/x' host=127.0.0.1 port=5432 application_name=replica2 sslmode=prefer";
+        assert_eq!(
+            rewrite_conninfo(old, "10.0.0.9:6543"),
+            "host=10.0.0.9 port=6543 user=postgres passfile='/x' application_name=replica2 sslmode=prefer"
+        );
+        assert_eq!(rewrite_conninfo("", "h:1"), "host=h port=1");
+    }
+}

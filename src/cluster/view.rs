@@ -1,0 +1,129 @@
+//! What the decision logic sees of each node: health, the last successful
+//! probe, and flags. Plain data, filled in by the health checkers.
+
+use std::time::Instant;
+
+/// A node's role as the node itself reports it (`pg_is_in_recovery()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Not in recovery: accepts writes.
+    Primary,
+    /// In recovery: a standby.
+    Replica,
+}
+
+/// One successful probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probe {
+    /// Role reported.
+    pub role: Role,
+    /// Timeline of the latest checkpoint (`pg_control_checkpoint()`), or of
+    /// the received WAL on a replica when it is newer.
+    pub timeline: u32,
+    /// WAL position: `pg_current_wal_lsn()` on a primary, the received (or
+    /// replayed) position on a replica.
+    pub lsn: u64,
+    /// Replayed position (replicas; equals `lsn` on a primary).
+    pub replay_lsn: u64,
+    /// `pg_stat_wal_receiver.status = 'streaming'` (replicas).
+    pub streaming: bool,
+    /// Seconds since the last replayed transaction (replicas), if known.
+    pub lag_seconds: Option<f64>,
+    /// `synchronous_standby_names` is set.
+    pub sync_standby_names: bool,
+    /// When the probe ran.
+    pub at: Instant,
+}
+
+/// Health of a node, from consecutive probe results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Never checked successfully: no traffic goes there.
+    Unknown,
+    /// Last probe succeeded.
+    Up,
+    /// Some probes failed, fewer than the threshold.
+    Suspect(u32),
+    /// `failure_threshold` consecutive probes failed.
+    Down,
+}
+
+impl Health {
+    /// The next health after a probe.
+    pub fn after(self, ok: bool, threshold: u32) -> Health {
+        match (self, ok) {
+            (_, true) => Health::Up,
+            (Health::Unknown, false) => Health::Unknown,
+            (Health::Down, false) => Health::Down,
+            (Health::Up, false) if threshold <= 1 => Health::Down,
+            (Health::Up, false) => Health::Suspect(1),
+            (Health::Suspect(n), false) if n + 1 >= threshold => Health::Down,
+            (Health::Suspect(n), false) => Health::Suspect(n + 1),
+        }
+    }
+
+    /// Up or only suspect: still usable.
+    pub fn usable(self) -> bool {
+        matches!(self, Health::Up | Health::Suspect(_))
+    }
+}
+
+/// Everything the decision logic knows about one node.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    /// Name for events.
+    pub name: String,
+    /// Promotion tie-breaker (higher wins).
+    pub priority: i32,
+    /// Health from probes.
+    pub health: Health,
+    /// The last successful probe.
+    pub probe: Option<Probe>,
+    /// A replica whose received WAL advanced in the last few intervals: it
+    /// witnesses a live primary.
+    pub witness_fresh: bool,
+    /// Never routed to until an operator re-admits it.
+    pub fenced: bool,
+}
+
+impl NodeView {
+    /// The reported role, if the node is usable and not fenced.
+    pub fn live_role(&self) -> Option<Role> {
+        if self.fenced || !self.health.usable() {
+            return None;
+        }
+        self.probe.as_ref().map(|p| p.role)
+    }
+
+    /// Timeline last seen, 0 if never probed.
+    pub fn timeline(&self) -> u32 {
+        self.probe.as_ref().map_or(0, |p| p.timeline)
+    }
+
+    /// WAL position last seen, 0 if never probed.
+    pub fn lsn(&self) -> u64 {
+        self.probe.as_ref().map_or(0, |p| p.lsn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_needs_threshold_failures_to_go_down() {
+        let mut h = Health::Unknown;
+        h = h.after(false, 3);
+        assert_eq!(h, Health::Unknown, "never up: stays unknown");
+        h = h.after(true, 3);
+        assert_eq!(h, Health::Up);
+        h = h.after(false, 3);
+        h = h.after(false, 3);
+        assert_eq!(h, Health::Suspect(2));
+        assert!(h.usable());
+        h = h.after(false, 3);
+        assert_eq!(h, Health::Down);
+        assert_eq!(h.after(true, 3), Health::Up);
+        assert_eq!(Health::Up.after(false, 1), Health::Down);
+    }
+}

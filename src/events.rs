@@ -1,0 +1,149 @@
+//! The incident timeline: every topology and failover decision, with a time
+//! and a reason, kept in a bounded ring in memory and written to the log.
+//! Operators read it to see exactly when a node failed and when traffic moved.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A node passed its first health check, or passed again after being down.
+    NodeUp,
+    /// A node failed `failure_threshold` consecutive checks.
+    NodeDown,
+    /// The primary is down and a failover begins.
+    FailoverStarted,
+    /// Promotion is not started (no candidate, or a replica still sees the primary).
+    FailoverBlocked,
+    /// The replica to promote was chosen.
+    CandidateChosen,
+    /// `pg_promote()` was run on the candidate.
+    Promoting,
+    /// A node is the primary now and takes writes.
+    WritesResumed,
+    /// A replica was pointed at the new primary.
+    ReplicaRepointed,
+    /// A node will not be routed to until an operator re-admits it.
+    NodeFenced,
+    /// `synchronous_standby_names` was cleared on the new primary.
+    SyncStandbyCleared,
+    /// A control action failed.
+    ActionFailed,
+}
+
+impl EventKind {
+    /// Stable lower-case name, for logs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::NodeUp => "node_up",
+            EventKind::NodeDown => "node_down",
+            EventKind::FailoverStarted => "failover_started",
+            EventKind::FailoverBlocked => "failover_blocked",
+            EventKind::CandidateChosen => "candidate_chosen",
+            EventKind::Promoting => "promoting",
+            EventKind::WritesResumed => "writes_resumed",
+            EventKind::ReplicaRepointed => "replica_repointed",
+            EventKind::NodeFenced => "node_fenced",
+            EventKind::SyncStandbyCleared => "sync_standby_cleared",
+            EventKind::ActionFailed => "action_failed",
+        }
+    }
+
+    fn is_warning(self) -> bool {
+        matches!(
+            self,
+            EventKind::NodeDown
+                | EventKind::FailoverStarted
+                | EventKind::FailoverBlocked
+                | EventKind::NodeFenced
+                | EventKind::ActionFailed
+        )
+    }
+}
+
+/// One entry of the timeline.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Increasing sequence number (for `since=` queries).
+    pub seq: u64,
+    /// Wall-clock time.
+    pub at: SystemTime,
+    /// What happened.
+    pub kind: EventKind,
+    /// The node concerned, if any.
+    pub node: Option<String>,
+    /// Why, in words.
+    pub message: String,
+}
+
+/// The bounded timeline.
+pub struct Events {
+    ring: Mutex<(u64, VecDeque<Event>)>,
+    capacity: usize,
+}
+
+impl Events {
+    /// A timeline keeping the last `capacity` events.
+    pub fn new(capacity: usize) -> Events {
+        Events {
+            ring: Mutex::new((0, VecDeque::new())),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Records an event and logs it (warn for failures, info otherwise).
+    pub fn record(&self, kind: EventKind, node: Option<&str>, message: impl Into<String>) {
+        let message = message.into();
+        if kind.is_warning() {
+            tracing::warn!(
+                event = kind.as_str(),
+                node = node.unwrap_or("-"),
+                "{message}"
+            );
+        } else {
+            tracing::info!(
+                event = kind.as_str(),
+                node = node.unwrap_or("-"),
+                "{message}"
+            );
+        }
+        let mut guard = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let (seq, ring) = &mut *guard;
+        *seq += 1;
+        if ring.len() == self.capacity {
+            ring.pop_front();
+        }
+        ring.push_back(Event {
+            seq: *seq,
+            at: SystemTime::now(),
+            kind,
+            node: node.map(str::to_string),
+            message,
+        });
+    }
+
+    /// Events with a sequence number above `seq`, oldest first.
+    pub fn since(&self, seq: u64) -> Vec<Event> {
+        let guard = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        guard.1.iter().filter(|e| e.seq > seq).cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_newest_and_filters_by_sequence() {
+        let events = Events::new(3);
+        for i in 0..5 {
+            events.record(EventKind::NodeUp, Some("db1"), format!("up {i}"));
+        }
+        let all = events.since(0);
+        assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(events.since(4).len(), 1);
+        assert_eq!(all[2].message, "up 4");
+    }
+}
