@@ -3,7 +3,9 @@
 //! removed when the demo stops.
 
 use crate::config::{self, Config};
-use crate::local_cluster::{LocalCluster, APP_DB, APP_PASSWORD, APP_USER};
+use crate::local_cluster::{
+    LocalCluster, APP_DB, APP_PASSWORD, APP_USER, CLUSTER_PASSWORD, CLUSTER_USER,
+};
 
 /// The configuration the demo runs: the embedded default pointed at `cluster`.
 pub fn demo_config(cluster: &LocalCluster, listen: &str) -> Result<Config, config::ConfigError> {
@@ -26,6 +28,8 @@ pub fn demo_config(cluster: &LocalCluster, listen: &str) -> Result<Config, confi
 
         [cluster]
         nodes = [{nodes}]
+        user = "{CLUSTER_USER}"
+        password = "{CLUSTER_PASSWORD}"
         "#,
         nodes = nodes.join(", ")
     ))

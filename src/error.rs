@@ -38,6 +38,17 @@ pub enum ClientError {
     /// The server connection broke while the client was using it.
     #[error("server connection lost; the transaction, if any, was not committed")]
     ServerLost,
+    /// The transaction's server died (a failover); it was rolled back and can be retried.
+    #[error(
+        "the transaction was rolled back because its server failed (failover); it is safe to retry"
+    )]
+    TransactionLost,
+    /// The server died while a COMMIT was in flight: it may or may not have committed.
+    #[error("the server failed while COMMIT was in flight (failover); the transaction may or may not have committed")]
+    CommitUnknown,
+    /// Statements after a lost transaction, until the client ends it.
+    #[error("current transaction is aborted (its server failed), commands ignored until end of transaction block")]
+    InFailedTransaction,
     /// The proxy is shutting down.
     #[error("terminating connection due to administrator command")]
     Shutdown,
@@ -60,13 +71,22 @@ impl ClientError {
             ClientError::ServerLoginFailed => "08006",
             ClientError::ServerLost => "08006",
             ClientError::Shutdown => "57P01",
+            ClientError::TransactionLost => "08006",
+            ClientError::CommitUnknown => "08007",
+            ClientError::InFailedTransaction => "25P02",
             ClientError::Server(e) => &e.code,
         }
     }
 
     /// Whether the connection survives it (ERROR) or is closed after it (FATAL).
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, ClientError::CheckoutTimeout)
+        !matches!(
+            self,
+            ClientError::CheckoutTimeout
+                | ClientError::TransactionLost
+                | ClientError::CommitUnknown
+                | ClientError::InFailedTransaction
+        )
     }
 
     /// Appends the ErrorResponse for this error, with its usual severity.

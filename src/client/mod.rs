@@ -5,6 +5,7 @@
 pub mod cancel;
 pub mod conn;
 pub mod login;
+pub mod lost;
 pub mod relay;
 pub mod txn;
 
@@ -42,6 +43,7 @@ pub async fn handle(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSe
         pool,
         cancel,
         last_txn: Default::default(),
+        lost: None,
     }
     .run()
     .await;

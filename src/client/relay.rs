@@ -35,6 +35,8 @@ pub struct Session {
     pub cancel: CancelGuard,
     /// Protocol state at the end of the last attachment, for cleanup.
     pub last_txn: Txn,
+    /// Set when the client's open transaction died with its server (a failover).
+    pub lost: Option<super::lost::LostTxn>,
 }
 
 /// How an attachment to a server ended.
@@ -71,6 +73,12 @@ impl Session {
                 None => match self.wait_idle().await {
                     Idle::Gone => return,
                     Idle::Shutdown => return self.client.send_error(&ClientError::Shutdown).await,
+                    Idle::Work(tag) if self.lost.is_some() => {
+                        match self.answer_in_lost_txn(tag).await {
+                            Ok(()) => continue,
+                            Err(()) => return,
+                        }
+                    }
                     Idle::Work(tag) => match self.pool.checkout().await {
                         Ok(s) => s,
                         Err(e) => match self.refuse(tag, e).await {
@@ -96,7 +104,10 @@ impl Session {
                 }
                 (End::ServerLost(why), _) => {
                     tracing::warn!(error = %why, "server connection lost mid-session");
-                    return self.client.send_error(&ClientError::ServerLost).await;
+                    self.ctx.cluster.nudge();
+                    if self.answer_lost_server().await.is_err() {
+                        return;
+                    }
                 }
                 (End::Released, None) => return,
             }
@@ -171,7 +182,7 @@ impl Session {
     }
 
     /// Drops client messages: the first one, or everything up to and including Sync.
-    async fn discard(&mut self, through_sync: bool) -> Result<(), ()> {
+    pub(super) async fn discard(&mut self, through_sync: bool) -> Result<(), ()> {
         let max = self.ctx.config.proxy.max_message_size;
         let mut scanner = Scanner::default();
         let mut first = true;
@@ -214,9 +225,7 @@ impl Session {
         self.cancel.set(None);
         let reusable =
             matches!(end, End::Released) || (link.at_rest() && !matches!(end, End::ServerLost(_)));
-        if reusable {
-            self.last_txn = link.txn;
-        }
+        self.last_txn = link.txn;
         (end, reusable.then_some(server))
     }
 
@@ -316,6 +325,7 @@ impl Link {
                 }
             };
             let shutdown = s.ctx.shutdown.cancelled();
+            let retired = server.retired.cancelled();
             let wait_shutdown = session_mode && !s.ctx.shutdown.is_cancelled();
             tokio::select! {
                 d = up => match d {
@@ -336,22 +346,28 @@ impl Link {
                     Dir::Wrote(Err(_)) => return End::ClientGone,
                 },
                 _ = shutdown, if wait_shutdown => {}
+                _ = retired => return End::ServerLost("the node's connections were closed by the health monitor".into()),
             }
         }
     }
 
     fn scan_client(&mut self, buf: &[u8], max: usize) -> Result<(), FrameError> {
         let (txn, terminated) = (&mut self.txn, &mut self.terminated);
+        // Queries are held whole (bounded by max_message_size) to spot a COMMIT
+        // in flight: losing its server then makes the outcome unknown (08007).
         let n = self.client_scan.scan(
             &buf[self.c_ready..],
             max,
-            |_| false,
-            |tag, _| {
+            |t| t == b'Q',
+            |tag, frame| {
                 if tag == b'X' {
                     *terminated = true;
                     return Visit::Stop;
                 }
                 txn.on_client(tag);
+                if let Some(body) = frame.and_then(|f| f.get(5..)) {
+                    txn.commit_in_flight |= super::lost::ends_transaction(body) == Some(true);
+                }
                 Visit::Forward
             },
         )?;

@@ -12,6 +12,8 @@ pub struct Txn {
     pub extended_open: bool,
     /// Status byte of the last ReadyForQuery (`I`, `T` or `E`).
     pub status: u8,
+    /// A COMMIT was sent and its ReadyForQuery has not arrived.
+    pub commit_in_flight: bool,
 }
 
 impl Default for Txn {
@@ -20,6 +22,7 @@ impl Default for Txn {
             pending: 0,
             extended_open: false,
             status: b'I',
+            commit_in_flight: false,
         }
     }
 }
@@ -42,6 +45,9 @@ impl Txn {
     pub fn on_ready(&mut self, status: u8) {
         self.pending = self.pending.saturating_sub(1);
         self.status = status;
+        if self.pending == 0 {
+            self.commit_in_flight = false;
+        }
     }
 
     /// Nothing in flight and no transaction open: the server may be released.

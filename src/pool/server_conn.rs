@@ -111,6 +111,7 @@ impl ServerConn {
         };
         let stream = TcpStream::connect(addr).await.map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
+        set_dead_peer_timeouts(&stream);
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
@@ -311,6 +312,21 @@ fn decode_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
         rest = &rest[len as usize..];
     }
     Some(values)
+}
+
+/// A hung host (power loss, blackholed network) never refuses anything: only
+/// timeouts tell. Keepalives and TCP_USER_TIMEOUT bound how long a socket can
+/// sit on unacknowledged data, so a connection to such a host fails in seconds,
+/// not after TCP's ~15-minute retransmission limit. (The health monitor closes
+/// connections to a node it declares down even sooner.)
+fn set_dead_peer_timeouts(stream: &TcpStream) {
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(2))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(15)));
 }
 
 fn decode_parameter_status(body: &[u8]) -> Option<(String, String)> {
