@@ -340,3 +340,25 @@ async fn shutdown_lets_the_running_transaction_finish() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_killed_while_idle_costs_the_next_client_nothing() {
+    let proxy = Proxy::start("default_pool_size = 1").await;
+    let c = proxy.client().await;
+    let pid: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
+    let admin = proxy.direct_admin().await;
+    let killed: bool = admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again: i32 = c
+        .query_typed("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("no error after the idle server died")
+        .remove(0)
+        .get(0);
+    assert_ne!(again, pid, "a fresh server connection was used");
+}

@@ -135,10 +135,9 @@ impl Pool {
         idle.retain(|c| cluster.is_current(c.node, c.epoch));
         while let Some(pos) = idle.iter().rposition(|c| c.node == route.node) {
             let conn = idle.remove(pos);
-            // A connection idle for a while may have been closed by the server;
-            // a fresh one is checked only by age to keep the hot path syscall-free.
-            let stale = now.duration_since(conn.last_used) > Duration::from_secs(1);
-            if !(expired(&conn, now, &self.shared.settings) || stale && conn.is_broken()) {
+            // A server that died (or was terminated) while this connection sat
+            // idle must not cost the next client an error.
+            if !(expired(&conn, now, &self.shared.settings) || conn.is_broken()) {
                 return Some(conn);
             }
         }

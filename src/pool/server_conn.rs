@@ -256,10 +256,23 @@ impl ServerConn {
     }
 
     /// True when the peer has closed or sent something unasked while idle:
-    /// such a connection must not be handed to a client.
+    /// such a connection must not be handed to a client. The reactor records
+    /// readiness even with nobody waiting, so the usual answer (not readable)
+    /// costs no system call; only a readable socket is read to confirm.
     pub fn is_broken(&self) -> bool {
-        let mut probe = [0u8; 1];
-        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        use futures_util::FutureExt;
+        match self
+            .stream
+            .ready(tokio::io::Interest::READABLE)
+            .now_or_never()
+        {
+            None => false,
+            Some(Err(_)) => true,
+            Some(Ok(_)) => {
+                let mut probe = [0u8; 1];
+                !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
     }
 
     /// Runs a simple query whose result is not needed (e.g. ROLLBACK, DISCARD ALL)
