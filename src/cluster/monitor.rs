@@ -19,6 +19,9 @@ use crate::pool::server_conn::Login;
 /// Probe cadence while a node is suspect or the primary is not serving.
 const FAST_TICK: Duration = Duration::from_millis(200);
 
+/// Probe timeout for a node that is already down.
+const DOWN_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+
 struct Track {
     checker: Checker,
     health: Health,
