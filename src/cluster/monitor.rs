@@ -113,9 +113,17 @@ fn failover_settings(config: &Config) -> FailoverSettings {
 }
 
 async fn probe_all(cluster: &Cluster, config: &Config, tracks: &mut [Track], state: &Primary) {
-    let timeout = config.health.timeout;
-    let results =
-        futures_util::future::join_all(tracks.iter_mut().map(|t| t.checker.probe(timeout))).await;
+    // A node already down is only probed to notice its return, which is not
+    // urgent; a short timeout keeps a hung one from slowing every tick (and
+    // with it the detection of a promotion).
+    let results = futures_util::future::join_all(tracks.iter_mut().map(|t| {
+        let limit = match t.health {
+            Health::Down => config.health.timeout.min(DOWN_PROBE_TIMEOUT),
+            _ => config.health.timeout,
+        };
+        t.checker.probe(limit)
+    }))
+    .await;
     let primary_failing = match state {
         Primary::Serving(p) => !matches!(tracks[*p].health, Health::Up) || results[*p].is_err(),
         Primary::Lost { .. } => true,
