@@ -92,28 +92,7 @@ pub fn fit_replicas(nodes: &[NodeView], primary: Option<usize>, max_lag: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::view::{Health, Probe};
-    use std::time::Instant;
-
-    pub(crate) fn node(name: &str, role: Role, tl: u32, lsn: u64) -> NodeView {
-        NodeView {
-            name: name.into(),
-            priority: 0,
-            health: Health::Up,
-            probe: Some(Probe {
-                role,
-                timeline: tl,
-                lsn,
-                replay_lsn: lsn,
-                streaming: role == Role::Replica,
-                lag_seconds: None,
-                sync_standby_names: false,
-                at: Instant::now(),
-            }),
-            witness_fresh: false,
-            fenced: false,
-        }
-    }
+    use crate::cluster::view::{test_node as node, Health};
 
     #[test]
     fn candidate_is_the_most_advanced_reachable_replica() {

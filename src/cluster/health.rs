@@ -45,31 +45,21 @@ impl Checker {
     /// Runs one probe within `timeout`; a primary also gets a heartbeat.
     /// Any failure drops the connection so the next probe reconnects.
     pub async fn probe(&mut self, timeout: Duration) -> Result<Probe, String> {
-        match tokio::time::timeout(timeout, self.probe_inner(timeout)).await {
-            Ok(Ok(p)) => Ok(p),
-            Ok(Err(e)) => {
-                self.conn = None;
-                Err(e.to_string())
-            }
-            Err(_) => {
-                self.conn = None;
-                Err(format!("{}: probe timed out after {timeout:?}", self.addr))
-            }
-        }
+        let outcome = tokio::time::timeout(timeout, self.probe_inner(timeout)).await;
+        self.settle(outcome, timeout)
     }
 
     async fn probe_inner(&mut self, timeout: Duration) -> Result<Probe, ConnectError> {
-        let conn = match &mut self.conn {
-            Some(c) => c,
-            None => self
-                .conn
-                .insert(ServerConn::connect(&self.addr, &self.login, timeout).await?),
-        };
-        let row = conn.query_row(PROBE_SQL).await?;
+        let row = self.connected(timeout).await?.query_row(PROBE_SQL).await?;
         let probe = parse_probe(&row, Instant::now())
             .ok_or_else(|| ConnectError::Protocol(self.addr.clone(), "unexpected probe result"))?;
         if probe.role == Role::Primary {
-            if let Err(e) = conn.query_row(HEARTBEAT_SQL).await {
+            if let Err(e) = self
+                .connected(timeout)
+                .await?
+                .query_row(HEARTBEAT_SQL)
+                .await
+            {
                 if !self.heartbeat_failed {
                     tracing::warn!(node = %self.addr, error = %e, "heartbeat failed; replicas cannot witness this primary");
                 }
@@ -85,26 +75,34 @@ impl Checker {
         sql: &str,
         timeout: Duration,
     ) -> Result<Vec<Option<String>>, String> {
-        let run = async {
-            let conn = match &mut self.conn {
-                Some(c) => c,
-                None => self
-                    .conn
-                    .insert(ServerConn::connect(&self.addr, &self.login, timeout).await?),
-            };
-            conn.query_row(sql).await
-        };
-        match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(row)) => Ok(row),
-            Ok(Err(e)) => {
-                self.conn = None;
-                Err(e.to_string())
-            }
-            Err(_) => {
-                self.conn = None;
-                Err(format!("{}: timed out", self.addr))
-            }
+        let run = async { self.connected(timeout).await?.query_row(sql).await };
+        let outcome = tokio::time::timeout(timeout, run).await;
+        self.settle(outcome, timeout)
+    }
+
+    /// The check connection, opened if needed.
+    async fn connected(&mut self, timeout: Duration) -> Result<&mut ServerConn, ConnectError> {
+        if self.conn.is_none() {
+            self.conn = Some(ServerConn::connect(&self.addr, &self.login, timeout).await?);
         }
+        self.conn
+            .as_mut()
+            .ok_or_else(|| ConnectError::Protocol(self.addr.clone(), "no connection"))
+    }
+
+    /// Turns a bounded attempt into a result; any failure drops the connection.
+    fn settle<T>(
+        &mut self,
+        outcome: Result<Result<T, ConnectError>, tokio::time::error::Elapsed>,
+        timeout: Duration,
+    ) -> Result<T, String> {
+        let err = match outcome {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("{}: timed out after {timeout:?}", self.addr),
+        };
+        self.conn = None;
+        Err(err)
     }
 }
 

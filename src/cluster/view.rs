@@ -106,6 +106,28 @@ impl NodeView {
     }
 }
 
+/// A healthy node with one probe, for the decision tables.
+#[cfg(test)]
+pub(crate) fn test_node(name: &str, role: Role, tl: u32, lsn: u64) -> NodeView {
+    NodeView {
+        name: name.into(),
+        priority: 0,
+        health: Health::Up,
+        probe: Some(Probe {
+            role,
+            timeline: tl,
+            lsn,
+            replay_lsn: lsn,
+            streaming: role == Role::Replica,
+            lag_seconds: None,
+            sync_standby_names: false,
+            at: Instant::now(),
+        }),
+        witness_fresh: false,
+        fenced: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,27 +1,7 @@
 //! Table tests of the failover state machine: each safety rule, no sockets.
 
 use super::*;
-use crate::cluster::view::{Health, Probe};
-
-fn node(name: &str, role: Role, tl: u32, lsn: u64) -> NodeView {
-    NodeView {
-        name: name.into(),
-        priority: 0,
-        health: Health::Up,
-        probe: Some(Probe {
-            role,
-            timeline: tl,
-            lsn,
-            replay_lsn: lsn,
-            streaming: role == Role::Replica,
-            lag_seconds: None,
-            sync_standby_names: false,
-            at: Instant::now(),
-        }),
-        witness_fresh: false,
-        fenced: false,
-    }
-}
+use crate::cluster::view::{test_node as node, Health};
 
 fn cfg(mode: FailoverMode) -> FailoverSettings {
     FailoverSettings {
