@@ -50,6 +50,7 @@ pub async fn run(cluster: Arc<Cluster>, config: Arc<Config>, shutdown: Cancellat
     let settings = failover_settings(&config);
     let mut state = Primary::Discovering;
     loop {
+        let tick_started = tokio::time::Instant::now();
         probe_all(&cluster, &config, &mut tracks, &state).await;
         let views = views(&cluster, &tracks);
         let (next, actions) = step(&state, &views, Instant::now(), &settings);
@@ -62,13 +63,16 @@ pub async fn run(cluster: Arc<Cluster>, config: Arc<Config>, shutdown: Cancellat
             || tracks
                 .iter()
                 .any(|t| matches!(t.health, Health::Suspect(_)));
-        let wait = if in_flux {
+        let period = if in_flux {
             config.health.interval.min(FAST_TICK)
         } else {
             config.health.interval
         };
+        // Ticks start every `period`: a probe that spent its whole timeout
+        // does not add a pause before the next one (hang detection is then
+        // failure_threshold × timeout after the first failing probe).
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep_until(tick_started + period) => {}
             _ = cluster.nudged() => {}
             _ = shutdown.cancelled() => return,
         }
