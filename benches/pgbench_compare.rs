@@ -18,19 +18,24 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{self, Read};
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
+use switchyard::config::Config;
 use switchyard::local_cluster::{
     LocalCluster, LocalClusterOptions, APP_DB, APP_PASSWORD, APP_USER,
 };
+
+mod common;
+
+use common::{env_number, median, Switchyard};
 
 /// Server connections per pool, for Switchyard and PgBouncer alike.
 const POOL_SIZE: usize = 20;
@@ -111,31 +116,7 @@ enum Outcome {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("pgbench_compare: skipped (run it with `cargo bench --bench pgbench_compare`)");
-        return;
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(io::stderr)
-        .try_init();
-    if let Err(e) = bench() {
-        eprintln!("pgbench_compare failed: {e:#}");
-        std::process::exit(1);
-    }
-}
-
-fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
+    common::run_main("pgbench_compare", "pgbench_compare failed", bench);
 }
 
 fn bench() -> anyhow::Result<()> {
@@ -168,7 +149,7 @@ fn bench() -> anyhow::Result<()> {
     }
 
     let tmp = TempDir::create()?;
-    let proxy = Switchyard::start(&primary.addr())?;
+    let proxy = Switchyard::start(|listen| proxy_config(&primary.addr(), listen))?;
     eprintln!(
         "switchyard (in-process) listening on 127.0.0.1:{}",
         proxy.port
@@ -382,77 +363,18 @@ fn tail(s: &str, lines: usize) -> String {
 }
 
 // ---------------------------------------------------------------------------
-// Switchyard, in-process
+// Switchyard configuration
 // ---------------------------------------------------------------------------
 
-/// Switchyard running on its own runtime in a background thread; stopped on drop.
-struct Switchyard {
-    port: u16,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<anyhow::Result<()>>>,
-}
-
-impl Switchyard {
-    fn start(primary_addr: &str) -> anyhow::Result<Switchyard> {
-        let listener = TcpListener::bind("127.0.0.1:0").context("binding the proxy listener")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let toml = format!(
-            r#"
-[proxy]
-listen = "{addr}"
-pool_mode = "transaction"
-default_pool_size = {POOL_SIZE}
-max_client_conn = {MAX_CLIENT_CONN}
-auth_type = "scram-sha-256"
-shutdown_timeout = "5s"
-
-[[users]]
-name = "{APP_USER}"
-password = "{APP_PASSWORD}"
-
-[cluster]
-nodes = ["{primary_addr}"]
-"#
-        );
-        let config = switchyard::config::load_str(&toml).context("switchyard config")?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = thread::Builder::new().name("switchyard".into()).spawn(
-            move || -> anyhow::Result<()> {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()?;
-                rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)?;
-                    let shutdown = async {
-                        let _ = stopped.await;
-                    };
-                    switchyard::run(config, listener, shutdown).await?;
-                    anyhow::Ok(())
-                })
-            },
-        )?;
-        Ok(Switchyard {
-            port: addr.port(),
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Switchyard {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            match thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => eprintln!("switchyard stopped with an error: {e:#}"),
-                Err(_) => eprintln!("switchyard thread panicked"),
-            }
-        }
-    }
+/// The proxy's configuration: one node, the same pool and client limits as
+/// PgBouncer's.
+fn proxy_config(primary_addr: &str, listen: &str) -> anyhow::Result<Config> {
+    common::proxy_config(
+        listen,
+        POOL_SIZE,
+        &format!("max_client_conn = {MAX_CLIENT_CONN}\nshutdown_timeout = \"5s\""),
+        &format!(r#"nodes = ["{primary_addr}"]"#),
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -637,19 +559,6 @@ impl Drop for TempDir {
 // ---------------------------------------------------------------------------
 // Report
 // ---------------------------------------------------------------------------
-
-fn median(mut xs: Vec<f64>) -> Option<f64> {
-    if xs.is_empty() {
-        return None;
-    }
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    Some(if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    })
-}
 
 fn fmt_tps(x: Option<f64>) -> String {
     x.map_or("–".into(), |v| format!("{v:.0}"))

@@ -4,8 +4,10 @@
 
 pub mod cancel;
 pub mod conn;
+pub mod expect;
 pub mod login;
 pub mod lost;
+pub mod prepared;
 pub mod relay;
 pub mod txn;
 

@@ -4,5 +4,6 @@
 
 pub mod backend;
 pub mod error_response;
+pub mod extended;
 pub mod password;
 pub mod startup;

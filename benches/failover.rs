@@ -1,0 +1,835 @@
+//! Failover benchmark: how long writes through Switchyard stop when the
+//! primary crashes or hangs, what clients see meanwhile, and whether any
+//! acknowledged write is lost.
+//!
+//! Run with `cargo bench --bench failover` (as root or as a user that may
+//! start PostgreSQL). Environment: `FAILOVER_RUNS` (default 5) independent
+//! runs per failure kind; `FAILOVER_KINDS` (default `crash,hang`) which
+//! kinds to run. `RUST_LOG=switchyard=info` shows the proxy's decisions.
+//!
+//! Each run starts from scratch:
+//! 1. a throw-away cluster, one primary and one streaming replica
+//!    (`replica1`), with synchronous replication: `synchronous_standby_names
+//!    = 'replica1'` and `synchronous_commit = on`, set with `ALTER SYSTEM` on
+//!    both nodes once the replica streams (setting them before the cluster
+//!    exists would block the cluster's own setup, which commits before any
+//!    standby is connected). Both nodes carry the setting, as a replica
+//!    cloned from the primary's configuration would, so the promoted
+//!    replica needs `failover.sync_policy` to take writes;
+//! 2. Switchyard in-process (own tokio runtime in a background thread) with
+//!    the default `[health]` and `[failover]` settings, a pool of
+//!    [`POOL_SIZE`] server connections, both nodes listed;
+//! 3. one writer through the proxy on one connection kept for the whole run
+//!    (reconnecting only if the proxy closes it, which is counted):
+//!    `INSERT INTO t(id) VALUES ($1)` with increasing ids, [`WRITER_PAUSE`]
+//!    apart, each acknowledged id recorded; plus [`IDLE_CLIENTS`] idle
+//!    clients, logged in before the failure, that each run `SELECT 1` once
+//!    writes have resumed;
+//! 4. after [`STEADY_WRITES`] of writes, the failure at T0: `crash` is
+//!    `pg_ctl stop -m immediate` of the primary; `hang` is SIGSTOP of the
+//!    postmaster and every child process (SIGCONT before teardown, also on
+//!    panic);
+//! 5. the run ends [`AFTER_RECOVERY`] after the first write acknowledged
+//!    after the failure, or at [`RECOVERY_CAP`] ("no recovery"). Then the
+//!    former replica is asked directly (`psql`) for its rows: an
+//!    acknowledged id missing there is a lost write.
+//!
+//! "First acknowledged write after the failure" is the first acknowledgement
+//! of a statement sent after the failure was fully injected (the primary
+//! dead or every process stopped), or arriving [`STALE_ACK_MARGIN`] after
+//! that (a statement sent earlier and held by the proxy): neither can come
+//! from the failed primary.
+//!
+//! Without `--bench` on the command line (e.g. `cargo test --benches`) it
+//! does nothing: a run takes minutes.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use switchyard::config::Config;
+use switchyard::local_cluster::{
+    LocalCluster, LocalClusterOptions, PgNode, StopMode, APP_DB, APP_PASSWORD, APP_USER,
+    CLUSTER_PASSWORD, CLUSTER_USER,
+};
+use tokio::runtime::Runtime;
+use tokio_postgres::{Client, NoTls};
+
+mod common;
+
+use common::{env_number, Switchyard};
+
+/// Server connections per pool.
+const POOL_SIZE: usize = 4;
+/// Clients that connect before the failure and query only after it.
+const IDLE_CLIENTS: usize = 5;
+/// Pause between two writes of the writer.
+const WRITER_PAUSE: Duration = Duration::from_millis(10);
+/// Steady writes before the failure is injected.
+const STEADY_WRITES: Duration = Duration::from_secs(2);
+/// How long writes must have resumed before a run ends.
+const AFTER_RECOVERY: Duration = Duration::from_secs(1);
+/// A run without an acknowledged write this long after T0 has no recovery.
+const RECOVERY_CAP: Duration = Duration::from_secs(60);
+/// An acknowledgement arriving this long after the failure was fully
+/// injected cannot have come from the failed primary.
+const STALE_ACK_MARGIN: Duration = Duration::from_millis(200);
+/// Longest wait for an idle client's `SELECT 1` after the failover.
+const IDLE_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the proxy to serve its first query.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default number of runs per failure kind.
+const DEFAULT_RUNS: u64 = 5;
+/// Name the synchronous standby has (`application_name` of the replica).
+const STANDBY_NAME: &str = "replica1";
+/// The writer's statement.
+const INSERT: &str = "INSERT INTO t(id) VALUES ($1)";
+/// Distinct error messages shown per run.
+const MAX_MESSAGES: usize = 3;
+
+/// How the primary fails.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// `pg_ctl stop -m immediate`: connections are reset, connects refused.
+    Crash,
+    /// SIGSTOP of every server process: nothing answers, nothing is refused.
+    Hang,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Crash => "crash",
+            Kind::Hang => "hang",
+        }
+    }
+
+    /// Target median seconds from failure to the first acknowledged write.
+    fn target_secs(self) -> f64 {
+        match self {
+            Kind::Crash => 3.0,
+            Kind::Hang => 5.0,
+        }
+    }
+}
+
+fn main() {
+    common::run_main("failover", "failover benchmark failed", bench);
+}
+
+fn env_kinds() -> anyhow::Result<Vec<Kind>> {
+    let Ok(v) = std::env::var("FAILOVER_KINDS") else {
+        return Ok(vec![Kind::Crash, Kind::Hang]);
+    };
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| match s {
+            "crash" => Ok(Kind::Crash),
+            "hang" => Ok(Kind::Hang),
+            other => bail!("FAILOVER_KINDS: unknown kind {other:?} (crash, hang)"),
+        })
+        .collect()
+}
+
+fn bench() -> anyhow::Result<()> {
+    let runs = env_number("FAILOVER_RUNS", DEFAULT_RUNS)?.max(1) as usize;
+    let kinds = env_kinds()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the client runtime")?;
+
+    let mut results: Vec<(Kind, Vec<Result<RunResult, String>>)> = Vec::new();
+    let mut pg_version = None;
+    for &kind in &kinds {
+        let mut per_kind = Vec::new();
+        for run in 1..=runs {
+            eprintln!("--- {} run {run}/{runs} ---", kind.name());
+            let outcome = run_once(&rt, kind, &mut pg_version);
+            match &outcome {
+                Ok(r) => eprintln!(
+                    "{} run {run}: first ack after {}, writer errors {}, idle-client errors {}, \
+                     lost acknowledged writes {}",
+                    kind.name(),
+                    fmt_secs(r.recovery),
+                    r.writer_errors,
+                    r.idle_errors,
+                    fmt_opt(r.lost)
+                ),
+                Err(e) => eprintln!("{} run {run} FAILED: {e}", kind.name()),
+            }
+            per_kind.push(outcome.map_err(|e| format!("{e:#}")));
+        }
+        results.push((kind, per_kind));
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+
+    let defaults = proxy_config("127.0.0.1:5432", "127.0.0.1:5433", "127.0.0.1:6432")?;
+    println!(
+        "\n{}",
+        report(&results, &defaults, pg_version.as_deref().unwrap_or("?"))
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// One run
+// ---------------------------------------------------------------------------
+
+/// What one run measured.
+struct RunResult {
+    /// Seconds from T0 to the first acknowledged write after the failure;
+    /// `None`: no recovery within [`RECOVERY_CAP`].
+    recovery: Option<f64>,
+    /// Seconds from T0 to the writer's first error, if any.
+    first_error: Option<f64>,
+    /// Errors the writer saw (statements and reconnect attempts).
+    writer_errors: usize,
+    /// Times the writer had to open a new connection.
+    reconnects: usize,
+    /// Idle clients whose `SELECT 1` after the failover failed.
+    idle_errors: usize,
+    /// Writes acknowledged during the whole run.
+    acked: usize,
+    /// Acknowledged ids missing on the former replica; `None` if unknown.
+    lost: Option<usize>,
+    /// Whether the former replica left recovery.
+    promoted: Option<bool>,
+    /// Distinct error messages and other remarks.
+    notes: Vec<String>,
+}
+
+fn run_once(
+    rt: &Runtime,
+    kind: Kind,
+    pg_version: &mut Option<String>,
+) -> anyhow::Result<RunResult> {
+    let cluster = LocalCluster::start(LocalClusterOptions {
+        replicas: 1,
+        fsync: false,
+        ..Default::default()
+    })
+    .context("starting the local cluster (is PostgreSQL installed?)")?;
+    let primary = cluster.primary().clone();
+    let replica = cluster
+        .replicas()
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("the local cluster has no replica"))?;
+    if pg_version.is_none() {
+        *pg_version = Some(primary.psql("postgres", "SHOW server_version")?);
+    }
+    primary.psql(
+        APP_DB,
+        &format!("CREATE TABLE t (id bigint PRIMARY KEY);\nALTER TABLE t OWNER TO {APP_USER};"),
+    )?;
+    enable_sync_replication(&primary, &replica)?;
+
+    // Declared before the proxy so that, on an early return, the proxy
+    // stops first, then the processes are resumed, then the cluster goes.
+    let mut frozen: Option<Frozen> = None;
+    let proxy = Switchyard::start(|listen| proxy_config(&primary.addr(), &replica.addr(), listen))?;
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={APP_DB} \
+         application_name=failover_bench connect_timeout=5",
+        proxy.port
+    );
+    let mut notes = Vec::new();
+
+    // The proxy serves nothing before its first health checks; wait for it.
+    let (writer_client, idle) = rt.block_on(async {
+        let writer_client = connect_when_ready(&conninfo).await?;
+        let mut idle = Vec::with_capacity(IDLE_CLIENTS);
+        for i in 0..IDLE_CLIENTS {
+            let c = connect(&conninfo)
+                .await
+                .with_context(|| format!("connecting idle client {i}"))?;
+            c.simple_query("SELECT 1")
+                .await
+                .with_context(|| format!("first query of idle client {i}"))?;
+            idle.push(c);
+        }
+        anyhow::Ok((writer_client, idle))
+    })?;
+
+    let log = Arc::new(Mutex::new(WriterLog::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writer_task = rt.spawn(writer(
+        writer_client,
+        conninfo.clone(),
+        Arc::clone(&log),
+        Arc::clone(&stop),
+    ));
+
+    thread::sleep(STEADY_WRITES);
+    {
+        let log = lock(&log);
+        if log.acks.is_empty() {
+            notes.push("no write acknowledged before the failure".into());
+        }
+        if !log.errors.is_empty() {
+            notes.push(format!(
+                "{} writer error(s) before the failure",
+                log.errors.len()
+            ));
+        }
+    }
+
+    // The failure.
+    let t0 = Instant::now();
+    match kind {
+        Kind::Crash => primary
+            .stop(StopMode::Immediate)
+            .context("pg_ctl stop -m immediate of the primary")?,
+        Kind::Hang => Frozen::freeze(primary.data_dir(), &mut frozen)?,
+    }
+    let injected = Instant::now();
+
+    // Wait for writes to resume (and keep going a little), or give up.
+    let recovered_at = loop {
+        let first = first_ack_after(&lock(&log), injected);
+        let now = Instant::now();
+        match first {
+            Some(at) if now >= at + AFTER_RECOVERY => break Some(at),
+            Some(_) => {}
+            None if now >= t0 + RECOVERY_CAP => break None,
+            None => {}
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    stop.store(true, Ordering::Relaxed);
+    let finished = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), &mut writer_task)
+            .await
+            .is_ok()
+    });
+    if !finished {
+        writer_task.abort();
+        notes.push("a write was still pending when the run ended".into());
+    }
+
+    // Idle clients: one query each on the connection opened before the failure.
+    let idle_outcomes = rt.block_on(async {
+        let checks = idle.iter().map(|c| async move {
+            match tokio::time::timeout(IDLE_QUERY_TIMEOUT, c.simple_query("SELECT 1")).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(describe(&e)),
+                Err(_) => Some(format!(
+                    "no answer within {}s",
+                    IDLE_QUERY_TIMEOUT.as_secs()
+                )),
+            }
+        });
+        futures_util::future::join_all(checks).await
+    });
+    let idle_errors: Vec<String> = idle_outcomes.into_iter().flatten().collect();
+    drop(idle);
+
+    // Acknowledged writes that the former replica does not have.
+    let log = std::mem::take(&mut *lock(&log));
+    let (lost, promoted) = match check_replica(&replica, &log) {
+        Ok((lost, promoted)) => (Some(lost.len()), Some(promoted)),
+        Err(e) => {
+            notes.push(format!("could not check the replica: {e:#}"));
+            (None, None)
+        }
+    };
+
+    let mut messages = BTreeSet::new();
+    for e in &log.errors {
+        messages.insert(e.msg.clone());
+    }
+    for m in &idle_errors {
+        messages.insert(format!("idle client: {m}"));
+    }
+    let shown = messages.len().min(MAX_MESSAGES);
+    notes.extend(messages.iter().take(MAX_MESSAGES).cloned());
+    if messages.len() > shown {
+        notes.push(format!(
+            "... {} more distinct message(s)",
+            messages.len() - shown
+        ));
+    }
+
+    let result = RunResult {
+        recovery: recovered_at.map(|at| at.duration_since(t0).as_secs_f64()),
+        first_error: log
+            .errors
+            .iter()
+            .find(|e| e.at >= t0)
+            .map(|e| e.at.duration_since(t0).as_secs_f64()),
+        writer_errors: log.errors.len(),
+        reconnects: log.reconnects,
+        idle_errors: idle_errors.len(),
+        acked: log.acks.len(),
+        lost,
+        promoted,
+        notes,
+    };
+
+    // Teardown: the proxy first (so it never sees the old primary resume),
+    // then the processes are resumed, before anything tries to stop them.
+    drop(writer_task);
+    drop(proxy);
+    drop(frozen);
+    drop(cluster);
+    Ok(result)
+}
+
+/// Synchronous replication to `replica1` on both nodes, then waits until
+/// the primary reports the standby as `sync`.
+fn enable_sync_replication(primary: &PgNode, replica: &PgNode) -> anyhow::Result<()> {
+    let sql = format!(
+        "ALTER SYSTEM SET synchronous_standby_names = '{STANDBY_NAME}';\n\
+         ALTER SYSTEM SET synchronous_commit = 'on';\n\
+         SELECT pg_reload_conf();"
+    );
+    primary
+        .psql("postgres", &sql)
+        .context("enabling synchronous replication on the primary")?;
+    replica
+        .psql("postgres", &sql)
+        .context("enabling synchronous replication on the replica")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let query = format!(
+        "SELECT current_setting('synchronous_commit') || '|' || coalesce((SELECT sync_state \
+         FROM pg_stat_replication WHERE application_name = '{STANDBY_NAME}'), 'none')"
+    );
+    loop {
+        let state = primary.psql("postgres", &query)?;
+        if state == "on|sync" {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("synchronous replication not active after 15s (synchronous_commit|sync_state = {state})");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Acknowledged ids missing on `replica`, and whether it left recovery.
+fn check_replica(replica: &PgNode, log: &WriterLog) -> anyhow::Result<(Vec<i64>, bool)> {
+    let promoted = replica.psql("postgres", "SELECT pg_is_in_recovery()")? == "f";
+    let rows = replica.psql(APP_DB, "SELECT id FROM t")?;
+    let present: HashSet<i64> = rows
+        .lines()
+        .map(|l| l.trim().parse::<i64>())
+        .collect::<Result<_, _>>()
+        .context("parsing ids from the replica")?;
+    let lost = log
+        .acks
+        .iter()
+        .map(|a| a.id)
+        .filter(|id| !present.contains(id))
+        .collect();
+    Ok((lost, promoted))
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------
+
+/// One acknowledged write.
+struct Ack {
+    id: i64,
+    sent: Instant,
+    acked: Instant,
+}
+
+/// One error the writer saw.
+struct WriterError {
+    at: Instant,
+    msg: String,
+}
+
+/// What the writer did, shared with the main thread.
+#[derive(Default)]
+struct WriterLog {
+    acks: Vec<Ack>,
+    errors: Vec<WriterError>,
+    reconnects: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// When the first write after the failure (see the module doc) was
+/// acknowledged.
+fn first_ack_after(log: &WriterLog, injected: Instant) -> Option<Instant> {
+    log.acks
+        .iter()
+        .find(|a| a.sent >= injected || a.acked >= injected + STALE_ACK_MARGIN)
+        .map(|a| a.acked)
+}
+
+/// Inserts increasing ids on one connection until `stop`; opens a new
+/// connection only when the proxy closed the current one.
+async fn writer(
+    mut client: Client,
+    conninfo: String,
+    log: Arc<Mutex<WriterLog>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut id: i64 = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if client.is_closed() {
+            match connect(&conninfo).await {
+                Ok(c) => {
+                    client = c;
+                    lock(&log).reconnects += 1;
+                }
+                Err(e) => {
+                    lock(&log).errors.push(WriterError {
+                        at: Instant::now(),
+                        msg: format!("reconnect: {}", describe(&e)),
+                    });
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+        }
+        id += 1;
+        let sent = Instant::now();
+        let res = client.execute(INSERT, &[&id]).await;
+        let now = Instant::now();
+        match res {
+            Ok(_) => lock(&log).acks.push(Ack {
+                id,
+                sent,
+                acked: now,
+            }),
+            Err(e) => {
+                let closed = if client.is_closed() {
+                    " (connection closed)"
+                } else {
+                    ""
+                };
+                lock(&log).errors.push(WriterError {
+                    at: now,
+                    msg: format!("{}{closed}", describe(&e)),
+                });
+            }
+        }
+        tokio::time::sleep(WRITER_PAUSE).await;
+    }
+}
+
+async fn connect(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Connects and runs `SELECT 1`, retrying until the proxy answers.
+async fn connect_when_ready(conninfo: &str) -> anyhow::Result<Client> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let attempt = async {
+            let c = connect(conninfo).await?;
+            c.simple_query("SELECT 1").await?;
+            Ok::<_, tokio_postgres::Error>(c)
+        };
+        let err = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => describe(&e),
+            Err(_) => "no answer within 5s".to_string(),
+        };
+        if Instant::now() >= deadline {
+            bail!(
+                "the proxy did not serve `SELECT 1` within {}s: {err}",
+                READY_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `SQLSTATE: message` for server errors, the error's text otherwise.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hung primary
+// ---------------------------------------------------------------------------
+
+/// Server processes stopped with SIGSTOP; resumed (SIGCONT) on drop.
+struct Frozen {
+    pids: Vec<u32>,
+}
+
+impl Frozen {
+    /// Stops the postmaster of `data_dir` and all its children; `slot`
+    /// holds the guard from before the first signal, so whatever was
+    /// stopped is resumed even if a later step fails.
+    fn freeze(data_dir: &Path, slot: &mut Option<Frozen>) -> anyhow::Result<()> {
+        let pm = postmaster_pid(data_dir)?;
+        let frozen = slot.insert(Frozen { pids: Vec::new() });
+        let mut batch: Vec<u32> = std::iter::once(pm).chain(children_of(pm)).collect();
+        // A second pass catches a child forked while the first was sent.
+        for _ in 0..2 {
+            if batch.is_empty() {
+                break;
+            }
+            frozen.pids.extend(&batch);
+            signal("STOP", &batch)?;
+            batch = children_of(pm)
+                .into_iter()
+                .filter(|p| !frozen.pids.contains(p))
+                .collect();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if self.pids.is_empty() {
+            return;
+        }
+        // Children first, so the postmaster wakes up to running children.
+        let mut pids = std::mem::take(&mut self.pids);
+        pids.reverse();
+        if let Err(e) = signal("CONT", &pids) {
+            eprintln!("failover: SIGCONT of {pids:?} failed: {e:#}");
+        }
+    }
+}
+
+fn postmaster_pid(data_dir: &Path) -> anyhow::Result<u32> {
+    let file = data_dir.join("postmaster.pid");
+    let text = fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no pid on the first line of {}", file.display()))
+}
+
+/// Pids whose parent is `ppid`, from /proc.
+fn children_of(ppid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the parenthesised comm: state, then ppid.
+        let after = &stat[stat.rfind(')')? + 1..];
+        let parent: u32 = after.split_whitespace().nth(1)?.parse().ok()?;
+        (parent == ppid).then_some(pid)
+    })
+    .collect()
+}
+
+/// `kill -SIG pid...`.
+fn signal(sig: &str, pids: &[u32]) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .args(pids.iter().map(u32::to_string))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{sig} {pids:?} exited with {status}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Switchyard configuration
+// ---------------------------------------------------------------------------
+
+/// The proxy's configuration: default `[health]` and `[failover]`.
+fn proxy_config(primary: &str, replica: &str, listen: &str) -> anyhow::Result<Config> {
+    let cluster = format!(
+        r#"nodes = [
+  {{ name = "primary", addr = "{primary}" }},
+  {{ name = "{STANDBY_NAME}", addr = "{replica}" }},
+]
+user = "{CLUSTER_USER}"
+password = "{CLUSTER_PASSWORD}""#
+    );
+    common::proxy_config(listen, POOL_SIZE, r#"shutdown_timeout = "2s""#, &cluster)
+}
+
+// ---------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------
+
+/// Median and max, a run without recovery counting as infinitely slow.
+fn median_max(xs: &[Option<f64>]) -> (Option<f64>, Option<f64>) {
+    let v: Vec<f64> = xs.iter().map(|x| x.unwrap_or(f64::INFINITY)).collect();
+    let max = v.iter().copied().max_by(f64::total_cmp);
+    let fin = |x: Option<f64>| x.filter(|x| x.is_finite());
+    (fin(common::median(v)), fin(max))
+}
+
+fn fmt_secs(x: Option<f64>) -> String {
+    x.map_or_else(
+        || format!("no recovery (> {}s)", RECOVERY_CAP.as_secs()),
+        |v| format!("{v:.2}"),
+    )
+}
+
+fn fmt_opt<T: std::fmt::Display>(x: Option<T>) -> String {
+    x.map_or("?".into(), |v| v.to_string())
+}
+
+fn report(
+    results: &[(Kind, Vec<Result<RunResult, String>>)],
+    cfg: &Config,
+    pg_version: &str,
+) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Failover benchmark: PostgreSQL {pg_version}, 1 primary + 1 streaming replica, synchronous \
+         replication (synchronous_standby_names = '{STANDBY_NAME}', synchronous_commit = on, \
+         fsync off); Switchyard in-process with default settings: health interval {:?}, timeout \
+         {:?}, failure_threshold {}; failover mode {:?}, sync_policy {:?}, hold_timeout {:?}; \
+         pool size {POOL_SIZE}, transaction mode. One writer (`{INSERT}`, {}ms pause), \
+         {IDLE_CLIENTS} idle clients; failure after {}s of writes; crash = pg_ctl stop -m \
+         immediate, hang = SIGSTOP of the postmaster and its children.\n",
+        cfg.health.interval,
+        cfg.health.timeout,
+        cfg.health.failure_threshold,
+        cfg.failover.mode,
+        cfg.failover.sync_policy,
+        cfg.failover.hold_timeout,
+        WRITER_PAUSE.as_millis(),
+        STEADY_WRITES.as_secs(),
+    );
+
+    let _ = writeln!(s, "Individual runs:\n");
+    let _ = writeln!(
+        s,
+        "| failure | run | s to first acked write | s to first writer error | writer errors | \
+         writer reconnects | idle-client errors | acked writes | lost acked writes | replica \
+         promoted | messages |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+    for (kind, runs) in results {
+        for (i, r) in runs.iter().enumerate() {
+            match r {
+                Ok(r) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                        kind.name(),
+                        i + 1,
+                        fmt_secs(r.recovery),
+                        r.first_error.map_or("–".into(), |v| format!("{v:.2}")),
+                        r.writer_errors,
+                        r.reconnects,
+                        r.idle_errors,
+                        r.acked,
+                        fmt_opt(r.lost),
+                        r.promoted.map_or("?", |p| if p { "yes" } else { "no" }),
+                        r.notes.join("; ").replace('|', "\\|").replace('\n', " "),
+                    );
+                }
+                Err(e) => {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {} | run failed | | | | | | | | {} |",
+                        kind.name(),
+                        i + 1,
+                        e.replace('|', "\\|").replace('\n', " ")
+                    );
+                }
+            }
+        }
+    }
+
+    let _ = writeln!(s, "\nSummary:\n");
+    let _ = writeln!(
+        s,
+        "| failure | runs | median s to first acked write | max s | writer errors (total) | \
+         idle-client errors (total) | lost acked writes (total) | runs without recovery | runs \
+         failed to run |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (kind, runs) in results {
+        let ok: Vec<&RunResult> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let recoveries: Vec<Option<f64>> = ok.iter().map(|r| r.recovery).collect();
+        let (med, max) = median_max(&recoveries);
+        let lost = if ok.iter().all(|r| r.lost.is_some()) {
+            ok.iter().filter_map(|r| r.lost).sum::<usize>().to_string()
+        } else {
+            format!(
+                "{} (+ runs not checked)",
+                ok.iter().filter_map(|r| r.lost).sum::<usize>()
+            )
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            kind.name(),
+            ok.len(),
+            if ok.is_empty() {
+                "–".into()
+            } else {
+                fmt_secs(med)
+            },
+            if ok.is_empty() {
+                "–".into()
+            } else {
+                fmt_secs(max)
+            },
+            ok.iter().map(|r| r.writer_errors).sum::<usize>(),
+            ok.iter().map(|r| r.idle_errors).sum::<usize>(),
+            lost,
+            recoveries.iter().filter(|r| r.is_none()).count(),
+            runs.len() - ok.len(),
+        );
+    }
+
+    let _ = writeln!(
+        s,
+        "\nTargets (default settings): crash ≤ {:.0} s median, hang ≤ {:.0} s median to the \
+         first acknowledged write; 0 lost acknowledged writes; 0 errors on idle clients. \
+         Writer errors are expected for the statement in flight at the failure.",
+        Kind::Crash.target_secs(),
+        Kind::Hang.target_secs()
+    );
+    for (kind, runs) in results {
+        let ok: Vec<&RunResult> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
+        if ok.is_empty() {
+            continue;
+        }
+        let (med, _) = median_max(&ok.iter().map(|r| r.recovery).collect::<Vec<_>>());
+        let time_ok = med.is_some_and(|m| m <= kind.target_secs());
+        let lost_ok = ok.iter().all(|r| r.lost == Some(0));
+        let idle_ok = ok.iter().all(|r| r.idle_errors == 0);
+        let verdict = |b: bool| if b { "met" } else { "MISSED" };
+        let _ = writeln!(
+            s,
+            "- {}: median {} s vs ≤ {:.0} s: {}; lost acknowledged writes: {}; idle-client \
+             errors: {}",
+            kind.name(),
+            med.map_or("∞".into(), |m| format!("{m:.2}")),
+            kind.target_secs(),
+            verdict(time_ok),
+            verdict(lost_ok),
+            verdict(idle_ok),
+        );
+    }
+    s
+}

@@ -1,0 +1,223 @@
+//! The replies a server still owes, in order, for transaction pooling with
+//! prepared statements. Rewriting names means the proxy sometimes sends a
+//! message the client did not (a Parse injected before a Bind, a Close to
+//! evict) and sometimes answers one itself (ParseComplete for a statement the
+//! server already has, CloseComplete for a client's Close). This queue says,
+//! for each server message, whether it is forwarded or dropped, and when the
+//! proxy's own answers are due. Pure: no I/O, table-tested.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+/// A message sent to the server whose reply is still expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sent {
+    /// Parse; `server` is the server-side statement name (None: unnamed),
+    /// `client` the client's name to forget if it fails (None: injected).
+    Parse { server: Option<Arc<str>>, client: Option<Arc<str>> },
+    /// Bind.
+    Bind,
+    /// Describe of a statement (ParameterDescription, then RowDescription or NoData).
+    DescribeStatement,
+    /// Describe of a portal.
+    DescribePortal,
+    /// Execute.
+    Execute,
+    /// Close (portal, or a statement the proxy evicts).
+    Close,
+    /// Sync.
+    Sync,
+    /// Simple Query or FunctionCall: everything up to ReadyForQuery.
+    Query,
+}
+
+/// One entry of the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// The reply goes to the client.
+    Forward(Sent),
+    /// The reply is the proxy's business (an injected message): dropped.
+    Swallow(Sent),
+    /// The proxy answers with this message tag (`1` ParseComplete, `3` CloseComplete) when it reaches the head.
+    Answer(u8),
+}
+
+/// What to do with one server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send it to the client.
+    Forward,
+    /// Drop it.
+    Drop,
+}
+
+/// Statement names that turned out not to exist after all (their Parse failed or was skipped).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Server-side names to remove from the server's prepared set.
+    pub server: Vec<Arc<str>>,
+    /// Client names to remove from the client's statements.
+    pub client: Vec<Arc<str>>,
+}
+
+/// The queue.
+#[derive(Debug, Default)]
+pub struct Expectations {
+    queue: VecDeque<Expect>,
+}
+
+impl Expectations {
+    /// Nothing owed either way.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Records what was just sent (or will be answered by the proxy).
+    pub fn push(&mut self, e: Expect) {
+        self.queue.push_back(e);
+    }
+
+    /// The proxy's own answer, if one is at the head (all earlier replies done).
+    pub fn take_answer(&mut self) -> Option<u8> {
+        match self.queue.front() {
+            Some(Expect::Answer(tag)) => {
+                let tag = *tag;
+                self.queue.pop_front();
+                Some(tag)
+            }
+            _ => None,
+        }
+    }
+
+    /// What would happen to a server message with `tag` (no change made).
+    pub fn verdict(&self, tag: u8) -> Verdict {
+        match (self.queue.front(), tag) {
+            (Some(Expect::Swallow(_)), b'1' | b'2' | b'3' | b't' | b'T' | b'n') => Verdict::Drop,
+            _ => Verdict::Forward,
+        }
+    }
+
+    /// Applies a server message with `tag`: pops what it completes.
+    pub fn on_server(&mut self, tag: u8) -> Forgotten {
+        let mut forgotten = Forgotten::default();
+        let Some(head) = self.queue.front() else { return forgotten };
+        let sent = match head {
+            Expect::Forward(s) | Expect::Swallow(s) => s.clone(),
+            Expect::Answer(_) => return forgotten,
+        };
+        let completes = match (&sent, tag) {
+            (_, b'N' | b'S' | b'A') => false,
+            (Sent::Query, b'Z') => true,
+            (Sent::Query, _) => false,
+            (Sent::Sync, b'Z') => true,
+            (_, b'E') => {
+                self.fail_batch(&mut forgotten);
+                return forgotten;
+            }
+            (Sent::Parse { .. }, b'1') | (Sent::Bind, b'2') | (Sent::Close, b'3') => true,
+            (Sent::DescribeStatement | Sent::DescribePortal, b'T' | b'n') => true,
+            (Sent::Execute, b'C' | b'I' | b's') => true,
+            _ => false,
+        };
+        if completes {
+            self.queue.pop_front();
+        }
+        forgotten
+    }
+
+    /// An extended-protocol message failed: the server skips everything up to
+    /// the next Sync, so those entries are dropped, and statements they would
+    /// have prepared do not exist.
+    fn fail_batch(&mut self, forgotten: &mut Forgotten) {
+        while let Some(e) = self.queue.front() {
+            if matches!(e, Expect::Forward(Sent::Sync) | Expect::Swallow(Sent::Sync)) {
+                break;
+            }
+            if let Some(Expect::Forward(Sent::Parse { server, client }) | Expect::Swallow(Sent::Parse { server, client })) = self.queue.pop_front() {
+                forgotten.server.extend(server);
+                forgotten.client.extend(client);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(server: &str, client: Option<&str>) -> Sent {
+        Sent::Parse { server: Some(server.into()), client: client.map(Into::into) }
+    }
+
+    /// Feeds server tags; returns the verdicts and answers interleaved as the client would see them.
+    fn run(q: &mut Expectations, server: &[u8]) -> String {
+        let mut seen = String::new();
+        for &tag in server {
+            while let Some(a) = q.take_answer() {
+                seen.push(a as char);
+            }
+            if q.verdict(tag) == Verdict::Forward {
+                seen.push(tag as char);
+            }
+            q.on_server(tag);
+        }
+        while let Some(a) = q.take_answer() {
+            seen.push(a as char);
+        }
+        seen
+    }
+
+    #[test]
+    fn injected_parse_reply_is_dropped_and_answers_come_in_order() {
+        let mut q = Expectations::default();
+        // Client: Parse(s1) the server already has, Bind, Execute, Sync.
+        q.push(Expect::Answer(b'1'));
+        q.push(Expect::Forward(Sent::Bind));
+        q.push(Expect::Forward(Sent::Execute));
+        q.push(Expect::Forward(Sent::Sync));
+        assert_eq!(run(&mut q, b"2DCZ"), "12DCZ");
+        assert!(q.is_empty());
+
+        // Client: Bind(s1) on a server without it: Parse injected first.
+        q.push(Expect::Swallow(parse("sy_1", None)));
+        q.push(Expect::Forward(Sent::Bind));
+        q.push(Expect::Forward(Sent::Execute));
+        q.push(Expect::Forward(Sent::Sync));
+        assert_eq!(run(&mut q, b"12DDCZ"), "2DDCZ");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_failed_parse_forgets_its_names_and_skips_to_sync() {
+        let mut q = Expectations::default();
+        q.push(Expect::Forward(parse("sy_bad", Some("s1"))));
+        q.push(Expect::Forward(Sent::Bind));
+        q.push(Expect::Answer(b'3'));
+        q.push(Expect::Forward(Sent::Sync));
+        let mut seen = String::new();
+        for &tag in b"EZ" {
+            if q.verdict(tag) == Verdict::Forward {
+                seen.push(tag as char);
+            }
+            let f = q.on_server(tag);
+            if tag == b'E' {
+                assert_eq!(f.server, vec![Arc::<str>::from("sy_bad")]);
+                assert_eq!(f.client, vec![Arc::<str>::from("s1")]);
+            }
+        }
+        assert_eq!(seen, "EZ", "answers after the error are skipped, as PostgreSQL would");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn describe_statement_and_async_messages() {
+        let mut q = Expectations::default();
+        q.push(Expect::Swallow(parse("sy_2", None)));
+        q.push(Expect::Forward(Sent::DescribeStatement));
+        q.push(Expect::Forward(Sent::Sync));
+        assert_eq!(run(&mut q, b"1NtTZ"), "NtTZ");
+        q.push(Expect::Forward(Sent::Query));
+        assert_eq!(run(&mut q, b"TDCSEZ"), "TDCSEZ", "errors inside a simple query end at ReadyForQuery");
+        assert!(q.is_empty());
+    }
+}

@@ -1,0 +1,129 @@
+//! Extended-query messages whose statement names the proxy rewrites (F):
+//! Parse (`P`), Bind (`B`), Describe (`D`), Close (`C`). Decoders take one
+//! whole frame (tag + length + body) and never panic; encoders build the same
+//! message with another statement name, leaving every other byte as sent.
+
+use bytes::{BufMut, BytesMut};
+
+use crate::protocol::frame::put_frame;
+
+fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let nul = buf.iter().position(|&b| b == 0)?;
+    Some((&buf[..nul], &buf[nul + 1..]))
+}
+
+fn body(frame: &[u8]) -> &[u8] {
+    frame.get(5..).unwrap_or_default()
+}
+
+/// Parse: statement name, query text, and the raw parameter-type section.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Parse<'a> {
+    /// Statement name ("" = unnamed).
+    pub name: &'a [u8],
+    /// Query text.
+    pub query: &'a [u8],
+    /// int16 count + int32 OIDs, as sent.
+    pub param_types: &'a [u8],
+}
+
+/// Decodes a Parse frame.
+pub fn decode_parse(frame: &[u8]) -> Option<Parse<'_>> {
+    let (name, rest) = cstr(body(frame))?;
+    let (query, param_types) = cstr(rest)?;
+    let count = u16::from_be_bytes(param_types.get(..2)?.try_into().ok()?) as usize;
+    (param_types.len() == 2 + 4 * count).then_some(Parse { name, query, param_types })
+}
+
+/// Appends a Parse frame for `p` under `name`.
+pub fn encode_parse(out: &mut BytesMut, name: &[u8], p: &Parse<'_>) {
+    let mut b = BytesMut::with_capacity(name.len() + p.query.len() + p.param_types.len() + 2);
+    b.put_slice(name);
+    b.put_u8(0);
+    b.put_slice(p.query);
+    b.put_u8(0);
+    b.put_slice(p.param_types);
+    put_frame(out, b'P', &b);
+}
+
+/// Bind: the statement name and where it sits, so it can be replaced.
+pub fn decode_bind_statement(frame: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let (portal, rest) = cstr(body(frame))?;
+    let (stmt, tail) = cstr(rest)?;
+    Some((portal, stmt, tail))
+}
+
+/// Appends a Bind frame with the statement name replaced.
+pub fn encode_bind(out: &mut BytesMut, portal: &[u8], stmt: &[u8], tail: &[u8]) {
+    let mut b = BytesMut::with_capacity(portal.len() + stmt.len() + tail.len() + 2);
+    b.put_slice(portal);
+    b.put_u8(0);
+    b.put_slice(stmt);
+    b.put_u8(0);
+    b.put_slice(tail);
+    put_frame(out, b'B', &b);
+}
+
+/// Describe or Close: kind (`S` statement / `P` portal) and name.
+pub fn decode_target(frame: &[u8]) -> Option<(u8, &[u8])> {
+    let (&kind, rest) = body(frame).split_first()?;
+    let (name, tail) = cstr(rest)?;
+    (tail.is_empty() && matches!(kind, b'S' | b'P')).then_some((kind, name))
+}
+
+/// Appends a Describe (`D`) or Close (`C`) frame.
+pub fn encode_target(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
+    let mut b = BytesMut::with_capacity(name.len() + 2);
+    b.put_u8(kind);
+    b.put_slice(name);
+    b.put_u8(0);
+    put_frame(out, tag, &b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        put_frame(&mut out, tag, body);
+        out.to_vec()
+    }
+
+    #[test]
+    fn parse_round_trips_under_a_new_name() {
+        let f = frame(b'P', b"s1\0SELECT $1\0\0\x01\0\0\0\x17");
+        let p = decode_parse(&f).unwrap();
+        assert_eq!((p.name, p.query), (&b"s1"[..], &b"SELECT $1"[..]));
+        let mut out = BytesMut::new();
+        encode_parse(&mut out, b"sy_abc", &p);
+        let q = decode_parse(&out).unwrap();
+        assert_eq!((q.name, q.query, q.param_types), (&b"sy_abc"[..], p.query, p.param_types));
+    }
+
+    #[test]
+    fn malformed_frames_decode_to_none() {
+        assert!(decode_parse(&frame(b'P', b"s1\0SELECT")).is_none());
+        assert!(decode_parse(&frame(b'P', b"s1\0q\0\0\x02\0\0\0\x17")).is_none(), "count lies");
+        assert!(decode_parse(&frame(b'P', b"")).is_none());
+        assert!(decode_bind_statement(&frame(b'B', b"portal")).is_none());
+        assert!(decode_target(&frame(b'D', b"Xname\0")).is_none());
+        assert!(decode_target(&frame(b'D', b"Sname\0junk")).is_none());
+        assert!(decode_target(&frame(b'D', b"")).is_none());
+    }
+
+    #[test]
+    fn bind_and_targets_round_trip() {
+        let f = frame(b'B', b"p\0s1\0\0\0\0\0\0\0");
+        let (portal, stmt, tail) = decode_bind_statement(&f).unwrap();
+        assert_eq!((portal, stmt), (&b"p"[..], &b"s1"[..]));
+        let mut out = BytesMut::new();
+        encode_bind(&mut out, portal, b"sy_x", tail);
+        assert_eq!(decode_bind_statement(&out).unwrap().1, b"sy_x");
+        let d = frame(b'D', b"Ss1\0");
+        assert_eq!(decode_target(&d), Some((b'S', &b"s1"[..])));
+        out.clear();
+        encode_target(&mut out, b'C', b'S', b"sy_x");
+        assert_eq!(decode_target(&out), Some((b'S', &b"sy_x"[..])));
+    }
+}
