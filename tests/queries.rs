@@ -84,7 +84,8 @@ async fn errors_inside_a_transaction_need_a_rollback_then_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_in_and_out() {
-    let proxy = Proxy::start("default_pool_size = 2").await;
+    // One server: a COPY that kept it would starve the second client below.
+    let proxy = Proxy::start("default_pool_size = 1\ncheckout_timeout = \"3s\"").await;
     let c = proxy.client().await;
     let table = unique("copy");
     c.batch_execute(&format!("CREATE TABLE {table} (id int, name text)"))
@@ -133,6 +134,8 @@ async fn copy_in_and_out() {
         .unwrap()[0]
         .get(0);
     assert_eq!(n, 1000);
+    let other = proxy.client().await;
+    other.batch_execute("SELECT 1").await.expect("the server went back to the pool after COPY");
     c.batch_execute(&format!("DROP TABLE {table}"))
         .await
         .unwrap();

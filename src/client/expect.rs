@@ -14,7 +14,10 @@ use std::sync::Arc;
 pub enum Sent {
     /// Parse; `server` is the server-side statement name (None: unnamed),
     /// `client` the client's name to forget if it fails (None: injected).
-    Parse { server: Option<Arc<str>>, client: Option<Arc<str>> },
+    Parse {
+        server: Option<Arc<str>>,
+        client: Option<Arc<str>>,
+    },
     /// Bind.
     Bind,
     /// Describe of a statement (ParameterDescription, then RowDescription or NoData).
@@ -40,6 +43,9 @@ pub enum Expect {
     Swallow(Sent),
     /// The proxy answers with this message tag (`1` ParseComplete, `3` CloseComplete) when it reaches the head.
     Answer(u8),
+    /// The client ended a COPY IN (CopyDone/CopyFail): no reply of its own,
+    /// it bounds the Syncs the server ignores during copy-in.
+    CopyEnd,
 }
 
 /// What to do with one server message.
@@ -51,13 +57,17 @@ pub enum Verdict {
     Drop,
 }
 
-/// Statement names that turned out not to exist after all (their Parse failed or was skipped).
+/// What server replies taught about statements.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Forgotten {
-    /// Server-side names to remove from the server's prepared set.
+    /// Server-side names to remove from the server's prepared set (Parse failed or skipped).
     pub server: Vec<Arc<str>>,
     /// Client names to remove from the client's statements.
     pub client: Vec<Arc<str>>,
+    /// Server-side names a server accepted (ParseComplete): the text is valid.
+    pub confirmed: Vec<Arc<str>>,
+    /// Syncs sent during copy-in, which PostgreSQL ignores: no ReadyForQuery comes for them.
+    pub ignored_syncs: u32,
 }
 
 /// The queue.
@@ -74,7 +84,17 @@ impl Expectations {
 
     /// Records what was just sent (or will be answered by the proxy).
     pub fn push(&mut self, e: Expect) {
+        if e == Expect::CopyEnd && self.queue.is_empty() {
+            return; // a stray CopyDone outside COPY: nothing to bound
+        }
         self.queue.push_back(e);
+    }
+
+    fn pop(&mut self) {
+        self.queue.pop_front();
+        while self.queue.front() == Some(&Expect::CopyEnd) {
+            self.queue.pop_front();
+        }
     }
 
     /// The proxy's own answer, if one is at the head (all earlier replies done).
@@ -82,11 +102,16 @@ impl Expectations {
         match self.queue.front() {
             Some(Expect::Answer(tag)) => {
                 let tag = *tag;
-                self.queue.pop_front();
+                self.pop();
                 Some(tag)
             }
             _ => None,
         }
+    }
+
+    /// The proxy's own answer is at the head: it goes before any further server message.
+    pub fn answer_due(&self) -> bool {
+        matches!(self.queue.front(), Some(Expect::Answer(_)))
     }
 
     /// What would happen to a server message with `tag` (no change made).
@@ -100,11 +125,17 @@ impl Expectations {
     /// Applies a server message with `tag`: pops what it completes.
     pub fn on_server(&mut self, tag: u8) -> Forgotten {
         let mut forgotten = Forgotten::default();
-        let Some(head) = self.queue.front() else { return forgotten };
+        let Some(head) = self.queue.front() else {
+            return forgotten;
+        };
         let sent = match head {
             Expect::Forward(s) | Expect::Swallow(s) => s.clone(),
-            Expect::Answer(_) => return forgotten,
+            Expect::Answer(_) | Expect::CopyEnd => return forgotten,
         };
+        if (&sent, tag) == (&Sent::Execute, b'G') {
+            forgotten.ignored_syncs = self.drop_syncs_in_copy();
+            return forgotten;
+        }
         let completes = match (&sent, tag) {
             (_, b'N' | b'S' | b'A') => false,
             (Sent::Query, b'Z') => true,
@@ -120,9 +151,40 @@ impl Expectations {
             _ => false,
         };
         if completes {
-            self.queue.pop_front();
+            if let (
+                Sent::Parse {
+                    server: Some(name), ..
+                },
+                b'1',
+            ) = (&sent, tag)
+            {
+                forgotten.confirmed.push(name.clone());
+            }
+            self.pop();
         }
         forgotten
+    }
+
+    /// The Execute at the head started COPY IN: the Syncs the client sent
+    /// after it and before its CopyDone/CopyFail are ignored by PostgreSQL.
+    fn drop_syncs_in_copy(&mut self) -> u32 {
+        let mut end = self
+            .queue
+            .iter()
+            .position(|e| *e == Expect::CopyEnd)
+            .unwrap_or(self.queue.len());
+        let mut dropped = 0;
+        let mut i = 1;
+        while i < end {
+            if self.queue[i] == Expect::Forward(Sent::Sync) {
+                self.queue.remove(i);
+                end -= 1;
+                dropped += 1;
+            } else {
+                i += 1;
+            }
+        }
+        dropped
     }
 
     /// An extended-protocol message failed: the server skips everything up to
@@ -130,10 +192,18 @@ impl Expectations {
     /// have prepared do not exist.
     fn fail_batch(&mut self, forgotten: &mut Forgotten) {
         while let Some(e) = self.queue.front() {
+            if *e == Expect::CopyEnd {
+                self.queue.pop_front();
+                continue;
+            }
             if matches!(e, Expect::Forward(Sent::Sync) | Expect::Swallow(Sent::Sync)) {
                 break;
             }
-            if let Some(Expect::Forward(Sent::Parse { server, client }) | Expect::Swallow(Sent::Parse { server, client })) = self.queue.pop_front() {
+            if let Some(
+                Expect::Forward(Sent::Parse { server, client })
+                | Expect::Swallow(Sent::Parse { server, client }),
+            ) = self.queue.pop_front()
+            {
                 forgotten.server.extend(server);
                 forgotten.client.extend(client);
             }
@@ -145,8 +215,38 @@ impl Expectations {
 mod tests {
     use super::*;
 
+    #[test]
+    fn syncs_sent_during_copy_in_expect_no_reply() {
+        // tokio-postgres copy_in: Bind, Execute, Sync, CopyData..., CopyDone, Sync; then Close + Sync.
+        let mut q = Expectations::default();
+        for e in [Sent::Bind, Sent::Execute, Sent::Sync] {
+            q.push(Expect::Forward(e));
+        }
+        q.push(Expect::CopyEnd);
+        q.push(Expect::Forward(Sent::Sync));
+        q.push(Expect::Answer(b'3'));
+        q.push(Expect::Forward(Sent::Sync));
+        let mut ignored = 0;
+        let mut seen = String::new();
+        for &tag in b"2GCZZ" {
+            while let Some(a) = q.take_answer() {
+                seen.push(a as char);
+            }
+            seen.push(tag as char);
+            ignored += q.on_server(tag).ignored_syncs;
+        }
+        assert_eq!(seen, "2GCZ3Z");
+        assert_eq!(ignored, 1);
+        assert!(q.is_empty());
+        q.push(Expect::CopyEnd);
+        assert!(q.is_empty(), "a stray CopyDone leaves nothing behind");
+    }
+
     fn parse(server: &str, client: Option<&str>) -> Sent {
-        Sent::Parse { server: Some(server.into()), client: client.map(Into::into) }
+        Sent::Parse {
+            server: Some(server.into()),
+            client: client.map(Into::into),
+        }
     }
 
     /// Feeds server tags; returns the verdicts and answers interleaved as the client would see them.
@@ -205,7 +305,10 @@ mod tests {
                 assert_eq!(f.client, vec![Arc::<str>::from("s1")]);
             }
         }
-        assert_eq!(seen, "EZ", "answers after the error are skipped, as PostgreSQL would");
+        assert_eq!(
+            seen, "EZ",
+            "answers after the error are skipped, as PostgreSQL would"
+        );
         assert!(q.is_empty());
     }
 
@@ -217,7 +320,11 @@ mod tests {
         q.push(Expect::Forward(Sent::Sync));
         assert_eq!(run(&mut q, b"1NtTZ"), "NtTZ");
         q.push(Expect::Forward(Sent::Query));
-        assert_eq!(run(&mut q, b"TDCSEZ"), "TDCSEZ", "errors inside a simple query end at ReadyForQuery");
+        assert_eq!(
+            run(&mut q, b"TDCSEZ"),
+            "TDCSEZ",
+            "errors inside a simple query end at ReadyForQuery"
+        );
         assert!(q.is_empty());
     }
 }

@@ -5,6 +5,7 @@
 pub mod cancel;
 pub mod conn;
 pub mod expect;
+mod link;
 pub mod login;
 pub mod lost;
 pub mod prepared;
@@ -46,6 +47,9 @@ pub async fn handle(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSe
         cancel,
         last_txn: Default::default(),
         lost: None,
+        stmts: Default::default(),
+        pinned: false,
+        last_at_rest: true,
     }
     .run()
     .await;

@@ -2,8 +2,7 @@
 //! name maps to a proxy-wide server name derived from its text and parameter
 //! types, so every client preparing the same query shares one server-side
 //! statement, and two clients using one name for different texts never mix.
-//! Each server connection remembers which server names it has prepared (least
-//! recently used first, bounded by `proxy.max_prepared_statements`).
+//! Each server connection remembers which it holds (`pool::statements`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +33,10 @@ impl Statement {
         let server_name: Arc<str> = format!("sy_{hex}").into();
         let mut out = BytesMut::new();
         encode_parse(&mut out, server_name.as_bytes(), p);
-        Statement { server_name, parse: out.freeze() }
+        Statement {
+            server_name,
+            parse: out.freeze(),
+        }
     }
 }
 
@@ -61,56 +63,16 @@ impl ClientStatements {
     }
 }
 
-/// Server names prepared on one server connection, least recently used first.
-#[derive(Debug, Default)]
-pub struct ServerStatements {
-    names: Vec<Arc<str>>,
-}
-
-impl ServerStatements {
-    /// Whether `name` is prepared here; marks it used.
-    pub fn touch(&mut self, name: &str) -> bool {
-        match self.names.iter().position(|n| &**n == name) {
-            Some(i) => {
-                let n = self.names.remove(i);
-                self.names.push(n);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Records `name` as prepared; returns the names to evict (Close) to stay within `max`.
-    pub fn add(&mut self, name: Arc<str>, max: usize) -> Vec<Arc<str>> {
-        if !self.touch(&name) {
-            self.names.push(name);
-        }
-        let excess = self.names.len().saturating_sub(max.max(1));
-        self.names.drain(..excess).collect()
-    }
-
-    /// Forgets `name` (its Parse failed or was skipped).
-    pub fn remove(&mut self, name: &str) {
-        self.names.retain(|n| &**n != name);
-    }
-
-    /// How many are prepared.
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    /// None prepared.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse<'a>(name: &'a [u8], query: &'a [u8]) -> Parse<'a> {
-        Parse { name, query, param_types: b"\0\0" }
+        Parse {
+            name,
+            query,
+            param_types: b"\0\0",
+        }
     }
 
     #[test]
@@ -121,18 +83,5 @@ mod tests {
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         assert!(a.server_name.starts_with("sy_") && a.server_name.len() == 19);
-    }
-
-    #[test]
-    fn server_set_evicts_least_recently_used() {
-        let mut s = ServerStatements::default();
-        assert!(s.add("a".into(), 2).is_empty());
-        assert!(s.add("b".into(), 2).is_empty());
-        assert!(s.touch("a"));
-        assert_eq!(s.add("c".into(), 2), vec![Arc::<str>::from("b")]);
-        assert!(!s.touch("b"));
-        assert_eq!(s.len(), 2);
-        s.remove("a");
-        assert!(!s.touch("a"));
     }
 }

@@ -7,10 +7,11 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::cancel::{CancelGuard, CancelTarget};
 use super::conn::ClientConn;
+use super::link::Link;
+use super::prepared::Statement;
 use super::txn::Txn;
 use crate::config::PoolMode;
 use crate::error::ClientError;
@@ -18,10 +19,8 @@ use crate::listener::Context;
 use crate::pool::server_conn::{send_cancel, ServerConn};
 use crate::pool::{Pool, PoolError};
 use crate::protocol::messages::backend;
-use crate::protocol::{frame_len, FrameError, Scanner, Visit};
-
-/// Server messages are PostgreSQL's; only bodies we hold whole are bounded.
-const MAX_SERVER_MESSAGE: usize = 1 << 30;
+use crate::protocol::messages::extended::decode_parse;
+use crate::protocol::{frame_len, Scanner, Visit};
 
 /// A logged-in client.
 pub struct Session {
@@ -37,10 +36,16 @@ pub struct Session {
     pub last_txn: Txn,
     /// Set when the client's open transaction died with its server (a failover).
     pub lost: Option<super::lost::LostTxn>,
+    /// The client's named prepared statements (transaction mode).
+    pub stmts: super::prepared::ClientStatements,
+    /// The client did something tied to one server session: it keeps its server.
+    pub pinned: bool,
+    /// Whether the last attachment ended with nothing half-sent or owed.
+    pub last_at_rest: bool,
 }
 
 /// How an attachment to a server ended.
-enum End {
+pub(super) enum End {
     /// Transaction finished; the server can go back to the pool.
     Released,
     /// The client sent Terminate or closed its socket.
@@ -99,6 +104,7 @@ impl Session {
                     return self.cleanup(s).await;
                 }
                 (End::ClientError(e), s) => {
+                    tracing::debug!(error = %e, "client protocol error");
                     self.client.send_error(&e).await;
                     return self.cleanup(s).await;
                 }
@@ -149,6 +155,20 @@ impl Session {
                             continue;
                         }
                     }
+                    b'P' if self.mode() == PoolMode::Transaction => {
+                        match frame_len(&self.client.buf, max).ok().flatten() {
+                            Some(len) if self.answer_known_parse(len) => {
+                                let mut out = BytesMut::new();
+                                crate::protocol::frame::put_frame(&mut out, b'1', b"");
+                                if self.client.send(&out).await.is_err() {
+                                    return Idle::Gone;
+                                }
+                                continue;
+                            }
+                            Some(_) => return Idle::Work(b'P'),
+                            None => {}
+                        }
+                    }
                     b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'F' => {
                         return Idle::Work(self.client.buf[0])
                     }
@@ -165,6 +185,27 @@ impl Session {
                 _ = self.ctx.shutdown.cancelled() => return Idle::Shutdown,
             }
         }
+    }
+
+    /// A named Parse of a text some server already accepted needs no server:
+    /// it is registered and answered here. This also keeps clients that
+    /// prepare synchronously while others hold every server (pgbench -M
+    /// prepared) from waiting on a server for nothing.
+    fn answer_known_parse(&mut self, len: usize) -> bool {
+        let Some(p) = decode_parse(&self.client.buf[..len]) else {
+            return false;
+        };
+        if p.name.is_empty() {
+            return false;
+        }
+        let stmt = Statement::new(&p);
+        if !self.pool.knows_statement(&stmt.server_name) {
+            return false;
+        }
+        let name: Arc<str> = String::from_utf8_lossy(p.name).into();
+        self.stmts.insert(name, Arc::new(stmt));
+        self.client.buf.advance(len);
+        true
     }
 
     /// No server for this request: tell the client, skip the request (up to its
@@ -220,13 +261,15 @@ impl Session {
             addr: server.addr.clone(),
             key: server.key,
         }));
-        let mut link = Link::default();
+        let mut link = Link::new(self.mode() == PoolMode::Transaction);
         let end = link.pump(self, &mut server).await;
         self.cancel.set(None);
-        let reusable =
-            matches!(end, End::Released) || (link.at_rest() && !matches!(end, End::ServerLost(_)));
         self.last_txn = link.txn;
-        (end, reusable.then_some(server))
+        self.last_at_rest = link.at_rest();
+        // A lost server is gone; any other ending hands it to cleanup, which
+        // decides between reuse (quiet), cancel-and-close or close.
+        let keep = !matches!(end, End::ServerLost(_));
+        (end, keep.then_some(server))
     }
 
     /// Gives back (or closes) a server whose client has gone: a quiet open
@@ -234,7 +277,7 @@ impl Session {
     async fn cleanup(&mut self, server: Option<ServerConn>) {
         let Some(mut server) = server else { return };
         let txn = self.last_txn;
-        if !txn.quiet() {
+        if !txn.quiet() || !self.last_at_rest {
             if txn.pending > 0 {
                 let _ = send_cancel(&server.addr, server.key).await;
             }
@@ -244,157 +287,14 @@ impl Session {
             if txn.status != b'I' && server.run_reset("ROLLBACK").await.ok() != Some(b'I') {
                 return false;
             }
-            self.mode() == PoolMode::Transaction
-                || server.run_reset("DISCARD ALL").await.ok() == Some(b'I')
+            if self.mode() == PoolMode::Transaction && !self.pinned {
+                return true;
+            }
+            server.statements.clear();
+            server.run_reset("DISCARD ALL").await.ok() == Some(b'I')
         });
         if reset.await.unwrap_or(false) {
             self.pool.checkin(server);
         }
-    }
-}
-
-/// Bytes in flight between one client and one server.
-#[derive(Default)]
-struct Link {
-    txn: Txn,
-    client_scan: Scanner,
-    server_scan: Scanner,
-    /// Scanned client bytes at the front of the client buffer, ready to forward.
-    c_ready: usize,
-    /// Scanned server bytes at the front of the server buffer, ready to forward.
-    s_ready: usize,
-    /// The client sent Terminate (left unforwarded at the buffer front).
-    terminated: bool,
-}
-
-/// One step of either direction.
-enum Dir {
-    Read(std::io::Result<usize>),
-    Wrote(std::io::Result<usize>),
-}
-
-impl Link {
-    /// Everything forwarded, no message half-sent either way.
-    fn at_rest(&self) -> bool {
-        self.c_ready == 0
-            && self.s_ready == 0
-            && self.client_scan.at_boundary()
-            && self.server_scan.at_boundary()
-    }
-
-    async fn pump(&mut self, s: &mut Session, server: &mut ServerConn) -> End {
-        let max = s.ctx.config.proxy.max_message_size;
-        let session_mode = s.ctx.config.proxy.pool_mode == PoolMode::Session;
-        if let Err(e) = self.scan_client(&s.client.buf, max) {
-            return End::ClientError(ClientError::Protocol(e.to_string()));
-        }
-        loop {
-            if self.terminated && self.c_ready == 0 {
-                return End::ClientGone;
-            }
-            if self.at_rest() && self.txn.idle() && server.buf.is_empty() {
-                if !session_mode {
-                    return End::Released;
-                }
-                if s.ctx.shutdown.is_cancelled() {
-                    return End::Shutdown;
-                }
-            }
-            let (c_ready, s_ready) = (self.c_ready, self.s_ready);
-            let client = &mut s.client;
-            let (mut c_rd, mut c_wr) = client.stream.split();
-            let (mut s_rd, mut s_wr) = server.stream.split();
-            let (c_buf, s_buf) = (&mut client.buf, &mut server.buf);
-            // Each direction either reads (nothing pending) or writes what is
-            // pending, so neither side can stall the other: no proxy deadlock
-            // when both peers write at once. read_buf and write are cancel safe.
-            let up = async {
-                if c_ready == 0 {
-                    reserve(c_buf);
-                    Dir::Read(c_rd.read_buf(c_buf).await)
-                } else {
-                    Dir::Wrote(s_wr.write(&c_buf[..c_ready]).await)
-                }
-            };
-            let down = async {
-                if s_ready == 0 {
-                    reserve(s_buf);
-                    Dir::Read(s_rd.read_buf(s_buf).await)
-                } else {
-                    Dir::Wrote(c_wr.write(&s_buf[..s_ready]).await)
-                }
-            };
-            let shutdown = s.ctx.shutdown.cancelled();
-            let retired = server.retired.cancelled();
-            let wait_shutdown = session_mode && !s.ctx.shutdown.is_cancelled();
-            tokio::select! {
-                d = up => match d {
-                    Dir::Read(Ok(0)) | Dir::Read(Err(_)) => return End::ClientGone,
-                    Dir::Read(Ok(_)) => if let Err(e) = self.scan_client(&client.buf, max) {
-                        return End::ClientError(ClientError::Protocol(e.to_string()));
-                    },
-                    Dir::Wrote(Ok(n)) => { client.buf.advance(n); self.c_ready -= n; }
-                    Dir::Wrote(Err(e)) => return End::ServerLost(e.to_string()),
-                },
-                d = down => match d {
-                    Dir::Read(Ok(0)) => return End::ServerLost("server closed the connection".into()),
-                    Dir::Read(Err(e)) => return End::ServerLost(e.to_string()),
-                    Dir::Read(Ok(_)) => if let Err(e) = self.scan_server(&server.buf) {
-                        return End::ServerLost(e.to_string());
-                    },
-                    Dir::Wrote(Ok(n)) => { server.buf.advance(n); self.s_ready -= n; }
-                    Dir::Wrote(Err(_)) => return End::ClientGone,
-                },
-                _ = shutdown, if wait_shutdown => {}
-                _ = retired => return End::ServerLost("the node's connections were closed by the health monitor".into()),
-            }
-        }
-    }
-
-    fn scan_client(&mut self, buf: &[u8], max: usize) -> Result<(), FrameError> {
-        let (txn, terminated) = (&mut self.txn, &mut self.terminated);
-        // Queries are held whole (bounded by max_message_size) to spot a COMMIT
-        // in flight: losing its server then makes the outcome unknown (08007).
-        let n = self.client_scan.scan(
-            &buf[self.c_ready..],
-            max,
-            |t| t == b'Q',
-            |tag, frame| {
-                if tag == b'X' {
-                    *terminated = true;
-                    return Visit::Stop;
-                }
-                txn.on_client(tag);
-                if let Some(body) = frame.and_then(|f| f.get(5..)) {
-                    txn.commit_in_flight |= super::lost::ends_transaction(body) == Some(true);
-                }
-                Visit::Forward
-            },
-        )?;
-        self.c_ready += n;
-        Ok(())
-    }
-
-    fn scan_server(&mut self, buf: &[u8]) -> Result<(), FrameError> {
-        let txn = &mut self.txn;
-        let n = self.server_scan.scan(
-            &buf[self.s_ready..],
-            MAX_SERVER_MESSAGE,
-            |t| t == b'Z',
-            |tag, frame| {
-                if let (b'Z', Some(&status)) = (tag, frame.and_then(|f| f.get(5))) {
-                    txn.on_ready(status);
-                }
-                Visit::Forward
-            },
-        )?;
-        self.s_ready += n;
-        Ok(())
-    }
-}
-
-fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(32 * 1024);
     }
 }

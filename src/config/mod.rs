@@ -197,6 +197,9 @@ pub struct ProxyConfig {
     /// On SIGTERM/SIGINT, how long running transactions may take to finish. Default `30s`.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// Prepared statements kept per server connection (transaction mode); the
+    /// least recently used beyond this are closed. Default 200.
+    pub max_prepared_statements: usize,
 }
 
 impl Default for ProxyConfig {
@@ -215,6 +218,7 @@ impl Default for ProxyConfig {
             admin_users: vec!["admin".into()],
             max_message_size: 256 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
+            max_prepared_statements: 200,
         }
     }
 }

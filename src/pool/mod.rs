@@ -5,6 +5,7 @@
 //! a push or pop, never across `.await`.
 
 pub mod server_conn;
+pub mod statements;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,9 @@ struct Shared {
     cluster: Arc<Cluster>,
     /// ParameterStatus values of the first server connection, replayed to clients at login.
     params: Mutex<Option<ServerParams>>,
+    /// Server statement names some server of this pool accepted: a client's
+    /// Parse of one of these is answered without taking a server.
+    known_statements: Mutex<std::collections::HashSet<Arc<str>>>,
 }
 
 impl Pool {
@@ -79,6 +83,7 @@ impl Pool {
             idle: Mutex::new(vec![]),
             cluster,
             params: Mutex::new(None),
+            known_statements: Mutex::default(),
         };
         Pool {
             shared: Arc::new(shared),
@@ -185,6 +190,20 @@ impl Pool {
     /// Closes idle connections past their idle timeout or lifetime.
     pub fn reap(&self, now: Instant) {
         lock(&self.shared.idle).retain(|c| !expired(c, now, &self.shared.settings));
+    }
+
+    /// Records that a server accepted the statement `name` (its text parses here).
+    pub fn learn_statement(&self, name: Arc<str>) {
+        let mut known = lock(&self.shared.known_statements);
+        // Bounded: a client generating endless distinct texts cannot grow it forever.
+        if known.len() < 10_000 {
+            known.insert(name);
+        }
+    }
+
+    /// Whether some server of this pool accepted the statement `name`.
+    pub fn knows_statement(&self, name: &str) -> bool {
+        lock(&self.shared.known_statements).contains(name)
     }
 
     /// Idle connections right now (for tests and stats).

@@ -90,6 +90,8 @@ pub struct ServerConn {
     pub retired: tokio_util::sync::CancellationToken,
     /// Counts this connection against its node while checked out.
     pub(crate) load: Option<super::LoadGuard>,
+    /// Proxy-named prepared statements this connection holds.
+    pub statements: super::statements::ServerStatements,
 }
 
 impl ServerConn {
@@ -126,6 +128,7 @@ impl ServerConn {
             epoch: 0,
             retired: tokio_util::sync::CancellationToken::new(),
             load: None,
+            statements: Default::default(),
         };
         let mut out = BytesMut::new();
         let params = [

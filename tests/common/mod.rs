@@ -60,6 +60,11 @@ impl Proxy {
 
     /// Starts a proxy with a whole TOML configuration.
     pub async fn start_with(cluster: Arc<LocalCluster>, toml: &str) -> Proxy {
+        // RUST_LOG=switchyard=debug shows the proxy's side of a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let config = switchyard::config::load_str(toml).expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

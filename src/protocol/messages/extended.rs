@@ -32,7 +32,11 @@ pub fn decode_parse(frame: &[u8]) -> Option<Parse<'_>> {
     let (name, rest) = cstr(body(frame))?;
     let (query, param_types) = cstr(rest)?;
     let count = u16::from_be_bytes(param_types.get(..2)?.try_into().ok()?) as usize;
-    (param_types.len() == 2 + 4 * count).then_some(Parse { name, query, param_types })
+    (param_types.len() == 2 + 4 * count).then_some(Parse {
+        name,
+        query,
+        param_types,
+    })
 }
 
 /// Appends a Parse frame for `p` under `name`.
@@ -98,13 +102,19 @@ mod tests {
         let mut out = BytesMut::new();
         encode_parse(&mut out, b"sy_abc", &p);
         let q = decode_parse(&out).unwrap();
-        assert_eq!((q.name, q.query, q.param_types), (&b"sy_abc"[..], p.query, p.param_types));
+        assert_eq!(
+            (q.name, q.query, q.param_types),
+            (&b"sy_abc"[..], p.query, p.param_types)
+        );
     }
 
     #[test]
     fn malformed_frames_decode_to_none() {
         assert!(decode_parse(&frame(b'P', b"s1\0SELECT")).is_none());
-        assert!(decode_parse(&frame(b'P', b"s1\0q\0\0\x02\0\0\0\x17")).is_none(), "count lies");
+        assert!(
+            decode_parse(&frame(b'P', b"s1\0q\0\0\x02\0\0\0\x17")).is_none(),
+            "count lies"
+        );
         assert!(decode_parse(&frame(b'P', b"")).is_none());
         assert!(decode_bind_statement(&frame(b'B', b"portal")).is_none());
         assert!(decode_target(&frame(b'D', b"Xname\0")).is_none());

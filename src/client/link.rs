@@ -1,0 +1,429 @@
+//! Bytes in flight between one client and one server: the two-way pump and
+//! what it must understand on the way. Most messages are forwarded in place,
+//! header read only. In transaction mode, messages that name a prepared
+//! statement (Parse/Bind/Describe/Close) are held whole and rewritten to the
+//! proxy-wide server name, with a Parse injected where the server lacks the
+//! statement; the `expect` queue then drops the replies to injected messages
+//! and inserts the proxy's own answers in order.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::expect::{Expect, Expectations, Forgotten, Sent, Verdict};
+use super::prepared::Statement;
+use super::relay::{End, Session};
+use super::txn::Txn;
+use crate::config::PoolMode;
+use crate::error::ClientError;
+use crate::pool::server_conn::ServerConn;
+use crate::protocol::frame::put_frame;
+use crate::protocol::messages::extended::{
+    decode_bind_statement, decode_parse, decode_target, encode_bind, encode_target,
+};
+use crate::protocol::{frame_len, FrameError, Scanner, Visit};
+
+/// Server messages are PostgreSQL's; only bodies we hold whole are bounded.
+const MAX_SERVER_MESSAGE: usize = 1 << 30;
+
+/// Bytes in flight between one client and one server.
+#[derive(Default)]
+pub(super) struct Link {
+    pub(super) txn: Txn,
+    /// Rewrite statement names (transaction mode).
+    rewrite: bool,
+    expect: Expectations,
+    client_scan: Scanner,
+    server_scan: Scanner,
+    /// Scanned client bytes at the front of the client buffer, ready to forward.
+    c_ready: usize,
+    /// Scanned server bytes at the front of the server buffer, ready to forward.
+    s_ready: usize,
+    /// Rewritten or injected bytes for the server, sent before `c_ready`.
+    c_synth: BytesMut,
+    /// The proxy's own answers for the client, sent before `s_ready`.
+    s_synth: BytesMut,
+    /// The client message at the buffer front must be rewritten (once `c_ready` is sent).
+    c_hold: bool,
+    /// The server message at the buffer front must be dropped (once `s_ready` is sent).
+    s_drop: bool,
+    /// The client sent Terminate (left unforwarded at the buffer front).
+    terminated: bool,
+}
+
+/// One step of either direction.
+enum Dir {
+    Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+}
+
+impl Link {
+    pub(super) fn new(rewrite: bool) -> Link {
+        Link {
+            rewrite,
+            ..Default::default()
+        }
+    }
+
+    /// Everything forwarded, nothing owed, no message half-sent either way.
+    pub(super) fn at_rest(&self) -> bool {
+        self.c_ready == 0
+            && self.s_ready == 0
+            && self.c_synth.is_empty()
+            && self.s_synth.is_empty()
+            && !self.c_hold
+            && !self.s_drop
+            && self.expect.is_empty()
+            && self.client_scan.at_boundary()
+            && self.server_scan.at_boundary()
+    }
+
+    pub(super) async fn pump(&mut self, s: &mut Session, server: &mut ServerConn) -> End {
+        let session_mode = s.ctx.config.proxy.pool_mode == PoolMode::Session;
+        if let Err(e) = self.settle(s, server) {
+            return e;
+        }
+        loop {
+            if self.terminated && self.c_ready == 0 && self.c_synth.is_empty() {
+                return End::ClientGone;
+            }
+            if self.at_rest() && self.txn.idle() && server.buf.is_empty() {
+                if !session_mode && !s.pinned {
+                    return End::Released;
+                }
+                if s.ctx.shutdown.is_cancelled() {
+                    return End::Shutdown;
+                }
+            }
+            let (c_ready, s_ready) = (self.c_ready, self.s_ready);
+            let client = &mut s.client;
+            let (mut c_rd, mut c_wr) = client.stream.split();
+            let (mut s_rd, mut s_wr) = server.stream.split();
+            let (c_buf, s_buf) = (&mut client.buf, &mut server.buf);
+            let (c_synth, s_synth) = (&self.c_synth, &self.s_synth);
+            // Each direction either reads (nothing pending) or writes what is
+            // pending, so neither side can stall the other: no proxy deadlock
+            // when both peers write at once. read_buf and write are cancel safe.
+            let up = async {
+                if !c_synth.is_empty() {
+                    Dir::Wrote(s_wr.write(c_synth).await)
+                } else if c_ready > 0 {
+                    Dir::Wrote(s_wr.write(&c_buf[..c_ready]).await)
+                } else {
+                    reserve(c_buf);
+                    Dir::Read(c_rd.read_buf(c_buf).await)
+                }
+            };
+            let down = async {
+                if !s_synth.is_empty() {
+                    Dir::Wrote(c_wr.write(s_synth).await)
+                } else if s_ready > 0 {
+                    Dir::Wrote(c_wr.write(&s_buf[..s_ready]).await)
+                } else {
+                    reserve(s_buf);
+                    Dir::Read(s_rd.read_buf(s_buf).await)
+                }
+            };
+            let shutdown = s.ctx.shutdown.cancelled();
+            let retired = server.retired.cancelled();
+            let wait_shutdown = (session_mode || s.pinned) && !s.ctx.shutdown.is_cancelled();
+            tokio::select! {
+                d = up => match d {
+                    Dir::Read(Ok(0)) | Dir::Read(Err(_)) => return End::ClientGone,
+                    Dir::Read(Ok(_)) => {}
+                    Dir::Wrote(Ok(n)) => self.sent_up(&mut s.client.buf, n),
+                    Dir::Wrote(Err(e)) => return End::ServerLost(e.to_string()),
+                },
+                d = down => match d {
+                    Dir::Read(Ok(0)) => return End::ServerLost("server closed the connection".into()),
+                    Dir::Read(Err(e)) => return End::ServerLost(e.to_string()),
+                    Dir::Read(Ok(_)) => {}
+                    Dir::Wrote(Ok(n)) => self.sent_down(&mut server.buf, n),
+                    Dir::Wrote(Err(_)) => return End::ClientGone,
+                },
+                _ = shutdown, if wait_shutdown => {}
+                _ = retired => return End::ServerLost("the node's connections were closed by the health monitor".into()),
+            }
+            if let Err(e) = self.settle(s, server) {
+                return e;
+            }
+        }
+    }
+
+    fn sent_up(&mut self, client_buf: &mut BytesMut, n: usize) {
+        if self.c_synth.is_empty() {
+            client_buf.advance(n);
+            self.c_ready -= n;
+        } else {
+            self.c_synth.advance(n);
+        }
+    }
+
+    fn sent_down(&mut self, server_buf: &mut BytesMut, n: usize) {
+        if self.s_synth.is_empty() {
+            server_buf.advance(n);
+            self.s_ready -= n;
+        } else {
+            self.s_synth.advance(n);
+        }
+    }
+
+    /// Scans what arrived and does every rewrite, drop and answer that is due.
+    fn settle(&mut self, s: &mut Session, server: &mut ServerConn) -> Result<(), End> {
+        let max = s.ctx.config.proxy.max_message_size;
+        loop {
+            if !self.c_hold {
+                self.scan_client(&s.client.buf, max)
+                    .map_err(|e| End::ClientError(ClientError::Protocol(e.to_string())))?;
+            }
+            if self.c_hold && self.c_ready == 0 {
+                self.rewrite_front(s, server);
+                continue;
+            }
+            if self.s_ready == 0 {
+                while let Some(tag) = self.expect.take_answer() {
+                    put_frame(&mut self.s_synth, tag, b"");
+                }
+            }
+            if !self.s_drop {
+                let forgotten = self
+                    .scan_server(&server.buf)
+                    .map_err(|e| End::ServerLost(e.to_string()))?;
+                forget(s, server, forgotten);
+            }
+            if self.s_drop && self.s_ready == 0 {
+                if let Ok(Some(len)) = frame_len(&server.buf, MAX_SERVER_MESSAGE) {
+                    let tag = server.buf[0];
+                    server.buf.advance(len);
+                    self.s_drop = false;
+                    let forgotten = self.expect.on_server(tag);
+                    forget(s, server, forgotten);
+                    continue;
+                }
+            }
+            return Ok(());
+        }
+    }
+
+    fn scan_client(&mut self, buf: &[u8], max: usize) -> Result<(), FrameError> {
+        let rewrite = self.rewrite;
+        let (txn, expect, terminated, hold) = (
+            &mut self.txn,
+            &mut self.expect,
+            &mut self.terminated,
+            &mut self.c_hold,
+        );
+        // Queries are held whole (bounded by max_message_size) to spot a COMMIT
+        // in flight; statement-naming messages, to rewrite them.
+        let whole = |t: u8| t == b'Q' || (rewrite && matches!(t, b'P' | b'B' | b'D' | b'C'));
+        let n = self
+            .client_scan
+            .scan(&buf[self.c_ready..], max, whole, |tag, frame| {
+                if tag == b'X' {
+                    *terminated = true;
+                    return Visit::Stop;
+                }
+                if rewrite {
+                    if let Some(f) = frame.filter(|_| tag != b'Q') {
+                        if names_statement(tag, f) {
+                            *hold = true;
+                            return Visit::Stop;
+                        }
+                    }
+                }
+                match (tag, plain_sent(tag, frame)) {
+                    (_, Some(sent)) => expect.push(Expect::Forward(sent)),
+                    (b'c' | b'f', None) => expect.push(Expect::CopyEnd),
+                    _ => {}
+                }
+                txn.on_client(tag);
+                if let (b'Q', Some(body)) = (tag, frame.and_then(|f| f.get(5..))) {
+                    txn.commit_in_flight |= super::lost::ends_transaction(body) == Some(true);
+                }
+                Visit::Forward
+            })?;
+        self.c_ready += n;
+        Ok(())
+    }
+
+    fn scan_server(&mut self, buf: &[u8]) -> Result<Forgotten, FrameError> {
+        let (txn, expect, drop) = (&mut self.txn, &mut self.expect, &mut self.s_drop);
+        let mut forgotten = Forgotten::default();
+        let n = self.server_scan.scan(
+            &buf[self.s_ready..],
+            MAX_SERVER_MESSAGE,
+            |t| t == b'Z',
+            |tag, frame| {
+                if expect.answer_due() {
+                    return Visit::Stop;
+                }
+                if expect.verdict(tag) == Verdict::Drop {
+                    *drop = true;
+                    return Visit::Stop;
+                }
+                let f = expect.on_server(tag);
+                forgotten.server.extend(f.server);
+                forgotten.client.extend(f.client);
+                forgotten.confirmed.extend(f.confirmed);
+                txn.pending = txn.pending.saturating_sub(f.ignored_syncs);
+                if let (b'Z', Some(&status)) = (tag, frame.and_then(|f| f.get(5))) {
+                    txn.on_ready(status);
+                }
+                Visit::Forward
+            },
+        )?;
+        self.s_ready += n;
+        Ok(forgotten)
+    }
+
+    /// Rewrites the statement-naming message at the front of the client buffer.
+    fn rewrite_front(&mut self, s: &mut Session, server: &mut ServerConn) {
+        self.c_hold = false;
+        let max = s.ctx.config.proxy.max_message_size;
+        let Ok(Some(len)) = frame_len(&s.client.buf, max) else {
+            return;
+        };
+        let frame = s.client.buf.split_to(len);
+        let tag = frame[0];
+        self.txn.on_client(tag);
+        let max_prepared = s.ctx.config.proxy.max_prepared_statements;
+        match tag {
+            b'P' => {
+                let Some(p) = decode_parse(&frame) else {
+                    return self.pass(frame, Sent::Bind);
+                };
+                let client_name: std::sync::Arc<str> = String::from_utf8_lossy(p.name).into();
+                let stmt = std::sync::Arc::new(Statement::new(&p));
+                s.stmts.insert(client_name.clone(), stmt.clone());
+                if server.statements.touch(&stmt.server_name) {
+                    self.expect.push(Expect::Answer(b'1'));
+                } else {
+                    self.evict(
+                        server
+                            .statements
+                            .add(stmt.server_name.clone(), max_prepared),
+                    );
+                    self.c_synth.extend_from_slice(&stmt.parse);
+                    let sent = Sent::Parse {
+                        server: Some(stmt.server_name.clone()),
+                        client: Some(client_name),
+                    };
+                    self.expect.push(Expect::Forward(sent));
+                }
+            }
+            b'B' => {
+                let Some((portal, name, tail)) = decode_bind_statement(&frame) else {
+                    return self.pass(frame, Sent::Bind);
+                };
+                match s.stmts.get(&String::from_utf8_lossy(name)) {
+                    Some(stmt) => {
+                        self.ensure_prepared(&stmt, server, max_prepared);
+                        encode_bind(&mut self.c_synth, portal, stmt.server_name.as_bytes(), tail);
+                        self.expect.push(Expect::Forward(Sent::Bind));
+                    }
+                    None => self.pass(frame.clone(), Sent::Bind),
+                }
+            }
+            b'D' => {
+                let Some((_, name)) = decode_target(&frame) else {
+                    return self.pass(frame, Sent::DescribePortal);
+                };
+                match s.stmts.get(&String::from_utf8_lossy(name)) {
+                    Some(stmt) => {
+                        self.ensure_prepared(&stmt, server, max_prepared);
+                        encode_target(&mut self.c_synth, b'D', b'S', stmt.server_name.as_bytes());
+                        self.expect.push(Expect::Forward(Sent::DescribeStatement));
+                    }
+                    None => self.pass(frame.clone(), Sent::DescribeStatement),
+                }
+            }
+            _ => {
+                // Close of a named statement: the client's name goes, the
+                // shared server statement stays; the proxy answers itself.
+                if let Some((_, name)) = decode_target(&frame) {
+                    s.stmts.remove(&String::from_utf8_lossy(name));
+                }
+                self.expect.push(Expect::Answer(b'3'));
+            }
+        }
+    }
+
+    /// Sends a message unchanged (malformed or naming an unknown statement:
+    /// PostgreSQL gives the client the error it expects).
+    fn pass(&mut self, frame: BytesMut, sent: Sent) {
+        self.c_synth.extend_from_slice(&frame);
+        self.expect.push(Expect::Forward(sent));
+    }
+
+    /// Injects the statement's Parse if this server does not hold it.
+    fn ensure_prepared(&mut self, stmt: &Statement, server: &mut ServerConn, max: usize) {
+        if server.statements.touch(&stmt.server_name) {
+            return;
+        }
+        self.evict(server.statements.add(stmt.server_name.clone(), max));
+        self.c_synth.extend_from_slice(&stmt.parse);
+        self.expect.push(Expect::Swallow(Sent::Parse {
+            server: Some(stmt.server_name.clone()),
+            client: None,
+        }));
+    }
+
+    /// Closes statements evicted from a server, replies swallowed.
+    fn evict(&mut self, names: Vec<std::sync::Arc<str>>) {
+        for name in names {
+            encode_target(&mut self.c_synth, b'C', b'S', name.as_bytes());
+            self.expect.push(Expect::Swallow(Sent::Close));
+        }
+    }
+}
+
+/// A Parse, Bind, Describe or Close that names a (non-empty) prepared statement.
+fn names_statement(tag: u8, frame: &[u8]) -> bool {
+    match tag {
+        b'P' => decode_parse(frame).is_some_and(|p| !p.name.is_empty()),
+        b'B' => decode_bind_statement(frame).is_some_and(|(_, s, _)| !s.is_empty()),
+        b'D' | b'C' => decode_target(frame).is_some_and(|(k, n)| k == b'S' && !n.is_empty()),
+        _ => false,
+    }
+}
+
+/// What a message forwarded unchanged will be answered with.
+fn plain_sent(tag: u8, frame: Option<&[u8]>) -> Option<Sent> {
+    Some(match tag {
+        b'P' => Sent::Parse {
+            server: None,
+            client: None,
+        },
+        b'B' => Sent::Bind,
+        b'D' if frame
+            .and_then(decode_target)
+            .is_some_and(|(k, _)| k == b'S') =>
+        {
+            Sent::DescribeStatement
+        }
+        b'D' => Sent::DescribePortal,
+        b'E' => Sent::Execute,
+        b'C' => Sent::Close,
+        b'S' => Sent::Sync,
+        b'Q' | b'F' => Sent::Query,
+        _ => return None,
+    })
+}
+
+/// Applies statements that turned out not to exist.
+fn forget(s: &mut Session, server: &mut ServerConn, f: Forgotten) {
+    for name in f.server {
+        server.statements.remove(&name);
+    }
+    for name in f.client {
+        s.stmts.remove(&name);
+    }
+    for name in f.confirmed {
+        s.pool.learn_statement(name);
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(32 * 1024);
+    }
+}
