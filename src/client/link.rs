@@ -48,6 +48,10 @@ pub(super) struct Link {
     s_drop: bool,
     /// The client sent Terminate (left unforwarded at the buffer front).
     terminated: bool,
+    /// Why the client must keep this server, once seen.
+    pin_reason: Option<&'static str>,
+    /// ParameterStatus values the server reported, to apply after the scan.
+    reported: Vec<(String, String)>,
 }
 
 /// One step of either direction.
@@ -189,6 +193,21 @@ impl Link {
                     .scan_server(&server.buf)
                     .map_err(|e| End::ServerLost(e.to_string()))?;
                 forget(s, server, forgotten);
+                for (k, v) in self.reported.drain(..) {
+                    if let Some(name) = super::session_state::tracked(&k) {
+                        super::session_state::set(&mut s.params, name, &v);
+                    }
+                    super::session_state::set(&mut server.params, &k, &v);
+                }
+            }
+            if let Some(why) = self.pin_reason.take() {
+                if !s.pinned {
+                    s.pinned = true;
+                    tracing::info!(
+                        reason = why,
+                        "client pinned to its server connection until it disconnects"
+                    );
+                }
             }
             if self.s_drop && self.s_ready == 0 {
                 if let Ok(Some(len)) = frame_len(&server.buf, MAX_SERVER_MESSAGE) {
@@ -206,11 +225,12 @@ impl Link {
 
     fn scan_client(&mut self, buf: &[u8], max: usize) -> Result<(), FrameError> {
         let rewrite = self.rewrite;
-        let (txn, expect, terminated, hold) = (
+        let (txn, expect, terminated, hold, pin) = (
             &mut self.txn,
             &mut self.expect,
             &mut self.terminated,
             &mut self.c_hold,
+            &mut self.pin_reason,
         );
         // Queries are held whole (bounded by max_message_size) to spot a COMMIT
         // in flight; statement-naming messages, to rewrite them.
@@ -238,6 +258,14 @@ impl Link {
                 txn.on_client(tag);
                 if let (b'Q', Some(body)) = (tag, frame.and_then(|f| f.get(5..))) {
                     txn.commit_in_flight |= super::lost::ends_transaction(body) == Some(true);
+                    if rewrite && pin.is_none() {
+                        *pin = super::session_state::pins(body);
+                    }
+                }
+                if let (b'P', true, Some(p)) =
+                    (tag, rewrite && pin.is_none(), frame.and_then(decode_parse))
+                {
+                    *pin = super::session_state::pins(p.query);
                 }
                 Visit::Forward
             })?;
@@ -247,11 +275,12 @@ impl Link {
 
     fn scan_server(&mut self, buf: &[u8]) -> Result<Forgotten, FrameError> {
         let (txn, expect, drop) = (&mut self.txn, &mut self.expect, &mut self.s_drop);
+        let reported = &mut self.reported;
         let mut forgotten = Forgotten::default();
         let n = self.server_scan.scan(
             &buf[self.s_ready..],
             MAX_SERVER_MESSAGE,
-            |t| t == b'Z',
+            |t| t == b'Z' || t == b'S',
             |tag, frame| {
                 if expect.answer_due() {
                     return Visit::Stop;
@@ -267,6 +296,12 @@ impl Link {
                 txn.pending = txn.pending.saturating_sub(f.ignored_syncs);
                 if let (b'Z', Some(&status)) = (tag, frame.and_then(|f| f.get(5))) {
                     txn.on_ready(status);
+                }
+                if let (b'S', Some(kv)) = (
+                    tag,
+                    frame.and_then(|f| decode_parameter_status(f.get(5..)?)),
+                ) {
+                    reported.push(kv);
                 }
                 Visit::Forward
             },
@@ -292,6 +327,9 @@ impl Link {
                     return self.pass(frame, Sent::Bind);
                 };
                 let client_name: std::sync::Arc<str> = String::from_utf8_lossy(p.name).into();
+                if self.pin_reason.is_none() {
+                    self.pin_reason = super::session_state::pins(p.query);
+                }
                 let stmt = std::sync::Arc::new(Statement::new(&p));
                 s.stmts.insert(client_name.clone(), stmt.clone());
                 if server.statements.touch(&stmt.server_name) {
@@ -420,6 +458,14 @@ fn forget(s: &mut Session, server: &mut ServerConn, f: Forgotten) {
     for name in f.confirmed {
         s.pool.learn_statement(name);
     }
+}
+
+/// ParameterStatus (B) body: name and value.
+fn decode_parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let mut parts = body.split(|&b| b == 0);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    Some((name.to_string(), value.to_string()))
 }
 
 fn reserve(buf: &mut BytesMut) {

@@ -10,6 +10,7 @@ pub mod login;
 pub mod lost;
 pub mod prepared;
 pub mod relay;
+pub mod session_state;
 pub mod txn;
 
 use std::sync::Arc;
@@ -33,7 +34,7 @@ use relay::Session;
 pub async fn handle(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSemaphorePermit>) {
     let mut conn = ClientConn::new(stream);
     let login_timeout = ctx.config.proxy.client_login_timeout;
-    let (pool, cancel) =
+    let (pool, cancel, wanted) =
         match tokio::time::timeout(login_timeout, login(&mut conn, &ctx, permit.is_some())).await {
             Err(_) => return conn.send_error(&ClientError::LoginTimeout).await,
             Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return,
@@ -50,6 +51,7 @@ pub async fn handle(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSe
         stmts: Default::default(),
         pinned: false,
         last_at_rest: true,
+        params: wanted,
     }
     .run()
     .await;
@@ -61,8 +63,8 @@ async fn login(
     conn: &mut ClientConn,
     ctx: &Arc<Context>,
     admitted: bool,
-) -> Result<Option<(Pool, CancelGuard)>, ReadError> {
-    let (user, database) = match login::negotiate(conn).await? {
+) -> Result<Option<(Pool, CancelGuard, Vec<(String, String)>)>, ReadError> {
+    let (user, database, wanted) = match login::negotiate(conn).await? {
         Opening::Cancel { pid, secret } => {
             if let Some(target) = ctx.cancels.lookup(pid, secret) {
                 if let Err(e) = send_cancel(&target.addr, target.key).await {
@@ -71,7 +73,11 @@ async fn login(
             }
             return Ok(None);
         }
-        Opening::Session { user, database, .. } => (user, database),
+        Opening::Session {
+            user,
+            database,
+            params,
+        } => (user, database, wanted_params(&params)),
     };
     if !admitted {
         return Err(ReadError::Client(ClientError::TooManyClients));
@@ -83,10 +89,22 @@ async fn login(
         .await
         .map_err(|e| ReadError::Client(pool_error(e, true)))?;
     let cancel = ctx.cancels.register();
-    login::login_reply(&mut reply, &params, (cancel.pid, cancel.secret));
+    let mut shown = params.to_vec();
+    for (k, v) in &wanted {
+        session_state::set(&mut shown, k, v);
+    }
+    login::login_reply(&mut reply, &shown, (cancel.pid, cancel.secret));
     conn.send(&reply).await?;
     tracing::debug!(%user, %database, "client logged in");
-    Ok(Some((pool, cancel)))
+    Ok(Some((pool, cancel, wanted)))
+}
+
+/// The tracked parameters a client asked for in its startup packet.
+fn wanted_params(params: &[(String, String)]) -> Vec<(String, String)> {
+    params
+        .iter()
+        .filter_map(|(k, v)| session_state::tracked(k).map(|t| (t.to_string(), v.clone())))
+        .collect()
 }
 
 /// The client-facing form of a pool failure. At login the server's own refusal

@@ -42,6 +42,8 @@ pub struct Session {
     pub pinned: bool,
     /// Whether the last attachment ended with nothing half-sent or owed.
     pub last_at_rest: bool,
+    /// Tracked parameters as the client wants them (startup packet, then its SETs).
+    pub params: Vec<(String, String)>,
 }
 
 /// How an attachment to a server ended.
@@ -261,6 +263,23 @@ impl Session {
             addr: server.addr.clone(),
             key: server.key,
         }));
+        if self.mode() == PoolMode::Transaction {
+            let diff = super::session_state::diff(&self.params, &server.params);
+            if !diff.is_empty() {
+                let sql = super::session_state::set_sql(&diff);
+                let changes: Vec<(String, String)> = diff.into_iter().cloned().collect();
+                if let Err(e) = server.run_reset(&sql).await {
+                    self.cancel.set(None);
+                    return (
+                        End::ServerLost(format!("restoring session parameters: {e}")),
+                        None,
+                    );
+                }
+                for (k, v) in changes {
+                    super::session_state::set(&mut server.params, &k, &v);
+                }
+            }
+        }
         let mut link = Link::new(self.mode() == PoolMode::Transaction);
         let end = link.pump(self, &mut server).await;
         self.cancel.set(None);

@@ -1,0 +1,157 @@
+//! Session state that transaction pooling must carry between server
+//! connections, decided from cheap text checks, not a SQL parser:
+//! - parameters PostgreSQL reports (ParameterStatus) plus `search_path`: the
+//!   client's values are set on whichever server it gets;
+//! - statements that tie a client to one server session (SQL `PREPARE`,
+//!   `LISTEN`, temporary tables, session advisory locks, `DECLARE ... WITH
+//!   HOLD`, `SET` of an untracked parameter): the client is pinned to its server.
+
+/// Parameters carried from server to server for a client.
+pub const TRACKED: [&str; 7] = [
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "application_name",
+    "search_path",
+];
+
+/// The tracked name matching `name` (GUC names are case-insensitive).
+pub fn tracked(name: &str) -> Option<&'static str> {
+    TRACKED
+        .iter()
+        .copied()
+        .find(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// Sets `name = value` in a parameter list.
+pub fn set(params: &mut Vec<(String, String)>, name: &str, value: &str) {
+    match params
+        .iter_mut()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+    {
+        Some(slot) => slot.1 = value.to_string(),
+        None => params.push((name.to_string(), value.to_string())),
+    }
+}
+
+/// The client's values that the server does not have.
+pub fn diff<'a>(
+    desired: &'a [(String, String)],
+    server: &[(String, String)],
+) -> Vec<&'a (String, String)> {
+    desired
+        .iter()
+        .filter(|(k, v)| {
+            !server
+                .iter()
+                .any(|(sk, sv)| sk.eq_ignore_ascii_case(k) && sv == v)
+        })
+        .collect()
+}
+
+/// One simple query setting every parameter of `diff`.
+pub fn set_sql(diff: &[&(String, String)]) -> String {
+    diff.iter()
+        .map(|(k, v)| {
+            format!(
+                "SET \"{}\" = '{}'",
+                k.replace('"', ""),
+                v.replace('\'', "''")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why `sql` pins the session to its server, if it does.
+pub fn pins(sql: &[u8]) -> Option<&'static str> {
+    let head = &sql[..sql.len().min(4096)];
+    let text = String::from_utf8_lossy(head).to_ascii_uppercase();
+    let mut words = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty());
+    let first = words.next()?;
+    let second = words.next().unwrap_or("");
+    match first {
+        "PREPARE" => return Some("SQL PREPARE"),
+        "LISTEN" => return Some("LISTEN"),
+        "CREATE"
+            if matches!(second, "TEMP" | "TEMPORARY")
+                || text.contains(" TEMP TABLE")
+                || text.contains(" TEMPORARY TABLE") =>
+        {
+            return Some("temporary table")
+        }
+        "DECLARE" if text.contains("WITH HOLD") => return Some("DECLARE ... WITH HOLD"),
+        "SET" if !matches!(second, "LOCAL" | "TRANSACTION") => {
+            let name = if second == "SESSION" {
+                words.next().unwrap_or("")
+            } else {
+                second
+            };
+            if tracked(name).is_none() && name != "SESSION" {
+                return Some("SET of an untracked parameter");
+            }
+        }
+        _ => {}
+    }
+    if text.contains("PG_ADVISORY_LOCK") || text.contains("PG_TRY_ADVISORY_LOCK") {
+        return Some("session advisory lock");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_pins_and_what_does_not() {
+        let cases: [(&str, bool); 16] = [
+            ("PREPARE p AS SELECT 1", true),
+            ("listen chan", true),
+            ("CREATE TEMP TABLE t (a int)", true),
+            ("create temporary table t (a int)", true),
+            ("CREATE GLOBAL TEMPORARY TABLE t (a int)", true),
+            ("SELECT pg_advisory_lock(1)", true),
+            ("SELECT pg_try_advisory_lock(1)", true),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", true),
+            ("SET statement_timeout = 5", true),
+            ("SELECT pg_advisory_xact_lock(1)", false),
+            ("SET LOCAL statement_timeout = 5", false),
+            ("SET TimeZone = 'UTC'", false),
+            ("set application_name to 'x'", false),
+            ("SET SESSION search_path = public", false),
+            ("CREATE TABLE temperature (a int)", false),
+            ("SELECT 1", false),
+        ];
+        for (sql, pinned) in cases {
+            assert_eq!(pins(sql.as_bytes()).is_some(), pinned, "{sql}");
+        }
+    }
+
+    #[test]
+    fn diff_and_set_sql() {
+        let desired = vec![
+            ("TimeZone".to_string(), "Asia/Tokyo".to_string()),
+            ("application_name".to_string(), "it's".to_string()),
+        ];
+        let server = vec![
+            ("TimeZone".to_string(), "UTC".to_string()),
+            ("application_name".to_string(), "it's".to_string()),
+        ];
+        let d = diff(&desired, &server);
+        assert_eq!(d.len(), 1);
+        assert_eq!(set_sql(&d), "SET \"TimeZone\" = 'Asia/Tokyo'");
+        assert_eq!(
+            set_sql(&diff(&desired[1..], &[])),
+            "SET \"application_name\" = 'it''s'"
+        );
+        let mut p = server.clone();
+        set(&mut p, "timezone", "Europe/Paris");
+        assert_eq!(p[0].1, "Europe/Paris");
+        assert_eq!(tracked("datestyle"), Some("DateStyle"));
+    }
+}
