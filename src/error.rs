@@ -43,8 +43,9 @@ pub enum ClientError {
         "the transaction was rolled back because its server failed (failover); it is safe to retry"
     )]
     TransactionLost,
-    /// The server died while a COMMIT was in flight: it may or may not have committed.
-    #[error("the server failed while COMMIT was in flight (failover); the transaction may or may not have committed")]
+    /// The server died before confirming a commit (an explicit COMMIT, or a
+    /// statement outside a transaction): it may or may not have committed.
+    #[error("the server failed before confirming the outcome (failover); the statement may or may not have committed")]
     CommitUnknown,
     /// Statements after a lost transaction, until the client ends it.
     #[error("current transaction is aborted (its server failed), commands ignored until end of transaction block")]

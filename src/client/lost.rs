@@ -63,7 +63,9 @@ impl Session {
     pub(super) async fn answer_lost_server(&mut self) -> Result<(), ()> {
         let txn = self.last_txn;
         let in_txn = txn.status != b'I';
-        let err = if txn.commit_in_flight {
+        // A statement outside an explicit transaction commits on its own:
+        // like an explicit COMMIT in flight, its outcome is unknown.
+        let err = if txn.commit_in_flight || !in_txn {
             ClientError::CommitUnknown
         } else {
             ClientError::TransactionLost

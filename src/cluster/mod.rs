@@ -153,7 +153,13 @@ impl Cluster {
         login: &Login,
         timeout: Duration,
     ) -> Result<ServerConn, ClusterError> {
-        match ServerConn::connect(&route.addr, login, timeout).await {
+        // A connect to a node that is declared down meanwhile (a hang) must not
+        // make the client wait out the whole connect timeout.
+        let attempt = tokio::select! {
+            r = ServerConn::connect(&route.addr, login, timeout) => r,
+            _ = route.retired.cancelled() => Err(ConnectError::Timeout(route.addr.to_string())),
+        };
+        match attempt {
             Ok(mut conn) => {
                 conn.node = route.node;
                 conn.epoch = route.epoch;

@@ -55,10 +55,20 @@ pub async fn run(cluster: Arc<Cluster>, config: Arc<Config>, shutdown: Cancellat
         let views = views(&cluster, &tracks);
         let (next, actions) = step(&state, &views, Instant::now(), &settings);
         state = next;
-        for action in actions {
+        // Bookkeeping first and the new routing published at once, so no
+        // client is routed to a node just declared down while the slow
+        // actions (promote, repoint) run.
+        let (slow, quick): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(is_slow);
+        for action in quick {
             perform(&cluster, &config, &mut tracks, action).await;
         }
         publish(&cluster, &config, &tracks, &state);
+        if !slow.is_empty() {
+            for action in slow {
+                perform(&cluster, &config, &mut tracks, action).await;
+            }
+            publish(&cluster, &config, &tracks, &state);
+        }
         let in_flux = !matches!(state, Primary::Serving(_))
             || tracks
                 .iter()
@@ -102,6 +112,17 @@ fn health_login(config: &Config) -> Login {
         database: config.health.database.clone(),
         password,
     }
+}
+
+/// Actions that talk to a node (and may take a while).
+fn is_slow(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Promote(_)
+            | Action::Repoint { .. }
+            | Action::ClearSyncStandby(_)
+            | Action::FenceCommand(_)
+    )
 }
 
 fn failover_settings(config: &Config) -> FailoverSettings {

@@ -1,0 +1,1347 @@
+//! Failover with real servers: a crashed or hung primary is replaced by its
+//! replica while clients keep their connections; what a transaction in flight
+//! sees; the `follow` and `off` modes; the witness rule (no promotion while a
+//! replica still receives fresh WAL); fencing of the old primary; `replica`
+//! traffic falling back to the primary; and no acknowledged write lost with
+//! synchronous replication. Every test starts its own cluster, since it
+//! destroys nodes. `RUST_LOG=switchyard=debug` shows the proxy's decisions.
+
+mod common;
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{sqlstate, unique, Proxy, USERS};
+use switchyard::local_cluster::{
+    LocalCluster, LocalClusterOptions, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_util::sync::CancellationToken;
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A cluster of its own for one test (blocking start, off the runtime).
+async fn start_cluster(opts: LocalClusterOptions) -> Arc<LocalCluster> {
+    init_tracing();
+    let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(opts))
+        .await
+        .unwrap()
+        .expect("start PostgreSQL cluster");
+    Arc::new(cluster)
+}
+
+/// `(name, addr)` of every node, primary first.
+fn nodes_of(cluster: &LocalCluster) -> Vec<(String, String)> {
+    cluster
+        .nodes()
+        .iter()
+        .map(|n| (n.name().to_string(), n.addr()))
+        .collect()
+}
+
+/// A whole proxy configuration: the test users, `extra` sections, the nodes
+/// and the cluster login the local cluster creates.
+fn config(nodes: &[(String, String)], extra: &str) -> String {
+    let nodes = nodes
+        .iter()
+        .map(|(name, addr)| format!("{{ name = \"{name}\", addr = \"{addr}\" }}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{USERS}\n{extra}\n[cluster]\nnodes = [{nodes}]\nuser = \"{CLUSTER_USER}\"\npassword = \"{CLUSTER_PASSWORD}\"\n"
+    )
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+async fn stop(node: &PgNode, mode: StopMode) {
+    let n = node.clone();
+    blocking(move || n.stop(mode))
+        .await
+        .unwrap_or_else(|e| panic!("stopping {}: {e}", node.name()));
+}
+
+async fn start(node: &PgNode) {
+    let n = node.clone();
+    blocking(move || n.start())
+        .await
+        .unwrap_or_else(|e| panic!("starting {}: {e}", node.name()));
+}
+
+/// Runs SQL on a node directly (psql over its unix socket, as the superuser).
+/// Never call it on a frozen node: psql would hang.
+async fn psql(node: &PgNode, sql: &str) -> Result<String, String> {
+    let (n, sql) = (node.clone(), sql.to_string());
+    blocking(move || n.psql("app", &sql))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// `pg_is_in_recovery()` asked of the node directly.
+async fn in_recovery(node: &PgNode) -> Result<bool, String> {
+    psql(node, "SELECT pg_is_in_recovery()")
+        .await
+        .map(|v| v == "t")
+}
+
+/// First column of the first row of a simple query.
+async fn value(c: &Client, sql: &str) -> Result<String, tokio_postgres::Error> {
+    let msgs = c.simple_query(sql).await?;
+    Ok(msgs
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+/// The port of the server that answered: which node the query ran on.
+async fn port_of(c: &Client) -> Result<u16, tokio_postgres::Error> {
+    Ok(value(c, "SELECT current_setting('port')")
+        .await?
+        .parse()
+        .expect("port is a number"))
+}
+
+async fn recovery_via(c: &Client) -> Result<bool, tokio_postgres::Error> {
+    Ok(value(c, "SELECT pg_is_in_recovery()").await? == "t")
+}
+
+/// `fut`, which must finish within `secs`.
+async fn within<T>(secs: u64, what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {secs} s"))
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs `f` every 100 ms until it succeeds, for at most `secs`; the panic
+/// message carries the last error.
+async fn until_ok<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    let started = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let err = match f().await {
+            Ok(v) => return v,
+            Err(e) => describe(&e),
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(secs),
+            "{what}: still failing after {secs} s and {attempts} attempts; last error: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => format!("{e:?}"),
+    }
+}
+
+/// The SQLSTATE of a failed request; panics if it succeeded.
+fn failed_with<T>(r: Result<T, tokio_postgres::Error>, what: &str) -> Option<String> {
+    match r {
+        Ok(_) => panic!("{what}: succeeded, an error was expected"),
+        Err(e) => {
+            eprintln!("{what}: {}", describe(&e));
+            sqlstate(&e)
+        }
+    }
+}
+
+/// A direct (not proxied) client to `node` as the superuser.
+async fn direct(node: &PgNode) -> Client {
+    let url = format!(
+        "host=127.0.0.1 port={} user=postgres password=postgres dbname=app connect_timeout=5",
+        node.port()
+    );
+    let (client, conn) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .expect("direct connect");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// A node frozen with SIGSTOP (postmaster and every child): connections hang
+/// instead of being refused, like a host that lost power. Thawed on drop, so
+/// teardown works even when the test fails.
+struct Frozen {
+    pids: Vec<u32>,
+}
+
+impl Frozen {
+    fn freeze(node: &PgNode) -> Frozen {
+        let pidfile = node.data_dir().join("postmaster.pid");
+        let text = std::fs::read_to_string(&pidfile)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", pidfile.display()));
+        let postmaster: u32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("postmaster pid");
+        // The postmaster first, so it forks no new children meanwhile.
+        let mut frozen = Frozen {
+            pids: vec![postmaster],
+        };
+        signal("STOP", postmaster);
+        for child in children_of(postmaster) {
+            signal("STOP", child);
+            frozen.pids.push(child);
+        }
+        frozen
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &pid in self.pids.iter().rev() {
+            signal("CONT", pid);
+        }
+    }
+}
+
+fn signal(sig: &str, pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Pids whose parent is `parent`, from `/proc/*/stat`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = vec![];
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let ppid = after
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A TCP relay in front of a node that the test can cut (close every relayed
+/// socket and refuse new connections) and restore on the same port.
+struct Relay {
+    addr: SocketAddr,
+    target: SocketAddr,
+    token: Mutex<CancellationToken>,
+}
+
+impl Relay {
+    async fn start(target: &str) -> Relay {
+        let target: SocketAddr = target.parse().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = CancellationToken::new();
+        tokio::spawn(relay_serve(listener, target, token.clone()));
+        Relay {
+            addr,
+            target,
+            token: Mutex::new(token),
+        }
+    }
+
+    fn cut(&self) {
+        self.token
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cancel();
+    }
+
+    async fn restore(&self) {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind the relay's port");
+        let token = CancellationToken::new();
+        *self.token.lock().unwrap_or_else(|e| e.into_inner()) = token.clone();
+        tokio::spawn(relay_serve(listener, self.target, token));
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
+async fn relay_serve(listener: TcpListener, target: SocketAddr, token: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = token.cancelled() => return, // drops the listener: connects are refused
+            a = listener.accept() => a,
+        };
+        let Ok((mut inbound, _)) = accepted else {
+            continue;
+        };
+        let token = token.clone();
+        tokio::spawn(async move {
+            let Ok(mut outbound) = TcpStream::connect(target).await else {
+                return;
+            };
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+            }
+        });
+    }
+}
+
+/// Pooled server connections idle for over a second are checked for a dead
+/// peer before reuse; waiting that long makes "a query after the crash" mean
+/// exactly that, not "a query racing the pool's last use".
+async fn let_pool_settle() {
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_primary_is_replaced_idle_clients_notice_nothing_and_it_stays_fenced() {
+    let cluster = start_cluster(LocalClusterOptions::default()).await;
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    let fence_log = std::env::temp_dir().join(unique("switchyard_fence"));
+    let extra = format!(
+        "[failover]\nfence_command = 'echo \"$1 $SWITCHYARD_FENCED_NODE\" > {}'\n",
+        fence_log.display()
+    );
+    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), &extra)).await;
+    let table = unique("crash");
+    let writer = proxy.client().await;
+    writer
+        .batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    assert_eq!(port_of(&writer).await.unwrap(), primary.port());
+    let idle = proxy.client().await;
+    assert_eq!(port_of(&idle).await.unwrap(), primary.port());
+    let early = proxy.client().await;
+    early.batch_execute("SELECT 1").await.unwrap();
+    let_pool_settle().await;
+
+    stop(&primary, StopMode::Immediate).await;
+    let crashed = Instant::now();
+
+    // Sent while no primary is routable: held, then answered by the new primary.
+    let port = within(25, "query sent during the failover", port_of(&early))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "a query sent during the gap must be held, got {}",
+                describe(&e)
+            )
+        });
+    eprintln!(
+        "held query answered {:?} after the crash",
+        crashed.elapsed()
+    );
+    assert_eq!(port, replica.port(), "held query ran on the new primary");
+    assert_eq!(
+        in_recovery(&replica).await,
+        Ok(false),
+        "the replica was promoted"
+    );
+
+    // Writes resume on the same client connection, on the promoted replica.
+    within(
+        25,
+        "write after failover",
+        writer.batch_execute(&format!("INSERT INTO {table} VALUES (1)")),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("write after failover: {}", describe(&e)));
+    assert_eq!(port_of(&writer).await.unwrap(), replica.port());
+
+    // A client idle across the failover notices nothing.
+    let port = within(25, "idle client", port_of(&idle))
+        .await
+        .unwrap_or_else(|e| panic!("idle client got an error: {}", describe(&e)));
+    assert_eq!(port, replica.port());
+
+    // The fence hook ran with the old primary's address, as $1 and in the environment.
+    let expected = format!("{0} {0}", primary.addr());
+    let fenced_line = eventually(10, "the fence_command to run", || {
+        let path = fence_log.clone();
+        async move {
+            std::fs::read_to_string(&path)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+        }
+    })
+    .await;
+    let _ = std::fs::remove_file(&fence_log);
+    assert_eq!(fenced_line.trim(), expected);
+
+    // The old primary comes back (power restored): it is a primary on the
+    // old timeline, and must never be routed to again.
+    start(&primary).await;
+    assert_eq!(in_recovery(&primary).await, Ok(false));
+    let mut ports = vec![];
+    for i in 0..12 {
+        let c = proxy.client().await;
+        writer
+            .batch_execute(&format!("INSERT INTO {table} VALUES ({})", 100 + i))
+            .await
+            .unwrap_or_else(|e| panic!("write with the old primary back: {}", describe(&e)));
+        ports.push(port_of(&c).await.unwrap());
+        ports.push(port_of(&writer).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        ports.iter().all(|&p| p == replica.port()),
+        "a query reached the fenced old primary: {ports:?}"
+    );
+    assert_eq!(
+        psql(
+            &primary,
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'"
+        )
+        .await
+        .unwrap(),
+        "0",
+        "no client connection on the old primary"
+    );
+    assert_eq!(
+        psql(&primary, &format!("SELECT count(*) FROM {table}"))
+            .await
+            .unwrap(),
+        "0",
+        "no write reached the old primary"
+    );
+    assert_eq!(
+        psql(&replica, &format!("SELECT count(*) FROM {table}"))
+            .await
+            .unwrap(),
+        "13"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_in_flight_get_08006_or_08007_and_their_connections_stay_usable() {
+    let cluster = start_cluster(LocalClusterOptions::default()).await;
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), "")).await;
+    let t = unique("lost");
+    let slow = unique("slowcommit");
+    proxy
+        .client()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {t} (v int);
+             CREATE TABLE {slow} (v int);
+             CREATE FUNCTION {slow}_fn() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$;
+             CREATE CONSTRAINT TRIGGER {slow}_trg AFTER INSERT ON {slow}
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {slow}_fn();"
+        ))
+        .await
+        .unwrap();
+
+    // In an explicit transaction, a statement running.
+    let running = Arc::new(proxy.client().await);
+    running
+        .batch_execute(&format!("BEGIN; INSERT INTO {t} VALUES (1)"))
+        .await
+        .unwrap();
+    // In an explicit transaction, idle.
+    let idle_in_txn = proxy.client().await;
+    idle_in_txn
+        .batch_execute(&format!("BEGIN; INSERT INTO {t} VALUES (2)"))
+        .await
+        .unwrap();
+    // A COMMIT in flight (a deferred trigger keeps it busy).
+    let committing = Arc::new(proxy.client().await);
+    committing
+        .batch_execute(&format!("BEGIN; INSERT INTO {slow} VALUES (3)"))
+        .await
+        .unwrap();
+    // An extended-protocol statement outside any transaction.
+    let extended = Arc::new(proxy.client().await);
+
+    let running_q = tokio::spawn({
+        let c = running.clone();
+        async move { c.batch_execute("SELECT pg_sleep(60)").await }
+    });
+    let commit_q = tokio::spawn({
+        let c = committing.clone();
+        async move { c.batch_execute("COMMIT").await }
+    });
+    let extended_q = tokio::spawn({
+        let c = extended.clone();
+        async move { c.query_typed("SELECT pg_sleep(60)", &[]).await }
+    });
+    eventually(10, "the three statements to run on the primary", || {
+        let primary = &primary;
+        async move {
+            let n = psql(
+                primary,
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'active'",
+            )
+            .await
+            .ok()?;
+            (n == "3").then_some(())
+        }
+    })
+    .await;
+
+    stop(&primary, StopMode::Immediate).await;
+    let crashed = Instant::now();
+
+    let r = within(20, "statement in flight", running_q).await.unwrap();
+    assert_eq!(
+        failed_with(r, "statement in flight").as_deref(),
+        Some("08006")
+    );
+    eprintln!(
+        "in-flight statement failed {:?} after the crash",
+        crashed.elapsed()
+    );
+    let r = within(20, "COMMIT in flight", commit_q).await.unwrap();
+    assert_eq!(
+        failed_with(r, "COMMIT in flight").as_deref(),
+        Some("08007"),
+        "a COMMIT in flight has an unknown outcome"
+    );
+    let r = within(20, "extended statement in flight", extended_q)
+        .await
+        .unwrap();
+    // Outside an explicit transaction the statement runs in an implicit one,
+    // whose commit the proxy cannot see: "rolled back" (08006) or "unknown"
+    // (08007) are both fair for a read.
+    let code = failed_with(r, "extended statement in flight");
+    assert!(
+        matches!(code.as_deref(), Some("08006" | "08007")),
+        "extended statement in flight: {code:?}"
+    );
+
+    // The client inside a transaction is in an aborted transaction now.
+    for _ in 0..2 {
+        let r = within(
+            10,
+            "statement in the lost transaction",
+            running.batch_execute("SELECT 1"),
+        )
+        .await;
+        assert_eq!(
+            failed_with(r, "statement in the lost transaction").as_deref(),
+            Some("25P02")
+        );
+    }
+    within(10, "ROLLBACK", running.batch_execute("ROLLBACK"))
+        .await
+        .unwrap_or_else(|e| panic!("ROLLBACK of the lost transaction: {}", describe(&e)));
+
+    // The idle one learns at its next statement, then the same.
+    let r = within(
+        10,
+        "idle transaction's next statement",
+        idle_in_txn.batch_execute(&format!("INSERT INTO {t} VALUES (22)")),
+    )
+    .await;
+    assert_eq!(
+        failed_with(r, "idle transaction's next statement").as_deref(),
+        Some("08006")
+    );
+    let r = within(10, "25P02", idle_in_txn.batch_execute("SELECT 1")).await;
+    assert_eq!(
+        failed_with(r, "after the lost idle transaction").as_deref(),
+        Some("25P02")
+    );
+    within(10, "ROLLBACK", idle_in_txn.batch_execute("ROLLBACK"))
+        .await
+        .unwrap_or_else(|e| panic!("ROLLBACK of the lost idle transaction: {}", describe(&e)));
+
+    // Every connection is usable on the new primary (held until it serves).
+    for (name, c) in [
+        ("running", &*running),
+        ("idle in transaction", &idle_in_txn),
+        ("committing", &*committing),
+        ("extended", &*extended),
+    ] {
+        let port = within(25, name, port_of(c))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {}", describe(&e)));
+        assert_eq!(port, replica.port(), "{name}");
+        let v: i32 = within(10, name, c.query_typed("SELECT 41 + 1", &[]))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {}", describe(&e)))[0]
+            .get(0);
+        assert_eq!(v, 42);
+    }
+    // Nothing of the lost transactions was committed.
+    assert_eq!(
+        psql(
+            &replica,
+            &format!("SELECT (SELECT count(*) FROM {t}) + (SELECT count(*) FROM {slow})")
+        )
+        .await
+        .unwrap(),
+        "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autocommit_write_that_reached_the_replica_is_not_reported_as_rolled_back() {
+    let cluster = start_cluster(LocalClusterOptions::default()).await;
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    // Commits wait until replica1 has applied them; with replay paused there,
+    // a commit record reaches the replica but the commit is never acknowledged.
+    psql(
+        &primary,
+        "ALTER SYSTEM SET synchronous_standby_names = 'replica1';
+         ALTER SYSTEM SET synchronous_commit = 'remote_apply';
+         SELECT pg_reload_conf();",
+    )
+    .await
+    .unwrap();
+    eventually(10, "replica1 to be the synchronous standby", || {
+        let primary = &primary;
+        async move {
+            let state = psql(
+                primary,
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'replica1'",
+            )
+            .await
+            .ok()?;
+            (state == "sync").then_some(())
+        }
+    })
+    .await;
+    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), "")).await;
+    let table = unique("unknown");
+    let c = Arc::new(proxy.client().await);
+    c.batch_execute(&format!("CREATE TABLE {table} (id int)"))
+        .await
+        .unwrap();
+    let_pool_settle().await;
+
+    psql(&replica, "SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+    let insert = tokio::spawn({
+        let (c, table) = (c.clone(), table.clone());
+        async move {
+            c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
+                .await
+        }
+    });
+    // The INSERT's commit record is written and waits for the replica...
+    let commit_lsn = eventually(10, "the INSERT to wait for the synchronous standby", || {
+        let primary = &primary;
+        async move {
+            let waiting = psql(
+                primary,
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND wait_event = 'SyncRep'",
+            )
+            .await
+            .ok()?;
+            if waiting != "1" {
+                return None;
+            }
+            psql(primary, "SELECT pg_current_wal_flush_lsn()").await.ok()
+        }
+    })
+    .await;
+    // ... which has received it.
+    eventually(10, "the replica to receive the commit record", || {
+        let (replica, lsn) = (&replica, &commit_lsn);
+        async move {
+            let sql = format!("SELECT pg_last_wal_receive_lsn() >= '{lsn}'::pg_lsn");
+            (psql(replica, &sql).await.ok()? == "t").then_some(())
+        }
+    })
+    .await;
+
+    stop(&primary, StopMode::Immediate).await;
+    let r = within(20, "the INSERT in flight", insert).await.unwrap();
+    let code = failed_with(r, "autocommit INSERT in flight");
+
+    // Promotion ends the paused recovery and applies everything received.
+    let port = within(25, "a query after the failover", port_of(&c))
+        .await
+        .unwrap_or_else(|e| panic!("a query after the failover: {}", describe(&e)));
+    assert_eq!(port, replica.port());
+    let present = psql(&replica, &format!("SELECT count(*) FROM {table}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        present, "1",
+        "test premise: the promoted replica applied the commit it had received"
+    );
+    assert_eq!(
+        code.as_deref(),
+        Some("08007"),
+        "the INSERT committed (it is on the new primary), but the client was not told \
+         that the outcome is unknown; a client retrying as told writes it twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_is_detected_by_timeouts_and_replaced() {
+    let cluster = start_cluster(LocalClusterOptions::default()).await;
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), "")).await;
+    let table = unique("hang");
+    let writer = proxy.client().await;
+    writer
+        .batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    let idle = proxy.client().await;
+    assert_eq!(port_of(&idle).await.unwrap(), primary.port());
+    let busy = Arc::new(proxy.client().await);
+    let busy_q = tokio::spawn({
+        let c = busy.clone();
+        async move { c.batch_execute("SELECT pg_sleep(60)").await }
+    });
+    let_pool_settle().await;
+
+    let frozen = Frozen::freeze(&primary);
+    let hung = Instant::now();
+
+    // The statement stuck on the hung server is failed once the node is
+    // declared down, not after TCP's retransmission timeout.
+    let r = within(20, "statement on the hung primary", busy_q)
+        .await
+        .unwrap();
+    // Outside a transaction the statement commits on its own: its outcome
+    // is unknown (08007), never "rolled back".
+    assert_eq!(
+        failed_with(r, "statement on the hung primary").as_deref(),
+        Some("08007")
+    );
+    eprintln!("stuck statement failed {:?} after the hang", hung.elapsed());
+
+    // Writes resume on the same connection. A write that raced the detection
+    // may fail like any statement in flight; retry on the same connection.
+    let mut errors = vec![];
+    loop {
+        let r = within(
+            25,
+            "write after the hang",
+            writer.batch_execute(&format!("INSERT INTO {table} VALUES (1)")),
+        )
+        .await;
+        match r {
+            Ok(()) => break,
+            Err(e) => {
+                errors.push(describe(&e));
+                assert!(
+                    hung.elapsed() < Duration::from_secs(15),
+                    "no write through the proxy within 15 s of the hang: {errors:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let took = hung.elapsed();
+    eprintln!("first write after the hang: {took:?} (errors before: {errors:?})");
+    assert!(
+        took < Duration::from_secs(15),
+        "failover after a hang took {took:?}"
+    );
+    assert!(errors.len() <= 1, "more than one error: {errors:?}");
+    assert_eq!(port_of(&writer).await.unwrap(), replica.port());
+    assert_eq!(in_recovery(&replica).await, Ok(false));
+    let port = within(10, "idle client", port_of(&idle))
+        .await
+        .unwrap_or_else(|e| panic!("idle client got an error: {}", describe(&e)));
+    assert_eq!(port, replica.port());
+    let port = within(10, "the stuck client afterwards", port_of(&busy))
+        .await
+        .unwrap_or_else(|e| panic!("stuck client afterwards: {}", describe(&e)));
+    assert_eq!(port, replica.port());
+    drop(frozen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_a_hang_no_client_waits_out_a_connect_to_the_hung_node() {
+    let cluster = start_cluster(LocalClusterOptions::default()).await;
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    // `fresh` has a pool of its own, with no connection yet.
+    let proxy = Proxy::start_with(
+        cluster.clone(),
+        &config(&nodes_of(&cluster), "[databases.fresh]\ndbname = \"app\"\n"),
+    )
+    .await;
+    let table = unique("hang2");
+    let busy = Arc::new(proxy.client().await);
+    busy.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    assert_eq!(port_of(&busy).await.unwrap(), primary.port());
+    let busy_q = tokio::spawn({
+        let c = busy.clone();
+        async move { c.batch_execute("SELECT pg_sleep(60)").await }
+    });
+    let_pool_settle().await;
+
+    let frozen = Frozen::freeze(&primary);
+    let hung = Instant::now();
+    let promoted = tokio::spawn({
+        let replica = replica.clone();
+        async move {
+            eventually(20, "the replica to be promoted", || {
+                let replica = &replica;
+                async move { (in_recovery(replica).await == Ok(false)).then(Instant::now) }
+            })
+            .await
+        }
+    });
+
+    // A client arrives while the primary is hung but not yet declared down:
+    // its pool must open a connection, and the only routable node is the hung one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let fresh = tokio::spawn({
+        let url = proxy.url("app", "app", "fresh");
+        async move {
+            let (c, conn) = tokio_postgres::connect(&url, NoTls).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let port = port_of(&c).await?;
+            Ok::<_, tokio_postgres::Error>((port, Instant::now()))
+        }
+    });
+
+    // The statement stuck on the hung node fails when it is declared down,
+    // and the client retries at once.
+    let r = within(20, "statement on the hung primary", busy_q)
+        .await
+        .unwrap();
+    // Outside a transaction the statement commits on its own: its outcome
+    // is unknown (08007), never "rolled back".
+    assert_eq!(
+        failed_with(r, "statement on the hung primary").as_deref(),
+        Some("08007")
+    );
+    let failed_at = Instant::now();
+    let retry = within(
+        25,
+        "retry after the failover error",
+        busy.batch_execute(&format!("INSERT INTO {table} VALUES (1)")),
+    )
+    .await;
+    let retry_took = failed_at.elapsed();
+    eprintln!(
+        "stuck statement failed {:?} after the hang; its immediate retry took {retry_took:?}",
+        failed_at.duration_since(hung)
+    );
+    retry.unwrap_or_else(|e| panic!("retry after the failover error: {}", describe(&e)));
+
+    let promoted_at = within(25, "the replica to be promoted", promoted)
+        .await
+        .unwrap();
+    let (port, fresh_done) = within(25, "client arriving during the hang", fresh)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("client arriving during the hang: {}", describe(&e)));
+    assert_eq!(port, replica.port());
+    let fresh_late = fresh_done.saturating_duration_since(promoted_at);
+    eprintln!(
+        "replica seen promoted {:?} after the hang; the client that arrived during the hang was answered {:?} after the hang",
+        promoted_at.duration_since(hung),
+        fresh_done.duration_since(hung)
+    );
+    drop(frozen);
+    assert!(
+        retry_took < Duration::from_secs(3),
+        "a retry sent right after the failover error took {retry_took:?}: it was routed to the \
+         node just declared down and waited for its connect timeout"
+    );
+    assert!(
+        fresh_late < Duration::from_millis(1500),
+        "the client that arrived during the hang was answered {fresh_late:?} after the \
+         promotion: its connect to the hung node was not abandoned when the node was declared down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_mode_waits_for_an_external_promotion_then_reroutes_writes() {
+    let cluster = start_cluster(LocalClusterOptions::default()).await;
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    let proxy = Proxy::start_with(
+        cluster.clone(),
+        &config(&nodes_of(&cluster), "[failover]\nmode = \"follow\"\n"),
+    )
+    .await;
+    let table = unique("follow");
+    let c = Arc::new(proxy.client().await);
+    c.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    assert_eq!(port_of(&c).await.unwrap(), primary.port());
+    let_pool_settle().await;
+
+    stop(&primary, StopMode::Immediate).await;
+    let held = tokio::spawn({
+        let (c, table) = (c.clone(), table.clone());
+        async move {
+            c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
+                .await
+        }
+    });
+    // Switchyard must not promote in follow mode.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            in_recovery(&replica).await,
+            Ok(true),
+            "Switchyard promoted in follow mode"
+        );
+    }
+    assert!(
+        !held.is_finished(),
+        "the write is held while no primary serves"
+    );
+
+    let promoted = Instant::now();
+    let r = replica.clone();
+    blocking(move || r.promote()).await.expect("pg_ctl promote");
+    within(25, "the held write", held)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("held write after the external promotion: {}", describe(&e)));
+    eprintln!(
+        "held write ran {:?} after pg_ctl promote began",
+        promoted.elapsed()
+    );
+    assert_eq!(port_of(&c).await.unwrap(), replica.port());
+    assert_eq!(
+        psql(&replica, &format!("SELECT count(*) FROM {table}"))
+            .await
+            .unwrap(),
+        "1"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_mode_never_promotes_and_held_queries_time_out_on_a_usable_connection() {
+    let cluster = start_cluster(LocalClusterOptions::default()).await;
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    let proxy = Proxy::start_with(
+        cluster.clone(),
+        &config(
+            &nodes_of(&cluster),
+            "[failover]\nmode = \"off\"\nhold_timeout = \"2s\"\n",
+        ),
+    )
+    .await;
+    let table = unique("off");
+    let c = proxy.client().await;
+    c.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    let_pool_settle().await;
+
+    stop(&primary, StopMode::Immediate).await;
+    let stopped = Instant::now();
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let r = within(
+            15,
+            "write with no primary",
+            c.batch_execute(&format!("INSERT INTO {table} VALUES (1)")),
+        )
+        .await;
+        let waited = started.elapsed();
+        assert_eq!(
+            failed_with(r, "write with no primary").as_deref(),
+            Some("08006"),
+            "attempt {attempt}"
+        );
+        assert!(
+            waited >= Duration::from_millis(1500),
+            "attempt {attempt}: failed after {waited:?}, not held for hold_timeout"
+        );
+        assert!(
+            waited < Duration::from_secs(10),
+            "attempt {attempt}: held {waited:?}"
+        );
+    }
+    while stopped.elapsed() < Duration::from_secs(6) {
+        assert_eq!(
+            in_recovery(&replica).await,
+            Ok(true),
+            "Switchyard promoted in off mode"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(in_recovery(&replica).await, Ok(true));
+
+    // The primary returns: the same connection writes again.
+    start(&primary).await;
+    until_ok(
+        20,
+        "writes through the proxy once the primary is back",
+        || {
+            let (c, table) = (&c, &table);
+            async move {
+                c.batch_execute(&format!("INSERT INTO {table} VALUES (2)"))
+                    .await
+            }
+        },
+    )
+    .await;
+    assert_eq!(port_of(&c).await.unwrap(), primary.port());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_promotion_while_the_replica_still_receives_fresh_wal() {
+    let cluster = start_cluster(LocalClusterOptions::default()).await;
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    // Switchyard reaches the primary only through the relay; the replica
+    // streams from the primary directly.
+    let relay = Relay::start(&primary.addr()).await;
+    let nodes = vec![
+        ("primary".to_string(), relay.addr.to_string()),
+        ("replica1".to_string(), replica.addr()),
+    ];
+    let proxy = Proxy::start_with(
+        cluster.clone(),
+        &config(&nodes, "[failover]\nhold_timeout = \"2s\"\n"),
+    )
+    .await;
+    let table = unique("witness");
+    let c = proxy.client().await;
+    c.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    assert_eq!(port_of(&c).await.unwrap(), primary.port());
+
+    // The primary keeps writing (not through the proxy): fresh WAL streams.
+    let stop_writing = Arc::new(AtomicBool::new(false));
+    let direct_writer = tokio::spawn({
+        let (primary, table, stop) = (primary.clone(), table.clone(), stop_writing.clone());
+        async move {
+            let d = direct(&primary).await;
+            d.batch_execute("SET synchronous_commit = on")
+                .await
+                .unwrap();
+            let mut written = 0u32;
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                d.batch_execute(&format!("INSERT INTO {table} VALUES (0)"))
+                    .await
+                    .expect("direct write to the primary");
+                written += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            written
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    relay.cut();
+    let cut = Instant::now();
+    let through_proxy = async {
+        within(
+            15,
+            "write through the cut-off proxy",
+            c.batch_execute(&format!("INSERT INTO {table} VALUES (1)")),
+        )
+        .await
+    };
+    let watch_replica = async {
+        while cut.elapsed() < Duration::from_secs(8) {
+            assert_eq!(
+                in_recovery(&replica).await,
+                Ok(true),
+                "promoted {:?} after the cut although the replica still streams",
+                cut.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let (r, ()) = tokio::join!(through_proxy, watch_replica);
+    assert_eq!(
+        failed_with(r, "write through the cut-off proxy").as_deref(),
+        Some("08006"),
+        "the proxy had lost the primary"
+    );
+    assert_eq!(in_recovery(&replica).await, Ok(true));
+
+    // The proxy's path comes back: writes resume on the same primary.
+    relay.restore().await;
+    until_ok(
+        20,
+        "writes through the proxy once the relay is back",
+        || {
+            let (c, table) = (&c, &table);
+            async move {
+                c.batch_execute(&format!("INSERT INTO {table} VALUES (2)"))
+                    .await
+            }
+        },
+    )
+    .await;
+    assert_eq!(port_of(&c).await.unwrap(), primary.port());
+    stop_writing.store(true, Ordering::Relaxed);
+    let written = within(10, "direct writer", direct_writer).await.unwrap();
+    assert!(written > 20, "the direct writer wrote {written} rows");
+    assert_eq!(in_recovery(&replica).await, Ok(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_traffic_goes_to_the_primary_while_the_replica_is_down() {
+    let cluster = start_cluster(LocalClusterOptions::default()).await;
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    // Down before the proxy starts: it is never routed to before a successful check.
+    stop(&replica, StopMode::Fast).await;
+    let proxy = Proxy::start_with(
+        cluster.clone(),
+        &config(
+            &nodes_of(&cluster),
+            "[databases.ro]\ndbname = \"app\"\ntarget = \"replica\"\n",
+        ),
+    )
+    .await;
+    let ro = proxy
+        .client_as("app", "app", "ro")
+        .await
+        .expect("login to ro");
+    let rw = proxy.client().await;
+    let table = unique("ro");
+    rw.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    let standby = within(10, "ro with the replica down", recovery_via(&ro))
+        .await
+        .unwrap_or_else(|e| panic!("ro with the replica down: {}", describe(&e)));
+    assert!(!standby, "replica traffic falls back to the primary");
+
+    start(&replica).await;
+    eventually(15, "ro traffic to reach the replica", || {
+        let ro = &ro;
+        async move { recovery_via(ro).await.ok().filter(|&r| r) }
+    })
+    .await;
+    assert_eq!(port_of(&ro).await.unwrap(), replica.port());
+    let_pool_settle().await;
+
+    stop(&replica, StopMode::Fast).await;
+    let mut ro_errors = vec![];
+    let mut writes = 0;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        rw.batch_execute(&format!("INSERT INTO {table} VALUES ({writes})"))
+            .await
+            .unwrap_or_else(|e| panic!("primary traffic affected: {}", describe(&e)));
+        writes += 1;
+        match within(15, "ro query", recovery_via(&ro)).await {
+            Ok(false) => break,
+            Ok(true) => panic!("ro answered from a stopped replica"),
+            Err(e) => ro_errors.push(describe(&e)),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ro traffic did not move to the primary: {ro_errors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("ro errors while the replica went down: {ro_errors:?}");
+    assert_eq!(port_of(&ro).await.unwrap(), primary.port());
+    assert_eq!(port_of(&rw).await.unwrap(), primary.port());
+    assert_eq!(
+        value(&rw, &format!("SELECT count(*) FROM {table}"))
+            .await
+            .unwrap(),
+        writes.to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_synchronous_replication_no_acknowledged_write_is_lost() {
+    // Set after the cluster is up: in `extra_conf` the primary would wait for
+    // a synchronous standby while the cluster creates its roles, before any
+    // replica exists, and `LocalCluster::start` would hang. Set on both nodes,
+    // as a copied configuration would be: the promoted replica then requires
+    // a synchronous standby too, which `sync_policy = "availability"` clears.
+    let cluster = start_cluster(LocalClusterOptions::default()).await;
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    for node in [&primary, &replica] {
+        psql(
+            node,
+            "ALTER SYSTEM SET synchronous_standby_names = 'replica1';
+             ALTER SYSTEM SET synchronous_commit = on;
+             SELECT pg_reload_conf();",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("configuring synchronous replication: {e}"));
+    }
+    eventually(10, "replica1 to be the synchronous standby", || {
+        let primary = &primary;
+        async move {
+            let state = psql(
+                primary,
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'replica1'",
+            )
+            .await
+            .ok()?;
+            (state == "sync").then_some(())
+        }
+    })
+    .await;
+    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), "")).await;
+    let table = unique("sync");
+    let client = proxy.client().await;
+    client
+        .batch_execute(&format!("CREATE TABLE {table} (id int PRIMARY KEY)"))
+        .await
+        .unwrap();
+    assert_eq!(port_of(&client).await.unwrap(), primary.port());
+
+    // One connection, sequential ids, every acknowledged id recorded.
+    let acked: Arc<Mutex<Vec<(i32, Instant)>>> = Arc::default();
+    let errors: Arc<Mutex<Vec<(i32, String)>>> = Arc::default();
+    let stop_writing = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn({
+        let (acked, errors, stop) = (acked.clone(), errors.clone(), stop_writing.clone());
+        let table = table.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(45);
+            let mut id = 0;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                id += 1;
+                let sql = format!("INSERT INTO {table} VALUES ({id})");
+                let insert = client.batch_execute(&sql);
+                match tokio::time::timeout(Duration::from_secs(35), insert).await {
+                    Ok(Ok(())) => acked.lock().unwrap().push((id, Instant::now())),
+                    Ok(Err(e)) => {
+                        errors.lock().unwrap().push((id, describe(&e)));
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(_) => errors
+                        .lock()
+                        .unwrap()
+                        .push((id, "no answer in 35 s".into())),
+                }
+            }
+            client
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = acked.lock().unwrap().len();
+    assert!(before > 0, "no write acknowledged before the crash");
+
+    stop(&primary, StopMode::Immediate).await;
+    let crashed = Instant::now();
+    let first_after = eventually(25, "20 acknowledged writes after the crash", || {
+        let acked = acked.clone();
+        async move {
+            let acked = acked.lock().unwrap();
+            let after: Vec<Instant> = acked
+                .iter()
+                .filter(|(_, at)| *at > crashed)
+                .map(|(_, at)| *at)
+                .collect();
+            (after.len() >= 20).then(|| after[0])
+        }
+    })
+    .await;
+    stop_writing.store(true, Ordering::Relaxed);
+    let client = within(40, "writer", writer).await.unwrap();
+    assert!(!client.is_closed(), "the writer's connection stayed open");
+    eprintln!(
+        "first acknowledged write {:?} after the crash; errors: {:?}",
+        first_after.duration_since(crashed),
+        errors.lock().unwrap()
+    );
+    assert_eq!(port_of(&client).await.unwrap(), replica.port());
+    assert_eq!(in_recovery(&replica).await, Ok(false));
+
+    let present: HashSet<i32> = psql(&replica, &format!("SELECT id FROM {table}"))
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    let acked = acked.lock().unwrap();
+    let lost: Vec<i32> = acked
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| !present.contains(id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes missing on the new primary: {lost:?}",
+        lost.len(),
+        acked.len()
+    );
+    let errored_but_present: Vec<(i32, String)> = errors
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(id, _)| present.contains(id))
+        .cloned()
+        .collect();
+    eprintln!("failed writes present on the new primary: {errored_but_present:?}");
+}
