@@ -135,7 +135,10 @@ async fn copy_in_and_out() {
         .get(0);
     assert_eq!(n, 1000);
     let other = proxy.client().await;
-    other.batch_execute("SELECT 1").await.expect("the server went back to the pool after COPY");
+    other
+        .batch_execute("SELECT 1")
+        .await
+        .expect("the server went back to the pool after COPY");
     c.batch_execute(&format!("DROP TABLE {table}"))
         .await
         .unwrap();
