@@ -1345,3 +1345,48 @@ async fn with_synchronous_replication_no_acknowledged_write_is_lost() {
         .collect();
     eprintln!("failed writes present on the new primary: {errored_but_present:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_and_settings_follow_the_client_to_the_new_primary() {
+    let cluster = start_cluster(LocalClusterOptions::default()).await;
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), "")).await;
+    let c = proxy.client().await;
+    c.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    let stmt = c
+        .prepare("SELECT $1::int * 2, now()::text, inet_server_port()")
+        .await
+        .unwrap();
+    let row = c.query_one(&stmt, &[&21i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    assert_eq!(row.get::<_, i32>(2), primary.port() as i32);
+    let_pool_settle().await;
+
+    stop(&primary, StopMode::Immediate).await;
+
+    // The same connection runs the statement it prepared before the crash,
+    // without preparing it again, on the new primary, with its time zone.
+    let row = within(25, "prepared statement after failover", async {
+        loop {
+            match c.query_one(&stmt, &[&5i32]).await {
+                Ok(row) => return row,
+                // The statement in flight at the crash may report the failover once.
+                Err(e) if matches!(e.code().map(|c| c.code()), Some("08006" | "08007")) => continue,
+                Err(e) => panic!("prepared statement after failover: {}", describe(&e)),
+            }
+        }
+    })
+    .await;
+    assert_eq!(row.get::<_, i32>(0), 10);
+    assert!(
+        row.get::<_, String>(1).ends_with("+09"),
+        "time zone followed the client"
+    );
+    assert_eq!(
+        row.get::<_, i32>(2),
+        replica.port() as i32,
+        "ran on the new primary"
+    );
+}
