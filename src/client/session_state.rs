@@ -91,7 +91,10 @@ pub fn pins(sql: &[u8]) -> Option<&'static str> {
             } else {
                 second
             };
-            if tracked(name).is_none() && name != "SESSION" {
+            // search_path is applied from the startup packet, but PostgreSQL
+            // before 18 does not report a SET of it, so a SET must pin.
+            let reported = tracked(name).is_some_and(|t| t != "search_path");
+            if !reported && name != "SESSION" {
                 return Some("SET of an untracked parameter");
             }
         }
@@ -109,7 +112,7 @@ mod tests {
 
     #[test]
     fn what_pins_and_what_does_not() {
-        let cases: [(&str, bool); 16] = [
+        let cases: [(&str, bool); 17] = [
             ("PREPARE p AS SELECT 1", true),
             ("listen chan", true),
             ("CREATE TEMP TABLE t (a int)", true),
@@ -123,7 +126,8 @@ mod tests {
             ("SET LOCAL statement_timeout = 5", false),
             ("SET TimeZone = 'UTC'", false),
             ("set application_name to 'x'", false),
-            ("SET SESSION search_path = public", false),
+            ("SET SESSION search_path = public", true),
+            ("SET SESSION TimeZone = 'UTC'", false),
             ("CREATE TABLE temperature (a int)", false),
             ("SELECT 1", false),
         ];
