@@ -92,7 +92,7 @@ pub fn pins(sql: &[u8]) -> Option<&'static str> {
                 second
             };
             // search_path is applied from the startup packet, but PostgreSQL
-            // before 18 does not report a SET of it, so a SET must pin.
+            // (15, checked) does not report a SET of it, so a SET must pin.
             let reported = tracked(name).is_some_and(|t| t != "search_path");
             if !reported && name != "SESSION" {
                 return Some("SET of an untracked parameter");
