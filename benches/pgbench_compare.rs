@@ -3,7 +3,9 @@
 //! Run with `cargo bench --bench pgbench_compare` (as root or as a user that
 //! may start PostgreSQL; PgBouncer is installed with apt-get when missing).
 //! Environment: `BENCH_ROUNDS` (default 3) interleaved rounds per workload,
-//! `BENCH_SECS` (default 10) seconds per pgbench run.
+//! `BENCH_SECS` (default 10) seconds per pgbench run; the `-M extended` and
+//! `-M prepared` rows run for 70 % of that (7 s by default), which keeps a
+//! default run under about 8 minutes.
 //!
 //! What it does: starts a throw-away PostgreSQL primary (`fsync = on`, no
 //! replica), `pgbench -i -s 10`, starts Switchyard in-process on its own tokio
@@ -11,6 +13,13 @@
 //! waits for pgbench) and PgBouncer as a child process, both in transaction
 //! mode with 20 server connections, then runs each workload in rounds that
 //! visit the three targets in rotating order, and prints markdown tables.
+//! The select-only 64-client rows (`-M simple`, `-M extended`,
+//! `-M prepared`) share their rounds: each round runs all three, in rotating
+//! order, so the issue #4 ratios printed under the table (Switchyard
+//! prepared / Switchyard simple ≥ 1.1, Switchyard prepared / PgBouncer
+//! simple ≥ 1.2) compare runs made close together. PgBouncer before 1.21
+//! cannot do `-M prepared` in transaction mode; it is run anyway and its
+//! failures are shown as "n/a (unsupported)".
 //! Everything it starts is stopped on the way out, also on panic.
 //!
 //! Without `--bench` on the command line (e.g. `cargo test --benches`) it
@@ -61,31 +70,99 @@ const PG_ENV_VARS: [&str; 10] = [
     "PGTARGETSESSIONATTRS",
 ];
 
+/// pgbench's query protocol (`-M`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// One Query message per statement.
+    Simple,
+    /// Parse/Bind/Execute with the unnamed statement, every time.
+    Extended,
+    /// Named statements, parsed once per connection, then only Bind/Execute.
+    Prepared,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Simple => "simple",
+            Protocol::Extended => "extended",
+            Protocol::Prepared => "prepared",
+        }
+    }
+}
+
 /// A pgbench workload.
 struct Workload {
     name: &'static str,
     /// Extra pgbench arguments (`-S` for select-only; none for TPC-B-like).
     args: &'static [&'static str],
     clients: u32,
+    protocol: Protocol,
+    /// Neighbouring workloads with the same group share their rounds: each
+    /// round runs every workload of the group (in rotating order, each
+    /// visiting the targets in rotating order) before the next round starts,
+    /// so their ratios compare runs made minutes, not rounds, apart.
+    group: u8,
+    /// Runs for `BENCH_SECS` × `SHORT_RUN_PERCENT` % instead of `BENCH_SECS`
+    /// (the `-M extended`/`-M prepared` rows, to keep the whole run short).
+    short: bool,
 }
 
-const WORKLOADS: [Workload; 3] = [
+/// Share of `BENCH_SECS` the `short` workloads run for.
+const SHORT_RUN_PERCENT: u64 = 70;
+
+const WORKLOADS: [Workload; 5] = [
     Workload {
         name: "select-only (-S), 16 clients",
         args: &["-S"],
         clients: 16,
+        protocol: Protocol::Simple,
+        group: 0,
+        short: false,
     },
     Workload {
         name: "select-only (-S), 64 clients",
         args: &["-S"],
         clients: 64,
+        protocol: Protocol::Simple,
+        group: 1,
+        short: false,
+    },
+    Workload {
+        name: "select-only (-S), 64 clients, -M extended",
+        args: &["-S"],
+        clients: 64,
+        protocol: Protocol::Extended,
+        group: 1,
+        short: true,
+    },
+    Workload {
+        name: "select-only (-S), 64 clients, -M prepared",
+        args: &["-S"],
+        clients: 64,
+        protocol: Protocol::Prepared,
+        group: 1,
+        short: true,
     },
     Workload {
         name: "TPC-B-like, 16 clients",
         args: &[],
         clients: 16,
+        protocol: Protocol::Simple,
+        group: 2,
+        short: false,
     },
 ];
+
+/// Indices into `WORKLOADS` of the rows the issue #4 targets compare.
+const SELECT64_SIMPLE: usize = 1;
+const SELECT64_EXTENDED: usize = 2;
+const SELECT64_PREPARED: usize = 3;
+
+/// Issue #4: Switchyard `-M prepared` / Switchyard `-M simple`, `-S`, 64 clients.
+const TARGET_PREPARED_VS_SIMPLE: f64 = 1.1;
+/// Issue #4: Switchyard `-M prepared` / PgBouncer `-M simple`, `-S`, 64 clients.
+const TARGET_PREPARED_VS_PGBOUNCER: f64 = 1.2;
 
 /// Where pgbench connects.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -103,7 +180,18 @@ impl Target {
             Target::PgBouncer => "pgbouncer",
         }
     }
+
+    /// Position in `TARGETS` and in `Round::outs`.
+    fn index(self) -> usize {
+        match self {
+            Target::Direct => 0,
+            Target::Switchyard => 1,
+            Target::PgBouncer => 2,
+        }
+    }
 }
+
+const TARGETS: [Target; 3] = [Target::Direct, Target::Switchyard, Target::PgBouncer];
 
 /// Outcome of one pgbench run.
 #[derive(Clone)]
@@ -113,6 +201,17 @@ enum Outcome {
     Failed(String),
     /// The target was not available (PgBouncer missing).
     Skipped,
+}
+
+/// One round of one workload.
+struct Round {
+    /// The order the targets ran in.
+    order: Vec<Target>,
+    /// For a workload sharing its rounds with others: its place among them
+    /// (1-based) and their number.
+    block: Option<(usize, usize)>,
+    /// Per target, in `TARGETS` order.
+    outs: [Outcome; 3],
 }
 
 fn main() {
@@ -167,60 +266,81 @@ fn bench() -> anyhow::Result<()> {
         Target::Switchyard => Some(proxy.port),
         Target::PgBouncer => bouncer.as_ref().map(|b| b.port),
     };
-    let targets = [Target::Direct, Target::Switchyard, Target::PgBouncer];
+    let short_secs = (secs * SHORT_RUN_PERCENT / 100).max(1);
+    let began = Instant::now();
 
     // Warm-up: PostgreSQL's buffer cache and every pool's connections.
     let warm = secs.min(3);
-    for t in targets {
+    for t in TARGETS {
         if let Some(port) = port_of(t) {
             eprintln!("warm-up: {} ({warm}s, -S, 64 clients)", t.name());
-            let out = run_pgbench(&pgbench, port, &["-S"], 64, warm);
+            let out = run_pgbench(&pgbench, port, &["-S"], 64, Protocol::Simple, warm);
             if let Outcome::Failed(msg) = out {
                 eprintln!("warm-up through {} failed:\n{msg}", t.name());
             }
         }
     }
 
-    // results[workload][round] = (order, outcome per target in `targets` order)
-    let mut results: Vec<Vec<(Vec<Target>, [Outcome; 3])>> = Vec::new();
-    for w in &WORKLOADS {
-        let mut per_round = Vec::new();
+    // results[workload][round]
+    let mut results: Vec<Vec<Round>> = WORKLOADS.iter().map(|_| Vec::new()).collect();
+    let mut first = 0;
+    while first < WORKLOADS.len() {
+        let group = WORKLOADS[first].group;
+        let end = first
+            + WORKLOADS[first..]
+                .iter()
+                .take_while(|w| w.group == group)
+                .count();
         for r in 0..rounds {
-            let mut order = targets.to_vec();
-            order.rotate_left(r % targets.len());
-            let mut outs = [Outcome::Skipped, Outcome::Skipped, Outcome::Skipped];
-            for &t in &order {
-                let Some(port) = port_of(t) else { continue };
-                eprint!(
-                    "{} | round {}/{rounds} | {:<10} ... ",
-                    w.name,
-                    r + 1,
-                    t.name()
-                );
-                let out = run_pgbench(&pgbench, port, w.args, w.clients, secs);
-                match &out {
-                    Outcome::Tps(tps) => eprintln!("{tps:.0} tps"),
-                    Outcome::Failed(msg) => eprintln!("FAILED\n{msg}"),
-                    Outcome::Skipped => eprintln!("skipped"),
+            let mut w_order: Vec<usize> = (first..end).collect();
+            w_order.rotate_left(r % (end - first));
+            let mut order = TARGETS.to_vec();
+            order.rotate_left(r % TARGETS.len());
+            let blocks = w_order.len();
+            for (block, &wi) in w_order.iter().enumerate() {
+                let w = &WORKLOADS[wi];
+                let run_secs = if w.short { short_secs } else { secs };
+                let mut outs = [Outcome::Skipped, Outcome::Skipped, Outcome::Skipped];
+                for &t in &order {
+                    let Some(port) = port_of(t) else { continue };
+                    eprint!(
+                        "{} | round {}/{rounds} | {:<10} ... ",
+                        w.name,
+                        r + 1,
+                        t.name()
+                    );
+                    let out = run_pgbench(&pgbench, port, w.args, w.clients, w.protocol, run_secs);
+                    match &out {
+                        Outcome::Tps(tps) => eprintln!("{tps:.0} tps"),
+                        Outcome::Failed(msg) if unsupported(w, t, msg) => {
+                            eprintln!("n/a (unsupported): {}", first_error(msg))
+                        }
+                        Outcome::Failed(msg) => eprintln!("FAILED\n{msg}"),
+                        Outcome::Skipped => eprintln!("skipped"),
+                    }
+                    outs[t.index()] = out;
                 }
-                let i = targets.iter().position(|x| *x == t).unwrap_or(0);
-                outs[i] = out;
+                results[wi].push(Round {
+                    order: order.clone(),
+                    block: (blocks > 1).then_some((block + 1, blocks)),
+                    outs,
+                });
             }
-            per_round.push((order, outs));
         }
-        results.push(per_round);
+        first = end;
     }
+    let elapsed = began.elapsed();
 
     let header = format!(
-        "PostgreSQL {version}, scale {SCALE}, fsync on; pgbench -M simple -j 2, {secs}s per run, \
-         {rounds} round(s) per workload; pools: {POOL_SIZE} server connections, transaction mode; \
-         Switchyard in-process (tokio multi-thread runtime, {} cores shared with PostgreSQL and pgbench){}",
+        "PostgreSQL {version}, scale {SCALE}, fsync on; pgbench -j 2, -M as per row, {secs}s per run \
+         ({short_secs}s for the -M extended/prepared rows), {rounds} round(s) per workload \
+         ({:.1} min of warm-up and runs); pools: {POOL_SIZE} server connections, transaction mode; \
+         Switchyard in-process (tokio multi-thread runtime, {} cores shared with PostgreSQL and pgbench); {}",
+        elapsed.as_secs_f64() / 60.0,
         thread::available_parallelism().map_or(0, |n| n.get()),
-        if bouncer.is_none() {
-            "; PgBouncer not available"
-        } else {
-            ""
-        }
+        bouncer
+            .as_ref()
+            .map_or("PgBouncer not available".into(), |b| b.version.clone())
     );
     println!("\n{}", report(&header, &results));
 
@@ -258,10 +378,17 @@ fn pgbench_command(pgbench: &Path, port: u16) -> Command {
 }
 
 /// One timed run; returns the tps without connection time, or what went wrong.
-fn run_pgbench(pgbench: &Path, port: u16, extra: &[&str], clients: u32, secs: u64) -> Outcome {
+fn run_pgbench(
+    pgbench: &Path,
+    port: u16,
+    extra: &[&str],
+    clients: u32,
+    protocol: Protocol,
+    secs: u64,
+) -> Outcome {
     let mut cmd = pgbench_command(pgbench, port);
     cmd.args(["-n", "-T", &secs.to_string(), "-c", &clients.to_string()])
-        .args(["-j", "2", "-M", "simple"])
+        .args(["-j", "2", "-M", protocol.name()])
         .args(extra)
         .arg(APP_DB);
     match output_with_deadline(cmd, Duration::from_secs(secs + 60)) {
@@ -357,6 +484,28 @@ fn parse_failed(stdout: &str) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
+/// Whether `msg`, the failure of `w` through `t`, is PgBouncer not supporting
+/// protocol-level prepared statements in transaction mode (before 1.21, or
+/// without `max_prepared_statements`): a server connection lacks the
+/// statement a client prepared on another one, or has one of the same name.
+fn unsupported(w: &Workload, t: Target, msg: &str) -> bool {
+    w.protocol == Protocol::Prepared
+        && t == Target::PgBouncer
+        && msg.lines().any(|l| {
+            l.contains("prepared statement")
+                && (l.contains("does not exist") || l.contains("already exists"))
+        })
+}
+
+/// The first line of a failure that names an error, else its first line.
+fn first_error(msg: &str) -> &str {
+    msg.lines()
+        .find(|l| l.contains("ERROR") || l.contains("error"))
+        .or_else(|| msg.lines().next())
+        .unwrap_or("")
+        .trim()
+}
+
 fn tail(s: &str, lines: usize) -> String {
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -425,6 +574,8 @@ fn ensure_pgbouncer() -> anyhow::Result<PathBuf> {
 /// A PgBouncer child process; killed on drop.
 struct PgBouncer {
     port: u16,
+    /// `PgBouncer 1.18.0`, from `--version`.
+    version: String,
     child: Child,
 }
 
@@ -471,6 +622,18 @@ impl PgBouncer {
             }
         }
 
+        let version = Command::new(bin)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .and_then(|o| {
+                let out = String::from_utf8_lossy(&o.stdout).into_owned();
+                out.lines().next().map(|l| l.trim().to_string())
+            })
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "PgBouncer (unknown version)".into());
+
         let mut cmd = Command::new(bin);
         cmd.arg(&ini)
             .current_dir(dir)
@@ -481,7 +644,11 @@ impl PgBouncer {
             cmd.uid(uid).gid(gid);
         }
         let child = cmd.spawn().context("spawning pgbouncer")?;
-        let mut bouncer = PgBouncer { port, child };
+        let mut bouncer = PgBouncer {
+            port,
+            version,
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -564,22 +731,76 @@ fn fmt_tps(x: Option<f64>) -> String {
     x.map_or("–".into(), |v| format!("{v:.0}"))
 }
 
-fn fmt_ratio(a: Option<f64>, b: Option<f64>) -> String {
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-        _ => "–".into(),
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
     }
 }
 
-fn fmt_outcome(o: &Outcome) -> String {
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or("–".into(), |r| format!("{r:.2}"))
+}
+
+/// One run's table cell.
+fn fmt_outcome(w: &Workload, t: Target, o: &Outcome) -> String {
     match o {
         Outcome::Tps(t) => format!("{t:.0}"),
+        Outcome::Failed(msg) if unsupported(w, t, msg) => "n/a (unsupported)".into(),
         Outcome::Failed(_) => "FAILED".into(),
         Outcome::Skipped => "–".into(),
     }
 }
 
-fn report(header: &str, results: &[Vec<(Vec<Target>, [Outcome; 3])>]) -> String {
+/// Median TPS of `t`'s successful rounds.
+fn median_tps(rounds: &[Round], t: Target) -> Option<f64> {
+    median(
+        rounds
+            .iter()
+            .filter_map(|r| match r.outs[t.index()] {
+                Outcome::Tps(tps) => Some(tps),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// The median's table cell: the median of the successful rounds, else why
+/// there is none.
+fn fmt_median(w: &Workload, rounds: &[Round], t: Target) -> String {
+    if let Some(m) = median_tps(rounds, t) {
+        return fmt_tps(Some(m));
+    }
+    let outs = || rounds.iter().map(|r| &r.outs[t.index()]);
+    if outs().any(|o| matches!(o, Outcome::Failed(m) if unsupported(w, t, m))) {
+        "n/a (unsupported)".into()
+    } else if outs().any(|o| matches!(o, Outcome::Failed(_))) {
+        "FAILED".into()
+    } else {
+        "–".into()
+    }
+}
+
+/// A workload (index into `WORKLOADS`) through a target.
+type Cell = (usize, Target);
+
+/// `a` of workload `wa` over `b` of workload `wb`, round by round (the
+/// workloads share their rounds).
+fn per_round_ratios(results: &[Vec<Round>], (wa, a): Cell, (wb, b): Cell) -> String {
+    let ratios: Vec<String> = results[wa]
+        .iter()
+        .zip(&results[wb])
+        .map(
+            |(ra, rb)| match (&ra.outs[a.index()], &rb.outs[b.index()]) {
+                (Outcome::Tps(x), Outcome::Tps(y)) => fmt_ratio(ratio(Some(*x), Some(*y))),
+                _ => "–".into(),
+            },
+        )
+        .collect();
+    ratios.join(", ")
+}
+
+fn report(header: &str, results: &[Vec<Round>]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{header}\n");
     let _ = writeln!(
@@ -588,30 +809,117 @@ fn report(header: &str, results: &[Vec<(Vec<Target>, [Outcome; 3])>]) -> String 
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
     for (w, rounds) in WORKLOADS.iter().zip(results) {
-        let med = |i: usize| {
-            median(
-                rounds
-                    .iter()
-                    .filter_map(|(_, outs)| match outs[i] {
-                        Outcome::Tps(t) => Some(t),
-                        _ => None,
-                    })
-                    .collect(),
-            )
-        };
-        let (d, sy, pb) = (med(0), med(1), med(2));
+        let med = |t: Target| median_tps(rounds, t);
+        let cell = |t: Target| fmt_median(w, rounds, t);
+        let (d, sy, pb) = (
+            med(Target::Direct),
+            med(Target::Switchyard),
+            med(Target::PgBouncer),
+        );
+        let pb_unsupported = pb.is_none() && cell(Target::PgBouncer) == "n/a (unsupported)";
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} |",
             w.name,
-            fmt_tps(d),
-            fmt_tps(sy),
-            fmt_tps(pb),
-            fmt_ratio(sy, d),
-            fmt_ratio(sy, pb)
+            cell(Target::Direct),
+            cell(Target::Switchyard),
+            cell(Target::PgBouncer),
+            fmt_ratio(ratio(sy, d)),
+            if pb_unsupported {
+                "n/a".into()
+            } else {
+                fmt_ratio(ratio(sy, pb))
+            }
         );
     }
-    let _ = writeln!(s, "\nMedians over successful rounds. Individual rounds:\n");
+    let _ = writeln!(
+        s,
+        "\nMedians over successful rounds. Rows without -M use -M simple.\n"
+    );
+
+    // Issue #4's targets, and the ratios that put them in context.
+    let med = |w: usize, t: Target| median_tps(&results[w], t);
+    let comparisons: [(&str, Cell, Cell, Option<f64>); 5] = [
+        (
+            "Switchyard prepared / Switchyard simple",
+            (SELECT64_PREPARED, Target::Switchyard),
+            (SELECT64_SIMPLE, Target::Switchyard),
+            Some(TARGET_PREPARED_VS_SIMPLE),
+        ),
+        (
+            "Switchyard prepared / PgBouncer simple",
+            (SELECT64_PREPARED, Target::Switchyard),
+            (SELECT64_SIMPLE, Target::PgBouncer),
+            Some(TARGET_PREPARED_VS_PGBOUNCER),
+        ),
+        (
+            "(reference) direct prepared / direct simple",
+            (SELECT64_PREPARED, Target::Direct),
+            (SELECT64_SIMPLE, Target::Direct),
+            None,
+        ),
+        (
+            "(reference) Switchyard extended / Switchyard simple",
+            (SELECT64_EXTENDED, Target::Switchyard),
+            (SELECT64_SIMPLE, Target::Switchyard),
+            None,
+        ),
+        (
+            "(reference) Switchyard prepared / direct prepared",
+            (SELECT64_PREPARED, Target::Switchyard),
+            (SELECT64_PREPARED, Target::Direct),
+            None,
+        ),
+    ];
+    let _ = writeln!(
+        s,
+        "Issue #4 targets, select-only (-S), 64 clients (ratio of the medians above; \
+         per round: the same round's runs, which the three -M rows share):\n"
+    );
+    let _ = writeln!(s, "| comparison | ratio | target | per round | result |");
+    let _ = writeln!(s, "|---|---:|---:|---|---|");
+    for (name, (wa, a), (wb, b), target) in comparisons {
+        let r = ratio(med(wa, a), med(wb, b));
+        let verdict = match (target, r) {
+            (None, _) => "",
+            (Some(_), None) => "no data",
+            (Some(t), Some(r)) if r >= t => "met",
+            (Some(_), Some(_)) => "NOT met",
+        };
+        let _ = writeln!(
+            s,
+            "| {name} | {} | {} | {} | {verdict} |",
+            fmt_ratio(r),
+            target.map_or("–".into(), |t| format!("≥ {t:.1}")),
+            per_round_ratios(results, (wa, a), (wb, b)),
+        );
+    }
+
+    // Expected PgBouncer failures: one note instead of every run's output.
+    let mut unsupported_runs = Vec::new();
+    for (w, rounds) in WORKLOADS.iter().zip(results) {
+        for r in rounds {
+            for t in TARGETS {
+                if let Outcome::Failed(msg) = &r.outs[t.index()] {
+                    if unsupported(w, t, msg) {
+                        unsupported_runs.push((w.name, msg.as_str()));
+                    }
+                }
+            }
+        }
+    }
+    if let Some((name, msg)) = unsupported_runs.first() {
+        let _ = writeln!(
+            s,
+            "\nn/a (unsupported): PgBouncer before 1.21 does not support protocol-level prepared \
+             statements in transaction mode; pgbench failed through it in {} run(s) of \
+             \"{name}\", e.g.:\n\n```\n{}\n```",
+            unsupported_runs.len(),
+            first_error(msg)
+        );
+    }
+
+    let _ = writeln!(s, "\nIndividual rounds:\n");
     let _ = writeln!(
         s,
         "| workload | round | order | direct | switchyard | pgbouncer |"
@@ -619,29 +927,31 @@ fn report(header: &str, results: &[Vec<(Vec<Target>, [Outcome; 3])>]) -> String 
     let _ = writeln!(s, "|---|---:|---|---:|---:|---:|");
     let mut failures = Vec::new();
     for (w, rounds) in WORKLOADS.iter().zip(results) {
-        for (r, (order, outs)) in rounds.iter().enumerate() {
-            let order: Vec<&str> = order.iter().map(|t| t.name()).collect();
+        for (i, r) in rounds.iter().enumerate() {
+            let order: Vec<&str> = r.order.iter().map(|t| t.name()).collect();
+            let block = r
+                .block
+                .map_or(String::new(), |(b, n)| format!(" (block {b}/{n})"));
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {}{block} | {} | {} | {} |",
                 w.name,
-                r + 1,
+                i + 1,
                 order.join(" → "),
-                fmt_outcome(&outs[0]),
-                fmt_outcome(&outs[1]),
-                fmt_outcome(&outs[2])
+                fmt_outcome(w, Target::Direct, &r.outs[0]),
+                fmt_outcome(w, Target::Switchyard, &r.outs[1]),
+                fmt_outcome(w, Target::PgBouncer, &r.outs[2])
             );
-            for (t, o) in [Target::Direct, Target::Switchyard, Target::PgBouncer]
-                .iter()
-                .zip(outs)
-            {
-                if let Outcome::Failed(msg) = o {
-                    failures.push(format!(
-                        "{} / round {} / {}:\n{msg}",
-                        w.name,
-                        r + 1,
-                        t.name()
-                    ));
+            for t in TARGETS {
+                if let Outcome::Failed(msg) = &r.outs[t.index()] {
+                    if !unsupported(w, t, msg) {
+                        failures.push(format!(
+                            "{} / round {} / {}:\n{msg}",
+                            w.name,
+                            i + 1,
+                            t.name()
+                        ));
+                    }
                 }
             }
         }
