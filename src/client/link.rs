@@ -153,6 +153,16 @@ impl Link {
         }
     }
 
+    /// Copies the scanned client bytes behind the pending synthesized ones
+    /// (small messages: a copy is cheaper than a second write).
+    fn move_ready_to_synth(&mut self, client_buf: &mut BytesMut) {
+        if self.c_ready > 0 {
+            self.c_synth.extend_from_slice(&client_buf[..self.c_ready]);
+            client_buf.advance(self.c_ready);
+            self.c_ready = 0;
+        }
+    }
+
     fn sent_up(&mut self, client_buf: &mut BytesMut, n: usize) {
         if self.c_synth.is_empty() {
             client_buf.advance(n);
@@ -179,9 +189,15 @@ impl Link {
                 self.scan_client(&s.client.buf, max)
                     .map_err(|e| End::ClientError(ClientError::Protocol(e.to_string())))?;
             }
-            if self.c_hold && self.c_ready == 0 {
+            if self.c_hold {
+                // Scanned bytes before the rewritten message join the
+                // rewritten bytes, so the batch still goes out in one write.
+                self.move_ready_to_synth(&mut s.client.buf);
                 self.rewrite_front(s, server);
                 continue;
+            }
+            if !self.c_synth.is_empty() {
+                self.move_ready_to_synth(&mut s.client.buf);
             }
             if self.s_ready == 0 {
                 while let Some(tag) = self.expect.take_answer() {
