@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{sqlstate, unique, Proxy, USERS};
+use common::{direct_client, sqlstate, unique, Proxy, USERS};
 use switchyard::local_cluster::{
     LocalCluster, LocalClusterOptions, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------------------
@@ -34,14 +35,30 @@ fn init_tracing() {
         .try_init();
 }
 
-/// A cluster of its own for one test (blocking start, off the runtime).
-async fn start_cluster(opts: LocalClusterOptions) -> Arc<LocalCluster> {
+/// A cluster of its own for one test (blocking start, off the runtime), with
+/// its primary and its replica.
+async fn start_pair() -> (Arc<LocalCluster>, PgNode, PgNode) {
     init_tracing();
-    let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(opts))
-        .await
-        .unwrap()
-        .expect("start PostgreSQL cluster");
-    Arc::new(cluster)
+    let cluster =
+        tokio::task::spawn_blocking(|| LocalCluster::start(LocalClusterOptions::default()))
+            .await
+            .unwrap()
+            .expect("start PostgreSQL cluster");
+    let cluster = Arc::new(cluster);
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    (cluster, primary, replica)
+}
+
+/// A proxy in front of every node of `cluster`, `extra` as in [`config`].
+async fn proxy_for(cluster: &Arc<LocalCluster>, extra: &str) -> Proxy {
+    Proxy::start_with(cluster.clone(), &config(&nodes_of(cluster), extra)).await
+}
+
+/// A cluster of its own and a proxy in front of it: primary, replica, proxy.
+async fn cluster_with_proxy(extra: &str) -> (PgNode, PgNode, Proxy) {
+    let (cluster, primary, replica) = start_pair().await;
+    let proxy = proxy_for(&cluster, extra).await;
+    (primary, replica, proxy)
 }
 
 /// `(name, addr)` of every node, primary first.
@@ -93,6 +110,46 @@ async fn psql(node: &PgNode, sql: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Makes replica1 the synchronous standby with `synchronous_commit = level`,
+/// set on each of `nodes`; waits until `primary` reports it as such.
+async fn synchronous_replication(primary: &PgNode, nodes: &[&PgNode], level: &str) {
+    for node in nodes {
+        psql(
+            node,
+            &format!(
+                "ALTER SYSTEM SET synchronous_standby_names = 'replica1';
+                 ALTER SYSTEM SET synchronous_commit = '{level}';
+                 SELECT pg_reload_conf();"
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("configuring synchronous replication: {e}"));
+    }
+    psql_until(
+        10,
+        "replica1 to be the synchronous standby",
+        primary,
+        "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'replica1'",
+        "sync",
+    )
+    .await;
+}
+
+/// Runs `sql` on `node` every 100 ms until it answers `want`, for at most `secs`.
+async fn psql_until(secs: u64, what: &str, node: &PgNode, sql: &str, want: &str) {
+    eventually(secs, what, || async move {
+        (psql(node, sql).await.ok()? == want).then_some(())
+    })
+    .await;
+}
+
+/// `SELECT count(*)` of `table`, asked of the node directly.
+async fn count_on(node: &PgNode, table: &str) -> String {
+    psql(node, &format!("SELECT count(*) FROM {table}"))
+        .await
+        .unwrap()
+}
+
 /// `pg_is_in_recovery()` asked of the node directly.
 async fn in_recovery(node: &PgNode) -> Result<bool, String> {
     psql(node, "SELECT pg_is_in_recovery()")
@@ -118,6 +175,48 @@ async fn port_of(c: &Client) -> Result<u16, tokio_postgres::Error> {
         .await?
         .parse()
         .expect("port is a number"))
+}
+
+/// The port of the node that answers `c` within `secs`; panics on an error.
+async fn port_within(secs: u64, what: &str, c: &Client) -> u16 {
+    within(secs, what, port_of(c))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {}", describe(&e)))
+}
+
+/// Creates a table `(v int)` named after `prefix` through `c`; returns its name.
+async fn create_table(c: &Client, prefix: &str) -> String {
+    let table = unique(prefix);
+    c.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    table
+}
+
+/// Inserts `v` into `table` through `c`.
+async fn insert(c: &Client, table: &str, v: i32) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute(&format!("INSERT INTO {table} VALUES ({v})"))
+        .await
+}
+
+/// A new client through `proxy`, in an explicit transaction that inserted
+/// `v` into `table`.
+async fn in_transaction(proxy: &Proxy, table: &str, v: i32) -> Client {
+    let c = proxy.client().await;
+    c.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES ({v})"))
+        .await
+        .unwrap();
+    c
+}
+
+/// A statement running in a task of its own.
+type Running = JoinHandle<Result<(), tokio_postgres::Error>>;
+
+/// `SELECT pg_sleep(60)` on `c` in a task of its own: a statement still
+/// running when its node fails.
+fn spawn_sleep(c: &Arc<Client>) -> Running {
+    let c = c.clone();
+    tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(60)").await })
 }
 
 async fn recovery_via(c: &Client) -> Result<bool, tokio_postgres::Error> {
@@ -189,21 +288,6 @@ fn failed_with<T>(r: Result<T, tokio_postgres::Error>, what: &str) -> Option<Str
             sqlstate(&e)
         }
     }
-}
-
-/// A direct (not proxied) client to `node` as the superuser.
-async fn direct(node: &PgNode) -> Client {
-    let url = format!(
-        "host=127.0.0.1 port={} user=postgres password=postgres dbname=app connect_timeout=5",
-        node.port()
-    );
-    let (client, conn) = tokio_postgres::connect(&url, NoTls)
-        .await
-        .expect("direct connect");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
 }
 
 /// A node frozen with SIGSTOP (postmaster and every child): connections hang
@@ -353,6 +437,46 @@ async fn relay_serve(listener: TcpListener, target: SocketAddr, token: Cancellat
     }
 }
 
+/// Asserts every 500 ms, until `secs` after `since`, that `replica` is still
+/// in recovery: nothing promoted it.
+async fn assert_not_promoted(replica: &PgNode, since: Instant, secs: u64, what: &str) {
+    while since.elapsed() < Duration::from_secs(secs) {
+        assert_eq!(
+            in_recovery(replica).await,
+            Ok(true),
+            "{what} ({:?} in)",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// With `busy` running a statement on `primary`, hangs `primary` (see
+/// [`Frozen`]) once the pool has settled: the stuck statement, the frozen
+/// node and when it froze.
+async fn hang_under_a_statement(
+    primary: &PgNode,
+    busy: &Arc<Client>,
+) -> (Running, Frozen, Instant) {
+    let stuck = spawn_sleep(busy);
+    let_pool_settle().await;
+    (stuck, Frozen::freeze(primary), Instant::now())
+}
+
+/// The statement stuck on the hung primary fails once the node is declared
+/// down, not after TCP's retransmission timeout. Outside a transaction the
+/// statement commits on its own: its outcome is unknown (08007), never
+/// "rolled back".
+async fn assert_stuck_statement_gets_08007(stuck: Running) {
+    let r = within(20, "statement on the hung primary", stuck)
+        .await
+        .unwrap();
+    assert_eq!(
+        failed_with(r, "statement on the hung primary").as_deref(),
+        Some("08007")
+    );
+}
+
 /// Pooled server connections idle for over a second are checked for a dead
 /// peer before reuse; waiting that long makes "a query after the crash" mean
 /// exactly that, not "a query racing the pool's last use".
@@ -366,20 +490,14 @@ async fn let_pool_settle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_primary_is_replaced_idle_clients_notice_nothing_and_it_stays_fenced() {
-    let cluster = start_cluster(LocalClusterOptions::default()).await;
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
     let fence_log = std::env::temp_dir().join(unique("switchyard_fence"));
     let extra = format!(
         "[failover]\nfence_command = 'echo \"$1 $SWITCHYARD_FENCED_NODE\" > {}'\n",
         fence_log.display()
     );
-    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), &extra)).await;
-    let table = unique("crash");
+    let (primary, replica, proxy) = cluster_with_proxy(&extra).await;
     let writer = proxy.client().await;
-    writer
-        .batch_execute(&format!("CREATE TABLE {table} (v int)"))
-        .await
-        .unwrap();
+    let table = create_table(&writer, "crash").await;
     assert_eq!(port_of(&writer).await.unwrap(), primary.port());
     let idle = proxy.client().await;
     assert_eq!(port_of(&idle).await.unwrap(), primary.port());
@@ -391,14 +509,12 @@ async fn a_crashed_primary_is_replaced_idle_clients_notice_nothing_and_it_stays_
     let crashed = Instant::now();
 
     // Sent while no primary is routable: held, then answered by the new primary.
-    let port = within(25, "query sent during the failover", port_of(&early))
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "a query sent during the gap must be held, got {}",
-                describe(&e)
-            )
-        });
+    let port = port_within(
+        25,
+        "query sent during the failover (it must be held)",
+        &early,
+    )
+    .await;
     eprintln!(
         "held query answered {:?} after the crash",
         crashed.elapsed()
@@ -411,20 +527,13 @@ async fn a_crashed_primary_is_replaced_idle_clients_notice_nothing_and_it_stays_
     );
 
     // Writes resume on the same client connection, on the promoted replica.
-    within(
-        25,
-        "write after failover",
-        writer.batch_execute(&format!("INSERT INTO {table} VALUES (1)")),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("write after failover: {}", describe(&e)));
+    within(25, "write after failover", insert(&writer, &table, 1))
+        .await
+        .unwrap_or_else(|e| panic!("write after failover: {}", describe(&e)));
     assert_eq!(port_of(&writer).await.unwrap(), replica.port());
 
     // A client idle across the failover notices nothing.
-    let port = within(25, "idle client", port_of(&idle))
-        .await
-        .unwrap_or_else(|e| panic!("idle client got an error: {}", describe(&e)));
-    assert_eq!(port, replica.port());
+    assert_eq!(port_within(25, "idle client", &idle).await, replica.port());
 
     // The fence hook ran with the old primary's address, as $1 and in the environment.
     let expected = format!("{0} {0}", primary.addr());
@@ -447,8 +556,7 @@ async fn a_crashed_primary_is_replaced_idle_clients_notice_nothing_and_it_stays_
     let mut ports = vec![];
     for i in 0..12 {
         let c = proxy.client().await;
-        writer
-            .batch_execute(&format!("INSERT INTO {table} VALUES ({})", 100 + i))
+        insert(&writer, &table, 100 + i)
             .await
             .unwrap_or_else(|e| panic!("write with the old primary back: {}", describe(&e)));
         ports.push(port_of(&c).await.unwrap());
@@ -470,25 +578,16 @@ async fn a_crashed_primary_is_replaced_idle_clients_notice_nothing_and_it_stays_
         "no client connection on the old primary"
     );
     assert_eq!(
-        psql(&primary, &format!("SELECT count(*) FROM {table}"))
-            .await
-            .unwrap(),
+        count_on(&primary, &table).await,
         "0",
         "no write reached the old primary"
     );
-    assert_eq!(
-        psql(&replica, &format!("SELECT count(*) FROM {table}"))
-            .await
-            .unwrap(),
-        "13"
-    );
+    assert_eq!(count_on(&replica, &table).await, "13");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_in_flight_get_08006_or_08007_and_their_connections_stay_usable() {
-    let cluster = start_cluster(LocalClusterOptions::default()).await;
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
-    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), "")).await;
+    let (primary, replica, proxy) = cluster_with_proxy("").await;
     let t = unique("lost");
     let slow = unique("slowcommit");
     proxy
@@ -506,30 +605,15 @@ async fn transactions_in_flight_get_08006_or_08007_and_their_connections_stay_us
         .unwrap();
 
     // In an explicit transaction, a statement running.
-    let running = Arc::new(proxy.client().await);
-    running
-        .batch_execute(&format!("BEGIN; INSERT INTO {t} VALUES (1)"))
-        .await
-        .unwrap();
+    let running = Arc::new(in_transaction(&proxy, &t, 1).await);
     // In an explicit transaction, idle.
-    let idle_in_txn = proxy.client().await;
-    idle_in_txn
-        .batch_execute(&format!("BEGIN; INSERT INTO {t} VALUES (2)"))
-        .await
-        .unwrap();
+    let idle_in_txn = in_transaction(&proxy, &t, 2).await;
     // A COMMIT in flight (a deferred trigger keeps it busy).
-    let committing = Arc::new(proxy.client().await);
-    committing
-        .batch_execute(&format!("BEGIN; INSERT INTO {slow} VALUES (3)"))
-        .await
-        .unwrap();
+    let committing = Arc::new(in_transaction(&proxy, &slow, 3).await);
     // An extended-protocol statement outside any transaction.
     let extended = Arc::new(proxy.client().await);
 
-    let running_q = tokio::spawn({
-        let c = running.clone();
-        async move { c.batch_execute("SELECT pg_sleep(60)").await }
-    });
+    let running_q = spawn_sleep(&running);
     let commit_q = tokio::spawn({
         let c = committing.clone();
         async move { c.batch_execute("COMMIT").await }
@@ -538,18 +622,13 @@ async fn transactions_in_flight_get_08006_or_08007_and_their_connections_stay_us
         let c = extended.clone();
         async move { c.query_typed("SELECT pg_sleep(60)", &[]).await }
     });
-    eventually(10, "the three statements to run on the primary", || {
-        let primary = &primary;
-        async move {
-            let n = psql(
-                primary,
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'active'",
-            )
-            .await
-            .ok()?;
-            (n == "3").then_some(())
-        }
-    })
+    psql_until(
+        10,
+        "the three statements to run on the primary",
+        &primary,
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state = 'active'",
+        "3",
+    )
     .await;
 
     stop(&primary, StopMode::Immediate).await;
@@ -603,7 +682,7 @@ async fn transactions_in_flight_get_08006_or_08007_and_their_connections_stay_us
     let r = within(
         10,
         "idle transaction's next statement",
-        idle_in_txn.batch_execute(&format!("INSERT INTO {t} VALUES (22)")),
+        insert(&idle_in_txn, &t, 22),
     )
     .await;
     assert_eq!(
@@ -626,10 +705,7 @@ async fn transactions_in_flight_get_08006_or_08007_and_their_connections_stay_us
         ("committing", &*committing),
         ("extended", &*extended),
     ] {
-        let port = within(25, name, port_of(c))
-            .await
-            .unwrap_or_else(|e| panic!("{name}: {}", describe(&e)));
-        assert_eq!(port, replica.port(), "{name}");
+        assert_eq!(port_within(25, name, c).await, replica.port(), "{name}");
         let v: i32 = within(10, name, c.query_typed("SELECT 41 + 1", &[]))
             .await
             .unwrap_or_else(|e| panic!("{name}: {}", describe(&e)))[0]
@@ -650,32 +726,11 @@ async fn transactions_in_flight_get_08006_or_08007_and_their_connections_stay_us
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_autocommit_write_that_reached_the_replica_is_not_reported_as_rolled_back() {
-    let cluster = start_cluster(LocalClusterOptions::default()).await;
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    let (cluster, primary, replica) = start_pair().await;
     // Commits wait until replica1 has applied them; with replay paused there,
     // a commit record reaches the replica but the commit is never acknowledged.
-    psql(
-        &primary,
-        "ALTER SYSTEM SET synchronous_standby_names = 'replica1';
-         ALTER SYSTEM SET synchronous_commit = 'remote_apply';
-         SELECT pg_reload_conf();",
-    )
-    .await
-    .unwrap();
-    eventually(10, "replica1 to be the synchronous standby", || {
-        let primary = &primary;
-        async move {
-            let state = psql(
-                primary,
-                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'replica1'",
-            )
-            .await
-            .ok()?;
-            (state == "sync").then_some(())
-        }
-    })
-    .await;
-    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), "")).await;
+    synchronous_replication(&primary, &[&primary], "remote_apply").await;
+    let proxy = proxy_for(&cluster, "").await;
     let table = unique("unknown");
     let c = Arc::new(proxy.client().await);
     c.batch_execute(&format!("CREATE TABLE {table} (id int)"))
@@ -686,12 +741,9 @@ async fn an_autocommit_write_that_reached_the_replica_is_not_reported_as_rolled_
     psql(&replica, "SELECT pg_wal_replay_pause()")
         .await
         .unwrap();
-    let insert = tokio::spawn({
+    let in_flight = tokio::spawn({
         let (c, table) = (c.clone(), table.clone());
-        async move {
-            c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
-                .await
-        }
+        async move { insert(&c, &table, 1).await }
     });
     // The INSERT's commit record is written and waits for the replica...
     let commit_lsn = eventually(10, "the INSERT to wait for the synchronous standby", || {
@@ -711,27 +763,23 @@ async fn an_autocommit_write_that_reached_the_replica_is_not_reported_as_rolled_
     })
     .await;
     // ... which has received it.
-    eventually(10, "the replica to receive the commit record", || {
-        let (replica, lsn) = (&replica, &commit_lsn);
-        async move {
-            let sql = format!("SELECT pg_last_wal_receive_lsn() >= '{lsn}'::pg_lsn");
-            (psql(replica, &sql).await.ok()? == "t").then_some(())
-        }
-    })
+    psql_until(
+        10,
+        "the replica to receive the commit record",
+        &replica,
+        &format!("SELECT pg_last_wal_receive_lsn() >= '{commit_lsn}'::pg_lsn"),
+        "t",
+    )
     .await;
 
     stop(&primary, StopMode::Immediate).await;
-    let r = within(20, "the INSERT in flight", insert).await.unwrap();
+    let r = within(20, "the INSERT in flight", in_flight).await.unwrap();
     let code = failed_with(r, "autocommit INSERT in flight");
 
     // Promotion ends the paused recovery and applies everything received.
-    let port = within(25, "a query after the failover", port_of(&c))
-        .await
-        .unwrap_or_else(|e| panic!("a query after the failover: {}", describe(&e)));
+    let port = port_within(25, "a query after the failover", &c).await;
     assert_eq!(port, replica.port());
-    let present = psql(&replica, &format!("SELECT count(*) FROM {table}"))
-        .await
-        .unwrap();
+    let present = count_on(&replica, &table).await;
     assert_eq!(
         present, "1",
         "test premise: the promoted replica applied the commit it had received"
@@ -746,50 +794,22 @@ async fn an_autocommit_write_that_reached_the_replica_is_not_reported_as_rolled_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_primary_is_detected_by_timeouts_and_replaced() {
-    let cluster = start_cluster(LocalClusterOptions::default()).await;
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
-    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), "")).await;
-    let table = unique("hang");
+    let (primary, replica, proxy) = cluster_with_proxy("").await;
     let writer = proxy.client().await;
-    writer
-        .batch_execute(&format!("CREATE TABLE {table} (v int)"))
-        .await
-        .unwrap();
+    let table = create_table(&writer, "hang").await;
     let idle = proxy.client().await;
     assert_eq!(port_of(&idle).await.unwrap(), primary.port());
     let busy = Arc::new(proxy.client().await);
-    let busy_q = tokio::spawn({
-        let c = busy.clone();
-        async move { c.batch_execute("SELECT pg_sleep(60)").await }
-    });
-    let_pool_settle().await;
 
-    let frozen = Frozen::freeze(&primary);
-    let hung = Instant::now();
-
-    // The statement stuck on the hung server is failed once the node is
-    // declared down, not after TCP's retransmission timeout.
-    let r = within(20, "statement on the hung primary", busy_q)
-        .await
-        .unwrap();
-    // Outside a transaction the statement commits on its own: its outcome
-    // is unknown (08007), never "rolled back".
-    assert_eq!(
-        failed_with(r, "statement on the hung primary").as_deref(),
-        Some("08007")
-    );
+    let (busy_q, frozen, hung) = hang_under_a_statement(&primary, &busy).await;
+    assert_stuck_statement_gets_08007(busy_q).await;
     eprintln!("stuck statement failed {:?} after the hang", hung.elapsed());
 
     // Writes resume on the same connection. A write that raced the detection
     // may fail like any statement in flight; retry on the same connection.
     let mut errors = vec![];
     loop {
-        let r = within(
-            25,
-            "write after the hang",
-            writer.batch_execute(&format!("INSERT INTO {table} VALUES (1)")),
-        )
-        .await;
+        let r = within(25, "write after the hang", insert(&writer, &table, 1)).await;
         match r {
             Ok(()) => break,
             Err(e) => {
@@ -811,41 +831,22 @@ async fn a_hung_primary_is_detected_by_timeouts_and_replaced() {
     assert!(errors.len() <= 1, "more than one error: {errors:?}");
     assert_eq!(port_of(&writer).await.unwrap(), replica.port());
     assert_eq!(in_recovery(&replica).await, Ok(false));
-    let port = within(10, "idle client", port_of(&idle))
-        .await
-        .unwrap_or_else(|e| panic!("idle client got an error: {}", describe(&e)));
-    assert_eq!(port, replica.port());
-    let port = within(10, "the stuck client afterwards", port_of(&busy))
-        .await
-        .unwrap_or_else(|e| panic!("stuck client afterwards: {}", describe(&e)));
+    assert_eq!(port_within(10, "idle client", &idle).await, replica.port());
+    let port = port_within(10, "the stuck client afterwards", &busy).await;
     assert_eq!(port, replica.port());
     drop(frozen);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_a_hang_no_client_waits_out_a_connect_to_the_hung_node() {
-    let cluster = start_cluster(LocalClusterOptions::default()).await;
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
     // `fresh` has a pool of its own, with no connection yet.
-    let proxy = Proxy::start_with(
-        cluster.clone(),
-        &config(&nodes_of(&cluster), "[databases.fresh]\ndbname = \"app\"\n"),
-    )
-    .await;
-    let table = unique("hang2");
+    let (primary, replica, proxy) =
+        cluster_with_proxy("[databases.fresh]\ndbname = \"app\"\n").await;
     let busy = Arc::new(proxy.client().await);
-    busy.batch_execute(&format!("CREATE TABLE {table} (v int)"))
-        .await
-        .unwrap();
+    let table = create_table(&busy, "hang2").await;
     assert_eq!(port_of(&busy).await.unwrap(), primary.port());
-    let busy_q = tokio::spawn({
-        let c = busy.clone();
-        async move { c.batch_execute("SELECT pg_sleep(60)").await }
-    });
-    let_pool_settle().await;
 
-    let frozen = Frozen::freeze(&primary);
-    let hung = Instant::now();
+    let (busy_q, frozen, hung) = hang_under_a_statement(&primary, &busy).await;
     let promoted = tokio::spawn({
         let replica = replica.clone();
         async move {
@@ -863,10 +864,7 @@ async fn during_a_hang_no_client_waits_out_a_connect_to_the_hung_node() {
     let fresh = tokio::spawn({
         let url = proxy.url("app", "app", "fresh");
         async move {
-            let (c, conn) = tokio_postgres::connect(&url, NoTls).await?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
+            let c = common::connect(&url).await?;
             let port = port_of(&c).await?;
             Ok::<_, tokio_postgres::Error>((port, Instant::now()))
         }
@@ -874,20 +872,12 @@ async fn during_a_hang_no_client_waits_out_a_connect_to_the_hung_node() {
 
     // The statement stuck on the hung node fails when it is declared down,
     // and the client retries at once.
-    let r = within(20, "statement on the hung primary", busy_q)
-        .await
-        .unwrap();
-    // Outside a transaction the statement commits on its own: its outcome
-    // is unknown (08007), never "rolled back".
-    assert_eq!(
-        failed_with(r, "statement on the hung primary").as_deref(),
-        Some("08007")
-    );
+    assert_stuck_statement_gets_08007(busy_q).await;
     let failed_at = Instant::now();
     let retry = within(
         25,
         "retry after the failover error",
-        busy.batch_execute(&format!("INSERT INTO {table} VALUES (1)")),
+        insert(&busy, &table, 1),
     )
     .await;
     let retry_took = failed_at.elapsed();
@@ -926,38 +916,25 @@ async fn during_a_hang_no_client_waits_out_a_connect_to_the_hung_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_mode_waits_for_an_external_promotion_then_reroutes_writes() {
-    let cluster = start_cluster(LocalClusterOptions::default()).await;
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
-    let proxy = Proxy::start_with(
-        cluster.clone(),
-        &config(&nodes_of(&cluster), "[failover]\nmode = \"follow\"\n"),
-    )
-    .await;
-    let table = unique("follow");
+    let (primary, replica, proxy) = cluster_with_proxy("[failover]\nmode = \"follow\"\n").await;
     let c = Arc::new(proxy.client().await);
-    c.batch_execute(&format!("CREATE TABLE {table} (v int)"))
-        .await
-        .unwrap();
+    let table = create_table(&c, "follow").await;
     assert_eq!(port_of(&c).await.unwrap(), primary.port());
     let_pool_settle().await;
 
     stop(&primary, StopMode::Immediate).await;
     let held = tokio::spawn({
         let (c, table) = (c.clone(), table.clone());
-        async move {
-            c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
-                .await
-        }
+        async move { insert(&c, &table, 1).await }
     });
     // Switchyard must not promote in follow mode.
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(
-            in_recovery(&replica).await,
-            Ok(true),
-            "Switchyard promoted in follow mode"
-        );
-    }
+    assert_not_promoted(
+        &replica,
+        Instant::now(),
+        4,
+        "Switchyard promoted in follow mode",
+    )
+    .await;
     assert!(
         !held.is_finished(),
         "the write is held while no primary serves"
@@ -975,43 +952,22 @@ async fn follow_mode_waits_for_an_external_promotion_then_reroutes_writes() {
         promoted.elapsed()
     );
     assert_eq!(port_of(&c).await.unwrap(), replica.port());
-    assert_eq!(
-        psql(&replica, &format!("SELECT count(*) FROM {table}"))
-            .await
-            .unwrap(),
-        "1"
-    );
+    assert_eq!(count_on(&replica, &table).await, "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_mode_never_promotes_and_held_queries_time_out_on_a_usable_connection() {
-    let cluster = start_cluster(LocalClusterOptions::default()).await;
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
-    let proxy = Proxy::start_with(
-        cluster.clone(),
-        &config(
-            &nodes_of(&cluster),
-            "[failover]\nmode = \"off\"\nhold_timeout = \"2s\"\n",
-        ),
-    )
-    .await;
-    let table = unique("off");
+    let (primary, replica, proxy) =
+        cluster_with_proxy("[failover]\nmode = \"off\"\nhold_timeout = \"2s\"\n").await;
     let c = proxy.client().await;
-    c.batch_execute(&format!("CREATE TABLE {table} (v int)"))
-        .await
-        .unwrap();
+    let table = create_table(&c, "off").await;
     let_pool_settle().await;
 
     stop(&primary, StopMode::Immediate).await;
     let stopped = Instant::now();
     for attempt in 0..2 {
         let started = Instant::now();
-        let r = within(
-            15,
-            "write with no primary",
-            c.batch_execute(&format!("INSERT INTO {table} VALUES (1)")),
-        )
-        .await;
+        let r = within(15, "write with no primary", insert(&c, &table, 1)).await;
         let waited = started.elapsed();
         assert_eq!(
             failed_with(r, "write with no primary").as_deref(),
@@ -1027,14 +983,7 @@ async fn off_mode_never_promotes_and_held_queries_time_out_on_a_usable_connectio
             "attempt {attempt}: held {waited:?}"
         );
     }
-    while stopped.elapsed() < Duration::from_secs(6) {
-        assert_eq!(
-            in_recovery(&replica).await,
-            Ok(true),
-            "Switchyard promoted in off mode"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    assert_not_promoted(&replica, stopped, 6, "Switchyard promoted in off mode").await;
     assert_eq!(in_recovery(&replica).await, Ok(true));
 
     // The primary returns: the same connection writes again.
@@ -1042,13 +991,7 @@ async fn off_mode_never_promotes_and_held_queries_time_out_on_a_usable_connectio
     until_ok(
         20,
         "writes through the proxy once the primary is back",
-        || {
-            let (c, table) = (&c, &table);
-            async move {
-                c.batch_execute(&format!("INSERT INTO {table} VALUES (2)"))
-                    .await
-            }
-        },
+        || insert(&c, &table, 2),
     )
     .await;
     assert_eq!(port_of(&c).await.unwrap(), primary.port());
@@ -1056,8 +999,7 @@ async fn off_mode_never_promotes_and_held_queries_time_out_on_a_usable_connectio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_promotion_while_the_replica_still_receives_fresh_wal() {
-    let cluster = start_cluster(LocalClusterOptions::default()).await;
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    let (cluster, primary, replica) = start_pair().await;
     // Switchyard reaches the primary only through the relay; the replica
     // streams from the primary directly.
     let relay = Relay::start(&primary.addr()).await;
@@ -1070,11 +1012,8 @@ async fn no_promotion_while_the_replica_still_receives_fresh_wal() {
         &config(&nodes, "[failover]\nhold_timeout = \"2s\"\n"),
     )
     .await;
-    let table = unique("witness");
     let c = proxy.client().await;
-    c.batch_execute(&format!("CREATE TABLE {table} (v int)"))
-        .await
-        .unwrap();
+    let table = create_table(&c, "witness").await;
     assert_eq!(port_of(&c).await.unwrap(), primary.port());
 
     // The primary keeps writing (not through the proxy): fresh WAL streams.
@@ -1082,14 +1021,14 @@ async fn no_promotion_while_the_replica_still_receives_fresh_wal() {
     let direct_writer = tokio::spawn({
         let (primary, table, stop) = (primary.clone(), table.clone(), stop_writing.clone());
         async move {
-            let d = direct(&primary).await;
+            let d = direct_client(primary.port()).await;
             d.batch_execute("SET synchronous_commit = on")
                 .await
                 .unwrap();
             let mut written = 0u32;
             let deadline = Instant::now() + Duration::from_secs(40);
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                d.batch_execute(&format!("INSERT INTO {table} VALUES (0)"))
+                insert(&d, &table, 0)
                     .await
                     .expect("direct write to the primary");
                 written += 1;
@@ -1102,25 +1041,14 @@ async fn no_promotion_while_the_replica_still_receives_fresh_wal() {
 
     relay.cut();
     let cut = Instant::now();
-    let through_proxy = async {
-        within(
-            15,
-            "write through the cut-off proxy",
-            c.batch_execute(&format!("INSERT INTO {table} VALUES (1)")),
-        )
-        .await
-    };
-    let watch_replica = async {
-        while cut.elapsed() < Duration::from_secs(8) {
-            assert_eq!(
-                in_recovery(&replica).await,
-                Ok(true),
-                "promoted {:?} after the cut although the replica still streams",
-                cut.elapsed()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    };
+    let through_proxy =
+        async { within(15, "write through the cut-off proxy", insert(&c, &table, 1)).await };
+    let watch_replica = assert_not_promoted(
+        &replica,
+        cut,
+        8,
+        "promoted after the cut although the replica still streams",
+    );
     let (r, ()) = tokio::join!(through_proxy, watch_replica);
     assert_eq!(
         failed_with(r, "write through the cut-off proxy").as_deref(),
@@ -1134,13 +1062,7 @@ async fn no_promotion_while_the_replica_still_receives_fresh_wal() {
     until_ok(
         20,
         "writes through the proxy once the relay is back",
-        || {
-            let (c, table) = (&c, &table);
-            async move {
-                c.batch_execute(&format!("INSERT INTO {table} VALUES (2)"))
-                    .await
-            }
-        },
+        || insert(&c, &table, 2),
     )
     .await;
     assert_eq!(port_of(&c).await.unwrap(), primary.port());
@@ -1152,16 +1074,12 @@ async fn no_promotion_while_the_replica_still_receives_fresh_wal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_traffic_goes_to_the_primary_while_the_replica_is_down() {
-    let cluster = start_cluster(LocalClusterOptions::default()).await;
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    let (cluster, primary, replica) = start_pair().await;
     // Down before the proxy starts: it is never routed to before a successful check.
     stop(&replica, StopMode::Fast).await;
-    let proxy = Proxy::start_with(
-        cluster.clone(),
-        &config(
-            &nodes_of(&cluster),
-            "[databases.ro]\ndbname = \"app\"\ntarget = \"replica\"\n",
-        ),
+    let proxy = proxy_for(
+        &cluster,
+        "[databases.ro]\ndbname = \"app\"\ntarget = \"replica\"\n",
     )
     .await;
     let ro = proxy
@@ -1169,10 +1087,7 @@ async fn replica_traffic_goes_to_the_primary_while_the_replica_is_down() {
         .await
         .expect("login to ro");
     let rw = proxy.client().await;
-    let table = unique("ro");
-    rw.batch_execute(&format!("CREATE TABLE {table} (v int)"))
-        .await
-        .unwrap();
+    let table = create_table(&rw, "ro").await;
     let standby = within(10, "ro with the replica down", recovery_via(&ro))
         .await
         .unwrap_or_else(|e| panic!("ro with the replica down: {}", describe(&e)));
@@ -1192,7 +1107,7 @@ async fn replica_traffic_goes_to_the_primary_while_the_replica_is_down() {
     let mut writes = 0;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        rw.batch_execute(&format!("INSERT INTO {table} VALUES ({writes})"))
+        insert(&rw, &table, writes)
             .await
             .unwrap_or_else(|e| panic!("primary traffic affected: {}", describe(&e)));
         writes += 1;
@@ -1225,32 +1140,9 @@ async fn with_synchronous_replication_no_acknowledged_write_is_lost() {
     // replica exists, and `LocalCluster::start` would hang. Set on both nodes,
     // as a copied configuration would be: the promoted replica then requires
     // a synchronous standby too, which `sync_policy = "availability"` clears.
-    let cluster = start_cluster(LocalClusterOptions::default()).await;
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
-    for node in [&primary, &replica] {
-        psql(
-            node,
-            "ALTER SYSTEM SET synchronous_standby_names = 'replica1';
-             ALTER SYSTEM SET synchronous_commit = on;
-             SELECT pg_reload_conf();",
-        )
-        .await
-        .unwrap_or_else(|e| panic!("configuring synchronous replication: {e}"));
-    }
-    eventually(10, "replica1 to be the synchronous standby", || {
-        let primary = &primary;
-        async move {
-            let state = psql(
-                primary,
-                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'replica1'",
-            )
-            .await
-            .ok()?;
-            (state == "sync").then_some(())
-        }
-    })
-    .await;
-    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), "")).await;
+    let (cluster, primary, replica) = start_pair().await;
+    synchronous_replication(&primary, &[&primary, &replica], "on").await;
+    let proxy = proxy_for(&cluster, "").await;
     let table = unique("sync");
     let client = proxy.client().await;
     client
@@ -1348,9 +1240,7 @@ async fn with_synchronous_replication_no_acknowledged_write_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_statements_and_settings_follow_the_client_to_the_new_primary() {
-    let cluster = start_cluster(LocalClusterOptions::default()).await;
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
-    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes_of(&cluster), "")).await;
+    let (primary, replica, proxy) = cluster_with_proxy("").await;
     let c = proxy.client().await;
     c.batch_execute("SET TimeZone = 'Asia/Tokyo'")
         .await

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{sqlstate, unique, Proxy};
-use futures_util::{pin_mut, SinkExt, StreamExt, TryStreamExt};
+use common::{connect_with_messages, sqlstate, unique, Proxy};
+use futures_util::{pin_mut, SinkExt, TryStreamExt};
 use tokio_postgres::types::Type;
 use tokio_postgres::SimpleQueryMessage;
 
@@ -147,17 +147,7 @@ async fn copy_in_and_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notices_and_notifications_reach_the_client() {
     let proxy = Proxy::start("pool_mode = \"session\"\ndefault_pool_size = 2").await;
-    let (client, mut conn) =
-        tokio_postgres::connect(&proxy.url("app", "app", "app"), tokio_postgres::NoTls)
-            .await
-            .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = messages.next().await {
-            let _ = tx.send(m);
-        }
-    });
+    let (client, mut rx) = connect_with_messages(&proxy.url("app", "app", "app")).await;
     client.batch_execute("LISTEN sy_test; DO $$ BEGIN RAISE NOTICE 'hello notice'; END $$; NOTIFY sy_test, 'payload'").await.unwrap();
     let mut got_notice = false;
     let mut got_notification = false;

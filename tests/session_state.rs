@@ -5,9 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::Proxy;
-use futures_util::StreamExt;
-use tokio_postgres::{AsyncMessage, NoTls};
+use common::{connect_with_messages, Proxy};
+use tokio_postgres::AsyncMessage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_client_keeps_its_own_timezone_on_a_shared_server() {
@@ -41,9 +40,7 @@ async fn application_name_shows_the_clients_own_value() {
     let mut clients = vec![];
     for name in ["alpha", "beta"] {
         let url = format!("{} application_name={name}", proxy.url("app", "app", "app"));
-        let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-        tokio::spawn(conn);
-        clients.push((name, c));
+        clients.push((name, common::connect(&url).await.unwrap()));
     }
     for _ in 0..5 {
         for (name, c) in &clients {
@@ -63,16 +60,7 @@ async fn application_name_shows_the_clients_own_value() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_and_temp_tables_pin_the_client_to_its_server() {
     let proxy = Proxy::start("default_pool_size = 3").await;
-    let (listener, mut conn) = tokio_postgres::connect(&proxy.url("app", "app", "app"), NoTls)
-        .await
-        .unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-        while let Some(Ok(m)) = messages.next().await {
-            let _ = tx.send(m);
-        }
-    });
+    let (listener, mut rx) = connect_with_messages(&proxy.url("app", "app", "app")).await;
     listener.batch_execute("LISTEN sy_pin").await.unwrap();
     // Other clients keep the pool busy so an unpinned client would move servers.
     let busy = proxy.client().await;

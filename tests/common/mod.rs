@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
+use futures_util::StreamExt;
 use switchyard::local_cluster::{
     LocalCluster, LocalClusterOptions, APP_DB, APP_PASSWORD, APP_USER,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 static CLUSTER: Mutex<Weak<LocalCluster>> = Mutex::new(Weak::new());
 
@@ -116,28 +118,44 @@ impl Proxy {
         pw: &str,
         db: &str,
     ) -> Result<Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::connect(&self.url(user, pw, db), NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        connect(&self.url(user, pw, db)).await
     }
 
     /// A direct (not proxied) client to the primary as the superuser.
     pub async fn direct_admin(&self) -> Client {
-        let p = self.cluster.primary();
-        let url = format!(
-            "host=127.0.0.1 port={} user=postgres password=postgres dbname=app",
-            p.port()
-        );
-        let (client, conn) = tokio_postgres::connect(&url, NoTls)
-            .await
-            .expect("direct connect");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
+        direct_client(self.cluster.primary().port()).await
     }
+}
+
+/// A tokio-postgres client for `url`, its connection driven by a task of its own.
+pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A direct (not proxied) client as the superuser to the node on `port`.
+pub async fn direct_client(port: u16) -> Client {
+    let url = format!(
+        "host=127.0.0.1 port={port} user=postgres password=postgres dbname=app connect_timeout=5"
+    );
+    connect(&url).await.expect("direct connect")
+}
+
+/// A tokio-postgres client for `url` whose notices and notifications
+/// (`AsyncMessage`s) arrive on the returned channel.
+pub async fn connect_with_messages(url: &str) -> (Client, UnboundedReceiver<AsyncMessage>) {
+    let (client, mut conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            let _ = tx.send(m);
+        }
+    });
+    (client, rx)
 }
 
 impl Drop for Proxy {
