@@ -96,6 +96,7 @@ impl Events {
     /// Records an event and logs it (warn for failures, info otherwise).
     pub fn record(&self, kind: EventKind, node: Option<&str>, message: impl Into<String>) {
         let message = message.into();
+        crate::metrics::event(kind.as_str());
         if kind.is_warning() {
             tracing::warn!(
                 event = kind.as_str(),

@@ -21,6 +21,7 @@ pub mod error;
 pub mod events;
 pub mod listener;
 pub mod local_cluster;
+pub mod metrics;
 pub mod pool;
 pub mod protocol;
 

@@ -98,6 +98,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    crate::metrics::describe();
     let token = CancellationToken::new();
     let ctx = Arc::new(Context::new(config, token.clone())?);
     let tracker = TaskTracker::new();

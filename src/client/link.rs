@@ -219,6 +219,7 @@ impl Link {
             if let Some(why) = self.pin_reason.take() {
                 if !s.pinned {
                     s.pinned = true;
+                    crate::metrics::client_pinned(why);
                     tracing::info!(
                         reason = why,
                         "client pinned to its server connection until it disconnects"
