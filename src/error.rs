@@ -35,9 +35,6 @@ pub enum ClientError {
     /// Logging into PostgreSQL failed on Switchyard's side (server password, method).
     #[error("server login failed")]
     ServerLoginFailed,
-    /// The server connection broke while the client was using it.
-    #[error("server connection lost; the transaction, if any, was not committed")]
-    ServerLost,
     /// The transaction's server died (a failover); it was rolled back and can be retried.
     #[error(
         "the transaction was rolled back because its server failed (failover); it is safe to retry"
@@ -70,7 +67,6 @@ impl ClientError {
             ClientError::NoUser => "28000",
             ClientError::NoPrimary => "08006",
             ClientError::ServerLoginFailed => "08006",
-            ClientError::ServerLost => "08006",
             ClientError::Shutdown => "57P01",
             ClientError::TransactionLost => "08006",
             ClientError::CommitUnknown => "08007",

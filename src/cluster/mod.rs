@@ -68,9 +68,6 @@ pub struct Cluster {
 /// Why no server connection could be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    /// No node is routable for the target now.
-    #[error("no {0} server is available")]
-    NoNode(&'static str),
     /// A node answered with an error that is the client's business (unknown
     /// database, auth failure).
     #[error(transparent)]

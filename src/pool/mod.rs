@@ -205,11 +205,6 @@ impl Pool {
     pub fn knows_statement(&self, name: &str) -> bool {
         lock(&self.shared.known_statements).contains(name)
     }
-
-    /// Idle connections right now (for tests and stats).
-    pub fn idle_count(&self) -> usize {
-        lock(&self.shared.idle).len()
-    }
 }
 
 /// Counts a checked-out connection against its node while it lives.
