@@ -12,7 +12,7 @@ pub fn demo_config(cluster: &LocalCluster, listen: &str) -> Result<Config, confi
     let nodes: Vec<String> = cluster
         .nodes()
         .iter()
-        .map(|n| format!("{:?}", n.addr()))
+        .map(|n| format!("{{ name = {:?}, addr = {:?} }}", n.name(), n.addr()))
         .collect();
     config::load_str(&format!(
         r#"

@@ -19,10 +19,11 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod events;
+pub mod http;
 pub mod listener;
 pub mod local_cluster;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
 
-pub use listener::{run, RunError};
+pub use listener::{run, run_with_http, RunError};

@@ -98,11 +98,24 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    run_with_http(config, listener, None, shutdown).await
+}
+
+/// [`run`], also serving the HTTP endpoints (`crate::http`) on `http` when given.
+pub async fn run_with_http(
+    config: Config,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     crate::metrics::describe();
     let token = CancellationToken::new();
     let ctx = Arc::new(Context::new(config, token.clone())?);
     let tracker = TaskTracker::new();
     tracker.spawn(reaper(ctx.clone()));
+    if let Some(http) = http {
+        tracker.spawn(crate::http::serve(http, ctx.cluster.clone(), token.clone()));
+    }
     tracker.spawn(crate::cluster::monitor::run(
         ctx.cluster.clone(),
         ctx.config.clone(),

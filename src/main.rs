@@ -85,8 +85,11 @@ async fn serve(config: switchyard::config::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
-    tracing::info!(listen = %config.proxy.listen, "switchyard is accepting connections");
-    switchyard::run(config, listener, shutdown_signal()).await?;
+    let http = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} ([http] listen)", config.http.listen))?;
+    tracing::info!(listen = %config.proxy.listen, http = %config.http.listen, "switchyard is accepting connections");
+    switchyard::run_with_http(config, listener, Some(http), shutdown_signal()).await?;
     Ok(())
 }
 
@@ -102,8 +105,25 @@ fn demo(listen: &str) -> anyhow::Result<()> {
             .with_context(|| {
                 format!("cannot listen on {listen} (use --listen to pick another address)")
             })?;
+        // The endpoints are a bonus in the demo: a busy port only costs them.
+        let http = match tokio::net::TcpListener::bind(&config.http.listen).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!(
+                    "HTTP endpoints disabled: cannot listen on {}: {e}",
+                    config.http.listen
+                );
+                None
+            }
+        };
         println!("{}", switchyard::demo::banner(&cluster, listen));
-        switchyard::run(config, listener, shutdown_signal()).await?;
+        if http.is_some() {
+            println!(
+                "  Status: curl http://{0}/status   (also /readyz, /events, /metrics)\n",
+                config.http.listen
+            );
+        }
+        switchyard::run_with_http(config, listener, http, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;
     drop(cluster);

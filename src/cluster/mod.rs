@@ -33,6 +33,31 @@ pub struct Snapshot {
     pub usable: Vec<usize>,
 }
 
+/// What an operator sees of one node (`/status`); refreshed every probe tick.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct NodeStatus {
+    /// Configured name.
+    pub name: String,
+    /// `host:port`.
+    pub addr: String,
+    /// `primary`, `replica` or `unknown` (never probed successfully).
+    pub role: &'static str,
+    /// `up`, `suspect`, `down` or `unknown`.
+    pub state: &'static str,
+    /// Never routed to until re-admitted.
+    pub fenced: bool,
+    /// Timeline last seen.
+    pub timeline: u32,
+    /// WAL position last seen (bytes).
+    pub lsn: u64,
+    /// Bytes behind the primary (replicas).
+    pub lag_bytes: Option<u64>,
+    /// Seconds since the last replayed transaction (replicas).
+    pub lag_seconds: Option<f64>,
+    /// Seconds since the last successful probe.
+    pub last_check_seconds_ago: Option<f64>,
+}
+
 /// Where one server connection should go.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -56,6 +81,7 @@ pub struct Cluster {
     nodes: Vec<Node>,
     addrs: Vec<Arc<str>>,
     snapshot: ArcSwap<Snapshot>,
+    status: ArcSwap<Vec<NodeStatus>>,
     changed: watch::Sender<u64>,
     incarnations: Vec<Mutex<Incarnation>>,
     /// Server connections checked out per node (for least-outstanding replica choice).
@@ -95,6 +121,7 @@ impl Cluster {
             nodes,
             addrs,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            status: ArcSwap::from_pointee(Vec::new()),
             changed: watch::channel(0).0,
             incarnations,
             load,
@@ -201,6 +228,15 @@ impl Cluster {
     /// Asks the monitor to probe now (a pooled connection broke, a connect was refused).
     pub fn nudge(&self) {
         self.nudge.notify_one();
+    }
+
+    /// Every node's status, as of the last probe tick.
+    pub fn status(&self) -> Arc<Vec<NodeStatus>> {
+        self.status.load_full()
+    }
+
+    pub(crate) fn set_status(&self, status: Vec<NodeStatus>) {
+        self.status.store(Arc::new(status));
     }
 
     /// Replaces the routing snapshot and wakes held clients.

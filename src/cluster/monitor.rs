@@ -11,7 +11,7 @@ use super::decide::fit_replicas;
 use super::failover::{step, Action, FailoverSettings, Primary};
 use super::health::Checker;
 use super::view::{Health, NodeView, Probe, Role};
-use super::{Cluster, Snapshot};
+use super::{Cluster, NodeStatus, Snapshot};
 use crate::config::{Config, SyncPolicy};
 use crate::events::EventKind;
 use crate::pool::server_conn::Login;
@@ -389,6 +389,43 @@ fn publish(cluster: &Cluster, config: &Config, tracks: &[Track], state: &Primary
     if *cluster.snapshot() != snap {
         cluster.publish(snap);
     }
+    cluster.set_status(node_status(cluster, &views, primary));
+}
+
+fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) -> Vec<NodeStatus> {
+    let primary_lsn = primary.map(|p| views[p].lsn());
+    views
+        .iter()
+        .zip(cluster.nodes())
+        .map(|(v, n)| {
+            let probe = v.probe.as_ref();
+            let role = match probe.map(|p| p.role) {
+                Some(Role::Primary) => "primary",
+                Some(Role::Replica) => "replica",
+                None => "unknown",
+            };
+            let state = match v.health {
+                Health::Up => "up",
+                Health::Suspect(_) => "suspect",
+                Health::Down => "down",
+                Health::Unknown => "unknown",
+            };
+            NodeStatus {
+                name: n.name.clone(),
+                addr: n.addr.clone(),
+                role,
+                state,
+                fenced: v.fenced,
+                timeline: v.timeline(),
+                lsn: v.lsn(),
+                lag_bytes: (role == "replica")
+                    .then(|| primary_lsn.map(|p| p.saturating_sub(v.lsn())))
+                    .flatten(),
+                lag_seconds: probe.and_then(|p| p.lag_seconds),
+                last_check_seconds_ago: probe.map(|p| p.at.elapsed().as_secs_f64()),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -39,6 +39,26 @@ pub struct Config {
     /// `[routing]`: where replica traffic may go.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// `[http]`: health, status, events and metrics endpoints.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address of the HTTP endpoints. Default `127.0.0.1:9930` (loopback: set
+    /// `0.0.0.0:9930` to expose it). Needs a restart to change.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9930".into(),
+        }
+    }
 }
 
 /// `[health]` section.

@@ -13,6 +13,10 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
         .listen
         .parse::<SocketAddr>()
         .map_err(|e| format!("proxy.listen = {:?}: {e}", cfg.proxy.listen))?;
+    cfg.http
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("http.listen = {:?}: {e}", cfg.http.listen))?;
     if cfg.proxy.default_pool_size == 0 {
         return Err("proxy.default_pool_size must be at least 1".into());
     }
