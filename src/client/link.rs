@@ -17,6 +17,7 @@ use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::pool::server_conn::ServerConn;
 use crate::protocol::frame::put_frame;
+use crate::protocol::messages::backend::decode_parameter_status;
 use crate::protocol::messages::extended::{
     decode_bind_statement, decode_parse, decode_target, encode_bind, encode_target,
 };
@@ -475,14 +476,6 @@ fn forget(s: &mut Session, server: &mut ServerConn, f: Forgotten) {
     for name in f.confirmed {
         s.pool.learn_statement(name);
     }
-}
-
-/// ParameterStatus (B) body: name and value.
-fn decode_parameter_status(body: &[u8]) -> Option<(String, String)> {
-    let mut parts = body.split(|&b| b == 0);
-    let name = std::str::from_utf8(parts.next()?).ok()?;
-    let value = std::str::from_utf8(parts.next()?).ok()?;
-    Some((name.to_string(), value.to_string()))
 }
 
 fn reserve(buf: &mut BytesMut) {

@@ -13,6 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::auth::server_side::{Reply, ServerAuth};
 use crate::auth::AuthError;
 use crate::protocol::frame_len;
+use crate::protocol::messages::backend::decode_parameter_status;
 use crate::protocol::messages::error_response::{self, ServerError};
 
 /// Largest message accepted from a server during login.
@@ -343,13 +344,6 @@ fn set_dead_peer_timeouts(stream: &TcpStream) {
         .with_retries(3);
     let _ = sock.set_tcp_keepalive(&keepalive);
     let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(15)));
-}
-
-fn decode_parameter_status(body: &[u8]) -> Option<(String, String)> {
-    let mut parts = body.split(|&b| b == 0);
-    let name = std::str::from_utf8(parts.next()?).ok()?;
-    let value = std::str::from_utf8(parts.next()?).ok()?;
-    Some((name.to_string(), value.to_string()))
 }
 
 /// Sends a CancelRequest for `key` to `addr` (a fresh connection, as the protocol requires).

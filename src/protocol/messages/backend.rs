@@ -34,6 +34,14 @@ pub fn auth_sasl_step(out: &mut BytesMut, code: i32, data: &[u8]) {
     put_frame(out, b'R', &body);
 }
 
+/// Decodes a ParameterStatus body (after tag and length): name and value.
+pub fn decode_parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let mut parts = body.split(|&b| b == 0);
+    let name = std::str::from_utf8(parts.next()?).ok()?;
+    let value = std::str::from_utf8(parts.next()?).ok()?;
+    Some((name.to_string(), value.to_string()))
+}
+
 /// ParameterStatus `name` = `value`.
 pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
     let mut body = Vec::with_capacity(name.len() + value.len() + 2);
