@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, SimpleQueryMessage};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -376,6 +377,9 @@ struct Relay {
     addr: SocketAddr,
     target: SocketAddr,
     token: Mutex<CancellationToken>,
+    /// Every relayed connection; `cut` waits for them to close so a test
+    /// acting right after the cut sees a path that is really gone.
+    conns: TaskTracker,
 }
 
 impl Relay {
@@ -384,15 +388,26 @@ impl Relay {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = CancellationToken::new();
-        tokio::spawn(relay_serve(listener, target, token.clone()));
+        let conns = TaskTracker::new();
+        tokio::spawn(relay_serve(listener, target, token.clone(), conns.clone()));
         Relay {
             addr,
             target,
             token: Mutex::new(token),
+            conns,
         }
     }
 
-    fn cut(&self) {
+    /// Closes every relayed socket and refuses new connections; returns once
+    /// all relayed sockets are closed.
+    async fn cut(&self) {
+        self.cancel();
+        self.conns.close();
+        self.conns.wait().await;
+        self.conns.reopen();
+    }
+
+    fn cancel(&self) {
         self.token
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -405,17 +420,22 @@ impl Relay {
             .expect("rebind the relay's port");
         let token = CancellationToken::new();
         *self.token.lock().unwrap_or_else(|e| e.into_inner()) = token.clone();
-        tokio::spawn(relay_serve(listener, self.target, token));
+        tokio::spawn(relay_serve(listener, self.target, token, self.conns.clone()));
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        self.cut();
+        self.cancel();
     }
 }
 
-async fn relay_serve(listener: TcpListener, target: SocketAddr, token: CancellationToken) {
+async fn relay_serve(
+    listener: TcpListener,
+    target: SocketAddr,
+    token: CancellationToken,
+    conns: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = token.cancelled() => return, // drops the listener: connects are refused
@@ -425,7 +445,7 @@ async fn relay_serve(listener: TcpListener, target: SocketAddr, token: Cancellat
             continue;
         };
         let token = token.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let Ok(mut outbound) = TcpStream::connect(target).await else {
                 return;
             };
@@ -1039,7 +1059,7 @@ async fn no_promotion_while_the_replica_still_receives_fresh_wal() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    relay.cut();
+    relay.cut().await;
     let cut = Instant::now();
     let through_proxy =
         async { within(15, "write through the cut-off proxy", insert(&c, &table, 1)).await };
