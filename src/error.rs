@@ -50,6 +50,23 @@ pub enum ClientError {
     /// The proxy is shutting down.
     #[error("terminating connection due to administrator command")]
     Shutdown,
+    /// An operator ran `KILL` on the client's database.
+    #[error("terminating connection due to administrator command (KILL)")]
+    Killed,
+    /// A user not in `proxy.admin_users` asked for the admin console.
+    #[error("user \"{0}\" is not allowed to use the admin console (proxy.admin_users)")]
+    NotAdmin(String),
+    /// The admin console speaks only the simple query protocol.
+    #[error("the admin console supports only the simple query protocol")]
+    AdminExtendedQuery,
+    /// An admin command failed; the console stays usable.
+    #[error("{message}")]
+    Admin {
+        /// SQLSTATE.
+        code: &'static str,
+        /// What went wrong.
+        message: String,
+    },
     /// PostgreSQL refused the login; its SQLSTATE and message are passed on.
     #[error("{}", .0.message)]
     Server(ServerError),
@@ -67,7 +84,10 @@ impl ClientError {
             ClientError::NoUser => "28000",
             ClientError::NoPrimary => "08006",
             ClientError::ServerLoginFailed => "08006",
-            ClientError::Shutdown => "57P01",
+            ClientError::Shutdown | ClientError::Killed => "57P01",
+            ClientError::NotAdmin(_) => "42501",
+            ClientError::AdminExtendedQuery => "08P01",
+            ClientError::Admin { code, .. } => code,
             ClientError::TransactionLost => "08006",
             ClientError::CommitUnknown => "08007",
             ClientError::InFailedTransaction => "25P02",
@@ -83,6 +103,7 @@ impl ClientError {
                 | ClientError::TransactionLost
                 | ClientError::CommitUnknown
                 | ClientError::InFailedTransaction
+                | ClientError::Admin { .. }
         )
     }
 
@@ -112,6 +133,15 @@ mod tests {
             (ClientError::Protocol("x".into()), "08P01", true),
             (ClientError::UnsupportedProtocol("x".into()), "0A000", true),
             (ClientError::Shutdown, "57P01", true),
+            (ClientError::NotAdmin("u".into()), "42501", true),
+            (
+                ClientError::Admin {
+                    code: "42601",
+                    message: "x".into(),
+                },
+                "42601",
+                false,
+            ),
         ];
         for (err, code, fatal) in cases {
             assert_eq!((err.sqlstate(), err.is_fatal()), (code, fatal), "{err:?}");

@@ -31,6 +31,18 @@ pub enum EventKind {
     SyncStandbyCleared,
     /// A control action failed.
     ActionFailed,
+    /// An operator re-admitted a fenced node (`READMIT`).
+    NodeReadmitted,
+    /// New transactions are held (`PAUSE`, `KILL`).
+    Paused,
+    /// Held transactions are released (`RESUME`).
+    Resumed,
+    /// A new configuration was applied (`RELOAD`, SIGHUP).
+    ConfigReloaded,
+    /// A configuration file was rejected; the old one stays.
+    ConfigRejected,
+    /// The proxy was asked to shut down.
+    Shutdown,
 }
 
 impl EventKind {
@@ -48,6 +60,12 @@ impl EventKind {
             EventKind::NodeFenced => "node_fenced",
             EventKind::SyncStandbyCleared => "sync_standby_cleared",
             EventKind::ActionFailed => "action_failed",
+            EventKind::NodeReadmitted => "node_readmitted",
+            EventKind::Paused => "paused",
+            EventKind::Resumed => "resumed",
+            EventKind::ConfigReloaded => "config_reloaded",
+            EventKind::ConfigRejected => "config_rejected",
+            EventKind::Shutdown => "shutdown",
         }
     }
 
@@ -59,6 +77,7 @@ impl EventKind {
                 | EventKind::FailoverBlocked
                 | EventKind::NodeFenced
                 | EventKind::ActionFailed
+                | EventKind::ConfigRejected
         )
     }
 }
@@ -82,6 +101,37 @@ pub struct Event {
 pub struct Events {
     ring: Mutex<(u64, VecDeque<Event>)>,
     capacity: usize,
+    tallies: Mutex<Tallies>,
+}
+
+/// Counts that outlive the bounded ring, for the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct Tallies {
+    /// Events recorded, by kind name.
+    pub by_kind: std::collections::BTreeMap<&'static str, u64>,
+    /// Failovers completed: writes resumed after a failover started.
+    pub failovers: u64,
+    /// Seconds from the start of the last completed failover to writes resuming.
+    pub last_failover_seconds: Option<f64>,
+    /// When the failover in progress started.
+    started: Option<SystemTime>,
+}
+
+impl Tallies {
+    fn count(&mut self, kind: EventKind, at: SystemTime) {
+        *self.by_kind.entry(kind.as_str()).or_default() += 1;
+        match kind {
+            EventKind::FailoverStarted => self.started = self.started.or(Some(at)),
+            EventKind::WritesResumed => {
+                if let Some(start) = self.started.take() {
+                    self.failovers += 1;
+                    let took = at.duration_since(start).unwrap_or_default();
+                    self.last_failover_seconds = Some(took.as_secs_f64());
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Events {
@@ -90,13 +140,18 @@ impl Events {
         Events {
             ring: Mutex::new((0, VecDeque::new())),
             capacity: capacity.max(1),
+            tallies: Mutex::default(),
         }
     }
 
     /// Records an event and logs it (warn for failures, info otherwise).
     pub fn record(&self, kind: EventKind, node: Option<&str>, message: impl Into<String>) {
         let message = message.into();
-        crate::metrics::event(kind.as_str());
+        let at = SystemTime::now();
+        self.tallies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .count(kind, at);
         if kind.is_warning() {
             tracing::warn!(
                 event = kind.as_str(),
@@ -118,11 +173,19 @@ impl Events {
         }
         ring.push_back(Event {
             seq: *seq,
-            at: SystemTime::now(),
+            at,
             kind,
             node: node.map(str::to_string),
             message,
         });
+    }
+
+    /// Counts by kind and failover totals.
+    pub fn tallies(&self) -> Tallies {
+        self.tallies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Events with a sequence number above `seq`, oldest first.
@@ -146,5 +209,18 @@ mod tests {
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(events.since(4).len(), 1);
         assert_eq!(all[2].message, "up 4");
+        assert_eq!(events.tallies().by_kind["node_up"], 5);
+    }
+
+    #[test]
+    fn a_failover_is_counted_when_writes_resume() {
+        let events = Events::new(10);
+        events.record(EventKind::WritesResumed, Some("db1"), "first primary");
+        assert_eq!(events.tallies().failovers, 0);
+        events.record(EventKind::FailoverStarted, Some("db1"), "down");
+        events.record(EventKind::WritesResumed, Some("db2"), "promoted");
+        let t = events.tallies();
+        assert_eq!(t.failovers, 1);
+        assert!(t.last_failover_seconds.is_some_and(|s| s >= 0.0));
     }
 }

@@ -12,6 +12,7 @@
 //! - [`error`] maps every client-visible error to its SQLSTATE;
 //! - [`local_cluster`] starts a throw-away PostgreSQL primary + replica (demo, tests, benchmarks).
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod cluster;

@@ -69,7 +69,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run => {
             let config = switchyard::config::load(&cli.config)
                 .with_context(|| format!("{}", cli.config.display()))?;
-            runtime()?.block_on(serve(config))
+            runtime()?.block_on(serve(config, cli.config.clone()))
         }
         Command::Demo { listen } => demo(&listen),
     }
@@ -81,7 +81,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn serve(config: switchyard::config::Config) -> anyhow::Result<()> {
+async fn serve(config: switchyard::config::Config, path: std::path::PathBuf) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
@@ -89,7 +89,12 @@ async fn serve(config: switchyard::config::Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} ([http] listen)", config.http.listen))?;
     tracing::info!(listen = %config.proxy.listen, http = %config.http.listen, "switchyard is accepting connections");
-    switchyard::run_with_http(config, listener, Some(http), shutdown_signal()).await?;
+    let opts = switchyard::listener::Options {
+        http: Some(http),
+        config_path: Some(path),
+        reload_on_sighup: true,
+    };
+    switchyard::listener::serve(config, listener, opts, shutdown_signal()).await?;
     Ok(())
 }
 

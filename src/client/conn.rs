@@ -18,6 +18,8 @@ pub struct ClientConn {
     pub stream: TcpStream,
     /// Bytes read but not yet consumed.
     pub buf: BytesMut,
+    /// Where errors sent to the client are counted.
+    pub errors: std::sync::Arc<crate::metrics::ErrorCounts>,
 }
 
 /// Why a read during login ended.
@@ -37,11 +39,15 @@ impl From<std::io::Error> for ReadError {
 
 impl ClientConn {
     /// Wraps an accepted socket.
-    pub fn new(stream: TcpStream) -> ClientConn {
+    pub fn new(
+        stream: TcpStream,
+        errors: std::sync::Arc<crate::metrics::ErrorCounts>,
+    ) -> ClientConn {
         let _ = stream.set_nodelay(true);
         ClientConn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
+            errors,
         }
     }
 
@@ -104,6 +110,7 @@ impl ClientConn {
     pub async fn send_error(&mut self, err: &ClientError) {
         let mut out = BytesMut::new();
         err.encode(&mut out);
+        self.errors.add(err.sqlstate());
         let _ = self.stream.write_all(&out).await;
         if err.is_fatal() {
             let _ = self.stream.shutdown().await;

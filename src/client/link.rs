@@ -10,6 +10,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::expect::{Expect, Expectations, Forgotten, Sent, Verdict};
+use super::meter::Meter;
 use super::prepared::Statement;
 use super::relay::{End, Session};
 use super::txn::Txn;
@@ -18,6 +19,7 @@ use crate::error::ClientError;
 use crate::pool::server_conn::ServerConn;
 use crate::protocol::frame::put_frame;
 use crate::protocol::messages::backend::decode_parameter_status;
+use crate::protocol::messages::error_response;
 use crate::protocol::messages::extended::{
     decode_bind_statement, decode_parse, decode_target, encode_bind, encode_target,
 };
@@ -53,6 +55,8 @@ pub(super) struct Link {
     pin_reason: Option<&'static str>,
     /// ParameterStatus values the server reported, to apply after the scan.
     reported: Vec<(String, String)>,
+    /// Timings and counts for the metrics and `SHOW STATS`.
+    pub(super) meter: Meter,
 }
 
 /// One step of either direction.
@@ -62,9 +66,10 @@ enum Dir {
 }
 
 impl Link {
-    pub(super) fn new(rewrite: bool) -> Link {
+    pub(super) fn new(rewrite: bool, meter: Meter) -> Link {
         Link {
             rewrite,
+            meter,
             ..Default::default()
         }
     }
@@ -83,7 +88,7 @@ impl Link {
     }
 
     pub(super) async fn pump(&mut self, s: &mut Session, server: &mut ServerConn) -> End {
-        let session_mode = s.ctx.config.proxy.pool_mode == PoolMode::Session;
+        let session_mode = s.limits.mode == PoolMode::Session;
         if let Err(e) = self.settle(s, server) {
             return e;
         }
@@ -92,6 +97,7 @@ impl Link {
                 return End::ClientGone;
             }
             if self.at_rest() && self.txn.idle() && server.buf.is_empty() {
+                s.pool.stats().add(&mut self.meter.tally);
                 if !session_mode && !s.pinned {
                     return End::Released;
                 }
@@ -101,6 +107,7 @@ impl Link {
             }
             let (c_ready, s_ready) = (self.c_ready, self.s_ready);
             let client = &mut s.client;
+            let kill = s.reg.info.kill.cancelled();
             let (mut c_rd, mut c_wr) = client.stream.split();
             let (mut s_rd, mut s_wr) = server.stream.split();
             let (c_buf, s_buf) = (&mut client.buf, &mut server.buf);
@@ -146,6 +153,7 @@ impl Link {
                     Dir::Wrote(Err(_)) => return End::ClientGone,
                 },
                 _ = shutdown, if wait_shutdown => {}
+                _ = kill => return End::Killed,
                 _ = retired => return End::ServerLost("the node's connections were closed by the health monitor".into()),
             }
             if let Err(e) = self.settle(s, server) {
@@ -165,6 +173,7 @@ impl Link {
     }
 
     fn sent_up(&mut self, client_buf: &mut BytesMut, n: usize) {
+        self.meter.bytes(true, n);
         if self.c_synth.is_empty() {
             client_buf.advance(n);
             self.c_ready -= n;
@@ -174,6 +183,7 @@ impl Link {
     }
 
     fn sent_down(&mut self, server_buf: &mut BytesMut, n: usize) {
+        self.meter.bytes(false, n);
         if self.s_synth.is_empty() {
             server_buf.advance(n);
             self.s_ready -= n;
@@ -184,7 +194,7 @@ impl Link {
 
     /// Scans what arrived and does every rewrite, drop and answer that is due.
     fn settle(&mut self, s: &mut Session, server: &mut ServerConn) -> Result<(), End> {
-        let max = s.ctx.config.proxy.max_message_size;
+        let max = s.limits.max_message_size;
         loop {
             if !self.c_hold {
                 self.scan_client(&s.client.buf, max)
@@ -207,7 +217,7 @@ impl Link {
             }
             if !self.s_drop {
                 let forgotten = self
-                    .scan_server(&server.buf)
+                    .scan_server(&server.buf, &s.ctx)
                     .map_err(|e| End::ServerLost(e.to_string()))?;
                 forget(s, server, forgotten);
                 for (k, v) in self.reported.drain(..) {
@@ -220,7 +230,11 @@ impl Link {
             if let Some(why) = self.pin_reason.take() {
                 if !s.pinned {
                     s.pinned = true;
-                    crate::metrics::client_pinned(why);
+                    s.reg.info.pin();
+                    s.pool
+                        .stats()
+                        .pinned
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::info!(
                         reason = why,
                         "client pinned to its server connection until it disconnects"
@@ -243,12 +257,13 @@ impl Link {
 
     fn scan_client(&mut self, buf: &[u8], max: usize) -> Result<(), FrameError> {
         let rewrite = self.rewrite;
-        let (txn, expect, terminated, hold, pin) = (
+        let (txn, expect, terminated, hold, pin, meter) = (
             &mut self.txn,
             &mut self.expect,
             &mut self.terminated,
             &mut self.c_hold,
             &mut self.pin_reason,
+            &mut self.meter,
         );
         // Queries are held whole (bounded by max_message_size) to spot a COMMIT
         // in flight; statement-naming messages, to rewrite them.
@@ -273,6 +288,13 @@ impl Link {
                     (b'c' | b'f', None) => expect.push(Expect::CopyEnd),
                     _ => {}
                 }
+                meter.client_message(tag);
+                if tag == b'P' {
+                    meter.server_parse();
+                }
+                if matches!(tag, b'Q' | b'S' | b'F') {
+                    meter.request(txn.pending);
+                }
                 txn.on_client(tag);
                 if let (b'Q', Some(body)) = (tag, frame.and_then(|f| f.get(5..))) {
                     txn.commit_in_flight |= super::lost::ends_transaction(body) == Some(true);
@@ -291,14 +313,20 @@ impl Link {
         Ok(())
     }
 
-    fn scan_server(&mut self, buf: &[u8]) -> Result<Forgotten, FrameError> {
+    fn scan_server(
+        &mut self,
+        buf: &[u8],
+        ctx: &crate::listener::Context,
+    ) -> Result<Forgotten, FrameError> {
         let (txn, expect, drop) = (&mut self.txn, &mut self.expect, &mut self.s_drop);
+        let meter = &mut self.meter;
         let reported = &mut self.reported;
         let mut forgotten = Forgotten::default();
         let n = self.server_scan.scan(
             &buf[self.s_ready..],
             MAX_SERVER_MESSAGE,
-            |t| t == b'Z' || t == b'S',
+            // ErrorResponses are held whole for their SQLSTATE (the error metrics).
+            |t| t == b'Z' || t == b'S' || t == b'E',
             |tag, frame| {
                 if expect.answer_due() {
                     return Visit::Stop;
@@ -314,6 +342,12 @@ impl Link {
                 txn.pending = txn.pending.saturating_sub(f.ignored_syncs);
                 if let (b'Z', Some(&status)) = (tag, frame.and_then(|f| f.get(5))) {
                     txn.on_ready(status);
+                    meter.ready(txn.pending, status, &ctx.latencies);
+                }
+                if let (b'E', Some(e)) =
+                    (tag, frame.and_then(|f| error_response::decode(f.get(5..)?)))
+                {
+                    ctx.errors.add(&e.code);
                 }
                 if let (b'S', Some(kv)) = (
                     tag,
@@ -331,14 +365,15 @@ impl Link {
     /// Rewrites the statement-naming message at the front of the client buffer.
     fn rewrite_front(&mut self, s: &mut Session, server: &mut ServerConn) {
         self.c_hold = false;
-        let max = s.ctx.config.proxy.max_message_size;
+        let max = s.limits.max_message_size;
         let Ok(Some(len)) = frame_len(&s.client.buf, max) else {
             return;
         };
         let frame = s.client.buf.split_to(len);
         let tag = frame[0];
         self.txn.on_client(tag);
-        let max_prepared = s.ctx.config.proxy.max_prepared_statements;
+        self.meter.client_message(tag);
+        let max_prepared = s.limits.max_prepared;
         match tag {
             b'P' => {
                 let Some(p) = decode_parse(&frame) else {
@@ -359,6 +394,7 @@ impl Link {
                             .add(stmt.server_name.clone(), max_prepared),
                     );
                     self.c_synth.extend_from_slice(&stmt.parse);
+                    self.meter.server_parse();
                     let sent = Sent::Parse {
                         server: Some(stmt.server_name.clone()),
                         client: Some(client_name),
@@ -417,6 +453,7 @@ impl Link {
         }
         self.evict(server.statements.add(stmt.server_name.clone(), max));
         self.c_synth.extend_from_slice(&stmt.parse);
+        self.meter.server_parse();
         self.expect.push(Expect::Swallow(Sent::Parse {
             server: Some(stmt.server_name.clone()),
             client: None,

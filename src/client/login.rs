@@ -119,8 +119,10 @@ pub async fn check_credentials(
     ctx: &crate::listener::Context,
     user: &str,
 ) -> Result<BytesMut, ReadError> {
-    let creds = ctx.users.get(user);
-    match authenticate(conn, ctx.config.proxy.auth_type, user, creds).await {
+    let users = ctx.users.load_full();
+    let creds = users.get(user);
+    let auth_type = ctx.config.load().proxy.auth_type;
+    match authenticate(conn, auth_type, user, creds).await {
         Ok(out) => Ok(out),
         Err(AuthChannelError::Auth(AuthError::Malformed(why))) => {
             tracing::debug!(user, why, "malformed authentication");

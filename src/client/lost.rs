@@ -76,6 +76,7 @@ impl Session {
         let mut out = BytesMut::new();
         for _ in 0..txn.pending {
             err.encode(&mut out);
+            self.ctx.errors.add(err.sqlstate());
             backend::ready_for_query(&mut out, status);
         }
         self.client.send(&out).await.map_err(|_| ())?;
@@ -89,6 +90,7 @@ impl Session {
             self.discard(true).await?;
             out.clear();
             err.encode(&mut out);
+            self.ctx.errors.add(err.sqlstate());
             backend::ready_for_query(&mut out, status);
             self.client.send(&out).await.map_err(|_| ())?;
         }
@@ -116,6 +118,7 @@ impl Session {
         };
         self.lost = Some(LostTxn { untold: false });
         err.encode(&mut out);
+        self.ctx.errors.add(err.sqlstate());
         self.client.send(&out).await.map_err(|_| ())?;
         if tag != b'Q' {
             self.discard(!matches!(tag, b'F')).await?;
@@ -127,7 +130,7 @@ impl Session {
 
     /// Reads and removes one whole client message (a Query is small).
     async fn read_whole_message(&mut self) -> Result<BytesMut, ()> {
-        let max = self.ctx.config.proxy.max_message_size;
+        let max = self.limits.max_message_size;
         loop {
             if let Some(len) = frame_len(&self.client.buf, max).map_err(|_| ())? {
                 return Ok(self.client.buf.split_to(len));

@@ -8,7 +8,9 @@ pub mod expect;
 mod link;
 pub mod login;
 pub mod lost;
+mod meter;
 pub mod prepared;
+pub mod registry;
 pub mod relay;
 pub mod session_state;
 pub mod txn;
@@ -32,30 +34,57 @@ use relay::Session;
 /// is reached: the client is still heard out (it may be a CancelRequest) and
 /// then refused with 53300.
 pub async fn handle(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSemaphorePermit>) {
-    let mut conn = ClientConn::new(stream);
-    let login_timeout = ctx.config.proxy.client_login_timeout;
-    let (pool, cancel, wanted) =
+    let mut conn = ClientConn::new(stream, ctx.errors.clone());
+    let login_timeout = ctx.config.load().proxy.client_login_timeout;
+    let logged_in =
         match tokio::time::timeout(login_timeout, login(&mut conn, &ctx, permit.is_some())).await {
             Err(_) => return conn.send_error(&ClientError::LoginTimeout).await,
             Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return,
             Ok(Err(ReadError::Client(e))) => return conn.send_error(&e).await,
             Ok(Ok(Some(logged_in))) => logged_in,
         };
+    let reg = ctx.clients.register(registry::Arrival {
+        user: logged_in.user,
+        database: logged_in.database,
+        peer: conn.stream.peer_addr().ok(),
+        local: conn.stream.local_addr().ok(),
+        application_name: logged_in.application_name,
+    });
+    tracing::debug!(client = reg.info.id, user = %reg.info.user, database = %reg.info.database, "client logged in");
+    let Some(pool) = logged_in.pool else {
+        crate::admin::serve(conn, ctx, reg).await;
+        return;
+    };
+    let limits = relay::Limits::from(&**ctx.config.load());
     Session {
         client: conn,
         ctx,
         pool,
-        cancel,
+        cancel: logged_in.cancel,
         last_txn: Default::default(),
         lost: None,
         stmts: Default::default(),
         pinned: false,
         last_at_rest: true,
-        params: wanted,
+        params: logged_in.wanted,
+        reg,
+        limits,
     }
     .run()
     .await;
     drop(permit);
+}
+
+/// A client that passed login.
+struct LoggedIn {
+    user: String,
+    database: String,
+    application_name: String,
+    /// `None` for the admin console.
+    pool: Option<Pool>,
+    cancel: CancelGuard,
+    /// Tracked parameters from the startup packet.
+    wanted: Vec<(String, String)>,
 }
 
 /// Negotiates, authenticates and sends the login reply. `None`: a cancel was served.
@@ -63,8 +92,8 @@ async fn login(
     conn: &mut ClientConn,
     ctx: &Arc<Context>,
     admitted: bool,
-) -> Result<Option<(Pool, CancelGuard, Vec<(String, String)>)>, ReadError> {
-    let (user, database, wanted) = match login::negotiate(conn).await? {
+) -> Result<Option<LoggedIn>, ReadError> {
+    let (user, database, params) = match login::negotiate(conn).await? {
         Opening::Cancel { pid, secret } => {
             if let Some(target) = ctx.cancels.lookup(pid, secret) {
                 if let Err(e) = send_cancel(&target.addr, target.key).await {
@@ -77,12 +106,38 @@ async fn login(
             user,
             database,
             params,
-        } => (user, database, wanted_params(&params)),
+        } => (user, database, params),
     };
     if !admitted {
         return Err(ReadError::Client(ClientError::TooManyClients));
     }
+    let application_name = params
+        .iter()
+        .find(|(k, _)| k == "application_name")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let wanted = wanted_params(&params);
     let mut reply = login::check_credentials(conn, ctx, &user).await?;
+    if crate::admin::is_admin_database(&database) {
+        if !ctx.config.load().proxy.admin_users.contains(&user) {
+            return Err(ReadError::Client(ClientError::NotAdmin(user)));
+        }
+        let cancel = ctx.cancels.register();
+        login::login_reply(
+            &mut reply,
+            &crate::admin::server_params(),
+            (cancel.pid, cancel.secret),
+        );
+        conn.send(&reply).await?;
+        return Ok(Some(LoggedIn {
+            user,
+            database,
+            application_name,
+            pool: None,
+            cancel,
+            wanted,
+        }));
+    }
     let pool = ctx.pool_for(&database, &user);
     let params = pool
         .server_params()
@@ -95,8 +150,14 @@ async fn login(
     }
     login::login_reply(&mut reply, &shown, (cancel.pid, cancel.secret));
     conn.send(&reply).await?;
-    tracing::debug!(%user, %database, "client logged in");
-    Ok(Some((pool, cancel, wanted)))
+    Ok(Some(LoggedIn {
+        user,
+        database,
+        application_name,
+        pool: Some(pool),
+        cancel,
+        wanted,
+    }))
 }
 
 /// The tracked parameters a client asked for in its startup packet.

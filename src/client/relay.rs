@@ -11,12 +11,16 @@ use bytes::{Buf, BytesMut};
 use super::cancel::{CancelGuard, CancelTarget};
 use super::conn::ClientConn;
 use super::link::Link;
+use super::meter::Meter;
 use super::prepared::Statement;
+use super::registry::{ClientState, Linked};
 use super::txn::Txn;
 use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::listener::Context;
+use crate::metrics::latency::Kind;
 use crate::pool::server_conn::{send_cancel, ServerConn};
+use crate::pool::stats::Tally;
 use crate::pool::{Pool, PoolError};
 use crate::protocol::messages::backend;
 use crate::protocol::messages::extended::decode_parse;
@@ -44,6 +48,31 @@ pub struct Session {
     pub last_at_rest: bool,
     /// Tracked parameters as the client wants them (startup packet, then its SETs).
     pub params: Vec<(String, String)>,
+    /// The client's entry in the registry (state, link, KILL).
+    pub reg: super::registry::Registration,
+    /// Settings fixed for the session's life (a reload applies to new clients).
+    pub limits: Limits,
+}
+
+/// The settings a session reads on its hot path, copied at login.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Pooling mode.
+    pub mode: PoolMode,
+    /// `proxy.max_message_size`.
+    pub max_message_size: usize,
+    /// `proxy.max_prepared_statements`.
+    pub max_prepared: usize,
+}
+
+impl From<&crate::config::Config> for Limits {
+    fn from(c: &crate::config::Config) -> Limits {
+        Limits {
+            mode: c.proxy.pool_mode,
+            max_message_size: c.proxy.max_message_size,
+            max_prepared: c.proxy.max_prepared_statements,
+        }
+    }
 }
 
 /// How an attachment to a server ended.
@@ -58,6 +87,8 @@ pub(super) enum End {
     ClientError(ClientError),
     /// The server connection failed.
     ServerLost(String),
+    /// An operator ran `KILL` on the client's database.
+    Killed,
 }
 
 /// What the client asked for while holding no server.
@@ -68,6 +99,8 @@ enum Idle {
     Gone,
     /// The proxy is shutting down.
     Shutdown,
+    /// An operator ran `KILL` on the client's database.
+    Killed,
 }
 
 impl Session {
@@ -86,7 +119,8 @@ impl Session {
                             Err(()) => return,
                         }
                     }
-                    Idle::Work(tag) => match self.pool.checkout().await {
+                    Idle::Killed => return self.client.send_error(&ClientError::Killed).await,
+                    Idle::Work(tag) => match self.checkout().await {
                         Ok(s) => s,
                         Err(e) => match self.refuse(tag, e).await {
                             Ok(()) => continue,
@@ -95,7 +129,12 @@ impl Session {
                     },
                 },
             };
-            match self.attach(server).await {
+            let attached = self.attach(server).await;
+            if !matches!(attached, (End::Released, Some(_))) || self.mode() == PoolMode::Transaction
+            {
+                self.reg.info.set(ClientState::Idle, None);
+            }
+            match attached {
                 (End::Released, Some(s)) if self.mode() == PoolMode::Transaction => {
                     self.pool.checkin(s)
                 }
@@ -103,6 +142,10 @@ impl Session {
                 (End::ClientGone, s) => return self.cleanup(s).await,
                 (End::Shutdown, s) => {
                     self.client.send_error(&ClientError::Shutdown).await;
+                    return self.cleanup(s).await;
+                }
+                (End::Killed, s) => {
+                    self.client.send_error(&ClientError::Killed).await;
                     return self.cleanup(s).await;
                 }
                 (End::ClientError(e), s) => {
@@ -123,7 +166,7 @@ impl Session {
     }
 
     fn mode(&self) -> PoolMode {
-        self.ctx.config.proxy.pool_mode
+        self.limits.mode
     }
 
     /// Waits for the next message while holding no server, answering the ones
@@ -133,7 +176,7 @@ impl Session {
             if self.ctx.shutdown.is_cancelled() {
                 return Idle::Shutdown;
             }
-            let max = self.ctx.config.proxy.max_message_size;
+            let max = self.limits.max_message_size;
             match frame_len(&self.client.buf, max) {
                 Err(e) => {
                     self.client
@@ -185,8 +228,35 @@ impl Session {
             tokio::select! {
                 r = self.client.fill() => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
                 _ = self.ctx.shutdown.cancelled() => return Idle::Shutdown,
+                _ = self.reg.info.kill.cancelled() => return Idle::Killed,
             }
         }
+    }
+
+    /// Takes a server from the pool, showing the client as waiting meanwhile
+    /// and counting the wait.
+    async fn checkout(&mut self) -> Result<ServerConn, PoolError> {
+        let info = &self.reg.info;
+        info.set(ClientState::Waiting, None);
+        let started = std::time::Instant::now();
+        let server = self.pool.checkout().await;
+        match &server {
+            Ok(s) => {
+                let waited = started.elapsed().as_micros() as u64;
+                if self.ctx.record_metrics {
+                    self.ctx.latencies.record(Kind::Wait, waited);
+                }
+                info.set(ClientState::Active, Some(linked(s)));
+                let mut tally = Tally {
+                    server_assignments: 1,
+                    wait_us: waited,
+                    ..Default::default()
+                };
+                self.pool.stats().add(&mut tally);
+            }
+            Err(_) => info.set(ClientState::Idle, None),
+        }
+        server
     }
 
     /// A named Parse of a text some server already accepted needs no server:
@@ -216,6 +286,7 @@ impl Session {
         let client_err = super::pool_error(err, false);
         let mut out = BytesMut::new();
         client_err.encode_as(&mut out, false);
+        self.ctx.errors.add(client_err.sqlstate());
         self.client.send(&out).await.map_err(|_| ())?;
         let through_sync = !matches!(tag, b'Q' | b'F');
         self.discard(through_sync).await?;
@@ -226,7 +297,7 @@ impl Session {
 
     /// Drops client messages: the first one, or everything up to and including Sync.
     pub(super) async fn discard(&mut self, through_sync: bool) -> Result<(), ()> {
-        let max = self.ctx.config.proxy.max_message_size;
+        let max = self.limits.max_message_size;
         let mut scanner = Scanner::default();
         let mut first = true;
         let mut done = false;
@@ -280,8 +351,10 @@ impl Session {
                 }
             }
         }
-        let mut link = Link::new(self.mode() == PoolMode::Transaction);
+        let meter = Meter::new(self.ctx.record_metrics);
+        let mut link = Link::new(self.mode() == PoolMode::Transaction, meter);
         let end = link.pump(self, &mut server).await;
+        self.pool.stats().add(&mut link.meter.tally);
         self.cancel.set(None);
         self.last_txn = link.txn;
         self.last_at_rest = link.at_rest();
@@ -315,5 +388,16 @@ impl Session {
         if reset.await.unwrap_or(false) {
             self.pool.checkin(server);
         }
+    }
+}
+
+/// How `SHOW SERVERS` shows a server connection held by a client.
+fn linked(s: &ServerConn) -> Linked {
+    Linked {
+        addr: s.addr.clone(),
+        local: s.local,
+        pid: s.key.0,
+        connected_at: s.connected_at,
+        prepared: s.statements.len(),
     }
 }

@@ -87,6 +87,8 @@ pub struct Cluster {
     /// Server connections checked out per node (for least-outstanding replica choice).
     load: Vec<AtomicUsize>,
     nudge: Notify,
+    /// Fenced nodes an operator re-admitted, for the monitor to apply.
+    readmits: Mutex<Vec<usize>>,
     /// The incident timeline.
     pub events: Arc<Events>,
 }
@@ -126,6 +128,7 @@ impl Cluster {
             incarnations,
             load,
             nudge: Notify::new(),
+            readmits: Mutex::new(vec![]),
             events,
         }
     }
@@ -252,6 +255,28 @@ impl Cluster {
         inc.retired.cancel();
         inc.epoch += 1;
         inc.retired = CancellationToken::new();
+    }
+
+    /// Asks the monitor to un-fence `name` (admin `READMIT`). The node is
+    /// then checked like any other: if it still claims to be a primary on an
+    /// older timeline, the fencing rule applies again.
+    pub fn readmit(&self, name: &str) -> Result<(), String> {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| format!("no such node: {name}"))?;
+        if !self.status().get(i).is_some_and(|s| s.fenced) {
+            return Err(format!("node {name} is not fenced"));
+        }
+        lock(&self.readmits).push(i);
+        self.nudge();
+        Ok(())
+    }
+
+    /// Re-admissions requested since the last call.
+    pub(crate) fn take_readmits(&self) -> Vec<usize> {
+        std::mem::take(&mut *lock(&self.readmits))
     }
 
     pub(crate) async fn nudged(&self) {

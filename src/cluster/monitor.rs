@@ -51,6 +51,15 @@ pub async fn run(cluster: Arc<Cluster>, config: Arc<Config>, shutdown: Cancellat
     let mut state = Primary::Discovering;
     loop {
         let tick_started = tokio::time::Instant::now();
+        for i in cluster.take_readmits() {
+            tracks[i].fenced = false;
+            let name = &cluster.nodes()[i].name;
+            cluster.events.record(
+                EventKind::NodeReadmitted,
+                Some(name),
+                "re-admitted by an operator (READMIT); routed again once its checks pass",
+            );
+        }
         probe_all(&cluster, &config, &mut tracks, &state).await;
         let views = views(&cluster, &tracks);
         let (next, actions) = step(&state, &views, Instant::now(), &settings);

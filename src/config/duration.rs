@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serializer};
 
 /// Parses `"<number><unit>"` with unit `ms`, `s`, `m`, `h` or `d`.
 pub fn parse(s: &str) -> Result<Duration, String> {
@@ -35,9 +35,45 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     parse(&s).map_err(serde::de::Error::custom)
 }
 
+/// serde adapter: writes the largest exact unit (`"10m"`, `"1500ms"`).
+pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format(*d))
+}
+
+/// The duration in the largest unit that represents it exactly.
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, per) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= per && ms % per == 0 {
+            return format!("{}{unit}", ms / per);
+        }
+    }
+    format!("{ms}ms")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_in_the_largest_exact_unit() {
+        for (ms, text) in [
+            (0, "0ms"),
+            (500, "500ms"),
+            (1500, "1500ms"),
+            (5000, "5s"),
+            (600_000, "10m"),
+            (3_600_000, "1h"),
+        ] {
+            assert_eq!(format(Duration::from_millis(ms)), text);
+            assert_eq!(parse(text), Ok(Duration::from_millis(ms)));
+        }
+    }
 
     #[test]
     fn parses_units() {

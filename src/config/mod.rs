@@ -3,19 +3,22 @@
 //! renaming one breaks every deployment, so add keys, never rename them.
 
 mod duration;
+mod flatten;
 mod load;
+pub mod reload;
 mod validate;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+pub use flatten::{needs_restart, settings};
 pub use load::{load, load_str, ConfigError};
 pub use validate::validate;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `[proxy]`: the client-facing listener and pooling.
@@ -45,24 +48,28 @@ pub struct Config {
 }
 
 /// `[http]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the HTTP endpoints. Default `127.0.0.1:9930` (loopback: set
     /// `0.0.0.0:9930` to expose it). Needs a restart to change.
     pub listen: String,
+    /// Record per-query timings, byte counts and latency histograms (the
+    /// traffic metrics and `SHOW STATS`). Default true.
+    pub metrics: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:9930".into(),
+            metrics: true,
         }
     }
 }
 
 /// `[health]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Time between probes of a healthy node. Default `1s`.
@@ -89,7 +96,7 @@ impl Default for HealthConfig {
 }
 
 /// Who moves writes when the primary fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailoverMode {
     /// Switchyard promotes the best replica (default).
@@ -101,7 +108,7 @@ pub enum FailoverMode {
 }
 
 /// What a promoted primary does with `synchronous_standby_names`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncPolicy {
     /// Clear it when no standby is connected, so writes do not wait forever (default).
@@ -111,7 +118,7 @@ pub enum SyncPolicy {
 }
 
 /// `[failover]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverConfig {
     /// `promote` (default), `follow` or `off`.
@@ -143,7 +150,7 @@ impl Default for FailoverConfig {
 }
 
 /// `[routing]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingConfig {
     /// Replicas further behind than this (bytes) get no `replica` traffic. Default 16 MiB.
@@ -159,7 +166,7 @@ impl Default for RoutingConfig {
 }
 
 /// How long a client keeps its server connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PoolMode {
     /// A server connection per transaction (default).
@@ -169,7 +176,7 @@ pub enum PoolMode {
 }
 
 /// How clients prove who they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AuthType {
     /// SCRAM-SHA-256 (default), as PostgreSQL does it.
@@ -182,7 +189,7 @@ pub enum AuthType {
 }
 
 /// `[proxy]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Client-facing address. Default `127.0.0.1:6432`. Needs a restart to change.
@@ -220,6 +227,9 @@ pub struct ProxyConfig {
     /// Prepared statements kept per server connection (transaction mode); the
     /// least recently used beyond this are closed. Default 200.
     pub max_prepared_statements: usize,
+    /// Period of the `SHOW STATS` averages (PgBouncer's `stats_period`). Default `60s`.
+    #[serde(with = "duration")]
+    pub stats_period: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -239,12 +249,13 @@ impl Default for ProxyConfig {
             max_message_size: 256 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             max_prepared_statements: 200,
+            stats_period: Duration::from_secs(60),
         }
     }
 }
 
 /// One `[[users]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// Login name, the same on the client side and on PostgreSQL.
@@ -258,7 +269,7 @@ pub struct UserConfig {
 }
 
 /// `[cluster]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// The PostgreSQL nodes: `"host:port"` strings or `{ name, addr, priority }` tables.
@@ -272,7 +283,7 @@ pub struct ClusterConfig {
 }
 
 /// A node as written in the file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum NodeSpec {
     /// `"host:port"`.
@@ -282,7 +293,7 @@ pub enum NodeSpec {
 }
 
 /// The table form of a node.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeTable {
     /// Name used in logs and events; defaults to the address.
@@ -325,7 +336,7 @@ impl NodeSpec {
 }
 
 /// Where a client-facing database's queries go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Target {
     /// The current primary (default).
@@ -338,7 +349,7 @@ pub enum Target {
 }
 
 /// One `[databases.NAME]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Real database name on PostgreSQL; defaults to the client-facing name.

@@ -5,51 +5,33 @@
 //! Handlers are pure functions of the cluster state, tested without sockets.
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{Cluster, Snapshot};
+use crate::cluster::Snapshot;
 use crate::events::Event;
+use crate::listener::Context;
 
-/// The process-wide Prometheus recorder: a recorder can be installed once per
-/// process, and tests run several proxies in one.
-fn prometheus() -> Option<&'static PrometheusHandle> {
-    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics recorder not installed");
-                None
-            }
-        })
-        .as_ref()
-}
-
-/// Serves HTTP on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>, shutdown: CancellationToken) {
-    let metrics = prometheus();
-    crate::metrics::describe();
+/// Serves HTTP on `listener` until the proxy shuts down.
+pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((s, _)) => s,
                 Err(_) => continue,
             },
-            _ = shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => return,
         };
-        let cluster = cluster.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (status, content_type, body) =
-                    respond(req.uri().path(), req.uri().query(), &cluster, metrics);
+                    respond(req.uri().path(), req.uri().query(), &ctx);
                 let response = Response::builder()
                     .status(status)
                     .header("content-type", content_type)
@@ -68,11 +50,11 @@ pub async fn serve(listener: TcpListener, cluster: Arc<Cluster>, shutdown: Cance
 pub fn respond(
     path: &str,
     query: Option<&str>,
-    cluster: &Cluster,
-    metrics: Option<&PrometheusHandle>,
+    ctx: &Context,
 ) -> (StatusCode, &'static str, String) {
     const JSON: &str = "application/json";
     const TEXT: &str = "text/plain; charset=utf-8";
+    let cluster = &ctx.cluster;
     match path {
         "/healthz" => (StatusCode::OK, TEXT, "ok\n".into()),
         "/readyz" => match readiness(&cluster.snapshot()) {
@@ -83,15 +65,7 @@ pub fn respond(
                 format!("not ready: {why}\n"),
             ),
         },
-        "/status" => {
-            let snap = cluster.snapshot();
-            let body = serde_json::json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "primary": snap.primary.map(|p| cluster.nodes()[p].name.clone()),
-                "nodes": *cluster.status(),
-            });
-            (StatusCode::OK, JSON, body.to_string())
-        }
+        "/status" => (StatusCode::OK, JSON, status_json(ctx).to_string()),
         "/events" => {
             let since = query
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("since=")))
@@ -105,16 +79,50 @@ pub fn respond(
                 serde_json::Value::Array(events).to_string(),
             )
         }
-        "/metrics" => match metrics {
-            Some(h) => (StatusCode::OK, "text/plain; version=0.0.4", h.render()),
-            None => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                TEXT,
-                "metrics recorder not installed\n".into(),
-            ),
-        },
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            crate::metrics::render(ctx),
+        ),
         _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
+}
+
+/// `/status`: nodes, pools, clients, a config summary, the version.
+fn status_json(ctx: &Context) -> serde_json::Value {
+    let snap = ctx.cluster.snapshot();
+    let config = ctx.config.load();
+    let pools: Vec<serde_json::Value> = ctx
+        .pools
+        .all()
+        .into_iter()
+        .map(|((database, user), pool)| {
+            let c = pool.counts();
+            let t = pool.stats().totals();
+            serde_json::json!({
+                "database": database, "user": user, "size": c.size, "idle": c.idle,
+                "opening": c.opening, "held": c.held, "paused": c.paused,
+                "transactions": t.xacts, "queries": t.queries,
+            })
+        })
+        .collect();
+    let mut clients = serde_json::Map::new();
+    for c in ctx.clients.all() {
+        let n = clients.entry(c.state().as_str()).or_insert(0.into());
+        *n = (n.as_u64().unwrap_or(0) + 1).into();
+    }
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "primary": snap.primary.map(|p| ctx.cluster.nodes()[p].name.clone()),
+        "nodes": *ctx.cluster.status(),
+        "pools": pools,
+        "clients": clients,
+        "config": {
+            "pool_mode": crate::config::settings(&config).into_iter().find(|s| s.0 == "pool_mode").map(|s| s.1),
+            "failover_mode": format!("{:?}", config.failover.mode).to_lowercase(),
+            "nodes": config.nodes().iter().map(|n| serde_json::json!({"name": n.name, "addr": n.addr})).collect::<Vec<_>>(),
+        },
+    })
 }
 
 /// Ready while a primary is routable.
@@ -136,16 +144,14 @@ fn event_json(e: &Event) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Node;
-    use crate::events::{EventKind, Events};
+    use crate::events::EventKind;
 
-    fn cluster() -> Cluster {
-        let nodes = vec![Node {
-            name: "db1".into(),
-            addr: "127.0.0.1:1".into(),
-            priority: 0,
-        }];
-        Cluster::new(nodes, Arc::new(Events::new(10)))
+    fn context() -> Context {
+        let config = crate::config::load_str(
+            "[cluster]\nnodes = [{ name = \"db1\", addr = \"127.0.0.1:1\" }]\n[[users]]\nname = \"app\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        Context::new(config, Default::default()).unwrap()
     }
 
     #[test]
@@ -160,28 +166,35 @@ mod tests {
 
     #[test]
     fn endpoints_answer_from_cluster_state() {
-        let c = cluster();
-        assert_eq!(respond("/healthz", None, &c, None).0, StatusCode::OK);
+        let ctx = context();
+        let c = &ctx.cluster;
+        assert_eq!(respond("/healthz", None, &ctx).0, StatusCode::OK);
         assert_eq!(
-            respond("/readyz", None, &c, None).0,
+            respond("/readyz", None, &ctx).0,
             StatusCode::SERVICE_UNAVAILABLE
         );
         c.publish(Snapshot {
             primary: Some(0),
             ..Default::default()
         });
-        assert_eq!(respond("/readyz", None, &c, None).0, StatusCode::OK);
-        let (_, _, status) = respond("/status", None, &c, None);
+        assert_eq!(respond("/readyz", None, &ctx).0, StatusCode::OK);
+        let (_, _, status) = respond("/status", None, &ctx);
         assert!(status.contains("\"primary\":\"db1\""), "{status}");
         c.events.record(EventKind::NodeUp, Some("db1"), "first");
         c.events.record(EventKind::NodeDown, Some("db1"), "second");
-        let (_, _, all) = respond("/events", None, &c, None);
+        let (_, _, all) = respond("/events", None, &ctx);
         assert!(all.contains("first") && all.contains("second"));
-        let (_, _, later) = respond("/events", Some("since=1"), &c, None);
+        let (_, _, later) = respond("/events", Some("since=1"), &ctx);
         assert!(
             !later.contains("first") && later.contains("node_down"),
             "{later}"
         );
-        assert_eq!(respond("/nope", None, &c, None).0, StatusCode::NOT_FOUND);
+        let (code, _, metrics) = respond("/metrics", None, &ctx);
+        assert_eq!(code, StatusCode::OK);
+        assert!(
+            metrics.contains("switchyard_events_total{kind=\"node_down\"} 1"),
+            "{metrics}"
+        );
+        assert_eq!(respond("/nope", None, &ctx).0, StatusCode::NOT_FOUND);
     }
 }

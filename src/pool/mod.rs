@@ -6,12 +6,15 @@
 
 pub mod server_conn;
 pub mod statements;
+pub mod stats;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use arc_swap::ArcSwap;
+use tokio::sync::{watch, Semaphore};
 
 use crate::cluster::{Cluster, ClusterError, Route};
 use crate::config::Target;
@@ -60,8 +63,10 @@ pub struct Pool {
 }
 
 struct Shared {
-    login: Login,
-    settings: PoolSettings,
+    /// Swapped by a reload (a changed server password).
+    login: ArcSwap<Login>,
+    /// Swapped by a reload.
+    settings: ArcSwap<PoolSettings>,
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
     cluster: Arc<Cluster>,
@@ -69,21 +74,84 @@ struct Shared {
     params: Mutex<Option<ServerParams>>,
     /// Server statement names some server of this pool accepted: a client's
     /// Parse of one of these is answered without taking a server.
-    known_statements: Mutex<std::collections::HashSet<Arc<str>>>,
+    known_statements: Mutex<HashSet<Arc<str>>>,
+    /// Traffic counters.
+    stats: stats::PoolStats,
+    /// True while `PAUSE`d: checkouts wait for `RESUME`.
+    paused: watch::Sender<bool>,
+    /// Bumped by `RECONNECT`: older connections close instead of returning.
+    generation: AtomicU64,
+    /// Connections being opened (logging in) now.
+    opening: AtomicUsize,
+    /// Checkouts waiting for a routable node (a failover) now.
+    held: AtomicUsize,
+}
+
+/// Counts a gauge up while alive.
+struct Gauge<'a>(&'a AtomicUsize);
+
+impl<'a> Gauge<'a> {
+    fn up(g: &'a AtomicUsize) -> Gauge<'a> {
+        g.fetch_add(1, Ordering::Relaxed);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A pool's numbers for `SHOW POOLS` and the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct PoolCounts {
+    /// Idle server connections.
+    pub idle: usize,
+    /// Connections logging in.
+    pub opening: usize,
+    /// Checkouts held for a routable node.
+    pub held: usize,
+    /// Configured size.
+    pub size: usize,
+    /// Paused.
+    pub paused: bool,
+}
+
+/// An idle server connection, as `SHOW SERVERS` shows it.
+#[derive(Debug, Clone)]
+pub struct IdleServer {
+    /// Node address.
+    pub addr: Arc<str>,
+    /// The server's local socket address.
+    pub local: Option<std::net::SocketAddr>,
+    /// Backend process id.
+    pub pid: i32,
+    /// When it was opened.
+    pub connected_at: std::time::SystemTime,
+    /// When it was last returned.
+    pub idle_since: std::time::SystemTime,
+    /// Statements prepared on it.
+    pub prepared: usize,
 }
 
 impl Pool {
     /// An empty pool; connections are opened on demand.
-    pub fn new(login: Login, settings: PoolSettings, cluster: Arc<Cluster>) -> Pool {
+    pub fn new(login: Login, settings: PoolSettings, cluster: Arc<Cluster>, paused: bool) -> Pool {
         let slots = Arc::new(Semaphore::new(settings.size));
         let shared = Shared {
-            login,
-            settings,
+            login: ArcSwap::from_pointee(login),
+            settings: ArcSwap::from_pointee(settings),
             slots,
             idle: Mutex::new(vec![]),
             cluster,
             params: Mutex::new(None),
             known_statements: Mutex::default(),
+            stats: Default::default(),
+            paused: watch::Sender::new(paused),
+            generation: AtomicU64::new(0),
+            opening: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
         };
         Pool {
             shared: Arc::new(shared),
@@ -96,11 +164,13 @@ impl Pool {
     /// awaited up to `checkout_timeout`.
     pub async fn checkout(&self) -> Result<ServerConn, PoolError> {
         let s = &self.shared;
-        let deadline = tokio::time::Instant::now() + s.settings.hold_timeout;
+        self.resumed().await;
+        let settings = s.settings.load_full();
+        let deadline = tokio::time::Instant::now() + settings.hold_timeout;
         let permit = match s.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                tokio::time::timeout(s.settings.checkout_timeout, s.slots.clone().acquire_owned())
+                tokio::time::timeout(settings.checkout_timeout, s.slots.clone().acquire_owned())
                     .await
                     .map_err(|_| PoolError::Timeout)?
                     .map_err(|_| PoolError::Timeout)?
@@ -108,7 +178,7 @@ impl Pool {
         };
         loop {
             let version = s.cluster.version();
-            if let Some(route) = s.cluster.route(s.settings.target) {
+            if let Some(route) = s.cluster.route(settings.target) {
                 let found = self.pop_usable(&route, Instant::now());
                 let conn = match found {
                     Some(conn) => Ok(conn),
@@ -127,6 +197,7 @@ impl Pool {
                 }
             }
             let wait = s.cluster.changed(version);
+            let _held = Gauge::up(&s.held);
             if tokio::time::timeout_at(deadline, wait).await.is_err() {
                 return Err(PoolError::HoldTimeout);
             }
@@ -136,13 +207,14 @@ impl Pool {
     fn pop_usable(&self, route: &Route, now: Instant) -> Option<ServerConn> {
         let mut idle = lock(&self.shared.idle);
         let cluster = &self.shared.cluster;
+        let settings = self.shared.settings.load();
         // Connections to retired incarnations are closed here (dropped).
         idle.retain(|c| cluster.is_current(c.node, c.epoch));
         while let Some(pos) = idle.iter().rposition(|c| c.node == route.node) {
             let conn = idle.remove(pos);
             // A server that died (or was terminated) while this connection sat
             // idle must not cost the next client an error.
-            if !(expired(&conn, now, &self.shared.settings) || conn.is_broken()) {
+            if !(expired(&conn, now, &settings) || conn.is_broken()) {
                 return Some(conn);
             }
         }
@@ -151,10 +223,14 @@ impl Pool {
 
     async fn open(&self, route: &Route) -> Result<ServerConn, PoolError> {
         let s = &self.shared;
-        let conn = s
+        let generation = s.generation.load(Ordering::Relaxed);
+        let opening = Gauge::up(&s.opening);
+        let mut conn = s
             .cluster
-            .connect(route, &s.login, s.settings.connect_timeout)
+            .connect(route, &s.login.load(), s.settings.load().connect_timeout)
             .await?;
+        drop(opening);
+        conn.generation = generation;
         let mut params = lock(&s.params);
         if params.is_none() {
             *params = Some(Arc::new(conn.params.clone()));
@@ -167,8 +243,9 @@ impl Pool {
         let now = Instant::now();
         conn.permit = None;
         conn.load = None;
-        let current = self.shared.cluster.is_current(conn.node, conn.epoch);
-        if !current || expired(&conn, now, &self.shared.settings) || !conn.buf.is_empty() {
+        let current = self.shared.cluster.is_current(conn.node, conn.epoch)
+            && conn.generation == self.shared.generation.load(Ordering::Relaxed);
+        if !current || expired(&conn, now, &self.shared.settings.load()) || !conn.buf.is_empty() {
             return;
         }
         conn.last_used = now;
@@ -189,7 +266,8 @@ impl Pool {
 
     /// Closes idle connections past their idle timeout or lifetime.
     pub fn reap(&self, now: Instant) {
-        lock(&self.shared.idle).retain(|c| !expired(c, now, &self.shared.settings));
+        let settings = self.shared.settings.load();
+        lock(&self.shared.idle).retain(|c| !expired(c, now, &settings));
     }
 
     /// Records that a server accepted the statement `name` (its text parses here).
@@ -204,6 +282,83 @@ impl Pool {
     /// Whether some server of this pool accepted the statement `name`.
     pub fn knows_statement(&self, name: &str) -> bool {
         lock(&self.shared.known_statements).contains(name)
+    }
+
+    /// The pool's traffic counters.
+    pub fn stats(&self) -> &stats::PoolStats {
+        &self.shared.stats
+    }
+
+    /// Waits while the pool is paused.
+    async fn resumed(&self) {
+        let mut rx = self.shared.paused.subscribe();
+        // Only errs when the sender is gone, and the pool owns it.
+        let _ = rx.wait_for(|paused| !paused).await;
+    }
+
+    /// Pauses (`true`) or resumes the pool's checkouts.
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.paused.send_replace(paused);
+    }
+
+    /// Closes idle connections now and the others when they are returned
+    /// (`RECONNECT`, `KILL`).
+    pub fn reconnect(&self) {
+        self.shared.generation.fetch_add(1, Ordering::Relaxed);
+        lock(&self.shared.idle).clear();
+    }
+
+    /// Numbers for `SHOW POOLS` and the metrics.
+    pub fn counts(&self) -> PoolCounts {
+        let s = &self.shared;
+        PoolCounts {
+            idle: lock(&s.idle).len(),
+            opening: s.opening.load(Ordering::Relaxed),
+            held: s.held.load(Ordering::Relaxed),
+            size: s.settings.load().size,
+            paused: *s.paused.borrow(),
+        }
+    }
+
+    /// The idle connections, for `SHOW SERVERS`.
+    pub fn idle_servers(&self) -> Vec<IdleServer> {
+        let now = (Instant::now(), std::time::SystemTime::now());
+        let ago = |t: Instant| now.1 - now.0.duration_since(t);
+        lock(&self.shared.idle)
+            .iter()
+            .map(|c| IdleServer {
+                addr: c.addr.clone(),
+                local: c.local,
+                pid: c.key.0,
+                connected_at: c.connected_at,
+                idle_since: ago(c.last_used),
+                prepared: c.statements.len(),
+            })
+            .collect()
+    }
+
+    /// The pool's settings.
+    pub fn settings(&self) -> Arc<PoolSettings> {
+        self.shared.settings.load_full()
+    }
+
+    /// Applies reloaded settings. A smaller size takes effect as connections
+    /// are returned: the surplus slots are claimed and never given back.
+    pub fn update(&self, login: Login, new: PoolSettings) {
+        self.shared.login.store(Arc::new(login));
+        let new_size = new.size;
+        let old = self.shared.settings.swap(Arc::new(new));
+        if new_size > old.size {
+            self.shared.slots.add_permits(new_size - old.size);
+        } else if new_size < old.size {
+            let surplus = (old.size - new_size) as u32;
+            let slots = self.shared.slots.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = slots.acquire_many_owned(surplus).await {
+                    p.forget();
+                }
+            });
+        }
     }
 }
 
@@ -246,19 +401,69 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Default)]
 pub struct Pools {
     pools: Mutex<HashMap<(String, String), Pool>>,
+    paused: Mutex<Paused>,
+}
+
+/// What `PAUSE` covers: everything, or some databases.
+#[derive(Default)]
+struct Paused {
+    all: bool,
+    databases: HashSet<String>,
 }
 
 impl Pools {
-    /// The pool for `key`, created by `make` on first use.
-    pub fn get_or_create(&self, key: (String, String), make: impl FnOnce() -> Pool) -> Pool {
-        lock(&self.pools).entry(key).or_insert_with(make).clone()
+    /// The pool for `key`, created by `make(paused)` on first use.
+    pub fn get_or_create(&self, key: (String, String), make: impl FnOnce(bool) -> Pool) -> Pool {
+        let mut pools = lock(&self.pools);
+        if let Some(p) = pools.get(&key) {
+            return p.clone();
+        }
+        let paused = {
+            let p = lock(&self.paused);
+            p.all || p.databases.contains(&key.0)
+        };
+        pools.entry(key).or_insert_with(|| make(paused)).clone()
     }
 
     /// Runs `reap` on every pool.
     pub fn reap_all(&self, now: Instant) {
-        let pools: Vec<Pool> = lock(&self.pools).values().cloned().collect();
-        for p in pools {
+        for (_, p) in self.all() {
             p.reap(now);
+        }
+    }
+
+    /// Every pool with its (database, user), sorted.
+    pub fn all(&self) -> Vec<((String, String), Pool)> {
+        let mut v: Vec<_> = lock(&self.pools)
+            .iter()
+            .map(|(k, p)| (k.clone(), p.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Pauses or resumes `database` (all databases when `None`), including
+    /// pools created later.
+    pub fn set_paused(&self, database: Option<&str>, paused: bool) {
+        {
+            let mut p = lock(&self.paused);
+            match (database, paused) {
+                (None, _) => {
+                    p.all = paused;
+                    p.databases.clear();
+                }
+                (Some(db), true) => {
+                    p.databases.insert(db.to_string());
+                }
+                (Some(db), false) => {
+                    p.databases.remove(db);
+                }
+            }
+        }
+        for ((db, _), pool) in self.all() {
+            if database.is_none_or(|d| d == db) {
+                pool.set_paused(paused);
+            }
         }
     }
 }

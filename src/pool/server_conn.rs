@@ -91,6 +91,12 @@ pub struct ServerConn {
     pub retired: tokio_util::sync::CancellationToken,
     /// Counts this connection against its node while checked out.
     pub(crate) load: Option<super::LoadGuard>,
+    /// Wall-clock time it was opened (`SHOW SERVERS`).
+    pub connected_at: std::time::SystemTime,
+    /// Its local socket address (`SHOW SERVERS`).
+    pub local: Option<std::net::SocketAddr>,
+    /// The pool generation it was opened in; `RECONNECT` retires older ones.
+    pub generation: u64,
     /// Proxy-named prepared statements this connection holds.
     pub statements: super::statements::ServerStatements,
 }
@@ -115,6 +121,7 @@ impl ServerConn {
         let stream = TcpStream::connect(addr).await.map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
         set_dead_peer_timeouts(&stream);
+        let local = stream.local_addr().ok();
         let now = Instant::now();
         let mut conn = ServerConn {
             stream,
@@ -129,6 +136,9 @@ impl ServerConn {
             epoch: 0,
             retired: tokio_util::sync::CancellationToken::new(),
             load: None,
+            connected_at: std::time::SystemTime::now(),
+            local,
+            generation: 0,
             statements: Default::default(),
         };
         let mut out = BytesMut::new();

@@ -1,0 +1,223 @@
+//! Who is connected: one entry per logged-in client, for `SHOW CLIENTS`,
+//! `SHOW SERVERS`, `SHOW POOLS`, the client gauges and `KILL`. A client
+//! updates its own entry (atomics, and a mutex nobody else holds for long)
+//! when it waits for, takes or returns a server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use dashmap::DashMap;
+use tokio_util::sync::CancellationToken;
+
+/// A client's state, PgBouncer's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Logged in, holding no server, nothing asked.
+    Idle = 0,
+    /// Asked for a server and waiting for one (pool full, paused, or held
+    /// during a failover).
+    Waiting = 1,
+    /// Linked to a server connection.
+    Active = 2,
+}
+
+impl ClientState {
+    /// The label used in metrics and the admin console.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Idle => "idle",
+            ClientState::Waiting => "waiting",
+            ClientState::Active => "active",
+        }
+    }
+
+    fn from_u8(v: u8) -> ClientState {
+        match v {
+            1 => ClientState::Waiting,
+            2 => ClientState::Active,
+            _ => ClientState::Idle,
+        }
+    }
+}
+
+/// The server connection a client holds, as shown by `SHOW SERVERS`.
+#[derive(Debug, Clone)]
+pub struct Linked {
+    /// Node address (`host:port`).
+    pub addr: Arc<str>,
+    /// The server's local socket address.
+    pub local: Option<SocketAddr>,
+    /// Backend process id.
+    pub pid: i32,
+    /// When the server connection was opened.
+    pub connected_at: SystemTime,
+    /// Statements prepared on it.
+    pub prepared: usize,
+}
+
+/// One connected client.
+#[derive(Debug)]
+pub struct ClientInfo {
+    /// Unique per process, shown as `id`/`ptr`.
+    pub id: u64,
+    /// Login user.
+    pub user: String,
+    /// Client-facing database.
+    pub database: String,
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+    /// The proxy's address on this connection.
+    pub local: Option<SocketAddr>,
+    /// When the client connected.
+    pub connected_at: SystemTime,
+    /// `application_name` from the startup packet.
+    pub application_name: String,
+    /// Cancelled by admin `KILL`: the client is disconnected.
+    pub kill: CancellationToken,
+    state: AtomicU8,
+    pinned: std::sync::atomic::AtomicBool,
+    /// Unix µs of the last state change (request_time / wait start).
+    since_us: AtomicU64,
+    link: Mutex<Option<Linked>>,
+}
+
+impl ClientInfo {
+    /// The client's state now.
+    pub fn state(&self) -> ClientState {
+        ClientState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    /// When the current state began.
+    pub fn since(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_micros(self.since_us.load(Ordering::Relaxed))
+    }
+
+    /// Moves to `state`, holding `link` (a server, when active).
+    pub fn set(&self, state: ClientState, link: Option<Linked>) {
+        self.state.store(state as u8, Ordering::Relaxed);
+        self.since_us
+            .store(unix_micros(SystemTime::now()), Ordering::Relaxed);
+        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
+    }
+
+    /// Marks the client pinned to its server connection.
+    pub fn pin(&self) {
+        self.pinned.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the client is pinned to its server connection.
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.load(Ordering::Relaxed)
+    }
+
+    /// The server connection held now.
+    pub fn link(&self) -> Option<Linked> {
+        self.link.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// All logged-in clients.
+#[derive(Debug, Default)]
+pub struct Registry {
+    clients: DashMap<u64, Arc<ClientInfo>>,
+    next: AtomicU64,
+}
+
+/// What a client tells the registry about itself at login.
+pub struct Arrival {
+    /// Login user.
+    pub user: String,
+    /// Client-facing database.
+    pub database: String,
+    /// The client's address.
+    pub peer: Option<SocketAddr>,
+    /// The proxy's address on this connection.
+    pub local: Option<SocketAddr>,
+    /// `application_name` from the startup packet.
+    pub application_name: String,
+}
+
+/// Removes the client from the registry when dropped.
+pub struct Registration {
+    registry: Arc<Registry>,
+    /// The client's entry.
+    pub info: Arc<ClientInfo>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.clients.remove(&self.info.id);
+    }
+}
+
+impl Registry {
+    /// Adds a client, idle.
+    pub fn register(self: &Arc<Self>, a: Arrival) -> Registration {
+        let now = SystemTime::now();
+        let info = Arc::new(ClientInfo {
+            id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
+            user: a.user,
+            database: a.database,
+            peer: a.peer,
+            local: a.local,
+            connected_at: now,
+            application_name: a.application_name,
+            kill: CancellationToken::new(),
+            state: AtomicU8::new(ClientState::Idle as u8),
+            pinned: Default::default(),
+            since_us: AtomicU64::new(unix_micros(now)),
+            link: Mutex::new(None),
+        });
+        self.clients.insert(info.id, info.clone());
+        Registration {
+            registry: self.clone(),
+            info,
+        }
+    }
+
+    /// A copy of every entry (no map guard outlives this call).
+    pub fn all(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<_> = self.clients.iter().map(|e| e.value().clone()).collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+}
+
+/// Microseconds since the Unix epoch.
+pub fn unix_micros(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arrival(user: &str) -> Arrival {
+        Arrival {
+            user: user.into(),
+            database: "app".into(),
+            peer: None,
+            local: None,
+            application_name: String::new(),
+        }
+    }
+
+    #[test]
+    fn entries_live_as_long_as_their_registration() {
+        let r = Arc::new(Registry::default());
+        let a = r.register(arrival("a"));
+        let b = r.register(arrival("b"));
+        assert_eq!(r.all().len(), 2);
+        b.info.set(ClientState::Waiting, None);
+        assert_eq!(r.all()[1].state(), ClientState::Waiting);
+        drop(b);
+        let all = r.all();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].user, "a");
+        assert_eq!(a.info.state(), ClientState::Idle);
+    }
+}

@@ -1,0 +1,98 @@
+//! The configuration as flat `key = value` settings, for `SHOW CONFIG`.
+//! `[proxy]` keys keep their bare names (most are PgBouncer's, so tools that
+//! read `max_client_conn` find it); other sections are `section.key`.
+//! Users and passwords are never listed.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Config, FailoverConfig, HealthConfig, HttpConfig, ProxyConfig, RoutingConfig};
+
+/// Whether changing `key` needs a restart (RELOAD reports it instead of
+/// applying it); kept in step with `reload::needs_restart`.
+pub fn needs_restart(key: &str) -> bool {
+    matches!(
+        key,
+        "listen" | "max_client_conn" | "stats_period" | "http.listen" | "http.metrics"
+    ) || key.starts_with("health.")
+        || key.starts_with("routing.")
+        || (key.starts_with("failover.") && key != "failover.hold_timeout")
+}
+
+/// Every setting: (key, value, default), in section order.
+pub fn settings(config: &Config) -> Vec<(String, String, String)> {
+    let mut out = vec![];
+    section(&mut out, "", &config.proxy, &ProxyConfig::default());
+    section(
+        &mut out,
+        "health.",
+        &config.health,
+        &HealthConfig::default(),
+    );
+    section(
+        &mut out,
+        "failover.",
+        &config.failover,
+        &FailoverConfig::default(),
+    );
+    section(
+        &mut out,
+        "routing.",
+        &config.routing,
+        &RoutingConfig::default(),
+    );
+    section(&mut out, "http.", &config.http, &HttpConfig::default());
+    out
+}
+
+fn section<T: Serialize>(
+    out: &mut Vec<(String, String, String)>,
+    prefix: &str,
+    now: &T,
+    default: &T,
+) {
+    let (Ok(Value::Object(now)), Ok(Value::Object(default))) =
+        (serde_json::to_value(now), serde_json::to_value(default))
+    else {
+        return;
+    };
+    for (key, value) in now {
+        let default = default.get(&key).map(text).unwrap_or_default();
+        out.push((format!("{prefix}{key}"), text(&value), default));
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_settings_with_defaults_and_no_secrets() {
+        let config = crate::config::load_str(
+            "[proxy]\nmax_client_conn = 50\n[cluster]\nnodes = [\"127.0.0.1:5432\"]\npassword = \"s3cret\"\n[[users]]\nname = \"app\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        let s = settings(&config);
+        let get = |k: &str| s.iter().find(|(key, _, _)| key == k).cloned();
+        assert_eq!(
+            get("max_client_conn"),
+            Some(("max_client_conn".into(), "50".into(), "10000".into()))
+        );
+        assert_eq!(get("checkout_timeout").unwrap().1, "5s");
+        assert_eq!(get("pool_mode").unwrap().1, "transaction");
+        assert_eq!(get("admin_users").unwrap().1, "admin");
+        assert!(get("health.interval").is_some());
+        assert!(get("http.listen").is_some());
+        assert!(s.iter().all(|(_, v, _)| !v.contains("s3cret") && v != "pw"));
+        assert!(needs_restart("listen") && !needs_restart("default_pool_size"));
+    }
+}

@@ -1,0 +1,68 @@
+//! What a reload cannot apply. Most settings take effect at once (users,
+//! passwords, pool sizes, timeouts) or for new clients (pool mode, limits);
+//! these need a restart and are reported, never silently ignored.
+
+use super::Config;
+
+/// The settings that differ between `old` and `new` but only change on restart.
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = vec![];
+    let mut check = |key: &str, changed: bool| {
+        if changed {
+            out.push(key.to_string());
+        }
+    };
+    check("proxy.listen", old.proxy.listen != new.proxy.listen);
+    check(
+        "proxy.max_client_conn",
+        old.proxy.max_client_conn != new.proxy.max_client_conn,
+    );
+    check(
+        "proxy.stats_period",
+        old.proxy.stats_period != new.proxy.stats_period,
+    );
+    check("http.listen", old.http.listen != new.http.listen);
+    check("http.metrics", old.http.metrics != new.http.metrics);
+    // The health monitor is started with the nodes and its settings.
+    check("cluster", json(&old.cluster) != json(&new.cluster));
+    check("health", json(&old.health) != json(&new.health));
+    let failover = |c: &Config| {
+        let mut f = c.failover.clone();
+        f.hold_timeout = Default::default(); // read per checkout: reloadable
+        json(&f)
+    };
+    check("failover", failover(old) != failover(new));
+    check("routing", json(&old.routing) != json(&new.routing));
+    out
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        crate::config::load_str(&format!(
+            "[cluster]\nnodes = [\"127.0.0.1:5432\"]\n[[users]]\nname = \"app\"\npassword = \"pw\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn reports_only_restart_settings() {
+        let old = config("");
+        assert!(needs_restart(&old, &config("[proxy]\ndefault_pool_size = 3\n")).is_empty());
+        assert!(needs_restart(&old, &config("[failover]\nhold_timeout = \"9s\"\n")).is_empty());
+        assert_eq!(
+            needs_restart(&old, &config("[proxy]\nlisten = \"0.0.0.0:7000\"\n")),
+            ["proxy.listen"]
+        );
+        assert_eq!(
+            needs_restart(&old, &config("[health]\ninterval = \"3s\"\n")),
+            ["health"]
+        );
+    }
+}

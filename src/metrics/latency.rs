@@ -1,0 +1,117 @@
+//! Latency histograms (hdrhistogram) for queries, transactions and pool
+//! waits. Recording must not serialize the workers: each thread records into
+//! its own slot (a mutex only the scrape ever contends for), and a scrape
+//! merges the slots.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use hdrhistogram::Histogram;
+
+/// What a latency sample measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// From a request (Query, or an extended batch) to its ReadyForQuery.
+    Query = 0,
+    /// From the first request of a transaction to the ReadyForQuery that ends it.
+    Transaction = 1,
+    /// A client's wait for a server connection.
+    Wait = 2,
+}
+
+const KINDS: usize = 3;
+/// Samples are microseconds, clamped to one hour.
+const MAX_MICROS: u64 = 3_600_000_000;
+
+/// Per-worker histograms, merged when read.
+pub struct Latencies {
+    slots: Vec<Mutex<[Histogram<u64>; KINDS]>>,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        // More slots than worker threads: blocking-pool threads that record
+        // rarely share a slot with a worker only by chance.
+        let workers = std::thread::available_parallelism().map_or(4, |n| n.get());
+        Latencies::with_slots(workers * 4)
+    }
+}
+
+impl Latencies {
+    /// Histograms with `n` recording slots.
+    pub fn with_slots(n: usize) -> Latencies {
+        let slots = (0..n.max(1))
+            .map(|_| Mutex::new(std::array::from_fn(|_| new_histogram())))
+            .collect();
+        Latencies { slots }
+    }
+
+    /// Records one sample of `micros` into this thread's slot.
+    pub fn record(&self, kind: Kind, micros: u64) {
+        let slot = &self.slots[thread_slot() % self.slots.len()];
+        let mut h = slot.lock().unwrap_or_else(|e| e.into_inner());
+        // Clamped to the histogram's range, so recording cannot fail.
+        let _ = h[kind as usize].record(micros.clamp(1, MAX_MICROS));
+    }
+
+    /// All samples of `kind` so far, merged across slots.
+    pub fn merged(&self, kind: Kind) -> Histogram<u64> {
+        let mut out = new_histogram();
+        for slot in &self.slots {
+            let h = slot.lock().unwrap_or_else(|e| e.into_inner());
+            // Same bounds and precision everywhere: adding cannot fail.
+            let _ = out.add(&h[kind as usize]);
+        }
+        out
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("static histogram bounds are valid")
+}
+
+/// A small per-thread index, assigned on first use.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+    SLOT.with(|s| match s.get() {
+        Some(i) => i,
+        None => {
+            let i = NEXT.fetch_add(1, Ordering::Relaxed);
+            s.set(Some(i));
+            i
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_from_many_threads_merge() {
+        let l = std::sync::Arc::new(Latencies::with_slots(3));
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100u64 {
+                        l.record(Kind::Query, 1000 * (t + 1) + i);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        l.record(Kind::Wait, 0); // clamped, not lost
+        let q = l.merged(Kind::Query);
+        assert_eq!(q.len(), 600);
+        assert!(q.value_at_quantile(0.5) >= 3000 && q.value_at_quantile(0.5) <= 4200);
+        assert_eq!(l.merged(Kind::Wait).len(), 1);
+        assert_eq!(l.merged(Kind::Transaction).len(), 0);
+    }
+}

@@ -1,0 +1,311 @@
+//! Every metric, declared in one place with its help text, and the scrape
+//! that renders them. Values live where they are cheapest to keep (pool
+//! counters, the client registry, per-worker histograms, the cluster
+//! status); a scrape copies them into this proxy's own Prometheus recorder
+//! (not the process-global one: tests run several proxies in one process)
+//! and renders it, then appends the latency summaries from hdrhistogram.
+
+pub mod latency;
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+
+use crate::client::registry::ClientState;
+use crate::listener::Context;
+use latency::Kind;
+
+/// The Prometheus type of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Type {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Quantiles (p50/p90/p99/p999) plus `_sum` and `_count`.
+    Summary,
+}
+
+/// Name, type and help text of every metric Switchyard exports.
+pub const METRICS: &[(&str, Type, &str)] = &[
+    (CLIENTS, Type::Gauge, "Client connections by state: active (holding a server), idle, waiting (for a server connection, paused or held)"),
+    (SERVER_CONNECTIONS, Type::Gauge, "Server connections by node and state: active (linked to a client), idle (pooled)"),
+    (SERVER_LOGINS, Type::Gauge, "Server connections being opened and logged in, by database and user"),
+    (QUERIES, Type::Counter, "Requests answered with ReadyForQuery (a simple query or an extended-protocol batch), by database and user"),
+    (TRANSACTIONS, Type::Counter, "Transactions completed, by database and user"),
+    (RECEIVED_BYTES, Type::Counter, "Bytes received from clients, by database and user"),
+    (SENT_BYTES, Type::Counter, "Bytes sent to clients, by database and user"),
+    (ERRORS, Type::Counter, "ErrorResponses sent to clients (from PostgreSQL or from Switchyard), by SQLSTATE class (first two characters)"),
+    (QUERY_DURATION, Type::Summary, "Query latency through the proxy, from request to ReadyForQuery (hdrhistogram, since start)"),
+    (TRANSACTION_DURATION, Type::Summary, "Transaction latency through the proxy, from the first request to the ReadyForQuery that ends it (hdrhistogram, since start)"),
+    (CHECKOUT_WAIT, Type::Summary, "Wait for a server connection, per checkout (hdrhistogram, since start)"),
+    (NODE_UP, Type::Gauge, "1 when the node passes health checks, by node"),
+    (NODE_ROLE, Type::Gauge, "1 for the node's current role (primary, replica, unknown), by node and role"),
+    (NODE_LAG_BYTES, Type::Gauge, "Replication lag of a replica in bytes, by node"),
+    (NODE_LAG_SECONDS, Type::Gauge, "Seconds since a replica replayed its last transaction, by node"),
+    (NODE_TIMELINE, Type::Gauge, "PostgreSQL timeline the node is on, by node"),
+    (NODE_FENCED, Type::Gauge, "1 when the node is fenced (never routed to until READMIT), by node"),
+    (FENCED_NODES, Type::Gauge, "Nodes fenced now"),
+    (FAILOVERS, Type::Counter, "Failovers completed (writes resumed on a new primary after the old one failed)"),
+    (LAST_FAILOVER_SECONDS, Type::Gauge, "Seconds from the start of the last failover to writes resuming"),
+    (HELD_QUERIES, Type::Gauge, "Requests held waiting for a routable primary (a failover in progress)"),
+    (PINNED_CLIENTS, Type::Gauge, "Clients connected now that are pinned to one server connection in transaction mode"),
+    (PINNED_CLIENTS_TOTAL, Type::Counter, "Clients pinned to one server connection in transaction mode (LISTEN, temp tables, ...), by database and user"),
+    (PAUSED_POOLS, Type::Gauge, "Pools paused by the admin console"),
+    (EVENTS, Type::Counter, "Topology and failover events recorded on the incident timeline, by kind"),
+];
+
+/// Client connections by state.
+pub const CLIENTS: &str = "switchyard_clients";
+/// Server connections by node and state.
+pub const SERVER_CONNECTIONS: &str = "switchyard_server_connections";
+/// Server connections logging in.
+pub const SERVER_LOGINS: &str = "switchyard_server_logins";
+/// Requests completed.
+pub const QUERIES: &str = "switchyard_queries_total";
+/// Transactions completed.
+pub const TRANSACTIONS: &str = "switchyard_transactions_total";
+/// Bytes from clients.
+pub const RECEIVED_BYTES: &str = "switchyard_received_bytes_total";
+/// Bytes to clients.
+pub const SENT_BYTES: &str = "switchyard_sent_bytes_total";
+/// Errors by SQLSTATE class.
+pub const ERRORS: &str = "switchyard_errors_total";
+/// Query latency summary.
+pub const QUERY_DURATION: &str = "switchyard_query_duration_seconds";
+/// Transaction latency summary.
+pub const TRANSACTION_DURATION: &str = "switchyard_transaction_duration_seconds";
+/// Checkout wait summary.
+pub const CHECKOUT_WAIT: &str = "switchyard_checkout_wait_seconds";
+/// Node health.
+pub const NODE_UP: &str = "switchyard_node_up";
+/// Node role.
+pub const NODE_ROLE: &str = "switchyard_node_role";
+/// Replica lag, bytes.
+pub const NODE_LAG_BYTES: &str = "switchyard_node_replication_lag_bytes";
+/// Replica lag, seconds.
+pub const NODE_LAG_SECONDS: &str = "switchyard_node_replication_lag_seconds";
+/// Node timeline.
+pub const NODE_TIMELINE: &str = "switchyard_node_timeline";
+/// Node fenced.
+pub const NODE_FENCED: &str = "switchyard_node_fenced";
+/// Fenced node count.
+pub const FENCED_NODES: &str = "switchyard_fenced_nodes";
+/// Failovers completed.
+pub const FAILOVERS: &str = "switchyard_failovers_total";
+/// Last failover's duration.
+pub const LAST_FAILOVER_SECONDS: &str = "switchyard_last_failover_duration_seconds";
+/// Held requests.
+pub const HELD_QUERIES: &str = "switchyard_held_queries";
+/// Pinned clients now.
+pub const PINNED_CLIENTS: &str = "switchyard_pinned_clients";
+/// Clients pinned, ever.
+pub const PINNED_CLIENTS_TOTAL: &str = "switchyard_pinned_clients_total";
+/// Paused pools.
+pub const PAUSED_POOLS: &str = "switchyard_paused_pools";
+/// Timeline events by kind.
+pub const EVENTS: &str = "switchyard_events_total";
+
+/// Errors sent to clients, by SQLSTATE class. Errors are rare: a mutex is fine.
+#[derive(Debug, Default)]
+pub struct ErrorCounts(Mutex<BTreeMap<String, u64>>);
+
+impl ErrorCounts {
+    /// Counts one error with `sqlstate`.
+    pub fn add(&self, sqlstate: &str) {
+        let class = sqlstate.get(..2).unwrap_or("??").to_string();
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(class)
+            .or_default() += 1;
+    }
+
+    /// Counts so far, by class.
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// This proxy's Prometheus recorder, with every metric's help text.
+pub fn recorder() -> PrometheusRecorder {
+    let rec = PrometheusBuilder::new().build_recorder();
+    metrics::with_local_recorder(&rec, || {
+        for &(name, ty, help) in METRICS {
+            match ty {
+                Type::Counter => metrics::describe_counter!(name, help),
+                Type::Gauge => metrics::describe_gauge!(name, help),
+                // Rendered from hdrhistogram by `render`, not by the recorder.
+                Type::Summary => {}
+            }
+        }
+    });
+    rec
+}
+
+/// The `/metrics` page.
+pub fn render(ctx: &Context) -> String {
+    metrics::with_local_recorder(&ctx.prometheus, || {
+        record_clients(ctx);
+        record_pools(ctx);
+        record_nodes(ctx);
+        record_events(ctx);
+        for (class, n) in ctx.errors.snapshot() {
+            counter!(ERRORS, "class" => class).absolute(n);
+        }
+    });
+    let mut out = ctx.prometheus.handle().render();
+    for (name, kind) in [
+        (QUERY_DURATION, Kind::Query),
+        (TRANSACTION_DURATION, Kind::Transaction),
+        (CHECKOUT_WAIT, Kind::Wait),
+    ] {
+        summary(&mut out, name, &ctx.latencies.merged(kind));
+    }
+    out
+}
+
+fn record_clients(ctx: &Context) {
+    let mut by_state = [0u64; 3];
+    let mut pinned = 0;
+    let mut servers: BTreeMap<String, u64> = BTreeMap::new();
+    for c in ctx.clients.all() {
+        by_state[c.state() as usize] += 1;
+        pinned += u64::from(c.is_pinned());
+        if let Some(link) = c.link() {
+            *servers.entry(node_name(ctx, &link.addr)).or_default() += 1;
+        }
+    }
+    for s in [ClientState::Idle, ClientState::Waiting, ClientState::Active] {
+        gauge!(CLIENTS, "state" => s.as_str()).set(by_state[s as usize] as f64);
+    }
+    gauge!(PINNED_CLIENTS).set(pinned as f64);
+    for node in ctx.cluster.nodes() {
+        let active = servers.get(&node.name).copied().unwrap_or(0);
+        gauge!(SERVER_CONNECTIONS, "node" => node.name.clone(), "state" => "active")
+            .set(active as f64);
+    }
+}
+
+fn record_pools(ctx: &Context) {
+    let mut idle: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut held, mut paused) = (0, 0);
+    for ((db, user), pool) in ctx.pools.all() {
+        let t = pool.stats().totals();
+        let labels = [("database", db.clone()), ("user", user.clone())];
+        counter!(QUERIES, &labels).absolute(t.queries);
+        counter!(TRANSACTIONS, &labels).absolute(t.xacts);
+        counter!(RECEIVED_BYTES, &labels).absolute(t.received);
+        counter!(SENT_BYTES, &labels).absolute(t.sent);
+        let pinned = pool
+            .stats()
+            .pinned
+            .load(std::sync::atomic::Ordering::Relaxed);
+        counter!(PINNED_CLIENTS_TOTAL, &labels).absolute(pinned);
+        let counts = pool.counts();
+        gauge!(SERVER_LOGINS, &labels).set(counts.opening as f64);
+        held += counts.held;
+        paused += usize::from(counts.paused);
+        for s in pool.idle_servers() {
+            *idle.entry(node_name(ctx, &s.addr)).or_default() += 1;
+        }
+    }
+    gauge!(HELD_QUERIES).set(held as f64);
+    gauge!(PAUSED_POOLS).set(paused as f64);
+    for node in ctx.cluster.nodes() {
+        let n = idle.get(&node.name).copied().unwrap_or(0);
+        gauge!(SERVER_CONNECTIONS, "node" => node.name.clone(), "state" => "idle").set(n as f64);
+    }
+}
+
+fn record_nodes(ctx: &Context) {
+    let status = ctx.cluster.status();
+    let mut fenced = 0;
+    for n in status.iter() {
+        let node = n.name.clone();
+        gauge!(NODE_UP, "node" => node.clone()).set(f64::from(u8::from(n.state == "up")));
+        for role in ["primary", "replica", "unknown"] {
+            let on = f64::from(u8::from(n.role == role));
+            gauge!(NODE_ROLE, "node" => node.clone(), "role" => role).set(on);
+        }
+        gauge!(NODE_LAG_BYTES, "node" => node.clone()).set(n.lag_bytes.unwrap_or(0) as f64);
+        gauge!(NODE_LAG_SECONDS, "node" => node.clone()).set(n.lag_seconds.unwrap_or(0.0));
+        gauge!(NODE_TIMELINE, "node" => node.clone()).set(f64::from(n.timeline));
+        gauge!(NODE_FENCED, "node" => node).set(f64::from(u8::from(n.fenced)));
+        fenced += usize::from(n.fenced);
+    }
+    gauge!(FENCED_NODES).set(fenced as f64);
+}
+
+fn record_events(ctx: &Context) {
+    let t = ctx.cluster.events.tallies();
+    for (kind, n) in t.by_kind {
+        counter!(EVENTS, "kind" => kind).absolute(n);
+    }
+    counter!(FAILOVERS).absolute(t.failovers);
+    gauge!(LAST_FAILOVER_SECONDS).set(t.last_failover_seconds.unwrap_or(0.0));
+}
+
+/// The configured name of the node at `addr`.
+fn node_name(ctx: &Context, addr: &str) -> String {
+    ctx.cluster
+        .nodes()
+        .iter()
+        .find(|n| n.addr == addr)
+        .map_or_else(|| addr.to_string(), |n| n.name.clone())
+}
+
+/// Appends a Prometheus summary of `h` (µs samples) in seconds.
+fn summary(out: &mut String, name: &str, h: &hdrhistogram::Histogram<u64>) {
+    let help = METRICS.iter().find(|m| m.0 == name).map_or("", |m| m.2);
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} summary");
+    for q in [0.5, 0.9, 0.99, 0.999] {
+        let v = if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(q) as f64 / 1e6
+        };
+        let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {v}");
+    }
+    let sum = h.mean() * h.len() as f64 / 1e6;
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {}", h.len());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_prefixed_and_described() {
+        let mut seen = std::collections::HashSet::new();
+        for (name, ty, help) in METRICS {
+            assert!(name.starts_with("switchyard_"), "{name}");
+            assert!(seen.insert(name), "{name} declared twice");
+            assert!(!help.is_empty(), "{name} has no help");
+            assert_eq!(
+                name.ends_with("_total"),
+                *ty == Type::Counter,
+                "{name}: counters and only counters end in _total"
+            );
+        }
+    }
+
+    #[test]
+    fn summaries_render_quantiles_sum_and_count() {
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1_000_000, 2).unwrap();
+        for us in [1000, 2000, 3000] {
+            h.record(us).unwrap();
+        }
+        let mut out = String::new();
+        summary(&mut out, QUERY_DURATION, &h);
+        assert!(out.contains("# TYPE switchyard_query_duration_seconds summary"));
+        assert!(out.contains("switchyard_query_duration_seconds{quantile=\"0.99\"} 0.003"));
+        assert!(out.contains("switchyard_query_duration_seconds_count 3"));
+    }
+}
