@@ -6,6 +6,7 @@
 
 pub mod decide;
 pub mod failover;
+pub mod hardware;
 pub mod health;
 pub mod monitor;
 pub mod view;

@@ -2,7 +2,7 @@
 //! environment, and validation. The key names are Switchyard's public interface;
 //! renaming one breaks every deployment, so add keys, never rename them.
 
-mod duration;
+pub(crate) mod duration;
 mod flatten;
 mod load;
 pub mod reload;

@@ -1,0 +1,647 @@
+//! Just enough HTTP/1.1 to scrape an exporter: one `GET` per connection
+//! (`Connection: close`), plain `http://` only, bodies framed by
+//! `Content-Length`, `chunked` or the close. Exporters sit on the database
+//! hosts' own network and speak plain HTTP, so this saves a client stack.
+//!
+//! The peer is untrusted: lengths are checked before anything is allocated
+//! for them, the head and the body are capped, and nothing indexes or unwraps
+//! its bytes. Parsing (the URL, the head, chunk framing) is pure and tested
+//! apart from the socket; [`get`] only moves bytes.
+
+use std::fmt;
+use std::io;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Largest response head (status line and headers) accepted.
+const MAX_HEAD: usize = 64 * 1024;
+/// Longest chunk-size or trailer line accepted (chunk extensions included).
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// TCP connect (or name resolution) failed.
+    #[error("cannot connect: {0}")]
+    Connect(io::Error),
+    /// Reading or writing the connection failed.
+    #[error("i/o error: {0}")]
+    Io(io::Error),
+    /// The server answered, but not with 2xx.
+    #[error("HTTP status {status} {reason}")]
+    Status {
+        /// Status code.
+        status: u16,
+        /// Reason phrase (cut to a few dozen characters).
+        reason: String,
+    },
+    /// The response does not follow HTTP/1.1.
+    #[error("malformed HTTP response: {0}")]
+    Malformed(String),
+    /// A framing or coding this client does not speak (gzip, ...).
+    #[error("unsupported {0}")]
+    Unsupported(String),
+    /// The head or the body is over its cap.
+    #[error("response {what} larger than {max} bytes")]
+    TooLarge {
+        /// `head` or `body`.
+        what: &'static str,
+        /// The cap.
+        max: usize,
+    },
+    /// The server closed the connection mid-response.
+    #[error("connection closed before the response was complete")]
+    Truncated,
+}
+
+/// An `http://host[:port][/path]` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port; 80 when the URL has none.
+    pub port: u16,
+    /// `host[:port]` as written, for the `Host` header.
+    pub authority: String,
+    /// Path and query, starting with `/`.
+    pub path: String,
+}
+
+impl Url {
+    /// Parses `http://host[:port][/path][?query]`; `https`, user info and
+    /// anything that could break the request line are refused.
+    pub fn parse(s: &str) -> Result<Url, String> {
+        let rest = match s.strip_prefix("http://") {
+            Some(rest) => rest,
+            None if s.starts_with("https://") => {
+                return Err("https is not supported; use the exporter's plain http:// port".into())
+            }
+            None => return Err("must start with http://".into()),
+        };
+        let rest = rest.split('#').next().unwrap_or("");
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(split);
+        if path.chars().any(|c| c.is_control() || c == ' ') {
+            return Err("path must not contain spaces or control characters".into());
+        }
+        let path = match path.strip_prefix('?') {
+            Some(_) => format!("/{path}"),
+            None if path.is_empty() => "/".into(),
+            None => path.into(),
+        };
+        let (host, port) = split_authority(authority)?;
+        Ok(Url {
+            host,
+            port,
+            authority: authority.into(),
+            path,
+        })
+    }
+}
+
+impl fmt::Display for Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "http://{}{}", self.authority, self.path)
+    }
+}
+
+fn split_authority(authority: &str) -> Result<(String, u16), String> {
+    let bad = |c: char| c == '@' || c == '/' || c.is_whitespace() || c.is_control();
+    if authority.is_empty() || authority.chars().any(bad) {
+        return Err("expected http://host:port/path".into());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or("unclosed '[' in the host")?;
+        match after {
+            "" => (host, None),
+            _ => (
+                host,
+                Some(after.strip_prefix(':').ok_or("expected ':' after ']'")?),
+            ),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(format!("invalid port {p:?}")),
+        },
+    };
+    Ok((host.into(), port))
+}
+
+/// `GET`s `url` and returns the body of a 2xx answer, at most `max_body` bytes.
+/// No timeout of its own: the caller bounds it. Cancel safe in the sense that
+/// dropping it only drops the connection.
+pub async fn get(url: &Url, max_body: usize) -> Result<Vec<u8>, FetchError> {
+    let mut stream = TcpStream::connect((url.host.as_str(), url.port))
+        .await
+        .map_err(FetchError::Connect)?;
+    // Asking for the 0.0.4 text format and no compression keeps exporters that
+    // negotiate (client_golang) off OpenMetrics, protobuf and gzip.
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: switchyard\r\n\
+         Accept: text/plain;version=0.0.4\r\nAccept-Encoding: identity\r\n\
+         Connection: close\r\n\r\n",
+        url.path, url.authority
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(FetchError::Io)?;
+
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let head = loop {
+        if let Some(end) = head_end(&buf) {
+            let head = parse_head(&buf.split_to(end), max_body)?;
+            break head;
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(FetchError::TooLarge {
+                what: "head",
+                max: MAX_HEAD,
+            });
+        }
+        if read_more(&mut stream, &mut buf).await? == 0 {
+            return Err(FetchError::Truncated);
+        }
+    };
+    if !(200..300).contains(&head.status) {
+        return Err(FetchError::Status {
+            status: head.status,
+            reason: head.reason,
+        });
+    }
+    match head.framing {
+        Framing::Length(n) => read_length(&mut stream, buf, n).await,
+        Framing::Close => read_to_close(&mut stream, buf, max_body).await,
+        Framing::Chunked => read_chunked(&mut stream, buf, max_body).await,
+    }
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, FetchError> {
+    stream.read_buf(buf).await.map_err(FetchError::Io)
+}
+
+async fn read_length(
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+    len: usize,
+) -> Result<Vec<u8>, FetchError> {
+    // `len` was checked against the cap in `parse_head`.
+    buf.reserve(len.saturating_sub(buf.len()));
+    while buf.len() < len {
+        if read_more(stream, &mut buf).await? == 0 {
+            return Err(FetchError::Truncated);
+        }
+    }
+    buf.truncate(len);
+    Ok(buf.to_vec())
+}
+
+async fn read_to_close(
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+    max: usize,
+) -> Result<Vec<u8>, FetchError> {
+    loop {
+        if buf.len() > max {
+            return Err(FetchError::TooLarge { what: "body", max });
+        }
+        if read_more(stream, &mut buf).await? == 0 {
+            return Ok(buf.to_vec());
+        }
+    }
+}
+
+async fn read_chunked(
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+    max: usize,
+) -> Result<Vec<u8>, FetchError> {
+    let mut decoder = Chunked::default();
+    loop {
+        if decoder.feed(&mut buf, max)? {
+            return Ok(decoder.body);
+        }
+        if read_more(stream, &mut buf).await? == 0 {
+            return Err(FetchError::Truncated);
+        }
+    }
+}
+
+/// How the body's end is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Length(usize),
+    Chunked,
+    Close,
+}
+
+/// The parts of a response head this client uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    status: u16,
+    reason: String,
+    framing: Framing,
+}
+
+/// Length of the head (through the empty line) if `buf` holds all of it.
+/// Lines may end in CRLF or, leniently, LF.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    while let Some(nl) = buf.get(start..)?.iter().position(|&b| b == b'\n') {
+        let line = buf.get(start..start + nl)?;
+        start += nl + 1;
+        if line.is_empty() || line == b"\r" {
+            return Some(start);
+        }
+    }
+    None
+}
+
+/// Status line and the framing headers. A `Content-Length` over `max_body`
+/// is refused here, before any byte of the body is read.
+fn parse_head(head: &[u8], max_body: usize) -> Result<Head, FetchError> {
+    let text = String::from_utf8_lossy(head);
+    let mut lines = text.lines();
+    let status_line = lines.next().unwrap_or("");
+    let malformed = |what: &str| FetchError::Malformed(format!("{what}: {:?}", cut(status_line)));
+    let mut parts = status_line.splitn(3, ' ');
+    if !parts.next().is_some_and(|v| v.starts_with("HTTP/1.")) {
+        return Err(malformed("not an HTTP/1.x status line"));
+    }
+    let status = parts
+        .next()
+        .filter(|s| s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| malformed("invalid status code"))?;
+    let reason = cut(parts.next().unwrap_or("").trim());
+
+    let mut length: Option<usize> = None;
+    let mut chunked = false;
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| FetchError::Malformed(format!("header line {:?}", cut(line))))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = value
+                .parse::<usize>()
+                .ok()
+                .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| FetchError::Malformed(format!("Content-Length {:?}", cut(value))))?;
+            if length.is_some_and(|old| old != n) {
+                return Err(FetchError::Malformed("conflicting Content-Length".into()));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = transfer_encoding(value)?;
+        } else if name.eq_ignore_ascii_case("content-encoding")
+            && !value.eq_ignore_ascii_case("identity")
+        {
+            return Err(FetchError::Unsupported(format!(
+                "Content-Encoding {:?}",
+                cut(value)
+            )));
+        }
+    }
+    // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length.
+    let framing = match (chunked, length) {
+        (true, _) => Framing::Chunked,
+        (false, Some(n)) if n > max_body => {
+            return Err(FetchError::TooLarge {
+                what: "body",
+                max: max_body,
+            })
+        }
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) => Framing::Close,
+    };
+    Ok(Head {
+        status,
+        reason,
+        framing,
+    })
+}
+
+/// Whether the body is chunked; any coding besides `chunked` is refused.
+fn transfer_encoding(value: &str) -> Result<bool, FetchError> {
+    let codings: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    match codings.as_slice() {
+        [] => Ok(false),
+        [only] if only.eq_ignore_ascii_case("chunked") => Ok(true),
+        _ => Err(FetchError::Unsupported(format!(
+            "Transfer-Encoding {:?}",
+            cut(value)
+        ))),
+    }
+}
+
+/// Decodes `Transfer-Encoding: chunked` as bytes arrive.
+#[derive(Debug, Default)]
+struct Chunked {
+    state: ChunkState,
+    body: Vec<u8>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a `hex-size[;ext]` line.
+    #[default]
+    Size,
+    /// This many bytes of chunk data still to come.
+    Data(usize),
+    /// Expecting the CRLF that ends a chunk's data.
+    DataEnd,
+    /// After the last (empty) chunk: trailer lines until an empty one.
+    Trailer,
+    Done,
+}
+
+impl Chunked {
+    /// Consumes what it can of `buf`, leaving an incomplete line in it.
+    /// Returns true once the whole body (and trailers) is in.
+    fn feed(&mut self, buf: &mut BytesMut, max: usize) -> Result<bool, FetchError> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(false);
+                    };
+                    let size = chunk_size(&line)?;
+                    if size > max.saturating_sub(self.body.len()) {
+                        return Err(FetchError::TooLarge { what: "body", max });
+                    }
+                    self.state = match size {
+                        0 => ChunkState::Trailer,
+                        n => ChunkState::Data(n),
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(false);
+                    }
+                    let n = left.min(buf.len());
+                    self.body.extend_from_slice(&buf.split_to(n));
+                    self.state = match left - n {
+                        0 => ChunkState::DataEnd,
+                        rest => ChunkState::Data(rest),
+                    };
+                }
+                ChunkState::DataEnd => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(false);
+                    };
+                    if !line.is_empty() {
+                        return Err(FetchError::Malformed(
+                            "chunk data longer than its size".into(),
+                        ));
+                    }
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailer => {
+                    let Some(line) = take_line(buf)? else {
+                        return Ok(false);
+                    };
+                    if line.is_empty() {
+                        self.state = ChunkState::Done;
+                    }
+                }
+                ChunkState::Done => return Ok(true),
+            }
+        }
+    }
+}
+
+/// Splits one line (without its CRLF or LF) off the front of `buf`, if complete.
+fn take_line(buf: &mut BytesMut) -> Result<Option<Vec<u8>>, FetchError> {
+    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_CHUNK_LINE {
+            return Err(FetchError::Malformed("chunk header line too long".into()));
+        }
+        return Ok(None);
+    };
+    if nl > MAX_CHUNK_LINE {
+        return Err(FetchError::Malformed("chunk header line too long".into()));
+    }
+    let mut line = buf.split_to(nl).to_vec();
+    buf.advance(1);
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Ok(Some(line))
+}
+
+/// `1a3f` or `1a3f;name=value`: the size in hex, extensions ignored.
+fn chunk_size(line: &[u8]) -> Result<usize, FetchError> {
+    let text = String::from_utf8_lossy(line);
+    let hex = text.split(';').next().unwrap_or("").trim();
+    let bad = || FetchError::Malformed(format!("chunk size {:?}", cut(&text)));
+    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    usize::from_str_radix(hex, 16).map_err(|_| bad())
+}
+
+/// At most 60 characters of `s`, for messages.
+fn cut(s: &str) -> String {
+    s.chars().take(60).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let ok = [
+            (
+                "http://db1.internal:9290/metrics",
+                "db1.internal",
+                9290,
+                "/metrics",
+            ),
+            ("http://10.0.0.5:9100", "10.0.0.5", 9100, "/"),
+            (
+                "http://exporter/metrics?module=ipmi",
+                "exporter",
+                80,
+                "/metrics?module=ipmi",
+            ),
+            ("http://h:1?x=1", "h", 1, "/?x=1"),
+            ("http://[::1]:9290/metrics#frag", "::1", 9290, "/metrics"),
+            ("http://[fe80::1]", "fe80::1", 80, "/"),
+        ];
+        for (s, host, port, path) in ok {
+            let u = Url::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(
+                (u.host.as_str(), u.port, u.path.as_str()),
+                (host, port, path),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            Url::parse("http://h:80/m").unwrap().to_string(),
+            "http://h:80/m"
+        );
+        let bad = [
+            ("https://h/m", "https is not supported"),
+            ("ftp://h/m", "must start with http://"),
+            ("db1:9290/metrics", "must start with http://"),
+            ("http://", "expected http://host:port/path"),
+            ("http://user:pw@h/m", "expected http://host:port/path"),
+            ("http://h:99999/m", "invalid port"),
+            ("http://h:0/m", "invalid port"),
+            ("http://h:+80/m", "invalid port"),
+            ("http://h:/m", "invalid port"),
+            ("http://:80/m", "the host is empty"),
+            ("http://[::1/m", "unclosed"),
+            ("http://[::1]x/m", "expected ':' after ']'"),
+            ("http://h/m x", "spaces or control"),
+            ("http://h/m\r\nX-Evil: 1", "spaces or control"),
+        ];
+        for (s, needle) in bad {
+            let err = Url::parse(s).expect_err(s);
+            assert!(err.contains(needle), "{s}: {err}");
+        }
+    }
+
+    #[test]
+    fn heads() {
+        let max = 1000;
+        let parse = |h: &str| parse_head(h.as_bytes(), max);
+        let ok = [
+            ("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n", 200, Framing::Length(12)),
+            ("HTTP/1.0 200 OK\n\n", 200, Framing::Close),
+            (
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+                200,
+                Framing::Chunked,
+            ),
+            ("HTTP/1.1 503 Service Unavailable\r\n\r\n", 503, Framing::Close),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\nContent-Encoding: identity\r\n\r\n",
+                200,
+                Framing::Length(3),
+            ),
+        ];
+        for (h, status, framing) in ok {
+            let head = parse(h).unwrap_or_else(|e| panic!("{h:?}: {e}"));
+            assert_eq!((head.status, head.framing), (status, framing), "{h:?}");
+        }
+        assert_eq!(
+            parse("HTTP/1.1 503 Service Unavailable\r\n\r\n")
+                .unwrap()
+                .reason,
+            "Service Unavailable"
+        );
+        let bad = [
+            ("SSH-2.0-OpenSSH_9.6\r\n\r\n", "not an HTTP/1.x status line"),
+            ("HTTP/1.1 20 OK\r\n\r\n", "invalid status code"),
+            ("HTTP/1.1 OK\r\n\r\n", "invalid status code"),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                "Content-Length",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+                "Content-Length",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "conflicting",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 1001\r\n\r\n",
+                "larger than 1000",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "unsupported Transfer-Encoding",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n\r\n",
+                "unsupported Content-Encoding",
+            ),
+            ("HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", "header line"),
+        ];
+        for (h, needle) in bad {
+            let err = parse(h).expect_err(h).to_string();
+            assert!(err.contains(needle), "{h:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn head_end_finds_the_empty_line() {
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n\r\nbody"), Some(25));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\nA: b\n\nbody"), Some(22));
+        assert_eq!(head_end(b"HTTP/1.1 200 OK\r\nA: b\r\n"), None);
+        assert_eq!(head_end(b""), None);
+    }
+
+    fn decode(input: &[u8], step: usize, max: usize) -> Result<Option<Vec<u8>>, FetchError> {
+        let mut d = Chunked::default();
+        let mut buf = BytesMut::new();
+        for piece in input.chunks(step.max(1)) {
+            buf.extend_from_slice(piece);
+            if d.feed(&mut buf, max)? {
+                return Ok(Some(d.body));
+            }
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn chunked_bodies_in_any_fragmentation() {
+        let wire =
+            b"5\r\nhello\r\n7;ext=1\r\n, world\r\nA\r\n0123456789\r\n0\r\nX-Trailer: y\r\n\r\n";
+        for step in [1, 2, 3, 7, 64, wire.len()] {
+            assert_eq!(
+                decode(wire, step, 1000).unwrap().as_deref(),
+                Some(&b"hello, world0123456789"[..]),
+                "step {step}"
+            );
+        }
+        assert_eq!(decode(b"0\r\n\r\n", 1, 10).unwrap(), Some(vec![]));
+        assert_eq!(decode(b"5\r\nhel", 1, 10).unwrap(), None);
+    }
+
+    #[test]
+    fn chunked_errors() {
+        let cases: [(&[u8], &str); 6] = [
+            (b"zz\r\n", "chunk size"),
+            (b"+5\r\nhello\r\n0\r\n\r\n", "chunk size"),
+            (b"ffffffffffffffffffffffff\r\n", "chunk size"),
+            (b"3\r\nhello\r\n", "longer than its size"),
+            (b"800\r\n", "larger than 1000"),
+            (&[b'1'; 5000], "too long"),
+        ];
+        for (wire, needle) in cases {
+            let err = decode(wire, 5, 1000).expect_err("must fail").to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+        // The cap counts the whole body, not one chunk.
+        let err = decode(b"200\r\n", 1, 1000);
+        assert!(err.is_ok());
+        let mut wire = b"200\r\n".to_vec();
+        wire.extend_from_slice(&[b'x'; 0x200]);
+        wire.extend_from_slice(b"\r\n200\r\n");
+        let err = decode(&wire, 100, 1000).unwrap_err().to_string();
+        assert!(err.contains("larger than 1000"), "{err}");
+    }
+}

@@ -1,0 +1,31 @@
+//! Hardware status of a node (issue #7), beside the PostgreSQL health check.
+//!
+//! A database can answer health checks right up to the moment its host loses
+//! power. The baseboard usually says so earlier: one of two power supplies
+//! gone, an inlet running hot. A node may therefore name a *hardware probe*
+//! (`[cluster.nodes.hardware]`, see [`HardwareSpec`]), either
+//! - `url`: an HTTP endpoint serving Prometheus text (node_exporter,
+//!   ipmi_exporter, a Redfish exporter), judged by [`Rule`]s on named series; or
+//! - `command`: a shell command whose exit status is the verdict (0 ok,
+//!   1 degraded, 2 failing) and whose first line of stdout is the reason.
+//!
+//! Each probe yields a [`Verdict`]: [`HardwareStatus`] `ok`, `degraded`,
+//! `failing` or `unknown` (the probe itself failed: unreachable, timed out,
+//! unparsable), with human-readable reasons. Per DESIGN.md §4, `failing`
+//! counts as down and `degraded` raises an event and may start a planned
+//! switchover; that policy belongs to the monitor, not to this module.
+//!
+//! Layout, pure parts apart from I/O:
+//! - [`exposition`]: parser of the Prometheus text format (pure);
+//! - [`rules`]: rules, statuses and [`evaluate`] (pure);
+//! - [`fetch`]: a minimal HTTP/1.1 GET (I/O, with pure framing);
+//! - [`probe`](mod@probe): the spec and [`probe()`](fn@probe), which runs one probe (I/O).
+
+pub mod exposition;
+pub mod fetch;
+pub mod probe;
+pub mod rules;
+
+pub use exposition::{ExpositionError, Sample};
+pub use probe::{probe, HardwareSpec};
+pub use rules::{evaluate, HardwareStatus, Op, Rule, RuleError, Severity, Verdict};
