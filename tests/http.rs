@@ -61,7 +61,7 @@ async fn health_readiness_status_events_and_metrics() {
     assert_eq!(status["nodes"][1]["role"], "replica");
     let (_, events) = get(http_addr, "/events?since=0").await;
     assert!(events.contains("writes_resumed"), "{events}");
-    // A pinned client shows up in the metrics.
+    // Traffic moves the counters and the latency summary.
     let url = format!(
         "host=127.0.0.1 port={} user=app password=app dbname=app",
         pg_addr.port()
@@ -70,15 +70,115 @@ async fn health_readiness_status_events_and_metrics() {
         .await
         .unwrap();
     tokio::spawn(conn);
+    c.simple_query("SELECT 1").await.unwrap();
+    let before = scrape(http_addr).await;
+    for _ in 0..10 {
+        c.simple_query("SELECT 1").await.unwrap();
+    }
+    let _ = c.simple_query("SELECT 1/0").await.unwrap_err();
     c.batch_execute("LISTEN sy_http").await.unwrap();
-    let (code, metrics) = get(http_addr, "/metrics").await;
-    assert_eq!(code, 200);
+    let after = scrape(http_addr).await;
+    let app = [("database", "app"), ("user", "app")];
+    let queries = |m: &Metrics| value(m, "switchyard_queries_total", &app);
     assert!(
-        metrics.contains("switchyard_pinned_clients_total{reason=\"LISTEN\"}"),
-        "{metrics}"
+        queries(&after) >= queries(&before) + 11.0,
+        "queries_total {} -> {}",
+        queries(&before),
+        queries(&after)
     );
+    let count = |m: &Metrics| value(m, "switchyard_query_duration_seconds_count", &[]);
+    assert!(count(&after) >= count(&before) + 11.0);
+    assert!(
+        value(
+            &after,
+            "switchyard_query_duration_seconds",
+            &[("quantile", "0.99")]
+        ) > 0.0
+    );
+    assert!(
+        value(&after, "switchyard_transactions_total", &app)
+            > value(&before, "switchyard_transactions_total", &app)
+    );
+    assert!(
+        value(&after, "switchyard_sent_bytes_total", &app)
+            > value(&before, "switchyard_sent_bytes_total", &app)
+    );
+    assert_eq!(
+        value(&after, "switchyard_errors_total", &[("class", "22")]),
+        1.0,
+        "division by zero"
+    );
+    assert_eq!(value(&after, "switchyard_pinned_clients", &[]), 1.0);
+    assert_eq!(value(&after, "switchyard_pinned_clients_total", &app), 1.0);
+    assert_eq!(
+        value(&after, "switchyard_clients", &[("state", "idle")]),
+        0.0
+    );
+    assert_eq!(
+        value(&after, "switchyard_clients", &[("state", "active")]),
+        1.0,
+        "the pinned client holds its server"
+    );
+    let primary = cluster.primary().addr();
+    assert_eq!(
+        value(&after, "switchyard_node_up", &[("node", &primary)]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "switchyard_node_role",
+            &[("node", &primary), ("role", "primary")]
+        ),
+        1.0
+    );
+    let replica = cluster.replicas()[0].addr();
+    assert_eq!(
+        value(
+            &after,
+            "switchyard_node_role",
+            &[("node", &replica), ("role", "replica")]
+        ),
+        1.0
+    );
+    assert!(value(&after, "switchyard_node_timeline", &[("node", &primary)]) >= 1.0);
     assert_eq!(get(http_addr, "/nope").await.0, 404);
     drop(c);
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+}
+
+type Metrics = Vec<switchyard::cluster::hardware::Sample>;
+
+/// Scrapes `/metrics`, checks it parses as Prometheus text and that every
+/// declared metric is there with its help text (labelled series appear once
+/// they have a value).
+async fn scrape(addr: std::net::SocketAddr) -> Metrics {
+    let (code, text) = get(addr, "/metrics").await;
+    assert_eq!(code, 200);
+    let samples = switchyard::cluster::hardware::exposition::parse(&text)
+        .unwrap_or_else(|e| panic!("/metrics is not Prometheus text: {e}\n{text}"));
+    for (name, _, help) in switchyard::metrics::METRICS {
+        assert!(
+            text.contains(&format!("# HELP {name} {help}")),
+            "{name} has no help line"
+        );
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} has no type line"
+        );
+    }
+    samples
+}
+
+/// The value of the sample `name` whose labels include `labels` (0 if absent).
+fn value(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
+    m.iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map_or(0.0, |s| s.value)
 }

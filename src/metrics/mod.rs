@@ -159,6 +159,18 @@ pub fn render(ctx: &Context) -> String {
         }
     });
     let mut out = ctx.prometheus.handle().render();
+    // Series that have no value yet (no error of any class so far) still
+    // announce themselves, so dashboards and the README list stay checkable.
+    for &(name, ty, help) in METRICS {
+        if ty != Type::Summary && !out.contains(&format!("# TYPE {name} ")) {
+            let ty = if ty == Type::Counter {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
+        }
+    }
     for (name, kind) in [
         (QUERY_DURATION, Kind::Query),
         (TRANSACTION_DURATION, Kind::Transaction),

@@ -86,6 +86,31 @@ impl Proxy {
         }
     }
 
+    /// Starts a proxy from a configuration file, which `RELOAD` re-reads.
+    pub async fn start_from_file(cluster: Arc<LocalCluster>, path: &std::path::Path) -> Proxy {
+        let config = switchyard::config::load(path).expect("test config file is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let opts = switchyard::listener::Options {
+            config_path: Some(path.to_path_buf()),
+            ..Default::default()
+        };
+        let task = tokio::spawn(async move {
+            switchyard::listener::serve(config, listener, opts, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("proxy runs");
+        });
+        Proxy {
+            addr,
+            cluster,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
     /// Asks the proxy to shut down and waits until `run` returns.
     pub async fn shutdown(mut self) {
         if let Some(s) = self.stop.take() {
@@ -177,6 +202,9 @@ password = "md5pass"
 [[users]]
 name = "trustuser"
 password = "whatever"
+[[users]]
+name = "admin"
+password = "adminpw"
 "#;
 
 /// A unique name for test objects.

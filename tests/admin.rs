@@ -1,0 +1,488 @@
+//! The admin console through real clients: PgBouncer's SHOW columns, who may
+//! get in, PAUSE/RESUME/KILL/RECONNECT/RELOAD, and garbage.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{sqlstate, Proxy};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// Column names and rows (as text) of a simple-protocol SHOW.
+async fn show(admin: &Client, sql: &str) -> (Vec<String>, Vec<Vec<Option<String>>>) {
+    let msgs = admin
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut columns = vec![];
+    let mut rows = vec![];
+    for m in msgs {
+        match m {
+            SimpleQueryMessage::RowDescription(cols) => {
+                columns = cols.iter().map(|c| c.name().to_string()).collect();
+            }
+            SimpleQueryMessage::Row(r) => {
+                rows.push((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect());
+            }
+            _ => {}
+        }
+    }
+    (columns, rows)
+}
+
+/// The value of `column` in `row`.
+fn cell<'a>(columns: &[String], row: &'a [Option<String>], column: &str) -> Option<&'a str> {
+    let i = columns.iter().position(|c| c == column)?;
+    row[i].as_deref()
+}
+
+fn num(columns: &[String], row: &[Option<String>], column: &str) -> i64 {
+    cell(columns, row, column)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{column} is not a number in {row:?}"))
+}
+
+async fn admin(proxy: &Proxy, db: &str) -> Client {
+    proxy
+        .client_as("admin", "adminpw", db)
+        .await
+        .expect("admin logs in")
+}
+
+fn message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default()
+}
+
+fn names(cols: &[&str]) -> Vec<String> {
+    cols.iter().map(|c| c.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_commands_answer_with_pgbouncer_columns() {
+    let proxy = Proxy::start("").await;
+    let app = proxy.client().await;
+    for _ in 0..5 {
+        app.simple_query("SELECT 1").await.unwrap();
+    }
+    let stmt = app.prepare("SELECT $1::int").await.unwrap();
+    app.query(&stmt, &[&7i32]).await.unwrap();
+    let admin = admin(&proxy, "pgbouncer").await;
+
+    let (cols, rows) = show(&admin, "SHOW POOLS").await;
+    assert_eq!(
+        cols,
+        names(&[
+            "database",
+            "user",
+            "cl_active",
+            "cl_waiting",
+            "cl_active_cancel_req",
+            "cl_waiting_cancel_req",
+            "sv_active",
+            "sv_active_cancel",
+            "sv_being_canceled",
+            "sv_idle",
+            "sv_used",
+            "sv_tested",
+            "sv_login",
+            "maxwait",
+            "maxwait_us",
+            "pool_mode",
+        ])
+    );
+    let pool = rows
+        .iter()
+        .find(|r| {
+            cell(&cols, r, "database") == Some("app") && cell(&cols, r, "user") == Some("app")
+        })
+        .expect("a pool for app/app");
+    assert_eq!(num(&cols, pool, "cl_active"), 1);
+    assert_eq!(num(&cols, pool, "cl_waiting"), 0);
+    assert!(num(&cols, pool, "sv_idle") >= 1);
+    assert_eq!(cell(&cols, pool, "pool_mode"), Some("transaction"));
+
+    let (cols, rows) = show(&admin, "SHOW STATS").await;
+    let stat_fields = [
+        "server_assignment_count",
+        "xact_count",
+        "query_count",
+        "received",
+        "sent",
+        "xact_time",
+        "query_time",
+        "wait_time",
+        "client_parse_count",
+        "server_parse_count",
+        "bind_count",
+    ];
+    let mut want = vec!["database".to_string()];
+    want.extend(stat_fields.iter().map(|f| format!("total_{f}")));
+    want.extend(
+        stat_fields
+            .iter()
+            .map(|f| format!("avg_{}", if *f == "received" { "recv" } else { f })),
+    );
+    assert_eq!(cols, want);
+    let app_stats = rows
+        .iter()
+        .find(|r| cell(&cols, r, "database") == Some("app"))
+        .expect("stats for app");
+    assert!(
+        num(&cols, app_stats, "total_xact_count") >= 6,
+        "{app_stats:?}"
+    );
+    assert!(num(&cols, app_stats, "total_query_count") >= 6);
+    assert!(num(&cols, app_stats, "total_query_time") > 0);
+    assert!(num(&cols, app_stats, "total_received") > 0);
+    assert!(num(&cols, app_stats, "total_client_parse_count") >= 1);
+    assert!(num(&cols, app_stats, "total_bind_count") >= 1);
+
+    let (cols, _) = show(&admin, "SHOW STATS_TOTALS").await;
+    assert_eq!(
+        cols[1..],
+        want[1..12]
+            .iter()
+            .map(|c| c["total_".len()..].to_string())
+            .collect::<Vec<_>>()[..]
+    );
+    let (cols, _) = show(&admin, "SHOW STATS_AVERAGES").await;
+    assert_eq!(cols[4], "recv");
+    assert_eq!(cols.len(), 12);
+
+    let connection_columns = names(&[
+        "type",
+        "user",
+        "database",
+        "replication",
+        "state",
+        "addr",
+        "port",
+        "local_addr",
+        "local_port",
+        "connect_time",
+        "request_time",
+        "wait",
+        "wait_us",
+        "close_needed",
+        "ptr",
+        "link",
+        "remote_pid",
+        "tls",
+        "application_name",
+        "prepared_statements",
+        "id",
+    ]);
+    let (cols, rows) = show(&admin, "SHOW CLIENTS").await;
+    assert_eq!(cols, connection_columns);
+    let me = rows
+        .iter()
+        .find(|r| cell(&cols, r, "user") == Some("app"))
+        .expect("the app client");
+    assert_eq!(cell(&cols, me, "type"), Some("C"));
+    assert_eq!(cell(&cols, me, "state"), Some("idle"));
+    assert_eq!(cell(&cols, me, "addr"), Some("127.0.0.1"));
+    let (cols, rows) = show(&admin, "SHOW SERVERS").await;
+    assert_eq!(cols, connection_columns);
+    let server = rows
+        .iter()
+        .find(|r| cell(&cols, r, "database") == Some("app"))
+        .expect("an app server connection");
+    assert_eq!(cell(&cols, server, "state"), Some("idle"));
+    assert_eq!(
+        cell(&cols, server, "port").map(str::to_string),
+        Some(proxy.cluster.primary().port().to_string())
+    );
+    assert!(num(&cols, server, "remote_pid") > 0);
+
+    let (cols, rows) = show(&admin, "SHOW DATABASES").await;
+    assert_eq!(
+        &cols[..6],
+        &names(&[
+            "name",
+            "host",
+            "port",
+            "database",
+            "force_user",
+            "pool_size"
+        ])[..]
+    );
+    assert!(
+        cols.contains(&"paused".to_string()) && cols.contains(&"current_connections".to_string())
+    );
+    let db = rows
+        .iter()
+        .find(|r| cell(&cols, r, "name") == Some("app"))
+        .unwrap();
+    assert_eq!(num(&cols, db, "pool_size"), 20);
+    assert_eq!(num(&cols, db, "paused"), 0);
+
+    let (cols, rows) = show(&admin, "SHOW CONFIG").await;
+    assert_eq!(cols, names(&["key", "value", "default", "changeable"]));
+    let max = rows
+        .iter()
+        .find(|r| cell(&cols, r, "key") == Some("max_client_conn"))
+        .unwrap();
+    assert_eq!(cell(&cols, max, "value"), Some("10000"));
+    assert_eq!(cell(&cols, max, "changeable"), Some("no"));
+    assert!(rows
+        .iter()
+        .all(|r| cell(&cols, r, "value") != Some("adminpw")));
+
+    let (cols, rows) = show(&admin, "SHOW LISTS").await;
+    assert_eq!(cols, names(&["list", "items"]));
+    assert!(rows.iter().any(|r| cell(&cols, r, "list") == Some("pools")));
+    let (cols, rows) = show(&admin, "SHOW USERS").await;
+    assert_eq!(cols[0], "name");
+    assert!(rows.iter().any(|r| cell(&cols, r, "name") == Some("app")));
+    let (cols, rows) = show(&admin, "SHOW VERSION").await;
+    assert_eq!(cols, names(&["version"]));
+    assert!(rows[0][0].as_deref().unwrap().contains("PgBouncer"));
+    assert!(show(&admin, "SHOW HELP").await.1.is_empty());
+
+    let (cols, rows) = show(&admin, "SHOW NODES").await;
+    assert_eq!(
+        cols,
+        names(&[
+            "name",
+            "addr",
+            "role",
+            "state",
+            "timeline",
+            "lsn",
+            "lag_bytes",
+            "lag_seconds",
+            "last_check",
+            "hardware"
+        ])
+    );
+    let roles: Vec<_> = rows
+        .iter()
+        .map(|r| cell(&cols, r, "role").unwrap().to_string())
+        .collect();
+    assert_eq!(roles, ["primary", "replica"]);
+    let (cols, rows) = show(&admin, "SHOW EVENTS").await;
+    assert!(rows
+        .iter()
+        .any(|r| cell(&cols, r, "kind") == Some("writes_resumed")));
+
+    // The alias and the real name are the same console.
+    let admin2 = self::admin(&proxy, "switchyard").await;
+    assert_eq!(
+        show(&admin2, "show version;").await.1,
+        show(&admin, "SHOW VERSION").await.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_admin_users_get_in() {
+    let proxy = Proxy::start("").await;
+    let e = proxy
+        .client_as("app", "app", "pgbouncer")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42501"), "{e}");
+    let e = proxy
+        .client_as("admin", "wrong", "switchyard")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{e}");
+    let e = proxy
+        .client_as("nobody", "x", "switchyard")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_an_error_and_the_console_stays_usable() {
+    let proxy = Proxy::start("").await;
+    let admin = admin(&proxy, "switchyard").await;
+    for bad in [
+        "SHOW NONSENSE",
+        "SELECT 1",
+        "KILL",
+        "PAUSE a b",
+        "SHOW POOLS; SHOW STATS",
+        "\"",
+        "READMIT",
+    ] {
+        let e = admin.simple_query(bad).await.unwrap_err();
+        assert_eq!(sqlstate(&e).as_deref(), Some("42601"), "{bad}: {e}");
+    }
+    let e = admin.simple_query("PAUSE no_such_db").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("3D000"), "{e}");
+    let e = admin
+        .simple_query("READMIT no_such_node")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42704"), "{e}");
+    let primary = proxy.cluster.primary().addr();
+    let e = admin
+        .simple_query(&format!("READMIT \"{primary}\""))
+        .await
+        .unwrap_err();
+    assert!(message(&e).contains("not fenced"), "{e:?}");
+    assert!(admin.simple_query("").await.is_ok());
+    assert_eq!(show(&admin, "SHOW VERSION").await.1.len(), 1);
+    // The extended protocol is refused and the session closed, as in PgBouncer.
+    let e = admin.query("SHOW VERSION", &[]).await.unwrap_err();
+    assert!(
+        sqlstate(&e).as_deref() == Some("08P01") || e.is_closed(),
+        "{e}"
+    );
+    // Raw garbage on a fresh admin session: an error, then a clean close.
+    let mut raw = common::Raw::connect(proxy.addr).await;
+    raw.startup(0, "admin", "switchyard").await;
+    let _ = raw.until_ready().await;
+    raw.send(b"Zgarbage!").await;
+    assert!(raw.closed_within(5).await);
+    // The proxy still serves.
+    proxy.client().await.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_new_transactions_and_resume_releases_them() {
+    let proxy = Proxy::start("").await;
+    let app = std::sync::Arc::new(proxy.client().await);
+    app.simple_query("SELECT 1").await.unwrap();
+    let admin = admin(&proxy, "pgbouncer").await;
+    admin.simple_query("PAUSE app").await.unwrap();
+    let held = tokio::spawn({
+        let app = app.clone();
+        async move { app.simple_query("SELECT 42").await }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!held.is_finished(), "a query ran while paused");
+    let (cols, rows) = show(&admin, "SHOW POOLS").await;
+    let pool = rows
+        .iter()
+        .find(|r| {
+            cell(&cols, r, "database") == Some("app") && cell(&cols, r, "user") == Some("app")
+        })
+        .unwrap();
+    assert_eq!(num(&cols, pool, "cl_waiting"), 1);
+    assert!(num(&cols, pool, "maxwait_us") > 0 || num(&cols, pool, "maxwait") > 0);
+    admin.simple_query("RESUME app").await.unwrap();
+    let rows = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("released by RESUME")
+        .unwrap()
+        .expect("no error after RESUME");
+    assert!(matches!(&rows[1], SimpleQueryMessage::Row(r) if r.get(0) == Some("42")));
+
+    // PAUSE waits for the running transaction to finish before it returns.
+    app.simple_query("BEGIN").await.unwrap();
+    let pause = tokio::spawn(async move {
+        admin.simple_query("PAUSE").await.unwrap();
+        admin
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !pause.is_finished(),
+        "PAUSE returned with a transaction running"
+    );
+    app.simple_query("COMMIT").await.unwrap();
+    let admin = tokio::time::timeout(Duration::from_secs(5), pause)
+        .await
+        .expect("PAUSE returns once the transaction ended")
+        .unwrap();
+    admin.simple_query("RESUME").await.unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_disconnects_a_database_and_reconnect_replaces_servers() {
+    let proxy = Proxy::start("").await;
+    let admin = admin(&proxy, "switchyard").await;
+    let app = proxy.client().await;
+    let pid = |rows: Vec<SimpleQueryMessage>| match &rows[1] {
+        SimpleQueryMessage::Row(r) => r.get(0).unwrap().to_string(),
+        _ => panic!("no row"),
+    };
+    let before = pid(app.simple_query("SELECT pg_backend_pid()").await.unwrap());
+    admin.simple_query("RECONNECT app").await.unwrap();
+    let after = pid(app.simple_query("SELECT pg_backend_pid()").await.unwrap());
+    assert_ne!(before, after, "RECONNECT kept the old server connection");
+
+    admin.simple_query("KILL app").await.unwrap();
+    let e = app.simple_query("SELECT 1").await.unwrap_err();
+    assert!(
+        sqlstate(&e).as_deref() == Some("57P01") || e.is_closed(),
+        "{e}"
+    );
+    // The database stays paused until RESUME, as in PgBouncer.
+    let fresh = proxy.client().await;
+    let held = tokio::spawn(async move { fresh.simple_query("SELECT 1").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished());
+    admin.simple_query("RESUME app").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rereads_the_configuration_file() {
+    let cluster = common::cluster();
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("{:?}", n.addr()))
+        .collect();
+    let toml = |pool_size: u32, extra_user: &str| {
+        format!(
+            "[proxy]\ndefault_pool_size = {pool_size}\nadmin_users = [\"admin\", \"ops\"]\n{}\n{extra_user}\n[cluster]\nnodes = [{}]\n",
+            common::USERS,
+            nodes.join(", ")
+        )
+    };
+    let dir = std::env::temp_dir().join(common::unique("sy_reload"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, toml(20, "")).unwrap();
+    let proxy = Proxy::start_from_file(cluster.clone(), &path).await;
+    let admin = admin(&proxy, "switchyard").await;
+    let app = proxy.client().await;
+    app.simple_query("SELECT 1").await.unwrap();
+    assert!(proxy.client_as("ops", "opspw", "switchyard").await.is_err());
+
+    // A new admin user and a new pool size, applied without dropping anyone.
+    std::fs::write(
+        &path,
+        toml(7, "[[users]]\nname = \"ops\"\npassword = \"opspw\"\n"),
+    )
+    .unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    let ops = proxy
+        .client_as("ops", "opspw", "switchyard")
+        .await
+        .expect("new user after RELOAD");
+    let (cols, rows) = show(&ops, "SHOW DATABASES").await;
+    let db = rows
+        .iter()
+        .find(|r| cell(&cols, r, "name") == Some("app"))
+        .unwrap();
+    assert_eq!(num(&cols, db, "pool_size"), 7);
+    app.simple_query("SELECT 1")
+        .await
+        .expect("client kept across RELOAD");
+
+    // An invalid file is rejected and the running configuration stays.
+    std::fs::write(&path, "[proxy]\npool_mode = \"sometimes\"\n").unwrap();
+    let e = admin.simple_query("RELOAD").await.unwrap_err();
+    assert!(message(&e).contains("unchanged"), "{e:?}");
+    proxy
+        .client_as("ops", "opspw", "switchyard")
+        .await
+        .expect("old config stays");
+    let (cols, rows) = show(&admin, "SHOW EVENTS").await;
+    assert!(rows
+        .iter()
+        .any(|r| cell(&cols, r, "kind") == Some("config_rejected")));
+    app.simple_query("SELECT 1").await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
