@@ -53,6 +53,7 @@ pub async fn handle(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSe
     tracing::debug!(client = reg.info.id, user = %reg.info.user, database = %reg.info.database, "client logged in");
     let Some(pool) = logged_in.pool else {
         crate::admin::serve(conn, ctx, reg).await;
+        tracing::debug!("admin client disconnected");
         return;
     };
     let limits = relay::Limits::from(&**ctx.config.load());
@@ -72,6 +73,7 @@ pub async fn handle(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSe
     }
     .run()
     .await;
+    tracing::debug!("client disconnected");
     drop(permit);
 }
 

@@ -231,6 +231,7 @@ impl Pool {
             .await?;
         drop(opening);
         conn.generation = generation;
+        tracing::debug!(addr = %conn.addr, pid = conn.key.0, "server connection opened");
         let mut params = lock(&s.params);
         if params.is_none() {
             *params = Some(Arc::new(conn.params.clone()));

@@ -319,6 +319,7 @@ impl Drop for ServerConn {
         // Best effort Terminate so PostgreSQL logs a clean disconnect; a full
         // socket buffer just means the close alone has to do.
         let _ = self.stream.try_write(b"X\0\0\0\x04");
+        tracing::debug!(addr = %self.addr, pid = self.key.0, "server connection closed");
     }
 }
 
