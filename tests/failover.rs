@@ -420,7 +420,12 @@ impl Relay {
             .expect("rebind the relay's port");
         let token = CancellationToken::new();
         *self.token.lock().unwrap_or_else(|e| e.into_inner()) = token.clone();
-        tokio::spawn(relay_serve(listener, self.target, token, self.conns.clone()));
+        tokio::spawn(relay_serve(
+            listener,
+            self.target,
+            token,
+            self.conns.clone(),
+        ));
     }
 }
 
