@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use switchyard::config::Config;
 use switchyard::local_cluster::{LocalCluster, LocalClusterOptions};
 
 #[derive(Parser)]
@@ -13,9 +14,11 @@ use switchyard::local_cluster::{LocalCluster, LocalClusterOptions};
     about = "PostgreSQL proxy with pooling and transparent failover"
 )]
 struct Cli {
-    /// Configuration file.
-    #[arg(long, global = true, default_value = "config/switchyard.toml")]
-    config: PathBuf,
+    /// Configuration file; it must exist. Without it: the first of
+    /// config/switchyard.toml and /etc/switchyard/switchyard.toml that exists,
+    /// else the SWITCHYARD__... environment alone (docs/configuration.md).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -36,7 +39,7 @@ enum LogFormat {
 enum Command {
     /// Run the proxy (the default).
     Run,
-    /// Validate the configuration file and exit.
+    /// Validate the configuration and exit.
     CheckConfig,
     /// Start a throw-away primary + replica and the proxy in front of them.
     Demo {
@@ -61,17 +64,32 @@ fn main() -> std::process::ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
-            switchyard::config::load(&cli.config)
-                .with_context(|| format!("{}", cli.config.display()))?;
-            println!("{}: configuration is valid", cli.config.display());
+            let (_, source) = load_config(cli.config)?;
+            println!("{source}: configuration is valid");
             Ok(())
         }
         Command::Run => {
-            let config = switchyard::config::load(&cli.config)
-                .with_context(|| format!("{}", cli.config.display()))?;
+            let (config, source) = load_config(cli.config)?;
+            tracing::info!(%source, "configuration loaded");
             runtime()?.block_on(serve(config))
         }
         Command::Demo { listen } => demo(&listen),
+    }
+}
+
+/// The configuration and where it came from: `--config` (which must exist),
+/// else the first default file that exists, else the environment alone.
+fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<(Config, String)> {
+    match explicit.or_else(switchyard::config::default_file) {
+        Some(path) => {
+            let source = path.display().to_string();
+            let config = switchyard::config::load(&path).context(source.clone())?;
+            Ok((config, source))
+        }
+        None => Ok((
+            switchyard::config::load_env()?,
+            "environment (SWITCHYARD__...)".to_string(),
+        )),
     }
 }
 
@@ -81,7 +99,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn serve(config: switchyard::config::Config) -> anyhow::Result<()> {
+async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use load::{load, load_str, ConfigError};
+pub use load::{
+    default_file, load, load_env, load_str, ConfigError, DEFAULT_PATHS, NODES_ENV, USERS_ENV,
+};
 pub use validate::validate;
 
 /// The whole configuration file.
