@@ -1,7 +1,9 @@
 //! The `switchyard` binary: parses the command line, loads the configuration
-//! and runs the proxy (or `check-config`, or `demo`). All logic is in the library.
+//! and runs the proxy (or `check-config`, `healthcheck`, or `demo`). All logic
+//! is in the library.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -41,6 +43,13 @@ enum Command {
     Run,
     /// Validate the configuration and exit.
     CheckConfig,
+    /// GET an HTTP endpoint of a running proxy; exit 0 on a 2xx answer, else 1
+    /// (a container HEALTHCHECK without curl).
+    Healthcheck {
+        /// The endpoint to ask.
+        #[arg(long, default_value = "http://127.0.0.1:9930/healthz")]
+        url: String,
+    },
     /// Start a throw-away primary + replica and the proxy in front of them.
     Demo {
         /// Where the proxy listens.
@@ -72,6 +81,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let (config, source) = load_config(cli.config)?;
             tracing::info!(%source, "configuration loaded");
             runtime()?.block_on(serve(config))
+        }
+        Command::Healthcheck { url } => {
+            let status = switchyard::http::check::get_status(&url, Duration::from_secs(2))
+                .with_context(|| url.clone())?;
+            anyhow::ensure!((200..300).contains(&status), "{url}: HTTP {status}");
+            println!("{url}: HTTP {status}");
+            Ok(())
         }
         Command::Demo { listen } => demo(&listen),
     }
