@@ -1,23 +1,28 @@
-//! pgbench through Switchyard vs straight to PostgreSQL vs through PgBouncer.
+//! pgbench through Switchyard vs straight to PostgreSQL vs through PgBouncer,
+//! and Switchyard with its traffic metrics on vs off.
 //!
 //! Run with `cargo bench --bench pgbench_compare` (as root or as a user that
 //! may start PostgreSQL; PgBouncer is installed with apt-get when missing).
 //! Environment: `BENCH_ROUNDS` (default 3) interleaved rounds per workload,
 //! `BENCH_SECS` (default 10) seconds per pgbench run; the `-M extended` and
 //! `-M prepared` rows run for 70 % of that (7 s by default), which keeps a
-//! default run under about 8 minutes.
+//! default run under about 10 minutes.
 //!
 //! What it does: starts a throw-away PostgreSQL primary (`fsync = on`, no
-//! replica), `pgbench -i -s 10`, starts Switchyard in-process on its own tokio
-//! runtime (in a background thread of this process, which otherwise only
-//! waits for pgbench) and PgBouncer as a child process, both in transaction
-//! mode with 20 server connections, then runs each workload in rounds that
-//! visit the three targets in rotating order, and prints markdown tables.
+//! replica), `pgbench -i -s 10`, starts two Switchyards in-process, each on
+//! its own tokio runtime (in background threads of this process, which
+//! otherwise only waits for pgbench) — one with the default `[http] metrics =
+//! true`, one ("switchyard-nometrics") with `metrics = false` — and PgBouncer
+//! as a child process, all in transaction mode with 20 server connections,
+//! then runs each workload in rounds that visit the four targets in rotating
+//! order, and prints markdown tables.
 //! The select-only 64-client rows (`-M simple`, `-M extended`,
 //! `-M prepared`) share their rounds: each round runs all three, in rotating
 //! order, so the issue #4 ratios printed under the table (Switchyard
 //! prepared / Switchyard simple ≥ 1.1, Switchyard prepared / PgBouncer
-//! simple ≥ 1.2) compare runs made close together. PgBouncer before 1.21
+//! simple ≥ 1.2) compare runs made close together. Issue #5's target, that
+//! recording metrics costs at most 3 % of TPS, is checked on the `-S`
+//! 64-client `-M simple` row: metrics on / metrics off ≥ 0.97. PgBouncer before 1.21
 //! cannot do `-M prepared` in transaction mode; it is run anyway and its
 //! failures are shown as "n/a (unsupported)".
 //! Everything it starts is stopped on the way out, also on panic.
@@ -36,7 +41,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
+use anyhow::{anyhow, bail, ensure, Context as _};
 use switchyard::config::Config;
 use switchyard::local_cluster::{
     LocalCluster, LocalClusterOptions, APP_DB, APP_PASSWORD, APP_USER,
@@ -163,13 +168,20 @@ const SELECT64_PREPARED: usize = 3;
 const TARGET_PREPARED_VS_SIMPLE: f64 = 1.1;
 /// Issue #4: Switchyard `-M prepared` / PgBouncer `-M simple`, `-S`, 64 clients.
 const TARGET_PREPARED_VS_PGBOUNCER: f64 = 1.2;
+/// Issue #5: Switchyard metrics on / metrics off, `-S`, 64 clients, `-M simple`
+/// (recording metrics may cost at most 3 % of TPS).
+const TARGET_METRICS_ON_VS_OFF: f64 = 0.97;
 
 /// Where pgbench connects.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Target {
     Direct,
+    /// Switchyard with `[http] metrics = true` (the default).
     Switchyard,
     PgBouncer,
+    /// Switchyard with `[http] metrics = false`: the baseline for what
+    /// recording metrics costs.
+    SwitchyardNoMetrics,
 }
 
 impl Target {
@@ -178,6 +190,7 @@ impl Target {
             Target::Direct => "direct",
             Target::Switchyard => "switchyard",
             Target::PgBouncer => "pgbouncer",
+            Target::SwitchyardNoMetrics => "switchyard-nometrics",
         }
     }
 
@@ -187,11 +200,22 @@ impl Target {
             Target::Direct => 0,
             Target::Switchyard => 1,
             Target::PgBouncer => 2,
+            Target::SwitchyardNoMetrics => 3,
         }
     }
 }
 
-const TARGETS: [Target; 3] = [Target::Direct, Target::Switchyard, Target::PgBouncer];
+/// The targets, in the order of the first round (later rounds rotate it) and
+/// of the tables' columns. The two Switchyards sit opposite each other, so
+/// that over four rounds each runs before the other twice: next to each
+/// other, whichever ran second would in most rounds be the one that meets
+/// the state (checkpoints, caches, heat) the other left.
+const TARGETS: [Target; 4] = [
+    Target::Direct,
+    Target::Switchyard,
+    Target::PgBouncer,
+    Target::SwitchyardNoMetrics,
+];
 
 /// Outcome of one pgbench run.
 #[derive(Clone)]
@@ -211,7 +235,7 @@ struct Round {
     /// (1-based) and their number.
     block: Option<(usize, usize)>,
     /// Per target, in `TARGETS` order.
-    outs: [Outcome; 3],
+    outs: [Outcome; TARGETS.len()],
 }
 
 fn main() {
@@ -248,11 +272,8 @@ fn bench() -> anyhow::Result<()> {
     }
 
     let tmp = TempDir::create()?;
-    let proxy = Switchyard::start(|listen| proxy_config(&primary.addr(), listen))?;
-    eprintln!(
-        "switchyard (in-process) listening on 127.0.0.1:{}",
-        proxy.port
-    );
+    let proxy = start_switchyard(&primary.addr(), Metrics::On)?;
+    let proxy_nometrics = start_switchyard(&primary.addr(), Metrics::Off)?;
     let bouncer = match ensure_pgbouncer() {
         Ok(bin) => Some(PgBouncer::start(&bin, &tmp.path, primary.port())?),
         Err(e) => {
@@ -265,6 +286,7 @@ fn bench() -> anyhow::Result<()> {
         Target::Direct => Some(primary.port()),
         Target::Switchyard => Some(proxy.port),
         Target::PgBouncer => bouncer.as_ref().map(|b| b.port),
+        Target::SwitchyardNoMetrics => Some(proxy_nometrics.port),
     };
     let short_secs = (secs * SHORT_RUN_PERCENT / 100).max(1);
     let began = Instant::now();
@@ -300,11 +322,11 @@ fn bench() -> anyhow::Result<()> {
             for (block, &wi) in w_order.iter().enumerate() {
                 let w = &WORKLOADS[wi];
                 let run_secs = if w.short { short_secs } else { secs };
-                let mut outs = [Outcome::Skipped, Outcome::Skipped, Outcome::Skipped];
+                let mut outs = TARGETS.map(|_| Outcome::Skipped);
                 for &t in &order {
                     let Some(port) = port_of(t) else { continue };
                     eprint!(
-                        "{} | round {}/{rounds} | {:<10} ... ",
+                        "{} | round {}/{rounds} | {:<20} ... ",
                         w.name,
                         r + 1,
                         t.name()
@@ -335,7 +357,8 @@ fn bench() -> anyhow::Result<()> {
         "PostgreSQL {version}, scale {SCALE}, fsync on; pgbench -j 2, -M as per row, {secs}s per run \
          ({short_secs}s for the -M extended/prepared rows), {rounds} round(s) per workload \
          ({:.1} min of warm-up and runs); pools: {POOL_SIZE} server connections, transaction mode; \
-         Switchyard in-process (tokio multi-thread runtime, {} cores shared with PostgreSQL and pgbench); {}",
+         Switchyard in-process twice, [http] metrics on and off (each its own tokio multi-thread runtime, \
+         {} cores shared with PostgreSQL and pgbench); {}",
         elapsed.as_secs_f64() / 60.0,
         thread::available_parallelism().map_or(0, |n| n.get()),
         bouncer
@@ -346,6 +369,7 @@ fn bench() -> anyhow::Result<()> {
 
     // Teardown in reverse order of start; the guards also do this on panic.
     drop(bouncer);
+    drop(proxy_nometrics);
     drop(proxy);
     drop(tmp);
     drop(cluster);
@@ -515,15 +539,51 @@ fn tail(s: &str, lines: usize) -> String {
 // Switchyard configuration
 // ---------------------------------------------------------------------------
 
+/// Whether a Switchyard records its traffic metrics (`[http] metrics`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Metrics {
+    On,
+    Off,
+}
+
+/// Starts an in-process Switchyard in front of `primary_addr`.
+fn start_switchyard(primary_addr: &str, metrics: Metrics) -> anyhow::Result<Switchyard> {
+    let proxy = Switchyard::start(|listen| proxy_config(primary_addr, listen, metrics))?;
+    let name = match metrics {
+        Metrics::On => Target::Switchyard.name(),
+        Metrics::Off => Target::SwitchyardNoMetrics.name(),
+    };
+    eprintln!("{name} (in-process) listening on 127.0.0.1:{}", proxy.port);
+    Ok(proxy)
+}
+
 /// The proxy's configuration: one node, the same pool and client limits as
-/// PgBouncer's.
-fn proxy_config(primary_addr: &str, listen: &str) -> anyhow::Result<Config> {
-    common::proxy_config(
+/// PgBouncer's, and `[http] metrics` as `metrics` says. (`run` serves no HTTP
+/// endpoints, so the two proxies do not compete for `[http] listen`.)
+fn proxy_config(primary_addr: &str, listen: &str, metrics: Metrics) -> anyhow::Result<Config> {
+    let mut cluster = format!(r#"nodes = ["{primary_addr}"]"#);
+    if metrics == Metrics::Off {
+        // `common::proxy_config` takes no other sections; a table header
+        // after the cluster body is valid TOML wherever the template puts
+        // `[cluster]`, since whatever follows it starts with a header too.
+        cluster.push_str("\n\n[http]\nmetrics = false");
+    }
+    let config = common::proxy_config(
         listen,
         POOL_SIZE,
         &format!("max_client_conn = {MAX_CLIENT_CONN}\nshutdown_timeout = \"5s\""),
-        &format!(r#"nodes = ["{primary_addr}"]"#),
-    )
+        &cluster,
+    )?;
+    // A typo in the key would be rejected (`deny_unknown_fields`), but a
+    // table landing somewhere else would not: make sure it took effect,
+    // or the comparison would be of two identical proxies.
+    ensure!(
+        config.http.metrics == (metrics == Metrics::On),
+        "[http] metrics is {} in the configuration built for metrics {}",
+        config.http.metrics,
+        if metrics == Metrics::On { "on" } else { "off" }
+    );
+    Ok(config)
 }
 
 // ---------------------------------------------------------------------------
@@ -800,87 +860,128 @@ fn per_round_ratios(results: &[Vec<Round>], (wa, a): Cell, (wb, b): Cell) -> Str
     ratios.join(", ")
 }
 
+/// A ratio the report checks or shows for context: `a` over `b`, with the
+/// target it must reach, if any.
+struct Comparison {
+    name: &'static str,
+    a: Cell,
+    b: Cell,
+    target: Option<f64>,
+}
+
+/// Issue #4's targets, and the ratios that put them in context.
+const ISSUE4_COMPARISONS: [Comparison; 5] = [
+    Comparison {
+        name: "Switchyard prepared / Switchyard simple",
+        a: (SELECT64_PREPARED, Target::Switchyard),
+        b: (SELECT64_SIMPLE, Target::Switchyard),
+        target: Some(TARGET_PREPARED_VS_SIMPLE),
+    },
+    Comparison {
+        name: "Switchyard prepared / PgBouncer simple",
+        a: (SELECT64_PREPARED, Target::Switchyard),
+        b: (SELECT64_SIMPLE, Target::PgBouncer),
+        target: Some(TARGET_PREPARED_VS_PGBOUNCER),
+    },
+    Comparison {
+        name: "(reference) direct prepared / direct simple",
+        a: (SELECT64_PREPARED, Target::Direct),
+        b: (SELECT64_SIMPLE, Target::Direct),
+        target: None,
+    },
+    Comparison {
+        name: "(reference) Switchyard extended / Switchyard simple",
+        a: (SELECT64_EXTENDED, Target::Switchyard),
+        b: (SELECT64_SIMPLE, Target::Switchyard),
+        target: None,
+    },
+    Comparison {
+        name: "(reference) Switchyard prepared / direct prepared",
+        a: (SELECT64_PREPARED, Target::Switchyard),
+        b: (SELECT64_PREPARED, Target::Direct),
+        target: None,
+    },
+];
+
+/// Issue #5's target. The other rows' on/off ratios are in the medians
+/// table; this one is the row the issue names.
+const ISSUE5_COMPARISONS: [Comparison; 1] = [Comparison {
+    name: "Switchyard metrics on / metrics off",
+    a: (SELECT64_SIMPLE, Target::Switchyard),
+    b: (SELECT64_SIMPLE, Target::SwitchyardNoMetrics),
+    target: Some(TARGET_METRICS_ON_VS_OFF),
+}];
+
 fn report(header: &str, results: &[Vec<Round>]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{header}\n");
+    medians_table(&mut s, results);
     let _ = writeln!(
         s,
-        "| workload | direct TPS | switchyard TPS | pgbouncer TPS | switchyard/direct | switchyard/pgbouncer |"
+        "\nMedians over successful rounds. Rows without -M use -M simple; \
+         metrics on/off is switchyard / switchyard-nometrics.\n"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
-    for (w, rounds) in WORKLOADS.iter().zip(results) {
-        let med = |t: Target| median_tps(rounds, t);
-        let cell = |t: Target| fmt_median(w, rounds, t);
-        let (d, sy, pb) = (
-            med(Target::Direct),
-            med(Target::Switchyard),
-            med(Target::PgBouncer),
-        );
-        let pb_unsupported = pb.is_none() && cell(Target::PgBouncer) == "n/a (unsupported)";
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} |",
-            w.name,
-            cell(Target::Direct),
-            cell(Target::Switchyard),
-            cell(Target::PgBouncer),
-            fmt_ratio(ratio(sy, d)),
-            if pb_unsupported {
-                "n/a".into()
-            } else {
-                fmt_ratio(ratio(sy, pb))
-            }
-        );
-    }
-    let _ = writeln!(
-        s,
-        "\nMedians over successful rounds. Rows without -M use -M simple.\n"
-    );
-
-    // Issue #4's targets, and the ratios that put them in context.
-    let med = |w: usize, t: Target| median_tps(&results[w], t);
-    let comparisons: [(&str, Cell, Cell, Option<f64>); 5] = [
-        (
-            "Switchyard prepared / Switchyard simple",
-            (SELECT64_PREPARED, Target::Switchyard),
-            (SELECT64_SIMPLE, Target::Switchyard),
-            Some(TARGET_PREPARED_VS_SIMPLE),
-        ),
-        (
-            "Switchyard prepared / PgBouncer simple",
-            (SELECT64_PREPARED, Target::Switchyard),
-            (SELECT64_SIMPLE, Target::PgBouncer),
-            Some(TARGET_PREPARED_VS_PGBOUNCER),
-        ),
-        (
-            "(reference) direct prepared / direct simple",
-            (SELECT64_PREPARED, Target::Direct),
-            (SELECT64_SIMPLE, Target::Direct),
-            None,
-        ),
-        (
-            "(reference) Switchyard extended / Switchyard simple",
-            (SELECT64_EXTENDED, Target::Switchyard),
-            (SELECT64_SIMPLE, Target::Switchyard),
-            None,
-        ),
-        (
-            "(reference) Switchyard prepared / direct prepared",
-            (SELECT64_PREPARED, Target::Switchyard),
-            (SELECT64_PREPARED, Target::Direct),
-            None,
-        ),
-    ];
     let _ = writeln!(
         s,
         "Issue #4 targets, select-only (-S), 64 clients (ratio of the medians above; \
          per round: the same round's runs, which the three -M rows share):\n"
     );
+    comparisons_table(&mut s, results, &ISSUE4_COMPARISONS);
+    let _ = writeln!(
+        s,
+        "\nIssue #5 target, select-only (-S), 64 clients, -M simple: recording metrics \
+         costs at most 3 % of TPS (per round: the two Switchyards' runs of that round):\n"
+    );
+    comparisons_table(&mut s, results, &ISSUE5_COMPARISONS);
+    unsupported_note(&mut s, results);
+    let _ = writeln!(s, "\nIndividual rounds:\n");
+    rounds_table(&mut s, results);
+    failed_runs(&mut s, results);
+    s
+}
+
+/// Per workload: each target's median TPS and the ratios between them.
+fn medians_table(s: &mut String, results: &[Vec<Round>]) {
+    let _ = writeln!(
+        s,
+        "| workload | direct TPS | switchyard TPS | pgbouncer TPS | switchyard-nometrics TPS \
+         | switchyard/direct | switchyard/pgbouncer | metrics on/off |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (w, rounds) in WORKLOADS.iter().zip(results) {
+        let med = |t: Target| median_tps(rounds, t);
+        let cell = |t: Target| fmt_median(w, rounds, t);
+        let sy = med(Target::Switchyard);
+        let pb = med(Target::PgBouncer);
+        let pb_unsupported = pb.is_none() && cell(Target::PgBouncer) == "n/a (unsupported)";
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            w.name,
+            cell(Target::Direct),
+            cell(Target::Switchyard),
+            cell(Target::PgBouncer),
+            cell(Target::SwitchyardNoMetrics),
+            fmt_ratio(ratio(sy, med(Target::Direct))),
+            if pb_unsupported {
+                "n/a".into()
+            } else {
+                fmt_ratio(ratio(sy, pb))
+            },
+            fmt_ratio(ratio(sy, med(Target::SwitchyardNoMetrics))),
+        );
+    }
+}
+
+/// The ratio of the medians of each comparison, its target and verdict, and
+/// the ratio round by round (which shows how much of it is noise).
+fn comparisons_table(s: &mut String, results: &[Vec<Round>], comparisons: &[Comparison]) {
+    let med = |(w, t): Cell| median_tps(&results[w], t);
     let _ = writeln!(s, "| comparison | ratio | target | per round | result |");
     let _ = writeln!(s, "|---|---:|---:|---|---|");
-    for (name, (wa, a), (wb, b), target) in comparisons {
-        let r = ratio(med(wa, a), med(wb, b));
-        let verdict = match (target, r) {
+    for c in comparisons {
+        let r = ratio(med(c.a), med(c.b));
+        let verdict = match (c.target, r) {
             (None, _) => "",
             (Some(_), None) => "no data",
             (Some(t), Some(r)) if r >= t => "met",
@@ -888,14 +989,17 @@ fn report(header: &str, results: &[Vec<Round>]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {name} | {} | {} | {} | {verdict} |",
+            "| {} | {} | {} | {} | {verdict} |",
+            c.name,
             fmt_ratio(r),
-            target.map_or("–".into(), |t| format!("≥ {t:.1}")),
-            per_round_ratios(results, (wa, a), (wb, b)),
+            c.target.map_or("–".into(), |t| format!("≥ {t}")),
+            per_round_ratios(results, c.a, c.b),
         );
     }
+}
 
-    // Expected PgBouncer failures: one note instead of every run's output.
+/// Expected PgBouncer failures: one note instead of every run's output.
+fn unsupported_note(s: &mut String, results: &[Vec<Round>]) {
     let mut unsupported_runs = Vec::new();
     for (w, rounds) in WORKLOADS.iter().zip(results) {
         for r in rounds {
@@ -918,30 +1022,40 @@ fn report(header: &str, results: &[Vec<Round>]) -> String {
             first_error(msg)
         );
     }
+}
 
-    let _ = writeln!(s, "\nIndividual rounds:\n");
-    let _ = writeln!(
-        s,
-        "| workload | round | order | direct | switchyard | pgbouncer |"
-    );
-    let _ = writeln!(s, "|---|---:|---|---:|---:|---:|");
-    let mut failures = Vec::new();
+/// Every run's TPS, round by round, with the order the targets ran in.
+fn rounds_table(s: &mut String, results: &[Vec<Round>]) {
+    let names: Vec<&str> = TARGETS.iter().map(|t| t.name()).collect();
+    let _ = writeln!(s, "| workload | round | order | {} |", names.join(" | "));
+    let _ = writeln!(s, "|---|---:|---|{}", "---:|".repeat(TARGETS.len()));
     for (w, rounds) in WORKLOADS.iter().zip(results) {
         for (i, r) in rounds.iter().enumerate() {
             let order: Vec<&str> = r.order.iter().map(|t| t.name()).collect();
             let block = r
                 .block
                 .map_or(String::new(), |(b, n)| format!(" (block {b}/{n})"));
+            let cells: Vec<String> = TARGETS
+                .iter()
+                .map(|&t| fmt_outcome(w, t, &r.outs[t.index()]))
+                .collect();
             let _ = writeln!(
                 s,
-                "| {} | {} | {}{block} | {} | {} | {} |",
+                "| {} | {} | {}{block} | {} |",
                 w.name,
                 i + 1,
                 order.join(" → "),
-                fmt_outcome(w, Target::Direct, &r.outs[0]),
-                fmt_outcome(w, Target::Switchyard, &r.outs[1]),
-                fmt_outcome(w, Target::PgBouncer, &r.outs[2])
+                cells.join(" | ")
             );
+        }
+    }
+}
+
+/// The output of the runs that failed unexpectedly.
+fn failed_runs(s: &mut String, results: &[Vec<Round>]) {
+    let mut failures = Vec::new();
+    for (w, rounds) in WORKLOADS.iter().zip(results) {
+        for (i, r) in rounds.iter().enumerate() {
             for t in TARGETS {
                 if let Outcome::Failed(msg) = &r.outs[t.index()] {
                     if !unsupported(w, t, msg) {
@@ -962,5 +1076,4 @@ fn report(header: &str, results: &[Vec<Round>]) -> String {
             let _ = writeln!(s, "```\n{f}\n```");
         }
     }
-    s
 }

@@ -1,10 +1,13 @@
 //! The `switchyard` binary: parses the command line, loads the configuration
-//! and runs the proxy (or `check-config`, or `demo`). All logic is in the library.
+//! and runs the proxy (or `check-config`, `healthcheck`, or `demo`). All logic
+//! is in the library.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use switchyard::config::Config;
 use switchyard::local_cluster::{LocalCluster, LocalClusterOptions};
 
 #[derive(Parser)]
@@ -13,9 +16,11 @@ use switchyard::local_cluster::{LocalCluster, LocalClusterOptions};
     about = "PostgreSQL proxy with pooling and transparent failover"
 )]
 struct Cli {
-    /// Configuration file.
-    #[arg(long, global = true, default_value = "config/switchyard.toml")]
-    config: PathBuf,
+    /// Configuration file; it must exist. Without it: the first of
+    /// config/switchyard.toml and /etc/switchyard/switchyard.toml that exists,
+    /// else the SWITCHYARD__... environment alone (docs/configuration.md).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -36,8 +41,15 @@ enum LogFormat {
 enum Command {
     /// Run the proxy (the default).
     Run,
-    /// Validate the configuration file and exit.
+    /// Validate the configuration and exit.
     CheckConfig,
+    /// GET an HTTP endpoint of a running proxy; exit 0 on a 2xx answer, else 1
+    /// (a container HEALTHCHECK without curl).
+    Healthcheck {
+        /// The endpoint to ask.
+        #[arg(long, default_value = "http://127.0.0.1:9930/healthz")]
+        url: String,
+    },
     /// Start a throw-away primary + replica and the proxy in front of them.
     Demo {
         /// Where the proxy listens.
@@ -61,17 +73,43 @@ fn main() -> std::process::ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
-            switchyard::config::load(&cli.config)
-                .with_context(|| format!("{}", cli.config.display()))?;
-            println!("{}: configuration is valid", cli.config.display());
+            let (_, path) = load_config(cli.config)?;
+            let source = path.map_or_else(|| ENV_SOURCE.to_string(), |p| p.display().to_string());
+            println!("{source}: configuration is valid");
             Ok(())
         }
         Command::Run => {
-            let config = switchyard::config::load(&cli.config)
-                .with_context(|| format!("{}", cli.config.display()))?;
-            runtime()?.block_on(serve(config, cli.config.clone()))
+            let (config, path) = load_config(cli.config)?;
+            let source = path
+                .as_ref()
+                .map_or_else(|| ENV_SOURCE.to_string(), |p| p.display().to_string());
+            tracing::info!(%source, "configuration loaded");
+            runtime()?.block_on(serve(config, path))
+        }
+        Command::Healthcheck { url } => {
+            let status = switchyard::http::check::get_status(&url, Duration::from_secs(2))
+                .with_context(|| url.clone())?;
+            anyhow::ensure!((200..300).contains(&status), "{url}: HTTP {status}");
+            println!("{url}: HTTP {status}");
+            Ok(())
         }
         Command::Demo { listen } => demo(&listen),
+    }
+}
+
+/// How the configuration's source is named when there is no file.
+const ENV_SOURCE: &str = "environment (SWITCHYARD__...)";
+
+/// The configuration and the file it came from: `--config` (which must
+/// exist), else the first default file that exists, else (`None`) the
+/// environment alone.
+fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<(Config, Option<PathBuf>)> {
+    match explicit.or_else(switchyard::config::default_file) {
+        Some(path) => {
+            let config = switchyard::config::load(&path).context(path.display().to_string())?;
+            Ok((config, Some(path)))
+        }
+        None => Ok((switchyard::config::load_env()?, None)),
     }
 }
 
@@ -81,7 +119,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-async fn serve(config: switchyard::config::Config, path: std::path::PathBuf) -> anyhow::Result<()> {
+async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.proxy.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.proxy.listen))?;
@@ -91,7 +129,7 @@ async fn serve(config: switchyard::config::Config, path: std::path::PathBuf) -> 
     tracing::info!(listen = %config.proxy.listen, http = %config.http.listen, "switchyard is accepting connections");
     let opts = switchyard::listener::Options {
         http: Some(http),
-        config_path: Some(path),
+        config_path: path,
         reload_on_sighup: true,
     };
     switchyard::listener::serve(config, listener, opts, shutdown_signal()).await?;

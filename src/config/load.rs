@@ -1,52 +1,196 @@
-//! Reading the configuration: a TOML file, then `SWITCHYARD__SECTION__KEY`
-//! environment overrides, then validation. Nothing here touches the network.
+//! Reading the configuration: a TOML file (or none), then
+//! `SWITCHYARD__SECTION__KEY` environment overrides, then validation. Nothing
+//! here touches the network.
+//!
+//! Where it comes from (docs/configuration.md): an explicit `--config` file must
+//! exist; without one, the first of [`DEFAULT_PATHS`] that exists is used, and
+//! when none does the environment alone is the configuration — it must then set
+//! at least `SWITCHYARD__CLUSTER__NODES`. `[[users]]`, a list of tables, comes
+//! from the environment as JSON in `SWITCHYARD__USERS`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use config::{Environment, File, FileFormat};
+use config::{File, FileFormat, Value, ValueKind};
 
-use super::Config;
+use super::{Config, UserConfig};
+
+/// Files tried, in order, when no `--config` is given: the working directory's
+/// (development), then the system-wide one (containers mount it there).
+pub const DEFAULT_PATHS: [&str; 2] = ["config/switchyard.toml", "/etc/switchyard/switchyard.toml"];
+
+/// Prefix of every overriding environment variable (matched without regard to case).
+const ENV_PREFIX: &str = "SWITCHYARD__";
+/// `[[users]]` as a JSON list; replaces the file's users when set.
+pub const USERS_ENV: &str = "SWITCHYARD__USERS";
+/// The one key a configuration from the environment alone cannot do without.
+pub const NODES_ENV: &str = "SWITCHYARD__CLUSTER__NODES";
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: [&str; 2] = ["proxy.admin_users", "cluster.nodes"];
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file is missing, is not TOML, or does not match the schema.
-    #[error("{0}")]
+    #[error(transparent)]
     Parse(#[from] config::ConfigError),
     /// The file parsed but a value is not acceptable.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// No `--config`, no default file, and the environment names no nodes.
+    #[error(
+        "no configuration: neither {} nor {} exists and {NODES_ENV} is not set \
+         (pass --config FILE, or configure through SWITCHYARD__SECTION__KEY variables)",
+        DEFAULT_PATHS[0],
+        DEFAULT_PATHS[1]
+    )]
+    NotFound,
 }
 
 /// Loads `path`, applies environment overrides and validates the result.
+/// A missing file is an error.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let builder = config::Config::builder()
-        .add_source(File::from(path).format(FileFormat::Toml))
-        .add_source(env_source());
-    finish(builder)
+    load_with(Some(path), &switchyard_env()?)
+}
+
+/// The configuration from the environment alone (no file): needs at least
+/// `SWITCHYARD__CLUSTER__NODES`.
+pub fn load_env() -> Result<Config, ConfigError> {
+    load_env_only(&switchyard_env()?)
+}
+
+/// The first of [`DEFAULT_PATHS`] that exists. A path whose existence cannot
+/// be checked (e.g. no permission) counts as existing, so loading it reports
+/// the real problem instead of silently falling back to the environment.
+pub fn default_file() -> Option<PathBuf> {
+    DEFAULT_PATHS
+        .iter()
+        .map(Path::new)
+        .find(|p| p.try_exists().unwrap_or(true))
+        .map(Path::to_path_buf)
 }
 
 /// Loads a configuration from TOML text (no environment overrides); used by
 /// tests, the demo and the benchmark, which build their configuration in code.
 pub fn load_str(toml: &str) -> Result<Config, ConfigError> {
-    finish(config::Config::builder().add_source(File::from_str(toml, FileFormat::Toml)))
+    finish(
+        config::Config::builder().add_source(File::from_str(toml, FileFormat::Toml)),
+        None,
+    )
 }
 
-fn env_source() -> Environment {
-    // A single `_` separator would split `pool_size` into `pool.size`.
-    Environment::with_prefix("SWITCHYARD")
-        .prefix_separator("__")
-        .separator("__")
-        .try_parsing(true)
-        .list_separator(",")
-        .with_list_parse_key("proxy.admin_users")
-        .with_list_parse_key("cluster.nodes")
+/// The environment alone, as a list of `SWITCHYARD__*` variables.
+fn load_env_only(env: &[(String, String)]) -> Result<Config, ConfigError> {
+    if !env
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case(NODES_ENV))
+    {
+        return Err(ConfigError::NotFound);
+    }
+    load_with(None, env)
+}
+
+/// `file` (if any) with `env` (`SWITCHYARD__*` name, value) on top.
+fn load_with(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let mut builder = config::Config::builder();
+    if let Some(path) = file {
+        builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+    }
+    let mut users = None;
+    for (name, value) in env {
+        let key = env_key(name);
+        if key == "users" {
+            users = Some(parse_users(value)?);
+        } else {
+            builder = builder.set_override(key.as_str(), env_value(name, &key, value))?;
+        }
+    }
+    finish(builder, users)
+}
+
+/// `SWITCHYARD__PROXY__DEFAULT_POOL_SIZE` → `proxy.default_pool_size`. A single
+/// `_` is part of a key (`pool_size`), so sections are separated by `__`.
+fn env_key(name: &str) -> String {
+    name.get(ENV_PREFIX.len()..)
+        .unwrap_or_default()
+        .to_lowercase()
+        .replace("__", ".")
+}
+
+/// The value as a string, or a list of strings for [`LIST_KEYS`]. Never
+/// guessed as a number or a boolean here: a password `0123` or `true` must stay
+/// what it is; numeric and boolean keys convert when the struct is filled in.
+fn env_value(name: &str, key: &str, value: &str) -> Value {
+    let origin = Some(name.to_string());
+    let kind = if LIST_KEYS.contains(&key) {
+        ValueKind::Array(
+            value
+                .split(',')
+                .map(|item| Value::new(origin.as_ref(), item.trim()))
+                .collect(),
+        )
+    } else {
+        ValueKind::String(value.to_string())
+    };
+    Value::new(origin.as_ref(), kind)
+}
+
+/// `SWITCHYARD__USERS`: the `[[users]]` tables as a JSON list of objects with
+/// the same keys, e.g. `[{"name": "app", "password": "s3cr:t"}]`. JSON quoting
+/// lets a password hold any character. Error messages never repeat the value.
+fn parse_users(json: &str) -> Result<Vec<UserConfig>, ConfigError> {
+    let bad = |what: String| {
+        ConfigError::Invalid(format!(
+            "{USERS_ENV}: {what} (expected a JSON list like \
+             [{{\"name\": \"app\", \"password\": \"...\"}}])"
+        ))
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let serde_json::Value::Array(entries) = value else {
+        return Err(bad("not a JSON list".into()));
+    };
+    entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            if !entry.is_object() {
+                return Err(bad(format!("entry {i} is not an object")));
+            }
+            serde_json::from_value(entry).map_err(|e| bad(format!("entry {i}: {e}")))
+        })
+        .collect()
+}
+
+/// This process's `SWITCHYARD__*` variables. A non-UTF-8 value is an error
+/// naming the variable; a non-UTF-8 name cannot be ours and is skipped.
+fn switchyard_env() -> Result<Vec<(String, String)>, ConfigError> {
+    let mut env = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Ok(name) = name.into_string() else {
+            continue;
+        };
+        let ours = name
+            .get(..ENV_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX));
+        if !ours {
+            continue;
+        }
+        let value = value
+            .into_string()
+            .map_err(|_| ConfigError::Invalid(format!("{name}: the value is not UTF-8")))?;
+        env.push((name, value));
+    }
+    Ok(env)
 }
 
 fn finish(
     builder: config::ConfigBuilder<config::builder::DefaultState>,
+    users: Option<Vec<UserConfig>>,
 ) -> Result<Config, ConfigError> {
-    let cfg: Config = builder.build()?.try_deserialize()?;
+    let mut cfg: Config = builder.build()?.try_deserialize()?;
+    if let Some(users) = users {
+        cfg.users = users;
+    }
     super::validate(&cfg).map_err(ConfigError::Invalid)?;
     Ok(cfg)
 }
@@ -98,5 +242,121 @@ mod tests {
         let nodes = cfg.nodes();
         assert_eq!((nodes[0].name.as_str(), nodes[0].priority), ("db1", 5));
         assert_eq!(nodes[1].name, "10.0.0.2:5432");
+    }
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_alone_is_a_configuration() {
+        let cfg = load_env_only(&env(&[
+            ("SWITCHYARD__CLUSTER__NODES", "db1:5432, db2:5432"),
+            ("SWITCHYARD__PROXY__LISTEN", "0.0.0.0:6432"),
+            ("SWITCHYARD__PROXY__DEFAULT_POOL_SIZE", "7"),
+            ("SWITCHYARD__FAILOVER__REPOINT_REPLICAS", "false"),
+            ("SWITCHYARD__HEALTH__INTERVAL", "250ms"),
+            ("SWITCHYARD__DATABASES__APP_RO__TARGET", "replica"),
+            (
+                "SWITCHYARD__USERS",
+                r#"[{"name": "app", "password": "p:a,s\"s w"},
+                    {"name": "ops", "password": "SCRAM-SHA-256$4096:c2FsdHNhbHRzYWx0c2FsdA==$mZ3ZEWdVuo9HwvBYKC2aH4p5EfWB4nPWn+YQ2e6TT+8=:LzCNuUVE+AT1GLb6c8CQLPDVv3dv4YxdD7rRy2jyOjE=", "server_password": "x"}]"#,
+            ),
+        ]))
+        .unwrap();
+        let addrs: Vec<_> = cfg.nodes().into_iter().map(|n| n.addr).collect();
+        assert_eq!(addrs, ["db1:5432", "db2:5432"]);
+        assert_eq!(cfg.proxy.listen, "0.0.0.0:6432");
+        assert_eq!(cfg.proxy.default_pool_size, 7);
+        assert!(!cfg.failover.repoint_replicas);
+        assert_eq!(cfg.health.interval.as_millis(), 250);
+        assert_eq!(cfg.database("app_ro").1, crate::config::Target::Replica);
+        assert_eq!(cfg.users[0].password, "p:a,s\"s w");
+        assert_eq!(cfg.users[1].server_password.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn environment_without_nodes_is_no_configuration() {
+        let err =
+            load_env_only(&env(&[("SWITCHYARD__PROXY__LISTEN", "0.0.0.0:6432")])).unwrap_err();
+        assert!(matches!(err, ConfigError::NotFound), "{err}");
+        assert!(err.to_string().contains(NODES_ENV), "{err}");
+        assert!(load_env_only(&[]).is_err());
+    }
+
+    #[test]
+    fn string_values_are_never_guessed_as_numbers() {
+        // `0123`, `1e3` and `true` are passwords and names here, not numbers or booleans.
+        let cfg = load_env_only(&env(&[
+            ("SWITCHYARD__CLUSTER__NODES", "db1:5432"),
+            ("SWITCHYARD__CLUSTER__USER", "true"),
+            ("SWITCHYARD__CLUSTER__PASSWORD", "0123"),
+            ("SWITCHYARD__HEALTH__DATABASE", "1e3"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.cluster.user.as_deref(), Some("true"));
+        assert_eq!(cfg.cluster.password.as_deref(), Some("0123"));
+        assert_eq!(cfg.health.database, "1e3");
+    }
+
+    #[test]
+    fn environment_users_replace_the_files_users() {
+        let path = std::env::temp_dir().join(format!("sy_users_{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[[users]]\nname = \"file\"\npassword = \"f\"\n[cluster]\nnodes = [\"a:1\"]\n",
+        )
+        .unwrap();
+        let from_file = load_with(Some(&path), &[]).unwrap();
+        let replaced = load_with(
+            Some(&path),
+            &env(&[
+                ("SWITCHYARD__USERS", r#"[{"name": "env", "password": "e"}]"#),
+                ("SWITCHYARD__CLUSTER__NODES", "b:2,c:3"),
+            ]),
+        );
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(from_file.users[0].name, "file");
+        let replaced = replaced.unwrap();
+        let names: Vec<_> = replaced.users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["env"]);
+        assert_eq!(replaced.nodes().len(), 2);
+    }
+
+    #[test]
+    fn bad_users_json_is_explained_without_echoing_it() {
+        for (json, says) in [
+            ("app:secret-pw", "not JSON"),
+            (r#""secret-pw""#, "not a JSON list"),
+            (r#"["secret-pw"]"#, "entry 0 is not an object"),
+            (r#"[{"name": "app"}]"#, "missing field `password`"),
+            (
+                r#"[{"name": "app", "pasword": "secret-pw"}]"#,
+                "unknown field `pasword`",
+            ),
+        ] {
+            let err = load_env_only(&env(&[
+                ("SWITCHYARD__CLUSTER__NODES", "a:1"),
+                ("SWITCHYARD__USERS", json),
+            ]))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains(USERS_ENV) && err.contains(says),
+                "{json}: {err}"
+            );
+            assert!(!err.contains("secret-pw"), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn env_keys_map_to_dotted_paths() {
+        assert_eq!(
+            env_key("SWITCHYARD__PROXY__DEFAULT_POOL_SIZE"),
+            "proxy.default_pool_size"
+        );
+        assert_eq!(env_key("switchyard__http__listen"), "http.listen");
+        assert_eq!(env_key("SWITCHYARD__USERS"), "users");
     }
 }

@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use flatten::{needs_restart, settings};
-pub use load::{load, load_str, ConfigError};
+pub use load::{
+    default_file, load, load_env, load_str, ConfigError, DEFAULT_PATHS, NODES_ENV, USERS_ENV,
+};
 pub use validate::validate;
 
 /// The whole configuration file.

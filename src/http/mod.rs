@@ -3,6 +3,9 @@
 //! (nodes, JSON), `/events?since=N` (the incident timeline, JSON) and
 //! `/metrics` (Prometheus text). Loopback by default (`[http] listen`).
 //! Handlers are pure functions of the cluster state, tested without sockets.
+//! [`check`] is the other side: the `switchyard healthcheck` client.
+
+pub mod check;
 
 use std::convert::Infallible;
 use std::sync::Arc;
