@@ -26,6 +26,16 @@ pub enum ClientError {
     /// A startup packet asked for a protocol we do not speak.
     #[error("{0}")]
     UnsupportedProtocol(String),
+    /// `proxy.tls.mode = "require"` and the client did not start TLS.
+    #[error("the server accepts only TLS connections (connect with sslmode=require)")]
+    TlsRequired,
+    /// The TLS handshake failed (a bad certificate, garbage instead of a
+    /// ClientHello); the client can no longer be told, but it is counted.
+    #[error("TLS handshake failed")]
+    TlsHandshake,
+    /// A direct TLS connection (no SSLRequest) that did not negotiate ALPN `postgresql`.
+    #[error("received direct TLS connection request without ALPN protocol negotiation extension")]
+    TlsNoAlpn,
     /// The startup packet named no user.
     #[error("no PostgreSQL user name specified in startup packet")]
     NoUser,
@@ -81,7 +91,8 @@ impl ClientError {
             ClientError::LoginTimeout => "57014",
             ClientError::Protocol(_) => "08P01",
             ClientError::UnsupportedProtocol(_) => "0A000",
-            ClientError::NoUser => "28000",
+            ClientError::NoUser | ClientError::TlsRequired => "28000",
+            ClientError::TlsHandshake | ClientError::TlsNoAlpn => "08P01",
             ClientError::NoPrimary => "08006",
             ClientError::ServerLoginFailed => "08006",
             ClientError::Shutdown | ClientError::Killed => "57P01",
@@ -133,6 +144,9 @@ mod tests {
             (ClientError::Protocol("x".into()), "08P01", true),
             (ClientError::UnsupportedProtocol("x".into()), "0A000", true),
             (ClientError::Shutdown, "57P01", true),
+            (ClientError::TlsRequired, "28000", true),
+            (ClientError::TlsHandshake, "08P01", true),
+            (ClientError::TlsNoAlpn, "08P01", true),
             (ClientError::NotAdmin("u".into()), "42501", true),
             (
                 ClientError::Admin {

@@ -9,6 +9,7 @@
 //! - [`auth`] checks clients and logs into PostgreSQL;
 //! - [`protocol`] frames messages and decodes the few bodies the proxy reads;
 //! - [`config`] loads and validates the TOML file;
+//! - [`tls`] builds the TLS acceptor (clients) and connector (servers), and the stream both use;
 //! - [`error`] maps every client-visible error to its SQLSTATE;
 //! - [`local_cluster`] starts a throw-away PostgreSQL primary + replica (demo, tests, benchmarks).
 
@@ -26,5 +27,6 @@ pub mod local_cluster;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod tls;
 
 pub use listener::{run, run_with_http, RunError};

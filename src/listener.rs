@@ -49,6 +49,8 @@ pub struct Context {
     pub prometheus: metrics_exporter_prometheus::PrometheusRecorder,
     /// Record per-query timings and latency histograms (`[http] metrics`).
     pub record_metrics: bool,
+    /// TLS toward clients and toward PostgreSQL; a reload rebuilds it.
+    pub tls: crate::tls::Tls,
 }
 
 /// Why the proxy could not run.
@@ -57,13 +59,19 @@ pub enum RunError {
     /// A user's password could not be parsed.
     #[error("user {0}: {1}")]
     BadUser(String, &'static str),
+    /// A TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Context {
     /// Builds the shared state for `config`.
     pub fn new(config: Config, shutdown: CancellationToken) -> Result<Context, RunError> {
         let users = credentials(&config)?;
-        let cluster = Arc::new(Cluster::new(config.nodes(), Arc::new(Events::new(1000))));
+        let tls = crate::tls::Tls::new(&config)?;
+        let cluster = Cluster::new(config.nodes(), Arc::new(Events::new(1000)))
+            .with_tls(tls.connector().clone());
+        let cluster = Arc::new(cluster);
         let record_metrics = config.http.metrics;
         Ok(Context {
             config: ArcSwap::from_pointee(config),
@@ -78,6 +86,7 @@ impl Context {
             errors: Default::default(),
             prometheus: crate::metrics::recorder(),
             record_metrics,
+            tls,
         })
     }
 
@@ -131,6 +140,16 @@ impl Context {
             );
         })?;
         let users = credentials(&new).map_err(|e| e.to_string())?;
+        // Certificate files are re-read; on failure nothing changes.
+        self.tls.reload(&new).map_err(|e| {
+            let e = e.to_string();
+            events.record(
+                EventKind::ConfigRejected,
+                None,
+                format!("configuration rejected, the running one stays: {e}"),
+            );
+            e
+        })?;
         let ignored = crate::config::reload::needs_restart(&self.config.load(), &new);
         self.users.store(Arc::new(users));
         self.config.store(Arc::new(new));

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::BytesMut;
 
-use super::scram::{ScramServer, Step};
+use super::scram::{Channel, ScramServer, Step};
 use super::secret::Credentials;
 use super::{md5, AuthError, Secret};
 use crate::config::AuthType;
@@ -32,6 +32,8 @@ pub enum AuthChannelError {
 
 /// Authenticates `user`; `secret` is `None` for an unknown user, who still goes
 /// through the whole exchange so the reply never reveals whether the user exists.
+/// `end_point` is our certificate's channel binding data when the client is on
+/// TLS: SCRAM-SHA-256-PLUS is then offered too.
 /// On success returns what must be sent before AuthenticationOk (SCRAM's final
 /// message), so the caller can write it together with the rest of the login reply.
 pub async fn authenticate(
@@ -39,6 +41,7 @@ pub async fn authenticate(
     method: AuthType,
     user: &str,
     creds: Option<&Credentials>,
+    end_point: Option<&[u8]>,
 ) -> Result<BytesMut, AuthChannelError> {
     let secret = creds.map(|c| &c.secret);
     let fail = || AuthChannelError::Auth(AuthError::Failed(user.to_string()));
@@ -56,7 +59,7 @@ pub async fn authenticate(
                 _ => Err(fail()),
             }
         }
-        _ => scram(ch, creds).await.map_err(|e| match e {
+        _ => scram(ch, creds, end_point).await.map_err(|e| match e {
             AuthChannelError::Auth(AuthError::Failed(_)) => fail(),
             other => other,
         }),
@@ -66,6 +69,7 @@ pub async fn authenticate(
 async fn scram(
     ch: &mut impl AuthChannel,
     creds: Option<&Credentials>,
+    end_point: Option<&[u8]>,
 ) -> Result<BytesMut, AuthChannelError> {
     // Unknown users (and md5-only secrets) get a verifier nobody knows the password of.
     let real = creds.and_then(|c| c.scram.clone());
@@ -77,15 +81,18 @@ async fn scram(
             .unwrap_or_else(|| unreachable!("plaintext always yields a verifier"))
     });
     let nonce: [u8; 18] = rand::random();
-    let mut state = ScramServer::new(verifier, STANDARD.encode(nonce));
     let mut out = BytesMut::new();
-    backend::auth_sasl(&mut out);
+    backend::auth_sasl(&mut out, end_point.is_some());
     let first = ch.round_trip(&out).await?;
     let (mechanism, data) =
         password::decode_sasl_initial(&first).ok_or(AuthError::Malformed("SASLInitialResponse"))?;
-    if mechanism != "SCRAM-SHA-256" {
-        return Err(AuthError::Malformed("unsupported SASL mechanism").into());
-    }
+    let channel = match (mechanism, end_point) {
+        ("SCRAM-SHA-256-PLUS", Some(cb)) => Channel::Bound(cb.to_vec()),
+        ("SCRAM-SHA-256", Some(_)) => Channel::Declined,
+        ("SCRAM-SHA-256", None) => Channel::Unavailable,
+        _ => return Err(AuthError::Malformed("unsupported SASL mechanism").into()),
+    };
+    let mut state = ScramServer::new(verifier, STANDARD.encode(nonce), channel);
     let mut data = data.to_vec();
     loop {
         let (next, step) = state.step(&data)?;

@@ -1,6 +1,8 @@
 //! SCRAM-SHA-256 (RFC 5802/7677), server side, as a pure state machine: the
 //! caller passes the client's messages and the nonce; no socket, clock or RNG here.
-//! Channel binding (-PLUS) arrives with TLS; until then only `n,,` / `y,,` are accepted.
+//! Channel binding (SCRAM-SHA-256-PLUS, `tls-server-end-point`, RFC 5929) is
+//! checked here against the data the caller passes ([`Channel`]); which
+//! mechanisms to offer is the caller's business (`client_side`).
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -11,6 +13,18 @@ use super::md5::constant_time_eq;
 use super::secret::ScramVerifier;
 use super::AuthError;
 
+/// What the client's channel binding must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channel {
+    /// Only SCRAM-SHA-256 was offered (no TLS): `n` or `y`.
+    Unavailable,
+    /// -PLUS was offered and the client chose plain SCRAM-SHA-256: `n` only
+    /// (`y`, "I could bind but you can't", means someone removed -PLUS: a downgrade).
+    Declined,
+    /// The client chose SCRAM-SHA-256-PLUS: `p=tls-server-end-point` with this data.
+    Bound(Vec<u8>),
+}
+
 /// Where the exchange stands.
 #[derive(Debug)]
 pub enum ScramServer {
@@ -18,12 +32,15 @@ pub enum ScramServer {
     Initial {
         verifier: ScramVerifier,
         server_nonce: String,
+        channel: Channel,
     },
     /// server-first-message sent; waiting for client-final-message.
     SaltSent {
         verifier: ScramVerifier,
         nonce: String,
         auth_prefix: String,
+        /// The `c=` attribute the client-final-message must carry.
+        binding: String,
     },
 }
 
@@ -43,10 +60,11 @@ pub struct ScramServer2Client(pub Vec<u8>);
 
 impl ScramServer {
     /// Starts an exchange; `server_nonce` must be fresh random printable text.
-    pub fn new(verifier: ScramVerifier, server_nonce: String) -> ScramServer {
+    pub fn new(verifier: ScramVerifier, server_nonce: String, channel: Channel) -> ScramServer {
         ScramServer::Initial {
             verifier,
             server_nonce,
+            channel,
         }
     }
 
@@ -58,28 +76,62 @@ impl ScramServer {
             ScramServer::Initial {
                 verifier,
                 server_nonce,
-            } => client_first(verifier, &server_nonce, msg),
+                channel,
+            } => client_first(verifier, &server_nonce, &channel, msg),
             ScramServer::SaltSent {
                 verifier,
                 nonce,
                 auth_prefix,
-            } => client_final(verifier, &nonce, &auth_prefix, msg),
+                binding,
+            } => client_final(verifier, &nonce, &auth_prefix, &binding, msg),
         }
     }
+}
+
+/// Checks the gs2 header (`flag,authzid,`) against `channel`; returns the
+/// `c=` value the final message must carry.
+fn gs2_binding(header: &str, channel: &Channel) -> Result<String, AuthError> {
+    let flag = header.strip_suffix(",,").ok_or(AuthError::Malformed(
+        "SCRAM authorization identity is not supported",
+    ))?;
+    let mut bound = header.as_bytes().to_vec();
+    match (flag, channel) {
+        ("p=tls-server-end-point", Channel::Bound(data)) => bound.extend_from_slice(data),
+        (_, Channel::Bound(_)) => {
+            return Err(AuthError::Malformed(
+                "SCRAM-SHA-256-PLUS needs channel binding type tls-server-end-point",
+            ))
+        }
+        ("n", _) | ("y", Channel::Unavailable) => {}
+        // PostgreSQL's words for it: the client supports binding but thinks we don't.
+        ("y", _) => {
+            return Err(AuthError::Malformed(
+                "SCRAM channel binding negotiation error",
+            ))
+        }
+        _ => {
+            return Err(AuthError::Malformed(
+                "channel binding requested without SCRAM-SHA-256-PLUS",
+            ))
+        }
+    }
+    Ok(STANDARD.encode(bound))
 }
 
 fn client_first(
     verifier: ScramVerifier,
     server_nonce: &str,
+    channel: &Channel,
     msg: &str,
 ) -> Result<(ScramServer, Step), AuthError> {
-    // gs2-header: "n,," (no binding) or "y,," (client could bind, thinks we can't).
-    let bare = msg
-        .strip_prefix("n,,")
-        .or_else(|| msg.strip_prefix("y,,"))
-        .ok_or(AuthError::Malformed(
-            "unsupported SCRAM channel binding flag",
-        ))?;
+    // gs2-header: "n,," (no binding), "y,," (client could bind, thinks we
+    // can't) or "p=tls-server-end-point,," (-PLUS); then the bare message.
+    let (header, bare) = msg
+        .match_indices(',')
+        .nth(1)
+        .map(|(i, _)| msg.split_at(i + 1))
+        .ok_or(AuthError::Malformed("SCRAM gs2 header missing"))?;
+    let binding = gs2_binding(header, channel)?;
     let client_nonce = bare
         .split(',')
         .find_map(|attr| attr.strip_prefix("r="))
@@ -96,6 +148,7 @@ fn client_first(
         verifier,
         nonce,
         auth_prefix,
+        binding,
     };
     Ok((
         next,
@@ -107,14 +160,14 @@ fn client_final(
     verifier: ScramVerifier,
     nonce: &str,
     auth_prefix: &str,
+    binding: &str,
     msg: &str,
 ) -> Result<(ScramServer, Step), AuthError> {
     let (without_proof, proof) = msg
         .rsplit_once(",p=")
         .ok_or(AuthError::Malformed("SCRAM proof missing"))?;
     let mut attrs = without_proof.split(',');
-    let binding = attrs.next().and_then(|a| a.strip_prefix("c="));
-    if binding != Some("biws") && binding != Some("eSws") {
+    if attrs.next().and_then(|a| a.strip_prefix("c=")) != Some(binding) {
         return Err(AuthError::Malformed("SCRAM channel binding does not match"));
     }
     if attrs.next().and_then(|a| a.strip_prefix("r=")) != Some(nonce) {
@@ -142,6 +195,7 @@ fn client_final(
         verifier,
         nonce: nonce.to_string(),
         auth_prefix: auth_prefix.to_string(),
+        binding: binding.to_string(),
     };
     Ok((
         next,
@@ -167,8 +221,22 @@ mod tests {
 
     /// Runs a real client (postgres-protocol's, the one tokio-postgres uses) against the server.
     fn exchange(client_pw: &str, server_pw: &str) -> Result<(), AuthError> {
-        let mut client = ScramSha256::new(client_pw.as_bytes(), ChannelBinding::unsupported());
-        let server = ScramServer::new(verifier(server_pw), "servernonce123".into());
+        exchange_bound(
+            client_pw,
+            server_pw,
+            ChannelBinding::unsupported(),
+            Channel::Unavailable,
+        )
+    }
+
+    fn exchange_bound(
+        client_pw: &str,
+        server_pw: &str,
+        client_binding: ChannelBinding,
+        channel: Channel,
+    ) -> Result<(), AuthError> {
+        let mut client = ScramSha256::new(client_pw.as_bytes(), client_binding);
+        let server = ScramServer::new(verifier(server_pw), "servernonce123".into(), channel);
         let (server, step) = server.step(client.message())?;
         let Step::Continue(first) = step else {
             panic!("expected continue")
@@ -198,6 +266,35 @@ mod tests {
     }
 
     #[test]
+    fn channel_binding_must_match_what_was_offered() {
+        let cb = || ChannelBinding::tls_server_end_point(vec![7; 32]);
+        exchange_bound("pw", "pw", cb(), Channel::Bound(vec![7; 32])).unwrap();
+        // Bound to another certificate (a man in the middle): refused.
+        assert!(exchange_bound("pw", "pw", cb(), Channel::Bound(vec![8; 32])).is_err());
+        // -PLUS data on the plain mechanism, or no binding on -PLUS: refused.
+        assert!(exchange_bound("pw", "pw", cb(), Channel::Declined).is_err());
+        let plain = ChannelBinding::unsupported;
+        assert!(exchange_bound("pw", "pw", plain(), Channel::Bound(vec![7; 32])).is_err());
+        // "n" is fine whether or not -PLUS was offered; "y" only when it was not.
+        exchange_bound("pw", "pw", plain(), Channel::Declined).unwrap();
+        exchange_bound(
+            "pw",
+            "pw",
+            ChannelBinding::unrequested(),
+            Channel::Unavailable,
+        )
+        .unwrap();
+        assert!(
+            exchange_bound("pw", "pw", ChannelBinding::unrequested(), Channel::Declined).is_err()
+        );
+        // The right binding does not make a wrong password pass.
+        assert!(matches!(
+            exchange_bound("no", "pw", cb(), Channel::Bound(vec![7; 32])),
+            Err(AuthError::Failed(_))
+        ));
+    }
+
+    #[test]
     fn malformed_messages_are_errors_not_panics() {
         let first_msgs: [&[u8]; 6] = [
             b"",
@@ -208,7 +305,7 @@ mod tests {
             b"n,,n=,r=a,b",
         ];
         for m in first_msgs {
-            let s = ScramServer::new(verifier("x"), "sn".into());
+            let s = ScramServer::new(verifier("x"), "sn".into(), Channel::Unavailable);
             let _ = s.step(m); // must not panic; most are errors
         }
         let finals: [&[u8]; 5] = [
@@ -219,7 +316,7 @@ mod tests {
             b"c=biws,r=cnsn,p=!!!",
         ];
         for m in finals {
-            let s = ScramServer::new(verifier("x"), "sn".into());
+            let s = ScramServer::new(verifier("x"), "sn".into(), Channel::Unavailable);
             let (s, _) = s.step(b"n,,n=,r=cn").unwrap();
             assert!(s.step(m).is_err(), "{:?}", String::from_utf8_lossy(m));
         }

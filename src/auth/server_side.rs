@@ -1,6 +1,7 @@
 //! Logging Switchyard into PostgreSQL: answers each Authentication request
-//! (cleartext, md5, SCRAM-SHA-256) with the configured server password. No
-//! I/O here: the caller feeds `R` message bodies and sends back what it returns.
+//! (cleartext, md5, SCRAM-SHA-256, and SCRAM-SHA-256-PLUS over TLS when the
+//! server offers it) with the configured server password. No I/O here: the
+//! caller feeds `R` message bodies and sends back what it returns.
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
@@ -23,15 +24,19 @@ pub enum Reply {
 pub struct ServerAuth {
     user: String,
     password: Option<String>,
+    /// tls-server-end-point data of the server's certificate, under TLS.
+    end_point: Option<Vec<u8>>,
     scram: Option<ScramSha256>,
 }
 
 impl ServerAuth {
-    /// `password` is the plaintext PostgreSQL expects, if any is configured.
-    pub fn new(user: &str, password: Option<&str>) -> ServerAuth {
+    /// `password` is the plaintext PostgreSQL expects, if any is configured;
+    /// `end_point` the channel binding data when the connection is TLS.
+    pub fn new(user: &str, password: Option<&str>, end_point: Option<Vec<u8>>) -> ServerAuth {
         ServerAuth {
             user: user.to_string(),
             password: password.map(str::to_string),
+            end_point,
             scram: None,
         }
     }
@@ -66,12 +71,21 @@ impl ServerAuth {
                 frontend::password_message(hash.as_bytes(), &mut out).map_err(io)?;
             }
             10 => {
-                if !data.split(|&b| b == 0).any(|m| m == b"SCRAM-SHA-256") {
+                let offered = |name: &[u8]| data.split(|&b| b == 0).any(|m| m == name);
+                let (mechanism, binding) = match &self.end_point {
+                    Some(cb) if offered(b"SCRAM-SHA-256-PLUS") => (
+                        "SCRAM-SHA-256-PLUS",
+                        ChannelBinding::tls_server_end_point(cb.clone()),
+                    ),
+                    // "y": we could bind, the server did not offer it.
+                    Some(_) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
+                    None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                };
+                if !offered(mechanism.as_bytes()) {
                     return Err(AuthError::Unsupported(code));
                 }
-                let scram =
-                    ScramSha256::new(self.password()?.as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response("SCRAM-SHA-256", scram.message(), &mut out)
+                let scram = ScramSha256::new(self.password()?.as_bytes(), binding);
+                frontend::sasl_initial_response(mechanism, scram.message(), &mut out)
                     .map_err(io)?;
                 self.scram = Some(scram);
             }

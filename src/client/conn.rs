@@ -1,5 +1,6 @@
-//! The client's socket plus its read buffer, and the few whole-message reads
-//! the login phase needs. After login the relay uses `stream` and `buf` directly.
+//! The client's socket (plain or TLS) plus its read buffer, and the few
+//! whole-message reads the login phase needs. After login the relay uses
+//! `stream` and `buf` directly.
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -8,6 +9,7 @@ use tokio::net::TcpStream;
 use crate::error::ClientError;
 use crate::protocol::frame_len;
 use crate::protocol::messages::startup::{packet_len, StartupError};
+use crate::tls::Stream;
 
 /// Largest message accepted during authentication.
 const MAX_AUTH_MESSAGE: usize = 64 * 1024;
@@ -15,7 +17,10 @@ const MAX_AUTH_MESSAGE: usize = 64 * 1024;
 /// A client connection.
 pub struct ClientConn {
     /// The socket.
-    pub stream: TcpStream,
+    pub stream: Stream,
+    /// Our certificate's tls-server-end-point data once the client is on TLS
+    /// (offered for SCRAM-SHA-256-PLUS).
+    pub end_point: Option<std::sync::Arc<[u8]>>,
     /// Bytes read but not yet consumed.
     pub buf: BytesMut,
     /// Where errors sent to the client are counted.
@@ -45,7 +50,8 @@ impl ClientConn {
     ) -> ClientConn {
         let _ = stream.set_nodelay(true);
         ClientConn {
-            stream,
+            stream: Stream::Plain(stream),
+            end_point: None,
             buf: BytesMut::with_capacity(16 * 1024),
             errors,
         }
@@ -101,9 +107,10 @@ impl ClientConn {
         }
     }
 
-    /// Writes all of `out`. Not cancel safe: used outside `select!`.
+    /// Writes all of `out` and flushes it. Not cancel safe: used outside `select!`.
     pub async fn send(&mut self, out: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(out).await
+        self.stream.write_all(out).await?;
+        self.stream.flush().await
     }
 
     /// Sends an error (FATAL or ERROR as the error says) and, for FATAL, shuts the socket.
@@ -111,7 +118,7 @@ impl ClientConn {
         let mut out = BytesMut::new();
         err.encode(&mut out);
         self.errors.add(err.sqlstate());
-        let _ = self.stream.write_all(&out).await;
+        let _ = self.send(&out).await;
         if err.is_fatal() {
             let _ = self.stream.shutdown().await;
         }

@@ -63,6 +63,8 @@ pub(super) struct Link {
 enum Dir {
     Read(std::io::Result<usize>),
     Wrote(std::io::Result<usize>),
+    /// TLS bytes held in the session went out (or failed to).
+    Flushed(std::io::Result<()>),
 }
 
 impl Link {
@@ -96,7 +98,13 @@ impl Link {
             if self.terminated && self.c_ready == 0 && self.c_synth.is_empty() {
                 return End::ClientGone;
             }
-            if self.at_rest() && self.txn.idle() && server.buf.is_empty() {
+            // Under TLS the last reply may still sit in the client's session:
+            // it must be on the wire before the client is left waiting idle.
+            if self.at_rest()
+                && self.txn.idle()
+                && server.buf.is_empty()
+                && !s.client.stream.wants_flush()
+            {
                 s.pool.stats().add(&mut self.meter.tally);
                 if !session_mode && !s.pinned {
                     return End::Released;
@@ -114,12 +122,16 @@ impl Link {
             let (c_synth, s_synth) = (&self.c_synth, &self.s_synth);
             // Each direction either reads (nothing pending) or writes what is
             // pending, so neither side can stall the other: no proxy deadlock
-            // when both peers write at once. read_buf and write are cancel safe.
+            // when both peers write at once. Before it reads, a direction
+            // flushes what a TLS session still holds (never so in plaintext).
+            // read_buf, write and flush are cancel safe.
             let up = async {
                 if !c_synth.is_empty() {
                     Dir::Wrote(s_wr.write(c_synth).await)
                 } else if c_ready > 0 {
                     Dir::Wrote(s_wr.write(&c_buf[..c_ready]).await)
+                } else if s_wr.wants_flush() {
+                    Dir::Flushed(s_wr.flush().await)
                 } else {
                     reserve(c_buf);
                     Dir::Read(c_rd.read_buf(c_buf).await)
@@ -130,6 +142,8 @@ impl Link {
                     Dir::Wrote(c_wr.write(s_synth).await)
                 } else if s_ready > 0 {
                     Dir::Wrote(c_wr.write(&s_buf[..s_ready]).await)
+                } else if c_wr.wants_flush() {
+                    Dir::Flushed(c_wr.flush().await)
                 } else {
                     reserve(s_buf);
                     Dir::Read(s_rd.read_buf(s_buf).await)
@@ -143,14 +157,16 @@ impl Link {
                     Dir::Read(Ok(0)) | Dir::Read(Err(_)) => return End::ClientGone,
                     Dir::Read(Ok(_)) => {}
                     Dir::Wrote(Ok(n)) => self.sent_up(&mut s.client.buf, n),
-                    Dir::Wrote(Err(e)) => return End::ServerLost(e.to_string()),
+                    Dir::Wrote(Err(e)) | Dir::Flushed(Err(e)) => return End::ServerLost(e.to_string()),
+                    Dir::Flushed(Ok(())) => {}
                 },
                 d = down => match d {
                     Dir::Read(Ok(0)) => return End::ServerLost("server closed the connection".into()),
                     Dir::Read(Err(e)) => return End::ServerLost(e.to_string()),
                     Dir::Read(Ok(_)) => {}
                     Dir::Wrote(Ok(n)) => self.sent_down(&mut server.buf, n),
-                    Dir::Wrote(Err(_)) => return End::ClientGone,
+                    Dir::Wrote(Err(_)) | Dir::Flushed(Err(_)) => return End::ClientGone,
+                    Dir::Flushed(Ok(())) => {}
                 },
                 _ = shutdown, if wait_shutdown => {}
                 _ = kill => return End::Killed,

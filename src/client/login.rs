@@ -1,5 +1,7 @@
-//! A client's way in: protocol negotiation (SSLRequest/GSSENCRequest answered
-//! `N` while TLS is off, 3.x minor versions via NegotiateProtocolVersion),
+//! A client's way in: encryption (SSLRequest answered `S` and the TLS
+//! handshake done when `[proxy.tls]` is on, `N` when off; a TLS ClientHello as
+//! the very first bytes is PostgreSQL 17's direct TLS; GSSENCRequest is always
+//! `N`), protocol negotiation (3.x minor versions via NegotiateProtocolVersion),
 //! authentication, and the login reply (AuthenticationOk, ParameterStatus,
 //! BackendKeyData, ReadyForQuery). A CancelRequest ends here too.
 
@@ -8,9 +10,15 @@ use bytes::BytesMut;
 use super::conn::{ClientConn, ReadError};
 use crate::auth::client_side::{authenticate, AuthChannel, AuthChannelError};
 use crate::auth::AuthError;
+use crate::config::ProxyTlsMode;
 use crate::error::ClientError;
 use crate::protocol::messages::backend;
 use crate::protocol::messages::startup::{decode, Startup, StartupError};
+use crate::tls::{Acceptor, ALPN_POSTGRESQL};
+
+/// First byte of a TLS handshake record; a startup packet's first byte (the
+/// top of a length of at most 10000) is always 0.
+const TLS_HANDSHAKE: u8 = 0x16;
 
 /// What the first packets asked for.
 #[derive(Debug)]
@@ -33,9 +41,18 @@ pub enum Opening {
     },
 }
 
-/// Reads startup packets until a StartupMessage or CancelRequest.
-pub async fn negotiate(conn: &mut ClientConn) -> Result<Opening, ReadError> {
-    let mut encryption_asked = false;
+/// Reads startup packets until a StartupMessage or CancelRequest, doing the
+/// TLS handshake on the way when the client asks and `tls` allows it.
+pub async fn negotiate(conn: &mut ClientConn, tls: &Acceptor) -> Result<Opening, ReadError> {
+    if conn.buf.is_empty() && conn.fill().await? == 0 {
+        return Err(ReadError::Closed);
+    }
+    let mut ssl_answered = false;
+    let mut gss_refused = false;
+    if conn.buf.first() == Some(&TLS_HANDSHAKE) {
+        direct_tls(conn, tls).await?;
+        ssl_answered = true;
+    }
     loop {
         let packet = conn.read_startup().await?;
         let protocol_error = |e: StartupError| match e {
@@ -44,16 +61,28 @@ pub async fn negotiate(conn: &mut ClientConn) -> Result<Opening, ReadError> {
             }
             other => ClientError::Protocol(other.to_string()),
         };
-        match decode(&packet).map_err(|e| ReadError::Client(protocol_error(e)))? {
-            Startup::SslRequest | Startup::GssEncRequest if !encryption_asked => {
-                // Bytes pipelined behind the request would bypass the (future)
-                // TLS handshake: refuse them (CVE-2021-23214 class).
-                if !conn.buf.is_empty() {
-                    return Err(ReadError::Client(ClientError::Protocol(
-                        "unexpected data after encryption request".into(),
-                    )));
+        let startup = decode(&packet).map_err(|e| ReadError::Client(protocol_error(e)))?;
+        if matches!(startup, Startup::SslRequest | Startup::GssEncRequest) && !conn.buf.is_empty() {
+            // Bytes pipelined behind the request would bypass the TLS
+            // handshake: refuse them (CVE-2021-23214).
+            return Err(ReadError::Client(ClientError::Protocol(
+                "unexpected data after encryption request".into(),
+            )));
+        }
+        match startup {
+            Startup::SslRequest if !ssl_answered => {
+                ssl_answered = true;
+                match tls.config() {
+                    None => conn.send(b"N").await?,
+                    Some(config) => {
+                        conn.send(b"S").await?;
+                        let accepted = conn.stream.accept(config.clone()).await;
+                        handshake(conn, accepted, tls)?;
+                    }
                 }
-                encryption_asked = true;
+            }
+            Startup::GssEncRequest if !gss_refused && !conn.stream.is_tls() => {
+                gss_refused = true;
                 conn.send(b"N").await?;
             }
             Startup::SslRequest | Startup::GssEncRequest => {
@@ -61,8 +90,51 @@ pub async fn negotiate(conn: &mut ClientConn) -> Result<Opening, ReadError> {
                     "encryption requested twice".into(),
                 )));
             }
+            // libpq sends cancels in plaintext, even when its session is TLS.
             Startup::Cancel { pid, secret } => return Ok(Opening::Cancel { pid, secret }),
+            Startup::Startup { .. }
+                if tls.mode == ProxyTlsMode::Require && !conn.stream.is_tls() =>
+            {
+                return Err(ReadError::Client(ClientError::TlsRequired));
+            }
             Startup::Startup { minor, params } => return session(conn, minor, params).await,
+        }
+    }
+}
+
+/// PostgreSQL 17 direct TLS: the handshake starts at once (the ClientHello is
+/// already in `conn.buf`), and ALPN must have agreed on `postgresql`.
+async fn direct_tls(conn: &mut ClientConn, tls: &Acceptor) -> Result<(), ReadError> {
+    let Some(config) = tls.config() else {
+        tracing::debug!("direct TLS connection while proxy.tls.mode = disable: closed");
+        return Err(ReadError::Closed);
+    };
+    let accepted = conn
+        .stream
+        .accept_direct(&mut conn.buf, config.clone())
+        .await;
+    handshake(conn, accepted, tls)?;
+    if conn.stream.alpn_protocol().as_deref() != Some(ALPN_POSTGRESQL) {
+        return Err(ReadError::Client(ClientError::TlsNoAlpn));
+    }
+    Ok(())
+}
+
+/// After a handshake: on success the client may use SCRAM-SHA-256-PLUS with
+/// our certificate; a failure is logged and counted (the client cannot be told).
+fn handshake(
+    conn: &mut ClientConn,
+    outcome: std::io::Result<()>,
+    tls: &Acceptor,
+) -> Result<(), ReadError> {
+    match outcome {
+        Ok(()) => {
+            conn.end_point = tls.end_point().cloned();
+            Ok(())
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "client TLS handshake failed");
+            Err(ReadError::Client(ClientError::TlsHandshake))
         }
     }
 }
@@ -122,7 +194,8 @@ pub async fn check_credentials(
     let users = ctx.users.load_full();
     let creds = users.get(user);
     let auth_type = ctx.config.load().proxy.auth_type;
-    match authenticate(conn, auth_type, user, creds).await {
+    let end_point = conn.end_point.clone();
+    match authenticate(conn, auth_type, user, creds, end_point.as_deref()).await {
         Ok(out) => Ok(out),
         Err(AuthChannelError::Auth(AuthError::Malformed(why))) => {
             tracing::debug!(user, why, "malformed authentication");

@@ -95,7 +95,8 @@ async fn login(
     ctx: &Arc<Context>,
     admitted: bool,
 ) -> Result<Option<LoggedIn>, ReadError> {
-    let (user, database, params) = match login::negotiate(conn).await? {
+    let tls = ctx.tls.acceptor();
+    let (user, database, params) = match login::negotiate(conn, &tls).await? {
         Opening::Cancel { pid, secret } => {
             if let Some(target) = ctx.cancels.lookup(pid, secret) {
                 if let Err(e) = send_cancel(&target.addr, target.key).await {

@@ -27,16 +27,19 @@ const HEARTBEAT_SQL: &str = "SELECT pg_logical_emit_message(false, 'switchyard',
 pub struct Checker {
     addr: String,
     login: Login,
+    /// TLS as `[cluster.tls]` says, the same as pooled connections.
+    tls: crate::tls::SharedConnector,
     conn: Option<ServerConn>,
     heartbeat_failed: bool,
 }
 
 impl Checker {
-    /// A checker for `addr` logging in with `login`.
-    pub fn new(addr: String, login: Login) -> Checker {
+    /// A checker for `addr` logging in with `login` over `tls`.
+    pub fn new(addr: String, login: Login, tls: crate::tls::SharedConnector) -> Checker {
         Checker {
             addr,
             login,
+            tls,
             conn: None,
             heartbeat_failed: false,
         }
@@ -83,7 +86,8 @@ impl Checker {
     /// The check connection, opened if needed.
     async fn connected(&mut self, timeout: Duration) -> Result<&mut ServerConn, ConnectError> {
         if self.conn.is_none() {
-            self.conn = Some(ServerConn::connect(&self.addr, &self.login, timeout).await?);
+            let tls = self.tls.current();
+            self.conn = Some(ServerConn::connect(&self.addr, &self.login, &tls, timeout).await?);
         }
         self.conn
             .as_mut()

@@ -92,6 +92,8 @@ pub struct Cluster {
     readmits: Mutex<Vec<usize>>,
     /// The incident timeline.
     pub events: Arc<Events>,
+    /// TLS toward the nodes (`[cluster.tls]`), for pools and health checks alike.
+    tls: crate::tls::SharedConnector,
 }
 
 /// Why no server connection could be opened.
@@ -131,7 +133,20 @@ impl Cluster {
             nudge: Notify::new(),
             readmits: Mutex::new(vec![]),
             events,
+            tls: Default::default(),
         }
+    }
+
+    /// The same cluster, reaching its nodes with `tls` (shared with the
+    /// proxy's TLS state, so a reload reaches every new server connection).
+    pub fn with_tls(mut self, tls: crate::tls::SharedConnector) -> Cluster {
+        self.tls = tls;
+        self
+    }
+
+    /// TLS toward the nodes.
+    pub fn tls(&self) -> &crate::tls::SharedConnector {
+        &self.tls
     }
 
     /// The configured nodes.
@@ -183,8 +198,9 @@ impl Cluster {
     ) -> Result<ServerConn, ClusterError> {
         // A connect to a node that is declared down meanwhile (a hang) must not
         // make the client wait out the whole connect timeout.
+        let tls = self.tls.current();
         let attempt = tokio::select! {
-            r = ServerConn::connect(&route.addr, login, timeout) => r,
+            r = ServerConn::connect(&route.addr, login, &tls, timeout) => r,
             _ = route.retired.cancelled() => Err(ConnectError::Timeout(route.addr.to_string())),
         };
         match attempt {

@@ -39,7 +39,7 @@ pub async fn run(cluster: Arc<Cluster>, config: Arc<Config>, shutdown: Cancellat
         .nodes()
         .iter()
         .map(|n| Track {
-            checker: Checker::new(n.addr.clone(), login.clone()),
+            checker: Checker::new(n.addr.clone(), login.clone(), cluster.tls().clone()),
             health: Health::Unknown,
             probe: None,
             fenced: false,

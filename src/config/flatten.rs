@@ -6,7 +6,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Config, FailoverConfig, HealthConfig, HttpConfig, ProxyConfig, RoutingConfig};
+use super::{
+    ClusterTlsConfig, Config, FailoverConfig, HealthConfig, HttpConfig, ProxyConfig, RoutingConfig,
+};
 
 /// Whether changing `key` needs a restart (RELOAD reports it instead of
 /// applying it); kept in step with `reload::needs_restart`.
@@ -42,6 +44,12 @@ pub fn settings(config: &Config) -> Vec<(String, String, String)> {
         &RoutingConfig::default(),
     );
     section(&mut out, "http.", &config.http, &HttpConfig::default());
+    section(
+        &mut out,
+        "cluster.tls.",
+        &config.cluster.tls,
+        &ClusterTlsConfig::default(),
+    );
     out
 }
 
@@ -56,9 +64,28 @@ fn section<T: Serialize>(
     else {
         return;
     };
+    flatten(out, prefix, &now, &default);
+}
+
+/// Nested tables (`[proxy.tls]`) become `tls.key` settings.
+fn flatten(
+    out: &mut Vec<(String, String, String)>,
+    prefix: &str,
+    now: &serde_json::Map<String, Value>,
+    default: &serde_json::Map<String, Value>,
+) {
     for (key, value) in now {
-        let default = default.get(&key).map(text).unwrap_or_default();
-        out.push((format!("{prefix}{key}"), text(&value), default));
+        if let Value::Object(inner) = value {
+            let empty = serde_json::Map::new();
+            let inner_default = match default.get(key) {
+                Some(Value::Object(d)) => d,
+                _ => &empty,
+            };
+            flatten(out, &format!("{prefix}{key}."), inner, inner_default);
+            continue;
+        }
+        let default = default.get(key).map(text).unwrap_or_default();
+        out.push((format!("{prefix}{key}"), text(value), default));
     }
 }
 
@@ -92,6 +119,8 @@ mod tests {
         assert_eq!(get("admin_users").unwrap().1, "admin");
         assert!(get("health.interval").is_some());
         assert!(get("http.listen").is_some());
+        assert_eq!(get("tls.mode").unwrap().1, "disable");
+        assert_eq!(get("cluster.tls.mode").unwrap().1, "prefer");
         assert!(s.iter().all(|(_, v, _)| !v.contains("s3cret") && v != "pw"));
         assert!(needs_restart("listen") && !needs_restart("default_pool_size"));
     }

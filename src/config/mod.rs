@@ -232,6 +232,70 @@ pub struct ProxyConfig {
     /// Period of the `SHOW STATS` averages (PgBouncer's `stats_period`). Default `60s`.
     #[serde(with = "duration")]
     pub stats_period: Duration,
+    /// `[proxy.tls]`: TLS toward clients.
+    pub tls: ProxyTlsConfig,
+}
+
+/// Whether clients may or must use TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyTlsMode {
+    /// SSLRequest is answered `N`; direct TLS is refused (default).
+    #[default]
+    Disable,
+    /// TLS for the clients that ask for it; plaintext for the others.
+    Allow,
+    /// TLS only: a plaintext startup gets SQLSTATE 28000 and is closed.
+    Require,
+}
+
+/// `[proxy.tls]` section. RELOAD re-reads the files and applies every key to new connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyTlsConfig {
+    /// `disable` (default), `allow` or `require`.
+    pub mode: ProxyTlsMode,
+    /// PEM certificate chain presented to clients, leaf first. Needed unless `mode = "disable"`.
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file` (PKCS#8, PKCS#1 or SEC1). Needed unless `mode = "disable"`.
+    pub key_file: Option<String>,
+    /// PEM CA certificates: when set, every TLS client must present a
+    /// certificate signed by one of them. Default none.
+    pub client_ca_file: Option<String>,
+}
+
+/// How Switchyard's connections to PostgreSQL use TLS (libpq's `sslmode` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClusterTlsMode {
+    /// Never ask for TLS.
+    Disable,
+    /// Ask for TLS; use plaintext if the server declines (or the handshake
+    /// fails); the certificate is not checked (default, as in libpq and PgBouncer).
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is not checked.
+    Require,
+    /// TLS with a certificate chain signed by `ca_file`; any host name.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the node's host.
+    VerifyFull,
+}
+
+/// `[cluster.tls]` section. RELOAD re-reads the files; new server connections
+/// (pools and health checks) use them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterTlsConfig {
+    /// `disable`, `prefer` (default), `require`, `verify-ca` or `verify-full`.
+    pub mode: ClusterTlsMode,
+    /// PEM CA certificates that sign the servers' certificates; needed for
+    /// `verify-ca` and `verify-full`.
+    pub ca_file: Option<String>,
+    /// PEM client certificate chain for servers that ask for one (`clientcert`). Default none.
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -252,6 +316,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             max_prepared_statements: 200,
             stats_period: Duration::from_secs(60),
+            tls: ProxyTlsConfig::default(),
         }
     }
 }
@@ -282,6 +347,9 @@ pub struct ClusterConfig {
     /// Password for `user`.
     #[serde(default)]
     pub password: Option<String>,
+    /// `[cluster.tls]`: TLS toward PostgreSQL.
+    #[serde(default)]
+    pub tls: ClusterTlsConfig,
 }
 
 /// A node as written in the file.

@@ -23,8 +23,14 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     );
     check("http.listen", old.http.listen != new.http.listen);
     check("http.metrics", old.http.metrics != new.http.metrics);
-    // The health monitor is started with the nodes and its settings.
-    check("cluster", json(&old.cluster) != json(&new.cluster));
+    // The health monitor is started with the nodes and its settings; TLS
+    // material is rebuilt by every reload (`crate::tls::Tls::reload`).
+    let cluster = |c: &Config| {
+        let mut cluster = c.cluster.clone();
+        cluster.tls = Default::default();
+        json(&cluster)
+    };
+    check("cluster", cluster(old) != cluster(new));
     check("health", json(&old.health) != json(&new.health));
     let failover = |c: &Config| {
         let mut f = c.failover.clone();
@@ -56,6 +62,7 @@ mod tests {
         let old = config("");
         assert!(needs_restart(&old, &config("[proxy]\ndefault_pool_size = 3\n")).is_empty());
         assert!(needs_restart(&old, &config("[failover]\nhold_timeout = \"9s\"\n")).is_empty());
+        assert!(needs_restart(&old, &config("[cluster.tls]\nmode = \"require\"\n")).is_empty());
         assert_eq!(
             needs_restart(&old, &config("[proxy]\nlisten = \"0.0.0.0:7000\"\n")),
             ["proxy.listen"]

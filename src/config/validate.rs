@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
-use super::{AuthType, Config};
+use super::{AuthType, ClusterTlsMode, Config, ProxyTlsMode};
 use crate::auth::Secret;
 
 /// Returns a message naming the first problem found.
@@ -28,6 +28,7 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     }
     validate_nodes(cfg)?;
     validate_users(cfg)?;
+    validate_tls(cfg)?;
     for (name, db) in &cfg.databases {
         if db.pool_size == Some(0) {
             return Err(format!("databases.{name}.pool_size must be at least 1"));
@@ -56,6 +57,29 @@ fn validate_nodes(cfg: &Config) -> Result<(), String> {
         if !names.insert(node.name.clone()) {
             return Err(format!("cluster node name {:?} is used twice", node.name));
         }
+    }
+    Ok(())
+}
+
+/// Which files each TLS mode needs; whether they can be read is checked when
+/// they are loaded (startup, RELOAD), not here.
+fn validate_tls(cfg: &Config) -> Result<(), String> {
+    let p = &cfg.proxy.tls;
+    if p.mode != ProxyTlsMode::Disable && (p.cert_file.is_none() || p.key_file.is_none()) {
+        return Err(
+            "proxy.tls: cert_file and key_file are needed unless mode = \"disable\"".into(),
+        );
+    }
+    let c = &cfg.cluster.tls;
+    if matches!(
+        c.mode,
+        ClusterTlsMode::VerifyCa | ClusterTlsMode::VerifyFull
+    ) && c.ca_file.is_none()
+    {
+        return Err("cluster.tls: ca_file is needed for verify-ca and verify-full".into());
+    }
+    if c.cert_file.is_some() != c.key_file.is_some() {
+        return Err("cluster.tls: cert_file and key_file go together".into());
     }
     Ok(())
 }
@@ -109,6 +133,11 @@ mod tests {
                 "SCRAM",
             ),
             ("[databases.x]\npool_size = 0\n", "databases.x.pool_size"),
+            ("[proxy.tls]\nmode = \"require\"\n", "proxy.tls"),
+            (
+                "[proxy.tls]\nmode = \"allow\"\ncert_file = \"c.pem\"\n",
+                "key_file",
+            ),
         ];
         for (extra, needle) in cases {
             let err = err_of(&format!("{extra}{base}"));
@@ -116,5 +145,11 @@ mod tests {
         }
         assert!(err_of("[cluster]\nnodes=[]\n").contains("at least one node"));
         assert!(err_of("[cluster]\nnodes=[\"nohost\"]\n").contains("host:port"));
+        let cluster_tls = |body: &str| err_of(&format!("{base}[cluster.tls]\n{body}"));
+        assert!(cluster_tls("mode = \"verify-full\"\n").contains("ca_file"));
+        assert!(cluster_tls("cert_file = \"c.pem\"\n").contains("go together"));
+        assert!(
+            err_of("[proxy.tls]\nmode = \"prefer\"\n[cluster]\nnodes=[\"a:1\"]\n").contains("mode")
+        );
     }
 }

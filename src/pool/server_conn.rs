@@ -1,6 +1,7 @@
 //! One connection from Switchyard to PostgreSQL: opening it, logging in, and
 //! the bookkeeping the pool needs (age, idle time, cancel key). The relay reads
 //! and writes `stream`/`buf` directly; nothing here sits on the hot path.
+//! TLS is negotiated first, as `[cluster.tls]` says (`crate::tls::upstream`).
 
 use std::time::{Duration, Instant};
 
@@ -12,9 +13,12 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::server_side::{Reply, ServerAuth};
 use crate::auth::AuthError;
+use crate::config::ClusterTlsMode;
 use crate::protocol::frame_len;
 use crate::protocol::messages::backend::decode_parameter_status;
 use crate::protocol::messages::error_response::{self, ServerError};
+use crate::tls::upstream::{self, Outcome, UpstreamError};
+use crate::tls::{Connector, Stream};
 
 /// Largest message accepted from a server during login.
 const MAX_LOGIN_MESSAGE: usize = 1 << 20;
@@ -52,6 +56,14 @@ pub enum ConnectError {
     /// The server sent something unexpected.
     #[error("{0}: protocol error during login: {1}")]
     Protocol(String, &'static str),
+    /// TLS could not be set up as `cluster.tls` demands.
+    #[error("{addr}: {source}")]
+    Tls {
+        /// Node address.
+        addr: String,
+        /// Cause.
+        source: UpstreamError,
+    },
 }
 
 /// What to log in as.
@@ -67,8 +79,8 @@ pub struct Login {
 
 /// A logged-in server connection.
 pub struct ServerConn {
-    /// The socket; the relay reads and writes it directly.
-    pub stream: TcpStream,
+    /// The socket (plain or TLS); the relay reads and writes it directly.
+    pub stream: Stream,
     /// Read buffer kept with the connection so its allocation is reused.
     pub buf: BytesMut,
     /// Node address (`host:port`), shared cheaply with the cancel map.
@@ -102,25 +114,43 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    /// Opens and logs in a connection to `addr`, all within `timeout`.
+    /// Opens (with TLS as `tls` says) and logs in a connection to `addr`, all within `timeout`.
     pub async fn connect(
         addr: &str,
         login: &Login,
+        tls: &Connector,
         timeout: Duration,
     ) -> Result<ServerConn, ConnectError> {
-        tokio::time::timeout(timeout, Self::connect_inner(addr, login))
+        tokio::time::timeout(timeout, Self::connect_inner(addr, login, tls))
             .await
             .map_err(|_| ConnectError::Timeout(addr.to_string()))?
     }
 
-    async fn connect_inner(addr: &str, login: &Login) -> Result<ServerConn, ConnectError> {
+    async fn connect_inner(
+        addr: &str,
+        login: &Login,
+        tls: &Connector,
+    ) -> Result<ServerConn, ConnectError> {
         let io = |source| ConnectError::Io {
             addr: addr.to_string(),
             source,
         };
-        let stream = TcpStream::connect(addr).await.map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        set_dead_peer_timeouts(&stream);
+        let (stream, end_point) = match upstream::start(open_tcp(addr).await?, addr, tls).await {
+            Ok(Outcome::Tls(stream, end_point)) => (stream, end_point),
+            Ok(Outcome::Plain(stream)) => (stream, None),
+            // libpq's `prefer`: a failed handshake is retried without TLS.
+            Err(e) if tls.mode == ClusterTlsMode::Prefer && e.prefer_may_retry() => {
+                tracing::warn!(node = addr, error = %e, "TLS failed under cluster.tls.mode = prefer; connecting without TLS");
+                (Stream::Plain(open_tcp(addr).await?), None)
+            }
+            Err(source) => {
+                tracing::warn!(node = addr, error = %source, "server connection refused by TLS settings");
+                return Err(ConnectError::Tls {
+                    addr: addr.to_string(),
+                    source,
+                });
+            }
+        };
         let local = stream.local_addr().ok();
         let now = Instant::now();
         let mut conn = ServerConn {
@@ -147,9 +177,21 @@ impl ServerConn {
             ("database", login.database.as_str()),
         ];
         frontend::startup_message(params, &mut out).map_err(io)?;
-        conn.stream.write_all(&out).await.map_err(io)?;
-        conn.login(login).await?;
+        conn.write(&out).await?;
+        conn.login(login, end_point).await?;
         Ok(conn)
+    }
+
+    /// Writes all of `out` and flushes it (TLS may hold bytes back otherwise).
+    async fn write(&mut self, out: &[u8]) -> Result<(), ConnectError> {
+        let written = async {
+            self.stream.write_all(out).await?;
+            self.stream.flush().await
+        };
+        written.await.map_err(|source| ConnectError::Io {
+            addr: self.addr.to_string(),
+            source,
+        })
     }
 
     /// Reads the next whole message during login: (tag, body).
@@ -180,8 +222,13 @@ impl ServerConn {
         }
     }
 
-    async fn login(&mut self, login: &Login) -> Result<(), ConnectError> {
-        let mut auth = ServerAuth::new(&login.user, login.password.as_deref());
+    /// `end_point`: the server certificate's channel binding data, under TLS.
+    async fn login(
+        &mut self,
+        login: &Login,
+        end_point: Option<Vec<u8>>,
+    ) -> Result<(), ConnectError> {
+        let mut auth = ServerAuth::new(&login.user, login.password.as_deref(), end_point);
         let mut authenticated = false;
         loop {
             let (tag, mut body) = self.read_message().await?;
@@ -189,15 +236,7 @@ impl ServerConn {
                 b'R' if !authenticated => match auth.on_request(&body) {
                     Ok(Reply::Ok) => authenticated = true,
                     Ok(Reply::Wait) => {}
-                    Ok(Reply::Send(out)) => {
-                        self.stream
-                            .write_all(&out)
-                            .await
-                            .map_err(|source| ConnectError::Io {
-                                addr: self.addr.to_string(),
-                                source,
-                            })?
-                    }
+                    Ok(Reply::Send(out)) => self.write(&out).await?,
                     Err(source) => {
                         return Err(ConnectError::Auth {
                             addr: self.addr.to_string(),
@@ -247,10 +286,7 @@ impl ServerConn {
             source,
         };
         frontend::query(sql, &mut out).map_err(|e| io(&self.addr, e))?;
-        self.stream
-            .write_all(&out)
-            .await
-            .map_err(|e| io(&self.addr, e))?;
+        self.write(&out).await?;
         let (mut row, mut error) = (None, None);
         loop {
             match self.read_message().await? {
@@ -274,19 +310,7 @@ impl ServerConn {
     /// readiness even with nobody waiting, so the usual answer (not readable)
     /// costs no system call; only a readable socket is read to confirm.
     pub fn is_broken(&self) -> bool {
-        use futures_util::FutureExt;
-        match self
-            .stream
-            .ready(tokio::io::Interest::READABLE)
-            .now_or_never()
-        {
-            None => false,
-            Some(Err(_)) => true,
-            Some(Ok(_)) => {
-                let mut probe = [0u8; 1];
-                !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-            }
-        }
+        self.stream.is_broken()
     }
 
     /// Runs a simple query whose result is not needed (e.g. ROLLBACK, DISCARD ALL)
@@ -298,10 +322,7 @@ impl ServerConn {
             source,
         };
         frontend::query(sql, &mut out).map_err(|e| io(&self.addr, e))?;
-        self.stream
-            .write_all(&out)
-            .await
-            .map_err(|e| io(&self.addr, e))?;
+        self.write(&out).await?;
         let mut failed = false;
         loop {
             match self.read_message().await? {
@@ -318,7 +339,7 @@ impl Drop for ServerConn {
     fn drop(&mut self) {
         // Best effort Terminate so PostgreSQL logs a clean disconnect; a full
         // socket buffer just means the close alone has to do.
-        let _ = self.stream.try_write(b"X\0\0\0\x04");
+        self.stream.try_write_now(b"X\0\0\0\x04");
         tracing::debug!(addr = %self.addr, pid = self.key.0, "server connection closed");
     }
 }
@@ -340,6 +361,18 @@ fn decode_data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
         rest = &rest[len as usize..];
     }
     Some(values)
+}
+
+/// A TCP connection to `addr` with the socket options every server connection gets.
+async fn open_tcp(addr: &str) -> Result<TcpStream, ConnectError> {
+    let io = |source| ConnectError::Io {
+        addr: addr.to_string(),
+        source,
+    };
+    let stream = TcpStream::connect(addr).await.map_err(io)?;
+    stream.set_nodelay(true).map_err(io)?;
+    set_dead_peer_timeouts(&stream);
+    Ok(stream)
 }
 
 /// A hung host (power loss, blackholed network) never refuses anything: only

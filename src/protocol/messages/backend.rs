@@ -21,8 +21,11 @@ pub fn auth_md5(out: &mut BytesMut, salt: [u8; 4]) {
 }
 
 /// AuthenticationSASL offering SCRAM-SHA-256.
-pub fn auth_sasl(out: &mut BytesMut) {
+pub fn auth_sasl(out: &mut BytesMut, plus: bool) {
     let mut body = 10i32.to_be_bytes().to_vec();
+    if plus {
+        body.extend_from_slice(b"SCRAM-SHA-256-PLUS\0");
+    }
     body.extend_from_slice(b"SCRAM-SHA-256\0\0");
     put_frame(out, b'R', &body);
 }

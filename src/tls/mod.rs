@@ -1,0 +1,382 @@
+//! TLS, both ways: the acceptor that clients reach (`[proxy.tls]`) and the
+//! connector that opens server connections (`[cluster.tls]`), built from the
+//! configuration by pure-ish functions that read only the named PEM files, so
+//! startup and RELOAD build them the same way ([`Tls::new`], [`Tls::reload`]).
+//! Every rustls object uses the ring provider explicitly (PITFALLS.md: with two
+//! providers compiled in, the process-default builders panic).
+//!
+//! What is not here: the connection-start negotiation with a client
+//! (`client::login`), the SSLRequest toward PostgreSQL (`upstream`), the
+//! stream type both use (`stream`), the SCRAM channel-binding hash (`end_point`).
+
+pub mod end_point;
+pub mod stream;
+pub mod upstream;
+mod verify;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{ClusterTlsConfig, ClusterTlsMode, Config, ProxyTlsConfig, ProxyTlsMode};
+
+pub use stream::Stream;
+
+/// ALPN protocol name of the PostgreSQL protocol (PostgreSQL 17 direct TLS).
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// Why TLS material could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read or holds nothing usable.
+    #[error("{key} = {path:?}: {why}")]
+    File {
+        /// The configuration key naming the file.
+        key: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// rustls refused the material (a key that does not match its certificate, ...).
+    #[error("{section}: {source}")]
+    Rustls {
+        /// `proxy.tls` or `cluster.tls`.
+        section: &'static str,
+        /// The cause.
+        source: rustls::Error,
+    },
+    /// A CA file could not be turned into a verifier.
+    #[error("{section}: {why}")]
+    Verifier {
+        /// `proxy.tls` or `cluster.tls`.
+        section: &'static str,
+        /// The cause.
+        why: String,
+    },
+}
+
+/// The one crypto provider every TLS object here uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+const VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// TLS toward clients, as `[proxy.tls]` says.
+#[derive(Debug)]
+pub struct Acceptor {
+    /// `disable`, `allow` or `require`.
+    pub mode: ProxyTlsMode,
+    /// `None` exactly when `mode` is `disable`.
+    config: Option<Arc<ServerConfig>>,
+    /// tls-server-end-point hash of our certificate (SCRAM-SHA-256-PLUS);
+    /// `None` when its signature algorithm has no defined hash (then -PLUS is not offered).
+    end_point: Option<Arc<[u8]>>,
+}
+
+impl Acceptor {
+    /// Plaintext only.
+    pub fn disabled() -> Acceptor {
+        Acceptor {
+            mode: ProxyTlsMode::Disable,
+            config: None,
+            end_point: None,
+        }
+    }
+
+    /// Reads the certificate, key and (optional) client CA files.
+    pub fn build(cfg: &ProxyTlsConfig) -> Result<Acceptor, TlsError> {
+        if cfg.mode == ProxyTlsMode::Disable {
+            return Ok(Acceptor::disabled());
+        }
+        let section = "proxy.tls";
+        let chain = certs("proxy.tls.cert_file", cfg.cert_file.as_deref())?;
+        let key = key("proxy.tls.key_file", cfg.key_file.as_deref())?;
+        let end_point = chain
+            .first()
+            .and_then(|leaf| end_point::hash(leaf))
+            .map(Arc::from);
+        let provider = provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(VERSIONS)
+            .map_err(|source| TlsError::Rustls { section, source })?;
+        let builder = match &cfg.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let roots = roots("proxy.tls.client_ca_file", path)?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| TlsError::Verifier {
+                        section,
+                        why: e.to_string(),
+                    })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|source| TlsError::Rustls { section, source })?;
+        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+        // Like PostgreSQL (SSL_OP_NO_TICKET, no session cache): libpq never
+        // resumes, so tickets would only cost every handshake a write.
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        Ok(Acceptor {
+            mode: cfg.mode,
+            config: Some(Arc::new(config)),
+            end_point,
+        })
+    }
+
+    /// The rustls configuration; `None` when TLS is disabled.
+    pub fn config(&self) -> Option<&Arc<ServerConfig>> {
+        self.config.as_ref()
+    }
+
+    /// The tls-server-end-point channel binding data of our certificate.
+    pub fn end_point(&self) -> Option<&Arc<[u8]>> {
+        self.end_point.as_ref()
+    }
+}
+
+/// TLS toward PostgreSQL, as `[cluster.tls]` says.
+#[derive(Debug)]
+pub struct Connector {
+    /// libpq's `sslmode` values.
+    pub mode: ClusterTlsMode,
+    /// `None` exactly when `mode` is `disable`.
+    config: Option<Arc<ClientConfig>>,
+}
+
+impl Connector {
+    /// Never asks for TLS.
+    pub fn disabled() -> Connector {
+        Connector {
+            mode: ClusterTlsMode::Disable,
+            config: None,
+        }
+    }
+
+    /// Reads the CA and (optional) client certificate files.
+    pub fn build(cfg: &ClusterTlsConfig) -> Result<Connector, TlsError> {
+        if cfg.mode == ClusterTlsMode::Disable {
+            return Ok(Connector::disabled());
+        }
+        let section = "cluster.tls";
+        let provider = provider();
+        let verifier = match (cfg.mode, &cfg.ca_file) {
+            (ClusterTlsMode::VerifyCa | ClusterTlsMode::VerifyFull, Some(path)) => {
+                let roots = roots("cluster.tls.ca_file", path)?;
+                verify::webpki(
+                    roots,
+                    provider.clone(),
+                    cfg.mode == ClusterTlsMode::VerifyFull,
+                )
+                .map_err(|why| TlsError::Verifier { section, why })?
+            }
+            (ClusterTlsMode::VerifyCa | ClusterTlsMode::VerifyFull, None) => {
+                return Err(TlsError::Verifier {
+                    section,
+                    why: "ca_file is needed for verify-ca and verify-full".into(),
+                })
+            }
+            _ => verify::any_certificate(&provider),
+        };
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(VERSIONS)
+            .map_err(|source| TlsError::Rustls { section, source })?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match (&cfg.cert_file, &cfg.key_file) {
+            (Some(cert), Some(k)) => builder
+                .with_client_auth_cert(
+                    certs("cluster.tls.cert_file", Some(cert))?,
+                    key("cluster.tls.key_file", Some(k))?,
+                )
+                .map_err(|source| TlsError::Rustls { section, source })?,
+            _ => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+        Ok(Connector {
+            mode: cfg.mode,
+            config: Some(Arc::new(config)),
+        })
+    }
+
+    /// The rustls configuration; `None` when TLS is disabled.
+    pub fn config(&self) -> Option<&Arc<ClientConfig>> {
+        self.config.as_ref()
+    }
+}
+
+/// The server-side connector as a shared, swappable cell: the cluster's pools
+/// and health checks hold a clone and read the current one at each connect.
+#[derive(Clone)]
+pub struct SharedConnector(Arc<ArcSwap<Connector>>);
+
+impl SharedConnector {
+    /// A cell holding `connector`.
+    pub fn new(connector: Connector) -> SharedConnector {
+        SharedConnector(Arc::new(ArcSwap::from_pointee(connector)))
+    }
+
+    /// The connector in force.
+    pub fn current(&self) -> Arc<Connector> {
+        self.0.load_full()
+    }
+}
+
+impl Default for SharedConnector {
+    /// TLS off: for a cluster built without a configuration (unit tests).
+    fn default() -> Self {
+        SharedConnector::new(Connector::disabled())
+    }
+}
+
+/// The proxy's TLS state: built at startup, rebuilt by [`Tls::reload`].
+pub struct Tls {
+    acceptor: ArcSwap<Acceptor>,
+    connector: SharedConnector,
+}
+
+impl Tls {
+    /// Builds both sides from `config`, reading the certificate files.
+    pub fn new(config: &Config) -> Result<Tls, TlsError> {
+        Ok(Tls {
+            acceptor: ArcSwap::from_pointee(Acceptor::build(&config.proxy.tls)?),
+            connector: SharedConnector::new(Connector::build(&config.cluster.tls)?),
+        })
+    }
+
+    /// Re-reads the files `config` names and swaps both sides in, or neither
+    /// when anything fails (the running TLS stays). Existing connections keep
+    /// the TLS they have; new ones get the new.
+    pub fn reload(&self, config: &Config) -> Result<(), TlsError> {
+        let acceptor = Acceptor::build(&config.proxy.tls)?;
+        let connector = Connector::build(&config.cluster.tls)?;
+        self.acceptor.store(Arc::new(acceptor));
+        self.connector.0.store(Arc::new(connector));
+        Ok(())
+    }
+
+    /// The client-facing side in force.
+    pub fn acceptor(&self) -> Arc<Acceptor> {
+        self.acceptor.load_full()
+    }
+
+    /// The server-facing side, as a cell the cluster shares.
+    pub fn connector(&self) -> &SharedConnector {
+        &self.connector
+    }
+}
+
+fn file_error(key: &'static str, path: &str, why: impl ToString) -> TlsError {
+    TlsError::File {
+        key,
+        path: path.to_string(),
+        why: why.to_string(),
+    }
+}
+
+/// Every certificate in the PEM file at `path`.
+fn certs(key: &'static str, path: Option<&str>) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let path = path.ok_or_else(|| file_error(key, "", "not set"))?;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| file_error(key, path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(key, path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// The private key in the PEM file at `path`.
+fn key(key: &'static str, path: Option<&str>) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let path = path.ok_or_else(|| file_error(key, "", "not set"))?;
+    PrivateKeyDer::from_pem_file(path).map_err(|e| file_error(key, path, e))
+}
+
+/// A root store holding every certificate of the PEM file at `path`.
+fn roots(key: &'static str, path: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs(key, Some(path))? {
+        roots.add(cert).map_err(|e| file_error(key, path, e))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    fn temp_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-tls-unit-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn builds_from_pem_files_and_reports_bad_ones() {
+        let dir = temp_dir();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let cert_file = write(&dir, "cert.pem", &cert.pem());
+        let key_file = write(&dir, "key.pem", &key.serialize_pem());
+        let mut cfg = ProxyTlsConfig {
+            mode: ProxyTlsMode::Require,
+            cert_file: Some(cert_file.clone()),
+            key_file: Some(key_file.clone()),
+            client_ca_file: None,
+        };
+        let acceptor = Acceptor::build(&cfg).unwrap();
+        assert!(acceptor.config().is_some());
+        assert_eq!(acceptor.end_point().map(|e| e.len()), Some(32));
+
+        cfg.key_file = Some(write(&dir, "empty.pem", ""));
+        let err = Acceptor::build(&cfg).unwrap_err().to_string();
+        assert!(err.contains("proxy.tls.key_file"), "{err}");
+        cfg.key_file = Some(key_file);
+        cfg.cert_file = Some(dir.join("missing.pem").to_string_lossy().into_owned());
+        let err = Acceptor::build(&cfg).unwrap_err().to_string();
+        assert!(err.contains("proxy.tls.cert_file"), "{err}");
+
+        let other = rcgen::KeyPair::generate().unwrap();
+        cfg.cert_file = Some(cert_file.clone());
+        cfg.key_file = Some(write(&dir, "other.pem", &other.serialize_pem()));
+        assert!(
+            Acceptor::build(&cfg).is_err(),
+            "a key that is not the certificate's"
+        );
+
+        let connector = Connector::build(&ClusterTlsConfig {
+            mode: ClusterTlsMode::VerifyFull,
+            ca_file: Some(cert_file),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(connector.config().is_some());
+        assert!(Connector::build(&ClusterTlsConfig::default())
+            .unwrap()
+            .config()
+            .is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
