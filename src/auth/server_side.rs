@@ -115,3 +115,51 @@ impl ServerAuth {
         Ok(Reply::Send(out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sasl(mechanisms: &[&str]) -> Vec<u8> {
+        let mut body = 10i32.to_be_bytes().to_vec();
+        for m in mechanisms {
+            body.extend_from_slice(m.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        body
+    }
+
+    /// The mechanism and gs2 header of the SASLInitialResponse we send.
+    fn first(end_point: Option<Vec<u8>>, offered: &[&str]) -> Result<String, AuthError> {
+        let mut auth = ServerAuth::new("u", Some("pw"), end_point);
+        let Reply::Send(out) = auth.on_request(&sasl(offered))? else {
+            panic!("expected a SASLInitialResponse")
+        };
+        let body = &out[5..];
+        let nul = body.iter().position(|&b| b == 0).unwrap();
+        let data = &body[nul + 5..];
+        Ok(format!(
+            "{} {}",
+            String::from_utf8_lossy(&body[..nul]),
+            String::from_utf8_lossy(&data[..data.len().min(24)])
+        ))
+    }
+
+    #[test]
+    fn binds_to_the_server_certificate_when_it_can() {
+        let both = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"];
+        let tls = || Some(vec![1; 32]);
+        assert!(first(tls(), &both)
+            .unwrap()
+            .starts_with("SCRAM-SHA-256-PLUS p=tls-server-end-point,,"));
+        assert!(first(tls(), &["SCRAM-SHA-256"])
+            .unwrap()
+            .starts_with("SCRAM-SHA-256 y,,"));
+        assert!(first(None, &both).unwrap().starts_with("SCRAM-SHA-256 n,,"));
+        assert!(matches!(
+            first(None, &["SCRAM-SHA-256-PLUS"]),
+            Err(AuthError::Unsupported(10))
+        ));
+    }
+}

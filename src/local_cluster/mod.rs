@@ -87,6 +87,11 @@ pub struct LocalClusterOptions {
     /// module's own settings (so they win); replicas inherit them
     /// (`pg_basebackup` copies the primary's configuration files).
     pub extra_conf: Vec<String>,
+    /// Files `(name, contents)` written into the primary's data directory
+    /// before it first starts, owned by the server's OS user with mode 0600
+    /// (what PostgreSQL demands of `ssl_key_file`). A `pg_hba.conf` here
+    /// replaces the module's. Replicas copy them with the data directory.
+    pub data_files: Vec<(String, String)>,
     /// Whether the servers run with `fsync = on` (default `false`). When
     /// `false`, `synchronous_commit` and `full_page_writes` are off as well.
     pub fsync: bool,
@@ -101,6 +106,7 @@ impl Default for LocalClusterOptions {
         LocalClusterOptions {
             replicas: 1,
             extra_conf: Vec::new(),
+            data_files: Vec::new(),
             fsync: false,
             keep: std::env::var_os(KEEP_ENV).is_some(),
         }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -10,8 +11,9 @@ use super::base_dir::{append_file, write_file};
 use super::exec::run;
 use super::node::PgNode;
 use super::{
-    LocalClusterError, LocalClusterOptions, APP_DB, APP_PASSWORD, APP_USER, CLUSTER_PASSWORD,
-    CLUSTER_USER, MD5_PASSWORD, MD5_USER, SUPERUSER, SUPERUSER_PASSWORD, TRUST_USER,
+    io_at, LocalClusterError, LocalClusterOptions, APP_DB, APP_PASSWORD, APP_USER,
+    CLUSTER_PASSWORD, CLUSTER_USER, MD5_PASSWORD, MD5_USER, SUPERUSER, SUPERUSER_PASSWORD,
+    TRUST_USER,
 };
 
 /// Quotes a value for `postgresql.conf`.
@@ -87,7 +89,15 @@ pub(super) fn init(
          host    all          all        127.0.0.1/32  scram-sha-256\n\
          host    replication  all        127.0.0.1/32  scram-sha-256\n"
     );
-    write_file(&primary.data_dir.join("pg_hba.conf"), &hba)
+    write_file(&primary.data_dir.join("pg_hba.conf"), &hba)?;
+    for (name, text) in &opts.data_files {
+        let path = primary.data_dir.join(name);
+        write_file(&path, text)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+            .map_err(io_at(format!("chmod {}", path.display())))?;
+        primary.exec.chown(&path)?;
+    }
+    Ok(())
 }
 
 /// Creates the well-known roles and [`APP_DB`] on the running primary.
