@@ -390,6 +390,32 @@ async fn scram_channel_binding_over_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_work_over_tls() {
+    let env = env();
+    let proxy = env.proxy("require", "").await;
+    let client = tls_client(&env, &proxy, "", None).await.unwrap();
+    let token = client.cancel_token();
+    let tls =
+        tokio_postgres_rustls::MakeRustlsConnect::new(client_config(&env.path("ca.pem"), None));
+    // tokio-postgres sends its CancelRequest inside TLS; the proxy passes it
+    // on to PostgreSQL (in plaintext, as libpq before 17 does).
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tls).await
+    });
+    let started = Instant::now();
+    let err = client
+        .simple_query("SELECT pg_sleep(20)")
+        .await
+        .expect_err("cancelled");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    cancel.await.unwrap().unwrap();
+    assert_eq!(one(&client, "SELECT 'after'").await, "after");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_are_checked_against_client_ca_file() {
     let env = env();
     let extra = format!("client_ca_file = {:?}\n", env.path("ca.pem"));
