@@ -1,0 +1,482 @@
+//! pgbench over TLS: straight to PostgreSQL (`ssl = on`), through Switchyard
+//! (`[proxy.tls] mode = "require"`) and through PgBouncer
+//! (`client_tls_sslmode = require`), in the same run.
+//!
+//! Run with `cargo bench --bench tls_compare` (as root or as a user that may
+//! start PostgreSQL; PgBouncer must be at /usr/sbin/pgbouncer, else its column
+//! is skipped). Environment: `BENCH_ROUNDS` (default 3) interleaved rounds,
+//! `BENCH_SECS` (default 10) seconds per pgbench run.
+//!
+//! Workloads (issue #6 targets): select-only (`-S`) with 64 clients, where
+//! Switchyard should reach 1.2 × PgBouncer; and select-only with a new
+//! connection per transaction (`-C`, 16 clients: a TLS handshake and a SCRAM
+//! exchange per transaction), where Switchyard should reach PgBouncer. Every
+//! client uses `sslmode=require`. Only the client leg is encrypted: both
+//! poolers reach PostgreSQL without TLS (`[cluster.tls] mode = "disable"`,
+//! `server_tls_sslmode = disable`), both pool 20 server connections in
+//! transaction mode and authenticate clients with SCRAM-SHA-256, and both
+//! present the same rcgen certificate (ECDSA P-256).
+//!
+//! Without `--bench` on the command line (e.g. `cargo test --benches`) it does nothing.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use switchyard::local_cluster::{
+    LocalCluster, LocalClusterOptions, APP_DB, APP_PASSWORD, APP_USER,
+};
+
+mod common;
+
+use common::{env_number, median, Switchyard};
+
+/// Server connections per pool, for Switchyard and PgBouncer alike.
+const POOL_SIZE: usize = 20;
+/// Client connection limit, for both.
+const MAX_CLIENT_CONN: usize = 1000;
+/// `pgbench -i` scale factor.
+const SCALE: u32 = 10;
+/// PgBouncer refuses to run as root: it runs as this OS user then.
+const PGBOUNCER_OS_USER: &str = "postgres";
+const PGBOUNCER_BIN: &str = "/usr/sbin/pgbouncer";
+/// Issue #6: Switchyard / PgBouncer, `-S`, 64 clients, TLS.
+const TARGET_SELECT_VS_PGBOUNCER: f64 = 1.2;
+/// Issue #6: Switchyard / PgBouncer, `-S -C`, TLS.
+const TARGET_CONNECT_VS_PGBOUNCER: f64 = 1.0;
+
+/// A pgbench workload.
+struct Workload {
+    name: &'static str,
+    args: &'static [&'static str],
+    clients: u32,
+    /// The issue's Switchyard / PgBouncer target.
+    target: f64,
+}
+
+const WORKLOADS: [Workload; 2] = [
+    Workload {
+        name: "select-only (-S), 64 clients, TLS",
+        args: &["-S"],
+        clients: 64,
+        target: TARGET_SELECT_VS_PGBOUNCER,
+    },
+    Workload {
+        name: "select-only (-S), connect per transaction (-C), 16 clients, TLS",
+        args: &["-S", "-C"],
+        clients: 16,
+        target: TARGET_CONNECT_VS_PGBOUNCER,
+    },
+];
+
+/// Where pgbench connects; the tables' columns in this order.
+const TARGETS: [&str; 3] = ["direct", "switchyard", "pgbouncer"];
+
+fn main() {
+    common::run_main("tls_compare", "tls_compare failed", bench);
+}
+
+fn bench() -> anyhow::Result<()> {
+    let rounds = env_number("BENCH_ROUNDS", 3)?.max(1) as usize;
+    let secs = env_number("BENCH_SECS", 10)?.max(1);
+    let tmp = TempDir::create()?;
+    let (cert, key) = certificate();
+    let cert_file = tmp.write("server.crt", &cert)?;
+    let key_file = tmp.write("server.key", &key)?;
+
+    eprintln!("starting PostgreSQL (ssl = on, fsync = on, no replica)...");
+    let cluster = LocalCluster::start(LocalClusterOptions {
+        fsync: true,
+        replicas: 0,
+        extra_conf: vec![
+            "ssl = on".into(),
+            "ssl_cert_file = 'server.crt'".into(),
+            "ssl_key_file = 'server.key'".into(),
+        ],
+        data_files: vec![("server.crt".into(), cert), ("server.key".into(), key)],
+        ..Default::default()
+    })
+    .context("starting the local cluster (is PostgreSQL installed?)")?;
+    let primary = cluster.primary();
+    let pgbench = cluster.bindir().join("pgbench");
+    let version = primary.psql("postgres", "SHOW server_version")?;
+    eprintln!("pgbench -i -s {SCALE}...");
+    let init = pgbench_command(&pgbench, primary.port())
+        .args(["-i", "-s", &SCALE.to_string(), "-q", APP_DB])
+        .output()
+        .context("running pgbench -i")?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+
+    let addr = primary.addr();
+    let proxy = Switchyard::start(|listen| {
+        common::proxy_config(
+            listen,
+            POOL_SIZE,
+            &format!(
+                "max_client_conn = {MAX_CLIENT_CONN}\nshutdown_timeout = \"5s\"\n\n\
+                 [proxy.tls]\nmode = \"require\"\ncert_file = {cert_file:?}\nkey_file = {key_file:?}\n"
+            ),
+            &format!("nodes = [\"{addr}\"]\n\n[cluster.tls]\nmode = \"disable\"\n"),
+        )
+    })?;
+    eprintln!(
+        "switchyard (in-process) listening on 127.0.0.1:{}",
+        proxy.port
+    );
+    let bouncer = if Path::new(PGBOUNCER_BIN).is_file() {
+        Some(PgBouncer::start(
+            &tmp,
+            primary.port(),
+            &cert_file,
+            &key_file,
+        )?)
+    } else {
+        eprintln!("{PGBOUNCER_BIN} missing: its column is skipped");
+        None
+    };
+    let ports = [
+        Some(primary.port()),
+        Some(proxy.port),
+        bouncer.as_ref().map(|b| b.port),
+    ];
+
+    for (t, port) in TARGETS.iter().zip(ports) {
+        let Some(port) = port else { continue };
+        eprintln!("warm-up: {t}");
+        if let Err(e) = run_pgbench(&pgbench, port, &["-S"], 64, secs.min(3)) {
+            eprintln!("warm-up through {t} failed: {e:#}");
+        }
+    }
+    let began = Instant::now();
+    // tps[workload][target] = one value per successful round
+    let mut tps = vec![vec![Vec::new(); TARGETS.len()]; WORKLOADS.len()];
+    for r in 0..rounds {
+        for (wi, w) in WORKLOADS.iter().enumerate() {
+            let mut order: Vec<usize> = (0..TARGETS.len()).collect();
+            order.rotate_left(r % TARGETS.len());
+            for ti in order {
+                let Some(port) = ports[ti] else { continue };
+                eprint!(
+                    "{} | round {}/{rounds} | {:<10} ... ",
+                    w.name,
+                    r + 1,
+                    TARGETS[ti]
+                );
+                match run_pgbench(&pgbench, port, w.args, w.clients, secs) {
+                    Ok(v) => {
+                        eprintln!("{v:.0} tps");
+                        tps[wi][ti].push(v);
+                    }
+                    Err(e) => eprintln!("FAILED: {e:#}"),
+                }
+            }
+        }
+    }
+    let header =
+        format!(
+        "PostgreSQL {version} (ssl = on), scale {SCALE}; pgbench -j 2 -M simple, sslmode=require, \
+         {secs}s per run, {rounds} round(s) ({:.1} min); pools: {POOL_SIZE} server connections, \
+         transaction mode, server leg without TLS; Switchyard in-process ({} cores shared with \
+         PostgreSQL and pgbench); {}",
+        began.elapsed().as_secs_f64() / 60.0,
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        bouncer.as_ref().map_or("PgBouncer not available", |b| &b.version),
+    );
+    println!("\n{}", report(&header, &tps));
+    drop(bouncer);
+    drop(proxy);
+    drop(cluster);
+    drop(tmp);
+    Ok(())
+}
+
+/// A leaf certificate (CA:FALSE) for localhost / 127.0.0.1 signed by a throw-away CA.
+fn certificate() -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().expect("CA key");
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf =
+        CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).expect("params");
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    let key = KeyPair::generate().expect("key");
+    let cert = leaf.signed_by(&key, &issuer).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// pgbench connecting to 127.0.0.1:`port` as the app user, over TLS.
+fn pgbench_command(pgbench: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(pgbench);
+    for v in [
+        "PGHOST",
+        "PGPORT",
+        "PGDATABASE",
+        "PGUSER",
+        "PGSERVICE",
+        "PGOPTIONS",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd.env("PGPASSWORD", APP_PASSWORD)
+        .env("PGSSLMODE", "require")
+        .env("PGAPPNAME", "tls_compare")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP_USER])
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// One timed run: its tps (pgbench's `tps = ` line), or what went wrong.
+fn run_pgbench(
+    pgbench: &Path,
+    port: u16,
+    extra: &[&str],
+    clients: u32,
+    secs: u64,
+) -> anyhow::Result<f64> {
+    let mut child = pgbench_command(pgbench, port)
+        .args(["-n", "-T", &secs.to_string(), "-c", &clients.to_string()])
+        .args(["-j", "2", "-M", "simple"])
+        .args(extra)
+        .arg(APP_DB)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning pgbench")?;
+    let mut stderr = child.stderr.take();
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    });
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout)?;
+    }
+    let status = child.wait()?;
+    let stderr = err.join().unwrap_or_default();
+    let tps = stdout.lines().find_map(|l| {
+        l.strip_prefix("tps = ")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    });
+    let failed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of failed transactions: "))
+        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
+    match (status.success(), tps, failed) {
+        (true, Some(tps), None | Some(0)) => Ok(tps),
+        _ => bail!("pgbench exited with {status}:\n{stdout}\n{}", tail(&stderr)),
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn report(header: &str, tps: &[Vec<Vec<f64>>]) -> String {
+    let mut out = format!("## pgbench over TLS\n\n{header}\n\n");
+    let _ = writeln!(
+        out,
+        "| workload | direct | switchyard | pgbouncer | switchyard / direct | switchyard / pgbouncer | target | rounds (sy / pgb) |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    for (w, per_target) in WORKLOADS.iter().zip(tps) {
+        let med: Vec<Option<f64>> = per_target.iter().map(|v| median(v.clone())).collect();
+        let cell = |x: Option<f64>| x.map_or("–".into(), |v| format!("{v:.0}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let fmt_ratio = |r: Option<f64>| r.map_or("–".into(), |r| format!("{r:.2}"));
+        let vs_bouncer = ratio(med[1], med[2]);
+        let verdict = match vs_bouncer {
+            Some(r) if r >= w.target => format!("≥ {:.1} met", w.target),
+            Some(_) => format!("≥ {:.1} NOT met", w.target),
+            None => format!("≥ {:.1} (no data)", w.target),
+        };
+        let per_round: Vec<String> = per_target[1]
+            .iter()
+            .zip(&per_target[2])
+            .map(|(a, b)| format!("{:.2}", a / b))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {verdict} | {} |",
+            w.name,
+            cell(med[0]),
+            cell(med[1]),
+            cell(med[2]),
+            fmt_ratio(ratio(med[1], med[0])),
+            fmt_ratio(vs_bouncer),
+            per_round.join(", ")
+        );
+    }
+    out.push_str("\nTPS are medians over the rounds; ratios are of the medians.\n");
+    out
+}
+
+// ---------------------------------------------------------------------------
+// PgBouncer with client TLS
+// ---------------------------------------------------------------------------
+
+/// A PgBouncer child process; killed on drop.
+struct PgBouncer {
+    port: u16,
+    version: String,
+    child: Child,
+}
+
+impl PgBouncer {
+    fn start(tmp: &TempDir, pg_port: u16, cert: &str, key: &str) -> anyhow::Result<PgBouncer> {
+        let run_as = if is_root() {
+            Some(lookup_user(PGBOUNCER_OS_USER).ok_or_else(|| {
+                anyhow!("running as root and the `{PGBOUNCER_OS_USER}` OS user does not exist")
+            })?)
+        } else {
+            None
+        };
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = &tmp.path;
+        let log = dir.join("pgbouncer.log");
+        let userlist = tmp.write(
+            "userlist.txt",
+            &format!("\"{APP_USER}\" \"{APP_PASSWORD}\"\n"),
+        )?;
+        let mut conf = String::new();
+        let _ = writeln!(conf, "[databases]");
+        let _ = writeln!(
+            conf,
+            "{APP_DB} = host=127.0.0.1 port={pg_port} dbname={APP_DB}"
+        );
+        let _ = writeln!(conf, "[pgbouncer]");
+        let _ = writeln!(conf, "listen_addr = 127.0.0.1\nlisten_port = {port}");
+        let _ = writeln!(conf, "unix_socket_dir =");
+        let _ = writeln!(conf, "auth_type = scram-sha-256\nauth_file = {userlist}");
+        let _ = writeln!(conf, "pool_mode = transaction");
+        let _ = writeln!(conf, "default_pool_size = {POOL_SIZE}");
+        let _ = writeln!(conf, "max_client_conn = {MAX_CLIENT_CONN}");
+        let _ = writeln!(conf, "client_tls_sslmode = require");
+        let _ = writeln!(
+            conf,
+            "client_tls_cert_file = {cert}\nclient_tls_key_file = {key}"
+        );
+        let _ = writeln!(conf, "server_tls_sslmode = disable");
+        let _ = writeln!(conf, "logfile = {}", log.display());
+        let _ = writeln!(conf, "pidfile = {}", dir.join("pgbouncer.pid").display());
+        let ini = tmp.write("pgbouncer.ini", &conf)?;
+        if let Some((uid, gid)) = run_as {
+            for f in [dir.to_string_lossy().as_ref(), &ini, &userlist, cert, key] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid))
+                    .with_context(|| format!("chown {f}"))?;
+            }
+        }
+        let version = Command::new(PGBOUNCER_BIN)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| {
+                let out = String::from_utf8_lossy(&o.stdout).into_owned();
+                out.lines().next().map(|l| l.trim().to_string())
+            })
+            .unwrap_or_else(|| "PgBouncer (unknown version)".into());
+        let mut cmd = Command::new(PGBOUNCER_BIN);
+        cmd.arg(&ini)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some((uid, gid)) = run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let mut bouncer = PgBouncer {
+            port,
+            version,
+            child: cmd.spawn().context("spawning pgbouncer")?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if bouncer.child.try_wait()?.is_some() || Instant::now() > deadline {
+                bail!(
+                    "pgbouncer did not start:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("pgbouncer (client TLS) listening on 127.0.0.1:{port}");
+        Ok(bouncer)
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// (uid, gid) of `user` from /etc/passwd.
+fn lookup_user(user: &str) -> Option<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut f = line.split(':');
+        if f.next()? != user {
+            return None;
+        }
+        let _password = f.next()?;
+        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    })
+}
+
+/// A private directory for the certificate and PgBouncer's files; removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn create() -> anyhow::Result<TempDir> {
+        let path =
+            std::env::temp_dir().join(format!("switchyard-tls-bench-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700))?;
+        Ok(TempDir { path })
+    }
+
+    /// Writes `name` (mode 0600) and returns its path.
+    fn write(&self, name: &str, text: &str) -> anyhow::Result<String> {
+        let path = self.path.join(name);
+        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
+        Ok(path.to_string_lossy().into_owned())
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
