@@ -25,8 +25,8 @@ use crate::pool::{Pool, PoolSettings, Pools};
 
 /// State shared by all client tasks; a cheap `Arc` to clone.
 pub struct Context {
-    /// The configuration in force; a reload swaps it.
-    pub config: ArcSwap<Config>,
+    /// The configuration in force; a reload swaps it (the monitor reads it too).
+    pub config: Arc<ArcSwap<Config>>,
     /// Where the configuration was read from (`RELOAD` re-reads it).
     pub config_path: Option<PathBuf>,
     /// Users' credentials, verifiers precomputed; a reload swaps them.
@@ -66,7 +66,7 @@ impl Context {
         let cluster = Arc::new(Cluster::new(config.nodes(), Arc::new(Events::new(1000))));
         let record_metrics = config.http.metrics;
         Ok(Context {
-            config: ArcSwap::from_pointee(config),
+            config: Arc::new(ArcSwap::from_pointee(config)),
             config_path: None,
             users: ArcSwap::from_pointee(users),
             pools: Pools::default(),
@@ -230,7 +230,7 @@ pub async fn serve(
     }
     tracker.spawn(crate::cluster::monitor::run(
         ctx.cluster.clone(),
-        ctx.config.load_full(),
+        ctx.config.clone(),
         token.clone(),
     ));
     let clients = Arc::new(Semaphore::new(ctx.config.load().proxy.max_client_conn));

@@ -278,7 +278,11 @@ async fn show_commands_answer_with_pgbouncer_columns() {
         .output()
         .expect("run psql");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         stdout.starts_with("database,user,cl_active,cl_waiting,"),
         "{stdout}"

@@ -9,6 +9,7 @@ pub mod failover;
 pub mod hardware;
 pub mod health;
 pub mod monitor;
+pub mod switchover;
 pub mod view;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -57,6 +58,10 @@ pub struct NodeStatus {
     pub lag_seconds: Option<f64>,
     /// Seconds since the last successful probe.
     pub last_check_seconds_ago: Option<f64>,
+    /// Hardware status: `ok`, `degraded`, `failing` or `unknown`.
+    pub hardware: &'static str,
+    /// Why, when not ok.
+    pub hardware_reasons: Vec<String>,
 }
 
 /// Where one server connection should go.
@@ -90,6 +95,10 @@ pub struct Cluster {
     nudge: Notify,
     /// Fenced nodes an operator re-admitted, for the monitor to apply.
     readmits: Mutex<Vec<usize>>,
+    /// Planned switchovers asked for, for the monitor to run.
+    switchovers: Mutex<Vec<switchover::Request>>,
+    /// Each node's last hardware verdict (`unknown` until probed or without a probe).
+    hardware: Vec<Mutex<hardware::Verdict>>,
     /// The incident timeline.
     pub events: Arc<Events>,
 }
@@ -109,6 +118,7 @@ pub enum ClusterError {
 impl Cluster {
     /// A cluster over `nodes`; nothing is routable until the monitor's first checks.
     pub fn new(nodes: Vec<Node>, events: Arc<Events>) -> Cluster {
+        let n = nodes.len();
         let addrs = nodes.iter().map(|n| Arc::from(n.addr.as_str())).collect();
         let incarnations = nodes
             .iter()
@@ -130,6 +140,10 @@ impl Cluster {
             load,
             nudge: Notify::new(),
             readmits: Mutex::new(vec![]),
+            switchovers: Mutex::new(vec![]),
+            hardware: (0..n)
+                .map(|_| Mutex::new(hardware::Verdict::unknown("no hardware probe configured")))
+                .collect(),
             events,
         }
     }
@@ -273,6 +287,55 @@ impl Cluster {
         lock(&self.readmits).push(i);
         self.nudge();
         Ok(())
+    }
+
+    /// Asks the monitor for a planned switchover (to `target`, or the best
+    /// replica) and waits for its outcome: the new primary's name, or why not.
+    pub async fn switchover(
+        &self,
+        target: Option<String>,
+        reason: String,
+    ) -> Result<String, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.request_switchover(switchover::Request {
+            target,
+            reason,
+            emergency: false,
+            reply: Some(tx),
+        });
+        rx.await
+            .map_err(|_| "the monitor stopped before the switchover ran".to_string())?
+    }
+
+    /// Queues a switchover request for the monitor.
+    pub(crate) fn request_switchover(&self, req: switchover::Request) {
+        lock(&self.switchovers).push(req);
+        self.nudge();
+    }
+
+    /// The oldest queued switchover request.
+    pub(crate) fn next_switchover(&self) -> Option<switchover::Request> {
+        let mut q = lock(&self.switchovers);
+        (!q.is_empty()).then(|| q.remove(0))
+    }
+
+    /// Server connections to `node` checked out now.
+    pub fn checked_out(&self, node: usize) -> usize {
+        self.load[node].load(Ordering::Relaxed)
+    }
+
+    /// The node's last hardware verdict.
+    pub fn hardware(&self, node: usize) -> hardware::Verdict {
+        lock(&self.hardware[node]).clone()
+    }
+
+    /// Records a hardware verdict; returns the previous status.
+    pub(crate) fn set_hardware(
+        &self,
+        node: usize,
+        v: hardware::Verdict,
+    ) -> hardware::HardwareStatus {
+        std::mem::replace(&mut *lock(&self.hardware[node]), v).status
     }
 
     /// Re-admissions requested since the last call.

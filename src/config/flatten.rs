@@ -6,17 +6,22 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{Config, FailoverConfig, HealthConfig, HttpConfig, ProxyConfig, RoutingConfig};
+use super::{
+    Config, FailoverConfig, HealthConfig, HttpConfig, ProxyConfig, RoutingConfig, SwitchoverConfig,
+};
 
 /// Whether changing `key` needs a restart (RELOAD reports it instead of
 /// applying it); kept in step with `reload::needs_restart`.
 pub fn needs_restart(key: &str) -> bool {
     matches!(
         key,
-        "listen" | "max_client_conn" | "stats_period" | "http.listen" | "http.metrics"
-    ) || key.starts_with("health.")
-        || key.starts_with("routing.")
-        || (key.starts_with("failover.") && key != "failover.hold_timeout")
+        "listen"
+            | "max_client_conn"
+            | "stats_period"
+            | "http.listen"
+            | "http.metrics"
+            | "health.database"
+    )
 }
 
 /// Every setting: (key, value, default), in section order.
@@ -42,6 +47,12 @@ pub fn settings(config: &Config) -> Vec<(String, String, String)> {
         &RoutingConfig::default(),
     );
     section(&mut out, "http.", &config.http, &HttpConfig::default());
+    section(
+        &mut out,
+        "switchover.",
+        &config.switchover,
+        &SwitchoverConfig::default(),
+    );
     out
 }
 
@@ -58,7 +69,11 @@ fn section<T: Serialize>(
     };
     for (key, value) in now {
         let default = default.get(&key).map(text).unwrap_or_default();
-        out.push((format!("{prefix}{key}"), text(&value), default));
+        let mut value = text(&value);
+        if key.ends_with("token") && !value.is_empty() {
+            value = "(set)".into();
+        }
+        out.push((format!("{prefix}{key}"), value, default));
     }
 }
 
@@ -93,6 +108,7 @@ mod tests {
         assert!(get("health.interval").is_some());
         assert!(get("http.listen").is_some());
         assert!(s.iter().all(|(_, v, _)| !v.contains("s3cret") && v != "pw"));
+        assert!(get("switchover.drain_timeout").is_some());
         assert!(needs_restart("listen") && !needs_restart("default_pool_size"));
     }
 }

@@ -47,6 +47,32 @@ pub struct Config {
     /// `[http]`: health, status, events and metrics endpoints.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[switchover]`: planned moves of the primary.
+    #[serde(default)]
+    pub switchover: SwitchoverConfig,
+}
+
+/// `[switchover]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwitchoverConfig {
+    /// How long running transactions may take to finish once new ones are
+    /// held; later ones are cancelled and get the failover error. Default `5s`.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+    /// How long the target may take to replay the old primary's last WAL
+    /// before the switchover is abandoned (and the old primary restored). Default `10s`.
+    #[serde(with = "duration")]
+    pub catchup_timeout: Duration,
+}
+
+impl Default for SwitchoverConfig {
+    fn default() -> Self {
+        SwitchoverConfig {
+            drain_timeout: Duration::from_secs(5),
+            catchup_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[http]` section.
@@ -59,6 +85,9 @@ pub struct HttpConfig {
     /// Record per-query timings, byte counts and latency histograms (the
     /// traffic metrics and `SHOW STATS`). Default true.
     pub metrics: bool,
+    /// Bearer token that allows `POST /switchover` from any address; without
+    /// it only loopback clients may switch over. Default none.
+    pub switchover_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -66,6 +95,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "127.0.0.1:9930".into(),
             metrics: true,
+            switchover_token: None,
         }
     }
 }
@@ -136,6 +166,9 @@ pub struct FailoverConfig {
     /// How long a query waits for a routable primary before an error. Default `30s`.
     #[serde(with = "duration")]
     pub hold_timeout: Duration,
+    /// Start a planned switchover when the primary's hardware probe reports
+    /// `degraded`. Default false.
+    pub switchover_on_degraded: bool,
 }
 
 impl Default for FailoverConfig {
@@ -147,6 +180,7 @@ impl Default for FailoverConfig {
             fence_command: None,
             sync_policy: SyncPolicy::Availability,
             hold_timeout: Duration::from_secs(30),
+            switchover_on_degraded: false,
         }
     }
 }
@@ -306,10 +340,13 @@ pub struct NodeTable {
     /// Tie-breaker for promotion: higher wins. Default 0.
     #[serde(default)]
     pub priority: i32,
+    /// Optional hardware probe (`[cluster.nodes.hardware]`).
+    #[serde(default)]
+    pub hardware: Option<crate::cluster::hardware::HardwareSpec>,
 }
 
 /// A node after defaults are applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     /// Name for logs; the address when not configured.
     pub name: String,
@@ -317,6 +354,8 @@ pub struct Node {
     pub addr: String,
     /// Promotion tie-breaker.
     pub priority: i32,
+    /// Hardware probe, if configured.
+    pub hardware: Option<crate::cluster::hardware::HardwareSpec>,
 }
 
 impl NodeSpec {
@@ -327,11 +366,13 @@ impl NodeSpec {
                 name: addr.clone(),
                 addr: addr.clone(),
                 priority: 0,
+                hardware: None,
             },
             NodeSpec::Table(t) => Node {
                 name: t.name.clone().unwrap_or_else(|| t.addr.clone()),
                 addr: t.addr.clone(),
                 priority: t.priority,
+                hardware: t.hardware.clone(),
             },
         }
     }

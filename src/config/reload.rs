@@ -23,16 +23,13 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     );
     check("http.listen", old.http.listen != new.http.listen);
     check("http.metrics", old.http.metrics != new.http.metrics);
-    // The health monitor is started with the nodes and its settings.
+    // The monitor reads health, failover, routing and switchover settings at
+    // every tick; the nodes and its login are fixed when it starts.
     check("cluster", json(&old.cluster) != json(&new.cluster));
-    check("health", json(&old.health) != json(&new.health));
-    let failover = |c: &Config| {
-        let mut f = c.failover.clone();
-        f.hold_timeout = Default::default(); // read per checkout: reloadable
-        json(&f)
-    };
-    check("failover", failover(old) != failover(new));
-    check("routing", json(&old.routing) != json(&new.routing));
+    check(
+        "health.database",
+        old.health.database != new.health.database,
+    );
     out
 }
 
@@ -60,9 +57,10 @@ mod tests {
             needs_restart(&old, &config("[proxy]\nlisten = \"0.0.0.0:7000\"\n")),
             ["proxy.listen"]
         );
+        assert!(needs_restart(&old, &config("[health]\ninterval = \"3s\"\n")).is_empty());
         assert_eq!(
-            needs_restart(&old, &config("[health]\ninterval = \"3s\"\n")),
-            ["health"]
+            needs_restart(&old, &config("[health]\ndatabase = \"other\"\n")),
+            ["health.database"]
         );
     }
 }
