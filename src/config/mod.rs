@@ -319,13 +319,35 @@ pub struct ClusterConfig {
 }
 
 /// A node as written in the file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum NodeSpec {
     /// `"host:port"`.
     Addr(String),
     /// `{ name = "db1", addr = "host:port", priority = 10 }`.
     Table(NodeTable),
+}
+
+// By hand rather than `untagged`: an untagged enum replaces the table's own
+// error (a bad hardware rule, an unknown key) with "did not match any variant".
+impl<'de> Deserialize<'de> for NodeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Spec;
+        impl<'de> serde::de::Visitor<'de> for Spec {
+            type Value = NodeSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"host:port\" or a table { name, addr, priority, hardware }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<NodeSpec, E> {
+                Ok(NodeSpec::Addr(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<NodeSpec, A::Error> {
+                NodeTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(NodeSpec::Table)
+            }
+        }
+        d.deserialize_any(Spec)
+    }
 }
 
 /// The table form of a node.

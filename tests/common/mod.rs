@@ -86,6 +86,37 @@ impl Proxy {
         }
     }
 
+    /// Starts a proxy with a whole TOML configuration and its HTTP endpoints;
+    /// returns the proxy and the HTTP address.
+    pub async fn start_with_http(
+        cluster: Arc<LocalCluster>,
+        toml: &str,
+    ) -> (Proxy, std::net::SocketAddr) {
+        let config = switchyard::config::load_str(toml).expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, http_addr) = (listener.local_addr().unwrap(), http.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let opts = switchyard::listener::Options {
+            http: Some(http),
+            ..Default::default()
+        };
+        let task = tokio::spawn(async move {
+            switchyard::listener::serve(config, listener, opts, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("proxy runs");
+        });
+        let proxy = Proxy {
+            addr,
+            cluster,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        (proxy, http_addr)
+    }
+
     /// Starts a proxy from a configuration file, which `RELOAD` re-reads.
     pub async fn start_from_file(cluster: Arc<LocalCluster>, path: &std::path::Path) -> Proxy {
         let config = switchyard::config::load(path).expect("test config file is valid");
@@ -350,4 +381,26 @@ pub async fn send_cancel(addr: std::net::SocketAddr, key: (i32, i32)) {
     s.write_all(&out).await.unwrap();
     let mut sink = [0u8; 8];
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+}
+
+/// One HTTP/1.0 request to `addr`: status and body.
+pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

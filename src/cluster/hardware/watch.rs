@@ -27,6 +27,9 @@ async fn watch(
     shutdown: CancellationToken,
 ) {
     let name = cluster.nodes()[node].name.clone();
+    // The first verdict is always told: an unreachable probe is `unknown`
+    // from the start, and the operator must hear of it.
+    let mut first = true;
     loop {
         let verdict = tokio::select! {
             v = probe(&spec) => v,
@@ -35,7 +38,7 @@ async fn watch(
         let status = verdict.status;
         let reasons = verdict.reasons.join("; ");
         let before = cluster.set_hardware(node, verdict);
-        if before != status {
+        if before != status || std::mem::take(&mut first) {
             let kind = match status {
                 HardwareStatus::Ok => EventKind::HardwareOk,
                 HardwareStatus::Degraded => EventKind::HardwareDegraded,
