@@ -51,6 +51,10 @@ pub enum EventKind {
     HardwareFailing,
     /// A node's hardware probe could not be read (no failover follows).
     HardwareUnknown,
+    /// A reload added a node.
+    NodeAdded,
+    /// A reload removed a node; its connections drain.
+    NodeRemoved,
     /// A planned switchover began: new transactions are held.
     SwitchoverStarted,
     /// One step of a switchover finished (with its duration).
@@ -84,6 +88,8 @@ impl EventKind {
             EventKind::HardwareDegraded => "hardware_degraded",
             EventKind::HardwareFailing => "hardware_failing",
             EventKind::HardwareUnknown => "hardware_unknown",
+            EventKind::NodeAdded => "node_added",
+            EventKind::NodeRemoved => "node_removed",
             EventKind::SwitchoverStarted => "switchover_started",
             EventKind::SwitchoverStep => "switchover_step",
             EventKind::SwitchoverFailed => "switchover_failed",

@@ -132,6 +132,13 @@ impl Context {
         })?;
         let users = credentials(&new).map_err(|e| e.to_string())?;
         let ignored = crate::config::reload::needs_restart(&self.config.load(), &new);
+        let node_changes = self.cluster.apply_nodes(&new.nodes()).inspect_err(|e| {
+            events.record(
+                EventKind::ConfigRejected,
+                None,
+                format!("configuration rejected, the running one stays: {e}"),
+            );
+        })?;
         self.users.store(Arc::new(users));
         self.config.store(Arc::new(new));
         for ((db, user), pool) in self.pools.all() {
@@ -139,6 +146,9 @@ impl Context {
             pool.update(login, settings);
         }
         let mut msg = "configuration reloaded".to_string();
+        if !node_changes.is_empty() {
+            msg.push_str(&format!("; {}", node_changes.join(", ")));
+        }
         if !ignored.is_empty() {
             msg.push_str(&format!(
                 "; needs a restart (not applied): {}",

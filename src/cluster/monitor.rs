@@ -39,31 +39,36 @@ pub(crate) struct Track {
     witness_fresh: bool,
 }
 
-/// Runs until `shutdown`, reading the live configuration at every tick.
-pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: CancellationToken) {
-    let login = health_login(&live.load());
-    let mut tracks: Vec<Track> = cluster
-        .nodes()
-        .iter()
-        .map(|n| Track {
-            checker: Checker::new(n.addr.clone(), login.clone()),
+impl Track {
+    fn new(node: &crate::config::Node, login: &Login) -> Track {
+        Track {
+            checker: Checker::new(node.addr.clone(), login.clone()),
             health: Health::Unknown,
             probe: None,
             fenced: false,
             witness_base: None,
             witness_fresh: false,
-        })
-        .collect();
-    super::hardware::watch::spawn_all(&cluster, &shutdown);
+        }
+    }
+}
+
+/// Runs until `shutdown`, reading the live configuration at every tick.
+pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: CancellationToken) {
+    let login = health_login(&live.load());
+    let mut tracks: Vec<Track> = vec![];
     let mut state = Primary::Discovering;
     let mut hardware_acted: Option<(usize, HardwareStatus)> = None;
     loop {
         let config = live.load_full();
         let settings = failover_settings(&config);
         let tick_started = tokio::time::Instant::now();
+        // Nodes a reload added are probed from this tick on.
+        let nodes = cluster.nodes();
+        tracks.extend(nodes[tracks.len()..].iter().map(|n| Track::new(n, &login)));
+        super::hardware::watch::spawn_new(&cluster, &shutdown);
         for i in cluster.take_readmits() {
             tracks[i].fenced = false;
-            let name = &cluster.nodes()[i].name;
+            let name = &nodes[i].name;
             cluster.events.record(
                 EventKind::NodeReadmitted,
                 Some(name),
@@ -165,12 +170,18 @@ async fn probe_all(cluster: &Cluster, config: &Config, tracks: &mut [Track], sta
     // A node already down is only probed to notice its return, which is not
     // urgent; a short timeout keeps a hung one from slowing every tick (and
     // with it the detection of a promotion).
-    let results = futures_util::future::join_all(tracks.iter_mut().map(|t| {
+    let results = futures_util::future::join_all(tracks.iter_mut().enumerate().map(|(i, t)| {
         let limit = match t.health {
             Health::Down => config.health.timeout.min(DOWN_PROBE_TIMEOUT),
             _ => config.health.timeout,
         };
-        t.checker.probe(limit)
+        let removed = cluster.is_removed(i);
+        async move {
+            if removed {
+                return Err("removed by a reload".to_string());
+            }
+            t.checker.probe(limit).await
+        }
     }))
     .await;
     let primary_failing = match state {
@@ -178,8 +189,12 @@ async fn probe_all(cluster: &Cluster, config: &Config, tracks: &mut [Track], sta
         Primary::Lost { .. } => true,
         _ => false,
     };
+    let nodes = cluster.nodes();
     for (i, (track, result)) in tracks.iter_mut().zip(results).enumerate() {
-        let name = &cluster.nodes()[i].name;
+        if cluster.is_removed(i) {
+            continue;
+        }
+        let name = &nodes[i].name;
         let before = track.health;
         track.health = before.after(result.is_ok(), config.health.failure_threshold);
         match result {
@@ -278,7 +293,8 @@ pub(super) fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
             health: t.health,
             probe: t.probe.clone(),
             witness_fresh: t.witness_fresh,
-            fenced: t.fenced,
+            // A removed node is out of every decision, like a fenced one.
+            fenced: t.fenced || cluster.is_removed(i),
             hardware_failing: cluster.hardware(i).status == HardwareStatus::Failing,
         })
         .collect()
@@ -470,8 +486,9 @@ fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) ->
     let primary_lsn = primary.map(|p| views[p].lsn());
     views
         .iter()
-        .zip(cluster.nodes())
+        .zip(cluster.nodes().iter())
         .enumerate()
+        .filter(|(i, _)| !cluster.is_removed(*i))
         .map(|(i, (v, n))| {
             let probe = v.probe.as_ref();
             let hw = cluster.hardware(i);

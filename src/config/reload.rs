@@ -24,17 +24,18 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     check("http.listen", old.http.listen != new.http.listen);
     check("http.metrics", old.http.metrics != new.http.metrics);
     // The monitor reads health, failover, routing and switchover settings at
-    // every tick; the nodes and its login are fixed when it starts.
-    check("cluster", json(&old.cluster) != json(&new.cluster));
+    // every tick and takes node changes from the reload; its login is fixed
+    // when it starts.
+    check("cluster.user", old.cluster.user != new.cluster.user);
+    check(
+        "cluster.password",
+        old.cluster.password != new.cluster.password,
+    );
     check(
         "health.database",
         old.health.database != new.health.database,
     );
     out
-}
-
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -62,5 +63,10 @@ mod tests {
             needs_restart(&old, &config("[health]\ndatabase = \"other\"\n")),
             ["health.database"]
         );
+        let more_nodes = crate::config::load_str(
+            "[cluster]\nnodes = [\"127.0.0.1:5432\", \"127.0.0.1:5433\"]\n[[users]]\nname = \"app\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        assert!(needs_restart(&old, &more_nodes).is_empty(), "nodes reload");
     }
 }

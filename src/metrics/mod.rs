@@ -205,7 +205,7 @@ fn record_clients(ctx: &Context) {
         gauge!(CLIENTS, "state" => s.as_str()).set(by_state[s as usize] as f64);
     }
     gauge!(PINNED_CLIENTS).set(pinned as f64);
-    for node in ctx.cluster.nodes() {
+    for node in live_nodes(ctx) {
         let active = servers.get(&node.name).copied().unwrap_or(0);
         gauge!(SERVER_CONNECTIONS, "node" => node.name.clone(), "state" => "active")
             .set(active as f64);
@@ -237,7 +237,7 @@ fn record_pools(ctx: &Context) {
     }
     gauge!(HELD_QUERIES).set(held as f64);
     gauge!(PAUSED_POOLS).set(paused as f64);
-    for node in ctx.cluster.nodes() {
+    for node in live_nodes(ctx) {
         let n = idle.get(&node.name).copied().unwrap_or(0);
         gauge!(SERVER_CONNECTIONS, "node" => node.name.clone(), "state" => "idle").set(n as f64);
     }
@@ -275,6 +275,15 @@ fn record_events(ctx: &Context) {
     gauge!(LAST_FAILOVER_SECONDS).set(t.last_failover_seconds.unwrap_or(0.0));
     counter!(SWITCHOVERS).absolute(t.switchovers);
     gauge!(LAST_SWITCHOVER_SECONDS).set(t.last_switchover_seconds.unwrap_or(0.0));
+}
+
+/// Nodes not removed by a reload.
+fn live_nodes(ctx: &Context) -> Vec<crate::config::Node> {
+    let nodes = ctx.cluster.nodes();
+    (0..nodes.len())
+        .filter(|&i| !ctx.cluster.is_removed(i))
+        .map(|i| nodes[i].clone())
+        .collect()
 }
 
 /// The configured name of the node at `addr`.
