@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{connect, direct_client, http_request, sqlstate, unique, USERS};
+use common::{
+    connect, direct_client, free_port, http_request, sqlstate, unique, wait_until as eventually,
+    USERS,
+};
 use switchyard::local_cluster::{CLUSTER_PASSWORD, CLUSTER_USER};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -29,14 +32,6 @@ impl Drop for Switchyard {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Switchyard {
@@ -115,19 +110,6 @@ fn config(s: &Settings) -> String {
         s.extra_user,
         nodes.join(", ")
     )
-}
-
-/// Polls `f` every 100 ms until true, for at most `secs`.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn first_value(c: &tokio_postgres::Client, sql: &str) -> Option<String> {

@@ -13,28 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{direct_client, http_request, sqlstate, unique, Proxy, USERS};
-use switchyard::local_cluster::{
-    LocalCluster, LocalClusterOptions, PgNode, CLUSTER_PASSWORD, CLUSTER_USER,
+use common::{
+    direct_client, http_request, private_pair as start_pair, sqlstate, unique,
+    wait_until as eventually, Proxy, USERS,
 };
+use switchyard::local_cluster::{PgNode, CLUSTER_PASSWORD, CLUSTER_USER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_postgres::{Client, SimpleQueryMessage};
-
-async fn start_pair() -> (Arc<LocalCluster>, PgNode, PgNode) {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let cluster =
-        tokio::task::spawn_blocking(|| LocalCluster::start(LocalClusterOptions::default()))
-            .await
-            .unwrap()
-            .expect("start PostgreSQL cluster");
-    let cluster = Arc::new(cluster);
-    let (p, r) = (cluster.primary().clone(), cluster.replicas()[0].clone());
-    (cluster, p, r)
-}
 
 /// The proxy configuration: nodes `db1` (primary, with `primary_hw`) and
 /// `db2` (replica, with `replica_hw`), plus `extra` sections.
@@ -190,19 +176,6 @@ async fn port_of(c: &Client) -> u16 {
     match &rows[1] {
         SimpleQueryMessage::Row(r) => r.get(0).unwrap().parse().unwrap(),
         _ => panic!("no row"),
-    }
-}
-
-/// Polls `f` every 100 ms until true, for at most `secs`.
-async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f().await {
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
