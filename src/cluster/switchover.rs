@@ -22,6 +22,9 @@ use super::Cluster;
 use crate::config::Config;
 use crate::events::EventKind;
 
+/// Longest wait for the target to finish its promotion.
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A switchover someone asked for.
 #[derive(Debug)]
 pub struct Request {
@@ -86,7 +89,7 @@ pub(super) async fn run(
     config: &Config,
     tracks: &mut [Track],
     state: &Primary,
-    req: Request,
+    mut req: Request,
 ) -> Primary {
     let outcome = match state.serving() {
         None => Err("no primary is serving: nothing to switch over".to_string()),
@@ -101,7 +104,7 @@ pub(super) async fn run(
                     old,
                     target,
                 }
-                .run(&req)
+                .run(&mut req)
                 .await
                 .map(|()| target),
                 Err(e) => Err(e),
@@ -151,7 +154,7 @@ impl Switch<'_> {
             .record(EventKind::SwitchoverStep, Some(&self.name(node)), msg);
     }
 
-    async fn run(mut self, req: &Request) -> Result<(), String> {
+    async fn run(mut self, req: &mut Request) -> Result<(), String> {
         let began = Instant::now();
         let (old, target) = (self.old, self.target);
         let msg = format!(
@@ -186,7 +189,7 @@ impl Switch<'_> {
             return Err(e);
         }
         self.step(target, t, "promoted");
-        self.hand_over(began).await;
+        self.hand_over(began, req.reply.take()).await;
         Ok(())
     }
 
@@ -228,8 +231,22 @@ impl Switch<'_> {
                 .map_err(|e| format!("making the old primary read-only: {e}"))?;
         }
         self.cluster.retire(old);
+        // Commits acknowledged with synchronous_commit = off may still sit in
+        // the WAL buffers, unsent: a synchronously committed marker flushes
+        // everything before it, so the flush position covers every commit
+        // any client was told about.
+        for sql in [
+            "SET default_transaction_read_only = off",
+            "SET synchronous_commit = on",
+            "SELECT pg_logical_emit_message(true, 'switchyard', 'switchover')::text",
+        ] {
+            checker
+                .control(sql, timeout)
+                .await
+                .map_err(|e| format!("flushing the old primary's WAL: {e}"))?;
+        }
         let row = checker
-            .control("SELECT pg_current_wal_lsn()::text", timeout)
+            .control("SELECT pg_current_wal_flush_lsn()::text", timeout)
             .await
             .map_err(|e| format!("reading the old primary's WAL position: {e}"))?;
         let last = row
@@ -270,35 +287,40 @@ impl Switch<'_> {
         }
     }
 
-    /// Promotes the target and waits until it accepts writes.
+    /// Promotes the target and waits until it accepts writes. Polled here
+    /// rather than with `pg_promote(true)`, which checks only every 100 ms:
+    /// that wait is write pause.
     async fn promote(&mut self) -> Result<(), String> {
-        let timeout = self.timeout().max(Duration::from_secs(35));
+        let timeout = self.timeout();
         let checker = &mut self.tracks[self.target].checker;
-        let row = checker
-            .control("SELECT pg_promote(true, 30)", timeout)
-            .await;
-        let promoted =
-            matches!(&row, Ok(r) if r.first().cloned().flatten().as_deref() == Some("t"));
-        if promoted {
-            return Ok(());
-        }
-        // Unknown outcome: whether the target left recovery decides.
-        let in_recovery = checker
-            .control("SELECT pg_is_in_recovery()", timeout)
+        checker
+            .control("SELECT pg_promote(false)", timeout)
             .await
-            .ok()
-            .and_then(|r| r.first().cloned().flatten());
-        match in_recovery.as_deref() {
-            Some("f") => Ok(()),
-            _ => Err(format!(
-                "pg_promote() on the target did not complete: {row:?}"
-            )),
+            .map_err(|e| format!("pg_promote() on the target failed: {e}"))?;
+        let deadline = Instant::now() + PROMOTE_TIMEOUT;
+        loop {
+            let in_recovery = checker
+                .control("SELECT pg_is_in_recovery()", timeout)
+                .await
+                .ok()
+                .and_then(|r| r.first().cloned().flatten());
+            if in_recovery.as_deref() == Some("f") {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err("the target did not leave recovery within 30 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
-    /// The target takes writes: fence the old primary, repoint the others,
-    /// release the held transactions.
-    async fn hand_over(&mut self, began: Instant) {
+    /// The target takes writes: fence the old primary, release the held
+    /// transactions, answer whoever asked, then repoint the other replicas.
+    async fn hand_over(
+        &mut self,
+        began: Instant,
+        reply: Option<oneshot::Sender<Result<String, String>>>,
+    ) {
         let (old, target, timeout) = (self.old, self.target, self.timeout());
         if let Ok(p) = self.tracks[target].checker.probe(timeout).await {
             self.tracks[target].probe = Some(p);
@@ -321,6 +343,9 @@ impl Switch<'_> {
         self.cluster
             .events
             .record(EventKind::NodeFenced, Some(&self.name(old)), msg);
+        if let Some(tx) = reply {
+            let _ = tx.send(Ok(self.name(target)));
+        }
         if self.config.failover.repoint_replicas {
             for i in 0..self.tracks.len() {
                 if i != old && i != target && self.is_replica(i) {
