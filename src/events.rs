@@ -43,6 +43,24 @@ pub enum EventKind {
     ConfigRejected,
     /// The proxy was asked to shut down.
     Shutdown,
+    /// A node's hardware probe reports ok.
+    HardwareOk,
+    /// A node's hardware probe reports degraded.
+    HardwareDegraded,
+    /// A node's hardware probe reports failing: the node counts as down.
+    HardwareFailing,
+    /// A node's hardware probe could not be read (no failover follows).
+    HardwareUnknown,
+    /// A reload added a node.
+    NodeAdded,
+    /// A reload removed a node; its connections drain.
+    NodeRemoved,
+    /// A planned switchover began: new transactions are held.
+    SwitchoverStarted,
+    /// One step of a switchover finished (with its duration).
+    SwitchoverStep,
+    /// A switchover was refused or abandoned; the old primary serves.
+    SwitchoverFailed,
 }
 
 impl EventKind {
@@ -66,6 +84,15 @@ impl EventKind {
             EventKind::ConfigReloaded => "config_reloaded",
             EventKind::ConfigRejected => "config_rejected",
             EventKind::Shutdown => "shutdown",
+            EventKind::HardwareOk => "hardware_ok",
+            EventKind::HardwareDegraded => "hardware_degraded",
+            EventKind::HardwareFailing => "hardware_failing",
+            EventKind::HardwareUnknown => "hardware_unknown",
+            EventKind::NodeAdded => "node_added",
+            EventKind::NodeRemoved => "node_removed",
+            EventKind::SwitchoverStarted => "switchover_started",
+            EventKind::SwitchoverStep => "switchover_step",
+            EventKind::SwitchoverFailed => "switchover_failed",
         }
     }
 
@@ -78,6 +105,10 @@ impl EventKind {
                 | EventKind::NodeFenced
                 | EventKind::ActionFailed
                 | EventKind::ConfigRejected
+                | EventKind::HardwareDegraded
+                | EventKind::HardwareFailing
+                | EventKind::HardwareUnknown
+                | EventKind::SwitchoverFailed
         )
     }
 }
@@ -113,8 +144,14 @@ pub struct Tallies {
     pub failovers: u64,
     /// Seconds from the start of the last completed failover to writes resuming.
     pub last_failover_seconds: Option<f64>,
+    /// Switchovers completed.
+    pub switchovers: u64,
+    /// Write pause of the last completed switchover, in seconds.
+    pub last_switchover_seconds: Option<f64>,
     /// When the failover in progress started.
     started: Option<SystemTime>,
+    /// When the switchover in progress started.
+    switch_started: Option<SystemTime>,
 }
 
 impl Tallies {
@@ -122,8 +159,14 @@ impl Tallies {
         *self.by_kind.entry(kind.as_str()).or_default() += 1;
         match kind {
             EventKind::FailoverStarted => self.started = self.started.or(Some(at)),
+            EventKind::SwitchoverStarted => self.switch_started = Some(at),
+            EventKind::SwitchoverFailed => self.switch_started = None,
             EventKind::WritesResumed => {
-                if let Some(start) = self.started.take() {
+                if let Some(start) = self.switch_started.take() {
+                    self.switchovers += 1;
+                    let took = at.duration_since(start).unwrap_or_default();
+                    self.last_switchover_seconds = Some(took.as_secs_f64());
+                } else if let Some(start) = self.started.take() {
                     self.failovers += 1;
                     let took = at.duration_since(start).unwrap_or_default();
                     self.last_failover_seconds = Some(took.as_secs_f64());

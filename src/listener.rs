@@ -25,8 +25,8 @@ use crate::pool::{Pool, PoolSettings, Pools};
 
 /// State shared by all client tasks; a cheap `Arc` to clone.
 pub struct Context {
-    /// The configuration in force; a reload swaps it.
-    pub config: ArcSwap<Config>,
+    /// The configuration in force; a reload swaps it (the monitor reads it too).
+    pub config: Arc<ArcSwap<Config>>,
     /// Where the configuration was read from (`RELOAD` re-reads it).
     pub config_path: Option<PathBuf>,
     /// Users' credentials, verifiers precomputed; a reload swaps them.
@@ -74,7 +74,7 @@ impl Context {
         let cluster = Arc::new(cluster);
         let record_metrics = config.http.metrics;
         Ok(Context {
-            config: ArcSwap::from_pointee(config),
+            config: Arc::new(ArcSwap::from_pointee(config)),
             config_path: None,
             users: ArcSwap::from_pointee(users),
             pools: Pools::default(),
@@ -141,7 +141,7 @@ impl Context {
         })?;
         let users = credentials(&new).map_err(|e| e.to_string())?;
         // Certificate files are re-read; on failure nothing changes.
-        self.tls.reload(&new).map_err(|e| {
+        let tls = crate::tls::Tls::prepare(&new).map_err(|e| {
             let e = e.to_string();
             events.record(
                 EventKind::ConfigRejected,
@@ -151,6 +151,14 @@ impl Context {
             e
         })?;
         let ignored = crate::config::reload::needs_restart(&self.config.load(), &new);
+        let node_changes = self.cluster.apply_nodes(&new.nodes()).inspect_err(|e| {
+            events.record(
+                EventKind::ConfigRejected,
+                None,
+                format!("configuration rejected, the running one stays: {e}"),
+            );
+        })?;
+        self.tls.install(tls);
         self.users.store(Arc::new(users));
         self.config.store(Arc::new(new));
         for ((db, user), pool) in self.pools.all() {
@@ -158,6 +166,9 @@ impl Context {
             pool.update(login, settings);
         }
         let mut msg = "configuration reloaded".to_string();
+        if !node_changes.is_empty() {
+            msg.push_str(&format!("; {}", node_changes.join(", ")));
+        }
         if !ignored.is_empty() {
             msg.push_str(&format!(
                 "; needs a restart (not applied): {}",
@@ -249,7 +260,7 @@ pub async fn serve(
     }
     tracker.spawn(crate::cluster::monitor::run(
         ctx.cluster.clone(),
-        ctx.config.load_full(),
+        ctx.config.clone(),
         token.clone(),
     ));
     let clients = Arc::new(Semaphore::new(ctx.config.load().proxy.max_client_conn));

@@ -267,6 +267,28 @@ async fn show_commands_answer_with_pgbouncer_columns() {
         .iter()
         .any(|r| cell(&cols, r, "kind") == Some("writes_resumed")));
 
+    // psql, as an operator would run it.
+    let out = std::process::Command::new(proxy.cluster.bindir().join("psql"))
+        .args(["-X", "-A", "-F", ",", "-c", "SHOW POOLS"])
+        .arg(format!(
+            "host=127.0.0.1 port={} user=admin dbname=pgbouncer",
+            proxy.addr.port()
+        ))
+        .env("PGPASSWORD", "adminpw")
+        .output()
+        .expect("run psql");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "psql: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("database,user,cl_active,cl_waiting,"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\napp,app,"), "{stdout}");
+
     // The alias and the real name are the same console.
     let admin2 = self::admin(&proxy, "switchyard").await;
     assert_eq!(

@@ -76,3 +76,30 @@ fn environment_overrides_reach_the_loaded_config() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not-an-address"));
 }
+
+#[test]
+fn malformed_hardware_rules_are_refused_with_a_clear_message() {
+    let cases = [
+        (
+            r#"{ metric = "ipmi_sensor_state", op = "=>", value = 0, status = "degraded" }"#,
+            "unknown op",
+        ),
+        (
+            r#"{ metric = "ipmi_sensor_state", op = "!=", value = 0, status = "broken" }"#,
+            "broken",
+        ),
+        (
+            r#"{ metric = "", op = "!=", value = 0, status = "degraded" }"#,
+            "metric",
+        ),
+    ];
+    for (rule, want) in cases {
+        let toml = format!(
+            "[cluster]\nnodes = [{{ addr = \"127.0.0.1:5432\", hardware = {{ url = \"http://127.0.0.1:9100/metrics\", rules = [{rule}] }} }}]\n"
+        );
+        let err = switchyard::config::load_str(&toml)
+            .expect_err(rule)
+            .to_string();
+        assert!(err.contains(want), "{rule}: {err}");
+    }
+}

@@ -16,9 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{direct_client, sqlstate, unique, Proxy, USERS};
-use switchyard::local_cluster::{
-    LocalCluster, LocalClusterOptions, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER,
-};
+use switchyard::local_cluster::{LocalCluster, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -29,25 +27,9 @@ use tokio_util::task::TaskTracker;
 // Helpers
 // ---------------------------------------------------------------------------
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
-/// A cluster of its own for one test (blocking start, off the runtime), with
-/// its primary and its replica.
+/// A cluster of its own for one test, with its primary and its replica.
 async fn start_pair() -> (Arc<LocalCluster>, PgNode, PgNode) {
-    init_tracing();
-    let cluster =
-        tokio::task::spawn_blocking(|| LocalCluster::start(LocalClusterOptions::default()))
-            .await
-            .unwrap()
-            .expect("start PostgreSQL cluster");
-    let cluster = Arc::new(cluster);
-    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
-    (cluster, primary, replica)
+    common::private_pair().await
 }
 
 /// A proxy in front of every node of `cluster`, `extra` as in [`config`].

@@ -55,6 +55,8 @@ pub enum Command {
     Shutdown,
     /// `READMIT node`: un-fence a node an operator rebuilt.
     Readmit(String),
+    /// `SWITCHOVER [TO node]`: move the primary on purpose.
+    Switchover(Option<String>),
     /// An empty query string.
     Empty,
 }
@@ -84,6 +86,8 @@ pub fn parse(sql: &str) -> Result<Command, ParseError> {
         ["SHUTDOWN"] => Command::Shutdown,
         ["READMIT", _] => Command::Readmit(arg(1).unwrap_or_default()),
         ["READMIT"] => return Err(err("READMIT needs a node name")),
+        ["SWITCHOVER"] => Command::Switchover(None),
+        ["SWITCHOVER", "TO", _] => Command::Switchover(arg(2)),
         [first, ..] if is_command(first) => {
             return Err(err(&format!("syntax error: too many arguments to {first}")))
         }
@@ -100,7 +104,15 @@ pub fn parse(sql: &str) -> Result<Command, ParseError> {
 fn is_command(w: &str) -> bool {
     matches!(
         w,
-        "SHOW" | "PAUSE" | "RESUME" | "RELOAD" | "RECONNECT" | "KILL" | "SHUTDOWN" | "READMIT"
+        "SHOW"
+            | "PAUSE"
+            | "RESUME"
+            | "RELOAD"
+            | "RECONNECT"
+            | "KILL"
+            | "SHUTDOWN"
+            | "READMIT"
+            | "SWITCHOVER"
     )
 }
 
@@ -199,6 +211,8 @@ mod tests {
             ("SHUTDOWN", Command::Shutdown),
             ("READMIT db1", Command::Readmit("db1".into())),
             ("SHOW NODES", Command::Show(Show::Nodes)),
+            ("SWITCHOVER", Command::Switchover(None)),
+            ("switchover to db2", Command::Switchover(Some("db2".into()))),
             ("", Command::Empty),
             (";", Command::Empty),
         ];
@@ -220,6 +234,8 @@ mod tests {
             "RESUME \"unterminated",
             "\u{0}\u{ffff}",
             "SHUTDOWN NOW",
+            "SWITCHOVER db2",
+            "SWITCHOVER TO",
         ] {
             assert!(parse(sql).is_err(), "{sql:?} parsed");
         }

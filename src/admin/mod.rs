@@ -197,6 +197,18 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
             }
             command_complete(out, "RELOAD");
         }
+        Command::Switchover(target) => {
+            let new = ctx
+                .cluster
+                .switchover(target, "admin SWITCHOVER".into())
+                .await
+                .map_err(|message| ClientError::Admin {
+                    code: "55000",
+                    message: format!("switchover not done: {message}"),
+                })?;
+            notice(out, &format!("{new} is the primary now"));
+            command_complete(out, "SWITCHOVER");
+        }
         Command::Readmit(node) => {
             ctx.cluster
                 .readmit(&node)
@@ -254,4 +266,5 @@ const HELP: &[&str] = &[
     "\tRELOAD",
     "\tSHUTDOWN",
     "\tREADMIT <node>",
+    "\tSWITCHOVER [TO <node>]",
 ];

@@ -548,7 +548,7 @@ fn nodes(ctx: &Context) -> Table {
             n.lag_bytes.into(),
             n.lag_seconds.map(|s| format!("{s:.3}")).into(),
             last_check.into(),
-            "unknown".into(),
+            n.hardware.into(),
         ]);
     }
     t

@@ -161,19 +161,7 @@ pub fn command_complete(out: &mut BytesMut, tag: &str) {
 
 /// Appends a NoticeResponse (severity NOTICE) with `message`.
 pub fn notice(out: &mut BytesMut, message: &str) {
-    let mut body = BytesMut::new();
-    for (field, value) in [
-        (b'S', "NOTICE"),
-        (b'V', "NOTICE"),
-        (b'C', "00000"),
-        (b'M', message),
-    ] {
-        body.put_u8(field);
-        body.put_slice(value.as_bytes());
-        body.put_u8(0);
-    }
-    body.put_u8(0);
-    put_frame(out, b'N', &body);
+    crate::protocol::messages::error_response::encode_notice(out, message);
 }
 
 #[cfg(test)]

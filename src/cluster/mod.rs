@@ -8,10 +8,12 @@ pub mod decide;
 pub mod failover;
 pub mod hardware;
 pub mod health;
+mod membership;
 pub mod monitor;
+pub mod switchover;
 pub mod view;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,6 +59,10 @@ pub struct NodeStatus {
     pub lag_seconds: Option<f64>,
     /// Seconds since the last successful probe.
     pub last_check_seconds_ago: Option<f64>,
+    /// Hardware status: `ok`, `degraded`, `failing` or `unknown`.
+    pub hardware: &'static str,
+    /// Why, when not ok.
+    pub hardware_reasons: Vec<String>,
 }
 
 /// Where one server connection should go.
@@ -79,17 +85,19 @@ struct Incarnation {
 
 /// The shared topology handle.
 pub struct Cluster {
-    nodes: Vec<Node>,
-    addrs: Vec<Arc<str>>,
+    /// The nodes, by index. Only ever appended to — a reload that removes a
+    /// node marks its slot removed — so an index stays valid for good.
+    nodes: ArcSwap<Vec<Node>>,
+    /// Per-node state, index-aligned with `nodes`.
+    slots: ArcSwap<Vec<Arc<membership::Slot>>>,
     snapshot: ArcSwap<Snapshot>,
     status: ArcSwap<Vec<NodeStatus>>,
     changed: watch::Sender<u64>,
-    incarnations: Vec<Mutex<Incarnation>>,
-    /// Server connections checked out per node (for least-outstanding replica choice).
-    load: Vec<AtomicUsize>,
     nudge: Notify,
     /// Fenced nodes an operator re-admitted, for the monitor to apply.
     readmits: Mutex<Vec<usize>>,
+    /// Planned switchovers asked for, for the monitor to run.
+    switchovers: Mutex<Vec<switchover::Request>>,
     /// The incident timeline.
     pub events: Arc<Events>,
     /// TLS toward the nodes (`[cluster.tls]`), for pools and health checks alike.
@@ -111,27 +119,16 @@ pub enum ClusterError {
 impl Cluster {
     /// A cluster over `nodes`; nothing is routable until the monitor's first checks.
     pub fn new(nodes: Vec<Node>, events: Arc<Events>) -> Cluster {
-        let addrs = nodes.iter().map(|n| Arc::from(n.addr.as_str())).collect();
-        let incarnations = nodes
-            .iter()
-            .map(|_| {
-                Mutex::new(Incarnation {
-                    epoch: 0,
-                    retired: CancellationToken::new(),
-                })
-            })
-            .collect();
-        let load = nodes.iter().map(|_| AtomicUsize::new(0)).collect();
+        let slots = nodes.iter().map(membership::Slot::new).collect();
         Cluster {
-            nodes,
-            addrs,
+            nodes: ArcSwap::from_pointee(nodes),
+            slots: ArcSwap::from_pointee(slots),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             status: ArcSwap::from_pointee(Vec::new()),
             changed: watch::channel(0).0,
-            incarnations,
-            load,
             nudge: Notify::new(),
             readmits: Mutex::new(vec![]),
+            switchovers: Mutex::new(vec![]),
             events,
             tls: Default::default(),
         }
@@ -149,9 +146,14 @@ impl Cluster {
         &self.tls
     }
 
-    /// The configured nodes.
-    pub fn nodes(&self) -> &[Node] {
-        &self.nodes
+    /// Every node ever configured, by index; removed ones included (see
+    /// [`Cluster::is_removed`]).
+    pub fn nodes(&self) -> Arc<Vec<Node>> {
+        self.nodes.load_full()
+    }
+
+    fn slot(&self, node: usize) -> Arc<membership::Slot> {
+        self.slots.load()[node].clone()
     }
 
     /// The current routing snapshot.
@@ -168,25 +170,28 @@ impl Cluster {
             Target::Replica => self.least_loaded(&snap.replicas).or(snap.primary),
             Target::Any => self.least_loaded(&snap.usable).or(snap.primary),
         }?;
-        let inc = lock(&self.incarnations[node]);
+        let slots = self.slots.load();
+        let slot = &slots[node];
+        let inc = lock(&slot.incarnation);
         Some(Route {
             node,
-            addr: self.addrs[node].clone(),
+            addr: slot.addr.clone(),
             epoch: inc.epoch,
             retired: inc.retired.clone(),
         })
     }
 
     fn least_loaded(&self, candidates: &[usize]) -> Option<usize> {
+        let slots = self.slots.load();
         candidates
             .iter()
             .copied()
-            .min_by_key(|&i| (self.load[i].load(Ordering::Relaxed), i))
+            .min_by_key(|&i| (slots[i].load.load(Ordering::Relaxed), i))
     }
 
     /// Whether connections of `epoch` to `node` are still current.
     pub fn is_current(&self, node: usize, epoch: u64) -> bool {
-        lock(&self.incarnations[node]).epoch == epoch
+        lock(&self.slots.load()[node].incarnation).epoch == epoch
     }
 
     /// Opens a logged-in connection along `route`.
@@ -224,10 +229,15 @@ impl Cluster {
 
     /// Counts a checked-out connection to `node` (`delta` = +1 / -1).
     pub fn add_load(&self, node: usize, delta: isize) {
+        let slots = self.slots.load();
         if delta >= 0 {
-            self.load[node].fetch_add(delta as usize, Ordering::Relaxed);
+            slots[node]
+                .load
+                .fetch_add(delta as usize, Ordering::Relaxed);
         } else {
-            self.load[node].fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+            slots[node]
+                .load
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
         }
     }
 
@@ -268,7 +278,8 @@ impl Cluster {
     /// Retires every connection to `node`: idle ones are dropped at checkout,
     /// active ones see `retired` cancelled and end at once.
     pub(crate) fn retire(&self, node: usize) {
-        let mut inc = lock(&self.incarnations[node]);
+        let slot = self.slot(node);
+        let mut inc = lock(&slot.incarnation);
         inc.retired.cancel();
         inc.epoch += 1;
         inc.retired = CancellationToken::new();
@@ -279,16 +290,63 @@ impl Cluster {
     /// older timeline, the fencing rule applies again.
     pub fn readmit(&self, name: &str) -> Result<(), String> {
         let i = self
-            .nodes
-            .iter()
-            .position(|n| n.name == name)
+            .index_of(name)
             .ok_or_else(|| format!("no such node: {name}"))?;
-        if !self.status().get(i).is_some_and(|s| s.fenced) {
+        if !self.status().iter().any(|s| s.name == name && s.fenced) {
             return Err(format!("node {name} is not fenced"));
         }
         lock(&self.readmits).push(i);
         self.nudge();
         Ok(())
+    }
+
+    /// Asks the monitor for a planned switchover (to `target`, or the best
+    /// replica) and waits for its outcome: the new primary's name, or why not.
+    pub async fn switchover(
+        &self,
+        target: Option<String>,
+        reason: String,
+    ) -> Result<String, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.request_switchover(switchover::Request {
+            target,
+            reason,
+            emergency: false,
+            reply: Some(tx),
+        });
+        rx.await
+            .map_err(|_| "the monitor stopped before the switchover ran".to_string())?
+    }
+
+    /// Queues a switchover request for the monitor.
+    pub(crate) fn request_switchover(&self, req: switchover::Request) {
+        lock(&self.switchovers).push(req);
+        self.nudge();
+    }
+
+    /// The oldest queued switchover request.
+    pub(crate) fn next_switchover(&self) -> Option<switchover::Request> {
+        let mut q = lock(&self.switchovers);
+        (!q.is_empty()).then(|| q.remove(0))
+    }
+
+    /// Server connections to `node` checked out now.
+    pub fn checked_out(&self, node: usize) -> usize {
+        self.slots.load()[node].load.load(Ordering::Relaxed)
+    }
+
+    /// The node's last hardware verdict.
+    pub fn hardware(&self, node: usize) -> hardware::Verdict {
+        lock(&self.slots.load()[node].hardware).clone()
+    }
+
+    /// Records a hardware verdict; returns the previous status.
+    pub(crate) fn set_hardware(
+        &self,
+        node: usize,
+        v: hardware::Verdict,
+    ) -> hardware::HardwareStatus {
+        std::mem::replace(&mut *lock(&self.slot(node).hardware), v).status
     }
 
     /// Re-admissions requested since the last call.

@@ -12,6 +12,9 @@ use super::failover::{step, Action, FailoverSettings, Primary};
 use super::health::Checker;
 use super::view::{Health, NodeView, Probe, Role};
 use super::{Cluster, NodeStatus, Snapshot};
+use arc_swap::ArcSwap;
+
+use super::hardware::HardwareStatus;
 use crate::config::{Config, SyncPolicy};
 use crate::events::EventKind;
 use crate::pool::server_conn::Login;
@@ -22,38 +25,54 @@ const FAST_TICK: Duration = Duration::from_millis(200);
 /// Probe timeout for a node that is already down.
 const DOWN_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
-struct Track {
-    checker: Checker,
+/// What the monitor keeps per node.
+pub(crate) struct Track {
+    /// The node's check connection (probes and control statements).
+    pub(crate) checker: Checker,
     health: Health,
-    probe: Option<Probe>,
-    fenced: bool,
+    /// The last successful probe.
+    pub(crate) probe: Option<Probe>,
+    /// Never routed to until re-admitted.
+    pub(crate) fenced: bool,
     /// The replica's position at its first probe after the primary began failing.
     witness_base: Option<u64>,
     witness_fresh: bool,
 }
 
-/// Runs until `shutdown`.
-pub async fn run(cluster: Arc<Cluster>, config: Arc<Config>, shutdown: CancellationToken) {
-    let login = health_login(&config);
-    let mut tracks: Vec<Track> = cluster
-        .nodes()
-        .iter()
-        .map(|n| Track {
-            checker: Checker::new(n.addr.clone(), login.clone(), cluster.tls().clone()),
+impl Track {
+    fn new(node: &crate::config::Node, login: &Login, tls: &crate::tls::SharedConnector) -> Track {
+        Track {
+            checker: Checker::new(node.addr.clone(), login.clone(), tls.clone()),
             health: Health::Unknown,
             probe: None,
             fenced: false,
             witness_base: None,
             witness_fresh: false,
-        })
-        .collect();
-    let settings = failover_settings(&config);
+        }
+    }
+}
+
+/// Runs until `shutdown`, reading the live configuration at every tick.
+pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: CancellationToken) {
+    let login = health_login(&live.load());
+    let mut tracks: Vec<Track> = vec![];
     let mut state = Primary::Discovering;
+    let mut hardware_acted: Option<(usize, HardwareStatus)> = None;
     loop {
+        let config = live.load_full();
+        let settings = failover_settings(&config);
         let tick_started = tokio::time::Instant::now();
+        // Nodes a reload added are probed from this tick on.
+        let nodes = cluster.nodes();
+        tracks.extend(
+            nodes[tracks.len()..]
+                .iter()
+                .map(|n| Track::new(n, &login, cluster.tls())),
+        );
+        super::hardware::watch::spawn_new(&cluster, &shutdown);
         for i in cluster.take_readmits() {
             tracks[i].fenced = false;
-            let name = &cluster.nodes()[i].name;
+            let name = &nodes[i].name;
             cluster.events.record(
                 EventKind::NodeReadmitted,
                 Some(name),
@@ -61,6 +80,11 @@ pub async fn run(cluster: Arc<Cluster>, config: Arc<Config>, shutdown: Cancellat
             );
         }
         probe_all(&cluster, &config, &mut tracks, &state).await;
+        react_to_hardware(&cluster, &config, &state, &mut hardware_acted);
+        // Planned moves run between ticks, on fresh probes.
+        if let Some(req) = cluster.next_switchover() {
+            state = super::switchover::run(&cluster, &config, &mut tracks, &state, req).await;
+        }
         let views = views(&cluster, &tracks);
         let (next, actions) = step(&state, &views, Instant::now(), &settings);
         state = next;
@@ -150,12 +174,18 @@ async fn probe_all(cluster: &Cluster, config: &Config, tracks: &mut [Track], sta
     // A node already down is only probed to notice its return, which is not
     // urgent; a short timeout keeps a hung one from slowing every tick (and
     // with it the detection of a promotion).
-    let results = futures_util::future::join_all(tracks.iter_mut().map(|t| {
+    let results = futures_util::future::join_all(tracks.iter_mut().enumerate().map(|(i, t)| {
         let limit = match t.health {
             Health::Down => config.health.timeout.min(DOWN_PROBE_TIMEOUT),
             _ => config.health.timeout,
         };
-        t.checker.probe(limit)
+        let removed = cluster.is_removed(i);
+        async move {
+            if removed {
+                return Err("removed by a reload".to_string());
+            }
+            t.checker.probe(limit).await
+        }
     }))
     .await;
     let primary_failing = match state {
@@ -163,8 +193,12 @@ async fn probe_all(cluster: &Cluster, config: &Config, tracks: &mut [Track], sta
         Primary::Lost { .. } => true,
         _ => false,
     };
+    let nodes = cluster.nodes();
     for (i, (track, result)) in tracks.iter_mut().zip(results).enumerate() {
-        let name = &cluster.nodes()[i].name;
+        if cluster.is_removed(i) {
+            continue;
+        }
+        let name = &nodes[i].name;
         let before = track.health;
         track.health = before.after(result.is_ok(), config.health.failure_threshold);
         match result {
@@ -216,18 +250,56 @@ fn update_witness(track: &mut Track, probe: &Probe, primary_failing: bool) {
     }
 }
 
-fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
+/// A degraded primary (with `failover.switchover_on_degraded`) or a failing
+/// one gets a switchover, once per episode; a failing one without draining.
+fn react_to_hardware(
+    cluster: &Cluster,
+    config: &Config,
+    state: &Primary,
+    acted: &mut Option<(usize, HardwareStatus)>,
+) {
+    let Some(p) = state.serving() else { return };
+    let verdict = cluster.hardware(p);
+    let wanted = match verdict.status {
+        HardwareStatus::Failing => true,
+        HardwareStatus::Degraded => config.failover.switchover_on_degraded,
+        HardwareStatus::Ok | HardwareStatus::Unknown => {
+            *acted = None;
+            false
+        }
+    };
+    if !wanted || *acted == Some((p, verdict.status)) {
+        return;
+    }
+    *acted = Some((p, verdict.status));
+    cluster.request_switchover(super::switchover::Request {
+        target: None,
+        reason: format!(
+            "primary hardware {}: {}",
+            verdict.status,
+            verdict.reasons.join("; ")
+        ),
+        emergency: verdict.status == HardwareStatus::Failing,
+        reply: None,
+    });
+}
+
+/// What the decision logic sees of each node now.
+pub(super) fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
     cluster
         .nodes()
         .iter()
         .zip(tracks)
-        .map(|(n, t)| NodeView {
+        .enumerate()
+        .map(|(i, (n, t))| NodeView {
             name: n.name.clone(),
             priority: n.priority,
             health: t.health,
             probe: t.probe.clone(),
             witness_fresh: t.witness_fresh,
-            fenced: t.fenced,
+            // A removed node is out of every decision, like a fenced one.
+            fenced: t.fenced || cluster.is_removed(i),
+            hardware_failing: cluster.hardware(i).status == HardwareStatus::Failing,
         })
         .collect()
 }
@@ -254,22 +326,34 @@ async fn perform(cluster: &Cluster, config: &Config, tracks: &mut [Track], actio
             cluster.events.record(kind, Some(&name(i)), msg);
         }
         Action::Repoint { replica, primary } => {
-            let addr = cluster.nodes()[primary].addr.clone();
-            let result = repoint(&mut tracks[replica].checker, &addr, timeout).await;
-            let (kind, msg) = match result {
-                Ok(()) => (
-                    EventKind::ReplicaRepointed,
-                    format!("primary_conninfo now points at {}", name(primary)),
-                ),
-                Err(e) => (EventKind::ActionFailed, format!("repointing failed: {e}")),
-            };
-            cluster.events.record(kind, Some(&name(replica)), msg);
+            repoint_node(cluster, tracks, replica, primary, timeout).await
         }
         Action::ClearSyncStandby(i) => {
             clear_sync_standby(cluster, &mut tracks[i].checker, &name(i), timeout).await
         }
         Action::FenceCommand(i) => spawn_fence_command(cluster, config, i),
     }
+}
+
+/// Points `replica` at `primary` and records the outcome.
+pub(super) async fn repoint_node(
+    cluster: &Cluster,
+    tracks: &mut [Track],
+    replica: usize,
+    primary: usize,
+    timeout: Duration,
+) {
+    let name = |i: usize| cluster.nodes()[i].name.clone();
+    let addr = cluster.nodes()[primary].addr.clone();
+    let result = repoint(&mut tracks[replica].checker, &addr, timeout).await;
+    let (kind, msg) = match result {
+        Ok(()) => (
+            EventKind::ReplicaRepointed,
+            format!("primary_conninfo now points at {}", name(primary)),
+        ),
+        Err(e) => (EventKind::ActionFailed, format!("repointing failed: {e}")),
+    };
+    cluster.events.record(kind, Some(&name(replica)), msg);
 }
 
 async fn repoint(
@@ -382,7 +466,8 @@ fn spawn_fence_command(cluster: &Cluster, config: &Config, node: usize) {
     });
 }
 
-fn publish(cluster: &Cluster, config: &Config, tracks: &[Track], state: &Primary) {
+/// Publishes the routing snapshot and the status `state` and `tracks` imply.
+pub(super) fn publish(cluster: &Cluster, config: &Config, tracks: &[Track], state: &Primary) {
     let views = views(cluster, tracks);
     let primary = state.serving();
     let snap = Snapshot {
@@ -405,9 +490,12 @@ fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) ->
     let primary_lsn = primary.map(|p| views[p].lsn());
     views
         .iter()
-        .zip(cluster.nodes())
-        .map(|(v, n)| {
+        .zip(cluster.nodes().iter())
+        .enumerate()
+        .filter(|(i, _)| !cluster.is_removed(*i))
+        .map(|(i, (v, n))| {
             let probe = v.probe.as_ref();
+            let hw = cluster.hardware(i);
             let role = match probe.map(|p| p.role) {
                 Some(Role::Primary) => "primary",
                 Some(Role::Replica) => "replica",
@@ -432,6 +520,8 @@ fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) ->
                     .flatten(),
                 lag_seconds: probe.and_then(|p| p.lag_seconds),
                 last_check_seconds_ago: probe.map(|p| p.at.elapsed().as_secs_f64()),
+                hardware: hw.status.as_str(),
+                hardware_reasons: hw.reasons,
             }
         })
         .collect()

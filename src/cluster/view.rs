@@ -84,12 +84,14 @@ pub struct NodeView {
     pub witness_fresh: bool,
     /// Never routed to until an operator re-admits it.
     pub fenced: bool,
+    /// Its hardware probe says `failing`: it counts as down.
+    pub hardware_failing: bool,
 }
 
 impl NodeView {
     /// The reported role, if the node is usable and not fenced.
     pub fn live_role(&self) -> Option<Role> {
-        if self.fenced || !self.health.usable() {
+        if self.fenced || self.hardware_failing || !self.health.usable() {
             return None;
         }
         self.probe.as_ref().map(|p| p.role)
@@ -125,6 +127,7 @@ pub(crate) fn test_node(name: &str, role: Role, tl: u32, lsn: u64) -> NodeView {
         }),
         witness_fresh: false,
         fenced: false,
+        hardware_failing: false,
     }
 }
 

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{
     ClusterTlsConfig, Config, FailoverConfig, HealthConfig, HttpConfig, ProxyConfig, RoutingConfig,
+    SwitchoverConfig,
 };
 
 /// Whether changing `key` needs a restart (RELOAD reports it instead of
@@ -15,10 +16,13 @@ use super::{
 pub fn needs_restart(key: &str) -> bool {
     matches!(
         key,
-        "listen" | "max_client_conn" | "stats_period" | "http.listen" | "http.metrics"
-    ) || key.starts_with("health.")
-        || key.starts_with("routing.")
-        || (key.starts_with("failover.") && key != "failover.hold_timeout")
+        "listen"
+            | "max_client_conn"
+            | "stats_period"
+            | "http.listen"
+            | "http.metrics"
+            | "health.database"
+    )
 }
 
 /// Every setting: (key, value, default), in section order.
@@ -44,6 +48,12 @@ pub fn settings(config: &Config) -> Vec<(String, String, String)> {
         &RoutingConfig::default(),
     );
     section(&mut out, "http.", &config.http, &HttpConfig::default());
+    section(
+        &mut out,
+        "switchover.",
+        &config.switchover,
+        &SwitchoverConfig::default(),
+    );
     section(
         &mut out,
         "cluster.tls.",
@@ -85,7 +95,11 @@ fn flatten(
             continue;
         }
         let default = default.get(key).map(text).unwrap_or_default();
-        out.push((format!("{prefix}{key}"), text(value), default));
+        let mut value = text(value);
+        if key.ends_with("token") && !value.is_empty() {
+            value = "(set)".into();
+        }
+        out.push((format!("{prefix}{key}"), value, default));
     }
 }
 
@@ -122,6 +136,7 @@ mod tests {
         assert_eq!(get("tls.mode").unwrap().1, "disable");
         assert_eq!(get("cluster.tls.mode").unwrap().1, "prefer");
         assert!(s.iter().all(|(_, v, _)| !v.contains("s3cret") && v != "pw"));
+        assert!(get("switchover.drain_timeout").is_some());
         assert!(needs_restart("listen") && !needs_restart("default_pool_size"));
     }
 }

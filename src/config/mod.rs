@@ -47,6 +47,32 @@ pub struct Config {
     /// `[http]`: health, status, events and metrics endpoints.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `[switchover]`: planned moves of the primary.
+    #[serde(default)]
+    pub switchover: SwitchoverConfig,
+}
+
+/// `[switchover]` section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SwitchoverConfig {
+    /// How long running transactions may take to finish once new ones are
+    /// held; later ones are cancelled and get the failover error. Default `5s`.
+    #[serde(with = "duration")]
+    pub drain_timeout: Duration,
+    /// How long the target may take to replay the old primary's last WAL
+    /// before the switchover is abandoned (and the old primary restored). Default `10s`.
+    #[serde(with = "duration")]
+    pub catchup_timeout: Duration,
+}
+
+impl Default for SwitchoverConfig {
+    fn default() -> Self {
+        SwitchoverConfig {
+            drain_timeout: Duration::from_secs(5),
+            catchup_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// `[http]` section.
@@ -59,6 +85,9 @@ pub struct HttpConfig {
     /// Record per-query timings, byte counts and latency histograms (the
     /// traffic metrics and `SHOW STATS`). Default true.
     pub metrics: bool,
+    /// Bearer token that allows `POST /switchover` from any address; without
+    /// it only loopback clients may switch over. Default none.
+    pub switchover_token: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -66,6 +95,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "127.0.0.1:9930".into(),
             metrics: true,
+            switchover_token: None,
         }
     }
 }
@@ -136,6 +166,9 @@ pub struct FailoverConfig {
     /// How long a query waits for a routable primary before an error. Default `30s`.
     #[serde(with = "duration")]
     pub hold_timeout: Duration,
+    /// Start a planned switchover when the primary's hardware probe reports
+    /// `degraded`. Default false.
+    pub switchover_on_degraded: bool,
 }
 
 impl Default for FailoverConfig {
@@ -147,6 +180,7 @@ impl Default for FailoverConfig {
             fence_command: None,
             sync_policy: SyncPolicy::Availability,
             hold_timeout: Duration::from_secs(30),
+            switchover_on_degraded: false,
         }
     }
 }
@@ -353,13 +387,35 @@ pub struct ClusterConfig {
 }
 
 /// A node as written in the file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum NodeSpec {
     /// `"host:port"`.
     Addr(String),
     /// `{ name = "db1", addr = "host:port", priority = 10 }`.
     Table(NodeTable),
+}
+
+// By hand rather than `untagged`: an untagged enum replaces the table's own
+// error (a bad hardware rule, an unknown key) with "did not match any variant".
+impl<'de> Deserialize<'de> for NodeSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Spec;
+        impl<'de> serde::de::Visitor<'de> for Spec {
+            type Value = NodeSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"host:port\" or a table { name, addr, priority, hardware }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<NodeSpec, E> {
+                Ok(NodeSpec::Addr(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<NodeSpec, A::Error> {
+                NodeTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(NodeSpec::Table)
+            }
+        }
+        d.deserialize_any(Spec)
+    }
 }
 
 /// The table form of a node.
@@ -374,10 +430,13 @@ pub struct NodeTable {
     /// Tie-breaker for promotion: higher wins. Default 0.
     #[serde(default)]
     pub priority: i32,
+    /// Optional hardware probe (`[cluster.nodes.hardware]`).
+    #[serde(default)]
+    pub hardware: Option<crate::cluster::hardware::HardwareSpec>,
 }
 
 /// A node after defaults are applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     /// Name for logs; the address when not configured.
     pub name: String,
@@ -385,6 +444,8 @@ pub struct Node {
     pub addr: String,
     /// Promotion tie-breaker.
     pub priority: i32,
+    /// Hardware probe, if configured.
+    pub hardware: Option<crate::cluster::hardware::HardwareSpec>,
 }
 
 impl NodeSpec {
@@ -395,11 +456,13 @@ impl NodeSpec {
                 name: addr.clone(),
                 addr: addr.clone(),
                 priority: 0,
+                hardware: None,
             },
             NodeSpec::Table(t) => Node {
                 name: t.name.clone().unwrap_or_else(|| t.addr.clone()),
                 addr: t.addr.clone(),
                 priority: t.priority,
+                hardware: t.hardware.clone(),
             },
         }
     }

@@ -23,27 +23,19 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     );
     check("http.listen", old.http.listen != new.http.listen);
     check("http.metrics", old.http.metrics != new.http.metrics);
-    // The health monitor is started with the nodes and its settings; TLS
-    // material is rebuilt by every reload (`crate::tls::Tls::reload`).
-    let cluster = |c: &Config| {
-        let mut cluster = c.cluster.clone();
-        cluster.tls = Default::default();
-        json(&cluster)
-    };
-    check("cluster", cluster(old) != cluster(new));
-    check("health", json(&old.health) != json(&new.health));
-    let failover = |c: &Config| {
-        let mut f = c.failover.clone();
-        f.hold_timeout = Default::default(); // read per checkout: reloadable
-        json(&f)
-    };
-    check("failover", failover(old) != failover(new));
-    check("routing", json(&old.routing) != json(&new.routing));
+    // The monitor reads health, failover, routing and switchover settings at
+    // every tick and takes node changes from the reload; its login is fixed
+    // when it starts.
+    check("cluster.user", old.cluster.user != new.cluster.user);
+    check(
+        "cluster.password",
+        old.cluster.password != new.cluster.password,
+    );
+    check(
+        "health.database",
+        old.health.database != new.health.database,
+    );
     out
-}
-
-fn json<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_string(v).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -67,9 +59,15 @@ mod tests {
             needs_restart(&old, &config("[proxy]\nlisten = \"0.0.0.0:7000\"\n")),
             ["proxy.listen"]
         );
+        assert!(needs_restart(&old, &config("[health]\ninterval = \"3s\"\n")).is_empty());
         assert_eq!(
-            needs_restart(&old, &config("[health]\ninterval = \"3s\"\n")),
-            ["health"]
+            needs_restart(&old, &config("[health]\ndatabase = \"other\"\n")),
+            ["health.database"]
         );
+        let more_nodes = crate::config::load_str(
+            "[cluster]\nnodes = [\"127.0.0.1:5432\", \"127.0.0.1:5433\"]\n[[users]]\nname = \"app\"\npassword = \"pw\"\n",
+        )
+        .unwrap();
+        assert!(needs_restart(&old, &more_nodes).is_empty(), "nodes reload");
     }
 }

@@ -57,6 +57,10 @@ fn validate_nodes(cfg: &Config) -> Result<(), String> {
         if !names.insert(node.name.clone()) {
             return Err(format!("cluster node name {:?} is used twice", node.name));
         }
+        if let Some(hw) = &node.hardware {
+            hw.validate()
+                .map_err(|e| format!("cluster node {:?}: hardware: {e}", node.name))?;
+        }
     }
     Ok(())
 }

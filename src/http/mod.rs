@@ -8,11 +8,12 @@
 pub mod check;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
@@ -23,9 +24,9 @@ use crate::listener::Context;
 /// Serves HTTP on `listener` until the proxy shuts down.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((s, _)) => s,
+                Ok(s) => s,
                 Err(_) => continue,
             },
             _ = ctx.shutdown.cancelled() => return,
@@ -33,14 +34,20 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (status, content_type, body) =
-                    respond(req.uri().path(), req.uri().query(), &ctx);
-                let response = Response::builder()
-                    .status(status)
-                    .header("content-type", content_type)
-                    .body(Full::new(Bytes::from(body)))
-                    .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
-                async move { Ok::<_, Infallible>(response) }
+                let ctx = ctx.clone();
+                async move {
+                    let (status, content_type, body) = if req.method() == Method::POST {
+                        post(&req, peer, &ctx).await
+                    } else {
+                        respond(req.uri().path(), req.uri().query(), &ctx)
+                    };
+                    let response = Response::builder()
+                        .status(status)
+                        .header("content-type", content_type)
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+                    Ok::<_, Infallible>(response)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -89,6 +96,64 @@ pub fn respond(
         ),
         _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
+}
+
+/// `POST /switchover[?to=node]`: a planned switchover, answered when done.
+/// Allowed from loopback, or from anywhere with `[http] switchover_token`
+/// as a bearer token.
+async fn post(
+    req: &Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    ctx: &Context,
+) -> (StatusCode, &'static str, String) {
+    const JSON: &str = "application/json";
+    if req.uri().path() != "/switchover" {
+        return (
+            StatusCode::NOT_FOUND,
+            JSON,
+            r#"{"error":"not found"}"#.into(),
+        );
+    }
+    let bearer = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let token = ctx.config.load().http.switchover_token.clone();
+    if !switchover_allowed(peer, token.as_deref(), bearer) {
+        let body = r#"{"error":"POST /switchover needs a loopback client or the bearer token of [http] switchover_token"}"#;
+        return (StatusCode::FORBIDDEN, JSON, body.into());
+    }
+    let target = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("to=")))
+        .map(str::to_string);
+    let reason = format!("POST /switchover from {peer}");
+    match ctx.cluster.switchover(target, reason).await {
+        Ok(primary) => (
+            StatusCode::OK,
+            JSON,
+            serde_json::json!({ "primary": primary }).to_string(),
+        ),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            JSON,
+            serde_json::json!({ "error": e }).to_string(),
+        ),
+    }
+}
+
+/// Loopback clients may always switch over; others need the configured token.
+pub fn switchover_allowed(peer: SocketAddr, token: Option<&str>, bearer: Option<&str>) -> bool {
+    match (token, bearer) {
+        (Some(t), Some(b)) => constant_time_eq(t.as_bytes(), b.as_bytes()),
+        _ => peer.ip().is_loopback(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `/status`: nodes, pools, clients, a config summary, the version.
@@ -155,6 +220,18 @@ mod tests {
         )
         .unwrap();
         Context::new(config, Default::default()).unwrap()
+    }
+
+    #[test]
+    fn switchover_needs_loopback_or_the_token() {
+        let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let remote: SocketAddr = "10.0.0.5:1".parse().unwrap();
+        assert!(switchover_allowed(local, None, None));
+        assert!(!switchover_allowed(remote, None, None));
+        assert!(!switchover_allowed(remote, None, Some("x")));
+        assert!(switchover_allowed(remote, Some("s3cret"), Some("s3cret")));
+        assert!(!switchover_allowed(remote, Some("s3cret"), Some("s3cre")));
+        assert!(switchover_allowed(local, Some("s3cret"), None));
     }
 
     #[test]

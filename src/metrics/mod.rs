@@ -51,6 +51,9 @@ pub const METRICS: &[(&str, Type, &str)] = &[
     (FENCED_NODES, Type::Gauge, "Nodes fenced now"),
     (FAILOVERS, Type::Counter, "Failovers completed (writes resumed on a new primary after the old one failed)"),
     (LAST_FAILOVER_SECONDS, Type::Gauge, "Seconds from the start of the last failover to writes resuming"),
+    (SWITCHOVERS, Type::Counter, "Planned switchovers completed (admin SWITCHOVER, POST /switchover, hardware)"),
+    (LAST_SWITCHOVER_SECONDS, Type::Gauge, "Write pause of the last switchover: from holding new transactions to releasing them on the new primary"),
+    (NODE_HARDWARE, Type::Gauge, "1 for the node's current hardware status (ok, degraded, failing, unknown), by node and status"),
     (HELD_QUERIES, Type::Gauge, "Requests held waiting for a routable primary (a failover in progress)"),
     (PINNED_CLIENTS, Type::Gauge, "Clients connected now that are pinned to one server connection in transaction mode"),
     (PINNED_CLIENTS_TOTAL, Type::Counter, "Clients pinned to one server connection in transaction mode (LISTEN, temp tables, ...), by database and user"),
@@ -98,6 +101,12 @@ pub const FENCED_NODES: &str = "switchyard_fenced_nodes";
 pub const FAILOVERS: &str = "switchyard_failovers_total";
 /// Last failover's duration.
 pub const LAST_FAILOVER_SECONDS: &str = "switchyard_last_failover_duration_seconds";
+/// Switchovers completed.
+pub const SWITCHOVERS: &str = "switchyard_switchovers_total";
+/// Last switchover's write pause.
+pub const LAST_SWITCHOVER_SECONDS: &str = "switchyard_last_switchover_pause_seconds";
+/// Node hardware status.
+pub const NODE_HARDWARE: &str = "switchyard_node_hardware_status";
 /// Held requests.
 pub const HELD_QUERIES: &str = "switchyard_held_queries";
 /// Pinned clients now.
@@ -196,7 +205,7 @@ fn record_clients(ctx: &Context) {
         gauge!(CLIENTS, "state" => s.as_str()).set(by_state[s as usize] as f64);
     }
     gauge!(PINNED_CLIENTS).set(pinned as f64);
-    for node in ctx.cluster.nodes() {
+    for node in live_nodes(ctx) {
         let active = servers.get(&node.name).copied().unwrap_or(0);
         gauge!(SERVER_CONNECTIONS, "node" => node.name.clone(), "state" => "active")
             .set(active as f64);
@@ -228,7 +237,7 @@ fn record_pools(ctx: &Context) {
     }
     gauge!(HELD_QUERIES).set(held as f64);
     gauge!(PAUSED_POOLS).set(paused as f64);
-    for node in ctx.cluster.nodes() {
+    for node in live_nodes(ctx) {
         let n = idle.get(&node.name).copied().unwrap_or(0);
         gauge!(SERVER_CONNECTIONS, "node" => node.name.clone(), "state" => "idle").set(n as f64);
     }
@@ -247,6 +256,10 @@ fn record_nodes(ctx: &Context) {
         gauge!(NODE_LAG_BYTES, "node" => node.clone()).set(n.lag_bytes.unwrap_or(0) as f64);
         gauge!(NODE_LAG_SECONDS, "node" => node.clone()).set(n.lag_seconds.unwrap_or(0.0));
         gauge!(NODE_TIMELINE, "node" => node.clone()).set(f64::from(n.timeline));
+        for hw in ["ok", "degraded", "failing", "unknown"] {
+            let on = f64::from(u8::from(n.hardware == hw));
+            gauge!(NODE_HARDWARE, "node" => node.clone(), "status" => hw).set(on);
+        }
         gauge!(NODE_FENCED, "node" => node).set(f64::from(u8::from(n.fenced)));
         fenced += usize::from(n.fenced);
     }
@@ -260,6 +273,17 @@ fn record_events(ctx: &Context) {
     }
     counter!(FAILOVERS).absolute(t.failovers);
     gauge!(LAST_FAILOVER_SECONDS).set(t.last_failover_seconds.unwrap_or(0.0));
+    counter!(SWITCHOVERS).absolute(t.switchovers);
+    gauge!(LAST_SWITCHOVER_SECONDS).set(t.last_switchover_seconds.unwrap_or(0.0));
+}
+
+/// Nodes not removed by a reload.
+fn live_nodes(ctx: &Context) -> Vec<crate::config::Node> {
+    let nodes = ctx.cluster.nodes();
+    (0..nodes.len())
+        .filter(|&i| !ctx.cluster.is_removed(i))
+        .map(|i| nodes[i].clone())
+        .collect()
 }
 
 /// The configured name of the node at `addr`.

@@ -292,6 +292,10 @@ impl Pool {
 
     /// Waits while the pool is paused.
     async fn resumed(&self) {
+        // The common case, not paused, costs a read lock and no subscription.
+        if !*self.shared.paused.borrow() {
+            return;
+        }
         let mut rx = self.shared.paused.subscribe();
         // Only errs when the sender is gone, and the pool owns it.
         let _ = rx.wait_for(|paused| !paused).await;

@@ -240,6 +240,12 @@ impl Default for SharedConnector {
     }
 }
 
+/// Both sides built from a new configuration, not yet in force ([`Tls::prepare`]).
+pub struct Prepared {
+    acceptor: Acceptor,
+    connector: Connector,
+}
+
 /// The proxy's TLS state: built at startup, rebuilt by [`Tls::reload`].
 pub struct Tls {
     acceptor: ArcSwap<Acceptor>,
@@ -259,11 +265,23 @@ impl Tls {
     /// when anything fails (the running TLS stays). Existing connections keep
     /// the TLS they have; new ones get the new.
     pub fn reload(&self, config: &Config) -> Result<(), TlsError> {
-        let acceptor = Acceptor::build(&config.proxy.tls)?;
-        let connector = Connector::build(&config.cluster.tls)?;
-        self.acceptor.store(Arc::new(acceptor));
-        self.connector.0.store(Arc::new(connector));
+        self.install(Tls::prepare(config)?);
         Ok(())
+    }
+
+    /// The first half of [`Tls::reload`] for a reload that has other steps
+    /// that may fail: reads the files, changes nothing.
+    pub fn prepare(config: &Config) -> Result<Prepared, TlsError> {
+        Ok(Prepared {
+            acceptor: Acceptor::build(&config.proxy.tls)?,
+            connector: Connector::build(&config.cluster.tls)?,
+        })
+    }
+
+    /// The second half of [`Tls::reload`]: swaps in what [`Tls::prepare`] built.
+    pub fn install(&self, prepared: Prepared) {
+        self.acceptor.store(Arc::new(prepared.acceptor));
+        self.connector.0.store(Arc::new(prepared.connector));
     }
 
     /// The client-facing side in force.

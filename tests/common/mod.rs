@@ -62,40 +62,45 @@ impl Proxy {
 
     /// Starts a proxy with a whole TOML configuration.
     pub async fn start_with(cluster: Arc<LocalCluster>, toml: &str) -> Proxy {
-        // RUST_LOG=switchyard=debug shows the proxy's side of a failing test.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
         let config = switchyard::config::load_str(toml).expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            switchyard::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("proxy runs");
-        });
-        Proxy {
-            addr,
-            cluster,
-            stop: Some(stop),
-            task: Some(task),
-        }
+        Self::spawn(cluster, config, Default::default()).await
+    }
+
+    /// Starts a proxy with a whole TOML configuration and its HTTP endpoints;
+    /// returns the proxy and the HTTP address.
+    pub async fn start_with_http(
+        cluster: Arc<LocalCluster>,
+        toml: &str,
+    ) -> (Proxy, std::net::SocketAddr) {
+        let config = switchyard::config::load_str(toml).expect("test config is valid");
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let opts = switchyard::listener::Options {
+            http: Some(http),
+            ..Default::default()
+        };
+        (Self::spawn(cluster, config, opts).await, http_addr)
     }
 
     /// Starts a proxy from a configuration file, which `RELOAD` re-reads.
     pub async fn start_from_file(cluster: Arc<LocalCluster>, path: &std::path::Path) -> Proxy {
         let config = switchyard::config::load(path).expect("test config file is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
         let opts = switchyard::listener::Options {
             config_path: Some(path.to_path_buf()),
             ..Default::default()
         };
+        Self::spawn(cluster, config, opts).await
+    }
+
+    async fn spawn(
+        cluster: Arc<LocalCluster>,
+        config: switchyard::config::Config,
+        opts: switchyard::listener::Options,
+    ) -> Proxy {
+        init_tracing();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             switchyard::listener::serve(config, listener, opts, async {
                 let _ = stopped.await;
@@ -350,4 +355,77 @@ pub async fn send_cancel(addr: std::net::SocketAddr, key: (i32, i32)) {
     s.write_all(&out).await.unwrap();
     let mut sink = [0u8; 8];
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut sink)).await;
+}
+
+/// One HTTP/1.0 request to `addr`: status and body.
+pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `RUST_LOG=switchyard=debug` shows the proxy's side of a failing test.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A cluster of its own (primary + one replica) for a test that moves or
+/// destroys nodes; started off the runtime.
+pub async fn private_pair() -> (
+    Arc<LocalCluster>,
+    switchyard::local_cluster::PgNode,
+    switchyard::local_cluster::PgNode,
+) {
+    init_tracing();
+    let cluster =
+        tokio::task::spawn_blocking(|| LocalCluster::start(LocalClusterOptions::default()))
+            .await
+            .unwrap()
+            .expect("start PostgreSQL cluster");
+    let cluster = Arc::new(cluster);
+    let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
+    (cluster, primary, replica)
+}
+
+/// Polls `f` every 100 ms until it is true, for at most `secs`.
+pub async fn wait_until<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

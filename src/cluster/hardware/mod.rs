@@ -25,6 +25,7 @@ pub mod exposition;
 pub mod fetch;
 pub mod probe;
 pub mod rules;
+pub mod watch;
 
 pub use exposition::{ExpositionError, Sample};
 pub use probe::{probe, HardwareSpec};

@@ -27,7 +27,7 @@ const MAX_REASON_CHARS: usize = 200;
 
 /// `[cluster.nodes.hardware]`: where a node's hardware status comes from.
 /// Exactly one of `url` and `command`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HardwareSpec {
     /// A Prometheus text endpoint (`http://host:port/path`; node_exporter,

@@ -85,8 +85,8 @@ impl From<Severity> for HardwareStatus {
 }
 
 /// How a sample's value is compared with a rule's value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
 pub enum Op {
     /// `>`
     Gt,
@@ -100,6 +100,12 @@ pub enum Op {
     Eq,
     /// `!=`
     Ne,
+}
+
+impl From<Op> for &'static str {
+    fn from(op: Op) -> &'static str {
+        op.as_str()
+    }
 }
 
 impl TryFrom<String> for Op {
@@ -152,7 +158,7 @@ impl fmt::Display for Op {
 
 /// One entry of `rules = [...]`: when a series of `metric` whose labels
 /// include all of `labels` satisfies `value op threshold`, the node is `status`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Metric name, e.g. `ipmi_sensor_state`.

@@ -10,8 +10,20 @@ pub const ERROR: &str = "ERROR";
 /// FATAL: the connection is about to close.
 pub const FATAL: &str = "FATAL";
 
+/// NOTICE: information; nothing failed.
+pub const NOTICE: &str = "NOTICE";
+
+/// Appends a NoticeResponse (severity NOTICE, SQLSTATE 00000) with `message`.
+pub fn encode_notice(out: &mut BytesMut, message: &str) {
+    encode_tagged(out, b'N', NOTICE, "00000", message);
+}
+
 /// Appends an ErrorResponse with severity, SQLSTATE and message.
 pub fn encode(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
+    encode_tagged(out, b'E', severity, code, message);
+}
+
+fn encode_tagged(out: &mut BytesMut, tag: u8, severity: &str, code: &str, message: &str) {
     let mut body = Vec::with_capacity(32 + message.len());
     for (field, value) in [
         (b'S', severity),
@@ -24,7 +36,7 @@ pub fn encode(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
         body.push(0);
     }
     body.push(0);
-    put_frame(out, b'E', &body);
+    put_frame(out, tag, &body);
 }
 
 /// The fields a proxy cares about in a server's ErrorResponse body.

@@ -1,0 +1,73 @@
+//! One task per node with a hardware probe: probe every `interval`, store
+//! the verdict on the cluster, and on a change record an event and wake the
+//! monitor (which fails over from a failing node, and switches over from a
+//! degraded primary when configured to).
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{probe, HardwareSpec, HardwareStatus};
+use crate::cluster::Cluster;
+use crate::events::EventKind;
+
+/// Starts a watcher for every live node with a probe and none running
+/// (at start, and for nodes or probes a reload added).
+pub fn spawn_new(cluster: &Arc<Cluster>, shutdown: &CancellationToken) {
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        if node.hardware.is_some() && !cluster.is_removed(i) && cluster.claim_watch(i) {
+            tokio::spawn(watch(cluster.clone(), i, shutdown.clone()));
+        }
+    }
+}
+
+/// The node's probe as configured now; `None` once it was removed.
+fn spec(cluster: &Cluster, node: usize) -> Option<HardwareSpec> {
+    if cluster.is_removed(node) {
+        return None;
+    }
+    cluster.nodes()[node].hardware.clone()
+}
+
+async fn watch(cluster: Arc<Cluster>, node: usize, shutdown: CancellationToken) {
+    let name = cluster.nodes()[node].name.clone();
+    // The first verdict is always told: an unreachable probe is `unknown`
+    // from the start, and the operator must hear of it.
+    let mut first = true;
+    // The spec is read each round, so a reload's change applies at once.
+    while let Some(spec) = spec(&cluster, node) {
+        let verdict = tokio::select! {
+            v = probe(&spec) => v,
+            _ = shutdown.cancelled() => break,
+        };
+        report(&cluster, node, &name, verdict, std::mem::take(&mut first));
+        tokio::select! {
+            _ = tokio::time::sleep(spec.interval) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    cluster.release_watch(node);
+}
+
+/// Stores a verdict; a change (or the first one) is an event and wakes the monitor.
+fn report(cluster: &Cluster, node: usize, name: &str, verdict: super::Verdict, first: bool) {
+    let status = verdict.status;
+    let reasons = verdict.reasons.join("; ");
+    let before = cluster.set_hardware(node, verdict);
+    if before == status && !first {
+        return;
+    }
+    let kind = match status {
+        HardwareStatus::Ok => EventKind::HardwareOk,
+        HardwareStatus::Degraded => EventKind::HardwareDegraded,
+        HardwareStatus::Failing => EventKind::HardwareFailing,
+        HardwareStatus::Unknown => EventKind::HardwareUnknown,
+    };
+    let msg = if reasons.is_empty() {
+        format!("hardware {status} (was {before})")
+    } else {
+        format!("hardware {status} (was {before}): {reasons}")
+    };
+    cluster.events.record(kind, Some(name), msg);
+    cluster.nudge();
+}

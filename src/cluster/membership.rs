@@ -1,0 +1,196 @@
+//! Which nodes the cluster has, and how a reload changes that. Nodes are
+//! never taken out of the vectors: a removed node's slot is marked removed,
+//! its idle connections close and its busy ones finish their transaction
+//! (drain), and it is no longer probed, routed to or shown. Added nodes get a
+//! new slot at the end; the monitor starts probing them at its next tick.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{hardware, lock, Cluster, Incarnation};
+use crate::config::Node;
+use crate::events::EventKind;
+
+/// Per-node state shared with the pools.
+pub(super) struct Slot {
+    pub(super) addr: Arc<str>,
+    pub(super) incarnation: Mutex<Incarnation>,
+    /// Server connections checked out (for least-outstanding replica choice, drains).
+    pub(super) load: AtomicUsize,
+    /// The last hardware verdict (`unknown` until probed or without a probe).
+    pub(super) hardware: Mutex<hardware::Verdict>,
+    removed: AtomicBool,
+    /// A hardware watcher runs for this node.
+    watched: AtomicBool,
+}
+
+impl Slot {
+    pub(super) fn new(node: &Node) -> Arc<Slot> {
+        Arc::new(Slot {
+            addr: Arc::from(node.addr.as_str()),
+            incarnation: Mutex::new(Incarnation {
+                epoch: 0,
+                retired: CancellationToken::new(),
+            }),
+            load: AtomicUsize::new(0),
+            hardware: Mutex::new(hardware::Verdict::unknown("no hardware probe configured")),
+            removed: AtomicBool::new(false),
+            watched: AtomicBool::new(false),
+        })
+    }
+}
+
+/// What a reload changes in the node list, by name.
+#[derive(Debug, Default, PartialEq)]
+pub struct NodeChanges {
+    /// Indices of nodes to remove.
+    pub removed: Vec<usize>,
+    /// Nodes to add.
+    pub added: Vec<Node>,
+    /// Indices and new settings of nodes that keep name and address.
+    pub updated: Vec<(usize, Node)>,
+}
+
+/// Compares the live nodes with `wanted`. A node whose address changed is
+/// removed and added again. Pure, for tests.
+pub fn diff(current: &[Node], removed: &[bool], wanted: &[Node]) -> NodeChanges {
+    let mut out = NodeChanges::default();
+    let live = |i: usize| !removed.get(i).copied().unwrap_or(false);
+    for (i, n) in current.iter().enumerate().filter(|(i, _)| live(*i)) {
+        match wanted.iter().find(|w| w.name == n.name) {
+            Some(w) if w.addr == n.addr => {
+                if w != n {
+                    out.updated.push((i, w.clone()));
+                }
+            }
+            _ => out.removed.push(i),
+        }
+    }
+    for w in wanted {
+        let kept = current
+            .iter()
+            .enumerate()
+            .any(|(i, n)| live(i) && n.name == w.name && n.addr == w.addr);
+        if !kept {
+            out.added.push(w.clone());
+        }
+    }
+    out
+}
+
+impl Cluster {
+    /// Whether `node` was removed by a reload.
+    pub fn is_removed(&self, node: usize) -> bool {
+        self.slots.load()[node].removed.load(Ordering::Relaxed)
+    }
+
+    /// The index of the live node called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        let nodes = self.nodes();
+        (0..nodes.len()).find(|&i| nodes[i].name == name && !self.is_removed(i))
+    }
+
+    /// Applies a reloaded node list. Refuses to remove the node that takes
+    /// writes (switch over first). Returns one line per change.
+    pub fn apply_nodes(&self, wanted: &[Node]) -> Result<Vec<String>, String> {
+        let current = self.nodes();
+        let removed: Vec<bool> = (0..current.len()).map(|i| self.is_removed(i)).collect();
+        let changes = diff(&current, &removed, wanted);
+        if let Some(p) = self.snapshot().primary {
+            if changes.removed.contains(&p) {
+                return Err(format!(
+                    "node {} is the primary: switch over before removing it",
+                    current[p].name
+                ));
+            }
+        }
+        let mut report = vec![];
+        let mut nodes = (*current).clone();
+        for (i, n) in changes.updated {
+            report.push(format!("node {} updated", n.name));
+            nodes[i] = n;
+        }
+        for &i in &changes.removed {
+            self.remove(i);
+            let msg = "removed by a reload: no new connections; busy ones finish first";
+            self.events
+                .record(EventKind::NodeRemoved, Some(&current[i].name), msg);
+            report.push(format!("node {} removed", current[i].name));
+        }
+        let mut slots = (**self.slots.load()).clone();
+        for n in changes.added {
+            self.events.record(
+                EventKind::NodeAdded,
+                Some(&n.name),
+                format!("added by a reload at {}", n.addr),
+            );
+            report.push(format!("node {} added", n.name));
+            slots.push(Slot::new(&n));
+            nodes.push(n);
+        }
+        // Slots first: a reader that sees a node must find its slot.
+        self.slots.store(Arc::new(slots));
+        self.nodes.store(Arc::new(nodes));
+        self.nudge();
+        Ok(report)
+    }
+
+    /// Marks `node` removed and lets its connections drain: idle ones close
+    /// at their next checkout, busy ones when their transaction ends.
+    fn remove(&self, node: usize) {
+        let slot = self.slot(node);
+        slot.removed.store(true, Ordering::Relaxed);
+        lock(&slot.incarnation).epoch += 1;
+    }
+
+    /// Claims the hardware watcher of `node`; false when one already runs.
+    pub(crate) fn claim_watch(&self, node: usize) -> bool {
+        !self.slot(node).watched.swap(true, Ordering::Relaxed)
+    }
+
+    /// The hardware watcher of `node` stopped.
+    pub(crate) fn release_watch(&self, node: usize) {
+        self.slot(node).watched.store(false, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, addr: &str) -> Node {
+        Node {
+            name: name.into(),
+            addr: addr.into(),
+            priority: 0,
+            hardware: None,
+        }
+    }
+
+    #[test]
+    fn nodes_are_matched_by_name_and_address() {
+        let current = [node("a", "h:1"), node("b", "h:2"), node("c", "h:3")];
+        let mut c2 = node("c", "h:3");
+        c2.priority = 5;
+        let wanted = [
+            node("a", "h:1"),
+            c2.clone(),
+            node("d", "h:4"),
+            node("b", "h:9"),
+        ];
+        let d = diff(&current, &[false; 3], &wanted);
+        assert_eq!(d.removed, [1], "b moved: removed and added again");
+        assert_eq!(d.updated, [(2, c2)]);
+        assert_eq!(d.added, [node("d", "h:4"), node("b", "h:9")]);
+        // A node removed earlier is not removed twice, and may come back.
+        let d = diff(
+            &current,
+            &[false, true, false],
+            &[node("a", "h:1"), node("c", "h:3"), node("b", "h:2")],
+        );
+        assert_eq!(d.removed, Vec::<usize>::new());
+        assert_eq!(d.added, [node("b", "h:2")]);
+    }
+}
