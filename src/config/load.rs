@@ -250,6 +250,26 @@ mod tests {
     }
 
     #[test]
+    fn environment_reaches_nested_tls_tables() {
+        let cfg = load_env_only(&env(&[
+            ("SWITCHYARD__CLUSTER__NODES", "db1:5432"),
+            ("SWITCHYARD__PROXY__TLS__MODE", "require"),
+            ("SWITCHYARD__PROXY__TLS__CERT_FILE", "/c.pem"),
+            ("SWITCHYARD__PROXY__TLS__KEY_FILE", "/k.pem"),
+            ("SWITCHYARD__CLUSTER__TLS__MODE", "verify-full"),
+            ("SWITCHYARD__CLUSTER__TLS__CA_FILE", "/ca.pem"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.proxy.tls.mode, crate::config::ProxyTlsMode::Require);
+        assert_eq!(cfg.proxy.tls.key_file.as_deref(), Some("/k.pem"));
+        assert_eq!(
+            cfg.cluster.tls.mode,
+            crate::config::ClusterTlsMode::VerifyFull
+        );
+        assert_eq!(cfg.cluster.tls.ca_file.as_deref(), Some("/ca.pem"));
+    }
+
+    #[test]
     fn environment_alone_is_a_configuration() {
         let cfg = load_env_only(&env(&[
             ("SWITCHYARD__CLUSTER__NODES", "db1:5432, db2:5432"),
