@@ -14,7 +14,8 @@
 //! client uses `sslmode=require`. Only the client leg is encrypted: both
 //! poolers reach PostgreSQL without TLS (`[cluster.tls] mode = "disable"`,
 //! `server_tls_sslmode = disable`), both pool 20 server connections in
-//! transaction mode and authenticate clients with SCRAM-SHA-256, and both
+//! transaction mode and authenticate clients with SCRAM-SHA-256 against a
+//! stored verifier (PgBouncer's `auth_file` holds PostgreSQL's), and both
 //! present the same rcgen certificate (ECDSA P-256).
 //!
 //! Without `--bench` on the command line (e.g. `cargo test --benches`) it does nothing.
@@ -136,10 +137,18 @@ fn bench() -> anyhow::Result<()> {
         "switchyard (in-process) listening on 127.0.0.1:{}",
         proxy.port
     );
+    // PgBouncer gets PostgreSQL's own SCRAM verifier: no key derivation per
+    // login (as Switchyard, which derives its verifier once at start), and it
+    // still logs into PostgreSQL with the client's proof (SCRAM pass-through).
+    let verifier = primary.psql(
+        "postgres",
+        &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{APP_USER}'"),
+    )?;
     let bouncer = if Path::new(PGBOUNCER_BIN).is_file() {
         Some(PgBouncer::start(
             &tmp,
             primary.port(),
+            &verifier,
             &cert_file,
             &key_file,
         )?)
@@ -346,7 +355,13 @@ struct PgBouncer {
 }
 
 impl PgBouncer {
-    fn start(tmp: &TempDir, pg_port: u16, cert: &str, key: &str) -> anyhow::Result<PgBouncer> {
+    fn start(
+        tmp: &TempDir,
+        pg_port: u16,
+        verifier: &str,
+        cert: &str,
+        key: &str,
+    ) -> anyhow::Result<PgBouncer> {
         let run_as = if is_root() {
             Some(lookup_user(PGBOUNCER_OS_USER).ok_or_else(|| {
                 anyhow!("running as root and the `{PGBOUNCER_OS_USER}` OS user does not exist")
@@ -357,10 +372,7 @@ impl PgBouncer {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let dir = &tmp.path;
         let log = dir.join("pgbouncer.log");
-        let userlist = tmp.write(
-            "userlist.txt",
-            &format!("\"{APP_USER}\" \"{APP_PASSWORD}\"\n"),
-        )?;
+        let userlist = tmp.write("userlist.txt", &format!("\"{APP_USER}\" \"{verifier}\"\n"))?;
         let mut conf = String::new();
         let _ = writeln!(conf, "[databases]");
         let _ = writeln!(
