@@ -165,3 +165,44 @@ fn value(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .map_or(0.0, |s| s.value)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_503_while_no_primary_is_routable() {
+    use switchyard::local_cluster::{StopMode, CLUSTER_PASSWORD, CLUSTER_USER};
+    let (cluster, primary, replica) = common::private_pair().await;
+    let toml = format!(
+        "{}\n[failover]\nmode = \"off\"\n[cluster]\nnodes = [\"{}\", \"{}\"]\nuser = \"{CLUSTER_USER}\"\npassword = \"{CLUSTER_PASSWORD}\"\n",
+        common::USERS,
+        primary.addr(),
+        replica.addr()
+    );
+    let (_proxy, http) = common::Proxy::start_with_http(cluster.clone(), &toml).await;
+    let ready = |code: u16| async move { get(http, "/readyz").await.0 == code };
+    common::wait_until(10, "ready with a primary", || ready(200)).await;
+
+    let p = primary.clone();
+    tokio::task::spawn_blocking(move || p.stop(StopMode::Immediate))
+        .await
+        .unwrap()
+        .unwrap();
+    common::wait_until(10, "not ready without a primary", || ready(503)).await;
+    let (_, body) = get(http, "/readyz").await;
+    assert!(body.contains("no primary"), "{body}");
+    let (_, status) = get(http, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let roles: Vec<&str> = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles[0], "down", "{status}");
+    assert_eq!(status["nodes"][1]["role"], "replica");
+
+    let p = primary.clone();
+    tokio::task::spawn_blocking(move || p.start())
+        .await
+        .unwrap()
+        .unwrap();
+    common::wait_until(20, "ready again", || ready(200)).await;
+}

@@ -94,6 +94,12 @@ impl Link {
         if let Err(e) = self.settle(s, server) {
             return e;
         }
+        // Made once per attachment, not per turn of the loop: a wait future
+        // registers with its token when first polled, and re-registering on
+        // every message costs locks on the hot path.
+        let (kill, retired) = (s.reg.info.kill.clone(), server.retired.clone());
+        let (kill, retired) = (kill.cancelled(), retired.cancelled());
+        tokio::pin!(kill, retired);
         loop {
             if self.terminated && self.c_ready == 0 && self.c_synth.is_empty() {
                 return End::ClientGone;
@@ -115,7 +121,6 @@ impl Link {
             }
             let (c_ready, s_ready) = (self.c_ready, self.s_ready);
             let client = &mut s.client;
-            let kill = s.reg.info.kill.cancelled();
             let (mut c_rd, mut c_wr) = client.stream.split();
             let (mut s_rd, mut s_wr) = server.stream.split();
             let (c_buf, s_buf) = (&mut client.buf, &mut server.buf);
@@ -150,7 +155,6 @@ impl Link {
                 }
             };
             let shutdown = s.ctx.shutdown.cancelled();
-            let retired = server.retired.cancelled();
             let wait_shutdown = (session_mode || s.pinned) && !s.ctx.shutdown.is_cancelled();
             tokio::select! {
                 d = up => match d {
@@ -169,8 +173,8 @@ impl Link {
                     Dir::Flushed(Ok(())) => {}
                 },
                 _ = shutdown, if wait_shutdown => {}
-                _ = kill => return End::Killed,
-                _ = retired => return End::ServerLost("the node's connections were closed by the health monitor".into()),
+                _ = &mut kill => return End::Killed,
+                _ = &mut retired => return End::ServerLost("the node's connections were closed by the health monitor".into()),
             }
             if let Err(e) = self.settle(s, server) {
                 return e;
