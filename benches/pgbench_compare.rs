@@ -33,8 +33,8 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,6 +49,7 @@ use switchyard::local_cluster::{
 
 mod common;
 
+use common::os::{free_port, is_root, lookup_user, TempDir};
 use common::{env_number, median, Switchyard};
 
 /// Server connections per pool, for Switchyard and PgBouncer alike.
@@ -271,7 +272,7 @@ fn bench() -> anyhow::Result<()> {
         );
     }
 
-    let tmp = TempDir::create()?;
+    let tmp = TempDir::create("switchyard-bench")?;
     let proxy = start_switchyard(&primary.addr(), Metrics::On)?;
     let proxy_nometrics = start_switchyard(&primary.addr(), Metrics::Off)?;
     let bouncer = match ensure_pgbouncer() {
@@ -733,53 +734,6 @@ impl Drop for PgBouncer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Small OS helpers
-// ---------------------------------------------------------------------------
-
-fn is_root() -> bool {
-    // /proc/self is owned by the effective uid.
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// (uid, gid) of `user` from /etc/passwd.
-fn lookup_user(user: &str) -> Option<(u32, u32)> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut f = line.split(':');
-        if f.next()? != user {
-            return None;
-        }
-        let _password = f.next()?;
-        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
-    })
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A private directory under /tmp for PgBouncer's files; removed on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn create() -> anyhow::Result<TempDir> {
-        let path = std::env::temp_dir().join(format!("switchyard-bench-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o700))?;
-        Ok(TempDir { path })
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
     }
 }
 

@@ -24,9 +24,8 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -38,6 +37,7 @@ use switchyard::local_cluster::{
 
 mod common;
 
+use common::os::{is_root, lookup_user, TempDir};
 use common::{env_number, median, Switchyard};
 
 /// Server connections per pool, for Switchyard and PgBouncer alike.
@@ -88,7 +88,7 @@ fn main() {
 fn bench() -> anyhow::Result<()> {
     let rounds = env_number("BENCH_ROUNDS", 3)?.max(1) as usize;
     let secs = env_number("BENCH_SECS", 10)?.max(1);
-    let tmp = TempDir::create()?;
+    let tmp = TempDir::create("switchyard-tls-bench")?;
     let (cert, key) = certificate();
     let cert_file = tmp.write("server.crt", &cert)?;
     let key_file = tmp.write("server.key", &key)?;
@@ -443,52 +443,5 @@ impl Drop for PgBouncer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn is_root() -> bool {
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// (uid, gid) of `user` from /etc/passwd.
-fn lookup_user(user: &str) -> Option<(u32, u32)> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut f = line.split(':');
-        if f.next()? != user {
-            return None;
-        }
-        let _password = f.next()?;
-        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
-    })
-}
-
-/// A private directory for the certificate and PgBouncer's files; removed on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn create() -> anyhow::Result<TempDir> {
-        let path =
-            std::env::temp_dir().join(format!("switchyard-tls-bench-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o700))?;
-        Ok(TempDir { path })
-    }
-
-    /// Writes `name` (mode 0600) and returns its path.
-    fn write(&self, name: &str, text: &str) -> anyhow::Result<String> {
-        let path = self.path.join(name);
-        fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
-        Ok(path.to_string_lossy().into_owned())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
     }
 }

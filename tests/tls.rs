@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BytesMut};
 use common::{error_code, sqlstate, Proxy, USERS};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -460,19 +460,7 @@ async fn client_certificates_are_checked_against_client_ca_file() {
 
 /// A startup packet for app on app.
 fn startup_packet() -> BytesMut {
-    let mut body = BytesMut::new();
-    body.put_u32(3 << 16);
-    for (k, v) in [("user", "app"), ("database", "app")] {
-        body.put_slice(k.as_bytes());
-        body.put_u8(0);
-        body.put_slice(v.as_bytes());
-        body.put_u8(0);
-    }
-    body.put_u8(0);
-    let mut out = BytesMut::new();
-    out.put_u32(body.len() as u32 + 4);
-    out.put_slice(&body);
-    out
+    common::startup_packet(0, "app", "app")
 }
 
 /// The next message (tag, body) from `s`, or `None` on EOF, error or 10 s of silence.

@@ -7,6 +7,10 @@
 //! for a benchmark target of its own; each benchmark includes it with
 //! `mod common;`.
 
+// Not every benchmark uses every helper.
+#[allow(dead_code)]
+pub mod os;
+
 use std::io;
 use std::net::TcpListener;
 use std::sync::mpsc;

@@ -251,19 +251,7 @@ impl Raw {
 
     /// Sends a StartupMessage for `user`/`db` with protocol 3.`minor`.
     pub async fn startup(&mut self, minor: u16, user: &str, db: &str) {
-        let mut body = BytesMut::new();
-        body.put_u32(3 << 16 | minor as u32);
-        for (k, v) in [("user", user), ("database", db)] {
-            body.put_slice(k.as_bytes());
-            body.put_u8(0);
-            body.put_slice(v.as_bytes());
-            body.put_u8(0);
-        }
-        body.put_u8(0);
-        let mut out = BytesMut::new();
-        out.put_u32(body.len() as u32 + 4);
-        out.put_slice(&body);
-        self.send(&out).await;
+        self.send(&startup_packet(minor, user, db)).await;
     }
 
     /// Next message (tag, body), or None on EOF / timeout.
@@ -428,4 +416,21 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A StartupMessage for `user`/`db` with protocol 3.`minor`.
+pub fn startup_packet(minor: u16, user: &str, db: &str) -> BytesMut {
+    let mut body = BytesMut::new();
+    body.put_u32(3 << 16 | minor as u32);
+    for (k, v) in [("user", user), ("database", db)] {
+        body.put_slice(k.as_bytes());
+        body.put_u8(0);
+        body.put_slice(v.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut out = BytesMut::new();
+    out.put_u32(body.len() as u32 + 4);
+    out.put_slice(&body);
+    out
 }
