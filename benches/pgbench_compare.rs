@@ -358,9 +358,11 @@ fn bench() -> anyhow::Result<()> {
         "PostgreSQL {version}, scale {SCALE}, fsync on; pgbench -j 2, -M as per row, {secs}s per run \
          ({short_secs}s for the -M extended/prepared rows), {rounds} round(s) per workload \
          ({:.1} min of warm-up and runs); pools: {POOL_SIZE} server connections, transaction mode; \
-         Switchyard in-process twice, [http] metrics on and off (each its own tokio multi-thread runtime, \
+         Switchyard in-process twice, [http] metrics on and off (each on its own tokio runtime, \
+         [proxy] workers = auto: {} worker thread(s), a current-thread runtime when 1; \
          {} cores shared with PostgreSQL and pgbench); {}",
         elapsed.as_secs_f64() / 60.0,
+        switchyard::runtime::worker_count(0),
         thread::available_parallelism().map_or(0, |n| n.get()),
         bouncer
             .as_ref()

@@ -11,6 +11,7 @@
 //! - [`config`] loads and validates the TOML file;
 //! - [`tls`] builds the TLS acceptor (clients) and connector (servers), and the stream both use;
 //! - [`error`] maps every client-visible error to its SQLSTATE;
+//! - [`runtime`] builds the tokio runtime `[proxy] workers` asks for;
 //! - [`local_cluster`] starts a throw-away PostgreSQL primary + replica (demo, tests, benchmarks).
 
 pub mod admin;
@@ -27,6 +28,7 @@ pub mod local_cluster;
 pub mod metrics;
 pub mod pool;
 pub mod protocol;
+pub mod runtime;
 pub mod tls;
 
 pub use listener::{run, run_with_http, RunError};

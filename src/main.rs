@@ -84,7 +84,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .as_ref()
                 .map_or_else(|| ENV_SOURCE.to_string(), |p| p.display().to_string());
             tracing::info!(%source, "configuration loaded");
-            runtime()?.block_on(serve(config, path))
+            let workers = config.proxy.workers;
+            runtime(workers)?.block_on(serve(config, path))
         }
         Command::Healthcheck { url } => {
             let status = switchyard::http::check::get_status(&url, Duration::from_secs(2))
@@ -113,10 +114,8 @@ fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<(Config, Option<Path
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    switchyard::runtime::build(workers).context("cannot start the tokio runtime")
 }
 
 async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
@@ -141,7 +140,7 @@ fn demo(listen: &str) -> anyhow::Result<()> {
     let cluster = LocalCluster::start(LocalClusterOptions::default())
         .context("could not start the demo cluster")?;
     let config = switchyard::demo::demo_config(&cluster, listen)?;
-    let rt = runtime()?;
+    let rt = runtime(config.proxy.workers)?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen)
             .await

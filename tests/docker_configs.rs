@@ -485,6 +485,10 @@ async fn runs_from_environment_alone_and_answers_healthcheck() {
         ("SWITCHYARD__USERS", users.to_string()),
         ("SWITCHYARD__PROXY__LISTEN", format!("127.0.0.1:{pg_port}")),
         ("SWITCHYARD__PROXY__DEFAULT_POOL_SIZE", "4".to_string()),
+        // The default on a 2-core machine is one worker (a current-thread
+        // runtime, which the other tests of the binary run); this one runs
+        // the multi-thread runtime.
+        ("SWITCHYARD__PROXY__WORKERS", "2".to_string()),
         ("SWITCHYARD__HTTP__LISTEN", format!("127.0.0.1:{http_port}")),
     ]
     .into_iter()

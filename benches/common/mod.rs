@@ -123,9 +123,7 @@ impl Switchyard {
         let (done_tx, done) = mpsc::channel();
         let thread = thread::Builder::new().name("switchyard".into()).spawn(
             move || -> anyhow::Result<()> {
-                let rt = tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()?;
+                let rt = switchyard::runtime::build(config.proxy.workers)?;
                 let res = rt.block_on(async move {
                     let listener = tokio::net::TcpListener::from_std(listener)?;
                     let shutdown = async {

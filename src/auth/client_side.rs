@@ -7,7 +7,7 @@ use base64::Engine;
 use bytes::BytesMut;
 
 use super::scram::{Channel, ScramServer, Step};
-use super::secret::Credentials;
+use super::secret::{Credentials, ScramVerifier};
 use super::{md5, AuthError, Secret};
 use crate::config::AuthType;
 use crate::protocol::messages::{backend, password};
@@ -59,27 +59,25 @@ pub async fn authenticate(
                 _ => Err(fail()),
             }
         }
-        _ => scram(ch, creds, end_point).await.map_err(|e| match e {
-            AuthChannelError::Auth(AuthError::Failed(_)) => fail(),
-            other => other,
-        }),
+        _ => scram(ch, user, creds, end_point)
+            .await
+            .map_err(|e| match e {
+                AuthChannelError::Auth(AuthError::Failed(_)) => fail(),
+                other => other,
+            }),
     }
 }
 
 async fn scram(
     ch: &mut impl AuthChannel,
+    user: &str,
     creds: Option<&Credentials>,
     end_point: Option<&[u8]>,
 ) -> Result<BytesMut, AuthChannelError> {
     // Unknown users (and md5-only secrets) get a verifier nobody knows the password of.
     let real = creds.and_then(|c| c.scram.clone());
     let known = real.is_some();
-    let verifier = real.unwrap_or_else(|| {
-        let random: [u8; 24] = rand::random();
-        Secret::Plain(STANDARD.encode(random))
-            .scram_verifier()
-            .unwrap_or_else(|| unreachable!("plaintext always yields a verifier"))
-    });
+    let verifier = real.unwrap_or_else(|| ScramVerifier::decoy(user));
     let nonce: [u8; 18] = rand::random();
     let mut out = BytesMut::new();
     backend::auth_sasl(&mut out, end_point.is_some());

@@ -203,7 +203,7 @@ fn client_final(
     ))
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+pub(super) fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(data);

@@ -64,6 +64,27 @@ impl Secret {
 }
 
 impl ScramVerifier {
+    /// A verifier for a user that does not exist, which no password matches.
+    /// Like PostgreSQL's mock authentication, its salt is stable per user name
+    /// (a keyed hash with a per-process secret), so a client cannot tell an
+    /// unknown user from a known one by the salt, and it costs no key
+    /// derivation, so neither by the time taken.
+    pub fn decoy(user: &str) -> ScramVerifier {
+        static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let secret = SECRET.get_or_init(rand::random);
+        let keyed = |what: &str| -> [u8; 32] {
+            let mac = super::scram::hmac(secret, format!("{what}\0{user}").as_bytes());
+            mac.try_into()
+                .unwrap_or_else(|_| unreachable!("HMAC-SHA-256 is 32 bytes"))
+        };
+        ScramVerifier {
+            iterations: 4096,
+            salt: keyed("salt")[..16].to_vec(),
+            stored_key: keyed("stored"),
+            server_key: keyed("server"),
+        }
+    }
+
     /// Parses PostgreSQL's verifier text.
     pub fn parse(s: &str) -> Result<ScramVerifier, &'static str> {
         const BAD: &str = "not a valid SCRAM-SHA-256 verifier (SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>)";
@@ -111,6 +132,14 @@ mod tests {
             panic!("{generated}")
         };
         assert_eq!(v.iterations, 4096);
+    }
+
+    #[test]
+    fn decoys_are_stable_per_user_and_differ_between_users() {
+        let (a, b) = (ScramVerifier::decoy("ann"), ScramVerifier::decoy("bob"));
+        assert_eq!(a, ScramVerifier::decoy("ann"));
+        assert_ne!(a.salt, b.salt);
+        assert_eq!(a.salt.len(), 16);
     }
 
     #[test]

@@ -47,6 +47,13 @@ impl ServerAuth {
             .ok_or_else(|| AuthError::NoServerPassword(self.user.clone()))
     }
 
+    /// Whether answering this Authentication body derives the SCRAM key
+    /// (PBKDF2, thousands of HMACs: milliseconds of CPU), which belongs off
+    /// the event loop.
+    pub fn is_costly(body: &[u8]) -> bool {
+        body.get(..4) == Some(&11i32.to_be_bytes()[..])
+    }
+
     /// Handles one Authentication message body (after tag and length).
     pub fn on_request(&mut self, body: &[u8]) -> Result<Reply, AuthError> {
         let code = body

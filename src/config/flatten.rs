@@ -19,6 +19,7 @@ pub fn needs_restart(key: &str) -> bool {
         "listen"
             | "max_client_conn"
             | "stats_period"
+            | "workers"
             | "http.listen"
             | "http.metrics"
             | "health.database"

@@ -266,6 +266,10 @@ pub struct ProxyConfig {
     /// Period of the `SHOW STATS` averages (PgBouncer's `stats_period`). Default `60s`.
     #[serde(with = "duration")]
     pub stats_period: Duration,
+    /// Threads that run client sessions and the proxy's own tasks. 0
+    /// (default) = one per two CPU cores, at least one; 1 = a single event
+    /// loop, like PgBouncer's. Needs a restart to change.
+    pub workers: usize,
     /// `[proxy.tls]`: TLS toward clients.
     pub tls: ProxyTlsConfig,
 }
@@ -350,6 +354,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             max_prepared_statements: 200,
             stats_period: Duration::from_secs(60),
+            workers: 0,
             tls: ProxyTlsConfig::default(),
         }
     }

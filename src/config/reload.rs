@@ -21,6 +21,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         "proxy.stats_period",
         old.proxy.stats_period != new.proxy.stats_period,
     );
+    check("proxy.workers", old.proxy.workers != new.proxy.workers);
     check("http.listen", old.http.listen != new.http.listen);
     check("http.metrics", old.http.metrics != new.http.metrics);
     // The monitor reads health, failover, routing and switchover settings at
@@ -58,6 +59,10 @@ mod tests {
         assert_eq!(
             needs_restart(&old, &config("[proxy]\nlisten = \"0.0.0.0:7000\"\n")),
             ["proxy.listen"]
+        );
+        assert_eq!(
+            needs_restart(&old, &config("[proxy]\nworkers = 4\n")),
+            ["proxy.workers"]
         );
         assert!(needs_restart(&old, &config("[health]\ninterval = \"3s\"\n")).is_empty());
         assert_eq!(

@@ -222,6 +222,27 @@ impl ServerConn {
         }
     }
 
+    /// Answers one Authentication request, deriving SCRAM keys on the
+    /// blocking pool so a single-threaded runtime keeps serving meanwhile.
+    async fn answer_auth(
+        &self,
+        auth: &mut ServerAuth,
+        body: BytesMut,
+    ) -> Result<Result<Reply, AuthError>, ConnectError> {
+        if !ServerAuth::is_costly(&body) {
+            return Ok(auth.on_request(&body));
+        }
+        let mut owned = std::mem::replace(auth, ServerAuth::new("", None, None));
+        let (owned, reply) = tokio::task::spawn_blocking(move || {
+            let reply = owned.on_request(&body);
+            (owned, reply)
+        })
+        .await
+        .map_err(|_| ConnectError::Protocol(self.addr.to_string(), "SCRAM task failed"))?;
+        *auth = owned;
+        Ok(reply)
+    }
+
     /// `end_point`: the server certificate's channel binding data, under TLS.
     async fn login(
         &mut self,
@@ -233,7 +254,7 @@ impl ServerConn {
         loop {
             let (tag, mut body) = self.read_message().await?;
             match tag {
-                b'R' if !authenticated => match auth.on_request(&body) {
+                b'R' if !authenticated => match self.answer_auth(&mut auth, body).await? {
                     Ok(Reply::Ok) => authenticated = true,
                     Ok(Reply::Wait) => {}
                     Ok(Reply::Send(out)) => self.write(&out).await?,
