@@ -25,14 +25,17 @@ pub struct LostTxn {
 /// for ROLLBACK/ABORT, `None` otherwise. Leading blanks and comments are skipped.
 pub fn ends_transaction(sql: &[u8]) -> Option<bool> {
     let word = first_keyword(sql);
-    match word.as_str() {
-        "COMMIT" | "END" => Some(true),
-        "ROLLBACK" | "ABORT" => Some(false),
-        _ => None,
+    let is = |k: &str| word.eq_ignore_ascii_case(k.as_bytes());
+    if is("COMMIT") || is("END") {
+        Some(true)
+    } else if is("ROLLBACK") || is("ABORT") {
+        Some(false)
+    } else {
+        None
     }
 }
 
-fn first_keyword(sql: &[u8]) -> String {
+fn first_keyword(sql: &[u8]) -> &[u8] {
     let mut rest = sql;
     loop {
         let trimmed = rest.trim_ascii_start();
@@ -55,7 +58,7 @@ fn first_keyword(sql: &[u8]) -> String {
         .iter()
         .position(|b| !b.is_ascii_alphabetic())
         .unwrap_or(rest.len());
-    String::from_utf8_lossy(&rest[..end]).to_ascii_uppercase()
+    &rest[..end]
 }
 
 impl Session {

@@ -65,45 +65,61 @@ pub fn set_sql(diff: &[&(String, String)]) -> String {
         .join("; ")
 }
 
-/// Why `sql` pins the session to its server, if it does.
+/// Why `sql` pins the session to its server, if it does. Runs on every
+/// simple query and Parse, so it works on the bytes as they came: no
+/// decoding, no copy.
 pub fn pins(sql: &[u8]) -> Option<&'static str> {
-    let head = &sql[..sql.len().min(4096)];
-    let text = String::from_utf8_lossy(head).to_ascii_uppercase();
+    let text = &sql[..sql.len().min(4096)];
     let mut words = text
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .split(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
         .filter(|w| !w.is_empty());
     let first = words.next()?;
-    let second = words.next().unwrap_or("");
-    match first {
-        "PREPARE" => return Some("SQL PREPARE"),
-        "LISTEN" => return Some("LISTEN"),
-        "CREATE"
-            if matches!(second, "TEMP" | "TEMPORARY")
-                || text.contains(" TEMP TABLE")
-                || text.contains(" TEMPORARY TABLE") =>
-        {
-            return Some("temporary table")
-        }
-        "DECLARE" if text.contains("WITH HOLD") => return Some("DECLARE ... WITH HOLD"),
-        "SET" if !matches!(second, "LOCAL" | "TRANSACTION") => {
-            let name = if second == "SESSION" {
-                words.next().unwrap_or("")
-            } else {
-                second
-            };
-            // search_path is applied from the startup packet, but PostgreSQL
-            // (15, checked) does not report a SET of it, so a SET must pin.
-            let reported = tracked(name).is_some_and(|t| t != "search_path");
-            if !reported && name != "SESSION" {
-                return Some("SET of an untracked parameter");
-            }
-        }
-        _ => {}
+    let second = words.next().unwrap_or(b"");
+    let is = |w: &[u8], k: &str| w.eq_ignore_ascii_case(k.as_bytes());
+    if is(first, "PREPARE") {
+        return Some("SQL PREPARE");
     }
-    if text.contains("PG_ADVISORY_LOCK") || text.contains("PG_TRY_ADVISORY_LOCK") {
+    if is(first, "LISTEN") {
+        return Some("LISTEN");
+    }
+    if is(first, "CREATE")
+        && (is(second, "TEMP")
+            || is(second, "TEMPORARY")
+            || contains(text, " TEMP TABLE")
+            || contains(text, " TEMPORARY TABLE"))
+    {
+        return Some("temporary table");
+    }
+    if is(first, "DECLARE") && contains(text, "WITH HOLD") {
+        return Some("DECLARE ... WITH HOLD");
+    }
+    if is(first, "SET") && !is(second, "LOCAL") && !is(second, "TRANSACTION") {
+        let name = if is(second, "SESSION") {
+            words.next().unwrap_or(b"")
+        } else {
+            second
+        };
+        // search_path is applied from the startup packet, but PostgreSQL
+        // (15, checked) does not report a SET of it, so a SET must pin.
+        let reported = std::str::from_utf8(name)
+            .ok()
+            .and_then(tracked)
+            .is_some_and(|t| t != "search_path");
+        if !reported && !is(name, "SESSION") {
+            return Some("SET of an untracked parameter");
+        }
+    }
+    if contains(text, "PG_ADVISORY_LOCK") || contains(text, "PG_TRY_ADVISORY_LOCK") {
         return Some("session advisory lock");
     }
     None
+}
+
+/// Whether `hay` contains `needle` (upper-case ASCII), ignoring ASCII case.
+fn contains(hay: &[u8], needle: &str) -> bool {
+    let needle = needle.as_bytes();
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 #[cfg(test)]
@@ -112,7 +128,7 @@ mod tests {
 
     #[test]
     fn what_pins_and_what_does_not() {
-        let cases: [(&str, bool); 17] = [
+        let cases: [(&str, bool); 19] = [
             ("PREPARE p AS SELECT 1", true),
             ("listen chan", true),
             ("CREATE TEMP TABLE t (a int)", true),
@@ -130,6 +146,8 @@ mod tests {
             ("SET SESSION TimeZone = 'UTC'", false),
             ("CREATE TABLE temperature (a int)", false),
             ("SELECT 1", false),
+            ("select PG_ADVISORY_LOCK(1)", true),
+            ("", false),
         ];
         for (sql, pinned) in cases {
             assert_eq!(pins(sql.as_bytes()).is_some(), pinned, "{sql}");

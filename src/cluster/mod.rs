@@ -102,6 +102,8 @@ pub struct Cluster {
     pub events: Arc<Events>,
     /// TLS toward the nodes (`[cluster.tls]`), for pools and health checks alike.
     tls: crate::tls::SharedConnector,
+    /// Bumped by every [`Cluster::retire`]: pools sweep their idle lists when it moves.
+    retirements: std::sync::atomic::AtomicU64,
 }
 
 /// Why no server connection could be opened.
@@ -131,6 +133,7 @@ impl Cluster {
             switchovers: Mutex::new(vec![]),
             events,
             tls: Default::default(),
+            retirements: Default::default(),
         }
     }
 
@@ -283,6 +286,14 @@ impl Cluster {
         inc.retired.cancel();
         inc.epoch += 1;
         inc.retired = CancellationToken::new();
+        self.retirements
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How many retirements there have been: a pool whose last sweep saw an
+    /// older count may hold idle connections to a retired incarnation.
+    pub fn retirements(&self) -> u64 {
+        self.retirements.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Asks the monitor to un-fence `name` (admin `READMIT`). The node is

@@ -85,6 +85,8 @@ struct Shared {
     opening: AtomicUsize,
     /// Checkouts waiting for a routable node (a failover) now.
     held: AtomicUsize,
+    /// The cluster's retirement count at the last sweep of `idle`.
+    swept: AtomicU64,
 }
 
 /// Counts a gauge up while alive.
@@ -152,6 +154,7 @@ impl Pool {
             generation: AtomicU64::new(0),
             opening: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            swept: AtomicU64::new(0),
         };
         Pool {
             shared: Arc::new(shared),
@@ -208,13 +211,20 @@ impl Pool {
         let mut idle = lock(&self.shared.idle);
         let cluster = &self.shared.cluster;
         let settings = self.shared.settings.load();
-        // Connections to retired incarnations are closed here (dropped).
-        idle.retain(|c| cluster.is_current(c.node, c.epoch));
+        // Connections to retired incarnations are closed here (dropped), in
+        // one sweep after each retirement rather than a check of every idle
+        // connection at every checkout.
+        let retirements = cluster.retirements();
+        if self.shared.swept.swap(retirements, Ordering::AcqRel) != retirements {
+            idle.retain(|c| cluster.is_current(c.node, c.epoch));
+        }
         while let Some(pos) = idle.iter().rposition(|c| c.node == route.node) {
             let conn = idle.remove(pos);
             // A server that died (or was terminated) while this connection sat
             // idle must not cost the next client an error.
-            if !(expired(&conn, now, &settings) || conn.is_broken()) {
+            if cluster.is_current(conn.node, conn.epoch)
+                && !(expired(&conn, now, &settings) || conn.is_broken())
+            {
                 return Some(conn);
             }
         }
