@@ -570,6 +570,43 @@ async fn handshake_garbage_closes_the_connection() {
     proxy.shutdown().await;
 }
 
+/// A current-thread runtime (`[proxy] workers = 1`, the default on two
+/// cores) hands TLS handshakes to a runtime of their own: they still
+/// complete, concurrently, and a client that stalls mid-handshake is still
+/// closed at `client_login_timeout` (its handshake task is aborted, which
+/// drops the socket).
+#[tokio::test]
+async fn handshakes_off_a_single_threaded_event_loop() {
+    let env = env();
+    let toml = env
+        .config(
+            &env.proxy_tls("require"),
+            &env.nodes("127.0.0.1"),
+            &env.verify_full(),
+        )
+        .replacen("[proxy]\n", "[proxy]\nclient_login_timeout = \"3s\"\n", 1);
+    let proxy = Proxy::start_with(env.cluster.clone(), &toml).await;
+    let mut stalled = common::Raw::connect(proxy.addr).await;
+    stalled.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await;
+    let mut answer = [0u8; 1];
+    stalled.stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    let clients = (0..8).map(|i| {
+        let (env, proxy) = (&env, &proxy);
+        async move {
+            let client = tls_client(env, proxy, "", None).await.unwrap();
+            one(&client, &format!("SELECT 'client {i}'")).await
+        }
+    });
+    let answers = futures_util::future::join_all(clients).await;
+    assert_eq!(answers[7], "client 7");
+    assert!(
+        stalled.closed_within(10).await,
+        "a stalled handshake must be closed at client_login_timeout"
+    );
+    proxy.shutdown().await;
+}
+
 /// Asks `proxy` for a query as app with `[cluster.tls]` failing: the client
 /// must get an error soon, not hang.
 async fn refused_quickly(proxy: &Proxy) -> tokio_postgres::Error {

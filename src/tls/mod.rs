@@ -10,6 +10,7 @@
 //! stream type both use (`stream`), the SCRAM channel-binding hash (`end_point`).
 
 pub mod end_point;
+mod offload;
 pub mod stream;
 pub mod upstream;
 mod verify;

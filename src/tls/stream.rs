@@ -121,7 +121,8 @@ impl Stream {
         let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) else {
             return Err(closed());
         };
-        let tls = tokio_rustls::TlsAcceptor::from(config).accept(tcp).await?;
+        let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
+        let tls = super::offload::run(async move { accept.await }).await?;
         *self = Stream::tls(tls);
         Ok(())
     }
@@ -158,9 +159,8 @@ impl Stream {
         let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) else {
             return Err(closed());
         };
-        let tls = tokio_rustls::StartHandshake::from_parts(accepted, tcp)
-            .into_stream(config)
-            .await?;
+        let accept = tokio_rustls::StartHandshake::from_parts(accepted, tcp).into_stream(config);
+        let tls = super::offload::run(async move { accept.await }).await?;
         *self = Stream::tls(tls);
         Ok(())
     }
