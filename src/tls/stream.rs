@@ -122,7 +122,7 @@ impl Stream {
             return Err(closed());
         };
         let accept = tokio_rustls::TlsAcceptor::from(config).accept(tcp);
-        let tls = super::offload::run(async move { accept.await }).await?;
+        let tls = super::offload::run(accept).await?;
         *self = Stream::tls(tls);
         Ok(())
     }
@@ -160,7 +160,7 @@ impl Stream {
             return Err(closed());
         };
         let accept = tokio_rustls::StartHandshake::from_parts(accepted, tcp).into_stream(config);
-        let tls = super::offload::run(async move { accept.await }).await?;
+        let tls = super::offload::run(accept).await?;
         *self = Stream::tls(tls);
         Ok(())
     }
