@@ -31,26 +31,19 @@
 //! does nothing: a run takes minutes.
 
 use std::fmt::Write as _;
-use std::fs;
-use std::io::Read;
-use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _};
 use switchyard::config::Config;
-use switchyard::local_cluster::{
-    LocalCluster, LocalClusterOptions, APP_DB, APP_PASSWORD, APP_USER,
-};
+use switchyard::local_cluster::{LocalCluster, LocalClusterOptions, APP_DB, APP_PASSWORD};
 
 mod common;
 
-use common::os::{free_port, is_root, lookup_user, TempDir};
-use common::{env_number, median, Switchyard};
+use common::os::TempDir;
+use common::pgbouncer::{self, PgBouncer};
+use common::{env_number, median, pgbench, Switchyard};
 
 /// Server connections per pool, for Switchyard and PgBouncer alike.
 const POOL_SIZE: usize = 20;
@@ -58,24 +51,6 @@ const POOL_SIZE: usize = 20;
 const MAX_CLIENT_CONN: usize = 1000;
 /// `pgbench -i` scale factor.
 const SCALE: u32 = 10;
-/// OS user PgBouncer runs as when we are root (it refuses to run as root).
-const PGBOUNCER_OS_USER: &str = "postgres";
-/// Where Debian puts PgBouncer.
-const PGBOUNCER_BIN: &str = "/usr/sbin/pgbouncer";
-/// libpq environment variables that must not leak into pgbench.
-const PG_ENV_VARS: [&str; 10] = [
-    "PGHOST",
-    "PGHOSTADDR",
-    "PGPORT",
-    "PGDATABASE",
-    "PGUSER",
-    "PGPASSFILE",
-    "PGSERVICE",
-    "PGOPTIONS",
-    "PGSSLMODE",
-    "PGTARGETSESSIONATTRS",
-];
-
 /// pgbench's query protocol (`-M`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Protocol {
@@ -259,7 +234,7 @@ fn bench() -> anyhow::Result<()> {
     let version = primary.psql("postgres", "SHOW server_version")?;
 
     eprintln!("pgbench -i -s {SCALE}...");
-    let init = pgbench_command(&pgbench, primary.port())
+    let init = pgbench::command(&pgbench, primary.port(), "pgbench_compare")
         .args(["-i", "-s", &SCALE.to_string(), "-q", APP_DB])
         .output()
         .context("running pgbench -i")?;
@@ -275,8 +250,16 @@ fn bench() -> anyhow::Result<()> {
     let tmp = TempDir::create("switchyard-bench")?;
     let proxy = start_switchyard(&primary.addr(), Metrics::On)?;
     let proxy_nometrics = start_switchyard(&primary.addr(), Metrics::Off)?;
-    let bouncer = match ensure_pgbouncer() {
-        Ok(bin) => Some(PgBouncer::start(&bin, &tmp.path, primary.port())?),
+    let settings = pgbouncer::Settings {
+        pg_port: primary.port(),
+        pool_size: POOL_SIZE,
+        max_client_conn: MAX_CLIENT_CONN,
+        secret: APP_PASSWORD,
+        extra: "",
+        files: &[],
+    };
+    let bouncer = match pgbouncer::ensure() {
+        Ok(bin) => Some(PgBouncer::start(&bin, &tmp, &settings)?),
         Err(e) => {
             eprintln!("PgBouncer unavailable, its columns are skipped: {e:#}");
             None
@@ -391,126 +374,6 @@ fn find_pgbench(bindir: &Path) -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow!("pgbench not found in {} or /usr/bin", bindir.display()))
 }
 
-/// pgbench connecting to 127.0.0.1:`port` as the app user.
-fn pgbench_command(pgbench: &Path, port: u16) -> Command {
-    let mut cmd = Command::new(pgbench);
-    for v in PG_ENV_VARS {
-        cmd.env_remove(v);
-    }
-    cmd.env("PGPASSWORD", APP_PASSWORD)
-        .env("PGAPPNAME", "pgbench_compare")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP_USER])
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// One timed run; returns the tps without connection time, or what went wrong.
-fn run_pgbench(
-    pgbench: &Path,
-    port: u16,
-    extra: &[&str],
-    clients: u32,
-    protocol: Protocol,
-    secs: u64,
-) -> Outcome {
-    let mut cmd = pgbench_command(pgbench, port);
-    cmd.args(["-n", "-T", &secs.to_string(), "-c", &clients.to_string()])
-        .args(["-j", "2", "-M", protocol.name()])
-        .args(extra)
-        .arg(APP_DB);
-    match output_with_deadline(cmd, Duration::from_secs(secs + 60)) {
-        Err(e) => Outcome::Failed(format!("{e:#}")),
-        Ok((status, stdout, stderr)) => {
-            let tps = parse_tps(&stdout);
-            let failed = parse_failed(&stdout);
-            match (status.success(), tps, failed) {
-                (true, Some(tps), None | Some(0)) => Outcome::Tps(tps),
-                _ => Outcome::Failed(format!(
-                    "pgbench exited with {status}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                    stdout.trim_end(),
-                    tail(&stderr, 40)
-                )),
-            }
-        }
-    }
-}
-
-/// Runs `cmd`, capturing its output; kills it after `limit`.
-fn output_with_deadline(
-    mut cmd: Command,
-    limit: Duration,
-) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning pgbench")?;
-    let reader = |pipe: Option<Box<dyn Read + Send>>| {
-        thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    let out = reader(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = reader(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = err.join().unwrap_or_default();
-            bail!(
-                "pgbench did not finish within {limit:?}; killed\n--- stderr ---\n{}",
-                tail(&stderr, 40)
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    };
-    Ok((
-        status,
-        out.join().unwrap_or_default(),
-        err.join().unwrap_or_default(),
-    ))
-}
-
-/// `tps = 12345.678 (without initial connection time)`.
-fn parse_tps(stdout: &str) -> Option<f64> {
-    stdout
-        .lines()
-        .filter(|l| l.contains("without initial connection time"))
-        .find_map(|l| {
-            l.strip_prefix("tps = ")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-}
-
-/// `number of failed transactions: 3 (0.001%)` (pgbench 15+).
-fn parse_failed(stdout: &str) -> Option<u64> {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("number of failed transactions: "))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-}
-
 /// Whether `msg`, the failure of `w` through `t`, is PgBouncer not supporting
 /// protocol-level prepared statements in transaction mode (before 1.21, or
 /// without `max_prepared_statements`): a server connection lacks the
@@ -533,9 +396,23 @@ fn first_error(msg: &str) -> &str {
         .trim()
 }
 
-fn tail(s: &str, lines: usize) -> String {
-    let all: Vec<&str> = s.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+/// One timed run; returns the tps without connection time, or what went wrong.
+fn run_pgbench(
+    pgbench_bin: &Path,
+    port: u16,
+    extra: &[&str],
+    clients: u32,
+    protocol: Protocol,
+    secs: u64,
+) -> Outcome {
+    let mut cmd = pgbench::command(pgbench_bin, port, "pgbench_compare");
+    cmd.args(["-n", "-T", &secs.to_string(), "-c", &clients.to_string()])
+        .args(["-j", "2", "-M", protocol.name()])
+        .args(extra);
+    match pgbench::run(cmd, Duration::from_secs(secs + 60)) {
+        Ok(tps) => Outcome::Tps(tps),
+        Err(why) => Outcome::Failed(why),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -587,156 +464,6 @@ fn proxy_config(primary_addr: &str, listen: &str, metrics: Metrics) -> anyhow::R
         if metrics == Metrics::On { "on" } else { "off" }
     );
     Ok(config)
-}
-
-// ---------------------------------------------------------------------------
-// PgBouncer
-// ---------------------------------------------------------------------------
-
-/// Returns PgBouncer's path, installing it with apt-get if needed.
-fn ensure_pgbouncer() -> anyhow::Result<PathBuf> {
-    let bin = PathBuf::from(PGBOUNCER_BIN);
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    eprintln!("{PGBOUNCER_BIN} missing; trying `apt-get install -y pgbouncer`...");
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .output()
-    };
-    let first = apt(&["install", "-y", "pgbouncer"]);
-    if !first.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!("apt-get install failed; running apt-get update and retrying...");
-        let _ = apt(&["update"]);
-        let second = apt(&["install", "-y", "pgbouncer"]).context("running apt-get")?;
-        if !second.status.success() {
-            bail!(
-                "apt-get install -y pgbouncer failed:\n{}",
-                tail(&String::from_utf8_lossy(&second.stderr), 10)
-            );
-        }
-    }
-    // The package may start its own service on 6432; we use our own port and
-    // config, so it would be harmless, but it would take CPU: stop it.
-    let _ = Command::new("service")
-        .args(["pgbouncer", "stop"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        bail!("apt-get succeeded but {PGBOUNCER_BIN} is still missing")
-    }
-}
-
-/// A PgBouncer child process; killed on drop.
-struct PgBouncer {
-    port: u16,
-    /// `PgBouncer 1.18.0`, from `--version`.
-    version: String,
-    child: Child,
-}
-
-impl PgBouncer {
-    fn start(bin: &Path, dir: &Path, pg_port: u16) -> anyhow::Result<PgBouncer> {
-        let run_as = if is_root() {
-            Some(lookup_user(PGBOUNCER_OS_USER).ok_or_else(|| {
-                anyhow!("running as root and the `{PGBOUNCER_OS_USER}` OS user does not exist")
-            })?)
-        } else {
-            None
-        };
-        let port = free_port()?;
-        let ini = dir.join("pgbouncer.ini");
-        let userlist = dir.join("userlist.txt");
-        let log = dir.join("pgbouncer.log");
-        let mut conf = String::new();
-        let _ = writeln!(conf, "[databases]");
-        let _ = writeln!(
-            conf,
-            "{APP_DB} = host=127.0.0.1 port={pg_port} dbname={APP_DB}"
-        );
-        let _ = writeln!(conf, "[pgbouncer]");
-        let _ = writeln!(conf, "listen_addr = 127.0.0.1");
-        let _ = writeln!(conf, "listen_port = {port}");
-        let _ = writeln!(conf, "unix_socket_dir =");
-        let _ = writeln!(conf, "auth_type = scram-sha-256");
-        let _ = writeln!(conf, "auth_file = {}", userlist.display());
-        let _ = writeln!(conf, "pool_mode = transaction");
-        let _ = writeln!(conf, "default_pool_size = {POOL_SIZE}");
-        let _ = writeln!(conf, "max_client_conn = {MAX_CLIENT_CONN}");
-        let _ = writeln!(conf, "logfile = {}", log.display());
-        let _ = writeln!(conf, "pidfile = {}", dir.join("pgbouncer.pid").display());
-        fs::write(&ini, conf).context("writing pgbouncer.ini")?;
-        fs::write(&userlist, format!("\"{APP_USER}\" \"{APP_PASSWORD}\"\n"))
-            .context("writing userlist.txt")?;
-        for f in [&ini, &userlist] {
-            fs::set_permissions(f, fs::Permissions::from_mode(0o600))?;
-        }
-        if let Some((uid, gid)) = run_as {
-            for f in [dir, ini.as_path(), userlist.as_path()] {
-                std::os::unix::fs::chown(f, Some(uid), Some(gid))
-                    .with_context(|| format!("chown {}", f.display()))?;
-            }
-        }
-
-        let version = Command::new(bin)
-            .arg("--version")
-            .stdin(Stdio::null())
-            .output()
-            .ok()
-            .and_then(|o| {
-                let out = String::from_utf8_lossy(&o.stdout).into_owned();
-                out.lines().next().map(|l| l.trim().to_string())
-            })
-            .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| "PgBouncer (unknown version)".into());
-
-        let mut cmd = Command::new(bin);
-        cmd.arg(&ini)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some((uid, gid)) = run_as {
-            cmd.uid(uid).gid(gid);
-        }
-        let child = cmd.spawn().context("spawning pgbouncer")?;
-        let mut bouncer = PgBouncer {
-            port,
-            version,
-            child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                eprintln!("pgbouncer listening on 127.0.0.1:{port}");
-                return Ok(bouncer);
-            }
-            let exited = bouncer.child.try_wait()?;
-            if exited.is_some() || Instant::now() > deadline {
-                let log_text = fs::read_to_string(&log).unwrap_or_default();
-                bail!(
-                    "pgbouncer did not start ({}):\n{}",
-                    exited.map_or("still not listening after 10s".into(), |s| s.to_string()),
-                    tail(&log_text, 20)
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for PgBouncer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 //! (`client_tls_sslmode = require`), in the same run.
 //!
 //! Run with `cargo bench --bench tls_compare` (as root or as a user that may
-//! start PostgreSQL; PgBouncer must be at /usr/sbin/pgbouncer, else its column
-//! is skipped). Environment: `BENCH_ROUNDS` (default 3) interleaved rounds,
+//! start PostgreSQL; PgBouncer is installed with apt-get when missing, and its
+//! column is skipped if that fails). Environment: `BENCH_ROUNDS` (default 3) interleaved rounds,
 //! `BENCH_SECS` (default 10) seconds per pgbench run.
 //!
 //! Workloads (issue #6 targets): select-only (`-S`) with 64 clients, where
@@ -21,24 +21,19 @@
 //! Without `--bench` on the command line (e.g. `cargo test --benches`) it does nothing.
 
 use std::fmt::Write as _;
-use std::fs;
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _};
-use switchyard::local_cluster::{
-    LocalCluster, LocalClusterOptions, APP_DB, APP_PASSWORD, APP_USER,
-};
+use anyhow::{bail, Context as _};
+use switchyard::local_cluster::{LocalCluster, LocalClusterOptions, APP_DB, APP_USER};
 
 mod common;
 
-use common::os::{is_root, lookup_user, TempDir};
-use common::{env_number, median, Switchyard};
+use common::os::TempDir;
+use common::pgbouncer::{self, PgBouncer};
+use common::{env_number, median, pgbench, Switchyard};
 
 /// Server connections per pool, for Switchyard and PgBouncer alike.
 const POOL_SIZE: usize = 20;
@@ -46,9 +41,6 @@ const POOL_SIZE: usize = 20;
 const MAX_CLIENT_CONN: usize = 1000;
 /// `pgbench -i` scale factor.
 const SCALE: u32 = 10;
-/// PgBouncer refuses to run as root: it runs as this OS user then.
-const PGBOUNCER_OS_USER: &str = "postgres";
-const PGBOUNCER_BIN: &str = "/usr/sbin/pgbouncer";
 /// Issue #6: Switchyard / PgBouncer, `-S`, 64 clients, TLS.
 const TARGET_SELECT_VS_PGBOUNCER: f64 = 1.2;
 /// Issue #6: Switchyard / PgBouncer, `-S -C`, TLS.
@@ -110,7 +102,7 @@ fn bench() -> anyhow::Result<()> {
     let pgbench = cluster.bindir().join("pgbench");
     let version = primary.psql("postgres", "SHOW server_version")?;
     eprintln!("pgbench -i -s {SCALE}...");
-    let init = pgbench_command(&pgbench, primary.port())
+    let init = pgbench_tls(&pgbench, primary.port())
         .args(["-i", "-s", &SCALE.to_string(), "-q", APP_DB])
         .output()
         .context("running pgbench -i")?;
@@ -144,17 +136,24 @@ fn bench() -> anyhow::Result<()> {
         "postgres",
         &format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{APP_USER}'"),
     )?;
-    let bouncer = if Path::new(PGBOUNCER_BIN).is_file() {
-        Some(PgBouncer::start(
-            &tmp,
-            primary.port(),
-            &verifier,
-            &cert_file,
-            &key_file,
-        )?)
-    } else {
-        eprintln!("{PGBOUNCER_BIN} missing: its column is skipped");
-        None
+    let tls = format!(
+        "client_tls_sslmode = require\nclient_tls_cert_file = {cert_file}\n\
+         client_tls_key_file = {key_file}\nserver_tls_sslmode = disable\n"
+    );
+    let settings = pgbouncer::Settings {
+        pg_port: primary.port(),
+        pool_size: POOL_SIZE,
+        max_client_conn: MAX_CLIENT_CONN,
+        secret: &verifier,
+        extra: &tls,
+        files: &[&cert_file, &key_file],
+    };
+    let bouncer = match pgbouncer::ensure() {
+        Ok(bin) => Some(PgBouncer::start(&bin, &tmp, &settings)?),
+        Err(e) => {
+            eprintln!("PgBouncer unavailable, its column is skipped: {e:#}");
+            None
+        }
     };
     let ports = [
         Some(primary.port()),
@@ -198,9 +197,10 @@ fn bench() -> anyhow::Result<()> {
         format!(
         "PostgreSQL {version} (ssl = on), scale {SCALE}; pgbench -j 2 -M simple, sslmode=require, \
          {secs}s per run, {rounds} round(s) ({:.1} min); pools: {POOL_SIZE} server connections, \
-         transaction mode, server leg without TLS; Switchyard in-process ({} cores shared with \
-         PostgreSQL and pgbench); {}",
+         transaction mode, server leg without TLS; Switchyard in-process ([proxy] workers = auto: \
+         {} worker thread(s); {} cores shared with PostgreSQL and pgbench); {}",
         began.elapsed().as_secs_f64() / 60.0,
+        switchyard::runtime::worker_count(0),
         thread::available_parallelism().map_or(0, |n| n.get()),
         bouncer.as_ref().map_or("PgBouncer not available", |b| &b.version),
     );
@@ -228,77 +228,25 @@ fn certificate() -> (String, String) {
 }
 
 /// pgbench connecting to 127.0.0.1:`port` as the app user, over TLS.
-fn pgbench_command(pgbench: &Path, port: u16) -> Command {
-    let mut cmd = Command::new(pgbench);
-    for v in [
-        "PGHOST",
-        "PGPORT",
-        "PGDATABASE",
-        "PGUSER",
-        "PGSERVICE",
-        "PGOPTIONS",
-    ] {
-        cmd.env_remove(v);
-    }
-    cmd.env("PGPASSWORD", APP_PASSWORD)
-        .env("PGSSLMODE", "require")
-        .env("PGAPPNAME", "tls_compare")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP_USER])
-        .stdin(Stdio::null());
+fn pgbench_tls(pgbench_bin: &Path, port: u16) -> Command {
+    let mut cmd = pgbench::command(pgbench_bin, port, "tls_compare");
+    cmd.env("PGSSLMODE", "require");
     cmd
 }
 
-/// One timed run: its tps (pgbench's `tps = ` line), or what went wrong.
+/// One timed run: its tps, or what went wrong.
 fn run_pgbench(
-    pgbench: &Path,
+    pgbench_bin: &Path,
     port: u16,
     extra: &[&str],
     clients: u32,
     secs: u64,
 ) -> anyhow::Result<f64> {
-    let mut child = pgbench_command(pgbench, port)
-        .args(["-n", "-T", &secs.to_string(), "-c", &clients.to_string()])
+    let mut cmd = pgbench_tls(pgbench_bin, port);
+    cmd.args(["-n", "-T", &secs.to_string(), "-c", &clients.to_string()])
         .args(["-j", "2", "-M", "simple"])
-        .args(extra)
-        .arg(APP_DB)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("spawning pgbench")?;
-    let mut stderr = child.stderr.take();
-    let err = thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(e) = stderr.as_mut() {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
-    });
-    let mut stdout = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        out.read_to_string(&mut stdout)?;
-    }
-    let status = child.wait()?;
-    let stderr = err.join().unwrap_or_default();
-    let tps = stdout.lines().find_map(|l| {
-        l.strip_prefix("tps = ")?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    });
-    let failed = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("number of failed transactions: "))
-        .and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok());
-    match (status.success(), tps, failed) {
-        (true, Some(tps), None | Some(0)) => Ok(tps),
-        _ => bail!("pgbench exited with {status}:\n{stdout}\n{}", tail(&stderr)),
-    }
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+        .args(extra);
+    pgbench::run(cmd, Duration::from_secs(secs + 60)).map_err(anyhow::Error::msg)
 }
 
 fn report(header: &str, tps: &[Vec<Vec<f64>>]) -> String {
@@ -341,107 +289,4 @@ fn report(header: &str, tps: &[Vec<Vec<f64>>]) -> String {
     }
     out.push_str("\nTPS are medians over the rounds; ratios are of the medians.\n");
     out
-}
-
-// ---------------------------------------------------------------------------
-// PgBouncer with client TLS
-// ---------------------------------------------------------------------------
-
-/// A PgBouncer child process; killed on drop.
-struct PgBouncer {
-    port: u16,
-    version: String,
-    child: Child,
-}
-
-impl PgBouncer {
-    fn start(
-        tmp: &TempDir,
-        pg_port: u16,
-        verifier: &str,
-        cert: &str,
-        key: &str,
-    ) -> anyhow::Result<PgBouncer> {
-        let run_as = if is_root() {
-            Some(lookup_user(PGBOUNCER_OS_USER).ok_or_else(|| {
-                anyhow!("running as root and the `{PGBOUNCER_OS_USER}` OS user does not exist")
-            })?)
-        } else {
-            None
-        };
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = &tmp.path;
-        let log = dir.join("pgbouncer.log");
-        let userlist = tmp.write("userlist.txt", &format!("\"{APP_USER}\" \"{verifier}\"\n"))?;
-        let mut conf = String::new();
-        let _ = writeln!(conf, "[databases]");
-        let _ = writeln!(
-            conf,
-            "{APP_DB} = host=127.0.0.1 port={pg_port} dbname={APP_DB}"
-        );
-        let _ = writeln!(conf, "[pgbouncer]");
-        let _ = writeln!(conf, "listen_addr = 127.0.0.1\nlisten_port = {port}");
-        let _ = writeln!(conf, "unix_socket_dir =");
-        let _ = writeln!(conf, "auth_type = scram-sha-256\nauth_file = {userlist}");
-        let _ = writeln!(conf, "pool_mode = transaction");
-        let _ = writeln!(conf, "default_pool_size = {POOL_SIZE}");
-        let _ = writeln!(conf, "max_client_conn = {MAX_CLIENT_CONN}");
-        let _ = writeln!(conf, "client_tls_sslmode = require");
-        let _ = writeln!(
-            conf,
-            "client_tls_cert_file = {cert}\nclient_tls_key_file = {key}"
-        );
-        let _ = writeln!(conf, "server_tls_sslmode = disable");
-        let _ = writeln!(conf, "logfile = {}", log.display());
-        let _ = writeln!(conf, "pidfile = {}", dir.join("pgbouncer.pid").display());
-        let ini = tmp.write("pgbouncer.ini", &conf)?;
-        if let Some((uid, gid)) = run_as {
-            for f in [dir.to_string_lossy().as_ref(), &ini, &userlist, cert, key] {
-                std::os::unix::fs::chown(f, Some(uid), Some(gid))
-                    .with_context(|| format!("chown {f}"))?;
-            }
-        }
-        let version = Command::new(PGBOUNCER_BIN)
-            .arg("--version")
-            .output()
-            .ok()
-            .and_then(|o| {
-                let out = String::from_utf8_lossy(&o.stdout).into_owned();
-                out.lines().next().map(|l| l.trim().to_string())
-            })
-            .unwrap_or_else(|| "PgBouncer (unknown version)".into());
-        let mut cmd = Command::new(PGBOUNCER_BIN);
-        cmd.arg(&ini)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if let Some((uid, gid)) = run_as {
-            cmd.uid(uid).gid(gid);
-        }
-        let mut bouncer = PgBouncer {
-            port,
-            version,
-            child: cmd.spawn().context("spawning pgbouncer")?,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if bouncer.child.try_wait()?.is_some() || Instant::now() > deadline {
-                bail!(
-                    "pgbouncer did not start:\n{}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("pgbouncer (client TLS) listening on 127.0.0.1:{port}");
-        Ok(bouncer)
-    }
-}
-
-impl Drop for PgBouncer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -1,7 +1,8 @@
-//! Helpers shared by the `harness = false` benchmarks (`failover`,
-//! `pgbench_compare`): the `main` wrapper that skips without `--bench` and
-//! sets up tracing, numbers from the environment, Switchyard's configuration
-//! and Switchyard running in-process, and the median.
+//! Helpers shared by the `harness = false` benchmarks: the `main` wrapper
+//! that skips without `--bench` and sets up tracing, numbers from the
+//! environment, Switchyard's configuration and Switchyard running
+//! in-process, the median; `os` (users, ports, scratch directories),
+//! `pgbench` (running it) and `pgbouncer` (the reference proxy).
 //!
 //! A directory module (`benches/common/mod.rs`), so cargo does not take it
 //! for a benchmark target of its own; each benchmark includes it with
@@ -10,6 +11,10 @@
 // Not every benchmark uses every helper.
 #[allow(dead_code)]
 pub mod os;
+#[allow(dead_code)]
+pub mod pgbench;
+#[allow(dead_code)]
+pub mod pgbouncer;
 
 use std::io;
 use std::net::TcpListener;
@@ -55,6 +60,13 @@ pub fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
             .with_context(|| format!("{name}={v:?} is not a number")),
         Err(_) => Ok(default),
     }
+}
+
+/// The last `lines` lines of `s`, for error messages.
+#[allow(dead_code)]
+pub fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The median; `None` for no values.
