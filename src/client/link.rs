@@ -57,6 +57,11 @@ pub(super) struct Link {
     reported: Vec<(String, String)>,
     /// Timings and counts for the metrics and `SHOW STATS`.
     pub(super) meter: Meter,
+    /// Some byte went either way or a client message was consumed. An
+    /// attachment that did neither is never released: releasing it would
+    /// hand the same unread bytes back to the idle loop, which would take a
+    /// server again without ever reading the socket.
+    moved: bool,
 }
 
 /// One step of either direction.
@@ -106,7 +111,8 @@ impl Link {
             }
             // Under TLS the last reply may still sit in the client's session:
             // it must be on the wire before the client is left waiting idle.
-            if self.at_rest()
+            if self.moved
+                && self.at_rest()
                 && self.txn.idle()
                 && server.buf.is_empty()
                 && !s.client.stream.wants_flush()
@@ -193,6 +199,7 @@ impl Link {
     }
 
     fn sent_up(&mut self, client_buf: &mut BytesMut, n: usize) {
+        self.moved = true;
         self.meter.bytes(true, n);
         if self.c_synth.is_empty() {
             client_buf.advance(n);
@@ -203,6 +210,7 @@ impl Link {
     }
 
     fn sent_down(&mut self, server_buf: &mut BytesMut, n: usize) {
+        self.moved = true;
         self.meter.bytes(false, n);
         if self.s_synth.is_empty() {
             server_buf.advance(n);
@@ -390,6 +398,7 @@ impl Link {
             return;
         };
         let frame = s.client.buf.split_to(len);
+        self.moved = true;
         let tag = frame[0];
         self.txn.on_client(tag);
         self.meter.client_message(tag);

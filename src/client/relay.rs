@@ -22,9 +22,10 @@ use crate::metrics::latency::Kind;
 use crate::pool::server_conn::{send_cancel, ServerConn};
 use crate::pool::stats::Tally;
 use crate::pool::{Pool, PoolError};
+use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::backend;
 use crate::protocol::messages::extended::decode_parse;
-use crate::protocol::{frame_len, Scanner, Visit};
+use crate::protocol::{frame_len, FrameError, Scanner, Visit};
 
 /// A logged-in client.
 pub struct Session {
@@ -170,60 +171,54 @@ impl Session {
     }
 
     /// Waits for the next message while holding no server, answering the ones
-    /// that need none (Sync, Flush, stray COPY messages). Cancel safe between messages.
+    /// that need none (Sync, Flush, stray COPY messages). Cancel safe between
+    /// messages. Every turn of the loop either consumes a whole message or
+    /// reads the socket: a partial message waits for its bytes, never for a
+    /// server, so a client that stops (or closes) mid-message is seen here.
     async fn wait_idle(&mut self) -> Idle {
         loop {
             if self.ctx.shutdown.is_cancelled() {
                 return Idle::Shutdown;
             }
-            let max = self.limits.max_message_size;
-            match frame_len(&self.client.buf, max) {
+            let rewrite = self.mode() == PoolMode::Transaction;
+            match idle_front(&self.client.buf, self.limits.max_message_size, rewrite) {
                 Err(e) => {
                     self.client
                         .send_error(&ClientError::Protocol(e.to_string()))
                         .await;
                     return Idle::Gone;
                 }
-                Ok(_) if self.client.buf.len() >= 5 => match self.client.buf[0] {
-                    b'X' => return Idle::Gone,
-                    b'S' | b'H' | b'd' | b'c' | b'f' => {
-                        if let Some(len) = frame_len(&self.client.buf, max).ok().flatten() {
-                            let tag = self.client.buf[0];
-                            self.client.buf.advance(len);
-                            if tag == b'S' {
-                                let mut out = BytesMut::new();
-                                backend::ready_for_query(&mut out, backend::IDLE);
-                                if self.client.send(&out).await.is_err() {
-                                    return Idle::Gone;
-                                }
-                            }
-                            continue;
-                        }
-                    }
-                    b'P' if self.mode() == PoolMode::Transaction => {
-                        match frame_len(&self.client.buf, max).ok().flatten() {
-                            Some(len) if self.answer_known_parse(len) => {
-                                let mut out = BytesMut::new();
-                                crate::protocol::frame::put_frame(&mut out, b'1', b"");
-                                if self.client.send(&out).await.is_err() {
-                                    return Idle::Gone;
-                                }
-                                continue;
-                            }
-                            Some(_) => return Idle::Work(b'P'),
-                            None => {}
-                        }
-                    }
-                    b'Q' | b'P' | b'B' | b'D' | b'E' | b'C' | b'F' => {
-                        return Idle::Work(self.client.buf[0])
-                    }
-                    other => {
-                        let msg = format!("invalid frontend message type {other}");
-                        self.client.send_error(&ClientError::Protocol(msg)).await;
+                Ok(Front::Terminate) => return Idle::Gone,
+                Ok(Front::Skip { len, sync }) => {
+                    self.client.buf.advance(len);
+                    if sync
+                        && self
+                            .answer(|out| backend::ready_for_query(out, backend::IDLE))
+                            .await
+                            .is_err()
+                    {
                         return Idle::Gone;
                     }
-                },
-                Ok(_) => {}
+                    continue;
+                }
+                Ok(Front::Parse(len)) if rewrite && self.answer_known_parse(len) => {
+                    if self
+                        .answer(|out| crate::protocol::frame::put_frame(out, b'1', b""))
+                        .await
+                        .is_err()
+                    {
+                        return Idle::Gone;
+                    }
+                    continue;
+                }
+                Ok(Front::Parse(_)) => return Idle::Work(b'P'),
+                Ok(Front::Work(tag)) => return Idle::Work(tag),
+                Ok(Front::Invalid(tag)) => {
+                    let msg = format!("invalid frontend message type {tag}");
+                    self.client.send_error(&ClientError::Protocol(msg)).await;
+                    return Idle::Gone;
+                }
+                Ok(Front::More) => {}
             }
             tokio::select! {
                 r = self.client.fill() => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
@@ -231,6 +226,13 @@ impl Session {
                 _ = self.reg.info.kill.cancelled() => return Idle::Killed,
             }
         }
+    }
+
+    /// Sends a reply the proxy writes itself while the client holds no server.
+    async fn answer(&mut self, write: impl FnOnce(&mut BytesMut)) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        write(&mut out);
+        self.client.send(&out).await
     }
 
     /// Takes a server from the pool, showing the client as waiting meanwhile
@@ -391,6 +393,59 @@ impl Session {
     }
 }
 
+/// A message larger than this may go upstream before it has all arrived
+/// (a large Bind or function call is streamed, never buffered whole).
+const STREAM_AFTER: usize = 8 * 1024;
+
+/// What the front of an idle client's buffer calls for.
+#[derive(Debug, PartialEq, Eq)]
+enum Front {
+    /// Not enough bytes to act on: read more.
+    More,
+    /// Terminate.
+    Terminate,
+    /// A whole message that needs no server, dropped; a Sync is answered.
+    Skip { len: usize, sync: bool },
+    /// A whole Parse: the proxy may answer it (transaction mode).
+    Parse(usize),
+    /// A message that needs a server: whole, or already too large to wait for.
+    Work(u8),
+    /// Not a frontend message.
+    Invalid(u8),
+}
+
+/// Decides what an idle client's buffered bytes call for. Pure. Messages
+/// the link holds whole (a Query, and statement-naming messages when
+/// `rewrite`) need all their bytes before a server is taken, so a client
+/// that stops mid-message holds no server and is heard when it closes.
+fn idle_front(buf: &[u8], max: usize, rewrite: bool) -> Result<Front, FrameError> {
+    let Some(&tag) = buf.first() else {
+        return Ok(Front::More);
+    };
+    let held_whole = tag == b'Q' || (rewrite && matches!(tag, b'P' | b'B' | b'D' | b'C'));
+    let len = frame_len(buf, max)?;
+    Ok(match (tag, len) {
+        (b'X', _) if buf.len() >= HEADER_LEN => Front::Terminate,
+        (b'S' | b'H' | b'd' | b'c' | b'f', Some(len)) => Front::Skip {
+            len,
+            sync: tag == b'S',
+        },
+        (b'P', Some(len)) => Front::Parse(len),
+        (b'Q' | b'B' | b'D' | b'E' | b'C' | b'F', Some(_)) => Front::Work(tag),
+        (b'B' | b'D' | b'E' | b'C' | b'F' | b'P', None)
+            if !held_whole && buf.len() >= STREAM_AFTER =>
+        {
+            Front::Work(tag)
+        }
+        (
+            b'X' | b'S' | b'H' | b'd' | b'c' | b'f' | b'Q' | b'P' | b'B' | b'D' | b'E' | b'C'
+            | b'F',
+            _,
+        ) => Front::More,
+        (other, _) => Front::Invalid(other),
+    })
+}
+
 /// How `SHOW SERVERS` shows a server connection held by a client.
 fn linked(s: &ServerConn) -> Linked {
     Linked {
@@ -399,5 +454,66 @@ fn linked(s: &ServerConn) -> Linked {
         pid: s.key.0,
         connected_at: s.connected_at,
         prepared: s.statements.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body_len: usize) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend(((body_len + 4) as u32).to_be_bytes());
+        v.extend(std::iter::repeat_n(b'x', body_len));
+        v
+    }
+
+    #[test]
+    fn idle_front_waits_for_what_the_link_holds_whole() {
+        let big = 100_000;
+        let q = msg(b'Q', big);
+        let b = msg(b'B', big);
+        let cases: &[(&[u8], bool, Front)] = &[
+            (b"", true, Front::More),
+            (b"Q", true, Front::More),
+            // A Query header alone, or part of its body, takes no server.
+            (&q[..5], true, Front::More),
+            (&q[..15], true, Front::More),
+            (&q[..STREAM_AFTER + 10], true, Front::More),
+            (&q, true, Front::Work(b'Q')),
+            // Statement-naming messages are held whole when rewriting...
+            (&b[..STREAM_AFTER + 10], true, Front::More),
+            // ...and streamed once large when not.
+            (&b[..STREAM_AFTER + 10], false, Front::Work(b'B')),
+            (&b[..15], false, Front::More),
+            (&msg(b'E', 5), true, Front::Work(b'E')),
+            (&msg(b'E', 5)[..6], true, Front::More),
+            (&msg(b'P', 3), true, Front::Parse(8)),
+            (&msg(b'P', 3)[..7], true, Front::More),
+            (&msg(b'S', 0), true, Front::Skip { len: 5, sync: true }),
+            (
+                &msg(b'H', 0),
+                true,
+                Front::Skip {
+                    len: 5,
+                    sync: false,
+                },
+            ),
+            (&msg(b'd', 2)[..6], true, Front::More),
+            (&msg(b'X', 0), true, Front::Terminate),
+            (b"X\0\0", true, Front::More),
+            (b"Z", true, Front::Invalid(b'Z')),
+        ];
+        for (buf, rewrite, want) in cases {
+            let got = idle_front(buf, 1 << 20, *rewrite).unwrap();
+            assert_eq!(
+                &got,
+                want,
+                "{} bytes of {:?}",
+                buf.len(),
+                buf.first().map(|b| *b as char)
+            );
+        }
+        assert!(idle_front(&msg(b'Q', 10), 8, true).is_err());
     }
 }
