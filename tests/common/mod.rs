@@ -19,6 +19,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+pub mod script;
+pub mod shipped;
+
 static CLUSTER: Mutex<Weak<LocalCluster>> = Mutex::new(Weak::new());
 
 /// The shared cluster, started on first use.
@@ -304,14 +307,20 @@ impl Raw {
 
     /// True once the peer has closed (EOF or reset) within `secs`.
     pub async fn closed_within(&mut self, secs: u64) -> bool {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        loop {
-            let mut scratch = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
-                Ok(Ok(_)) => continue,
-                Err(_) => return false,
-            }
+        peer_closed(&mut self.stream, secs).await
+    }
+}
+
+/// True once the peer of `stream` has closed (EOF or reset) within `secs`;
+/// what it sends meanwhile is read and dropped.
+pub async fn peer_closed(stream: &mut TcpStream, secs: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let mut scratch = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, stream.read(&mut scratch)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
         }
     }
 }
