@@ -51,6 +51,8 @@ pub struct Context {
     pub record_metrics: bool,
     /// TLS toward clients and toward PostgreSQL; a reload rebuilds it.
     pub tls: crate::tls::Tls,
+    /// Scheduling delay of the event loops.
+    pub loop_lag: Arc<crate::runtime::LoopLag>,
 }
 
 /// Why the proxy could not run.
@@ -87,6 +89,7 @@ impl Context {
             prometheus: crate::metrics::recorder(),
             record_metrics,
             tls,
+            loop_lag: Arc::default(),
         })
     }
 
@@ -252,6 +255,10 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     tracker.spawn(reaper(ctx.clone()));
     tracker.spawn(stats_periods(ctx.clone()));
+    tracker.spawn(crate::runtime::watch_lag(
+        ctx.loop_lag.clone(),
+        token.clone(),
+    ));
     if opts.reload_on_sighup {
         tracker.spawn(reload_on_sighup(ctx.clone()));
     }

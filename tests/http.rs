@@ -42,6 +42,10 @@ async fn health_readiness_status_events_and_metrics() {
         serde_json::json!(cluster.primary().addr())
     );
     assert_eq!(status["nodes"][1]["role"], "replica");
+    assert!(
+        status["event_loop_lag_seconds"].as_f64().is_some(),
+        "{status}"
+    );
     let (_, events) = get(http_addr, "/events?since=0").await;
     assert!(events.contains("writes_resumed"), "{events}");
     // Traffic moves the counters and the latency summary.
@@ -71,6 +75,17 @@ async fn health_readiness_status_events_and_metrics() {
     );
     let count = |m: &Metrics| value(m, "switchyard_query_duration_seconds_count", &[]);
     assert!(count(&after) >= count(&before) + 11.0);
+    // The lag tickers have ticked (every 100 ms), each tick in one bucket.
+    let ticks = value(&after, "switchyard_event_loop_lag_seconds_count", &[]);
+    assert!(ticks >= 1.0, "no event-loop tick recorded");
+    assert_eq!(
+        value(
+            &after,
+            "switchyard_event_loop_lag_seconds_bucket",
+            &[("le", "+Inf")]
+        ),
+        ticks
+    );
     assert!(
         value(
             &after,

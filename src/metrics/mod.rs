@@ -27,6 +27,8 @@ pub enum Type {
     Gauge,
     /// Quantiles (p50/p90/p99/p999) plus `_sum` and `_count`.
     Summary,
+    /// Fixed cumulative buckets (`_bucket{le=...}`) plus `_sum` and `_count`.
+    Histogram,
 }
 
 /// Name, type and help text of every metric Switchyard exports.
@@ -59,6 +61,7 @@ pub const METRICS: &[(&str, Type, &str)] = &[
     (PINNED_CLIENTS_TOTAL, Type::Counter, "Clients pinned to one server connection in transaction mode (LISTEN, temp tables, ...), by database and user"),
     (PAUSED_POOLS, Type::Gauge, "Pools paused by the admin console"),
     (EVENTS, Type::Counter, "Topology and failover events recorded on the incident timeline, by kind"),
+    (EVENT_LOOP_LAG, Type::Histogram, "How late the event loops ran a timer task, per tick of a ticker per worker every 100 ms: time every task on that loop waited (a task that does not yield shows here)"),
 ];
 
 /// Client connections by state.
@@ -117,6 +120,8 @@ pub const PINNED_CLIENTS_TOTAL: &str = "switchyard_pinned_clients_total";
 pub const PAUSED_POOLS: &str = "switchyard_paused_pools";
 /// Timeline events by kind.
 pub const EVENTS: &str = "switchyard_events_total";
+/// Event-loop scheduling delay.
+pub const EVENT_LOOP_LAG: &str = "switchyard_event_loop_lag_seconds";
 
 /// Errors sent to clients, by SQLSTATE class. Errors are rare: a mutex is fine.
 #[derive(Debug, Default)]
@@ -148,8 +153,8 @@ pub fn recorder() -> PrometheusRecorder {
             match ty {
                 Type::Counter => metrics::describe_counter!(name, help),
                 Type::Gauge => metrics::describe_gauge!(name, help),
-                // Rendered from hdrhistogram by `render`, not by the recorder.
-                Type::Summary => {}
+                // Rendered by `render` from where the values live, not by the recorder.
+                Type::Summary | Type::Histogram => {}
             }
         }
     });
@@ -171,7 +176,7 @@ pub fn render(ctx: &Context) -> String {
     // Series that have no value yet (no error of any class so far) still
     // announce themselves, so dashboards and the README list stay checkable.
     for &(name, ty, help) in METRICS {
-        if ty != Type::Summary && !out.contains(&format!("# TYPE {name} ")) {
+        if matches!(ty, Type::Counter | Type::Gauge) && !out.contains(&format!("# TYPE {name} ")) {
             let ty = if ty == Type::Counter {
                 "counter"
             } else {
@@ -187,7 +192,34 @@ pub fn render(ctx: &Context) -> String {
     ] {
         summary(&mut out, name, &ctx.latencies.merged(kind));
     }
+    histogram(
+        &mut out,
+        EVENT_LOOP_LAG,
+        &crate::runtime::LAG_BUCKETS,
+        &ctx.loop_lag.snapshot(),
+    );
     out
+}
+
+/// Renders a fixed-bucket histogram.
+fn histogram(out: &mut String, name: &str, bounds: &[f64], s: &crate::runtime::LagSnapshot) {
+    let help = METRICS.iter().find(|m| m.0 == name).map_or("", |m| m.2);
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (le, n) in bounds
+        .iter()
+        .map(|b| b.to_string())
+        .chain(["+Inf".to_string()])
+        .zip(&s.cumulative)
+    {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_sum {}", s.sum);
+    let _ = writeln!(
+        out,
+        "{name}_count {}",
+        s.cumulative.last().copied().unwrap_or(0)
+    );
 }
 
 fn record_clients(ctx: &Context) {
