@@ -40,7 +40,10 @@ impl Shipped {
         );
         let file = dir.join("switchyard.toml");
         std::fs::write(&file, toml).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        // SWITCHYARD_BIN runs another build (the release binary, for numbers).
+        let bin = std::env::var_os("SWITCHYARD_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_switchyard").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("--config").arg(&file).stdout(Stdio::null());
         cmd.stderr(match std::env::var_os("SHIPPED_LOG") {
             Some(_) => Stdio::inherit(),
