@@ -58,6 +58,14 @@ impl Shipped {
                 cmd.env_remove(name);
             }
         }
+        // A test process killed mid-test (a timeout) must not leave the
+        // proxy running: it dies with the thread that started it.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd.spawn().expect("start the switchyard binary");
         let shipped = Shipped {
             child,
