@@ -2,8 +2,8 @@
 //! connector that opens server connections (`[cluster.tls]`), built from the
 //! configuration by pure-ish functions that read only the named PEM files, so
 //! startup and RELOAD build them the same way ([`Tls::new`], [`Tls::reload`]).
-//! Every rustls object uses the ring provider explicitly (PITFALLS.md: with two
-//! providers compiled in, the process-default builders panic).
+//! Every rustls object uses the ring provider explicitly (with two providers
+//! compiled in, rustls's process-default builders panic at run time).
 //!
 //! What is not here: the connection-start negotiation with a client
 //! (`client::login`), the SSLRequest toward PostgreSQL (`upstream`), the
