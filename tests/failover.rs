@@ -610,6 +610,16 @@ async fn transactions_in_flight_get_08006_or_08007_and_their_connections_stay_us
         ))
         .await
         .unwrap();
+    // Replication is asynchronous here: the tables must reach the replica
+    // before the crash, or the new primary rightly lacks them.
+    psql_until(
+        10,
+        "the tables to reach the replica",
+        &replica,
+        &format!("SELECT to_regclass('{t}') IS NOT NULL AND to_regclass('{slow}') IS NOT NULL"),
+        "t",
+    )
+    .await;
 
     // In an explicit transaction, a statement running.
     let running = Arc::new(in_transaction(&proxy, &t, 1).await);
