@@ -161,7 +161,13 @@ impl Load {
         Load { stop, done, tasks }
     }
 
+    /// Lets the load run a little more (queries after the last change), then stops it.
     async fn finish(self) -> (u64, Vec<String>) {
+        let until = self.done.load(Ordering::Relaxed).max(100) + 50;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.done.load(Ordering::Relaxed) < until && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         self.stop.store(true, Ordering::Relaxed);
         let mut errors = vec![];
         for t in self.tasks {
