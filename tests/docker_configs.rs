@@ -258,10 +258,14 @@ fn k8s_environment_and_configmap_pass_check_config() {
         [
             "SWITCHYARD__CLUSTER__NODES",
             "SWITCHYARD__CLUSTER__PASSWORD",
+            "SWITCHYARD__FAILOVER__MODE",
             "SWITCHYARD__PROXY__LISTEN",
             "SWITCHYARD__USERS",
         ]
     );
+    // Several sidecars must not each decide on promotion alone.
+    let mode = env.iter().find(|(k, _)| k == "SWITCHYARD__FAILOVER__MODE");
+    assert_eq!(mode.map(|(_, v)| v.as_str()), Some("follow"));
     // The ConfigMap is docker/switchyard.toml (the test above).
     let out = check_config(&docker_dir().join("switchyard.toml"), &env);
     assert_success("k8s-sidecar.yaml's switchyard", &out);
