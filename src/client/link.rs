@@ -338,7 +338,7 @@ impl Link {
                 }
                 txn.on_client(tag);
                 if let (b'Q', Some(body)) = (tag, frame.and_then(|f| f.get(5..))) {
-                    txn.commit_in_flight |= super::lost::ends_transaction(body) == Some(true);
+                    txn.commit_in_flight |= super::lost::commits(body);
                     if rewrite && pin.is_none() {
                         *pin = super::session_state::pins(body);
                     }

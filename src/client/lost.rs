@@ -24,41 +24,20 @@ pub struct LostTxn {
 /// `Some(true)` if `sql` (a Query body) starts with COMMIT/END, `Some(false)`
 /// for ROLLBACK/ABORT, `None` otherwise. Leading blanks and comments are skipped.
 pub fn ends_transaction(sql: &[u8]) -> Option<bool> {
-    let word = first_keyword(sql);
-    let is = |k: &str| word.eq_ignore_ascii_case(k.as_bytes());
-    if is("COMMIT") || is("END") {
+    let head = super::sql::statements(sql).next()?;
+    if head.is(0, "COMMIT") || head.is(0, "END") {
         Some(true)
-    } else if is("ROLLBACK") || is("ABORT") {
+    } else if head.is(0, "ROLLBACK") || head.is(0, "ABORT") {
         Some(false)
     } else {
         None
     }
 }
 
-fn first_keyword(sql: &[u8]) -> &[u8] {
-    let mut rest = sql;
-    loop {
-        let trimmed = rest.trim_ascii_start();
-        if let Some(after) = trimmed.strip_prefix(b"--") {
-            rest = after
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(&[][..], |i| &after[i..]);
-        } else if let Some(after) = trimmed.strip_prefix(b"/*") {
-            rest = after
-                .windows(2)
-                .position(|w| w == b"*/")
-                .map_or(&[][..], |i| &after[i + 2..]);
-        } else {
-            rest = trimmed;
-            break;
-        }
-    }
-    let end = rest
-        .iter()
-        .position(|b| !b.is_ascii_alphabetic())
-        .unwrap_or(rest.len());
-    &rest[..end]
+/// Whether any statement of `sql` commits (COMMIT/END): with such a query in
+/// flight when the server dies, the outcome is unknown.
+pub fn commits(sql: &[u8]) -> bool {
+    super::sql::statements(sql).any(|h| h.is(0, "COMMIT") || h.is(0, "END"))
 }
 
 impl Session {
@@ -163,6 +142,7 @@ mod tests {
             (b"", None),
         ];
         for (sql, want) in cases {
+            assert_eq!(commits(sql), want == Some(true));
             assert_eq!(
                 ends_transaction(sql),
                 want,
@@ -170,5 +150,8 @@ mod tests {
                 String::from_utf8_lossy(sql)
             );
         }
+        // A batch that ends in COMMIT has a commit in flight.
+        assert!(commits(b"INSERT INTO t VALUES (1); COMMIT"));
+        assert!(!commits(b"SELECT 'COMMIT'; SELECT 1"));
     }
 }

@@ -13,6 +13,7 @@ pub mod prepared;
 pub mod registry;
 pub mod relay;
 pub mod session_state;
+pub mod sql;
 pub mod txn;
 
 use std::sync::Arc;

@@ -65,39 +65,42 @@ pub fn set_sql(diff: &[&(String, String)]) -> String {
         .join("; ")
 }
 
-/// Why `sql` pins the session to its server, if it does. Runs on every
-/// simple query and Parse, so it works on the bytes as they came: no
-/// decoding, no copy.
+/// How much of a query string is examined for what pins (a bound on the
+/// work per query; statements past it are not seen).
+const PIN_SCAN: usize = 64 * 1024;
+
+/// Why `sql` pins the session to its server, if it does: any of its
+/// statements may. Runs on every simple query and Parse, so it works on the
+/// bytes as they came: no decoding, no copy.
 pub fn pins(sql: &[u8]) -> Option<&'static str> {
-    let text = &sql[..sql.len().min(4096)];
-    let mut words = text
-        .split(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
-        .filter(|w| !w.is_empty());
-    let first = words.next()?;
-    let second = words.next().unwrap_or(b"");
-    let is = |w: &[u8], k: &str| w.eq_ignore_ascii_case(k.as_bytes());
-    if is(first, "PREPARE") {
+    let text = &sql[..sql.len().min(PIN_SCAN)];
+    super::sql::statements(text).find_map(|head| statement_pins(&head, text))
+}
+
+/// Why one statement (its leading words; `text` the whole query) pins.
+fn statement_pins(head: &super::sql::Head<'_>, text: &[u8]) -> Option<&'static str> {
+    if head.is(0, "PREPARE") {
         return Some("SQL PREPARE");
     }
-    if is(first, "LISTEN") {
+    if head.is(0, "LISTEN") {
         return Some("LISTEN");
     }
-    if is(first, "CREATE")
-        && (is(second, "TEMP")
-            || is(second, "TEMPORARY")
+    if head.is(0, "CREATE")
+        && (head.is(1, "TEMP")
+            || head.is(1, "TEMPORARY")
             || contains(text, " TEMP TABLE")
             || contains(text, " TEMPORARY TABLE"))
     {
         return Some("temporary table");
     }
-    if is(first, "DECLARE") && contains(text, "WITH HOLD") {
+    if head.is(0, "DECLARE") && contains(text, "WITH HOLD") {
         return Some("DECLARE ... WITH HOLD");
     }
-    if is(first, "SET") && !is(second, "LOCAL") && !is(second, "TRANSACTION") {
-        let name = if is(second, "SESSION") {
-            words.next().unwrap_or(b"")
+    if head.is(0, "SET") && !head.is(1, "LOCAL") && !head.is(1, "TRANSACTION") {
+        let name = if head.is(1, "SESSION") {
+            head.word(2)
         } else {
-            second
+            head.word(1)
         };
         // search_path is applied from the startup packet, but PostgreSQL
         // (15, checked) does not report a SET of it, so a SET must pin.
@@ -105,7 +108,7 @@ pub fn pins(sql: &[u8]) -> Option<&'static str> {
             .ok()
             .and_then(tracked)
             .is_some_and(|t| t != "search_path");
-        if !reported && !is(name, "SESSION") {
+        if !reported && !name.eq_ignore_ascii_case(b"SESSION") {
             return Some("SET of an untracked parameter");
         }
     }
@@ -128,7 +131,15 @@ mod tests {
 
     #[test]
     fn what_pins_and_what_does_not() {
-        let cases: [(&str, bool); 19] = [
+        let cases: [(&str, bool); 26] = [
+            // Comments, later statements and quoting are seen as PostgreSQL sees them.
+            ("/* x */ SET foo = 1", true),
+            ("-- why\nLISTEN chan", true),
+            ("SELECT 1; SET foo = 1", true),
+            ("SELECT 1; PREPARE p AS SELECT 1", true),
+            ("SELECT 'LISTEN x; SET y = 1'", false),
+            ("SELECT $$;SET y = 1$$", false),
+            ("/* SET x = 1 */ SELECT 1", false),
             ("PREPARE p AS SELECT 1", true),
             ("listen chan", true),
             ("CREATE TEMP TABLE t (a int)", true),
