@@ -2,7 +2,8 @@
 //! transparent failover.
 //!
 //! A tour of the layout (see docs/ARCHITECTURE.md for the full picture):
-//! - [`listener`] accepts clients and owns the shared [`listener::Context`];
+//! - [`listener`] accepts clients; [`context::Context`] is the state every task shares (and reload);
+//! - [`background`] runs the housekeeping tasks (reaper, stats periods, lag tickers, SIGHUP);
 //! - [`client`] runs one task per client: login, then the query relay;
 //! - [`pool`] keeps server connections per (database, user);
 //! - [`cluster`] knows which node is the primary;
@@ -16,9 +17,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod background;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod context;
 pub mod demo;
 pub mod error;
 pub mod events;
@@ -31,4 +34,5 @@ pub mod protocol;
 pub mod runtime;
 pub mod tls;
 
-pub use listener::{run, run_with_http, RunError};
+pub use context::RunError;
+pub use listener::{run, run_with_http};

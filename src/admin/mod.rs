@@ -16,8 +16,8 @@ use bytes::BytesMut;
 
 use crate::client::conn::ClientConn;
 use crate::client::registry::{ClientState, Registration};
+use crate::context::Context;
 use crate::error::ClientError;
-use crate::listener::Context;
 use crate::protocol::frame_len;
 use crate::protocol::messages::backend;
 use command::{Command, Show};

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use super::command::Show;
 use super::table::{Cell, Col, Table};
 use crate::client::registry::{ClientInfo, ClientState};
-use crate::listener::Context;
+use crate::context::Context;
 use crate::pool::stats::{averages, Totals};
 
 /// Builds the table `what` asks for. (`SHOW HELP` is sent as notices instead.)

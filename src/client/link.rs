@@ -357,7 +357,7 @@ impl Link {
     fn scan_server(
         &mut self,
         buf: &[u8],
-        ctx: &crate::listener::Context,
+        ctx: &crate::context::Context,
     ) -> Result<Forgotten, FrameError> {
         let (txn, expect, drop) = (&mut self.txn, &mut self.expect, &mut self.s_drop);
         let meter = &mut self.meter;

@@ -188,7 +188,7 @@ impl AuthChannel for ClientConn {
 /// Runs the configured authentication; returns the bytes to send before AuthenticationOk.
 pub async fn check_credentials(
     conn: &mut ClientConn,
-    ctx: &crate::listener::Context,
+    ctx: &crate::context::Context,
     user: &str,
 ) -> Result<BytesMut, ReadError> {
     let users = ctx.users.load_full();

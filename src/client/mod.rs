@@ -22,8 +22,8 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::cluster::ClusterError;
+use crate::context::Context;
 use crate::error::ClientError;
-use crate::listener::Context;
 use crate::pool::server_conn::{send_cancel, ConnectError};
 use crate::pool::{Pool, PoolError};
 use cancel::CancelGuard;

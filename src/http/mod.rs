@@ -18,8 +18,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::cluster::Snapshot;
+use crate::context::Context;
 use crate::events::Event;
-use crate::listener::Context;
 
 /// Serves HTTP on `listener` until the proxy shuts down.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {

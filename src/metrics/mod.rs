@@ -15,7 +15,7 @@ use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 use crate::client::registry::ClientState;
-use crate::listener::Context;
+use crate::context::Context;
 use latency::Kind;
 
 /// The Prometheus type of a metric.

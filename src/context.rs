@@ -1,0 +1,234 @@
+//! The state every task shares (`Context`): live configuration and
+//! credentials, pools, the cluster handle, cancel keys, the client registry,
+//! metrics state, TLS, the shutdown token; and how a reload replaces the
+//! configuration without closing any client connection.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::secret::Credentials;
+use crate::client::cancel::CancelMap;
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::events::{EventKind, Events};
+use crate::pool::server_conn::Login;
+use crate::pool::{Pool, PoolSettings, Pools};
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The proxy was started without a file to re-read.
+    #[error("started without a configuration file")]
+    NoFile,
+    /// The file could not be read, parsed or validated.
+    #[error("{0}")]
+    Read(String),
+    /// A user's password could not be parsed.
+    #[error(transparent)]
+    Users(#[from] RunError),
+    /// A certificate or key file could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The node list cannot be applied.
+    #[error("{0}")]
+    Nodes(String),
+}
+
+/// A reload that passed every check, ready to install.
+struct PreparedReload {
+    config: Config,
+    users: HashMap<String, Credentials>,
+    tls: crate::tls::Prepared,
+    ignored: Vec<String>,
+    node_changes: Vec<String>,
+}
+
+/// State shared by all client tasks; a cheap `Arc` to clone.
+pub struct Context {
+    /// The configuration in force; a reload swaps it (the monitor reads it too).
+    pub config: Arc<ArcSwap<Config>>,
+    /// Where the configuration was read from (`RELOAD` re-reads it).
+    pub config_path: Option<PathBuf>,
+    /// Users' credentials, verifiers precomputed; a reload swaps them.
+    pub users: ArcSwap<HashMap<String, Credentials>>,
+    /// Server connection pools.
+    pub pools: Pools,
+    /// The nodes.
+    pub cluster: Arc<Cluster>,
+    /// Live clients' cancel keys.
+    pub cancels: Arc<CancelMap>,
+    /// Cancelled when the proxy shuts down.
+    pub shutdown: CancellationToken,
+    /// Logged-in clients.
+    pub clients: Arc<crate::client::registry::Registry>,
+    /// Latency histograms.
+    pub latencies: crate::metrics::latency::Latencies,
+    /// Errors sent to clients, by SQLSTATE class.
+    pub errors: Arc<crate::metrics::ErrorCounts>,
+    /// This proxy's Prometheus recorder (filled at each scrape).
+    pub prometheus: metrics_exporter_prometheus::PrometheusRecorder,
+    /// Record per-query timings and latency histograms (`[http] metrics`).
+    pub record_metrics: bool,
+    /// TLS toward clients and toward PostgreSQL; a reload rebuilds it.
+    pub tls: crate::tls::Tls,
+    /// Scheduling delay of the event loops.
+    pub loop_lag: Arc<crate::runtime::LoopLag>,
+}
+
+/// Why the proxy could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A user's password could not be parsed.
+    #[error("user {0}: {1}")]
+    BadUser(String, &'static str),
+    /// A TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+impl Context {
+    /// Builds the shared state for `config`.
+    pub fn new(config: Config, shutdown: CancellationToken) -> Result<Context, RunError> {
+        let users = credentials(&config)?;
+        let tls = crate::tls::Tls::new(&config)?;
+        let cluster = Cluster::new(config.nodes(), Arc::new(Events::new(1000)))
+            .with_tls(tls.connector().clone());
+        let cluster = Arc::new(cluster);
+        let record_metrics = config.http.metrics;
+        Ok(Context {
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            config_path: None,
+            users: ArcSwap::from_pointee(users),
+            pools: Pools::default(),
+            cluster,
+            cancels: Arc::default(),
+            shutdown,
+            clients: Arc::default(),
+            latencies: Default::default(),
+            errors: Default::default(),
+            prometheus: crate::metrics::recorder(),
+            record_metrics,
+            tls,
+            loop_lag: Arc::default(),
+        })
+    }
+
+    /// The pool serving `database` (client-facing name) for `user`.
+    pub fn pool_for(&self, database: &str, user: &str) -> Pool {
+        self.pools
+            .get_or_create((database.to_string(), user.to_string()), |paused| {
+                let (login, settings) = self.pool_settings(database, user);
+                Pool::new(login, settings, self.cluster.clone(), paused)
+            })
+    }
+
+    /// What the configuration in force says about the pool (`database`, `user`).
+    fn pool_settings(&self, database: &str, user: &str) -> (Login, PoolSettings) {
+        let config = self.config.load();
+        let (dbname, target, size) = config.database(database);
+        let p = &config.proxy;
+        let settings = PoolSettings {
+            size,
+            checkout_timeout: p.checkout_timeout,
+            idle_timeout: p.server_idle_timeout,
+            lifetime: p.server_lifetime,
+            connect_timeout: p.server_connect_timeout,
+            hold_timeout: config.failover.hold_timeout,
+            target,
+        };
+        let password = self
+            .users
+            .load()
+            .get(user)
+            .and_then(|c| c.server_password.clone());
+        let login = Login {
+            user: user.to_string(),
+            database: dbname,
+            password,
+        };
+        (login, settings)
+    }
+
+    /// Re-reads the configuration file and applies it without closing any
+    /// client connection: users and passwords, pool sizes and timeouts, and
+    /// settings read per new client. Returns one line per setting that needs a
+    /// restart to change. An invalid file changes nothing.
+    pub fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        let prepared = self.prepare_reload().inspect_err(|e| {
+            self.cluster.events.record(
+                EventKind::ConfigRejected,
+                None,
+                format!("configuration rejected, the running one stays: {e}"),
+            );
+        })?;
+        Ok(self.apply_reload(prepared))
+    }
+
+    /// Everything a reload can fail at, before anything changes.
+    fn prepare_reload(&self) -> Result<PreparedReload, ReloadError> {
+        let config = self.read_config()?;
+        let users = credentials(&config)?;
+        // Certificate files are re-read; on failure nothing changes.
+        let tls = crate::tls::Tls::prepare(&config)?;
+        let ignored = crate::config::reload::needs_restart(&self.config.load(), &config);
+        let node_changes = self
+            .cluster
+            .apply_nodes(&config.nodes())
+            .map_err(ReloadError::Nodes)?;
+        Ok(PreparedReload {
+            config,
+            users,
+            tls,
+            ignored,
+            node_changes,
+        })
+    }
+
+    /// Installs a prepared reload; returns one line per setting that needs a restart.
+    fn apply_reload(&self, r: PreparedReload) -> Vec<String> {
+        self.tls.install(r.tls);
+        self.users.store(Arc::new(r.users));
+        self.config.store(Arc::new(r.config));
+        for ((db, user), pool) in self.pools.all() {
+            let (login, settings) = self.pool_settings(&db, &user);
+            pool.update(login, settings);
+        }
+        let mut msg = "configuration reloaded".to_string();
+        if !r.node_changes.is_empty() {
+            msg.push_str(&format!("; {}", r.node_changes.join(", ")));
+        }
+        if !r.ignored.is_empty() {
+            msg.push_str(&format!(
+                "; needs a restart (not applied): {}",
+                r.ignored.join(", ")
+            ));
+        }
+        self.cluster
+            .events
+            .record(EventKind::ConfigReloaded, None, msg);
+        r.ignored
+            .into_iter()
+            .map(|k| format!("{k} changed: takes effect after a restart"))
+            .collect()
+    }
+
+    fn read_config(&self) -> Result<Config, ReloadError> {
+        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
+        crate::config::load(path).map_err(|e| ReloadError::Read(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Every configured user's credentials, verifiers precomputed.
+fn credentials(config: &Config) -> Result<HashMap<String, Credentials>, RunError> {
+    let mut users = HashMap::new();
+    for u in &config.users {
+        let creds = Credentials::new(&u.password, u.server_password.as_deref())
+            .map_err(|e| RunError::BadUser(u.name.clone(), e))?;
+        users.insert(u.name.clone(), creds);
+    }
+    Ok(users)
+}
