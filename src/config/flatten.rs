@@ -11,19 +11,14 @@ use super::{
     SwitchoverConfig,
 };
 
-/// Whether changing `key` needs a restart (RELOAD reports it instead of
-/// applying it); kept in step with `reload::needs_restart`.
+/// Whether changing the `SHOW CONFIG` setting `key` needs a restart (RELOAD
+/// reports it instead of applying it). `[proxy]` keys are listed bare here.
 pub fn needs_restart(key: &str) -> bool {
-    matches!(
-        key,
-        "listen"
-            | "max_client_conn"
-            | "stats_period"
-            | "workers"
-            | "http.listen"
-            | "http.metrics"
-            | "health.database"
-    )
+    if key.contains('.') {
+        super::reload::is_restart_key(key)
+    } else {
+        super::reload::is_restart_key(&format!("proxy.{key}"))
+    }
 }
 
 /// Every setting: (key, value, default), in section order.
@@ -139,5 +134,6 @@ mod tests {
         assert!(s.iter().all(|(_, v, _)| !v.contains("s3cret") && v != "pw"));
         assert!(get("switchover.drain_timeout").is_some());
         assert!(needs_restart("listen") && !needs_restart("default_pool_size"));
+        assert!(needs_restart("workers") && needs_restart("http.metrics"));
     }
 }

@@ -4,39 +4,44 @@
 
 use super::Config;
 
-/// The settings that differ between `old` and `new` but only change on restart.
-pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
-    let mut out = vec![];
-    let mut check = |key: &str, changed: bool| {
-        if changed {
-            out.push(key.to_string());
-        }
-    };
-    check("proxy.listen", old.proxy.listen != new.proxy.listen);
-    check(
-        "proxy.max_client_conn",
-        old.proxy.max_client_conn != new.proxy.max_client_conn,
-    );
-    check(
-        "proxy.stats_period",
-        old.proxy.stats_period != new.proxy.stats_period,
-    );
-    check("proxy.workers", old.proxy.workers != new.proxy.workers);
-    check("http.listen", old.http.listen != new.http.listen);
-    check("http.metrics", old.http.metrics != new.http.metrics);
+/// Every setting that only changes on restart, by its full `section.key`
+/// name, with how to tell it changed. The one list: `SHOW CONFIG`'s
+/// `changeable` column reads it too (`is_restart_key`).
+const RESTART: &[(&str, fn(&Config, &Config) -> bool)] = &[
+    ("proxy.listen", |a, b| a.proxy.listen != b.proxy.listen),
+    ("proxy.max_client_conn", |a, b| {
+        a.proxy.max_client_conn != b.proxy.max_client_conn
+    }),
+    ("proxy.stats_period", |a, b| {
+        a.proxy.stats_period != b.proxy.stats_period
+    }),
+    ("proxy.workers", |a, b| a.proxy.workers != b.proxy.workers),
+    ("http.listen", |a, b| a.http.listen != b.http.listen),
+    ("http.metrics", |a, b| a.http.metrics != b.http.metrics),
     // The monitor reads health, failover, routing and switchover settings at
     // every tick and takes node changes from the reload; its login is fixed
     // when it starts.
-    check("cluster.user", old.cluster.user != new.cluster.user);
-    check(
-        "cluster.password",
-        old.cluster.password != new.cluster.password,
-    );
-    check(
-        "health.database",
-        old.health.database != new.health.database,
-    );
-    out
+    ("cluster.user", |a, b| a.cluster.user != b.cluster.user),
+    ("cluster.password", |a, b| {
+        a.cluster.password != b.cluster.password
+    }),
+    ("health.database", |a, b| {
+        a.health.database != b.health.database
+    }),
+];
+
+/// The settings that differ between `old` and `new` but only change on restart.
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    RESTART
+        .iter()
+        .filter(|(_, changed)| changed(old, new))
+        .map(|(key, _)| key.to_string())
+        .collect()
+}
+
+/// Whether the setting `key` (`section.key`) only changes on restart.
+pub fn is_restart_key(key: &str) -> bool {
+    RESTART.iter().any(|(k, _)| *k == key)
 }
 
 #[cfg(test)]
