@@ -7,7 +7,10 @@ use super::Config;
 /// Every setting that only changes on restart, by its full `section.key`
 /// name, with how to tell it changed. The one list: `SHOW CONFIG`'s
 /// `changeable` column reads it too (`is_restart_key`).
-const RESTART: &[(&str, fn(&Config, &Config) -> bool)] = &[
+/// Whether a setting differs between two configurations.
+type Changed = fn(&Config, &Config) -> bool;
+
+const RESTART: &[(&str, Changed)] = &[
     ("proxy.listen", |a, b| a.proxy.listen != b.proxy.listen),
     ("proxy.max_client_conn", |a, b| {
         a.proxy.max_client_conn != b.proxy.max_client_conn
