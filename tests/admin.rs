@@ -508,3 +508,29 @@ async fn reload_rereads_the_configuration_file() {
     app.simple_query("SELECT 1").await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `trust` lets configured users into their databases without a password,
+/// but never into the admin console, where SHUTDOWN and SWITCHOVER live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_never_opens_the_admin_console() {
+    let proxy = Proxy::start("auth_type = \"trust\"").await;
+    let app = proxy.client_as("app", "anything", "app").await;
+    app.expect("trust: a configured user needs no password")
+        .simple_query("SELECT 1")
+        .await
+        .unwrap();
+    for db in ["switchyard", "pgbouncer"] {
+        let e = proxy
+            .client_as("admin", "wrong", db)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{db}: an admin got in with a wrong password under trust"));
+        assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{db}: {e}");
+        let admin = proxy.client_as("admin", "adminpw", db).await;
+        admin
+            .unwrap_or_else(|e| panic!("{db}: the right password: {e}"))
+            .simple_query("SHOW VERSION")
+            .await
+            .unwrap();
+    }
+}

@@ -185,15 +185,21 @@ impl AuthChannel for ClientConn {
     }
 }
 
-/// Runs the configured authentication; returns the bytes to send before AuthenticationOk.
+/// Runs the configured authentication; returns the bytes to send before
+/// AuthenticationOk. The admin console (`admin`) never trusts: its users
+/// always prove their password, whatever `auth_type` says.
 pub async fn check_credentials(
     conn: &mut ClientConn,
     ctx: &crate::context::Context,
     user: &str,
+    admin: bool,
 ) -> Result<BytesMut, ReadError> {
     let users = ctx.users.load_full();
     let creds = users.get(user);
-    let auth_type = ctx.config.load().proxy.auth_type;
+    let auth_type = match ctx.config.load().proxy.auth_type {
+        crate::config::AuthType::Trust if admin => crate::config::AuthType::ScramSha256,
+        other => other,
+    };
     let end_point = conn.end_point.clone();
     match authenticate(conn, auth_type, user, creds, end_point.as_deref()).await {
         Ok(out) => Ok(out),

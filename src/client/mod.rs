@@ -121,8 +121,9 @@ async fn login(
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
     let wanted = wanted_params(&params);
-    let mut reply = login::check_credentials(conn, ctx, &user).await?;
-    if crate::admin::is_admin_database(&database) {
+    let admin = crate::admin::is_admin_database(&database);
+    let mut reply = login::check_credentials(conn, ctx, &user, admin).await?;
+    if admin {
         if !ctx.config.load().proxy.admin_users.contains(&user) {
             return Err(ReadError::Client(ClientError::NotAdmin(user)));
         }

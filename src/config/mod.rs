@@ -251,8 +251,12 @@ pub struct ProxyConfig {
     /// Longest time to open and log in a server connection. Default `5s`.
     #[serde(with = "duration")]
     pub server_connect_timeout: Duration,
-    /// `scram-sha-256` (default), `md5` or `trust`.
+    /// `scram-sha-256` (default), `md5` or `trust`. The admin console never
+    /// trusts: its users always give a password (SCRAM).
     pub auth_type: AuthType,
+    /// Allow `auth_type = "trust"` with a `listen` address other than
+    /// loopback. Default false: anyone who reaches the port would get in.
+    pub allow_trust_on_network: bool,
     /// Users allowed into the admin console (database `switchyard` / `pgbouncer`).
     pub admin_users: Vec<String>,
     /// Largest client message accepted, in bytes; larger is a protocol violation. Default 256 MiB.
@@ -349,6 +353,7 @@ impl Default for ProxyConfig {
             server_lifetime: Duration::from_secs(3600),
             server_connect_timeout: Duration::from_secs(5),
             auth_type: AuthType::ScramSha256,
+            allow_trust_on_network: false,
             admin_users: vec!["admin".into()],
             max_message_size: 256 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),

@@ -26,6 +26,7 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     if cfg.proxy.max_message_size < 8192 {
         return Err("proxy.max_message_size must be at least 8192 bytes".into());
     }
+    validate_trust(cfg)?;
     validate_nodes(cfg)?;
     validate_users(cfg)?;
     validate_tls(cfg)?;
@@ -33,6 +34,25 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
         if db.pool_size == Some(0) {
             return Err(format!("databases.{name}.pool_size must be at least 1"));
         }
+    }
+    Ok(())
+}
+
+/// `trust` lets in anyone who reaches the port as any configured user:
+/// refused on an address other than loopback unless asked for explicitly.
+fn validate_trust(cfg: &Config) -> Result<(), String> {
+    let loopback = cfg
+        .proxy
+        .listen
+        .parse::<SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback());
+    if cfg.proxy.auth_type == AuthType::Trust && !loopback && !cfg.proxy.allow_trust_on_network {
+        return Err(format!(
+            "proxy.auth_type = \"trust\" on proxy.listen = {:?} lets anyone on the network in \
+             without a password; listen on loopback, use scram-sha-256, or set \
+             proxy.allow_trust_on_network = true",
+            cfg.proxy.listen
+        ));
     }
     Ok(())
 }
@@ -118,6 +138,21 @@ mod tests {
     }
 
     #[test]
+    fn trust_only_on_loopback_unless_allowed() {
+        let base = "[cluster]\nnodes=[\"127.0.0.1:5432\"]\n[proxy]\nauth_type = \"trust\"\n";
+        for (listen, extra, ok) in [
+            ("127.0.0.1:6432", "", true),
+            ("[::1]:6432", "", true),
+            ("0.0.0.0:6432", "", false),
+            ("10.1.2.3:6432", "", false),
+            ("0.0.0.0:6432", "allow_trust_on_network = true\n", true),
+        ] {
+            let toml = format!("{base}listen = \"{listen}\"\n{extra}");
+            assert_eq!(load_str(&toml).is_ok(), ok, "{listen} {extra}");
+        }
+    }
+
+    #[test]
     fn rejects_what_cannot_run() {
         let base = "[cluster]\nnodes=[\"127.0.0.1:5432\"]\n";
         let cases = [
@@ -137,6 +172,10 @@ mod tests {
                 "SCRAM",
             ),
             ("[databases.x]\npool_size = 0\n", "databases.x.pool_size"),
+            (
+                "[proxy]\nauth_type = \"trust\"\nlisten = \"0.0.0.0:6432\"\n",
+                "allow_trust_on_network",
+            ),
             ("[proxy.tls]\nmode = \"require\"\n", "proxy.tls"),
             (
                 "[proxy.tls]\nmode = \"allow\"\ncert_file = \"c.pem\"\n",
