@@ -99,8 +99,9 @@ pub fn respond(
 }
 
 /// `POST /switchover[?to=node]`: a planned switchover, answered when done.
-/// Allowed from loopback, or from anywhere with `[http] switchover_token`
-/// as a bearer token.
+/// With `[http] switchover_token` set, only that bearer token allows it,
+/// from anywhere (loopback too: a sidecar's neighbours, a mesh proxy and an
+/// application's SSRF all arrive from loopback); without one, only loopback.
 async fn post(
     req: &Request<hyper::body::Incoming>,
     peer: SocketAddr,
@@ -121,7 +122,7 @@ async fn post(
         .and_then(|v| v.strip_prefix("Bearer "));
     let token = ctx.config.load().http.switchover_token.clone();
     if !switchover_allowed(peer, token.as_deref(), bearer) {
-        let body = r#"{"error":"POST /switchover needs a loopback client or the bearer token of [http] switchover_token"}"#;
+        let body = r#"{"error":"POST /switchover needs the bearer token of [http] switchover_token (or, with none set, a loopback client)"}"#;
         return (StatusCode::FORBIDDEN, JSON, body.into());
     }
     let target = req
@@ -144,11 +145,11 @@ async fn post(
     }
 }
 
-/// Loopback clients may always switch over; others need the configured token.
+/// A configured token is always required; without one, only loopback clients may.
 pub fn switchover_allowed(peer: SocketAddr, token: Option<&str>, bearer: Option<&str>) -> bool {
-    match (token, bearer) {
-        (Some(t), Some(b)) => constant_time_eq(t.as_bytes(), b.as_bytes()),
-        _ => peer.ip().is_loopback(),
+    match token {
+        Some(t) => bearer.is_some_and(|b| constant_time_eq(t.as_bytes(), b.as_bytes())),
+        None => peer.ip().is_loopback(),
     }
 }
 
@@ -224,15 +225,27 @@ mod tests {
     }
 
     #[test]
-    fn switchover_needs_loopback_or_the_token() {
+    fn switchover_needs_the_token_when_set_else_loopback() {
         let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let remote: SocketAddr = "10.0.0.5:1".parse().unwrap();
-        assert!(switchover_allowed(local, None, None));
-        assert!(!switchover_allowed(remote, None, None));
-        assert!(!switchover_allowed(remote, None, Some("x")));
-        assert!(switchover_allowed(remote, Some("s3cret"), Some("s3cret")));
-        assert!(!switchover_allowed(remote, Some("s3cret"), Some("s3cre")));
-        assert!(switchover_allowed(local, Some("s3cret"), None));
+        let cases = [
+            (local, None, None, true),
+            (remote, None, None, false),
+            (remote, None, Some("x"), false),
+            (remote, Some("s3cret"), Some("s3cret"), true),
+            (remote, Some("s3cret"), Some("s3cre"), false),
+            // A token set is required from loopback too.
+            (local, Some("s3cret"), None, false),
+            (local, Some("s3cret"), Some("wrong"), false),
+            (local, Some("s3cret"), Some("s3cret"), true),
+        ];
+        for (peer, token, bearer, want) in cases {
+            assert_eq!(
+                switchover_allowed(peer, token, bearer),
+                want,
+                "{peer} {token:?} {bearer:?}"
+            );
+        }
     }
 
     #[test]
