@@ -50,12 +50,7 @@ impl Proxy {
     /// `extra` is TOML placed in `[proxy]` (e.g. `default_pool_size = 1`).
     pub async fn start(extra: &str) -> Proxy {
         let cluster = cluster();
-        let nodes = cluster
-            .nodes()
-            .iter()
-            .map(|n| format!("{:?}", n.addr()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let nodes = nodes_toml(&cluster);
         Self::start_with(
             cluster,
             &format!("[proxy]\n{extra}\n{USERS}\n[cluster]\nnodes = [{nodes}]\n"),
@@ -260,14 +255,8 @@ impl Raw {
     /// Next message (tag, body), or None on EOF / timeout.
     pub async fn recv(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                if self.buf.len() > len {
-                    let tag = self.buf[0];
-                    self.buf.advance(5);
-                    let body = self.buf.split_to(len - 4).to_vec();
-                    return Some((tag, body));
-                }
+            if let Some(msg) = take_message(&mut self.buf) {
+                return Some(msg);
             }
             match tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf))
                 .await
@@ -309,6 +298,27 @@ impl Raw {
     pub async fn closed_within(&mut self, secs: u64) -> bool {
         peer_closed(&mut self.stream, secs).await
     }
+}
+
+/// The cluster's node addresses as a TOML list body (`"a:1", "b:2"`).
+pub fn nodes_toml(cluster: &LocalCluster) -> String {
+    cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("{:?}", n.addr()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Removes and returns the first whole backend message (tag, body) of `buf`.
+pub fn take_message(buf: &mut BytesMut) -> Option<(u8, Vec<u8>)> {
+    let len = u32::from_be_bytes(buf.get(1..5)?.try_into().unwrap()) as usize;
+    if buf.len() <= len {
+        return None;
+    }
+    let tag = buf[0];
+    buf.advance(5);
+    Some((tag, buf.split_to(len - 4).to_vec()))
 }
 
 /// True once the peer of `stream` has closed (EOF or reset) within `secs`;

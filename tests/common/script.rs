@@ -70,13 +70,8 @@ impl Scripted {
     /// cut, the conversation is valid and the proxy must answer it.
     pub async fn recv(&mut self) -> (u8, Vec<u8>) {
         loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
-                if self.buf.len() > len {
-                    let tag = self.buf[0];
-                    self.buf.advance(5);
-                    return (tag, self.buf.split_to(len - 4).to_vec());
-                }
+            if let Some(msg) = super::take_message(&mut self.buf) {
+                return msg;
             }
             let read =
                 tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf));

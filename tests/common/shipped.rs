@@ -28,12 +28,7 @@ impl Shipped {
         std::fs::create_dir_all(&dir).unwrap();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let nodes = cluster
-            .nodes()
-            .iter()
-            .map(|n| format!("{:?}", n.addr()))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let nodes = super::nodes_toml(cluster);
         let toml = format!(
             "[proxy]\nlisten = \"{addr}\"\n{extra}\n{USERS}\n[cluster]\nnodes = [{nodes}]\n\
              [http]\nlisten = \"{http}\"\n"
