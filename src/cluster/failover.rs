@@ -1,7 +1,7 @@
 //! The primary's state machine. `step` takes the current state and the node
 //! views and returns the next state plus the actions to perform; the monitor
-//! (async) gathers views and performs actions. Every safety rule of
-//! DESIGN.md §4 is a table test of `step` below.
+//! (async) gathers views and performs actions. Every safety rule in
+//! docs/failover.md is a table test of `step` below.
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! Probing one node over a persistent check connection: role, timeline, WAL
 //! positions, replication state, in one round trip; plus the heartbeat the
-//! primary writes so replicas can witness a live primary (DESIGN.md §4).
+//! primary writes so replicas can witness a live primary (docs/failover.md).
 
 use std::time::{Duration, Instant};
 

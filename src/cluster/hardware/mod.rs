@@ -1,4 +1,4 @@
-//! Hardware status of a node (issue #7), beside the PostgreSQL health check.
+//! Hardware status of a node, beside the PostgreSQL health check.
 //!
 //! A database can answer health checks right up to the moment its host loses
 //! power. The baseboard usually says so earlier: one of two power supplies
@@ -11,7 +11,7 @@
 //!
 //! Each probe yields a [`Verdict`]: [`HardwareStatus`] `ok`, `degraded`,
 //! `failing` or `unknown` (the probe itself failed: unreachable, timed out,
-//! unparsable), with human-readable reasons. Per DESIGN.md §4, `failing`
+//! unparsable), with human-readable reasons. As docs/switchover.md says, `failing`
 //! counts as down and `degraded` raises an event and may start a planned
 //! switchover; that policy belongs to the monitor, not to this module.
 //!
