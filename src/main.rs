@@ -73,9 +73,12 @@ fn main() -> std::process::ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
-            let (_, path) = load_config(cli.config)?;
+            let (config, path) = load_config(cli.config)?;
             let source = path.map_or_else(|| ENV_SOURCE.to_string(), |p| p.display().to_string());
             println!("{source}: configuration is valid");
+            for w in switchyard::config::warnings(&config) {
+                println!("warning: {w}");
+            }
             Ok(())
         }
         Command::Run => {
@@ -84,6 +87,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .as_ref()
                 .map_or_else(|| ENV_SOURCE.to_string(), |p| p.display().to_string());
             tracing::info!(%source, "configuration loaded");
+            for w in switchyard::config::warnings(&config) {
+                tracing::warn!("{w}");
+            }
             let workers = config.proxy.workers;
             runtime(workers)?.block_on(serve(config, path))
         }

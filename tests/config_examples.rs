@@ -31,6 +31,20 @@ fn check_config_command_accepts_good_and_rejects_bad_files() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The example promotes: check-config says what that means for several proxies.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("warning: failover.mode = \"promote\""),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let follow = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/follow-patroni.toml");
+    let out = std::process::Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&follow)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("warning:"));
 
     let bad = std::env::temp_dir().join(format!("sy_bad_{}.toml", std::process::id()));
     std::fs::write(

@@ -17,7 +17,7 @@ pub use flatten::{needs_restart, settings};
 pub use load::{
     default_file, load, load_env, load_str, ConfigError, DEFAULT_PATHS, NODES_ENV, USERS_ENV,
 };
-pub use validate::validate;
+pub use validate::{validate, warnings};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize)]

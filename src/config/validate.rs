@@ -7,6 +7,21 @@ use std::net::SocketAddr;
 use super::{AuthType, ClusterTlsMode, Config, ProxyTlsMode};
 use crate::auth::Secret;
 
+/// What a valid configuration may still get wrong, one line each (printed
+/// by `check-config`, logged at start).
+pub fn warnings(cfg: &Config) -> Vec<String> {
+    let mut out = vec![];
+    if cfg.failover.mode == super::FailoverMode::Promote {
+        out.push(
+            "failover.mode = \"promote\": this proxy decides on promotion alone; \
+             run every proxy in \"follow\" mode when more than one (sidecars, an HA pair) \
+             fronts the same cluster, or two of them may promote two replicas"
+                .into(),
+        );
+    }
+    out
+}
+
 /// Returns a message naming the first problem found.
 pub fn validate(cfg: &Config) -> Result<(), String> {
     cfg.proxy
