@@ -226,7 +226,7 @@ impl Context {
 fn credentials(config: &Config) -> Result<HashMap<String, Credentials>, RunError> {
     let mut users = HashMap::new();
     for u in &config.users {
-        let creds = Credentials::new(&u.password, u.server_password.as_deref())
+        let creds = Credentials::new(&u.name, &u.password, u.server_password.as_deref())
             .map_err(|e| RunError::BadUser(u.name.clone(), e))?;
         users.insert(u.name.clone(), creds);
     }

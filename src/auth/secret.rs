@@ -43,13 +43,14 @@ impl Secret {
         Ok(Secret::Plain(s.to_string()))
     }
 
-    /// The SCRAM verifier to check clients against, derived from plaintext when needed.
-    pub fn scram_verifier(&self) -> Option<ScramVerifier> {
+    /// The SCRAM verifier to check `user` against, derived from plaintext
+    /// when needed. A derived verifier's salt is the one a decoy for `user`
+    /// has (`ScramVerifier::decoy`): stable across reloads, and the same
+    /// whether or not the user exists, so salts reveal no user.
+    pub fn scram_verifier(&self, user: &str) -> Option<ScramVerifier> {
         match self {
             Secret::Scram(v) => Some(v.clone()),
-            Secret::Plain(p) => {
-                ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(p.as_bytes())).ok()
-            }
+            Secret::Plain(p) => Some(ScramVerifier::derive(p, keyed(user, "salt")[..16].to_vec())),
             Secret::Md5(_) => None,
         }
     }
@@ -63,6 +64,28 @@ impl Secret {
     }
 }
 
+/// A keyed hash of `user` and `what` with a secret made once per process.
+fn keyed(user: &str, what: &str) -> [u8; 32] {
+    static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let secret = SECRET.get_or_init(rand::random);
+    super::scram::hmac(secret, format!("{what}\0{user}").as_bytes())
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("HMAC-SHA-256 is 32 bytes"))
+}
+
+/// PBKDF2-HMAC-SHA-256, one block (SCRAM's SaltedPassword).
+fn pbkdf2(password: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+    let mut block = salt.to_vec();
+    block.extend_from_slice(&1u32.to_be_bytes());
+    let mut u = super::scram::hmac(password, &block);
+    let mut out = u.clone();
+    for _ in 1..iterations {
+        u = super::scram::hmac(password, &u);
+        out.iter_mut().zip(&u).for_each(|(o, x)| *o ^= x);
+    }
+    out
+}
+
 impl ScramVerifier {
     /// A verifier for a user that does not exist, which no password matches.
     /// Like PostgreSQL's mock authentication, its salt is stable per user name
@@ -70,18 +93,34 @@ impl ScramVerifier {
     /// unknown user from a known one by the salt, and it costs no key
     /// derivation, so neither by the time taken.
     pub fn decoy(user: &str) -> ScramVerifier {
-        static SECRET: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
-        let secret = SECRET.get_or_init(rand::random);
-        let keyed = |what: &str| -> [u8; 32] {
-            let mac = super::scram::hmac(secret, format!("{what}\0{user}").as_bytes());
-            mac.try_into()
-                .unwrap_or_else(|_| unreachable!("HMAC-SHA-256 is 32 bytes"))
-        };
         ScramVerifier {
             iterations: 4096,
-            salt: keyed("salt")[..16].to_vec(),
-            stored_key: keyed("stored"),
-            server_key: keyed("server"),
+            salt: keyed(user, "salt")[..16].to_vec(),
+            stored_key: keyed(user, "stored"),
+            server_key: keyed(user, "server"),
+        }
+    }
+
+    /// The verifier PostgreSQL would store for `password` with `salt` and
+    /// 4096 iterations (SASLprep applied where the password allows, as
+    /// clients do).
+    pub fn derive(password: &str, salt: Vec<u8>) -> ScramVerifier {
+        let iterations = 4096;
+        let normalized = stringprep::saslprep(password)
+            .map(|p| p.into_owned())
+            .unwrap_or_else(|_| password.to_string());
+        let salted = pbkdf2(normalized.as_bytes(), &salt, iterations);
+        let key = |what: &[u8]| -> [u8; 32] {
+            super::scram::hmac(&salted, what)
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("HMAC-SHA-256 is 32 bytes"))
+        };
+        let client_key = key(b"Client Key");
+        ScramVerifier {
+            iterations,
+            salt,
+            stored_key: <sha2::Sha256 as sha2::Digest>::digest(client_key).into(),
+            server_key: key(b"Server Key"),
         }
     }
 
@@ -135,6 +174,36 @@ mod tests {
     }
 
     #[test]
+    fn salts_do_not_tell_known_users_from_unknown_ones() {
+        // A reload derives the verifier again: the salt must not change,
+        // and must be the one an unknown user of that name would get.
+        let a = Credentials::new("ann", "pw", None).unwrap().scram.unwrap();
+        let again = Credentials::new("ann", "other pw", None)
+            .unwrap()
+            .scram
+            .unwrap();
+        assert_eq!(a.salt, again.salt);
+        assert_eq!(a.salt, ScramVerifier::decoy("ann").salt);
+        assert_ne!(a.salt, ScramVerifier::decoy("bob").salt);
+    }
+
+    #[test]
+    fn derived_verifiers_match_postgresql() {
+        // The same password and salt as a verifier PostgreSQL's client
+        // library made give the same keys, ASCII or not (SASLprep).
+        for pw in ["pencil", "p\u{00e9}ncil", "\u{2168}"] {
+            let theirs =
+                ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(pw.as_bytes()))
+                    .unwrap();
+            assert_eq!(
+                ScramVerifier::derive(pw, theirs.salt.clone()),
+                theirs,
+                "{pw}"
+            );
+        }
+    }
+
+    #[test]
     fn decoys_are_stable_per_user_and_differ_between_users() {
         let (a, b) = (ScramVerifier::decoy("ann"), ScramVerifier::decoy("bob"));
         assert_eq!(a, ScramVerifier::decoy("ann"));
@@ -144,10 +213,10 @@ mod tests {
 
     #[test]
     fn plaintext_yields_a_verifier() {
-        let v = Secret::Plain("pw".into()).scram_verifier().unwrap();
+        let v = Secret::Plain("pw".into()).scram_verifier("ann").unwrap();
         assert_eq!(v.salt.len(), 16);
         assert!(Secret::Md5("md5".to_string() + &"0".repeat(32))
-            .scram_verifier()
+            .scram_verifier("ann")
             .is_none());
     }
 }
@@ -166,9 +235,13 @@ pub struct Credentials {
 
 impl Credentials {
     /// Builds credentials from a `[[users]]` entry's password and server password.
-    pub fn new(password: &str, server_password: Option<&str>) -> Result<Credentials, &'static str> {
+    pub fn new(
+        user: &str,
+        password: &str,
+        server_password: Option<&str>,
+    ) -> Result<Credentials, &'static str> {
         let secret = Secret::parse(password)?;
-        let scram = secret.scram_verifier();
+        let scram = secret.scram_verifier(user);
         let server_password = server_password
             .map(str::to_string)
             .or_else(|| secret.plaintext().map(str::to_string));
