@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::hardware::Frozen;
 use common::{direct_client, sqlstate, unique, Proxy, USERS};
 use switchyard::local_cluster::{LocalCluster, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER};
 use tokio::net::{TcpListener, TcpStream};
@@ -271,86 +272,6 @@ fn failed_with<T>(r: Result<T, tokio_postgres::Error>, what: &str) -> Option<Str
             sqlstate(&e)
         }
     }
-}
-
-/// A node frozen with SIGSTOP (postmaster and every child): connections hang
-/// instead of being refused, like a host that lost power. Thawed on drop, so
-/// teardown works even when the test fails.
-struct Frozen {
-    pids: Vec<u32>,
-}
-
-impl Frozen {
-    fn freeze(node: &PgNode) -> Frozen {
-        let pidfile = node.data_dir().join("postmaster.pid");
-        let text = std::fs::read_to_string(&pidfile)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", pidfile.display()));
-        let postmaster: u32 = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .expect("postmaster pid");
-        // The postmaster first, so it forks no new children meanwhile.
-        let mut frozen = Frozen {
-            pids: vec![postmaster],
-        };
-        signal("STOP", postmaster);
-        for child in children_of(postmaster) {
-            signal("STOP", child);
-            frozen.pids.push(child);
-        }
-        frozen
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        for &pid in self.pids.iter().rev() {
-            signal("CONT", pid);
-        }
-    }
-}
-
-fn signal(sig: &str, pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status();
-}
-
-/// Pids whose parent is `parent`, from `/proc/*/stat`.
-fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = vec![];
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let ppid = after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// A TCP relay in front of a node that the test can cut (close every relayed
@@ -875,9 +796,10 @@ async fn during_a_hang_no_client_waits_out_a_connect_to_the_hung_node() {
         }
     });
 
-    // A client arrives while the primary is hung but not yet declared down:
-    // its pool must open a connection, and the only routable node is the hung one.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A client arrives while the primary is hung but not yet declared down
+    // (no probe can have timed out yet): its pool must open a connection,
+    // and the only routable node is the hung one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let fresh = tokio::spawn({
         let url = proxy.url("app", "app", "fresh");
         async move {

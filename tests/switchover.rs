@@ -1,29 +1,36 @@
-//! Hardware probes and planned switchover with real servers: a degraded PSU
-//! moves the primary with no client error under a steady load, failing
-//! hardware fails over at once, an unreachable probe changes nothing, command
-//! probes map exit codes, and admin `SWITCHOVER` loses no acknowledged commit
-//! while the old primary takes no further writes. Every test starts its own
-//! cluster, since it moves the primary.
+//! Hardware probes and planned switchover with real servers and a real HTTP
+//! exporter: a degraded PSU moves the primary with no client error under a
+//! steady load; failing hardware, and a power loss (the host hangs while its
+//! BMC reports the chassis off), fail over at once without a switchover; a
+//! probe flapping between ok and failing promotes once; a failing replica
+//! only leaves read routing; a primary that hangs during a switchover is
+//! failed over; an unreachable probe changes nothing; command probes map
+//! exit codes; and admin `SWITCHOVER` loses no acknowledged commit while the
+//! old primary takes no further writes. Every test starts its own cluster,
+//! since it moves the primary.
 
 mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::hardware::{exposition, powered_off, Exporter, Frozen};
 use common::{
     direct_client, http_request, private_pair as start_pair, sqlstate, unique,
     wait_until as eventually, Proxy, USERS,
 };
-use switchyard::local_cluster::{PgNode, CLUSTER_PASSWORD, CLUSTER_USER};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use switchyard::local_cluster::{
+    LocalCluster, LocalClusterOptions, PgNode, CLUSTER_PASSWORD, CLUSTER_USER,
+};
 use tokio::net::TcpListener;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// The proxy configuration: nodes `db1` (primary, with `primary_hw`) and
-/// `db2` (replica, with `replica_hw`), plus `extra` sections.
+/// `db2` (replica, with `replica_hw`), plus `extra` lines in `[failover]`
+/// (and sections after it).
 fn config(
     primary: &PgNode,
     replica: &PgNode,
@@ -31,75 +38,99 @@ fn config(
     replica_hw: &str,
     extra: &str,
 ) -> String {
-    let node = |name: &str, n: &PgNode, hw: &str| {
+    config_of(&[(primary, primary_hw), (replica, replica_hw)], extra)
+}
+
+/// As [`config`] for any nodes, named `db1`, `db2`, ... in order.
+fn config_of(nodes: &[(&PgNode, &str)], extra: &str) -> String {
+    let node = |i: usize, n: &PgNode, hw: &str| {
         let hw = if hw.is_empty() {
             String::new()
         } else {
             format!(", hardware = {{ {hw} }}")
         };
-        format!("{{ name = \"{name}\", addr = \"{}\"{hw} }}", n.addr())
+        format!("{{ name = \"db{}\", addr = \"{}\"{hw} }}", i + 1, n.addr())
     };
+    let nodes: Vec<String> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (n, hw))| node(i, n, hw))
+        .collect();
     format!(
-        "{USERS}\n[failover]\nhold_timeout = \"20s\"\n{extra}\n[cluster]\nnodes = [{}, {}]\nuser = \"{CLUSTER_USER}\"\npassword = \"{CLUSTER_PASSWORD}\"\n",
-        node("db1", primary, primary_hw),
-        node("db2", replica, replica_hw),
+        "{USERS}\n[failover]\nhold_timeout = \"20s\"\n{extra}\n[cluster]\nnodes = [{}]\nuser = \"{CLUSTER_USER}\"\npassword = \"{CLUSTER_PASSWORD}\"\n",
+        nodes.join(", ")
     )
 }
 
-/// A Prometheus-text endpoint the test rewrites: an ipmi_exporter stand-in.
-struct Exporter {
-    addr: SocketAddr,
-    text: Arc<Mutex<String>>,
+/// A cluster of its own with two replicas: the cluster, primary, replicas.
+async fn start_trio() -> (Arc<LocalCluster>, PgNode, PgNode, PgNode) {
+    common::init_tracing();
+    let opts = LocalClusterOptions {
+        replicas: 2,
+        ..Default::default()
+    };
+    let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(opts))
+        .await
+        .unwrap()
+        .expect("start PostgreSQL cluster");
+    let (p, r) = (cluster.primary().clone(), cluster.replicas().to_vec());
+    (Arc::new(cluster), p, r[0].clone(), r[1].clone())
 }
 
-impl Exporter {
-    async fn start(text: &str) -> Exporter {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let text = Arc::new(Mutex::new(text.to_string()));
-        let served = text.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let body = served.lock().unwrap().clone();
-                tokio::spawn(async move {
-                    let mut req = [0u8; 1024];
-                    let _ = s.read(&mut req).await;
-                    let resp = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = s.write_all(resp.as_bytes()).await;
-                });
-            }
-        });
-        Exporter { addr, text }
-    }
+/// Runs `sql` on a node directly (psql over its unix socket). Never on a
+/// frozen node: psql would hang.
+async fn psql(node: &PgNode, sql: &str) -> String {
+    let (n, sql) = (node.clone(), sql.to_string());
+    tokio::task::spawn_blocking(move || n.psql("app", &sql))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("psql on {}: {e}", node.name()))
+}
 
-    fn set(&self, text: &str) {
-        *self.text.lock().unwrap() = text.to_string();
-    }
-
-    /// The `hardware = { ... }` body probing this exporter with the issue's rules.
-    fn spec(&self) -> String {
-        format!(
-            "url = \"http://{}/metrics\", interval = \"200ms\", timeout = \"1s\", rules = [ \
-             {{ metric = \"ipmi_sensor_state\", labels = {{ type = \"Power Supply\" }}, op = \"!=\", value = 0, status = \"degraded\" }}, \
-             {{ metric = \"node_hwmon_temp_celsius\", op = \">\", value = 90, status = \"failing\" }} ]",
-            self.addr
+/// Commits wait for `replica` (synchronous replication, set on both nodes as
+/// a copied configuration would be): no acknowledged commit can be lost.
+async fn synchronous_replication(primary: &PgNode, replica: &PgNode) {
+    let standby = replica.name().to_string();
+    for node in [primary, replica] {
+        psql(
+            node,
+            &format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{standby}';
+                 ALTER SYSTEM SET synchronous_commit = 'on';
+                 SELECT pg_reload_conf();"
+            ),
         )
+        .await;
     }
+    let sql =
+        format!("SELECT sync_state FROM pg_stat_replication WHERE application_name = '{standby}'");
+    eventually(10, "a synchronous standby", || async {
+        psql(primary, &sql).await == "sync"
+    })
+    .await;
 }
 
-fn exposition(psu_state: u32, temp: u32) -> String {
-    format!(
-        "# HELP ipmi_sensor_state Indicates the severity of the state reported by an IPMI sensor (0=nominal, 1=warning, 2=critical).\n\
-         # TYPE ipmi_sensor_state gauge\n\
-         ipmi_sensor_state{{id=\"52\",name=\"PS1 Status\",type=\"Power Supply\"}} {psu_state}\n\
-         ipmi_sensor_state{{id=\"53\",name=\"PS2 Status\",type=\"Power Supply\"}} 0\n\
-         ipmi_sensor_state{{id=\"12\",name=\"Fan1\",type=\"Fan\"}} 0\n\
-         # TYPE node_hwmon_temp_celsius gauge\n\
-         node_hwmon_temp_celsius{{chip=\"platform_coretemp_0\",sensor=\"temp1\"}} {temp}\n"
-    )
+/// The incident timeline from `/events`: `(kind, node, message)`, oldest first.
+async fn timeline(http: SocketAddr) -> Vec<(String, String, String)> {
+    let (_, body) = http_request(http, "GET", "/events").await;
+    let events: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (text(&e["kind"]), text(&e["node"]), text(&e["message"])))
+        .collect()
+}
+
+/// How many events of `kind` the timeline holds.
+fn count(timeline: &[(String, String, String)], kind: &str) -> usize {
+    timeline.iter().filter(|(k, _, _)| k == kind).count()
+}
+
+/// Whether `node` had an event of `kind`.
+fn has(timeline: &[(String, String, String)], kind: &str, node: &str) -> bool {
+    timeline.iter().any(|(k, n, _)| k == kind && n == node)
 }
 
 /// Short write transactions on `clients` connections until stopped: every
@@ -304,6 +335,10 @@ async fn a_degraded_psu_moves_the_primary_without_client_errors() {
     ] {
         assert!(events.contains(kind), "{kind} missing: {events}");
     }
+    // A node that still works is moved cooperatively, never failed over.
+    let events = timeline(http).await;
+    assert_eq!(count(&events, "failover_started"), 0, "{events:?}");
+    assert_eq!(count(&events, "switchover_failed"), 0, "{events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +353,7 @@ async fn failing_hardware_fails_over_at_once_and_an_unreachable_probe_changes_no
         .unwrap();
     let unreachable = format!("url = \"http://{closed}/metrics\", interval = \"200ms\", timeout = \"500ms\", rules = [ {{ metric = \"up\", op = \"==\", value = 0, status = \"failing\" }} ]");
     let toml = config(&primary, &replica, &exporter.spec(), &unreachable, "");
-    let proxy = Proxy::start_with(cluster.clone(), &toml).await;
+    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
     let admin = admin(&proxy).await;
     let c = proxy.client().await;
     let table = create_table(&c).await;
@@ -356,6 +391,229 @@ async fn failing_hardware_fails_over_at_once_and_an_unreachable_probe_changes_no
         values(&direct_client(replica.port()).await, &table).await,
         HashSet::from([1, 2])
     );
+    // Failing means gone: nothing cooperative was asked of it.
+    let events = timeline(http).await;
+    assert_eq!(count(&events, "switchover_started"), 0, "{events:?}");
+    assert!(has(&events, "failover_started", "db1"), "{events:?}");
+    assert!(has(&events, "promoting", "db2"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_loss_fails_over_without_attempting_a_switchover() {
+    let (cluster, primary, replica) = start_pair().await;
+    synchronous_replication(&primary, &replica).await;
+    let exporter = Exporter::start(&exposition(0, 45)).await;
+    // Even with degraded switchovers on: a host that is off is not moved
+    // cooperatively.
+    let toml = config(
+        &primary,
+        &replica,
+        &exporter.spec(),
+        "",
+        "switchover_on_degraded = true\n",
+    );
+    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let admin = admin(&proxy).await;
+    let setup = proxy.client().await;
+    let table = create_table(&setup).await;
+    eventually(10, "hardware ok", || async {
+        node_column(&admin, "db1", "hardware").await == "ok"
+    })
+    .await;
+    let load = Workload::start(&proxy, &table, 4).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // The host loses power: everything on it stops where it is, and its
+    // BMC, on standby power, reports the chassis off.
+    let frozen = Frozen::freeze(&primary);
+    exporter.set(&powered_off());
+    eventually(20, "writes on db2", || async {
+        node_column(&admin, "db2", "role").await == "primary"
+            && port_of(&setup).await == replica.port()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (acked, errors) = load.finish().await;
+
+    // Statements in flight on the dead host fail with the failover errors;
+    // nothing acknowledged is lost.
+    let unexpected: Vec<_> = errors
+        .iter()
+        .filter(|e| !e.contains("08006") && !e.contains("08007"))
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    let on_new = values(&direct_client(replica.port()).await, &table).await;
+    let missing: Vec<_> = acked.iter().filter(|v| !on_new.contains(v)).collect();
+    assert!(missing.is_empty(), "acknowledged commits lost: {missing:?}");
+
+    let events = timeline(http).await;
+    for kind in ["switchover_started", "switchover_step", "switchover_failed"] {
+        assert_eq!(count(&events, kind), 0, "{kind}: {events:?}");
+    }
+    assert!(has(&events, "hardware_failing", "db1"), "{events:?}");
+    assert!(has(&events, "failover_started", "db1"), "{events:?}");
+    assert!(has(&events, "node_fenced", "db1"), "{events:?}");
+    assert_eq!(count(&events, "promoting"), 1, "{events:?}");
+    assert!(has(&events, "writes_resumed", "db2"), "{events:?}");
+    drop(frozen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_flapping_between_ok_and_failing_promotes_once() {
+    let (cluster, primary, r1, r2) = start_trio().await;
+    let exporter = Exporter::start(&exposition(0, 45)).await;
+    let spec = exporter.spec();
+    let toml = config_of(&[(&primary, &spec), (&r1, ""), (&r2, "")], "");
+    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let admin = admin(&proxy).await;
+    let c = proxy.client().await;
+    let table = create_table(&c).await;
+    eventually(10, "hardware ok", || async {
+        node_column(&admin, "db1", "hardware").await == "ok"
+    })
+    .await;
+
+    // A loose sensor: the reading flips every 150 ms for three seconds, on
+    // both sides of whatever the failover does meanwhile.
+    for i in 0..20 {
+        let temp = if i % 2 == 0 { 97 } else { 45 };
+        exporter.set(&exposition(0, temp));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    exporter.set(&exposition(0, 45));
+    eventually(20, "a replica took writes", || async {
+        let port = port_of(&c).await;
+        port == r1.port() || port == r2.port()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let events = timeline(http).await;
+    assert_eq!(count(&events, "promoting"), 1, "{events:?}");
+    assert_eq!(count(&events, "switchover_started"), 0, "{events:?}");
+    let mut primaries = 0;
+    for node in [&r1, &r2] {
+        let recovery = psql(node, "SELECT pg_is_in_recovery()").await;
+        primaries += usize::from(recovery == "f");
+    }
+    assert_eq!(primaries, 1, "exactly one replica was promoted");
+    // The old primary, its hardware ok again, stays fenced.
+    c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    assert_ne!(port_of(&c).await, primary.port());
+    assert_eq!(
+        psql(&primary, &format!("SELECT count(*) FROM {table}")).await,
+        "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_replica_only_leaves_read_routing() {
+    let (cluster, primary, replica) = start_pair().await;
+    let exporter = Exporter::start(&exposition(0, 45)).await;
+    let toml = config(
+        &primary,
+        &replica,
+        "",
+        &exporter.spec(),
+        "[databases.ro]\ndbname = \"app\"\ntarget = \"replica\"\n",
+    );
+    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let admin = admin(&proxy).await;
+    let rw = proxy.client().await;
+    let ro = proxy.client_as("app", "app", "ro").await.unwrap();
+    eventually(10, "reads on the replica", || async {
+        node_column(&admin, "db2", "hardware").await == "ok" && port_of(&ro).await == replica.port()
+    })
+    .await;
+
+    exporter.set(&exposition(0, 97));
+    eventually(10, "reads on the primary", || async {
+        port_of(&ro).await == primary.port()
+    })
+    .await;
+    assert_eq!(port_of(&rw).await, primary.port());
+    assert_eq!(node_column(&admin, "db2", "role").await, "replica");
+
+    exporter.set(&exposition(0, 45));
+    eventually(10, "reads back on the replica", || async {
+        port_of(&ro).await == replica.port()
+    })
+    .await;
+    let events = timeline(http).await;
+    assert!(has(&events, "hardware_failing", "db2"), "{events:?}");
+    for kind in [
+        "failover_started",
+        "switchover_started",
+        "promoting",
+        "node_fenced",
+    ] {
+        assert_eq!(count(&events, kind), 0, "{kind}: {events:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_that_hangs_during_a_switchover_is_failed_over() {
+    let (cluster, primary, replica) = start_pair().await;
+    let exporter = Exporter::start(&exposition(0, 45)).await;
+    // A long drain: the switchover is still waiting for a transaction when
+    // the primary hangs.
+    let toml = config(
+        &primary,
+        &replica,
+        &exporter.spec(),
+        "",
+        "switchover_on_degraded = true\n[switchover]\ndrain_timeout = \"60s\"\n",
+    );
+    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let admin = admin(&proxy).await;
+    let setup = proxy.client().await;
+    let table = create_table(&setup).await;
+    eventually(10, "hardware ok", || async {
+        node_column(&admin, "db1", "hardware").await == "ok"
+    })
+    .await;
+    // Async replication: wait for the table to reach the replica.
+    let check = format!("SELECT to_regclass('{table}') IS NOT NULL");
+    eventually(10, "the table on the replica", || async {
+        psql(&replica, &check).await == "t"
+    })
+    .await;
+    let open = proxy.client().await;
+    open.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+
+    exporter.set(&exposition(1, 45));
+    eventually(10, "the switchover to start draining", || async {
+        count(&timeline(http).await, "switchover_started") == 1
+    })
+    .await;
+    let frozen = Frozen::freeze(&primary);
+    // Well within the drain timeout: the switchover gave up on the hung
+    // primary and failed over.
+    eventually(20, "writes on db2", || async {
+        node_column(&admin, "db2", "role").await == "primary"
+            && port_of(&setup).await == replica.port()
+    })
+    .await;
+
+    let events = timeline(http).await;
+    let failed: Vec<_> = events
+        .iter()
+        .filter(|(k, _, _)| k == "switchover_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{events:?}");
+    assert!(failed[0].2.contains("failing over"), "{failed:?}");
+    assert!(has(&events, "failover_started", "db1"), "{events:?}");
+    assert!(has(&events, "promoting", "db2"), "{events:?}");
+    // Nothing was asked of the hung node after it stopped answering.
+    let restore = events
+        .iter()
+        .any(|(k, _, m)| k == "action_failed" && m.contains("writable again"));
+    assert!(!restore, "tried to restore a hung primary: {events:?}");
+    drop(frozen);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

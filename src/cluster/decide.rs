@@ -2,7 +2,9 @@
 //! whether a replica still witnesses a live primary, which nodes to fence,
 //! which replica serves read traffic. No sockets, no clocks.
 
-use super::view::{NodeView, Role};
+use std::time::{Duration, Instant};
+
+use super::view::{NodeView, Probe, Role};
 
 /// Why no replica can be promoted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +40,46 @@ pub fn choose_candidate(nodes: &[NodeView], old: usize, max_lag: u64) -> Result<
         })
         .map(|(i, _)| i)
         .ok_or(Blocked::NoCandidate)
+}
+
+/// Whether the replicas corroborate that `primary` fell silent at `since`
+/// (when its failed probe was sent): at least one replica probed after
+/// `since` has a running WAL receiver, and every such replica has heard
+/// nothing from upstream (WAL or keepalive) since then, for at least `span`.
+/// The span makes a probe that failed fast (a refused connection) prove
+/// nothing: the replicas must have had the time to hear a live primary's
+/// traffic. A replica not probed since `since` says nothing either way.
+pub fn replicas_silent_since(
+    nodes: &[NodeView],
+    primary: usize,
+    since: Instant,
+    span: Duration,
+) -> bool {
+    let fresh: Vec<&Probe> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, n)| *i != primary && n.live_role() == Some(Role::Replica))
+        .filter_map(|(_, n)| n.probe.as_ref())
+        .filter(|p| p.at >= since && p.last_heard.is_some())
+        .collect();
+    let silent = |p: &&Probe| {
+        p.last_heard
+            .is_some_and(|h| h <= since && p.at.saturating_duration_since(h) >= span)
+    };
+    !fresh.is_empty() && fresh.iter().all(silent)
+}
+
+/// Whether a replica's probe witnesses a live primary that began failing at
+/// `since`: its WAL receiver heard from upstream after `since`, or its
+/// received WAL moved past `base` (its position at its first probe after
+/// `since`). A hung or dead primary sends nothing, so neither happens.
+pub fn witnesses(probe: &Probe, base: Option<u64>, since: Instant) -> bool {
+    if probe.role != Role::Replica {
+        return false;
+    }
+    let heard = probe.last_heard.is_some_and(|h| h > since);
+    let moved = probe.streaming && base.is_some_and(|b| probe.lsn > b);
+    heard || moved
 }
 
 /// Nodes that claim to be primary on a timeline lower than the highest seen
@@ -147,6 +189,102 @@ mod tests {
             choose_candidate(&[p, a], 0, 1 << 20),
             Err(Blocked::WitnessSeesPrimary("a".into()))
         );
+    }
+
+    fn heard(mut n: NodeView, at: Instant, heard: Option<Instant>) -> NodeView {
+        let p = n.probe.as_mut().unwrap();
+        p.at = at;
+        p.last_heard = heard;
+        n
+    }
+
+    #[test]
+    fn silence_needs_a_fresh_replica_that_heard_nothing_long_enough() {
+        let t0 = Instant::now();
+        let since = t0 + Duration::from_secs(1);
+        let after = since + Duration::from_secs(1);
+        let span = Duration::from_secs(1);
+        let p = node("p", Role::Primary, 1, 100);
+        let r = |probed, h| heard(node("r", Role::Replica, 1, 100), probed, h);
+        let soon = since + Duration::from_millis(5);
+        let cases = [
+            (
+                vec![r(after, Some(t0))],
+                true,
+                "heard last before the failure",
+            ),
+            (
+                vec![r(after, Some(after))],
+                false,
+                "heard during the failed probe",
+            ),
+            (
+                vec![r(soon, Some(since - Duration::from_millis(20)))],
+                false,
+                "the probe failed fast: 25 ms of silence prove nothing",
+            ),
+            (vec![r(t0, Some(t0))], false, "probed before: says nothing"),
+            (vec![r(after, None)], false, "no WAL receiver: says nothing"),
+            (vec![], false, "no replica"),
+            (
+                vec![r(after, Some(t0)), r(after, Some(after))],
+                false,
+                "one replica still hears it",
+            ),
+            (
+                vec![r(after, Some(t0)), r(t0, Some(after))],
+                true,
+                "a replica not probed since is ignored",
+            ),
+        ];
+        for (replicas, want, what) in cases {
+            let mut nodes = vec![p.clone()];
+            nodes.extend(replicas);
+            assert_eq!(
+                replicas_silent_since(&nodes, 0, since, span),
+                want,
+                "{what}"
+            );
+        }
+        let mut down = r(after, Some(t0));
+        down.health = Health::Down;
+        assert!(
+            !replicas_silent_since(&[p, down], 0, since, span),
+            "a down replica"
+        );
+    }
+
+    #[test]
+    fn a_replica_witnesses_only_what_it_heard_after_the_failure_began() {
+        let t0 = Instant::now();
+        let since = t0 + Duration::from_secs(1);
+        let probe = |lsn, h: Option<Instant>| {
+            let mut p = node("r", Role::Replica, 1, lsn).probe.unwrap();
+            p.last_heard = h;
+            p
+        };
+        assert!(
+            !witnesses(&probe(100, Some(t0)), Some(100), since),
+            "heard before"
+        );
+        assert!(witnesses(
+            &probe(100, Some(since + Duration::from_millis(5))),
+            Some(100),
+            since
+        ));
+        assert!(
+            witnesses(&probe(101, None), Some(100), since),
+            "its WAL moved"
+        );
+        assert!(
+            !witnesses(&probe(101, None), None, since),
+            "first probe: no base yet"
+        );
+        let mut stopped = probe(101, None);
+        stopped.streaming = false;
+        assert!(!witnesses(&stopped, Some(100), since), "not streaming");
+        let primary = node("p", Role::Primary, 1, 500).probe.unwrap();
+        assert!(!witnesses(&primary, Some(100), since));
     }
 
     #[test]

@@ -177,6 +177,9 @@ fn serving(
             node.probe.as_ref().map(|x| x.role),
         ) {
             (true, _, _) => "primary fenced",
+            // Gone, whether it still answers or not: nothing is asked of it
+            // (no drain, no read-only step), its replacement is promoted.
+            _ if node.hardware_failing => "primary hardware failing: the node counts as gone",
             (_, Health::Down, _) => "primary is down",
             (_, _, Some(Role::Replica)) => "primary is in recovery now",
             _ => "primary is not usable",

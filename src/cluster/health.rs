@@ -1,15 +1,19 @@
 //! Probing one node over a persistent check connection: role, timeline, WAL
 //! positions, replication state, in one round trip; plus the heartbeat the
-//! primary writes so replicas can witness a live primary (docs/failover.md).
+//! serving primary gets so replicas can witness it (docs/failover.md).
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::view::{Probe, Role};
 use crate::pool::server_conn::{ConnectError, Login, ServerConn};
+use crate::tls::Stream;
 
 /// One query, one round trip. The timeline of a primary comes from its current
 /// WAL file name (`pg_control_checkpoint()` lags until the post-promotion
 /// checkpoint); a replica's from its WAL receiver, else its last checkpoint.
+/// The last column is how long ago the replica's WAL receiver last heard
+/// from its upstream (WAL or keepalive), on the replica's own clock.
 const PROBE_SQL: &str = "SELECT r, \
   CASE WHEN r THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) \
        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
@@ -17,11 +21,35 @@ const PROBE_SQL: &str = "SELECT r, \
   ((CASE WHEN r THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END) - '0/0')::bigint, \
   COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
   CASE WHEN r THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END, \
-  current_setting('synchronous_standby_names') <> '' \
+  current_setting('synchronous_standby_names') <> '', \
+  CASE WHEN r THEN extract(epoch FROM clock_timestamp() - (SELECT last_msg_receipt_time FROM pg_stat_wal_receiver)) END \
   FROM pg_is_in_recovery() AS r";
 
-/// A tiny WAL record on the primary; replicas receiving it prove the primary lives.
-const HEARTBEAT_SQL: &str = "SELECT pg_logical_emit_message(false, 'switchyard', 'heartbeat')";
+/// A tiny WAL record on the primary; replicas receiving it prove the primary
+/// lives. Committed with a local flush: a non-transactional message would
+/// wait in the WAL buffers until something else flushes them (seconds on an
+/// idle server), and reach the replicas long after it was written, when it
+/// proves nothing. `local`, so a missing synchronous standby cannot hold it.
+const HEARTBEAT_SQL: &str = "BEGIN; SET LOCAL synchronous_commit = local; \
+  SELECT pg_logical_emit_message(true, 'switchyard', 'heartbeat'); COMMIT";
+
+/// Why a control statement did not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// No answer in time, or the connection failed: the node may be gone.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The node answered with an error: it lives, the statement failed.
+    #[error("{addr}: {message} ({code})")]
+    Refused {
+        /// Node address.
+        addr: String,
+        /// SQLSTATE.
+        code: String,
+        /// What the server said.
+        message: String,
+    },
+}
 
 /// The check connection of one node.
 pub struct Checker {
@@ -31,6 +59,8 @@ pub struct Checker {
     tls: crate::tls::SharedConnector,
     conn: Option<ServerConn>,
     heartbeat_failed: bool,
+    /// When the last heartbeat was committed.
+    last_heartbeat: Option<Instant>,
 }
 
 impl Checker {
@@ -42,34 +72,86 @@ impl Checker {
             tls,
             conn: None,
             heartbeat_failed: false,
+            last_heartbeat: None,
         }
     }
 
-    /// Runs one probe within `timeout`; a primary also gets a heartbeat.
+    /// Another checker for the same node, with a connection of its own (for
+    /// work that must not hold up the monitor).
+    pub fn sibling(&self) -> Checker {
+        Checker::new(self.addr.clone(), self.login.clone(), self.tls.clone())
+    }
+
+    /// When the last heartbeat on this node was committed.
+    pub fn last_heartbeat(&self) -> Option<Instant> {
+        self.last_heartbeat
+    }
+
+    /// Runs one probe within `timeout`, followed by a heartbeat if asked.
     /// Any failure drops the connection so the next probe reconnects.
-    pub async fn probe(&mut self, timeout: Duration) -> Result<Probe, String> {
-        let outcome = tokio::time::timeout(timeout, self.probe_inner(timeout)).await;
-        self.settle(outcome, timeout)
+    pub async fn probe(&mut self, timeout: Duration, heartbeat: bool) -> Result<Probe, String> {
+        self.probe_until(timeout, heartbeat, std::future::pending())
+            .await
+    }
+
+    /// As [`Checker::probe`], abandoned with `give_up`'s reason if that
+    /// resolves first (other evidence says the node is gone: no need to wait
+    /// out the timeout). The heartbeat is not part of the probe: a primary
+    /// whose commits are slow (a disk stall) still answers its probes.
+    pub async fn probe_until(
+        &mut self,
+        timeout: Duration,
+        heartbeat: bool,
+        give_up: impl Future<Output = String>,
+    ) -> Result<Probe, String> {
+        let bounded = tokio::time::timeout(timeout, self.probe_inner(timeout));
+        let raced = tokio::select! {
+            outcome = bounded => Ok(outcome),
+            why = give_up => Err(why),
+        };
+        let probe = match raced {
+            Ok(outcome) => self.settle(outcome, timeout).map_err(|e| e.to_string())?,
+            Err(why) => {
+                // The query may be half-answered: this connection is spent.
+                self.conn = None;
+                return Err(why);
+            }
+        };
+        if heartbeat && probe.role == Role::Primary {
+            self.heartbeat(timeout).await;
+        }
+        Ok(probe)
     }
 
     async fn probe_inner(&mut self, timeout: Duration) -> Result<Probe, ConnectError> {
         let row = self.connected(timeout).await?.query_row(PROBE_SQL).await?;
-        let probe = parse_probe(&row, Instant::now())
-            .ok_or_else(|| ConnectError::Protocol(self.addr.clone(), "unexpected probe result"))?;
-        if probe.role == Role::Primary {
-            if let Err(e) = self
-                .connected(timeout)
+        parse_probe(&row, Instant::now())
+            .ok_or_else(|| ConnectError::Protocol(self.addr.clone(), "unexpected probe result"))
+    }
+
+    async fn heartbeat(&mut self, timeout: Duration) {
+        let run = async {
+            self.connected(timeout)
                 .await?
                 .query_row(HEARTBEAT_SQL)
                 .await
-            {
-                if !self.heartbeat_failed {
-                    tracing::warn!(node = %self.addr, error = %e, "heartbeat failed; replicas cannot witness this primary");
-                }
-                self.heartbeat_failed = true;
+        };
+        let error = match tokio::time::timeout(timeout, run).await {
+            Ok(Ok(_)) => {
+                self.last_heartbeat = Some(Instant::now());
+                self.heartbeat_failed = false;
+                return;
             }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {timeout:?}"),
+        };
+        if !self.heartbeat_failed {
+            tracing::warn!(node = %self.addr, error = %error, "heartbeat failed; replicas cannot witness this primary");
         }
-        Ok(probe)
+        self.heartbeat_failed = true;
+        // Cut short, or failed inside its BEGIN (an aborted transaction):
+        // the next probe starts on a fresh session.
+        self.conn = None;
     }
 
     /// Runs a control statement (promote, repoint) on this node's check connection.
@@ -77,36 +159,89 @@ impl Checker {
         &mut self,
         sql: &str,
         timeout: Duration,
-    ) -> Result<Vec<Option<String>>, String> {
+    ) -> Result<Vec<Option<String>>, ControlError> {
+        self.control_until(sql, timeout, std::future::pending())
+            .await
+    }
+
+    /// As [`Checker::control`], abandoned (the node counts as unreachable)
+    /// with `give_up`'s reason if that resolves first.
+    pub async fn control_until(
+        &mut self,
+        sql: &str,
+        timeout: Duration,
+        give_up: impl Future<Output = String>,
+    ) -> Result<Vec<Option<String>>, ControlError> {
         let run = async { self.connected(timeout).await?.query_row(sql).await };
-        let outcome = tokio::time::timeout(timeout, run).await;
-        self.settle(outcome, timeout)
+        let raced = tokio::select! {
+            outcome = tokio::time::timeout(timeout, run) => Ok(outcome),
+            why = give_up => Err(why),
+        };
+        match raced {
+            Ok(outcome) => self.settle(outcome, timeout),
+            Err(why) => {
+                self.conn = None;
+                Err(ControlError::Unreachable(why))
+            }
+        }
     }
 
     /// The check connection, opened if needed.
     async fn connected(&mut self, timeout: Duration) -> Result<&mut ServerConn, ConnectError> {
         if self.conn.is_none() {
             let tls = self.tls.current();
-            self.conn = Some(ServerConn::connect(&self.addr, &self.login, &tls, timeout).await?);
+            let conn = ServerConn::connect(&self.addr, &self.login, &tls, timeout).await?;
+            bound_unacknowledged(&conn.stream, timeout);
+            self.conn = Some(conn);
         }
         self.conn
             .as_mut()
             .ok_or_else(|| ConnectError::Protocol(self.addr.clone(), "no connection"))
     }
 
-    /// Turns a bounded attempt into a result; any failure drops the connection.
+    /// Turns a bounded attempt into a result; a failure other than an error
+    /// the server answered with drops the connection.
     fn settle<T>(
         &mut self,
         outcome: Result<Result<T, ConnectError>, tokio::time::error::Elapsed>,
         timeout: Duration,
-    ) -> Result<T, String> {
+    ) -> Result<T, ControlError> {
         let err = match outcome {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("{}: timed out after {timeout:?}", self.addr),
+            // The statement failed, the session is fine (it is ready for
+            // the next query); only a login refused leaves no session.
+            Ok(Err(ConnectError::Refused { addr, error })) if self.conn.is_some() => {
+                ControlError::Refused {
+                    addr,
+                    code: error.code,
+                    message: error.message,
+                }
+            }
+            Ok(Err(e)) => ControlError::Unreachable(e.to_string()),
+            Err(_) => {
+                ControlError::Unreachable(format!("{}: timed out after {timeout:?}", self.addr))
+            }
         };
-        self.conn = None;
+        if matches!(err, ControlError::Unreachable(_)) {
+            self.conn = None;
+        }
         Err(err)
+    }
+}
+
+/// A check connection to a host that lost power gets no acknowledgement for
+/// what it sends: the kernel gives up on it after the probe timeout (at least
+/// a second, so a lost packet or two is survived) instead of the 15 s
+/// pooled connections allow, and the next probe starts on a fresh socket.
+fn bound_unacknowledged(stream: &Stream, timeout: Duration) {
+    let limit = Some(timeout.max(Duration::from_secs(1)));
+    let set = |tcp: &tokio::net::TcpStream| {
+        let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(limit);
+    };
+    match stream {
+        Stream::Plain(tcp) => set(tcp),
+        Stream::Tls(tls) => set(tls.lock().unwrap_or_else(|e| e.into_inner()).get_ref().0),
+        Stream::Closed => {}
     }
 }
 
@@ -127,8 +262,19 @@ pub fn parse_probe(row: &[Option<String>], at: Instant) -> Option<Probe> {
         streaming: flag(4),
         lag_seconds: text(5).and_then(|v| v.parse().ok()),
         sync_standby_names: flag(6),
+        last_heard: text(7)
+            .and_then(|v| v.parse::<f64>().ok())
+            .and_then(|age| heard_at(at, age)),
         at,
     })
+}
+
+/// When a replica last heard from upstream, on our clock: `age` seconds
+/// (measured on the replica) before the probe answered. Only the difference
+/// of two readings of one clock is used, so clock skew does not matter.
+fn heard_at(at: Instant, age: f64) -> Option<Instant> {
+    let age = Duration::try_from_secs_f64(age.max(0.0)).ok()?;
+    at.checked_sub(age)
 }
 
 #[cfg(test)]
@@ -168,6 +314,7 @@ mod tests {
                 Some("t"),
                 Some("0.5"),
                 Some("f"),
+                Some("0.25"),
             ]),
             now,
         )
@@ -176,8 +323,22 @@ mod tests {
             (r.role, r.lsn, r.replay_lsn, r.streaming, r.lag_seconds),
             (Role::Replica, 0, 99, true, Some(0.5))
         );
+        assert_eq!(r.last_heard, now.checked_sub(Duration::from_millis(250)));
+        assert_eq!(p.last_heard, None, "no WAL receiver on a primary");
         assert!(parse_probe(&row(&[Some("x")]), now).is_none());
         assert!(parse_probe(&row(&[]), now).is_none());
         assert!(parse_probe(&row(&[Some("f"), Some("nan")]), now).is_none());
+    }
+
+    #[test]
+    fn a_replica_clock_ahead_of_its_receipt_time_means_just_now() {
+        let now = Instant::now();
+        assert_eq!(
+            heard_at(now, -0.003),
+            Some(now),
+            "receipt stamped after the probe began"
+        );
+        assert_eq!(heard_at(now, f64::NAN), Some(now));
+        assert_eq!(heard_at(now, 1e30), None, "older than our clock can say");
     }
 }

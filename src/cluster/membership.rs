@@ -21,6 +21,8 @@ pub(super) struct Slot {
     pub(super) load: AtomicUsize,
     /// The last hardware verdict (`unknown` until probed or without a probe).
     pub(super) hardware: Mutex<hardware::Verdict>,
+    /// Wakes the hardware watcher for a probe before its interval is up.
+    pub(super) probe_now: tokio::sync::Notify,
     removed: AtomicBool,
     /// A hardware watcher runs for this node.
     watched: AtomicBool,
@@ -36,6 +38,7 @@ impl Slot {
             }),
             load: AtomicUsize::new(0),
             hardware: Mutex::new(hardware::Verdict::unknown("no hardware probe configured")),
+            probe_now: tokio::sync::Notify::new(),
             removed: AtomicBool::new(false),
             watched: AtomicBool::new(false),
         })

@@ -104,6 +104,9 @@ pub struct Cluster {
     tls: crate::tls::SharedConnector,
     /// Bumped by every [`Cluster::retire`]: pools sweep their idle lists when it moves.
     retirements: std::sync::atomic::AtomicU64,
+    /// Bumped by every hardware verdict, so the monitor can stop waiting for
+    /// a primary whose hardware just said it is gone.
+    hardware_seen: watch::Sender<u64>,
 }
 
 /// Why no server connection could be opened.
@@ -134,6 +137,7 @@ impl Cluster {
             events,
             tls: Default::default(),
             retirements: Default::default(),
+            hardware_seen: watch::channel(0).0,
         }
     }
 
@@ -322,7 +326,6 @@ impl Cluster {
         self.request_switchover(switchover::Request {
             target,
             reason,
-            emergency: false,
             reply: Some(tx),
         });
         rx.await
@@ -357,7 +360,43 @@ impl Cluster {
         node: usize,
         v: hardware::Verdict,
     ) -> hardware::HardwareStatus {
-        std::mem::replace(&mut *lock(&self.slot(node).hardware), v).status
+        let before = std::mem::replace(&mut *lock(&self.slot(node).hardware), v).status;
+        self.hardware_seen.send_modify(|n| *n += 1);
+        before
+    }
+
+    /// Resolves once `node`'s hardware probe reports `failing` (at once if
+    /// it does already), with the reasons. After `late`, asks the node's
+    /// hardware watcher to probe now rather than at its next interval: a
+    /// health check running late is the moment to ask the baseboard.
+    pub(crate) async fn hardware_failing(&self, node: usize, late: Duration) -> String {
+        let mut seen = self.hardware_seen.subscribe();
+        let ask = tokio::time::sleep(late);
+        tokio::pin!(ask);
+        let mut asked = false;
+        loop {
+            let v = self.hardware(node);
+            if v.status == hardware::HardwareStatus::Failing {
+                return format!("hardware probe reports failing: {}", v.reasons.join("; "));
+            }
+            tokio::select! {
+                _ = &mut ask, if !asked => {
+                    asked = true;
+                    self.slot(node).probe_now.notify_one();
+                }
+                changed = seen.changed() => {
+                    if changed.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves when someone asks for an early hardware probe of `node`.
+    pub(crate) async fn hardware_probe_asked(&self, node: usize) {
+        let slot = self.slot(node);
+        slot.probe_now.notified().await
     }
 
     /// Re-admissions requested since the last call.

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::decide::fit_replicas;
+use super::decide::{fit_replicas, replicas_silent_since, witnesses};
 use super::failover::{step, Action, FailoverSettings, Primary};
-use super::health::Checker;
+use super::health::{Checker, ControlError};
 use super::view::{Health, NodeView, Probe, Role};
 use super::{Cluster, NodeStatus, Snapshot};
 use arc_swap::ArcSwap;
@@ -22,14 +22,29 @@ use crate::pool::server_conn::Login;
 /// Probe cadence while a node is suspect or the primary is not serving.
 const FAST_TICK: Duration = Duration::from_millis(200);
 
-/// Probe timeout for a node that is already down.
+/// Probe timeout for a node that is already down, or whose hardware says it
+/// is gone.
 const DOWN_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A health check of the primary still unanswered after this is late (one
+/// normally answers in a millisecond or two): its hardware probe, if it has
+/// one, is asked at once instead of at its next interval.
+pub(super) const LATE_PROBE: Duration = Duration::from_millis(100);
+
+/// Our heartbeat's WAL reaches the replicas within this of its commit
+/// returning; anything they hear later did not come from us.
+const HEARTBEAT_TRAVEL: Duration = Duration::from_millis(50);
+
+/// How often a promotion in progress is checked, and for how long the
+/// monitor waits on it before going back to its ticks.
+const PROMOTION_POLL: Duration = Duration::from_millis(10);
+const PROMOTION_WAIT: Duration = Duration::from_secs(10);
 
 /// What the monitor keeps per node.
 pub(crate) struct Track {
     /// The node's check connection (probes and control statements).
     pub(crate) checker: Checker,
-    health: Health,
+    pub(crate) health: Health,
     /// The last successful probe.
     pub(crate) probe: Option<Probe>,
     /// Never routed to until re-admitted.
@@ -57,10 +72,10 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
     let login = health_login(&live.load());
     let mut tracks: Vec<Track> = vec![];
     let mut state = Primary::Discovering;
-    let mut hardware_acted: Option<(usize, HardwareStatus)> = None;
+    let mut failing_since: Option<Instant> = None;
+    let mut hardware_acted: Option<usize> = None;
     loop {
         let config = live.load_full();
-        let settings = failover_settings(&config);
         let tick_started = tokio::time::Instant::now();
         // Nodes a reload added are probed from this tick on.
         let nodes = cluster.nodes();
@@ -70,37 +85,19 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
                 .map(|n| Track::new(n, &login, cluster.tls())),
         );
         super::hardware::watch::spawn_new(&cluster, &shutdown);
-        for i in cluster.take_readmits() {
-            tracks[i].fenced = false;
-            let name = &nodes[i].name;
-            cluster.events.record(
-                EventKind::NodeReadmitted,
-                Some(name),
-                "re-admitted by an operator (READMIT); routed again once its checks pass",
-            );
-        }
-        probe_all(&cluster, &config, &mut tracks, &state).await;
+        apply_readmits(&cluster, &mut tracks);
+        probe_all(&cluster, &config, &mut tracks, &state, &mut failing_since).await;
         react_to_hardware(&cluster, &config, &state, &mut hardware_acted);
         // Planned moves run between ticks, on fresh probes.
         if let Some(req) = cluster.next_switchover() {
             state = super::switchover::run(&cluster, &config, &mut tracks, &state, req).await;
         }
-        let views = views(&cluster, &tracks);
-        let (next, actions) = step(&state, &views, Instant::now(), &settings);
-        state = next;
-        // Bookkeeping first and the new routing published at once, so no
-        // client is routed to a node just declared down while the slow
-        // actions (promote, repoint) run.
-        let (slow, quick): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(is_slow);
-        for action in quick {
-            perform(&cluster, &config, &mut tracks, action).await;
-        }
-        publish(&cluster, &config, &tracks, &state);
-        if !slow.is_empty() {
-            for action in slow {
-                perform(&cluster, &config, &mut tracks, action).await;
+        if let Some(candidate) = decide_and_act(&cluster, &config, &mut tracks, &mut state).await {
+            // Seen at once, not at the next tick: a tick waits for its
+            // slowest probe, and the old primary's may be hanging.
+            if await_promotion(&config, &mut tracks[candidate]).await {
+                decide_and_act(&cluster, &config, &mut tracks, &mut state).await;
             }
-            publish(&cluster, &config, &tracks, &state);
         }
         let in_flux = !matches!(state, Primary::Serving(_))
             || tracks
@@ -112,13 +109,85 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
             config.health.interval
         };
         // Ticks start every `period`: a probe that spent its whole timeout
-        // does not add a pause before the next one (hang detection is then
-        // failure_threshold × timeout after the first failing probe).
+        // does not add a pause before the next one.
         tokio::select! {
             _ = tokio::time::sleep_until(tick_started + period) => {}
             _ = cluster.nudged() => {}
             _ = shutdown.cancelled() => return,
         }
+    }
+}
+
+fn apply_readmits(cluster: &Cluster, tracks: &mut [Track]) {
+    let nodes = cluster.nodes();
+    for i in cluster.take_readmits() {
+        tracks[i].fenced = false;
+        cluster.events.record(
+            EventKind::NodeReadmitted,
+            Some(&nodes[i].name),
+            "re-admitted by an operator (READMIT); routed again once its checks pass",
+        );
+    }
+}
+
+/// One decision: `step` on the current views, its actions performed, the
+/// routing published. Bookkeeping first and the new routing published at
+/// once, so no client is routed to a node just declared down while the slow
+/// actions (promote, repoint) run. Returns the replica it started promoting.
+async fn decide_and_act(
+    cluster: &Cluster,
+    config: &Config,
+    tracks: &mut [Track],
+    state: &mut Primary,
+) -> Option<usize> {
+    let settings = failover_settings(config);
+    let views = views(cluster, tracks);
+    let (next, actions) = step(state, &views, Instant::now(), &settings);
+    *state = next;
+    let (slow, quick): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(is_slow);
+    for action in quick {
+        perform(cluster, config, tracks, action).await;
+    }
+    publish(cluster, config, tracks, state);
+    let mut promoted = None;
+    if !slow.is_empty() {
+        for action in slow {
+            if let Action::Promote(c) = action {
+                promoted = Some(c);
+            }
+            perform(cluster, config, tracks, action).await;
+        }
+        publish(cluster, config, tracks, state);
+    }
+    promoted
+}
+
+/// Polls a node just asked to promote until it leaves recovery (then probes
+/// it, so the next `step` sees it), for at most [`PROMOTION_WAIT`]. False
+/// when it did not: the ticks take over (and `step` gives up on it after
+/// its own timeout).
+async fn await_promotion(config: &Config, track: &mut Track) -> bool {
+    let timeout = config.health.timeout;
+    let deadline = tokio::time::Instant::now() + PROMOTION_WAIT;
+    loop {
+        let answer = track
+            .checker
+            .control("SELECT pg_is_in_recovery()", timeout)
+            .await;
+        match answer.as_ref().map(|row| row.first().cloned().flatten()) {
+            Ok(Some(v)) if v == "f" => break,
+            Ok(_) if tokio::time::Instant::now() < deadline => {}
+            _ => return false,
+        }
+        tokio::time::sleep(PROMOTION_POLL).await;
+    }
+    match track.checker.probe(timeout, false).await {
+        Ok(p) => {
+            track.probe = Some(p);
+            track.health = Health::Up;
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -170,118 +239,230 @@ fn failover_settings(config: &Config) -> FailoverSettings {
     }
 }
 
-async fn probe_all(cluster: &Cluster, config: &Config, tracks: &mut [Track], state: &Primary) {
-    // A node already down is only probed to notice its return, which is not
-    // urgent; a short timeout keeps a hung one from slowing every tick (and
-    // with it the detection of a promotion).
-    let results = futures_util::future::join_all(tracks.iter_mut().enumerate().map(|(i, t)| {
-        let limit = match t.health {
-            Health::Down => config.health.timeout.min(DOWN_PROBE_TIMEOUT),
-            _ => config.health.timeout,
-        };
-        let removed = cluster.is_removed(i);
-        async move {
-            if removed {
-                return Err("removed by a reload".to_string());
-            }
-            t.checker.probe(limit).await
+/// Probes every node and applies what the probes say. The serving primary
+/// is probed first, the others after it: what replicas report then covers
+/// the primary's probe (a hung primary's silence, or a live one's WAL). A
+/// primary probe is abandoned as soon as its hardware probe says failing.
+async fn probe_all(
+    cluster: &Cluster,
+    config: &Config,
+    tracks: &mut [Track],
+    state: &Primary,
+    failing_since: &mut Option<Instant>,
+) {
+    let started = Instant::now();
+    let serving = state.serving().filter(|&p| !cluster.is_removed(p));
+    let primary_result = match serving {
+        Some(p) => {
+            let limit = probe_limit(cluster, config, &tracks[p], p);
+            let gone = cluster.hardware_failing(p, LATE_PROBE);
+            Some(tracks[p].checker.probe_until(limit, true, gone).await)
         }
-    }))
-    .await;
-    let primary_failing = match state {
-        Primary::Serving(p) => !matches!(tracks[*p].health, Health::Up) || results[*p].is_err(),
-        Primary::Lost { .. } => true,
+        None => None,
+    };
+    let others = probe_others(cluster, config, tracks, serving).await;
+    let failing = match (state, &primary_result) {
+        (Primary::Serving(p), Some(r)) => {
+            r.is_err()
+                || tracks[*p].health != Health::Up
+                || cluster.hardware(*p).status == HardwareStatus::Failing
+        }
+        (Primary::Serving(_), None) | (Primary::Lost { .. }, _) => true,
         _ => false,
     };
-    let nodes = cluster.nodes();
-    for (i, (track, result)) in tracks.iter_mut().zip(results).enumerate() {
-        if cluster.is_removed(i) {
-            continue;
-        }
-        let name = &nodes[i].name;
-        let before = track.health;
-        track.health = before.after(result.is_ok(), config.health.failure_threshold);
-        match result {
-            Ok(probe) => {
-                if track
-                    .probe
-                    .as_ref()
-                    .is_some_and(|old| old.role != probe.role)
-                {
-                    // PgBouncer #1311: connections to a node whose role changed are stale.
-                    cluster.retire(i);
-                }
-                update_witness(track, &probe, primary_failing);
-                track.probe = Some(probe);
-            }
-            Err(e) => tracing::debug!(node = %name, error = %e, "probe failed"),
-        }
-        match (before, track.health) {
-            (Health::Unknown | Health::Down, Health::Up) => {
-                cluster
-                    .events
-                    .record(EventKind::NodeUp, Some(name), "health check passed")
-            }
-            (b, Health::Down) if b != Health::Down => {
-                cluster.retire(i);
-                let msg = format!(
-                    "{} consecutive health checks failed",
-                    config.health.failure_threshold
-                );
-                cluster.events.record(EventKind::NodeDown, Some(name), msg);
-            }
-            _ => {}
-        }
+    *failing_since = match (failing, *failing_since) {
+        (false, _) => None,
+        (true, Some(since)) => Some(since),
+        (true, None) => Some(quiet_from(tracks, state, started)),
+    };
+    let threshold = config.health.failure_threshold;
+    for (i, result) in others {
+        let next = tracks[i].health.after(result.is_ok(), threshold);
+        let why = format!("{threshold} consecutive health checks failed");
+        apply(
+            cluster,
+            i,
+            &mut tracks[i],
+            result,
+            next,
+            &why,
+            *failing_since,
+        );
+    }
+    if let (Some(p), Some(result)) = (serving, primary_result) {
+        apply_primary(cluster, config, tracks, p, result, started, *failing_since);
     }
 }
 
-/// A replica witnesses a live primary only if its received WAL advances
-/// between two probes made after the primary began failing: WAL sent before
-/// the failure cannot count, and a hung primary sends nothing new.
-fn update_witness(track: &mut Track, probe: &Probe, primary_failing: bool) {
-    if !primary_failing || probe.role != Role::Replica || !probe.streaming {
+/// Every node but the serving primary, probed concurrently (no heartbeat):
+/// `(index, result)`, removed nodes left out.
+async fn probe_others(
+    cluster: &Cluster,
+    config: &Config,
+    tracks: &mut [Track],
+    serving: Option<usize>,
+) -> Vec<(usize, Result<Probe, String>)> {
+    let probes = tracks
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != serving && !cluster.is_removed(*i))
+        .map(|(i, t)| {
+            let limit = probe_limit(cluster, config, t, i);
+            async move { (i, t.checker.probe(limit, false).await) }
+        });
+    futures_util::future::join_all(probes).await
+}
+
+/// A node already down, or whose hardware says it is gone, is only probed to
+/// notice its return, which is not urgent: a short timeout keeps a hung one
+/// from slowing every tick (and with it the detection of a promotion).
+fn probe_limit(cluster: &Cluster, config: &Config, track: &Track, node: usize) -> Duration {
+    let gone =
+        track.health == Health::Down || cluster.hardware(node).status == HardwareStatus::Failing;
+    if gone {
+        config.health.timeout.min(DOWN_PROBE_TIMEOUT)
+    } else {
+        config.health.timeout
+    }
+}
+
+/// When the primary (serving, or just lost) began failing, as far as the
+/// replicas can tell: the probe that first failed, but never before our own
+/// last heartbeat had time to reach them (that one proves nothing).
+fn quiet_from(tracks: &[Track], state: &Primary, started: Instant) -> Instant {
+    let primary = match state {
+        Primary::Serving(p) | Primary::Lost { old: p, .. } => Some(*p),
+        _ => None,
+    };
+    primary
+        .and_then(|p| tracks[p].checker.last_heartbeat())
+        .map_or(started, |h| started.max(h + HEARTBEAT_TRAVEL))
+}
+
+/// The serving primary's probe result, applied once the replicas' are in:
+/// a failed probe they corroborate (none heard from it since it was sent)
+/// is enough to call it down.
+fn apply_primary(
+    cluster: &Cluster,
+    config: &Config,
+    tracks: &mut [Track],
+    p: usize,
+    result: Result<Probe, String>,
+    started: Instant,
+    failing_since: Option<Instant>,
+) {
+    let threshold = config.health.failure_threshold;
+    // Silent for as long as the probe was given: a live primary with any
+    // traffic would have sent the replicas something meanwhile.
+    let span = config.health.timeout;
+    let corroborated =
+        result.is_err() && replicas_silent_since(&views(cluster, tracks), p, started, span);
+    let next = tracks[p]
+        .health
+        .after_corroborated(result.is_ok(), corroborated, threshold);
+    let why = match (&result, corroborated) {
+        (Err(e), true) => {
+            format!("health check failed ({e}) and no replica has heard from it since")
+        }
+        _ => format!("{threshold} consecutive health checks failed"),
+    };
+    apply(
+        cluster,
+        p,
+        &mut tracks[p],
+        result,
+        next,
+        &why,
+        failing_since,
+    );
+}
+
+/// One node's probe result: its health becomes `next`, a successful probe
+/// is kept (and read for witnessing), and changes are events. A node whose
+/// role changed, or that went down, has its connections closed.
+fn apply(
+    cluster: &Cluster,
+    i: usize,
+    track: &mut Track,
+    result: Result<Probe, String>,
+    next: Health,
+    down_why: &str,
+    failing_since: Option<Instant>,
+) {
+    let name = &cluster.nodes()[i].name;
+    let before = std::mem::replace(&mut track.health, next);
+    match result {
+        Ok(probe) => {
+            if track
+                .probe
+                .as_ref()
+                .is_some_and(|old| old.role != probe.role)
+            {
+                // PgBouncer #1311: connections to a node whose role changed are stale.
+                cluster.retire(i);
+            }
+            update_witness(track, &probe, failing_since);
+            track.probe = Some(probe);
+        }
+        Err(e) => tracing::debug!(node = %name, error = %e, "probe failed"),
+    }
+    match (before, next) {
+        (Health::Unknown | Health::Down, Health::Up) => {
+            cluster
+                .events
+                .record(EventKind::NodeUp, Some(name), "health check passed")
+        }
+        (b, Health::Down) if b != Health::Down => {
+            cluster.retire(i);
+            cluster
+                .events
+                .record(EventKind::NodeDown, Some(name), down_why);
+        }
+        _ => {}
+    }
+}
+
+/// A replica witnesses a live primary if, after the primary began failing,
+/// it heard from upstream or its received WAL moved (see
+/// [`witnesses`]). Once seen, it holds until the primary serves again.
+fn update_witness(track: &mut Track, probe: &Probe, failing_since: Option<Instant>) {
+    let Some(since) = failing_since.filter(|_| probe.role == Role::Replica) else {
         track.witness_base = None;
         track.witness_fresh = false;
         return;
-    }
-    match track.witness_base {
-        None => track.witness_base = Some(probe.lsn),
-        Some(base) => track.witness_fresh |= probe.lsn > base,
-    }
+    };
+    let base = *track.witness_base.get_or_insert(probe.lsn);
+    track.witness_fresh |= witnesses(probe, Some(base), since);
 }
 
-/// A degraded primary (with `failover.switchover_on_degraded`) or a failing
-/// one gets a switchover, once per episode; a failing one without draining.
+/// A degraded primary gets a planned switchover (with
+/// `failover.switchover_on_degraded`), once per episode. A failing one is
+/// not switched over: it counts as down, and `step` fails over from it.
 fn react_to_hardware(
     cluster: &Cluster,
     config: &Config,
     state: &Primary,
-    acted: &mut Option<(usize, HardwareStatus)>,
+    acted: &mut Option<usize>,
 ) {
+    use super::switchover::{hardware_trigger, Request, Trigger};
     let Some(p) = state.serving() else { return };
     let verdict = cluster.hardware(p);
-    let wanted = match verdict.status {
-        HardwareStatus::Failing => true,
-        HardwareStatus::Degraded => config.failover.switchover_on_degraded,
-        HardwareStatus::Ok | HardwareStatus::Unknown => {
-            *acted = None;
-            false
+    match hardware_trigger(verdict.status, config.failover.switchover_on_degraded) {
+        Trigger::Rearm => *acted = None,
+        Trigger::Switchover if *acted != Some(p) => {
+            *acted = Some(p);
+            cluster.request_switchover(Request {
+                target: None,
+                reason: format!(
+                    "primary hardware {}: {}",
+                    verdict.status,
+                    verdict.reasons.join("; ")
+                ),
+                reply: None,
+            });
         }
-    };
-    if !wanted || *acted == Some((p, verdict.status)) {
-        return;
+        Trigger::Switchover | Trigger::Hold => {}
     }
-    *acted = Some((p, verdict.status));
-    cluster.request_switchover(super::switchover::Request {
-        target: None,
-        reason: format!(
-            "primary hardware {}: {}",
-            verdict.status,
-            verdict.reasons.join("; ")
-        ),
-        emergency: verdict.status == HardwareStatus::Failing,
-        reply: None,
-    });
 }
 
 /// What the decision logic sees of each node now.
@@ -314,7 +495,8 @@ async fn perform(cluster: &Cluster, config: &Config, tracks: &mut [Track], actio
         Action::Fence(i) => tracks[i].fenced = true,
         Action::CloseConns(i) => cluster.retire(i),
         Action::Promote(i) => {
-            // Do not wait for the promotion here: the probes see it finish.
+            // Not `pg_promote(true)`: it checks only every 100 ms, and that
+            // wait would be write pause. `await_promotion` polls instead.
             let result = tracks[i]
                 .checker
                 .control("SELECT pg_promote(false)", timeout)
@@ -360,7 +542,7 @@ async fn repoint(
     checker: &mut Checker,
     new_primary: &str,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ControlError> {
     let row = checker
         .control("SELECT current_setting('primary_conninfo')", timeout)
         .await?;

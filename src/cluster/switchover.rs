@@ -1,6 +1,6 @@
 //! Planned switchover: moving the primary on purpose (admin `SWITCHOVER`,
-//! `POST /switchover`, a degraded or failing hardware probe) so that no
-//! acknowledged commit is lost and clients between transactions see nothing.
+//! `POST /switchover`, a degraded hardware probe) so that no acknowledged
+//! commit is lost and clients between transactions see nothing.
 //!
 //! The sequence, run by the monitor between two ticks: hold new
 //! transactions (the routing snapshot loses its primary, so checkouts wait as
@@ -9,21 +9,33 @@
 //! read-only and end its sessions → wait until the target has replayed the
 //! old primary's last WAL → promote the target → fence the old primary and
 //! repoint the other replicas → release the held transactions to the new
-//! primary. Any failure before the promotion restores the old primary.
+//! primary.
+//!
+//! Every step asks something of the old primary, so it is for a primary that
+//! works. One that misses a health check or whose hardware says failing is
+//! never switched over but failed over; if that happens mid-way (it stops
+//! answering, or its hardware fails), the switchover hands over to the
+//! failover within one `health.timeout`. Any other failure before the
+//! promotion restores the old primary.
 
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::failover::Primary;
-use super::monitor::{self, Track};
-use super::view::{NodeView, Role};
+use super::hardware::HardwareStatus;
+use super::health::ControlError;
+use super::monitor::{self, Track, LATE_PROBE};
+use super::view::{Health, NodeView, Role};
 use super::Cluster;
 use crate::config::Config;
 use crate::events::EventKind;
 
 /// Longest wait for the target to finish its promotion.
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often the old primary is checked while transactions drain.
+const WATCH_EVERY: Duration = Duration::from_millis(50);
 
 /// A switchover someone asked for.
 #[derive(Debug)]
@@ -32,10 +44,70 @@ pub struct Request {
     pub target: Option<String>,
     /// Who asked and why, for the timeline.
     pub reason: String,
-    /// No drain: running transactions are cancelled at once (failing hardware).
-    pub emergency: bool,
     /// Where the outcome goes: the new primary's name, or why not.
     pub reply: Option<oneshot::Sender<Result<String, String>>>,
+}
+
+/// What a hardware verdict on the serving primary asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// A planned switchover.
+    Switchover,
+    /// Nothing now; the episode that already asked for one goes on.
+    Hold,
+    /// The hardware is fine again (or unknown): a later degraded reading is
+    /// a new episode.
+    Rearm,
+}
+
+/// The switchover trigger of a hardware verdict. Only `degraded` (with
+/// `failover.switchover_on_degraded`) moves the primary on purpose:
+/// `failing` means the node is gone, and the failover state machine
+/// replaces it without asking anything of it.
+pub fn hardware_trigger(status: HardwareStatus, switchover_on_degraded: bool) -> Trigger {
+    match status {
+        HardwareStatus::Degraded if switchover_on_degraded => Trigger::Switchover,
+        HardwareStatus::Degraded | HardwareStatus::Failing => Trigger::Hold,
+        HardwareStatus::Ok | HardwareStatus::Unknown => Trigger::Rearm,
+    }
+}
+
+/// Whether a switchover may start from `old`: only a primary that answered
+/// its last health check and whose hardware still runs.
+pub fn may_start(old: &NodeView) -> Result<(), String> {
+    if old.hardware_failing {
+        return Err(format!(
+            "{}'s hardware reports failing: it is failed over, not switched over",
+            old.name
+        ));
+    }
+    if old.health != Health::Up {
+        return Err(format!(
+            "{} missed a health check: it is failed over if it stays silent, not switched over",
+            old.name
+        ));
+    }
+    Ok(())
+}
+
+/// Why a switchover stopped before the promotion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Abort {
+    /// The old primary answered, something else failed: it serves again.
+    Restore(String),
+    /// The old primary stopped answering or its hardware says failing:
+    /// nothing more is asked of it, the failover takes over.
+    Gone(String),
+}
+
+impl Abort {
+    /// The abort a failed statement on the old primary means.
+    fn on_old(doing: &str, e: ControlError) -> Abort {
+        match e {
+            ControlError::Unreachable(_) => Abort::Gone(format!("{doing}: {e}")),
+            ControlError::Refused { .. } => Abort::Restore(format!("{doing}: {e}")),
+        }
+    }
 }
 
 /// The replica to switch to: `requested` if it is a healthy, unfenced
@@ -82,8 +154,9 @@ pub fn pick_target(
     }
 }
 
-/// Runs `req` and returns the state that follows: the target serving, or
-/// `state` unchanged when the switchover did not happen.
+/// Runs `req` and returns the state that follows: the target serving; the
+/// old primary still serving when the switchover did not happen; or the old
+/// primary lost (failing over) when it stopped answering mid-way.
 pub(super) async fn run(
     cluster: &Cluster,
     config: &Config,
@@ -91,40 +164,66 @@ pub(super) async fn run(
     state: &Primary,
     mut req: Request,
 ) -> Primary {
-    let outcome = match state.serving() {
-        None => Err("no primary is serving: nothing to switch over".to_string()),
-        Some(old) => {
-            let views = monitor::views(cluster, tracks);
+    let views = monitor::views(cluster, tracks);
+    let planned = state
+        .serving()
+        .ok_or_else(|| "no primary is serving: nothing to switch over".to_string())
+        .and_then(|old| {
+            may_start(&views[old])?;
             let max_lag = config.failover.max_lag_bytes;
-            match pick_target(&views, old, req.target.as_deref(), max_lag) {
-                Ok(target) => Switch {
-                    cluster,
-                    config,
-                    tracks,
-                    old,
-                    target,
+            pick_target(&views, old, req.target.as_deref(), max_lag).map(|t| (old, t))
+        });
+    let (next, outcome) = match planned {
+        Err(e) => (state.clone(), Err(Abort::Restore(e))),
+        Ok((old, target)) => {
+            let switch = Switch {
+                cluster,
+                config,
+                tracks,
+                old,
+                target,
+            };
+            match switch.run(&mut req).await {
+                Ok(()) => (Primary::Serving(target), Ok(target)),
+                Err(Abort::Gone(e)) => {
+                    fail_over(cluster, tracks, old, &e);
+                    let lost = Primary::Lost { old, blocked: None };
+                    (lost, Err(Abort::Gone(e)))
                 }
-                .run(&mut req)
-                .await
-                .map(|()| target),
-                Err(e) => Err(e),
+                Err(e) => (state.clone(), Err(e)),
             }
         }
     };
-    if let Err(e) = &outcome {
-        cluster.events.record(
-            EventKind::SwitchoverFailed,
-            None,
-            format!("switchover not done ({}): {e}", req.reason),
-        );
-    }
-    let next = outcome
-        .as_ref()
-        .map_or_else(|_| state.clone(), |&t| Primary::Serving(t));
+    let answer = outcome.map_err(|abort| {
+        let why = match abort {
+            Abort::Restore(e) => e,
+            Abort::Gone(e) => format!("{e}; the old primary stopped answering: failing over"),
+        };
+        let msg = format!("switchover not done ({}): {why}", req.reason);
+        cluster
+            .events
+            .record(EventKind::SwitchoverFailed, None, msg);
+        why
+    });
     if let Some(tx) = req.reply {
-        let _ = tx.send(outcome.map(|t| cluster.nodes()[t].name.clone()));
+        let _ = tx.send(answer.map(|t| cluster.nodes()[t].name.clone()));
     }
     next
+}
+
+/// The old primary stopped answering during a switchover: it is down now,
+/// and the failover state machine takes over from `Lost`.
+fn fail_over(cluster: &Cluster, tracks: &mut [Track], old: usize, why: &str) {
+    let name = cluster.nodes()[old].name.clone();
+    tracks[old].health = Health::Down;
+    cluster.retire(old);
+    let msg = format!("stopped answering during a switchover ({why})");
+    cluster.events.record(EventKind::NodeDown, Some(&name), msg);
+    cluster.events.record(
+        EventKind::FailoverStarted,
+        Some(&name),
+        "primary is down (during a switchover)",
+    );
 }
 
 /// One switchover in progress.
@@ -141,7 +240,8 @@ impl Switch<'_> {
         self.cluster.nodes()[i].name.clone()
     }
 
-    fn timeout(&self) -> Duration {
+    /// Bound of a statement on the target (a promotion may take a moment).
+    fn target_timeout(&self) -> Duration {
         self.config.health.timeout.max(Duration::from_secs(5))
     }
 
@@ -154,7 +254,7 @@ impl Switch<'_> {
             .record(EventKind::SwitchoverStep, Some(&self.name(node)), msg);
     }
 
-    async fn run(mut self, req: &mut Request) -> Result<(), String> {
+    async fn run(mut self, req: &mut Request) -> Result<(), Abort> {
         let began = Instant::now();
         let (old, target) = (self.old, self.target);
         let msg = format!(
@@ -168,27 +268,27 @@ impl Switch<'_> {
             .record(EventKind::SwitchoverStarted, Some(&self.name(old)), msg);
         self.hold();
         let t = Instant::now();
-        let drain = if req.emergency {
-            Duration::ZERO
-        } else {
-            self.config.switchover.drain_timeout
-        };
-        let cancelled = self.drain(drain).await;
+        let cancelled = self.drain(self.config.switchover.drain_timeout).await?;
         let what = match cancelled {
             0 => "running transactions finished".to_string(),
             n => format!("{n} transaction(s) still running after the drain timeout were cancelled"),
         };
         self.step(old, t, &what);
-        if let Err(e) = self.freeze_old_and_catch_up().await {
-            self.restore().await;
-            return Err(e);
+        let prepared = async {
+            self.freeze_old_and_catch_up().await?;
+            let t = Instant::now();
+            self.promote().await.map_err(Abort::Restore)?;
+            self.step(target, t, "promoted");
+            Ok(())
+        };
+        match prepared.await {
+            Ok(()) => {}
+            Err(Abort::Restore(e)) => {
+                self.restore().await;
+                return Err(Abort::Restore(e));
+            }
+            Err(gone) => return Err(gone),
         }
-        let t = Instant::now();
-        if let Err(e) = self.promote().await {
-            self.restore().await;
-            return Err(e);
-        }
-        self.step(target, t, "promoted");
         self.hand_over(began, req.reply.take()).await;
         Ok(())
     }
@@ -202,33 +302,65 @@ impl Switch<'_> {
 
     /// Waits until no server connection to the old primary is checked out,
     /// up to `limit`; then ends those still busy. Returns how many were.
-    async fn drain(&self, limit: Duration) -> usize {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline && self.cluster.checked_out(self.old) > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+    /// Meanwhile the old primary must keep answering and its hardware must
+    /// not fail: a transaction on a hung server never finishes, and waiting
+    /// for it would only delay the failover.
+    async fn drain(&mut self, limit: Duration) -> Result<usize, Abort> {
+        let (cluster, old) = (self.cluster, self.old);
+        let drained = async {
+            let deadline = Instant::now() + limit;
+            while Instant::now() < deadline && cluster.checked_out(old) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::select! {
+            _ = drained => {}
+            why = self.watch_old() => return Err(Abort::Gone(format!("draining: {why}"))),
         }
-        let busy = self.cluster.checked_out(self.old);
+        let busy = cluster.checked_out(old);
         if busy > 0 {
-            self.cluster.retire(self.old);
+            cluster.retire(old);
         }
-        busy
+        Ok(busy)
+    }
+
+    /// Resolves, with the reason, once the old primary fails a health check
+    /// (bounded by `health.timeout`) or its hardware says failing.
+    async fn watch_old(&mut self) -> String {
+        let timeout = self.config.health.timeout;
+        loop {
+            let gone = self.cluster.hardware_failing(self.old, LATE_PROBE);
+            let checker = &mut self.tracks[self.old].checker;
+            if let Err(e) = checker.probe_until(timeout, false, gone).await {
+                return e;
+            }
+            tokio::time::sleep(WATCH_EVERY).await;
+        }
+    }
+
+    /// One statement on the old primary, bounded by `health.timeout` and
+    /// abandoned if its hardware says failing.
+    async fn on_old(&mut self, sql: &str, doing: &str) -> Result<Vec<Option<String>>, Abort> {
+        let timeout = self.config.health.timeout;
+        let gone = self.cluster.hardware_failing(self.old, timeout);
+        self.tracks[self.old]
+            .checker
+            .control_until(sql, timeout, gone)
+            .await
+            .map_err(|e| Abort::on_old(doing, e))
     }
 
     /// Old primary read-only with no sessions left; target replayed its WAL.
-    async fn freeze_old_and_catch_up(&mut self) -> Result<(), String> {
-        let (old, target, timeout) = (self.old, self.target, self.timeout());
+    async fn freeze_old_and_catch_up(&mut self) -> Result<(), Abort> {
+        let (old, target) = (self.old, self.target);
         let t = Instant::now();
-        let checker = &mut self.tracks[old].checker;
         for sql in [
             "ALTER SYSTEM SET default_transaction_read_only = on",
             "SELECT pg_reload_conf()",
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
              WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
         ] {
-            checker
-                .control(sql, timeout)
-                .await
-                .map_err(|e| format!("making the old primary read-only: {e}"))?;
+            self.on_old(sql, "making the old primary read-only").await?;
         }
         self.cluster.retire(old);
         // Commits acknowledged with synchronous_commit = off may still sit in
@@ -240,40 +372,38 @@ impl Switch<'_> {
             "SET synchronous_commit = on",
             "SELECT pg_logical_emit_message(true, 'switchyard', 'switchover')::text",
         ] {
-            checker
-                .control(sql, timeout)
-                .await
-                .map_err(|e| format!("flushing the old primary's WAL: {e}"))?;
+            self.on_old(sql, "flushing the old primary's WAL").await?;
         }
-        let row = checker
-            .control("SELECT pg_current_wal_flush_lsn()::text", timeout)
-            .await
-            .map_err(|e| format!("reading the old primary's WAL position: {e}"))?;
+        let doing = "reading the old primary's WAL position";
+        let row = self
+            .on_old("SELECT pg_current_wal_flush_lsn()::text", doing)
+            .await?;
         let last = row
             .first()
             .cloned()
             .flatten()
             .and_then(|s| parse_lsn(&s))
-            .ok_or("the old primary reported no WAL position")?;
+            .ok_or_else(|| Abort::Restore("the old primary reported no WAL position".into()))?;
         self.step(
             old,
             t,
             &format!("read-only, sessions ended, last WAL at {last:X}"),
         );
         let t = Instant::now();
-        self.wait_replayed(last).await?;
+        self.wait_replayed(last).await.map_err(Abort::Restore)?;
         self.step(target, t, &format!("replayed up to {last:X}"));
         Ok(())
     }
 
     async fn wait_replayed(&mut self, lsn: u64) -> Result<(), String> {
         let deadline = Instant::now() + self.config.switchover.catchup_timeout;
-        let timeout = self.timeout();
+        let timeout = self.target_timeout();
         let checker = &mut self.tracks[self.target].checker;
         loop {
             let row = checker
                 .control("SELECT pg_last_wal_replay_lsn()::text", timeout)
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             let replayed = row.first().cloned().flatten().and_then(|s| parse_lsn(&s));
             if replayed.is_some_and(|r| r >= lsn) {
                 return Ok(());
@@ -291,7 +421,7 @@ impl Switch<'_> {
     /// rather than with `pg_promote(true)`, which checks only every 100 ms:
     /// that wait is write pause.
     async fn promote(&mut self) -> Result<(), String> {
-        let timeout = self.timeout();
+        let timeout = self.target_timeout();
         let checker = &mut self.tracks[self.target].checker;
         checker
             .control("SELECT pg_promote(false)", timeout)
@@ -321,8 +451,8 @@ impl Switch<'_> {
         began: Instant,
         reply: Option<oneshot::Sender<Result<String, String>>>,
     ) {
-        let (old, target, timeout) = (self.old, self.target, self.timeout());
-        if let Ok(p) = self.tracks[target].checker.probe(timeout).await {
+        let (old, target, timeout) = (self.old, self.target, self.target_timeout());
+        if let Ok(p) = self.tracks[target].checker.probe(timeout, false).await {
             self.tracks[target].probe = Some(p);
         }
         self.tracks[old].fenced = true;
@@ -363,10 +493,10 @@ impl Switch<'_> {
             && !self.tracks[i].fenced
     }
 
-    /// The switchover stopped before the promotion: the old primary takes
-    /// writes again.
+    /// The switchover stopped before the promotion, the old primary still
+    /// answering: it takes writes again.
     async fn restore(&mut self) {
-        let timeout = self.timeout();
+        let timeout = self.config.health.timeout;
         let checker = &mut self.tracks[self.old].checker;
         let undone = async {
             checker
@@ -434,6 +564,56 @@ mod tests {
         assert!(pick_target(&v, 0, Some("nope"), 100).is_err());
         v[1].fenced = true;
         assert!(pick_target(&v, 0, Some("db2"), 100).is_err());
+    }
+
+    #[test]
+    fn only_degraded_hardware_asks_for_a_switchover() {
+        use HardwareStatus::*;
+        let cases = [
+            (Degraded, true, Trigger::Switchover),
+            (Degraded, false, Trigger::Hold),
+            (Failing, true, Trigger::Hold),
+            (Failing, false, Trigger::Hold),
+            (Ok, true, Trigger::Rearm),
+            (Unknown, true, Trigger::Rearm),
+        ];
+        for (status, on_degraded, want) in cases {
+            assert_eq!(
+                hardware_trigger(status, on_degraded),
+                want,
+                "{status} {on_degraded}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_primary_that_works_is_switched_over() {
+        let mut v = cluster();
+        assert_eq!(may_start(&v[0]), Ok(()));
+        v[0].health = Health::Suspect(1);
+        assert!(may_start(&v[0])
+            .unwrap_err()
+            .contains("missed a health check"));
+        v[0].health = Health::Up;
+        v[0].hardware_failing = true;
+        assert!(may_start(&v[0]).unwrap_err().contains("failing"));
+    }
+
+    #[test]
+    fn a_silent_old_primary_is_failed_over_one_that_answers_is_restored() {
+        let silent = ControlError::Unreachable("db1: timed out after 1s".into());
+        assert!(
+            matches!(Abort::on_old("freezing", silent), Abort::Gone(m) if m.contains("timed out"))
+        );
+        let refused = ControlError::Refused {
+            addr: "db1".into(),
+            code: "42501".into(),
+            message: "permission denied".into(),
+        };
+        assert!(matches!(
+            Abort::on_old("freezing", refused),
+            Abort::Restore(_)
+        ));
     }
 
     #[test]

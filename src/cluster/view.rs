@@ -31,6 +31,9 @@ pub struct Probe {
     pub lag_seconds: Option<f64>,
     /// `synchronous_standby_names` is set.
     pub sync_standby_names: bool,
+    /// When a replica's WAL receiver last heard from its upstream (WAL or a
+    /// keepalive), on our clock; `None` without a running WAL receiver.
+    pub last_heard: Option<Instant>,
     /// When the probe ran.
     pub at: Instant,
 }
@@ -59,6 +62,18 @@ impl Health {
             (Health::Up, false) => Health::Suspect(1),
             (Health::Suspect(n), false) if n + 1 >= threshold => Health::Down,
             (Health::Suspect(n), false) => Health::Suspect(n + 1),
+        }
+    }
+
+    /// The next health of the serving primary after a probe: as
+    /// [`Health::after`], except that a failed probe the replicas
+    /// corroborate (none heard from it meanwhile) makes it down at once.
+    /// Each kind of evidence can be wrong alone — a slow query, a quiet
+    /// primary — but a primary that answers nobody is not serving.
+    pub fn after_corroborated(self, ok: bool, corroborated: bool, threshold: u32) -> Health {
+        match self {
+            Health::Up | Health::Suspect(_) if !ok && corroborated => Health::Down,
+            _ => self.after(ok, threshold),
         }
     }
 
@@ -123,6 +138,7 @@ pub(crate) fn test_node(name: &str, role: Role, tl: u32, lsn: u64) -> NodeView {
             streaming: role == Role::Replica,
             lag_seconds: None,
             sync_standby_names: false,
+            last_heard: None,
             at: Instant::now(),
         }),
         witness_fresh: false,
@@ -150,5 +166,26 @@ mod tests {
         assert_eq!(h, Health::Down);
         assert_eq!(h.after(true, 3), Health::Up);
         assert_eq!(Health::Up.after(false, 1), Health::Down);
+    }
+
+    #[test]
+    fn a_failed_probe_the_replicas_corroborate_is_enough() {
+        let t = 3;
+        assert_eq!(Health::Up.after_corroborated(false, true, t), Health::Down);
+        assert_eq!(
+            Health::Suspect(1).after_corroborated(false, true, t),
+            Health::Down
+        );
+        assert_eq!(
+            Health::Up.after_corroborated(false, false, t),
+            Health::Suspect(1),
+            "uncorroborated: the threshold applies"
+        );
+        assert_eq!(Health::Up.after_corroborated(true, true, t), Health::Up);
+        assert_eq!(
+            Health::Unknown.after_corroborated(false, true, t),
+            Health::Unknown,
+            "never up: nothing to lose"
+        );
     }
 }

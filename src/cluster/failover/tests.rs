@@ -260,3 +260,147 @@ fn sync_standby_is_cleared_only_when_configured() {
     let (_, actions) = step(&state, &nodes, now, &durability);
     assert!(!has(&actions, &Action::ClearSyncStandby(1)));
 }
+
+fn failing(mut n: NodeView) -> NodeView {
+    n.hardware_failing = true;
+    n
+}
+
+fn promotes(actions: &[Action]) -> Vec<usize> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Promote(c) => Some(*c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn failing_hardware_on_the_primary_fails_over_at_once_whether_it_answers_or_not() {
+    let now = Instant::now();
+    let live = failing(node("p", Role::Primary, 1, 100));
+    let mut hung = live.clone();
+    hung.health = Health::Suspect(1);
+    for (primary, what) in [(live, "still answering"), (hung, "one check missed")] {
+        let nodes = [primary, node("r", Role::Replica, 1, 100)];
+        let (s, actions) = step(
+            &Primary::Serving(0),
+            &nodes,
+            now,
+            &cfg(FailoverMode::Promote),
+        );
+        assert_eq!(
+            s,
+            Primary::Promoting {
+                old: 0,
+                candidate: 1,
+                since: now
+            },
+            "{what}"
+        );
+        assert!(has(&actions, &Action::CloseConns(0)), "{what}");
+        assert!(actions.iter().any(|a| matches!(
+            a,
+            Action::Event(EventKind::FailoverStarted, Some(0), m) if m.contains("hardware failing")
+        )));
+    }
+}
+
+#[test]
+fn a_replica_that_still_hears_a_failing_primary_blocks_its_promotion() {
+    let now = Instant::now();
+    let mut r = node("r", Role::Replica, 1, 100);
+    r.witness_fresh = true;
+    let nodes = [failing(node("p", Role::Primary, 1, 100)), r];
+    let (s, actions) = step(
+        &Primary::Serving(0),
+        &nodes,
+        now,
+        &cfg(FailoverMode::Promote),
+    );
+    assert!(matches!(
+        s,
+        Primary::Lost {
+            blocked: Some(Blocked::WitnessSeesPrimary(_)),
+            ..
+        }
+    ));
+    assert!(promotes(&actions).is_empty());
+}
+
+#[test]
+fn hardware_flapping_between_ok_and_failing_promotes_once() {
+    let t0 = Instant::now();
+    let settings = cfg(FailoverMode::Promote);
+    let mut state = Primary::Serving(0);
+    let mut promoted = vec![];
+    // The probe flaps every step; r1 finishes its promotion at step 4.
+    for i in 0..10u32 {
+        let mut p = node("p", Role::Primary, 1, 100);
+        p.hardware_failing = i % 2 == 0;
+        p.fenced = matches!(state, Primary::Serving(1)) || i > 4;
+        let r1 = if i >= 4 {
+            node("r1", Role::Primary, 2, 100)
+        } else {
+            node("r1", Role::Replica, 1, 100)
+        };
+        let nodes = [p, r1, node("r2", Role::Replica, 1, 100)];
+        let now = t0 + Duration::from_millis(200 * u64::from(i));
+        let (next, actions) = step(&state, &nodes, now, &settings);
+        promoted.extend(promotes(&actions));
+        state = next;
+    }
+    assert_eq!(promoted, vec![1], "one promotion, of the best replica");
+    assert_eq!(state, Primary::Serving(1));
+}
+
+#[test]
+fn a_primary_whose_hardware_recovers_before_any_promotion_keeps_serving() {
+    let now = Instant::now();
+    let mut r = node("r", Role::Replica, 1, 100);
+    r.witness_fresh = true;
+    let lost = Primary::Lost {
+        old: 0,
+        blocked: Some(Blocked::WitnessSeesPrimary("r".into())),
+    };
+    let nodes = [node("p", Role::Primary, 1, 100), r];
+    let (s, actions) = step(&lost, &nodes, now, &cfg(FailoverMode::Promote));
+    assert_eq!(s, Primary::Serving(0));
+    assert!(promotes(&actions).is_empty());
+}
+
+#[test]
+fn failing_hardware_on_a_replica_only_takes_it_out_of_reads_and_promotion() {
+    let now = Instant::now();
+    let nodes = [
+        node("p", Role::Primary, 1, 100),
+        failing(node("r1", Role::Replica, 1, 100)),
+        node("r2", Role::Replica, 1, 90),
+    ];
+    let (s, actions) = step(
+        &Primary::Serving(0),
+        &nodes,
+        now,
+        &cfg(FailoverMode::Promote),
+    );
+    assert_eq!(s, Primary::Serving(0));
+    assert!(actions.is_empty(), "{actions:?}");
+    assert_eq!(
+        crate::cluster::decide::fit_replicas(&nodes, Some(0), 1 << 20),
+        vec![2]
+    );
+    let mut down = nodes.clone();
+    down[0].health = Health::Down;
+    let (_, actions) = step(
+        &Primary::Serving(0),
+        &down,
+        now,
+        &cfg(FailoverMode::Promote),
+    );
+    assert_eq!(
+        promotes(&actions),
+        vec![2],
+        "the failing replica is never promoted"
+    );
+}

@@ -1,7 +1,8 @@
-//! One task per node with a hardware probe: probe every `interval`, store
-//! the verdict on the cluster, and on a change record an event and wake the
-//! monitor (which fails over from a failing node, and switches over from a
-//! degraded primary when configured to).
+//! One task per node with a hardware probe: probe every `interval` (or at
+//! once when the monitor asks: the node's health check is running late),
+//! store the verdict on the cluster, and on a change record an event and
+//! wake the monitor (which fails over from a failing node, and switches over
+//! from a degraded primary when configured to).
 
 use std::sync::Arc;
 
@@ -41,8 +42,10 @@ async fn watch(cluster: Arc<Cluster>, node: usize, shutdown: CancellationToken) 
             _ = shutdown.cancelled() => break,
         };
         report(&cluster, node, &name, verdict, std::mem::take(&mut first));
+        // The monitor asks early when the node's health check runs late.
         tokio::select! {
             _ = tokio::time::sleep(spec.interval) => {}
+            _ = cluster.hardware_probe_asked(node) => {}
             _ = shutdown.cancelled() => break,
         }
     }
