@@ -25,6 +25,11 @@ pub enum EventKind {
     WritesResumed,
     /// A replica was pointed at the new primary.
     ReplicaRepointed,
+    /// A repointed replica's replication slot could not be made on the new
+    /// primary; its `primary_slot_name` was cleared so it streams without one.
+    ReplicaSlotCleared,
+    /// A repointed replica did not stream from the new primary in time.
+    ReplicaNotStreaming,
     /// A node will not be routed to until an operator re-admits it.
     NodeFenced,
     /// `synchronous_standby_names` was cleared on the new primary.
@@ -75,6 +80,8 @@ impl EventKind {
             EventKind::Promoting => "promoting",
             EventKind::WritesResumed => "writes_resumed",
             EventKind::ReplicaRepointed => "replica_repointed",
+            EventKind::ReplicaSlotCleared => "replica_slot_cleared",
+            EventKind::ReplicaNotStreaming => "replica_not_streaming",
             EventKind::NodeFenced => "node_fenced",
             EventKind::SyncStandbyCleared => "sync_standby_cleared",
             EventKind::ActionFailed => "action_failed",
@@ -104,6 +111,8 @@ impl EventKind {
                 | EventKind::FailoverBlocked
                 | EventKind::NodeFenced
                 | EventKind::ActionFailed
+                | EventKind::ReplicaSlotCleared
+                | EventKind::ReplicaNotStreaming
                 | EventKind::ConfigRejected
                 | EventKind::HardwareDegraded
                 | EventKind::HardwareFailing

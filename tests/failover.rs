@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::hardware::Frozen;
 use common::{direct_client, sqlstate, unique, Proxy, USERS};
-use switchyard::local_cluster::{LocalCluster, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER};
+use switchyard::local_cluster::{
+    LocalCluster, LocalClusterOptions, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -1218,4 +1220,195 @@ async fn prepared_statements_and_settings_follow_the_client_to_the_new_primary()
         replica.port() as i32,
         "ran on the new primary"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_slots_stream_from_the_new_primary_and_the_cluster_survives_the_next_failure()
+{
+    common::init_tracing();
+    let opts = LocalClusterOptions {
+        replicas: 2,
+        replication_slots: true,
+        ..Default::default()
+    };
+    let cluster = blocking(move || LocalCluster::start(opts))
+        .await
+        .expect("start PostgreSQL cluster");
+    let cluster = Arc::new(cluster);
+    let primary = cluster.primary().clone();
+    let replicas = cluster.replicas().to_vec();
+    let toml = config(&nodes_of(&cluster), "");
+    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let c = proxy.client().await;
+    let table = create_table(&c, "slots").await;
+    insert(&c, &table, 1).await.unwrap();
+    for r in &replicas {
+        let slot = format!(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = '{}'",
+            r.name()
+        );
+        psql_until(
+            10,
+            "the replica streams through its slot",
+            &primary,
+            &slot,
+            "t",
+        )
+        .await;
+        let rows = format!("SELECT count(*) FROM {table}");
+        psql_until(10, "the row on every replica", r, &rows, "1").await;
+    }
+
+    stop(&primary, StopMode::Immediate).await;
+    until_ok(25, "a write after the failover", || insert(&c, &table, 2)).await;
+    let port = port_of(&c).await.unwrap();
+    let (new, other) = match replicas.iter().position(|r| r.port() == port) {
+        Some(0) => (&replicas[0], &replicas[1]),
+        Some(_) => (&replicas[1], &replicas[0]),
+        None => panic!("writes went to port {port}, not to a replica"),
+    };
+
+    // The new primary had no slots (they are not copied to a standby): the
+    // other replica's was created there before it was repointed, and it
+    // streams through it.
+    let streaming = format!(
+        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name = '{}'",
+        other.name()
+    );
+    psql_until(
+        20,
+        "the other replica to stream from the new primary",
+        new,
+        &streaming,
+        "1",
+    )
+    .await;
+    let slot = format!(
+        "SELECT active FROM pg_replication_slots WHERE slot_name = '{}'",
+        other.name()
+    );
+    assert_eq!(psql(new, &slot).await.unwrap(), "t");
+    insert(&c, &table, 3).await.unwrap();
+    psql_until(
+        10,
+        "new writes on the other replica",
+        other,
+        &format!("SELECT count(*) FROM {table}"),
+        "3",
+    )
+    .await;
+    let (_, events) = common::http_request(http, "GET", "/events").await;
+    assert!(events.contains("replica_repointed"), "{events}");
+    assert!(events.contains("created there"), "{events}");
+    assert!(!events.contains("replica_not_streaming"), "{events}");
+
+    // The next failure has a candidate.
+    stop(new, StopMode::Immediate).await;
+    until_ok(25, "a write after the second failover", || {
+        insert(&c, &table, 4)
+    })
+    .await;
+    assert_eq!(port_of(&c).await.unwrap(), other.port());
+    assert_eq!(count_on(other, &table).await, "4");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_slot_cannot_be_made_on_the_new_primary_streams_without_one() {
+    common::init_tracing();
+    let opts = LocalClusterOptions {
+        replicas: 2,
+        replication_slots: true,
+        ..Default::default()
+    };
+    let cluster = blocking(move || LocalCluster::start(opts))
+        .await
+        .expect("start PostgreSQL cluster");
+    let cluster = Arc::new(cluster);
+    let primary = cluster.primary().clone();
+    let replicas = cluster.replicas().to_vec();
+    // Whichever replica is promoted cannot hold a replication slot.
+    for r in &replicas {
+        psql(r, "ALTER SYSTEM SET max_replication_slots = 0")
+            .await
+            .unwrap();
+        stop(r, StopMode::Fast).await;
+        start(r).await;
+    }
+    let toml = config(&nodes_of(&cluster), "");
+    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let c = proxy.client().await;
+    let table = create_table(&c, "noslot").await;
+    for r in &replicas {
+        let rows = format!("SELECT count(*) FROM pg_class WHERE relname = '{table}'");
+        psql_until(10, "the table on every replica", r, &rows, "1").await;
+    }
+
+    stop(&primary, StopMode::Immediate).await;
+    until_ok(25, "a write after the failover", || insert(&c, &table, 1)).await;
+    let port = port_of(&c).await.unwrap();
+    let (new, other) = if replicas[0].port() == port {
+        (&replicas[0], &replicas[1])
+    } else {
+        (&replicas[1], &replicas[0])
+    };
+    let streaming = format!(
+        "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' AND application_name = '{}'",
+        other.name()
+    );
+    psql_until(
+        20,
+        "the other replica to stream without its slot",
+        new,
+        &streaming,
+        "1",
+    )
+    .await;
+    assert_eq!(psql(other, "SHOW primary_slot_name").await.unwrap(), "");
+    let (_, events) = common::http_request(http, "GET", "/events").await;
+    assert!(events.contains("replica_slot_cleared"), "{events}");
+    assert!(!events.contains("replica_not_streaming"), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repointed_replica_that_does_not_stream_is_reported() {
+    common::init_tracing();
+    let opts = LocalClusterOptions {
+        replicas: 2,
+        ..Default::default()
+    };
+    let cluster = blocking(move || LocalCluster::start(opts))
+        .await
+        .expect("start PostgreSQL cluster");
+    let cluster = Arc::new(cluster);
+    let primary = cluster.primary().clone();
+    // Whichever replica is promoted refuses replication connections.
+    for r in cluster.replicas() {
+        let hba = r.data_dir().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        let refusing = text.replace(
+            "host    replication  all        127.0.0.1/32  scram-sha-256",
+            "host    replication  all        127.0.0.1/32  reject",
+        );
+        assert_ne!(text, refusing, "the replication line of pg_hba.conf");
+        std::fs::write(&hba, refusing).unwrap();
+        psql(r, "SELECT pg_reload_conf()").await.unwrap();
+    }
+    let toml = config(&nodes_of(&cluster), "");
+    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let c = proxy.client().await;
+    let table = create_table(&c, "nostream").await;
+    for r in cluster.replicas() {
+        let rows = format!("SELECT count(*) FROM pg_class WHERE relname = '{table}'");
+        psql_until(10, "the table on every replica", r, &rows, "1").await;
+    }
+
+    stop(&primary, StopMode::Immediate).await;
+    until_ok(25, "a write after the failover", || insert(&c, &table, 1)).await;
+    // Writes go on; the operator is told the cluster has no working replica.
+    let events = eventually(30, "replica_not_streaming", || async {
+        let (_, events) = common::http_request(http, "GET", "/events").await;
+        events.contains("replica_not_streaming").then_some(events)
+    })
+    .await;
+    assert!(events.contains("replica_repointed"), "{events}");
 }

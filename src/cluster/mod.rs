@@ -10,6 +10,7 @@ pub mod hardware;
 pub mod health;
 mod membership;
 pub mod monitor;
+pub mod repoint;
 pub mod switchover;
 pub mod view;
 
@@ -107,6 +108,9 @@ pub struct Cluster {
     /// Bumped by every hardware verdict, so the monitor can stop waiting for
     /// a primary whose hardware just said it is gone.
     hardware_seen: watch::Sender<u64>,
+    /// Replicas repointed after a promotion that did not stream from the new
+    /// primary within `repoint::STREAMING_BOUND`.
+    not_streaming: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why no server connection could be opened.
@@ -138,6 +142,7 @@ impl Cluster {
             tls: Default::default(),
             retirements: Default::default(),
             hardware_seen: watch::channel(0).0,
+            not_streaming: Default::default(),
         }
     }
 
@@ -397,6 +402,18 @@ impl Cluster {
     pub(crate) async fn hardware_probe_asked(&self, node: usize) {
         let slot = self.slot(node);
         slot.probe_now.notified().await
+    }
+
+    /// Repointed replicas that did not stream from their new primary within
+    /// `repoint::STREAMING_BOUND`, since start (for a metric).
+    pub fn replicas_not_streaming(&self) -> u64 {
+        self.not_streaming.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`Cluster::replicas_not_streaming`], for the task
+    /// that watches a repointed replica.
+    pub(crate) fn not_streaming_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.not_streaming.clone()
     }
 
     /// Re-admissions requested since the last call.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::decide::{fit_replicas, replicas_silent_since, witnesses};
 use super::failover::{step, Action, FailoverSettings, Primary};
-use super::health::{Checker, ControlError};
+use super::health::Checker;
 use super::view::{Health, NodeView, Probe, Role};
 use super::{Cluster, NodeStatus, Snapshot};
 use arc_swap::ArcSwap;
@@ -508,74 +508,13 @@ async fn perform(cluster: &Cluster, config: &Config, tracks: &mut [Track], actio
             cluster.events.record(kind, Some(&name(i)), msg);
         }
         Action::Repoint { replica, primary } => {
-            repoint_node(cluster, tracks, replica, primary, timeout).await
+            super::repoint::repoint_node(cluster, tracks, replica, primary, timeout).await
         }
         Action::ClearSyncStandby(i) => {
             clear_sync_standby(cluster, &mut tracks[i].checker, &name(i), timeout).await
         }
         Action::FenceCommand(i) => spawn_fence_command(cluster, config, i),
     }
-}
-
-/// Points `replica` at `primary` and records the outcome.
-pub(super) async fn repoint_node(
-    cluster: &Cluster,
-    tracks: &mut [Track],
-    replica: usize,
-    primary: usize,
-    timeout: Duration,
-) {
-    let name = |i: usize| cluster.nodes()[i].name.clone();
-    let addr = cluster.nodes()[primary].addr.clone();
-    let result = repoint(&mut tracks[replica].checker, &addr, timeout).await;
-    let (kind, msg) = match result {
-        Ok(()) => (
-            EventKind::ReplicaRepointed,
-            format!("primary_conninfo now points at {}", name(primary)),
-        ),
-        Err(e) => (EventKind::ActionFailed, format!("repointing failed: {e}")),
-    };
-    cluster.events.record(kind, Some(&name(replica)), msg);
-}
-
-async fn repoint(
-    checker: &mut Checker,
-    new_primary: &str,
-    timeout: Duration,
-) -> Result<(), ControlError> {
-    let row = checker
-        .control("SELECT current_setting('primary_conninfo')", timeout)
-        .await?;
-    let current = row.first().cloned().flatten().unwrap_or_default();
-    let conninfo = rewrite_conninfo(&current, new_primary);
-    let quoted = conninfo.replace('\'', "''");
-    checker
-        .control(
-            &format!("ALTER SYSTEM SET primary_conninfo = '{quoted}'"),
-            timeout,
-        )
-        .await?;
-    checker
-        .control("SELECT pg_reload_conf()", timeout)
-        .await
-        .map(|_| ())
-}
-
-/// `conninfo` with its host and port replaced by `addr` (`host:port`).
-pub fn rewrite_conninfo(conninfo: &str, addr: &str) -> String {
-    let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "5432"));
-    let kept: Vec<&str> = conninfo
-        .split_whitespace()
-        .filter(|kv| {
-            !kv.starts_with("host=") && !kv.starts_with("port=") && !kv.starts_with("hostaddr=")
-        })
-        .collect();
-    let mut out = format!("host={host} port={port}");
-    for kv in kept {
-        out.push(' ');
-        out.push_str(kv);
-    }
-    out
 }
 
 async fn clear_sync_standby(
@@ -707,19 +646,4 @@ fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) ->
             }
         })
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn conninfo_gets_the_new_host_and_port_and_keeps_the_rest() {
-        let old = "user=postgres passfile='/x' host=127.0.0.1 port=5432 application_name=replica2 sslmode=prefer";
-        assert_eq!(
-            rewrite_conninfo(old, "10.0.0.9:6543"),
-            "host=10.0.0.9 port=6543 user=postgres passfile='/x' application_name=replica2 sslmode=prefer"
-        );
-        assert_eq!(rewrite_conninfo("", "h:1"), "host=h port=1");
-    }
 }

@@ -479,7 +479,8 @@ impl Switch<'_> {
         if self.config.failover.repoint_replicas {
             for i in 0..self.tracks.len() {
                 if i != old && i != target && self.is_replica(i) {
-                    monitor::repoint_node(self.cluster, self.tracks, i, target, timeout).await;
+                    let (cluster, tracks) = (self.cluster, &mut *self.tracks);
+                    super::repoint::repoint_node(cluster, tracks, i, target, timeout).await;
                 }
             }
         }

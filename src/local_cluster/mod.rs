@@ -8,8 +8,9 @@
 //! reap clusters left behind by dead processes (`stale`), create the
 //! cluster directory (`base_dir`), `initdb` and configure the primary,
 //! start it and create the roles (`primary`, `node`), then create every
-//! replica with `pg_basebackup -R` from the running primary and wait until
-//! it streams (`replica`). Teardown (on [`LocalCluster::stop`] or drop)
+//! replica with `pg_basebackup -R` from the running primary (through a
+//! replication slot of its own if asked) and wait until it streams
+//! (`replica`). Teardown (on [`LocalCluster::stop`] or drop)
 //! stops every server and deletes the directory.
 //!
 //! The API is blocking (it drives `std::process`): async callers should
@@ -99,6 +100,10 @@ pub struct LocalClusterOptions {
     /// (logs, data) in place. Defaults to whether the `SWITCHYARD_KEEP_TMP`
     /// environment variable is set.
     pub keep: bool,
+    /// Whether each replica streams through a physical replication slot
+    /// named after it (`pg_basebackup -C -S replicaN`, which also sets its
+    /// `primary_slot_name`), as most production setups do. Default `false`.
+    pub replication_slots: bool,
 }
 
 impl Default for LocalClusterOptions {
@@ -109,6 +114,7 @@ impl Default for LocalClusterOptions {
             data_files: Vec::new(),
             fsync: false,
             keep: std::env::var_os(KEEP_ENV).is_some(),
+            replication_slots: false,
         }
     }
 }
@@ -249,7 +255,8 @@ impl LocalCluster {
         cluster.primary.start_retrying_port(&ports)?;
         primary::create_roles(&cluster.primary)?;
         let t_primary = started.elapsed();
-        replica::start_all(&cluster.primary, &mut cluster.replicas, &ports)?;
+        let slots = opts.replication_slots;
+        replica::start_all(&cluster.primary, &mut cluster.replicas, &ports, slots)?;
         tracing::debug!(
             "local cluster at {} started in {:?} (initdb {t_init:?}, primary up with roles \
              {t_primary:?})",

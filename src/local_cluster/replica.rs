@@ -1,6 +1,7 @@
 //! The replicas: each is a `pg_basebackup -R -X stream -c fast` of the
-//! running primary, moved to its own port and socket directory, started,
-//! and waited for until it streams. Replicas are set up in parallel.
+//! running primary (with a replication slot of its own when asked), moved to
+//! its own port and socket directory, started, and waited for until it
+//! streams. Replicas are set up in parallel.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -15,16 +16,18 @@ use super::{LocalClusterError, SUPERUSER, SUPERUSER_PASSWORD};
 const STREAMING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Creates, starts and waits for every replica of `primary`, in parallel;
-/// new ports (after a port clash) avoid `avoid`.
+/// new ports (after a port clash) avoid `avoid`. With `slots`, each streams
+/// through a physical replication slot named after it.
 pub(super) fn start_all(
     primary: &PgNode,
     replicas: &mut [PgNode],
     avoid: &[u16],
+    slots: bool,
 ) -> Result<(), LocalClusterError> {
     thread::scope(|s| {
         let handles: Vec<_> = replicas
             .iter_mut()
-            .map(|replica| s.spawn(move || start_one(primary, replica, avoid)))
+            .map(|replica| s.spawn(move || start_one(primary, replica, avoid, slots)))
             .collect();
         handles.into_iter().try_for_each(|h| {
             h.join().unwrap_or_else(|_| {
@@ -40,9 +43,10 @@ fn start_one(
     primary: &PgNode,
     replica: &mut PgNode,
     avoid: &[u16],
+    slots: bool,
 ) -> Result<(), LocalClusterError> {
     let started = Instant::now();
-    base_backup(primary, replica)?;
+    base_backup(primary, replica, slots)?;
     let t_backup = started.elapsed();
     replica.start_retrying_port(avoid)?;
     let t_start = started.elapsed();
@@ -56,8 +60,10 @@ fn start_one(
 }
 
 /// `pg_basebackup -R` of `primary` into the replica's data directory, then
-/// points the copy at its own port and socket directory.
-fn base_backup(primary: &PgNode, replica: &PgNode) -> Result<(), LocalClusterError> {
+/// points the copy at its own port and socket directory. With `slot`, the
+/// backup creates a physical slot named after the replica on the primary
+/// (`-C -S`) and `-R` writes it as `primary_slot_name`.
+fn base_backup(primary: &PgNode, replica: &PgNode, slot: bool) -> Result<(), LocalClusterError> {
     // -R writes standby.signal and primary_conninfo from these connection
     // settings (password included); application_name makes the replica
     // recognisable in pg_stat_replication.
@@ -71,6 +77,9 @@ fn base_backup(primary: &PgNode, replica: &PgNode) -> Result<(), LocalClusterErr
         .arg(&replica.data_dir)
         .args(["-d", &conninfo])
         .args(["-R", "-X", "stream", "-c", "fast", "--no-sync", "-w"]);
+    if slot {
+        cmd.args(["-C", "-S", &replica.name]);
+    }
     run(cmd, None, Duration::from_secs(300))?;
     // Later lines win over the primary's settings copied with the config.
     append_file(
