@@ -699,3 +699,35 @@ async fn admin_switchover_under_load_loses_nothing() {
     });
     assert!(pause.is_some(), "no write pause recorded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_switchover_with_synchronous_replication_writes_do_not_wait_for_a_standby() {
+    let (cluster, primary, replica) = start_pair().await;
+    synchronous_replication(&primary, &replica).await;
+    let toml = config(&primary, &replica, "", "", "");
+    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let admin = admin(&proxy).await;
+    let setup = proxy.client().await;
+    let table = create_table(&setup).await;
+    eventually(10, "replica seen", || async {
+        node_column(&admin, "db2", "role").await == "replica"
+    })
+    .await;
+    let load = Workload::start(&proxy, &table, 4).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    admin
+        .simple_query("SWITCHOVER TO db2")
+        .await
+        .expect("switchover");
+    let old_rows = values(&direct_client(primary.port()).await, &table)
+        .await
+        .len();
+    // The new primary inherited synchronous_standby_names, and its only
+    // standby is now the fenced old primary: with sync_policy =
+    // availability the setting is cleared, or every commit would wait.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (acked, errors) = load.finish().await;
+    assert_nothing_lost(&replica, &primary, &table, &acked, &errors, old_rows).await;
+    let events = timeline(http).await;
+    assert!(has(&events, "sync_standby_cleared", "db2"), "{events:?}");
+}

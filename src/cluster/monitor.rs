@@ -517,7 +517,9 @@ async fn perform(cluster: &Cluster, config: &Config, tracks: &mut [Track], actio
     }
 }
 
-async fn clear_sync_standby(
+/// Clears `synchronous_standby_names` on a new primary that has no standby
+/// streaming, so its commits do not wait for one that is not there.
+pub(super) async fn clear_sync_standby(
     cluster: &Cluster,
     checker: &mut Checker,
     name: &str,

@@ -28,7 +28,7 @@ use super::health::ControlError;
 use super::monitor::{self, Track, LATE_PROBE};
 use super::view::{Health, NodeView, Role};
 use super::Cluster;
-use crate::config::Config;
+use crate::config::{Config, SyncPolicy};
 use crate::events::EventKind;
 
 /// Longest wait for the target to finish its promotion.
@@ -454,6 +454,19 @@ impl Switch<'_> {
         let (old, target, timeout) = (self.old, self.target, self.target_timeout());
         if let Ok(p) = self.tracks[target].checker.probe(timeout, false).await {
             self.tracks[target].probe = Some(p);
+        }
+        // As after a failover: a new primary that inherited
+        // synchronous_standby_names has no standby yet (the old primary is
+        // read-only and fenced, the others are repointed afterwards), and
+        // every released transaction would wait for one.
+        let inherited = self.tracks[target]
+            .probe
+            .as_ref()
+            .is_some_and(|p| p.sync_standby_names);
+        if inherited && self.config.failover.sync_policy == SyncPolicy::Availability {
+            let name = self.name(target);
+            let checker = &mut self.tracks[target].checker;
+            monitor::clear_sync_standby(self.cluster, checker, &name, timeout).await;
         }
         self.tracks[old].fenced = true;
         let state = Primary::Serving(target);
