@@ -1,0 +1,7 @@
+#![no_main]
+//! Fuzz target: see `checks::hardware` (docs/fuzzing.md).
+
+#[path = "../src/checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::hardware(data));
