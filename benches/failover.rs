@@ -1,11 +1,12 @@
 //! Failover benchmark: how long writes through Switchyard stop when the
-//! primary crashes or hangs, what clients see meanwhile, and whether any
-//! acknowledged write is lost.
+//! primary crashes, hangs, loses power, or loses one of its power supplies,
+//! what clients see meanwhile, and whether any acknowledged write is lost.
 //!
 //! Run with `cargo bench --bench failover` (as root or as a user that may
 //! start PostgreSQL). Environment: `FAILOVER_RUNS` (default 5) independent
-//! runs per failure kind; `FAILOVER_KINDS` (default `crash,hang`) which
-//! kinds to run. `RUST_LOG=switchyard=info` shows the proxy's decisions.
+//! runs per kind; `FAILOVER_KINDS` (default `crash,hang,powerloss,degraded`)
+//! which kinds to run. `RUST_LOG=switchyard=info` shows the proxy's
+//! decisions.
 //!
 //! Each run starts from scratch:
 //! 1. a throw-away cluster, one primary and one streaming replica
@@ -18,21 +19,36 @@
 //!    replica needs `failover.sync_policy` to take writes;
 //! 2. Switchyard in-process (own tokio runtime in a background thread) with
 //!    the default `[health]` and `[failover]` settings, a pool of
-//!    [`POOL_SIZE`] server connections, both nodes listed;
+//!    [`POOL_SIZE`] server connections, both nodes listed; for `powerloss`
+//!    and `degraded` the primary has a hardware probe with its default
+//!    interval (5 s) and timeout, scraping an HTTP exporter the benchmark
+//!    serves (an ipmi_exporter stand-in: chassis power state off is
+//!    `failing`, a power supply not nominal is `degraded`), and
+//!    `failover.switchover_on_degraded = true`;
 //! 3. one writer through the proxy on one connection kept for the whole run
 //!    (reconnecting only if the proxy closes it, which is counted):
 //!    `INSERT INTO t(id) VALUES ($1)` with increasing ids, [`WRITER_PAUSE`]
 //!    apart, each acknowledged id recorded; plus [`IDLE_CLIENTS`] idle
 //!    clients, logged in before the failure, that each run `SELECT 1` once
 //!    writes have resumed;
-//! 4. after [`STEADY_WRITES`] of writes, the failure at T0: `crash` is
+//! 4. after [`STEADY_WRITES`] of writes (plus, for run k of n, (k-1)/n of
+//!    the health-check interval, so that the runs see failures at phases
+//!    spread over the interval, as real ones are), the failure at T0: `crash` is
 //!    `pg_ctl stop -m immediate` of the primary; `hang` is SIGSTOP of the
 //!    postmaster and every child process (SIGCONT before teardown, also on
-//!    panic);
+//!    panic); `powerloss` is the hang and, at the same instant, the exporter
+//!    reporting the chassis off (a BMC on standby power); `degraded` is the
+//!    exporter reporting one power supply lost while the host runs on;
 //! 5. the run ends [`AFTER_RECOVERY`] after the first write acknowledged
-//!    after the failure, or at [`RECOVERY_CAP`] ("no recovery"). Then the
-//!    former replica is asked directly (`psql`) for its rows: an
-//!    acknowledged id missing there is a lost write.
+//!    after the failure (for `degraded`, after the replica left recovery:
+//!    the planned switchover happened), or at [`RECOVERY_CAP`] ("no
+//!    recovery"). Then the former replica is asked directly (`psql`) for its
+//!    rows: an acknowledged id missing there is a lost write.
+//!
+//! The write pause is the longest gap between two consecutive
+//! acknowledgements from T0 on. For `degraded` it is the measure (writes
+//! never stop for a failure; the switchover holds them briefly), and "first
+//! acknowledged write" does not apply.
 //!
 //! "First acknowledged write after the failure" is the first acknowledgement
 //! of a statement sent after the failure was fully injected (the primary
@@ -70,6 +86,8 @@ use common::{env_number, Switchyard};
 const POOL_SIZE: usize = 4;
 /// Clients that connect before the failure and query only after it.
 const IDLE_CLIENTS: usize = 5;
+/// `[health] interval` by default: failures are spread over one (see `bench`).
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Pause between two writes of the writer.
 const WRITER_PAUSE: Duration = Duration::from_millis(10);
 /// Steady writes before the failure is injected.
@@ -101,22 +119,38 @@ enum Kind {
     Crash,
     /// SIGSTOP of every server process: nothing answers, nothing is refused.
     Hang,
+    /// The hang, and the BMC reporting the chassis off at the same instant.
+    PowerLoss,
+    /// One power supply lost, the host alive: a planned switchover.
+    Degraded,
 }
 
 impl Kind {
+    const ALL: [Kind; 4] = [Kind::Crash, Kind::Hang, Kind::PowerLoss, Kind::Degraded];
+
     fn name(self) -> &'static str {
         match self {
             Kind::Crash => "crash",
             Kind::Hang => "hang",
+            Kind::PowerLoss => "powerloss",
+            Kind::Degraded => "degraded",
         }
     }
 
-    /// Target median seconds from failure to the first acknowledged write.
+    /// Target median seconds from failure to the first acknowledged write;
+    /// for `degraded`, the longest write pause.
     fn target_secs(self) -> f64 {
         match self {
             Kind::Crash => 3.0,
-            Kind::Hang => 5.0,
+            Kind::Hang => 3.0,
+            Kind::PowerLoss => 1.5,
+            Kind::Degraded => 0.3,
         }
+    }
+
+    /// Whether the primary has a hardware probe (the exporter) in this kind.
+    fn probed(self) -> bool {
+        matches!(self, Kind::PowerLoss | Kind::Degraded)
     }
 }
 
@@ -126,15 +160,18 @@ fn main() {
 
 fn env_kinds() -> anyhow::Result<Vec<Kind>> {
     let Ok(v) = std::env::var("FAILOVER_KINDS") else {
-        return Ok(vec![Kind::Crash, Kind::Hang]);
+        return Ok(Kind::ALL.to_vec());
     };
     v.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| match s {
-            "crash" => Ok(Kind::Crash),
-            "hang" => Ok(Kind::Hang),
-            other => bail!("FAILOVER_KINDS: unknown kind {other:?} (crash, hang)"),
+        .map(|s| {
+            Kind::ALL
+                .into_iter()
+                .find(|k| k.name() == s)
+                .ok_or_else(|| {
+                    anyhow!("FAILOVER_KINDS: unknown kind {s:?} (crash, hang, powerloss, degraded)")
+                })
         })
         .collect()
 }
@@ -154,13 +191,19 @@ fn bench() -> anyhow::Result<()> {
         let mut per_kind = Vec::new();
         for run in 1..=runs {
             eprintln!("--- {} run {run}/{runs} ---", kind.name());
-            let outcome = run_once(&rt, kind, &mut pg_version);
+            // Run k of n fails (k-1)/n of a health-check interval later than
+            // the first: a real failure is as likely at any point of the
+            // interval, and the setup takes about the same time every run,
+            // so without this every run would fail at the same phase.
+            let phase = HEALTH_INTERVAL.mul_f64((run - 1) as f64 / runs as f64);
+            let outcome = run_once(&rt, kind, phase, &mut pg_version);
             match &outcome {
                 Ok(r) => eprintln!(
-                    "{} run {run}: first ack after {}, writer errors {}, idle-client errors {}, \
-                     lost acknowledged writes {}",
+                    "{} run {run}: first ack (degraded: switchover) after {}, longest pause {}, \
+                     writer errors {}, idle-client errors {}, lost acknowledged writes {}",
                     kind.name(),
                     fmt_secs(r.recovery),
+                    fmt_secs(r.pause),
                     r.writer_errors,
                     r.idle_errors,
                     fmt_opt(r.lost)
@@ -173,7 +216,7 @@ fn bench() -> anyhow::Result<()> {
     }
     rt.shutdown_timeout(Duration::from_secs(2));
 
-    let defaults = proxy_config("127.0.0.1:5432", "127.0.0.1:5433", "127.0.0.1:6432")?;
+    let defaults = proxy_config("127.0.0.1:5432", "127.0.0.1:5433", "127.0.0.1:6432", None)?;
     println!(
         "\n{}",
         report(&results, &defaults, pg_version.as_deref().unwrap_or("?"))
@@ -187,9 +230,12 @@ fn bench() -> anyhow::Result<()> {
 
 /// What one run measured.
 struct RunResult {
-    /// Seconds from T0 to the first acknowledged write after the failure;
-    /// `None`: no recovery within [`RECOVERY_CAP`].
+    /// Seconds from T0 to the first acknowledged write after the failure
+    /// (for `degraded`: to the replica leaving recovery); `None`: no
+    /// recovery within [`RECOVERY_CAP`].
     recovery: Option<f64>,
+    /// The longest gap between two consecutive acknowledgements from T0 on.
+    pause: Option<f64>,
     /// Seconds from T0 to the writer's first error, if any.
     first_error: Option<f64>,
     /// Errors the writer saw (statements and reconnect attempts).
@@ -211,6 +257,7 @@ struct RunResult {
 fn run_once(
     rt: &Runtime,
     kind: Kind,
+    phase: Duration,
     pg_version: &mut Option<String>,
 ) -> anyhow::Result<RunResult> {
     let cluster = LocalCluster::start(LocalClusterOptions {
@@ -237,7 +284,14 @@ fn run_once(
     // Declared before the proxy so that, on an early return, the proxy
     // stops first, then the processes are resumed, then the cluster goes.
     let mut frozen: Option<Frozen> = None;
-    let proxy = Switchyard::start(|listen| proxy_config(&primary.addr(), &replica.addr(), listen))?;
+    let exporter = match kind.probed() {
+        true => Some(Exporter::start(rt, &exposition(PowerState::On, Psu::Ok))?),
+        false => None,
+    };
+    let probe = exporter.as_ref().map(Exporter::spec);
+    let proxy = Switchyard::start(|listen| {
+        proxy_config(&primary.addr(), &replica.addr(), listen, probe.as_deref())
+    })?;
     let conninfo = format!(
         "host=127.0.0.1 port={} user={APP_USER} password={APP_PASSWORD} dbname={APP_DB} \
          application_name=failover_bench connect_timeout=5",
@@ -270,7 +324,7 @@ fn run_once(
         Arc::clone(&stop),
     ));
 
-    thread::sleep(STEADY_WRITES);
+    thread::sleep(STEADY_WRITES + phase);
     {
         let log = lock(&log);
         if log.acks.is_empty() {
@@ -286,26 +340,25 @@ fn run_once(
 
     // The failure.
     let t0 = Instant::now();
+    let exporter_says = |text: String| {
+        if let Some(e) = &exporter {
+            e.set(text);
+        }
+    };
     match kind {
         Kind::Crash => primary
             .stop(StopMode::Immediate)
             .context("pg_ctl stop -m immediate of the primary")?,
         Kind::Hang => Frozen::freeze(primary.data_dir(), &mut frozen)?,
+        Kind::PowerLoss => {
+            Frozen::freeze(primary.data_dir(), &mut frozen)?;
+            exporter_says(exposition(PowerState::Off, Psu::Ok));
+        }
+        Kind::Degraded => exporter_says(exposition(PowerState::On, Psu::Lost)),
     }
     let injected = Instant::now();
-
-    // Wait for writes to resume (and keep going a little), or give up.
-    let recovered_at = loop {
-        let first = first_ack_after(&lock(&log), injected);
-        let now = Instant::now();
-        match first {
-            Some(at) if now >= at + AFTER_RECOVERY => break Some(at),
-            Some(_) => {}
-            None if now >= t0 + RECOVERY_CAP => break None,
-            None => {}
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let recovered_at = wait_recovery(kind, &log, &replica, t0, injected);
+    let ended = Instant::now();
     stop.store(true, Ordering::Relaxed);
     let finished = rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(5), &mut writer_task)
@@ -362,6 +415,7 @@ fn run_once(
 
     let result = RunResult {
         recovery: recovered_at.map(|at| at.duration_since(t0).as_secs_f64()),
+        pause: longest_pause(&log, t0, ended),
         first_error: log
             .errors
             .iter()
@@ -383,6 +437,58 @@ fn run_once(
     drop(frozen);
     drop(cluster);
     Ok(result)
+}
+
+/// Waits until writes resumed after the failure (for `degraded`: until the
+/// replica left recovery and writes went on) and kept going for
+/// [`AFTER_RECOVERY`]; `None` at [`RECOVERY_CAP`].
+fn wait_recovery(
+    kind: Kind,
+    log: &Mutex<WriterLog>,
+    replica: &PgNode,
+    t0: Instant,
+    injected: Instant,
+) -> Option<Instant> {
+    let mut promoted: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let resumed = match kind {
+            Kind::Degraded => {
+                if promoted.is_none()
+                    && replica.psql("postgres", "SELECT pg_is_in_recovery()").ok()
+                        == Some("f".into())
+                {
+                    promoted = Some(now);
+                }
+                promoted.filter(|p| lock(log).acks.last().is_some_and(|a| a.acked > *p))
+            }
+            _ => first_ack_after(&lock(log), injected),
+        };
+        match resumed {
+            Some(at) if now >= at + AFTER_RECOVERY => return Some(at),
+            None if now >= t0 + RECOVERY_CAP => return None,
+            _ => {}
+        }
+        thread::sleep(Duration::from_millis(if kind == Kind::Degraded {
+            100
+        } else {
+            20
+        }));
+    }
+}
+
+/// The longest gap between two consecutive acknowledgements from `t0` on,
+/// counting the one from the last acknowledgement to `end` (writes that
+/// never resumed are the longest pause of all).
+fn longest_pause(log: &WriterLog, t0: Instant, end: Instant) -> Option<f64> {
+    let acks: Vec<Instant> = log.acks.iter().map(|a| a.acked).collect();
+    let tail = acks.last().map(|&last| end.duration_since(last.max(t0)));
+    acks.windows(2)
+        .filter(|w| w[1] >= t0)
+        .map(|w| w[1].duration_since(w[0].max(t0)))
+        .chain(tail)
+        .map(|d| d.as_secs_f64())
+        .max_by(f64::total_cmp)
 }
 
 /// Synchronous replication to `replica1` on both nodes, then waits until
@@ -657,16 +763,114 @@ fn signal(sig: &str, pids: &[u32]) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 
 /// The proxy's configuration: default `[health]` and `[failover]`.
-fn proxy_config(primary: &str, replica: &str, listen: &str) -> anyhow::Result<Config> {
+/// With `probe` (a `hardware = { ... }` body), the primary has that
+/// hardware probe and a degraded primary is switched over.
+fn proxy_config(
+    primary: &str,
+    replica: &str,
+    listen: &str,
+    probe: Option<&str>,
+) -> anyhow::Result<Config> {
+    let hardware = probe.map_or(String::new(), |p| format!(", hardware = {{ {p} }}"));
+    let failover = match probe {
+        Some(_) => "\n[failover]\nswitchover_on_degraded = true",
+        None => "",
+    };
     let cluster = format!(
         r#"nodes = [
-  {{ name = "primary", addr = "{primary}" }},
+  {{ name = "primary", addr = "{primary}"{hardware} }},
   {{ name = "{STANDBY_NAME}", addr = "{replica}" }},
 ]
 user = "{CLUSTER_USER}"
-password = "{CLUSTER_PASSWORD}""#
+password = "{CLUSTER_PASSWORD}"{failover}"#
     );
     common::proxy_config(listen, POOL_SIZE, r#"shutdown_timeout = "2s""#, &cluster)
+}
+
+// ---------------------------------------------------------------------------
+// Hardware exporter
+// ---------------------------------------------------------------------------
+
+/// The chassis power state a BMC reports.
+#[derive(Clone, Copy)]
+enum PowerState {
+    On,
+    Off,
+}
+
+/// The state of the first of two power supplies.
+#[derive(Clone, Copy)]
+enum Psu {
+    Ok,
+    Lost,
+}
+
+/// What an ipmi_exporter serves (the series the rules read).
+fn exposition(power: PowerState, psu: Psu) -> String {
+    let power = match power {
+        PowerState::On => 1,
+        PowerState::Off => 0,
+    };
+    let psu = match psu {
+        Psu::Ok => 0,
+        Psu::Lost => 2,
+    };
+    format!(
+        "# TYPE ipmi_chassis_power_state gauge\n\
+         ipmi_chassis_power_state {power}\n\
+         # TYPE ipmi_sensor_state gauge\n\
+         ipmi_sensor_state{{id=\"52\",name=\"PS1 Status\",type=\"Power Supply\"}} {psu}\n\
+         ipmi_sensor_state{{id=\"53\",name=\"PS2 Status\",type=\"Power Supply\"}} 0\n"
+    )
+}
+
+/// An HTTP endpoint serving Prometheus text that the benchmark rewrites.
+struct Exporter {
+    addr: std::net::SocketAddr,
+    text: Arc<Mutex<String>>,
+}
+
+impl Exporter {
+    fn start(rt: &Runtime, text: &str) -> anyhow::Result<Exporter> {
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let addr = listener.local_addr()?;
+        let text = Arc::new(Mutex::new(text.to_string()));
+        rt.spawn(serve_exporter(listener, Arc::clone(&text)));
+        Ok(Exporter { addr, text })
+    }
+
+    fn set(&self, text: String) {
+        *lock(&self.text) = text;
+    }
+
+    /// The probe: default interval and timeout; chassis off is failing, a
+    /// power supply not nominal is degraded.
+    fn spec(&self) -> String {
+        format!(
+            "url = \"http://{}/metrics\", rules = [ \
+             {{ metric = \"ipmi_chassis_power_state\", op = \"==\", value = 0, status = \"failing\" }}, \
+             {{ metric = \"ipmi_sensor_state\", labels = {{ type = \"Power Supply\" }}, op = \"!=\", value = 0, status = \"degraded\" }} ]",
+            self.addr
+        )
+    }
+}
+
+/// Answers every connection with the current text (HTTP/1.1, then close).
+async fn serve_exporter(listener: tokio::net::TcpListener, text: Arc<Mutex<String>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while let Ok((mut s, _)) = listener.accept().await {
+        let body = lock(&text).clone();
+        tokio::spawn(async move {
+            let mut request = [0u8; 1024];
+            let _ = s.read(&mut request).await;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+                 Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(response.as_bytes()).await;
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -706,7 +910,10 @@ fn report(
          {:?}, failure_threshold {}; failover mode {:?}, sync_policy {:?}, hold_timeout {:?}; \
          pool size {POOL_SIZE}, transaction mode. One writer (`{INSERT}`, {}ms pause), \
          {IDLE_CLIENTS} idle clients; failure after {}s of writes; crash = pg_ctl stop -m \
-         immediate, hang = SIGSTOP of the postmaster and its children.\n",
+         immediate, hang = SIGSTOP of the postmaster and its children, powerloss = the hang and \
+         the primary's BMC (hardware probe, default interval 5 s) reporting the chassis off at \
+         the same instant, degraded = the BMC reporting one power supply lost \
+         (switchover_on_degraded = true).\n",
         cfg.health.interval,
         cfg.health.timeout,
         cfg.health.failure_threshold,
@@ -716,83 +923,95 @@ fn report(
         WRITER_PAUSE.as_millis(),
         STEADY_WRITES.as_secs(),
     );
+    runs_table(&mut s, results);
+    summary_table(&mut s, results);
+    verdicts(&mut s, results);
+    s
+}
 
+/// Seconds to the first acknowledged write, or "n/a" where it does not apply.
+fn fmt_recovery(kind: Kind, x: Option<f64>) -> String {
+    match kind {
+        Kind::Degraded => "n/a".into(),
+        _ => fmt_secs(x),
+    }
+}
+
+fn runs_table(s: &mut String, results: &[(Kind, Vec<Result<RunResult, String>>)]) {
     let _ = writeln!(s, "Individual runs:\n");
     let _ = writeln!(
         s,
-        "| failure | run | s to first acked write | s to first writer error | writer errors | \
-         writer reconnects | idle-client errors | acked writes | lost acked writes | replica \
-         promoted | messages |"
+        "| kind | run | s to first acked write | longest write pause s | s to first writer error | \
+         writer errors | writer reconnects | idle-client errors | acked writes | lost acked \
+         writes | replica promoted | messages |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
+    );
     for (kind, runs) in results {
         for (i, r) in runs.iter().enumerate() {
-            match r {
-                Ok(r) => {
-                    let _ = writeln!(
-                        s,
-                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                        kind.name(),
-                        i + 1,
-                        fmt_secs(r.recovery),
-                        r.first_error.map_or("–".into(), |v| format!("{v:.2}")),
-                        r.writer_errors,
-                        r.reconnects,
-                        r.idle_errors,
-                        r.acked,
-                        fmt_opt(r.lost),
-                        r.promoted.map_or("?", |p| if p { "yes" } else { "no" }),
-                        r.notes.join("; ").replace('|', "\\|").replace('\n', " "),
-                    );
-                }
-                Err(e) => {
-                    let _ = writeln!(
-                        s,
-                        "| {} | {} | run failed | | | | | | | | {} |",
-                        kind.name(),
-                        i + 1,
-                        e.replace('|', "\\|").replace('\n', " ")
-                    );
-                }
-            }
+            let _ = match r {
+                Ok(r) => writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    kind.name(),
+                    i + 1,
+                    fmt_recovery(*kind, r.recovery),
+                    fmt_secs(r.pause),
+                    r.first_error.map_or("–".into(), |v| format!("{v:.2}")),
+                    r.writer_errors,
+                    r.reconnects,
+                    r.idle_errors,
+                    r.acked,
+                    fmt_opt(r.lost),
+                    r.promoted.map_or("?", |p| if p { "yes" } else { "no" }),
+                    r.notes.join("; ").replace('|', "\\|").replace('\n', " "),
+                ),
+                Err(e) => writeln!(
+                    s,
+                    "| {} | {} | run failed | | | | | | | | | {} |",
+                    kind.name(),
+                    i + 1,
+                    e.replace('|', "\\|").replace('\n', " ")
+                ),
+            };
         }
     }
+}
 
+fn summary_table(s: &mut String, results: &[(Kind, Vec<Result<RunResult, String>>)]) {
     let _ = writeln!(s, "\nSummary:\n");
     let _ = writeln!(
         s,
-        "| failure | runs | median s to first acked write | max s | writer errors (total) | \
-         idle-client errors (total) | lost acked writes (total) | runs without recovery | runs \
-         failed to run |"
+        "| kind | runs | median s to first acked write | max s | median longest pause s | max \
+         pause s | writer errors (total) | idle-client errors (total) | lost acked writes \
+         (total) | runs without recovery | runs failed to run |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (kind, runs) in results {
         let ok: Vec<&RunResult> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
         let recoveries: Vec<Option<f64>> = ok.iter().map(|r| r.recovery).collect();
         let (med, max) = median_max(&recoveries);
-        let lost = if ok.iter().all(|r| r.lost.is_some()) {
-            ok.iter().filter_map(|r| r.lost).sum::<usize>().to_string()
-        } else {
-            format!(
-                "{} (+ runs not checked)",
-                ok.iter().filter_map(|r| r.lost).sum::<usize>()
-            )
+        let (pmed, pmax) = median_max(&ok.iter().map(|r| r.pause).collect::<Vec<_>>());
+        let lost: usize = ok.iter().filter_map(|r| r.lost).sum();
+        let lost = match ok.iter().all(|r| r.lost.is_some()) {
+            true => lost.to_string(),
+            false => format!("{lost} (+ runs not checked)"),
+        };
+        let shown = |x: Option<f64>, f: &dyn Fn(Option<f64>) -> String| match ok.is_empty() {
+            true => "–".to_string(),
+            false => f(x),
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             kind.name(),
             ok.len(),
-            if ok.is_empty() {
-                "–".into()
-            } else {
-                fmt_secs(med)
-            },
-            if ok.is_empty() {
-                "–".into()
-            } else {
-                fmt_secs(max)
-            },
+            shown(med, &|x| fmt_recovery(*kind, x)),
+            shown(max, &|x| fmt_recovery(*kind, x)),
+            shown(pmed, &fmt_secs),
+            shown(pmax, &fmt_secs),
             ok.iter().map(|r| r.writer_errors).sum::<usize>(),
             ok.iter().map(|r| r.idle_errors).sum::<usize>(),
             lost,
@@ -800,36 +1019,50 @@ fn report(
             runs.len() - ok.len(),
         );
     }
+}
 
+fn verdicts(s: &mut String, results: &[(Kind, Vec<Result<RunResult, String>>)]) {
     let _ = writeln!(
         s,
-        "\nTargets (default settings): crash ≤ {:.0} s median, hang ≤ {:.0} s median to the \
-         first acknowledged write; 0 lost acknowledged writes; 0 errors on idle clients. \
-         Writer errors are expected for the statement in flight at the failure.",
+        "\nTargets (default settings): median s to the first acknowledged write crash ≤ {:.1}, \
+         hang ≤ {:.1}, powerloss ≤ {:.1}; degraded: 0 writer errors and the longest write pause \
+         ≤ {:.1} s; 0 lost acknowledged writes and 0 errors on idle clients everywhere. Writer \
+         errors are expected for the statement in flight at a failure.",
         Kind::Crash.target_secs(),
-        Kind::Hang.target_secs()
+        Kind::Hang.target_secs(),
+        Kind::PowerLoss.target_secs(),
+        Kind::Degraded.target_secs(),
     );
+    let verdict = |b: bool| if b { "met" } else { "MISSED" };
     for (kind, runs) in results {
         let ok: Vec<&RunResult> = runs.iter().filter_map(|r| r.as_ref().ok()).collect();
         if ok.is_empty() {
             continue;
         }
-        let (med, _) = median_max(&ok.iter().map(|r| r.recovery).collect::<Vec<_>>());
-        let time_ok = med.is_some_and(|m| m <= kind.target_secs());
+        let measure = |r: &&RunResult| match kind {
+            Kind::Degraded => r.pause,
+            _ => r.recovery,
+        };
+        let (med, _) = median_max(&ok.iter().map(measure).collect::<Vec<_>>());
+        // A switchover that never let writes resume did not meet anything.
+        let resumed = ok.iter().all(|r| r.recovery.is_some());
+        let time_ok = resumed && med.is_some_and(|m| m <= kind.target_secs());
+        let errors_ok = *kind != Kind::Degraded || ok.iter().all(|r| r.writer_errors == 0);
         let lost_ok = ok.iter().all(|r| r.lost == Some(0));
         let idle_ok = ok.iter().all(|r| r.idle_errors == 0);
-        let verdict = |b: bool| if b { "met" } else { "MISSED" };
-        let _ = writeln!(
+        let _ =
+            writeln!(
             s,
-            "- {}: median {} s vs ≤ {:.0} s: {}; lost acknowledged writes: {}; idle-client \
-             errors: {}",
+            "- {}: median {} {} s vs ≤ {:.1} s: {}; writer errors: {}; lost acknowledged writes: \
+             {}; idle-client errors: {}",
             kind.name(),
+            if *kind == Kind::Degraded { "pause" } else { "first write" },
             med.map_or("∞".into(), |m| format!("{m:.2}")),
             kind.target_secs(),
             verdict(time_ok),
+            verdict(errors_ok),
             verdict(lost_ok),
             verdict(idle_ok),
         );
     }
-    s
 }
