@@ -29,8 +29,10 @@ const PROBE_SQL: &str = "SELECT r, \
 /// lives. Committed with a local flush: a non-transactional message would
 /// wait in the WAL buffers until something else flushes them (seconds on an
 /// idle server), and reach the replicas long after it was written, when it
-/// proves nothing. `local`, so a missing synchronous standby cannot hold it.
-const HEARTBEAT_SQL: &str = "BEGIN; SET LOCAL synchronous_commit = local; \
+/// proves nothing. `local`, so a missing synchronous standby cannot hold it;
+/// `READ WRITE`, so a primary an operator made read-only by default still
+/// gets it (it touches no table).
+const HEARTBEAT_SQL: &str = "BEGIN READ WRITE; SET LOCAL synchronous_commit = local; \
   SELECT pg_logical_emit_message(true, 'switchyard', 'heartbeat'); COMMIT";
 
 /// Why a control statement did not run.
