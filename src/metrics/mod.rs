@@ -52,6 +52,7 @@ pub const METRICS: &[(&str, Type, &str)] = &[
     (NODE_FENCED, Type::Gauge, "1 when the node is fenced (never routed to until READMIT), by node"),
     (FENCED_NODES, Type::Gauge, "Nodes fenced now"),
     (FAILOVERS, Type::Counter, "Failovers completed (writes resumed on a new primary after the old one failed)"),
+    (REPLICAS_NOT_STREAMING, Type::Counter, "Replicas repointed at a new primary that were not streaming from it within 15 s"),
     (LAST_FAILOVER_SECONDS, Type::Gauge, "Seconds from the start of the last failover to writes resuming"),
     (SWITCHOVERS, Type::Counter, "Planned switchovers completed (admin SWITCHOVER, POST /switchover, hardware)"),
     (LAST_SWITCHOVER_SECONDS, Type::Gauge, "Write pause of the last switchover: from holding new transactions to releasing them on the new primary"),
@@ -102,6 +103,8 @@ pub const NODE_FENCED: &str = "switchyard_node_fenced";
 pub const FENCED_NODES: &str = "switchyard_fenced_nodes";
 /// Failovers completed.
 pub const FAILOVERS: &str = "switchyard_failovers_total";
+/// Repointed replicas that did not stream.
+pub const REPLICAS_NOT_STREAMING: &str = "switchyard_replicas_not_streaming_total";
 /// Last failover's duration.
 pub const LAST_FAILOVER_SECONDS: &str = "switchyard_last_failover_duration_seconds";
 /// Switchovers completed.
@@ -304,6 +307,7 @@ fn record_events(ctx: &Context) {
         counter!(EVENTS, "kind" => kind).absolute(n);
     }
     counter!(FAILOVERS).absolute(t.failovers);
+    counter!(REPLICAS_NOT_STREAMING).absolute(ctx.cluster.replicas_not_streaming());
     gauge!(LAST_FAILOVER_SECONDS).set(t.last_failover_seconds.unwrap_or(0.0));
     counter!(SWITCHOVERS).absolute(t.switchovers);
     gauge!(LAST_SWITCHOVER_SECONDS).set(t.last_switchover_seconds.unwrap_or(0.0));
