@@ -1222,9 +1222,9 @@ async fn prepared_statements_and_settings_follow_the_client_to_the_new_primary()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_with_slots_stream_from_the_new_primary_and_the_cluster_survives_the_next_failure()
-{
+/// A private primary and two replicas, each streaming through a physical
+/// replication slot (`pg_basebackup -C -S`), as Patroni sets them up.
+async fn slot_cluster() -> (Arc<LocalCluster>, PgNode, Vec<PgNode>) {
     common::init_tracing();
     let opts = LocalClusterOptions {
         replicas: 2,
@@ -1237,6 +1237,13 @@ async fn replicas_with_slots_stream_from_the_new_primary_and_the_cluster_survive
     let cluster = Arc::new(cluster);
     let primary = cluster.primary().clone();
     let replicas = cluster.replicas().to_vec();
+    (cluster, primary, replicas)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_slots_stream_from_the_new_primary_and_the_cluster_survives_the_next_failure()
+{
+    let (cluster, primary, replicas) = slot_cluster().await;
     let toml = config(&nodes_of(&cluster), "");
     let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
     let c = proxy.client().await;
@@ -1314,18 +1321,7 @@ async fn replicas_with_slots_stream_from_the_new_primary_and_the_cluster_survive
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_slot_cannot_be_made_on_the_new_primary_streams_without_one() {
-    common::init_tracing();
-    let opts = LocalClusterOptions {
-        replicas: 2,
-        replication_slots: true,
-        ..Default::default()
-    };
-    let cluster = blocking(move || LocalCluster::start(opts))
-        .await
-        .expect("start PostgreSQL cluster");
-    let cluster = Arc::new(cluster);
-    let primary = cluster.primary().clone();
-    let replicas = cluster.replicas().to_vec();
+    let (cluster, primary, replicas) = slot_cluster().await;
     // Whichever replica is promoted cannot hold a replication slot.
     for r in &replicas {
         psql(r, "ALTER SYSTEM SET max_replication_slots = 0")

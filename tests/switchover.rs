@@ -237,6 +237,36 @@ async fn admin(proxy: &Proxy) -> Client {
         .unwrap()
 }
 
+/// A proxy whose db1 probe has read `ok`, with its admin console, one client
+/// and a fresh table.
+struct Probed {
+    proxy: Proxy,
+    http: SocketAddr,
+    admin: Client,
+    client: Client,
+    table: String,
+}
+
+impl Probed {
+    async fn start(cluster: &Arc<LocalCluster>, toml: &str) -> Probed {
+        let (proxy, http) = Proxy::start_with_http(cluster.clone(), toml).await;
+        let admin = admin(&proxy).await;
+        let client = proxy.client().await;
+        let table = create_table(&client).await;
+        eventually(10, "hardware ok", || async {
+            node_column(&admin, "db1", "hardware").await == "ok"
+        })
+        .await;
+        Probed {
+            proxy,
+            http,
+            admin,
+            client,
+            table,
+        }
+    }
+}
+
 async fn create_table(c: &Client) -> String {
     let table = unique("sw");
     c.batch_execute(&format!("CREATE TABLE {table} (v bigint PRIMARY KEY)"))
@@ -283,14 +313,13 @@ async fn a_degraded_psu_moves_the_primary_without_client_errors() {
         "",
         "switchover_on_degraded = true\n",
     );
-    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
-    let admin = admin(&proxy).await;
-    let setup = proxy.client().await;
-    let table = create_table(&setup).await;
-    eventually(10, "hardware ok", || async {
-        node_column(&admin, "db1", "hardware").await == "ok"
-    })
-    .await;
+    let Probed {
+        proxy,
+        http,
+        admin,
+        client: setup,
+        table,
+    } = Probed::start(&cluster, &toml).await;
 
     let load = Workload::start(&proxy, &table, 6).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -412,14 +441,13 @@ async fn power_loss_fails_over_without_attempting_a_switchover() {
         "",
         "switchover_on_degraded = true\n",
     );
-    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
-    let admin = admin(&proxy).await;
-    let setup = proxy.client().await;
-    let table = create_table(&setup).await;
-    eventually(10, "hardware ok", || async {
-        node_column(&admin, "db1", "hardware").await == "ok"
-    })
-    .await;
+    let Probed {
+        proxy,
+        http,
+        admin,
+        client: setup,
+        table,
+    } = Probed::start(&cluster, &toml).await;
     let load = Workload::start(&proxy, &table, 4).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
 
@@ -464,14 +492,13 @@ async fn a_probe_flapping_between_ok_and_failing_promotes_once() {
     let exporter = Exporter::start(&exposition(0, 45)).await;
     let spec = exporter.spec();
     let toml = config_of(&[(&primary, &spec), (&r1, ""), (&r2, "")], "");
-    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
-    let admin = admin(&proxy).await;
-    let c = proxy.client().await;
-    let table = create_table(&c).await;
-    eventually(10, "hardware ok", || async {
-        node_column(&admin, "db1", "hardware").await == "ok"
-    })
-    .await;
+    let Probed {
+        proxy: _proxy,
+        http,
+        admin: _admin,
+        client: c,
+        table,
+    } = Probed::start(&cluster, &toml).await;
 
     // A loose sensor: the reading flips every 150 ms for three seconds, on
     // both sides of whatever the failover does meanwhile.
@@ -566,14 +593,13 @@ async fn a_primary_that_hangs_during_a_switchover_is_failed_over() {
         "",
         "switchover_on_degraded = true\n[switchover]\ndrain_timeout = \"60s\"\n",
     );
-    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
-    let admin = admin(&proxy).await;
-    let setup = proxy.client().await;
-    let table = create_table(&setup).await;
-    eventually(10, "hardware ok", || async {
-        node_column(&admin, "db1", "hardware").await == "ok"
-    })
-    .await;
+    let Probed {
+        proxy,
+        http,
+        admin,
+        client: setup,
+        table,
+    } = Probed::start(&cluster, &toml).await;
     // Async replication: wait for the table to reach the replica.
     let check = format!("SELECT to_regclass('{table}') IS NOT NULL");
     eventually(10, "the table on the replica", || async {
