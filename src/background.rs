@@ -14,8 +14,8 @@ pub fn spawn(tracker: &TaskTracker, ctx: &Arc<Context>, reload_on_sighup: bool) 
     tracker.spawn(reaper(ctx.clone()));
     tracker.spawn(stats_periods(ctx.clone()));
     tracker.spawn(crate::runtime::watch_lag(
-        ctx.loop_lag.clone(),
-        ctx.shutdown.clone(),
+        ctx.loop_lag().clone(),
+        ctx.shutdown().clone(),
     ));
     if reload_on_sighup {
         tracker.spawn(self::reload_on_sighup(ctx.clone()));
@@ -25,7 +25,7 @@ pub fn spawn(tracker: &TaskTracker, ctx: &Arc<Context>, reload_on_sighup: bool) 
 /// Closes idle server connections past their idle timeout or lifetime.
 async fn reaper(ctx: Arc<Context>) {
     let period = {
-        let config = ctx.config.load();
+        let config = ctx.config();
         let p = &config.proxy;
         (p.server_idle_timeout.min(p.server_lifetime) / 4)
             .clamp(Duration::from_millis(100), Duration::from_secs(30))
@@ -33,8 +33,8 @@ async fn reaper(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
-            _ = tick.tick() => ctx.pools.reap_all(Instant::now()),
-            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => ctx.pools().reap_all(Instant::now()),
+            _ = ctx.shutdown().cancelled() => return,
         }
     }
 }
@@ -42,8 +42,7 @@ async fn reaper(ctx: Arc<Context>) {
 /// Ends a `SHOW STATS` averaging period every `proxy.stats_period`.
 async fn stats_periods(ctx: Arc<Context>) {
     let period = ctx
-        .config
-        .load()
+        .config()
         .proxy
         .stats_period
         .max(Duration::from_millis(100));
@@ -52,11 +51,11 @@ async fn stats_periods(ctx: Arc<Context>) {
         tokio::select! {
             _ = tick.tick() => {
                 let now = Instant::now();
-                for (_, pool) in ctx.pools.all() {
+                for (_, pool) in ctx.pools().all() {
                     pool.stats().roll(now);
                 }
             }
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown().cancelled() => return,
         }
     }
 }
@@ -74,7 +73,7 @@ async fn reload_on_sighup(ctx: Arc<Context>) {
                 Ok(restart) => tracing::info!(needs_restart = ?restart, "SIGHUP: configuration reloaded"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: configuration rejected; the running one stays"),
             },
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown().cancelled() => return,
         }
     }
 }

@@ -5,18 +5,23 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
+use metrics_exporter_prometheus::PrometheusRecorder;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::secret::Credentials;
-use crate::client::cancel::CancelMap;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::events::{EventKind, Events};
+use crate::measure::latency::Latencies;
+use crate::measure::ErrorCounts;
 use crate::pool::server_conn::Login;
 use crate::pool::{Pool, PoolSettings, Pools};
+use crate::runtime::LoopLag;
+use crate::sessions::cancel::CancelMap;
+use crate::sessions::registry::Registry;
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -47,36 +52,38 @@ struct PreparedReload {
     node_changes: Vec<String>,
 }
 
-/// State shared by all client tasks; a cheap `Arc` to clone.
+/// State shared by all client tasks; a cheap `Arc` to clone. Fields are
+/// private: tasks read through the accessors, and only a reload replaces
+/// configuration, credentials and TLS.
 pub struct Context {
     /// The configuration in force; a reload swaps it (the monitor reads it too).
-    pub config: Arc<ArcSwap<Config>>,
+    config: Arc<ArcSwap<Config>>,
     /// Where the configuration was read from (`RELOAD` re-reads it).
-    pub config_path: Option<PathBuf>,
+    config_path: Option<PathBuf>,
     /// Users' credentials, verifiers precomputed; a reload swaps them.
-    pub users: ArcSwap<HashMap<String, Credentials>>,
+    users: ArcSwap<HashMap<String, Credentials>>,
     /// Server connection pools.
-    pub pools: Pools,
+    pools: Pools,
     /// The nodes.
-    pub cluster: Arc<Cluster>,
+    cluster: Arc<Cluster>,
     /// Live clients' cancel keys.
-    pub cancels: Arc<CancelMap>,
+    cancels: Arc<CancelMap>,
     /// Cancelled when the proxy shuts down.
-    pub shutdown: CancellationToken,
+    shutdown: CancellationToken,
     /// Logged-in clients.
-    pub clients: Arc<crate::client::registry::Registry>,
+    clients: Arc<Registry>,
     /// Latency histograms.
-    pub latencies: crate::metrics::latency::Latencies,
+    latencies: Latencies,
     /// Errors sent to clients, by SQLSTATE class.
-    pub errors: Arc<crate::metrics::ErrorCounts>,
-    /// This proxy's Prometheus recorder (filled at each scrape).
-    pub prometheus: metrics_exporter_prometheus::PrometheusRecorder,
+    errors: Arc<ErrorCounts>,
+    /// This proxy's own Prometheus recorder, made at the first scrape.
+    prometheus: OnceLock<PrometheusRecorder>,
     /// Record per-query timings and latency histograms (`[http] metrics`).
-    pub record_metrics: bool,
+    record_metrics: bool,
     /// TLS toward clients and toward PostgreSQL; a reload rebuilds it.
-    pub tls: crate::tls::Tls,
+    tls: crate::tls::Tls,
     /// Scheduling delay of the event loops.
-    pub loop_lag: Arc<crate::runtime::LoopLag>,
+    loop_lag: Arc<LoopLag>,
 }
 
 /// Why the proxy could not run.
@@ -110,11 +117,87 @@ impl Context {
             clients: Arc::default(),
             latencies: Default::default(),
             errors: Default::default(),
-            prometheus: crate::metrics::recorder(),
+            prometheus: OnceLock::new(),
             record_metrics,
             tls,
             loop_lag: Arc::default(),
         })
+    }
+
+    /// Remembers the file the configuration came from, for `RELOAD`.
+    pub fn with_config_path(mut self, path: Option<PathBuf>) -> Context {
+        self.config_path = path;
+        self
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The live configuration cell, for tasks that follow reloads (the monitor).
+    pub fn live_config(&self) -> &Arc<ArcSwap<Config>> {
+        &self.config
+    }
+
+    /// Users' credentials now.
+    pub fn users(&self) -> Arc<HashMap<String, Credentials>> {
+        self.users.load_full()
+    }
+
+    /// The server connection pools.
+    pub fn pools(&self) -> &Pools {
+        &self.pools
+    }
+
+    /// The nodes and their routing.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Live clients' cancel keys.
+    pub fn cancels(&self) -> &Arc<CancelMap> {
+        &self.cancels
+    }
+
+    /// Cancelled when the proxy shuts down.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Logged-in clients.
+    pub fn clients(&self) -> &Arc<Registry> {
+        &self.clients
+    }
+
+    /// Latency histograms.
+    pub fn latencies(&self) -> &Latencies {
+        &self.latencies
+    }
+
+    /// Errors sent to clients, by SQLSTATE class.
+    pub fn errors(&self) -> &Arc<ErrorCounts> {
+        &self.errors
+    }
+
+    /// This proxy's Prometheus recorder, made by `make` the first time.
+    pub fn prometheus(&self, make: fn() -> PrometheusRecorder) -> &PrometheusRecorder {
+        self.prometheus.get_or_init(make)
+    }
+
+    /// Whether per-query timings are recorded (`[http] metrics`).
+    pub fn record_metrics(&self) -> bool {
+        self.record_metrics
+    }
+
+    /// TLS toward clients and toward PostgreSQL.
+    pub fn tls(&self) -> &crate::tls::Tls {
+        &self.tls
+    }
+
+    /// Scheduling delay of the event loops.
+    pub fn loop_lag(&self) -> &Arc<LoopLag> {
+        &self.loop_lag
     }
 
     /// The pool serving `database` (client-facing name) for `user`.

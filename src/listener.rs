@@ -60,20 +60,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let token = CancellationToken::new();
-    let mut ctx = Context::new(config, token.clone())?;
-    ctx.config_path = opts.config_path;
-    let ctx = Arc::new(ctx);
+    let ctx = Arc::new(Context::new(config, token.clone())?.with_config_path(opts.config_path));
     let tracker = TaskTracker::new();
     crate::background::spawn(&tracker, &ctx, opts.reload_on_sighup);
     if let Some(http) = opts.http {
         tracker.spawn(crate::http::serve(http, ctx.clone()));
     }
     tracker.spawn(crate::cluster::monitor::run(
-        ctx.cluster.clone(),
-        ctx.config.clone(),
+        ctx.cluster().clone(),
+        ctx.live_config().clone(),
         token.clone(),
     ));
-    let clients = Arc::new(Semaphore::new(ctx.config.load().proxy.max_client_conn));
+    let clients = Arc::new(Semaphore::new(ctx.config().proxy.max_client_conn));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -82,7 +80,7 @@ pub async fn serve(
                     let permit = clients.clone().try_acquire_owned().ok();
                     let ctx = ctx.clone();
                     let span = tracing::debug_span!("client", %peer);
-                    tracker.spawn(tracing::Instrument::instrument(crate::client::handle(stream, ctx, permit), span));
+                    tracker.spawn(tracing::Instrument::instrument(crate::connection::serve(stream, ctx, permit), span));
                 }
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
@@ -98,7 +96,7 @@ pub async fn serve(
     tracing::info!("shutting down: no new connections; waiting for running transactions");
     token.cancel();
     tracker.close();
-    let grace = ctx.config.load().proxy.shutdown_timeout;
+    let grace = ctx.config().proxy.shutdown_timeout;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!("shutdown_timeout reached with clients still in transactions; closing them");
     }

@@ -15,11 +15,11 @@ use std::time::Duration;
 use bytes::BytesMut;
 
 use crate::client::conn::ClientConn;
-use crate::client::registry::{ClientState, Registration};
 use crate::context::Context;
 use crate::error::ClientError;
 use crate::protocol::frame_len;
 use crate::protocol::messages::backend;
+use crate::sessions::registry::{ClientState, Registration};
 use command::{Command, Show};
 use table::{command_complete, notice};
 
@@ -90,7 +90,7 @@ pub async fn serve(mut conn: ClientConn, ctx: Arc<Context>, reg: Registration) {
 }
 
 fn error(out: &mut BytesMut, ctx: &Context, e: &ClientError) {
-    ctx.errors.add(e.sqlstate());
+    ctx.errors().add(e.sqlstate());
     e.encode(out);
 }
 
@@ -116,7 +116,7 @@ async fn read_message(
         }
         tokio::select! {
             r = conn.fill() => if !matches!(r, Ok(n) if n > 0) { return Ok(None) },
-            _ = ctx.shutdown.cancelled() => return Err(ClientError::Shutdown),
+            _ = ctx.shutdown().cancelled() => return Err(ClientError::Shutdown),
             _ = reg.info.kill.cancelled() => return Err(ClientError::Killed),
         }
     }
@@ -135,8 +135,8 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
         Command::Show(what) => show::table(ctx, what).encode(out, "SHOW"),
         Command::Pause(db) => {
             known_database(ctx, db.as_deref())?;
-            ctx.pools.set_paused(db.as_deref(), true);
-            ctx.cluster.events.record(
+            ctx.pools().set_paused(db.as_deref(), true);
+            ctx.cluster().events.record(
                 crate::events::EventKind::Paused,
                 None,
                 format!("PAUSE {}", db.as_deref().unwrap_or("(all databases)")),
@@ -146,8 +146,8 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
         }
         Command::Resume(db) => {
             known_database(ctx, db.as_deref())?;
-            ctx.pools.set_paused(db.as_deref(), false);
-            ctx.cluster.events.record(
+            ctx.pools().set_paused(db.as_deref(), false);
+            ctx.cluster().events.record(
                 crate::events::EventKind::Resumed,
                 None,
                 format!("RESUME {}", db.as_deref().unwrap_or("(all databases)")),
@@ -156,7 +156,7 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
         }
         Command::Reconnect(db) => {
             known_database(ctx, db.as_deref())?;
-            for ((name, _), pool) in ctx.pools.all() {
+            for ((name, _), pool) in ctx.pools().all() {
                 if db.as_deref().is_none_or(|d| d == name) {
                     pool.reconnect();
                 }
@@ -165,13 +165,13 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
         }
         Command::Kill(db) => {
             known_database(ctx, Some(&db))?;
-            ctx.pools.set_paused(Some(&db), true);
-            for c in ctx.clients.all() {
+            ctx.pools().set_paused(Some(&db), true);
+            for c in ctx.clients().all() {
                 if c.database == db {
                     c.kill.cancel();
                 }
             }
-            for ((name, _), pool) in ctx.pools.all() {
+            for ((name, _), pool) in ctx.pools().all() {
                 if name == db {
                     pool.reconnect();
                 }
@@ -179,12 +179,12 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
             command_complete(out, "KILL");
         }
         Command::Shutdown => {
-            ctx.cluster.events.record(
+            ctx.cluster().events.record(
                 crate::events::EventKind::Shutdown,
                 None,
                 "SHUTDOWN from the admin console",
             );
-            ctx.shutdown.cancel();
+            ctx.shutdown().cancel();
             command_complete(out, "SHUTDOWN");
         }
         Command::Reload => {
@@ -199,7 +199,7 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
         }
         Command::Switchover(target) => {
             let new = ctx
-                .cluster
+                .cluster()
                 .switchover(target, "admin SWITCHOVER".into())
                 .await
                 .map_err(|message| ClientError::Admin {
@@ -210,7 +210,7 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
             command_complete(out, "SWITCHOVER");
         }
         Command::Readmit(node) => {
-            ctx.cluster
+            ctx.cluster()
                 .readmit(&node)
                 .map_err(|message| ClientError::Admin {
                     code: "42704",
@@ -226,8 +226,8 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
 /// used is most likely a typo.
 fn known_database(ctx: &Context, db: Option<&str>) -> Result<(), ClientError> {
     let Some(db) = db else { return Ok(()) };
-    let known = ctx.config.load().databases.contains_key(db)
-        || ctx.pools.all().iter().any(|((name, _), _)| name == db);
+    let known = ctx.config().databases.contains_key(db)
+        || ctx.pools().all().iter().any(|((name, _), _)| name == db);
     if known {
         Ok(())
     } else {
@@ -242,12 +242,12 @@ fn known_database(ctx: &Context, db: Option<&str>) -> Result<(), ClientError> {
 /// returns once running transactions have finished, as in PgBouncer.
 async fn drained(ctx: &Context, db: Option<&str>) {
     loop {
-        let busy = ctx.clients.all().iter().any(|c| {
+        let busy = ctx.clients().all().iter().any(|c| {
             db.is_none_or(|d| d == c.database)
                 && c.state() == ClientState::Active
                 && !is_admin_database(&c.database)
         });
-        if !busy || ctx.shutdown.is_cancelled() {
+        if !busy || ctx.shutdown().is_cancelled() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -7,9 +7,9 @@ use std::time::SystemTime;
 
 use super::command::Show;
 use super::table::{Cell, Col, Table};
-use crate::client::registry::{ClientInfo, ClientState};
 use crate::context::Context;
 use crate::pool::stats::{averages, Totals};
+use crate::sessions::registry::{ClientInfo, ClientState};
 
 /// Builds the table `what` asks for. (`SHOW HELP` is sent as notices instead.)
 pub fn table(ctx: &Context, what: Show) -> Table {
@@ -64,10 +64,10 @@ const POOL_COLUMNS: &[(&str, Col)] = &[
 
 fn pools(ctx: &Context) -> Table {
     let mut t = Table::new(POOL_COLUMNS);
-    let clients = ctx.clients.all();
+    let clients = ctx.clients().all();
     let now = SystemTime::now();
     let mode = pool_mode(ctx);
-    for ((db, user), pool) in ctx.pools.all() {
+    for ((db, user), pool) in ctx.pools().all() {
         let mine = clients
             .iter()
             .filter(|c| c.database == db && c.user == user);
@@ -174,7 +174,7 @@ fn stats(ctx: &Context, totals: bool, avgs: bool) -> Table {
 /// Totals and last-period deltas summed over each database's pools.
 fn per_database(ctx: &Context) -> BTreeMap<String, (Totals, Totals, f64)> {
     let mut out: BTreeMap<String, (Totals, Totals, f64)> = BTreeMap::new();
-    for ((db, _), pool) in ctx.pools.all() {
+    for ((db, _), pool) in ctx.pools().all() {
         let e = out.entry(db).or_default();
         e.0 = e.0.plus(&pool.stats().totals());
         let (delta, secs) = pool.stats().last_period();
@@ -224,7 +224,7 @@ const CONNECTION_COLUMNS: &[(&str, Col)] = &[
 fn clients(ctx: &Context) -> Table {
     let mut t = Table::new(CONNECTION_COLUMNS);
     let now = SystemTime::now();
-    for c in ctx.clients.all() {
+    for c in ctx.clients().all() {
         let wait = match c.state() {
             ClientState::Waiting => micros_since(c.since(), now),
             _ => 0,
@@ -251,7 +251,7 @@ fn clients(ctx: &Context) -> Table {
 
 fn servers(ctx: &Context) -> Table {
     let mut t = Table::new(CONNECTION_COLUMNS);
-    for c in ctx.clients.all() {
+    for c in ctx.clients().all() {
         if let Some(l) = c.link() {
             t.row(connection_row(ConnectionRow {
                 kind: "S",
@@ -270,7 +270,7 @@ fn servers(ctx: &Context) -> Table {
             }));
         }
     }
-    for ((db, user), pool) in ctx.pools.all() {
+    for ((db, user), pool) in ctx.pools().all() {
         for s in pool.idle_servers() {
             let (host, port) = split_addr(&s.addr).unwrap_or_default();
             let local = s.local;
@@ -382,9 +382,9 @@ fn databases(ctx: &Context) -> Table {
         ("paused", Col::Int),
         ("disabled", Col::Int),
     ]);
-    let config = ctx.config.load_full();
-    let pools = ctx.pools.all();
-    let clients = ctx.clients.all();
+    let config = ctx.config();
+    let pools = ctx.pools().all();
+    let clients = ctx.clients().all();
     let mut names: Vec<String> = config.databases.keys().cloned().collect();
     for ((db, _), _) in &pools {
         if !names.contains(db) {
@@ -393,7 +393,10 @@ fn databases(ctx: &Context) -> Table {
     }
     for name in names {
         let (dbname, target, size) = config.database(&name);
-        let addr = ctx.cluster.route(target).and_then(|r| split_addr(&r.addr));
+        let addr = ctx
+            .cluster()
+            .route(target)
+            .and_then(|r| split_addr(&r.addr));
         let (host, port) = addr.unzip();
         let mine = pools.iter().filter(|((db, _), _)| *db == name);
         let (mut servers, mut paused) = (0usize, false);
@@ -437,7 +440,7 @@ fn config(ctx: &Context) -> Table {
         ("default", Col::Text),
         ("changeable", Col::Text),
     ]);
-    for (key, value, default) in crate::config::settings(&ctx.config.load()) {
+    for (key, value, default) in crate::config::settings(&ctx.config()) {
         let changeable = if crate::config::needs_restart(&key) {
             "no"
         } else {
@@ -455,19 +458,16 @@ fn config(ctx: &Context) -> Table {
 
 fn lists(ctx: &Context) -> Table {
     let mut t = Table::new(&[("list", Col::Text), ("items", Col::Int)]);
-    let pools = ctx.pools.all();
-    let clients = ctx.clients.all();
+    let pools = ctx.pools().all();
+    let clients = ctx.clients().all();
     let idle: usize = pools.iter().map(|(_, p)| p.counts().idle).sum();
     let used = clients.iter().filter(|c| c.link().is_some()).count();
     let mut dbs: Vec<&String> = pools.iter().map(|((db, _), _)| db).collect();
     dbs.sort();
     dbs.dedup();
     let rows: [(&str, usize); 14] = [
-        (
-            "databases",
-            dbs.len().max(ctx.config.load().databases.len()),
-        ),
-        ("users", ctx.config.load().users.len()),
+        ("databases", dbs.len().max(ctx.config().databases.len())),
+        ("users", ctx.config().users.len()),
         ("peers", 0),
         ("pools", pools.len()),
         ("peer_pools", 0),
@@ -498,8 +498,8 @@ fn users(ctx: &Context) -> Table {
         ("max_user_client_connections", Col::Int),
         ("current_client_connections", Col::Int),
     ]);
-    let clients = ctx.clients.all();
-    for u in &ctx.config.load().users {
+    let clients = ctx.clients().all();
+    for u in &ctx.config().users {
         let servers = clients
             .iter()
             .filter(|c| c.user == u.name && c.link().is_some())
@@ -533,7 +533,7 @@ fn nodes(ctx: &Context) -> Table {
         ("hardware", Col::Text),
     ]);
     let now = SystemTime::now();
-    for n in ctx.cluster.status().iter() {
+    for n in ctx.cluster().status().iter() {
         let state = if n.fenced { "fenced" } else { n.state };
         let last_check = n
             .last_check_seconds_ago
@@ -562,7 +562,7 @@ fn events(ctx: &Context) -> Table {
         ("node", Col::Text),
         ("message", Col::Text),
     ]);
-    for e in ctx.cluster.events.since(0) {
+    for e in ctx.cluster().events.since(0) {
         t.row(vec![
             e.seq.into(),
             timestamp(e.at).into(),
@@ -580,7 +580,7 @@ fn lsn(v: u64) -> String {
 }
 
 fn pool_mode(ctx: &Context) -> &'static str {
-    match ctx.config.load().proxy.pool_mode {
+    match ctx.config().proxy.pool_mode {
         crate::config::PoolMode::Transaction => "transaction",
         crate::config::PoolMode::Session => "session",
     }

@@ -24,7 +24,7 @@ pub struct ClientConn {
     /// Bytes read but not yet consumed.
     pub buf: BytesMut,
     /// Where errors sent to the client are counted.
-    pub errors: std::sync::Arc<crate::metrics::ErrorCounts>,
+    pub errors: std::sync::Arc<crate::measure::ErrorCounts>,
 }
 
 /// Why a read during login ended.
@@ -46,7 +46,7 @@ impl ClientConn {
     /// Wraps an accepted socket.
     pub fn new(
         stream: TcpStream,
-        errors: std::sync::Arc<crate::metrics::ErrorCounts>,
+        errors: std::sync::Arc<crate::measure::ErrorCounts>,
     ) -> ClientConn {
         let _ = stream.set_nodelay(true);
         ClientConn {

@@ -134,7 +134,7 @@ impl Link {
                 if !session_mode && !s.pinned {
                     return End::Released;
                 }
-                if s.ctx.shutdown.is_cancelled() {
+                if s.ctx.shutdown().is_cancelled() {
                     return End::Shutdown;
                 }
             }
@@ -173,8 +173,8 @@ impl Link {
                     Dir::Read(s_rd.read_buf(s_buf).await)
                 }
             };
-            let shutdown = s.ctx.shutdown.cancelled();
-            let wait_shutdown = (session_mode || s.pinned) && !s.ctx.shutdown.is_cancelled();
+            let shutdown = s.ctx.shutdown().cancelled();
+            let wait_shutdown = (session_mode || s.pinned) && !s.ctx.shutdown().is_cancelled();
             tokio::select! {
                 d = up => match d {
                     Dir::Read(Ok(0)) | Dir::Read(Err(_)) => return End::ClientGone,
@@ -383,12 +383,12 @@ impl Link {
                 txn.pending = txn.pending.saturating_sub(f.ignored_syncs);
                 if let (b'Z', Some(&status)) = (tag, frame.and_then(|f| f.get(5))) {
                     txn.on_ready(status);
-                    meter.ready(txn.pending, status, &ctx.latencies);
+                    meter.ready(txn.pending, status, ctx.latencies());
                 }
                 if let (b'E', Some(e)) =
                     (tag, frame.and_then(|f| error_response::decode(f.get(5..)?)))
                 {
-                    ctx.errors.add(&e.code);
+                    ctx.errors().add(&e.code);
                 }
                 if let (b'S', Some(kv)) = (
                     tag,

@@ -194,9 +194,9 @@ pub async fn check_credentials(
     user: &str,
     admin: bool,
 ) -> Result<BytesMut, ReadError> {
-    let users = ctx.users.load_full();
+    let users = ctx.users();
     let creds = users.get(user);
-    let auth_type = match ctx.config.load().proxy.auth_type {
+    let auth_type = match ctx.config().proxy.auth_type {
         crate::config::AuthType::Trust if admin => crate::config::AuthType::ScramSha256,
         other => other,
     };

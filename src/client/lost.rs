@@ -58,7 +58,7 @@ impl Session {
         let mut out = BytesMut::new();
         for _ in 0..txn.pending {
             err.encode(&mut out);
-            self.ctx.errors.add(err.sqlstate());
+            self.ctx.errors().add(err.sqlstate());
             backend::ready_for_query(&mut out, status);
         }
         self.client.send(&out).await.map_err(|_| ())?;
@@ -72,7 +72,7 @@ impl Session {
             self.discard(true).await?;
             out.clear();
             err.encode(&mut out);
-            self.ctx.errors.add(err.sqlstate());
+            self.ctx.errors().add(err.sqlstate());
             backend::ready_for_query(&mut out, status);
             self.client.send(&out).await.map_err(|_| ())?;
         }
@@ -100,7 +100,7 @@ impl Session {
         };
         self.lost = Some(LostTxn { untold: false });
         err.encode(&mut out);
-        self.ctx.errors.add(err.sqlstate());
+        self.ctx.errors().add(err.sqlstate());
         self.client.send(&out).await.map_err(|_| ())?;
         if tag != b'Q' {
             self.discard(!matches!(tag, b'F')).await?;

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use crate::metrics::latency::{Kind, Latencies};
+use crate::measure::latency::{Kind, Latencies};
 use crate::pool::stats::Tally;
 
 /// Per-attachment timers and counts.

@@ -1,8 +1,7 @@
-//! One task per client connection: login (`login`), then the query loop
-//! (`relay`). Errors end here: they are sent to the client with a SQLSTATE and
-//! logged, and never reach the listener.
+//! A logged-in client's side of the proxy: the login exchange (`login`), the
+//! query loop (`relay`) and what it reads on the way. `crate::connection`
+//! drives one accepted connection through them.
 
-pub mod cancel;
 pub mod conn;
 pub mod expect;
 mod link;
@@ -10,168 +9,15 @@ pub mod login;
 pub mod lost;
 mod meter;
 pub mod prepared;
-pub mod registry;
 pub mod relay;
 pub mod session_state;
 pub mod sql;
 pub mod txn;
 
-use std::sync::Arc;
-
-use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
-
 use crate::cluster::ClusterError;
-use crate::context::Context;
 use crate::error::ClientError;
-use crate::pool::server_conn::{send_cancel, ConnectError};
-use crate::pool::{Pool, PoolError};
-use cancel::CancelGuard;
-use conn::{ClientConn, ReadError};
-use login::Opening;
-use relay::Session;
-
-/// Serves one accepted connection. `permit` is `None` when `max_client_conn`
-/// is reached: the client is still heard out (it may be a CancelRequest) and
-/// then refused with 53300.
-pub async fn handle(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSemaphorePermit>) {
-    let mut conn = ClientConn::new(stream, ctx.errors.clone());
-    let login_timeout = ctx.config.load().proxy.client_login_timeout;
-    let logged_in =
-        match tokio::time::timeout(login_timeout, login(&mut conn, &ctx, permit.is_some())).await {
-            Err(_) => return conn.send_error(&ClientError::LoginTimeout).await,
-            Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return,
-            Ok(Err(ReadError::Client(e))) => return conn.send_error(&e).await,
-            Ok(Ok(Some(logged_in))) => logged_in,
-        };
-    let reg = ctx.clients.register(registry::Arrival {
-        user: logged_in.user,
-        database: logged_in.database,
-        peer: conn.stream.peer_addr().ok(),
-        local: conn.stream.local_addr().ok(),
-        application_name: logged_in.application_name,
-    });
-    tracing::debug!(client = reg.info.id, user = %reg.info.user, database = %reg.info.database, "client logged in");
-    let Some(pool) = logged_in.pool else {
-        crate::admin::serve(conn, ctx, reg).await;
-        tracing::debug!("admin client disconnected");
-        return;
-    };
-    let limits = relay::Limits::from(&**ctx.config.load());
-    Session {
-        client: conn,
-        ctx,
-        pool,
-        cancel: logged_in.cancel,
-        last_txn: Default::default(),
-        lost: None,
-        stmts: Default::default(),
-        pinned: false,
-        last_at_rest: true,
-        params: logged_in.wanted,
-        reg,
-        limits,
-    }
-    .run()
-    .await;
-    tracing::debug!("client disconnected");
-    drop(permit);
-}
-
-/// A client that passed login.
-struct LoggedIn {
-    user: String,
-    database: String,
-    application_name: String,
-    /// `None` for the admin console.
-    pool: Option<Pool>,
-    cancel: CancelGuard,
-    /// Tracked parameters from the startup packet.
-    wanted: Vec<(String, String)>,
-}
-
-/// Negotiates, authenticates and sends the login reply. `None`: a cancel was served.
-async fn login(
-    conn: &mut ClientConn,
-    ctx: &Arc<Context>,
-    admitted: bool,
-) -> Result<Option<LoggedIn>, ReadError> {
-    let tls = ctx.tls.acceptor();
-    let (user, database, params) = match login::negotiate(conn, &tls).await? {
-        Opening::Cancel { pid, secret } => {
-            if let Some(target) = ctx.cancels.lookup(pid, secret) {
-                if let Err(e) = send_cancel(&target.addr, target.key).await {
-                    tracing::warn!(error = %e, "could not forward cancel request");
-                }
-            }
-            return Ok(None);
-        }
-        Opening::Session {
-            user,
-            database,
-            params,
-        } => (user, database, params),
-    };
-    if !admitted {
-        return Err(ReadError::Client(ClientError::TooManyClients));
-    }
-    let application_name = params
-        .iter()
-        .find(|(k, _)| k == "application_name")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let wanted = wanted_params(&params);
-    let admin = crate::admin::is_admin_database(&database);
-    let mut reply = login::check_credentials(conn, ctx, &user, admin).await?;
-    if admin {
-        if !ctx.config.load().proxy.admin_users.contains(&user) {
-            return Err(ReadError::Client(ClientError::NotAdmin(user)));
-        }
-        let cancel = ctx.cancels.register();
-        login::login_reply(
-            &mut reply,
-            &crate::admin::server_params(),
-            (cancel.pid, cancel.secret),
-        );
-        conn.send(&reply).await?;
-        return Ok(Some(LoggedIn {
-            user,
-            database,
-            application_name,
-            pool: None,
-            cancel,
-            wanted,
-        }));
-    }
-    let pool = ctx.pool_for(&database, &user);
-    let params = pool
-        .server_params()
-        .await
-        .map_err(|e| ReadError::Client(pool_error(e, true)))?;
-    let cancel = ctx.cancels.register();
-    let mut shown = params.to_vec();
-    for (k, v) in &wanted {
-        session_state::set(&mut shown, k, v);
-    }
-    login::login_reply(&mut reply, &shown, (cancel.pid, cancel.secret));
-    conn.send(&reply).await?;
-    Ok(Some(LoggedIn {
-        user,
-        database,
-        application_name,
-        pool: Some(pool),
-        cancel,
-        wanted,
-    }))
-}
-
-/// The tracked parameters a client asked for in its startup packet.
-fn wanted_params(params: &[(String, String)]) -> Vec<(String, String)> {
-    params
-        .iter()
-        .filter_map(|(k, v)| session_state::tracked(k).map(|t| (t.to_string(), v.clone())))
-        .collect()
-}
+use crate::pool::server_conn::ConnectError;
+use crate::pool::PoolError;
 
 /// The client-facing form of a pool failure. At login the server's own refusal
 /// (unknown database, ...) is passed on; detail goes to the log.

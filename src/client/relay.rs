@@ -8,17 +8,15 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
-use super::cancel::{CancelGuard, CancelTarget};
 use super::conn::ClientConn;
 use super::link::Link;
 use super::meter::Meter;
 use super::prepared::Statement;
-use super::registry::{ClientState, Linked};
 use super::txn::Txn;
 use crate::config::PoolMode;
 use crate::context::Context;
 use crate::error::ClientError;
-use crate::metrics::latency::Kind;
+use crate::measure::latency::Kind;
 use crate::pool::server_conn::{send_cancel, ServerConn};
 use crate::pool::stats::Tally;
 use crate::pool::{Pool, PoolError};
@@ -26,6 +24,8 @@ use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::backend;
 use crate::protocol::messages::extended::decode_parse;
 use crate::protocol::{frame_len, FrameError, Scanner, Visit};
+use crate::sessions::cancel::{CancelGuard, CancelTarget};
+use crate::sessions::registry::{ClientState, Linked};
 
 /// A logged-in client.
 pub struct Session {
@@ -50,7 +50,7 @@ pub struct Session {
     /// Tracked parameters as the client wants them (startup packet, then its SETs).
     pub params: Vec<(String, String)>,
     /// The client's entry in the registry (state, link, KILL).
-    pub reg: super::registry::Registration,
+    pub reg: crate::sessions::registry::Registration,
     /// Settings fixed for the session's life (a reload applies to new clients).
     pub limits: Limits,
 }
@@ -156,7 +156,7 @@ impl Session {
                 }
                 (End::ServerLost(why), _) => {
                     tracing::warn!(error = %why, "server connection lost mid-session");
-                    self.ctx.cluster.nudge();
+                    self.ctx.cluster().nudge();
                     if self.answer_lost_server().await.is_err() {
                         return;
                     }
@@ -177,7 +177,7 @@ impl Session {
     /// server, so a client that stops (or closes) mid-message is seen here.
     async fn wait_idle(&mut self) -> Idle {
         loop {
-            if self.ctx.shutdown.is_cancelled() {
+            if self.ctx.shutdown().is_cancelled() {
                 return Idle::Shutdown;
             }
             let rewrite = self.mode() == PoolMode::Transaction;
@@ -222,7 +222,7 @@ impl Session {
             }
             tokio::select! {
                 r = self.client.fill() => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
-                _ = self.ctx.shutdown.cancelled() => return Idle::Shutdown,
+                _ = self.ctx.shutdown().cancelled() => return Idle::Shutdown,
                 _ = self.reg.info.kill.cancelled() => return Idle::Killed,
             }
         }
@@ -245,8 +245,8 @@ impl Session {
         match &server {
             Ok(s) => {
                 let waited = started.elapsed().as_micros() as u64;
-                if self.ctx.record_metrics {
-                    self.ctx.latencies.record(Kind::Wait, waited);
+                if self.ctx.record_metrics() {
+                    self.ctx.latencies().record(Kind::Wait, waited);
                 }
                 info.set(ClientState::Active, Some(linked(s)));
                 let mut tally = Tally {
@@ -288,7 +288,7 @@ impl Session {
         let client_err = super::pool_error(err, false);
         let mut out = BytesMut::new();
         client_err.encode_as(&mut out, false);
-        self.ctx.errors.add(client_err.sqlstate());
+        self.ctx.errors().add(client_err.sqlstate());
         self.client.send(&out).await.map_err(|_| ())?;
         let through_sync = !matches!(tag, b'Q' | b'F');
         self.discard(through_sync).await?;
@@ -353,7 +353,7 @@ impl Session {
                 }
             }
         }
-        let meter = Meter::new(self.ctx.record_metrics);
+        let meter = Meter::new(self.ctx.record_metrics());
         let mut link = Link::new(self.mode() == PoolMode::Transaction, meter);
         let end = link.pump(self, &mut server).await;
         self.pool.stats().add(&mut link.meter.tally);

@@ -29,7 +29,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
                 Ok(s) => s,
                 Err(_) => continue,
             },
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown().cancelled() => return,
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
@@ -64,7 +64,7 @@ pub fn respond(
 ) -> (StatusCode, &'static str, String) {
     const JSON: &str = "application/json";
     const TEXT: &str = "text/plain; charset=utf-8";
-    let cluster = &ctx.cluster;
+    let cluster = &ctx.cluster();
     match path {
         "/healthz" => (StatusCode::OK, TEXT, "ok\n".into()),
         "/readyz" => match readiness(&cluster.snapshot()) {
@@ -120,7 +120,7 @@ async fn post(
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let token = ctx.config.load().http.switchover_token.clone();
+    let token = ctx.config().http.switchover_token.clone();
     if !switchover_allowed(peer, token.as_deref(), bearer) {
         let body = r#"{"error":"POST /switchover needs the bearer token of [http] switchover_token (or, with none set, a loopback client)"}"#;
         return (StatusCode::FORBIDDEN, JSON, body.into());
@@ -131,7 +131,7 @@ async fn post(
         .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("to=")))
         .map(str::to_string);
     let reason = format!("POST /switchover from {peer}");
-    match ctx.cluster.switchover(target, reason).await {
+    match ctx.cluster().switchover(target, reason).await {
         Ok(primary) => (
             StatusCode::OK,
             JSON,
@@ -159,10 +159,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `/status`: nodes, pools, clients, a config summary, the version.
 fn status_json(ctx: &Context) -> serde_json::Value {
-    let snap = ctx.cluster.snapshot();
-    let config = ctx.config.load();
+    let snap = ctx.cluster().snapshot();
+    let config = ctx.config();
     let pools: Vec<serde_json::Value> = ctx
-        .pools
+        .pools()
         .all()
         .into_iter()
         .map(|((database, user), pool)| {
@@ -176,17 +176,17 @@ fn status_json(ctx: &Context) -> serde_json::Value {
         })
         .collect();
     let mut clients = serde_json::Map::new();
-    for c in ctx.clients.all() {
+    for c in ctx.clients().all() {
         let n = clients.entry(c.state().as_str()).or_insert(0.into());
         *n = (n.as_u64().unwrap_or(0) + 1).into();
     }
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "primary": snap.primary.map(|p| ctx.cluster.nodes()[p].name.clone()),
-        "nodes": *ctx.cluster.status(),
+        "primary": snap.primary.map(|p| ctx.cluster().nodes()[p].name.clone()),
+        "nodes": *ctx.cluster().status(),
         "pools": pools,
         "clients": clients,
-        "event_loop_lag_seconds": ctx.loop_lag.snapshot().last,
+        "event_loop_lag_seconds": ctx.loop_lag().snapshot().last,
         "config": {
             "pool_mode": crate::config::settings(&config).into_iter().find(|s| s.0 == "pool_mode").map(|s| s.1),
             "failover_mode": format!("{:?}", config.failover.mode).to_lowercase(),
@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn endpoints_answer_from_cluster_state() {
         let ctx = context();
-        let c = &ctx.cluster;
+        let c = &ctx.cluster();
         assert_eq!(respond("/healthz", None, &ctx).0, StatusCode::OK);
         assert_eq!(
             respond("/readyz", None, &ctx).0,

@@ -5,18 +5,15 @@
 //! (not the process-global one: tests run several proxies in one process)
 //! and renders it, then appends the latency summaries from hdrhistogram.
 
-pub mod latency;
-
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 
 use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
-use crate::client::registry::ClientState;
 use crate::context::Context;
-use latency::Kind;
+use crate::measure::latency::Kind;
+use crate::sessions::registry::ClientState;
 
 /// The Prometheus type of a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,28 +123,6 @@ pub const EVENTS: &str = "switchyard_events_total";
 /// Event-loop scheduling delay.
 pub const EVENT_LOOP_LAG: &str = "switchyard_event_loop_lag_seconds";
 
-/// Errors sent to clients, by SQLSTATE class. Errors are rare: a mutex is fine.
-#[derive(Debug, Default)]
-pub struct ErrorCounts(Mutex<BTreeMap<String, u64>>);
-
-impl ErrorCounts {
-    /// Counts one error with `sqlstate`.
-    pub fn add(&self, sqlstate: &str) {
-        let class = sqlstate.get(..2).unwrap_or("??").to_string();
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(class)
-            .or_default() += 1;
-    }
-
-    /// Counts so far, by class.
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
 /// This proxy's Prometheus recorder, with every metric's help text.
 pub fn recorder() -> PrometheusRecorder {
     let rec = PrometheusBuilder::new().build_recorder();
@@ -166,16 +141,16 @@ pub fn recorder() -> PrometheusRecorder {
 
 /// The `/metrics` page.
 pub fn render(ctx: &Context) -> String {
-    metrics::with_local_recorder(&ctx.prometheus, || {
+    metrics::with_local_recorder(ctx.prometheus(recorder), || {
         record_clients(ctx);
         record_pools(ctx);
         record_nodes(ctx);
         record_events(ctx);
-        for (class, n) in ctx.errors.snapshot() {
+        for (class, n) in ctx.errors().snapshot() {
             counter!(ERRORS, "class" => class).absolute(n);
         }
     });
-    let mut out = ctx.prometheus.handle().render();
+    let mut out = ctx.prometheus(recorder).handle().render();
     // Series that have no value yet (no error of any class so far) still
     // announce themselves, so dashboards and the README list stay checkable.
     for &(name, ty, help) in METRICS {
@@ -193,13 +168,13 @@ pub fn render(ctx: &Context) -> String {
         (TRANSACTION_DURATION, Kind::Transaction),
         (CHECKOUT_WAIT, Kind::Wait),
     ] {
-        summary(&mut out, name, &ctx.latencies.merged(kind));
+        summary(&mut out, name, &ctx.latencies().merged(kind));
     }
     histogram(
         &mut out,
         EVENT_LOOP_LAG,
         &crate::runtime::LAG_BUCKETS,
-        &ctx.loop_lag.snapshot(),
+        &ctx.loop_lag().snapshot(),
     );
     out
 }
@@ -229,7 +204,7 @@ fn record_clients(ctx: &Context) {
     let mut by_state = [0u64; 3];
     let mut pinned = 0;
     let mut servers: BTreeMap<String, u64> = BTreeMap::new();
-    for c in ctx.clients.all() {
+    for c in ctx.clients().all() {
         by_state[c.state() as usize] += 1;
         pinned += u64::from(c.is_pinned());
         if let Some(link) = c.link() {
@@ -250,7 +225,7 @@ fn record_clients(ctx: &Context) {
 fn record_pools(ctx: &Context) {
     let mut idle: BTreeMap<String, u64> = BTreeMap::new();
     let (mut held, mut paused) = (0, 0);
-    for ((db, user), pool) in ctx.pools.all() {
+    for ((db, user), pool) in ctx.pools().all() {
         let t = pool.stats().totals();
         let labels = [("database", db.clone()), ("user", user.clone())];
         counter!(QUERIES, &labels).absolute(t.queries);
@@ -279,7 +254,7 @@ fn record_pools(ctx: &Context) {
 }
 
 fn record_nodes(ctx: &Context) {
-    let status = ctx.cluster.status();
+    let status = ctx.cluster().status();
     let mut fenced = 0;
     for n in status.iter() {
         let node = n.name.clone();
@@ -302,12 +277,12 @@ fn record_nodes(ctx: &Context) {
 }
 
 fn record_events(ctx: &Context) {
-    let t = ctx.cluster.events.tallies();
+    let t = ctx.cluster().events.tallies();
     for (kind, n) in t.by_kind {
         counter!(EVENTS, "kind" => kind).absolute(n);
     }
     counter!(FAILOVERS).absolute(t.failovers);
-    counter!(REPLICAS_NOT_STREAMING).absolute(ctx.cluster.replicas_not_streaming());
+    counter!(REPLICAS_NOT_STREAMING).absolute(ctx.cluster().replicas_not_streaming());
     gauge!(LAST_FAILOVER_SECONDS).set(t.last_failover_seconds.unwrap_or(0.0));
     counter!(SWITCHOVERS).absolute(t.switchovers);
     gauge!(LAST_SWITCHOVER_SECONDS).set(t.last_switchover_seconds.unwrap_or(0.0));
@@ -315,16 +290,16 @@ fn record_events(ctx: &Context) {
 
 /// Nodes not removed by a reload.
 fn live_nodes(ctx: &Context) -> Vec<crate::config::Node> {
-    let nodes = ctx.cluster.nodes();
+    let nodes = ctx.cluster().nodes();
     (0..nodes.len())
-        .filter(|&i| !ctx.cluster.is_removed(i))
+        .filter(|&i| !ctx.cluster().is_removed(i))
         .map(|i| nodes[i].clone())
         .collect()
 }
 
 /// The configured name of the node at `addr`.
 fn node_name(ctx: &Context, addr: &str) -> String {
-    ctx.cluster
+    ctx.cluster()
         .nodes()
         .iter()
         .find(|n| n.addr == addr)

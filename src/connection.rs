@@ -1,0 +1,161 @@
+//! One accepted connection, start to end: login, then the admin console or
+//! the query relay. Errors end here: they are sent to the client with a
+//! SQLSTATE and logged, and never reach the listener.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::client::conn::{ClientConn, ReadError};
+use crate::client::login::{self, Opening};
+use crate::client::relay::{self, Session};
+use crate::client::{pool_error, session_state};
+use crate::context::Context;
+use crate::error::ClientError;
+use crate::pool::server_conn::send_cancel;
+use crate::pool::Pool;
+use crate::sessions::cancel::CancelGuard;
+use crate::sessions::registry;
+
+/// Serves one accepted connection. `permit` is `None` when `max_client_conn`
+/// is reached: the client is still heard out (it may be a CancelRequest) and
+/// then refused with 53300.
+pub async fn serve(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSemaphorePermit>) {
+    let mut conn = ClientConn::new(stream, ctx.errors().clone());
+    let login_timeout = ctx.config().proxy.client_login_timeout;
+    let logged_in =
+        match tokio::time::timeout(login_timeout, login(&mut conn, &ctx, permit.is_some())).await {
+            Err(_) => return conn.send_error(&ClientError::LoginTimeout).await,
+            Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return,
+            Ok(Err(ReadError::Client(e))) => return conn.send_error(&e).await,
+            Ok(Ok(Some(logged_in))) => logged_in,
+        };
+    let reg = ctx.clients().register(registry::Arrival {
+        user: logged_in.user,
+        database: logged_in.database,
+        peer: conn.stream.peer_addr().ok(),
+        local: conn.stream.local_addr().ok(),
+        application_name: logged_in.application_name,
+    });
+    tracing::debug!(client = reg.info.id, user = %reg.info.user, database = %reg.info.database, "client logged in");
+    let Some(pool) = logged_in.pool else {
+        crate::admin::serve(conn, ctx, reg).await;
+        tracing::debug!("admin client disconnected");
+        return;
+    };
+    let limits = relay::Limits::from(&**ctx.config());
+    Session {
+        client: conn,
+        ctx,
+        pool,
+        cancel: logged_in.cancel,
+        last_txn: Default::default(),
+        lost: None,
+        stmts: Default::default(),
+        pinned: false,
+        last_at_rest: true,
+        params: logged_in.wanted,
+        reg,
+        limits,
+    }
+    .run()
+    .await;
+    tracing::debug!("client disconnected");
+    drop(permit);
+}
+
+/// A client that passed login.
+struct LoggedIn {
+    user: String,
+    database: String,
+    application_name: String,
+    /// `None` for the admin console.
+    pool: Option<Pool>,
+    cancel: CancelGuard,
+    /// Tracked parameters from the startup packet.
+    wanted: Vec<(String, String)>,
+}
+
+/// Negotiates, authenticates and sends the login reply. `None`: a cancel was served.
+async fn login(
+    conn: &mut ClientConn,
+    ctx: &Arc<Context>,
+    admitted: bool,
+) -> Result<Option<LoggedIn>, ReadError> {
+    let tls = ctx.tls().acceptor();
+    let (user, database, params) = match login::negotiate(conn, &tls).await? {
+        Opening::Cancel { pid, secret } => {
+            if let Some(target) = ctx.cancels().lookup(pid, secret) {
+                if let Err(e) = send_cancel(&target.addr, target.key).await {
+                    tracing::warn!(error = %e, "could not forward cancel request");
+                }
+            }
+            return Ok(None);
+        }
+        Opening::Session {
+            user,
+            database,
+            params,
+        } => (user, database, params),
+    };
+    if !admitted {
+        return Err(ReadError::Client(ClientError::TooManyClients));
+    }
+    let application_name = params
+        .iter()
+        .find(|(k, _)| k == "application_name")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let wanted = wanted_params(&params);
+    let admin = crate::admin::is_admin_database(&database);
+    let mut reply = login::check_credentials(conn, ctx, &user, admin).await?;
+    if admin {
+        if !ctx.config().proxy.admin_users.contains(&user) {
+            return Err(ReadError::Client(ClientError::NotAdmin(user)));
+        }
+        let cancel = ctx.cancels().register();
+        login::login_reply(
+            &mut reply,
+            &crate::admin::server_params(),
+            (cancel.pid, cancel.secret),
+        );
+        conn.send(&reply).await?;
+        return Ok(Some(LoggedIn {
+            user,
+            database,
+            application_name,
+            pool: None,
+            cancel,
+            wanted,
+        }));
+    }
+    let pool = ctx.pool_for(&database, &user);
+    let params = pool
+        .server_params()
+        .await
+        .map_err(|e| ReadError::Client(pool_error(e, true)))?;
+    let cancel = ctx.cancels().register();
+    let mut shown = params.to_vec();
+    for (k, v) in &wanted {
+        session_state::set(&mut shown, k, v);
+    }
+    login::login_reply(&mut reply, &shown, (cancel.pid, cancel.secret));
+    conn.send(&reply).await?;
+    Ok(Some(LoggedIn {
+        user,
+        database,
+        application_name,
+        pool: Some(pool),
+        cancel,
+        wanted,
+    }))
+}
+
+/// The tracked parameters a client asked for in its startup packet.
+fn wanted_params(params: &[(String, String)]) -> Vec<(String, String)> {
+    params
+        .iter()
+        .filter_map(|(k, v)| session_state::tracked(k).map(|t| (t.to_string(), v.clone())))
+        .collect()
+}
