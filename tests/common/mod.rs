@@ -440,9 +440,14 @@ pub fn free_port() -> u16 {
 
 /// A StartupMessage for `user`/`db` with protocol 3.`minor`.
 pub fn startup_packet(minor: u16, user: &str, db: &str) -> BytesMut {
+    startup_packet_with(minor, &[("user", user), ("database", db)])
+}
+
+/// A StartupMessage with protocol 3.`minor` and these parameters, in order.
+pub fn startup_packet_with(minor: u16, params: &[(&str, &str)]) -> BytesMut {
     let mut body = BytesMut::new();
     body.put_u32(3 << 16 | minor as u32);
-    for (k, v) in [("user", user), ("database", db)] {
+    for (k, v) in params {
         body.put_slice(k.as_bytes());
         body.put_u8(0);
         body.put_slice(v.as_bytes());

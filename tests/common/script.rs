@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::startup_packet;
+use super::startup_packet_with;
 
 /// The byte budget ran out: the connection stopped mid-conversation.
 #[derive(Debug)]
@@ -30,6 +30,8 @@ pub struct Scripted {
     pub sent: usize,
     /// Offsets where a message (or a group of messages sent at once) ended.
     pub marks: Vec<usize>,
+    /// Startup parameters sent after `user` and `database`.
+    extra: Vec<(String, String)>,
 }
 
 impl Scripted {
@@ -40,7 +42,17 @@ impl Scripted {
             left: budget,
             sent: 0,
             marks: vec![0],
+            extra: vec![],
         }
+    }
+
+    /// Sends these startup parameters too, after `user` and `database`.
+    pub fn with_params(mut self, params: &[(&str, &str)]) -> Scripted {
+        self.extra = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self
     }
 
     /// Sends `bytes`, or only as many as the budget allows and then `Cut`.
@@ -117,7 +129,9 @@ impl Scripted {
             self.send(&encryption_request(80877104)).await?;
             assert_eq!(self.recv_byte().await, b'N');
         }
-        self.send(&startup_packet(0, user, db)).await
+        let mut params = vec![("user", user), ("database", db)];
+        params.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.send(&startup_packet_with(0, &params)).await
     }
 
     /// A SCRAM-SHA-256 login through to ReadyForQuery.
