@@ -11,6 +11,7 @@ mod meter;
 pub mod prepared;
 pub mod relay;
 pub mod session_state;
+pub mod settings;
 pub mod sql;
 pub mod txn;
 

@@ -1,0 +1,388 @@
+//! A client's session settings under transaction pooling: every parameter
+//! the client set for its session (in the startup packet, with
+//! `options=-c name=value`, or later with SET, RESET, `set_config(...,
+//! false)`, `SET TIME ZONE`...), as PostgreSQL accepted it, so that it can be
+//! replayed on whichever server the client gets next. Pure: the relay does
+//! the I/O.
+//!
+//! The proxy does not interpret what a statement did to the settings. After
+//! a transaction that may have changed them it asks the server what its
+//! session-level values now are (`readback_sql`), so rolled-back SETs, `SET
+//! LOCAL`, `RESET ALL` and `DISCARD ALL` come out exactly as PostgreSQL
+//! applied them.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+/// Startup-packet keys that are not settings.
+const NOT_SETTINGS: [&str; 4] = ["user", "database", "replication", "options"];
+
+/// Why a client's settings cannot follow it from server to server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Untracked {
+    /// More settings than `proxy.max_tracked_parameters`.
+    #[error("more session settings than proxy.max_tracked_parameters")]
+    TooMany,
+    /// The values add up to more than the per-client byte budget.
+    #[error("session settings larger than the per-client budget")]
+    TooLarge,
+    /// A startup `options` switch other than `-c name=value` / `--name=value`.
+    #[error("a startup option other than -c name=value")]
+    Option,
+}
+
+/// Bounds on what one client may have tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// At most this many settings.
+    pub count: usize,
+    /// At most this many bytes of names and values together.
+    pub bytes: usize,
+}
+
+/// One setting: a lower-case name (GUC names ignore case) and its value as text.
+pub type Setting = (String, String);
+
+/// A set of settings kept sorted by name, with a fingerprint to compare
+/// two sets without walking them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingSet {
+    items: Vec<Setting>,
+    fingerprint: u64,
+}
+
+impl SettingSet {
+    /// A set from `(name, value)` pairs; a later duplicate wins.
+    pub fn new(pairs: impl IntoIterator<Item = Setting>) -> SettingSet {
+        let mut items: Vec<Setting> = Vec::new();
+        for (name, value) in pairs {
+            let name = name.to_ascii_lowercase();
+            match items.binary_search_by(|(n, _)| n.as_str().cmp(&name)) {
+                Ok(i) => items[i].1 = value,
+                Err(i) => items.insert(i, (name, value)),
+            }
+        }
+        let mut h = DefaultHasher::new();
+        items.hash(&mut h);
+        SettingSet {
+            items,
+            fingerprint: h.finish(),
+        }
+    }
+
+    /// The settings, by name.
+    pub fn items(&self) -> &[Setting] {
+        &self.items
+    }
+
+    /// Compares cheaply with another set (equal sets, equal fingerprints).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.items
+            .binary_search_by(|(n, _)| n.as_str().cmp(&name))
+            .ok()
+            .map(|i| self.items[i].1.as_str())
+    }
+
+    /// Whether it fits `bounds`.
+    pub fn check(&self, bounds: Bounds) -> Result<(), Untracked> {
+        if self.items.len() > bounds.count {
+            return Err(Untracked::TooMany);
+        }
+        let bytes: usize = self.items.iter().map(|(n, v)| n.len() + v.len()).sum();
+        if bytes > bounds.bytes {
+            return Err(Untracked::TooLarge);
+        }
+        Ok(())
+    }
+}
+
+/// The settings a startup packet asks for: every parameter that is not
+/// `user`/`database`/`replication`, a protocol extension (`_pq_.`), and
+/// each `-c name=value` or `--name=value` in `options`.
+pub fn from_startup(params: &[(String, String)]) -> Result<Vec<Setting>, Untracked> {
+    let mut out = Vec::new();
+    for (k, v) in params {
+        if k == "options" {
+            out.extend(options(v)?);
+        } else if !NOT_SETTINGS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
+            out.push((k.to_ascii_lowercase(), v.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// The settings in a startup `options` string. Arguments are split on
+/// spaces; a backslash keeps the next character (libpq's convention).
+fn options(s: &str) -> Result<Vec<Setting>, Untracked> {
+    let args = split_args(s);
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = &args[i];
+        let pair = if arg == "-c" {
+            i += 1;
+            args.get(i).map(String::as_str)
+        } else if let Some(p) = arg.strip_prefix("--").or_else(|| arg.strip_prefix("-c")) {
+            Some(p)
+        } else {
+            return Err(Untracked::Option);
+        };
+        let (name, value) = pair
+            .and_then(|p| p.split_once('='))
+            .ok_or(Untracked::Option)?;
+        // PostgreSQL reads `-` in a switch's name as `_`.
+        out.push((
+            name.replace('-', "_").to_ascii_lowercase(),
+            value.to_string(),
+        ));
+        i += 1;
+    }
+    Ok(out)
+}
+
+fn split_args(s: &str) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !cur.is_empty() {
+                    args.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        args.push(cur);
+    }
+    args
+}
+
+/// What must change on a server whose session has `applied` so that it
+/// has `want`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// `set_config(name, value, false)`.
+    Set(&'a str, &'a str),
+    /// `RESET name`: the client does not have it.
+    Reset(&'a str),
+}
+
+/// The changes from `applied` to `want`, sets first.
+pub fn changes<'a>(want: &'a SettingSet, applied: &'a SettingSet) -> Vec<Change<'a>> {
+    if want.fingerprint == applied.fingerprint && want.items == applied.items {
+        return Vec::new();
+    }
+    let mut out: Vec<Change<'a>> = want
+        .items
+        .iter()
+        .filter(|(n, v)| applied.get(n) != Some(v.as_str()))
+        .map(|(n, v)| Change::Set(n, v))
+        .collect();
+    out.extend(
+        applied
+            .items
+            .iter()
+            .filter(|(n, _)| want.get(n).is_none())
+            .map(|(n, _)| Change::Reset(n)),
+    );
+    out
+}
+
+/// One simple query making `changes`. Its statements run as one implicit
+/// transaction: if any fails, none applies, and the server keeps what it had.
+/// Literals are `E''` strings, read the same whatever
+/// `standard_conforming_strings` is.
+pub fn apply_sql(changes: &[Change<'_>]) -> String {
+    let mut resets = String::new();
+    let mut sets = Vec::new();
+    for c in changes {
+        match c {
+            Change::Reset(n) => resets.push_str(&format!("RESET {}; ", ident(n))),
+            Change::Set(n, v) => {
+                sets.push(format!("set_config({}, {}, false)", literal(n), literal(v)))
+            }
+        }
+    }
+    if sets.is_empty() {
+        return resets.trim_end().to_string();
+    }
+    format!("{resets}SELECT {}", sets.join(", "))
+}
+
+/// Asks for the session's settings as PostgreSQL holds them now: the ones
+/// whose source is the session, plus `custom` names (placeholders such as
+/// `app.tenant`, which `pg_settings` does not list) that have a value.
+pub fn readback_sql(custom: &[&str]) -> String {
+    let mut sql =
+        "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'".to_string();
+    if !custom.is_empty() {
+        let names: Vec<String> = custom.iter().map(|n| literal(n)).collect();
+        sql.push_str(&format!(
+            " UNION ALL SELECT n, pg_catalog.current_setting(n, true) FROM \
+             pg_catalog.unnest(ARRAY[{}]::text[]) AS n WHERE \
+             pg_catalog.current_setting(n, true) IS NOT NULL AND \
+             n NOT IN (SELECT name FROM pg_catalog.pg_settings)",
+            names.join(", ")
+        ));
+    }
+    sql
+}
+
+/// A string literal, `E''` form: backslash and quote escaped.
+fn literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    out.push_str("E'");
+    for c in s.chars() {
+        if c == '\\' || c == '\'' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// A quoted identifier.
+fn ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(pairs: &[(&str, &str)]) -> SettingSet {
+        SettingSet::new(pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn startup_parameters_and_options_become_settings() {
+        let p = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let cases: Vec<(Vec<(String, String)>, Result<Vec<(&str, &str)>, Untracked>)> = vec![
+            (
+                p(&[
+                    ("user", "u"),
+                    ("database", "d"),
+                    ("TimeZone", "UTC"),
+                    ("extra_float_digits", "2"),
+                ]),
+                Ok(vec![("timezone", "UTC"), ("extra_float_digits", "2")]),
+            ),
+            (
+                p(&[(
+                    "options",
+                    "-c search_path=a,b  --statement-timeout=5s -cwork_mem=4MB",
+                )]),
+                Ok(vec![
+                    ("search_path", "a,b"),
+                    ("statement_timeout", "5s"),
+                    ("work_mem", "4MB"),
+                ]),
+            ),
+            (
+                p(&[("options", r"-c application_name=my\ app")]),
+                Ok(vec![("application_name", "my app")]),
+            ),
+            (p(&[("_pq_.x", "1"), ("replication", "off")]), Ok(vec![])),
+            (p(&[("options", "-B 100")]), Err(Untracked::Option)),
+            (p(&[("options", "-c")]), Err(Untracked::Option)),
+            (p(&[("options", "-c noequals")]), Err(Untracked::Option)),
+        ];
+        for (params, want) in cases {
+            let got = from_startup(&params);
+            let want = want.map(|v| {
+                v.into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(got, want, "{params:?}");
+        }
+    }
+
+    #[test]
+    fn changes_set_what_differs_and_reset_what_the_client_lacks() {
+        let cases: [(&[(&str, &str)], &[(&str, &str)], &[Change<'_>]); 5] = [
+            (&[("timezone", "UTC")], &[("timezone", "UTC")], &[]),
+            (
+                &[("TimeZone", "UTC")],
+                &[],
+                &[Change::Set("timezone", "UTC")],
+            ),
+            (
+                &[],
+                &[("search_path", "evil")],
+                &[Change::Reset("search_path")],
+            ),
+            (
+                &[("a", "1"), ("b", "2")],
+                &[("b", "3"), ("c", "4")],
+                &[
+                    Change::Set("a", "1"),
+                    Change::Set("b", "2"),
+                    Change::Reset("c"),
+                ],
+            ),
+            (&[], &[], &[]),
+        ];
+        for (want, applied, expect) in cases {
+            let (want, applied) = (set(want), set(applied));
+            assert_eq!(
+                changes(&want, &applied),
+                expect,
+                "{want:?} over {applied:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sql_quotes_whatever_standard_conforming_strings_is() {
+        let sql = apply_sql(&[
+            Change::Reset("app.x\"y"),
+            Change::Set("search_path", r"it's\here"),
+            Change::Set("timezone", "UTC"),
+        ]);
+        assert_eq!(
+            sql,
+            r#"RESET "app.x""y"; SELECT set_config(E'search_path', E'it\'s\\here', false), set_config(E'timezone', E'UTC', false)"#
+        );
+        assert_eq!(apply_sql(&[Change::Reset("a")]), r#"RESET "a";"#);
+        assert!(readback_sql(&[]).ends_with("source = 'session'"));
+        assert!(readback_sql(&["app.tenant"]).contains("ARRAY[E'app.tenant']"));
+    }
+
+    #[test]
+    fn sets_are_sorted_deduplicated_and_bounded() {
+        let s = set(&[("B", "1"), ("a", "2"), ("b", "3")]);
+        assert_eq!(
+            s.items(),
+            &[("a".into(), "2".into()), ("b".into(), "3".into())]
+        );
+        assert_eq!(s.get("A"), Some("2"));
+        assert_eq!(
+            s.fingerprint(),
+            set(&[("a", "2"), ("b", "3")]).fingerprint()
+        );
+        let b = Bounds { count: 2, bytes: 4 };
+        assert_eq!(s.check(b), Ok(()));
+        assert_eq!(
+            set(&[("a", "1"), ("b", "1"), ("c", "1")]).check(b),
+            Err(Untracked::TooMany)
+        );
+        assert_eq!(set(&[("a", "1234")]).check(b), Err(Untracked::TooLarge));
+    }
+}
