@@ -261,6 +261,9 @@ fn ident(s: &str) -> String {
 mod tests {
     use super::*;
 
+    type Pairs<'a> = &'a [(&'a str, &'a str)];
+    type Parsed = Result<Vec<(&'static str, &'static str)>, Untracked>;
+
     fn set(pairs: &[(&str, &str)]) -> SettingSet {
         SettingSet::new(pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())))
     }
@@ -273,7 +276,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         };
-        let cases: Vec<(Vec<(String, String)>, Result<Vec<(&str, &str)>, Untracked>)> = vec![
+        let cases: Vec<(Vec<(String, String)>, Parsed)> = vec![
             (
                 p(&[
                     ("user", "u"),
@@ -316,7 +319,7 @@ mod tests {
 
     #[test]
     fn changes_set_what_differs_and_reset_what_the_client_lacks() {
-        let cases: [(&[(&str, &str)], &[(&str, &str)], &[Change<'_>]); 5] = [
+        let cases: [(Pairs<'_>, Pairs<'_>, &[Change<'_>]); 5] = [
             (&[("timezone", "UTC")], &[("timezone", "UTC")], &[]),
             (
                 &[("TimeZone", "UTC")],
