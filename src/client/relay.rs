@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
-use super::conn::ClientConn;
+use super::conn::{ClientConn, ClientGone};
 use super::link::Link;
 use super::meter::Meter;
 use super::prepared::Statement;
@@ -23,7 +23,7 @@ use crate::pool::{Pool, PoolError};
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::backend;
 use crate::protocol::messages::extended::decode_parse;
-use crate::protocol::{frame_len, FrameError, Scanner, Visit};
+use crate::protocol::{frame_len, FrameError};
 use crate::sessions::cancel::{CancelGuard, CancelTarget};
 use crate::sessions::registry::{ClientState, Linked};
 
@@ -114,18 +114,26 @@ impl Session {
                 None => match self.wait_idle().await {
                     Idle::Gone => return,
                     Idle::Shutdown => return self.client.send_error(&ClientError::Shutdown).await,
-                    Idle::Work(tag) if self.lost.is_some() => {
-                        match self.answer_in_lost_txn(tag).await {
-                            Ok(()) => continue,
-                            Err(()) => return,
-                        }
-                    }
                     Idle::Killed => return self.client.send_error(&ClientError::Killed).await,
-                    Idle::Work(tag) => match self.checkout().await {
-                        Ok(s) => s,
-                        Err(e) => match self.refuse(tag, e).await {
-                            Ok(()) => continue,
-                            Err(()) => return,
+                    Idle::Work(tag) => match self.lost {
+                        Some(lost) => {
+                            let max = self.limits.max_message_size;
+                            match super::lost::answer_in_lost_txn(&mut self.client, lost, tag, max)
+                                .await
+                            {
+                                Ok(lost) => {
+                                    self.lost = lost;
+                                    continue;
+                                }
+                                Err(ClientGone) => return,
+                            }
+                        }
+                        None => match self.checkout().await {
+                            Ok(s) => s,
+                            Err(e) => match self.refuse(tag, e).await {
+                                Ok(()) => continue,
+                                Err(ClientGone) => return,
+                            },
                         },
                     },
                 },
@@ -157,8 +165,12 @@ impl Session {
                 (End::ServerLost(why), _) => {
                     tracing::warn!(error = %why, "server connection lost mid-session");
                     self.ctx.cluster().nudge();
-                    if self.answer_lost_server().await.is_err() {
-                        return;
+                    let max = self.limits.max_message_size;
+                    match super::lost::answer_lost_server(&mut self.client, self.last_txn, max)
+                        .await
+                    {
+                        Ok(lost) => self.lost = lost,
+                        Err(ClientGone) => return,
                     }
                 }
                 (End::Released, None) => return,
@@ -284,49 +296,18 @@ impl Session {
 
     /// No server for this request: tell the client, skip the request (up to its
     /// Sync for an extended batch), and keep the connection.
-    async fn refuse(&mut self, tag: u8, err: PoolError) -> Result<(), ()> {
+    async fn refuse(&mut self, tag: u8, err: PoolError) -> Result<(), ClientGone> {
         let client_err = super::pool_error(err, false);
         let mut out = BytesMut::new();
         client_err.encode_as(&mut out, false);
         self.ctx.errors().add(client_err.sqlstate());
-        self.client.send(&out).await.map_err(|_| ())?;
+        self.client.send(&out).await?;
         let through_sync = !matches!(tag, b'Q' | b'F');
-        self.discard(through_sync).await?;
+        let max = self.limits.max_message_size;
+        self.client.discard(through_sync, max).await?;
         out.clear();
         backend::ready_for_query(&mut out, backend::IDLE);
-        self.client.send(&out).await.map_err(|_| ())
-    }
-
-    /// Drops client messages: the first one, or everything up to and including Sync.
-    pub(super) async fn discard(&mut self, through_sync: bool) -> Result<(), ()> {
-        let max = self.limits.max_message_size;
-        let mut scanner = Scanner::default();
-        let mut first = true;
-        let mut done = false;
-        loop {
-            let n = scanner
-                .scan(
-                    &self.client.buf,
-                    max,
-                    |_| false,
-                    |tag, _| {
-                        if done {
-                            return Visit::Stop;
-                        }
-                        done = if through_sync { tag == b'S' } else { first };
-                        first = false;
-                        Visit::Forward
-                    },
-                )
-                .map_err(|_| ())?;
-            self.client.buf.advance(n);
-            if done && scanner.at_boundary() {
-                return Ok(());
-            }
-            if !matches!(self.client.fill().await, Ok(n) if n > 0) {
-                return Err(());
-            }
-        }
+        Ok(self.client.send(&out).await?)
     }
 
     /// Relays between the client and `server` until the transaction (or, in
