@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod expect;
+mod limits;
 mod link;
 pub mod login;
 pub mod lost;
