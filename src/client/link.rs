@@ -14,7 +14,8 @@ use super::conn::ClientConn;
 use super::expect::{Expect, Expectations, Forgotten, Sent, Verdict};
 use super::limits::Limits;
 use super::meter::Meter;
-use super::prepared::{ClientStatements, Statement};
+use super::prepared::ClientStatements;
+use super::rewrite::{names_statement, Upstream};
 use super::txn::Txn;
 use crate::config::PoolMode;
 use crate::error::ClientError;
@@ -25,9 +26,7 @@ use crate::pool::Pool;
 use crate::protocol::frame::put_frame;
 use crate::protocol::messages::backend::decode_parameter_status;
 use crate::protocol::messages::error_response;
-use crate::protocol::messages::extended::{
-    decode_bind_statement, decode_parse, decode_target, encode_bind, encode_target,
-};
+use crate::protocol::messages::extended::{decode_parse, decode_target};
 use crate::protocol::{frame_len, FrameError, Scanner, Visit};
 
 /// Server messages are PostgreSQL's; only bodies we hold whole are bounded.
@@ -485,109 +484,20 @@ impl Link {
         let tag = frame[0];
         self.txn.on_client(tag);
         self.meter.client_message(tag);
-        let max_prepared = self.max_prepared;
-        match tag {
-            b'P' => {
-                let Some(p) = decode_parse(&frame) else {
-                    return self.pass(frame, Sent::Bind);
-                };
-                let client_name: std::sync::Arc<str> = String::from_utf8_lossy(p.name).into();
-                if self.pin_reason.is_none() {
-                    self.pin_reason = super::session_state::pins(p.query);
-                }
-                let stmt = std::sync::Arc::new(Statement::new(&p));
-                cx.stmts.insert(client_name.clone(), stmt.clone());
-                if server.statements.touch(&stmt.server_name) {
-                    self.expect.push(Expect::Answer(b'1'));
-                } else {
-                    self.evict(
-                        server
-                            .statements
-                            .add(stmt.server_name.clone(), max_prepared),
-                    );
-                    self.c_synth.extend_from_slice(&stmt.parse);
-                    self.meter.server_parse();
-                    let sent = Sent::Parse {
-                        server: Some(stmt.server_name.clone()),
-                        client: Some(client_name),
-                    };
-                    self.expect.push(Expect::Forward(sent));
-                }
-            }
-            b'B' => {
-                let Some((portal, name, tail)) = decode_bind_statement(&frame) else {
-                    return self.pass(frame, Sent::Bind);
-                };
-                match cx.stmts.get(&String::from_utf8_lossy(name)) {
-                    Some(stmt) => {
-                        self.ensure_prepared(&stmt, server, max_prepared);
-                        encode_bind(&mut self.c_synth, portal, stmt.server_name.as_bytes(), tail);
-                        self.expect.push(Expect::Forward(Sent::Bind));
-                    }
-                    None => self.pass(frame.clone(), Sent::Bind),
-                }
-            }
-            b'D' => {
-                let Some((_, name)) = decode_target(&frame) else {
-                    return self.pass(frame, Sent::DescribePortal);
-                };
-                match cx.stmts.get(&String::from_utf8_lossy(name)) {
-                    Some(stmt) => {
-                        self.ensure_prepared(&stmt, server, max_prepared);
-                        encode_target(&mut self.c_synth, b'D', b'S', stmt.server_name.as_bytes());
-                        self.expect.push(Expect::Forward(Sent::DescribeStatement));
-                    }
-                    None => self.pass(frame.clone(), Sent::DescribeStatement),
-                }
-            }
-            _ => {
-                // Close of a named statement: the client's name goes, the
-                // shared server statement stays; the proxy answers itself.
-                if let Some((_, name)) = decode_target(&frame) {
-                    cx.stmts.remove(&String::from_utf8_lossy(name));
-                }
-                self.expect.push(Expect::Answer(b'3'));
-            }
+        let mut up = Upstream {
+            held: &mut server.statements,
+            max_prepared: self.max_prepared,
+            out: &mut self.c_synth,
+            expect: &mut self.expect,
+            parses: 0,
+        };
+        let pin = up.rewrite(&frame, cx.stmts);
+        for _ in 0..up.parses {
+            self.meter.server_parse();
         }
-    }
-
-    /// Sends a message unchanged (malformed or naming an unknown statement:
-    /// PostgreSQL gives the client the error it expects).
-    fn pass(&mut self, frame: BytesMut, sent: Sent) {
-        self.c_synth.extend_from_slice(&frame);
-        self.expect.push(Expect::Forward(sent));
-    }
-
-    /// Injects the statement's Parse if this server does not hold it.
-    fn ensure_prepared(&mut self, stmt: &Statement, server: &mut ServerConn, max: usize) {
-        if server.statements.touch(&stmt.server_name) {
-            return;
+        if self.pin_reason.is_none() {
+            self.pin_reason = pin;
         }
-        self.evict(server.statements.add(stmt.server_name.clone(), max));
-        self.c_synth.extend_from_slice(&stmt.parse);
-        self.meter.server_parse();
-        self.expect.push(Expect::Swallow(Sent::Parse {
-            server: Some(stmt.server_name.clone()),
-            client: None,
-        }));
-    }
-
-    /// Closes statements evicted from a server, replies swallowed.
-    fn evict(&mut self, names: Vec<std::sync::Arc<str>>) {
-        for name in names {
-            encode_target(&mut self.c_synth, b'C', b'S', name.as_bytes());
-            self.expect.push(Expect::Swallow(Sent::Close));
-        }
-    }
-}
-
-/// A Parse, Bind, Describe or Close that names a (non-empty) prepared statement.
-fn names_statement(tag: u8, frame: &[u8]) -> bool {
-    match tag {
-        b'P' => decode_parse(frame).is_some_and(|p| !p.name.is_empty()),
-        b'B' => decode_bind_statement(frame).is_some_and(|(_, s, _)| !s.is_empty()),
-        b'D' | b'C' => decode_target(frame).is_some_and(|(k, n)| k == b'S' && !n.is_empty()),
-        _ => false,
     }
 }
 

@@ -11,6 +11,7 @@ pub mod lost;
 mod meter;
 pub mod prepared;
 pub mod relay;
+mod rewrite;
 pub mod session_state;
 pub mod sql;
 pub mod txn;

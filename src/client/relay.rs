@@ -13,7 +13,8 @@ use super::limits::Limits;
 use super::link::{End, Link, LinkCtx, Pumped};
 use super::lost::LostTxn;
 use super::meter::Meter;
-use super::prepared::{ClientStatements, Statement};
+use super::prepared::ClientStatements;
+use super::rewrite::known_parse;
 use super::txn::Txn;
 use crate::config::PoolMode;
 use crate::context::Context;
@@ -24,7 +25,6 @@ use crate::pool::stats::Tally;
 use crate::pool::{Pool, PoolError};
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::backend;
-use crate::protocol::messages::extended::decode_parse;
 use crate::protocol::{frame_len, FrameError};
 use crate::sessions::cancel::{CancelGuard, CancelTarget};
 use crate::sessions::registry::{ClientState, Linked, Registration};
@@ -271,17 +271,11 @@ impl Session {
     /// prepare synchronously while others hold every server (pgbench -M
     /// prepared) from waiting on a server for nothing.
     fn answer_known_parse(&mut self, len: usize) -> bool {
-        let Some(p) = decode_parse(&self.client.buf[..len]) else {
+        let pool = &self.pool;
+        let Some((name, stmt)) = known_parse(&self.client.buf[..len], |n| pool.knows_statement(n))
+        else {
             return false;
         };
-        if p.name.is_empty() {
-            return false;
-        }
-        let stmt = Statement::new(&p);
-        if !self.pool.knows_statement(&stmt.server_name) {
-            return false;
-        }
-        let name: Arc<str> = String::from_utf8_lossy(p.name).into();
         self.stmts.insert(name, Arc::new(stmt));
         self.client.buf.advance(len);
         true
