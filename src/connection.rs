@@ -9,7 +9,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::client::conn::{ClientConn, ReadError};
 use crate::client::login::{self, Opening};
-use crate::client::relay::{self, Session};
+use crate::client::relay::Session;
 use crate::client::{pool_error, session_state};
 use crate::context::Context;
 use crate::error::ClientError;
@@ -44,23 +44,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSem
         tracing::debug!("admin client disconnected");
         return;
     };
-    let limits = relay::Limits::from(&**ctx.config());
-    Session {
-        client: conn,
-        ctx,
-        pool,
-        cancel: logged_in.cancel,
-        last_txn: Default::default(),
-        lost: None,
-        stmts: Default::default(),
-        pinned: false,
-        last_at_rest: true,
-        params: logged_in.wanted,
-        reg,
-        limits,
-    }
-    .run()
-    .await;
+    Session::new(conn, ctx, pool, logged_in.cancel, logged_in.wanted, reg)
+        .run()
+        .await;
     tracing::debug!("client disconnected");
     drop(permit);
 }

@@ -1,14 +1,14 @@
 //! The client's socket (plain or TLS) plus its read buffer, and the few
-//! whole-message reads the login phase needs. After login the relay uses
-//! `stream` and `buf` directly.
+//! whole-message reads the login phase and the proxy's own answers need.
+//! While a server is attached the link uses `stream` and `buf` directly.
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::ClientError;
-use crate::protocol::frame_len;
 use crate::protocol::messages::startup::{packet_len, StartupError};
+use crate::protocol::{frame_len, Scanner, Visit};
 use crate::tls::Stream;
 
 /// Largest message accepted during authentication.
@@ -34,6 +34,19 @@ pub enum ReadError {
     Closed,
     /// The client sent something it must be told about before we close.
     Client(ClientError),
+}
+
+/// The client closed its socket, a write to it failed, or it broke message
+/// framing while the proxy was answering it itself: the session ends with no
+/// further word to the client.
+#[derive(Debug, thiserror::Error)]
+#[error("client connection gone")]
+pub struct ClientGone;
+
+impl From<std::io::Error> for ClientGone {
+    fn from(_: std::io::Error) -> Self {
+        ClientGone
+    }
 }
 
 impl From<std::io::Error> for ReadError {
@@ -103,6 +116,49 @@ impl ClientConn {
             }
             if self.fill().await? == 0 {
                 return Err(ReadError::Closed);
+            }
+        }
+    }
+
+    /// Reads and removes one whole message (up to `max` bytes).
+    pub async fn read_message(&mut self, max: usize) -> Result<BytesMut, ClientGone> {
+        loop {
+            if let Some(len) = frame_len(&self.buf, max).map_err(|_| ClientGone)? {
+                return Ok(self.buf.split_to(len));
+            }
+            if !matches!(self.fill().await, Ok(n) if n > 0) {
+                return Err(ClientGone);
+            }
+        }
+    }
+
+    /// Drops messages: the first one, or everything up to and including Sync.
+    pub async fn discard(&mut self, through_sync: bool, max: usize) -> Result<(), ClientGone> {
+        let mut scanner = Scanner::default();
+        let mut first = true;
+        let mut done = false;
+        loop {
+            let n = scanner
+                .scan(
+                    &self.buf,
+                    max,
+                    |_| false,
+                    |tag, _| {
+                        if done {
+                            return Visit::Stop;
+                        }
+                        done = if through_sync { tag == b'S' } else { first };
+                        first = false;
+                        Visit::Forward
+                    },
+                )
+                .map_err(|_| ClientGone)?;
+            self.buf.advance(n);
+            if done && scanner.at_boundary() {
+                return Ok(());
+            }
+            if !matches!(self.fill().await, Ok(n) if n > 0) {
+                return Err(ClientGone);
             }
         }
     }

@@ -82,6 +82,12 @@ impl Expectations {
         self.queue.is_empty()
     }
 
+    /// The entries still queued, head first.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> Vec<Expect> {
+        self.queue.iter().cloned().collect()
+    }
+
     /// Records what was just sent (or will be answered by the proxy).
     pub fn push(&mut self, e: Expect) {
         if e == Expect::CopyEnd && self.queue.is_empty() {

@@ -8,21 +8,25 @@
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
+use super::conn::ClientConn;
 use super::expect::{Expect, Expectations, Forgotten, Sent, Verdict};
+use super::limits::Limits;
 use super::meter::Meter;
-use super::prepared::Statement;
-use super::relay::{End, Session};
+use super::prepared::ClientStatements;
+use super::rewrite::{names_statement, Upstream};
 use super::txn::Txn;
 use crate::config::PoolMode;
 use crate::error::ClientError;
+use crate::measure::latency::Latencies;
+use crate::measure::ErrorCounts;
 use crate::pool::server_conn::ServerConn;
+use crate::pool::Pool;
 use crate::protocol::frame::put_frame;
 use crate::protocol::messages::backend::decode_parameter_status;
 use crate::protocol::messages::error_response;
-use crate::protocol::messages::extended::{
-    decode_bind_statement, decode_parse, decode_target, encode_bind, encode_target,
-};
+use crate::protocol::messages::extended::{decode_parse, decode_target};
 use crate::protocol::{frame_len, FrameError, Scanner, Visit};
 
 /// Server messages are PostgreSQL's; only bodies we hold whole are bounded.
@@ -35,12 +39,72 @@ const MAX_SERVER_MESSAGE: usize = 1 << 30;
 /// hundred microseconds of scanning.
 const YIELD_EVERY: usize = 128 * 1024;
 
+/// What one pump borrows from its session, built by the relay for one call
+/// of [`Link::pump`]: the client side, and where the link counts and learns.
+/// Changes to the session itself come back as [`Pumped`] or are read from
+/// the link afterwards.
+pub(super) struct LinkCtx<'a> {
+    /// The client socket and buffer.
+    pub client: &'a mut ClientConn,
+    /// The client's named statements (transaction mode).
+    pub stmts: &'a mut ClientStatements,
+    /// The client's pool: its counters, and the statements servers accepted.
+    pub pool: &'a Pool,
+    /// Cancelled when the proxy shuts down.
+    pub shutdown: &'a CancellationToken,
+    /// Cancelled when an operator runs `KILL` on the client's database.
+    pub kill: &'a CancellationToken,
+    /// Query and transaction latencies.
+    pub latencies: &'a Latencies,
+    /// Where server errors forwarded to the client are counted.
+    pub errors: &'a ErrorCounts,
+    /// The client keeps its server until it leaves.
+    pub pinned: bool,
+}
+
+/// How an attachment to a server ended.
+pub(super) enum End {
+    /// Transaction finished; the server can go back to the pool.
+    Released,
+    /// The client sent Terminate or closed its socket.
+    ClientGone,
+    /// Shutdown reached the client between transactions.
+    Shutdown,
+    /// The client broke the protocol.
+    ClientError(ClientError),
+    /// The server connection failed.
+    ServerLost(String),
+    /// An operator ran `KILL` on the client's database.
+    Killed,
+}
+
+/// Why [`Link::pump`] returned.
+pub(super) enum Pumped {
+    /// The client did something tied to its server session (the reason):
+    /// the relay pins it, then pumps on with the same link.
+    Pin(&'static str),
+    /// The attachment ended.
+    End(End),
+}
+
+impl From<End> for Pumped {
+    fn from(end: End) -> Pumped {
+        Pumped::End(end)
+    }
+}
+
 /// Bytes in flight between one client and one server.
 #[derive(Default)]
 pub(super) struct Link {
     pub(super) txn: Txn,
     /// Rewrite statement names (transaction mode).
     rewrite: bool,
+    /// Session mode: the server is kept even when idle.
+    session_mode: bool,
+    /// `proxy.max_message_size`.
+    max_message_size: usize,
+    /// `proxy.max_prepared_statements`.
+    max_prepared: usize,
     expect: Expectations,
     client_scan: Scanner,
     server_scan: Scanner,
@@ -62,6 +126,9 @@ pub(super) struct Link {
     pin_reason: Option<&'static str>,
     /// ParameterStatus values the server reported, to apply after the scan.
     reported: Vec<(String, String)>,
+    /// Tracked parameters the server reported changed (latest value of
+    /// each), for the session to adopt when the attachment ends.
+    params: Vec<(&'static str, String)>,
     /// Timings and counts for the metrics and `SHOW STATS`.
     pub(super) meter: Meter,
     /// Some byte went either way or a client message was consumed. An
@@ -82,12 +149,20 @@ enum Dir {
 }
 
 impl Link {
-    pub(super) fn new(rewrite: bool, meter: Meter) -> Link {
+    pub(super) fn new(limits: Limits, meter: Meter) -> Link {
         Link {
-            rewrite,
+            rewrite: limits.mode == PoolMode::Transaction,
+            session_mode: limits.mode == PoolMode::Session,
+            max_message_size: limits.max_message_size,
+            max_prepared: limits.max_prepared,
             meter,
             ..Default::default()
         }
+    }
+
+    /// The tracked parameters the server reported changed, latest value of each.
+    pub(super) fn take_params(&mut self) -> Vec<(&'static str, String)> {
+        std::mem::take(&mut self.params)
     }
 
     /// Everything forwarded, nothing owed, no message half-sent either way.
@@ -103,15 +178,17 @@ impl Link {
             && self.server_scan.at_boundary()
     }
 
-    pub(super) async fn pump(&mut self, s: &mut Session, server: &mut ServerConn) -> End {
-        let session_mode = s.limits.mode == PoolMode::Session;
-        if let Err(e) = self.settle(s, server) {
-            return e;
+    /// Moves bytes both ways until the attachment ends or the client must be
+    /// pinned (then the relay pins it and calls again with the same link).
+    pub(super) async fn pump(&mut self, cx: &mut LinkCtx<'_>, server: &mut ServerConn) -> Pumped {
+        let session_mode = self.session_mode;
+        if let Err(p) = self.settle(cx, server) {
+            return p;
         }
-        // Made once per attachment, not per turn of the loop: a wait future
+        // Made once per call, not per turn of the loop: a wait future
         // registers with its token when first polled, and re-registering on
         // every message costs locks on the hot path.
-        let (kill, retired) = (s.reg.info.kill.clone(), server.retired.clone());
+        let (kill, retired) = (cx.kill.clone(), server.retired.clone());
         let (kill, retired) = (kill.cancelled(), retired.cancelled());
         tokio::pin!(kill, retired);
         loop {
@@ -120,7 +197,7 @@ impl Link {
                 tokio::task::yield_now().await;
             }
             if self.terminated && self.c_ready == 0 && self.c_synth.is_empty() {
-                return End::ClientGone;
+                return End::ClientGone.into();
             }
             // Under TLS the last reply may still sit in the client's session:
             // it must be on the wire before the client is left waiting idle.
@@ -128,18 +205,18 @@ impl Link {
                 && self.at_rest()
                 && self.txn.idle()
                 && server.buf.is_empty()
-                && !s.client.stream.wants_flush()
+                && !cx.client.stream.wants_flush()
             {
-                s.pool.stats().add(&mut self.meter.tally);
-                if !session_mode && !s.pinned {
-                    return End::Released;
+                cx.pool.stats().add(&mut self.meter.tally);
+                if !session_mode && !cx.pinned {
+                    return End::Released.into();
                 }
-                if s.ctx.shutdown().is_cancelled() {
-                    return End::Shutdown;
+                if cx.shutdown.is_cancelled() {
+                    return End::Shutdown.into();
                 }
             }
             let (c_ready, s_ready) = (self.c_ready, self.s_ready);
-            let client = &mut s.client;
+            let client = &mut *cx.client;
             let (mut c_rd, mut c_wr) = client.stream.split();
             let (mut s_rd, mut s_wr) = server.stream.split();
             let (c_buf, s_buf) = (&mut client.buf, &mut server.buf);
@@ -173,30 +250,30 @@ impl Link {
                     Dir::Read(s_rd.read_buf(s_buf).await)
                 }
             };
-            let shutdown = s.ctx.shutdown().cancelled();
-            let wait_shutdown = (session_mode || s.pinned) && !s.ctx.shutdown().is_cancelled();
+            let shutdown = cx.shutdown.cancelled();
+            let wait_shutdown = (session_mode || cx.pinned) && !cx.shutdown.is_cancelled();
             tokio::select! {
                 d = up => match d {
-                    Dir::Read(Ok(0)) | Dir::Read(Err(_)) => return End::ClientGone,
+                    Dir::Read(Ok(0)) | Dir::Read(Err(_)) => return End::ClientGone.into(),
                     Dir::Read(Ok(n)) => self.since_yield += n,
-                    Dir::Wrote(Ok(n)) => self.sent_up(&mut s.client.buf, n),
-                    Dir::Wrote(Err(e)) | Dir::Flushed(Err(e)) => return End::ServerLost(e.to_string()),
+                    Dir::Wrote(Ok(n)) => self.sent_up(&mut cx.client.buf, n),
+                    Dir::Wrote(Err(e)) | Dir::Flushed(Err(e)) => return End::ServerLost(e.to_string()).into(),
                     Dir::Flushed(Ok(())) => {}
                 },
                 d = down => match d {
-                    Dir::Read(Ok(0)) => return End::ServerLost("server closed the connection".into()),
-                    Dir::Read(Err(e)) => return End::ServerLost(e.to_string()),
+                    Dir::Read(Ok(0)) => return End::ServerLost("server closed the connection".into()).into(),
+                    Dir::Read(Err(e)) => return End::ServerLost(e.to_string()).into(),
                     Dir::Read(Ok(n)) => self.since_yield += n,
                     Dir::Wrote(Ok(n)) => self.sent_down(&mut server.buf, n),
-                    Dir::Wrote(Err(_)) | Dir::Flushed(Err(_)) => return End::ClientGone,
+                    Dir::Wrote(Err(_)) | Dir::Flushed(Err(_)) => return End::ClientGone.into(),
                     Dir::Flushed(Ok(())) => {}
                 },
                 _ = shutdown, if wait_shutdown => {}
-                _ = &mut kill => return End::Killed,
-                _ = &mut retired => return End::ServerLost("the node's connections were closed by the health monitor".into()),
+                _ = &mut kill => return End::Killed.into(),
+                _ = &mut retired => return End::ServerLost("the node's connections were closed by the health monitor".into()).into(),
             }
-            if let Err(e) = self.settle(s, server) {
-                return e;
+            if let Err(p) = self.settle(cx, server) {
+                return p;
             }
         }
     }
@@ -234,22 +311,23 @@ impl Link {
     }
 
     /// Scans what arrived and does every rewrite, drop and answer that is due.
-    fn settle(&mut self, s: &mut Session, server: &mut ServerConn) -> Result<(), End> {
-        let max = s.limits.max_message_size;
+    /// Returns early when the client must be pinned; calling again resumes.
+    fn settle(&mut self, cx: &mut LinkCtx<'_>, server: &mut ServerConn) -> Result<(), Pumped> {
+        let max = self.max_message_size;
         loop {
             if !self.c_hold {
-                self.scan_client(&s.client.buf, max)
+                self.scan_client(&cx.client.buf, max)
                     .map_err(|e| End::ClientError(ClientError::Protocol(e.to_string())))?;
             }
             if self.c_hold {
                 // Scanned bytes before the rewritten message join the
                 // rewritten bytes, so the batch still goes out in one write.
-                self.move_ready_to_synth(&mut s.client.buf);
-                self.rewrite_front(s, server);
+                self.move_ready_to_synth(&mut cx.client.buf);
+                self.rewrite_front(cx, server);
                 continue;
             }
             if !self.c_synth.is_empty() {
-                self.move_ready_to_synth(&mut s.client.buf);
+                self.move_ready_to_synth(&mut cx.client.buf);
             }
             if self.s_ready == 0 {
                 while let Some(tag) = self.expect.take_answer() {
@@ -258,28 +336,19 @@ impl Link {
             }
             if !self.s_drop {
                 let forgotten = self
-                    .scan_server(&server.buf, &s.ctx)
+                    .scan_server(&server.buf, cx.latencies, cx.errors)
                     .map_err(|e| End::ServerLost(e.to_string()))?;
-                forget(s, server, forgotten);
+                forget(cx, server, forgotten);
                 for (k, v) in self.reported.drain(..) {
-                    if let Some(name) = super::session_state::tracked(&k) {
-                        super::session_state::set(&mut s.params, name, &v);
-                    }
                     super::session_state::set(&mut server.params, &k, &v);
+                    if let Some(name) = super::session_state::tracked(&k) {
+                        keep_latest(&mut self.params, name, v);
+                    }
                 }
             }
             if let Some(why) = self.pin_reason.take() {
-                if !s.pinned {
-                    s.pinned = true;
-                    s.reg.info.pin();
-                    s.pool
-                        .stats()
-                        .pinned
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::info!(
-                        reason = why,
-                        "client pinned to its server connection until it disconnects"
-                    );
+                if !cx.pinned {
+                    return Err(Pumped::Pin(why));
                 }
             }
             if self.s_drop && self.s_ready == 0 {
@@ -288,7 +357,7 @@ impl Link {
                     server.buf.advance(len);
                     self.s_drop = false;
                     let forgotten = self.expect.on_server(tag);
-                    forget(s, server, forgotten);
+                    forget(cx, server, forgotten);
                     continue;
                 }
             }
@@ -357,7 +426,8 @@ impl Link {
     fn scan_server(
         &mut self,
         buf: &[u8],
-        ctx: &crate::context::Context,
+        latencies: &Latencies,
+        errors: &ErrorCounts,
     ) -> Result<Forgotten, FrameError> {
         let (txn, expect, drop) = (&mut self.txn, &mut self.expect, &mut self.s_drop);
         let meter = &mut self.meter;
@@ -383,12 +453,12 @@ impl Link {
                 txn.pending = txn.pending.saturating_sub(f.ignored_syncs);
                 if let (b'Z', Some(&status)) = (tag, frame.and_then(|f| f.get(5))) {
                     txn.on_ready(status);
-                    meter.ready(txn.pending, status, ctx.latencies());
+                    meter.ready(txn.pending, status, latencies);
                 }
                 if let (b'E', Some(e)) =
                     (tag, frame.and_then(|f| error_response::decode(f.get(5..)?)))
                 {
-                    ctx.errors().add(&e.code);
+                    errors.add(&e.code);
                 }
                 if let (b'S', Some(kv)) = (
                     tag,
@@ -404,120 +474,30 @@ impl Link {
     }
 
     /// Rewrites the statement-naming message at the front of the client buffer.
-    fn rewrite_front(&mut self, s: &mut Session, server: &mut ServerConn) {
+    fn rewrite_front(&mut self, cx: &mut LinkCtx<'_>, server: &mut ServerConn) {
         self.c_hold = false;
-        let max = s.limits.max_message_size;
-        let Ok(Some(len)) = frame_len(&s.client.buf, max) else {
+        let Ok(Some(len)) = frame_len(&cx.client.buf, self.max_message_size) else {
             return;
         };
-        let frame = s.client.buf.split_to(len);
+        let frame = cx.client.buf.split_to(len);
         self.moved = true;
         let tag = frame[0];
         self.txn.on_client(tag);
         self.meter.client_message(tag);
-        let max_prepared = s.limits.max_prepared;
-        match tag {
-            b'P' => {
-                let Some(p) = decode_parse(&frame) else {
-                    return self.pass(frame, Sent::Bind);
-                };
-                let client_name: std::sync::Arc<str> = String::from_utf8_lossy(p.name).into();
-                if self.pin_reason.is_none() {
-                    self.pin_reason = super::session_state::pins(p.query);
-                }
-                let stmt = std::sync::Arc::new(Statement::new(&p));
-                s.stmts.insert(client_name.clone(), stmt.clone());
-                if server.statements.touch(&stmt.server_name) {
-                    self.expect.push(Expect::Answer(b'1'));
-                } else {
-                    self.evict(
-                        server
-                            .statements
-                            .add(stmt.server_name.clone(), max_prepared),
-                    );
-                    self.c_synth.extend_from_slice(&stmt.parse);
-                    self.meter.server_parse();
-                    let sent = Sent::Parse {
-                        server: Some(stmt.server_name.clone()),
-                        client: Some(client_name),
-                    };
-                    self.expect.push(Expect::Forward(sent));
-                }
-            }
-            b'B' => {
-                let Some((portal, name, tail)) = decode_bind_statement(&frame) else {
-                    return self.pass(frame, Sent::Bind);
-                };
-                match s.stmts.get(&String::from_utf8_lossy(name)) {
-                    Some(stmt) => {
-                        self.ensure_prepared(&stmt, server, max_prepared);
-                        encode_bind(&mut self.c_synth, portal, stmt.server_name.as_bytes(), tail);
-                        self.expect.push(Expect::Forward(Sent::Bind));
-                    }
-                    None => self.pass(frame.clone(), Sent::Bind),
-                }
-            }
-            b'D' => {
-                let Some((_, name)) = decode_target(&frame) else {
-                    return self.pass(frame, Sent::DescribePortal);
-                };
-                match s.stmts.get(&String::from_utf8_lossy(name)) {
-                    Some(stmt) => {
-                        self.ensure_prepared(&stmt, server, max_prepared);
-                        encode_target(&mut self.c_synth, b'D', b'S', stmt.server_name.as_bytes());
-                        self.expect.push(Expect::Forward(Sent::DescribeStatement));
-                    }
-                    None => self.pass(frame.clone(), Sent::DescribeStatement),
-                }
-            }
-            _ => {
-                // Close of a named statement: the client's name goes, the
-                // shared server statement stays; the proxy answers itself.
-                if let Some((_, name)) = decode_target(&frame) {
-                    s.stmts.remove(&String::from_utf8_lossy(name));
-                }
-                self.expect.push(Expect::Answer(b'3'));
-            }
+        let mut up = Upstream {
+            held: &mut server.statements,
+            max_prepared: self.max_prepared,
+            out: &mut self.c_synth,
+            expect: &mut self.expect,
+            parses: 0,
+        };
+        let pin = up.rewrite(&frame, cx.stmts);
+        for _ in 0..up.parses {
+            self.meter.server_parse();
         }
-    }
-
-    /// Sends a message unchanged (malformed or naming an unknown statement:
-    /// PostgreSQL gives the client the error it expects).
-    fn pass(&mut self, frame: BytesMut, sent: Sent) {
-        self.c_synth.extend_from_slice(&frame);
-        self.expect.push(Expect::Forward(sent));
-    }
-
-    /// Injects the statement's Parse if this server does not hold it.
-    fn ensure_prepared(&mut self, stmt: &Statement, server: &mut ServerConn, max: usize) {
-        if server.statements.touch(&stmt.server_name) {
-            return;
+        if self.pin_reason.is_none() {
+            self.pin_reason = pin;
         }
-        self.evict(server.statements.add(stmt.server_name.clone(), max));
-        self.c_synth.extend_from_slice(&stmt.parse);
-        self.meter.server_parse();
-        self.expect.push(Expect::Swallow(Sent::Parse {
-            server: Some(stmt.server_name.clone()),
-            client: None,
-        }));
-    }
-
-    /// Closes statements evicted from a server, replies swallowed.
-    fn evict(&mut self, names: Vec<std::sync::Arc<str>>) {
-        for name in names {
-            encode_target(&mut self.c_synth, b'C', b'S', name.as_bytes());
-            self.expect.push(Expect::Swallow(Sent::Close));
-        }
-    }
-}
-
-/// A Parse, Bind, Describe or Close that names a (non-empty) prepared statement.
-fn names_statement(tag: u8, frame: &[u8]) -> bool {
-    match tag {
-        b'P' => decode_parse(frame).is_some_and(|p| !p.name.is_empty()),
-        b'B' => decode_bind_statement(frame).is_some_and(|(_, s, _)| !s.is_empty()),
-        b'D' | b'C' => decode_target(frame).is_some_and(|(k, n)| k == b'S' && !n.is_empty()),
-        _ => false,
     }
 }
 
@@ -544,16 +524,25 @@ fn plain_sent(tag: u8, frame: Option<&[u8]>) -> Option<Sent> {
     })
 }
 
-/// Applies statements that turned out not to exist.
-fn forget(s: &mut Session, server: &mut ServerConn, f: Forgotten) {
+/// Applies statements that turned out not to exist, and those a server accepted.
+fn forget(cx: &mut LinkCtx<'_>, server: &mut ServerConn, f: Forgotten) {
     for name in f.server {
         server.statements.remove(&name);
     }
     for name in f.client {
-        s.stmts.remove(&name);
+        cx.stmts.remove(&name);
     }
     for name in f.confirmed {
-        s.pool.learn_statement(name);
+        cx.pool.learn_statement(name);
+    }
+}
+
+/// Records `name = value`, replacing an earlier value (so a long pinned
+/// session's SETs do not pile up; `value` is moved, not copied).
+fn keep_latest(params: &mut Vec<(&'static str, String)>, name: &'static str, value: String) {
+    match params.iter_mut().find(|(k, _)| *k == name) {
+        Some(slot) => slot.1 = value,
+        None => params.push((name, value)),
     }
 }
 

@@ -8,10 +8,10 @@
 
 use bytes::BytesMut;
 
-use super::relay::Session;
+use super::conn::{ClientConn, ClientGone};
+use super::txn::Txn;
 use crate::error::ClientError;
 use crate::protocol::frame::put_frame;
-use crate::protocol::frame_len;
 use crate::protocol::messages::backend;
 
 /// A transaction that died with its server.
@@ -40,88 +40,103 @@ pub fn commits(sql: &[u8]) -> bool {
     super::sql::statements(sql).any(|h| h.is(0, "COMMIT") || h.is(0, "END"))
 }
 
-impl Session {
-    /// Answers what was in flight on a server that just died, per `last_txn`.
-    pub(super) async fn answer_lost_server(&mut self) -> Result<(), ()> {
-        let txn = self.last_txn;
-        let in_txn = txn.status != b'I';
-        // A statement outside an explicit transaction commits on its own:
-        // like an explicit COMMIT in flight, its outcome is unknown.
-        let err = if txn.commit_in_flight || !in_txn {
-            ClientError::CommitUnknown
-        } else {
-            ClientError::TransactionLost
-        };
-        // After an unknown COMMIT there is no transaction left to abort.
-        let aborted = in_txn && !txn.commit_in_flight;
-        let status = if aborted { b'E' } else { b'I' };
-        let mut out = BytesMut::new();
-        for _ in 0..txn.pending {
-            err.encode(&mut out);
-            self.ctx.errors().add(err.sqlstate());
-            backend::ready_for_query(&mut out, status);
-        }
-        self.client.send(&out).await.map_err(|_| ())?;
-        if aborted {
-            self.lost = Some(LostTxn {
-                untold: txn.pending == 0,
-            });
-        }
-        if txn.extended_open {
-            // The batch's Sync is still to come: answer it like the others.
-            self.discard(true).await?;
-            out.clear();
-            err.encode(&mut out);
-            self.ctx.errors().add(err.sqlstate());
-            backend::ready_for_query(&mut out, status);
-            self.client.send(&out).await.map_err(|_| ())?;
-        }
-        Ok(())
-    }
+/// What the client is told about the requests in flight on a server that
+/// died, and what is left of its transaction.
+#[derive(Debug)]
+struct Verdict {
+    /// Sent for each request in flight.
+    err: ClientError,
+    /// The ReadyForQuery status after each.
+    status: u8,
+    /// The transaction the client is now in, if it was inside one.
+    lost: Option<LostTxn>,
+}
 
-    /// A request while the client's transaction is lost: ROLLBACK/COMMIT end
-    /// it (answered ROLLBACK), anything else fails with 25P02.
-    pub(super) async fn answer_in_lost_txn(&mut self, tag: u8) -> Result<(), ()> {
-        let Some(lost) = self.lost else { return Ok(()) };
-        let mut out = BytesMut::new();
-        if tag == b'Q' {
-            let query = self.read_whole_message().await?;
-            if ends_transaction(query.get(5..).unwrap_or_default()).is_some() {
-                self.lost = None;
-                put_frame(&mut out, b'C', b"ROLLBACK\0");
-                backend::ready_for_query(&mut out, backend::IDLE);
-                return self.client.send(&out).await.map_err(|_| ());
-            }
-        }
-        let err = if lost.untold {
-            ClientError::TransactionLost
-        } else {
-            ClientError::InFailedTransaction
-        };
-        self.lost = Some(LostTxn { untold: false });
+/// Decides what a client whose server died (with `txn` as the link left it) is told. Pure.
+fn on_server_lost(txn: Txn) -> Verdict {
+    let in_txn = txn.status != b'I';
+    // A statement outside an explicit transaction commits on its own:
+    // like an explicit COMMIT in flight, its outcome is unknown.
+    let err = if txn.commit_in_flight || !in_txn {
+        ClientError::CommitUnknown
+    } else {
+        ClientError::TransactionLost
+    };
+    // After an unknown COMMIT there is no transaction left to abort.
+    let aborted = in_txn && !txn.commit_in_flight;
+    Verdict {
+        err,
+        status: if aborted { b'E' } else { b'I' },
+        lost: aborted.then_some(LostTxn {
+            untold: txn.pending == 0,
+        }),
+    }
+}
+
+/// Answers what was in flight on a server that just died, per `txn` (the
+/// link's state at the end). Returns the lost transaction the client is now
+/// in, if any.
+pub(super) async fn answer_lost_server(
+    client: &mut ClientConn,
+    txn: Txn,
+    max_message_size: usize,
+) -> Result<Option<LostTxn>, ClientGone> {
+    let Verdict { err, status, lost } = on_server_lost(txn);
+    let mut out = BytesMut::new();
+    for _ in 0..txn.pending {
         err.encode(&mut out);
-        self.ctx.errors().add(err.sqlstate());
-        self.client.send(&out).await.map_err(|_| ())?;
-        if tag != b'Q' {
-            self.discard(!matches!(tag, b'F')).await?;
-        }
+        client.errors.add(err.sqlstate());
+        backend::ready_for_query(&mut out, status);
+    }
+    client.send(&out).await?;
+    if txn.extended_open {
+        // The batch's Sync is still to come: answer it like the others.
+        client.discard(true, max_message_size).await?;
         out.clear();
-        backend::ready_for_query(&mut out, b'E');
-        self.client.send(&out).await.map_err(|_| ())
+        err.encode(&mut out);
+        client.errors.add(err.sqlstate());
+        backend::ready_for_query(&mut out, status);
+        client.send(&out).await?;
     }
+    Ok(lost)
+}
 
-    /// Reads and removes one whole client message (a Query is small).
-    async fn read_whole_message(&mut self) -> Result<BytesMut, ()> {
-        let max = self.limits.max_message_size;
-        loop {
-            if let Some(len) = frame_len(&self.client.buf, max).map_err(|_| ())? {
-                return Ok(self.client.buf.split_to(len));
-            }
-            if !matches!(self.client.fill().await, Ok(n) if n > 0) {
-                return Err(());
-            }
+/// A request (message `tag`) while the client's transaction is `lost`:
+/// ROLLBACK/COMMIT end it (answered ROLLBACK), anything else fails with
+/// 25P02. Returns the lost transaction still open, if any.
+pub(super) async fn answer_in_lost_txn(
+    client: &mut ClientConn,
+    lost: LostTxn,
+    tag: u8,
+    max_message_size: usize,
+) -> Result<Option<LostTxn>, ClientGone> {
+    let mut out = BytesMut::new();
+    if tag == b'Q' {
+        let query = client.read_message(max_message_size).await?;
+        if ends_transaction(query.get(5..).unwrap_or_default()).is_some() {
+            put_frame(&mut out, b'C', b"ROLLBACK\0");
+            backend::ready_for_query(&mut out, backend::IDLE);
+            client.send(&out).await?;
+            return Ok(None);
         }
     }
+    let err = if lost.untold {
+        ClientError::TransactionLost
+    } else {
+        ClientError::InFailedTransaction
+    };
+    err.encode(&mut out);
+    client.errors.add(err.sqlstate());
+    client.send(&out).await?;
+    if tag != b'Q' {
+        client
+            .discard(!matches!(tag, b'F'), max_message_size)
+            .await?;
+    }
+    out.clear();
+    backend::ready_for_query(&mut out, b'E');
+    client.send(&out).await?;
+    Ok(Some(LostTxn { untold: false }))
 }
 
 #[cfg(test)]
@@ -153,5 +168,50 @@ mod tests {
         // A batch that ends in COMMIT has a commit in flight.
         assert!(commits(b"INSERT INTO t VALUES (1); COMMIT"));
         assert!(!commits(b"SELECT 'COMMIT'; SELECT 1"));
+    }
+
+    #[test]
+    fn a_dead_server_is_reported_per_transaction_state() {
+        let txn = |pending, status, commit_in_flight| Txn {
+            pending,
+            extended_open: false,
+            status,
+            commit_in_flight,
+        };
+        // (state, SQLSTATE, status after, lost transaction left)
+        let cases = [
+            // Autocommit statement in flight: its outcome is unknown.
+            (txn(1, b'I', false), "08007", b'I', None),
+            // Inside a transaction, a statement in flight: the client is told now.
+            (
+                txn(1, b'T', false),
+                "08006",
+                b'E',
+                Some(LostTxn { untold: false }),
+            ),
+            // Idle inside a transaction: told at its next request.
+            (
+                txn(0, b'T', false),
+                "08006",
+                b'E',
+                Some(LostTxn { untold: true }),
+            ),
+            (
+                txn(0, b'E', false),
+                "08006",
+                b'E',
+                Some(LostTxn { untold: true }),
+            ),
+            // COMMIT in flight: unknown outcome, and no transaction left.
+            (txn(1, b'T', true), "08007", b'I', None),
+        ];
+        for (t, code, status, lost) in cases {
+            let v = on_server_lost(t);
+            assert_eq!(
+                (v.err.sqlstate(), v.status, v.lost),
+                (code, status, lost),
+                "{t:?}"
+            );
+        }
     }
 }

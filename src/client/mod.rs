@@ -4,12 +4,14 @@
 
 pub mod conn;
 pub mod expect;
+mod limits;
 mod link;
 pub mod login;
 pub mod lost;
 mod meter;
 pub mod prepared;
 pub mod relay;
+mod rewrite;
 pub mod session_state;
 pub mod settings;
 pub mod sql;

@@ -8,10 +8,13 @@ use std::sync::Arc;
 
 use bytes::{Buf, BytesMut};
 
-use super::conn::ClientConn;
-use super::link::Link;
+use super::conn::{ClientConn, ClientGone};
+use super::limits::Limits;
+use super::link::{End, Link, LinkCtx, Pumped};
+use super::lost::LostTxn;
 use super::meter::Meter;
-use super::prepared::Statement;
+use super::prepared::ClientStatements;
+use super::rewrite::known_parse;
 use super::txn::Txn;
 use crate::config::PoolMode;
 use crate::context::Context;
@@ -22,74 +25,36 @@ use crate::pool::stats::Tally;
 use crate::pool::{Pool, PoolError};
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::backend;
-use crate::protocol::messages::extended::decode_parse;
-use crate::protocol::{frame_len, FrameError, Scanner, Visit};
+use crate::protocol::{frame_len, FrameError};
 use crate::sessions::cancel::{CancelGuard, CancelTarget};
-use crate::sessions::registry::{ClientState, Linked};
+use crate::sessions::registry::{ClientState, Linked, Registration};
 
 /// A logged-in client.
 pub struct Session {
     /// The client socket and buffer.
-    pub client: ClientConn,
+    client: ClientConn,
     /// Shared proxy state.
-    pub ctx: Arc<Context>,
+    ctx: Arc<Context>,
     /// The client's pool.
-    pub pool: Pool,
+    pool: Pool,
     /// The client's cancel key registration.
-    pub cancel: CancelGuard,
+    cancel: CancelGuard,
     /// Protocol state at the end of the last attachment, for cleanup.
-    pub last_txn: Txn,
+    last_txn: Txn,
     /// Set when the client's open transaction died with its server (a failover).
-    pub lost: Option<super::lost::LostTxn>,
+    lost: Option<LostTxn>,
     /// The client's named prepared statements (transaction mode).
-    pub stmts: super::prepared::ClientStatements,
+    stmts: ClientStatements,
     /// The client did something tied to one server session: it keeps its server.
-    pub pinned: bool,
+    pinned: bool,
     /// Whether the last attachment ended with nothing half-sent or owed.
-    pub last_at_rest: bool,
+    last_at_rest: bool,
     /// Tracked parameters as the client wants them (startup packet, then its SETs).
-    pub params: Vec<(String, String)>,
+    params: Vec<(String, String)>,
     /// The client's entry in the registry (state, link, KILL).
-    pub reg: crate::sessions::registry::Registration,
+    reg: Registration,
     /// Settings fixed for the session's life (a reload applies to new clients).
-    pub limits: Limits,
-}
-
-/// The settings a session reads on its hot path, copied at login.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    /// Pooling mode.
-    pub mode: PoolMode,
-    /// `proxy.max_message_size`.
-    pub max_message_size: usize,
-    /// `proxy.max_prepared_statements`.
-    pub max_prepared: usize,
-}
-
-impl From<&crate::config::Config> for Limits {
-    fn from(c: &crate::config::Config) -> Limits {
-        Limits {
-            mode: c.proxy.pool_mode,
-            max_message_size: c.proxy.max_message_size,
-            max_prepared: c.proxy.max_prepared_statements,
-        }
-    }
-}
-
-/// How an attachment to a server ended.
-pub(super) enum End {
-    /// Transaction finished; the server can go back to the pool.
-    Released,
-    /// The client sent Terminate or closed its socket.
-    ClientGone,
-    /// Shutdown reached the client between transactions.
-    Shutdown,
-    /// The client broke the protocol.
-    ClientError(ClientError),
-    /// The server connection failed.
-    ServerLost(String),
-    /// An operator ran `KILL` on the client's database.
-    Killed,
+    limits: Limits,
 }
 
 /// What the client asked for while holding no server.
@@ -105,6 +70,34 @@ enum Idle {
 }
 
 impl Session {
+    /// A client that has just logged in to `pool`, holding no server, with
+    /// the tracked parameters `params` from its startup packet. The
+    /// settings it reads on its hot path are copied from `ctx` now.
+    pub fn new(
+        client: ClientConn,
+        ctx: Arc<Context>,
+        pool: Pool,
+        cancel: CancelGuard,
+        params: Vec<(String, String)>,
+        reg: Registration,
+    ) -> Session {
+        let limits = Limits::from(&**ctx.config());
+        Session {
+            client,
+            ctx,
+            pool,
+            cancel,
+            last_txn: Txn::default(),
+            lost: None,
+            stmts: ClientStatements::default(),
+            pinned: false,
+            last_at_rest: true,
+            params,
+            reg,
+            limits,
+        }
+    }
+
     /// Serves the client until it leaves.
     pub async fn run(mut self) {
         let mut held: Option<ServerConn> = None;
@@ -114,18 +107,26 @@ impl Session {
                 None => match self.wait_idle().await {
                     Idle::Gone => return,
                     Idle::Shutdown => return self.client.send_error(&ClientError::Shutdown).await,
-                    Idle::Work(tag) if self.lost.is_some() => {
-                        match self.answer_in_lost_txn(tag).await {
-                            Ok(()) => continue,
-                            Err(()) => return,
-                        }
-                    }
                     Idle::Killed => return self.client.send_error(&ClientError::Killed).await,
-                    Idle::Work(tag) => match self.checkout().await {
-                        Ok(s) => s,
-                        Err(e) => match self.refuse(tag, e).await {
-                            Ok(()) => continue,
-                            Err(()) => return,
+                    Idle::Work(tag) => match self.lost {
+                        Some(lost) => {
+                            let max = self.limits.max_message_size;
+                            match super::lost::answer_in_lost_txn(&mut self.client, lost, tag, max)
+                                .await
+                            {
+                                Ok(lost) => {
+                                    self.lost = lost;
+                                    continue;
+                                }
+                                Err(ClientGone) => return,
+                            }
+                        }
+                        None => match self.checkout().await {
+                            Ok(s) => s,
+                            Err(e) => match self.refuse(tag, e).await {
+                                Ok(()) => continue,
+                                Err(ClientGone) => return,
+                            },
                         },
                     },
                 },
@@ -157,8 +158,12 @@ impl Session {
                 (End::ServerLost(why), _) => {
                     tracing::warn!(error = %why, "server connection lost mid-session");
                     self.ctx.cluster().nudge();
-                    if self.answer_lost_server().await.is_err() {
-                        return;
+                    let max = self.limits.max_message_size;
+                    match super::lost::answer_lost_server(&mut self.client, self.last_txn, max)
+                        .await
+                    {
+                        Ok(lost) => self.lost = lost,
+                        Err(ClientGone) => return,
                     }
                 }
                 (End::Released, None) => return,
@@ -266,17 +271,11 @@ impl Session {
     /// prepare synchronously while others hold every server (pgbench -M
     /// prepared) from waiting on a server for nothing.
     fn answer_known_parse(&mut self, len: usize) -> bool {
-        let Some(p) = decode_parse(&self.client.buf[..len]) else {
+        let pool = &self.pool;
+        let Some((name, stmt)) = known_parse(&self.client.buf[..len], |n| pool.knows_statement(n))
+        else {
             return false;
         };
-        if p.name.is_empty() {
-            return false;
-        }
-        let stmt = Statement::new(&p);
-        if !self.pool.knows_statement(&stmt.server_name) {
-            return false;
-        }
-        let name: Arc<str> = String::from_utf8_lossy(p.name).into();
         self.stmts.insert(name, Arc::new(stmt));
         self.client.buf.advance(len);
         true
@@ -284,49 +283,18 @@ impl Session {
 
     /// No server for this request: tell the client, skip the request (up to its
     /// Sync for an extended batch), and keep the connection.
-    async fn refuse(&mut self, tag: u8, err: PoolError) -> Result<(), ()> {
+    async fn refuse(&mut self, tag: u8, err: PoolError) -> Result<(), ClientGone> {
         let client_err = super::pool_error(err, false);
         let mut out = BytesMut::new();
         client_err.encode_as(&mut out, false);
         self.ctx.errors().add(client_err.sqlstate());
-        self.client.send(&out).await.map_err(|_| ())?;
+        self.client.send(&out).await?;
         let through_sync = !matches!(tag, b'Q' | b'F');
-        self.discard(through_sync).await?;
+        let max = self.limits.max_message_size;
+        self.client.discard(through_sync, max).await?;
         out.clear();
         backend::ready_for_query(&mut out, backend::IDLE);
-        self.client.send(&out).await.map_err(|_| ())
-    }
-
-    /// Drops client messages: the first one, or everything up to and including Sync.
-    pub(super) async fn discard(&mut self, through_sync: bool) -> Result<(), ()> {
-        let max = self.limits.max_message_size;
-        let mut scanner = Scanner::default();
-        let mut first = true;
-        let mut done = false;
-        loop {
-            let n = scanner
-                .scan(
-                    &self.client.buf,
-                    max,
-                    |_| false,
-                    |tag, _| {
-                        if done {
-                            return Visit::Stop;
-                        }
-                        done = if through_sync { tag == b'S' } else { first };
-                        first = false;
-                        Visit::Forward
-                    },
-                )
-                .map_err(|_| ())?;
-            self.client.buf.advance(n);
-            if done && scanner.at_boundary() {
-                return Ok(());
-            }
-            if !matches!(self.client.fill().await, Ok(n) if n > 0) {
-                return Err(());
-            }
-        }
+        Ok(self.client.send(&out).await?)
     }
 
     /// Relays between the client and `server` until the transaction (or, in
@@ -354,8 +322,11 @@ impl Session {
             }
         }
         let meter = Meter::new(self.ctx.record_metrics());
-        let mut link = Link::new(self.mode() == PoolMode::Transaction, meter);
-        let end = link.pump(self, &mut server).await;
+        let mut link = Link::new(self.limits, meter);
+        let end = self.pump(&mut link, &mut server).await;
+        for (k, v) in link.take_params() {
+            super::session_state::set(&mut self.params, k, &v);
+        }
         self.pool.stats().add(&mut link.meter.tally);
         self.cancel.set(None);
         self.last_txn = link.txn;
@@ -364,6 +335,41 @@ impl Session {
         // decides between reuse (quiet), cancel-and-close or close.
         let keep = !matches!(end, End::ServerLost(_));
         (end, keep.then_some(server))
+    }
+
+    /// Runs `link` over a view of this session until the attachment ends,
+    /// pinning the client when the link says so.
+    async fn pump(&mut self, link: &mut Link, server: &mut ServerConn) -> End {
+        loop {
+            let mut cx = LinkCtx {
+                client: &mut self.client,
+                stmts: &mut self.stmts,
+                pool: &self.pool,
+                shutdown: self.ctx.shutdown(),
+                kill: &self.reg.info.kill,
+                latencies: self.ctx.latencies(),
+                errors: self.ctx.errors(),
+                pinned: self.pinned,
+            };
+            match link.pump(&mut cx, server).await {
+                Pumped::Pin(why) => self.pin(why),
+                Pumped::End(end) => return end,
+            }
+        }
+    }
+
+    /// Keeps the client on its server until it disconnects.
+    fn pin(&mut self, why: &'static str) {
+        self.pinned = true;
+        self.reg.info.pin();
+        self.pool
+            .stats()
+            .pinned
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            reason = why,
+            "client pinned to its server connection until it disconnects"
+        );
     }
 
     /// Gives back (or closes) a server whose client has gone: a quiet open
