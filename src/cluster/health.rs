@@ -35,6 +35,11 @@ const PROBE_SQL: &str = "SELECT r, \
 const HEARTBEAT_SQL: &str = "BEGIN READ WRITE; SET LOCAL synchronous_commit = local; \
   SELECT pg_logical_emit_message(true, 'switchyard', 'heartbeat'); COMMIT";
 
+/// A health check of the primary still unanswered after this is late (one
+/// normally answers in a millisecond or two): its hardware probe, if it has
+/// one, is asked at once instead of at its next interval.
+pub(super) const LATE_PROBE: Duration = Duration::from_millis(100);
+
 /// Why a control statement did not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {

@@ -4,6 +4,7 @@
 //! (`nudge`). The [`monitor`] task behind it probes every node, runs the
 //! failover state machine ([`failover::step`], pure) and performs its actions.
 
+mod actuate;
 pub mod decide;
 pub mod failover;
 pub mod hardware;
@@ -12,6 +13,7 @@ mod membership;
 pub mod monitor;
 pub mod repoint;
 pub mod switchover;
+mod track;
 pub mod view;
 
 use std::sync::atomic::Ordering;

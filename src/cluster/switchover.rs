@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::actuate;
 use super::failover::Primary;
 use super::hardware::HardwareStatus;
-use super::health::ControlError;
-use super::monitor::{self, Track, LATE_PROBE};
+use super::health::{ControlError, LATE_PROBE};
+use super::track::{self, Track};
 use super::view::{Health, NodeView, Role};
 use super::Cluster;
 use crate::config::{Config, SyncPolicy};
@@ -164,7 +165,7 @@ pub(super) async fn run(
     state: &Primary,
     mut req: Request,
 ) -> Primary {
-    let views = monitor::views(cluster, tracks);
+    let views = track::views(cluster, tracks);
     let planned = state
         .serving()
         .ok_or_else(|| "no primary is serving: nothing to switch over".to_string())
@@ -466,11 +467,11 @@ impl Switch<'_> {
         if inherited && self.config.failover.sync_policy == SyncPolicy::Availability {
             let name = self.name(target);
             let checker = &mut self.tracks[target].checker;
-            monitor::clear_sync_standby(self.cluster, checker, &name, timeout).await;
+            actuate::clear_sync_standby(self.cluster, checker, &name, timeout).await;
         }
         self.tracks[old].fenced = true;
         let state = Primary::Serving(target);
-        monitor::publish(self.cluster, self.config, self.tracks, &state);
+        actuate::publish(self.cluster, self.config, self.tracks, &state);
         let msg = format!(
             "switchover complete: {} takes writes; write pause {} ms",
             self.name(target),
@@ -525,7 +526,7 @@ impl Switch<'_> {
                 .events
                 .record(EventKind::ActionFailed, Some(&self.name(self.old)), msg);
         }
-        monitor::publish(
+        actuate::publish(
             self.cluster,
             self.config,
             self.tracks,
