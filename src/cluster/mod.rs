@@ -15,6 +15,7 @@ pub mod repoint;
 pub mod switchover;
 mod track;
 pub mod view;
+pub mod witness;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

@@ -1,6 +1,9 @@
 //! The monitor task: probes every node each tick (faster while anything is in
 //! flux, at once when nudged), turns results into node views, runs the pure
 //! failover `step`, performs its actions and publishes the routing snapshot.
+//! The loop and its timing live here; the rules are pure (`decide`,
+//! `witness`, `failover`), applying a probe result is `track`'s, running
+//! actions and publishing `actuate`'s.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -236,17 +239,7 @@ async fn probe_all(
     };
     let threshold = config.health.failure_threshold;
     for (i, result) in others {
-        let next = tracks[i].health.after(result.is_ok(), threshold);
-        let why = format!("{threshold} consecutive health checks failed");
-        apply(
-            cluster,
-            i,
-            &mut tracks[i],
-            result,
-            next,
-            &why,
-            *failing_since,
-        );
+        tracks[i].record(cluster, i, result, false, threshold, *failing_since);
     }
     if let (Some(p), Some(result)) = (serving, primary_result) {
         apply_primary(cluster, config, tracks, p, result, started, *failing_since);
@@ -316,69 +309,7 @@ fn apply_primary(
     let span = config.health.timeout;
     let corroborated =
         result.is_err() && replicas_silent_since(&views(cluster, tracks), p, started, span);
-    let next = tracks[p]
-        .health
-        .after_corroborated(result.is_ok(), corroborated, threshold);
-    let why = match (&result, corroborated) {
-        (Err(e), true) => {
-            format!("health check failed ({e}) and no replica has heard from it since")
-        }
-        _ => format!("{threshold} consecutive health checks failed"),
-    };
-    apply(
-        cluster,
-        p,
-        &mut tracks[p],
-        result,
-        next,
-        &why,
-        failing_since,
-    );
-}
-
-/// One node's probe result: its health becomes `next`, a successful probe
-/// is kept (and read for witnessing), and changes are events. A node whose
-/// role changed, or that went down, has its connections closed.
-fn apply(
-    cluster: &Cluster,
-    i: usize,
-    track: &mut Track,
-    result: Result<Probe, String>,
-    next: Health,
-    down_why: &str,
-    failing_since: Option<Instant>,
-) {
-    let name = &cluster.nodes()[i].name;
-    let before = std::mem::replace(&mut track.health, next);
-    match result {
-        Ok(probe) => {
-            if track
-                .probe
-                .as_ref()
-                .is_some_and(|old| old.role != probe.role)
-            {
-                // PgBouncer #1311: connections to a node whose role changed are stale.
-                cluster.retire(i);
-            }
-            track.update_witness(&probe, failing_since);
-            track.probe = Some(probe);
-        }
-        Err(e) => tracing::debug!(node = %name, error = %e, "probe failed"),
-    }
-    match (before, next) {
-        (Health::Unknown | Health::Down, Health::Up) => {
-            cluster
-                .events
-                .record(EventKind::NodeUp, Some(name), "health check passed")
-        }
-        (b, Health::Down) if b != Health::Down => {
-            cluster.retire(i);
-            cluster
-                .events
-                .record(EventKind::NodeDown, Some(name), down_why);
-        }
-        _ => {}
-    }
+    tracks[p].record(cluster, p, result, corroborated, threshold, failing_since);
 }
 
 /// A degraded primary gets a planned switchover (with

@@ -1,14 +1,18 @@
-//! What the monitor keeps per node between ticks ([`Track`]), and the node
-//! views the decision logic reads from it. Shared by the monitor loop, the
-//! actions it runs and the planned switchover, so none of them needs another.
+//! What the monitor keeps per node between ticks ([`Track`]), how a probe
+//! result updates it (the rules are pure, in `decide` and `witness`; this
+//! applies them), and the node views the decision logic reads from it.
+//! Shared by the monitor loop, the actions it runs and the planned
+//! switchover, so none of them needs another.
 
 use std::time::Instant;
 
-use super::decide::witnesses;
+use super::decide::{react, DownBecause, NodeEvent, Probed};
 use super::hardware::HardwareStatus;
 use super::health::Checker;
-use super::view::{Health, NodeView, Probe, Role};
+use super::view::{Health, NodeView, Probe};
+use super::witness::Witness;
 use super::Cluster;
+use crate::events::EventKind;
 use crate::pool::server_conn::Login;
 
 /// What the monitor keeps per node.
@@ -20,9 +24,8 @@ pub(crate) struct Track {
     pub(crate) probe: Option<Probe>,
     /// Never routed to until re-admitted.
     pub(crate) fenced: bool,
-    /// The replica's position at its first probe after the primary began failing.
-    witness_base: Option<u64>,
-    witness_fresh: bool,
+    /// Whether it witnesses a primary that stopped answering us.
+    witness: Witness,
 }
 
 impl Track {
@@ -36,22 +39,57 @@ impl Track {
             health: Health::Unknown,
             probe: None,
             fenced: false,
-            witness_base: None,
-            witness_fresh: false,
+            witness: Witness::Idle,
         }
     }
 
-    /// A replica witnesses a live primary if, after the primary began
-    /// failing, it heard from upstream or its received WAL moved (see
-    /// [`witnesses`]). Once seen, it holds until the primary serves again.
-    pub(super) fn update_witness(&mut self, probe: &Probe, failing_since: Option<Instant>) {
-        let Some(since) = failing_since.filter(|_| probe.role == Role::Replica) else {
-            self.witness_base = None;
-            self.witness_fresh = false;
-            return;
+    /// Applies node `i`'s probe result: its health follows the
+    /// [`react`] rules, a successful probe is kept (and read for
+    /// witnessing), and changes are events. A node whose role changed, or
+    /// that went down, has its connections closed. `corroborated`: the
+    /// replicas heard nothing from this (serving primary) since its probe.
+    pub(super) fn record(
+        &mut self,
+        cluster: &Cluster,
+        i: usize,
+        result: Result<Probe, String>,
+        corroborated: bool,
+        threshold: u32,
+        failing_since: Option<Instant>,
+    ) {
+        let probed = match &result {
+            Ok(p) => Probed::Answered(p.role),
+            Err(_) => Probed::Failed { corroborated },
         };
-        let base = *self.witness_base.get_or_insert(probe.lsn);
-        self.witness_fresh |= witnesses(probe, Some(base), since);
+        let last_role = self.probe.as_ref().map(|p| p.role);
+        let reaction = react(self.health, last_role, probed, threshold);
+        self.health = reaction.health;
+        if reaction.retire {
+            // Connections made under its old role, or to a node now down, are stale.
+            cluster.retire(i);
+        }
+        let name = &cluster.nodes()[i].name;
+        let down_why = match (&result, reaction.event) {
+            (Err(e), Some(NodeEvent::Down(DownBecause::Corroborated))) => {
+                format!("health check failed ({e}) and no replica has heard from it since")
+            }
+            _ => format!("{threshold} consecutive health checks failed"),
+        };
+        match result {
+            Ok(probe) => {
+                self.witness = self.witness.after(&probe, failing_since);
+                self.probe = Some(probe);
+            }
+            Err(e) => tracing::debug!(node = %name, error = %e, "probe failed"),
+        }
+        let events = &cluster.events;
+        match reaction.event {
+            Some(NodeEvent::Up) => {
+                events.record(EventKind::NodeUp, Some(name), "health check passed")
+            }
+            Some(NodeEvent::Down(_)) => events.record(EventKind::NodeDown, Some(name), down_why),
+            None => {}
+        }
     }
 }
 
@@ -67,7 +105,7 @@ pub(super) fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
             priority: n.priority,
             health: t.health,
             probe: t.probe.clone(),
-            witness_fresh: t.witness_fresh,
+            witness_fresh: t.witness.fresh(),
             // A removed node is out of every decision, like a fenced one.
             fenced: t.fenced || cluster.is_removed(i),
             hardware_failing: cluster.hardware(i).status == HardwareStatus::Failing,
