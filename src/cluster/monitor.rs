@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::actuate::{is_slow, perform, publish};
 use super::decide::replicas_silent_since;
 use super::failover::{step, Action, FailoverSettings, Primary};
-use super::health::LATE_PROBE;
+use super::health::{ProbeError, LATE_PROBE};
 use super::track::{views, Track};
 use super::view::{Health, Probe};
 use super::Cluster;
@@ -253,7 +253,7 @@ async fn probe_others(
     config: &Config,
     tracks: &mut [Track],
     serving: Option<usize>,
-) -> Vec<(usize, Result<Probe, String>)> {
+) -> Vec<(usize, Result<Probe, ProbeError>)> {
     let probes = tracks
         .iter_mut()
         .enumerate()
@@ -299,7 +299,7 @@ fn apply_primary(
     config: &Config,
     tracks: &mut [Track],
     p: usize,
-    result: Result<Probe, String>,
+    result: Result<Probe, ProbeError>,
     started: Instant,
     failing_since: Option<Instant>,
 ) {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::decide::{react, DownBecause, NodeEvent, Probed};
 use super::hardware::HardwareStatus;
-use super::health::Checker;
+use super::health::{Checker, ProbeError};
 use super::view::{Health, NodeView, Probe};
 use super::witness::Witness;
 use super::Cluster;
@@ -52,7 +52,7 @@ impl Track {
         &mut self,
         cluster: &Cluster,
         i: usize,
-        result: Result<Probe, String>,
+        result: Result<Probe, ProbeError>,
         corroborated: bool,
         threshold: u32,
         failing_since: Option<Instant>,
