@@ -99,13 +99,27 @@ pub enum Probed {
 /// What one probe result changes for its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reaction {
+    health: Health,
+    retire: bool,
+    event: Option<NodeEvent>,
+}
+
+impl Reaction {
     /// Its health from now on.
-    pub health: Health,
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
     /// Its connections must close: their role changed under them (a
     /// promotion, or a primary that came back as a replica), or it went down.
-    pub retire: bool,
+    pub fn retire(&self) -> bool {
+        self.retire
+    }
+
     /// What goes on the timeline.
-    pub event: Option<NodeEvent>,
+    pub fn event(&self) -> Option<NodeEvent> {
+        self.event
+    }
 }
 
 /// A node's health change worth an event.

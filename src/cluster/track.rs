@@ -63,13 +63,13 @@ impl Track {
         };
         let last_role = self.probe.as_ref().map(|p| p.role);
         let reaction = react(self.health, last_role, probed, threshold);
-        self.health = reaction.health;
-        if reaction.retire {
+        self.health = reaction.health();
+        if reaction.retire() {
             // Connections made under its old role, or to a node now down, are stale.
             cluster.retire(i);
         }
         let name = &cluster.nodes()[i].name;
-        let down_why = match (&result, reaction.event) {
+        let down_why = match (&result, reaction.event()) {
             (Err(e), Some(NodeEvent::Down(DownBecause::Corroborated))) => {
                 format!("health check failed ({e}) and no replica has heard from it since")
             }
@@ -83,7 +83,7 @@ impl Track {
             Err(e) => tracing::debug!(node = %name, error = %e, "probe failed"),
         }
         let events = &cluster.events;
-        match reaction.event {
+        match reaction.event() {
             Some(NodeEvent::Up) => {
                 events.record(EventKind::NodeUp, Some(name), "health check passed")
             }
