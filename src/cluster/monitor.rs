@@ -16,6 +16,7 @@ use super::failover::{step, Action, FailoverSettings, Primary};
 use super::health::{ProbeError, LATE_PROBE};
 use super::track::{views, Track};
 use super::view::{Health, Probe};
+use super::witness::{failure_start, primary_failing};
 use super::Cluster;
 use arc_swap::ArcSwap;
 
@@ -223,20 +224,17 @@ async fn probe_all(
         None => None,
     };
     let others = probe_others(cluster, config, tracks, serving).await;
-    let failing = match (state, &primary_result) {
-        (Primary::Serving(p), Some(r)) => {
-            r.is_err()
-                || tracks[*p].health != Health::Up
-                || cluster.hardware(*p).status == HardwareStatus::Failing
-        }
-        (Primary::Serving(_), None) | (Primary::Lost { .. }, _) => true,
-        _ => false,
+    let answered = primary_result.as_ref().map(Result::is_ok);
+    let (up, hardware_failing) = match state {
+        Primary::Serving(p) => (
+            tracks[*p].health == Health::Up,
+            cluster.hardware(*p).status == HardwareStatus::Failing,
+        ),
+        _ => (false, false),
     };
-    *failing_since = match (failing, *failing_since) {
-        (false, _) => None,
-        (true, Some(since)) => Some(since),
-        (true, None) => Some(quiet_from(tracks, state, started)),
-    };
+    let failing = primary_failing(state, answered, up, hardware_failing);
+    let quiet = quiet_from(tracks, state, started);
+    *failing_since = failure_start(failing, *failing_since, quiet);
     let threshold = config.health.failure_threshold;
     for (i, result) in others {
         tracks[i].record(cluster, i, result, false, threshold, *failing_since);

@@ -1,13 +1,48 @@
-//! The witness rule, per replica: once the primary stops answering us, does
-//! this replica show that it still lives (it heard from it, or its received
-//! WAL moved)? A state machine fed every successful probe; pure. The
-//! monitor keeps one per node and reads [`Witness::fresh`] into the node
-//! views, where a fresh witness blocks a promotion.
+//! The witness rule. When does the primary count as failing ([`primary_failing`],
+//! [`failure_start`]), and, per replica, once it does, does this replica
+//! show that it still lives (it heard from it, or its received WAL moved)?
+//! That is a state machine fed every successful probe. All pure: the
+//! monitor keeps one [`Witness`] per node and reads [`Witness::fresh`] into
+//! the node views, where a fresh witness blocks a promotion.
 
 use std::time::Instant;
 
 use super::decide::witnesses;
+use super::failover::Primary;
 use super::view::{Probe, Role};
+
+/// Whether the primary counts as failing this tick (and the replicas are
+/// watched for signs of it). A serving one does if its probe failed
+/// (`answered`: `None` when it was not probed, having been removed by a
+/// reload), if it was not up before this probe, or if its hardware says
+/// failing; a lost one always does.
+pub fn primary_failing(
+    state: &Primary,
+    answered: Option<bool>,
+    up: bool,
+    hardware_failing: bool,
+) -> bool {
+    match (state, answered) {
+        (Primary::Serving(_), Some(ok)) => !ok || !up || hardware_failing,
+        (Primary::Serving(_), None) | (Primary::Lost { .. }, _) => true,
+        (Primary::Discovering | Primary::Promoting { .. }, _) => false,
+    }
+}
+
+/// When the primary began failing, after a tick that found it `failing`:
+/// `quiet_from` when it starts, the same instant while it lasts, none once
+/// it serves again.
+pub fn failure_start(
+    failing: bool,
+    before: Option<Instant>,
+    quiet_from: Instant,
+) -> Option<Instant> {
+    match (failing, before) {
+        (false, _) => None,
+        (true, Some(since)) => Some(since),
+        (true, None) => Some(quiet_from),
+    }
+}
 
 /// One replica's witness state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,6 +91,61 @@ mod tests {
     use crate::cluster::view::test_node;
     use std::time::Duration;
     use Witness::*;
+
+    #[test]
+    fn the_primary_fails_when_it_misses_a_probe_was_not_up_or_its_hardware_fails() {
+        let lost = Primary::Lost {
+            old: 0,
+            blocked: None,
+        };
+        let promoting = Primary::Promoting {
+            old: 0,
+            candidate: 1,
+            since: Instant::now(),
+        };
+        let serving = Primary::Serving(0);
+        // (state, answered, up before, hardware failing) -> failing
+        let cases = [
+            (&serving, Some(true), true, false, false, "answered, up"),
+            (&serving, Some(false), true, false, true, "missed its probe"),
+            (&serving, Some(true), false, false, true, "suspect before"),
+            (&serving, Some(true), true, true, true, "hardware failing"),
+            (&serving, None, true, false, true, "not probed (removed)"),
+            (&lost, None, false, false, true, "lost"),
+            (&promoting, None, false, false, false, "promoting"),
+            (
+                &Primary::Discovering,
+                None,
+                false,
+                false,
+                false,
+                "no primary yet",
+            ),
+        ];
+        for (state, answered, up, hardware, want, what) in cases {
+            assert_eq!(
+                primary_failing(state, answered, up, hardware),
+                want,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failure_starts_once_and_ends_when_the_primary_serves() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(1);
+        // (failing, started before, quiet from) -> started
+        let cases = [
+            (false, None, t1, None, "serving"),
+            (false, Some(t0), t1, None, "serving again"),
+            (true, None, t1, Some(t1), "starts"),
+            (true, Some(t0), t1, Some(t0), "goes on"),
+        ];
+        for (failing, before, quiet_from, want, what) in cases {
+            assert_eq!(failure_start(failing, before, quiet_from), want, "{what}");
+        }
+    }
 
     #[test]
     fn a_replica_witnesses_from_the_failure_on_until_the_primary_serves() {
