@@ -43,7 +43,7 @@ pub(super) async fn perform(
         Action::CloseConns(i) => cluster.retire(i),
         Action::Promote(i) => {
             // Not `pg_promote(true)`: it checks only every 100 ms, and that
-            // wait would be write pause. `await_promotion` polls instead.
+            // wait would be write pause. The monitor polls instead.
             let result = tracks[i]
                 .checker
                 .control("SELECT pg_promote(false)", timeout)

@@ -1,9 +1,10 @@
-//! The witness rule. When does the primary count as failing ([`primary_failing`],
-//! [`failure_start`]), and, per replica, once it does, does this replica
-//! show that it still lives (it heard from it, or its received WAL moved)?
-//! That is a state machine fed every successful probe. All pure: the
-//! monitor keeps one [`Witness`] per node and reads [`Witness::fresh`] into
-//! the node views, where a fresh witness blocks a promotion.
+//! The witness rule, all pure. The primary counts as failing once it misses
+//! a probe, is not up, or its hardware fails ([`primary_failing`], from
+//! [`failure_start`] on); from then each replica is watched for signs that it
+//! still lives: the replica heard from it, or its received WAL moved.
+//! [`Witness`] is that watch, a state machine fed every successful probe of
+//! the replica. The monitor keeps one per node and reads [`Witness::fresh`]
+//! into the node views, where a fresh witness blocks a promotion.
 
 use std::time::Instant;
 
