@@ -40,7 +40,7 @@ pub enum ReloadError {
     Tls(#[from] crate::tls::TlsError),
     /// The node list cannot be applied.
     #[error("{0}")]
-    Nodes(String),
+    Nodes(crate::cluster::MembershipError),
 }
 
 /// A reload that passed every check, ready to install.

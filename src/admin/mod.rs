@@ -202,9 +202,9 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
                 .cluster()
                 .switchover(target, "admin SWITCHOVER".into())
                 .await
-                .map_err(|message| ClientError::Admin {
-                    code: "55000",
-                    message: format!("switchover not done: {message}"),
+                .map_err(|e| ClientError::Admin {
+                    code: e.sqlstate(),
+                    message: format!("switchover not done: {e}"),
                 })?;
             notice(out, &format!("{new} is the primary now"));
             command_complete(out, "SWITCHOVER");
@@ -212,9 +212,9 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
         Command::Readmit(node) => {
             ctx.cluster()
                 .readmit(&node)
-                .map_err(|message| ClientError::Admin {
-                    code: "42704",
-                    message,
+                .map_err(|e| ClientError::Admin {
+                    code: e.sqlstate(),
+                    message: e.to_string(),
                 })?;
             command_complete(out, "READMIT");
         }

@@ -1,10 +1,11 @@
 //! Pure rules, each a small function of node views: which replica to promote,
 //! whether a replica still witnesses a live primary, which nodes to fence,
-//! which replica serves read traffic. No sockets, no clocks.
+//! which replica serves read traffic, what one probe result changes for its
+//! node. No sockets, no clocks.
 
 use std::time::{Duration, Instant};
 
-use super::view::{NodeView, Probe, Role};
+use super::view::{Health, NodeView, Probe, Role};
 
 /// Why no replica can be promoted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +81,95 @@ pub fn witnesses(probe: &Probe, base: Option<u64>, since: Instant) -> bool {
     let heard = probe.last_heard.is_some_and(|h| h > since);
     let moved = probe.streaming && base.is_some_and(|b| probe.lsn > b);
     heard || moved
+}
+
+/// A probe's outcome, as [`react`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probed {
+    /// The node answered, reporting this role.
+    Answered(Role),
+    /// No answer. `corroborated`: the node is the serving primary and the
+    /// replicas heard nothing from it meanwhile ([`replicas_silent_since`]).
+    Failed {
+        /// The replicas corroborate the silence.
+        corroborated: bool,
+    },
+}
+
+/// What one probe result changes for its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reaction {
+    health: Health,
+    retire: bool,
+    event: Option<NodeEvent>,
+}
+
+impl Reaction {
+    /// Its health from now on.
+    pub fn health(&self) -> Health {
+        self.health
+    }
+
+    /// Its connections must close: their role changed under them (a
+    /// promotion, or a primary that came back as a replica), or it went down.
+    pub fn retire(&self) -> bool {
+        self.retire
+    }
+
+    /// What goes on the timeline.
+    pub fn event(&self) -> Option<NodeEvent> {
+        self.event
+    }
+}
+
+/// A node's health change worth an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// It passed a check after being unknown or down.
+    Up,
+    /// It went down.
+    Down(DownBecause),
+}
+
+/// Why a node went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownBecause {
+    /// `health.failure_threshold` checks in a row failed.
+    Threshold,
+    /// Its check failed and the replicas heard nothing from it since.
+    Corroborated,
+}
+
+/// The reaction to a probe of a node whose health was `before` and whose
+/// last successful probe reported `last_role`.
+pub fn react(before: Health, last_role: Option<Role>, probed: Probed, threshold: u32) -> Reaction {
+    let (health, role_changed, because) = match probed {
+        Probed::Answered(role) => (
+            before.after(true, threshold),
+            last_role.is_some_and(|r| r != role),
+            DownBecause::Threshold,
+        ),
+        Probed::Failed { corroborated } => (
+            before.after_corroborated(false, corroborated, threshold),
+            false,
+            if corroborated {
+                DownBecause::Corroborated
+            } else {
+                DownBecause::Threshold
+            },
+        ),
+    };
+    let event = match (before, health) {
+        (Health::Unknown | Health::Down, Health::Up) => Some(NodeEvent::Up),
+        (b, Health::Down) if b != Health::Down => Some(NodeEvent::Down(because)),
+        _ => None,
+    };
+    let went_down = matches!(event, Some(NodeEvent::Down(_)));
+    Reaction {
+        health,
+        retire: role_changed || went_down,
+        event,
+    }
 }
 
 /// Nodes that claim to be primary on a timeline lower than the highest seen
@@ -285,6 +375,106 @@ mod tests {
         assert!(!witnesses(&stopped, Some(100), since), "not streaming");
         let primary = node("p", Role::Primary, 1, 500).probe.unwrap();
         assert!(!witnesses(&primary, Some(100), since));
+    }
+
+    #[test]
+    fn a_probe_result_changes_health_connections_and_the_timeline() {
+        use DownBecause::*;
+        use Health::*;
+        use Role::*;
+        let ok = Probed::Answered;
+        let failed = |corroborated| Probed::Failed { corroborated };
+        let down = |b| Some(NodeEvent::Down(b));
+        // (health before, last role, probe) -> (health, retire, event)
+        let cases = [
+            (
+                Unknown,
+                None,
+                ok(Primary),
+                (Up, false, Some(NodeEvent::Up)),
+                "first check",
+            ),
+            (
+                Down,
+                Some(Replica),
+                ok(Replica),
+                (Up, false, Some(NodeEvent::Up)),
+                "back",
+            ),
+            (
+                Up,
+                Some(Replica),
+                ok(Replica),
+                (Up, false, None),
+                "nothing new",
+            ),
+            (
+                Suspect(2),
+                Some(Replica),
+                ok(Replica),
+                (Up, false, None),
+                "recovered quietly",
+            ),
+            (Up, Some(Replica), ok(Primary), (Up, true, None), "promoted"),
+            (Up, Some(Primary), ok(Replica), (Up, true, None), "demoted"),
+            (
+                Down,
+                Some(Primary),
+                ok(Replica),
+                (Up, true, Some(NodeEvent::Up)),
+                "back demoted",
+            ),
+            (
+                Up,
+                Some(Primary),
+                failed(false),
+                (Suspect(1), false, None),
+                "one failure",
+            ),
+            (
+                Suspect(2),
+                Some(Primary),
+                failed(false),
+                (Down, true, down(Threshold)),
+                "threshold",
+            ),
+            (
+                Up,
+                Some(Primary),
+                failed(true),
+                (Down, true, down(Corroborated)),
+                "corroborated",
+            ),
+            (
+                Suspect(2),
+                Some(Primary),
+                failed(true),
+                (Down, true, down(Corroborated)),
+                "both",
+            ),
+            (
+                Down,
+                Some(Primary),
+                failed(true),
+                (Down, false, None),
+                "already down",
+            ),
+            (
+                Unknown,
+                None,
+                failed(true),
+                (Unknown, false, None),
+                "never up",
+            ),
+        ];
+        for (before, last_role, probed, (health, retire, event), what) in cases {
+            let want = Reaction {
+                health,
+                retire,
+                event,
+            };
+            assert_eq!(react(before, last_role, probed, 3), want, "{what}");
+        }
     }
 
     #[test]

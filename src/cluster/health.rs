@@ -35,8 +35,13 @@ const PROBE_SQL: &str = "SELECT r, \
 const HEARTBEAT_SQL: &str = "BEGIN READ WRITE; SET LOCAL synchronous_commit = local; \
   SELECT pg_logical_emit_message(true, 'switchyard', 'heartbeat'); COMMIT";
 
+/// A health check of the primary still unanswered after this is late (one
+/// normally answers in a millisecond or two): its hardware probe, if it has
+/// one, is asked at once instead of at its next interval.
+pub(super) const LATE_PROBE: Duration = Duration::from_millis(100);
+
 /// Why a control statement did not run.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
     /// No answer in time, or the connection failed: the node may be gone.
     #[error("{0}")]
@@ -51,6 +56,18 @@ pub enum ControlError {
         /// What the server said.
         message: String,
     },
+}
+
+/// Why a probe gave no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeError {
+    /// The probe itself failed: no answer in time, or an error.
+    #[error(transparent)]
+    Check(#[from] ControlError),
+    /// Other evidence says the node is gone (its hardware probe), so the
+    /// probe was not waited for.
+    #[error("{0}")]
+    GaveUp(String),
 }
 
 /// The check connection of one node.
@@ -91,7 +108,7 @@ impl Checker {
 
     /// Runs one probe within `timeout`, followed by a heartbeat if asked.
     /// Any failure drops the connection so the next probe reconnects.
-    pub async fn probe(&mut self, timeout: Duration, heartbeat: bool) -> Result<Probe, String> {
+    pub async fn probe(&mut self, timeout: Duration, heartbeat: bool) -> Result<Probe, ProbeError> {
         self.probe_until(timeout, heartbeat, std::future::pending())
             .await
     }
@@ -105,18 +122,18 @@ impl Checker {
         timeout: Duration,
         heartbeat: bool,
         give_up: impl Future<Output = String>,
-    ) -> Result<Probe, String> {
+    ) -> Result<Probe, ProbeError> {
         let bounded = tokio::time::timeout(timeout, self.probe_inner(timeout));
         let raced = tokio::select! {
             outcome = bounded => Ok(outcome),
             why = give_up => Err(why),
         };
         let probe = match raced {
-            Ok(outcome) => self.settle(outcome, timeout).map_err(|e| e.to_string())?,
+            Ok(outcome) => self.settle(outcome, timeout)?,
             Err(why) => {
                 // The query may be half-answered: this connection is spent.
                 self.conn = None;
-                return Err(why);
+                return Err(ProbeError::GaveUp(why));
             }
         };
         if heartbeat && probe.role == Role::Primary {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use super::error::MembershipError;
 use super::{hardware, lock, Cluster, Incarnation};
 use crate::config::Node;
 use crate::events::EventKind;
@@ -97,16 +98,13 @@ impl Cluster {
 
     /// Applies a reloaded node list. Refuses to remove the node that takes
     /// writes (switch over first). Returns one line per change.
-    pub fn apply_nodes(&self, wanted: &[Node]) -> Result<Vec<String>, String> {
+    pub fn apply_nodes(&self, wanted: &[Node]) -> Result<Vec<String>, MembershipError> {
         let current = self.nodes();
         let removed: Vec<bool> = (0..current.len()).map(|i| self.is_removed(i)).collect();
         let changes = diff(&current, &removed, wanted);
         if let Some(p) = self.snapshot().primary {
             if changes.removed.contains(&p) {
-                return Err(format!(
-                    "node {} is the primary: switch over before removing it",
-                    current[p].name
-                ));
+                return Err(MembershipError::RemovesPrimary(current[p].name.clone()));
             }
         }
         let mut report = vec![];

@@ -4,7 +4,9 @@
 //! (`nudge`). The [`monitor`] task behind it probes every node, runs the
 //! failover state machine ([`failover::step`], pure) and performs its actions.
 
+mod actuate;
 pub mod decide;
+mod error;
 pub mod failover;
 pub mod hardware;
 pub mod health;
@@ -12,7 +14,9 @@ mod membership;
 pub mod monitor;
 pub mod repoint;
 pub mod switchover;
+mod track;
 pub mod view;
+pub mod witness;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -21,6 +25,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+
+pub use error::{MembershipError, ReadmitError, StepError, SwitchoverError};
 
 use crate::config::{Node, Target};
 use crate::events::Events;
@@ -308,12 +314,12 @@ impl Cluster {
     /// Asks the monitor to un-fence `name` (admin `READMIT`). The node is
     /// then checked like any other: if it still claims to be a primary on an
     /// older timeline, the fencing rule applies again.
-    pub fn readmit(&self, name: &str) -> Result<(), String> {
+    pub fn readmit(&self, name: &str) -> Result<(), ReadmitError> {
         let i = self
             .index_of(name)
-            .ok_or_else(|| format!("no such node: {name}"))?;
+            .ok_or_else(|| ReadmitError::NoSuchNode(name.into()))?;
         if !self.status().iter().any(|s| s.name == name && s.fenced) {
-            return Err(format!("node {name} is not fenced"));
+            return Err(ReadmitError::NotFenced(name.into()));
         }
         lock(&self.readmits).push(i);
         self.nudge();
@@ -326,15 +332,14 @@ impl Cluster {
         &self,
         target: Option<String>,
         reason: String,
-    ) -> Result<String, String> {
+    ) -> Result<String, SwitchoverError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.request_switchover(switchover::Request {
             target,
             reason,
             reply: Some(tx),
         });
-        rx.await
-            .map_err(|_| "the monitor stopped before the switchover ran".to_string())?
+        rx.await.map_err(|_| SwitchoverError::MonitorStopped)?
     }
 
     /// Queues a switchover request for the monitor.

@@ -1,17 +1,23 @@
 //! The monitor task: probes every node each tick (faster while anything is in
 //! flux, at once when nudged), turns results into node views, runs the pure
 //! failover `step`, performs its actions and publishes the routing snapshot.
+//! The loop and its timing live here; the rules are pure (`decide`,
+//! `witness`, `failover`), applying a probe result is `track`'s, running
+//! actions and publishing `actuate`'s.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::decide::{fit_replicas, replicas_silent_since, witnesses};
+use super::actuate::{is_slow, perform, publish};
+use super::decide::replicas_silent_since;
 use super::failover::{step, Action, FailoverSettings, Primary};
-use super::health::Checker;
-use super::view::{Health, NodeView, Probe, Role};
-use super::{Cluster, NodeStatus, Snapshot};
+use super::health::{ProbeError, LATE_PROBE};
+use super::track::{views, Track};
+use super::view::{Health, Probe};
+use super::witness::{failure_start, primary_failing};
+use super::Cluster;
 use arc_swap::ArcSwap;
 
 use super::hardware::HardwareStatus;
@@ -26,11 +32,6 @@ const FAST_TICK: Duration = Duration::from_millis(200);
 /// is gone.
 const DOWN_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// A health check of the primary still unanswered after this is late (one
-/// normally answers in a millisecond or two): its hardware probe, if it has
-/// one, is asked at once instead of at its next interval.
-pub(super) const LATE_PROBE: Duration = Duration::from_millis(100);
-
 /// Our heartbeat's WAL reaches the replicas within this of its commit
 /// returning; anything they hear later did not come from us.
 const HEARTBEAT_TRAVEL: Duration = Duration::from_millis(50);
@@ -39,33 +40,6 @@ const HEARTBEAT_TRAVEL: Duration = Duration::from_millis(50);
 /// monitor waits on it before going back to its ticks.
 const PROMOTION_POLL: Duration = Duration::from_millis(10);
 const PROMOTION_WAIT: Duration = Duration::from_secs(10);
-
-/// What the monitor keeps per node.
-pub(crate) struct Track {
-    /// The node's check connection (probes and control statements).
-    pub(crate) checker: Checker,
-    pub(crate) health: Health,
-    /// The last successful probe.
-    pub(crate) probe: Option<Probe>,
-    /// Never routed to until re-admitted.
-    pub(crate) fenced: bool,
-    /// The replica's position at its first probe after the primary began failing.
-    witness_base: Option<u64>,
-    witness_fresh: bool,
-}
-
-impl Track {
-    fn new(node: &crate::config::Node, login: &Login, tls: &crate::tls::SharedConnector) -> Track {
-        Track {
-            checker: Checker::new(node.addr.clone(), login.clone(), tls.clone()),
-            health: Health::Unknown,
-            probe: None,
-            fenced: false,
-            witness_base: None,
-            witness_fresh: false,
-        }
-    }
-}
 
 /// Runs until `shutdown`, reading the live configuration at every tick.
 pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: CancellationToken) {
@@ -216,17 +190,6 @@ fn health_login(config: &Config) -> Login {
     }
 }
 
-/// Actions that talk to a node (and may take a while).
-fn is_slow(action: &Action) -> bool {
-    matches!(
-        action,
-        Action::Promote(_)
-            | Action::Repoint { .. }
-            | Action::ClearSyncStandby(_)
-            | Action::FenceCommand(_)
-    )
-}
-
 fn failover_settings(config: &Config) -> FailoverSettings {
     let f = &config.failover;
     FailoverSettings {
@@ -261,33 +224,20 @@ async fn probe_all(
         None => None,
     };
     let others = probe_others(cluster, config, tracks, serving).await;
-    let failing = match (state, &primary_result) {
-        (Primary::Serving(p), Some(r)) => {
-            r.is_err()
-                || tracks[*p].health != Health::Up
-                || cluster.hardware(*p).status == HardwareStatus::Failing
-        }
-        (Primary::Serving(_), None) | (Primary::Lost { .. }, _) => true,
-        _ => false,
+    let answered = primary_result.as_ref().map(Result::is_ok);
+    let (up, hardware_failing) = match state {
+        Primary::Serving(p) => (
+            tracks[*p].health == Health::Up,
+            cluster.hardware(*p).status == HardwareStatus::Failing,
+        ),
+        _ => (false, false),
     };
-    *failing_since = match (failing, *failing_since) {
-        (false, _) => None,
-        (true, Some(since)) => Some(since),
-        (true, None) => Some(quiet_from(tracks, state, started)),
-    };
+    let failing = primary_failing(state, answered, up, hardware_failing);
+    let quiet = quiet_from(tracks, state, started);
+    *failing_since = failure_start(failing, *failing_since, quiet);
     let threshold = config.health.failure_threshold;
     for (i, result) in others {
-        let next = tracks[i].health.after(result.is_ok(), threshold);
-        let why = format!("{threshold} consecutive health checks failed");
-        apply(
-            cluster,
-            i,
-            &mut tracks[i],
-            result,
-            next,
-            &why,
-            *failing_since,
-        );
+        tracks[i].record(cluster, i, result, false, threshold, *failing_since);
     }
     if let (Some(p), Some(result)) = (serving, primary_result) {
         apply_primary(cluster, config, tracks, p, result, started, *failing_since);
@@ -301,7 +251,7 @@ async fn probe_others(
     config: &Config,
     tracks: &mut [Track],
     serving: Option<usize>,
-) -> Vec<(usize, Result<Probe, String>)> {
+) -> Vec<(usize, Result<Probe, ProbeError>)> {
     let probes = tracks
         .iter_mut()
         .enumerate()
@@ -347,7 +297,7 @@ fn apply_primary(
     config: &Config,
     tracks: &mut [Track],
     p: usize,
-    result: Result<Probe, String>,
+    result: Result<Probe, ProbeError>,
     started: Instant,
     failing_since: Option<Instant>,
 ) {
@@ -357,82 +307,7 @@ fn apply_primary(
     let span = config.health.timeout;
     let corroborated =
         result.is_err() && replicas_silent_since(&views(cluster, tracks), p, started, span);
-    let next = tracks[p]
-        .health
-        .after_corroborated(result.is_ok(), corroborated, threshold);
-    let why = match (&result, corroborated) {
-        (Err(e), true) => {
-            format!("health check failed ({e}) and no replica has heard from it since")
-        }
-        _ => format!("{threshold} consecutive health checks failed"),
-    };
-    apply(
-        cluster,
-        p,
-        &mut tracks[p],
-        result,
-        next,
-        &why,
-        failing_since,
-    );
-}
-
-/// One node's probe result: its health becomes `next`, a successful probe
-/// is kept (and read for witnessing), and changes are events. A node whose
-/// role changed, or that went down, has its connections closed.
-fn apply(
-    cluster: &Cluster,
-    i: usize,
-    track: &mut Track,
-    result: Result<Probe, String>,
-    next: Health,
-    down_why: &str,
-    failing_since: Option<Instant>,
-) {
-    let name = &cluster.nodes()[i].name;
-    let before = std::mem::replace(&mut track.health, next);
-    match result {
-        Ok(probe) => {
-            if track
-                .probe
-                .as_ref()
-                .is_some_and(|old| old.role != probe.role)
-            {
-                // PgBouncer #1311: connections to a node whose role changed are stale.
-                cluster.retire(i);
-            }
-            update_witness(track, &probe, failing_since);
-            track.probe = Some(probe);
-        }
-        Err(e) => tracing::debug!(node = %name, error = %e, "probe failed"),
-    }
-    match (before, next) {
-        (Health::Unknown | Health::Down, Health::Up) => {
-            cluster
-                .events
-                .record(EventKind::NodeUp, Some(name), "health check passed")
-        }
-        (b, Health::Down) if b != Health::Down => {
-            cluster.retire(i);
-            cluster
-                .events
-                .record(EventKind::NodeDown, Some(name), down_why);
-        }
-        _ => {}
-    }
-}
-
-/// A replica witnesses a live primary if, after the primary began failing,
-/// it heard from upstream or its received WAL moved (see
-/// [`witnesses`]). Once seen, it holds until the primary serves again.
-fn update_witness(track: &mut Track, probe: &Probe, failing_since: Option<Instant>) {
-    let Some(since) = failing_since.filter(|_| probe.role == Role::Replica) else {
-        track.witness_base = None;
-        track.witness_fresh = false;
-        return;
-    };
-    let base = *track.witness_base.get_or_insert(probe.lsn);
-    track.witness_fresh |= witnesses(probe, Some(base), since);
+    tracks[p].record(cluster, p, result, corroborated, threshold, failing_since);
 }
 
 /// A degraded primary gets a planned switchover (with
@@ -463,189 +338,4 @@ fn react_to_hardware(
         }
         Trigger::Switchover | Trigger::Hold => {}
     }
-}
-
-/// What the decision logic sees of each node now.
-pub(super) fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
-    cluster
-        .nodes()
-        .iter()
-        .zip(tracks)
-        .enumerate()
-        .map(|(i, (n, t))| NodeView {
-            name: n.name.clone(),
-            priority: n.priority,
-            health: t.health,
-            probe: t.probe.clone(),
-            witness_fresh: t.witness_fresh,
-            // A removed node is out of every decision, like a fenced one.
-            fenced: t.fenced || cluster.is_removed(i),
-            hardware_failing: cluster.hardware(i).status == HardwareStatus::Failing,
-        })
-        .collect()
-}
-
-async fn perform(cluster: &Cluster, config: &Config, tracks: &mut [Track], action: Action) {
-    let name = |i: usize| cluster.nodes()[i].name.clone();
-    let timeout = config.health.timeout.max(Duration::from_secs(5));
-    match action {
-        Action::Event(kind, node, msg) => {
-            cluster.events.record(kind, node.map(name).as_deref(), msg)
-        }
-        Action::Fence(i) => tracks[i].fenced = true,
-        Action::CloseConns(i) => cluster.retire(i),
-        Action::Promote(i) => {
-            // Not `pg_promote(true)`: it checks only every 100 ms, and that
-            // wait would be write pause. `await_promotion` polls instead.
-            let result = tracks[i]
-                .checker
-                .control("SELECT pg_promote(false)", timeout)
-                .await;
-            let (kind, msg) = match result {
-                Ok(_) => (EventKind::Promoting, "pg_promote() started".to_string()),
-                Err(e) => (EventKind::ActionFailed, format!("pg_promote() failed: {e}")),
-            };
-            cluster.events.record(kind, Some(&name(i)), msg);
-        }
-        Action::Repoint { replica, primary } => {
-            super::repoint::repoint_node(cluster, tracks, replica, primary, timeout).await
-        }
-        Action::ClearSyncStandby(i) => {
-            clear_sync_standby(cluster, &mut tracks[i].checker, &name(i), timeout).await
-        }
-        Action::FenceCommand(i) => spawn_fence_command(cluster, config, i),
-    }
-}
-
-/// Clears `synchronous_standby_names` on a new primary that has no standby
-/// streaming, so its commits do not wait for one that is not there.
-pub(super) async fn clear_sync_standby(
-    cluster: &Cluster,
-    checker: &mut Checker,
-    name: &str,
-    timeout: Duration,
-) {
-    let streaming = checker
-        .control(
-            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
-            timeout,
-        )
-        .await
-        .ok()
-        .and_then(|r| r.first().cloned().flatten())
-        .and_then(|v| v.parse::<u32>().ok());
-    if streaming != Some(0) {
-        return;
-    }
-    let result = async {
-        checker
-            .control("ALTER SYSTEM SET synchronous_standby_names = ''", timeout)
-            .await?;
-        checker.control("SELECT pg_reload_conf()", timeout).await
-    }
-    .await;
-    let (kind, msg) = match result {
-        Ok(_) => (EventKind::SyncStandbyCleared, "no standby connected: cleared synchronous_standby_names so writes do not wait (sync_policy = availability)".to_string()),
-        Err(e) => (EventKind::ActionFailed, format!("clearing synchronous_standby_names failed: {e}")),
-    };
-    cluster.events.record(kind, Some(name), msg);
-}
-
-fn spawn_fence_command(cluster: &Cluster, config: &Config, node: usize) {
-    let Some(cmd) = config.failover.fence_command.clone() else {
-        return;
-    };
-    let addr = cluster.nodes()[node].addr.clone();
-    let name = cluster.nodes()[node].name.clone();
-    let events = cluster.events.clone();
-    tokio::spawn(async move {
-        let out = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .arg("fence")
-            .arg(&addr)
-            .env("SWITCHYARD_FENCED_NODE", &addr)
-            .output()
-            .await;
-        let (kind, msg) = match out {
-            Ok(o) if o.status.success() => (
-                EventKind::NodeFenced,
-                format!("fence_command succeeded for {addr}"),
-            ),
-            Ok(o) => (
-                EventKind::ActionFailed,
-                format!(
-                    "fence_command exited with {}: {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-            ),
-            Err(e) => (
-                EventKind::ActionFailed,
-                format!("fence_command could not run: {e}"),
-            ),
-        };
-        events.record(kind, Some(&name), msg);
-    });
-}
-
-/// Publishes the routing snapshot and the status `state` and `tracks` imply.
-pub(super) fn publish(cluster: &Cluster, config: &Config, tracks: &[Track], state: &Primary) {
-    let views = views(cluster, tracks);
-    let primary = state.serving();
-    let snap = Snapshot {
-        primary,
-        replicas: fit_replicas(&views, primary, config.routing.max_replica_lag),
-        usable: views
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.live_role().is_some())
-            .map(|(i, _)| i)
-            .collect(),
-    };
-    if *cluster.snapshot() != snap {
-        cluster.publish(snap);
-    }
-    cluster.set_status(node_status(cluster, &views, primary));
-}
-
-fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) -> Vec<NodeStatus> {
-    let primary_lsn = primary.map(|p| views[p].lsn());
-    views
-        .iter()
-        .zip(cluster.nodes().iter())
-        .enumerate()
-        .filter(|(i, _)| !cluster.is_removed(*i))
-        .map(|(i, (v, n))| {
-            let probe = v.probe.as_ref();
-            let hw = cluster.hardware(i);
-            let role = match probe.map(|p| p.role) {
-                Some(Role::Primary) => "primary",
-                Some(Role::Replica) => "replica",
-                None => "unknown",
-            };
-            let state = match v.health {
-                Health::Up => "up",
-                Health::Suspect(_) => "suspect",
-                Health::Down => "down",
-                Health::Unknown => "unknown",
-            };
-            NodeStatus {
-                name: n.name.clone(),
-                addr: n.addr.clone(),
-                role,
-                state,
-                fenced: v.fenced,
-                timeline: v.timeline(),
-                lsn: v.lsn(),
-                lag_bytes: (role == "replica")
-                    .then(|| primary_lsn.map(|p| p.saturating_sub(v.lsn())))
-                    .flatten(),
-                lag_seconds: probe.and_then(|p| p.lag_seconds),
-                last_check_seconds_ago: probe.map(|p| p.at.elapsed().as_secs_f64()),
-                hardware: hw.status.as_str(),
-                hardware_reasons: hw.reasons,
-            }
-        })
-        .collect()
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::health::{Checker, ControlError};
-use super::monitor::Track;
+use super::track::Track;
 use super::Cluster;
 use crate::events::{EventKind, Events};
 

@@ -22,10 +22,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::actuate;
+use super::error::{StepError, SwitchoverError};
 use super::failover::Primary;
 use super::hardware::HardwareStatus;
-use super::health::ControlError;
-use super::monitor::{self, Track, LATE_PROBE};
+use super::health::{ControlError, ProbeError, LATE_PROBE};
+use super::track::{self, Track};
 use super::view::{Health, NodeView, Role};
 use super::Cluster;
 use crate::config::{Config, SyncPolicy};
@@ -45,7 +47,7 @@ pub struct Request {
     /// Who asked and why, for the timeline.
     pub reason: String,
     /// Where the outcome goes: the new primary's name, or why not.
-    pub reply: Option<oneshot::Sender<Result<String, String>>>,
+    pub reply: Option<oneshot::Sender<Result<String, SwitchoverError>>>,
 }
 
 /// What a hardware verdict on the serving primary asks for.
@@ -74,18 +76,12 @@ pub fn hardware_trigger(status: HardwareStatus, switchover_on_degraded: bool) ->
 
 /// Whether a switchover may start from `old`: only a primary that answered
 /// its last health check and whose hardware still runs.
-pub fn may_start(old: &NodeView) -> Result<(), String> {
+pub fn may_start(old: &NodeView) -> Result<(), SwitchoverError> {
     if old.hardware_failing {
-        return Err(format!(
-            "{}'s hardware reports failing: it is failed over, not switched over",
-            old.name
-        ));
+        return Err(SwitchoverError::HardwareFailing(old.name.clone()));
     }
     if old.health != Health::Up {
-        return Err(format!(
-            "{} missed a health check: it is failed over if it stays silent, not switched over",
-            old.name
-        ));
+        return Err(SwitchoverError::MissedCheck(old.name.clone()));
     }
     Ok(())
 }
@@ -94,18 +90,30 @@ pub fn may_start(old: &NodeView) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Abort {
     /// The old primary answered, something else failed: it serves again.
-    Restore(String),
+    Restore(StepError),
     /// The old primary stopped answering or its hardware says failing:
     /// nothing more is asked of it, the failover takes over.
-    Gone(String),
+    Gone(StepError),
 }
 
 impl Abort {
     /// The abort a failed statement on the old primary means.
-    fn on_old(doing: &str, e: ControlError) -> Abort {
-        match e {
-            ControlError::Unreachable(_) => Abort::Gone(format!("{doing}: {e}")),
-            ControlError::Refused { .. } => Abort::Restore(format!("{doing}: {e}")),
+    fn on_old(doing: &'static str, error: ControlError) -> Abort {
+        let gone = matches!(error, ControlError::Unreachable(_));
+        let step = StepError::OnOld { doing, error };
+        if gone {
+            Abort::Gone(step)
+        } else {
+            Abort::Restore(step)
+        }
+    }
+}
+
+impl From<Abort> for SwitchoverError {
+    fn from(abort: Abort) -> SwitchoverError {
+        match abort {
+            Abort::Restore(e) => SwitchoverError::Restored(e),
+            Abort::Gone(e) => SwitchoverError::FailingOver(e),
         }
     }
 }
@@ -118,7 +126,7 @@ pub fn pick_target(
     old: usize,
     requested: Option<&str>,
     max_lag: u64,
-) -> Result<usize, String> {
+) -> Result<usize, SwitchoverError> {
     let reference = views.get(old).map_or(0, NodeView::lsn);
     let fit = |i: usize| {
         let v = &views[i];
@@ -131,14 +139,12 @@ pub fn pick_target(
             let i = views
                 .iter()
                 .position(|v| v.name == name)
-                .ok_or_else(|| format!("no such node: {name}"))?;
+                .ok_or_else(|| SwitchoverError::NoSuchNode(name.into()))?;
             if i == old {
-                return Err(format!("{name} is already the primary"));
+                return Err(SwitchoverError::AlreadyPrimary(name.into()));
             }
             if !fit(i) {
-                return Err(format!(
-                    "{name} is not a healthy replica within failover.max_lag_bytes"
-                ));
+                return Err(SwitchoverError::UnfitTarget(name.into()));
             }
             Ok(i)
         }
@@ -150,7 +156,7 @@ pub fn pick_target(
                     .cmp(&(y.lsn(), y.priority))
                     .then_with(|| y.name.cmp(&x.name))
             })
-            .ok_or_else(|| "no healthy replica within failover.max_lag_bytes".to_string()),
+            .ok_or(SwitchoverError::NoFitReplica),
     }
 }
 
@@ -164,17 +170,17 @@ pub(super) async fn run(
     state: &Primary,
     mut req: Request,
 ) -> Primary {
-    let views = monitor::views(cluster, tracks);
+    let views = track::views(cluster, tracks);
     let planned = state
         .serving()
-        .ok_or_else(|| "no primary is serving: nothing to switch over".to_string())
+        .ok_or(SwitchoverError::NoPrimary)
         .and_then(|old| {
             may_start(&views[old])?;
             let max_lag = config.failover.max_lag_bytes;
             pick_target(&views, old, req.target.as_deref(), max_lag).map(|t| (old, t))
         });
     let (next, outcome) = match planned {
-        Err(e) => (state.clone(), Err(Abort::Restore(e))),
+        Err(e) => (state.clone(), Err(e)),
         Ok((old, target)) => {
             let switch = Switch {
                 cluster,
@@ -188,22 +194,17 @@ pub(super) async fn run(
                 Err(Abort::Gone(e)) => {
                     fail_over(cluster, tracks, old, &e);
                     let lost = Primary::Lost { old, blocked: None };
-                    (lost, Err(Abort::Gone(e)))
+                    (lost, Err(Abort::Gone(e).into()))
                 }
-                Err(e) => (state.clone(), Err(e)),
+                Err(e) => (state.clone(), Err(e.into())),
             }
         }
     };
-    let answer = outcome.map_err(|abort| {
-        let why = match abort {
-            Abort::Restore(e) => e,
-            Abort::Gone(e) => format!("{e}; the old primary stopped answering: failing over"),
-        };
+    let answer = outcome.inspect_err(|why| {
         let msg = format!("switchover not done ({}): {why}", req.reason);
         cluster
             .events
             .record(EventKind::SwitchoverFailed, None, msg);
-        why
     });
     if let Some(tx) = req.reply {
         let _ = tx.send(answer.map(|t| cluster.nodes()[t].name.clone()));
@@ -213,7 +214,7 @@ pub(super) async fn run(
 
 /// The old primary stopped answering during a switchover: it is down now,
 /// and the failover state machine takes over from `Lost`.
-fn fail_over(cluster: &Cluster, tracks: &mut [Track], old: usize, why: &str) {
+fn fail_over(cluster: &Cluster, tracks: &mut [Track], old: usize, why: &StepError) {
     let name = cluster.nodes()[old].name.clone();
     tracks[old].health = Health::Down;
     cluster.retire(old);
@@ -315,7 +316,7 @@ impl Switch<'_> {
         };
         tokio::select! {
             _ = drained => {}
-            why = self.watch_old() => return Err(Abort::Gone(format!("draining: {why}"))),
+            why = self.watch_old() => return Err(Abort::Gone(StepError::Draining(why))),
         }
         let busy = cluster.checked_out(old);
         if busy > 0 {
@@ -326,7 +327,7 @@ impl Switch<'_> {
 
     /// Resolves, with the reason, once the old primary fails a health check
     /// (bounded by `health.timeout`) or its hardware says failing.
-    async fn watch_old(&mut self) -> String {
+    async fn watch_old(&mut self) -> ProbeError {
         let timeout = self.config.health.timeout;
         loop {
             let gone = self.cluster.hardware_failing(self.old, LATE_PROBE);
@@ -340,7 +341,11 @@ impl Switch<'_> {
 
     /// One statement on the old primary, bounded by `health.timeout` and
     /// abandoned if its hardware says failing.
-    async fn on_old(&mut self, sql: &str, doing: &str) -> Result<Vec<Option<String>>, Abort> {
+    async fn on_old(
+        &mut self,
+        sql: &str,
+        doing: &'static str,
+    ) -> Result<Vec<Option<String>>, Abort> {
         let timeout = self.config.health.timeout;
         let gone = self.cluster.hardware_failing(self.old, timeout);
         self.tracks[self.old]
@@ -383,7 +388,7 @@ impl Switch<'_> {
             .cloned()
             .flatten()
             .and_then(|s| parse_lsn(&s))
-            .ok_or_else(|| Abort::Restore("the old primary reported no WAL position".into()))?;
+            .ok_or(Abort::Restore(StepError::NoWalPosition))?;
         self.step(
             old,
             t,
@@ -395,7 +400,7 @@ impl Switch<'_> {
         Ok(())
     }
 
-    async fn wait_replayed(&mut self, lsn: u64) -> Result<(), String> {
+    async fn wait_replayed(&mut self, lsn: u64) -> Result<(), StepError> {
         let deadline = Instant::now() + self.config.switchover.catchup_timeout;
         let timeout = self.target_timeout();
         let checker = &mut self.tracks[self.target].checker;
@@ -403,15 +408,13 @@ impl Switch<'_> {
             let row = checker
                 .control("SELECT pg_last_wal_replay_lsn()::text", timeout)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(StepError::ReplayUnknown)?;
             let replayed = row.first().cloned().flatten().and_then(|s| parse_lsn(&s));
             if replayed.is_some_and(|r| r >= lsn) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "the target did not replay up to {lsn:X} within switchover.catchup_timeout"
-                ));
+                return Err(StepError::NotReplayed(lsn));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -420,13 +423,13 @@ impl Switch<'_> {
     /// Promotes the target and waits until it accepts writes. Polled here
     /// rather than with `pg_promote(true)`, which checks only every 100 ms:
     /// that wait is write pause.
-    async fn promote(&mut self) -> Result<(), String> {
+    async fn promote(&mut self) -> Result<(), StepError> {
         let timeout = self.target_timeout();
         let checker = &mut self.tracks[self.target].checker;
         checker
             .control("SELECT pg_promote(false)", timeout)
             .await
-            .map_err(|e| format!("pg_promote() on the target failed: {e}"))?;
+            .map_err(StepError::Promote)?;
         let deadline = Instant::now() + PROMOTE_TIMEOUT;
         loop {
             let in_recovery = checker
@@ -438,7 +441,7 @@ impl Switch<'_> {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err("the target did not leave recovery within 30 s".into());
+                return Err(StepError::StillInRecovery);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -449,7 +452,7 @@ impl Switch<'_> {
     async fn hand_over(
         &mut self,
         began: Instant,
-        reply: Option<oneshot::Sender<Result<String, String>>>,
+        reply: Option<oneshot::Sender<Result<String, SwitchoverError>>>,
     ) {
         let (old, target, timeout) = (self.old, self.target, self.target_timeout());
         if let Ok(p) = self.tracks[target].checker.probe(timeout, false).await {
@@ -466,11 +469,11 @@ impl Switch<'_> {
         if inherited && self.config.failover.sync_policy == SyncPolicy::Availability {
             let name = self.name(target);
             let checker = &mut self.tracks[target].checker;
-            monitor::clear_sync_standby(self.cluster, checker, &name, timeout).await;
+            actuate::clear_sync_standby(self.cluster, checker, &name, timeout).await;
         }
         self.tracks[old].fenced = true;
         let state = Primary::Serving(target);
-        monitor::publish(self.cluster, self.config, self.tracks, &state);
+        actuate::publish(self.cluster, self.config, self.tracks, &state);
         let msg = format!(
             "switchover complete: {} takes writes; write pause {} ms",
             self.name(target),
@@ -525,7 +528,7 @@ impl Switch<'_> {
                 .events
                 .record(EventKind::ActionFailed, Some(&self.name(self.old)), msg);
         }
-        monitor::publish(
+        actuate::publish(
             self.cluster,
             self.config,
             self.tracks,
@@ -605,19 +608,21 @@ mod tests {
         let mut v = cluster();
         assert_eq!(may_start(&v[0]), Ok(()));
         v[0].health = Health::Suspect(1);
-        assert!(may_start(&v[0])
-            .unwrap_err()
-            .contains("missed a health check"));
+        let db1 = || "db1".to_string();
+        assert_eq!(may_start(&v[0]), Err(SwitchoverError::MissedCheck(db1())));
         v[0].health = Health::Up;
         v[0].hardware_failing = true;
-        assert!(may_start(&v[0]).unwrap_err().contains("failing"));
+        assert_eq!(
+            may_start(&v[0]),
+            Err(SwitchoverError::HardwareFailing(db1()))
+        );
     }
 
     #[test]
     fn a_silent_old_primary_is_failed_over_one_that_answers_is_restored() {
         let silent = ControlError::Unreachable("db1: timed out after 1s".into());
         assert!(
-            matches!(Abort::on_old("freezing", silent), Abort::Gone(m) if m.contains("timed out"))
+            matches!(Abort::on_old("freezing", silent), Abort::Gone(m) if m.to_string().contains("timed out"))
         );
         let refused = ControlError::Refused {
             addr: "db1".into(),

@@ -138,10 +138,20 @@ async fn post(
             serde_json::json!({ "primary": primary }).to_string(),
         ),
         Err(e) => (
-            StatusCode::CONFLICT,
+            status_of(e.sqlstate()),
             JSON,
-            serde_json::json!({ "error": e }).to_string(),
+            serde_json::json!({ "error": e.to_string() }).to_string(),
         ),
+    }
+}
+
+/// The HTTP status of a refused control-plane request, from its SQLSTATE
+/// class: `55` (object not in prerequisite state) conflicts with the
+/// cluster's current state.
+fn status_of(sqlstate: &str) -> StatusCode {
+    match sqlstate.get(..2) {
+        Some("55") => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -222,6 +232,12 @@ mod tests {
         )
         .unwrap();
         Context::new(config, Default::default()).unwrap()
+    }
+
+    #[test]
+    fn a_refused_switchover_is_a_conflict() {
+        let refused = crate::cluster::SwitchoverError::NoFitReplica;
+        assert_eq!(status_of(refused.sqlstate()), StatusCode::CONFLICT);
     }
 
     #[test]

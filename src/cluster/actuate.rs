@@ -1,0 +1,198 @@
+//! Carrying out what the monitor decided: the failover state machine's
+//! actions, run over SQL on the nodes' check connections (promote, repoint,
+//! clear the sync standby) or outside them (the fence command, events); and
+//! publishing the routing snapshot and node status that follow. Used by the
+//! monitor loop and the planned switchover alike.
+
+use std::time::Duration;
+
+use super::decide::fit_replicas;
+use super::failover::{Action, Primary};
+use super::health::Checker;
+use super::track::{views, Track};
+use super::view::{Health, NodeView, Role};
+use super::{Cluster, NodeStatus, Snapshot};
+use crate::config::Config;
+use crate::events::EventKind;
+
+/// Actions that talk to a node (and may take a while).
+pub(super) fn is_slow(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Promote(_)
+            | Action::Repoint { .. }
+            | Action::ClearSyncStandby(_)
+            | Action::FenceCommand(_)
+    )
+}
+
+/// Runs one action of the failover state machine.
+pub(super) async fn perform(
+    cluster: &Cluster,
+    config: &Config,
+    tracks: &mut [Track],
+    action: Action,
+) {
+    let name = |i: usize| cluster.nodes()[i].name.clone();
+    let timeout = config.health.timeout.max(Duration::from_secs(5));
+    match action {
+        Action::Event(kind, node, msg) => {
+            cluster.events.record(kind, node.map(name).as_deref(), msg)
+        }
+        Action::Fence(i) => tracks[i].fenced = true,
+        Action::CloseConns(i) => cluster.retire(i),
+        Action::Promote(i) => {
+            // Not `pg_promote(true)`: it checks only every 100 ms, and that
+            // wait would be write pause. The monitor polls instead.
+            let result = tracks[i]
+                .checker
+                .control("SELECT pg_promote(false)", timeout)
+                .await;
+            let (kind, msg) = match result {
+                Ok(_) => (EventKind::Promoting, "pg_promote() started".to_string()),
+                Err(e) => (EventKind::ActionFailed, format!("pg_promote() failed: {e}")),
+            };
+            cluster.events.record(kind, Some(&name(i)), msg);
+        }
+        Action::Repoint { replica, primary } => {
+            super::repoint::repoint_node(cluster, tracks, replica, primary, timeout).await
+        }
+        Action::ClearSyncStandby(i) => {
+            clear_sync_standby(cluster, &mut tracks[i].checker, &name(i), timeout).await
+        }
+        Action::FenceCommand(i) => spawn_fence_command(cluster, config, i),
+    }
+}
+
+/// Clears `synchronous_standby_names` on a new primary that has no standby
+/// streaming, so its commits do not wait for one that is not there.
+pub(super) async fn clear_sync_standby(
+    cluster: &Cluster,
+    checker: &mut Checker,
+    name: &str,
+    timeout: Duration,
+) {
+    let streaming = checker
+        .control(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'",
+            timeout,
+        )
+        .await
+        .ok()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse::<u32>().ok());
+    if streaming != Some(0) {
+        return;
+    }
+    let result = async {
+        checker
+            .control("ALTER SYSTEM SET synchronous_standby_names = ''", timeout)
+            .await?;
+        checker.control("SELECT pg_reload_conf()", timeout).await
+    }
+    .await;
+    let (kind, msg) = match result {
+        Ok(_) => (EventKind::SyncStandbyCleared, "no standby connected: cleared synchronous_standby_names so writes do not wait (sync_policy = availability)".to_string()),
+        Err(e) => (EventKind::ActionFailed, format!("clearing synchronous_standby_names failed: {e}")),
+    };
+    cluster.events.record(kind, Some(name), msg);
+}
+
+fn spawn_fence_command(cluster: &Cluster, config: &Config, node: usize) {
+    let Some(cmd) = config.failover.fence_command.clone() else {
+        return;
+    };
+    let addr = cluster.nodes()[node].addr.clone();
+    let name = cluster.nodes()[node].name.clone();
+    let events = cluster.events.clone();
+    tokio::spawn(async move {
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .arg("fence")
+            .arg(&addr)
+            .env("SWITCHYARD_FENCED_NODE", &addr)
+            .output()
+            .await;
+        let (kind, msg) = match out {
+            Ok(o) if o.status.success() => (
+                EventKind::NodeFenced,
+                format!("fence_command succeeded for {addr}"),
+            ),
+            Ok(o) => (
+                EventKind::ActionFailed,
+                format!(
+                    "fence_command exited with {}: {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            ),
+            Err(e) => (
+                EventKind::ActionFailed,
+                format!("fence_command could not run: {e}"),
+            ),
+        };
+        events.record(kind, Some(&name), msg);
+    });
+}
+
+/// Publishes the routing snapshot and the status `state` and `tracks` imply.
+pub(super) fn publish(cluster: &Cluster, config: &Config, tracks: &[Track], state: &Primary) {
+    let views = views(cluster, tracks);
+    let primary = state.serving();
+    let snap = Snapshot {
+        primary,
+        replicas: fit_replicas(&views, primary, config.routing.max_replica_lag),
+        usable: views
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| v.live_role().is_some())
+            .map(|(i, _)| i)
+            .collect(),
+    };
+    if *cluster.snapshot() != snap {
+        cluster.publish(snap);
+    }
+    cluster.set_status(node_status(cluster, &views, primary));
+}
+
+fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) -> Vec<NodeStatus> {
+    let primary_lsn = primary.map(|p| views[p].lsn());
+    views
+        .iter()
+        .zip(cluster.nodes().iter())
+        .enumerate()
+        .filter(|(i, _)| !cluster.is_removed(*i))
+        .map(|(i, (v, n))| {
+            let probe = v.probe.as_ref();
+            let hw = cluster.hardware(i);
+            let role = match probe.map(|p| p.role) {
+                Some(Role::Primary) => "primary",
+                Some(Role::Replica) => "replica",
+                None => "unknown",
+            };
+            let state = match v.health {
+                Health::Up => "up",
+                Health::Suspect(_) => "suspect",
+                Health::Down => "down",
+                Health::Unknown => "unknown",
+            };
+            NodeStatus {
+                name: n.name.clone(),
+                addr: n.addr.clone(),
+                role,
+                state,
+                fenced: v.fenced,
+                timeline: v.timeline(),
+                lsn: v.lsn(),
+                lag_bytes: (role == "replica")
+                    .then(|| primary_lsn.map(|p| p.saturating_sub(v.lsn())))
+                    .flatten(),
+                lag_seconds: probe.and_then(|p| p.lag_seconds),
+                last_check_seconds_ago: probe.map(|p| p.at.elapsed().as_secs_f64()),
+                hardware: hw.status.as_str(),
+                hardware_reasons: hw.reasons,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,114 @@
+//! What the monitor keeps per node between ticks ([`Track`]), how a probe
+//! result updates it (the rules are pure, in `decide` and `witness`; this
+//! applies them), and the node views the decision logic reads from it.
+//! Shared by the monitor loop, the actions it runs and the planned
+//! switchover, so none of them needs another.
+
+use std::time::Instant;
+
+use super::decide::{react, DownBecause, NodeEvent, Probed};
+use super::hardware::HardwareStatus;
+use super::health::{Checker, ProbeError};
+use super::view::{Health, NodeView, Probe};
+use super::witness::Witness;
+use super::Cluster;
+use crate::events::EventKind;
+use crate::pool::server_conn::Login;
+
+/// What the monitor keeps per node.
+pub(crate) struct Track {
+    /// The node's check connection (probes and control statements).
+    pub(crate) checker: Checker,
+    pub(crate) health: Health,
+    /// The last successful probe.
+    pub(crate) probe: Option<Probe>,
+    /// Never routed to until re-admitted.
+    pub(crate) fenced: bool,
+    /// Whether it witnesses a primary that stopped answering us.
+    witness: Witness,
+}
+
+impl Track {
+    pub(super) fn new(
+        node: &crate::config::Node,
+        login: &Login,
+        tls: &crate::tls::SharedConnector,
+    ) -> Track {
+        Track {
+            checker: Checker::new(node.addr.clone(), login.clone(), tls.clone()),
+            health: Health::Unknown,
+            probe: None,
+            fenced: false,
+            witness: Witness::Idle,
+        }
+    }
+
+    /// Applies node `i`'s probe result: its health follows the
+    /// [`react`] rules, a successful probe is kept (and read for
+    /// witnessing), and changes are events. A node whose role changed, or
+    /// that went down, has its connections closed. `corroborated`: the
+    /// replicas heard nothing from this (serving primary) since its probe.
+    pub(super) fn record(
+        &mut self,
+        cluster: &Cluster,
+        i: usize,
+        result: Result<Probe, ProbeError>,
+        corroborated: bool,
+        threshold: u32,
+        failing_since: Option<Instant>,
+    ) {
+        let probed = match &result {
+            Ok(p) => Probed::Answered(p.role),
+            Err(_) => Probed::Failed { corroborated },
+        };
+        let last_role = self.probe.as_ref().map(|p| p.role);
+        let reaction = react(self.health, last_role, probed, threshold);
+        self.health = reaction.health();
+        if reaction.retire() {
+            // Connections made under its old role, or to a node now down, are stale.
+            cluster.retire(i);
+        }
+        let name = &cluster.nodes()[i].name;
+        let down_why = match (&result, reaction.event()) {
+            (Err(e), Some(NodeEvent::Down(DownBecause::Corroborated))) => {
+                format!("health check failed ({e}) and no replica has heard from it since")
+            }
+            _ => format!("{threshold} consecutive health checks failed"),
+        };
+        match result {
+            Ok(probe) => {
+                self.witness = self.witness.after(&probe, failing_since);
+                self.probe = Some(probe);
+            }
+            Err(e) => tracing::debug!(node = %name, error = %e, "probe failed"),
+        }
+        let events = &cluster.events;
+        match reaction.event() {
+            Some(NodeEvent::Up) => {
+                events.record(EventKind::NodeUp, Some(name), "health check passed")
+            }
+            Some(NodeEvent::Down(_)) => events.record(EventKind::NodeDown, Some(name), down_why),
+            None => {}
+        }
+    }
+}
+
+/// What the decision logic sees of each node now.
+pub(super) fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
+    cluster
+        .nodes()
+        .iter()
+        .zip(tracks)
+        .enumerate()
+        .map(|(i, (n, t))| NodeView {
+            name: n.name.clone(),
+            priority: n.priority,
+            health: t.health,
+            probe: t.probe.clone(),
+            witness_fresh: t.witness.fresh(),
+            // A removed node is out of every decision, like a fenced one.
+            fenced: t.fenced || cluster.is_removed(i),
+            hardware_failing: cluster.hardware(i).status == HardwareStatus::Failing,
+        })
+        .collect()
+}
