@@ -16,7 +16,7 @@ use super::relay::{End, Session};
 use super::txn::Txn;
 use crate::config::PoolMode;
 use crate::error::ClientError;
-use crate::pool::server_conn::ServerConn;
+use crate::pool::PooledConn;
 use crate::protocol::frame::put_frame;
 use crate::protocol::messages::backend::decode_parameter_status;
 use crate::protocol::messages::error_response;
@@ -24,6 +24,7 @@ use crate::protocol::messages::extended::{
     decode_bind_statement, decode_parse, decode_target, encode_bind, encode_target,
 };
 use crate::protocol::{frame_len, FrameError, Scanner, Visit};
+use crate::server::ServerConn;
 
 /// Server messages are PostgreSQL's; only bodies we hold whole are bounded.
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -103,7 +104,7 @@ impl Link {
             && self.server_scan.at_boundary()
     }
 
-    pub(super) async fn pump(&mut self, s: &mut Session, server: &mut ServerConn) -> End {
+    pub(super) async fn pump(&mut self, s: &mut Session, server: &mut PooledConn) -> End {
         let session_mode = s.limits.mode == PoolMode::Session;
         if let Err(e) = self.settle(s, server) {
             return e;
@@ -111,7 +112,7 @@ impl Link {
         // Made once per attachment, not per turn of the loop: a wait future
         // registers with its token when first polled, and re-registering on
         // every message costs locks on the hot path.
-        let (kill, retired) = (s.reg.info.kill.clone(), server.retired.clone());
+        let (kill, retired) = (s.reg.info.kill.clone(), server.retired().clone());
         let (kill, retired) = (kill.cancelled(), retired.cancelled());
         tokio::pin!(kill, retired);
         loop {
@@ -127,7 +128,7 @@ impl Link {
             if self.moved
                 && self.at_rest()
                 && self.txn.idle()
-                && server.buf.is_empty()
+                && server.buf().is_empty()
                 && !s.client.stream.wants_flush()
             {
                 s.pool.stats().add(&mut self.meter.tally);
@@ -141,8 +142,9 @@ impl Link {
             let (c_ready, s_ready) = (self.c_ready, self.s_ready);
             let client = &mut s.client;
             let (mut c_rd, mut c_wr) = client.stream.split();
-            let (mut s_rd, mut s_wr) = server.stream.split();
-            let (c_buf, s_buf) = (&mut client.buf, &mut server.buf);
+            let (s_stream, s_buf) = server.stream_and_buf_mut();
+            let (mut s_rd, mut s_wr) = s_stream.split();
+            let c_buf = &mut client.buf;
             let (c_synth, s_synth) = (&self.c_synth, &self.s_synth);
             // Each direction either reads (nothing pending) or writes what is
             // pending, so neither side can stall the other: no proxy deadlock
@@ -187,7 +189,7 @@ impl Link {
                     Dir::Read(Ok(0)) => return End::ServerLost("server closed the connection".into()),
                     Dir::Read(Err(e)) => return End::ServerLost(e.to_string()),
                     Dir::Read(Ok(n)) => self.since_yield += n,
-                    Dir::Wrote(Ok(n)) => self.sent_down(&mut server.buf, n),
+                    Dir::Wrote(Ok(n)) => self.sent_down(server.buf_mut(), n),
                     Dir::Wrote(Err(_)) | Dir::Flushed(Err(_)) => return End::ClientGone,
                     Dir::Flushed(Ok(())) => {}
                 },
@@ -258,14 +260,14 @@ impl Link {
             }
             if !self.s_drop {
                 let forgotten = self
-                    .scan_server(&server.buf, &s.ctx)
+                    .scan_server(server.buf(), &s.ctx)
                     .map_err(|e| End::ServerLost(e.to_string()))?;
                 forget(s, server, forgotten);
                 for (k, v) in self.reported.drain(..) {
                     if let Some(name) = super::session_state::tracked(&k) {
                         super::session_state::set(&mut s.params, name, &v);
                     }
-                    super::session_state::set(&mut server.params, &k, &v);
+                    super::session_state::set(server.params_mut(), &k, &v);
                 }
             }
             if let Some(why) = self.pin_reason.take() {
@@ -283,9 +285,9 @@ impl Link {
                 }
             }
             if self.s_drop && self.s_ready == 0 {
-                if let Ok(Some(len)) = frame_len(&server.buf, MAX_SERVER_MESSAGE) {
-                    let tag = server.buf[0];
-                    server.buf.advance(len);
+                if let Ok(Some(len)) = frame_len(server.buf(), MAX_SERVER_MESSAGE) {
+                    let tag = server.buf()[0];
+                    server.buf_mut().advance(len);
                     self.s_drop = false;
                     let forgotten = self.expect.on_server(tag);
                     forget(s, server, forgotten);
@@ -427,12 +429,12 @@ impl Link {
                 }
                 let stmt = std::sync::Arc::new(Statement::new(&p));
                 s.stmts.insert(client_name.clone(), stmt.clone());
-                if server.statements.touch(&stmt.server_name) {
+                if server.statements_mut().touch(&stmt.server_name) {
                     self.expect.push(Expect::Answer(b'1'));
                 } else {
                     self.evict(
                         server
-                            .statements
+                            .statements_mut()
                             .add(stmt.server_name.clone(), max_prepared),
                     );
                     self.c_synth.extend_from_slice(&stmt.parse);
@@ -490,10 +492,10 @@ impl Link {
 
     /// Injects the statement's Parse if this server does not hold it.
     fn ensure_prepared(&mut self, stmt: &Statement, server: &mut ServerConn, max: usize) {
-        if server.statements.touch(&stmt.server_name) {
+        if server.statements_mut().touch(&stmt.server_name) {
             return;
         }
-        self.evict(server.statements.add(stmt.server_name.clone(), max));
+        self.evict(server.statements_mut().add(stmt.server_name.clone(), max));
         self.c_synth.extend_from_slice(&stmt.parse);
         self.meter.server_parse();
         self.expect.push(Expect::Swallow(Sent::Parse {
@@ -547,7 +549,7 @@ fn plain_sent(tag: u8, frame: Option<&[u8]>) -> Option<Sent> {
 /// Applies statements that turned out not to exist.
 fn forget(s: &mut Session, server: &mut ServerConn, f: Forgotten) {
     for name in f.server {
-        server.statements.remove(&name);
+        server.statements_mut().remove(&name);
     }
     for name in f.client {
         s.stmts.remove(&name);
