@@ -13,8 +13,8 @@ use crate::client::relay::Session;
 use crate::client::{pool_error, session_state};
 use crate::context::Context;
 use crate::error::ClientError;
-use crate::pool::server_conn::send_cancel;
 use crate::pool::Pool;
+use crate::server::send_cancel;
 use crate::sessions::cancel::CancelGuard;
 use crate::sessions::registry;
 

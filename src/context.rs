@@ -17,9 +17,9 @@ use crate::config::Config;
 use crate::events::{EventKind, Events};
 use crate::measure::latency::Latencies;
 use crate::measure::ErrorCounts;
-use crate::pool::server_conn::Login;
 use crate::pool::{Pool, PoolSettings, Pools};
 use crate::runtime::LoopLag;
+use crate::server::Login;
 use crate::sessions::cancel::CancelMap;
 use crate::sessions::registry::Registry;
 

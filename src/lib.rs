@@ -6,6 +6,7 @@
 //! - [`background`] runs the housekeeping tasks (reaper, stats periods, lag tickers, SIGHUP);
 //! - [`client`] runs one task per client: login, then the query relay;
 //! - [`pool`] keeps server connections per (database, user);
+//! - [`server`] opens one connection to PostgreSQL: login, reset, cancel;
 //! - [`cluster`] knows which node is the primary;
 //! - [`auth`] checks clients and logs into PostgreSQL;
 //! - [`protocol`] frames messages and decodes the few bodies the proxy reads;
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod pool;
 pub mod protocol;
 pub mod runtime;
+pub mod server;
 pub mod sessions;
 pub mod tls;
 

@@ -21,13 +21,14 @@ use crate::config::PoolMode;
 use crate::error::ClientError;
 use crate::measure::latency::Latencies;
 use crate::measure::ErrorCounts;
-use crate::pool::server_conn::ServerConn;
 use crate::pool::Pool;
+use crate::pool::PooledConn;
 use crate::protocol::frame::put_frame;
 use crate::protocol::messages::backend::decode_parameter_status;
 use crate::protocol::messages::error_response;
 use crate::protocol::messages::extended::{decode_parse, decode_target};
 use crate::protocol::{frame_len, FrameError, Scanner, Visit};
+use crate::server::ServerConn;
 
 /// Server messages are PostgreSQL's; only bodies we hold whole are bounded.
 const MAX_SERVER_MESSAGE: usize = 1 << 30;
@@ -180,7 +181,7 @@ impl Link {
 
     /// Moves bytes both ways until the attachment ends or the client must be
     /// pinned (then the relay pins it and calls again with the same link).
-    pub(super) async fn pump(&mut self, cx: &mut LinkCtx<'_>, server: &mut ServerConn) -> Pumped {
+    pub(super) async fn pump(&mut self, cx: &mut LinkCtx<'_>, server: &mut PooledConn) -> Pumped {
         let session_mode = self.session_mode;
         if let Err(p) = self.settle(cx, server) {
             return p;
@@ -188,7 +189,7 @@ impl Link {
         // Made once per call, not per turn of the loop: a wait future
         // registers with its token when first polled, and re-registering on
         // every message costs locks on the hot path.
-        let (kill, retired) = (cx.kill.clone(), server.retired.clone());
+        let (kill, retired) = (cx.kill.clone(), server.retired().clone());
         let (kill, retired) = (kill.cancelled(), retired.cancelled());
         tokio::pin!(kill, retired);
         loop {
@@ -204,7 +205,7 @@ impl Link {
             if self.moved
                 && self.at_rest()
                 && self.txn.idle()
-                && server.buf.is_empty()
+                && server.buf().is_empty()
                 && !cx.client.stream.wants_flush()
             {
                 cx.pool.stats().add(&mut self.meter.tally);
@@ -218,8 +219,9 @@ impl Link {
             let (c_ready, s_ready) = (self.c_ready, self.s_ready);
             let client = &mut *cx.client;
             let (mut c_rd, mut c_wr) = client.stream.split();
-            let (mut s_rd, mut s_wr) = server.stream.split();
-            let (c_buf, s_buf) = (&mut client.buf, &mut server.buf);
+            let (s_stream, s_buf) = server.stream_and_buf_mut();
+            let (mut s_rd, mut s_wr) = s_stream.split();
+            let c_buf = &mut client.buf;
             let (c_synth, s_synth) = (&self.c_synth, &self.s_synth);
             // Each direction either reads (nothing pending) or writes what is
             // pending, so neither side can stall the other: no proxy deadlock
@@ -264,7 +266,7 @@ impl Link {
                     Dir::Read(Ok(0)) => return End::ServerLost("server closed the connection".into()).into(),
                     Dir::Read(Err(e)) => return End::ServerLost(e.to_string()).into(),
                     Dir::Read(Ok(n)) => self.since_yield += n,
-                    Dir::Wrote(Ok(n)) => self.sent_down(&mut server.buf, n),
+                    Dir::Wrote(Ok(n)) => self.sent_down(server.buf_mut(), n),
                     Dir::Wrote(Err(_)) | Dir::Flushed(Err(_)) => return End::ClientGone.into(),
                     Dir::Flushed(Ok(())) => {}
                 },
@@ -336,11 +338,11 @@ impl Link {
             }
             if !self.s_drop {
                 let forgotten = self
-                    .scan_server(&server.buf, cx.latencies, cx.errors)
+                    .scan_server(server.buf(), cx.latencies, cx.errors)
                     .map_err(|e| End::ServerLost(e.to_string()))?;
                 forget(cx, server, forgotten);
                 for (k, v) in self.reported.drain(..) {
-                    super::session_state::set(&mut server.params, &k, &v);
+                    super::session_state::set(server.params_mut(), &k, &v);
                     if let Some(name) = super::session_state::tracked(&k) {
                         keep_latest(&mut self.params, name, v);
                     }
@@ -352,9 +354,9 @@ impl Link {
                 }
             }
             if self.s_drop && self.s_ready == 0 {
-                if let Ok(Some(len)) = frame_len(&server.buf, MAX_SERVER_MESSAGE) {
-                    let tag = server.buf[0];
-                    server.buf.advance(len);
+                if let Ok(Some(len)) = frame_len(server.buf(), MAX_SERVER_MESSAGE) {
+                    let tag = server.buf()[0];
+                    server.buf_mut().advance(len);
                     self.s_drop = false;
                     let forgotten = self.expect.on_server(tag);
                     forget(cx, server, forgotten);
@@ -485,7 +487,7 @@ impl Link {
         self.txn.on_client(tag);
         self.meter.client_message(tag);
         let mut up = Upstream {
-            held: &mut server.statements,
+            held: server.statements_mut(),
             max_prepared: self.max_prepared,
             out: &mut self.c_synth,
             expect: &mut self.expect,
@@ -527,7 +529,7 @@ fn plain_sent(tag: u8, frame: Option<&[u8]>) -> Option<Sent> {
 /// Applies statements that turned out not to exist, and those a server accepted.
 fn forget(cx: &mut LinkCtx<'_>, server: &mut ServerConn, f: Forgotten) {
     for name in f.server {
-        server.statements.remove(&name);
+        server.statements_mut().remove(&name);
     }
     for name in f.client {
         cx.stmts.remove(&name);

@@ -19,8 +19,8 @@ pub mod txn;
 
 use crate::cluster::ClusterError;
 use crate::error::ClientError;
-use crate::pool::server_conn::ConnectError;
 use crate::pool::PoolError;
+use crate::server::ConnectError;
 
 /// The client-facing form of a pool failure. At login the server's own refusal
 /// (unknown database, ...) is passed on; detail goes to the log.

@@ -20,12 +20,12 @@ use crate::config::PoolMode;
 use crate::context::Context;
 use crate::error::ClientError;
 use crate::measure::latency::Kind;
-use crate::pool::server_conn::{send_cancel, ServerConn};
 use crate::pool::stats::Tally;
-use crate::pool::{Pool, PoolError};
+use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::backend;
 use crate::protocol::{frame_len, FrameError};
+use crate::server::{send_cancel, ServerConn};
 use crate::sessions::cancel::{CancelGuard, CancelTarget};
 use crate::sessions::registry::{ClientState, Linked, Registration};
 
@@ -100,7 +100,7 @@ impl Session {
 
     /// Serves the client until it leaves.
     pub async fn run(mut self) {
-        let mut held: Option<ServerConn> = None;
+        let mut held: Option<PooledConn> = None;
         loop {
             let server = match held.take() {
                 Some(s) => s,
@@ -242,7 +242,7 @@ impl Session {
 
     /// Takes a server from the pool, showing the client as waiting meanwhile
     /// and counting the wait.
-    async fn checkout(&mut self) -> Result<ServerConn, PoolError> {
+    async fn checkout(&mut self) -> Result<PooledConn, PoolError> {
         let info = &self.reg.info;
         info.set(ClientState::Waiting, None);
         let started = std::time::Instant::now();
@@ -299,13 +299,13 @@ impl Session {
 
     /// Relays between the client and `server` until the transaction (or, in
     /// session mode, the session) ends. Returns the server when it is reusable.
-    async fn attach(&mut self, mut server: ServerConn) -> (End, Option<ServerConn>) {
+    async fn attach(&mut self, mut server: PooledConn) -> (End, Option<PooledConn>) {
         self.cancel.set(Some(CancelTarget {
-            addr: server.addr.clone(),
-            key: server.key,
+            addr: server.addr().clone(),
+            key: server.key(),
         }));
         if self.mode() == PoolMode::Transaction {
-            let diff = super::session_state::diff(&self.params, &server.params);
+            let diff = super::session_state::diff(&self.params, server.params());
             if !diff.is_empty() {
                 let sql = super::session_state::set_sql(&diff);
                 let changes: Vec<(String, String)> = diff.into_iter().cloned().collect();
@@ -317,7 +317,7 @@ impl Session {
                     );
                 }
                 for (k, v) in changes {
-                    super::session_state::set(&mut server.params, &k, &v);
+                    super::session_state::set(server.params_mut(), &k, &v);
                 }
             }
         }
@@ -339,7 +339,7 @@ impl Session {
 
     /// Runs `link` over a view of this session until the attachment ends,
     /// pinning the client when the link says so.
-    async fn pump(&mut self, link: &mut Link, server: &mut ServerConn) -> End {
+    async fn pump(&mut self, link: &mut Link, server: &mut PooledConn) -> End {
         loop {
             let mut cx = LinkCtx {
                 client: &mut self.client,
@@ -374,12 +374,12 @@ impl Session {
 
     /// Gives back (or closes) a server whose client has gone: a quiet open
     /// transaction is rolled back; anything still running is cancelled and closed.
-    async fn cleanup(&mut self, server: Option<ServerConn>) {
+    async fn cleanup(&mut self, server: Option<PooledConn>) {
         let Some(mut server) = server else { return };
         let txn = self.last_txn;
         if !txn.quiet() || !self.last_at_rest {
             if txn.pending > 0 {
-                let _ = send_cancel(&server.addr, server.key).await;
+                let _ = send_cancel(server.addr(), server.key()).await;
             }
             return;
         }
@@ -390,7 +390,7 @@ impl Session {
             if self.mode() == PoolMode::Transaction && !self.pinned {
                 return true;
             }
-            server.statements.clear();
+            server.statements_mut().clear();
             server.run_reset("DISCARD ALL").await.ok() == Some(b'I')
         });
         if reset.await.unwrap_or(false) {
@@ -455,11 +455,11 @@ fn idle_front(buf: &[u8], max: usize, rewrite: bool) -> Result<Front, FrameError
 /// How `SHOW SERVERS` shows a server connection held by a client.
 fn linked(s: &ServerConn) -> Linked {
     Linked {
-        addr: s.addr.clone(),
-        local: s.local,
-        pid: s.key.0,
-        connected_at: s.connected_at,
-        prepared: s.statements.len(),
+        addr: s.addr().clone(),
+        local: s.local(),
+        pid: s.key().0,
+        connected_at: s.connected_at(),
+        prepared: s.statements().len(),
     }
 }
 

@@ -11,10 +11,10 @@ use bytes::BytesMut;
 
 use super::expect::{Expect, Expectations, Sent};
 use super::prepared::{ClientStatements, Statement};
-use crate::pool::statements::ServerStatements;
 use crate::protocol::messages::extended::{
     decode_bind_statement, decode_parse, decode_target, encode_bind, encode_target,
 };
+use crate::server::statements::ServerStatements;
 
 /// A Parse, Bind, Describe or Close that names a (non-empty) prepared
 /// statement: held whole and rewritten. Anything else (the unnamed

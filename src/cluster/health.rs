@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::view::{Probe, Role};
-use crate::pool::server_conn::{ConnectError, Login, ServerConn};
+use crate::server::{ConnectError, Login, ServerConn};
 use crate::tls::Stream;
 
 /// One query, one round trip. The timeline of a primary comes from its current
@@ -210,7 +210,7 @@ impl Checker {
         if self.conn.is_none() {
             let tls = self.tls.current();
             let conn = ServerConn::connect(&self.addr, &self.login, &tls, timeout).await?;
-            bound_unacknowledged(&conn.stream, timeout);
+            bound_unacknowledged(conn.stream(), timeout);
             self.conn = Some(conn);
         }
         self.conn

@@ -30,7 +30,7 @@ pub use error::{MembershipError, ReadmitError, StepError, SwitchoverError};
 
 use crate::config::{Node, Target};
 use crate::events::Events;
-use crate::pool::server_conn::{ConnectError, Login, ServerConn};
+use crate::server::{ConnectError, Login, ServerConn};
 
 /// What routing knows right now; replaced as a whole by the monitor.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -227,12 +227,7 @@ impl Cluster {
             _ = route.retired.cancelled() => Err(ConnectError::Timeout(route.addr.to_string())),
         };
         match attempt {
-            Ok(mut conn) => {
-                conn.node = route.node;
-                conn.epoch = route.epoch;
-                conn.retired = route.retired.clone();
-                Ok(conn)
-            }
+            Ok(conn) => Ok(conn),
             Err(e @ (ConnectError::Refused { .. } | ConnectError::Auth { .. }))
                 if !is_node_state_error(&e) =>
             {

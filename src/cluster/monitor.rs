@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use super::hardware::HardwareStatus;
 use crate::config::{Config, SyncPolicy};
 use crate::events::EventKind;
-use crate::pool::server_conn::Login;
+use crate::server::Login;
 
 /// Probe cadence while a node is suspect or the primary is not serving.
 const FAST_TICK: Duration = Duration::from_millis(200);

@@ -13,7 +13,7 @@ use super::view::{Health, NodeView, Probe};
 use super::witness::Witness;
 use super::Cluster;
 use crate::events::EventKind;
-use crate::pool::server_conn::Login;
+use crate::server::Login;
 
 /// What the monitor keeps per node.
 pub(crate) struct Track {

@@ -2,10 +2,11 @@
 //! bounds the connections to its size with a semaphore (a checked-out
 //! connection holds a permit), keeps idle connections most-recently-used first,
 //! and closes them when idle or old for too long. Locks are std mutexes held for
-//! a push or pop, never across `.await`.
+//! a push or pop, never across `.await`. The wire connection itself is
+//! [`crate::server::ServerConn`]; the pool wraps it in a [`PooledConn`] with
+//! its own bookkeeping.
 
-pub mod server_conn;
-pub mod statements;
+mod pooled;
 pub mod stats;
 
 use std::collections::{HashMap, HashSet};
@@ -18,7 +19,8 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::cluster::{Cluster, ClusterError, Route};
 use crate::config::Target;
-use server_conn::{Login, ServerConn};
+use crate::server::Login;
+pub use pooled::PooledConn;
 
 /// Timeouts a pool works with.
 #[derive(Debug, Clone)]
@@ -68,7 +70,7 @@ struct Shared {
     /// Swapped by a reload.
     settings: ArcSwap<PoolSettings>,
     slots: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    idle: Mutex<Vec<PooledConn>>,
     cluster: Arc<Cluster>,
     /// ParameterStatus values of the first server connection, replayed to clients at login.
     params: Mutex<Option<ServerParams>>,
@@ -165,7 +167,7 @@ impl Pool {
     /// an idle one if there is one, else a new one. While nothing is routable
     /// (a failover) the request is held up to `hold_timeout`; a free slot is
     /// awaited up to `checkout_timeout`.
-    pub async fn checkout(&self) -> Result<ServerConn, PoolError> {
+    pub async fn checkout(&self) -> Result<PooledConn, PoolError> {
         let s = &self.shared;
         self.resumed().await;
         let settings = s.settings.load_full();
@@ -189,8 +191,8 @@ impl Pool {
                 };
                 match conn {
                     Ok(mut conn) => {
-                        conn.permit = Some(permit);
-                        conn.load = Some(LoadGuard::new(s.cluster.clone(), conn.node));
+                        let load = LoadGuard::new(s.cluster.clone(), conn.node());
+                        conn.lend(permit, load);
                         return Ok(conn);
                     }
                     Err(PoolError::Connect(ClusterError::Unreachable(e))) => {
@@ -207,7 +209,7 @@ impl Pool {
         }
     }
 
-    fn pop_usable(&self, route: &Route, now: Instant) -> Option<ServerConn> {
+    fn pop_usable(&self, route: &Route, now: Instant) -> Option<PooledConn> {
         let mut idle = lock(&self.shared.idle);
         let cluster = &self.shared.cluster;
         let settings = self.shared.settings.load();
@@ -216,13 +218,13 @@ impl Pool {
         // connection at every checkout.
         let retirements = cluster.retirements();
         if self.shared.swept.swap(retirements, Ordering::AcqRel) != retirements {
-            idle.retain(|c| cluster.is_current(c.node, c.epoch));
+            idle.retain(|c| cluster.is_current(c.node(), c.epoch()));
         }
-        while let Some(pos) = idle.iter().rposition(|c| c.node == route.node) {
+        while let Some(pos) = idle.iter().rposition(|c| c.node() == route.node) {
             let conn = idle.remove(pos);
             // A server that died (or was terminated) while this connection sat
             // idle must not cost the next client an error.
-            if cluster.is_current(conn.node, conn.epoch)
+            if cluster.is_current(conn.node(), conn.epoch())
                 && !(expired(&conn, now, &settings) || conn.is_broken())
             {
                 return Some(conn);
@@ -231,35 +233,33 @@ impl Pool {
         None
     }
 
-    async fn open(&self, route: &Route) -> Result<ServerConn, PoolError> {
+    async fn open(&self, route: &Route) -> Result<PooledConn, PoolError> {
         let s = &self.shared;
         let generation = s.generation.load(Ordering::Relaxed);
         let opening = Gauge::up(&s.opening);
-        let mut conn = s
+        let conn = s
             .cluster
             .connect(route, &s.login.load(), s.settings.load().connect_timeout)
             .await?;
         drop(opening);
-        conn.generation = generation;
-        tracing::debug!(addr = %conn.addr, pid = conn.key.0, "server connection opened");
+        tracing::debug!(addr = %conn.addr(), pid = conn.key().0, "server connection opened");
         let mut params = lock(&s.params);
         if params.is_none() {
-            *params = Some(Arc::new(conn.params.clone()));
+            *params = Some(Arc::new(conn.params().to_vec()));
         }
-        Ok(conn)
+        Ok(PooledConn::new(conn, route, generation))
     }
 
     /// Returns a connection whose transaction status is idle. Its slot is freed.
-    pub fn checkin(&self, mut conn: ServerConn) {
+    pub fn checkin(&self, mut conn: PooledConn) {
         let now = Instant::now();
-        conn.permit = None;
-        conn.load = None;
-        let current = self.shared.cluster.is_current(conn.node, conn.epoch)
-            && conn.generation == self.shared.generation.load(Ordering::Relaxed);
-        if !current || expired(&conn, now, &self.shared.settings.load()) || !conn.buf.is_empty() {
+        conn.release();
+        let current = self.shared.cluster.is_current(conn.node(), conn.epoch())
+            && conn.generation() == self.shared.generation.load(Ordering::Relaxed);
+        if !current || expired(&conn, now, &self.shared.settings.load()) || !conn.buf().is_empty() {
             return;
         }
-        conn.last_used = now;
+        conn.set_last_used(now);
         lock(&self.shared.idle).push(conn);
     }
 
@@ -270,7 +270,7 @@ impl Pool {
             return Ok(p);
         }
         let conn = self.checkout().await?;
-        let params = Arc::new(conn.params.clone());
+        let params = Arc::new(conn.params().to_vec());
         self.checkin(conn);
         Ok(params)
     }
@@ -342,12 +342,12 @@ impl Pool {
         lock(&self.shared.idle)
             .iter()
             .map(|c| IdleServer {
-                addr: c.addr.clone(),
-                local: c.local,
-                pid: c.key.0,
-                connected_at: c.connected_at,
-                idle_since: ago(c.last_used),
-                prepared: c.statements.len(),
+                addr: c.addr().clone(),
+                local: c.local(),
+                pid: c.key().0,
+                connected_at: c.connected_at(),
+                idle_since: ago(c.last_used()),
+                prepared: c.statements().len(),
             })
             .collect()
     }
@@ -397,8 +397,8 @@ impl Drop for LoadGuard {
 }
 
 /// Whether a connection has outlived its lifetime or idle timeout.
-fn expired(conn: &ServerConn, now: Instant, s: &PoolSettings) -> bool {
-    is_expired(conn.created, conn.last_used, now, s)
+fn expired(conn: &PooledConn, now: Instant, s: &PoolSettings) -> bool {
+    is_expired(conn.created(), conn.last_used(), now, s)
 }
 
 /// Pure form of the expiry rule, for tests.

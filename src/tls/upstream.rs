@@ -1,7 +1,7 @@
 //! Starting TLS on a new connection to PostgreSQL: SSLRequest, then `S`
 //! (handshake) or `N` (plaintext, if the mode allows it), as libpq does.
 //! Which certificate is acceptable is the connector's verifier's business
-//! (`verify`); what to do when this fails is the caller's (`pool::server_conn`).
+//! (`verify`); what to do when this fails is the caller's (`server::conn`).
 
 use bytes::{BufMut, BytesMut};
 use rustls_pki_types::ServerName;

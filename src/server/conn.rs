@@ -1,15 +1,18 @@
-//! One connection from Switchyard to PostgreSQL: opening it, logging in, and
-//! the bookkeeping the pool needs (age, idle time, cancel key). The relay reads
-//! and writes `stream`/`buf` directly; nothing here sits on the hot path.
+//! One connection from Switchyard to PostgreSQL: opening it, logging in,
+//! resetting it and cancelling its query. It knows nothing of pools or routing
+//! (the pool wraps it with those), so health checks use it as well. The relay
+//! reads and writes the stream and buffer through borrowing accessors; the
+//! login and reset code here does not sit on the hot path.
 //! TLS is negotiated first, as `[cluster.tls]` says (`crate::tls::upstream`).
 
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, BytesMut};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::server_side::{Reply, ServerAuth};
 use crate::auth::AuthError;
@@ -19,6 +22,8 @@ use crate::protocol::messages::backend::decode_parameter_status;
 use crate::protocol::messages::error_response::{self, ServerError};
 use crate::tls::upstream::{self, Outcome, UpstreamError};
 use crate::tls::{Connector, Stream};
+
+use super::statements::ServerStatements;
 
 /// Largest message accepted from a server during login.
 const MAX_LOGIN_MESSAGE: usize = 1 << 20;
@@ -80,37 +85,23 @@ pub struct Login {
 /// A logged-in server connection.
 pub struct ServerConn {
     /// The socket (plain or TLS); the relay reads and writes it directly.
-    pub stream: Stream,
+    stream: Stream,
     /// Read buffer kept with the connection so its allocation is reused.
-    pub buf: BytesMut,
+    buf: BytesMut,
     /// Node address (`host:port`), shared cheaply with the cancel map.
-    pub addr: std::sync::Arc<str>,
+    addr: Arc<str>,
     /// BackendKeyData (pid, secret) for cancelling this connection's query.
-    pub key: (i32, i32),
-    /// ParameterStatus values reported at login.
-    pub params: Vec<(String, String)>,
+    key: (i32, i32),
+    /// ParameterStatus values: reported at login, then kept up to date by the relay.
+    params: Vec<(String, String)>,
     /// When the connection was opened.
-    pub created: Instant,
-    /// When it was last returned to the pool.
-    pub last_used: Instant,
-    /// Pool slot held while checked out.
-    pub(crate) permit: Option<OwnedSemaphorePermit>,
-    /// Node index in the cluster.
-    pub node: usize,
-    /// The node incarnation this connection belongs to.
-    pub epoch: u64,
-    /// Cancelled when the node's connections must close at once.
-    pub retired: tokio_util::sync::CancellationToken,
-    /// Counts this connection against its node while checked out.
-    pub(crate) load: Option<super::LoadGuard>,
+    created: Instant,
     /// Wall-clock time it was opened (`SHOW SERVERS`).
-    pub connected_at: std::time::SystemTime,
+    connected_at: SystemTime,
     /// Its local socket address (`SHOW SERVERS`).
-    pub local: Option<std::net::SocketAddr>,
-    /// The pool generation it was opened in; `RECONNECT` retires older ones.
-    pub generation: u64,
+    local: Option<SocketAddr>,
     /// Proxy-named prepared statements this connection holds.
-    pub statements: super::statements::ServerStatements,
+    statements: ServerStatements,
 }
 
 impl ServerConn {
@@ -152,23 +143,15 @@ impl ServerConn {
             }
         };
         let local = stream.local_addr().ok();
-        let now = Instant::now();
         let mut conn = ServerConn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
             addr: addr.into(),
             key: (0, 0),
             params: vec![],
-            created: now,
-            last_used: now,
-            permit: None,
-            node: 0,
-            epoch: 0,
-            retired: tokio_util::sync::CancellationToken::new(),
-            load: None,
-            connected_at: std::time::SystemTime::now(),
+            created: Instant::now(),
+            connected_at: SystemTime::now(),
             local,
-            generation: 0,
             statements: Default::default(),
         };
         let mut out = BytesMut::new();
@@ -288,6 +271,91 @@ impl ServerConn {
                 }
             }
         }
+    }
+
+    /// The socket, for the relay to read and write.
+    #[inline]
+    pub fn stream(&self) -> &Stream {
+        &self.stream
+    }
+
+    /// The socket, for the relay to read and write.
+    #[inline]
+    pub fn stream_mut(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+
+    /// Bytes read from the server and not yet relayed.
+    #[inline]
+    pub fn buf(&self) -> &BytesMut {
+        &self.buf
+    }
+
+    /// Bytes read from the server and not yet relayed.
+    #[inline]
+    pub fn buf_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// The socket and the read buffer at once: the relay reads into the one
+    /// while it writes through the other.
+    #[inline]
+    pub fn stream_and_buf_mut(&mut self) -> (&mut Stream, &mut BytesMut) {
+        (&mut self.stream, &mut self.buf)
+    }
+
+    /// Node address (`host:port`).
+    #[inline]
+    pub fn addr(&self) -> &Arc<str> {
+        &self.addr
+    }
+
+    /// BackendKeyData (pid, secret), for a CancelRequest.
+    #[inline]
+    pub fn key(&self) -> (i32, i32) {
+        self.key
+    }
+
+    /// ParameterStatus values as the server last reported them.
+    #[inline]
+    pub fn params(&self) -> &[(String, String)] {
+        &self.params
+    }
+
+    /// ParameterStatus values, for the relay to record what the server reports.
+    #[inline]
+    pub fn params_mut(&mut self) -> &mut Vec<(String, String)> {
+        &mut self.params
+    }
+
+    /// When the connection was opened.
+    #[inline]
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    /// Wall-clock time it was opened (`SHOW SERVERS`).
+    #[inline]
+    pub fn connected_at(&self) -> SystemTime {
+        self.connected_at
+    }
+
+    /// Its local socket address (`SHOW SERVERS`).
+    #[inline]
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
+    /// The proxy-named prepared statements this connection holds.
+    #[inline]
+    pub fn statements(&self) -> &ServerStatements {
+        &self.statements
+    }
+
+    /// The proxy-named prepared statements this connection holds.
+    #[inline]
+    pub fn statements_mut(&mut self) -> &mut ServerStatements {
+        &mut self.statements
     }
 
     /// The value of a parameter PostgreSQL reported at login.

@@ -1,0 +1,117 @@
+//! A server connection as the pool hands it out: the wire connection plus
+//! what the pool and routing need to know about it (its slot, its node's
+//! load, the generation and node incarnation it was opened in, when it was
+//! last returned). The relay reaches the wire connection through `Deref`, as
+//! with any pool's checked-out handle.
+
+use std::ops::{Deref, DerefMut};
+use std::time::Instant;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::LoadGuard;
+use crate::cluster::Route;
+use crate::server::ServerConn;
+
+/// A server connection owned by a pool, idle or checked out.
+pub struct PooledConn {
+    // Declared first so it drops first: the server sees the Terminate and the
+    // close before the slot below is freed for a new connection.
+    conn: ServerConn,
+    /// Pool slot held while checked out.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Counts this connection against its node while checked out.
+    load: Option<LoadGuard>,
+    /// Node index in the cluster.
+    node: usize,
+    /// The node incarnation this connection belongs to.
+    epoch: u64,
+    /// Cancelled when the node's connections must close at once.
+    retired: CancellationToken,
+    /// The pool generation it was opened in; `RECONNECT` retires older ones.
+    generation: u64,
+    /// When it was last returned to the pool.
+    last_used: Instant,
+}
+
+impl PooledConn {
+    /// A connection just opened along `route` in pool generation `generation`.
+    pub(super) fn new(conn: ServerConn, route: &Route, generation: u64) -> PooledConn {
+        PooledConn {
+            permit: None,
+            load: None,
+            node: route.node,
+            epoch: route.epoch,
+            retired: route.retired.clone(),
+            generation,
+            // Never returned yet: idle since it was opened.
+            last_used: conn.created(),
+            conn,
+        }
+    }
+
+    /// Marks it checked out: it holds `permit` and counts in `load`.
+    pub(super) fn lend(&mut self, permit: OwnedSemaphorePermit, load: LoadGuard) {
+        self.permit = Some(permit);
+        self.load = Some(load);
+    }
+
+    /// Frees its slot and its node's load count (it is back, or about to close).
+    pub(super) fn release(&mut self) {
+        self.permit = None;
+        self.load = None;
+    }
+
+    /// Records that it went idle at `now`.
+    pub(super) fn set_last_used(&mut self, now: Instant) {
+        self.last_used = now;
+    }
+
+    /// When it was last returned to the pool.
+    #[inline]
+    pub fn last_used(&self) -> Instant {
+        self.last_used
+    }
+
+    /// The pool generation it was opened in.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Node index in the cluster.
+    #[inline]
+    pub fn node(&self) -> usize {
+        self.node
+    }
+
+    /// The node incarnation this connection belongs to.
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Cancelled when the node's connections must close at once (node down,
+    /// role changed): a relay on this connection stops waiting for it.
+    #[inline]
+    pub fn retired(&self) -> &CancellationToken {
+        &self.retired
+    }
+}
+
+impl Deref for PooledConn {
+    type Target = ServerConn;
+
+    #[inline]
+    fn deref(&self) -> &ServerConn {
+        &self.conn
+    }
+}
+
+impl DerefMut for PooledConn {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        &mut self.conn
+    }
+}

@@ -1,0 +1,10 @@
+//! Connections from Switchyard to PostgreSQL, below any pool or routing:
+//! `conn.rs` opens one, logs in, runs reset and probe queries and sends
+//! cancels; `statements.rs` tracks which prepared statements one holds. It
+//! depends only on config, protocol, auth and tls, so both the pool and the
+//! cluster's health checks can use it without depending on each other.
+
+mod conn;
+pub mod statements;
+
+pub use conn::{send_cancel, ConnectError, Login, ServerConn};
