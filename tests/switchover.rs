@@ -425,6 +425,13 @@ async fn failing_hardware_fails_over_at_once_and_an_unreachable_probe_changes_no
     assert_eq!(count(&events, "switchover_started"), 0, "{events:?}");
     assert!(has(&events, "failover_started", "db1"), "{events:?}");
     assert!(has(&events, "promoting", "db2"), "{events:?}");
+    // The old primary still answered: the candidate had all it flushed first.
+    assert!(
+        events
+            .iter()
+            .any(|(k, n, m)| k == "candidate_chosen" && n == "db2" && m.starts_with("caught up")),
+        "{events:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ pub(super) fn is_slow(action: &Action) -> bool {
     matches!(
         action,
         Action::Promote(_)
+            | Action::CatchUp { .. }
             | Action::Repoint { .. }
             | Action::ClearSyncStandby(_)
             | Action::FenceCommand(_)
@@ -41,6 +42,10 @@ pub(super) async fn perform(
         }
         Action::Fence(i) => tracks[i].fenced = true,
         Action::CloseConns(i) => cluster.retire(i),
+        Action::CatchUp { candidate, old } => {
+            let (kind, msg) = catch_up(tracks, candidate, old, config.health.timeout).await;
+            cluster.events.record(kind, Some(&name(candidate)), msg);
+        }
         Action::Promote(i) => {
             // Not `pg_promote(true)`: it checks only every 100 ms, and that
             // wait would be write pause. The monitor polls instead.
@@ -61,6 +66,69 @@ pub(super) async fn perform(
             clear_sync_standby(cluster, &mut tracks[i].checker, &name(i), timeout).await
         }
         Action::FenceCommand(i) => spawn_fence_command(cluster, config, i),
+    }
+}
+
+/// How long the old primary gets to say what it flushed. One that answers
+/// does so in milliseconds; one whose power just went will not answer at
+/// all, and every millisecond here is write pause.
+const OLD_LSN_WAIT: Duration = Duration::from_millis(200);
+
+/// Waits until `candidate` has replayed what `old` has flushed, for at most
+/// `limit` in all; the promotion follows either way (the old primary's
+/// hardware is failing: waiting longer could mean waiting forever).
+async fn catch_up(
+    tracks: &mut [Track],
+    candidate: usize,
+    old: usize,
+    limit: Duration,
+) -> (EventKind, String) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let lsn_of = |row: Result<Vec<Option<String>>, _>| {
+        row.ok()
+            .and_then(|r| r.into_iter().next().flatten())
+            .and_then(|s| s.parse::<u64>().ok())
+    };
+    let flushed = tracks[old]
+        .checker
+        .control(
+            "SELECT (pg_current_wal_flush_lsn() - '0/0')::bigint",
+            OLD_LSN_WAIT.min(limit),
+        )
+        .await;
+    let Some(target) = lsn_of(flushed) else {
+        return (
+            EventKind::ActionFailed,
+            "catch-up skipped: the old primary's WAL position could not be read".into(),
+        );
+    };
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let replayed = tracks[candidate]
+            .checker
+            .control(
+                "SELECT (pg_last_wal_replay_lsn() - '0/0')::bigint",
+                left.max(Duration::from_millis(10)),
+            )
+            .await;
+        match lsn_of(replayed) {
+            Some(at) if at >= target => {
+                return (
+                    EventKind::CandidateChosen,
+                    format!("caught up with the old primary at {target:X}"),
+                )
+            }
+            at if left.is_zero() => {
+                return (
+                    EventKind::ActionFailed,
+                    format!(
+                        "catch-up: replayed {:X} of the old primary's {target:X} within {limit:?}; promoting anyway",
+                        at.unwrap_or(0)
+                    ),
+                )
+            }
+            _ => tokio::time::sleep(Duration::from_millis(10).min(left)).await,
+        }
     }
 }
 

@@ -48,6 +48,14 @@ impl Primary {
 /// Something the monitor must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
+    /// Before promoting `candidate`: wait, bounded, until it has replayed
+    /// what the old primary, which still answers, has flushed.
+    CatchUp {
+        /// The replica about to be promoted.
+        candidate: usize,
+        /// The old primary.
+        old: usize,
+    },
     /// Run `pg_promote()` on this node.
     Promote(usize),
     /// Point this replica's `primary_conninfo` at `primary`.
@@ -228,6 +236,12 @@ fn lost(
                 nodes[old].lsn()
             );
             actions.push(Action::Event(EventKind::CandidateChosen, Some(c), msg));
+            if nodes[old].health == Health::Up {
+                // Its clients are cut off already (CloseConns comes first),
+                // so what it flushed is final: let the candidate have it all
+                // rather than lose acknowledged commits to replication lag.
+                actions.push(Action::CatchUp { candidate: c, old });
+            }
             actions.push(Action::Promote(c));
             Primary::Promoting {
                 old,

@@ -404,3 +404,33 @@ fn failing_hardware_on_a_replica_only_takes_it_out_of_reads_and_promotion() {
         "the failing replica is never promoted"
     );
 }
+
+#[test]
+fn a_promotion_waits_for_the_candidate_to_catch_up_only_while_the_old_primary_answers() {
+    let now = Instant::now();
+    let live = failing(node("p", Role::Primary, 1, 100));
+    let mut suspect = live.clone();
+    suspect.health = Health::Suspect(1);
+    let dead = down(node("p", Role::Primary, 1, 100));
+    let catch_up = Action::CatchUp {
+        candidate: 1,
+        old: 0,
+    };
+    for (primary, waits) in [(live, true), (suspect, false), (dead, false)] {
+        let what = format!("{:?}", primary.health);
+        let nodes = [primary, node("r", Role::Replica, 1, 100)];
+        let (_, actions) = step(
+            &Primary::Serving(0),
+            &nodes,
+            now,
+            &cfg(FailoverMode::Promote),
+        );
+        let at = |want: &Action| actions.iter().position(|a| a == want);
+        assert_eq!(at(&catch_up).is_some(), waits, "{what}: {actions:?}");
+        if waits {
+            // Clients are cut off first, the catch-up comes before the promotion.
+            assert!(at(&Action::CloseConns(0)) < at(&catch_up), "{actions:?}");
+            assert!(at(&catch_up) < at(&Action::Promote(1)), "{actions:?}");
+        }
+    }
+}
