@@ -7,6 +7,7 @@ mod flatten;
 pub mod hardware;
 mod http_url;
 mod load;
+pub mod password;
 pub mod reload;
 mod validate;
 
