@@ -10,6 +10,7 @@
 //! - [`auth`] checks clients and logs into PostgreSQL;
 //! - [`protocol`] frames messages and decodes the few bodies the proxy reads;
 //! - [`config`] loads and validates the TOML file;
+//! - [`http_client`] is the minimal HTTP/1.1 GET of hardware probes and `switchyard healthcheck`;
 //! - [`tls`] builds the TLS acceptor (clients) and connector (servers), and the stream both use;
 //! - [`error`] maps every client-visible error to its SQLSTATE;
 //! - [`runtime`] builds the tokio runtime `[proxy] workers` asks for;
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod http_client;
 pub mod listener;
 pub mod local_cluster;
 pub mod metrics;

@@ -19,11 +19,10 @@
 //! Layout, pure parts apart from I/O:
 //! - [`exposition`]: parser of the Prometheus text format (pure);
 //! - [`rules`]: statuses, verdicts and [`evaluate`] (pure);
-//! - [`fetch`]: a minimal HTTP/1.1 GET (I/O, with pure framing);
-//! - [`probe`](mod@probe): [`probe()`](fn@probe), which runs one probe (I/O).
+//! - [`probe`](mod@probe): [`probe()`](fn@probe), which runs one probe (I/O,
+//!   through [`crate::http_client`] for a `url`).
 
 pub mod exposition;
-pub mod fetch;
 pub mod probe;
 pub mod rules;
 pub mod watch;

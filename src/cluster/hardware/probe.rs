@@ -12,10 +12,10 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{ChildStdout, Command};
 
 use super::exposition;
-use super::fetch;
 use super::rules::{evaluate, HardwareStatus, Verdict};
 use crate::config::hardware::{HardwareSpec, Rule};
 use crate::config::HttpUrl;
+use crate::http_client;
 
 /// Largest scrape accepted. node_exporter on a big host serves well under
 /// 1 MiB; anything near this is a wrong URL, not an exporter.
@@ -43,7 +43,9 @@ async fn scrape(url: &str, rules: &[Rule], timeout: Duration) -> Verdict {
         Ok(t) => t,
         Err(e) => return Verdict::unknown(format!("{url}: {e}")),
     };
-    let body = match tokio::time::timeout(timeout, fetch::get(&target, MAX_SCRAPE_BYTES)).await {
+    let body = match tokio::time::timeout(timeout, http_client::get(&target, MAX_SCRAPE_BYTES))
+        .await
+    {
         Ok(Ok(body)) => body,
         Ok(Err(e)) => return Verdict::unknown(format!("{url}: {e}")),
         Err(_) => return Verdict::unknown(format!("{url}: no complete answer within {timeout:?}")),

@@ -1,12 +1,15 @@
-//! Just enough HTTP/1.1 to scrape an exporter: one `GET` per connection
-//! (`Connection: close`), plain `http://` only, bodies framed by
-//! `Content-Length`, `chunked` or the close. Exporters sit on the database
-//! hosts' own network and speak plain HTTP, so this saves a client stack.
+//! The proxy's one HTTP client: just enough HTTP/1.1 for a `GET` per
+//! connection (`Connection: close`), plain `http://` only, bodies framed by
+//! `Content-Length`, `chunked` or the close. It serves the hardware probes
+//! (exporters sit on the database hosts' own network and speak plain HTTP)
+//! and `switchyard healthcheck` (the proxy's own endpoints have no TLS), so
+//! neither needs a client stack. It builds on nothing above the configuration.
 //!
 //! The peer is untrusted: lengths are checked before anything is allocated
 //! for them, the head and the body are capped, and nothing indexes or unwraps
-//! its bytes. Parsing (the URL, the head, chunk framing) is pure and tested
-//! apart from the socket; [`get`] only moves bytes.
+//! its bytes. Parsing (the head, chunk framing; the URL is
+//! [`HttpUrl`](crate::config::HttpUrl)) is pure and tested apart from the
+//! socket; [`get`] and [`status`] only move bytes.
 
 use std::io;
 
@@ -61,6 +64,32 @@ pub enum FetchError {
 /// No timeout of its own: the caller bounds it. Cancel safe in the sense that
 /// dropping it only drops the connection.
 pub async fn get(url: &HttpUrl, max_body: usize) -> Result<Vec<u8>, FetchError> {
+    let (mut stream, buf, head) = send(url, max_body).await?;
+    if !(200..300).contains(&head.status) {
+        return Err(FetchError::Status {
+            status: head.status,
+            reason: head.reason,
+        });
+    }
+    match head.framing {
+        Framing::Length(n) => read_length(&mut stream, buf, n).await,
+        Framing::Close => read_to_close(&mut stream, buf, max_body).await,
+        Framing::Chunked => read_chunked(&mut stream, buf, max_body).await,
+    }
+}
+
+/// `GET`s `url` and returns the status code of the answer, whatever it is;
+/// the body is left unread. No timeout of its own, as [`get`].
+pub async fn status(url: &HttpUrl) -> Result<u16, FetchError> {
+    // No byte of the body is read, so no length is too large for it.
+    let (_, _, head) = send(url, usize::MAX).await?;
+    Ok(head.status)
+}
+
+/// Connects, sends the request and reads the response head; what is left in
+/// the buffer is the start of the body. A `Content-Length` over `max_body`
+/// is refused here.
+async fn send(url: &HttpUrl, max_body: usize) -> Result<(TcpStream, BytesMut, Head), FetchError> {
     let mut stream = TcpStream::connect((url.host.as_str(), url.port))
         .await
         .map_err(FetchError::Connect)?;
@@ -78,10 +107,10 @@ pub async fn get(url: &HttpUrl, max_body: usize) -> Result<Vec<u8>, FetchError> 
         .map_err(FetchError::Io)?;
 
     let mut buf = BytesMut::with_capacity(8 * 1024);
-    let head = loop {
+    loop {
         if let Some(end) = head_end(&buf) {
             let head = parse_head(&buf.split_to(end), max_body)?;
-            break head;
+            return Ok((stream, buf, head));
         }
         if buf.len() > MAX_HEAD {
             return Err(FetchError::TooLarge {
@@ -92,17 +121,6 @@ pub async fn get(url: &HttpUrl, max_body: usize) -> Result<Vec<u8>, FetchError> 
         if read_more(&mut stream, &mut buf).await? == 0 {
             return Err(FetchError::Truncated);
         }
-    };
-    if !(200..300).contains(&head.status) {
-        return Err(FetchError::Status {
-            status: head.status,
-            reason: head.reason,
-        });
-    }
-    match head.framing {
-        Framing::Length(n) => read_length(&mut stream, buf, n).await,
-        Framing::Close => read_to_close(&mut stream, buf, max_body).await,
-        Framing::Chunked => read_chunked(&mut stream, buf, max_body).await,
     }
 }
 
