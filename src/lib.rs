@@ -14,7 +14,8 @@
 //! - [`tls`] builds the TLS acceptor (clients) and connector (servers), and the stream both use;
 //! - [`error`] maps every client-visible error to its SQLSTATE;
 //! - [`runtime`] builds the tokio runtime `[proxy] workers` asks for;
-//! - [`local_cluster`] starts a throw-away PostgreSQL primary + replica (demo, tests, benchmarks).
+//! - `local_cluster` starts a throw-away PostgreSQL primary + replica (demo, tests, benchmarks;
+//!   only with the `local-cluster` feature, on by default).
 
 pub mod admin;
 pub mod auth;
@@ -23,12 +24,14 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod context;
+#[cfg(feature = "local-cluster")]
 pub mod demo;
 pub mod error;
 pub mod events;
 pub mod http;
 pub mod http_client;
 pub mod listener;
+#[cfg(feature = "local-cluster")]
 pub mod local_cluster;
 pub mod metrics;
 pub mod pool;
