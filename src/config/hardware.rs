@@ -87,9 +87,9 @@ impl HardwareSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", try_from = "String")]
 pub enum Severity {
-    /// See [`HardwareStatus::Degraded`].
+    /// Redundancy lost; worth a planned switchover.
     Degraded,
-    /// See [`HardwareStatus::Failing`].
+    /// The node counts as down now.
     Failing,
 }
 
