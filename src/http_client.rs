@@ -7,9 +7,9 @@
 //!
 //! The peer is untrusted: lengths are checked before anything is allocated
 //! for them, the head and the body are capped, and nothing indexes or unwraps
-//! its bytes. Parsing (the head, chunk framing; the URL is
-//! [`HttpUrl`](crate::config::HttpUrl)) is pure and tested apart from the
-//! socket; [`get`] and [`status`] only move bytes.
+//! its bytes. Parsing (the head, chunk framing; the URL is [`HttpUrl`]) is
+//! pure and tested apart from the socket; [`get`] and [`status`] only move
+//! bytes.
 
 use std::io;
 
