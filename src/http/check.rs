@@ -21,13 +21,13 @@ pub enum CheckError {
     /// Connecting, writing or reading failed (refused, closed, not HTTP, ...).
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    /// No status line within the timeout.
+    /// No complete response head within the timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
 }
 
 /// GETs `url` and returns the status code, waiting at most `timeout` for
-/// all of it (connect, request and status line).
+/// all of it (connect, request and the response head; the body is not read).
 pub fn get_status(url: &str, timeout: Duration) -> Result<u16, CheckError> {
     let target = HttpUrl::parse(url).map_err(|_| CheckError::BadUrl(url.to_string()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
