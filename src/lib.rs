@@ -11,10 +11,12 @@
 //! - [`auth`] checks clients and logs into PostgreSQL;
 //! - [`protocol`] frames messages and decodes the few bodies the proxy reads;
 //! - [`config`] loads and validates the TOML file;
+//! - [`http_client`] is the minimal HTTP/1.1 GET of hardware probes and `switchyard healthcheck`;
 //! - [`tls`] builds the TLS acceptor (clients) and connector (servers), and the stream both use;
 //! - [`error`] maps every client-visible error to its SQLSTATE;
 //! - [`runtime`] builds the tokio runtime `[proxy] workers` asks for;
-//! - [`local_cluster`] starts a throw-away PostgreSQL primary + replica (demo, tests, benchmarks).
+//! - `local_cluster` starts a throw-away PostgreSQL primary + replica (demo, tests, benchmarks;
+//!   only with the `local-cluster` feature, on by default).
 
 pub mod admin;
 pub mod auth;
@@ -24,11 +26,14 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod context;
+#[cfg(feature = "local-cluster")]
 pub mod demo;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod http_client;
 pub mod listener;
+#[cfg(feature = "local-cluster")]
 pub mod local_cluster;
 pub mod measure;
 pub mod metrics;

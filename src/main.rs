@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use switchyard::config::Config;
-use switchyard::local_cluster::{LocalCluster, LocalClusterOptions};
 
 #[derive(Parser)]
 #[command(
@@ -50,7 +49,8 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9930/healthz")]
         url: String,
     },
-    /// Start a throw-away primary + replica and the proxy in front of them.
+    /// Start a throw-away primary + replica and the proxy in front of them
+    /// (builds with the `local-cluster` feature, the default).
     Demo {
         /// Where the proxy listens.
         #[arg(long, default_value = "127.0.0.1:6432")]
@@ -141,7 +141,17 @@ async fn serve(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A production build (`--no-default-features`) keeps the subcommand, so
+/// that asking for it gets a reason rather than "unrecognized subcommand".
+#[cfg(not(feature = "local-cluster"))]
+fn demo(_listen: &str) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no demo: it was built without the local-cluster feature")
+}
+
+#[cfg(feature = "local-cluster")]
 fn demo(listen: &str) -> anyhow::Result<()> {
+    use switchyard::local_cluster::{LocalCluster, LocalClusterOptions};
+
     eprintln!("starting a throw-away PostgreSQL primary + replica (initdb, pg_basebackup)...");
     let cluster = LocalCluster::start(LocalClusterOptions::default())
         .context("could not start the demo cluster")?;

@@ -1,8 +1,7 @@
 //! The stored form of a user's password, as PostgreSQL keeps it in `pg_authid`:
 //! plaintext, an md5 hash, or a SCRAM-SHA-256 verifier.
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
+use crate::config::password::{PasswordForm, ScramVerifierParts};
 
 /// A parsed SCRAM-SHA-256 verifier: `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,18 +28,14 @@ pub enum Secret {
 }
 
 impl Secret {
-    /// Recognises the stored form the way PostgreSQL does: a `SCRAM-SHA-256$`
-    /// prefix is a verifier (and must parse), `md5` + 32 hex digits is an md5
-    /// hash, anything else is plaintext.
+    /// Recognises the stored form the way PostgreSQL does (see
+    /// [`PasswordForm::of`]: the configuration checks passwords with the same rules).
     pub fn parse(s: &str) -> Result<Secret, &'static str> {
-        if s.starts_with("SCRAM-SHA-256$") {
-            return ScramVerifier::parse(s).map(Secret::Scram);
-        }
-        let hex = s.strip_prefix("md5").unwrap_or("");
-        if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(Secret::Md5(s.to_string()));
-        }
-        Ok(Secret::Plain(s.to_string()))
+        Ok(match PasswordForm::of(s)? {
+            PasswordForm::Plain => Secret::Plain(s.to_string()),
+            PasswordForm::Md5 => Secret::Md5(s.to_string()),
+            PasswordForm::Scram(parts) => Secret::Scram(parts.into()),
+        })
     }
 
     /// The SCRAM verifier to check `user` against, derived from plaintext
@@ -126,29 +121,18 @@ impl ScramVerifier {
 
     /// Parses PostgreSQL's verifier text.
     pub fn parse(s: &str) -> Result<ScramVerifier, &'static str> {
-        const BAD: &str = "not a valid SCRAM-SHA-256 verifier (SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>)";
-        let rest = s.strip_prefix("SCRAM-SHA-256$").ok_or(BAD)?;
-        let (iter_salt, keys) = rest.split_once('$').ok_or(BAD)?;
-        let (iter, salt) = iter_salt.split_once(':').ok_or(BAD)?;
-        let (stored, server) = keys.split_once(':').ok_or(BAD)?;
-        let iterations: u32 = iter.parse().map_err(|_| BAD)?;
-        let salt = STANDARD.decode(salt).map_err(|_| BAD)?;
-        let key = |k: &str| -> Result<[u8; 32], &'static str> {
-            STANDARD
-                .decode(k)
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .ok_or(BAD)
-        };
-        if iterations == 0 || salt.is_empty() {
-            return Err(BAD);
+        ScramVerifierParts::parse(s).map(ScramVerifier::from)
+    }
+}
+
+impl From<ScramVerifierParts> for ScramVerifier {
+    fn from(p: ScramVerifierParts) -> Self {
+        ScramVerifier {
+            iterations: p.iterations,
+            salt: p.salt,
+            stored_key: p.stored_key,
+            server_key: p.server_key,
         }
-        Ok(ScramVerifier {
-            iterations,
-            salt,
-            stored_key: key(stored)?,
-            server_key: key(server)?,
-        })
     }
 }
 

@@ -4,7 +4,10 @@
 
 pub(crate) mod duration;
 mod flatten;
+pub mod hardware;
+mod http_url;
 mod load;
+pub mod password;
 pub mod reload;
 mod validate;
 
@@ -14,6 +17,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use flatten::{needs_restart, settings};
+pub use hardware::HardwareSpec;
+pub use http_url::HttpUrl;
 pub use load::{
     default_file, load, load_env, load_str, ConfigError, DEFAULT_PATHS, NODES_ENV, USERS_ENV,
 };
@@ -442,7 +447,7 @@ pub struct NodeTable {
     pub priority: i32,
     /// Optional hardware probe (`[cluster.nodes.hardware]`).
     #[serde(default)]
-    pub hardware: Option<crate::cluster::hardware::HardwareSpec>,
+    pub hardware: Option<HardwareSpec>,
 }
 
 /// A node after defaults are applied.
@@ -455,7 +460,7 @@ pub struct Node {
     /// Promotion tie-breaker.
     pub priority: i32,
     /// Hardware probe, if configured.
-    pub hardware: Option<crate::cluster::hardware::HardwareSpec>,
+    pub hardware: Option<HardwareSpec>,
 }
 
 impl NodeSpec {

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 
+use super::password::PasswordForm;
 use super::{AuthType, ClusterTlsMode, Config, ProxyTlsMode};
-use crate::auth::Secret;
 
 /// What a valid configuration may still get wrong, one line each (printed
 /// by `check-config`, logged at start).
@@ -132,9 +132,9 @@ fn validate_users(cfg: &Config) -> Result<(), String> {
         if !seen.insert(user.name.as_str()) {
             return Err(format!("users: {:?} is listed twice", user.name));
         }
-        let secret = Secret::parse(&user.password)
+        let form = PasswordForm::of(&user.password)
             .map_err(|e| format!("users.{}: password: {e}", user.name))?;
-        if cfg.proxy.auth_type == AuthType::ScramSha256 && matches!(secret, Secret::Md5(_)) {
+        if cfg.proxy.auth_type == AuthType::ScramSha256 && form == PasswordForm::Md5 {
             return Err(format!(
                 "users.{}: an md5 verifier cannot be used with auth_type = \"scram-sha-256\"",
                 user.name

@@ -1,14 +1,13 @@
 //! `switchyard healthcheck`: one HTTP GET against a proxy's own endpoints
 //! (`/healthz`, `/readyz`), so a container image needs no curl for its
-//! HEALTHCHECK. Blocking std I/O: it runs in a short-lived process of its own,
-//! never inside the proxy. Plain `http://` only; the endpoints have no TLS.
+//! HEALTHCHECK. Blocking: it runs in a short-lived process of its own, never
+//! inside the proxy, so it drives the shared [`crate::http_client`] on a
+//! runtime of its own. Plain `http://` only; the endpoints have no TLS.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-/// The status line is all we read; a longer first line is not HTTP.
-const MAX_STATUS_LINE: usize = 1024;
+use crate::config::HttpUrl;
+use crate::http_client::{self, FetchError};
 
 /// Why no status code came back.
 #[derive(Debug, thiserror::Error)]
@@ -16,119 +15,91 @@ pub enum CheckError {
     /// The URL is not `http://host[:port][/path]`.
     #[error("not an http://host:port/path URL: {0}")]
     BadUrl(String),
-    /// Resolving, connecting, writing or reading failed (refused, timed out, ...).
+    /// The runtime the request runs on could not start.
+    #[error("cannot start a runtime: {0}")]
+    Runtime(std::io::Error),
+    /// Connecting, writing or reading failed (refused, closed, not HTTP, ...).
     #[error(transparent)]
-    Io(#[from] std::io::Error),
-    /// The answer does not start with an HTTP status line.
-    #[error("the answer is not HTTP")]
-    NotHttp,
+    Fetch(#[from] FetchError),
+    /// No complete response head within the timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
-/// GETs `url` and returns the status code. Each of connect, write and read
-/// waits at most `timeout`.
+/// GETs `url` and returns the status code, waiting at most `timeout` for
+/// all of it (connect, request and the response head; the body is not read).
 pub fn get_status(url: &str, timeout: Duration) -> Result<u16, CheckError> {
-    let (authority, path) = split_url(url)?;
-    let mut stream = connect(&authority, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let host = authority
-        .rsplit_once(':')
-        .map_or(authority.as_str(), |(h, _)| h);
-    write!(
-        stream,
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < MAX_STATUS_LINE {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
+    let target = HttpUrl::parse(url).map_err(|_| CheckError::BadUrl(url.to_string()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(CheckError::Runtime)?;
+    rt.block_on(async {
+        match tokio::time::timeout(timeout, http_client::status(&target)).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(CheckError::Timeout(timeout)),
         }
-        head.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    }
-    status_code(&head).ok_or(CheckError::NotHttp)
-}
-
-/// `http://host:port/path` → (`host:port`, `/path`); port 80 and path `/` when absent.
-fn split_url(url: &str) -> Result<(String, String), CheckError> {
-    let bad = || CheckError::BadUrl(url.to_string());
-    let rest = url.strip_prefix("http://").ok_or_else(bad)?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() || authority.contains(|c: char| c.is_whitespace() || c == '@') {
-        return Err(bad());
-    }
-    if path.contains(|c: char| c.is_whitespace() || c.is_control()) {
-        return Err(bad());
-    }
-    // A port is whatever follows the last ':' outside IPv6 brackets.
-    let has_port = authority
-        .rsplit_once(':')
-        .is_some_and(|(_, port)| !port.contains(']'));
-    let authority = if has_port {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((authority, path.to_string()))
-}
-
-/// Connects to the first address of `authority` that answers.
-fn connect(authority: &str, timeout: Duration) -> Result<TcpStream, CheckError> {
-    let mut last = None;
-    for addr in authority.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last
-        .unwrap_or_else(|| std::io::Error::other(format!("{authority}: no address")))
-        .into())
-}
-
-/// The code of a status line `HTTP/1.x NNN reason`.
-fn status_code(head: &[u8]) -> Option<u16> {
-    let line = head.split(|&b| b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split_whitespace();
-    if !parts.next()?.starts_with("HTTP/") {
-        return None;
-    }
-    let code = parts.next()?;
-    if code.len() != 3 {
-        return None;
-    }
-    code.parse().ok()
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
     use super::*;
 
+    /// Answers one connection with `response` after reading the request head.
+    fn serve_once(response: &'static [u8]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut req = Vec::new();
+            let mut chunk = [0u8; 512];
+            while !req.ends_with(b"\r\n\r\n") {
+                match sock.read(&mut chunk) {
+                    Ok(n @ 1..) => req.extend_from_slice(&chunk[..n]),
+                    _ => break,
+                }
+            }
+            assert!(req.starts_with(b"GET /healthz HTTP/1.1\r\n"));
+            let _ = sock.write_all(response);
+        });
+        format!("http://{addr}/healthz")
+    }
+
     #[test]
-    fn urls_split_into_authority_and_path() {
-        for (url, authority, path) in [
+    fn urls_split_into_host_port_and_path() {
+        for (url, host, port, path) in [
             (
                 "http://127.0.0.1:9930/healthz",
-                "127.0.0.1:9930",
+                "127.0.0.1",
+                9930,
                 "/healthz",
             ),
-            ("http://localhost:9930", "localhost:9930", "/"),
+            ("http://localhost:9930", "localhost", 9930, "/"),
             (
                 "http://switchyard/readyz?x=1",
-                "switchyard:80",
+                "switchyard",
+                80,
                 "/readyz?x=1",
             ),
-            ("http://[::1]:9930/healthz", "[::1]:9930", "/healthz"),
-            ("http://[::1]/healthz", "[::1]:80", "/healthz"),
+            ("http://[::1]:9930/healthz", "::1", 9930, "/healthz"),
+            ("http://[::1]/healthz", "::1", 80, "/healthz"),
         ] {
-            let got = split_url(url).unwrap();
-            assert_eq!((got.0.as_str(), got.1.as_str()), (authority, path), "{url}");
+            let got = HttpUrl::parse(url).unwrap();
+            assert_eq!(
+                (got.host.as_str(), got.port, got.path.as_str()),
+                (host, port, path),
+                "{url}"
+            );
         }
+    }
+
+    #[test]
+    fn bad_urls_are_refused_before_connecting() {
         for url in [
             "https://127.0.0.1:9930/healthz",
             "127.0.0.1:9930/healthz",
@@ -137,34 +108,36 @@ mod tests {
             "http://u@host:1/",
             "http://host:1/a b",
         ] {
-            assert!(
-                matches!(split_url(url), Err(CheckError::BadUrl(_))),
-                "{url}"
-            );
+            let got = get_status(url, Duration::from_secs(1));
+            assert!(matches!(got, Err(CheckError::BadUrl(_))), "{url}: {got:?}");
         }
     }
 
     #[test]
-    fn status_lines_give_their_code() {
-        for (head, code) in [
-            (
-                &b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n"[..],
-                Some(200),
-            ),
-            (b"HTTP/1.0 503 Service Unavailable\r\n", Some(503)),
-            (b"HTTP/1.1 204\r\n", Some(204)),
-            (b"HTTP/1.1 20", None),
-            (b"SSH-2.0-OpenSSH\r\n", None),
-            (b"HTTP/1.1 2000 OK\r\n", None),
-            (b"", None),
-            (b"\xff\xfe", None),
+    fn any_status_is_returned_and_non_http_is_an_error() {
+        let second = Duration::from_secs(2);
+        for (response, code) in [
+            (&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..], 200),
+            (b"HTTP/1.0 503 Service Unavailable\r\n\r\n", 503),
+            (b"HTTP/1.1 204\r\n\r\n", 204),
         ] {
-            assert_eq!(
-                status_code(head),
-                code,
-                "{:?}",
-                String::from_utf8_lossy(head)
-            );
+            assert_eq!(get_status(&serve_once(response), second).unwrap(), code);
         }
+        for response in [&b"SSH-2.0-OpenSSH\r\n\r\n"[..], b"HTTP/1.1 2000 OK\r\n\r\n"] {
+            let got = get_status(&serve_once(response), second);
+            assert!(matches!(got, Err(CheckError::Fetch(_))), "{got:?}");
+        }
+    }
+
+    #[test]
+    fn a_silent_endpoint_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/healthz", listener.local_addr().unwrap());
+        // Accepted by the kernel's backlog, never answered.
+        let started = std::time::Instant::now();
+        let got = get_status(&url, Duration::from_millis(300));
+        assert!(matches!(got, Err(CheckError::Timeout(_))), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(listener);
     }
 }

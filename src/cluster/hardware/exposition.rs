@@ -16,6 +16,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::hardware::{is_label_char, is_metric_char};
+pub use crate::config::hardware::{is_label_name, is_metric_name};
+
 /// One series value from a scrape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {
@@ -102,32 +105,6 @@ pub fn parse(text: &str) -> Result<Vec<Sample>, ExpositionError> {
         }
     }
     Ok(samples)
-}
-
-/// `[a-zA-Z_:][a-zA-Z0-9_:]*`
-pub fn is_metric_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(is_metric_char)
-}
-
-/// `[a-zA-Z_][a-zA-Z0-9_]*`
-pub fn is_label_name(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(is_label_char)
-}
-
-fn is_metric_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == ':'
-}
-
-fn is_label_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_'
 }
 
 fn is_blank(c: char) -> bool {

@@ -3,7 +3,8 @@
 //! A database can answer health checks right up to the moment its host loses
 //! power. The baseboard usually says so earlier: one of two power supplies
 //! gone, an inlet running hot. A node may therefore name a *hardware probe*
-//! (`[cluster.nodes.hardware]`, see [`HardwareSpec`]), either
+//! (`[cluster.nodes.hardware]`, see [`HardwareSpec`], which lives with the
+//! rest of the configuration in [`crate::config::hardware`]), either
 //! - `url`: an HTTP endpoint serving Prometheus text (node_exporter,
 //!   ipmi_exporter, a Redfish exporter), judged by [`Rule`]s on named series; or
 //! - `command`: a shell command whose exit status is the verdict (0 ok,
@@ -17,16 +18,16 @@
 //!
 //! Layout, pure parts apart from I/O:
 //! - [`exposition`]: parser of the Prometheus text format (pure);
-//! - [`rules`]: rules, statuses and [`evaluate`] (pure);
-//! - [`fetch`]: a minimal HTTP/1.1 GET (I/O, with pure framing);
-//! - [`probe`](mod@probe): the spec and [`probe()`](fn@probe), which runs one probe (I/O).
+//! - [`rules`]: statuses, verdicts and [`evaluate`] (pure);
+//! - [`probe`](mod@probe): [`probe()`](fn@probe), which runs one probe (I/O,
+//!   through [`crate::http_client`] for a `url`).
 
 pub mod exposition;
-pub mod fetch;
 pub mod probe;
 pub mod rules;
 pub mod watch;
 
+pub use crate::config::hardware::{HardwareSpec, Op, Rule, RuleError, Severity};
 pub use exposition::{ExpositionError, Sample};
-pub use probe::{probe, HardwareSpec};
-pub use rules::{evaluate, HardwareStatus, Op, Rule, RuleError, Severity, Verdict};
+pub use probe::probe;
+pub use rules::{evaluate, HardwareStatus, Verdict};

@@ -1,6 +1,6 @@
-//! Running one hardware probe: the `[cluster.nodes.hardware]` section of a
-//! node ([`HardwareSpec`]) and [`probe`], which scrapes the exporter or runs
-//! the command and returns a [`Verdict`]. This is the I/O half; deciding is
+//! Running one hardware probe: [`probe`] takes the `[cluster.nodes.hardware]`
+//! section of a node ([`HardwareSpec`]), scrapes the exporter or runs the
+//! command and returns a [`Verdict`]. This is the I/O half; deciding is
 //! left to [`super::rules::evaluate`]. Every failure of the probe itself is
 //! an `unknown` verdict with the reason, never an error or a panic: the
 //! caller only ever needs a status.
@@ -8,13 +8,14 @@
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::io::AsyncReadExt;
 use tokio::process::{ChildStdout, Command};
 
 use super::exposition;
-use super::fetch::{self, Url};
-use super::rules::{evaluate, HardwareStatus, Rule, Verdict};
+use super::rules::{evaluate, HardwareStatus, Verdict};
+use crate::config::hardware::{HardwareSpec, Rule};
+use crate::config::HttpUrl;
+use crate::http_client;
 
 /// Largest scrape accepted. node_exporter on a big host serves well under
 /// 1 MiB; anything near this is a wrong URL, not an exporter.
@@ -24,77 +25,6 @@ pub const MAX_SCRAPE_BYTES: usize = 8 * 1024 * 1024;
 const MAX_COMMAND_OUTPUT: usize = 4 * 1024;
 /// Longest reason taken from a command's stdout, in characters.
 const MAX_REASON_CHARS: usize = 200;
-
-/// `[cluster.nodes.hardware]`: where a node's hardware status comes from.
-/// Exactly one of `url` and `command`.
-#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct HardwareSpec {
-    /// A Prometheus text endpoint (`http://host:port/path`; node_exporter,
-    /// ipmi_exporter, a Redfish exporter) whose series `rules` judge.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// A shell command (run with `sh -c`): exit 0 ok, 1 degraded, 2 failing,
-    /// anything else unknown; the first line of stdout is the reason.
-    #[serde(default)]
-    pub command: Option<String>,
-    /// Time between probes. Default `5s`.
-    #[serde(default = "default_interval", with = "crate::config::duration")]
-    pub interval: Duration,
-    /// A probe taking longer is `unknown` (a command is killed). Default `2s`.
-    #[serde(default = "default_timeout", with = "crate::config::duration")]
-    pub timeout: Duration,
-    /// Rules over the scraped series (with `url` only). Default: none.
-    #[serde(default)]
-    pub rules: Vec<Rule>,
-}
-
-fn default_interval() -> Duration {
-    Duration::from_secs(5)
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-
-impl HardwareSpec {
-    /// Checks what serde cannot; the message names the offending key.
-    pub fn validate(&self) -> Result<(), String> {
-        match (&self.url, &self.command) {
-            (Some(_), Some(_)) => return Err("hardware: set url or command, not both".into()),
-            (None, None) => {
-                return Err("hardware: set url (a Prometheus metrics endpoint) or command".into())
-            }
-            (Some(url), None) => {
-                Url::parse(url).map_err(|e| format!("hardware.url = {url:?}: {e}"))?;
-                if self.rules.is_empty() {
-                    return Err("hardware.rules: a url probe needs at least one rule".into());
-                }
-            }
-            (None, Some(command)) => {
-                if command.trim().is_empty() {
-                    return Err("hardware.command is empty".into());
-                }
-                if !self.rules.is_empty() {
-                    return Err("hardware.rules apply to url probes only; \
-                                a command reports through its exit status"
-                        .into());
-                }
-            }
-        }
-        if self.interval.is_zero() {
-            return Err("hardware.interval must be more than 0".into());
-        }
-        if self.timeout.is_zero() {
-            return Err("hardware.timeout must be more than 0".into());
-        }
-        for (i, rule) in self.rules.iter().enumerate() {
-            rule.validate()
-                .map_err(|e| format!("hardware.rules[{i}]: {e}"))?;
-        }
-        Ok(())
-    }
-}
 
 /// Runs one probe, bounded by `spec.timeout`. Never fails: a probe that
 /// cannot tell gives [`HardwareStatus::Unknown`] with the reason.
@@ -109,11 +39,13 @@ pub async fn probe(spec: &HardwareSpec) -> Verdict {
 }
 
 async fn scrape(url: &str, rules: &[Rule], timeout: Duration) -> Verdict {
-    let target = match Url::parse(url) {
+    let target = match HttpUrl::parse(url) {
         Ok(t) => t,
         Err(e) => return Verdict::unknown(format!("{url}: {e}")),
     };
-    let body = match tokio::time::timeout(timeout, fetch::get(&target, MAX_SCRAPE_BYTES)).await {
+    let body = match tokio::time::timeout(timeout, http_client::get(&target, MAX_SCRAPE_BYTES))
+        .await
+    {
         Ok(Ok(body)) => body,
         Ok(Err(e)) => return Verdict::unknown(format!("{url}: {e}")),
         Err(_) => return Verdict::unknown(format!("{url}: no complete answer within {timeout:?}")),
@@ -230,35 +162,30 @@ mod tests {
 ipmi_sensor_state{name=\"PSU1\",type=\"Power Supply\"} 1\n\
 ipmi_sensor_state{name=\"PSU2\",type=\"Power Supply\"} 0\n";
 
-    fn spec(toml: &str) -> Result<HardwareSpec, String> {
-        #[derive(Deserialize)]
-        struct Node {
-            hardware: HardwareSpec,
-        }
-        let node: Node = config::Config::builder()
+    /// A spec as the config loader reads it: TOML through the `config` crate.
+    fn spec(toml: &str) -> HardwareSpec {
+        let spec: HardwareSpec = config::Config::builder()
             .add_source(config::File::from_str(toml, config::FileFormat::Toml))
             .build()
             .and_then(|c| c.try_deserialize())
-            .map_err(|e| e.to_string())?;
-        node.hardware.validate()?;
-        Ok(node.hardware)
+            .unwrap();
+        spec.validate().unwrap();
+        spec
     }
 
     fn url_spec(url: &str, timeout_ms: u64) -> HardwareSpec {
         spec(&format!(
-            r#"[hardware]
-            url = "{url}"
+            r#"url = "{url}"
             timeout = "{timeout_ms}ms"
             rules = [{{ metric = "ipmi_sensor_state", labels = {{ type = "Power Supply" }}, op = "!=", value = 0, status = "degraded" }}]"#
         ))
-        .unwrap()
     }
 
     fn command_spec(command: &str, timeout_ms: u64) -> HardwareSpec {
         HardwareSpec {
             url: None,
             command: Some(command.into()),
-            interval: default_interval(),
+            interval: Duration::from_secs(5),
             timeout: Duration::from_millis(timeout_ms),
             rules: vec![],
         }
@@ -283,69 +210,6 @@ ipmi_sensor_state{name=\"PSU2\",type=\"Power Supply\"} 0\n";
             }
         });
         format!("http://{addr}/metrics")
-    }
-
-    #[test]
-    fn spec_from_the_issue_example() {
-        let s = spec(
-            r#"[hardware]
-            url = "http://db1.internal:9290/metrics"
-            interval = "5s"
-            timeout = "2s"
-            rules = [
-              { metric = "ipmi_sensor_state", labels = { type = "Power Supply" }, op = "!=", value = 0, status = "degraded" },
-              { metric = "node_hwmon_temp_celsius", op = ">", value = 90, status = "failing" },
-            ]"#,
-        )
-        .unwrap();
-        assert_eq!(s.rules.len(), 2);
-        assert_eq!(s.timeout, Duration::from_secs(2));
-        let s = spec("[hardware]\ncommand = \"/usr/local/bin/check-psu\"").unwrap();
-        assert_eq!(s.command.as_deref(), Some("/usr/local/bin/check-psu"));
-        assert_eq!(
-            (s.interval, s.timeout),
-            (default_interval(), default_timeout())
-        );
-    }
-
-    #[test]
-    fn bad_specs_are_rejected_clearly() {
-        let rule = r#"rules = [{ metric = "m", op = ">", value = 1, status = "failing" }]"#;
-        let cases = [
-            (
-                "command = \"a\"\nurl = \"http://h/m\"".to_string(),
-                "not both",
-            ),
-            (rule.to_string(), "set url"),
-            (
-                "url = \"https://h/m\"\n".to_string() + rule,
-                "https is not supported",
-            ),
-            ("url = \"http://h/m\"".to_string(), "at least one rule"),
-            ("command = \" \"".to_string(), "command is empty"),
-            ("command = \"x\"\n".to_string() + rule, "url probes only"),
-            (
-                "command = \"x\"\ntimeout = \"0s\"".to_string(),
-                "timeout must be more than 0",
-            ),
-            (
-                "command = \"x\"\ninterval = \"0ms\"".to_string(),
-                "interval must be more than 0",
-            ),
-            (
-                "command = \"x\"\ntimeout = \"2 parsecs\"".to_string(),
-                "invalid duration",
-            ),
-            ("command = \"x\"\nretries = 3".to_string(), "retries"),
-            (
-                "url = \"http://h/m\"\n".to_string() + &rule.replace("\"m\"", "\"bad-name\""),
-                "rules[0]: metric \"bad-name\"",
-            ),
-        ];
-        for (body, needle) in cases {
-            let err = spec(&format!("[hardware]\n{body}")).unwrap_err();
-            assert!(err.contains(needle), "{body}: {err}");
-        }
     }
 
     #[tokio::test]

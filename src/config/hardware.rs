@@ -1,0 +1,473 @@
+//! `[cluster.nodes.hardware]`: a node's hardware probe as the file writes it
+//! ([`HardwareSpec`]) and the rules that judge its scrapes ([`Rule`]), with
+//! the checks serde cannot make. Running the probe and applying the rules is
+//! the cluster's business (`cluster::hardware`); this module only says what a
+//! valid probe looks like, so that a bad one is refused when the file is loaded.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::HttpUrl;
+
+/// `[cluster.nodes.hardware]`: where a node's hardware status comes from.
+/// Exactly one of `url` and `command`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareSpec {
+    /// A Prometheus text endpoint (`http://host:port/path`; node_exporter,
+    /// ipmi_exporter, a Redfish exporter) whose series `rules` judge.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// A shell command (run with `sh -c`): exit 0 ok, 1 degraded, 2 failing,
+    /// anything else unknown; the first line of stdout is the reason.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Time between probes. Default `5s`.
+    #[serde(default = "default_interval", with = "super::duration")]
+    pub interval: Duration,
+    /// A probe taking longer is `unknown` (a command is killed). Default `2s`.
+    #[serde(default = "default_timeout", with = "super::duration")]
+    pub timeout: Duration,
+    /// Rules over the scraped series (with `url` only). Default: none.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl HardwareSpec {
+    /// Checks what serde cannot; the message names the offending key.
+    pub fn validate(&self) -> Result<(), String> {
+        match (&self.url, &self.command) {
+            (Some(_), Some(_)) => return Err("hardware: set url or command, not both".into()),
+            (None, None) => {
+                return Err("hardware: set url (a Prometheus metrics endpoint) or command".into())
+            }
+            (Some(url), None) => {
+                HttpUrl::parse(url).map_err(|e| format!("hardware.url = {url:?}: {e}"))?;
+                if self.rules.is_empty() {
+                    return Err("hardware.rules: a url probe needs at least one rule".into());
+                }
+            }
+            (None, Some(command)) => {
+                if command.trim().is_empty() {
+                    return Err("hardware.command is empty".into());
+                }
+                if !self.rules.is_empty() {
+                    return Err("hardware.rules apply to url probes only; \
+                                a command reports through its exit status"
+                        .into());
+                }
+            }
+        }
+        if self.interval.is_zero() {
+            return Err("hardware.interval must be more than 0".into());
+        }
+        if self.timeout.is_zero() {
+            return Err("hardware.timeout must be more than 0".into());
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            rule.validate()
+                .map_err(|e| format!("hardware.rules[{i}]: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The status a matching rule sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum Severity {
+    /// Redundancy lost; worth a planned switchover.
+    Degraded,
+    /// The node counts as down now.
+    Failing,
+}
+
+// By hand rather than derived, so that a typo gets a message listing the
+// choices (the `config` crate's own enum error does not).
+impl TryFrom<String> for Severity {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "degraded" => Ok(Severity::Degraded),
+            "failing" => Ok(Severity::Failing),
+            _ => Err(format!(
+                "unknown status {s:?}: expected \"degraded\" or \"failing\""
+            )),
+        }
+    }
+}
+
+/// How a sample's value is compared with a rule's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum Op {
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `==` (exact: sensor states and `up` gauges are small integers)
+    Eq,
+    /// `!=`
+    Ne,
+}
+
+impl From<Op> for &'static str {
+    fn from(op: Op) -> &'static str {
+        op.as_str()
+    }
+}
+
+impl TryFrom<String> for Op {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        const ALL: [Op; 6] = [Op::Gt, Op::Ge, Op::Lt, Op::Le, Op::Eq, Op::Ne];
+        ALL.into_iter()
+            .find(|op| op.as_str() == s)
+            .ok_or_else(|| format!("unknown op {s:?}: expected one of >, >=, <, <=, ==, !="))
+    }
+}
+
+impl Op {
+    /// The operator as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Gt => ">",
+            Op::Ge => ">=",
+            Op::Lt => "<",
+            Op::Le => "<=",
+            Op::Eq => "==",
+            Op::Ne => "!=",
+        }
+    }
+
+    /// Whether `sample op threshold` holds. A `NaN` on either side never
+    /// holds, not even for `!=`: a sensor that reads `NaN` has no reading, and
+    /// "no reading" must not count as "not nominal".
+    pub fn holds(self, sample: f64, threshold: f64) -> bool {
+        if sample.is_nan() || threshold.is_nan() {
+            return false;
+        }
+        match self {
+            Op::Gt => sample > threshold,
+            Op::Ge => sample >= threshold,
+            Op::Lt => sample < threshold,
+            Op::Le => sample <= threshold,
+            Op::Eq => sample == threshold,
+            Op::Ne => sample != threshold,
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of `rules = [...]`: when a series of `metric` whose labels
+/// include all of `labels` satisfies `value op threshold`, the node is `status`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Metric name, e.g. `ipmi_sensor_state`.
+    pub metric: String,
+    /// Labels a series must carry, with exactly these values; other labels
+    /// of the series do not matter. Default: none (every series of `metric`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Comparison: `>`, `>=`, `<`, `<=`, `==` or `!=`.
+    pub op: Op,
+    /// The threshold the series' value is compared with.
+    pub value: f64,
+    /// `degraded` or `failing`.
+    pub status: Severity,
+}
+
+/// Why a rule cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RuleError {
+    /// `metric` is not `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+    #[error("metric {0:?} is not a valid Prometheus metric name")]
+    Metric(String),
+    /// A key of `labels` is not `[a-zA-Z_][a-zA-Z0-9_]*`.
+    #[error("label {0:?} is not a valid Prometheus label name")]
+    Label(String),
+    /// `value` is NaN, which no sample ever matches.
+    #[error("value is NaN, which never matches")]
+    NanValue,
+}
+
+impl Rule {
+    /// Checks what serde cannot: the names are valid Prometheus names and the
+    /// threshold can match something.
+    pub fn validate(&self) -> Result<(), RuleError> {
+        if !is_metric_name(&self.metric) {
+            return Err(RuleError::Metric(self.metric.clone()));
+        }
+        if let Some(bad) = self.labels.keys().find(|k| !is_label_name(k)) {
+            return Err(RuleError::Label(bad.clone()));
+        }
+        if self.value.is_nan() {
+            return Err(RuleError::NanValue);
+        }
+        Ok(())
+    }
+}
+
+// The Prometheus name grammar. It is here, not beside the exposition parser
+// that also needs it, because a rule's names are checked when the file is
+// loaded, before any scrape.
+
+/// `[a-zA-Z_:][a-zA-Z0-9_:]*`
+pub fn is_metric_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(is_metric_char)
+}
+
+/// `[a-zA-Z_][a-zA-Z0-9_]*`
+pub fn is_label_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(is_label_char)
+}
+
+/// A character of a metric name after the first.
+pub fn is_metric_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+/// A character of a label name after the first.
+pub fn is_label_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(metric: &str, labels: &[(&str, &str)], op: Op, value: f64, status: Severity) -> Rule {
+        Rule {
+            metric: metric.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            op,
+            value,
+            status,
+        }
+    }
+
+    fn psu_rule() -> Rule {
+        rule(
+            "ipmi_sensor_state",
+            &[("type", "Power Supply")],
+            Op::Ne,
+            0.0,
+            Severity::Degraded,
+        )
+    }
+
+    fn temp_rule(threshold: f64) -> Rule {
+        rule(
+            "node_hwmon_temp_celsius",
+            &[],
+            Op::Gt,
+            threshold,
+            Severity::Failing,
+        )
+    }
+
+    #[test]
+    fn ops_and_nan() {
+        let cases = [
+            (Op::Gt, 2.0, 1.0, true),
+            (Op::Gt, 1.0, 1.0, false),
+            (Op::Ge, 1.0, 1.0, true),
+            (Op::Lt, 0.0, 1.0, true),
+            (Op::Le, 1.0, 1.0, true),
+            (Op::Le, 1.5, 1.0, false),
+            (Op::Eq, 1.0, 1.0, true),
+            (Op::Ne, 1.0, 1.0, false),
+            (Op::Ne, 2.0, 1.0, true),
+            (Op::Ne, f64::NAN, 0.0, false),
+            (Op::Eq, f64::NAN, f64::NAN, false),
+            (Op::Lt, f64::NAN, 1.0, false),
+            (Op::Gt, f64::INFINITY, 1e308, true),
+        ];
+        for (op, sample, threshold, want) in cases {
+            assert_eq!(
+                op.holds(sample, threshold),
+                want,
+                "{sample} {op} {threshold}"
+            );
+        }
+    }
+
+    /// Rules as the config loader will read them: TOML through the `config` crate.
+    fn from_toml(toml: &str) -> Result<Vec<Rule>, String> {
+        #[derive(serde::Deserialize)]
+        struct Wrapper {
+            rules: Vec<Rule>,
+        }
+        let w: Wrapper = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| e.to_string())?;
+        Ok(w.rules)
+    }
+
+    #[test]
+    fn rules_deserialize_from_toml() {
+        let rules = from_toml(
+            r#"rules = [
+                { metric = "ipmi_sensor_state", labels = { type = "Power Supply" }, op = "!=", value = 0, status = "degraded" },
+                { metric = "node_hwmon_temp_celsius", op = ">", value = 90.5, status = "failing" },
+            ]"#,
+        )
+        .unwrap();
+        assert_eq!(rules, [psu_rule(), temp_rule(90.5)]);
+        assert!(rules.iter().all(|r| r.validate().is_ok()));
+    }
+
+    #[test]
+    fn bad_rules_are_rejected_clearly() {
+        let base = r#"metric = "m", op = ">", value = 1, status = "failing""#;
+        let cases = [
+            (
+                base.replace("\">\"", "\"=>\""),
+                "unknown op \"=>\": expected one of >, >=, <, <=, ==, !=",
+            ),
+            (
+                base.replace("failing", "broken"),
+                "unknown status \"broken\": expected \"degraded\" or \"failing\"",
+            ),
+            (base.replace("value = 1", "value = \"high\""), "high"),
+            (base.replace(", value = 1", ""), "value"),
+            (format!("{base}, threshold = 3"), "threshold"),
+        ];
+        for (entry, needle) in cases {
+            let err = from_toml(&format!("rules = [{{ {entry} }}]")).unwrap_err();
+            assert!(err.contains(needle), "{entry}: {err}");
+        }
+    }
+
+    #[test]
+    fn validate_checks_names_and_nan() {
+        let mut r = psu_rule();
+        assert_eq!(r.validate(), Result::Ok(()));
+        for (metric, ok) in [("", false), ("1x", false), ("a-b", false), ("ns:x_1", true)] {
+            r.metric = metric.into();
+            assert_eq!(r.validate().is_ok(), ok, "{metric:?}");
+        }
+        let msg = rule("", &[], Op::Gt, 1.0, Severity::Failing)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("not a valid Prometheus metric name"), "{msg}");
+        let r = rule("m", &[("bad-label", "x")], Op::Gt, 1.0, Severity::Failing);
+        assert_eq!(r.validate(), Err(RuleError::Label("bad-label".into())));
+        let r = rule("m", &[], Op::Gt, f64::NAN, Severity::Failing);
+        assert_eq!(r.validate(), Err(RuleError::NanValue));
+    }
+
+    fn spec(toml: &str) -> Result<HardwareSpec, String> {
+        #[derive(serde::Deserialize)]
+        struct Node {
+            hardware: HardwareSpec,
+        }
+        let node: Node = config::Config::builder()
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| e.to_string())?;
+        node.hardware.validate()?;
+        Ok(node.hardware)
+    }
+
+    #[test]
+    fn spec_from_the_issue_example() {
+        let s = spec(
+            r#"[hardware]
+            url = "http://db1.internal:9290/metrics"
+            interval = "5s"
+            timeout = "2s"
+            rules = [
+              { metric = "ipmi_sensor_state", labels = { type = "Power Supply" }, op = "!=", value = 0, status = "degraded" },
+              { metric = "node_hwmon_temp_celsius", op = ">", value = 90, status = "failing" },
+            ]"#,
+        )
+        .unwrap();
+        assert_eq!(s.rules.len(), 2);
+        assert_eq!(s.timeout, Duration::from_secs(2));
+        let s = spec("[hardware]\ncommand = \"/usr/local/bin/check-psu\"").unwrap();
+        assert_eq!(s.command.as_deref(), Some("/usr/local/bin/check-psu"));
+        assert_eq!(
+            (s.interval, s.timeout),
+            (default_interval(), default_timeout())
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_clearly() {
+        let rule = r#"rules = [{ metric = "m", op = ">", value = 1, status = "failing" }]"#;
+        let cases = [
+            (
+                "command = \"a\"\nurl = \"http://h/m\"".to_string(),
+                "not both",
+            ),
+            (rule.to_string(), "set url"),
+            (
+                "url = \"https://h/m\"\n".to_string() + rule,
+                "https is not supported",
+            ),
+            ("url = \"http://h/m\"".to_string(), "at least one rule"),
+            ("command = \" \"".to_string(), "command is empty"),
+            ("command = \"x\"\n".to_string() + rule, "url probes only"),
+            (
+                "command = \"x\"\ntimeout = \"0s\"".to_string(),
+                "timeout must be more than 0",
+            ),
+            (
+                "command = \"x\"\ninterval = \"0ms\"".to_string(),
+                "interval must be more than 0",
+            ),
+            (
+                "command = \"x\"\ntimeout = \"2 parsecs\"".to_string(),
+                "invalid duration",
+            ),
+            ("command = \"x\"\nretries = 3".to_string(), "retries"),
+            (
+                "url = \"http://h/m\"\n".to_string() + &rule.replace("\"m\"", "\"bad-name\""),
+                "rules[0]: metric \"bad-name\"",
+            ),
+        ];
+        for (body, needle) in cases {
+            let err = spec(&format!("[hardware]\n{body}")).unwrap_err();
+            assert!(err.contains(needle), "{body}: {err}");
+        }
+    }
+}
