@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
         "sessions",
         "local_cluster",
     ],
-    &["error", "auth", "tls"],
+    &["error", "auth", "tls", "http_client"],
     &["server"],
     &["cluster"],
     &["pool"],
