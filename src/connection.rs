@@ -9,12 +9,14 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::client::conn::{ClientConn, ReadError};
 use crate::client::login::{self, Opening};
+use crate::client::pool_error;
 use crate::client::relay::Session;
-use crate::client::{pool_error, session_state};
+use crate::client::settings::{self, Untracked};
 use crate::context::Context;
 use crate::error::ClientError;
 use crate::pool::Pool;
 use crate::server::send_cancel;
+use crate::server::settings::Setting;
 use crate::sessions::cancel::CancelGuard;
 use crate::sessions::registry;
 
@@ -59,8 +61,8 @@ struct LoggedIn {
     /// `None` for the admin console.
     pool: Option<Pool>,
     cancel: CancelGuard,
-    /// Tracked parameters from the startup packet.
-    wanted: Vec<(String, String)>,
+    /// Settings from the startup packet (or why they cannot be tracked).
+    wanted: Result<Vec<Setting>, Untracked>,
 }
 
 /// Negotiates, authenticates and sends the login reply. `None`: a cancel was served.
@@ -93,7 +95,7 @@ async fn login(
         .find(|(k, _)| k == "application_name")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
-    let wanted = wanted_params(&params);
+    let wanted = settings::from_startup(&params);
     let admin = crate::admin::is_admin_database(&database);
     let mut reply = login::check_credentials(conn, ctx, &user, admin).await?;
     if admin {
@@ -123,8 +125,11 @@ async fn login(
         .map_err(|e| ReadError::Client(pool_error(e, true)))?;
     let cancel = ctx.cancels().register();
     let mut shown = params.to_vec();
-    for (k, v) in &wanted {
-        session_state::set(&mut shown, k, v);
+    // What PostgreSQL would report to this client: its own values.
+    for (k, v) in wanted.iter().flatten() {
+        if let Some(slot) = shown.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(k)) {
+            slot.1 = v.clone();
+        }
     }
     login::login_reply(&mut reply, &shown, (cancel.pid, cancel.secret));
     conn.send(&reply).await?;
@@ -136,12 +141,4 @@ async fn login(
         cancel,
         wanted,
     }))
-}
-
-/// The tracked parameters a client asked for in its startup packet.
-fn wanted_params(params: &[(String, String)]) -> Vec<(String, String)> {
-    params
-        .iter()
-        .filter_map(|(k, v)| session_state::tracked(k).map(|t| (t.to_string(), v.clone())))
-        .collect()
 }

@@ -54,6 +54,10 @@ pub enum ClientError {
     /// statement outside a transaction): it may or may not have committed.
     #[error("the server failed before confirming the outcome (failover); the statement may or may not have committed")]
     CommitUnknown,
+    /// The server failed before the client's session settings, just
+    /// changed, could be read back: they cannot follow it to another server.
+    #[error("the server failed before the session's settings could be carried over (failover); reconnect")]
+    SettingsLost,
     /// Statements after a lost transaction, until the client ends it.
     #[error("current transaction is aborted (its server failed), commands ignored until end of transaction block")]
     InFailedTransaction,
@@ -99,7 +103,7 @@ impl ClientError {
             ClientError::NotAdmin(_) => "42501",
             ClientError::AdminExtendedQuery => "08P01",
             ClientError::Admin { code, .. } => code,
-            ClientError::TransactionLost => "08006",
+            ClientError::TransactionLost | ClientError::SettingsLost => "08006",
             ClientError::CommitUnknown => "08007",
             ClientError::InFailedTransaction => "25P02",
             ClientError::Server(e) => &e.code,

@@ -1,7 +1,13 @@
 //! The settings a session reads on its hot path, copied at login so that a
 //! reload applies to new clients only.
 
+use std::time::Duration;
+
+use super::settings::Bounds;
 use crate::config::PoolMode;
+
+/// Bytes of setting names and values tracked per client.
+const TRACKED_BYTES: usize = 8 * 1024;
 
 /// The settings a session reads on its hot path, copied at login.
 #[derive(Debug, Clone, Copy)]
@@ -12,6 +18,11 @@ pub struct Limits {
     pub max_message_size: usize,
     /// `proxy.max_prepared_statements`.
     pub max_prepared: usize,
+    /// How many settings, and how many bytes of them, follow the client.
+    pub tracked: Bounds,
+    /// How long a server may take to apply the client's settings
+    /// (`proxy.server_connect_timeout`).
+    pub settings_timeout: Duration,
 }
 
 impl From<&crate::config::Config> for Limits {
@@ -20,6 +31,11 @@ impl From<&crate::config::Config> for Limits {
             mode: c.proxy.pool_mode,
             max_message_size: c.proxy.max_message_size,
             max_prepared: c.proxy.max_prepared_statements,
+            tracked: Bounds {
+                count: c.proxy.max_tracked_parameters,
+                bytes: TRACKED_BYTES,
+            },
+            settings_timeout: c.proxy.server_connect_timeout,
         }
     }
 }

@@ -16,6 +16,7 @@ use super::limits::Limits;
 use super::meter::Meter;
 use super::prepared::ClientStatements;
 use super::rewrite::{names_statement, Upstream};
+use super::session_state::{custom_names, effects, Effects};
 use super::txn::Txn;
 use crate::config::PoolMode;
 use crate::error::ClientError;
@@ -77,6 +78,8 @@ pub(super) enum End {
     ServerLost(String),
     /// An operator ran `KILL` on the client's database.
     Killed,
+    /// The server failed before the client's changed settings were read back.
+    SettingsLost,
 }
 
 /// Why [`Link::pump`] returned.
@@ -127,9 +130,12 @@ pub(super) struct Link {
     pin_reason: Option<&'static str>,
     /// ParameterStatus values the server reported, to apply after the scan.
     reported: Vec<(String, String)>,
-    /// Tracked parameters the server reported changed (latest value of
-    /// each), for the session to adopt when the attachment ends.
-    params: Vec<(&'static str, String)>,
+    /// A statement that may change session settings went through: they
+    /// are read back from the server before it is released.
+    settings_changed: bool,
+    /// Custom settings (`app.tenant`) those statements named, which the
+    /// read-back must ask for by name (at most `MAX_CUSTOM`).
+    custom: Vec<String>,
     /// Timings and counts for the metrics and `SHOW STATS`.
     pub(super) meter: Meter,
     /// Some byte went either way or a client message was consumed. An
@@ -161,9 +167,21 @@ impl Link {
         }
     }
 
-    /// The tracked parameters the server reported changed, latest value of each.
-    pub(super) fn take_params(&mut self) -> Vec<(&'static str, String)> {
-        std::mem::take(&mut self.params)
+    /// Whether a statement that may change session settings went through,
+    /// and the custom settings such statements named.
+    pub(super) fn take_settings_changed(&mut self) -> Option<Vec<String>> {
+        std::mem::take(&mut self.settings_changed).then(|| std::mem::take(&mut self.custom))
+    }
+
+    /// Notes what a statement does to the session.
+    fn note(&mut self, effects: Effects, text: &[u8]) {
+        note(
+            &mut self.pin_reason,
+            &mut self.settings_changed,
+            &mut self.custom,
+            effects,
+            text,
+        )
     }
 
     /// Everything forwarded, nothing owed, no message half-sent either way.
@@ -342,10 +360,7 @@ impl Link {
                     .map_err(|e| End::ServerLost(e.to_string()))?;
                 forget(cx, server, forgotten);
                 for (k, v) in self.reported.drain(..) {
-                    super::session_state::set(server.params_mut(), &k, &v);
-                    if let Some(name) = super::session_state::tracked(&k) {
-                        keep_latest(&mut self.params, name, v);
-                    }
+                    set_param(server.params_mut(), k, v);
                 }
             }
             if let Some(why) = self.pin_reason.take() {
@@ -377,6 +392,7 @@ impl Link {
             &mut self.pin_reason,
             &mut self.meter,
         );
+        let (changed, custom) = (&mut self.settings_changed, &mut self.custom);
         // Queries are held whole (bounded by max_message_size) to spot a COMMIT
         // in flight; statement-naming messages, to rewrite them.
         let whole = |t: u8| t == b'Q' || (rewrite && matches!(t, b'P' | b'B' | b'D' | b'C'));
@@ -410,14 +426,12 @@ impl Link {
                 txn.on_client(tag);
                 if let (b'Q', Some(body)) = (tag, frame.and_then(|f| f.get(5..))) {
                     txn.commit_in_flight |= super::lost::commits(body);
-                    if rewrite && pin.is_none() {
-                        *pin = super::session_state::pins(body);
+                    if rewrite {
+                        note(pin, changed, custom, effects(body), body);
                     }
                 }
-                if let (b'P', true, Some(p)) =
-                    (tag, rewrite && pin.is_none(), frame.and_then(decode_parse))
-                {
-                    *pin = super::session_state::pins(p.query);
+                if let (b'P', true, Some(p)) = (tag, rewrite, frame.and_then(decode_parse)) {
+                    note(pin, changed, custom, effects(p.query), p.query);
                 }
                 Visit::Forward
             })?;
@@ -493,13 +507,12 @@ impl Link {
             expect: &mut self.expect,
             parses: 0,
         };
-        let pin = up.rewrite(&frame, cx.stmts);
+        let effects = up.rewrite(&frame, cx.stmts);
         for _ in 0..up.parses {
             self.meter.server_parse();
         }
-        if self.pin_reason.is_none() {
-            self.pin_reason = pin;
-        }
+        let text = decode_parse(&frame).map_or(&b""[..], |p| p.query);
+        self.note(effects, text);
     }
 }
 
@@ -540,11 +553,39 @@ fn forget(cx: &mut LinkCtx<'_>, server: &mut ServerConn, f: Forgotten) {
 }
 
 /// Records `name = value`, replacing an earlier value (so a long pinned
-/// session's SETs do not pile up; `value` is moved, not copied).
-fn keep_latest(params: &mut Vec<(&'static str, String)>, name: &'static str, value: String) {
-    match params.iter_mut().find(|(k, _)| *k == name) {
+/// Sets `name = value` in the server's ParameterStatus list (names ignore case).
+fn set_param(params: &mut Vec<(String, String)>, name: String, value: String) {
+    match params
+        .iter_mut()
+        .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+    {
         Some(slot) => slot.1 = value,
         None => params.push((name, value)),
+    }
+}
+
+/// Most custom setting names one attachment remembers for the read-back.
+const MAX_CUSTOM: usize = 64;
+
+/// Records `effects` of a statement whose text is `text`: the first pin
+/// reason, and whether (and which custom) settings may have changed.
+fn note(
+    pin: &mut Option<&'static str>,
+    changed: &mut bool,
+    custom: &mut Vec<String>,
+    effects: Effects,
+    text: &[u8],
+) {
+    if pin.is_none() {
+        *pin = effects.pin;
+    }
+    if effects.settings {
+        *changed = true;
+        for name in custom_names(text) {
+            if custom.len() < MAX_CUSTOM && !custom.contains(&name) {
+                custom.push(name);
+            }
+        }
     }
 }
 

@@ -19,6 +19,8 @@ pub struct Statement {
     pub server_name: Arc<str>,
     /// A Parse frame under `server_name`, ready to inject on any server.
     pub parse: Bytes,
+    /// What running it does to the session (read once, from its text).
+    pub effects: super::session_state::Effects,
 }
 
 impl Statement {
@@ -36,6 +38,7 @@ impl Statement {
         Statement {
             server_name,
             parse: out.freeze(),
+            effects: super::session_state::effects(p.query),
         }
     }
 }

@@ -15,6 +15,7 @@ use super::lost::LostTxn;
 use super::meter::Meter;
 use super::prepared::ClientStatements;
 use super::rewrite::known_parse;
+use super::settings::{check, Untracked};
 use super::txn::Txn;
 use crate::config::PoolMode;
 use crate::context::Context;
@@ -25,7 +26,8 @@ use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::backend;
 use crate::protocol::{frame_len, FrameError};
-use crate::server::{send_cancel, ServerConn};
+use crate::server::settings::{Setting, SettingSet};
+use crate::server::{send_cancel, ConnectError, ServerConn};
 use crate::sessions::cancel::{CancelGuard, CancelTarget};
 use crate::sessions::registry::{ClientState, Linked, Registration};
 
@@ -49,8 +51,11 @@ pub struct Session {
     pinned: bool,
     /// Whether the last attachment ended with nothing half-sent or owed.
     last_at_rest: bool,
-    /// Tracked parameters as the client wants them (startup packet, then its SETs).
-    params: Vec<(String, String)>,
+    /// The client's session settings as PostgreSQL last accepted them
+    /// (startup packet, then what it SET): given to every server it gets.
+    settings: SettingSet,
+    /// What the startup packet asked for: what a RESET goes back to.
+    startup: Vec<Setting>,
     /// The client's entry in the registry (state, link, KILL).
     reg: Registration,
     /// Settings fixed for the session's life (a reload applies to new clients).
@@ -71,18 +76,23 @@ enum Idle {
 
 impl Session {
     /// A client that has just logged in to `pool`, holding no server, with
-    /// the tracked parameters `params` from its startup packet. The
-    /// settings it reads on its hot path are copied from `ctx` now.
+    /// the settings `startup` from its startup packet. The settings it reads
+    /// on its hot path are copied from `ctx` now.
     pub fn new(
         client: ClientConn,
         ctx: Arc<Context>,
         pool: Pool,
         cancel: CancelGuard,
-        params: Vec<(String, String)>,
+        startup: Result<Vec<Setting>, Untracked>,
         reg: Registration,
     ) -> Session {
         let limits = Limits::from(&**ctx.config());
-        Session {
+        let (startup, untracked) = match startup {
+            Ok(s) => (s, None),
+            Err(why) => (Vec::new(), Some(why)),
+        };
+        let settings = SettingSet::new(startup.iter().cloned());
+        let mut session = Session {
             client,
             ctx,
             pool,
@@ -92,10 +102,15 @@ impl Session {
             stmts: ClientStatements::default(),
             pinned: false,
             last_at_rest: true,
-            params,
+            settings,
+            startup,
             reg,
             limits,
+        };
+        if let Some(why) = untracked.or(check(&session.settings, limits.tracked).err()) {
+            session.pin(why.reason());
         }
+        session
     }
 
     /// Serves the client until it leaves.
@@ -121,12 +136,10 @@ impl Session {
                                 Err(ClientGone) => return,
                             }
                         }
-                        None => match self.checkout().await {
-                            Ok(s) => s,
-                            Err(e) => match self.refuse(tag, e).await {
-                                Ok(()) => continue,
-                                Err(ClientGone) => return,
-                            },
+                        None => match self.ready_server(tag).await {
+                            Ok(Some(s)) => s,
+                            Ok(None) => continue,
+                            Err(ClientGone) => return,
                         },
                     },
                 },
@@ -137,7 +150,9 @@ impl Session {
                 self.reg.info.set(ClientState::Idle, None);
             }
             match attached {
-                (End::Released, Some(s)) if self.mode() == PoolMode::Transaction => {
+                (End::Released, Some(s))
+                    if self.mode() == PoolMode::Transaction && !self.pinned =>
+                {
                     self.pool.checkin(s)
                 }
                 (End::Released, Some(s)) => held = Some(s),
@@ -149,6 +164,10 @@ impl Session {
                 (End::Killed, s) => {
                     self.client.send_error(&ClientError::Killed).await;
                     return self.cleanup(s).await;
+                }
+                (End::SettingsLost, _) => {
+                    self.ctx.cluster().nudge();
+                    return self.client.send_error(&ClientError::SettingsLost).await;
                 }
                 (End::ClientError(e), s) => {
                     tracing::debug!(error = %e, "client protocol error");
@@ -283,8 +302,7 @@ impl Session {
 
     /// No server for this request: tell the client, skip the request (up to its
     /// Sync for an extended batch), and keep the connection.
-    async fn refuse(&mut self, tag: u8, err: PoolError) -> Result<(), ClientGone> {
-        let client_err = super::pool_error(err, false);
+    async fn refuse(&mut self, tag: u8, client_err: ClientError) -> Result<(), ClientGone> {
         let mut out = BytesMut::new();
         client_err.encode_as(&mut out, false);
         self.ctx.errors().add(client_err.sqlstate());
@@ -297,6 +315,84 @@ impl Session {
         Ok(self.client.send(&out).await?)
     }
 
+    /// A server for the client's next request, with the client's settings
+    /// in force on it. `None`: the request was answered with an error (no
+    /// server, or PostgreSQL refused the settings), or the server failed
+    /// while taking them (the request is still buffered: the idle loop tries again).
+    async fn ready_server(&mut self, tag: u8) -> Result<Option<PooledConn>, ClientGone> {
+        let mut server = match self.checkout().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.refuse(tag, super::pool_error(e, false)).await?;
+                return Ok(None);
+            }
+        };
+        if self.mode() != PoolMode::Transaction {
+            return Ok(Some(server));
+        }
+        match self.give_settings(&mut server).await {
+            Ok(()) => Ok(Some(server)),
+            Err(ConnectError::Refused { error, .. }) => {
+                // Nothing changed on that server (one implicit transaction),
+                // but it is not kept: PostgreSQL's error goes to the client.
+                self.refuse(tag, ClientError::Server(error)).await?;
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a server failed while taking a client's settings");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Applies the client's settings to `server` where they differ, within
+    /// `settings_timeout`, and not past the node's retirement.
+    async fn give_settings(&mut self, server: &mut PooledConn) -> Result<(), ConnectError> {
+        let retired = server.retired().clone();
+        let limit = self.limits.settings_timeout;
+        let addr = server.addr().to_string();
+        tokio::select! {
+            r = tokio::time::timeout(limit, server.apply_settings(&self.settings)) => {
+                r.unwrap_or(Err(ConnectError::Timeout(addr)))
+            }
+            _ = retired.cancelled() => Err(ConnectError::Protocol(addr, "node retired")),
+        }
+    }
+
+    /// After a transaction that may have changed settings: the client's
+    /// settings become what the server's session now holds, plus what its
+    /// startup packet asked for and a RESET took away (given back next time).
+    async fn read_back(
+        &mut self,
+        server: &mut PooledConn,
+        custom: &[String],
+    ) -> Result<(), ConnectError> {
+        let mut names: Vec<&str> = custom.iter().map(String::as_str).collect();
+        for (n, _) in self.settings.items() {
+            if n.contains('.') && !names.contains(&n.as_str()) {
+                names.push(n);
+            }
+        }
+        let retired = server.retired().clone();
+        let addr = server.addr().to_string();
+        let read = tokio::select! {
+            r = tokio::time::timeout(self.limits.settings_timeout, server.read_settings(&names)) => {
+                r.unwrap_or(Err(ConnectError::Timeout(addr)))?
+            }
+            _ = retired.cancelled() => return Err(ConnectError::Protocol(addr, "node retired")),
+        };
+        let missing = self
+            .startup
+            .iter()
+            .filter(|(n, _)| read.get(n).is_none())
+            .cloned();
+        self.settings = SettingSet::new(read.items().iter().cloned().chain(missing));
+        if let Err(why) = check(&self.settings, self.limits.tracked) {
+            self.pin(why.reason());
+        }
+        Ok(())
+    }
+
     /// Relays between the client and `server` until the transaction (or, in
     /// session mode, the session) ends. Returns the server when it is reusable.
     async fn attach(&mut self, mut server: PooledConn) -> (End, Option<PooledConn>) {
@@ -304,28 +400,16 @@ impl Session {
             addr: server.addr().clone(),
             key: server.key(),
         }));
-        if self.mode() == PoolMode::Transaction {
-            let diff = super::session_state::diff(&self.params, server.params());
-            if !diff.is_empty() {
-                let sql = super::session_state::set_sql(&diff);
-                let changes: Vec<(String, String)> = diff.into_iter().cloned().collect();
-                if let Err(e) = server.run_reset(&sql).await {
-                    self.cancel.set(None);
-                    return (
-                        End::ServerLost(format!("restoring session parameters: {e}")),
-                        None,
-                    );
-                }
-                for (k, v) in changes {
-                    super::session_state::set(server.params_mut(), &k, &v);
-                }
-            }
-        }
         let meter = Meter::new(self.ctx.record_metrics());
         let mut link = Link::new(self.limits, meter);
-        let end = self.pump(&mut link, &mut server).await;
-        for (k, v) in link.take_params() {
-            super::session_state::set(&mut self.params, k, &v);
+        let mut end = self.pump(&mut link, &mut server).await;
+        if let (Some(custom), End::Released) = (link.take_settings_changed(), &end) {
+            if self.mode() == PoolMode::Transaction && !self.pinned {
+                if let Err(e) = self.read_back(&mut server, &custom).await {
+                    tracing::warn!(error = %e, "reading back a client's session settings failed");
+                    end = End::SettingsLost;
+                }
+            }
         }
         self.pool.stats().add(&mut link.meter.tally);
         self.cancel.set(None);
@@ -333,7 +417,7 @@ impl Session {
         self.last_at_rest = link.at_rest();
         // A lost server is gone; any other ending hands it to cleanup, which
         // decides between reuse (quiet), cancel-and-close or close.
-        let keep = !matches!(end, End::ServerLost(_));
+        let keep = !matches!(end, End::ServerLost(_) | End::SettingsLost);
         (end, keep.then_some(server))
     }
 
@@ -390,8 +474,7 @@ impl Session {
             if self.mode() == PoolMode::Transaction && !self.pinned {
                 return true;
             }
-            server.statements_mut().clear();
-            server.run_reset("DISCARD ALL").await.ok() == Some(b'I')
+            server.discard_all().await.ok() == Some(b'I')
         });
         if reset.await.unwrap_or(false) {
             self.pool.checkin(server);

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 
 use super::expect::{Expect, Expectations, Sent};
 use super::prepared::{ClientStatements, Statement};
+use super::session_state::Effects;
 use crate::protocol::messages::extended::{
     decode_bind_statement, decode_parse, decode_target, encode_bind, encode_target,
 };
@@ -63,21 +64,25 @@ pub(super) struct Upstream<'a> {
 
 impl Upstream<'_> {
     /// Rewrites one whole message for which [`names_statement`] held, with
-    /// the client's statements `stmts`. Returns why the client must keep its
-    /// server, if a Parse's text says so.
-    pub fn rewrite(&mut self, frame: &[u8], stmts: &mut ClientStatements) -> Option<&'static str> {
+    /// the client's statements `stmts`. Returns what the statement a Parse
+    /// or Bind names does to the session (it may pin the client, or change
+    /// settings).
+    pub fn rewrite(&mut self, frame: &[u8], stmts: &mut ClientStatements) -> Effects {
         match frame.first() {
             Some(b'P') => return self.parse(frame, stmts),
             Some(b'B') => {
                 let Some((portal, name, tail)) = decode_bind_statement(frame) else {
                     self.pass(frame, Sent::Bind);
-                    return None;
+                    return Effects::default();
                 };
                 match stmts.get(&String::from_utf8_lossy(name)) {
                     Some(stmt) => {
                         self.ensure_prepared(&stmt);
                         encode_bind(self.out, portal, stmt.server_name.as_bytes(), tail);
                         self.expect.push(Expect::Forward(Sent::Bind));
+                        // Running it does what its text does (it may have
+                        // been parsed with no server, as a known statement).
+                        return stmt.effects;
                     }
                     None => self.pass(frame, Sent::Bind),
                 }
@@ -85,7 +90,7 @@ impl Upstream<'_> {
             Some(b'D') => {
                 let Some((_, name)) = decode_target(frame) else {
                     self.pass(frame, Sent::DescribePortal);
-                    return None;
+                    return Effects::default();
                 };
                 match stmts.get(&String::from_utf8_lossy(name)) {
                     Some(stmt) => {
@@ -105,18 +110,17 @@ impl Upstream<'_> {
                 self.expect.push(Expect::Answer(b'3'));
             }
         }
-        None
+        Effects::default()
     }
 
     /// A named Parse: registered under the client's name; sent under the
     /// server name only if this server lacks it, else answered by the proxy.
-    fn parse(&mut self, frame: &[u8], stmts: &mut ClientStatements) -> Option<&'static str> {
+    fn parse(&mut self, frame: &[u8], stmts: &mut ClientStatements) -> Effects {
         let Some(p) = decode_parse(frame) else {
             self.pass(frame, Sent::Bind);
-            return None;
+            return Effects::default();
         };
         let client_name: Arc<str> = String::from_utf8_lossy(p.name).into();
-        let pin = super::session_state::pins(p.query);
         let stmt = Arc::new(Statement::new(&p));
         stmts.insert(client_name.clone(), stmt.clone());
         if self.held.touch(&stmt.server_name) {
@@ -132,7 +136,7 @@ impl Upstream<'_> {
             };
             self.expect.push(Expect::Forward(sent));
         }
-        pin
+        stmt.effects
     }
 
     /// Sends a message unchanged (malformed or naming an unknown statement:
@@ -433,7 +437,7 @@ mod tests {
                 parses: 0,
             };
             assert!(names_statement(c.frame[0], &c.frame), "{}", c.what);
-            let pin = up.rewrite(&c.frame, &mut stmts);
+            let pin = up.rewrite(&c.frame, &mut stmts).pin;
             let parses = up.parses;
             assert_eq!(out, c.out, "{}: bytes for the server", c.what);
             assert_eq!(expect.queued(), c.expect, "{}: replies owed", c.what);

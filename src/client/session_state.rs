@@ -1,80 +1,62 @@
-//! Session state that transaction pooling must carry between server
-//! connections, decided from cheap text checks, not a SQL parser:
-//! - parameters PostgreSQL reports (ParameterStatus) plus `search_path`: the
-//!   client's values are set on whichever server it gets;
+//! What a query does to session state that transaction pooling must carry
+//! between server connections, decided from the one SQL scanner's view of
+//! it, not a SQL parser:
+//! - statements that may change session settings (`SET`, `RESET`, `DISCARD
+//!   ALL`, `set_config`): the client's settings are read back from the
+//!   server once its transaction is over (`settings`), and follow it;
 //! - statements that tie a client to one server session (SQL `PREPARE`,
-//!   `LISTEN`, temporary tables, session advisory locks, `DECLARE ... WITH
-//!   HOLD`, `SET` of an untracked parameter): the client is pinned to its server.
+//!   `LISTEN`, `LOAD`, temporary tables, session advisory locks, `DECLARE ...
+//!   WITH HOLD`, `SET ROLE` / `SET SESSION AUTHORIZATION`): the client is
+//!   pinned to its server.
 
-/// Parameters carried from server to server for a client.
-pub const TRACKED: [&str; 7] = [
-    "client_encoding",
-    "DateStyle",
-    "TimeZone",
-    "IntervalStyle",
-    "standard_conforming_strings",
-    "application_name",
-    "search_path",
-];
+/// How much of a query string is examined (a bound on the work per query;
+/// statements past it are not seen, so a longer query counts as one that
+/// may change settings).
+const SCAN: usize = 64 * 1024;
 
-/// The tracked name matching `name` (GUC names are case-insensitive).
-pub fn tracked(name: &str) -> Option<&'static str> {
-    TRACKED
-        .iter()
-        .copied()
-        .find(|t| t.eq_ignore_ascii_case(name))
+/// What one query string (a simple Query, or a Parse's text) does to the
+/// session, as far as transaction pooling cares.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Effects {
+    /// Why the client must keep its server from now on, if it must.
+    pub pin: Option<&'static str>,
+    /// It may change session settings: once its transaction is over, the
+    /// settings are read back from the server.
+    pub settings: bool,
 }
 
-/// Sets `name = value` in a parameter list.
-pub fn set(params: &mut Vec<(String, String)>, name: &str, value: &str) {
-    match params
-        .iter_mut()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-    {
-        Some(slot) => slot.1 = value.to_string(),
-        None => params.push((name.to_string(), value.to_string())),
+/// What `sql` does; any of its statements may pin or change settings. Runs
+/// on every simple query and Parse, so it works on the bytes as they came:
+/// no decoding, no copy.
+pub fn effects(sql: &[u8]) -> Effects {
+    let text = &sql[..sql.len().min(SCAN)];
+    let mut out = Effects {
+        pin: None,
+        settings: sql.len() > SCAN || contains(text, "SET_CONFIG"),
+    };
+    for head in super::sql::statements(text) {
+        out.settings |= changes_settings(&head);
+        if out.pin.is_none() {
+            out.pin = statement_pins(&head, text);
+        }
     }
+    out
 }
 
-/// The client's values that the server does not have.
-pub fn diff<'a>(
-    desired: &'a [(String, String)],
-    server: &[(String, String)],
-) -> Vec<&'a (String, String)> {
-    desired
-        .iter()
-        .filter(|(k, v)| {
-            !server
-                .iter()
-                .any(|(sk, sv)| sk.eq_ignore_ascii_case(k) && sv == v)
-        })
-        .collect()
-}
-
-/// One simple query setting every parameter of `diff`.
-pub fn set_sql(diff: &[&(String, String)]) -> String {
-    diff.iter()
-        .map(|(k, v)| {
-            format!(
-                "SET \"{}\" = '{}'",
-                k.replace('"', ""),
-                v.replace('\'', "''")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-/// How much of a query string is examined for what pins (a bound on the
-/// work per query; statements past it are not seen).
-const PIN_SCAN: usize = 64 * 1024;
-
-/// Why `sql` pins the session to its server, if it does: any of its
-/// statements may. Runs on every simple query and Parse, so it works on the
-/// bytes as they came: no decoding, no copy.
+/// Why `sql` pins the session to its server, if it does.
 pub fn pins(sql: &[u8]) -> Option<&'static str> {
-    let text = &sql[..sql.len().min(PIN_SCAN)];
-    super::sql::statements(text).find_map(|head| statement_pins(&head, text))
+    effects(sql).pin
+}
+
+/// Whether a statement may change a session-level setting (`SET LOCAL`,
+/// `SET TRANSACTION` and `SET CONSTRAINTS` last one transaction at most).
+fn changes_settings(head: &super::sql::Head<'_>) -> bool {
+    (head.is(0, "SET")
+        && !head.is(1, "LOCAL")
+        && !head.is(1, "TRANSACTION")
+        && !head.is(1, "CONSTRAINTS"))
+        || head.is(0, "RESET")
+        || (head.is(0, "DISCARD") && head.is(1, "ALL"))
 }
 
 /// Why one statement (its leading words; `text` the whole query) pins.
@@ -84,6 +66,9 @@ fn statement_pins(head: &super::sql::Head<'_>, text: &[u8]) -> Option<&'static s
     }
     if head.is(0, "LISTEN") {
         return Some("LISTEN");
+    }
+    if head.is(0, "LOAD") {
+        return Some("LOAD of a library");
     }
     if head.is(0, "CREATE")
         && (head.is(1, "TEMP")
@@ -96,26 +81,25 @@ fn statement_pins(head: &super::sql::Head<'_>, text: &[u8]) -> Option<&'static s
     if head.is(0, "DECLARE") && contains(text, "WITH HOLD") {
         return Some("DECLARE ... WITH HOLD");
     }
-    if head.is(0, "SET") && !head.is(1, "LOCAL") && !head.is(1, "TRANSACTION") {
-        let name = if head.is(1, "SESSION") {
-            head.word(2)
-        } else {
-            head.word(1)
-        };
-        // search_path is applied from the startup packet, but PostgreSQL
-        // (15, checked) does not report a SET of it, so a SET must pin.
-        let reported = std::str::from_utf8(name)
-            .ok()
-            .and_then(tracked)
-            .is_some_and(|t| t != "search_path");
-        if !reported && !name.eq_ignore_ascii_case(b"SESSION") {
-            return Some("SET of an untracked parameter");
-        }
+    if sets_identity(head, text) {
+        // Another client must never run as this one's role.
+        return Some("SET ROLE or SET SESSION AUTHORIZATION");
     }
     if contains(text, "PG_ADVISORY_LOCK") || contains(text, "PG_TRY_ADVISORY_LOCK") {
         return Some("session advisory lock");
     }
     None
+}
+
+/// `SET [SESSION] ROLE`, `SET [SESSION] SESSION AUTHORIZATION`, or
+/// `set_config` of `role` / `session_authorization` anywhere in the text.
+fn sets_identity(head: &super::sql::Head<'_>, text: &[u8]) -> bool {
+    let set_session = head.is(0, "SET") && head.is(1, "SESSION");
+    (head.is(0, "SET") && head.is(1, "ROLE"))
+        || (set_session
+            && (head.is(2, "ROLE") || head.is(2, "SESSION") || head.is(2, "AUTHORIZATION")))
+        || (contains(text, "SET_CONFIG")
+            && (contains(text, "'ROLE'") || contains(text, "'SESSION_AUTHORIZATION'")))
 }
 
 /// Whether `hay` contains `needle` (upper-case ASCII), ignoring ASCII case.
@@ -125,17 +109,82 @@ fn contains(hay: &[u8], needle: &str) -> bool {
         .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
+/// The custom settings (`app.tenant`: a dotted name, which PostgreSQL keeps
+/// as a placeholder and `pg_settings` does not list) that `sql` SETs or
+/// RESETs, or passes to `set_config` as a literal. Runs only for queries
+/// `effects` says change settings.
+pub fn custom_names(sql: &[u8]) -> Vec<String> {
+    let text = &sql[..sql.len().min(SCAN)];
+    let mut names = Vec::new();
+    for head in super::sql::statements(text) {
+        let at = match (
+            head.is(0, "SET") || head.is(0, "RESET"),
+            head.is(1, "SESSION"),
+        ) {
+            (true, true) => 2,
+            (true, false) => 1,
+            _ => continue,
+        };
+        let word = head.word(at);
+        if word.is_empty() {
+            continue;
+        }
+        // Words are slices of `text`: the dotted rest follows the first part.
+        let start = word.as_ptr() as usize - text.as_ptr() as usize;
+        let name = dotted(&text[start..]);
+        if name.contains('.') {
+            names.push(name);
+        }
+    }
+    let upper = text.to_ascii_uppercase();
+    let mut from = 0;
+    while let Some(p) = find(&upper[from..], b"SET_CONFIG") {
+        from += p + b"SET_CONFIG".len();
+        if let Some(name) = first_literal(&text[from..]).filter(|n| n.contains('.')) {
+            names.push(name.to_ascii_lowercase());
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// `a.b.c` at the start of `s` (words joined by dots), lower-cased.
+fn dotted(s: &[u8]) -> String {
+    let end = s
+        .iter()
+        .position(|&c| !(c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c >= 0x80))
+        .unwrap_or(s.len());
+    String::from_utf8_lossy(&s[..end]).to_ascii_lowercase()
+}
+
+/// The string literal right after `(` at the start of `s` (`set_config('a.b', ...`).
+fn first_literal(s: &[u8]) -> Option<String> {
+    let s = s.trim_ascii_start().strip_prefix(b"(")?.trim_ascii_start();
+    let s = s
+        .strip_prefix(b"E")
+        .or_else(|| s.strip_prefix(b"e"))
+        .unwrap_or(s);
+    let body = s.strip_prefix(b"'")?;
+    let end = body.iter().position(|&c| c == b'\'')?;
+    Some(String::from_utf8_lossy(&body[..end]).into_owned())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn what_pins_and_what_does_not() {
-        let cases: [(&str, bool); 26] = [
+        let cases: [(&str, bool); 30] = [
             // Comments, later statements and quoting are seen as PostgreSQL sees them.
-            ("/* x */ SET foo = 1", true),
+            ("/* x */ SET ROLE foo", true),
             ("-- why\nLISTEN chan", true),
-            ("SELECT 1; SET foo = 1", true),
+            ("SELECT 1; SET SESSION AUTHORIZATION foo", true),
             ("SELECT 1; PREPARE p AS SELECT 1", true),
             ("SELECT 'LISTEN x; SET y = 1'", false),
             ("SELECT $$;SET y = 1$$", false),
@@ -148,12 +197,16 @@ mod tests {
             ("SELECT pg_advisory_lock(1)", true),
             ("SELECT pg_try_advisory_lock(1)", true),
             ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", true),
-            ("SET statement_timeout = 5", true),
+            ("SET statement_timeout = 5", false),
+            ("SET SESSION ROLE foo", true),
+            ("SELECT set_config('role', 'foo', false)", true),
+            ("SET LOCAL ROLE foo", false),
+            ("LOAD 'auto_explain'", true),
             ("SELECT pg_advisory_xact_lock(1)", false),
             ("SET LOCAL statement_timeout = 5", false),
             ("SET TimeZone = 'UTC'", false),
             ("set application_name to 'x'", false),
-            ("SET SESSION search_path = public", true),
+            ("SET SESSION search_path = public", false),
             ("SET SESSION TimeZone = 'UTC'", false),
             ("CREATE TABLE temperature (a int)", false),
             ("SELECT 1", false),
@@ -166,25 +219,57 @@ mod tests {
     }
 
     #[test]
-    fn diff_and_set_sql() {
-        let desired = vec![
-            ("TimeZone".to_string(), "Asia/Tokyo".to_string()),
-            ("application_name".to_string(), "it's".to_string()),
+    fn what_may_change_settings() {
+        let cases: [(&str, bool); 14] = [
+            ("SET statement_timeout = 5", true),
+            ("/* why */ set search_path to a, b", true),
+            ("SET SESSION timezone TO 'UTC'", true),
+            ("SET TIME ZONE 'UTC'", true),
+            ("RESET ALL", true),
+            ("DISCARD ALL", true),
+            ("SELECT 1; SET x.y = 1", true),
+            (
+                "SELECT pg_catalog.set_config('search_path', 'evil', false)",
+                true,
+            ),
+            ("SET LOCAL statement_timeout = 5", false),
+            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", false),
+            ("SET CONSTRAINTS ALL DEFERRED", false),
+            ("SELECT 'SET x = 1'", false),
+            ("DISCARD PLANS", false),
+            ("SELECT 1", false),
         ];
-        let server = vec![
-            ("TimeZone".to_string(), "UTC".to_string()),
-            ("application_name".to_string(), "it's".to_string()),
-        ];
-        let d = diff(&desired, &server);
-        assert_eq!(d.len(), 1);
-        assert_eq!(set_sql(&d), "SET \"TimeZone\" = 'Asia/Tokyo'");
-        assert_eq!(
-            set_sql(&diff(&desired[1..], &[])),
-            "SET \"application_name\" = 'it''s'"
+        for (sql, changes) in cases {
+            assert_eq!(effects(sql.as_bytes()).settings, changes, "{sql}");
+        }
+        let long = format!("SELECT '{}'", "x".repeat(SCAN));
+        assert!(
+            effects(long.as_bytes()).settings,
+            "too long to scan: read back"
         );
-        let mut p = server.clone();
-        set(&mut p, "timezone", "Europe/Paris");
-        assert_eq!(p[0].1, "Europe/Paris");
-        assert_eq!(tracked("datestyle"), Some("DateStyle"));
+    }
+
+    #[test]
+    fn custom_settings_named_by_a_query() {
+        let cases: [(&str, &[&str]); 6] = [
+            ("SET app.tenant = 'a'", &["app.tenant"]),
+            (
+                "set session App.Tenant to 1; RESET my.other",
+                &["app.tenant", "my.other"],
+            ),
+            (
+                "SELECT set_config('app.user_id', '7', false)",
+                &["app.user_id"],
+            ),
+            (
+                "SELECT set_config ( E'a.b', 'x', false), set_config('plain', 'y', false)",
+                &["a.b"],
+            ),
+            ("SET statement_timeout = 1", &[]),
+            ("SELECT 'SET app.x = 1'", &[]),
+        ];
+        for (sql, want) in cases {
+            assert_eq!(custom_names(sql.as_bytes()), want, "{sql}");
+        }
     }
 }

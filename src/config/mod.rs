@@ -272,6 +272,9 @@ pub struct ProxyConfig {
     /// Prepared statements kept per server connection (transaction mode); the
     /// least recently used beyond this are closed. Default 200.
     pub max_prepared_statements: usize,
+    /// Session settings tracked per client (transaction mode); a client
+    /// with more is pinned to its server. Default 64.
+    pub max_tracked_parameters: usize,
     /// Period of the `SHOW STATS` averages (PgBouncer's `stats_period`). Default `60s`.
     #[serde(with = "duration")]
     pub stats_period: Duration,
@@ -363,6 +366,7 @@ impl Default for ProxyConfig {
             max_message_size: 256 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             max_prepared_statements: 200,
+            max_tracked_parameters: 64,
             stats_period: Duration::from_secs(60),
             workers: 0,
             tls: ProxyTlsConfig::default(),

@@ -23,10 +23,15 @@ use crate::protocol::messages::error_response::{self, ServerError};
 use crate::tls::upstream::{self, Outcome, UpstreamError};
 use crate::tls::{Connector, Stream};
 
+use super::settings::{self, SettingSet};
 use super::statements::ServerStatements;
 
 /// Largest message accepted from a server during login.
 const MAX_LOGIN_MESSAGE: usize = 1 << 20;
+
+/// Rows kept from a settings read-back: far more than a client may have
+/// tracked, so a client past its bound is seen as such, not cut short.
+const MAX_SETTINGS_READ: usize = 4096;
 
 /// Why a server connection could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +107,8 @@ pub struct ServerConn {
     local: Option<SocketAddr>,
     /// Proxy-named prepared statements this connection holds.
     statements: ServerStatements,
+    /// Session-level settings in force beyond the login's (set for a client).
+    settings: SettingSet,
 }
 
 impl ServerConn {
@@ -153,6 +160,7 @@ impl ServerConn {
             connected_at: SystemTime::now(),
             local,
             statements: Default::default(),
+            settings: SettingSet::default(),
         };
         let mut out = BytesMut::new();
         let params = [
@@ -369,6 +377,17 @@ impl ServerConn {
     /// Runs a simple query and returns the first row's text values (`None`
     /// for NULL; empty without a row); an ErrorResponse becomes `Err`.
     pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ConnectError> {
+        let rows = self.query_rows(sql, 1).await?;
+        Ok(rows.into_iter().next().unwrap_or_default())
+    }
+
+    /// Runs a simple query and returns up to `max_rows` rows as text, or
+    /// the server's error. Reported parameters it changes are recorded.
+    async fn query_rows(
+        &mut self,
+        sql: &str,
+        max_rows: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, ConnectError> {
         let mut out = BytesMut::new();
         let io = |addr: &str, source| ConnectError::Io {
             addr: addr.to_string(),
@@ -376,22 +395,60 @@ impl ServerConn {
         };
         frontend::query(sql, &mut out).map_err(|e| io(&self.addr, e))?;
         self.write(&out).await?;
-        let (mut row, mut error) = (None, None);
+        let (mut rows, mut error) = (Vec::new(), None);
         loop {
             match self.read_message().await? {
-                (b'D', body) if row.is_none() => row = Some(decode_data_row(&body)),
+                (b'D', body) if rows.len() < max_rows => rows.extend(decode_data_row(&body)),
                 (b'E', body) => error = error_response::decode(&body),
+                (b'S', body) => {
+                    if let Some((k, v)) = decode_parameter_status(&body) {
+                        set_param(&mut self.params, k, v);
+                    }
+                }
                 (b'Z', _) => break,
                 _ => {}
             }
         }
-        if let Some(error) = error {
-            return Err(ConnectError::Refused {
+        match error {
+            Some(error) => Err(ConnectError::Refused {
                 addr: self.addr.to_string(),
                 error,
-            });
+            }),
+            None => Ok(rows),
         }
-        Ok(row.flatten().unwrap_or_default())
+    }
+
+    /// The session-level settings in force beyond the login's.
+    pub fn settings(&self) -> &SettingSet {
+        &self.settings
+    }
+
+    /// Gives the session exactly `want`'s settings, in one round trip when
+    /// they differ. On the server's refusal nothing changed (the statements
+    /// run as one implicit transaction) and its error comes back.
+    pub async fn apply_settings(&mut self, want: &SettingSet) -> Result<(), ConnectError> {
+        let changes = settings::changes(want, &self.settings);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let sql = settings::apply_sql(&changes);
+        self.query_rows(&sql, 0).await?;
+        self.settings = want.clone();
+        Ok(())
+    }
+
+    /// Reads back the session's settings as PostgreSQL holds them now (with
+    /// the placeholders named in `custom`), and remembers them.
+    pub async fn read_settings(&mut self, custom: &[&str]) -> Result<SettingSet, ConnectError> {
+        let rows = self
+            .query_rows(&settings::readback_sql(custom), MAX_SETTINGS_READ)
+            .await?;
+        let pairs = rows.into_iter().filter_map(|row| {
+            let mut it = row.into_iter();
+            Some((it.next()??, it.next()??))
+        });
+        self.settings = SettingSet::new(pairs);
+        Ok(self.settings.clone())
     }
 
     /// True when the peer has closed or sent something unasked while idle:
@@ -402,7 +459,15 @@ impl ServerConn {
         self.stream.is_broken()
     }
 
-    /// Runs a simple query whose result is not needed (e.g. ROLLBACK, DISCARD ALL)
+    /// Returns the session to its state at login: `DISCARD ALL` (prepared
+    /// statements and settings gone too). Returns the final transaction status.
+    pub async fn discard_all(&mut self) -> Result<u8, ConnectError> {
+        self.statements.clear();
+        self.settings = SettingSet::default();
+        self.run_reset("DISCARD ALL").await
+    }
+
+    /// Runs a simple query whose result is not needed (e.g. ROLLBACK)
     /// and returns the final transaction status.
     pub async fn run_reset(&mut self, sql: &str) -> Result<u8, ConnectError> {
         let mut out = BytesMut::new();
@@ -493,4 +558,15 @@ pub async fn send_cancel(addr: &str, key: (i32, i32)) -> std::io::Result<()> {
     let mut sink = [0u8; 16];
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
     Ok(())
+}
+
+/// Sets `name = value` in a ParameterStatus list (names ignore case).
+fn set_param(params: &mut Vec<(String, String)>, name: String, value: String) {
+    match params
+        .iter_mut()
+        .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+    {
+        Some(slot) => slot.1 = value,
+        None => params.push((name, value)),
+    }
 }

@@ -5,6 +5,7 @@
 //! cluster's health checks can use it without depending on each other.
 
 mod conn;
+pub mod settings;
 pub mod statements;
 
 pub use conn::{send_cancel, ConnectError, Login, ServerConn};
