@@ -107,3 +107,150 @@ async fn listen_and_temp_tables_pin_the_client_to_its_server() {
     assert_eq!(got.as_deref(), Some("hello"));
     busy_task.await.unwrap();
 }
+
+/// `SHOW name` as the client sees it.
+async fn show(c: &tokio_postgres::Client, name: &str) -> String {
+    c.query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Two clients over one server connection: what one does to its session
+/// settings follows PostgreSQL's rules for it, and never reaches the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_follow_postgresql_semantics_and_stay_with_their_client() {
+    let proxy = Proxy::start("default_pool_size = 1").await;
+    let a = proxy.client().await;
+    let b = proxy.client().await;
+    let default = show(&b, "statement_timeout").await;
+    let digits = show(&b, "extra_float_digits").await;
+    assert_ne!(digits, "3");
+
+    // A SET in a transaction that rolls back is undone.
+    a.batch_execute("BEGIN; SET statement_timeout = '7s'; ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(show(&a, "statement_timeout").await, default);
+    // SET LOCAL lasts one transaction.
+    a.batch_execute("BEGIN; SET LOCAL statement_timeout = '7s'")
+        .await
+        .unwrap();
+    assert_eq!(show(&a, "statement_timeout").await, "7s");
+    a.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(show(&a, "statement_timeout").await, default);
+    // A refused SET changes nothing.
+    let bad = a.batch_execute("SET statement_timeout = 'soon'").await;
+    assert_eq!(
+        common::sqlstate(&bad.unwrap_err()).as_deref(),
+        Some("22023")
+    );
+    assert_eq!(show(&a, "statement_timeout").await, default);
+    // Behind a comment, or after another statement: seen all the same.
+    a.batch_execute("/* why */ SET statement_timeout = '6s'")
+        .await
+        .unwrap();
+    a.batch_execute("SELECT 1; SET search_path TO sy_elsewhere, public")
+        .await
+        .unwrap();
+    a.batch_execute("SELECT set_config('extra_float_digits', '3', false)")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(show(&a, "statement_timeout").await, "6s");
+        assert_eq!(show(&a, "search_path").await, "sy_elsewhere, public");
+        assert_eq!(show(&a, "extra_float_digits").await, "3");
+        assert_eq!(show(&b, "statement_timeout").await, default);
+        assert_eq!(show(&b, "search_path").await, "\"$user\", public");
+        assert_eq!(show(&b, "extra_float_digits").await, digits);
+    }
+    // RESET ALL and DISCARD ALL: back to the defaults.
+    a.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(show(&a, "statement_timeout").await, default);
+    a.batch_execute("SET search_path TO sy_elsewhere")
+        .await
+        .unwrap();
+    a.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(show(&a, "search_path").await, "\"$user\", public");
+}
+
+/// A RESET goes back to what the client's startup packet asked for, as it
+/// does on PostgreSQL; custom settings (`app.*`) follow the client too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_returns_to_the_startup_value_and_custom_settings_follow() {
+    let proxy = Proxy::start("default_pool_size = 1").await;
+    let url = format!(
+        "{} options='-c statement_timeout=3s'",
+        proxy.url("app", "app", "app")
+    );
+    let a = common::connect(&url).await.unwrap();
+    let b = proxy.client().await;
+    assert_eq!(show(&a, "statement_timeout").await, "3s");
+    a.batch_execute("SET statement_timeout = '5s'; SET app.tenant = 'acme'")
+        .await
+        .unwrap();
+    assert_eq!(show(&a, "statement_timeout").await, "5s");
+    let tenant = "SELECT coalesce(current_setting('app.tenant', true), '')";
+    // PostgreSQL keeps a custom setting's placeholder once a session made
+    // it: another client on that server reads it as empty, never the value.
+    let seen: String = b.query_one(tenant, &[]).await.unwrap().get(0);
+    assert_eq!(seen, "", "another client does not see app.tenant");
+    let seen: String = a.query_one(tenant, &[]).await.unwrap().get(0);
+    assert_eq!(seen, "acme");
+    a.batch_execute("RESET statement_timeout").await.unwrap();
+    assert_eq!(show(&a, "statement_timeout").await, "3s");
+}
+
+/// Settings PostgreSQL refuses when the proxy replays them: the client gets
+/// PostgreSQL's error, and the server keeps what it had, for the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_replay_gives_the_error_and_leaves_the_server_as_it_was() {
+    let proxy = Proxy::start("default_pool_size = 1").await;
+    let base = proxy.url("app", "app", "app");
+    let bad = common::connect(&format!(
+        "{base} options='-c TimeZone=Bad -c DateStyle=German'"
+    ))
+    .await
+    .unwrap();
+    let err = bad.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("22023"), "{err}");
+    let german = common::connect(&format!("{base} options='-c DateStyle=German'"))
+        .await
+        .unwrap();
+    let iso = proxy.client().await;
+    for _ in 0..3 {
+        let d: String = german
+            .query_one("SELECT '2024-03-05'::date::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(d, "05.03.2024");
+        let d: String = iso
+            .query_one("SELECT '2024-03-05'::date::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(d, "2024-03-05");
+    }
+}
+
+/// `SET ROLE` cannot be replayed safely: the client keeps its server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_role_pins_the_client() {
+    let proxy = Proxy::start("default_pool_size = 1\ncheckout_timeout = \"500ms\"").await;
+    let a = proxy.client().await;
+    let b = proxy.client().await;
+    b.simple_query("SELECT 1").await.unwrap();
+    a.batch_execute("SET ROLE app").await.unwrap();
+    let err = b.simple_query("SELECT 1").await.unwrap_err();
+    assert_eq!(
+        common::sqlstate(&err).as_deref(),
+        Some("53300"),
+        "the only server stays with the client that SET ROLE: {err}"
+    );
+    drop(a);
+    common::wait_until(10, "the server comes back", || async {
+        b.simple_query("SELECT 1").await.is_ok()
+    })
+    .await;
+}

@@ -133,6 +133,9 @@ pub(super) struct Link {
     /// A statement that may change session settings went through: they
     /// are read back from the server before it is released.
     settings_changed: bool,
+    /// A statement that drops the session's prepared statements went
+    /// through: the proxy's record of them goes too.
+    forgot_statements: bool,
     /// Custom settings (`app.tenant`) those statements named, which the
     /// read-back must ask for by name (at most `MAX_CUSTOM`).
     custom: Vec<String>,
@@ -363,6 +366,12 @@ impl Link {
                     set_param(server.params_mut(), k, v);
                 }
             }
+            if std::mem::take(&mut self.forgot_statements) {
+                // The server dropped them as it ran the statement; on
+                // PostgreSQL the client's names would be gone as well.
+                server.statements_mut().clear();
+                cx.stmts.clear();
+            }
             if let Some(why) = self.pin_reason.take() {
                 if !cx.pinned {
                     return Err(Pumped::Pin(why));
@@ -392,7 +401,11 @@ impl Link {
             &mut self.pin_reason,
             &mut self.meter,
         );
-        let (changed, custom) = (&mut self.settings_changed, &mut self.custom);
+        let (changed, custom, forgot) = (
+            &mut self.settings_changed,
+            &mut self.custom,
+            &mut self.forgot_statements,
+        );
         // Queries are held whole (bounded by max_message_size) to spot a COMMIT
         // in flight; statement-naming messages, to rewrite them.
         let whole = |t: u8| t == b'Q' || (rewrite && matches!(t, b'P' | b'B' | b'D' | b'C'));
@@ -427,7 +440,9 @@ impl Link {
                 if let (b'Q', Some(body)) = (tag, frame.and_then(|f| f.get(5..))) {
                     txn.commit_in_flight |= super::lost::commits(body);
                     if rewrite {
-                        note(pin, changed, custom, effects(body), body);
+                        let e = effects(body);
+                        *forgot |= e.forgets_statements;
+                        note(pin, changed, custom, e, body);
                     }
                 }
                 if let (b'P', true, Some(p)) = (tag, rewrite, frame.and_then(decode_parse)) {

@@ -64,6 +64,11 @@ impl ClientStatements {
     pub fn remove(&mut self, name: &str) {
         self.by_name.remove(name);
     }
+
+    /// Forgets every name (`DISCARD ALL`, `DEALLOCATE ALL`).
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ pub struct Effects {
     /// It may change session settings: once its transaction is over, the
     /// settings are read back from the server.
     pub settings: bool,
+    /// It drops the session's prepared statements (`DISCARD ALL`,
+    /// `DEALLOCATE ALL`): the client's, and the ones the proxy made there.
+    pub forgets_statements: bool,
 }
 
 /// What `sql` does; any of its statements may pin or change settings. Runs
@@ -33,9 +36,12 @@ pub fn effects(sql: &[u8]) -> Effects {
     let mut out = Effects {
         pin: None,
         settings: sql.len() > SCAN || contains(text, "SET_CONFIG"),
+        forgets_statements: false,
     };
     for head in super::sql::statements(text) {
         out.settings |= changes_settings(&head);
+        out.forgets_statements |= (head.is(0, "DISCARD") && head.is(1, "ALL"))
+            || (head.is(0, "DEALLOCATE") && (head.is(1, "ALL") || head.is(2, "ALL")));
         if out.pin.is_none() {
             out.pin = statement_pins(&head, text);
         }
@@ -241,6 +247,15 @@ mod tests {
         ];
         for (sql, changes) in cases {
             assert_eq!(effects(sql.as_bytes()).settings, changes, "{sql}");
+        }
+        for (sql, forgets) in [
+            ("DISCARD ALL", true),
+            ("deallocate all", true),
+            ("DEALLOCATE PREPARE ALL", true),
+            ("DEALLOCATE s1", false),
+            ("RESET ALL", false),
+        ] {
+            assert_eq!(effects(sql.as_bytes()).forgets_statements, forgets, "{sql}");
         }
         let long = format!("SELECT '{}'", "x".repeat(SCAN));
         assert!(
