@@ -152,6 +152,7 @@ mod tests {
             (ClientError::TlsHandshake, "08P01", true),
             (ClientError::TlsNoAlpn, "08P01", true),
             (ClientError::NotAdmin("u".into()), "42501", true),
+            (ClientError::SettingsLost, "08006", true),
             (
                 ClientError::Admin {
                     code: "42601",

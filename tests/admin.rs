@@ -173,6 +173,8 @@ async fn show_commands_answer_with_pgbouncer_columns() {
         "application_name",
         "prepared_statements",
         "id",
+        // Switchyard's own, last: why the client keeps its server, if it does.
+        "pinned",
     ]);
     let (cols, rows) = show(&admin, "SHOW CLIENTS").await;
     assert_eq!(cols, connection_columns);

@@ -1408,3 +1408,31 @@ async fn a_repointed_replica_that_does_not_stream_is_reported() {
     .await;
     assert!(events.contains("replica_repointed"), "{events}");
 }
+
+/// A client's session settings are replayed on the new primary: its
+/// `statement_timeout` still cancels a long statement after the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_settings_survive_a_failover() {
+    let (primary, replica, proxy) = cluster_with_proxy("").await;
+    let c = proxy.client().await;
+    c.batch_execute("SET statement_timeout = '300ms'; SET application_name = 'sy_survivor'")
+        .await
+        .unwrap();
+    assert_eq!(port_of(&c).await.unwrap(), primary.port());
+    let_pool_settle().await;
+    stop(&primary, StopMode::Immediate).await;
+    assert_eq!(
+        port_within(25, "the client after the failover", &c).await,
+        replica.port()
+    );
+    let slow = c.simple_query("SELECT pg_sleep(3)").await;
+    assert_eq!(
+        failed_with(slow, "a statement past the client's timeout").as_deref(),
+        Some("57014"),
+        "statement_timeout applies on the new primary"
+    );
+    assert_eq!(
+        value(&c, "SHOW application_name").await.unwrap(),
+        "sy_survivor"
+    );
+}

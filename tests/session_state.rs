@@ -248,6 +248,22 @@ async fn set_role_pins_the_client() {
         Some("53300"),
         "the only server stays with the client that SET ROLE: {err}"
     );
+    let admin = proxy
+        .client_as("admin", "adminpw", "pgbouncer")
+        .await
+        .unwrap();
+    let reasons: Vec<String> = admin
+        .simple_query("SHOW CLIENTS")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get("pinned").map(str::to_string),
+            _ => None,
+        })
+        .filter(|r| !r.is_empty())
+        .collect();
+    assert_eq!(reasons, ["SET ROLE or SET SESSION AUTHORIZATION"]);
     drop(a);
     common::wait_until(10, "the server comes back", || async {
         b.simple_query("SELECT 1").await.is_ok()

@@ -219,6 +219,7 @@ const CONNECTION_COLUMNS: &[(&str, Col)] = &[
     ("application_name", Col::Text),
     ("prepared_statements", Col::Int),
     ("id", Col::Int),
+    ("pinned", Col::Text),
 ];
 
 fn clients(ctx: &Context) -> Table {
@@ -296,6 +297,7 @@ fn servers(ctx: &Context) -> Table {
                 Cell::Null,
                 s.prepared.into(),
                 u64::from(s.pid.unsigned_abs()).into(),
+                "".into(),
             ]);
         }
     }
@@ -343,6 +345,7 @@ fn connection_row(r: ConnectionRow<'_>) -> Vec<Cell> {
         r.client.application_name.clone().into(),
         r.prepared.into(),
         r.id.into(),
+        r.client.pin_reason().unwrap_or("").into(),
     ]
 }
 

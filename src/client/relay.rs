@@ -445,11 +445,8 @@ impl Session {
     /// Keeps the client on its server until it disconnects.
     fn pin(&mut self, why: &'static str) {
         self.pinned = true;
-        self.reg.info.pin();
-        self.pool
-            .stats()
-            .pinned
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.reg.info.pin(why);
+        self.pool.stats().pinned(why);
         tracing::info!(
             reason = why,
             "client pinned to its server connection until it disconnects"

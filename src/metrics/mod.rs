@@ -56,7 +56,7 @@ pub const METRICS: &[(&str, Type, &str)] = &[
     (NODE_HARDWARE, Type::Gauge, "1 for the node's current hardware status (ok, degraded, failing, unknown), by node and status"),
     (HELD_QUERIES, Type::Gauge, "Requests held waiting for a routable primary (a failover in progress)"),
     (PINNED_CLIENTS, Type::Gauge, "Clients connected now that are pinned to one server connection in transaction mode"),
-    (PINNED_CLIENTS_TOTAL, Type::Counter, "Clients pinned to one server connection in transaction mode (LISTEN, temp tables, ...), by database and user"),
+    (PINNED_CLIENTS_TOTAL, Type::Counter, "Clients pinned to one server connection in transaction mode (LISTEN, temp tables, SET ROLE, ...), by database, user and reason"),
     (PAUSED_POOLS, Type::Gauge, "Pools paused by the admin console"),
     (EVENTS, Type::Counter, "Topology and failover events recorded on the incident timeline, by kind"),
     (EVENT_LOOP_LAG, Type::Histogram, "How late the event loops ran a timer task, per tick of a ticker per worker every 100 ms: time every task on that loop waited (a task that does not yield shows here)"),
@@ -232,11 +232,14 @@ fn record_pools(ctx: &Context) {
         counter!(TRANSACTIONS, &labels).absolute(t.xacts);
         counter!(RECEIVED_BYTES, &labels).absolute(t.received);
         counter!(SENT_BYTES, &labels).absolute(t.sent);
-        let pinned = pool
-            .stats()
-            .pinned
-            .load(std::sync::atomic::Ordering::Relaxed);
-        counter!(PINNED_CLIENTS_TOTAL, &labels).absolute(pinned);
+        for (why, n) in pool.stats().pinned_by_reason() {
+            let labels = [
+                ("database", db.clone()),
+                ("user", user.clone()),
+                ("reason", why.to_string()),
+            ];
+            counter!(PINNED_CLIENTS_TOTAL, &labels).absolute(n);
+        }
         let counts = pool.counts();
         gauge!(SERVER_LOGINS, &labels).set(counts.opening as f64);
         held += counts.held;

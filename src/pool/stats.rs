@@ -41,8 +41,9 @@ pub type Totals = Tally;
 #[derive(Debug)]
 pub struct PoolStats {
     counters: [AtomicU64; 11],
-    /// Clients pinned to a server connection, ever.
-    pub pinned: AtomicU64,
+    /// Clients pinned to a server connection, ever, by reason (rare: a
+    /// mutex is fine).
+    pinned: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
     averages: Mutex<Averaging>,
 }
 
@@ -60,7 +61,7 @@ impl Default for PoolStats {
     fn default() -> Self {
         PoolStats {
             counters: Default::default(),
-            pinned: AtomicU64::new(0),
+            pinned: Default::default(),
             averages: Mutex::new(Averaging {
                 at: Instant::now(),
                 totals: Totals::default(),
@@ -125,6 +126,22 @@ impl Tally {
 }
 
 impl PoolStats {
+    /// Counts one client pinned for `why`.
+    pub fn pinned(&self, why: &'static str) {
+        *self
+            .pinned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(why)
+            .or_default() += 1;
+    }
+
+    /// Clients pinned so far, by reason.
+    pub fn pinned_by_reason(&self) -> Vec<(&'static str, u64)> {
+        let pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        pinned.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
     /// Adds one client's tally and resets it.
     pub fn add(&self, tally: &mut Tally) {
         if tally.is_empty() {

@@ -77,7 +77,7 @@ pub struct ClientInfo {
     /// Cancelled by admin `KILL`: the client is disconnected.
     pub kill: CancellationToken,
     state: AtomicU8,
-    pinned: std::sync::atomic::AtomicBool,
+    pinned: std::sync::OnceLock<&'static str>,
     /// Unix µs of the last state change (request_time / wait start).
     since_us: AtomicU64,
     link: Mutex<Option<Linked>>,
@@ -103,14 +103,20 @@ impl ClientInfo {
         *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
     }
 
-    /// Marks the client pinned to its server connection.
-    pub fn pin(&self) {
-        self.pinned.store(true, Ordering::Relaxed);
+    /// Marks the client pinned to its server connection, for `why` (the
+    /// first reason stays).
+    pub fn pin(&self, why: &'static str) {
+        let _ = self.pinned.set(why);
     }
 
     /// Whether the client is pinned to its server connection.
     pub fn is_pinned(&self) -> bool {
-        self.pinned.load(Ordering::Relaxed)
+        self.pinned.get().is_some()
+    }
+
+    /// Why the client is pinned, if it is.
+    pub fn pin_reason(&self) -> Option<&'static str> {
+        self.pinned.get().copied()
     }
 
     /// The server connection held now.
