@@ -92,7 +92,7 @@ struct Workload {
 /// Share of `BENCH_SECS` the `short` workloads run for.
 const SHORT_RUN_PERCENT: u64 = 70;
 
-const WORKLOADS: [Workload; 5] = [
+const WORKLOADS: [Workload; 6] = [
     Workload {
         name: "select-only (-S), 16 clients",
         args: &["-S"],
@@ -132,6 +132,17 @@ const WORKLOADS: [Workload; 5] = [
         protocol: Protocol::Simple,
         group: 2,
         short: false,
+    },
+    Workload {
+        name: "select-only, 64 clients, each SETs 2 parameters first",
+        args: &[
+            "-f",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/benches/select_with_sets.pgbench"),
+        ],
+        clients: 64,
+        protocol: Protocol::Simple,
+        group: 3,
+        short: true,
     },
 ];
 
