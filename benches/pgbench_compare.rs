@@ -136,8 +136,13 @@ const WORKLOADS: [Workload; 6] = [
     Workload {
         name: "select-only, 64 clients, each SETs 2 parameters first",
         args: &[
+            "-D",
+            "configured=0",
             "-f",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/benches/select_with_sets.pgbench"),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/benches/select_with_sets.pgbench"
+            ),
         ],
         clients: 64,
         protocol: Protocol::Simple,

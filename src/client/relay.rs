@@ -56,6 +56,9 @@ pub struct Session {
     settings: SettingSet,
     /// What the startup packet asked for: what a RESET goes back to.
     startup: Vec<Setting>,
+    /// Settings changed and then the server died before they were read
+    /// back: the client is told, and disconnected.
+    settings_unknown: bool,
     /// The client's entry in the registry (state, link, KILL).
     reg: Registration,
     /// Settings fixed for the session's life (a reload applies to new clients).
@@ -104,6 +107,7 @@ impl Session {
             last_at_rest: true,
             settings,
             startup,
+            settings_unknown: false,
             reg,
             limits,
         };
@@ -181,6 +185,9 @@ impl Session {
                     match super::lost::answer_lost_server(&mut self.client, self.last_txn, max)
                         .await
                     {
+                        Ok(_) if self.settings_unknown => {
+                            return self.client.send_error(&ClientError::SettingsLost).await
+                        }
                         Ok(lost) => self.lost = lost,
                         Err(ClientGone) => return,
                     }
@@ -327,9 +334,6 @@ impl Session {
                 return Ok(None);
             }
         };
-        if self.mode() != PoolMode::Transaction {
-            return Ok(Some(server));
-        }
         match self.give_settings(&mut server).await {
             Ok(()) => Ok(Some(server)),
             Err(ConnectError::Refused { error, .. }) => {
@@ -403,12 +407,18 @@ impl Session {
         let meter = Meter::new(self.ctx.record_metrics());
         let mut link = Link::new(self.limits, meter);
         let mut end = self.pump(&mut link, &mut server).await;
-        if let (Some(custom), End::Released) = (link.take_settings_changed(), &end) {
-            if self.mode() == PoolMode::Transaction && !self.pinned {
-                if let Err(e) = self.read_back(&mut server, &custom).await {
-                    tracing::warn!(error = %e, "reading back a client's session settings failed");
-                    end = End::SettingsLost;
+        if let Some(custom) = link.take_settings_changed().filter(|_| !self.pinned) {
+            match end {
+                End::Released => {
+                    if let Err(e) = self.read_back(&mut server, &custom).await {
+                        tracing::warn!(error = %e, "reading back a client's session settings failed");
+                        end = End::SettingsLost;
+                    }
                 }
+                // Acknowledged SETs died with the server: after telling the
+                // client about its request, the session cannot go on as if.
+                End::ServerLost(_) => self.settings_unknown = true,
+                _ => {}
             }
         }
         self.pool.stats().add(&mut link.meter.tally);
