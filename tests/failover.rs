@@ -1436,3 +1436,30 @@ async fn session_settings_survive_a_failover() {
         "sy_survivor"
     );
 }
+
+/// Giving a client its settings on a server that then hangs is bounded:
+/// abandoned when the failover retires the node, after which the request is
+/// served by the new primary with the client's settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_given_to_a_hung_server_are_abandoned_at_the_failover() {
+    let (primary, replica, proxy) = cluster_with_proxy("[proxy]\ndefault_pool_size = 1\n").await;
+    let url = |name: &str| format!("{} application_name={name}", proxy.url("app", "app", "app"));
+    let other = common::connect(&url("sy_other")).await.unwrap();
+    let waiting = common::connect(&url("sy_waiting")).await.unwrap();
+    // The one server connection now carries the other client's settings.
+    other.batch_execute("SELECT 1").await.unwrap();
+    let_pool_settle().await;
+    let frozen = Frozen::freeze(&primary);
+    // Taking that server means giving it this client's application_name: on
+    // a frozen host that never answers.
+    let seen = within(
+        25,
+        "a request whose settings met a hung server",
+        value(&waiting, "SELECT current_setting('application_name')"),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}", describe(&e)));
+    assert_eq!(seen, "sy_waiting");
+    assert_eq!(port_of(&waiting).await.unwrap(), replica.port());
+    drop(frozen);
+}

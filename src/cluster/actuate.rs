@@ -72,7 +72,7 @@ pub(super) async fn perform(
 /// How long the old primary gets to say what it flushed. One that answers
 /// does so in milliseconds; one whose power just went will not answer at
 /// all, and every millisecond here is write pause.
-const OLD_LSN_WAIT: Duration = Duration::from_millis(200);
+const OLD_LSN_WAIT: Duration = Duration::from_millis(100);
 
 /// Waits until `candidate` has replayed what `old` has flushed, for at most
 /// `limit` in all; the promotion follows either way (the old primary's

@@ -236,10 +236,12 @@ fn lost(
                 nodes[old].lsn()
             );
             actions.push(Action::Event(EventKind::CandidateChosen, Some(c), msg));
-            if nodes[old].health == Health::Up {
+            if nodes[old].health.usable() {
                 // Its clients are cut off already (CloseConns comes first),
                 // so what it flushed is final: let the candidate have it all
                 // rather than lose acknowledged commits to replication lag.
+                // Suspect counts: a probe cut short by the hardware verdict
+                // says nothing about whether the database still answers.
                 actions.push(Action::CatchUp { candidate: c, old });
             }
             actions.push(Action::Promote(c));
