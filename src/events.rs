@@ -66,6 +66,9 @@ pub enum EventKind {
     SwitchoverStep,
     /// A switchover was refused or abandoned; the old primary serves.
     SwitchoverFailed,
+    /// Two or more nodes report primary on the same timeline: writes to all
+    /// of them stop until only one is left.
+    SplitBrain,
 }
 
 impl EventKind {
@@ -100,6 +103,7 @@ impl EventKind {
             EventKind::SwitchoverStarted => "switchover_started",
             EventKind::SwitchoverStep => "switchover_step",
             EventKind::SwitchoverFailed => "switchover_failed",
+            EventKind::SplitBrain => "split_brain",
         }
     }
 

@@ -222,6 +222,7 @@ pub(super) fn publish(cluster: &Cluster, config: &Config, tracks: &[Track], stat
         cluster.publish(snap);
     }
     cluster.set_status(node_status(cluster, &views, primary));
+    cluster.set_split_brain(matches!(state, Primary::Split(_)));
 }
 
 fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) -> Vec<NodeStatus> {

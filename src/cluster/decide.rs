@@ -7,14 +7,19 @@ use std::time::{Duration, Instant};
 
 use super::view::{Health, NodeView, Probe, Role};
 
-/// Why no replica can be promoted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why no replica can be promoted (or the old primary not re-adopted).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Blocked {
     /// A replica still receives fresh WAL from the primary: the proxy, not the
     /// primary, is probably cut off.
+    #[error("not promoting: replica {0} still receives WAL from the primary")]
     WitnessSeesPrimary(String),
     /// No reachable, unfenced replica within `max_lag_bytes`.
+    #[error("not promoting: no reachable replica within failover.max_lag_bytes")]
     NoCandidate,
+    /// The old primary answers again, but a promotion was sent to this node.
+    #[error("the old primary answers again, but a promotion was sent to {0}: writes stay held until {0} completes it or an operator decides")]
+    PromotionSent(String),
 }
 
 /// The replica to promote: reachable, not fenced, lag within `max_lag` of the
@@ -175,7 +180,7 @@ pub fn react(before: Health, last_role: Option<Role>, probed: Probed, threshold:
 /// Nodes that claim to be primary on a timeline lower than the highest seen
 /// anywhere: an old primary back from the dead. They must never take writes.
 pub fn to_fence(nodes: &[NodeView]) -> Vec<usize> {
-    let highest = nodes.iter().map(NodeView::timeline).max().unwrap_or(0);
+    let highest = highest_timeline(nodes);
     nodes
         .iter()
         .enumerate()
@@ -186,21 +191,45 @@ pub fn to_fence(nodes: &[NodeView]) -> Vec<usize> {
         .collect()
 }
 
-/// The node that should take writes among those reporting primary: the highest
-/// timeline; on a tie, `current` keeps it (no flapping), else the lowest index.
-pub fn reported_primary(nodes: &[NodeView], current: Option<usize>) -> Option<usize> {
-    let primaries = nodes
+/// The highest timeline any node was last seen on.
+pub fn highest_timeline(nodes: &[NodeView]) -> u32 {
+    nodes.iter().map(NodeView::timeline).max().unwrap_or(0)
+}
+
+/// Usable nodes reporting primary on the highest timeline seen anywhere. A
+/// primary below that timeline never counts, on any path (discovery, a
+/// failover, a node re-admitted by an operator): it is an old primary back
+/// from the dead, or a data directory replaced by an older one.
+fn primaries_on_top(nodes: &[NodeView]) -> Vec<usize> {
+    let top = highest_timeline(nodes);
+    nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| n.live_role() == Some(Role::Primary));
-    let best = primaries.clone().map(|(_, n)| n.timeline()).max()?;
-    let on_best: Vec<usize> = primaries
-        .filter(|(_, n)| n.timeline() == best)
+        .filter(|(_, n)| n.live_role() == Some(Role::Primary) && n.timeline() == top)
         .map(|(i, _)| i)
-        .collect();
-    match current {
-        Some(c) if on_best.contains(&c) => Some(c),
-        _ => on_best.first().copied(),
+        .collect()
+}
+
+/// The node that should take writes: the one usable node reporting primary
+/// on the highest timeline seen. None when there is none, or when there are
+/// several ([`split_primaries`]): no tie is ever broken by a pick, since two
+/// proxies could pick differently.
+pub fn reported_primary(nodes: &[NodeView]) -> Option<usize> {
+    match primaries_on_top(nodes)[..] {
+        [p] => Some(p),
+        _ => None,
+    }
+}
+
+/// Two or more usable nodes reporting primary on the same, highest
+/// timeline: a split brain (two promotions on one timeline). Writes must go
+/// to none of them until only one is left.
+pub fn split_primaries(nodes: &[NodeView]) -> Vec<usize> {
+    let on_top = primaries_on_top(nodes);
+    if on_top.len() > 1 {
+        on_top
+    } else {
+        vec![]
     }
 }
 
@@ -486,19 +515,53 @@ mod tests {
             to_fence(&[old.clone(), new.clone(), lagging_replica]),
             vec![0]
         );
-        assert_eq!(reported_primary(&[old, new], None), Some(1));
+        assert_eq!(reported_primary(&[old, new]), Some(1));
     }
 
     #[test]
-    fn the_current_primary_keeps_a_tie() {
+    fn a_tie_between_primaries_is_never_broken() {
         let a = node("a", Role::Primary, 3, 1);
         let b = node("b", Role::Primary, 3, 1);
-        assert_eq!(reported_primary(&[a.clone(), b.clone()], Some(1)), Some(1));
-        assert_eq!(reported_primary(&[a, b], None), Some(0));
-        assert_eq!(
-            reported_primary(&[node("r", Role::Replica, 1, 1)], None),
-            None
-        );
+        let mut down = b.clone();
+        down.health = Health::Down;
+        let mut fenced = b.clone();
+        fenced.fenced = true;
+        let old = node("c", Role::Primary, 2, 9);
+        let r = node("r", Role::Replica, 3, 1);
+        // (nodes, the primary, the split set, what)
+        type Case = (Vec<NodeView>, Option<usize>, Vec<usize>, &'static str);
+        let cases: [Case; 6] = [
+            (
+                vec![a.clone(), b.clone()],
+                None,
+                vec![0, 1],
+                "two on one timeline",
+            ),
+            (vec![a.clone(), down], Some(0), vec![], "the other is down"),
+            (
+                vec![a.clone(), fenced],
+                Some(0),
+                vec![],
+                "the other is fenced",
+            ),
+            (
+                vec![old.clone(), a.clone()],
+                Some(1),
+                vec![],
+                "a lower timeline does not count",
+            ),
+            (
+                vec![old, r.clone()],
+                None,
+                vec![],
+                "the only primary is below a replica's timeline",
+            ),
+            (vec![r], None, vec![], "no primary"),
+        ];
+        for (nodes, primary, split, what) in cases {
+            assert_eq!(reported_primary(&nodes), primary, "{what}");
+            assert_eq!(split_primaries(&nodes), split, "{what}");
+        }
     }
 
     #[test]

@@ -35,9 +35,16 @@ pub enum SwitchoverError {
     /// The old primary stopped answering mid-way: the failover takes over.
     #[error("{0}; the old primary stopped answering: failing over")]
     FailingOver(StepError),
+    /// The promotion was sent but not confirmed: writes stay held until
+    /// the target completes it (the old primary never takes them again).
+    #[error("{0}; the promotion may still complete: writes are held until it does")]
+    Unconfirmed(StepError),
     /// The request was never run.
     #[error("the monitor stopped before the switchover ran")]
     MonitorStopped,
+    /// With coordination, only the leader moves the primary.
+    #[error("this proxy does not lead: {0}")]
+    NotLeader(String),
 }
 
 /// The step of a switchover that failed.
@@ -105,6 +112,8 @@ impl SwitchoverError {
             | SwitchoverError::NoFitReplica
             | SwitchoverError::Restored(_)
             | SwitchoverError::FailingOver(_)
+            | SwitchoverError::Unconfirmed(_)
+            | SwitchoverError::NotLeader(_)
             | SwitchoverError::MonitorStopped => "55000",
         }
     }
@@ -136,7 +145,9 @@ mod tests {
             SwitchoverError::UnfitTarget("db2".into()),
             SwitchoverError::NoFitReplica,
             SwitchoverError::Restored(step.clone()),
-            SwitchoverError::FailingOver(step),
+            SwitchoverError::FailingOver(step.clone()),
+            SwitchoverError::Unconfirmed(step),
+            SwitchoverError::NotLeader("not the leader (db9)".into()),
             SwitchoverError::MonitorStopped,
         ];
         for e in switchovers {

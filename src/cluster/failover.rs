@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::decide::{choose_candidate, reported_primary, to_fence, Blocked};
+use super::decide::{choose_candidate, reported_primary, split_primaries, to_fence, Blocked};
 use super::view::{Health, NodeView, Role};
 use crate::config::FailoverMode;
 use crate::events::EventKind;
@@ -23,7 +23,14 @@ pub enum Primary {
         old: usize,
         /// Why promotion is not running, once said (to avoid repeating it every tick).
         blocked: Option<Blocked>,
+        /// A promotion was sent to this node since `old` was lost. From
+        /// then on `old` never takes writes again: the promotion may still
+        /// complete, and whatever `old` took meanwhile would be lost.
+        promoted: Option<usize>,
     },
+    /// Two or more nodes report primary on one timeline: none takes writes
+    /// until only one is left (one stopped or fenced by an operator).
+    Split(Vec<usize>),
     /// `pg_promote()` was started on `candidate`.
     Promoting {
         /// The node that was primary.
@@ -124,21 +131,39 @@ pub fn step(
         })
         .collect();
     let usable = |i: usize| !fenced_now.contains(&i) && nodes[i].live_role() == Some(Role::Primary);
+    let split: Vec<usize> = split_primaries(nodes)
+        .into_iter()
+        .filter(|i| !fenced_now.contains(i))
+        .collect();
+    if split.len() > 1 {
+        return (split_brain(state, split, nodes, &mut actions), actions);
+    }
     let next = match state {
-        Primary::Discovering => match reported_primary(nodes, None).filter(|&p| usable(p)) {
-            Some(p) => {
-                actions.push(Action::Event(
-                    EventKind::WritesResumed,
-                    Some(p),
-                    "primary discovered".into(),
-                ));
-                Primary::Serving(p)
+        Primary::Discovering | Primary::Split(_) => {
+            match reported_primary(nodes).filter(|&p| usable(p)) {
+                Some(p) => {
+                    let msg = match state {
+                        Primary::Split(_) => "the only primary on its timeline now",
+                        _ => "primary discovered",
+                    };
+                    actions.push(Action::Event(EventKind::WritesResumed, Some(p), msg.into()));
+                    Primary::Serving(p)
+                }
+                None => state.clone(),
             }
-            None => Primary::Discovering,
-        },
+        }
         Primary::Serving(p) => serving(*p, nodes, &fenced_now, now, cfg, &mut actions),
-        Primary::Lost { old, blocked } => {
-            lost(*old, blocked.as_ref(), nodes, now, cfg, &mut actions)
+        Primary::Lost {
+            old,
+            blocked,
+            promoted,
+        } => {
+            let was = Was {
+                old: *old,
+                blocked: blocked.as_ref(),
+                promoted: *promoted,
+            };
+            lost(was, nodes, now, cfg, &mut actions)
         }
         Primary::Promoting {
             old,
@@ -159,6 +184,7 @@ pub fn step(
                 Primary::Lost {
                     old: *old,
                     blocked: None,
+                    promoted: Some(*candidate),
                 }
             } else {
                 state.clone()
@@ -198,9 +224,14 @@ fn serving(
             Some(p),
             why.into(),
         ));
-        return lost(p, None, nodes, now, cfg, actions);
+        let was = Was {
+            old: p,
+            blocked: None,
+            promoted: None,
+        };
+        return lost(was, nodes, now, cfg, actions);
     }
-    match reported_primary(nodes, Some(p)) {
+    match reported_primary(nodes) {
         Some(q) if q != p => {
             // Someone promoted another node onto a higher timeline.
             actions.push(Action::CloseConns(p));
@@ -210,22 +241,49 @@ fn serving(
     }
 }
 
-fn lost(
+/// What [`lost`] knows of the failover so far.
+struct Was<'a> {
     old: usize,
-    blocked: Option<&Blocked>,
+    blocked: Option<&'a Blocked>,
+    promoted: Option<usize>,
+}
+
+fn lost(
+    was: Was<'_>,
     nodes: &[NodeView],
     now: Instant,
     cfg: &FailoverSettings,
     actions: &mut Vec<Action>,
 ) -> Primary {
-    if let Some(q) = reported_primary(nodes, None) {
-        return took_over(q, (q != old).then_some(old), nodes, cfg, actions);
+    let Was {
+        old,
+        blocked,
+        promoted,
+    } = was;
+    let held = |blocked: Option<Blocked>| Primary::Lost {
+        old,
+        blocked,
+        promoted,
+    };
+    let mut block = |b: Blocked| {
+        if blocked != Some(&b) {
+            actions.push(Action::Event(
+                EventKind::FailoverBlocked,
+                Some(old),
+                b.to_string(),
+            ));
+        }
+        held(Some(b))
+    };
+    match (reported_primary(nodes), promoted) {
+        (Some(q), Some(c)) if q == old => {
+            return block(Blocked::PromotionSent(nodes[c].name.clone()))
+        }
+        (Some(q), _) => return took_over(q, (q != old).then_some(old), nodes, cfg, actions),
+        (None, _) => {}
     }
     if cfg.mode != FailoverMode::Promote {
-        return Primary::Lost {
-            old,
-            blocked: blocked.cloned(),
-        };
+        return held(blocked.cloned());
     }
     match choose_candidate(nodes, old, cfg.max_lag_bytes) {
         Ok(c) => {
@@ -251,24 +309,29 @@ fn lost(
                 since: now,
             }
         }
-        Err(b) => {
-            if blocked != Some(&b) {
-                let msg = match &b {
-                    Blocked::WitnessSeesPrimary(w) => {
-                        format!("not promoting: replica {w} still receives WAL from the primary")
-                    }
-                    Blocked::NoCandidate => {
-                        "not promoting: no reachable replica within failover.max_lag_bytes".into()
-                    }
-                };
-                actions.push(Action::Event(EventKind::FailoverBlocked, Some(old), msg));
-            }
-            Primary::Lost {
-                old,
-                blocked: Some(b),
-            }
-        }
+        Err(b) => block(b),
     }
+}
+
+/// Two or more primaries on one timeline: close every connection to them
+/// and say so once, when it starts or when the set changes.
+fn split_brain(
+    state: &Primary,
+    split: Vec<usize>,
+    nodes: &[NodeView],
+    actions: &mut Vec<Action>,
+) -> Primary {
+    if *state != Primary::Split(split.clone()) {
+        let names: Vec<&str> = split.iter().map(|&i| nodes[i].name.as_str()).collect();
+        let msg = format!(
+            "{} all report primary on timeline {}: writes stopped until only one is left",
+            names.join(", "),
+            nodes[split[0]].timeline()
+        );
+        actions.extend(split.iter().map(|&i| Action::CloseConns(i)));
+        actions.push(Action::Event(EventKind::SplitBrain, None, msg));
+    }
+    Primary::Split(split)
 }
 
 /// `new` takes writes: resume, fence the old primary, repoint the others.

@@ -5,6 +5,7 @@
 //! failover state machine ([`failover::step`], pure) and performs its actions.
 
 mod actuate;
+pub mod coord;
 pub mod decide;
 mod error;
 pub mod failover;
@@ -117,6 +118,10 @@ pub struct Cluster {
     /// Replicas repointed after a promotion that did not stream from the new
     /// primary within `repoint::STREAMING_BOUND`.
     not_streaming: Arc<std::sync::atomic::AtomicU64>,
+    /// Two or more nodes report primary on one timeline (writes stopped).
+    split_brain: std::sync::atomic::AtomicBool,
+    /// With `[coordination]`: where this proxy stands among the others.
+    coordination: Mutex<Option<coord::CoordinationStatus>>,
 }
 
 /// Why no server connection could be opened.
@@ -148,6 +153,8 @@ impl Cluster {
             tls: Default::default(),
             retirements: Default::default(),
             hardware_seen: watch::channel(0).0,
+            split_brain: Default::default(),
+            coordination: Mutex::new(None),
             not_streaming: Default::default(),
         }
     }
@@ -280,6 +287,26 @@ impl Cluster {
 
     pub(crate) fn set_status(&self, status: Vec<NodeStatus>) {
         self.status.store(Arc::new(status));
+    }
+
+    /// Whether two or more nodes report primary on one timeline now, so
+    /// that writes to all of them are stopped (an alert, not a state a
+    /// cluster recovers from alone).
+    pub fn split_brain(&self) -> bool {
+        self.split_brain.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_split_brain(&self, on: bool) {
+        self.split_brain.store(on, Ordering::Relaxed);
+    }
+
+    /// Where this proxy stands among the others, with `[coordination]` on.
+    pub fn coordination(&self) -> Option<coord::CoordinationStatus> {
+        lock(&self.coordination).clone()
+    }
+
+    pub(crate) fn set_coordination(&self, status: coord::CoordinationStatus) {
+        *lock(&self.coordination) = Some(status);
     }
 
     /// Replaces the routing snapshot and wakes held clients.

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::actuate::{is_slow, perform, publish};
+use super::coord::gate::{self, Held};
+use super::coord::Coordination;
 use super::decide::replicas_silent_since;
 use super::failover::{step, Action, FailoverSettings, Primary};
 use super::health::{ProbeError, LATE_PROBE};
@@ -48,6 +50,11 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
     let mut state = Primary::Discovering;
     let mut failing_since: Option<Instant> = None;
     let mut hardware_acted: Option<usize> = None;
+    let coord = {
+        let nudge = cluster.clone();
+        Coordination::start(&live.load(), move |_| nudge.nudge(), shutdown.clone())
+    };
+    let mut held: Option<Held> = None;
     loop {
         let config = live.load_full();
         let tick_started = tokio::time::Instant::now();
@@ -64,14 +71,27 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
         react_to_hardware(&cluster, &config, &state, &mut hardware_acted);
         // Planned moves run between ticks, on fresh probes.
         if let Some(req) = cluster.next_switchover() {
-            state = super::switchover::run(&cluster, &config, &mut tracks, &state, req).await;
+            state = match not_leading(coord.as_ref()) {
+                None => super::switchover::run(&cluster, &config, &mut tracks, &state, req).await,
+                Some(why) => super::switchover::refuse(&cluster, req, why, &state),
+            };
         }
-        if let Some(candidate) = decide_and_act(&cluster, &config, &mut tracks, &mut state).await {
+        let mut act = Acting {
+            cluster: &cluster,
+            config: &config,
+            coord: coord.as_ref(),
+            held: &mut held,
+        };
+        if let Some(candidate) = act.decide(&mut tracks, &mut state).await {
             // Seen at once, not at the next tick: a tick waits for its
             // slowest probe, and the old primary's may be hanging.
             if await_promotion(&config, &mut tracks[candidate]).await {
-                decide_and_act(&cluster, &config, &mut tracks, &mut state).await;
+                act.decide(&mut tracks, &mut state).await;
             }
+        }
+        if let Some(c) = &coord {
+            c.observe(&state, &views(&cluster, &tracks));
+            cluster.set_coordination(c.status(held.as_ref()));
         }
         let in_flux = !matches!(state, Primary::Serving(_))
             || tracks
@@ -104,36 +124,76 @@ fn apply_readmits(cluster: &Cluster, tracks: &mut [Track]) {
     }
 }
 
-/// One decision: `step` on the current views, its actions performed, the
-/// routing published. Bookkeeping first and the new routing published at
-/// once, so no client is routed to a node just declared down while the slow
-/// actions (promote, repoint) run. Returns the replica it started promoting.
-async fn decide_and_act(
-    cluster: &Cluster,
-    config: &Config,
-    tracks: &mut [Track],
-    state: &mut Primary,
-) -> Option<usize> {
-    let settings = failover_settings(config);
-    let views = views(cluster, tracks);
-    let (next, actions) = step(state, &views, Instant::now(), &settings);
-    *state = next;
-    let (slow, quick): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(is_slow);
-    for action in quick {
-        perform(cluster, config, tracks, action).await;
-    }
-    publish(cluster, config, tracks, state);
-    let mut promoted = None;
-    if !slow.is_empty() {
-        for action in slow {
-            if let Action::Promote(c) = action {
-                promoted = Some(c);
-            }
+/// With coordination on and this proxy not the leader: who is.
+fn not_leading(coord: Option<&Coordination>) -> Option<Held> {
+    gate::may_act(&coord?.standing(), Instant::now()).err()
+}
+
+/// What a decision needs besides the nodes.
+struct Acting<'a> {
+    cluster: &'a Cluster,
+    config: &'a Config,
+    coord: Option<&'a Coordination>,
+    /// Why this proxy was last held back from acting, said once.
+    held: &'a mut Option<Held>,
+}
+
+impl Acting<'_> {
+    /// One decision: `step` on the current views, its actions performed,
+    /// the routing published. Bookkeeping first and the new routing
+    /// published at once, so no client is routed to a node just declared
+    /// down while the slow actions (promote, repoint) run. With coordination
+    /// the gate decides first whether this proxy acts or only follows.
+    /// Returns the replica it started promoting.
+    async fn decide(&mut self, tracks: &mut [Track], state: &mut Primary) -> Option<usize> {
+        let (cluster, config) = (self.cluster, self.config);
+        let views = views(cluster, tracks);
+        let now = Instant::now();
+        let mut settings = failover_settings(config);
+        if let Some(c) = self.coord {
+            let (gated, verdict) = c.gate(settings, state, &views, config, now);
+            self.note(verdict.err(), state);
+            settings = gated;
+        }
+        let (next, actions) = step(state, &views, now, &settings);
+        *state = next;
+        let (slow, quick): (Vec<Action>, Vec<Action>) = actions.into_iter().partition(is_slow);
+        for action in quick {
             perform(cluster, config, tracks, action).await;
         }
         publish(cluster, config, tracks, state);
+        let mut promoted = None;
+        if !slow.is_empty() {
+            for action in slow {
+                if self.coord.is_some_and(|c| !c.may_act(Instant::now())) {
+                    let msg = "leadership lost mid-step: the rest is left to the next leader";
+                    cluster.events.record(EventKind::ActionFailed, None, msg);
+                    break;
+                }
+                if let Action::Promote(c) = action {
+                    promoted = Some(c);
+                }
+                perform(cluster, config, tracks, action).await;
+            }
+            publish(cluster, config, tracks, state);
+        }
+        promoted
     }
-    promoted
+
+    /// Records why this proxy is held back while the primary is in
+    /// question, once per reason.
+    fn note(&mut self, held: Option<Held>, state: &Primary) {
+        let in_question = matches!(state, Primary::Lost { .. });
+        let held = held.filter(|_| in_question);
+        if held != *self.held {
+            if let Some(h) = &held {
+                self.cluster
+                    .events
+                    .record(EventKind::FailoverBlocked, None, h.to_string());
+            }
+            *self.held = held;
+        }
+    }
 }
 
 /// Polls a node just asked to promote until it leaves recovery (then probes

@@ -16,7 +16,10 @@
 //! never switched over but failed over; if that happens mid-way (it stops
 //! answering, or its hardware fails), the switchover hands over to the
 //! failover within one `health.timeout`. Any other failure before the
-//! promotion restores the old primary.
+//! promotion restores the old primary. Once `pg_promote()` may have reached
+//! the target, nothing restores the old primary: writes stay held until the
+//! target leaves recovery (or an operator steps in), since a promotion that
+//! completes later would lose whatever the old primary took meanwhile.
 
 use std::time::{Duration, Instant};
 
@@ -94,6 +97,10 @@ pub enum Abort {
     /// The old primary stopped answering or its hardware says failing:
     /// nothing more is asked of it, the failover takes over.
     Gone(StepError),
+    /// `pg_promote()` may have reached the target, which did not confirm:
+    /// the old primary must not serve again (writes it took would be lost
+    /// when the promotion completes), so writes stay held for the target.
+    Unconfirmed(StepError),
 }
 
 impl Abort {
@@ -109,11 +116,41 @@ impl Abort {
     }
 }
 
+impl Abort {
+    /// The abort a failed promotion means. Only an error PostgreSQL
+    /// itself returned for `pg_promote()` proves it promoted nothing; a
+    /// timeout or a lost connection may follow a promotion under way.
+    fn on_promote(error: StepError) -> Abort {
+        match error {
+            StepError::Promote(ControlError::Refused { .. }) => Abort::Restore(error),
+            _ => Abort::Unconfirmed(error),
+        }
+    }
+
+    /// What serves after a switchover from `old` to `target` ended so.
+    pub fn next_state(&self, old: usize, target: usize) -> Primary {
+        match self {
+            Abort::Restore(_) => Primary::Serving(old),
+            Abort::Gone(_) => Primary::Lost {
+                old,
+                blocked: None,
+                promoted: None,
+            },
+            Abort::Unconfirmed(_) => Primary::Lost {
+                old,
+                blocked: None,
+                promoted: Some(target),
+            },
+        }
+    }
+}
+
 impl From<Abort> for SwitchoverError {
     fn from(abort: Abort) -> SwitchoverError {
         match abort {
             Abort::Restore(e) => SwitchoverError::Restored(e),
             Abort::Gone(e) => SwitchoverError::FailingOver(e),
+            Abort::Unconfirmed(e) => SwitchoverError::Unconfirmed(e),
         }
     }
 }
@@ -191,12 +228,14 @@ pub(super) async fn run(
             };
             match switch.run(&mut req).await {
                 Ok(()) => (Primary::Serving(target), Ok(target)),
-                Err(Abort::Gone(e)) => {
-                    fail_over(cluster, tracks, old, &e);
-                    let lost = Primary::Lost { old, blocked: None };
-                    (lost, Err(Abort::Gone(e).into()))
+                Err(abort) => {
+                    match &abort {
+                        Abort::Gone(e) => fail_over(cluster, tracks, old, e),
+                        Abort::Unconfirmed(_) => cluster.retire(old),
+                        Abort::Restore(_) => {}
+                    }
+                    (abort.next_state(old, target), Err(abort.into()))
                 }
-                Err(e) => (state.clone(), Err(e.into())),
             }
         }
     };
@@ -210,6 +249,25 @@ pub(super) async fn run(
         let _ = tx.send(answer.map(|t| cluster.nodes()[t].name.clone()));
     }
     next
+}
+
+/// Answers `req` with `why` this proxy cannot run it (coordination: it does
+/// not lead); nothing changes.
+pub(super) fn refuse(
+    cluster: &Cluster,
+    req: Request,
+    why: impl std::fmt::Display,
+    state: &Primary,
+) -> Primary {
+    let e = SwitchoverError::NotLeader(why.to_string());
+    let msg = format!("switchover not done ({}): {e}", req.reason);
+    cluster
+        .events
+        .record(EventKind::SwitchoverFailed, None, msg);
+    if let Some(tx) = req.reply {
+        let _ = tx.send(Err(e));
+    }
+    state.clone()
 }
 
 /// The old primary stopped answering during a switchover: it is down now,
@@ -278,7 +336,7 @@ impl Switch<'_> {
         let prepared = async {
             self.freeze_old_and_catch_up().await?;
             let t = Instant::now();
-            self.promote().await.map_err(Abort::Restore)?;
+            self.promote().await.map_err(Abort::on_promote)?;
             self.step(target, t, "promoted");
             Ok(())
         };
@@ -633,6 +691,47 @@ mod tests {
             Abort::on_old("freezing", refused),
             Abort::Restore(_)
         ));
+    }
+
+    #[test]
+    fn once_a_promotion_may_have_started_the_old_primary_never_serves_again() {
+        let refused = ControlError::Refused {
+            addr: "db2".into(),
+            code: "55000".into(),
+            message: "recovery is not in progress".into(),
+        };
+        let timed_out = ControlError::Unreachable("db2: timed out after 5s".into());
+        let lost = |promoted| Primary::Lost {
+            old: 0,
+            blocked: None,
+            promoted,
+        };
+        let cases = [
+            (
+                StepError::Promote(refused),
+                Primary::Serving(0),
+                "refused: nothing promoted",
+            ),
+            (
+                StepError::Promote(timed_out),
+                lost(Some(1)),
+                "no answer: maybe promoted",
+            ),
+            (
+                StepError::StillInRecovery,
+                lost(Some(1)),
+                "promoting slowly",
+            ),
+        ];
+        for (error, want, what) in cases {
+            assert_eq!(Abort::on_promote(error).next_state(0, 1), want, "{what}");
+        }
+        let gone = Abort::Gone(StepError::NoWalPosition);
+        assert_eq!(
+            gone.next_state(0, 1),
+            lost(None),
+            "the old primary went silent"
+        );
     }
 
     #[test]

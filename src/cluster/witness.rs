@@ -26,7 +26,7 @@ pub fn primary_failing(
     match (state, answered) {
         (Primary::Serving(_), Some(ok)) => !ok || !up || hardware_failing,
         (Primary::Serving(_), None) | (Primary::Lost { .. }, _) => true,
-        (Primary::Discovering | Primary::Promoting { .. }, _) => false,
+        (Primary::Discovering | Primary::Promoting { .. } | Primary::Split(_), _) => false,
     }
 }
 
@@ -98,6 +98,7 @@ mod tests {
         let lost = Primary::Lost {
             old: 0,
             blocked: None,
+            promoted: None,
         };
         let promoting = Primary::Promoting {
             old: 0,

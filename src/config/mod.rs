@@ -2,6 +2,7 @@
 //! environment, and validation. The key names are Switchyard's public interface;
 //! renaming one breaks every deployment, so add keys, never rename them.
 
+pub mod coordination;
 pub(crate) mod duration;
 mod flatten;
 pub mod hardware;
@@ -55,6 +56,9 @@ pub struct Config {
     /// `[switchover]`: planned moves of the primary.
     #[serde(default)]
     pub switchover: SwitchoverConfig,
+    /// `[coordination]`: several proxies agreeing on who acts (etcd).
+    #[serde(default)]
+    pub coordination: coordination::CoordinationConfig,
 }
 
 /// `[switchover]` section.
@@ -174,6 +178,9 @@ pub struct FailoverConfig {
     /// Start a planned switchover when the primary's hardware probe reports
     /// `degraded`. Default false.
     pub switchover_on_degraded: bool,
+    /// With coordination: `majority` (default) or `leader`, whose views of
+    /// a down primary start a failover.
+    pub quorum: coordination::Quorum,
 }
 
 impl Default for FailoverConfig {
@@ -186,6 +193,7 @@ impl Default for FailoverConfig {
             sync_policy: SyncPolicy::Availability,
             hold_timeout: Duration::from_secs(30),
             switchover_on_degraded: false,
+            quorum: coordination::Quorum::Majority,
         }
     }
 }
@@ -392,6 +400,10 @@ pub struct UserConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
+    /// Names the cluster across proxies (their keys in etcd). Required
+    /// with `[coordination] backend = "etcd"`.
+    #[serde(default)]
+    pub name: String,
     /// The PostgreSQL nodes: `"host:port"` strings or `{ name, addr, priority }` tables.
     pub nodes: Vec<NodeSpec>,
     /// Login for health checks and control (used by the health checker).

@@ -31,6 +31,9 @@ const RESTART: &[(&str, Changed)] = &[
     ("health.database", |a, b| {
         a.health.database != b.health.database
     }),
+    // The coordination task joins etcd once, under one name.
+    ("cluster.name", |a, b| a.cluster.name != b.cluster.name),
+    ("coordination", |a, b| a.coordination != b.coordination),
 ];
 
 /// The settings that differ between `old` and `new` but only change on restart.

@@ -11,11 +11,13 @@ use super::{AuthType, ClusterTlsMode, Config, ProxyTlsMode};
 /// by `check-config`, logged at start).
 pub fn warnings(cfg: &Config) -> Vec<String> {
     let mut out = vec![];
-    if cfg.failover.mode == super::FailoverMode::Promote {
+    let alone = cfg.coordination.backend == super::coordination::Backend::None;
+    if cfg.failover.mode == super::FailoverMode::Promote && alone {
         out.push(
             "failover.mode = \"promote\": this proxy decides on promotion alone; \
-             run every proxy in \"follow\" mode when more than one (sidecars, an HA pair) \
-             fronts the same cluster, or two of them may promote two replicas"
+             when more than one proxy (sidecars, an HA pair) fronts the same cluster, \
+             coordinate them through etcd ([coordination]) or run them in \"follow\" mode, \
+             or two of them may promote two replicas"
                 .into(),
         );
     }
@@ -45,6 +47,14 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     validate_nodes(cfg)?;
     validate_users(cfg)?;
     validate_tls(cfg)?;
+    if let Some(p) = cfg
+        .coordination
+        .problems(&cfg.cluster.name)
+        .into_iter()
+        .next()
+    {
+        return Err(p);
+    }
     for (name, db) in &cfg.databases {
         if db.pool_size == Some(0) {
             return Err(format!("databases.{name}.pool_size must be at least 1"));

@@ -197,6 +197,7 @@ fn status_json(ctx: &Context) -> serde_json::Value {
         "pools": pools,
         "clients": clients,
         "event_loop_lag_seconds": ctx.loop_lag().snapshot().last,
+        "coordination": ctx.cluster().coordination(),
         "config": {
             "pool_mode": crate::config::settings(&config).into_iter().find(|s| s.0 == "pool_mode").map(|s| s.1),
             "failover_mode": format!("{:?}", config.failover.mode).to_lowercase(),

@@ -48,6 +48,9 @@ pub const METRICS: &[(&str, Type, &str)] = &[
     (NODE_TIMELINE, Type::Gauge, "PostgreSQL timeline the node is on, by node"),
     (NODE_FENCED, Type::Gauge, "1 when the node is fenced (never routed to until READMIT), by node"),
     (FENCED_NODES, Type::Gauge, "Nodes fenced now"),
+    (COORDINATION_UP, Type::Gauge, "With [coordination]: 1 while etcd answers and this proxy's lease is alive"),
+    (COORDINATION_LEADER, Type::Gauge, "With [coordination]: 1 while this proxy is the leader (the one that acts)"),
+    (SPLIT_BRAIN, Type::Gauge, "1 while two or more nodes report primary on the same timeline: writes to all of them are stopped until only one is left"),
     (FAILOVERS, Type::Counter, "Failovers completed (writes resumed on a new primary after the old one failed)"),
     (REPLICAS_NOT_STREAMING, Type::Counter, "Replicas repointed at a new primary that were not streaming from it within 15 s"),
     (LAST_FAILOVER_SECONDS, Type::Gauge, "Seconds from the start of the last failover to writes resuming"),
@@ -98,6 +101,12 @@ pub const NODE_TIMELINE: &str = "switchyard_node_timeline";
 pub const NODE_FENCED: &str = "switchyard_node_fenced";
 /// Fenced node count.
 pub const FENCED_NODES: &str = "switchyard_fenced_nodes";
+/// Coordination: etcd reachable, lease alive.
+pub const COORDINATION_UP: &str = "switchyard_coordination_up";
+/// Coordination: this proxy leads.
+pub const COORDINATION_LEADER: &str = "switchyard_coordination_leader";
+/// 1 while two or more nodes report primary on one timeline.
+pub const SPLIT_BRAIN: &str = "switchyard_split_brain";
 /// Failovers completed.
 pub const FAILOVERS: &str = "switchyard_failovers_total";
 /// Repointed replicas that did not stream.
@@ -277,6 +286,11 @@ fn record_nodes(ctx: &Context) {
         fenced += usize::from(n.fenced);
     }
     gauge!(FENCED_NODES).set(fenced as f64);
+    gauge!(SPLIT_BRAIN).set(f64::from(u8::from(ctx.cluster().split_brain())));
+    if let Some(c) = ctx.cluster().coordination() {
+        gauge!(COORDINATION_UP).set(f64::from(u8::from(c.connected)));
+        gauge!(COORDINATION_LEADER).set(f64::from(u8::from(c.leader)));
+    }
 }
 
 fn record_events(ctx: &Context) {

@@ -123,7 +123,8 @@ fn no_promotion_while_a_replica_witnesses_the_primary() {
         s,
         Primary::Lost {
             old: 0,
-            blocked: Some(Blocked::WitnessSeesPrimary(_))
+            blocked: Some(Blocked::WitnessSeesPrimary(_)),
+            ..
         }
     ));
     assert!(!actions.iter().any(|a| matches!(a, Action::Promote(_))));
@@ -156,6 +157,7 @@ fn follow_and_off_never_promote() {
         &Primary::Lost {
             old: 0,
             blocked: None,
+            promoted: None,
         },
         &nodes,
         now,
@@ -363,6 +365,7 @@ fn a_primary_whose_hardware_recovers_before_any_promotion_keeps_serving() {
     let lost = Primary::Lost {
         old: 0,
         blocked: Some(Blocked::WitnessSeesPrimary("r".into())),
+        promoted: None,
     };
     let nodes = [node("p", Role::Primary, 1, 100), r];
     let (s, actions) = step(&lost, &nodes, now, &cfg(FailoverMode::Promote));
@@ -432,5 +435,105 @@ fn a_promotion_waits_for_the_candidate_to_catch_up_unless_the_old_primary_is_dow
             assert!(at(&Action::CloseConns(0)) < at(&catch_up), "{actions:?}");
             assert!(at(&catch_up) < at(&Action::Promote(1)), "{actions:?}");
         }
+    }
+}
+
+fn events_of(actions: &[Action], kind: EventKind) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Event(k, ..) if *k == kind))
+        .count()
+}
+
+#[test]
+fn two_primaries_on_one_timeline_stop_writes_to_both() {
+    let now = Instant::now();
+    let settings = cfg(FailoverMode::Promote);
+    let split = [
+        node("a", Role::Primary, 2, 100),
+        node("b", Role::Primary, 2, 100),
+        node("r", Role::Replica, 2, 100),
+    ];
+    let starts = [
+        Primary::Discovering,
+        Primary::Serving(0),
+        Primary::Serving(1),
+        Primary::Promoting {
+            old: 2,
+            candidate: 0,
+            since: now,
+        },
+    ];
+    for state in starts {
+        let (s, actions) = step(&state, &split, now, &settings);
+        assert_eq!(s, Primary::Split(vec![0, 1]), "{state:?}: {actions:?}");
+        assert!(has(&actions, &Action::CloseConns(0)), "{state:?}");
+        assert!(has(&actions, &Action::CloseConns(1)), "{state:?}");
+        assert!(promotes(&actions).is_empty(), "{state:?}");
+        assert_eq!(events_of(&actions, EventKind::SplitBrain), 1, "{state:?}");
+        // Said once; nothing is promoted while it lasts.
+        let (again, actions) = step(&s, &split, now, &settings);
+        assert_eq!(again, s);
+        assert!(actions.is_empty(), "{actions:?}");
+    }
+    // An operator stops one of them: the other takes writes again.
+    let mut resolved = split.clone();
+    resolved[1].health = Health::Down;
+    let (s, actions) = step(&Primary::Split(vec![0, 1]), &resolved, now, &settings);
+    assert_eq!(s, Primary::Serving(0));
+    assert_eq!(events_of(&actions, EventKind::WritesResumed), 1);
+}
+
+#[test]
+fn once_a_promotion_was_sent_the_old_primary_never_serves_again() {
+    let t0 = Instant::now();
+    let settings = cfg(FailoverMode::Promote);
+    // The old primary had only hung and answers again; the candidate is
+    // slow to leave recovery.
+    let back = [
+        node("p", Role::Primary, 1, 100),
+        node("r1", Role::Replica, 1, 100),
+        node("r2", Role::Replica, 1, 90),
+    ];
+    let mut state = Primary::Promoting {
+        old: 0,
+        candidate: 1,
+        since: t0,
+    };
+    for i in 1..=4u32 {
+        let now = t0 + settings.promote_timeout * i + Duration::from_secs(1);
+        let (next, actions) = step(&state, &back, now, &settings);
+        assert_ne!(next.serving(), Some(0), "step {i}: {next:?} {actions:?}");
+        state = next;
+    }
+    // The promotion completes: the candidate takes writes, the old is fenced.
+    let mut done = back.clone();
+    done[1] = node("r1", Role::Primary, 2, 120);
+    let (s, actions) = step(&state, &done, t0, &settings);
+    assert_eq!(s, Primary::Serving(1), "{actions:?}");
+    assert!(has(&actions, &Action::Fence(0)), "{actions:?}");
+}
+
+#[test]
+fn a_readmitted_primary_on_an_older_timeline_never_takes_writes() {
+    let now = Instant::now();
+    let settings = cfg(FailoverMode::Promote);
+    // The real primary (timeline 2) is down; an operator re-admitted a node
+    // whose data directory holds an older cluster (timeline 1, primary).
+    let nodes = [
+        down(node("new", Role::Primary, 2, 500)),
+        node("stale", Role::Primary, 1, 900),
+        node("r", Role::Replica, 2, 480),
+    ];
+    let lost = Primary::Lost {
+        old: 0,
+        blocked: None,
+        promoted: None,
+    };
+    for state in [Primary::Serving(0), lost, Primary::Discovering] {
+        let (s, actions) = step(&state, &nodes, now, &settings);
+        assert_ne!(s.serving(), Some(1), "{state:?}: {actions:?}");
+        assert!(has(&actions, &Action::Fence(1)), "{state:?}: {actions:?}");
+        assert!(!promotes(&actions).contains(&1), "{state:?}: {actions:?}");
     }
 }

@@ -1,0 +1,297 @@
+//! The etcd side of coordination: one task per proxy that holds a lease,
+//! publishes this proxy's view under it, campaigns for the leader key,
+//! watches the other proxies' views and the topology record, and writes the
+//! record when it leads (each write guarded by its leadership). What it
+//! learns goes to the monitor as a [`Standing`]; the monitor never waits on
+//! etcd.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::gate::{PeerView, Standing};
+use super::keys::Keys;
+use super::Topology;
+use crate::config::coordination::CoordinationConfig;
+
+/// Why a session with etcd ended (it is started again after a pause).
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// The client failed (unreachable, refused, timed out).
+    #[error("etcd: {0}")]
+    Client(#[from] etcd_client::Error),
+    /// Our lease expired: whatever we held is gone.
+    #[error("etcd: our lease expired")]
+    LeaseLost,
+    /// A stream etcd should keep open ended.
+    #[error("etcd: the {0} stream ended")]
+    StreamEnded(&'static str),
+}
+
+/// What the task is given and gives back.
+pub(super) struct Channels {
+    /// This proxy's id.
+    pub me: String,
+    pub standing: watch::Sender<Standing>,
+    pub own: watch::Receiver<Option<PeerView>>,
+    pub record: watch::Receiver<Option<Topology>>,
+    pub on_record: Box<dyn Fn(Topology) + Send + Sync>,
+}
+
+/// Runs sessions with etcd until `shutdown`, reconnecting after failures.
+pub(super) async fn run(
+    cfg: CoordinationConfig,
+    keys: Keys,
+    mut ch: Channels,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let ended = tokio::select! {
+            r = session(&cfg, &keys, &mut ch) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        if let Err(e) = ended {
+            tracing::warn!(error = %e, "coordination: session with etcd ended");
+        }
+        ch.standing.send_modify(|s| {
+            s.connected = false;
+            s.leader = false;
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn connect(cfg: &CoordinationConfig) -> Result<Client, EtcdError> {
+    let ttl = cfg.lease_ttl;
+    let mut opts = ConnectOptions::new()
+        .with_connect_timeout(ttl / 3)
+        .with_timeout(ttl / 3)
+        .with_keep_alive(ttl / 3, ttl / 3);
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        opts = opts.with_user(u.clone(), p.clone());
+    }
+    Ok(Client::connect(&cfg.endpoints, Some(opts)).await?)
+}
+
+/// One session: a lease, kept alive at a third of its TTL; every beat also
+/// republishes our view, campaigns if nobody leads, and refreshes what we
+/// know of the others from the watches.
+async fn session(
+    cfg: &CoordinationConfig,
+    keys: &Keys,
+    ch: &mut Channels,
+) -> Result<(), EtcdError> {
+    let mut client = connect(cfg).await?;
+    let ttl = cfg.lease_ttl.as_secs().max(1) as i64;
+    let lease = client.lease_grant(ttl, None).await?.id();
+    let (mut keeper, mut beats) = client.lease_keep_alive(lease).await?;
+    let mut watch = client
+        .watch(keys.base(), Some(WatchOptions::new().with_prefix()))
+        .await?;
+    let mut state = Session::new(lease, ch.me.clone());
+    state.expires = tokio::time::Instant::now() + cfg.lease_ttl;
+    state.refresh(&mut client, keys).await?;
+    let view = ch.own.borrow().clone();
+    publish_view(&mut client, keys, lease, view.as_ref()).await?;
+    let mut tick = tokio::time::interval(cfg.lease_ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ch.standing.send_replace(state.standing());
+        tokio::select! {
+            _ = tick.tick() => {
+                let sent = tokio::time::Instant::now();
+                keeper.keep_alive().await?;
+                match beats.message().await? {
+                    // Counted from when the renewal was sent: etcd renewed
+                    // the lease no earlier than that.
+                    Some(b) if b.ttl() > 0 => {
+                        state.expires = sent + Duration::from_secs(b.ttl() as u64);
+                    }
+                    _ => return Err(EtcdError::LeaseLost),
+                }
+                if state.leader_id.is_none() {
+                    state.campaign(&mut client, keys).await?;
+                }
+            }
+            changed = ch.own.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let view = ch.own.borrow_and_update().clone();
+                publish_view(&mut client, keys, lease, view.as_ref()).await?;
+            }
+            changed = ch.record.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+                let record = ch.record.borrow_and_update().clone();
+                if let (Some(t), true) = (record, state.leads()) {
+                    state.write_record(&mut client, keys, t).await?;
+                }
+            }
+            event = watch.message() => {
+                let Some(resp) = event? else {
+                    return Err(EtcdError::StreamEnded("watch"));
+                };
+                let record_changed = resp.events().iter().any(|e| {
+                    e.kv().is_some_and(|kv| kv.key() == keys.topology().as_bytes())
+                        && e.event_type() == EventType::Put
+                });
+                state.refresh(&mut client, keys).await?;
+                if state.leader_id.is_none() {
+                    state.campaign(&mut client, keys).await?;
+                }
+                if let (true, Some(t)) = (record_changed, state.record.clone()) {
+                    (ch.on_record)(t);
+                }
+            }
+        }
+    }
+}
+
+async fn publish_view(
+    client: &mut Client,
+    keys: &Keys,
+    lease: i64,
+    view: Option<&PeerView>,
+) -> Result<(), EtcdError> {
+    if let Some(v) = view {
+        let body = serde_json::to_vec(v).unwrap_or_default();
+        let opts = PutOptions::new().with_lease(lease);
+        client.put(keys.proxy(&v.proxy), body, Some(opts)).await?;
+    }
+    Ok(())
+}
+
+/// What one session knows.
+struct Session {
+    lease: i64,
+    me: String,
+    /// When our lease runs out unless renewed (from the last renewal).
+    expires: tokio::time::Instant,
+    leader_id: Option<String>,
+    /// The leader key's create revision while we hold it: every write we
+    /// make as leader is compared against it, so a deposed leader's late
+    /// write fails.
+    leader_rev: Option<i64>,
+    peers: Vec<PeerView>,
+    record: Option<Topology>,
+}
+
+impl Session {
+    fn new(lease: i64, me: String) -> Session {
+        Session {
+            lease,
+            me,
+            expires: tokio::time::Instant::now(),
+            leader_id: None,
+            leader_rev: None,
+            peers: vec![],
+            record: None,
+        }
+    }
+
+    fn leads(&self) -> bool {
+        self.leader_rev.is_some()
+    }
+
+    fn standing(&self) -> Standing {
+        Standing {
+            connected: true,
+            leader: self.leads(),
+            leader_id: self.leader_id.clone(),
+            lease_until: Some(self.expires.into_std()),
+            peers: self
+                .peers
+                .iter()
+                .filter(|p| p.proxy != self.me)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Reads every key under the cluster's prefix.
+    async fn refresh(&mut self, client: &mut Client, keys: &Keys) -> Result<(), EtcdError> {
+        let all = client
+            .get(keys.base(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        self.peers.clear();
+        self.leader_id = None;
+        self.record = None;
+        let mut still_leader = None;
+        for kv in all.kvs() {
+            let key = kv.key_str().unwrap_or_default();
+            if key == keys.leader() {
+                self.leader_id = Some(kv.value_str().unwrap_or_default().to_string());
+                if kv.lease() == self.lease {
+                    still_leader = Some(kv.create_revision());
+                }
+            } else if key == keys.topology() {
+                self.record = serde_json::from_slice(kv.value()).ok();
+            } else if key.starts_with(&keys.proxies()) {
+                if let Ok(v) = serde_json::from_slice::<PeerView>(kv.value()) {
+                    self.peers.push(v);
+                }
+            }
+        }
+        self.leader_rev = still_leader;
+        Ok(())
+    }
+
+    /// Takes the leader key if nobody holds it (bound to our lease).
+    async fn campaign(&mut self, client: &mut Client, keys: &Keys) -> Result<(), EtcdError> {
+        let me = self.me.clone();
+        let opts = PutOptions::new().with_lease(self.lease);
+        let txn = Txn::new()
+            .when([Compare::create_revision(keys.leader(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(keys.leader(), me.clone(), Some(opts))]);
+        let resp = client.txn(txn).await?;
+        if resp.succeeded() {
+            let rev = resp.header().map_or(0, |h| h.revision());
+            tracing::info!(proxy = %me, "coordination: this proxy leads now");
+            self.leader_id = Some(me);
+            self.leader_rev = Some(rev);
+        }
+        Ok(())
+    }
+
+    /// Writes the topology record, only while we still hold the leader key
+    /// created at `leader_rev`.
+    async fn write_record(
+        &mut self,
+        client: &mut Client,
+        keys: &Keys,
+        mut t: Topology,
+    ) -> Result<(), EtcdError> {
+        let Some(rev) = self.leader_rev else {
+            return Ok(());
+        };
+        if self.record.as_ref().is_some_and(|r| r.same_as(&t)) {
+            return Ok(());
+        }
+        t.generation = self.record.as_ref().map_or(1, |r| r.generation + 1);
+        let body = serde_json::to_vec(&t).unwrap_or_default();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                keys.leader(),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then([TxnOp::put(keys.topology(), body, None)]);
+        if client.txn(txn).await?.succeeded() {
+            self.record = Some(t);
+        } else {
+            // Someone else leads now: stop acting at once.
+            self.leader_rev = None;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,309 @@
+//! Several proxies in front of one cluster, coordinating through a real etcd
+//! (`[coordination] backend = "etcd"`): one leader acts, the others follow,
+//! and nobody promotes without etcd.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::{http_request, Proxy, USERS};
+use switchyard::local_cluster::{
+    LocalCluster, LocalClusterOptions, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER,
+};
+use tokio_postgres::Client;
+
+/// A cluster of its own: a primary and two replicas.
+async fn three_nodes() -> Arc<LocalCluster> {
+    common::init_tracing();
+    let opts = LocalClusterOptions {
+        replicas: 2,
+        ..Default::default()
+    };
+    let c = tokio::task::spawn_blocking(move || LocalCluster::start(opts))
+        .await
+        .unwrap()
+        .expect("start PostgreSQL cluster");
+    Arc::new(c)
+}
+
+async fn start_etcd() -> Etcd {
+    tokio::task::spawn_blocking(Etcd::start).await.unwrap()
+}
+
+/// A proxy configuration for `cluster` coordinating through `etcd`.
+fn config(cluster: &LocalCluster, etcd: &str, name: &str, extra: &str) -> String {
+    let nodes = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("{{ name = \"{}\", addr = \"{}\" }}", n.name(), n.addr()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "{USERS}\n{extra}\n[coordination]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\nlease_ttl = \"2s\"\n\
+         [health]\ninterval = \"500ms\"\ntimeout = \"1s\"\n\
+         [cluster]\nname = \"{name}\"\nnodes = [{nodes}]\nuser = \"{CLUSTER_USER}\"\npassword = \"{CLUSTER_PASSWORD}\"\n"
+    )
+}
+
+/// `n` proxies with their HTTP endpoints.
+async fn proxies(cluster: &Arc<LocalCluster>, toml: &str, n: usize) -> Vec<(Proxy, SocketAddr)> {
+    let mut out = vec![];
+    for _ in 0..n {
+        out.push(Proxy::start_with_http(cluster.clone(), toml).await);
+    }
+    out
+}
+
+async fn status(http: SocketAddr) -> serde_json::Value {
+    let (_, body) = http_request(http, "GET", "/status").await;
+    serde_json::from_str(&body).unwrap_or_default()
+}
+
+/// Waits until every proxy sees the same leader among `n` live proxies;
+/// returns the index of the leading proxy.
+async fn settled(all: &[(Proxy, SocketAddr)]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut seen = vec![];
+        for (_, http) in all {
+            seen.push(status(*http).await["coordination"].clone());
+        }
+        let leaders: Vec<usize> = (0..seen.len())
+            .filter(|&i| seen[i]["leader"] == true)
+            .collect();
+        let agreed = seen.iter().all(|s| {
+            s["connected"] == true
+                && s["proxies"] == all.len()
+                && s["leader_id"] == seen[leaders.first().copied().unwrap_or(0)]["proxy"]
+        });
+        if leaders.len() == 1 && agreed {
+            return leaders[0];
+        }
+        assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Events of `kind` on one proxy's timeline, by node.
+async fn events(http: SocketAddr, kind: &str) -> Vec<String> {
+    let (_, body) = http_request(http, "GET", "/events").await;
+    let all: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    all.as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["kind"] == kind)
+                .map(|e| e["node"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn port_of(c: &Client) -> Result<u16, tokio_postgres::Error> {
+    let row = c.query_one("SELECT inet_server_port()", &[]).await?;
+    Ok(row.get::<_, i32>(0) as u16)
+}
+
+async fn in_recovery(node: &PgNode) -> bool {
+    let n = node.clone();
+    let out = tokio::task::spawn_blocking(move || n.psql("app", "SELECT pg_is_in_recovery()"))
+        .await
+        .unwrap();
+    out.map(|s| s.trim() == "t").unwrap_or(false)
+}
+
+async fn stop(node: &PgNode) {
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || n.stop(StopMode::Immediate))
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Waits until every replica has replayed `table`'s rows up to `rows`: the
+/// test cluster runs without synchronous commit, and what a crash takes
+/// before it reached the replicas is not what these tests are about.
+async fn replicated(cluster: &LocalCluster, table: &str, rows: usize) {
+    for r in cluster.replicas() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (n, sql) = (r.clone(), format!("SELECT count(*) FROM {table}"));
+            let out = tokio::task::spawn_blocking(move || n.psql("app", &sql))
+                .await
+                .unwrap();
+            if out.is_ok_and(|s| s.trim().parse::<usize>().unwrap_or(0) >= rows) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not replay {table}",
+                r.name()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Retries a write through `c` until it succeeds: the port it landed on.
+async fn write_lands(c: &Client, table: &str, v: i32, secs: u64) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let sql = format!("INSERT INTO {table} VALUES ({v})");
+        match c.batch_execute(&sql).await {
+            Ok(()) => return port_of(c).await.unwrap(),
+            Err(e) => assert!(Instant::now() < deadline, "write {v}: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_primary_is_promoted_over_once_and_every_proxy_writes_there() {
+    let cluster = three_nodes().await;
+    let etcd = start_etcd().await;
+    let toml = config(&cluster, &etcd.endpoint(), &common::unique("crash"), "");
+    let all = proxies(&cluster, &toml, 3).await;
+    settled(&all).await;
+    let mut clients = vec![];
+    for (p, _) in &all {
+        clients.push(p.client().await);
+    }
+    let table = common::unique("coord");
+    clients[0]
+        .batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    for (i, c) in clients.iter().enumerate() {
+        assert_eq!(
+            write_lands(c, &table, i as i32, 5).await,
+            cluster.primary().port()
+        );
+    }
+    replicated(&cluster, &table, 3).await;
+
+    stop(cluster.primary()).await;
+    let mut landed = HashMap::new();
+    for (i, c) in clients.iter().enumerate() {
+        let port = write_lands(c, &table, 10 + i as i32, 30).await;
+        *landed.entry(port).or_insert(0) += 1;
+    }
+    assert_eq!(
+        landed.len(),
+        1,
+        "every proxy writes to one primary: {landed:?}"
+    );
+    // Exactly one promotion, by exactly one proxy; the other replica still
+    // replicates.
+    let mut promoting = vec![];
+    for (_, http) in &all {
+        promoting.extend(events(*http, "promoting").await);
+    }
+    assert_eq!(promoting.len(), 1, "{promoting:?}");
+    let replicas = cluster.replicas();
+    let promoted: Vec<bool> = {
+        let mut v = vec![];
+        for r in replicas {
+            v.push(!in_recovery(r).await);
+        }
+        v
+    };
+    assert_eq!(promoted.iter().filter(|p| **p).count(), 1, "{promoted:?}");
+    let new = replicas.iter().zip(&promoted).find(|(_, p)| **p).unwrap().0;
+    assert_eq!(landed.keys().next(), Some(&new.port()));
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_etcd_nobody_promotes_but_everyone_follows_a_promotion_by_hand() {
+    let cluster = three_nodes().await;
+    let mut etcd = start_etcd().await;
+    let toml = config(&cluster, &etcd.endpoint(), &common::unique("noetcd"), "");
+    let all = proxies(&cluster, &toml, 2).await;
+    settled(&all).await;
+    let c = all[1].0.client().await;
+    let table = common::unique("coord");
+    c.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    replicated(&cluster, &table, 0).await;
+
+    etcd.stop();
+    // Past the lease: nobody may act any more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (_, http) in &all {
+        let s = status(*http).await;
+        assert_eq!(s["coordination"]["connected"], false, "{s}");
+    }
+    stop(cluster.primary()).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for r in cluster.replicas() {
+        assert!(
+            in_recovery(r).await,
+            "{} was promoted without etcd",
+            r.name()
+        );
+    }
+    for (_, http) in &all {
+        assert!(events(*http, "promoting").await.is_empty());
+    }
+    // An operator promotes by hand: every proxy follows it.
+    let chosen = &cluster.replicas()[1];
+    let n = chosen.clone();
+    tokio::task::spawn_blocking(move || n.psql("app", "SELECT pg_promote()"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(write_lands(&c, &table, 1, 30).await, chosen.port());
+    let other = all[0].0.client().await;
+    assert_eq!(write_lands(&other, &table, 2, 30).await, chosen.port());
+
+    // etcd back: leadership resumes.
+    etcd.restart();
+    settled(&all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_dies_another_leads_and_handles_the_next_crash() {
+    let cluster = three_nodes().await;
+    let etcd = start_etcd().await;
+    let toml = config(&cluster, &etcd.endpoint(), &common::unique("leader"), "");
+    let mut all = proxies(&cluster, &toml, 3).await;
+    let leader = settled(&all).await;
+    // It stops without giving up its lease, which runs out on its own.
+    let (dead, _) = all.remove(leader);
+    dead.shutdown().await;
+    let next = settled(&all).await;
+    let c = all[next].0.client().await;
+    let table = common::unique("coord");
+    c.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    replicated(&cluster, &table, 0).await;
+    stop(cluster.primary()).await;
+    let port = write_lands(&c, &table, 1, 30).await;
+    assert_ne!(port, cluster.primary().port());
+    assert_eq!(events(all[next].1, "promoting").await.len(), 1);
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_asked_of_a_follower_is_refused_with_the_reason() {
+    let cluster = three_nodes().await;
+    let etcd = start_etcd().await;
+    let toml = config(&cluster, &etcd.endpoint(), &common::unique("sw"), "");
+    let all = proxies(&cluster, &toml, 2).await;
+    let leader = settled(&all).await;
+    let follower = &all[1 - leader].0;
+    let admin = follower
+        .client_as("admin", "adminpw", "switchyard")
+        .await
+        .unwrap();
+    let err = admin.simple_query("SWITCHOVER").await.unwrap_err();
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "55000");
+    assert!(db.message().contains("does not lead"), "{}", db.message());
+    drop(etcd);
+}
