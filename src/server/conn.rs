@@ -432,6 +432,10 @@ impl ServerConn {
             return Ok(());
         }
         let sql = settings::apply_sql(&changes);
+        tracing::debug!(
+            changes = changes.len(),
+            "giving a client's settings to a server"
+        );
         self.query_rows(&sql, 0).await?;
         self.settings = want.clone();
         Ok(())
