@@ -275,6 +275,7 @@ mod tests {
             ("SWITCHYARD__CLUSTER__NODES", "db1:5432, db2:5432"),
             ("SWITCHYARD__PROXY__LISTEN", "0.0.0.0:6432"),
             ("SWITCHYARD__PROXY__DEFAULT_POOL_SIZE", "7"),
+            ("SWITCHYARD__PROXY__PEER_ID", "3"),
             ("SWITCHYARD__FAILOVER__REPOINT_REPLICAS", "false"),
             ("SWITCHYARD__HEALTH__INTERVAL", "250ms"),
             ("SWITCHYARD__DATABASES__APP_RO__TARGET", "replica"),
@@ -289,6 +290,7 @@ mod tests {
         assert_eq!(addrs, ["db1:5432", "db2:5432"]);
         assert_eq!(cfg.proxy.listen, "0.0.0.0:6432");
         assert_eq!(cfg.proxy.default_pool_size, 7);
+        assert_eq!(cfg.proxy.peer_id, Some(3));
         assert!(!cfg.failover.repoint_replicas);
         assert_eq!(cfg.health.interval.as_millis(), 250);
         assert_eq!(cfg.database("app_ro").1, crate::config::Target::Replica);
