@@ -73,8 +73,10 @@ async fn sleep_and_cancel_via(
 async fn a_cancel_sent_to_another_proxy_reaches_the_query() {
     let ((la, a_addr), (lb, b_addr)) = (listener().await, listener().await);
     let cluster = common::cluster();
-    let a = Proxy::start_on(cluster.clone(), &config(Some(1), &[(2, b_addr)], ""), la).await;
-    let b = Proxy::start_on(cluster, &config(Some(2), &[(1, a_addr)], ""), lb).await;
+    let (a, a_http) =
+        Proxy::start_on_with_http(cluster.clone(), &config(Some(1), &[(2, b_addr)], ""), la).await;
+    let (b, b_http) =
+        Proxy::start_on_with_http(cluster, &config(Some(2), &[(1, a_addr)], ""), lb).await;
 
     for (on, via) in [(&a, b_addr), (&b, a_addr)] {
         let client = on.client().await;
@@ -83,6 +85,23 @@ async fn a_cancel_sent_to_another_proxy_reaches_the_query() {
         assert!(took < Duration::from_secs(2), "cancel took {took:?}");
         client.batch_execute("SELECT 1").await.unwrap();
     }
+    // Counted once the peer has closed, which may come after the client saw its error.
+    for http in [a_http, b_http] {
+        common::wait_until(5, "forward counted", || async {
+            peer_cancels(http, "forwarded").await == 1
+        })
+        .await;
+    }
+}
+
+/// `switchyard_peer_cancels_total{outcome}` at the proxy whose HTTP endpoints are at `http`.
+async fn peer_cancels(http: SocketAddr, outcome: &str) -> u64 {
+    let (code, text) = common::http_request(http, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    let series = format!("switchyard_peer_cancels_total{{outcome=\"{outcome}\"}} ");
+    let line = text.lines().find(|l| l.starts_with(&series));
+    line.and_then(|l| l[series.len()..].parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,8 +123,10 @@ async fn a_loop_of_misconfigured_peers_is_cut_at_once() {
     // C issues keys with id 3; A and B each (wrongly) send id 3 to the other.
     let ((la, a_addr), (lb, b_addr)) = (listener().await, listener().await);
     let cluster = common::cluster();
-    let a = Proxy::start_on(cluster.clone(), &config(Some(1), &[(3, b_addr)], ""), la).await;
-    let b = Proxy::start_on(cluster.clone(), &config(Some(2), &[(3, a_addr)], ""), lb).await;
+    let (a, a_http) =
+        Proxy::start_on_with_http(cluster.clone(), &config(Some(1), &[(3, b_addr)], ""), la).await;
+    let (b, b_http) =
+        Proxy::start_on_with_http(cluster.clone(), &config(Some(2), &[(3, a_addr)], ""), lb).await;
     let trust = "auth_type = \"trust\"";
     let c = Proxy::start_with(cluster, &config(Some(3), &[], trust)).await;
     let mut raw = Raw::connect(c.addr).await;
@@ -126,6 +147,11 @@ async fn a_loop_of_misconfigured_peers_is_cut_at_once() {
     assert!(common::peer_closed(&mut s, 5).await);
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "loop ran {took:?}");
+    // A's first forward and B's went through; A's second was dropped.
+    assert_eq!(peer_cancels(a_http, "forwarded").await, 1);
+    assert_eq!(peer_cancels(a_http, "in_flight").await, 1);
+    assert_eq!(peer_cancels(b_http, "forwarded").await, 1);
+    assert_eq!(peer_cancels(b_http, "in_flight").await, 0);
     a.client().await.batch_execute("SELECT 1").await.unwrap();
     b.client().await.batch_execute("SELECT 1").await.unwrap();
 }
