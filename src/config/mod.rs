@@ -22,7 +22,8 @@ pub use flatten::{needs_restart, settings};
 pub use hardware::HardwareSpec;
 pub use http_url::HttpUrl;
 pub use load::{
-    default_file, load, load_env, load_str, ConfigError, DEFAULT_PATHS, NODES_ENV, USERS_ENV,
+    default_file, load, load_env, load_str, ConfigError, DEFAULT_PATHS, NODES_ENV, PEERS_ENV,
+    USERS_ENV,
 };
 pub use peers::{PeerConfig, MAX_PEER_ID};
 pub use validate::{validate, warnings};
