@@ -15,7 +15,6 @@ use crate::client::settings::{self, Untracked};
 use crate::context::Context;
 use crate::error::ClientError;
 use crate::pool::Pool;
-use crate::server::send_cancel;
 use crate::server::settings::Setting;
 use crate::sessions::cancel::CancelGuard;
 use crate::sessions::registry;
@@ -74,11 +73,7 @@ async fn login(
     let tls = ctx.tls().acceptor();
     let (user, database, params) = match login::negotiate(conn, &tls).await? {
         Opening::Cancel { pid, secret } => {
-            if let Some(target) = ctx.cancels().lookup(pid, secret) {
-                if let Err(e) = send_cancel(&target.addr, target.key).await {
-                    tracing::warn!(error = %e, "could not forward cancel request");
-                }
-            }
+            crate::cancel_request::serve(ctx, pid, secret).await;
             return Ok(None);
         }
         Opening::Session {

@@ -21,6 +21,7 @@ use crate::pool::{Pool, PoolSettings, Pools};
 use crate::runtime::LoopLag;
 use crate::server::Login;
 use crate::sessions::cancel::CancelMap;
+use crate::sessions::forwards::Forwards;
 use crate::sessions::registry::Registry;
 
 /// Why a reload changed nothing.
@@ -68,6 +69,8 @@ pub struct Context {
     cluster: Arc<Cluster>,
     /// Live clients' cancel keys.
     cancels: Arc<CancelMap>,
+    /// CancelRequests being sent on to peers, and their outcomes.
+    peer_cancels: Forwards,
     /// Cancelled when the proxy shuts down.
     shutdown: CancellationToken,
     /// Logged-in clients.
@@ -106,13 +109,16 @@ impl Context {
             .with_tls(tls.connector().clone());
         let cluster = Arc::new(cluster);
         let record_metrics = config.http.metrics;
+        // Validated to fit (MAX_PEER_ID); fixed until a restart, like the keys issued.
+        let peer_id = config.proxy.peer_id.and_then(|id| u8::try_from(id).ok());
         Ok(Context {
             config: Arc::new(ArcSwap::from_pointee(config)),
             config_path: None,
             users: ArcSwap::from_pointee(users),
             pools: Pools::default(),
             cluster,
-            cancels: Arc::default(),
+            cancels: Arc::new(CancelMap::new(peer_id)),
+            peer_cancels: Forwards::default(),
             shutdown,
             clients: Arc::default(),
             latencies: Default::default(),
@@ -158,6 +164,11 @@ impl Context {
     /// Live clients' cancel keys.
     pub fn cancels(&self) -> &Arc<CancelMap> {
         &self.cancels
+    }
+
+    /// CancelRequests being sent on to peers, and their outcomes.
+    pub fn peer_cancels(&self) -> &Forwards {
+        &self.peer_cancels
     }
 
     /// Cancelled when the proxy shuts down.

@@ -5,6 +5,7 @@
 //! - [`listener`] accepts clients; [`context::Context`] is the state every task shares (and reload);
 //! - [`background`] runs the housekeeping tasks (reaper, stats periods, lag tickers, SIGHUP);
 //! - [`client`] runs one task per client: login, then the query relay;
+//! - [`cancel_request`] serves a CancelRequest, here or at the peer whose key it is;
 //! - [`pool`] keeps server connections per (database, user);
 //! - [`server`] opens one connection to PostgreSQL: login, reset, cancel;
 //! - [`cluster`] knows which node is the primary;
@@ -21,6 +22,7 @@
 pub mod admin;
 pub mod auth;
 pub mod background;
+pub mod cancel_request;
 pub mod client;
 pub mod cluster;
 pub mod config;

@@ -23,7 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["pool"],
     &["context"],
     &["client"],
-    &["admin", "metrics", "background"],
+    &["admin", "metrics", "background", "cancel_request"],
     &["connection", "http"],
     &["listener", "demo"],
 ];

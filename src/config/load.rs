@@ -5,14 +5,15 @@
 //! Where it comes from (docs/configuration.md): an explicit `--config` file must
 //! exist; without one, the first of [`DEFAULT_PATHS`] that exists is used, and
 //! when none does the environment alone is the configuration — it must then set
-//! at least `SWITCHYARD__CLUSTER__NODES`. `[[users]]`, a list of tables, comes
-//! from the environment as JSON in `SWITCHYARD__USERS`.
+//! at least `SWITCHYARD__CLUSTER__NODES`. `[[users]]` and `[[peers]]`, lists
+//! of tables, come from the environment as JSON in `SWITCHYARD__USERS` and
+//! `SWITCHYARD__PEERS`.
 
 use std::path::{Path, PathBuf};
 
 use config::{File, FileFormat, Value, ValueKind};
 
-use super::{Config, UserConfig};
+use super::{Config, PeerConfig, UserConfig};
 
 /// Files tried, in order, when no `--config` is given: the working directory's
 /// (development), then the system-wide one (containers mount it there).
@@ -22,6 +23,8 @@ pub const DEFAULT_PATHS: [&str; 2] = ["config/switchyard.toml", "/etc/switchyard
 const ENV_PREFIX: &str = "SWITCHYARD__";
 /// `[[users]]` as a JSON list; replaces the file's users when set.
 pub const USERS_ENV: &str = "SWITCHYARD__USERS";
+/// `[[peers]]` as a JSON list; replaces the file's peers when set.
+pub const PEERS_ENV: &str = "SWITCHYARD__PEERS";
 /// The one key a configuration from the environment alone cannot do without.
 pub const NODES_ENV: &str = "SWITCHYARD__CLUSTER__NODES";
 /// Keys whose environment value is a comma-separated list.
@@ -74,7 +77,7 @@ pub fn default_file() -> Option<PathBuf> {
 pub fn load_str(toml: &str) -> Result<Config, ConfigError> {
     finish(
         config::Config::builder().add_source(File::from_str(toml, FileFormat::Toml)),
-        None,
+        Lists::default(),
     )
 }
 
@@ -95,16 +98,23 @@ fn load_with(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, Co
     if let Some(path) = file {
         builder = builder.add_source(File::from(path).format(FileFormat::Toml));
     }
-    let mut users = None;
+    let mut lists = Lists::default();
     for (name, value) in env {
         let key = env_key(name);
-        if key == "users" {
-            users = Some(parse_users(value)?);
-        } else {
-            builder = builder.set_override(key.as_str(), env_value(name, &key, value))?;
+        match key.as_str() {
+            "users" => lists.users = Some(parse_list(USERS_ENV, USERS_EXAMPLE, value)?),
+            "peers" => lists.peers = Some(parse_list(PEERS_ENV, PEERS_EXAMPLE, value)?),
+            _ => builder = builder.set_override(key.as_str(), env_value(name, &key, value))?,
         }
     }
-    finish(builder, users)
+    finish(builder, lists)
+}
+
+/// The lists of tables the environment gives as JSON, each replacing the file's.
+#[derive(Default)]
+struct Lists {
+    users: Option<Vec<UserConfig>>,
+    peers: Option<Vec<PeerConfig>>,
 }
 
 /// `SWITCHYARD__PROXY__DEFAULT_POOL_SIZE` → `proxy.default_pool_size`. A single
@@ -134,14 +144,21 @@ fn env_value(name: &str, key: &str, value: &str) -> Value {
     Value::new(origin.as_ref(), kind)
 }
 
-/// `SWITCHYARD__USERS`: the `[[users]]` tables as a JSON list of objects with
-/// the same keys, e.g. `[{"name": "app", "password": "s3cr:t"}]`. JSON quoting
-/// lets a password hold any character. Error messages never repeat the value.
-fn parse_users(json: &str) -> Result<Vec<UserConfig>, ConfigError> {
+const USERS_EXAMPLE: &str = r#"[{"name": "app", "password": "..."}]"#;
+const PEERS_EXAMPLE: &str = r#"[{"id": 2, "addr": "10.0.0.12:6432"}]"#;
+
+/// `SWITCHYARD__USERS` or `SWITCHYARD__PEERS`: the tables as a JSON list of
+/// objects with the same keys, e.g. `[{"name": "app", "password": "s3cr:t"}]`.
+/// JSON quoting lets a password hold any character. Error messages never
+/// repeat the value.
+fn parse_list<T: serde::de::DeserializeOwned>(
+    var: &str,
+    example: &str,
+    json: &str,
+) -> Result<Vec<T>, ConfigError> {
     let bad = |what: String| {
         ConfigError::Invalid(format!(
-            "{USERS_ENV}: {what} (expected a JSON list like \
-             [{{\"name\": \"app\", \"password\": \"...\"}}])"
+            "{var}: {what} (expected a JSON list like {example})"
         ))
     };
     let value: serde_json::Value =
@@ -185,11 +202,14 @@ fn switchyard_env() -> Result<Vec<(String, String)>, ConfigError> {
 
 fn finish(
     builder: config::ConfigBuilder<config::builder::DefaultState>,
-    users: Option<Vec<UserConfig>>,
+    lists: Lists,
 ) -> Result<Config, ConfigError> {
     let mut cfg: Config = builder.build()?.try_deserialize()?;
-    if let Some(users) = users {
+    if let Some(users) = lists.users {
         cfg.users = users;
+    }
+    if let Some(peers) = lists.peers {
+        cfg.peers = peers;
     }
     super::validate(&cfg).map_err(ConfigError::Invalid)?;
     Ok(cfg)
@@ -275,6 +295,7 @@ mod tests {
             ("SWITCHYARD__CLUSTER__NODES", "db1:5432, db2:5432"),
             ("SWITCHYARD__PROXY__LISTEN", "0.0.0.0:6432"),
             ("SWITCHYARD__PROXY__DEFAULT_POOL_SIZE", "7"),
+            ("SWITCHYARD__PROXY__PEER_ID", "3"),
             ("SWITCHYARD__FAILOVER__REPOINT_REPLICAS", "false"),
             ("SWITCHYARD__HEALTH__INTERVAL", "250ms"),
             ("SWITCHYARD__DATABASES__APP_RO__TARGET", "replica"),
@@ -289,6 +310,7 @@ mod tests {
         assert_eq!(addrs, ["db1:5432", "db2:5432"]);
         assert_eq!(cfg.proxy.listen, "0.0.0.0:6432");
         assert_eq!(cfg.proxy.default_pool_size, 7);
+        assert_eq!(cfg.proxy.peer_id, Some(3));
         assert!(!cfg.failover.repoint_replicas);
         assert_eq!(cfg.health.interval.as_millis(), 250);
         assert_eq!(cfg.database("app_ro").1, crate::config::Target::Replica);
@@ -367,6 +389,35 @@ mod tests {
                 "{json}: {err}"
             );
             assert!(!err.contains("secret-pw"), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn environment_peers_replace_the_files_peers() {
+        let cfg = load_env_only(&env(&[
+            ("SWITCHYARD__CLUSTER__NODES", "a:1"),
+            ("SWITCHYARD__PROXY__PEER_ID", "1"),
+            (
+                "SWITCHYARD__PEERS",
+                r#"[{"id": 2, "addr": "b:6432"}, {"id": 3, "addr": "c:6432"}]"#,
+            ),
+        ]))
+        .unwrap();
+        let ids: Vec<_> = cfg.peers.iter().map(|p| (p.id, p.addr.as_str())).collect();
+        assert_eq!(ids, [(2, "b:6432"), (3, "c:6432")]);
+        for (json, says) in [
+            (r#"{"id": 2}"#, "not a JSON list"),
+            (r#"[{"id": 2, "adr": "b:1"}]"#, "unknown field `adr`"),
+            (r#"[{"id": 1, "addr": "b:1"}]"#, "own proxy.peer_id"),
+        ] {
+            let err = load_env_only(&env(&[
+                ("SWITCHYARD__CLUSTER__NODES", "a:1"),
+                ("SWITCHYARD__PROXY__PEER_ID", "1"),
+                ("SWITCHYARD__PEERS", json),
+            ]))
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(says), "{json}: {err}");
         }
     }
 

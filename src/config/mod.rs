@@ -9,6 +9,7 @@ pub mod hardware;
 mod http_url;
 mod load;
 pub mod password;
+pub mod peers;
 pub mod reload;
 mod validate;
 
@@ -21,8 +22,10 @@ pub use flatten::{needs_restart, settings};
 pub use hardware::HardwareSpec;
 pub use http_url::HttpUrl;
 pub use load::{
-    default_file, load, load_env, load_str, ConfigError, DEFAULT_PATHS, NODES_ENV, USERS_ENV,
+    default_file, load, load_env, load_str, ConfigError, DEFAULT_PATHS, NODES_ENV, PEERS_ENV,
+    USERS_ENV,
 };
+pub use peers::{PeerConfig, MAX_PEER_ID};
 pub use validate::{validate, warnings};
 
 /// The whole configuration file.
@@ -59,6 +62,10 @@ pub struct Config {
     /// `[coordination]`: several proxies agreeing on who acts (etcd).
     #[serde(default)]
     pub coordination: coordination::CoordinationConfig,
+    /// `[[peers]]`: the other instances behind the same load balancer, where
+    /// CancelRequests for their clients' keys are sent on. Needs `proxy.peer_id`.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
 }
 
 /// `[switchover]` section.
@@ -290,6 +297,10 @@ pub struct ProxyConfig {
     /// (default) = one per two CPU cores, at least one; 1 = a single event
     /// loop, like PgBouncer's. Needs a restart to change.
     pub workers: usize,
+    /// This instance's id among its `[[peers]]` (0..=255), carried in the
+    /// cancel keys it issues. Default none: keys are wholly random and no
+    /// CancelRequest is sent on. Needs a restart to change.
+    pub peer_id: Option<u16>,
     /// `[proxy.tls]`: TLS toward clients.
     pub tls: ProxyTlsConfig,
 }
@@ -377,6 +388,7 @@ impl Default for ProxyConfig {
             max_tracked_parameters: 64,
             stats_period: Duration::from_secs(60),
             workers: 0,
+            peer_id: None,
             tls: ProxyTlsConfig::default(),
         }
     }

@@ -19,6 +19,8 @@ const RESTART: &[(&str, Changed)] = &[
         a.proxy.stats_period != b.proxy.stats_period
     }),
     ("proxy.workers", |a, b| a.proxy.workers != b.proxy.workers),
+    // Keys already issued carry the id the proxy started with.
+    ("proxy.peer_id", |a, b| a.proxy.peer_id != b.proxy.peer_id),
     ("http.listen", |a, b| a.http.listen != b.http.listen),
     ("http.metrics", |a, b| a.http.metrics != b.http.metrics),
     // The monitor reads health, failover, routing and switchover settings at
@@ -76,6 +78,13 @@ mod tests {
             ["proxy.workers"]
         );
         assert!(needs_restart(&old, &config("[health]\ninterval = \"3s\"\n")).is_empty());
+        let peered = config("[proxy]\npeer_id = 1\n");
+        assert_eq!(needs_restart(&old, &peered), ["proxy.peer_id"]);
+        let more_peers = config("[proxy]\npeer_id = 1\n[[peers]]\nid = 2\naddr = \"b:6432\"\n");
+        assert!(
+            needs_restart(&peered, &more_peers).is_empty(),
+            "peers reload"
+        );
         assert_eq!(
             needs_restart(&old, &config("[health]\ndatabase = \"other\"\n")),
             ["health.database"]

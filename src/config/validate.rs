@@ -47,6 +47,7 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     validate_nodes(cfg)?;
     validate_users(cfg)?;
     validate_tls(cfg)?;
+    super::peers::validate(cfg.proxy.peer_id, &cfg.peers)?;
     if let Some(p) = cfg
         .coordination
         .problems(&cfg.cluster.name)
@@ -205,6 +206,11 @@ mod tests {
             (
                 "[proxy.tls]\nmode = \"allow\"\ncert_file = \"c.pem\"\n",
                 "key_file",
+            ),
+            ("[proxy]\npeer_id = 999\n", "proxy.peer_id = 999"),
+            (
+                "[proxy]\npeer_id = 1\n[[peers]]\nid = 1\naddr = \"b:6432\"\n",
+                "own proxy.peer_id",
             ),
         ];
         for (extra, needle) in cases {

@@ -61,6 +61,7 @@ pub const METRICS: &[(&str, Type, &str)] = &[
     (PINNED_CLIENTS, Type::Gauge, "Clients connected now that are pinned to one server connection in transaction mode"),
     (PINNED_CLIENTS_TOTAL, Type::Counter, "Clients pinned to one server connection in transaction mode (LISTEN, temp tables, SET ROLE, ...), by database, user and reason"),
     (PAUSED_POOLS, Type::Gauge, "Pools paused by the admin console"),
+    (PEER_CANCELS, Type::Counter, "CancelRequests whose key names another instance among [[peers]], by outcome: forwarded (sent on, and the peer closed), failed (peer unreachable or not done within 2 s), in_flight (dropped: that key was still being forwarded, a loop of misconfigured peers or a repeat), busy (dropped: 64 forwards under way)"),
     (EVENTS, Type::Counter, "Topology and failover events recorded on the incident timeline, by kind"),
     (EVENT_LOOP_LAG, Type::Histogram, "How late the event loops ran a timer task, per tick of a ticker per worker every 100 ms: time every task on that loop waited (a task that does not yield shows here)"),
 ];
@@ -127,6 +128,8 @@ pub const PINNED_CLIENTS: &str = "switchyard_pinned_clients";
 pub const PINNED_CLIENTS_TOTAL: &str = "switchyard_pinned_clients_total";
 /// Paused pools.
 pub const PAUSED_POOLS: &str = "switchyard_paused_pools";
+/// CancelRequests for peers, by outcome.
+pub const PEER_CANCELS: &str = "switchyard_peer_cancels_total";
 /// Timeline events by kind.
 pub const EVENTS: &str = "switchyard_events_total";
 /// Event-loop scheduling delay.
@@ -155,6 +158,9 @@ pub fn render(ctx: &Context) -> String {
         record_pools(ctx);
         record_nodes(ctx);
         record_events(ctx);
+        for (outcome, n) in ctx.peer_cancels().counts() {
+            counter!(PEER_CANCELS, "outcome" => outcome.as_str()).absolute(n);
+        }
         for (class, n) in ctx.errors().snapshot() {
             counter!(ERRORS, "class" => class).absolute(n);
         }

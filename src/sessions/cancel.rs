@@ -1,11 +1,14 @@
 //! Cancel keys. Each client gets a BackendKeyData from Switchyard (never a
 //! server's), and the map knows which server connection, if any, runs that
 //! client's query right now. A CancelRequest must match both pid and secret.
+//! With peering on, the pid carries this instance's peer id (`peer_key`).
 
 use std::sync::{Arc, Mutex};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
+
+use super::peer_key;
 
 /// Where a cancel for one client should go at this moment.
 #[derive(Debug, Clone)]
@@ -22,6 +25,8 @@ type Slot = Arc<Mutex<Option<CancelTarget>>>;
 #[derive(Default)]
 pub struct CancelMap {
     map: DashMap<i32, (i32, Slot)>,
+    /// This instance's peer id, carried in every pid it issues.
+    peer: Option<u8>,
 }
 
 /// A client's registration; dropping it removes the key.
@@ -35,11 +40,24 @@ pub struct CancelGuard {
 }
 
 impl CancelMap {
+    /// A map whose keys carry `peer` (`None`: wholly random keys).
+    pub fn new(peer: Option<u8>) -> CancelMap {
+        CancelMap {
+            map: DashMap::new(),
+            peer,
+        }
+    }
+
+    /// This instance's peer id, if peering is on.
+    pub fn peer_id(&self) -> Option<u8> {
+        self.peer
+    }
+
     /// Registers a new client under a fresh random key.
     pub fn register(self: &Arc<Self>) -> CancelGuard {
         let slot: Slot = Arc::default();
         loop {
-            let pid = rand::random::<i32>() & i32::MAX;
+            let pid = peer_key::issue_pid(self.peer, rand::random());
             let secret: i32 = rand::random();
             if let Entry::Vacant(v) = self.map.entry(pid) {
                 v.insert((secret, slot.clone()));
@@ -103,5 +121,16 @@ mod tests {
         let pid = g.pid;
         drop(g);
         assert!(map.map.get(&pid).is_none());
+    }
+
+    #[test]
+    fn keys_carry_the_peer_id() {
+        let map = Arc::new(CancelMap::new(Some(7)));
+        for _ in 0..100 {
+            let g = map.register();
+            assert!(g.pid >= 0);
+            assert_eq!(peer_key::peer_of(g.pid), 7);
+        }
+        assert_eq!(map.peer_id(), Some(7));
     }
 }

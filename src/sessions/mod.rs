@@ -1,5 +1,9 @@
 //! Tables about client sessions that other tasks read: the cancel keys
-//! (`cancel`) and who is connected and what they are doing (`registry`).
+//! (`cancel`), which instance issued a key (`peer_key`), the cancels being
+//! sent on to peers (`forwards`) and who is connected and what they are
+//! doing (`registry`).
 
 pub mod cancel;
+pub mod forwards;
+pub mod peer_key;
 pub mod registry;

@@ -92,13 +92,48 @@ impl Proxy {
         Self::spawn(cluster, config, opts).await
     }
 
+    /// Starts a proxy with a whole TOML configuration on a listener bound
+    /// beforehand, so that proxies can name each other's addresses.
+    pub async fn start_on(cluster: Arc<LocalCluster>, toml: &str, listener: TcpListener) -> Proxy {
+        let config = switchyard::config::load_str(toml).expect("test config is valid");
+        Self::spawn_on(cluster, config, Default::default(), listener).await
+    }
+
+    /// As [`Proxy::start_on`], with the HTTP endpoints; returns their address too.
+    pub async fn start_on_with_http(
+        cluster: Arc<LocalCluster>,
+        toml: &str,
+        listener: TcpListener,
+    ) -> (Proxy, std::net::SocketAddr) {
+        let config = switchyard::config::load_str(toml).expect("test config is valid");
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let opts = switchyard::listener::Options {
+            http: Some(http),
+            ..Default::default()
+        };
+        (
+            Self::spawn_on(cluster, config, opts, listener).await,
+            http_addr,
+        )
+    }
+
     async fn spawn(
         cluster: Arc<LocalCluster>,
         config: switchyard::config::Config,
         opts: switchyard::listener::Options,
     ) -> Proxy {
-        init_tracing();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::spawn_on(cluster, config, opts, listener).await
+    }
+
+    async fn spawn_on(
+        cluster: Arc<LocalCluster>,
+        config: switchyard::config::Config,
+        opts: switchyard::listener::Options,
+        listener: TcpListener,
+    ) -> Proxy {
+        init_tracing();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

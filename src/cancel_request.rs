@@ -1,0 +1,69 @@
+//! A CancelRequest, served: looked up here and sent to the server running
+//! that client's query, or, when its key names another instance among
+//! `[[peers]]`, sent on unchanged to that instance. Which of the two is
+//! `sessions::peer_key::route`'s decision; this is the I/O around it.
+
+use std::time::Duration;
+
+use crate::context::Context;
+use crate::server::send_cancel;
+use crate::sessions::forwards::Outcome;
+use crate::sessions::peer_key::{self, Route};
+
+/// How long a forward to a peer may take, connect to close. Short: nobody
+/// waits on it (the client that asked has already hung up or ignores the
+/// reply), and each hop of a loop of misconfigured peers holds its key this
+/// long at most.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves the CancelRequest for key (`pid`, `secret`). Never fails: as in
+/// PostgreSQL, the sender gets no answer either way.
+pub async fn serve(ctx: &Context, pid: i32, secret: i32) {
+    // Decided and copied out before any await: no config guard is held across one.
+    let route = {
+        let config = ctx.config();
+        peer_key::route(ctx.cancels().peer_id(), pid, |id| {
+            let peer = config.peers.iter().find(|p| p.id == u16::from(id))?;
+            Some(peer.addr.clone())
+        })
+    };
+    match route {
+        Route::Local => cancel_here(ctx, pid, secret).await,
+        Route::Peer(addr) => forward(ctx, &addr, (pid, secret)).await,
+    }
+}
+
+/// Cancels the query of our client with this key, if it has one running.
+async fn cancel_here(ctx: &Context, pid: i32, secret: i32) {
+    let Some(target) = ctx.cancels().lookup(pid, secret) else {
+        return;
+    };
+    if let Err(e) = send_cancel(&target.addr, target.key).await {
+        tracing::warn!(error = %e, "could not forward cancel request");
+    }
+}
+
+/// Sends the request on to the peer at `addr` (the same 16 bytes) and waits
+/// for it to close, within [`PEER_TIMEOUT`].
+async fn forward(ctx: &Context, addr: &str, key: (i32, i32)) {
+    let forwards = ctx.peer_cancels();
+    let _forwarding = match forwards.begin(key) {
+        Ok(f) => f,
+        Err(why) => {
+            tracing::debug!(peer = %addr, outcome = why.as_str(), "cancel request for a peer dropped");
+            return;
+        }
+    };
+    let outcome = match tokio::time::timeout(PEER_TIMEOUT, send_cancel(addr, key)).await {
+        Ok(Ok(())) => Outcome::Forwarded,
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %addr, error = %e, "could not send a cancel request on to its peer");
+            Outcome::Failed
+        }
+        Err(_) => {
+            tracing::warn!(peer = %addr, timeout = ?PEER_TIMEOUT, "peer did not take a cancel request in time");
+            Outcome::Failed
+        }
+    };
+    forwards.count(outcome);
+}
