@@ -36,8 +36,12 @@ async fn start_etcd() -> Etcd {
 
 /// A proxy configuration for `cluster` coordinating through `etcd`.
 fn config(cluster: &LocalCluster, etcd: &str, name: &str, extra: &str) -> String {
-    let nodes = cluster
-        .nodes()
+    config_of(&cluster.nodes(), etcd, name, extra)
+}
+
+/// The same, listing only `nodes`.
+fn config_of(nodes: &[&PgNode], etcd: &str, name: &str, extra: &str) -> String {
+    let nodes = nodes
         .iter()
         .map(|n| format!("{{ name = \"{}\", addr = \"{}\" }}", n.name(), n.addr()))
         .collect::<Vec<_>>()
@@ -305,5 +309,33 @@ async fn a_switchover_asked_of_a_follower_is_refused_with_the_reason() {
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "55000");
     assert!(db.message().contains("does not lead"), "{}", db.message());
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_with_another_node_list_is_refused() {
+    let cluster = three_nodes().await;
+    let etcd = start_etcd().await;
+    let name = common::unique("fp");
+    let toml = config(&cluster, &etcd.endpoint(), &name, "");
+    let first = proxies(&cluster, &toml, 1).await;
+    settled(&first).await;
+    // The same cluster.name, one replica left out.
+    let fewer = &cluster.nodes()[..2];
+    let odd = config_of(fewer, &etcd.endpoint(), &name, "");
+    let (_odd, http) = Proxy::start_with_http(cluster.clone(), &odd).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        let s = status(http).await["coordination"].clone();
+        if let Some(why) = s["refused"].as_str() {
+            break why.to_string();
+        }
+        assert!(Instant::now() < deadline, "not refused: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(refused.contains("differ from the leader"), "{refused}");
+    assert_eq!(events(http, "config_rejected").await.len(), 1);
+    assert_eq!(status(http).await["coordination"]["leader"], false);
+    assert_eq!(status(first[0].1).await["coordination"]["leader"], true);
     drop(etcd);
 }

@@ -55,6 +55,7 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
         Coordination::start(&live.load(), move |_| nudge.nudge(), shutdown.clone())
     };
     let mut held: Option<Held> = None;
+    let mut refused: Option<String> = None;
     loop {
         let config = live.load_full();
         let tick_started = tokio::time::Instant::now();
@@ -90,8 +91,17 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
             }
         }
         if let Some(c) = &coord {
-            c.observe(&state, &views(&cluster, &tracks));
-            cluster.set_coordination(c.status(held.as_ref()));
+            c.observe(&state, &views(&cluster, &tracks), &config);
+            let status = c.status(held.as_ref());
+            if status.refused != refused {
+                if let Some(why) = &status.refused {
+                    cluster
+                        .events
+                        .record(EventKind::ConfigRejected, None, why.clone());
+                }
+                refused = status.refused.clone();
+            }
+            cluster.set_coordination(status);
         }
         let in_flux = !matches!(state, Primary::Serving(_))
             || tracks

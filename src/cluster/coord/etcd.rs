@@ -100,6 +100,9 @@ async fn session(
     state.expires = tokio::time::Instant::now() + cfg.lease_ttl;
     state.refresh(&mut client, keys).await?;
     let view = ch.own.borrow().clone();
+    if let Some(v) = &view {
+        state.config = v.config.clone();
+    }
     publish_view(&mut client, keys, lease, view.as_ref()).await?;
     let mut tick = tokio::time::interval(cfg.lease_ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -126,6 +129,9 @@ async fn session(
                     return Ok(());
                 }
                 let view = ch.own.borrow_and_update().clone();
+                if let Some(v) = &view {
+                    state.config = v.config.clone();
+                }
                 publish_view(&mut client, keys, lease, view.as_ref()).await?;
             }
             changed = ch.record.changed() => {
@@ -182,6 +188,8 @@ struct Session {
     /// make as leader is compared against it, so a deposed leader's late
     /// write fails.
     leader_rev: Option<i64>,
+    /// Our configuration's fingerprint, as last published.
+    config: String,
     peers: Vec<PeerView>,
     record: Option<Topology>,
 }
@@ -194,6 +202,7 @@ impl Session {
             expires: tokio::time::Instant::now(),
             leader_id: None,
             leader_rev: None,
+            config: String::new(),
             peers: vec![],
             record: None,
         }
@@ -209,6 +218,7 @@ impl Session {
             leader: self.leads(),
             leader_id: self.leader_id.clone(),
             lease_until: Some(self.expires.into_std()),
+            refused: self.refused(),
             peers: self
                 .peers
                 .iter()
@@ -216,6 +226,19 @@ impl Session {
                 .cloned()
                 .collect(),
         }
+    }
+
+    /// Why we may not join: the leader's view carries another configuration
+    /// fingerprint (node list or failover settings).
+    fn refused(&self) -> Option<String> {
+        let leader = self.leader_id.as_ref().filter(|l| **l != self.me)?;
+        let view = self.peers.iter().find(|p| &p.proxy == leader)?;
+        (!view.config.is_empty() && !self.config.is_empty() && view.config != self.config)
+            .then(|| {
+                format!(
+                    "refused: this proxy's nodes or failover settings differ from the leader {leader}'s for the same cluster.name; not acting"
+                )
+            })
     }
 
     /// Reads every key under the cluster's prefix.
@@ -248,6 +271,10 @@ impl Session {
 
     /// Takes the leader key if nobody holds it (bound to our lease).
     async fn campaign(&mut self, client: &mut Client, keys: &Keys) -> Result<(), EtcdError> {
+        if self.config.is_empty() {
+            // Not before our view (and its fingerprint) is published.
+            return Ok(());
+        }
         let me = self.me.clone();
         let opts = PutOptions::new().with_lease(self.lease);
         let txn = Txn::new()

@@ -27,6 +27,10 @@ pub struct PeerView {
     pub primary: Option<String>,
     /// That primary's timeline.
     pub timeline: u32,
+    /// The fingerprint of its node list and failover settings
+    /// ([`fingerprint`](super::fingerprint)).
+    #[serde(default)]
+    pub config: String,
 }
 
 /// What this proxy knows of the others, from the coordination task.
@@ -43,11 +47,17 @@ pub struct Standing {
     pub lease_until: Option<Instant>,
     /// The other live proxies' views.
     pub peers: Vec<PeerView>,
+    /// Why this proxy is refused: its configuration differs from the
+    /// leader's.
+    pub refused: Option<String>,
 }
 
 /// Why this proxy does not act now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Held {
+    /// Our node list or failover settings differ from the leader's.
+    #[error("{0}")]
+    Refused(String),
     /// No live lease: nobody can tell whether another proxy acts.
     #[error("etcd is unreachable: not acting, following the nodes' own roles")]
     Disconnected,
@@ -69,6 +79,9 @@ pub enum Held {
 /// Whether this proxy may run actions at all (promote, repoint, fence) at
 /// `now`.
 pub fn may_act(standing: &Standing, now: Instant) -> Result<(), Held> {
+    if let Some(why) = &standing.refused {
+        return Err(Held::Refused(why.clone()));
+    }
     let alive = standing.connected && standing.lease_until.is_some_and(|t| now < t);
     match (alive, standing.leader) {
         (false, _) => Err(Held::Disconnected),
@@ -137,6 +150,7 @@ mod tests {
             down: down.iter().map(|s| s.to_string()).collect(),
             primary: None,
             timeline: 1,
+            config: String::new(),
         }
     }
 
@@ -147,6 +161,7 @@ mod tests {
             leader_id: Some("a".into()),
             lease_until: Some(Instant::now() + Duration::from_secs(3)),
             peers,
+            refused: None,
         }
     }
 
@@ -193,6 +208,15 @@ mod tests {
                 m,
                 false,
                 "lease lapsed before the task noticed",
+            ),
+            (
+                Standing {
+                    refused: Some("configuration differs".into()),
+                    ..standing(true, true, vec![])
+                },
+                m,
+                false,
+                "refused: its configuration differs",
             ),
         ];
         for (s, quorum, want, what) in cases {

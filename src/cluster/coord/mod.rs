@@ -54,6 +54,8 @@ pub struct CoordinationStatus {
     pub proxies: usize,
     /// Why this proxy does not act while the primary is in question.
     pub held: Option<String>,
+    /// Why this proxy is refused (its configuration differs from the leader's).
+    pub refused: Option<String>,
 }
 
 /// This proxy's handle on the coordination task.
@@ -112,6 +114,7 @@ impl Coordination {
             leader_id: s.leader_id,
             proxies: s.peers.len() + 1,
             held: held.map(ToString::to_string),
+            refused: s.refused,
         }
     }
 
@@ -176,7 +179,7 @@ impl Coordination {
 
     /// Publishes this proxy's view of the nodes, and the record when it
     /// leads and a primary serves.
-    pub fn observe(&self, state: &Primary, views: &[NodeView]) {
+    pub fn observe(&self, state: &Primary, views: &[NodeView], config: &Config) {
         let serving = state.serving().and_then(|p| views.get(p));
         self.publish_view(PeerView {
             proxy: String::new(),
@@ -187,6 +190,7 @@ impl Coordination {
                 .collect(),
             primary: serving.map(|p| p.name.clone()),
             timeline: serving.map_or(0, NodeView::timeline),
+            config: fingerprint(config),
         });
         if let Some(p) = serving {
             self.publish_record(Topology {
@@ -198,10 +202,71 @@ impl Coordination {
     }
 }
 
+/// What proxies of one cluster must agree on, hashed: the node list (names,
+/// addresses, priorities) and the failover settings that decide who is
+/// promoted. Pools, users and timeouts may differ between proxies.
+pub fn fingerprint(config: &Config) -> String {
+    use sha2::{Digest, Sha256};
+    let mut nodes: Vec<String> = config
+        .nodes()
+        .iter()
+        .map(|n| format!("node {} {} {}", n.name, n.addr, n.priority))
+        .collect();
+    nodes.sort();
+    let f = &config.failover;
+    let text = format!(
+        "{}\nmode {:?}\nquorum {:?}\nmax_lag {}\nrepoint {}\nsync {:?}",
+        nodes.join("\n"),
+        f.mode,
+        f.quorum,
+        f.max_lag_bytes,
+        f.repoint_replicas,
+        f.sync_policy
+    );
+    let digest = Sha256::digest(text.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// `<hostname>-<random>`: unique per process, readable in `SHOW PROXIES`.
 fn proxy_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "proxy".into());
     format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str, nodes: &str) -> Config {
+        crate::config::load_str(&format!(
+            "[[users]]\nname = \"app\"\npassword = \"pw\"\n{extra}\n[cluster]\nnodes = [{nodes}]\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn proxies_must_agree_on_nodes_and_failover_settings_only() {
+        let two = "\"10.0.0.1:5432\", \"10.0.0.2:5432\"";
+        let base = fingerprint(&config("", two));
+        let same = [
+            ("[proxy]\ndefault_pool_size = 7\n", two, "pool size"),
+            ("[health]\ninterval = \"2s\"\n", two, "health timing"),
+            ("", "\"10.0.0.2:5432\", \"10.0.0.1:5432\"", "node order"),
+        ];
+        for (extra, nodes, what) in same {
+            assert_eq!(fingerprint(&config(extra, nodes)), base, "{what}");
+        }
+        let differs = [
+            ("", "\"10.0.0.1:5432\"", "a node fewer"),
+            ("", "\"10.0.0.1:5432\", \"10.0.0.3:5432\"", "another node"),
+            ("[failover]\nmode = \"follow\"\n", two, "failover mode"),
+            ("[failover]\nquorum = \"leader\"\n", two, "quorum"),
+            ("[failover]\nmax_lag_bytes = 1\n", two, "max lag"),
+        ];
+        for (extra, nodes, what) in differs {
+            assert_ne!(fingerprint(&config(extra, nodes)), base, "{what}");
+        }
+    }
 }
