@@ -305,6 +305,24 @@ async fn a_switchover_asked_of_a_follower_is_refused_with_the_reason() {
         .client_as("admin", "adminpw", "switchyard")
         .await
         .unwrap();
+    // SHOW PROXIES: both, this one first, one leader.
+    let rows: Vec<Vec<String>> = admin
+        .simple_query("SHOW PROXIES")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..6).map(|i| r.get(i).unwrap_or("").to_string()).collect())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0][1], "yes", "{rows:?}");
+    assert_eq!(rows[0][2], "no", "the follower is listed first: {rows:?}");
+    assert_eq!(rows[1][2], "yes", "{rows:?}");
+    assert!(rows.iter().all(|r| r[3] == "primary"), "{rows:?}");
     let err = admin.simple_query("SWITCHOVER").await.unwrap_err();
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "55000");

@@ -32,6 +32,8 @@ pub enum Show {
     Help,
     /// Nodes and their health (Switchyard).
     Nodes,
+    /// The proxies coordinating through etcd (Switchyard).
+    Proxies,
     /// The incident timeline (Switchyard).
     Events,
 }
@@ -131,6 +133,7 @@ fn show(what: &str) -> Result<Show, ParseError> {
         "VERSION" => Show::Version,
         "HELP" => Show::Help,
         "NODES" => Show::Nodes,
+        "PROXIES" => Show::Proxies,
         "EVENTS" => Show::Events,
         other => {
             return Err(err(&format!(
@@ -211,6 +214,7 @@ mod tests {
             ("SHUTDOWN", Command::Shutdown),
             ("READMIT db1", Command::Readmit("db1".into())),
             ("SHOW NODES", Command::Show(Show::Nodes)),
+            ("show proxies", Command::Show(Show::Proxies)),
             ("SWITCHOVER", Command::Switchover(None)),
             ("switchover to db2", Command::Switchover(Some("db2".into()))),
             ("", Command::Empty),

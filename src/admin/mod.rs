@@ -258,7 +258,7 @@ const HELP: &[&str] = &[
     "Console usage",
     "\tSHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|USERS|VERSION",
     "\tSHOW STATS|STATS_TOTALS|STATS_AVERAGES|LISTS",
-    "\tSHOW NODES|EVENTS",
+    "\tSHOW NODES|EVENTS|PROXIES",
     "\tPAUSE [<db>]",
     "\tRESUME [<db>]",
     "\tRECONNECT [<db>]",

@@ -30,6 +30,7 @@ pub fn table(ctx: &Context, what: Show) -> Table {
             t
         }
         Show::Nodes => nodes(ctx),
+        Show::Proxies => proxies(ctx),
         Show::Events => events(ctx),
         Show::Help => Table::new(&[]),
     }
@@ -552,6 +553,43 @@ fn nodes(ctx: &Context) -> Table {
             n.lag_seconds.map(|s| format!("{s:.3}")).into(),
             last_check.into(),
             n.hardware.into(),
+        ]);
+    }
+    t
+}
+
+/// With `[coordination]`: this proxy first, then the other live ones, as
+/// their views in etcd say. Without it: no rows.
+fn proxies(ctx: &Context) -> Table {
+    let mut t = Table::new(&[
+        ("proxy", Col::Text),
+        ("self", Col::Text),
+        ("leader", Col::Text),
+        ("primary", Col::Text),
+        ("down", Col::Text),
+        ("connected", Col::Text),
+    ]);
+    let Some(c) = ctx.cluster().coordination() else {
+        return t;
+    };
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let leads = |id: &str| yes(c.leader_id.as_deref() == Some(id));
+    t.row(vec![
+        c.proxy.clone().into(),
+        "yes".into(),
+        leads(&c.proxy).into(),
+        c.primary.clone().into(),
+        c.down.join(",").into(),
+        yes(c.connected).into(),
+    ]);
+    for p in &c.peers {
+        t.row(vec![
+            p.proxy.clone().into(),
+            "no".into(),
+            leads(&p.proxy).into(),
+            p.primary.clone().into(),
+            p.down.join(",").into(),
+            "yes".into(),
         ]);
     }
     t

@@ -56,6 +56,12 @@ pub struct CoordinationStatus {
     pub held: Option<String>,
     /// Why this proxy is refused (its configuration differs from the leader's).
     pub refused: Option<String>,
+    /// The primary this proxy routes writes to.
+    pub primary: Option<String>,
+    /// Nodes this proxy counts as down.
+    pub down: Vec<String>,
+    /// The other live proxies' views.
+    pub peers: Vec<PeerView>,
 }
 
 /// This proxy's handle on the coordination task.
@@ -107,6 +113,7 @@ impl Coordination {
     /// For `/status` and the metrics, with why we are held back.
     pub fn status(&self, held: Option<&Held>) -> CoordinationStatus {
         let s = self.standing();
+        let own = self.own.borrow().clone();
         CoordinationStatus {
             proxy: self.me.clone(),
             connected: s.connected,
@@ -115,6 +122,9 @@ impl Coordination {
             proxies: s.peers.len() + 1,
             held: held.map(ToString::to_string),
             refused: s.refused,
+            primary: own.as_ref().and_then(|v| v.primary.clone()),
+            down: own.map(|v| v.down).unwrap_or_default(),
+            peers: s.peers,
         }
     }
 
