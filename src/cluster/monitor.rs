@@ -56,6 +56,11 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
     };
     let mut held: Option<Held> = None;
     let mut refused: Option<String> = None;
+    // With coordination, nothing is decided before the shared record's
+    // fences are known (for at most one lease), so a restarted proxy never
+    // routes to a node another proxy fenced.
+    let started = tokio::time::Instant::now();
+    let mut fences_known = coord.is_none();
     loop {
         let config = live.load_full();
         let tick_started = tokio::time::Instant::now();
@@ -69,6 +74,14 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
         super::hardware::watch::spawn_new(&cluster, &shutdown);
         apply_readmits(&cluster, &mut tracks);
         probe_all(&cluster, &config, &mut tracks, &state, &mut failing_since).await;
+        if !fences_known {
+            let waited = started.elapsed() > config.coordination.lease_ttl;
+            fences_known = restore_fences(&cluster, coord.as_ref(), &mut tracks, waited);
+            if !fences_known {
+                tokio::time::sleep(FAST_TICK).await;
+                continue;
+            }
+        }
         react_to_hardware(&cluster, &config, &state, &mut hardware_acted);
         // Planned moves run between ticks, on fresh probes.
         if let Some(req) = cluster.next_switchover() {
@@ -120,6 +133,38 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Fences what the shared record says is fenced, once it has been read;
+/// true when done (or when `gave_up` waiting for etcd).
+fn restore_fences(
+    cluster: &Cluster,
+    coord: Option<&Coordination>,
+    tracks: &mut [Track],
+    gave_up: bool,
+) -> bool {
+    let Some(names) = coord.and_then(Coordination::fenced_by_record) else {
+        if gave_up {
+            let msg =
+                "the shared record could not be read: fences set by other proxies are not known";
+            cluster.events.record(EventKind::ActionFailed, None, msg);
+        }
+        return gave_up;
+    };
+    let nodes = cluster.nodes();
+    for name in names {
+        let Some(i) = nodes.iter().position(|n| n.name == name) else {
+            continue;
+        };
+        if !tracks[i].fenced {
+            tracks[i].fenced = true;
+            let msg = "fenced, as the shared record says (until re-admitted)";
+            cluster
+                .events
+                .record(EventKind::NodeFenced, Some(&name), msg);
+        }
+    }
+    true
 }
 
 fn apply_readmits(cluster: &Cluster, tracks: &mut [Track]) {

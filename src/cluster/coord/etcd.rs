@@ -219,6 +219,8 @@ impl Session {
             leader_id: self.leader_id.clone(),
             lease_until: Some(self.expires.into_std()),
             refused: self.refused(),
+            record: self.record.clone(),
+            record_read: true,
             peers: self
                 .peers
                 .iter()

@@ -50,6 +50,10 @@ pub struct Standing {
     /// Why this proxy is refused: its configuration differs from the
     /// leader's.
     pub refused: Option<String>,
+    /// The shared record as last read (after the first read, even if none).
+    pub record: Option<super::Topology>,
+    /// The record has been read at least once this session.
+    pub record_read: bool,
 }
 
 /// Why this proxy does not act now.
@@ -162,6 +166,8 @@ mod tests {
             lease_until: Some(Instant::now() + Duration::from_secs(3)),
             peers,
             refused: None,
+            record: None,
+            record_read: true,
         }
     }
 

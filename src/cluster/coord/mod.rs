@@ -30,12 +30,18 @@ pub struct Topology {
     pub primary: Option<String>,
     /// Its timeline.
     pub timeline: u32,
+    /// Nodes fenced: never routed to until re-admitted. Read back by every
+    /// proxy when it starts, so a fence outlives the proxy that set it.
+    #[serde(default)]
+    pub fenced: Vec<String>,
 }
 
 impl Topology {
     /// The same content, whatever the generation.
     pub fn same_as(&self, other: &Topology) -> bool {
-        self.primary == other.primary && self.timeline == other.timeline
+        self.primary == other.primary
+            && self.timeline == other.timeline
+            && self.fenced == other.fenced
     }
 }
 
@@ -181,6 +187,18 @@ impl Coordination {
         (gate::gated(settings, &verdict), verdict)
     }
 
+    /// The nodes the shared record says are fenced, once it has been read
+    /// (None before: the caller waits, bounded, before routing anything).
+    pub fn fenced_by_record(&self) -> Option<Vec<String>> {
+        let s = self.standing.borrow();
+        s.record_read.then(|| {
+            s.record
+                .as_ref()
+                .map(|r| r.fenced.clone())
+                .unwrap_or_default()
+        })
+    }
+
     /// Whether this proxy may still act now (checked again before every
     /// slow action: a lease lost mid-step stops the rest of it).
     pub fn may_act(&self, now: Instant) -> bool {
@@ -203,10 +221,17 @@ impl Coordination {
             config: fingerprint(config),
         });
         if let Some(p) = serving {
+            let mut fenced: Vec<String> = views
+                .iter()
+                .filter(|v| v.fenced)
+                .map(|v| v.name.clone())
+                .collect();
+            fenced.sort();
             self.publish_record(Topology {
                 generation: 0,
                 primary: Some(p.name.clone()),
                 timeline: p.timeline(),
+                fenced,
             });
         }
     }
