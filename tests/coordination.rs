@@ -11,23 +11,12 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use common::{http_request, Proxy, USERS};
-use switchyard::local_cluster::{
-    LocalCluster, LocalClusterOptions, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER,
-};
+use switchyard::local_cluster::{LocalCluster, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER};
 use tokio_postgres::Client;
 
 /// A cluster of its own: a primary and two replicas.
 async fn three_nodes() -> Arc<LocalCluster> {
-    common::init_tracing();
-    let opts = LocalClusterOptions {
-        replicas: 2,
-        ..Default::default()
-    };
-    let c = tokio::task::spawn_blocking(move || LocalCluster::start(opts))
-        .await
-        .unwrap()
-        .expect("start PostgreSQL cluster");
-    Arc::new(c)
+    common::private_trio().await
 }
 
 async fn start_etcd() -> Etcd {

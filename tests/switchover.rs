@@ -22,9 +22,7 @@ use common::{
     direct_client, http_request, private_pair as start_pair, sqlstate, unique,
     wait_until as eventually, Proxy, USERS,
 };
-use switchyard::local_cluster::{
-    LocalCluster, LocalClusterOptions, PgNode, CLUSTER_PASSWORD, CLUSTER_USER,
-};
+use switchyard::local_cluster::{LocalCluster, PgNode, CLUSTER_PASSWORD, CLUSTER_USER};
 use tokio::net::TcpListener;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -64,17 +62,9 @@ fn config_of(nodes: &[(&PgNode, &str)], extra: &str) -> String {
 
 /// A cluster of its own with two replicas: the cluster, primary, replicas.
 async fn start_trio() -> (Arc<LocalCluster>, PgNode, PgNode, PgNode) {
-    common::init_tracing();
-    let opts = LocalClusterOptions {
-        replicas: 2,
-        ..Default::default()
-    };
-    let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(opts))
-        .await
-        .unwrap()
-        .expect("start PostgreSQL cluster");
+    let cluster = common::private_trio().await;
     let (p, r) = (cluster.primary().clone(), cluster.replicas().to_vec());
-    (Arc::new(cluster), p, r[0].clone(), r[1].clone())
+    (cluster, p, r[0].clone(), r[1].clone())
 }
 
 /// Runs `sql` on a node directly (psql over its unix socket). Never on a

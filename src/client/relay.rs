@@ -352,6 +352,10 @@ impl Session {
     /// Applies the client's settings to `server` where they differ, within
     /// `settings_timeout`, and not past the node's retirement.
     async fn give_settings(&mut self, server: &mut PooledConn) -> Result<(), ConnectError> {
+        // The usual case, checked first: no timer, no allocation per transaction.
+        if !server.settings_differ(&self.settings) {
+            return Ok(());
+        }
         let retired = server.retired().clone();
         let limit = self.limits.settings_timeout;
         let addr = server.addr().to_string();

@@ -426,6 +426,12 @@ impl ServerConn {
     /// Gives the session exactly `want`'s settings, in one round trip when
     /// they differ. On the server's refusal nothing changed (the statements
     /// run as one implicit transaction) and its error comes back.
+    /// Whether `want` differs from what this session holds (cheap when it
+    /// does not: the fingerprints and items compare equal).
+    pub fn settings_differ(&self, want: &SettingSet) -> bool {
+        !settings::changes(want, &self.settings).is_empty()
+    }
+
     pub async fn apply_settings(&mut self, want: &SettingSet) -> Result<(), ConnectError> {
         let changes = settings::changes(want, &self.settings);
         if changes.is_empty() {

@@ -72,14 +72,8 @@ impl Proxy {
         cluster: Arc<LocalCluster>,
         toml: &str,
     ) -> (Proxy, std::net::SocketAddr) {
-        let config = switchyard::config::load_str(toml).expect("test config is valid");
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_addr = http.local_addr().unwrap();
-        let opts = switchyard::listener::Options {
-            http: Some(http),
-            ..Default::default()
-        };
-        (Self::spawn(cluster, config, opts).await, http_addr)
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on_with_http(cluster, toml, listener).await
     }
 
     /// Starts a proxy from a configuration file, which `RELOAD` re-reads.
@@ -447,6 +441,20 @@ pub async fn private_pair() -> (
     let cluster = Arc::new(cluster);
     let (primary, replica) = (cluster.primary().clone(), cluster.replicas()[0].clone());
     (cluster, primary, replica)
+}
+
+/// A cluster of its own with two replicas, started off the runtime.
+pub async fn private_trio() -> Arc<LocalCluster> {
+    init_tracing();
+    let opts = LocalClusterOptions {
+        replicas: 2,
+        ..Default::default()
+    };
+    let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(opts))
+        .await
+        .unwrap()
+        .expect("start PostgreSQL cluster");
+    Arc::new(cluster)
 }
 
 /// Polls `f` every 100 ms until it is true, for at most `secs`.
