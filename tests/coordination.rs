@@ -6,6 +6,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -282,20 +283,31 @@ async fn when_the_leader_dies_another_leads_and_handles_the_next_crash() {
     drop(etcd);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_switchover_asked_of_a_follower_is_refused_with_the_reason() {
-    let cluster = three_nodes().await;
-    let etcd = start_etcd().await;
-    let toml = config(&cluster, &etcd.endpoint(), &common::unique("sw"), "");
-    let all = proxies(&cluster, &toml, 2).await;
-    let leader = settled(&all).await;
-    let follower = &all[1 - leader].0;
-    let admin = follower
-        .client_as("admin", "adminpw", "switchyard")
-        .await
-        .unwrap();
-    // SHOW PROXIES: both, this one first, one leader.
-    let rows: Vec<Vec<String>> = admin
+/// One autocommit writer per proxy, for as long as `stop` is unset:
+/// (values acknowledged, errors seen).
+fn writer(c: Client, table: String, base: i32, stop: Arc<AtomicBool>) -> Writer {
+    tokio::spawn(async move {
+        let (mut acked, mut errors) = (vec![], vec![]);
+        let mut v = base;
+        while !stop.load(Ordering::Relaxed) {
+            match c
+                .batch_execute(&format!("INSERT INTO {table} VALUES ({v})"))
+                .await
+            {
+                Ok(()) => acked.push(v),
+                Err(e) => errors.push(format!("{e:?}")),
+            }
+            v += 1;
+        }
+        (acked, errors)
+    })
+}
+
+type Writer = tokio::task::JoinHandle<(Vec<i32>, Vec<String>)>;
+
+/// SHOW PROXIES on `admin`: (proxy, this one, leader, primary, ...) rows.
+async fn show_proxies(admin: &Client) -> Vec<Vec<String>> {
+    admin
         .simple_query("SHOW PROXIES")
         .await
         .unwrap()
@@ -306,17 +318,95 @@ async fn a_switchover_asked_of_a_follower_is_refused_with_the_reason() {
             }
             _ => None,
         })
-        .collect();
-    assert_eq!(rows.len(), 2, "{rows:?}");
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_asked_of_a_follower_pauses_every_proxy_and_fails_nothing() {
+    let cluster = three_nodes().await;
+    let etcd = start_etcd().await;
+    let toml = config(&cluster, &etcd.endpoint(), &common::unique("sw"), "");
+    let all = proxies(&cluster, &toml, 3).await;
+    let leader = settled(&all).await;
+    let follower = &all[(leader + 1) % 3].0;
+    let admin = follower
+        .client_as("admin", "adminpw", "switchyard")
+        .await
+        .unwrap();
+    // SHOW PROXIES: all three, this one first, one leader.
+    let rows = show_proxies(&admin).await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
     assert_eq!(rows[0][1], "yes", "{rows:?}");
     assert_eq!(rows[0][2], "no", "the follower is listed first: {rows:?}");
-    assert_eq!(rows[1][2], "yes", "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r[2] == "yes").count(), 1, "{rows:?}");
     assert!(rows.iter().all(|r| r[3] == "primary"), "{rows:?}");
+
+    let table = common::unique("coord");
+    let setup = all[0].0.client().await;
+    setup
+        .batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = vec![];
+    for (i, (p, _)) in all.iter().enumerate() {
+        let c = p.client().await;
+        writers.push(writer(c, table.clone(), 1_000_000 * i as i32, stop.clone()));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let target = &cluster.replicas()[1];
+    admin
+        .simple_query(&format!("SWITCHOVER TO {}", target.name()))
+        .await
+        .expect("the leader ran the switchover");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut acked, mut errors) = (vec![], vec![]);
+    for w in writers {
+        let (a, e) = w.await.unwrap();
+        assert!(!a.is_empty(), "a writer wrote nothing");
+        acked.extend(a);
+        errors.extend(e);
+    }
+    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+    // Every acknowledged write is on the new primary, and every proxy
+    // writes there now.
+    let n = target.clone();
+    let sql = format!("SELECT count(*) FROM {table}");
+    let on_new = tokio::task::spawn_blocking(move || n.psql("app", &sql))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(on_new.trim().parse::<usize>().unwrap(), acked.len());
+    for (p, _) in &all {
+        let c = p.client().await;
+        assert_eq!(write_lands(&c, &table, -1, 5).await, target.port());
+    }
+    // The leader did it, and said so; the follower only forwarded.
+    let promoting = events(all[leader].1, "promoting").await;
+    let started = events(all[leader].1, "switchover_started").await;
+    assert_eq!(started.len(), 1, "{started:?} {promoting:?}");
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_leader_a_switchover_is_refused_with_the_reason() {
+    let cluster = three_nodes().await;
+    let mut etcd = start_etcd().await;
+    let toml = config(&cluster, &etcd.endpoint(), &common::unique("swno"), "");
+    let all = proxies(&cluster, &toml, 1).await;
+    settled(&all).await;
+    etcd.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let admin = all[0]
+        .0
+        .client_as("admin", "adminpw", "switchyard")
+        .await
+        .unwrap();
     let err = admin.simple_query("SWITCHOVER").await.unwrap_err();
     let db = err.as_db_error().expect("an ErrorResponse");
     assert_eq!(db.code().code(), "55000");
     assert!(db.message().contains("does not lead"), "{}", db.message());
-    drop(etcd);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,7 +209,9 @@ pub(super) fn publish(cluster: &Cluster, config: &Config, tracks: &[Track], stat
     let views = views(cluster, tracks);
     let primary = state.serving();
     let snap = Snapshot {
-        primary,
+        // Held while the leading proxy moves the primary: no new
+        // transaction starts there meanwhile.
+        primary: primary.filter(|_| !cluster.writes_held()),
         replicas: fit_replicas(&views, primary, config.routing.max_replica_lag),
         usable: views
             .iter()

@@ -45,6 +45,9 @@ pub enum SwitchoverError {
     /// With coordination, only the leader moves the primary.
     #[error("this proxy does not lead: {0}")]
     NotLeader(String),
+    /// Forwarded to the leader, which answered this (or did not answer).
+    #[error("the leading proxy answered: {0}")]
+    AtLeader(String),
 }
 
 /// The step of a switchover that failed.
@@ -76,6 +79,12 @@ pub enum StepError {
     /// The target was asked to promote and did not.
     #[error("the target did not leave recovery within 30 s")]
     StillInRecovery,
+    /// The other proxies could not be told (the record was not written).
+    #[error("the switchover could not be announced to the other proxies through etcd")]
+    NotAnnounced,
+    /// This proxy stopped leading before the promotion.
+    #[error("this proxy stopped leading before the promotion")]
+    LeadershipLost,
 }
 
 /// Why a node could not be re-admitted.
@@ -114,6 +123,7 @@ impl SwitchoverError {
             | SwitchoverError::FailingOver(_)
             | SwitchoverError::Unconfirmed(_)
             | SwitchoverError::NotLeader(_)
+            | SwitchoverError::AtLeader(_)
             | SwitchoverError::MonitorStopped => "55000",
         }
     }
@@ -148,6 +158,7 @@ mod tests {
             SwitchoverError::FailingOver(step.clone()),
             SwitchoverError::Unconfirmed(step),
             SwitchoverError::NotLeader("not the leader (db9)".into()),
+            SwitchoverError::AtLeader("no healthy replica".into()),
             SwitchoverError::MonitorStopped,
         ];
         for e in switchovers {

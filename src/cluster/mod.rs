@@ -13,6 +13,7 @@ pub mod hardware;
 pub mod health;
 mod membership;
 pub mod monitor;
+mod peer_switch;
 pub mod repoint;
 pub mod switchover;
 mod track;
@@ -120,6 +121,8 @@ pub struct Cluster {
     not_streaming: Arc<std::sync::atomic::AtomicU64>,
     /// Two or more nodes report primary on one timeline (writes stopped).
     split_brain: std::sync::atomic::AtomicBool,
+    /// New transactions wait: the leading proxy moves the primary.
+    writes_held: std::sync::atomic::AtomicBool,
     /// With `[coordination]`: where this proxy stands among the others.
     coordination: Mutex<Option<coord::CoordinationStatus>>,
 }
@@ -154,6 +157,7 @@ impl Cluster {
             retirements: Default::default(),
             hardware_seen: watch::channel(0).0,
             split_brain: Default::default(),
+            writes_held: Default::default(),
             coordination: Mutex::new(None),
             not_streaming: Default::default(),
         }
@@ -298,6 +302,15 @@ impl Cluster {
 
     pub(crate) fn set_split_brain(&self, on: bool) {
         self.split_brain.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether new transactions wait while another proxy moves the primary.
+    pub(crate) fn writes_held(&self) -> bool {
+        self.writes_held.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_writes_held(&self, on: bool) {
+        self.writes_held.store(on, Ordering::Relaxed);
     }
 
     /// Where this proxy stands among the others, with `[coordination]` on.

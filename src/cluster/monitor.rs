@@ -16,6 +16,8 @@ use super::coord::Coordination;
 use super::decide::replicas_silent_since;
 use super::failover::{step, Action, FailoverSettings, Primary};
 use super::health::{ProbeError, LATE_PROBE};
+use super::peer_switch::{finish_interrupted, PeerSwitchover};
+use super::switchover::Request;
 use super::track::{views, Track};
 use super::view::{Health, Probe};
 use super::witness::{failure_start, primary_failing};
@@ -51,9 +53,24 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
     let mut failing_since: Option<Instant> = None;
     let mut hardware_acted: Option<usize> = None;
     let coord = {
-        let nudge = cluster.clone();
-        Coordination::start(&live.load(), move |_| nudge.nudge(), shutdown.clone())
+        let (nudge, asks) = (cluster.clone(), cluster.clone());
+        let on_request = move |target, reason| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            asks.request_switchover(Request {
+                target,
+                reason,
+                reply: Some(tx),
+            });
+            rx
+        };
+        Coordination::start(
+            &live.load(),
+            move |_| nudge.nudge(),
+            on_request,
+            shutdown.clone(),
+        )
     };
+    let mut peer_switch = PeerSwitchover::default();
     let mut held: Option<Held> = None;
     let mut refused: Option<String> = None;
     // With coordination, nothing is decided before the shared record's
@@ -86,7 +103,16 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
         // Planned moves run between ticks, on fresh probes.
         if let Some(req) = cluster.next_switchover() {
             state = match not_leading(coord.as_ref()) {
-                None => super::switchover::run(&cluster, &config, &mut tracks, &state, req).await,
+                None => {
+                    let c = coord.as_ref();
+                    super::switchover::run(&cluster, &config, c, &mut tracks, &state, req).await
+                }
+                Some(Held::NotLeader(Some(_))) => {
+                    // Another proxy leads: it runs the switchover.
+                    let c = coord.as_ref().expect("only with coordination");
+                    c.forward(req.target, req.reason, req.reply, forward_limit(&config));
+                    state
+                }
                 Some(why) => super::switchover::refuse(&cluster, req, why, &state),
             };
         }
@@ -104,6 +130,13 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
             }
         }
         if let Some(c) = &coord {
+            let leads = not_leading(Some(c)).is_none();
+            if leads {
+                finish_interrupted(&cluster, &config, c, &mut tracks, &state).await;
+            }
+            peer_switch
+                .tick(&cluster, &config, c, &mut tracks, &state, leads)
+                .await;
             c.observe(&state, &views(&cluster, &tracks), &config);
             let status = c.status(held.as_ref());
             if status.refused != refused {
@@ -177,6 +210,16 @@ fn apply_readmits(cluster: &Cluster, tracks: &mut [Track]) {
             "re-admitted by an operator (READMIT); routed again once its checks pass",
         );
     }
+}
+
+/// How long a switchover handed to the leader may take before whoever
+/// asked is told there was no answer: all its bounded steps, and a lease.
+fn forward_limit(config: &Config) -> Duration {
+    let s = &config.switchover;
+    s.drain_timeout * 2
+        + s.catchup_timeout
+        + Duration::from_secs(30)
+        + config.coordination.lease_ttl * 2
 }
 
 /// With coordination on and this proxy not the leader: who is.
@@ -434,7 +477,7 @@ fn react_to_hardware(
     state: &Primary,
     acted: &mut Option<usize>,
 ) {
-    use super::switchover::{hardware_trigger, Request, Trigger};
+    use super::switchover::{hardware_trigger, Trigger};
     let Some(p) = state.serving() else { return };
     let verdict = cluster.hardware(p);
     match hardware_trigger(verdict.status, config.failover.switchover_on_degraded) {

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::actuate;
+use super::coord::switch::Switching;
+use super::coord::{record_of, Coordination};
 use super::error::{StepError, SwitchoverError};
 use super::failover::Primary;
 use super::hardware::HardwareStatus;
@@ -203,6 +205,7 @@ pub fn pick_target(
 pub(super) async fn run(
     cluster: &Cluster,
     config: &Config,
+    coord: Option<&Coordination>,
     tracks: &mut [Track],
     state: &Primary,
     mut req: Request,
@@ -222,6 +225,7 @@ pub(super) async fn run(
             let switch = Switch {
                 cluster,
                 config,
+                coord,
                 tracks,
                 old,
                 target,
@@ -289,6 +293,8 @@ fn fail_over(cluster: &Cluster, tracks: &mut [Track], old: usize, why: &StepErro
 struct Switch<'a> {
     cluster: &'a Cluster,
     config: &'a Config,
+    /// With coordination: the other proxies hold and drain too.
+    coord: Option<&'a Coordination>,
     tracks: &'a mut [Track],
     old: usize,
     target: usize,
@@ -326,6 +332,7 @@ impl Switch<'_> {
             .events
             .record(EventKind::SwitchoverStarted, Some(&self.name(old)), msg);
         self.hold();
+        let announced = self.announce().await?;
         let t = Instant::now();
         let cancelled = self.drain(self.config.switchover.drain_timeout).await?;
         let what = match cancelled {
@@ -333,8 +340,13 @@ impl Switch<'_> {
             n => format!("{n} transaction(s) still running after the drain timeout were cancelled"),
         };
         self.step(old, t, &what);
+        if let Some(id) = announced {
+            self.await_other_proxies(id).await;
+        }
         let prepared = async {
+            self.still_leading()?;
             self.freeze_old_and_catch_up().await?;
+            self.still_leading()?;
             let t = Instant::now();
             self.promote().await.map_err(Abort::on_promote)?;
             self.step(target, t, "promoted");
@@ -350,6 +362,51 @@ impl Switch<'_> {
         }
         self.hand_over(began, req.reply.take()).await;
         Ok(())
+    }
+
+    /// With coordination: tells the other proxies, through the record, to
+    /// hold and drain too. Returns the announcement's id.
+    async fn announce(&mut self) -> Result<Option<u64>, Abort> {
+        let Some(c) = self.coord else { return Ok(None) };
+        let views = track::views(self.cluster, self.tracks);
+        let sw = Switching {
+            id: rand::random(),
+            from: self.name(self.old),
+            to: self.name(self.target),
+        };
+        let limit = self.config.coordination.lease_ttl;
+        if !c
+            .announce(record_of(&views, self.old), sw.clone(), limit)
+            .await
+        {
+            return Err(Abort::Restore(StepError::NotAnnounced));
+        }
+        Ok(Some(sw.id))
+    }
+
+    /// Waits until every other live proxy has drained (bounded: one that
+    /// neither answers nor vanishes is not waited for past its share).
+    async fn await_other_proxies(&self, id: u64) {
+        let Some(c) = self.coord else { return };
+        let t = Instant::now();
+        let limit = self.config.switchover.drain_timeout + self.config.coordination.lease_ttl;
+        let late = c.await_drained(id, limit).await;
+        let what = match late.as_slice() {
+            [] => "every other proxy holds and has drained".to_string(),
+            late => format!(
+                "proxies {} did not confirm their drain within {limit:?}; going on (the old primary ends their sessions)",
+                late.join(", ")
+            ),
+        };
+        self.step(self.old, t, &what);
+    }
+
+    /// A proxy that no longer leads stops before changing anything more.
+    fn still_leading(&self) -> Result<(), Abort> {
+        match self.coord {
+            Some(c) if !c.may_act(Instant::now()) => Err(Abort::Restore(StepError::LeadershipLost)),
+            _ => Ok(()),
+        }
     }
 
     /// New transactions wait, as while a failover is in progress.

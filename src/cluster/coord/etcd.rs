@@ -11,13 +11,49 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
 };
-use tokio::sync::watch;
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::super::error::SwitchoverError;
 use super::gate::{PeerView, Standing};
 use super::keys::Keys;
 use super::Topology;
 use crate::config::coordination::CoordinationConfig;
+
+/// Where a forwarded switchover's outcome goes.
+pub(super) type Reply = oneshot::Sender<Result<String, SwitchoverError>>;
+
+/// Runs a switchover another proxy asked for, on this (leading) proxy's
+/// monitor; the receiver gets its outcome.
+pub(super) type OnRequest = Box<
+    dyn Fn(Option<String>, String) -> oneshot::Receiver<Result<String, SwitchoverError>>
+        + Send
+        + Sync,
+>;
+
+/// A switchover asked of this proxy, which does not lead: written to etcd
+/// for the leader.
+pub(super) struct Forward {
+    pub target: Option<String>,
+    pub reason: String,
+    pub reply: Reply,
+}
+
+/// A forwarded switchover as it sits in etcd.
+#[derive(Debug, Serialize, Deserialize)]
+struct RequestBody {
+    target: Option<String>,
+    reason: String,
+}
+
+/// Its outcome: the new primary, or why not (as the leader said it).
+type ResultBody = Result<String, String>;
+
+/// At most this many forwarded switchovers wait for their outcome.
+const MAX_PENDING: usize = 16;
 
 /// Why a session with etcd ended (it is started again after a pause).
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +77,8 @@ pub(super) struct Channels {
     pub own: watch::Receiver<Option<PeerView>>,
     pub record: watch::Receiver<Option<Topology>>,
     pub on_record: Box<dyn Fn(Topology) + Send + Sync>,
+    pub forwards: mpsc::Receiver<Forward>,
+    pub on_request: OnRequest,
 }
 
 /// Runs sessions with etcd until `shutdown`, reconnecting after failures.
@@ -123,6 +161,11 @@ async fn session(
                 if state.leader_id.is_none() {
                     state.campaign(&mut client, keys).await?;
                 }
+                state.handle_requests(&mut client, keys, &ch.on_request).await?;
+            }
+            forward = ch.forwards.recv() => {
+                let Some(f) = forward else { return Ok(()) };
+                state.forward(&mut client, keys, f).await?;
             }
             changed = ch.own.changed() => {
                 if changed.is_err() {
@@ -155,6 +198,7 @@ async fn session(
                 if state.leader_id.is_none() {
                     state.campaign(&mut client, keys).await?;
                 }
+                state.handle_requests(&mut client, keys, &ch.on_request).await?;
                 if let (true, Some(t)) = (record_changed, state.record.clone()) {
                     (ch.on_record)(t);
                 }
@@ -192,6 +236,12 @@ struct Session {
     config: String,
     peers: Vec<PeerView>,
     record: Option<Topology>,
+    /// Switchovers waiting in etcd for the leader (id, body), as last read.
+    requests: Vec<(String, RequestBody)>,
+    /// The leader's answers, as last read (id, outcome).
+    results: Vec<(String, ResultBody)>,
+    /// Our forwarded switchovers waiting for their outcome, by id.
+    pending: HashMap<String, Reply>,
 }
 
 impl Session {
@@ -205,6 +255,9 @@ impl Session {
             config: String::new(),
             peers: vec![],
             record: None,
+            requests: vec![],
+            results: vec![],
+            pending: HashMap::new(),
         }
     }
 
@@ -249,6 +302,8 @@ impl Session {
             .get(keys.base(), Some(GetOptions::new().with_prefix()))
             .await?;
         self.peers.clear();
+        self.requests.clear();
+        self.results.clear();
         self.leader_id = None;
         self.record = None;
         let mut still_leader = None;
@@ -261,9 +316,19 @@ impl Session {
                 }
             } else if key == keys.topology() {
                 self.record = serde_json::from_slice(kv.value()).ok();
-            } else if key.starts_with(&keys.proxies()) {
+            } else if let Some(id) = key.strip_prefix(&keys.proxies()) {
                 if let Ok(v) = serde_json::from_slice::<PeerView>(kv.value()) {
-                    self.peers.push(v);
+                    if v.proxy == id {
+                        self.peers.push(v);
+                    }
+                }
+            } else if let Some(id) = key.strip_prefix(&keys.requests()) {
+                if let Ok(body) = serde_json::from_slice(kv.value()) {
+                    self.requests.push((id.to_string(), body));
+                }
+            } else if let Some(id) = key.strip_prefix(&keys.results()) {
+                if let Ok(body) = serde_json::from_slice(kv.value()) {
+                    self.results.push((id.to_string(), body));
                 }
             }
         }
@@ -320,6 +385,79 @@ impl Session {
         } else {
             // Someone else leads now: stop acting at once.
             self.leader_rev = None;
+        }
+        Ok(())
+    }
+}
+
+impl Session {
+    /// Writes a switchover asked of this proxy for the leader to run (bound
+    /// to our lease, so it vanishes with us), and remembers whom to answer.
+    async fn forward(
+        &mut self,
+        client: &mut Client,
+        keys: &Keys,
+        f: Forward,
+    ) -> Result<(), EtcdError> {
+        self.pending.retain(|_, reply| !reply.is_closed());
+        if self.pending.len() >= MAX_PENDING {
+            let why = format!("{MAX_PENDING} switchovers already wait for the leader");
+            let _ = f.reply.send(Err(SwitchoverError::AtLeader(why)));
+            return Ok(());
+        }
+        let id = format!("{}-{:016x}", self.me, rand::random::<u64>());
+        let body = RequestBody {
+            target: f.target,
+            reason: f.reason,
+        };
+        let opts = PutOptions::new().with_lease(self.lease);
+        let value = serde_json::to_vec(&body).unwrap_or_default();
+        client.put(keys.request(&id), value, Some(opts)).await?;
+        self.pending.insert(id, f.reply);
+        Ok(())
+    }
+
+    /// As leader: takes each waiting request (deleting it in a transaction,
+    /// so it runs once even if leadership changes) and runs it on our
+    /// monitor, answering under our lease when it is done. As anyone:
+    /// passes the leader's answers on to whoever asked.
+    async fn handle_requests(
+        &mut self,
+        client: &mut Client,
+        keys: &Keys,
+        on_request: &OnRequest,
+    ) -> Result<(), EtcdError> {
+        for (id, outcome) in std::mem::take(&mut self.results) {
+            let Some(reply) = self.pending.remove(&id) else {
+                continue;
+            };
+            let _ = reply.send(outcome.map_err(SwitchoverError::AtLeader));
+            client.delete(keys.result(&id), None).await?;
+        }
+        if !self.leads() {
+            return Ok(());
+        }
+        for (id, body) in std::mem::take(&mut self.requests) {
+            let key = keys.request(&id);
+            let take = Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Greater, 0)])
+                .and_then([TxnOp::delete(key, None)]);
+            if !client.txn(take).await?.succeeded() {
+                continue;
+            }
+            let outcome = on_request(body.target, body.reason);
+            let (mut client, key, lease) = (client.clone(), keys.result(&id), self.lease);
+            tokio::spawn(async move {
+                let answer: ResultBody = match outcome.await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(SwitchoverError::MonitorStopped.to_string()),
+                };
+                let value = serde_json::to_vec(&answer).unwrap_or_default();
+                let opts = PutOptions::new().with_lease(lease);
+                if let Err(e) = client.put(key, value, Some(opts)).await {
+                    tracing::warn!(error = %e, "coordination: a switchover's outcome could not be written");
+                }
+            });
         }
         Ok(())
     }

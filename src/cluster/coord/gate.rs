@@ -31,6 +31,10 @@ pub struct PeerView {
     /// ([`fingerprint`](super::fingerprint)).
     #[serde(default)]
     pub config: String,
+    /// The leader's switchover this proxy has drained for (its
+    /// acknowledgement).
+    #[serde(default)]
+    pub drained: Option<u64>,
 }
 
 /// What this proxy knows of the others, from the coordination task.
@@ -155,6 +159,7 @@ mod tests {
             primary: None,
             timeline: 1,
             config: String::new(),
+            drained: None,
         }
     }
 

@@ -7,19 +7,25 @@
 mod etcd;
 pub mod gate;
 mod keys;
+pub mod switch;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::coordination::Backend;
 use crate::config::Config;
 
+use super::error::SwitchoverError;
 use super::failover::{FailoverSettings, Primary};
 use super::view::{Health, NodeView};
 use gate::{Held, PeerView, Standing};
+use switch::Switching;
+
+/// Where a switchover's outcome arrives.
+pub type SwitchoverReply = oneshot::Receiver<Result<String, SwitchoverError>>;
 
 /// The shared record of who the primary is, written only by the leader.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +40,9 @@ pub struct Topology {
     /// proxy when it starts, so a fence outlives the proxy that set it.
     #[serde(default)]
     pub fenced: Vec<String>,
+    /// A planned switchover the leader announced and has not finished.
+    #[serde(default)]
+    pub switching: Option<Switching>,
 }
 
 impl Topology {
@@ -42,6 +51,7 @@ impl Topology {
         self.primary == other.primary
             && self.timeline == other.timeline
             && self.fenced == other.fenced
+            && self.switching == other.switching
     }
 }
 
@@ -76,14 +86,18 @@ pub struct Coordination {
     standing: watch::Receiver<Standing>,
     own: watch::Sender<Option<PeerView>>,
     record: watch::Sender<Option<Topology>>,
+    forwards: mpsc::Sender<etcd::Forward>,
 }
 
 impl Coordination {
     /// Starts the coordination task when `[coordination]` asks for one;
-    /// `on_record` runs whenever another proxy's record arrives.
+    /// `on_record` runs whenever another proxy's record arrives, and
+    /// `on_request` runs (while this proxy leads) a switchover another proxy
+    /// was asked for.
     pub fn start(
         config: &Config,
         on_record: impl Fn(Topology) + Send + Sync + 'static,
+        on_request: impl Fn(Option<String>, String) -> SwitchoverReply + Send + Sync + 'static,
         shutdown: CancellationToken,
     ) -> Option<Coordination> {
         let cfg = config.coordination.clone();
@@ -95,12 +109,15 @@ impl Coordination {
         let (standing_tx, standing) = watch::channel(Standing::default());
         let (own, own_rx) = watch::channel(None);
         let (record, record_rx) = watch::channel(None);
+        let (forwards, forwards_rx) = mpsc::channel(4);
         let channels = etcd::Channels {
             me: me.clone(),
             standing: standing_tx,
             own: own_rx,
             record: record_rx,
             on_record: Box::new(on_record),
+            forwards: forwards_rx,
+            on_request: Box::new(on_request),
         };
         tokio::spawn(etcd::run(cfg, keys, channels, shutdown));
         Some(Coordination {
@@ -108,6 +125,7 @@ impl Coordination {
             standing,
             own,
             record,
+            forwards,
         })
     }
 
@@ -209,6 +227,8 @@ impl Coordination {
     /// leads and a primary serves.
     pub fn observe(&self, state: &Primary, views: &[NodeView], config: &Config) {
         let serving = state.serving().and_then(|p| views.get(p));
+        // Read before publishing: the borrow must end before the send.
+        let drained = self.own.borrow().as_ref().and_then(|v| v.drained);
         self.publish_view(PeerView {
             proxy: String::new(),
             down: views
@@ -219,21 +239,115 @@ impl Coordination {
             primary: serving.map(|p| p.name.clone()),
             timeline: serving.map_or(0, NodeView::timeline),
             config: fingerprint(config),
+            drained,
         });
-        if let Some(p) = serving {
-            let mut fenced: Vec<String> = views
-                .iter()
-                .filter(|v| v.fenced)
-                .map(|v| v.name.clone())
-                .collect();
-            fenced.sort();
-            self.publish_record(Topology {
-                generation: 0,
-                primary: Some(p.name.clone()),
-                timeline: p.timeline(),
-                fenced,
-            });
+        if let Some(p) = state.serving() {
+            self.publish_record(record_of(views, p));
         }
+    }
+}
+
+impl Coordination {
+    /// The shared record as last read.
+    pub fn record(&self) -> Option<Topology> {
+        self.standing.borrow().record.clone()
+    }
+
+    /// Acknowledges switchover `id`: this proxy holds its new transactions
+    /// and none is running on the old primary any more.
+    pub fn acknowledge(&self, id: u64) {
+        self.own.send_if_modified(|v| match v {
+            Some(v) if v.drained != Some(id) => {
+                v.drained = Some(id);
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// Announces a switchover in the record (as leader) and waits, at most
+    /// `limit`, until etcd holds it. False when it does not: the record
+    /// could not be written (we may no longer lead).
+    pub async fn announce(&self, mut current: Topology, sw: Switching, limit: Duration) -> bool {
+        current.switching = Some(sw.clone());
+        self.publish_record(current);
+        self.await_standing(limit, |s| {
+            s.record.as_ref().and_then(|r| r.switching.as_ref()) == Some(&sw)
+        })
+        .await
+    }
+
+    /// Waits, at most `limit`, until every live proxy has acknowledged
+    /// switchover `id` (a proxy that vanished drops out when its lease
+    /// expires). Returns the ones that did not.
+    pub async fn await_drained(&self, id: u64, limit: Duration) -> Vec<String> {
+        let all_in = |s: &Standing| switch::not_drained(&s.peers, id).is_empty();
+        self.await_standing(limit, all_in).await;
+        let s = self.standing.borrow();
+        switch::not_drained(&s.peers, id)
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    async fn await_standing(&self, limit: Duration, done: impl Fn(&Standing) -> bool) -> bool {
+        let mut rx = self.standing.clone();
+        let waited = tokio::time::timeout(limit, rx.wait_for(|s| done(s))).await;
+        matches!(waited, Ok(Ok(_)))
+    }
+
+    /// Hands a switchover asked of this proxy, which does not lead, to the
+    /// leader through etcd; `reply` gets the leader's outcome, or an error
+    /// after `limit`.
+    pub fn forward(
+        &self,
+        target: Option<String>,
+        reason: String,
+        reply: Option<oneshot::Sender<Result<String, SwitchoverError>>>,
+        limit: Duration,
+    ) {
+        let (tx, rx) = oneshot::channel();
+        let forward = etcd::Forward {
+            target,
+            reason,
+            reply: tx,
+        };
+        if let Err(e) = self.forwards.try_send(forward) {
+            let why = "too many switchovers wait to be handed to the leader".to_string();
+            let (mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f)) = e;
+            let _ = f.reply.send(Err(SwitchoverError::AtLeader(why)));
+        }
+        tokio::spawn(async move {
+            let outcome = match tokio::time::timeout(limit, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(SwitchoverError::AtLeader(
+                    "the session with etcd ended before the leader answered".into(),
+                )),
+                Err(_) => Err(SwitchoverError::AtLeader(format!(
+                    "no answer within {limit:?}"
+                ))),
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
+        });
+    }
+}
+
+/// The record saying `primary` takes writes, with the nodes fenced now.
+pub fn record_of(views: &[NodeView], primary: usize) -> Topology {
+    let mut fenced: Vec<String> = views
+        .iter()
+        .filter(|v| v.fenced)
+        .map(|v| v.name.clone())
+        .collect();
+    fenced.sort();
+    Topology {
+        generation: 0,
+        primary: views.get(primary).map(|p| p.name.clone()),
+        timeline: views.get(primary).map_or(0, NodeView::timeline),
+        fenced,
+        switching: None,
     }
 }
 
