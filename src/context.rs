@@ -105,6 +105,12 @@ impl Context {
     pub fn new(config: Config, shutdown: CancellationToken) -> Result<Context, RunError> {
         let users = credentials(&config)?;
         let tls = crate::tls::Tls::new(&config)?;
+        if config.coordination.backend == crate::config::coordination::Backend::Etcd {
+            // The coordination task reads these files at each connection to
+            // etcd, where a bad one would only show as a connection that
+            // keeps failing: read them once here so the start fails naming it.
+            crate::tls::EtcdPem::read(&config.coordination.tls)?;
+        }
         let cluster = Cluster::new(config.nodes(), Arc::new(Events::new(1000)))
             .with_tls(tls.connector().clone());
         let cluster = Arc::new(cluster);

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::certs::Ca;
 use common::etcd::Etcd;
 use common::{http_request, Proxy, USERS};
 use switchyard::local_cluster::{LocalCluster, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER};
@@ -31,13 +32,18 @@ fn config(cluster: &LocalCluster, etcd: &str, name: &str, extra: &str) -> String
 
 /// The same, listing only `nodes`.
 fn config_of(nodes: &[&PgNode], etcd: &str, name: &str, extra: &str) -> String {
+    config_coord(nodes, etcd, name, extra, "")
+}
+
+/// The same, with `coord` lines added to `[coordination]`.
+fn config_coord(nodes: &[&PgNode], etcd: &str, name: &str, extra: &str, coord: &str) -> String {
     let nodes = nodes
         .iter()
         .map(|n| format!("{{ name = \"{}\", addr = \"{}\" }}", n.name(), n.addr()))
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "{USERS}\n{extra}\n[coordination]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\nlease_ttl = \"2s\"\n\
+        "{USERS}\n{extra}\n[coordination]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\nlease_ttl = \"2s\"\n{coord}\n\
          [health]\ninterval = \"500ms\"\ntimeout = \"1s\"\n\
          [cluster]\nname = \"{name}\"\nnodes = [{nodes}]\nuser = \"{CLUSTER_USER}\"\npassword = \"{CLUSTER_PASSWORD}\"\n"
     )
@@ -497,5 +503,140 @@ async fn a_fence_outlives_every_proxy_that_knew_it() {
         events(http, "node_fenced").await,
         vec![old.name().to_string()]
     );
+    drop(etcd);
+}
+
+/// Watches `http` for `secs` once it answers: the proxy never gets
+/// connected to etcd.
+async fn never_connects(http: SocketAddr, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(http).await["coordination"].is_null() {
+        assert!(Instant::now() < deadline, "no /status");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        let s = status(http).await["coordination"].clone();
+        assert_eq!(s["connected"], false, "{s}");
+        assert_eq!(s["leader"], false, "{s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `tls = { ... }` for `[coordination]`.
+fn tls_line(ca: &str, client: Option<(&str, &str)>) -> String {
+    match client {
+        Some((cert, key)) => {
+            format!("tls = {{ ca_file = {ca:?}, cert_file = {cert:?}, key_file = {key:?} }}")
+        }
+        None => format!("tls = {{ ca_file = {ca:?} }}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_only_proxies_that_trust_etcd_and_carry_a_certificate_join() {
+    let cluster = common::cluster();
+    let etcd = tokio::task::spawn_blocking(Etcd::start_tls).await.unwrap();
+    assert!(etcd.endpoint().starts_with("https://"));
+    let name = common::unique("tls");
+    let nodes = cluster.nodes();
+    let (ca, cert, key) = (
+        etcd.ca_file(),
+        etcd.client_cert_file(),
+        etcd.client_key_file(),
+    );
+    let good = config_coord(
+        &nodes,
+        &etcd.endpoint(),
+        &name,
+        "",
+        &tls_line(&ca, Some((&cert, &key))),
+    );
+    let all = proxies(&cluster, &good, 2).await;
+    let leader = settled(&all).await;
+    let s = status(all[leader].1).await["coordination"].clone();
+    assert_eq!(
+        (s["connected"].clone(), s["leader"].clone()),
+        (true.into(), true.into()),
+        "{s}"
+    );
+
+    // Another CA: etcd's certificate is not trusted.
+    let dir = std::env::temp_dir().join(common::unique("sy_etcd_other_ca"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let other_ca = dir.join("other-ca.pem");
+    std::fs::write(&other_ca, Ca::new("Some other CA").pem).unwrap();
+    let wrong_ca = config_coord(
+        &nodes,
+        &etcd.endpoint(),
+        &name,
+        "",
+        &tls_line(other_ca.to_str().unwrap(), Some((&cert, &key))),
+    );
+    // The right CA but no client certificate: etcd refuses the handshake.
+    let no_cert = config_coord(&nodes, &etcd.endpoint(), &name, "", &tls_line(&ca, None));
+    let (_wrong, wrong_http) = Proxy::start_with_http(cluster.clone(), &wrong_ca).await;
+    let (_anonymous, anonymous_http) = Proxy::start_with_http(cluster.clone(), &no_cert).await;
+    // Several reconnection attempts (one every half second) fail.
+    tokio::join!(
+        never_connects(wrong_http, 4),
+        never_connects(anonymous_http, 4)
+    );
+    // They never published a view: the two good proxies count only each other.
+    for (_, http) in &all {
+        let s = status(*http).await["coordination"].clone();
+        assert_eq!(s["proxies"], 2, "{s}");
+        assert_eq!(
+            s["leader_id"],
+            status(all[leader].1).await["coordination"]["proxy"]
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_authentication_only_the_right_password_joins() {
+    use etcd_client::Permission;
+    let cluster = common::cluster();
+    let etcd = start_etcd().await;
+    // A user allowed only the keys under the default prefix, then
+    // authentication on (etcd needs root to exist first).
+    let mut admin = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    admin.user_add("root", "root-pw", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.role_add("switchyard").await.unwrap();
+    admin
+        .role_grant_permission(
+            "switchyard",
+            Permission::read_write("/switchyard/").with_prefix(),
+        )
+        .await
+        .unwrap();
+    admin.user_add("sy", "sy-pw", None).await.unwrap();
+    admin.user_grant_role("sy", "switchyard").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let name = common::unique("auth");
+    let nodes = cluster.nodes();
+    let with = |user: &str, pw: &str| {
+        let login = format!("username = {user:?}\npassword = {pw:?}\n");
+        config_coord(&nodes, &etcd.endpoint(), &name, "", &login)
+    };
+    let all = proxies(&cluster, &with("sy", "sy-pw"), 2).await;
+    settled(&all).await;
+
+    let (_wrong, wrong_http) = Proxy::start_with_http(cluster.clone(), &with("sy", "nope")).await;
+    let anonymous = config(&cluster, &etcd.endpoint(), &name, "");
+    let (_anonymous, anonymous_http) = Proxy::start_with_http(cluster.clone(), &anonymous).await;
+    tokio::join!(
+        never_connects(wrong_http, 4),
+        never_connects(anonymous_http, 4)
+    );
+    for (_, http) in &all {
+        assert_eq!(status(*http).await["coordination"]["proxies"], 2);
+    }
     drop(etcd);
 }

@@ -1,7 +1,9 @@
 //! The container packaging under docker/, checked without a Docker engine:
 //! every TOML file there passes `switchyard check-config`, also with the
 //! environment that compose.yaml and k8s-sidecar.yaml give it; the ConfigMap
-//! holds exactly docker/switchyard.toml; the Dockerfile keeps the rules a
+//! holds exactly docker/switchyard.toml; the proxies of both coordinate
+//! through etcd (compose: its etcd service, by the URL etcd advertises;
+//! Kubernetes: over TLS with the files of a mounted Secret); the Dockerfile keeps the rules a
 //! linter would check; and the real binary runs from `SWITCHYARD__...`
 //! variables alone in front of a real PostgreSQL and answers `healthcheck`.
 //!
@@ -146,19 +148,49 @@ fn names(env: &[(String, String)]) -> Vec<&str> {
     names
 }
 
-/// compose.yaml's switchyard service: the TOML file it mounts at
-/// /etc/switchyard/switchyard.toml, and its environment.
-fn compose_switchyard() -> (PathBuf, Vec<(String, String)>) {
+/// The block of compose.yaml's service `name`.
+fn compose_service(name: &str) -> Vec<String> {
     let text = read("compose.yaml");
     let lines: Vec<&str> = text.lines().collect();
     let services = line_index(&lines, "services:");
+    let header = format!("  {name}:");
     let service = services
         + 1
         + lines[services + 1..]
             .iter()
-            .position(|l| l.trim_end() == "  switchyard:")
-            .expect("a switchyard service");
-    let body = block(&lines, service);
+            .position(|l| l.trim_end() == header)
+            .unwrap_or_else(|| panic!("a {name} service"));
+    block(&lines, service)
+        .into_iter()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The names of compose.yaml's services that run Switchyard (its image).
+fn compose_proxies() -> Vec<String> {
+    let text = read("compose.yaml");
+    let lines: Vec<&str> = text.lines().collect();
+    let services = line_index(&lines, "services:");
+    let names: Vec<String> = block(&lines, services)
+        .iter()
+        .filter(|l| indent(l) == 2 && !l.trim_start().starts_with('#'))
+        .filter_map(|l| l.trim().strip_suffix(':'))
+        .map(str::to_string)
+        .filter(|name| {
+            compose_service(name)
+                .iter()
+                .any(|l| l.trim() == "image: switchyard:dev")
+        })
+        .collect();
+    assert!(!names.is_empty(), "compose.yaml runs Switchyard");
+    names
+}
+
+/// compose.yaml's Switchyard service `name`: the TOML file it mounts at
+/// /etc/switchyard/switchyard.toml, and its environment.
+fn compose_switchyard(name: &str) -> (PathBuf, Vec<(String, String)>) {
+    let body = compose_service(name);
+    let body: Vec<&str> = body.iter().map(String::as_str).collect();
     let env = mapping(&block(&body, line_index(&body, "environment:")));
     let toml = body
         .iter()
@@ -167,7 +199,9 @@ fn compose_switchyard() -> (PathBuf, Vec<(String, String)>) {
                 .strip_prefix("- ./")?
                 .strip_suffix(":/etc/switchyard/switchyard.toml:ro")
         })
-        .expect("a TOML file mounted at /etc/switchyard/switchyard.toml");
+        .unwrap_or_else(|| {
+            panic!("{name}: a TOML file mounted at /etc/switchyard/switchyard.toml")
+        });
     (docker_dir().join(toml), env)
 }
 
@@ -232,12 +266,68 @@ fn every_toml_under_docker_passes_check_config() {
 
 #[test]
 fn compose_environment_and_file_pass_check_config() {
-    let (toml, env) = compose_switchyard();
+    for name in compose_proxies() {
+        let (toml, env) = compose_switchyard(&name);
+        assert_eq!(
+            names(&env),
+            ["SWITCHYARD__CLUSTER__PASSWORD", "SWITCHYARD__USERS"],
+            "{name}"
+        );
+        let what = format!("compose.yaml's {name}");
+        assert_success(&what, &check_config(&toml, &env));
+    }
+}
+
+/// The demo's proxies coordinate: more than one, each with the same file
+/// (coordination refuses a proxy whose nodes or failover settings differ),
+/// pointed at the etcd service by the URL it advertises.
+#[test]
+fn compose_proxies_coordinate_through_its_etcd() {
+    let proxies = compose_proxies();
+    assert!(proxies.len() >= 2, "{proxies:?}");
+    let files: Vec<PathBuf> = proxies.iter().map(|p| compose_switchyard(p).0).collect();
+    assert!(files.iter().all(|f| *f == files[0]), "{files:?}");
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let cfg = switchyard::config::load_str(&text).unwrap();
     assert_eq!(
-        names(&env),
-        ["SWITCHYARD__CLUSTER__PASSWORD", "SWITCHYARD__USERS"]
+        cfg.coordination.backend,
+        switchyard::config::coordination::Backend::Etcd
     );
-    assert_success("compose.yaml's switchyard", &check_config(&toml, &env));
+    assert!(!cfg.cluster.name.is_empty());
+
+    let etcd = compose_service("etcd");
+    let flag = |name: &str| -> String {
+        etcd.iter()
+            .find_map(|l| l.trim().strip_prefix(&format!("- --{name}=")))
+            .unwrap_or_else(|| panic!("etcd is started with --{name}"))
+            .to_string()
+    };
+    let advertised = flag("advertise-client-urls");
+    for endpoint in &cfg.coordination.endpoints {
+        assert!(
+            advertised.split(',').any(|u| u == endpoint),
+            "{endpoint} is not among etcd's --advertise-client-urls {advertised}"
+        );
+    }
+    // The member's own peer URL is the one its one-member cluster names.
+    let peer = flag("initial-advertise-peer-urls");
+    let member = flag("name");
+    assert_eq!(flag("initial-cluster"), format!("{member}={peer}"));
+    // Both proxies wait for a healthy etcd.
+    for name in &proxies {
+        let body = compose_service(name);
+        let body: Vec<&str> = body.iter().map(String::as_str).collect();
+        let deps = block(&body, line_index(&body, "depends_on:"));
+        let etcd = line_index(&deps, "etcd:");
+        assert_eq!(
+            block(&deps, etcd)
+                .iter()
+                .map(|l| l.trim())
+                .collect::<Vec<_>>(),
+            ["condition: service_healthy"],
+            "{name}"
+        );
+    }
 }
 
 #[test]
@@ -252,20 +342,51 @@ fn k8s_configmap_is_docker_switchyard_toml() {
 
 #[test]
 fn k8s_environment_and_configmap_pass_check_config() {
-    let (_, env) = k8s_sidecar();
+    let (configmap, env) = k8s_sidecar();
     assert_eq!(
         names(&env),
         [
             "SWITCHYARD__CLUSTER__NODES",
             "SWITCHYARD__CLUSTER__PASSWORD",
-            "SWITCHYARD__FAILOVER__MODE",
+            "SWITCHYARD__COORDINATION__ENDPOINTS",
+            "SWITCHYARD__COORDINATION__TLS__CA_FILE",
+            "SWITCHYARD__COORDINATION__TLS__CERT_FILE",
+            "SWITCHYARD__COORDINATION__TLS__KEY_FILE",
             "SWITCHYARD__PROXY__LISTEN",
             "SWITCHYARD__USERS",
         ]
     );
-    // Several sidecars must not each decide on promotion alone.
-    let mode = env.iter().find(|(k, _)| k == "SWITCHYARD__FAILOVER__MODE");
-    assert_eq!(mode.map(|(_, v)| v.as_str()), Some("follow"));
+    // Several sidecars must not each decide on promotion alone: the
+    // ConfigMap has them promote through one leader elected in etcd, and
+    // the environment changes neither.
+    let cfg = switchyard::config::load_str(&configmap).unwrap();
+    assert_eq!(
+        cfg.coordination.backend,
+        switchyard::config::coordination::Backend::Etcd
+    );
+    assert_eq!(cfg.failover.mode, switchyard::config::FailoverMode::Promote);
+    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let endpoints = get("SWITCHYARD__COORDINATION__ENDPOINTS").unwrap();
+    assert!(
+        endpoints.split(',').all(|e| e.starts_with("https://")),
+        "{endpoints}"
+    );
+    // The TLS files are in the Secret the container mounts.
+    let text = read("k8s-sidecar.yaml");
+    let lines: Vec<&str> = text.lines().collect();
+    let container = block(&lines, line_index(&lines, "- name: switchyard"));
+    let mounts = block(&container, line_index(&container, "volumeMounts:"));
+    let at = line_index(&mounts, "- name: switchyard-etcd-tls");
+    let dir = block(&mounts, at)
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("mountPath: "))
+        .expect("the etcd TLS Secret is mounted")
+        .to_string();
+    for key in ["CA_FILE", "CERT_FILE", "KEY_FILE"] {
+        let file = get(&format!("SWITCHYARD__COORDINATION__TLS__{key}")).unwrap();
+        assert!(file.starts_with(&format!("{dir}/")), "{key}: {file}");
+    }
+    assert!(text.contains("secretName: switchyard-etcd-tls"));
     // The ConfigMap is docker/switchyard.toml (the test above).
     let out = check_config(&docker_dir().join("switchyard.toml"), &env);
     assert_success("k8s-sidecar.yaml's switchyard", &out);

@@ -1,8 +1,8 @@
 //! TLS end to end, with real clients (psql, tokio-postgres over rustls, a
 //! hand-driven rustls client for PostgreSQL 17's direct TLS) and a real
 //! PostgreSQL that accepts TLS only (`ssl = on`, `hostssl` lines only), all
-//! with certificates made here by rcgen: a test CA, leaf certificates with
-//! CA:FALSE (rustls refuses a CA certificate as an end entity).
+//! with certificates made here by rcgen (`common::certs`): a test CA, leaf
+//! certificates with CA:FALSE.
 //!
 //! Every proxy here reaches PostgreSQL with `[cluster.tls] mode = "verify-full"`
 //! unless the test is about that side, so each test also covers the server leg.
@@ -14,56 +14,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use common::certs::Ca;
 use common::{error_code, sqlstate, Proxy, USERS};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use switchyard::local_cluster::{LocalCluster, LocalClusterOptions};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A CA that can sign leaf certificates.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf (CA:FALSE) for `names` (DNS names or IP addresses): (cert PEM, key PEM).
-    fn leaf(&self, names: &[&str], common_name: &str, client: bool) -> (String, String) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).unwrap();
-        params.is_ca = IsCa::ExplicitNoCa;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 /// PostgreSQL with TLS only, and the certificate files of one test run.
 struct Env {

@@ -37,6 +37,32 @@ pub struct CoordinationConfig {
     /// etcd password for `username`.
     #[serde(skip_serializing)]
     pub password: Option<String>,
+    /// TLS toward etcd, for `https://` endpoints.
+    pub tls: CoordinationTlsConfig,
+}
+
+/// `[coordination.tls]` (or `tls = { ... }` in `[coordination]`): how the
+/// proxy checks etcd's certificate and proves itself to an etcd started with
+/// `--client-cert-auth`. The files are read at start and again each time
+/// the proxy connects to etcd, so renewed certificates are picked up on the
+/// next reconnection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinationTlsConfig {
+    /// PEM CA certificates that sign etcd's server certificates; needed with
+    /// `https://` endpoints (the system's trust store is not used).
+    pub ca_file: Option<String>,
+    /// PEM client certificate chain, leaf first.
+    pub cert_file: Option<String>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<String>,
+}
+
+impl CoordinationTlsConfig {
+    /// Whether any file is named.
+    pub fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
 }
 
 impl Default for CoordinationConfig {
@@ -48,6 +74,7 @@ impl Default for CoordinationConfig {
             lease_ttl: Duration::from_secs(3),
             username: None,
             password: None,
+            tls: CoordinationTlsConfig::default(),
         }
     }
 }
@@ -62,6 +89,7 @@ impl fmt::Debug for CoordinationConfig {
             .field("lease_ttl", &self.lease_ttl)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -110,6 +138,35 @@ impl CoordinationConfig {
         }
         if self.password.is_some() != self.username.is_some() {
             out.push("coordination.username and coordination.password go together".into());
+        }
+        out.extend(self.tls_problems());
+        out
+    }
+
+    /// TLS is all or nothing: the etcd client takes one TLS setting for
+    /// every endpoint, and an `https://` endpoint with no CA to check it
+    /// against could never be reached.
+    fn tls_problems(&self) -> Vec<String> {
+        let mut out = vec![];
+        let https = self
+            .endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if https > 0 && https < self.endpoints.len() {
+            out.push("coordination.endpoints: either every URL is https:// or none is".to_string());
+        }
+        if https > 0 && self.tls.ca_file.is_none() {
+            out.push(
+                "coordination.tls.ca_file: needed with https:// endpoints, to check etcd's certificate"
+                    .into(),
+            );
+        }
+        if https == 0 && self.tls.is_set() {
+            out.push("coordination.tls: set, but no endpoint is https://".into());
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            out.push("coordination.tls: cert_file and key_file go together".into());
         }
         out
     }
@@ -166,6 +223,61 @@ mod tests {
         ];
         for (c, name, want) in cases {
             let p = c.problems(name);
+            assert!(p.iter().any(|m| m.contains(want)), "{want}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn tls_needs_https_a_ca_and_both_halves_of_a_client_certificate() {
+        let https = |tls: CoordinationTlsConfig| CoordinationConfig {
+            backend: Backend::Etcd,
+            endpoints: vec![
+                "https://10.0.0.5:2379".into(),
+                "https://10.0.0.6:2379".into(),
+            ],
+            tls,
+            ..Default::default()
+        };
+        let ca = CoordinationTlsConfig {
+            ca_file: Some("/etc/etcd/ca.pem".into()),
+            ..Default::default()
+        };
+        assert!(https(ca.clone()).problems("orders").is_empty());
+        let mutual = CoordinationTlsConfig {
+            cert_file: Some("/etc/etcd/client.pem".into()),
+            key_file: Some("/etc/etcd/client.key".into()),
+            ..ca.clone()
+        };
+        assert!(https(mutual).problems("orders").is_empty());
+
+        let mixed = CoordinationConfig {
+            endpoints: vec![
+                "https://10.0.0.5:2379".into(),
+                "http://10.0.0.6:2379".into(),
+            ],
+            ..https(ca.clone())
+        };
+        let plain = CoordinationConfig {
+            endpoints: vec!["http://10.0.0.5:2379".into()],
+            ..https(ca.clone())
+        };
+        let cert_only = CoordinationTlsConfig {
+            cert_file: Some("/etc/etcd/client.pem".into()),
+            ..ca.clone()
+        };
+        let key_only = CoordinationTlsConfig {
+            key_file: Some("/etc/etcd/client.key".into()),
+            ..ca.clone()
+        };
+        let cases = [
+            (mixed, "either every URL is https://"),
+            (https(CoordinationTlsConfig::default()), "ca_file: needed"),
+            (plain, "no endpoint is https://"),
+            (https(cert_only), "cert_file and key_file go together"),
+            (https(key_only), "cert_file and key_file go together"),
+        ];
+        for (c, want) in cases {
+            let p = c.problems("orders");
             assert!(p.iter().any(|m| m.contains(want)), "{want}: {p:?}");
         }
     }

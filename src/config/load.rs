@@ -28,7 +28,11 @@ pub const PEERS_ENV: &str = "SWITCHYARD__PEERS";
 /// The one key a configuration from the environment alone cannot do without.
 pub const NODES_ENV: &str = "SWITCHYARD__CLUSTER__NODES";
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 2] = ["proxy.admin_users", "cluster.nodes"];
+const LIST_KEYS: [&str; 3] = [
+    "proxy.admin_users",
+    "cluster.nodes",
+    "coordination.endpoints",
+];
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +291,27 @@ mod tests {
             crate::config::ClusterTlsMode::VerifyFull
         );
         assert_eq!(cfg.cluster.tls.ca_file.as_deref(), Some("/ca.pem"));
+    }
+
+    #[test]
+    fn environment_reaches_coordination_endpoints_and_tls() {
+        let cfg = load_env_only(&env(&[
+            ("SWITCHYARD__CLUSTER__NODES", "db1:5432"),
+            ("SWITCHYARD__CLUSTER__NAME", "orders"),
+            ("SWITCHYARD__COORDINATION__BACKEND", "etcd"),
+            (
+                "SWITCHYARD__COORDINATION__ENDPOINTS",
+                "https://etcd-0:2379, https://etcd-1:2379",
+            ),
+            ("SWITCHYARD__COORDINATION__TLS__CA_FILE", "/tls/ca.crt"),
+            ("SWITCHYARD__COORDINATION__TLS__CERT_FILE", "/tls/tls.crt"),
+            ("SWITCHYARD__COORDINATION__TLS__KEY_FILE", "/tls/tls.key"),
+        ]))
+        .unwrap();
+        let c = &cfg.coordination;
+        assert_eq!(c.endpoints, ["https://etcd-0:2379", "https://etcd-1:2379"]);
+        assert_eq!(c.tls.ca_file.as_deref(), Some("/tls/ca.crt"));
+        assert_eq!(c.tls.key_file.as_deref(), Some("/tls/tls.key"));
     }
 
     #[test]

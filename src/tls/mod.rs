@@ -4,6 +4,8 @@
 //! startup and RELOAD build them the same way ([`Tls::new`], [`Tls::reload`]).
 //! Every rustls object uses the ring provider explicitly (with two providers
 //! compiled in, rustls's process-default builders panic at run time).
+//! The files `[coordination.tls]` names are read and checked here too
+//! ([`EtcdPem`]); the etcd client builds its own rustls configuration from them.
 //!
 //! What is not here: the connection-start negotiation with a client
 //! (`client::login`), the SSLRequest toward PostgreSQL (`upstream`), the
@@ -24,6 +26,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::config::coordination::CoordinationTlsConfig;
 use crate::config::{ClusterTlsConfig, ClusterTlsMode, Config, ProxyTlsConfig, ProxyTlsMode};
 
 pub use stream::Stream;
@@ -47,7 +50,7 @@ pub enum TlsError {
     /// rustls refused the material (a key that does not match its certificate, ...).
     #[error("{section}: {source}")]
     Rustls {
-        /// `proxy.tls` or `cluster.tls`.
+        /// `proxy.tls`, `cluster.tls` or `coordination.tls`.
         section: &'static str,
         /// The cause.
         source: rustls::Error,
@@ -296,6 +299,86 @@ impl Tls {
     }
 }
 
+/// What `[coordination.tls]` names, read and checked, as PEM text: the etcd
+/// client takes PEM and parses it only when it connects, where a bad file
+/// would show as a failed connection; checking it here names the file.
+#[derive(Clone)]
+pub struct EtcdPem {
+    /// CA certificates that sign etcd's server certificates.
+    pub ca: Vec<u8>,
+    /// Client certificate chain and its private key, for an etcd that asks
+    /// for one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdPem {
+    /// Reads the files `cfg` names; `None` when it names none.
+    pub fn read(cfg: &CoordinationTlsConfig) -> Result<Option<EtcdPem>, TlsError> {
+        if !cfg.is_set() {
+            return Ok(None);
+        }
+        let section = "coordination.tls";
+        let ca_key = "coordination.tls.ca_file";
+        let ca_path = cfg
+            .ca_file
+            .as_deref()
+            .ok_or_else(|| file_error(ca_key, "", "not set"))?;
+        let ca = read_pem(ca_key, ca_path)?;
+        let mut roots = RootCertStore::empty();
+        for cert in certs_in(ca_key, ca_path, &ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| file_error(ca_key, ca_path, e))?;
+        }
+        let identity = match (&cfg.cert_file, &cfg.key_file) {
+            (Some(cert_path), Some(key_path)) => {
+                let (cert_key, key_key) =
+                    ("coordination.tls.cert_file", "coordination.tls.key_file");
+                let cert = read_pem(cert_key, cert_path)?;
+                let key = read_pem(key_key, key_path)?;
+                let chain = certs_in(cert_key, cert_path, &cert)?;
+                let der = PrivateKeyDer::from_pem_slice(&key)
+                    .map_err(|e| file_error(key_key, key_path, e))?;
+                // Built only for rustls's checks (a key that is not the
+                // certificate's, a key type it cannot sign with), so they
+                // fail here rather than in every handshake.
+                ClientConfig::builder_with_provider(provider())
+                    .with_protocol_versions(VERSIONS)
+                    .map_err(|source| TlsError::Rustls { section, source })?
+                    .with_root_certificates(roots)
+                    .with_client_auth_cert(chain, der)
+                    .map_err(|source| TlsError::Rustls { section, source })?;
+                Some((cert, key))
+            }
+            (None, None) => None,
+            // cert_file and key_file go together (the configuration is
+            // checked for it); name the missing one.
+            (Some(_), None) => return Err(file_error("coordination.tls.key_file", "", "not set")),
+            (None, Some(_)) => return Err(file_error("coordination.tls.cert_file", "", "not set")),
+        };
+        Ok(Some(EtcdPem { ca, identity }))
+    }
+}
+
+fn read_pem(key: &'static str, path: &str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| file_error(key, path, e))
+}
+
+/// Every certificate in `pem`, the text of the file at `path`.
+fn certs_in(
+    key: &'static str,
+    path: &str,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(key, path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(key, path, "no PEM certificate in the file"));
+    }
+    Ok(certs)
+}
+
 fn file_error(key: &'static str, path: &str, why: impl ToString) -> TlsError {
     TlsError::File {
         key,
@@ -396,6 +479,64 @@ mod tests {
             .unwrap()
             .config()
             .is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn etcd_files_are_read_and_checked_with_their_names() {
+        let dir = temp_dir().join("etcd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let ca_file = write(&dir, "ca.pem", &cert.pem());
+        let cert_file = write(&dir, "client.pem", &cert.pem());
+        let key_file = write(&dir, "client.key", &key.serialize_pem());
+        let other = write(
+            &dir,
+            "other.key",
+            &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+        );
+
+        assert!(EtcdPem::read(&CoordinationTlsConfig::default())
+            .unwrap()
+            .is_none());
+        let ca_only = CoordinationTlsConfig {
+            ca_file: Some(ca_file.clone()),
+            ..Default::default()
+        };
+        let pem = EtcdPem::read(&ca_only).unwrap().unwrap();
+        assert_eq!(pem.ca, cert.pem().as_bytes());
+        assert!(pem.identity.is_none());
+        let mutual = CoordinationTlsConfig {
+            cert_file: Some(cert_file),
+            key_file: Some(key_file),
+            ..ca_only.clone()
+        };
+        let pem = EtcdPem::read(&mutual).unwrap().unwrap();
+        assert!(pem.identity.is_some());
+
+        let err = |cfg: CoordinationTlsConfig| EtcdPem::read(&cfg).err().unwrap().to_string();
+        let missing = err(CoordinationTlsConfig {
+            ca_file: Some(dir.join("missing.pem").to_string_lossy().into_owned()),
+            ..Default::default()
+        });
+        assert!(missing.contains("coordination.tls.ca_file"), "{missing}");
+        let empty = err(CoordinationTlsConfig {
+            ca_file: Some(write(&dir, "empty.pem", "")),
+            ..Default::default()
+        });
+        assert!(empty.contains("no PEM certificate"), "{empty}");
+        let mismatch = err(CoordinationTlsConfig {
+            key_file: Some(other),
+            ..mutual.clone()
+        });
+        assert!(mismatch.starts_with("coordination.tls:"), "{mismatch}");
+        let half = err(CoordinationTlsConfig {
+            key_file: None,
+            ..mutual
+        });
+        assert!(half.contains("coordination.tls.key_file"), "{half}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+pub mod certs;
 pub mod etcd;
 pub mod hardware;
 pub mod script;

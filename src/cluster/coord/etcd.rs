@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use std::collections::HashMap;
 
@@ -67,6 +67,9 @@ pub enum EtcdError {
     /// A stream etcd should keep open ended.
     #[error("etcd: the {0} stream ended")]
     StreamEnded(&'static str),
+    /// A `[coordination.tls]` file could not be read or used.
+    #[error("etcd: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// What the task is given and gives back.
@@ -115,6 +118,19 @@ async fn connect(cfg: &CoordinationConfig) -> Result<Client, EtcdError> {
         .with_keep_alive(ttl / 3, ttl / 3);
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         opts = opts.with_user(u.clone(), p.clone());
+    }
+    // Read at every connection, not once: a certificate renewed in place
+    // is used from the next reconnection on, without a restart.
+    if let Some(pem) = crate::tls::EtcdPem::read(&cfg.tls)? {
+        // The server's name is checked against the endpoint's host (a DNS
+        // name or an IP address in its subjectAltName).
+        let mut tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(pem.ca))
+            .timeout(ttl / 3);
+        if let Some((cert, key)) = pem.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        opts = opts.with_tls(tls);
     }
     Ok(Client::connect(&cfg.endpoints, Some(opts)).await?)
 }
