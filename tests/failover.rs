@@ -367,6 +367,18 @@ async fn relay_serve(
     }
 }
 
+/// Sets `wal_sender_timeout` on `node` (reloaded; `None` resets it): its
+/// WAL senders send an idle replica a keepalive every half of it.
+async fn set_sender_timeout(node: &PgNode, value: Option<&str>) {
+    let set = match value {
+        Some(v) => format!("ALTER SYSTEM SET wal_sender_timeout = '{v}'"),
+        None => "ALTER SYSTEM RESET wal_sender_timeout".to_string(),
+    };
+    psql(node, &format!("{set}; SELECT pg_reload_conf();"))
+        .await
+        .unwrap_or_else(|e| panic!("setting wal_sender_timeout: {e}"));
+}
+
 /// Asserts every 500 ms, until `secs` after `since`, that `replica` is still
 /// in recovery: nothing promoted it.
 async fn assert_not_promoted(replica: &PgNode, since: Instant, secs: u64, what: &str) {
@@ -1011,6 +1023,73 @@ async fn no_promotion_while_the_replica_still_receives_fresh_wal() {
     let written = within(10, "direct writer", direct_writer).await.unwrap();
     assert!(written > 20, "the direct writer wrote {written} rows");
     assert_eq!(in_recovery(&replica).await, Ok(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_primary_cut_off_from_the_proxy_is_not_replaced_but_a_crashed_one_is() {
+    let (cluster, primary, replica) = start_pair().await;
+    // Idle, the primary sends its replica nothing but a keepalive every
+    // wal_sender_timeout / 2: here every 2 s.
+    set_sender_timeout(&primary, Some("4s")).await;
+    // Switchyard reaches the primary only through the relay; the replica
+    // streams from the primary directly.
+    let relay = Relay::start(&primary.addr()).await;
+    let nodes = vec![
+        ("primary".to_string(), relay.addr.to_string()),
+        ("replica1".to_string(), replica.addr()),
+    ];
+    let extra = "[failover]\nhold_timeout = \"2s\"\n";
+    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes, extra)).await;
+    let c = proxy.client().await;
+    let table = create_table(&c, "idle").await;
+    insert(&c, &table, 1).await.unwrap();
+    let replicated = format!("SELECT count(*) FROM {table}");
+    psql_until(10, "the row on the replica", &replica, &replicated, "1").await;
+    let_pool_settle().await;
+
+    // Nobody writes: after the cut the replica hears only keepalives.
+    relay.cut().await;
+    let cut = Instant::now();
+    let through_proxy =
+        async { within(15, "write through the cut-off proxy", insert(&c, &table, 2)).await };
+    let watch_replica = assert_not_promoted(
+        &replica,
+        cut,
+        8,
+        "promoted over a live primary that was only idle and cut off from the proxy",
+    );
+    let (r, ()) = tokio::join!(through_proxy, watch_replica);
+    assert_eq!(
+        failed_with(r, "write through the cut-off proxy").as_deref(),
+        Some("08006"),
+        "held, then refused: no node took it"
+    );
+    assert_eq!(in_recovery(&replica).await, Ok(true));
+    assert_eq!(count_on(&primary, &table).await, "1");
+
+    // The proxy's path comes back: writes resume on the same primary.
+    relay.restore().await;
+    until_ok(20, "writes once the relay is back", || {
+        insert(&c, &table, 3)
+    })
+    .await;
+    assert_eq!(port_of(&c).await.unwrap(), primary.port());
+
+    // A crash breaks the replica's stream at once: no keepalive period is
+    // waited for, not even the default 30 s one.
+    set_sender_timeout(&primary, None).await;
+    let_pool_settle().await;
+    stop(&primary, StopMode::Immediate).await;
+    let crashed = Instant::now();
+    until_ok(25, "a write after the crash", || insert(&c, &table, 4)).await;
+    let took = crashed.elapsed();
+    eprintln!("first write after the crash: {took:?}");
+    assert_eq!(port_of(&c).await.unwrap(), replica.port());
+    assert_eq!(in_recovery(&replica).await, Ok(false));
+    assert!(
+        took < Duration::from_secs(10),
+        "a crashed primary was replaced only {took:?} later"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
