@@ -47,6 +47,17 @@ async fn cluster_with_proxy(extra: &str) -> (PgNode, PgNode, Proxy) {
     (primary, replica, proxy)
 }
 
+/// As [`cluster_with_proxy`], with a primary that sends its idle replica a
+/// keepalive every 2 s: a hung primary looks like a live, idle one cut off
+/// from the proxy until then, and is replaced only after it (with
+/// PostgreSQL's defaults, 30 s).
+async fn cluster_for_a_hang(extra: &str) -> (PgNode, PgNode, Proxy) {
+    let (cluster, primary, replica) = start_pair().await;
+    set_sender_timeout(&primary, Some("4s")).await;
+    let proxy = proxy_for(&cluster, extra).await;
+    (primary, replica, proxy)
+}
+
 /// `(name, addr)` of every node, primary first.
 fn nodes_of(cluster: &LocalCluster) -> Vec<(String, String)> {
     cluster
@@ -746,7 +757,7 @@ async fn an_autocommit_write_that_reached_the_replica_is_not_reported_as_rolled_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_primary_is_detected_by_timeouts_and_replaced() {
-    let (primary, replica, proxy) = cluster_with_proxy("").await;
+    let (primary, replica, proxy) = cluster_for_a_hang("").await;
     let writer = proxy.client().await;
     let table = create_table(&writer, "hang").await;
     let idle = proxy.client().await;
@@ -793,7 +804,7 @@ async fn a_hung_primary_is_detected_by_timeouts_and_replaced() {
 async fn during_a_hang_no_client_waits_out_a_connect_to_the_hung_node() {
     // `fresh` has a pool of its own, with no connection yet.
     let (primary, replica, proxy) =
-        cluster_with_proxy("[databases.fresh]\ndbname = \"app\"\n").await;
+        cluster_for_a_hang("[databases.fresh]\ndbname = \"app\"\n").await;
     let busy = Arc::new(proxy.client().await);
     let table = create_table(&busy, "hang2").await;
     assert_eq!(port_of(&busy).await.unwrap(), primary.port());
@@ -1521,7 +1532,7 @@ async fn session_settings_survive_a_failover() {
 /// served by the new primary with the client's settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_given_to_a_hung_server_are_abandoned_at_the_failover() {
-    let (primary, replica, proxy) = cluster_with_proxy("[proxy]\ndefault_pool_size = 1\n").await;
+    let (primary, replica, proxy) = cluster_for_a_hang("[proxy]\ndefault_pool_size = 1\n").await;
     let url = |name: &str| format!("{} application_name={name}", proxy.url("app", "app", "app"));
     let other = common::connect(&url("sy_other")).await.unwrap();
     let waiting = common::connect(&url("sy_waiting")).await.unwrap();

@@ -17,8 +17,8 @@ use super::decide::replicas_silent_since;
 use super::failover::{step, Action, FailoverSettings, Primary};
 use super::health::{ProbeError, LATE_PROBE};
 use super::track::{views, Track};
-use super::view::{Health, Probe};
-use super::witness::{failure_start, primary_failing};
+use super::view::{Health, Probe, Timers};
+use super::witness::{failure_start, primary_failing, Failure};
 use super::Cluster;
 use arc_swap::ArcSwap;
 
@@ -350,13 +350,31 @@ async fn probe_all(
     let failing = primary_failing(state, answered, up, hardware_failing);
     let quiet = quiet_from(tracks, state, started);
     *failing_since = failure_start(failing, *failing_since, quiet);
+    let failure = failing_since.map(|since| Failure {
+        since,
+        sender_timeout: sender_timeout(tracks, state),
+    });
     let threshold = config.health.failure_threshold;
     for (i, result) in others {
-        tracks[i].record(cluster, i, result, false, threshold, *failing_since);
+        tracks[i].record(cluster, i, result, false, threshold, failure.as_ref());
     }
     if let (Some(p), Some(result)) = (serving, primary_result) {
-        apply_primary(cluster, config, tracks, p, result, started, *failing_since);
+        apply_primary(cluster, config, tracks, p, result, started, failure);
     }
+}
+
+/// The `wal_sender_timeout` of the primary (serving, or just lost) as it
+/// last said, while it answered: how often it pings idle replicas.
+fn sender_timeout(tracks: &[Track], state: &Primary) -> std::time::Duration {
+    let primary = match state {
+        Primary::Serving(p) | Primary::Lost { old: p, .. } => Some(*p),
+        _ => None,
+    };
+    primary
+        .and_then(|p| tracks[p].probe.as_ref())
+        .map_or(Timers::POSTGRES_DEFAULTS.sender_timeout, |probe| {
+            probe.timers.sender_timeout
+        })
 }
 
 /// Every node but the serving primary, probed concurrently (no heartbeat):
@@ -414,7 +432,7 @@ fn apply_primary(
     p: usize,
     result: Result<Probe, ProbeError>,
     started: Instant,
-    failing_since: Option<Instant>,
+    failure: Option<Failure>,
 ) {
     let threshold = config.health.failure_threshold;
     // Silent for as long as the probe was given: a live primary with any
@@ -422,7 +440,14 @@ fn apply_primary(
     let span = config.health.timeout;
     let corroborated =
         result.is_err() && replicas_silent_since(&views(cluster, tracks), p, started, span);
-    tracks[p].record(cluster, p, result, corroborated, threshold, failing_since);
+    tracks[p].record(
+        cluster,
+        p,
+        result,
+        corroborated,
+        threshold,
+        failure.as_ref(),
+    );
 }
 
 /// A degraded primary gets a planned switchover (with
