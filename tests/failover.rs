@@ -1,7 +1,8 @@
 //! Failover with real servers: a crashed or hung primary is replaced by its
 //! replica while clients keep their connections; what a transaction in flight
 //! sees; the `follow` and `off` modes; the witness rule (no promotion while a
-//! replica still receives fresh WAL); fencing of the old primary; `replica`
+//! replica still receives fresh WAL, or may yet hear an idle primary's
+//! keepalive); fencing of the old primary; `replica`
 //! traffic falling back to the primary; and no acknowledged write lost with
 //! synchronous replication. Every test starts its own cluster, since it
 //! destroys nodes. `RUST_LOG=switchyard=debug` shows the proxy's decisions.
