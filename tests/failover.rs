@@ -1105,6 +1105,50 @@ async fn an_idle_primary_cut_off_from_the_proxy_is_not_replaced_but_a_crashed_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_cut_off_during_a_switchover_is_not_replaced_while_its_replica_hears_it() {
+    let (cluster, primary, replica) = start_pair().await;
+    set_sender_timeout(&primary, Some("4s")).await;
+    let relay = Relay::start(&primary.addr()).await;
+    let nodes = vec![
+        ("primary".to_string(), relay.addr.to_string()),
+        ("replica1".to_string(), replica.addr()),
+    ];
+    let extra = "[failover]\nhold_timeout = \"2s\"\n[switchover]\ndrain_timeout = \"20s\"\n";
+    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes, extra)).await;
+    let c = proxy.client().await;
+    let table = create_table(&c, "switch_cut").await;
+    // A transaction left open: the switchover drains, waiting for it.
+    let open = proxy.client().await;
+    open.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    let admin = proxy
+        .client_as("admin", "adminpw", "switchyard")
+        .await
+        .unwrap();
+    let switchover = tokio::spawn(async move { admin.simple_query("SWITCHOVER").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Mid-drain, the proxy loses its path; the idle primary lives on and
+    // its replica still streams from it.
+    relay.cut().await;
+    let cut = Instant::now();
+    let switched = within(15, "the switchover's answer", switchover).await;
+    assert!(
+        matches!(switched, Ok(Err(_))),
+        "the switchover did not happen: {switched:?}"
+    );
+    assert_not_promoted(
+        &replica,
+        cut,
+        8,
+        "promoted over a live primary cut off from the proxy during a switchover",
+    )
+    .await;
+    assert_eq!(in_recovery(&primary).await, Ok(false), "still a primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_traffic_goes_to_the_primary_while_the_replica_is_down() {
     let (cluster, primary, replica) = start_pair().await;
     // Down before the proxy starts: it is never routed to before a successful check.
