@@ -83,12 +83,17 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
             }
         }
         react_to_hardware(&cluster, &config, &state, &mut hardware_acted);
-        // Planned moves run between ticks, on fresh probes.
+        // Planned moves run between ticks, on fresh probes. One that lost
+        // the old primary mid-way leaves it lost before any replica was
+        // asked whether it still hears it: the failover decides only after
+        // the next tick's probes asked them (the witness rule).
+        let mut unasked = false;
         if let Some(req) = cluster.next_switchover() {
             state = match not_leading(coord.as_ref()) {
                 None => super::switchover::run(&cluster, &config, &mut tracks, &state, req).await,
                 Some(why) => super::switchover::refuse(&cluster, req, why, &state),
             };
+            unasked = matches!(state, Primary::Lost { .. });
         }
         let mut act = Acting {
             cluster: &cluster,
@@ -96,7 +101,12 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
             coord: coord.as_ref(),
             held: &mut held,
         };
-        if let Some(candidate) = act.decide(&mut tracks, &mut state).await {
+        let promoting = if unasked {
+            None
+        } else {
+            act.decide(&mut tracks, &mut state).await
+        };
+        if let Some(candidate) = promoting {
             // Seen at once, not at the next tick: a tick waits for its
             // slowest probe, and the old primary's may be hanging.
             if await_promotion(&config, &mut tracks[candidate]).await {
