@@ -138,11 +138,14 @@ impl Kind {
     }
 
     /// Target median seconds from failure to the first acknowledged write;
-    /// for `degraded`, the longest write pause.
+    /// for `degraded`, the longest write pause. A hung primary looks like a
+    /// live, idle one cut off from the proxy until its replica could have
+    /// heard its keepalive (the witness rule): one keepalive period, 30 s
+    /// with PostgreSQL's defaults, then 3 s as for the rest.
     fn target_secs(self) -> f64 {
         match self {
             Kind::Crash => 3.0,
-            Kind::Hang => 3.0,
+            Kind::Hang => 33.0,
             Kind::PowerLoss => 1.5,
             Kind::Degraded => 0.3,
         }

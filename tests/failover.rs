@@ -1,7 +1,8 @@
 //! Failover with real servers: a crashed or hung primary is replaced by its
 //! replica while clients keep their connections; what a transaction in flight
 //! sees; the `follow` and `off` modes; the witness rule (no promotion while a
-//! replica still receives fresh WAL); fencing of the old primary; `replica`
+//! replica still receives fresh WAL, or may yet hear an idle primary's
+//! keepalive); fencing of the old primary; `replica`
 //! traffic falling back to the primary; and no acknowledged write lost with
 //! synchronous replication. Every test starts its own cluster, since it
 //! destroys nodes. `RUST_LOG=switchyard=debug` shows the proxy's decisions.
@@ -43,6 +44,17 @@ async fn proxy_for(cluster: &Arc<LocalCluster>, extra: &str) -> Proxy {
 /// A cluster of its own and a proxy in front of it: primary, replica, proxy.
 async fn cluster_with_proxy(extra: &str) -> (PgNode, PgNode, Proxy) {
     let (cluster, primary, replica) = start_pair().await;
+    let proxy = proxy_for(&cluster, extra).await;
+    (primary, replica, proxy)
+}
+
+/// As [`cluster_with_proxy`], with a primary that sends its idle replica a
+/// keepalive every 2 s: a hung primary looks like a live, idle one cut off
+/// from the proxy until then, and is replaced only after it (with
+/// PostgreSQL's defaults, 30 s).
+async fn cluster_for_a_hang(extra: &str) -> (PgNode, PgNode, Proxy) {
+    let (cluster, primary, replica) = start_pair().await;
+    set_sender_timeout(&primary, Some("4s")).await;
     let proxy = proxy_for(&cluster, extra).await;
     (primary, replica, proxy)
 }
@@ -365,6 +377,18 @@ async fn relay_serve(
             }
         });
     }
+}
+
+/// Sets `wal_sender_timeout` on `node` (reloaded; `None` resets it): its
+/// WAL senders send an idle replica a keepalive every half of it.
+async fn set_sender_timeout(node: &PgNode, value: Option<&str>) {
+    let set = match value {
+        Some(v) => format!("ALTER SYSTEM SET wal_sender_timeout = '{v}'"),
+        None => "ALTER SYSTEM RESET wal_sender_timeout".to_string(),
+    };
+    psql(node, &format!("{set}; SELECT pg_reload_conf();"))
+        .await
+        .unwrap_or_else(|e| panic!("setting wal_sender_timeout: {e}"));
 }
 
 /// Asserts every 500 ms, until `secs` after `since`, that `replica` is still
@@ -734,7 +758,7 @@ async fn an_autocommit_write_that_reached_the_replica_is_not_reported_as_rolled_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_primary_is_detected_by_timeouts_and_replaced() {
-    let (primary, replica, proxy) = cluster_with_proxy("").await;
+    let (primary, replica, proxy) = cluster_for_a_hang("").await;
     let writer = proxy.client().await;
     let table = create_table(&writer, "hang").await;
     let idle = proxy.client().await;
@@ -781,7 +805,7 @@ async fn a_hung_primary_is_detected_by_timeouts_and_replaced() {
 async fn during_a_hang_no_client_waits_out_a_connect_to_the_hung_node() {
     // `fresh` has a pool of its own, with no connection yet.
     let (primary, replica, proxy) =
-        cluster_with_proxy("[databases.fresh]\ndbname = \"app\"\n").await;
+        cluster_for_a_hang("[databases.fresh]\ndbname = \"app\"\n").await;
     let busy = Arc::new(proxy.client().await);
     let table = create_table(&busy, "hang2").await;
     assert_eq!(port_of(&busy).await.unwrap(), primary.port());
@@ -1011,6 +1035,117 @@ async fn no_promotion_while_the_replica_still_receives_fresh_wal() {
     let written = within(10, "direct writer", direct_writer).await.unwrap();
     assert!(written > 20, "the direct writer wrote {written} rows");
     assert_eq!(in_recovery(&replica).await, Ok(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_primary_cut_off_from_the_proxy_is_not_replaced_but_a_crashed_one_is() {
+    let (cluster, primary, replica) = start_pair().await;
+    // Idle, the primary sends its replica nothing but a keepalive every
+    // wal_sender_timeout / 2: here every 2 s.
+    set_sender_timeout(&primary, Some("4s")).await;
+    // Switchyard reaches the primary only through the relay; the replica
+    // streams from the primary directly.
+    let relay = Relay::start(&primary.addr()).await;
+    let nodes = vec![
+        ("primary".to_string(), relay.addr.to_string()),
+        ("replica1".to_string(), replica.addr()),
+    ];
+    let extra = "[failover]\nhold_timeout = \"2s\"\n";
+    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes, extra)).await;
+    let c = proxy.client().await;
+    let table = create_table(&c, "idle").await;
+    insert(&c, &table, 1).await.unwrap();
+    let replicated = format!("SELECT count(*) FROM {table}");
+    psql_until(10, "the row on the replica", &replica, &replicated, "1").await;
+    let_pool_settle().await;
+
+    // Nobody writes: after the cut the replica hears only keepalives.
+    relay.cut().await;
+    let cut = Instant::now();
+    let through_proxy =
+        async { within(15, "write through the cut-off proxy", insert(&c, &table, 2)).await };
+    let watch_replica = assert_not_promoted(
+        &replica,
+        cut,
+        8,
+        "promoted over a live primary that was only idle and cut off from the proxy",
+    );
+    let (r, ()) = tokio::join!(through_proxy, watch_replica);
+    assert_eq!(
+        failed_with(r, "write through the cut-off proxy").as_deref(),
+        Some("08006"),
+        "held, then refused: no node took it"
+    );
+    assert_eq!(in_recovery(&replica).await, Ok(true));
+    assert_eq!(count_on(&primary, &table).await, "1");
+
+    // The proxy's path comes back: writes resume on the same primary.
+    relay.restore().await;
+    until_ok(20, "writes once the relay is back", || {
+        insert(&c, &table, 3)
+    })
+    .await;
+    assert_eq!(port_of(&c).await.unwrap(), primary.port());
+
+    // A crash breaks the replica's stream at once: no keepalive period is
+    // waited for, not even the default 30 s one.
+    set_sender_timeout(&primary, None).await;
+    let_pool_settle().await;
+    stop(&primary, StopMode::Immediate).await;
+    let crashed = Instant::now();
+    until_ok(25, "a write after the crash", || insert(&c, &table, 4)).await;
+    let took = crashed.elapsed();
+    eprintln!("first write after the crash: {took:?}");
+    assert_eq!(port_of(&c).await.unwrap(), replica.port());
+    assert_eq!(in_recovery(&replica).await, Ok(false));
+    assert!(
+        took < Duration::from_secs(10),
+        "a crashed primary was replaced only {took:?} later"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_cut_off_during_a_switchover_is_not_replaced_while_its_replica_hears_it() {
+    let (cluster, primary, replica) = start_pair().await;
+    set_sender_timeout(&primary, Some("4s")).await;
+    let relay = Relay::start(&primary.addr()).await;
+    let nodes = vec![
+        ("primary".to_string(), relay.addr.to_string()),
+        ("replica1".to_string(), replica.addr()),
+    ];
+    let extra = "[failover]\nhold_timeout = \"2s\"\n[switchover]\ndrain_timeout = \"20s\"\n";
+    let proxy = Proxy::start_with(cluster.clone(), &config(&nodes, extra)).await;
+    let c = proxy.client().await;
+    let table = create_table(&c, "switch_cut").await;
+    // A transaction left open: the switchover drains, waiting for it.
+    let open = proxy.client().await;
+    open.batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .unwrap();
+    let admin = proxy
+        .client_as("admin", "adminpw", "switchyard")
+        .await
+        .unwrap();
+    let switchover = tokio::spawn(async move { admin.simple_query("SWITCHOVER").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Mid-drain, the proxy loses its path; the idle primary lives on and
+    // its replica still streams from it.
+    relay.cut().await;
+    let cut = Instant::now();
+    let switched = within(15, "the switchover's answer", switchover).await;
+    assert!(
+        matches!(switched, Ok(Err(_))),
+        "the switchover did not happen: {switched:?}"
+    );
+    assert_not_promoted(
+        &replica,
+        cut,
+        8,
+        "promoted over a live primary cut off from the proxy during a switchover",
+    )
+    .await;
+    assert_eq!(in_recovery(&primary).await, Ok(false), "still a primary");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1442,7 +1577,7 @@ async fn session_settings_survive_a_failover() {
 /// served by the new primary with the client's settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_given_to_a_hung_server_are_abandoned_at_the_failover() {
-    let (primary, replica, proxy) = cluster_with_proxy("[proxy]\ndefault_pool_size = 1\n").await;
+    let (primary, replica, proxy) = cluster_for_a_hang("[proxy]\ndefault_pool_size = 1\n").await;
     let url = |name: &str| format!("{} application_name={name}", proxy.url("app", "app", "app"));
     let other = common::connect(&url("sy_other")).await.unwrap();
     let waiting = common::connect(&url("sy_waiting")).await.unwrap();

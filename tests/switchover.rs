@@ -582,6 +582,14 @@ async fn a_failing_replica_only_leaves_read_routing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_that_hangs_during_a_switchover_is_failed_over() {
     let (cluster, primary, replica) = start_pair().await;
+    // A keepalive every 2 s: a hung primary looks like a live, idle one cut
+    // off from the proxy until its replica could have heard one (with
+    // PostgreSQL's defaults, 30 s).
+    psql(
+        &primary,
+        "ALTER SYSTEM SET wal_sender_timeout = '4s'; SELECT pg_reload_conf();",
+    )
+    .await;
     let exporter = Exporter::start(&exposition(0, 45)).await;
     // A long drain: the switchover is still waiting for a transaction when
     // the primary hangs.

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::view::{Health, NodeView, Probe, Role};
+use super::view::{Health, NodeView, Probe, Role, Testimony};
 
 /// Why no replica can be promoted (or the old primary not re-adopted).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -14,6 +14,18 @@ pub enum Blocked {
     /// primary, is probably cut off.
     #[error("not promoting: replica {0} still receives WAL from the primary")]
     WitnessSeesPrimary(String),
+    /// A replica's WAL receiver still looks connected to the primary and
+    /// has heard nothing yet; a live primary with nothing to send is heard
+    /// only once per keepalive period, so silence proves nothing before
+    /// that. Blocks until it hears the primary (which then lives) or the
+    /// window passes.
+    #[error("not promoting yet: replica {replica} still streams from the primary; {}", keepalive_due(.window))]
+    AwaitingKeepalive {
+        /// The replica.
+        replica: String,
+        /// How long after the last thing it heard it is waited for.
+        window: Option<Duration>,
+    },
     /// No reachable, unfenced replica within `max_lag_bytes`.
     #[error("not promoting: no reachable replica within failover.max_lag_bytes")]
     NoCandidate,
@@ -26,13 +38,7 @@ pub enum Blocked {
 /// old primary's last known position, highest WAL position, then highest
 /// priority, then lowest name.
 pub fn choose_candidate(nodes: &[NodeView], old: usize, max_lag: u64) -> Result<usize, Blocked> {
-    if let Some(w) = nodes
-        .iter()
-        .enumerate()
-        .find(|(i, n)| *i != old && n.witness_fresh && n.live_role() == Some(Role::Replica))
-    {
-        return Err(Blocked::WitnessSeesPrimary(w.1.name.clone()));
-    }
+    witnessed(nodes, old)?;
     let reference = nodes.get(old).map_or(0, NodeView::lsn);
     nodes
         .iter()
@@ -46,6 +52,45 @@ pub fn choose_candidate(nodes: &[NodeView], old: usize, max_lag: u64) -> Result<
         })
         .map(|(i, _)| i)
         .ok_or(Blocked::NoCandidate)
+}
+
+/// Whether the replicas let the primary `old` be replaced: none witnessed
+/// it alive, and none still listens for it. A primary whose hardware fails
+/// counts as gone whether it lives or not, so it is not listened for.
+fn witnessed(nodes: &[NodeView], old: usize) -> Result<(), Blocked> {
+    let replicas = || {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(move |(i, n)| *i != old && n.live_role() == Some(Role::Replica))
+            .map(|(_, n)| n)
+    };
+    if let Some(n) = replicas().find(|n| n.witness == Testimony::Alive) {
+        return Err(Blocked::WitnessSeesPrimary(n.name.clone()));
+    }
+    if nodes.get(old).is_some_and(|o| o.hardware_failing) {
+        return Ok(());
+    }
+    let listening = replicas().find_map(|n| match n.witness {
+        Testimony::Listening { window } => Some(Blocked::AwaitingKeepalive {
+            replica: n.name.clone(),
+            window,
+        }),
+        _ => None,
+    });
+    listening.map_or(Ok(()), Err)
+}
+
+/// When a keepalive is due, for [`Blocked::AwaitingKeepalive`].
+fn keepalive_due(window: &Option<Duration>) -> String {
+    match window {
+        Some(w) => {
+            format!("alive and idle, it would send a keepalive within {w:?} of its last message")
+        }
+        None => "with wal_sender_timeout and wal_receiver_timeout 0 a live, idle primary \
+                 sends it nothing, so its silence proves nothing: promote by hand"
+            .into(),
+    }
 }
 
 /// Whether the replicas corroborate that `primary` fell silent at `since`
@@ -300,14 +345,74 @@ mod tests {
     }
 
     #[test]
-    fn a_replica_that_still_sees_the_primary_blocks_promotion() {
+    fn a_replica_that_sees_or_may_yet_hear_the_primary_blocks_promotion() {
+        let window = Some(Duration::from_millis(2500));
+        let listening = Testimony::Listening { window };
+        let replica = |name, witness| {
+            let mut r = node(name, Role::Replica, 1, 1000);
+            r.witness = witness;
+            r
+        };
+        let awaiting = |name: &str| Blocked::AwaitingKeepalive {
+            replica: name.into(),
+            window,
+        };
+        let mut down = replica("d", Testimony::Alive);
+        down.health = Health::Down;
+        let mut failing = node("p", Role::Primary, 1, 1000);
+        failing.hardware_failing = true;
         let p = node("p", Role::Primary, 1, 1000);
-        let mut a = node("a", Role::Replica, 1, 1000);
-        a.witness_fresh = true;
-        assert_eq!(
-            choose_candidate(&[p, a], 0, 1 << 20),
-            Err(Blocked::WitnessSeesPrimary("a".into()))
-        );
+        let nothing = || replica("a", Testimony::Nothing);
+        // (old primary, replicas) -> the candidate, or why none
+        let cases = [
+            (
+                &p,
+                vec![nothing()],
+                Ok(1),
+                "nothing heard, nothing to wait for",
+            ),
+            (
+                &p,
+                vec![replica("a", Testimony::Alive)],
+                Err(Blocked::WitnessSeesPrimary("a".into())),
+                "it heard the primary",
+            ),
+            (
+                &p,
+                vec![nothing(), replica("b", listening)],
+                Err(awaiting("b")),
+                "still streaming, a keepalive is due",
+            ),
+            (
+                &p,
+                vec![replica("b", listening), replica("c", Testimony::Alive)],
+                Err(Blocked::WitnessSeesPrimary("c".into())),
+                "alive says more than listening",
+            ),
+            (
+                &p,
+                vec![nothing(), down],
+                Ok(1),
+                "a down replica says nothing",
+            ),
+            (
+                &failing,
+                vec![nothing(), replica("b", listening)],
+                Ok(1),
+                "failing hardware: gone, alive or not",
+            ),
+            (
+                &failing,
+                vec![replica("a", Testimony::Alive)],
+                Err(Blocked::WitnessSeesPrimary("a".into())),
+                "failing hardware, but heard: the rule is wrong, not the host",
+            ),
+        ];
+        for (old, replicas, want, what) in cases {
+            let mut nodes = vec![old.clone()];
+            nodes.extend(replicas);
+            assert_eq!(choose_candidate(&nodes, 0, 1 << 20), want, "{what}");
+        }
     }
 
     fn heard(mut n: NodeView, at: Instant, heard: Option<Instant>) -> NodeView {

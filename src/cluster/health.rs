@@ -5,15 +5,16 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use super::view::{Probe, Role};
+use super::view::{Probe, Role, Timers};
 use crate::server::{ConnectError, Login, ServerConn};
 use crate::tls::Stream;
 
 /// One query, one round trip. The timeline of a primary comes from its current
 /// WAL file name (`pg_control_checkpoint()` lags until the post-promotion
 /// checkpoint); a replica's from its WAL receiver, else its last checkpoint.
-/// The last column is how long ago the replica's WAL receiver last heard
-/// from its upstream (WAL or keepalive), on the replica's own clock.
+/// Then how long ago the replica's WAL receiver last heard from its upstream
+/// (WAL or keepalive), on the replica's own clock; last the replication
+/// timers that bound how long a live primary can leave it without a word.
 const PROBE_SQL: &str = "SELECT r, \
   CASE WHEN r THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) \
        ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
@@ -22,7 +23,9 @@ const PROBE_SQL: &str = "SELECT r, \
   COALESCE((SELECT status = 'streaming' FROM pg_stat_wal_receiver), false), \
   CASE WHEN r THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END, \
   current_setting('synchronous_standby_names') <> '', \
-  CASE WHEN r THEN extract(epoch FROM clock_timestamp() - (SELECT last_msg_receipt_time FROM pg_stat_wal_receiver)) END \
+  CASE WHEN r THEN extract(epoch FROM clock_timestamp() - (SELECT last_msg_receipt_time FROM pg_stat_wal_receiver)) END, \
+  current_setting('wal_sender_timeout'), current_setting('wal_receiver_timeout'), \
+  current_setting('wal_receiver_status_interval') \
   FROM pg_is_in_recovery() AS r";
 
 /// A tiny WAL record on the primary; replicas receiving it prove the primary
@@ -284,8 +287,45 @@ pub fn parse_probe(row: &[Option<String>], at: Instant) -> Option<Probe> {
         last_heard: text(7)
             .and_then(|v| v.parse::<f64>().ok())
             .and_then(|age| heard_at(at, age)),
+        timers: parse_timers(&[text(8), text(9), text(10)]),
         at,
     })
+}
+
+/// Reads the three timers as `current_setting` shows them; one missing or
+/// unreadable is taken to be PostgreSQL's default.
+fn parse_timers([sender, receiver, status]: &[Option<&str>; 3]) -> Timers {
+    let ms = Duration::from_millis(1);
+    let s = Duration::from_secs(1);
+    let d = Timers::POSTGRES_DEFAULTS;
+    let read = |v: &Option<&str>, unit, default| {
+        v.and_then(|v| setting_duration(v, unit)).unwrap_or(default)
+    };
+    Timers {
+        sender_timeout: read(sender, ms, d.sender_timeout),
+        receiver_timeout: read(receiver, ms, d.receiver_timeout),
+        status_interval: read(status, s, d.status_interval),
+    }
+}
+
+/// A time setting as `current_setting` shows it: an integer with the
+/// largest unit that divides it (`500ms`, `4s`, `1min`), or bare in the
+/// setting's own `unit` (`0`).
+fn setting_duration(text: &str, unit: Duration) -> Option<Duration> {
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let n: u32 = text[..digits].parse().ok()?;
+    let unit = match &text[digits..] {
+        "" => unit,
+        "ms" => Duration::from_millis(1),
+        "s" => Duration::from_secs(1),
+        "min" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        "d" => Duration::from_secs(86400),
+        _ => return None,
+    };
+    unit.checked_mul(n)
 }
 
 /// When a replica last heard from upstream, on our clock: `age` seconds
@@ -347,6 +387,70 @@ mod tests {
         assert!(parse_probe(&row(&[Some("x")]), now).is_none());
         assert!(parse_probe(&row(&[]), now).is_none());
         assert!(parse_probe(&row(&[Some("f"), Some("nan")]), now).is_none());
+    }
+
+    #[test]
+    fn reads_the_replication_timers_as_postgres_shows_them() {
+        let now = Instant::now();
+        let timers = |values: [Option<&str>; 3]| {
+            let mut r = vec![
+                Some("t"),
+                Some("1"),
+                None,
+                None,
+                Some("t"),
+                None,
+                Some("f"),
+                None,
+            ];
+            r.extend(values);
+            parse_probe(&row(&r), now).unwrap().timers
+        };
+        let t = timers([Some("4s"), Some("1min"), Some("10s")]);
+        assert_eq!(
+            (t.sender_timeout, t.receiver_timeout, t.status_interval),
+            (
+                Duration::from_secs(4),
+                Duration::from_secs(60),
+                Duration::from_secs(10)
+            )
+        );
+        let t = timers([Some("0"), Some("1500ms"), Some("0")]);
+        assert_eq!(
+            (t.sender_timeout, t.receiver_timeout, t.status_interval),
+            (Duration::ZERO, Duration::from_millis(1500), Duration::ZERO),
+            "zero (disabled) is shown bare"
+        );
+        assert_eq!(timers([None, None, None]), Timers::POSTGRES_DEFAULTS);
+        assert_eq!(
+            timers([Some("-1"), Some("5 s"), Some("2weeks")]),
+            Timers::POSTGRES_DEFAULTS,
+            "unreadable: the defaults"
+        );
+        // (shown, the setting's unit) -> duration
+        let cases = [
+            (
+                "250",
+                Duration::from_millis(1),
+                Some(Duration::from_millis(250)),
+            ),
+            ("7", Duration::from_secs(1), Some(Duration::from_secs(7))),
+            (
+                "2h",
+                Duration::from_millis(1),
+                Some(Duration::from_secs(7200)),
+            ),
+            (
+                "1d",
+                Duration::from_secs(1),
+                Some(Duration::from_secs(86400)),
+            ),
+            ("ms", Duration::from_millis(1), None),
+            ("", Duration::from_millis(1), None),
+        ];
+        for (text, unit, want) in cases {
+            assert_eq!(setting_duration(text, unit), want, "{text}");
+        }
     }
 
     #[test]

@@ -19,8 +19,8 @@ use super::health::{ProbeError, LATE_PROBE};
 use super::peer_switch::{finish_interrupted, PeerSwitchover};
 use super::switchover::Request;
 use super::track::{views, Track};
-use super::view::{Health, Probe};
-use super::witness::{failure_start, primary_failing};
+use super::view::{Health, Probe, Timers};
+use super::witness::{failure_start, primary_failing, Failure};
 use super::Cluster;
 use arc_swap::ArcSwap;
 
@@ -100,7 +100,11 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
             }
         }
         react_to_hardware(&cluster, &config, &state, &mut hardware_acted);
-        // Planned moves run between ticks, on fresh probes.
+        // Planned moves run between ticks, on fresh probes. One that lost
+        // the old primary mid-way leaves it lost before any replica was
+        // asked whether it still hears it: the failover decides only after
+        // the next tick's probes asked them (the witness rule).
+        let mut unasked = false;
         if let Some(req) = cluster.next_switchover() {
             state = match not_leading(coord.as_ref()) {
                 None => {
@@ -115,6 +119,7 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
                 }
                 Some(why) => super::switchover::refuse(&cluster, req, why, &state),
             };
+            unasked = matches!(state, Primary::Lost { .. });
         }
         let mut act = Acting {
             cluster: &cluster,
@@ -122,7 +127,12 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
             coord: coord.as_ref(),
             held: &mut held,
         };
-        if let Some(candidate) = act.decide(&mut tracks, &mut state).await {
+        let promoting = if unasked {
+            None
+        } else {
+            act.decide(&mut tracks, &mut state).await
+        };
+        if let Some(candidate) = promoting {
             // Seen at once, not at the next tick: a tick waits for its
             // slowest probe, and the old primary's may be hanging.
             if await_promotion(&config, &mut tracks[candidate]).await {
@@ -393,13 +403,31 @@ async fn probe_all(
     let failing = primary_failing(state, answered, up, hardware_failing);
     let quiet = quiet_from(tracks, state, started);
     *failing_since = failure_start(failing, *failing_since, quiet);
+    let failure = failing_since.map(|since| Failure {
+        since,
+        sender_timeout: sender_timeout(tracks, state),
+    });
     let threshold = config.health.failure_threshold;
     for (i, result) in others {
-        tracks[i].record(cluster, i, result, false, threshold, *failing_since);
+        tracks[i].record(cluster, i, result, false, threshold, failure.as_ref());
     }
     if let (Some(p), Some(result)) = (serving, primary_result) {
-        apply_primary(cluster, config, tracks, p, result, started, *failing_since);
+        apply_primary(cluster, config, tracks, p, result, started, failure);
     }
+}
+
+/// The `wal_sender_timeout` of the primary (serving, or just lost) as it
+/// last said, while it answered: how often it pings idle replicas.
+fn sender_timeout(tracks: &[Track], state: &Primary) -> std::time::Duration {
+    let primary = match state {
+        Primary::Serving(p) | Primary::Lost { old: p, .. } => Some(*p),
+        _ => None,
+    };
+    primary
+        .and_then(|p| tracks[p].probe.as_ref())
+        .map_or(Timers::POSTGRES_DEFAULTS.sender_timeout, |probe| {
+            probe.timers.sender_timeout
+        })
 }
 
 /// Every node but the serving primary, probed concurrently (no heartbeat):
@@ -457,7 +485,7 @@ fn apply_primary(
     p: usize,
     result: Result<Probe, ProbeError>,
     started: Instant,
-    failing_since: Option<Instant>,
+    failure: Option<Failure>,
 ) {
     let threshold = config.health.failure_threshold;
     // Silent for as long as the probe was given: a live primary with any
@@ -465,7 +493,14 @@ fn apply_primary(
     let span = config.health.timeout;
     let corroborated =
         result.is_err() && replicas_silent_since(&views(cluster, tracks), p, started, span);
-    tracks[p].record(cluster, p, result, corroborated, threshold, failing_since);
+    tracks[p].record(
+        cluster,
+        p,
+        result,
+        corroborated,
+        threshold,
+        failure.as_ref(),
+    );
 }
 
 /// A degraded primary gets a planned switchover (with

@@ -4,13 +4,11 @@
 //! Shared by the monitor loop, the actions it runs and the planned
 //! switchover, so none of them needs another.
 
-use std::time::Instant;
-
 use super::decide::{react, DownBecause, NodeEvent, Probed};
 use super::hardware::HardwareStatus;
 use super::health::{Checker, ProbeError};
 use super::view::{Health, NodeView, Probe};
-use super::witness::Witness;
+use super::witness::{Failure, Witness};
 use super::Cluster;
 use crate::events::EventKind;
 use crate::server::Login;
@@ -24,7 +22,7 @@ pub(crate) struct Track {
     pub(crate) probe: Option<Probe>,
     /// Never routed to until re-admitted.
     pub(crate) fenced: bool,
-    /// Whether it witnesses a primary that stopped answering us.
+    /// What it witnesses of a primary that stopped answering us.
     witness: Witness,
 }
 
@@ -48,6 +46,7 @@ impl Track {
     /// witnessing), and changes are events. A node whose role changed, or
     /// that went down, has its connections closed. `corroborated`: the
     /// replicas heard nothing from this (serving primary) since its probe.
+    /// `failure`: the primary's, while it fails.
     pub(super) fn record(
         &mut self,
         cluster: &Cluster,
@@ -55,7 +54,7 @@ impl Track {
         result: Result<Probe, ProbeError>,
         corroborated: bool,
         threshold: u32,
-        failing_since: Option<Instant>,
+        failure: Option<&Failure>,
     ) {
         let probed = match &result {
             Ok(p) => Probed::Answered(p.role),
@@ -77,7 +76,7 @@ impl Track {
         };
         match result {
             Ok(probe) => {
-                self.witness = self.witness.after(&probe, failing_since);
+                self.witness = self.witness.after(&probe, failure);
                 self.probe = Some(probe);
             }
             Err(e) => tracing::debug!(node = %name, error = %e, "probe failed"),
@@ -105,7 +104,7 @@ pub(super) fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
             priority: n.priority,
             health: t.health,
             probe: t.probe.clone(),
-            witness_fresh: t.witness.fresh(),
+            witness: t.witness.testimony(),
             // A removed node is out of every decision, like a fenced one.
             fenced: t.fenced || cluster.is_removed(i),
             hardware_failing: cluster.hardware(i).status == HardwareStatus::Failing,

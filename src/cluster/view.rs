@@ -1,7 +1,7 @@
 //! What the decision logic sees of each node: health, the last successful
 //! probe, and flags. Plain data, filled in by the health checkers.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A node's role as the node itself reports it (`pg_is_in_recovery()`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +34,58 @@ pub struct Probe {
     /// When a replica's WAL receiver last heard from its upstream (WAL or a
     /// keepalive), on our clock; `None` without a running WAL receiver.
     pub last_heard: Option<Instant>,
+    /// The replication timers the node runs with.
+    pub timers: Timers,
     /// When the probe ran.
     pub at: Instant,
+}
+
+/// A node's replication timers, read at every probe (a reload may change
+/// them). Between them they bound how long a replica streaming from a live
+/// but idle primary goes without hearing from it (`witness::keepalive_period`).
+/// Zero means disabled, as in PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timers {
+    /// `wal_sender_timeout`: a WAL sender pings its standby once half of it
+    /// passed without a reply.
+    pub sender_timeout: Duration,
+    /// `wal_receiver_timeout`: a WAL receiver pings its sender once half of
+    /// it passed without a word from it.
+    pub receiver_timeout: Duration,
+    /// `wal_receiver_status_interval`: how often a WAL receiver reports to
+    /// its sender, idle or not.
+    pub status_interval: Duration,
+}
+
+impl Timers {
+    /// PostgreSQL's defaults: 60 s, 60 s, 10 s.
+    pub const POSTGRES_DEFAULTS: Timers = Timers {
+        sender_timeout: Duration::from_secs(60),
+        receiver_timeout: Duration::from_secs(60),
+        status_interval: Duration::from_secs(10),
+    };
+}
+
+/// What a replica says of a primary that stopped answering us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Testimony {
+    /// Nothing either way: the primary serves, the node is no replica, its
+    /// WAL receiver lost the primary (as it does at once when the primary
+    /// crashes), or it heard nothing for longer than a live primary's
+    /// keepalives allow.
+    Nothing,
+    /// It heard from the primary after the primary began failing: the
+    /// primary lives, only we lost it.
+    Alive,
+    /// Its WAL receiver still looks connected to the primary and has heard
+    /// nothing yet, but a live, idle primary is only heard from once per
+    /// keepalive period, which has not passed: `window` is how long it is
+    /// waited for after the last thing the replica heard (`None`: keepalives
+    /// are off, nothing bounds it).
+    Listening {
+        /// One keepalive period and some slack.
+        window: Option<Duration>,
+    },
 }
 
 /// Health of a node, from consecutive probe results.
@@ -94,9 +144,9 @@ pub struct NodeView {
     pub health: Health,
     /// The last successful probe.
     pub probe: Option<Probe>,
-    /// A replica whose received WAL advanced in the last few intervals: it
-    /// witnesses a live primary.
-    pub witness_fresh: bool,
+    /// What it says of a primary that stopped answering us: a replica that
+    /// witnesses it alive, or may yet, blocks a promotion.
+    pub witness: Testimony,
     /// Never routed to until an operator re-admits it.
     pub fenced: bool,
     /// Its hardware probe says `failing`: it counts as down.
@@ -139,9 +189,10 @@ pub(crate) fn test_node(name: &str, role: Role, tl: u32, lsn: u64) -> NodeView {
             lag_seconds: None,
             sync_standby_names: false,
             last_heard: None,
+            timers: Timers::POSTGRES_DEFAULTS,
             at: Instant::now(),
         }),
-        witness_fresh: false,
+        witness: Testimony::Nothing,
         fenced: false,
         hardware_failing: false,
     }

@@ -3,14 +3,21 @@
 //! [`failure_start`] on); from then each replica is watched for signs that it
 //! still lives: the replica heard from it, or its received WAL moved.
 //! [`Witness`] is that watch, a state machine fed every successful probe of
-//! the replica. The monitor keeps one per node and reads [`Witness::fresh`]
-//! into the node views, where a fresh witness blocks a promotion.
+//! the replica. The monitor keeps one per node and reads
+//! [`Witness::testimony`] into the node views, where a replica that
+//! witnessed a live primary blocks a promotion, and so does one that still
+//! streams from it and may yet hear it: a live primary with nothing to send
+//! sends only a keepalive per [`keepalive_period`].
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::decide::witnesses;
 use super::failover::Primary;
-use super::view::{Probe, Role};
+use super::view::{Probe, Role, Testimony, Timers};
+
+/// Waited for past one keepalive period: the keepalive's travel, and the
+/// WAL receiver's timer granularity (it looks at its clock every 100 ms).
+pub const KEEPALIVE_SLACK: Duration = Duration::from_millis(500);
 
 /// Whether the primary counts as failing this tick (and the replicas are
 /// watched for signs of it). A serving one does if its probe failed
@@ -45,44 +52,121 @@ pub fn failure_start(
     }
 }
 
+/// The primary's failure, as the replicas are watched for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// When it began ([`failure_start`]).
+    pub since: Instant,
+    /// The primary's `wal_sender_timeout`, as it said while it answered.
+    pub sender_timeout: Duration,
+}
+
+/// The longest a replica streaming from a live primary goes without hearing
+/// from it, however idle the primary: `sender_timeout` is the primary's,
+/// `replica` the replica's own timers. `None` when neither side pings.
+pub fn keepalive_period(sender_timeout: Duration, replica: &Timers) -> Option<Duration> {
+    let half = sender_timeout / 2;
+    // The sender pings after half its timeout without a reply, but every
+    // status report of the receiver is a reply: reports more frequent than
+    // that keep the sender from ever pinging.
+    let status = replica.status_interval;
+    let sender_pings = !sender_timeout.is_zero() && (status.is_zero() || status > half);
+    // The receiver pings after half its own timeout without a word, and a
+    // live sender answers at once.
+    let receiver = replica.receiver_timeout;
+    let receiver_pings = !receiver.is_zero();
+    [
+        sender_pings.then_some(half),
+        receiver_pings.then_some(receiver / 2),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+/// A replica that heard nothing from the failing primary, at its last probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// Its WAL receiver does not stream: it lost the primary (a crashed
+    /// primary's connections break at once), or never had it.
+    Unhooked,
+    /// Streaming, and silent for longer than a live primary allows.
+    Silent,
+    /// Streaming, silent for less than this window (one keepalive period
+    /// and [`KEEPALIVE_SLACK`]; `None`: unbounded) since it last heard.
+    Listening(Option<Duration>),
+}
+
+/// What a replica's `probe` says when it witnessed nothing of `failure`.
+/// The window runs from the last thing it heard (before the failure, else
+/// it would have witnessed), since the next keepalive is due from then.
+pub fn quiet(probe: &Probe, failure: &Failure) -> Quiet {
+    if !probe.streaming {
+        return Quiet::Unhooked;
+    }
+    let window = keepalive_period(failure.sender_timeout, &probe.timers)
+        .map(|period| period + KEEPALIVE_SLACK);
+    let last = probe
+        .last_heard
+        .map_or(failure.since, |h| h.min(failure.since));
+    match window {
+        Some(w) if probe.at.saturating_duration_since(last) >= w => Quiet::Silent,
+        _ => Quiet::Listening(window),
+    }
+}
+
 /// One replica's witness state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Witness {
     /// The primary serves (or this node is no replica): nothing to witness.
     #[default]
     Idle,
-    /// The primary began failing. `base` is the replica's WAL position at
-    /// its first probe since (movement is measured from there); `seen`
-    /// whether it has witnessed a live primary since, which holds until the
-    /// primary serves again: a primary heard once may be cut off from us only.
+    /// The primary began failing and this replica has witnessed nothing
+    /// yet. `base` is its WAL position at its first probe since (movement
+    /// is measured from there); `quiet` what its last probe said.
     Watching {
         /// WAL position at the first probe after the failure began.
         base: u64,
-        /// Witnessed a live primary since.
-        seen: bool,
+        /// What its last probe said.
+        quiet: Quiet,
     },
+    /// It witnessed a live primary since the failure began. That holds
+    /// until the primary serves again: a primary heard once may be cut off
+    /// from us only.
+    Seen,
 }
 
 impl Witness {
-    /// The state after a successful `probe`; `failing_since` is when the
-    /// primary began failing, `None` while it serves.
-    pub fn after(self, probe: &Probe, failing_since: Option<Instant>) -> Witness {
-        let Some(since) = failing_since.filter(|_| probe.role == Role::Replica) else {
+    /// The state after a successful `probe`; `failure` is the primary's,
+    /// `None` while it serves.
+    pub fn after(self, probe: &Probe, failure: Option<&Failure>) -> Witness {
+        let Some(failure) = failure.filter(|_| probe.role == Role::Replica) else {
             return Witness::Idle;
         };
-        let (base, seen) = match self {
-            Witness::Idle => (probe.lsn, false),
-            Witness::Watching { base, seen } => (base, seen),
+        let base = match self {
+            Witness::Idle => probe.lsn,
+            Witness::Watching { base, .. } => base,
+            Witness::Seen => return Witness::Seen,
         };
+        if witnesses(probe, Some(base), failure.since) {
+            return Witness::Seen;
+        }
         Witness::Watching {
             base,
-            seen: seen || witnesses(probe, Some(base), since),
+            quiet: quiet(probe, failure),
         }
     }
 
-    /// Whether this replica witnesses a live primary.
-    pub fn fresh(self) -> bool {
-        matches!(self, Witness::Watching { seen: true, .. })
+    /// What this replica says of the primary, for the node views.
+    pub fn testimony(self) -> Testimony {
+        match self {
+            Witness::Seen => Testimony::Alive,
+            Witness::Watching {
+                quiet: Quiet::Listening(window),
+                ..
+            } => Testimony::Listening { window },
+            _ => Testimony::Nothing,
+        }
     }
 }
 
@@ -149,89 +233,204 @@ mod tests {
         }
     }
 
+    const SEC: Duration = Duration::from_secs(1);
+
+    /// A replica's probe at `at`: its WAL position, whether its receiver
+    /// streams, when it last heard; PostgreSQL's default timers.
+    fn replica(at: Instant, lsn: u64, streaming: bool, heard: Option<Instant>) -> Probe {
+        let mut p = test_node("r", Role::Replica, 1, lsn).probe.unwrap();
+        (p.at, p.streaming, p.last_heard) = (at, streaming, heard);
+        p
+    }
+
     #[test]
     fn a_replica_witnesses_from_the_failure_on_until_the_primary_serves() {
         let t0 = Instant::now();
-        let since = Some(t0 + Duration::from_secs(1));
-        let (before, after) = (Some(t0), Some(t0 + Duration::from_secs(2)));
-        let w = |base, seen| Watching { base, seen };
-        let probe = |role, lsn, streaming, heard| {
-            let mut p = test_node("r", role, 1, lsn).probe.unwrap();
-            p.streaming = streaming;
-            p.last_heard = heard;
-            p
+        let failure = Failure {
+            since: t0 + SEC,
+            sender_timeout: 60 * SEC,
         };
-        let replica = |lsn, streaming, heard| probe(Role::Replica, lsn, streaming, heard);
-        // (state, probe, primary failing since) -> next state
+        let f = Some(&failure);
+        let (before, after, now) = (Some(t0), Some(t0 + 2 * SEC), t0 + 2 * SEC);
+        let w = |base| Watching {
+            base,
+            quiet: Quiet::Listening(Some(30 * SEC + KEEPALIVE_SLACK)),
+        };
+        let r = |lsn, streaming, heard| replica(now, lsn, streaming, heard);
+        let mut primary = r(100, false, None);
+        primary.role = Role::Primary;
+        // (state, probe, the primary's failure) -> next state
         let cases = [
+            (Idle, r(100, true, after), None, Idle, "primary serves"),
+            (Seen, r(100, true, None), None, Idle, "serves again: reset"),
+            (Seen, primary, f, Idle, "promoted"),
             (
                 Idle,
-                replica(100, true, after),
-                None,
-                Idle,
-                "primary serves",
-            ),
-            (
-                w(100, true),
-                replica(100, true, None),
-                None,
-                Idle,
-                "serves again: reset",
-            ),
-            (
-                w(100, true),
-                probe(Role::Primary, 100, false, None),
-                since,
-                Idle,
-                "promoted",
-            ),
-            (
-                Idle,
-                replica(100, true, before),
-                since,
-                w(100, false),
+                r(100, true, before),
+                f,
+                w(100),
                 "first probe: the base",
             ),
             (
                 Idle,
-                replica(100, true, after),
-                since,
-                w(100, true),
+                r(100, true, after),
+                f,
+                Seen,
                 "first probe, heard since",
             ),
+            (w(100), r(150, true, before), f, Seen, "its WAL moved"),
             (
-                w(100, false),
-                replica(150, true, None),
-                since,
-                w(100, true),
-                "its WAL moved",
-            ),
-            (
-                w(100, false),
-                replica(150, false, None),
-                since,
-                w(100, false),
+                w(100),
+                r(150, false, before),
+                f,
+                Watching {
+                    base: 100,
+                    quiet: Quiet::Unhooked,
+                },
                 "not streaming",
             ),
+            (w(100), r(100, true, before), f, w(100), "silent, listening"),
+            (Seen, r(100, true, before), f, Seen, "once seen, it holds"),
+        ];
+        for (state, probe, failure, want, what) in cases {
+            assert_eq!(state.after(&probe, failure), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_replica_hears_an_idle_primary_once_per_keepalive_period() {
+        let timers = |sender: u32, receiver: u32, status: u32| {
+            let t = Timers {
+                sender_timeout: sender * SEC,
+                receiver_timeout: receiver * SEC,
+                status_interval: status * SEC,
+            };
+            keepalive_period(t.sender_timeout, &t)
+        };
+        // (wal_sender_timeout, wal_receiver_timeout, status interval) -> period
+        let cases = [
             (
-                w(100, false),
-                replica(100, true, before),
-                since,
-                w(100, false),
-                "silent",
+                60,
+                60,
+                10,
+                Some(30 * SEC),
+                "PostgreSQL's defaults: the receiver pings",
             ),
             (
-                w(100, true),
-                replica(100, true, before),
-                since,
-                w(100, true),
-                "once seen, it holds",
+                4,
+                60,
+                10,
+                Some(2 * SEC),
+                "a short sender timeout: the sender pings",
+            ),
+            (
+                30,
+                8,
+                5,
+                Some(4 * SEC),
+                "a short receiver timeout: the receiver pings",
+            ),
+            (
+                20,
+                60,
+                10,
+                Some(30 * SEC),
+                "reports every 10 s keep the sender quiet",
+            ),
+            (20, 60, 0, Some(10 * SEC), "no reports: the sender pings"),
+            (0, 60, 10, Some(30 * SEC), "no sender timeout"),
+            (4, 0, 10, Some(2 * SEC), "no receiver timeout"),
+            (60, 0, 10, None, "neither pings: unbounded"),
+        ];
+        for (sender, receiver, status, want, what) in cases {
+            assert_eq!(timers(sender, receiver, status), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_streaming_replica_listens_for_one_keepalive_period_from_what_it_last_heard() {
+        let t0 = Instant::now();
+        let failure = |sender_timeout| Failure {
+            since: t0 + SEC,
+            sender_timeout,
+        };
+        let window = 2 * SEC + KEEPALIVE_SLACK;
+        let listening = Quiet::Listening(Some(window));
+        let ms = Duration::from_millis;
+        let mut no_pings = replica(t0 + 60 * SEC, 100, true, Some(t0));
+        no_pings.timers.receiver_timeout = Duration::ZERO;
+        // (probe, the primary's wal_sender_timeout) -> what the replica says
+        let cases = [
+            (
+                replica(t0 + ms(1400), 100, true, Some(t0)),
+                4 * SEC,
+                listening,
+                "an idle primary cut off from us, 0.4 s in: its keepalive is due",
+            ),
+            (
+                replica(t0 + window - ms(1), 100, true, Some(t0)),
+                4 * SEC,
+                listening,
+                "just short of the window",
+            ),
+            (
+                replica(t0 + window, 100, true, Some(t0)),
+                4 * SEC,
+                Quiet::Silent,
+                "a whole keepalive period without one",
+            ),
+            (
+                replica(t0 + ms(1400), 100, false, Some(t0)),
+                4 * SEC,
+                Quiet::Unhooked,
+                "its receiver lost the primary: a crash",
+            ),
+            (
+                replica(t0 + ms(1400), 100, false, None),
+                4 * SEC,
+                Quiet::Unhooked,
+                "no WAL receiver",
+            ),
+            (
+                replica(t0 + ms(3400), 100, true, None),
+                4 * SEC,
+                listening,
+                "streaming, never heard: from the failure on",
+            ),
+            (
+                replica(t0 + 20 * SEC, 100, true, Some(t0)),
+                60 * SEC,
+                Quiet::Listening(Some(30 * SEC + KEEPALIVE_SLACK)),
+                "PostgreSQL's defaults: up to 30 s",
+            ),
+            (
+                no_pings,
+                60 * SEC,
+                Quiet::Listening(None),
+                "no keepalives at all: it may always hear it yet",
             ),
         ];
-        for (state, probe, failing_since, want, what) in cases {
-            let next = state.after(&probe, failing_since);
-            assert_eq!(next, want, "{what}");
-            assert_eq!(next.fresh(), matches!(want, Watching { seen: true, .. }));
+        for (probe, sender_timeout, want, what) in cases {
+            assert_eq!(quiet(&probe, &failure(sender_timeout)), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_testimony_says_alive_listening_or_nothing() {
+        let w = Some(3 * SEC);
+        let watching = |quiet| Watching { base: 1, quiet };
+        let cases = [
+            (Idle, Testimony::Nothing),
+            (Seen, Testimony::Alive),
+            (
+                watching(Quiet::Listening(w)),
+                Testimony::Listening { window: w },
+            ),
+            (watching(Quiet::Silent), Testimony::Nothing),
+            (watching(Quiet::Unhooked), Testimony::Nothing),
+        ];
+        for (state, want) in cases {
+            assert_eq!(state.testimony(), want, "{state:?}");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Table tests of the failover state machine: each safety rule, no sockets.
 
 use super::*;
-use crate::cluster::view::{test_node as node, Health};
+use crate::cluster::view::{test_node as node, Health, Testimony};
 
 fn cfg(mode: FailoverMode) -> FailoverSettings {
     FailoverSettings {
@@ -111,7 +111,7 @@ fn a_dead_primary_is_replaced_by_the_best_replica() {
 fn no_promotion_while_a_replica_witnesses_the_primary() {
     let now = Instant::now();
     let mut r = node("r", Role::Replica, 1, 100);
-    r.witness_fresh = true;
+    r.witness = Testimony::Alive;
     let nodes = [down(node("p", Role::Primary, 1, 100)), r];
     let (s, actions) = step(
         &Primary::Serving(0),
@@ -131,6 +131,41 @@ fn no_promotion_while_a_replica_witnesses_the_primary() {
     // The blocked reason is reported once, not every tick.
     let (_, again) = step(&s, &nodes, now, &cfg(FailoverMode::Promote));
     assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn a_primary_its_replica_may_yet_hear_is_not_replaced_until_it_cannot() {
+    let t0 = Instant::now();
+    let settings = cfg(FailoverMode::Promote);
+    let window = Some(Duration::from_millis(2500));
+    let listening = Testimony::Listening { window };
+    // Step by step, what the replica says of the down primary -> promoted?
+    let steps = [
+        (listening, false, "its keepalive is due: held"),
+        (listening, false, "held, said once"),
+        (
+            Testimony::Nothing,
+            true,
+            "a whole period of silence, or its stream broke",
+        ),
+    ];
+    let mut state = Primary::Serving(0);
+    let mut blocked_events = 0;
+    for (i, (witness, promotes_now, what)) in steps.into_iter().enumerate() {
+        let mut r = node("r", Role::Replica, 1, 100);
+        r.witness = witness;
+        let nodes = [down(node("p", Role::Primary, 1, 100)), r];
+        let now = t0 + Duration::from_millis(200 * i as u64);
+        let (next, actions) = step(&state, &nodes, now, &settings);
+        assert_eq!(promotes(&actions) == vec![1], promotes_now, "{what}");
+        blocked_events += actions
+            .iter()
+            .filter(|a| matches!(a, Action::Event(EventKind::FailoverBlocked, ..)))
+            .count();
+        state = next;
+    }
+    assert_eq!(blocked_events, 1, "the wait is said once");
+    assert!(matches!(state, Primary::Promoting { candidate: 1, .. }));
 }
 
 #[test]
@@ -313,7 +348,7 @@ fn failing_hardware_on_the_primary_fails_over_at_once_whether_it_answers_or_not(
 fn a_replica_that_still_hears_a_failing_primary_blocks_its_promotion() {
     let now = Instant::now();
     let mut r = node("r", Role::Replica, 1, 100);
-    r.witness_fresh = true;
+    r.witness = Testimony::Alive;
     let nodes = [failing(node("p", Role::Primary, 1, 100)), r];
     let (s, actions) = step(
         &Primary::Serving(0),
@@ -361,7 +396,7 @@ fn hardware_flapping_between_ok_and_failing_promotes_once() {
 fn a_primary_whose_hardware_recovers_before_any_promotion_keeps_serving() {
     let now = Instant::now();
     let mut r = node("r", Role::Replica, 1, 100);
-    r.witness_fresh = true;
+    r.witness = Testimony::Alive;
     let lost = Primary::Lost {
         old: 0,
         blocked: Some(Blocked::WitnessSeesPrimary("r".into())),
