@@ -99,6 +99,10 @@ pub struct FailoverSettings {
     pub fence_command: bool,
     /// Give up on a promotion that has not shown after this long.
     pub promote_timeout: Duration,
+    /// A promotion a previous leader sent (as the shared record says) while
+    /// the primary it replaces is still the record's: no other node is
+    /// promoted while that one may complete.
+    pub promotion_sent: Option<usize>,
 }
 
 /// One decision step.
@@ -260,6 +264,7 @@ fn lost(
         blocked,
         promoted,
     } = was;
+    let promoted = promoted.or(cfg.promotion_sent.filter(|&c| c != old));
     let held = |blocked: Option<Blocked>| Primary::Lost {
         old,
         blocked,
@@ -285,7 +290,14 @@ fn lost(
     if cfg.mode != FailoverMode::Promote {
         return held(blocked.cloned());
     }
-    match choose_candidate(nodes, old, cfg.max_lag_bytes) {
+    // Once `pg_promote()` may have reached a node, only that node is
+    // promoted: asking another could make two primaries.
+    let chosen = match promoted {
+        Some(c) if nodes[c].live_role() == Some(Role::Replica) => Ok(c),
+        Some(c) => Err(Blocked::PromotionSent(nodes[c].name.clone())),
+        None => choose_candidate(nodes, old, cfg.max_lag_bytes),
+    };
+    match chosen {
         Ok(c) => {
             let msg = format!(
                 "candidate {} at {:X} (old primary last seen at {:X})",

@@ -19,7 +19,7 @@ use super::health::{ProbeError, LATE_PROBE};
 use super::peer_switch::{finish_interrupted, PeerSwitchover};
 use super::switchover::Request;
 use super::track::{views, Track};
-use super::view::{Health, Probe, Timers};
+use super::view::{Health, NodeView, Probe, Timers};
 use super::witness::{failure_start, primary_failing, Failure};
 use super::Cluster;
 use arc_swap::ArcSwap;
@@ -259,6 +259,7 @@ impl Acting<'_> {
         let now = Instant::now();
         let mut settings = failover_settings(config);
         if let Some(c) = self.coord {
+            settings.promotion_sent = promotion_sent(c, state, &views);
             let (gated, verdict) = c.gate(settings, state, &views, config, now);
             self.note(verdict.err(), state);
             settings = gated;
@@ -279,6 +280,9 @@ impl Acting<'_> {
                     break;
                 }
                 if let Action::Promote(c) = action {
+                    if !self.mark_promoting(&views[c].name).await {
+                        break;
+                    }
                     promoted = Some(c);
                 }
                 perform(cluster, config, tracks, action).await;
@@ -286,6 +290,23 @@ impl Acting<'_> {
             publish(cluster, config, tracks, state);
         }
         promoted
+    }
+
+    /// With coordination: the record says which node is being promoted
+    /// before `pg_promote()` is sent, so a leader that takes over mid-way
+    /// promotes no other. False when etcd did not take it.
+    async fn mark_promoting(&self, node: &str) -> bool {
+        let Some(c) = self.coord else { return true };
+        if c.mark_promoting(node, self.config.coordination.lease_ttl)
+            .await
+        {
+            return true;
+        }
+        let msg = format!("the promotion of {node} could not be recorded in etcd: not promoting");
+        self.cluster
+            .events
+            .record(EventKind::ActionFailed, None, msg);
+        false
     }
 
     /// Records why this proxy is held back while the primary is in
@@ -302,6 +323,19 @@ impl Acting<'_> {
             *self.held = held;
         }
     }
+}
+
+/// The node a previous leader sent `pg_promote()` to in place of the
+/// primary in question, by index.
+fn promotion_sent(c: &Coordination, state: &Primary, views: &[NodeView]) -> Option<usize> {
+    let old = match state {
+        Primary::Serving(p) | Primary::Lost { old: p, .. } | Primary::Promoting { old: p, .. } => {
+            *p
+        }
+        _ => return None,
+    };
+    let name = c.promotion_sent(&views.get(old)?.name)?;
+    views.iter().position(|v| v.name == name)
 }
 
 /// Polls a node just asked to promote until it leaves recovery (then probes
@@ -367,6 +401,7 @@ fn failover_settings(config: &Config) -> FailoverSettings {
         clear_sync_standby: f.sync_policy == SyncPolicy::Availability,
         fence_command: f.fence_command.is_some(),
         promote_timeout: Duration::from_secs(30),
+        promotion_sent: None,
     }
 }
 

@@ -245,6 +245,7 @@ mod tests {
             clear_sync_standby: true,
             fence_command: true,
             promote_timeout: Duration::from_secs(30),
+            promotion_sent: None,
         };
         let acting = gated(s.clone(), &Ok(()));
         assert_eq!(acting.mode, FailoverMode::Promote);

@@ -43,6 +43,10 @@ pub struct Topology {
     /// A planned switchover the leader announced and has not finished.
     #[serde(default)]
     pub switching: Option<Switching>,
+    /// The node the leader sent `pg_promote()` to while `primary` was lost:
+    /// a leader that takes over mid-failover promotes no other.
+    #[serde(default)]
+    pub promoting: Option<String>,
 }
 
 impl Topology {
@@ -52,6 +56,7 @@ impl Topology {
             && self.timeline == other.timeline
             && self.fenced == other.fenced
             && self.switching == other.switching
+            && self.promoting == other.promoting
     }
 }
 
@@ -253,6 +258,27 @@ impl Coordination {
         self.standing.borrow().record.clone()
     }
 
+    /// Marks in the record (as leader) that `node` is being promoted in
+    /// place of the record's primary, and waits, at most `limit`, until etcd
+    /// holds it. False when it does not: then nothing is promoted.
+    pub async fn mark_promoting(&self, node: &str, limit: Duration) -> bool {
+        let mut t = self.record().unwrap_or_default();
+        t.promoting = Some(node.to_string());
+        self.publish_record(t);
+        self.await_standing(limit, |s| {
+            s.record.as_ref().and_then(|r| r.promoting.as_deref()) == Some(node)
+        })
+        .await
+    }
+
+    /// The node a leader sent `pg_promote()` to in place of `old`, as the
+    /// record says.
+    pub fn promotion_sent(&self, old: &str) -> Option<String> {
+        self.record()
+            .filter(|r| r.primary.as_deref() == Some(old))
+            .and_then(|r| r.promoting)
+    }
+
     /// Acknowledges switchover `id`: this proxy holds its new transactions
     /// and none is running on the old primary any more.
     pub fn acknowledge(&self, id: u64) {
@@ -348,6 +374,7 @@ pub fn record_of(views: &[NodeView], primary: usize) -> Topology {
         timeline: views.get(primary).map_or(0, NodeView::timeline),
         fenced,
         switching: None,
+        promoting: None,
     }
 }
 

@@ -95,6 +95,7 @@ mod tests {
             primary: Some(primary.into()),
             timeline: 1,
             fenced: vec![],
+            promoting: None,
             switching: switching.map(|(id, from, to)| Switching {
                 id,
                 from: from.into(),

@@ -11,6 +11,7 @@ fn cfg(mode: FailoverMode) -> FailoverSettings {
         clear_sync_standby: true,
         fence_command: false,
         promote_timeout: Duration::from_secs(30),
+        promotion_sent: None,
     }
 }
 
@@ -571,4 +572,67 @@ fn a_readmitted_primary_on_an_older_timeline_never_takes_writes() {
         assert!(has(&actions, &Action::Fence(1)), "{state:?}: {actions:?}");
         assert!(!promotes(&actions).contains(&1), "{state:?}: {actions:?}");
     }
+}
+
+#[test]
+fn once_a_promotion_was_sent_no_other_node_is_promoted() {
+    let now = Instant::now();
+    // "a" got pg_promote() (from this proxy, or from a leader that died
+    // since); "b" is further ahead but must not become a second primary.
+    let nodes = [
+        down(node("p", Role::Primary, 1, 100)),
+        node("a", Role::Replica, 1, 90),
+        node("b", Role::Replica, 1, 99),
+    ];
+    let sent = FailoverSettings {
+        promotion_sent: Some(1),
+        ..cfg(FailoverMode::Promote)
+    };
+    let lost = |promoted| Primary::Lost {
+        old: 0,
+        blocked: None,
+        promoted,
+    };
+    let cases = [
+        (
+            Primary::Serving(0),
+            &sent,
+            "a new leader, told by the record",
+        ),
+        (lost(None), &sent, "a new leader, the primary already lost"),
+    ];
+    for (state, settings, what) in cases {
+        let (s, actions) = step(&state, &nodes, now, settings);
+        assert!(has(&actions, &Action::Promote(1)), "{what}: {actions:?}");
+        assert!(!has(&actions, &Action::Promote(2)), "{what}: {actions:?}");
+        assert!(
+            matches!(s, Primary::Promoting { candidate: 1, .. }),
+            "{what}: {s:?}"
+        );
+    }
+    let (_, actions) = step(&lost(Some(1)), &nodes, now, &cfg(FailoverMode::Promote));
+    assert!(
+        has(&actions, &Action::Promote(1)),
+        "this proxy's own: {actions:?}"
+    );
+    // The node it was sent to is gone: writes stay held, nothing promoted.
+    let gone = [nodes[0].clone(), down(nodes[1].clone()), nodes[2].clone()];
+    let (s, actions) = step(&lost(Some(1)), &gone, now, &cfg(FailoverMode::Promote));
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Promote(_))),
+        "{actions:?}"
+    );
+    assert!(
+        matches!(
+            s,
+            Primary::Lost {
+                promoted: Some(1),
+                ..
+            }
+        ),
+        "{s:?}"
+    );
+    // Without a promotion sent, the best replica is chosen as before.
+    let (_, actions) = step(&lost(None), &nodes, now, &cfg(FailoverMode::Promote));
+    assert!(has(&actions, &Action::Promote(2)), "{actions:?}");
 }
