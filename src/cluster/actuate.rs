@@ -132,6 +132,33 @@ async fn catch_up(
     }
 }
 
+/// Undoes a switchover's freeze of a primary (the read-only default it
+/// was given), for a switchover that stopped before its promotion.
+pub(super) async fn make_writable(
+    checker: &mut Checker,
+    timeout: Duration,
+) -> Result<(), super::health::ControlError> {
+    checker
+        .control("ALTER SYSTEM RESET default_transaction_read_only", timeout)
+        .await?;
+    checker.control("SELECT pg_reload_conf()", timeout).await?;
+    Ok(())
+}
+
+/// Waits until no server connection to `node` is checked out, up to
+/// `limit`; then ends those still busy. Returns how many were.
+pub(super) async fn drain(cluster: &Cluster, node: usize, limit: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline && cluster.checked_out(node) > 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let busy = cluster.checked_out(node);
+    if busy > 0 {
+        cluster.retire(node);
+    }
+    busy
+}
+
 /// Clears `synchronous_standby_names` on a new primary that has no standby
 /// streaming, so its commits do not wait for one that is not there.
 pub(super) async fn clear_sync_standby(

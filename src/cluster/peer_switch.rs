@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::actuate::publish;
+use super::actuate::{drain, make_writable, publish};
 use super::coord::switch::{peer_switch, PeerSwitch};
 use super::coord::Coordination;
 use super::failover::Primary;
@@ -102,20 +102,6 @@ impl PeerSwitchover {
     }
 }
 
-/// Waits until no server connection to `node` is checked out, up to
-/// `limit`; then ends those still busy. Returns how many were.
-pub(super) async fn drain(cluster: &Cluster, node: usize, limit: Duration) -> usize {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline && cluster.checked_out(node) > 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let busy = cluster.checked_out(node);
-    if busy > 0 {
-        cluster.retire(node);
-    }
-    busy
-}
-
 /// As the new leader: a switchover a previous leader announced from the
 /// primary we still serve never reached its promotion (or we would follow
 /// the promoted node). The old primary may have been made read-only: make
@@ -135,15 +121,7 @@ pub(super) async fn finish_interrupted(
         .filter(|sw| sw.from == name);
     let Some(sw) = interrupted else { return };
     let timeout = config.health.timeout;
-    let checker = &mut tracks[p].checker;
-    let undone = async {
-        checker
-            .control("ALTER SYSTEM RESET default_transaction_read_only", timeout)
-            .await?;
-        checker.control("SELECT pg_reload_conf()", timeout).await
-    }
-    .await;
-    let msg = match undone {
+    let msg = match make_writable(&mut tracks[p].checker, timeout).await {
         Ok(_) => format!(
             "a previous leader's switchover to {} stopped before its promotion: called off, {name} takes writes again",
             sw.to

@@ -423,21 +423,10 @@ impl Switch<'_> {
     /// for it would only delay the failover.
     async fn drain(&mut self, limit: Duration) -> Result<usize, Abort> {
         let (cluster, old) = (self.cluster, self.old);
-        let drained = async {
-            let deadline = Instant::now() + limit;
-            while Instant::now() < deadline && cluster.checked_out(old) > 0 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
         tokio::select! {
-            _ = drained => {}
-            why = self.watch_old() => return Err(Abort::Gone(StepError::Draining(why))),
+            busy = actuate::drain(cluster, old, limit) => Ok(busy),
+            why = self.watch_old() => Err(Abort::Gone(StepError::Draining(why))),
         }
-        let busy = cluster.checked_out(old);
-        if busy > 0 {
-            cluster.retire(old);
-        }
-        Ok(busy)
     }
 
     /// Resolves, with the reason, once the old primary fails a health check
@@ -630,14 +619,7 @@ impl Switch<'_> {
     async fn restore(&mut self) {
         let timeout = self.config.health.timeout;
         let checker = &mut self.tracks[self.old].checker;
-        let undone = async {
-            checker
-                .control("ALTER SYSTEM RESET default_transaction_read_only", timeout)
-                .await?;
-            checker.control("SELECT pg_reload_conf()", timeout).await
-        }
-        .await;
-        if let Err(e) = undone {
+        if let Err(e) = actuate::make_writable(checker, timeout).await {
             let msg = format!("could not make the old primary writable again: {e}");
             self.cluster
                 .events
