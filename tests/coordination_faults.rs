@@ -1,0 +1,171 @@
+//! Faults around proxies that coordinate through etcd: one proxy cut off
+//! from the primary. Three proxies in this process, a real PostgreSQL
+//! primary with two streaming replicas, real etcd. What is checked is what
+//! a user would: how many nodes left recovery, where the writes of each
+//! proxy land, and that every acknowledged write is where it should be.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::coord::{
+    in_recovery, port_of, promoted, promotions, proxies, psql, readyz, replicated, settled,
+    start_etcd, status, three_nodes, values_on, write_lands, Toml,
+};
+use common::relay::Relay;
+use common::Proxy;
+use switchyard::local_cluster::{CLUSTER_PASSWORD, CLUSTER_USER};
+
+/// Held writes fail after this: short, so a held write answers within the test.
+const HOLD: &str = "[failover]\nhold_timeout = \"3s\"\n";
+
+/// Waits until `/status` of `http` says why it holds back (`coordination.held`)
+/// and the reason contains `what`.
+async fn held_for(http: SocketAddr, what: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let s = status(http).await["coordination"].clone();
+        if let Some(why) = s["held"].as_str().filter(|w| w.contains(what)) {
+            return why.to_string();
+        }
+        assert!(Instant::now() < deadline, "not held for {what:?}: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_primary_holds_its_writes_and_nobody_fails_over() {
+    let cluster = three_nodes().await;
+    let etcd = start_etcd().await;
+    let primary = cluster.primary().clone();
+    let table = common::unique("cut");
+    // The cut-off proxy logs in with roles of its own, so the relay can cut
+    // its path alone (see common::relay); the table is everyone's.
+    psql(
+        &primary,
+        &format!(
+            "CREATE ROLE far_sy LOGIN SUPERUSER PASSWORD 'far_sy';\n\
+             CREATE ROLE far LOGIN PASSWORD 'far';\n\
+             CREATE TABLE {table} (v int);\n\
+             GRANT ALL ON {table} TO PUBLIC;"
+        ),
+    )
+    .await
+    .unwrap();
+    replicated(&cluster, &table, 0).await;
+    // Every proxy reaches the primary through the relay: they must list the
+    // same address for it.
+    let relay = Relay::start(&primary.addr()).await;
+    let name = common::unique("cut");
+    let base = |extra, login| {
+        let mut t = Toml {
+            extra,
+            login,
+            ..Toml::new(&cluster.nodes(), &etcd.endpoint(), &name)
+        };
+        t.nodes[0].1 = relay.addr.to_string();
+        t.render()
+    };
+    let far_extra = format!("[[users]]\nname = \"far\"\npassword = \"far\"\n{HOLD}");
+    let far_toml = base(&far_extra, ("far_sy", "far_sy"));
+    let near_toml = base(HOLD, (CLUSTER_USER, CLUSTER_PASSWORD));
+
+    // The proxy about to be cut off leads: the leader is the one that could
+    // promote, so it is the one the quorum must hold back. It starts alone
+    // and takes the leader key before the others join.
+    let mut all = vec![Proxy::start_with_http(cluster.clone(), &far_toml).await];
+    assert_eq!(settled(&all).await, 0);
+    all.extend(proxies(&cluster, &near_toml, 2).await);
+    assert_eq!(settled(&all).await, 0, "the first proxy still leads");
+    let far_http = all[0].1;
+    let far = all[0].0.client_as("far", "far", "app").await.unwrap();
+    let near = [all[1].0.client().await, all[2].0.client().await];
+    let mut acked = BTreeSet::new();
+    for (v, c) in [(0, &far), (1, &near[0]), (2, &near[1])] {
+        assert_eq!(write_lands(c, &table, v, 5).await, primary.port());
+        acked.insert(v);
+    }
+
+    relay.cut(&["far_sy", "far"]).await;
+    let cut = Instant::now();
+    // A write through the cut-off proxy is held (no primary it can reach),
+    // then refused once hold_timeout runs out.
+    let through_far = async {
+        let sql = format!("INSERT INTO {table} VALUES (-1)");
+        tokio::time::timeout(Duration::from_secs(20), far.batch_execute(&sql)).await
+    };
+    // Meanwhile: the cut-off leader says why it does not fail over, is not
+    // ready, and for a few failover windows (a crash is replaced in about
+    // 2 s here) the others keep writing on the primary and nobody promotes.
+    let meanwhile = async {
+        let why = held_for(far_http, "no majority", 15).await;
+        let (code, body) = readyz(far_http).await;
+        let mut written = vec![];
+        let mut v = 100;
+        while cut.elapsed() < Duration::from_secs(10) {
+            for c in &near {
+                c.batch_execute(&format!("INSERT INTO {table} VALUES ({v})"))
+                    .await
+                    .expect("a write through a proxy that reaches the primary");
+                assert_eq!(port_of(c).await.unwrap(), primary.port());
+                written.push(v);
+                v += 1;
+            }
+            for r in cluster.replicas() {
+                assert!(
+                    in_recovery(r).await,
+                    "{} promoted {:?} after one proxy was cut off",
+                    r.name(),
+                    cut.elapsed()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        (why, code, body, written)
+    };
+    let (far_result, (why, ready_code, ready_body, written)) = tokio::join!(through_far, meanwhile);
+    acked.extend(written);
+    let refused = far_result.expect("a held write is answered once hold_timeout runs out");
+    assert!(
+        refused.is_err(),
+        "a write through the cut-off proxy succeeded"
+    );
+    let node = primary.name();
+    assert!(
+        why.starts_with(&format!("1 of 3 live proxies see {node} down")),
+        "{why}"
+    );
+    assert_eq!(ready_code, 503, "{ready_body}");
+    assert!(
+        ready_body.contains("no majority"),
+        "/readyz says why: {ready_body}"
+    );
+    for (_, http) in &all[1..] {
+        assert_eq!(readyz(*http).await.0, 200);
+    }
+
+    // Its path comes back: its writes go to the same primary again.
+    relay.restore(&["far_sy", "far"]);
+    assert_eq!(write_lands(&far, &table, 1000, 20).await, primary.port());
+    acked.insert(1000);
+    common::wait_until(10, "the cut-off proxy is ready again", || async {
+        readyz(far_http).await.0 == 200 && status(far_http).await["coordination"]["held"].is_null()
+    })
+    .await;
+
+    assert!(promotions(&all).await.is_empty());
+    assert!(promoted(&cluster).await.is_empty());
+    let on_primary = values_on(&primary, &table).await;
+    assert!(
+        acked.is_subset(&on_primary),
+        "acknowledged writes missing: {:?}",
+        acked.difference(&on_primary).collect::<Vec<_>>()
+    );
+    assert!(
+        !on_primary.contains(&-1),
+        "the refused write reached the primary"
+    );
+    drop(etcd);
+}
