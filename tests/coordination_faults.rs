@@ -1,8 +1,9 @@
 //! Faults around proxies that coordinate through etcd: one proxy cut off
-//! from the primary. Three proxies in this process, a real PostgreSQL
-//! primary with two streaming replicas, real etcd. What is checked is what
-//! a user would: how many nodes left recovery, where the writes of each
-//! proxy land, and that every acknowledged write is where it should be.
+//! from the primary, an etcd member lost in the middle of a failover. Three
+//! proxies in this process, a real PostgreSQL primary with two streaming
+//! replicas, real etcd. What is checked is what a user would: how many
+//! nodes left recovery, where the writes of each proxy land, and that every
+//! acknowledged write is where it should be.
 
 mod common;
 
@@ -11,9 +12,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::coord::{
-    in_recovery, port_of, promoted, promotions, proxies, psql, readyz, replicated, settled,
-    start_etcd, status, three_nodes, values_on, write_lands, Toml,
+    every_proxy_writes_to_one_node, exactly_one_promoted, in_recovery, port_of, promoted,
+    promotions, proxies, psql, readyz, replicated, settled, start_etcd, status, stop, three_nodes,
+    values_on, write_lands, Toml,
 };
+use common::etcd::EtcdCluster;
 use common::relay::Relay;
 use common::Proxy;
 use switchyard::local_cluster::{CLUSTER_PASSWORD, CLUSTER_USER};
@@ -167,5 +170,51 @@ async fn a_leader_cut_off_from_the_primary_holds_its_writes_and_nobody_fails_ove
         !on_primary.contains(&-1),
         "the refused write reached the primary"
     );
+    drop(etcd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etcd_leader_member_killed_as_the_primary_crashes_still_one_promotion() {
+    let cluster = three_nodes().await;
+    let mut etcd = tokio::task::spawn_blocking(EtcdCluster::start)
+        .await
+        .unwrap();
+    let name = common::unique("members");
+    let toml = Toml {
+        endpoints: etcd.endpoints(),
+        ..Toml::new(&cluster.nodes(), "", &name)
+    }
+    .render();
+    let all = proxies(&cluster, &toml, 3).await;
+    settled(&all).await;
+    let mut clients = vec![];
+    for (p, _) in &all {
+        clients.push(p.client().await);
+    }
+    let table = common::unique("members");
+    clients[0]
+        .batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    let before = every_proxy_writes_to_one_node(&clients, &table, 0, 5).await;
+    assert_eq!(before, cluster.primary().port());
+    replicated(&cluster, &table, clients.len()).await;
+
+    // The raft leader goes with the primary: the two members left elect
+    // another while the proxies renew their leases and the leader proxy
+    // records the promotion.
+    let member = tokio::task::block_in_place(|| etcd.leader());
+    tokio::task::block_in_place(|| etcd.kill(member));
+    stop(cluster.primary()).await;
+    let landed = every_proxy_writes_to_one_node(&clients, &table, 10, 45).await;
+    let acked: BTreeSet<i32> = (0..3).chain(10..13).collect();
+    exactly_one_promoted(&cluster, landed, &table, &acked).await;
+    // A proxy that came to lead mid-failover may send pg_promote() again,
+    // to the same node only.
+    let started: BTreeSet<String> = promotions(&all).await.into_iter().collect();
+    assert_eq!(started.len(), 1, "promotions started: {started:?}");
+    // Two members of three still make a quorum: the proxies agree on a
+    // leader again.
+    settled(&all).await;
     drop(etcd);
 }
