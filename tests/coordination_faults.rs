@@ -1,9 +1,19 @@
 //! Faults around proxies that coordinate through etcd: one proxy cut off
-//! from the primary, an etcd member lost in the middle of a failover. Three
-//! proxies in this process, a real PostgreSQL primary with two streaming
-//! replicas, real etcd. What is checked is what a user would: how many
-//! nodes left recovery, where the writes of each proxy land, and that every
-//! acknowledged write is where it should be.
+//! from the primary, replicas tied on WAL position, an etcd member lost in
+//! the middle of a failover. Three proxies in this process, a real
+//! PostgreSQL primary with two streaming replicas, real etcd. What is
+//! checked is what a user would: how many nodes left recovery, where the
+//! writes of each proxy land, and that every acknowledged write is on the
+//! new primary.
+//!
+//! `SWITCHYARD_TIE_ROUNDS` sets how many crashes
+//! `replicas_at_the_same_position_get_exactly_one_promotion_round_after_round`
+//! runs (default 3, to keep `cargo test` short); one round, a fresh cluster
+//! included, takes about 4 s. For a soak, run it 20 times:
+//!
+//! ```sh
+//! SWITCHYARD_TIE_ROUNDS=20 cargo test --test coordination_faults -- replicas_at_the_same_position
+//! ```
 
 mod common;
 
@@ -19,7 +29,7 @@ use common::coord::{
 use common::etcd::EtcdCluster;
 use common::relay::Relay;
 use common::Proxy;
-use switchyard::local_cluster::{CLUSTER_PASSWORD, CLUSTER_USER};
+use switchyard::local_cluster::{LocalCluster, CLUSTER_PASSWORD, CLUSTER_USER};
 
 /// Held writes fail after this: short, so a held write answers within the test.
 const HOLD: &str = "[failover]\nhold_timeout = \"3s\"\n";
@@ -170,6 +180,97 @@ async fn a_leader_cut_off_from_the_primary_holds_its_writes_and_nobody_fails_ove
         !on_primary.contains(&-1),
         "the refused write reached the primary"
     );
+    drop(etcd);
+}
+
+/// How many crashes the tie test runs (`SWITCHYARD_TIE_ROUNDS`, default 3).
+fn tie_rounds() -> usize {
+    std::env::var("SWITCHYARD_TIE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Waits until every replica has replayed all the primary had inserted
+/// into its WAL when asked: the replicas then stand at the same position,
+/// save the proxies' heartbeats written since. The insert position, not the
+/// write position: the test cluster runs with `synchronous_commit = off`, so
+/// a commit already acknowledged may not be written out yet, and a crash
+/// would take it.
+async fn caught_up(cluster: &LocalCluster) {
+    let lsn = psql(cluster.primary(), "SELECT pg_current_wal_insert_lsn()")
+        .await
+        .unwrap();
+    for r in cluster.replicas() {
+        let sql = format!("SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while psql(r, &sql).await.as_deref() != Ok("t") {
+            assert!(Instant::now() < deadline, "{} did not replay", r.name());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Where each replica's WAL receiver stands.
+async fn received(cluster: &LocalCluster) -> Vec<String> {
+    let mut out = vec![];
+    for r in cluster.replicas() {
+        let lsn = psql(r, "SELECT pg_last_wal_receive_lsn()").await;
+        out.push(lsn.unwrap_or_else(|e| e));
+    }
+    out
+}
+
+/// One round: a fresh cluster with both replicas caught up, three proxies,
+/// a crash; exactly one promotion. Returns where the replicas stood right
+/// after the crash.
+async fn tie_round(etcd: &str) -> Vec<String> {
+    let cluster = three_nodes().await;
+    let name = common::unique("tie");
+    let toml = Toml::new(&cluster.nodes(), etcd, &name).render();
+    let all = proxies(&cluster, &toml, 3).await;
+    settled(&all).await;
+    let mut clients = vec![];
+    for (p, _) in &all {
+        clients.push(p.client().await);
+    }
+    let table = common::unique("tie");
+    clients[0]
+        .batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    // Nothing else is written before the crash.
+    caught_up(&cluster).await;
+
+    stop(cluster.primary()).await;
+    // Read before the promotion (about a second later) moves one of them.
+    let positions = received(&cluster).await;
+    let landed = every_proxy_writes_to_one_node(&clients, &table, 0, 30).await;
+    let acked: BTreeSet<i32> = (0..clients.len() as i32).collect();
+    exactly_one_promoted(&cluster, landed, &table, &acked).await;
+    let started = promotions(&all).await;
+    assert_eq!(started.len(), 1, "promotions started: {started:?}");
+    drop(clients);
+    for (p, _) in all {
+        p.shutdown().await;
+    }
+    positions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_at_the_same_position_get_exactly_one_promotion_round_after_round() {
+    // One etcd for every round: each round's proxies use a cluster.name of
+    // their own, so nothing of a round is seen by the next.
+    let etcd = start_etcd().await;
+    let rounds = tie_rounds();
+    for round in 1..=rounds {
+        let started = Instant::now();
+        let positions = tie_round(&etcd.endpoint()).await;
+        eprintln!(
+            "tie round {round}/{rounds}: {:?}, replicas at {positions:?} after the crash",
+            started.elapsed()
+        );
+    }
     drop(etcd);
 }
 
