@@ -4,161 +4,21 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::certs::Ca;
+use common::coord::{
+    config, config_coord, config_of, events, every_proxy_writes_to_one_node, exactly_one_promoted,
+    in_recovery, promotions, proxies, replicated, settled, start_etcd, status, stop, three_nodes,
+    write_lands,
+};
 use common::etcd::Etcd;
-use common::{http_request, Proxy, USERS};
-use switchyard::local_cluster::{LocalCluster, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER};
+use common::Proxy;
 use tokio_postgres::Client;
-
-/// A cluster of its own: a primary and two replicas.
-async fn three_nodes() -> Arc<LocalCluster> {
-    common::private_trio().await
-}
-
-async fn start_etcd() -> Etcd {
-    tokio::task::spawn_blocking(Etcd::start).await.unwrap()
-}
-
-/// A proxy configuration for `cluster` coordinating through `etcd`.
-fn config(cluster: &LocalCluster, etcd: &str, name: &str, extra: &str) -> String {
-    config_of(&cluster.nodes(), etcd, name, extra)
-}
-
-/// The same, listing only `nodes`.
-fn config_of(nodes: &[&PgNode], etcd: &str, name: &str, extra: &str) -> String {
-    config_coord(nodes, etcd, name, extra, "")
-}
-
-/// The same, with `coord` lines added to `[coordination]`.
-fn config_coord(nodes: &[&PgNode], etcd: &str, name: &str, extra: &str, coord: &str) -> String {
-    let nodes = nodes
-        .iter()
-        .map(|n| format!("{{ name = \"{}\", addr = \"{}\" }}", n.name(), n.addr()))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "{USERS}\n{extra}\n[coordination]\nbackend = \"etcd\"\nendpoints = [\"{etcd}\"]\nlease_ttl = \"2s\"\n{coord}\n\
-         [health]\ninterval = \"500ms\"\ntimeout = \"1s\"\n\
-         [cluster]\nname = \"{name}\"\nnodes = [{nodes}]\nuser = \"{CLUSTER_USER}\"\npassword = \"{CLUSTER_PASSWORD}\"\n"
-    )
-}
-
-/// `n` proxies with their HTTP endpoints.
-async fn proxies(cluster: &Arc<LocalCluster>, toml: &str, n: usize) -> Vec<(Proxy, SocketAddr)> {
-    let mut out = vec![];
-    for _ in 0..n {
-        out.push(Proxy::start_with_http(cluster.clone(), toml).await);
-    }
-    out
-}
-
-async fn status(http: SocketAddr) -> serde_json::Value {
-    let (_, body) = http_request(http, "GET", "/status").await;
-    serde_json::from_str(&body).unwrap_or_default()
-}
-
-/// Waits until every proxy sees the same leader among `n` live proxies;
-/// returns the index of the leading proxy.
-async fn settled(all: &[(Proxy, SocketAddr)]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut seen = vec![];
-        for (_, http) in all {
-            seen.push(status(*http).await["coordination"].clone());
-        }
-        let leaders: Vec<usize> = (0..seen.len())
-            .filter(|&i| seen[i]["leader"] == true)
-            .collect();
-        let agreed = seen.iter().all(|s| {
-            s["connected"] == true
-                && s["proxies"] == all.len()
-                && s["leader_id"] == seen[leaders.first().copied().unwrap_or(0)]["proxy"]
-        });
-        if leaders.len() == 1 && agreed {
-            return leaders[0];
-        }
-        assert!(Instant::now() < deadline, "no agreed leader: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Events of `kind` on one proxy's timeline, by node.
-async fn events(http: SocketAddr, kind: &str) -> Vec<String> {
-    let (_, body) = http_request(http, "GET", "/events").await;
-    let all: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    all.as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|e| e["kind"] == kind)
-                .map(|e| e["node"].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn port_of(c: &Client) -> Result<u16, tokio_postgres::Error> {
-    let row = c.query_one("SELECT inet_server_port()", &[]).await?;
-    Ok(row.get::<_, i32>(0) as u16)
-}
-
-async fn in_recovery(node: &PgNode) -> bool {
-    let n = node.clone();
-    let out = tokio::task::spawn_blocking(move || n.psql("app", "SELECT pg_is_in_recovery()"))
-        .await
-        .unwrap();
-    out.map(|s| s.trim() == "t").unwrap_or(false)
-}
-
-async fn stop(node: &PgNode) {
-    let n = node.clone();
-    tokio::task::spawn_blocking(move || n.stop(StopMode::Immediate))
-        .await
-        .unwrap()
-        .unwrap();
-}
-
-/// Waits until every replica has replayed `table`'s rows up to `rows`: the
-/// test cluster runs without synchronous commit, and what a crash takes
-/// before it reached the replicas is not what these tests are about.
-async fn replicated(cluster: &LocalCluster, table: &str, rows: usize) {
-    for r in cluster.replicas() {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let (n, sql) = (r.clone(), format!("SELECT count(*) FROM {table}"));
-            let out = tokio::task::spawn_blocking(move || n.psql("app", &sql))
-                .await
-                .unwrap();
-            if out.is_ok_and(|s| s.trim().parse::<usize>().unwrap_or(0) >= rows) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not replay {table}",
-                r.name()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-/// Retries a write through `c` until it succeeds: the port it landed on.
-async fn write_lands(c: &Client, table: &str, v: i32, secs: u64) -> u16 {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let sql = format!("INSERT INTO {table} VALUES ({v})");
-        match c.batch_execute(&sql).await {
-            Ok(()) => return port_of(c).await.unwrap(),
-            Err(e) => assert!(Instant::now() < deadline, "write {v}: {e:?}"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_primary_is_promoted_over_once_and_every_proxy_writes_there() {
@@ -272,19 +132,37 @@ async fn when_the_leader_dies_another_leads_and_handles_the_next_crash() {
     let toml = config(&cluster, &etcd.endpoint(), &common::unique("leader"), "");
     let mut all = proxies(&cluster, &toml, 3).await;
     let leader = settled(&all).await;
-    // It stops without giving up its lease, which runs out on its own.
+    // It stops without giving up its lease, which runs out on its own: the
+    // others take over within lease_ttl (2 s) and an interval, bounded
+    // generously here.
     let (dead, _) = all.remove(leader);
     dead.shutdown().await;
+    let stopped = Instant::now();
     let next = settled(&all).await;
-    let c = all[next].0.client().await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "a new leader only after {:?}",
+        stopped.elapsed()
+    );
+    let mut clients = vec![];
+    for (p, _) in &all {
+        clients.push(p.client().await);
+    }
     let table = common::unique("coord");
-    c.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+    clients[0]
+        .batch_execute(&format!("CREATE TABLE {table} (v int)"))
         .await
         .unwrap();
-    replicated(&cluster, &table, 0).await;
+    let before = every_proxy_writes_to_one_node(&clients, &table, 0, 5).await;
+    assert_eq!(before, cluster.primary().port());
+    replicated(&cluster, &table, clients.len()).await;
+
     stop(cluster.primary()).await;
-    let port = write_lands(&c, &table, 1, 30).await;
-    assert_ne!(port, cluster.primary().port());
+    let landed = every_proxy_writes_to_one_node(&clients, &table, 10, 30).await;
+    let acked: BTreeSet<i32> = (0..2).chain(10..12).collect();
+    exactly_one_promoted(&cluster, landed, &table, &acked).await;
+    // The new leader promoted, once; the other proxy only followed.
+    assert_eq!(promotions(&all).await.len(), 1);
     assert_eq!(events(all[next].1, "promoting").await.len(), 1);
     drop(etcd);
 }

@@ -67,7 +67,7 @@ pub fn respond(
     let cluster = &ctx.cluster();
     match path {
         "/healthz" => (StatusCode::OK, TEXT, "ok\n".into()),
-        "/readyz" => match readiness(&cluster.snapshot()) {
+        "/readyz" => match readiness(&cluster.snapshot(), held(cluster).as_deref()) {
             Ok(()) => (StatusCode::OK, TEXT, "ready\n".into()),
             Err(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -206,12 +206,23 @@ fn status_json(ctx: &Context) -> serde_json::Value {
     })
 }
 
-/// Ready while a primary is routable.
-pub fn readiness(snap: &Snapshot) -> Result<(), &'static str> {
-    match snap.primary {
-        Some(_) => Ok(()),
-        None => Err("no primary is routable (starting up, or a failover is in progress)"),
+/// Ready while a primary is routable. Otherwise the reason, with why this
+/// proxy does not fail over when coordination holds it back (`held`: e.g.
+/// too few proxies see the primary down), which a failover in progress
+/// would not explain.
+pub fn readiness(snap: &Snapshot, held: Option<&str>) -> Result<(), String> {
+    match (snap.primary, held) {
+        (Some(_), _) => Ok(()),
+        (None, Some(why)) => Err(format!("no primary is routable: {why}")),
+        (None, None) => {
+            Err("no primary is routable (starting up, or a failover is in progress)".into())
+        }
     }
+}
+
+/// Why coordination holds this proxy back from failing over, if it does.
+fn held(cluster: &crate::cluster::Cluster) -> Option<String> {
+    cluster.coordination().and_then(|c| c.held)
 }
 
 fn event_json(e: &Event) -> serde_json::Value {
@@ -266,13 +277,31 @@ mod tests {
     }
 
     #[test]
-    fn readiness_follows_the_primary() {
-        assert!(readiness(&Snapshot::default()).is_err());
-        assert!(readiness(&Snapshot {
+    fn readiness_follows_the_primary_and_says_why_a_failover_is_held() {
+        assert!(readiness(&Snapshot::default(), None).is_err());
+        let serving = Snapshot {
             primary: Some(0),
             ..Default::default()
-        })
-        .is_ok());
+        };
+        assert!(readiness(&serving, None).is_ok());
+        let why = "1 of 3 live proxies see db1 down: no majority, no failover";
+        assert_eq!(readiness(&serving, Some(why)), Ok(()));
+        let not_ready = readiness(&Snapshot::default(), Some(why)).unwrap_err();
+        assert!(not_ready.ends_with(why), "{not_ready}");
+    }
+
+    #[test]
+    fn readyz_says_why_coordination_holds_a_failover_back() {
+        let ctx = context();
+        let why = "1 of 3 live proxies see db1 down: no majority, no failover";
+        ctx.cluster()
+            .set_coordination(crate::cluster::coord::CoordinationStatus {
+                held: Some(why.into()),
+                ..Default::default()
+            });
+        let (code, _, body) = respond("/readyz", None, &ctx);
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, format!("not ready: no primary is routable: {why}\n"));
     }
 
     #[test]

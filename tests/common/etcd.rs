@@ -3,6 +3,8 @@
 //! temporary data directory, stopped and removed on Drop, like PostgreSQL.
 //! [`Etcd::start_tls`] serves the client port over TLS only and requires
 //! client certificates, with certificates it makes for the purpose.
+//! [`EtcdCluster`] runs three members (a static `--initial-cluster`), one of
+//! which a test can kill, the elected leader first of all.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -24,6 +26,12 @@ pub struct Etcd {
     peer_port: u16,
     /// The client port speaks TLS and wants a client certificate.
     tls: bool,
+    /// `--name`.
+    name: String,
+    /// `--initial-cluster`: `None` for a member alone.
+    initial_cluster: Option<String>,
+    /// `--initial-cluster-token`, the same for every member of a cluster.
+    token: String,
 }
 
 impl Etcd {
@@ -41,21 +49,33 @@ impl Etcd {
     }
 
     fn launch(tls: bool) -> Etcd {
-        let dir = std::env::temp_dir().join(format!("sy-etcd-{}", super::unique("d")));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("etcd data dir");
-        let mut etcd = Etcd {
-            child: None,
-            dir,
-            client_port: free_port(),
-            peer_port: free_port(),
-            tls,
-        };
+        let mut etcd = Etcd::unstarted("sy", tls);
         if tls {
             etcd.make_certificates();
         }
         etcd.run();
         etcd
+    }
+
+    /// A member with a fresh data directory and ports, not started.
+    fn unstarted(name: &str, tls: bool) -> Etcd {
+        let dir = std::env::temp_dir().join(format!("sy-etcd-{}", super::unique("d")));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("etcd data dir");
+        Etcd {
+            child: None,
+            dir,
+            client_port: free_port(),
+            peer_port: free_port(),
+            tls,
+            name: name.to_string(),
+            initial_cluster: None,
+            token: super::unique("sy-etcd"),
+        }
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
     }
 
     /// `http://127.0.0.1:port` (`https://` with TLS), for `[coordination] endpoints`.
@@ -122,12 +142,23 @@ impl Etcd {
     }
 
     fn run(&mut self) {
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting: the members of a cluster answer
+    /// only once a majority of them runs.
+    fn spawn(&mut self) {
         let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .expect("etcd is installed (apt-get install etcd-server; .ci/run does it)");
         let client = self.endpoint();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = self.peer_url();
+        let initial = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={peer}", self.name));
         let log = std::fs::File::create(self.dir.join("etcd.log")).expect("etcd log");
         let mut cmd = Command::new(bin);
         if self.tls {
@@ -137,20 +168,22 @@ impl Etcd {
                 .arg("--client-cert-auth");
         }
         let child = cmd
-            .args(["--name", "sy"])
+            .args(["--name", &self.name])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("sy={peer}")])
+            .args(["--initial-cluster", &initial])
+            // The members of one cluster know each other by this token: a
+            // member of another test's cluster on a reused port is refused.
+            .args(["--initial-cluster-token", &self.token])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start etcd");
         self.child = Some(child);
-        self.wait_ready();
     }
 
     fn wait_ready(&self) {
@@ -193,10 +226,15 @@ impl Etcd {
 
 /// `GET /health` answers `"health":"true"` (over TLS with `tls`).
 fn health_ok(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> bool {
+    let req = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    fetch(addr, tls, &req).is_some_and(|answer| answer.contains("\"health\":\"true\""))
+}
+
+/// Sends the HTTP/1.0 request `req` to `addr` (over TLS with `tls`) and
+/// returns the whole answer, head and body (None when nothing came back).
+fn fetch(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>, req: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let Ok(tcp) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
+    let tcp = std::net::TcpStream::connect(addr).ok()?;
     let _ = tcp.set_read_timeout(Some(Duration::from_secs(1)));
     let mut s: Box<dyn ReadWrite> = match tls {
         None => Box::new(tcp),
@@ -206,14 +244,11 @@ fn health_ok(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> bool {
             Box::new(rustls::StreamOwned::new(conn, tcp))
         }
     };
-    let req = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
+    s.write_all(req.as_bytes()).ok()?;
     // A TLS peer may close without close_notify: keep what was read.
     let mut body = Vec::new();
     let _ = s.read_to_end(&mut body);
-    String::from_utf8_lossy(&body).contains("\"health\":\"true\"")
+    (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned())
 }
 
 trait ReadWrite: std::io::Read + std::io::Write {}
@@ -223,5 +258,91 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Three etcd members forming one cluster (static `--initial-cluster`,
+/// plain HTTP), stopped and removed on Drop.
+pub struct EtcdCluster {
+    members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    /// Starts three members and waits until each answers (which needs an
+    /// elected leader).
+    pub fn start() -> EtcdCluster {
+        let mut members: Vec<Etcd> = (0..3)
+            .map(|i| Etcd::unstarted(&format!("sy{i}"), false))
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let token = super::unique("sy-etcd-cluster");
+        for m in &mut members {
+            m.initial_cluster = Some(initial.clone());
+            m.token = token.clone();
+            m.spawn();
+        }
+        for m in &members {
+            m.wait_ready();
+        }
+        EtcdCluster { members }
+    }
+
+    /// Every member's client URL, for `[coordination] endpoints`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Etcd::endpoint).collect()
+    }
+
+    /// The member the live members agree leads the raft group now, by index;
+    /// waits (at most 20 s) for them to agree, as during an election they
+    /// do not.
+    pub fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let seen: Vec<(usize, serde_json::Value, serde_json::Value)> = self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.child.is_some())
+                .filter_map(|(i, m)| m.status().map(|(me, leader)| (i, me, leader)))
+                .collect();
+            let live = self.members.iter().filter(|m| m.child.is_some()).count();
+            let agreed = seen.len() == live && seen.windows(2).all(|w| w[0].2 == w[1].2);
+            let leader = seen
+                .iter()
+                .find(|(_, me, _)| Some(me) == seen.first().map(|s| &s.2));
+            if let (true, Some((i, _, _))) = (agreed, leader) {
+                return *i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd members disagree on their leader: {seen:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills member `i` (SIGKILL), keeping its data.
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].stop();
+    }
+}
+
+impl Etcd {
+    /// `POST /v3/maintenance/status`: this member's id and the leader's id,
+    /// as it says (None when it does not answer).
+    fn status(&self) -> Option<(serde_json::Value, serde_json::Value)> {
+        let addr = format!("127.0.0.1:{}", self.client_port);
+        let req = format!(
+            "POST /v3/maintenance/status HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+        );
+        let answer = fetch(&addr, None, &req)?;
+        let body = answer.split_once("\r\n\r\n")?.1;
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let (me, leader) = (v["header"]["member_id"].clone(), v["leader"].clone());
+        (!me.is_null() && !leader.is_null()).then_some((me, leader))
     }
 }

@@ -20,8 +20,10 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 pub mod certs;
+pub mod coord;
 pub mod etcd;
 pub mod hardware;
+pub mod relay;
 pub mod script;
 pub mod shipped;
 

@@ -85,24 +85,41 @@ pub(super) struct Channels {
 }
 
 /// Runs sessions with etcd until `shutdown`, reconnecting after failures.
+/// A session talks to one endpoint; when it ends, the next starts on the
+/// next endpoint at once, with a pause once per pass over the list. One
+/// client over all endpoints would not do: it spreads requests over them,
+/// and every request sent to a member that is down fails, so one dead
+/// member of three would end session after session.
 pub(super) async fn run(
     cfg: CoordinationConfig,
     keys: Keys,
     mut ch: Channels,
     shutdown: CancellationToken,
 ) {
+    let count = cfg.endpoints.len().max(1);
+    // Sessions ended so far: the next one uses the endpoint after.
+    let mut ended_sessions = 0usize;
     loop {
+        let endpoint = cfg
+            .endpoints
+            .get(ended_sessions % count)
+            .cloned()
+            .unwrap_or_default();
         let ended = tokio::select! {
-            r = session(&cfg, &keys, &mut ch) => r,
+            r = session(&cfg, &endpoint, &keys, &mut ch) => r,
             _ = shutdown.cancelled() => return,
         };
         if let Err(e) = ended {
-            tracing::warn!(error = %e, "coordination: session with etcd ended");
+            tracing::warn!(error = %e, %endpoint, "coordination: session with etcd ended");
         }
         ch.standing.send_modify(|s| {
             s.connected = false;
             s.leader = false;
         });
+        ended_sessions += 1;
+        if !ended_sessions.is_multiple_of(count) {
+            continue;
+        }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             _ = shutdown.cancelled() => return,
@@ -110,7 +127,7 @@ pub(super) async fn run(
     }
 }
 
-async fn connect(cfg: &CoordinationConfig) -> Result<Client, EtcdError> {
+async fn connect(cfg: &CoordinationConfig, endpoint: &str) -> Result<Client, EtcdError> {
     let ttl = cfg.lease_ttl;
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(ttl / 3)
@@ -132,7 +149,7 @@ async fn connect(cfg: &CoordinationConfig) -> Result<Client, EtcdError> {
         }
         opts = opts.with_tls(tls);
     }
-    Ok(Client::connect(&cfg.endpoints, Some(opts)).await?)
+    Ok(Client::connect([endpoint], Some(opts)).await?)
 }
 
 /// One session: a lease, kept alive at a third of its TTL; every beat also
@@ -140,10 +157,11 @@ async fn connect(cfg: &CoordinationConfig) -> Result<Client, EtcdError> {
 /// know of the others from the watches.
 async fn session(
     cfg: &CoordinationConfig,
+    endpoint: &str,
     keys: &Keys,
     ch: &mut Channels,
 ) -> Result<(), EtcdError> {
-    let mut client = connect(cfg).await?;
+    let mut client = connect(cfg, endpoint).await?;
     let ttl = cfg.lease_ttl.as_secs().max(1) as i64;
     let lease = client.lease_grant(ttl, None).await?.id();
     let (mut keeper, mut beats) = client.lease_keep_alive(lease).await?;
