@@ -79,6 +79,8 @@ use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
 
 mod common;
+#[path = "failover/fleet.rs"]
+mod fleet;
 
 use common::{env_number, Switchyard};
 
@@ -179,14 +181,34 @@ fn env_kinds() -> anyhow::Result<Vec<Kind>> {
         .collect()
 }
 
+/// `--proxies N` on the command line, else `FAILOVER_PROXIES`, else 1.
+fn proxies_wanted() -> anyhow::Result<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.iter().position(|a| a == "--proxies") {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow!("--proxies wants a number")),
+        None => Ok(env_number("FAILOVER_PROXIES", 1)? as usize),
+    }
+}
+
 fn bench() -> anyhow::Result<()> {
     let runs = env_number("FAILOVER_RUNS", DEFAULT_RUNS)?.max(1) as usize;
-    let kinds = env_kinds()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("building the client runtime")?;
+    match proxies_wanted()? {
+        1 => single(&rt, runs),
+        n => fleet::bench(&rt, n, runs),
+    }
+}
+
+/// The single-proxy runs, one per kind of failure.
+fn single(rt: &Runtime, runs: usize) -> anyhow::Result<()> {
+    let kinds = env_kinds()?;
 
     let mut results: Vec<(Kind, Vec<Result<RunResult, String>>)> = Vec::new();
     let mut pg_version = None;
@@ -199,7 +221,7 @@ fn bench() -> anyhow::Result<()> {
             // interval, and the setup takes about the same time every run,
             // so without this every run would fail at the same phase.
             let phase = HEALTH_INTERVAL.mul_f64((run - 1) as f64 / runs as f64);
-            let outcome = run_once(&rt, kind, phase, &mut pg_version);
+            let outcome = run_once(rt, kind, phase, &mut pg_version);
             match &outcome {
                 Ok(r) => eprintln!(
                     "{} run {run}: first ack (degraded: switchover) after {}, longest pause {}, \
@@ -217,8 +239,6 @@ fn bench() -> anyhow::Result<()> {
         }
         results.push((kind, per_kind));
     }
-    rt.shutdown_timeout(Duration::from_secs(2));
-
     let defaults = proxy_config("127.0.0.1:5432", "127.0.0.1:5433", "127.0.0.1:6432", None)?;
     println!(
         "\n{}",
@@ -323,6 +343,7 @@ fn run_once(
     let mut writer_task = rt.spawn(writer(
         writer_client,
         conninfo.clone(),
+        1,
         Arc::clone(&log),
         Arc::clone(&stop),
     ));
@@ -581,15 +602,16 @@ fn first_ack_after(log: &WriterLog, injected: Instant) -> Option<Instant> {
         .map(|a| a.acked)
 }
 
-/// Inserts increasing ids on one connection until `stop`; opens a new
-/// connection only when the proxy closed the current one.
+/// Inserts increasing ids from `first` on one connection until `stop`;
+/// opens a new connection only when the proxy closed the current one.
 async fn writer(
     mut client: Client,
     conninfo: String,
+    first: i64,
     log: Arc<Mutex<WriterLog>>,
     stop: Arc<AtomicBool>,
 ) {
-    let mut id: i64 = 0;
+    let mut id: i64 = first - 1;
     while !stop.load(Ordering::Relaxed) {
         if client.is_closed() {
             match connect(&conninfo).await {

@@ -10,6 +10,8 @@
 
 // Not every benchmark uses every helper.
 #[allow(dead_code)]
+pub mod fleet;
+#[allow(dead_code)]
 pub mod os;
 #[allow(dead_code)]
 pub mod pgbench;
