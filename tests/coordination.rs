@@ -384,6 +384,89 @@ async fn a_fence_outlives_every_proxy_that_knew_it() {
     drop(etcd);
 }
 
+/// Whether `/status` of `http` shows `node` fenced (None: not listed).
+async fn fenced_in(http: SocketAddr, node: &str) -> Option<bool> {
+    let nodes = status(http).await["nodes"].clone();
+    let n = nodes
+        .as_array()?
+        .iter()
+        .find(|n| n["name"] == node)?
+        .clone();
+    n["fenced"].as_bool()
+}
+
+/// Waits up to `secs` until every proxy shows `node` fenced or not, as
+/// `want` says.
+async fn every_proxy_shows(all: &[(Proxy, SocketAddr)], node: &str, want: bool, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let mut seen = vec![];
+        for (_, http) in all {
+            seen.push(fenced_in(*http, node).await);
+        }
+        if seen.iter().all(|f| *f == Some(want)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} fenced = {want} not shown by every proxy: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readmit_sent_to_a_follower_unfences_on_every_proxy_and_outlives_them() {
+    let cluster = three_nodes().await;
+    let etcd = start_etcd().await;
+    let extra = "[failover]\nhold_timeout = \"2s\"\n";
+    let toml = config(
+        &cluster,
+        &etcd.endpoint(),
+        &common::unique("readmit"),
+        extra,
+    );
+    let all = proxies(&cluster, &toml, 3).await;
+    let leader = settled(&all).await;
+    let c = all[0].0.client().await;
+    let table = common::unique("coord");
+    c.batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    replicated(&cluster, &table, 0).await;
+    let old = cluster.primary().clone();
+    stop(&old).await;
+    assert_ne!(write_lands(&c, &table, 1, 30).await, old.port());
+    every_proxy_shows(&all, old.name(), true, 10).await;
+
+    // An operator rebuilt the node and re-admits it on a proxy that does
+    // not lead: every proxy un-fences it, through the shared record.
+    let follower = &all[(leader + 1) % 3].0;
+    let admin = follower
+        .client_as("admin", "adminpw", "switchyard")
+        .await
+        .unwrap();
+    admin
+        .simple_query(&format!("READMIT {}", old.name()))
+        .await
+        .expect("READMIT on a follower");
+    every_proxy_shows(&all, old.name(), false, 10).await;
+    assert!(
+        !events(all[leader].1, "node_readmitted").await.is_empty(),
+        "the leader re-admitted it"
+    );
+
+    // The record no longer fences it: proxies started afresh agree.
+    drop((c, admin));
+    for (p, _) in all {
+        p.shutdown().await;
+    }
+    let again = proxies(&cluster, &toml, 2).await;
+    settled(&again).await;
+    every_proxy_shows(&again, old.name(), false, 10).await;
+    drop(etcd);
+}
+
 /// Watches `http` for `secs` once it answers: the proxy never gets
 /// connected to etcd.
 async fn never_connects(http: SocketAddr, secs: u64) {

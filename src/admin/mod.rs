@@ -212,6 +212,7 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
         Command::Readmit(node) => {
             ctx.cluster()
                 .readmit(&node)
+                .await
                 .map_err(|e| ClientError::Admin {
                     code: e.sqlstate(),
                     message: e.to_string(),

@@ -96,6 +96,16 @@ pub enum ReadmitError {
     /// The node is not fenced: there is nothing to re-admit.
     #[error("node {0} is not fenced")]
     NotFenced(String),
+    /// With coordination, only the leader changes the shared record, and
+    /// there is none to ask (the reason says why).
+    #[error("not re-admitted: {0}")]
+    NoLeader(String),
+    /// The leader was asked and did not re-admit the node (its reason).
+    #[error("the leader did not re-admit it: {0}")]
+    AtLeader(String),
+    /// The request was never run.
+    #[error("the monitor stopped before the node was re-admitted")]
+    MonitorStopped,
 }
 
 /// Why a reloaded node list was not applied.
@@ -135,6 +145,9 @@ impl ReadmitError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             ReadmitError::NoSuchNode(_) | ReadmitError::NotFenced(_) => "42704",
+            ReadmitError::NoLeader(_)
+            | ReadmitError::AtLeader(_)
+            | ReadmitError::MonitorStopped => "55000",
         }
     }
 }
@@ -169,6 +182,13 @@ mod tests {
             ReadmitError::NotFenced("db1".into()),
         ] {
             assert_eq!(e.sqlstate(), "42704", "{e}");
+        }
+        for e in [
+            ReadmitError::NoLeader("etcd is unreachable".into()),
+            ReadmitError::AtLeader("node db1 is not fenced".into()),
+            ReadmitError::MonitorStopped,
+        ] {
+            assert_eq!(e.sqlstate(), "55000", "{e}");
         }
     }
 

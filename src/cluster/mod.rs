@@ -9,6 +9,7 @@ pub mod coord;
 pub mod decide;
 mod error;
 pub mod failover;
+mod fences;
 pub mod hardware;
 pub mod health;
 mod membership;
@@ -25,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{MembershipError, ReadmitError, StepError, SwitchoverError};
@@ -92,6 +93,13 @@ struct Incarnation {
     retired: CancellationToken,
 }
 
+/// A `READMIT` waiting for the monitor: the node, and where its outcome
+/// goes.
+pub(crate) struct Readmit {
+    pub node: usize,
+    pub reply: oneshot::Sender<Result<(), ReadmitError>>,
+}
+
 /// The shared topology handle.
 pub struct Cluster {
     /// The nodes, by index. Only ever appended to — a reload that removes a
@@ -104,7 +112,7 @@ pub struct Cluster {
     changed: watch::Sender<u64>,
     nudge: Notify,
     /// Fenced nodes an operator re-admitted, for the monitor to apply.
-    readmits: Mutex<Vec<usize>>,
+    readmits: Mutex<Vec<Readmit>>,
     /// Planned switchovers asked for, for the monitor to run.
     switchovers: Mutex<Vec<switchover::Request>>,
     /// The incident timeline.
@@ -346,19 +354,32 @@ impl Cluster {
         self.retirements.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Asks the monitor to un-fence `name` (admin `READMIT`). The node is
-    /// then checked like any other: if it still claims to be a primary on an
-    /// older timeline, the fencing rule applies again.
-    pub fn readmit(&self, name: &str) -> Result<(), ReadmitError> {
-        let i = self
+    /// Asks the monitor to un-fence `name` (admin `READMIT`) and waits for
+    /// the outcome. The node is then checked like any other: if it still
+    /// claims to be a primary on an older timeline, the fencing rule
+    /// applies again. With coordination the leader does it, in the shared
+    /// record every proxy follows.
+    pub async fn readmit(&self, name: &str) -> Result<(), ReadmitError> {
+        let outcome = self.queue_readmit(name)?;
+        outcome.await.unwrap_or(Err(ReadmitError::MonitorStopped))
+    }
+
+    /// Queues a `READMIT` of `name` for the monitor; the receiver gets its
+    /// outcome.
+    pub(crate) fn queue_readmit(
+        &self,
+        name: &str,
+    ) -> Result<oneshot::Receiver<Result<(), ReadmitError>>, ReadmitError> {
+        let node = self
             .index_of(name)
             .ok_or_else(|| ReadmitError::NoSuchNode(name.into()))?;
         if !self.status().iter().any(|s| s.name == name && s.fenced) {
             return Err(ReadmitError::NotFenced(name.into()));
         }
-        lock(&self.readmits).push(i);
+        let (reply, outcome) = oneshot::channel();
+        lock(&self.readmits).push(Readmit { node, reply });
         self.nudge();
-        Ok(())
+        Ok(outcome)
     }
 
     /// Asks the monitor for a planned switchover (to `target`, or the best
@@ -457,7 +478,7 @@ impl Cluster {
     }
 
     /// Re-admissions requested since the last call.
-    pub(crate) fn take_readmits(&self) -> Vec<usize> {
+    pub(crate) fn take_readmits(&self) -> Vec<Readmit> {
         std::mem::take(&mut *lock(&self.readmits))
     }
 

@@ -12,16 +12,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::actuate::{is_slow, perform, publish};
 use super::coord::gate::{self, Held};
-use super::coord::Coordination;
+use super::coord::{Ask, AskReply, Coordination};
 use super::decide::replicas_silent_since;
 use super::failover::{step, Action, FailoverSettings, Primary};
+use super::fences;
 use super::health::{ProbeError, LATE_PROBE};
 use super::peer_switch::{finish_interrupted, PeerSwitchover};
 use super::switchover::Request;
 use super::track::{views, Track};
 use super::view::{Health, NodeView, Probe, Timers};
 use super::witness::{failure_start, primary_failing, Failure};
-use super::Cluster;
+use super::{Cluster, ReadmitError, SwitchoverError};
 use arc_swap::ArcSwap;
 
 use super::hardware::HardwareStatus;
@@ -54,15 +55,7 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
     let mut hardware_acted: Option<usize> = None;
     let coord = {
         let (nudge, asks) = (cluster.clone(), cluster.clone());
-        let on_request = move |target, reason| {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            asks.request_switchover(Request {
-                target,
-                reason,
-                reply: Some(tx),
-            });
-            rx
-        };
+        let on_request = move |ask, reason| run_asked(&asks, ask, reason);
         Coordination::start(
             &live.load(),
             move |_| nudge.nudge(),
@@ -78,6 +71,7 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
     // routes to a node another proxy fenced.
     let started = tokio::time::Instant::now();
     let mut fences_known = coord.is_none();
+    let mut record_fences: Option<Vec<String>> = None;
     loop {
         let config = live.load_full();
         let tick_started = tokio::time::Instant::now();
@@ -89,16 +83,31 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
                 .map(|n| Track::new(n, &login, cluster.tls())),
         );
         super::hardware::watch::spawn_new(&cluster, &shutdown);
-        apply_readmits(&cluster, &mut tracks);
         probe_all(&cluster, &config, &mut tracks, &state, &mut failing_since).await;
         if !fences_known {
             let waited = started.elapsed() > config.coordination.lease_ttl;
-            fences_known = restore_fences(&cluster, coord.as_ref(), &mut tracks, waited);
+            fences_known = fences::restore(&cluster, coord.as_ref(), &mut tracks, waited);
             if !fences_known {
                 tokio::time::sleep(FAST_TICK).await;
                 continue;
             }
         }
+        let leading = not_leading(coord.as_ref());
+        fences::follow(
+            &cluster,
+            coord.as_ref(),
+            leading.as_ref(),
+            &mut tracks,
+            &mut record_fences,
+        );
+        let limit = forward_limit(&config);
+        fences::readmit(
+            &cluster,
+            coord.as_ref(),
+            leading.as_ref(),
+            &mut tracks,
+            limit,
+        );
         react_to_hardware(&cluster, &config, &state, &mut hardware_acted);
         // Planned moves run between ticks, on fresh probes. One that lost
         // the old primary mid-way leaves it lost before any replica was
@@ -114,7 +123,13 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
                 Some(Held::NotLeader(Some(_))) => {
                     // Another proxy leads: it runs the switchover.
                     let c = coord.as_ref().expect("only with coordination");
-                    c.forward(req.target, req.reason, req.reply, forward_limit(&config));
+                    let asked = c.forward(Ask::Switchover(req.target), req.reason, limit);
+                    tokio::spawn(async move {
+                        let outcome = asked.await.map_err(SwitchoverError::AtLeader);
+                        if let Some(reply) = req.reply {
+                            let _ = reply.send(outcome);
+                        }
+                    });
                     state
                 }
                 Some(why) => super::switchover::refuse(&cluster, req, why, &state),
@@ -178,48 +193,41 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
     }
 }
 
-/// Fences what the shared record says is fenced, once it has been read;
-/// true when done (or when `gave_up` waiting for etcd).
-fn restore_fences(
-    cluster: &Cluster,
-    coord: Option<&Coordination>,
-    tracks: &mut [Track],
-    gave_up: bool,
-) -> bool {
-    let Some(names) = coord.and_then(Coordination::fenced_by_record) else {
-        if gave_up {
-            let msg =
-                "the shared record could not be read: fences set by other proxies are not known";
-            cluster.events.record(EventKind::ActionFailed, None, msg);
+/// Runs on this (leading) proxy what another proxy asked of it; the
+/// receiver gets the outcome as text for the record.
+fn run_asked(cluster: &Cluster, ask: Ask, reason: String) -> AskReply {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    match ask {
+        Ask::Switchover(target) => {
+            let (reply, outcome) = tokio::sync::oneshot::channel();
+            let reply = Some(reply);
+            cluster.request_switchover(Request {
+                target,
+                reason,
+                reply,
+            });
+            tokio::spawn(async move {
+                let r = outcome
+                    .await
+                    .unwrap_or(Err(SwitchoverError::MonitorStopped));
+                let _ = tx.send(r.map_err(|e| e.to_string()));
+            });
         }
-        return gave_up;
-    };
-    let nodes = cluster.nodes();
-    for name in names {
-        let Some(i) = nodes.iter().position(|n| n.name == name) else {
-            continue;
-        };
-        if !tracks[i].fenced {
-            tracks[i].fenced = true;
-            let msg = "fenced, as the shared record says (until re-admitted)";
-            cluster
-                .events
-                .record(EventKind::NodeFenced, Some(&name), msg);
+        Ask::Readmit(node) => {
+            let queued = cluster.queue_readmit(&node);
+            tokio::spawn(async move {
+                let r = match queued {
+                    Ok(outcome) => outcome.await.unwrap_or(Err(ReadmitError::MonitorStopped)),
+                    Err(e) => Err(e),
+                };
+                let _ = tx.send(
+                    r.map(|()| format!("{node} re-admitted"))
+                        .map_err(|e| e.to_string()),
+                );
+            });
         }
     }
-    true
-}
-
-fn apply_readmits(cluster: &Cluster, tracks: &mut [Track]) {
-    let nodes = cluster.nodes();
-    for i in cluster.take_readmits() {
-        tracks[i].fenced = false;
-        cluster.events.record(
-            EventKind::NodeReadmitted,
-            Some(&nodes[i].name),
-            "re-admitted by an operator (READMIT); routed again once its checks pass",
-        );
-    }
+    rx
 }
 
 /// How long a switchover handed to the leader may take before whoever

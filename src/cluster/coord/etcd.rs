@@ -17,35 +17,32 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::super::error::SwitchoverError;
 use super::gate::{PeerView, Standing};
 use super::keys::Keys;
-use super::Topology;
+use super::{Ask, Topology};
 use crate::config::coordination::CoordinationConfig;
 
-/// Where a forwarded switchover's outcome goes.
-pub(super) type Reply = oneshot::Sender<Result<String, SwitchoverError>>;
+/// Where a forwarded request's outcome goes: what was done, or why not
+/// (as the leader said it).
+pub(super) type Reply = oneshot::Sender<Result<String, String>>;
 
-/// Runs a switchover another proxy asked for, on this (leading) proxy's
-/// monitor; the receiver gets its outcome.
-pub(super) type OnRequest = Box<
-    dyn Fn(Option<String>, String) -> oneshot::Receiver<Result<String, SwitchoverError>>
-        + Send
-        + Sync,
->;
+/// Runs what another proxy asked for on this (leading) proxy's monitor;
+/// the receiver gets its outcome.
+pub(super) type OnRequest =
+    Box<dyn Fn(Ask, String) -> oneshot::Receiver<Result<String, String>> + Send + Sync>;
 
-/// A switchover asked of this proxy, which does not lead: written to etcd
-/// for the leader.
+/// Something asked of this proxy, which does not lead: written to etcd for
+/// the leader.
 pub(super) struct Forward {
-    pub target: Option<String>,
+    pub ask: Ask,
     pub reason: String,
     pub reply: Reply,
 }
 
-/// A forwarded switchover as it sits in etcd.
+/// A forwarded request as it sits in etcd.
 #[derive(Debug, Serialize, Deserialize)]
 struct RequestBody {
-    target: Option<String>,
+    ask: Ask,
     reason: String,
 }
 
@@ -435,13 +432,13 @@ impl Session {
     ) -> Result<(), EtcdError> {
         self.pending.retain(|_, reply| !reply.is_closed());
         if self.pending.len() >= MAX_PENDING {
-            let why = format!("{MAX_PENDING} switchovers already wait for the leader");
-            let _ = f.reply.send(Err(SwitchoverError::AtLeader(why)));
+            let why = format!("{MAX_PENDING} requests already wait for the leader");
+            let _ = f.reply.send(Err(why));
             return Ok(());
         }
         let id = format!("{}-{:016x}", self.me, rand::random::<u64>());
         let body = RequestBody {
-            target: f.target,
+            ask: f.ask,
             reason: f.reason,
         };
         let opts = PutOptions::new().with_lease(self.lease);
@@ -465,7 +462,7 @@ impl Session {
             let Some(reply) = self.pending.remove(&id) else {
                 continue;
             };
-            let _ = reply.send(outcome.map_err(SwitchoverError::AtLeader));
+            let _ = reply.send(outcome);
             client.delete(keys.result(&id), None).await?;
         }
         if !self.leads() {
@@ -479,17 +476,16 @@ impl Session {
             if !client.txn(take).await?.succeeded() {
                 continue;
             }
-            let outcome = on_request(body.target, body.reason);
+            let outcome = on_request(body.ask, body.reason);
             let (mut client, key, lease) = (client.clone(), keys.result(&id), self.lease);
             tokio::spawn(async move {
-                let answer: ResultBody = match outcome.await {
-                    Ok(r) => r.map_err(|e| e.to_string()),
-                    Err(_) => Err(SwitchoverError::MonitorStopped.to_string()),
-                };
+                let answer: ResultBody = outcome
+                    .await
+                    .unwrap_or_else(|_| Err("the leader's monitor stopped before it ran".into()));
                 let value = serde_json::to_vec(&answer).unwrap_or_default();
                 let opts = PutOptions::new().with_lease(lease);
                 if let Err(e) = client.put(key, value, Some(opts)).await {
-                    tracing::warn!(error = %e, "coordination: a switchover's outcome could not be written");
+                    tracing::warn!(error = %e, "coordination: a request's outcome could not be written");
                 }
             });
         }

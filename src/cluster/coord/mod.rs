@@ -18,14 +18,24 @@ use std::time::{Duration, Instant};
 use crate::config::coordination::Backend;
 use crate::config::Config;
 
-use super::error::SwitchoverError;
 use super::failover::{FailoverSettings, Primary};
 use super::view::{Health, NodeView};
 use gate::{Held, PeerView, Standing};
 use switch::Switching;
 
-/// Where a switchover's outcome arrives.
-pub type SwitchoverReply = oneshot::Receiver<Result<String, SwitchoverError>>;
+/// Where the outcome of a request run by the leader arrives: what was
+/// done, or why not.
+pub type AskReply = oneshot::Receiver<Result<String, String>>;
+
+/// What a proxy that does not lead asks the leader to do, through etcd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ask {
+    /// A planned switchover, to this node or (None) the best replica.
+    Switchover(Option<String>),
+    /// Un-fence this node (`READMIT`): the record, which every proxy
+    /// follows, stops naming it.
+    Readmit(String),
+}
 
 /// The shared record of who the primary is, written only by the leader.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +112,7 @@ impl Coordination {
     pub fn start(
         config: &Config,
         on_record: impl Fn(Topology) + Send + Sync + 'static,
-        on_request: impl Fn(Option<String>, String) -> SwitchoverReply + Send + Sync + 'static,
+        on_request: impl Fn(Ask, String) -> AskReply + Send + Sync + 'static,
         shutdown: CancellationToken,
     ) -> Option<Coordination> {
         let cfg = config.coordination.clone();
@@ -322,42 +332,49 @@ impl Coordination {
         matches!(waited, Ok(Ok(_)))
     }
 
-    /// Hands a switchover asked of this proxy, which does not lead, to the
-    /// leader through etcd; `reply` gets the leader's outcome, or an error
-    /// after `limit`.
+    /// Hands what was asked of this proxy, which does not lead, to the
+    /// leader through etcd. The leader's outcome arrives, or after `limit`
+    /// why there was none.
     pub fn forward(
         &self,
-        target: Option<String>,
+        ask: Ask,
         reason: String,
-        reply: Option<oneshot::Sender<Result<String, SwitchoverError>>>,
         limit: Duration,
-    ) {
+    ) -> impl std::future::Future<Output = Result<String, String>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
         let forward = etcd::Forward {
-            target,
+            ask,
             reason,
             reply: tx,
         };
-        if let Err(e) = self.forwards.try_send(forward) {
-            let why = "too many switchovers wait to be handed to the leader".to_string();
-            let (mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f)) = e;
-            let _ = f.reply.send(Err(SwitchoverError::AtLeader(why)));
-        }
-        tokio::spawn(async move {
-            let outcome = match tokio::time::timeout(limit, rx).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err(SwitchoverError::AtLeader(
-                    "the session with etcd ended before the leader answered".into(),
-                )),
-                Err(_) => Err(SwitchoverError::AtLeader(format!(
-                    "no answer within {limit:?}"
-                ))),
-            };
-            if let Some(reply) = reply {
-                let _ = reply.send(outcome);
+        let queued = self.forwards.try_send(forward).is_ok();
+        async move {
+            if !queued {
+                return Err("too many requests wait to be handed to the leader".into());
             }
-        });
+            match tokio::time::timeout(limit, rx).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err("the session with etcd ended before the leader answered".into()),
+                Err(_) => Err(format!("no answer within {limit:?}")),
+            }
+        }
     }
+}
+
+/// How the record's fenced set changed from `before` to `now`: the nodes
+/// newly fenced, and the ones re-admitted.
+pub fn fence_changes<'a>(before: &[String], now: &'a [String]) -> (Vec<&'a str>, Vec<String>) {
+    let added = now
+        .iter()
+        .filter(|n| !before.contains(n))
+        .map(String::as_str)
+        .collect();
+    let removed = before
+        .iter()
+        .filter(|n| !now.contains(n))
+        .cloned()
+        .collect();
+    (added, removed)
 }
 
 /// The record saying `primary` takes writes, with the nodes fenced now.
@@ -420,6 +437,26 @@ mod tests {
             "[[users]]\nname = \"app\"\npassword = \"pw\"\n{extra}\n[cluster]\nnodes = [{nodes}]\n"
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn a_follower_applies_what_changed_in_the_record_fences_only() {
+        let v = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // (before, now) -> (newly fenced, re-admitted)
+        type Names = &'static [&'static str];
+        let cases: [(Names, Names, Names, Names); 5] = [
+            (&[], &[], &[], &[]),
+            (&[], &["db1"], &["db1"], &[]),
+            (&["db1"], &[], &[], &["db1"]),
+            (&["db1"], &["db1"], &[], &[]),
+            (&["db1", "db2"], &["db2", "db3"], &["db3"], &["db1"]),
+        ];
+        for (before, now, added, removed) in cases {
+            let (b, n) = (v(before), v(now));
+            let (a, r) = fence_changes(&b, &n);
+            assert_eq!(a, added.to_vec(), "{before:?} -> {now:?}");
+            assert_eq!(r, v(removed), "{before:?} -> {now:?}");
+        }
     }
 
     #[test]
