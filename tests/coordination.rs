@@ -17,6 +17,7 @@ use common::coord::{
     write_lands,
 };
 use common::etcd::Etcd;
+use common::shipped::Shipped;
 use common::Proxy;
 use tokio_postgres::Client;
 
@@ -164,6 +165,94 @@ async fn when_the_leader_dies_another_leads_and_handles_the_next_crash() {
     // The new leader promoted, once; the other proxy only followed.
     assert_eq!(promotions(&all).await.len(), 1);
     assert_eq!(events(all[next].1, "promoting").await.len(), 1);
+    drop(etcd);
+}
+
+/// Waits until the proxy at `http` is connected and sees `n` live proxies
+/// and `leader` leading.
+async fn sees_leader(http: SocketAddr, leader: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = status(http).await["coordination"].clone();
+        if c["connected"] == true && c["proxies"] == n && c["leader_id"] == leader {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{leader} not seen leading: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_killed_as_it_promotes_leaves_exactly_one_promotion() {
+    let cluster = three_nodes().await;
+    let etcd = start_etcd().await;
+    let name = common::unique("killed");
+    let toml = config(&cluster, &etcd.endpoint(), &name, "");
+    // The leader is the binary, so that it can die with SIGKILL.
+    let leader = Shipped::start_with(|addr, http| {
+        format!("[proxy]\nlisten = \"{addr}\"\n{toml}\n[http]\nlisten = \"{http}\"\n")
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leader.status().await["coordination"]["leader"] != true {
+        assert!(Instant::now() < deadline, "the first proxy never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leader_id = leader.status().await["coordination"]["proxy"].clone();
+    let others = proxies(&cluster, &toml, 2).await;
+    for (_, http) in &others {
+        sees_leader(*http, leader_id.as_str().unwrap(), 3).await;
+    }
+    let mut clients = vec![];
+    for (p, _) in &others {
+        clients.push(p.client().await);
+    }
+    let table = common::unique("coord");
+    clients[0]
+        .batch_execute(&format!("CREATE TABLE {table} (v int)"))
+        .await
+        .unwrap();
+    every_proxy_writes_to_one_node(&clients, &table, 0, 5).await;
+    replicated(&cluster, &table, clients.len()).await;
+
+    // SIGKILL the leader the moment the record names the node it is
+    // promoting: pg_promote() is sent right after, or was just sent.
+    let mut watcher = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let mut events_of = watcher
+        .watch(format!("/switchyard/{name}/topology"), None)
+        .await
+        .unwrap();
+    let killer = tokio::spawn(async move {
+        while let Ok(Some(resp)) = events_of.message().await {
+            for ev in resp.events() {
+                let value = ev.kv().map(|kv| kv.value()).unwrap_or_default();
+                let record: serde_json::Value = serde_json::from_slice(value).unwrap_or_default();
+                if let Some(node) = record["promoting"].as_str() {
+                    drop(leader);
+                    return node.to_string();
+                }
+            }
+        }
+        panic!("the watch ended before any promotion was recorded");
+    });
+    stop(cluster.primary()).await;
+    let promoting = tokio::time::timeout(Duration::from_secs(30), killer)
+        .await
+        .expect("a promotion was recorded")
+        .unwrap();
+
+    // The survivors elect a leader, which promotes that node and no other.
+    let landed = every_proxy_writes_to_one_node(&clients, &table, 10, 30).await;
+    let acked: BTreeSet<i32> = (0..2).chain(10..12).collect();
+    let new = exactly_one_promoted(&cluster, landed, &table, &acked).await;
+    assert_eq!(
+        new.name(),
+        promoting,
+        "the recorded node is the one promoted"
+    );
+    assert!(promotions(&others).await.len() <= 1);
     drop(etcd);
 }
 

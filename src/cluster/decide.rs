@@ -278,6 +278,31 @@ pub fn split_primaries(nodes: &[NodeView]) -> Vec<usize> {
     }
 }
 
+/// How long a replica repointed at a primary gets to stream from it before
+/// it is repointed again: a standby whose stream broke retries only every
+/// `wal_retrieve_retry_interval` (5 s by default), then switches timeline.
+pub const REPOINT_RETRY: Duration = Duration::from_secs(15);
+
+/// Replicas that follow no primary: usable, not streaming, on a timeline
+/// below the serving `primary`'s. A proxy that did not lead when the
+/// primary changed left them pointing at the old one, or they were down
+/// while the others were repointed. Not one repointed at `primary` less
+/// than [`REPOINT_RETRY`] before `now`: it may still be switching.
+pub fn stray_replicas(nodes: &[NodeView], primary: usize, now: Instant) -> Vec<usize> {
+    let top = nodes[primary].timeline();
+    nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.live_role() == Some(Role::Replica))
+        .filter(|(_, n)| n.timeline() < top && !n.probe.as_ref().is_some_and(|p| p.streaming))
+        .filter(|(_, n)| {
+            !n.repointed
+                .is_some_and(|(to, at)| to == primary && now.duration_since(at) < REPOINT_RETRY)
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Replicas fit for read traffic: usable, not fenced, on the primary's
 /// timeline, within `max_lag` bytes of the primary's position.
 pub fn fit_replicas(nodes: &[NodeView], primary: Option<usize>, max_lag: u64) -> Vec<usize> {
@@ -299,6 +324,46 @@ pub fn fit_replicas(nodes: &[NodeView], primary: Option<usize>, max_lag: u64) ->
 mod tests {
     use super::*;
     use crate::cluster::view::{test_node as node, Health};
+
+    #[test]
+    fn replicas_following_no_primary_are_found_once_per_retry() {
+        let now = Instant::now();
+        let stray = |n: &mut NodeView| n.probe.as_mut().unwrap().streaming = false;
+        let p = node("p", Role::Primary, 2, 1000);
+        // (replica, stray?)
+        let mut left = node("left", Role::Replica, 1, 900);
+        stray(&mut left);
+        let follows = node("follows", Role::Replica, 2, 990);
+        let mut idle_on_top = node("idle", Role::Replica, 2, 990);
+        stray(&mut idle_on_top);
+        let streams_old = node("streams", Role::Replica, 1, 900);
+        let mut just_repointed = left.clone();
+        just_repointed.repointed = Some((0, now - Duration::from_secs(3)));
+        let mut repointed_long_ago = left.clone();
+        repointed_long_ago.repointed = Some((0, now - REPOINT_RETRY));
+        let mut repointed_elsewhere = left.clone();
+        repointed_elsewhere.repointed = Some((9, now));
+        let mut down = left.clone();
+        down.health = Health::Down;
+        let mut fenced = left.clone();
+        fenced.fenced = true;
+        let cases = [
+            (left, true),
+            (follows, false),
+            (idle_on_top, false),
+            (streams_old, false),
+            (just_repointed, false),
+            (repointed_long_ago, true),
+            (repointed_elsewhere, true),
+            (down, false),
+            (fenced, false),
+        ];
+        for (r, want) in cases {
+            let name = r.name.clone();
+            let got = stray_replicas(&[p.clone(), r], 0, now);
+            assert_eq!(got == vec![1], want, "{name}: {got:?}");
+        }
+    }
 
     #[test]
     fn candidate_is_the_most_advanced_reachable_replica() {

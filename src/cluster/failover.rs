@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use super::decide::{choose_candidate, reported_primary, split_primaries, to_fence, Blocked};
+use super::decide::{
+    choose_candidate, reported_primary, split_primaries, stray_replicas, to_fence, Blocked,
+};
 use super::view::{Health, NodeView, Role};
 use crate::config::FailoverMode;
 use crate::events::EventKind;
@@ -241,7 +243,19 @@ fn serving(
             actions.push(Action::CloseConns(p));
             took_over(q, Some(p), nodes, cfg, actions)
         }
-        _ => Primary::Serving(p),
+        _ => {
+            // Finishes what a promotion this proxy did not act on left
+            // undone (it followed, or its leader died mid-way).
+            if cfg.repoint_replicas {
+                actions.extend(stray_replicas(nodes, p, now).into_iter().map(|replica| {
+                    Action::Repoint {
+                        replica,
+                        primary: p,
+                    }
+                }));
+            }
+            Primary::Serving(p)
+        }
     }
 }
 

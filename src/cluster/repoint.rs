@@ -78,6 +78,7 @@ pub(super) async fn repoint_node(
 ) {
     let nodes = cluster.nodes();
     let (name, new_name) = (&nodes[replica].name, &nodes[primary].name);
+    tracks[replica].repointed = Some((primary, std::time::Instant::now()));
     match repoint(cluster, tracks, replica, primary, timeout).await {
         Ok((upstream, slot)) => {
             let via = match (&upstream.slot, slot) {

@@ -22,6 +22,8 @@ pub(crate) struct Track {
     pub(crate) probe: Option<Probe>,
     /// Never routed to until re-admitted.
     pub(crate) fenced: bool,
+    /// The primary it was last repointed at, and when.
+    pub(crate) repointed: Option<(usize, std::time::Instant)>,
     /// What it witnesses of a primary that stopped answering us.
     witness: Witness,
 }
@@ -37,6 +39,7 @@ impl Track {
             health: Health::Unknown,
             probe: None,
             fenced: false,
+            repointed: None,
             witness: Witness::Idle,
         }
     }
@@ -108,6 +111,7 @@ pub(super) fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
             // A removed node is out of every decision, like a fenced one.
             fenced: t.fenced || cluster.is_removed(i),
             hardware_failing: cluster.hardware(i).status == HardwareStatus::Failing,
+            repointed: t.repointed,
         })
         .collect()
 }

@@ -151,6 +151,8 @@ pub struct NodeView {
     pub fenced: bool,
     /// Its hardware probe says `failing`: it counts as down.
     pub hardware_failing: bool,
+    /// The primary it was last repointed at, and when.
+    pub repointed: Option<(usize, Instant)>,
 }
 
 impl NodeView {
@@ -195,6 +197,7 @@ pub(crate) fn test_node(name: &str, role: Role, tl: u32, lsn: u64) -> NodeView {
         witness: Testimony::Nothing,
         fenced: false,
         hardware_failing: false,
+        repointed: None,
     }
 }
 

@@ -24,15 +24,27 @@ impl Shipped {
     /// Starts the binary with `[proxy] extra` (TOML lines) in front of
     /// `cluster`, and waits until it routes to a primary.
     pub async fn start(cluster: &LocalCluster, extra: &str) -> Shipped {
+        let nodes = super::nodes_toml(cluster);
+        Self::start_with(|addr, http| {
+            format!(
+                "[proxy]\nlisten = \"{addr}\"\n{extra}\n{USERS}\n[cluster]\nnodes = [{nodes}]\n\
+                 [http]\nlisten = \"{http}\"\n"
+            )
+        })
+        .await
+    }
+
+    /// Starts the binary with the whole configuration `toml` gives for its
+    /// client and HTTP listen addresses, and waits until it routes to a
+    /// primary.
+    pub async fn start_with(
+        toml: impl FnOnce(std::net::SocketAddr, std::net::SocketAddr) -> String,
+    ) -> Shipped {
         let dir = std::env::temp_dir().join(unique("sy_shipped"));
         std::fs::create_dir_all(&dir).unwrap();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let nodes = super::nodes_toml(cluster);
-        let toml = format!(
-            "[proxy]\nlisten = \"{addr}\"\n{extra}\n{USERS}\n[cluster]\nnodes = [{nodes}]\n\
-             [http]\nlisten = \"{http}\"\n"
-        );
+        let toml = toml(addr, http);
         let file = dir.join("switchyard.toml");
         std::fs::write(&file, toml).unwrap();
         // SWITCHYARD_BIN runs another build (the release binary, for numbers).
