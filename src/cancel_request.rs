@@ -23,13 +23,36 @@ pub async fn serve(ctx: &Context, pid: i32, secret: i32) {
     let route = {
         let config = ctx.config();
         peer_key::route(ctx.cancels().peer_id(), pid, |id| {
-            let peer = config.peers.iter().find(|p| p.id == u16::from(id))?;
-            Some(peer.addr.clone())
+            match config.peers.iter().find(|p| p.id == u16::from(id)) {
+                Some(peer) => Some(peer.addr.clone()),
+                None => published_addr(ctx, id),
+            }
         })
     };
     match route {
         Route::Local => cancel_here(ctx, pid, secret).await,
         Route::Peer(addr) => forward(ctx, &addr, (pid, secret)).await,
+    }
+}
+
+/// The address the one live proxy with peer id `id` published through
+/// coordination. None when no proxy, or more than one, claims that id: a
+/// request sent to the wrong one would be dropped there, so it is looked
+/// up here instead (and matches nothing).
+fn published_addr(ctx: &Context, id: u8) -> Option<String> {
+    let status = ctx.cluster().coordination()?;
+    let mut claims = status
+        .peers
+        .into_iter()
+        .filter_map(|p| p.cancel_route)
+        .filter(|(peer, _)| *peer == id);
+    match (claims.next(), claims.next()) {
+        (Some((_, addr)), None) => Some(addr),
+        (Some(_), Some(_)) => {
+            tracing::warn!(peer_id = id, "two proxies publish the same proxy.peer_id: a cancel request for it is not sent on");
+            None
+        }
+        _ => None,
     }
 }
 

@@ -256,6 +256,51 @@ async fn a_leader_killed_as_it_promotes_leaves_exactly_one_promotion() {
     drop(etcd);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_to_another_proxy_finds_the_query_through_etcd() {
+    let cluster = three_nodes().await;
+    let etcd = start_etcd().await;
+    let name = common::unique("cancel");
+    let (mut all, mut addrs) = (vec![], vec![]);
+    for id in 1..=2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let extra = format!("[proxy]\npeer_id = {id}\n");
+        let coord = format!("advertise = \"{addr}\"\n");
+        let toml = config_coord(&cluster.nodes(), &etcd.endpoint(), &name, &extra, &coord);
+        all.push(Proxy::start_on_with_http(cluster.clone(), &toml, listener).await);
+        addrs.push(addr);
+    }
+    // No [[peers]]: each learns where the other is from etcd.
+    settled(&all).await;
+    let client = all[0].0.client().await;
+    let token = client.cancel_token();
+    let other = addrs[1];
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stream = tokio::net::TcpStream::connect(other).await.unwrap();
+        token
+            .cancel_query_raw(stream, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        Instant::now()
+    });
+    let query = client.batch_execute("SELECT pg_sleep(30)");
+    let outcome = tokio::time::timeout(Duration::from_secs(10), query).await;
+    let ended = Instant::now();
+    let sent = cancel.await.unwrap();
+    let err = outcome
+        .expect("the query still ran 10 s later")
+        .unwrap_err();
+    assert_eq!(common::sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    assert!(
+        ended.saturating_duration_since(sent) < Duration::from_secs(2),
+        "the query ran on for {:?} after the cancel",
+        ended.saturating_duration_since(sent)
+    );
+    drop(etcd);
+}
+
 /// One autocommit writer per proxy, for as long as `stop` is unset:
 /// (values acknowledged, errors seen).
 fn writer(c: Client, table: String, base: i32, stop: Arc<AtomicBool>) -> Writer {

@@ -39,6 +39,11 @@ pub struct CoordinationConfig {
     pub password: Option<String>,
     /// TLS toward etcd, for `https://` endpoints.
     pub tls: CoordinationTlsConfig,
+    /// This proxy's client-facing `host:port` as the other proxies reach
+    /// it, published with its `proxy.peer_id` so that a CancelRequest that
+    /// lands on another proxy is sent on here. Default: `proxy.listen`
+    /// unless that is an unspecified address (`0.0.0.0`, `[::]`).
+    pub advertise: Option<String>,
 }
 
 /// `[coordination.tls]` (or `tls = { ... }` in `[coordination]`): how the
@@ -75,6 +80,7 @@ impl Default for CoordinationConfig {
             username: None,
             password: None,
             tls: CoordinationTlsConfig::default(),
+            advertise: None,
         }
     }
 }
@@ -90,6 +96,7 @@ impl fmt::Debug for CoordinationConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls", &self.tls)
+            .field("advertise", &self.advertise)
             .finish()
     }
 }

@@ -540,6 +540,24 @@ pub struct DatabaseConfig {
 }
 
 impl Config {
+    /// What this proxy publishes to the others for cancel forwarding: its
+    /// `proxy.peer_id` and the address they reach it at
+    /// (`coordination.advertise`, else `proxy.listen` when that names a
+    /// specific address). None without a peer id or a usable address.
+    pub fn cancel_route(&self) -> Option<(u8, String)> {
+        let id = u8::try_from(self.proxy.peer_id?).ok()?;
+        let addr = match &self.coordination.advertise {
+            Some(a) => a.clone(),
+            None => {
+                let listen = &self.proxy.listen;
+                let host = listen.rsplit_once(':').map_or("", |(h, _)| h);
+                let unspecified = matches!(host, "" | "0.0.0.0" | "[::]" | "::" | "*");
+                (!unspecified).then(|| listen.clone())?
+            }
+        };
+        Some((id, addr))
+    }
+
     /// The configured nodes with defaults filled in.
     pub fn nodes(&self) -> Vec<Node> {
         self.cluster.nodes.iter().map(NodeSpec::resolve).collect()

@@ -56,6 +56,13 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     {
         return Err(p);
     }
+    if cfg.coordination.advertise.is_some() && cfg.proxy.peer_id.is_none() {
+        return Err(
+            "coordination.advertise needs proxy.peer_id: the id the cancel keys \
+                    of this proxy carry, unique among the proxies of the cluster"
+                .into(),
+        );
+    }
     for (name, db) in &cfg.databases {
         if db.pool_size == Some(0) {
             return Err(format!("databases.{name}.pool_size must be at least 1"));
@@ -161,6 +168,37 @@ mod tests {
 
     fn err_of(toml: &str) -> String {
         load_str(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_cancel_route_published_is_the_advertised_or_a_specific_listen_address() {
+        let base =
+            "[[users]]\nname = \"a\"\npassword = \"b\"\n[cluster]\nnodes=[\"127.0.0.1:5432\"]\n";
+        // (peer_id, listen, advertise) -> published
+        for (id, listen, advertise, want) in [
+            (None, "10.0.0.5:6432", None, None),
+            (Some(3), "10.0.0.5:6432", None, Some((3, "10.0.0.5:6432"))),
+            (Some(3), "0.0.0.0:6432", None, None),
+            (Some(3), "[::]:6432", None, None),
+            (
+                Some(3),
+                "0.0.0.0:6432",
+                Some("db-proxy-1:6432"),
+                Some((3, "db-proxy-1:6432")),
+            ),
+        ] {
+            let id_line = id.map_or(String::new(), |i| format!("peer_id = {i}\n"));
+            let adv = advertise.map_or(String::new(), |a| {
+                format!("[coordination]\nadvertise = \"{a}\"\n")
+            });
+            let toml = format!("{base}[proxy]\nlisten = \"{listen}\"\n{id_line}{adv}");
+            let cfg = load_str(&toml).unwrap();
+            let got = cfg.cancel_route();
+            let want = want.map(|(i, a): (u8, &str)| (i, a.to_string()));
+            assert_eq!(got, want, "{toml}");
+        }
+        let orphan = format!("{base}[coordination]\nadvertise = \"a:1\"\n");
+        assert!(err_of(&orphan).contains("proxy.peer_id"));
     }
 
     #[test]

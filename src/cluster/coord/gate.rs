@@ -35,6 +35,10 @@ pub struct PeerView {
     /// acknowledgement).
     #[serde(default)]
     pub drained: Option<u64>,
+    /// Its `proxy.peer_id` and the address a CancelRequest carrying that
+    /// id is sent on to ([`Config::cancel_route`](crate::config::Config::cancel_route)).
+    #[serde(default)]
+    pub cancel_route: Option<(u8, String)>,
 }
 
 /// What this proxy knows of the others, from the coordination task.
@@ -160,6 +164,7 @@ mod tests {
             timeline: 1,
             config: String::new(),
             drained: None,
+            cancel_route: None,
         }
     }
 

@@ -255,6 +255,7 @@ impl Coordination {
             timeline: serving.map_or(0, NodeView::timeline),
             config: fingerprint(config),
             drained,
+            cancel_route: config.cancel_route(),
         });
         if let Some(p) = state.serving() {
             self.publish_record(record_of(views, p));
