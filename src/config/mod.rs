@@ -26,7 +26,7 @@ pub use load::{
     USERS_ENV,
 };
 pub use peers::{PeerConfig, MAX_PEER_ID};
-pub use validate::{validate, warnings};
+pub use validate::{is_loopback, trust_allowed_on, validate, warnings};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -272,10 +272,12 @@ pub struct ProxyConfig {
     #[serde(with = "duration")]
     pub server_connect_timeout: Duration,
     /// `scram-sha-256` (default), `md5` or `trust`. The admin console never
-    /// trusts: its users always give a password (SCRAM).
+    /// trusts: its users always give a password (SCRAM, or md5 for a
+    /// password stored as an md5 verifier).
     pub auth_type: AuthType,
-    /// Allow `auth_type = "trust"` with a `listen` address other than
-    /// loopback. Default false: anyone who reaches the port would get in.
+    /// Allow `auth_type = "trust"` with a `listen` address (and a bound
+    /// client socket) other than loopback. Default false: anyone who
+    /// reaches the port would get in.
     pub allow_trust_on_network: bool,
     /// Users allowed into the admin console (database `switchyard` / `pgbouncer`).
     pub admin_users: Vec<String>,

@@ -89,6 +89,20 @@ impl Proxy {
         Self::spawn(cluster, config, opts).await
     }
 
+    /// As [`Proxy::start_from_file`], on a listener bound beforehand.
+    pub async fn start_from_file_on(
+        cluster: Arc<LocalCluster>,
+        path: &std::path::Path,
+        listener: TcpListener,
+    ) -> Proxy {
+        let config = switchyard::config::load(path).expect("test config file is valid");
+        let opts = switchyard::listener::Options {
+            config_path: Some(path.to_path_buf()),
+            ..Default::default()
+        };
+        Self::spawn_on(cluster, config, opts, listener).await
+    }
+
     /// Starts a proxy with a whole TOML configuration on a listener bound
     /// beforehand, so that proxies can name each other's addresses.
     pub async fn start_on(cluster: Arc<LocalCluster>, toml: &str, listener: TcpListener) -> Proxy {
