@@ -101,8 +101,9 @@ pub struct HttpConfig {
     /// Record per-query timings, byte counts and latency histograms (the
     /// traffic metrics and `SHOW STATS`). Default true.
     pub metrics: bool,
-    /// Bearer token that allows `POST /switchover` from any address; without
-    /// it only loopback clients may switch over. Default none.
+    /// Bearer token `POST /switchover` must carry, from any address,
+    /// loopback included; without one only loopback clients may switch
+    /// over. Default none.
     pub switchover_token: Option<String>,
 }
 
