@@ -638,3 +638,78 @@ async fn reload_cannot_turn_trust_on_for_a_network_socket() {
     assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{e}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The `s=` (salt) and `i=` of the server-first-message `user` is shown.
+async fn scram_salt(proxy: &Proxy, user: &str) -> String {
+    use bytes::BufMut;
+    let mut raw = common::Raw::connect(proxy.addr).await;
+    raw.startup(0, user, "app").await;
+    let (tag, body) = raw.recv().await.expect("an authentication request");
+    assert_eq!(
+        (tag, &body[..4]),
+        (b'R', &10i32.to_be_bytes()[..]),
+        "SASL asked"
+    );
+    let first = b"n,,n=,r=clientnonce0123456789";
+    let mut msg = bytes::BytesMut::new();
+    msg.put_u8(b'p');
+    msg.put_u32((4 + 14 + 4 + first.len()) as u32);
+    msg.put_slice(b"SCRAM-SHA-256\0");
+    msg.put_u32(first.len() as u32);
+    msg.put_slice(first);
+    raw.send(&msg).await;
+    let (tag, body) = raw.recv().await.expect("server-first-message");
+    assert_eq!(
+        (tag, &body[..4]),
+        (b'R', &11i32.to_be_bytes()[..]),
+        "SASLContinue"
+    );
+    let server_first = String::from_utf8(body[4..].to_vec()).unwrap();
+    server_first
+        .split(',')
+        .filter(|a| a.starts_with("s=") || a.starts_with("i="))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The salt a plaintext user is shown, like an unknown user's, does not
+/// change across a RELOAD: comparing salts before and after tells nobody
+/// which users exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_salts_survive_a_reload() {
+    let cluster = common::cluster();
+    let toml = |pool_size: u32| {
+        format!(
+            "[proxy]\ndefault_pool_size = {pool_size}\n{}\n[cluster]\nnodes = [{}]\n",
+            common::USERS,
+            common::nodes_toml(&cluster)
+        )
+    };
+    let dir = std::env::temp_dir().join(common::unique("sy_salts"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, toml(20)).unwrap();
+    let proxy = Proxy::start_from_file(cluster.clone(), &path).await;
+    let admin = admin(&proxy, "switchyard").await;
+    let before = [
+        scram_salt(&proxy, "app").await,
+        scram_salt(&proxy, "nobody_here").await,
+    ];
+    std::fs::write(&path, toml(7)).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    let after = [
+        scram_salt(&proxy, "app").await,
+        scram_salt(&proxy, "nobody_here").await,
+    ];
+    assert_eq!(
+        before, after,
+        "[known user, unknown user] before and after RELOAD"
+    );
+    assert!(
+        before
+            .iter()
+            .all(|s| s.contains("s=") && s.contains("i=4096")),
+        "{before:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
