@@ -4,6 +4,7 @@
 //! configuration without closing any client connection.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -85,6 +86,9 @@ pub struct Context {
     record_metrics: bool,
     /// TLS toward clients and toward PostgreSQL; a reload rebuilds it.
     tls: crate::tls::Tls,
+    /// The client socket's address, which a reload cannot change: `trust`
+    /// is checked against it (`config::trust_allowed_on`).
+    listening: Option<SocketAddr>,
     /// Scheduling delay of the event loops.
     loop_lag: Arc<LoopLag>,
 }
@@ -98,6 +102,9 @@ pub enum RunError {
     /// A TLS certificate or key could not be loaded.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The configuration cannot serve on the socket given (`trust` off loopback).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl Context {
@@ -132,6 +139,7 @@ impl Context {
             prometheus: OnceLock::new(),
             record_metrics,
             tls,
+            listening: None,
             loop_lag: Arc::default(),
         })
     }
@@ -139,6 +147,12 @@ impl Context {
     /// Remembers the file the configuration came from, for `RELOAD`.
     pub fn with_config_path(mut self, path: Option<PathBuf>) -> Context {
         self.config_path = path;
+        self
+    }
+
+    /// Remembers the address the client socket is bound to, for `RELOAD`.
+    pub fn with_listening(mut self, addr: SocketAddr) -> Context {
+        self.listening = Some(addr);
         self
     }
 
@@ -318,7 +332,13 @@ impl Context {
 
     fn read_config(&self) -> Result<Config, ReloadError> {
         let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        crate::config::load(path).map_err(|e| ReloadError::Read(format!("{}: {e}", path.display())))
+        let read = |e: String| ReloadError::Read(format!("{}: {e}", path.display()));
+        let config = crate::config::load(path).map_err(|e| read(e.to_string()))?;
+        // The file's `listen` waits for a restart; the socket clients reach stays.
+        if let Some(addr) = self.listening {
+            crate::config::trust_allowed_on(&config, addr).map_err(read)?;
+        }
+        Ok(config)
     }
 }
 

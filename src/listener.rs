@@ -59,8 +59,17 @@ pub async fn serve(
     opts: Options,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // The socket clients reach decides, whatever the file's `listen` says
+    // (tests and embedders bind their own).
+    let bound = listener
+        .local_addr()
+        .map_err(|e| RunError::Refused(format!("client listener: {e}")))?;
+    crate::config::trust_allowed_on(&config, bound).map_err(RunError::Refused)?;
     let token = CancellationToken::new();
-    let ctx = Arc::new(Context::new(config, token.clone())?.with_config_path(opts.config_path));
+    let ctx = Context::new(config, token.clone())?
+        .with_config_path(opts.config_path)
+        .with_listening(bound);
+    let ctx = Arc::new(ctx);
     let tracker = TaskTracker::new();
     crate::background::spawn(&tracker, &ctx, opts.reload_on_sighup);
     if let Some(http) = opts.http {

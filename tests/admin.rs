@@ -536,3 +536,180 @@ async fn trust_never_opens_the_admin_console() {
             .unwrap();
     }
 }
+
+/// No password at all: the console asks for one (never AuthenticationOk
+/// straight away), and a client with an empty one is refused with 28P01.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_asks_admin_users_for_a_password() {
+    let proxy = Proxy::start("auth_type = \"trust\"").await;
+    for db in ["switchyard", "pgbouncer"] {
+        let mut raw = common::Raw::connect(proxy.addr).await;
+        raw.startup(0, "admin", db).await;
+        let (tag, body) = raw.recv().await.expect("an answer to the startup");
+        let code = body
+            .get(..4)
+            .map(|c| i32::from_be_bytes(c.try_into().unwrap()));
+        assert_eq!(tag, b'R', "{db}: {:?}", String::from_utf8_lossy(&body));
+        assert_ne!(code, Some(0), "{db}: AuthenticationOk without a password");
+        let e = proxy
+            .client_as("admin", "''", db)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{db}: an admin got in with an empty password"));
+        assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{db}: {e}");
+    }
+}
+
+/// An admin whose password is stored as an md5 verifier proves it with md5
+/// under trust, as `auth_type = "md5"` would have it do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_asks_an_md5_admin_for_its_md5_password() {
+    let cluster = common::cluster();
+    let stored = postgres_protocol::password::md5(b"ops-pw", "ops");
+    let toml = format!(
+        "[proxy]\nauth_type = \"trust\"\nadmin_users = [\"ops\"]\n[[users]]\nname = \"ops\"\npassword = \"{stored}\"\n[cluster]\nnodes = [{}]\n",
+        common::nodes_toml(&cluster)
+    );
+    let proxy = Proxy::start_with(cluster, &toml).await;
+    let e = proxy
+        .client_as("ops", "wrong", "switchyard")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{e}");
+    proxy
+        .client_as("ops", "ops-pw", "switchyard")
+        .await
+        .unwrap_or_else(|e| panic!("the right md5 password: {e}"))
+        .simple_query("SHOW VERSION")
+        .await
+        .unwrap();
+}
+
+/// The rule is about the socket clients reach: a file saying loopback does
+/// not make `trust` acceptable on a listener bound to every interface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_is_refused_on_a_network_socket_whatever_the_file_says() {
+    let config = switchyard::config::load_str(
+        "[proxy]\nauth_type = \"trust\"\nlisten = \"127.0.0.1:6432\"\n[cluster]\nnodes = [\"127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let served = switchyard::listener::run(config, listener, async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    })
+    .await;
+    let e = served.expect_err("trust served on 0.0.0.0");
+    assert!(e.to_string().contains("allow_trust_on_network"), "{e}");
+}
+
+/// A RELOAD cannot turn `trust` on for the socket the proxy keeps: a new
+/// `listen` waits for a restart, so the file's loopback address proves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_cannot_turn_trust_on_for_a_network_socket() {
+    let cluster = common::cluster();
+    let toml = |proxy: &str| {
+        format!(
+            "[proxy]\n{proxy}\n{}\n[cluster]\nnodes = [{}]\n",
+            common::USERS,
+            common::nodes_toml(&cluster)
+        )
+    };
+    let dir = std::env::temp_dir().join(common::unique("sy_trust_reload"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, toml("listen = \"0.0.0.0:6432\"")).unwrap();
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let proxy = Proxy::start_from_file_on(cluster.clone(), &path, listener).await;
+    let admin = admin(&proxy, "switchyard").await;
+    std::fs::write(
+        &path,
+        toml("listen = \"127.0.0.1:6432\"\nauth_type = \"trust\""),
+    )
+    .unwrap();
+    let e = admin
+        .simple_query("RELOAD")
+        .await
+        .expect_err("RELOAD turned trust on for 0.0.0.0");
+    assert!(message(&e).contains("allow_trust_on_network"), "{e:?}");
+    let e = proxy
+        .client_as("app", "wrong", "app")
+        .await
+        .expect_err("a wrong password got in after the RELOAD");
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The `s=` (salt) and `i=` of the server-first-message `user` is shown.
+async fn scram_salt(proxy: &Proxy, user: &str) -> String {
+    use bytes::BufMut;
+    let mut raw = common::Raw::connect(proxy.addr).await;
+    raw.startup(0, user, "app").await;
+    let (tag, body) = raw.recv().await.expect("an authentication request");
+    assert_eq!(
+        (tag, &body[..4]),
+        (b'R', &10i32.to_be_bytes()[..]),
+        "SASL asked"
+    );
+    let first = b"n,,n=,r=clientnonce0123456789";
+    let mut msg = bytes::BytesMut::new();
+    msg.put_u8(b'p');
+    msg.put_u32((4 + 14 + 4 + first.len()) as u32);
+    msg.put_slice(b"SCRAM-SHA-256\0");
+    msg.put_u32(first.len() as u32);
+    msg.put_slice(first);
+    raw.send(&msg).await;
+    let (tag, body) = raw.recv().await.expect("server-first-message");
+    assert_eq!(
+        (tag, &body[..4]),
+        (b'R', &11i32.to_be_bytes()[..]),
+        "SASLContinue"
+    );
+    let server_first = String::from_utf8(body[4..].to_vec()).unwrap();
+    server_first
+        .split(',')
+        .filter(|a| a.starts_with("s=") || a.starts_with("i="))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The salt a plaintext user is shown, like an unknown user's, does not
+/// change across a RELOAD: comparing salts before and after tells nobody
+/// which users exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_salts_survive_a_reload() {
+    let cluster = common::cluster();
+    let toml = |pool_size: u32| {
+        format!(
+            "[proxy]\ndefault_pool_size = {pool_size}\n{}\n[cluster]\nnodes = [{}]\n",
+            common::USERS,
+            common::nodes_toml(&cluster)
+        )
+    };
+    let dir = std::env::temp_dir().join(common::unique("sy_salts"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, toml(20)).unwrap();
+    let proxy = Proxy::start_from_file(cluster.clone(), &path).await;
+    let admin = admin(&proxy, "switchyard").await;
+    let before = [
+        scram_salt(&proxy, "app").await,
+        scram_salt(&proxy, "nobody_here").await,
+    ];
+    std::fs::write(&path, toml(7)).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    let after = [
+        scram_salt(&proxy, "app").await,
+        scram_salt(&proxy, "nobody_here").await,
+    ];
+    assert_eq!(
+        before, after,
+        "[known user, unknown user] before and after RELOAD"
+    );
+    assert!(
+        before
+            .iter()
+            .all(|s| s.contains("s=") && s.contains("i=4096")),
+        "{before:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

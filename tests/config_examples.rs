@@ -117,3 +117,83 @@ fn malformed_hardware_rules_are_refused_with_a_clear_message() {
         assert!(err.contains(want), "{rule}: {err}");
     }
 }
+
+/// `check-config` as an operator runs it: the output names what is wrong and
+/// where, never a password or token, whatever shape the mistake takes.
+#[test]
+fn check_config_never_prints_a_secret() {
+    let bin = env!("CARGO_BIN_EXE_switchyard");
+    let dir = std::env::temp_dir().join(format!("sy_secrets_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("switchyard.toml");
+    let nodes = "[cluster]\nnodes = [\"127.0.0.1:5432\"]\n";
+    // (file body, SWITCHYARD__USERS, the secret, what the message must name)
+    let cases = [
+        (
+            nodes.to_string(),
+            r#"[{"name":"a","password":987654321}]"#,
+            "987654321",
+            "SWITCHYARD__USERS: entry 0: invalid type: integer",
+        ),
+        (
+            nodes.to_string(),
+            r#"[{"name":"a","password":31415.9265}]"#,
+            "31415.9265",
+            "entry 0: invalid type: floating point",
+        ),
+        (
+            nodes.to_string(),
+            r#"[{"name":"a","password":"x","server_password":55501234}]"#,
+            "55501234",
+            "entry 0: invalid type: integer",
+        ),
+        (
+            format!("{nodes}[[users]]\nname = \"a\"\npassword = \"file-s3cret-1\n"),
+            "",
+            "file-s3cret-1",
+            "line 5",
+        ),
+        (
+            format!("{nodes}[[users]]\nname = \"a\"\npassword = \"file-s3cret-2\" junk\n"),
+            "",
+            "file-s3cret-2",
+            "line 5",
+        ),
+        (
+            format!("{nodes}password = 'file-s3cret-3''\n"),
+            "",
+            "file-s3cret-3",
+            "line 3",
+        ),
+        (
+            format!("{nodes}[http]\nswitchover_token = \"tok-s3cret-4\" \"again\"\n"),
+            "",
+            "tok-s3cret-4",
+            "line 4",
+        ),
+        (
+            format!("{nodes}[coordination]\nusername = \"u\"\npassword = tok-s3cret-5\n"),
+            "",
+            "tok-s3cret-5",
+            "line 5",
+        ),
+    ];
+    for (body, users, secret, names) in cases {
+        std::fs::write(&file, &body).unwrap();
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["check-config", "--config"]).arg(&file);
+        if !users.is_empty() {
+            cmd.env("SWITCHYARD__USERS", users);
+        }
+        let out = cmd.output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{body:?} {users:?}: accepted");
+        assert!(!said.contains(secret), "{body:?} {users:?}: {said}");
+        assert!(said.contains(names), "{body:?} {users:?}: {said}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

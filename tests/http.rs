@@ -221,3 +221,44 @@ async fn readyz_is_503_while_no_primary_is_routable() {
         .unwrap();
     common::wait_until(20, "ready again", || ready(200)).await;
 }
+
+/// With `[http] switchover_token` set, `POST /switchover` needs it from
+/// loopback too: without it or with a wrong one the answer is 401 and
+/// nothing moves; with it the request reaches the switchover (here refused
+/// with 409: the target does not exist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_needs_the_token_from_loopback_too() {
+    let cluster = common::cluster();
+    let toml = format!(
+        "{}\n[http]\nswitchover_token = \"s3cret-token\"\n[cluster]\nnodes = [{}]\n",
+        common::USERS,
+        common::nodes_toml(&cluster)
+    );
+    let (_proxy, http) = common::Proxy::start_with_http(cluster, &toml).await;
+    assert!(http.ip().is_loopback());
+    common::wait_until(10, "a primary", || async {
+        get(http, "/readyz").await.0 == 200
+    })
+    .await;
+    let post = |headers: &'static [&'static str]| {
+        common::http_request_with(http, "POST", "/switchover?to=nope", headers)
+    };
+    for headers in [
+        &[][..],
+        &["Authorization: Bearer wrong"][..],
+        &["Authorization: Bearer "][..],
+        &["Authorization: Basic czNjcmV0LXRva2Vu"][..],
+    ] {
+        let (code, head, body) = post(headers).await;
+        assert_eq!(code, 401, "{headers:?}: {body}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{headers:?}: {head}"
+        );
+        assert!(!body.contains("s3cret-token"), "{body}");
+    }
+    let (code, _, body) = post(&["Authorization: Bearer s3cret-token"]).await;
+    assert_eq!(code, 409, "the token lets the request through: {body}");
+    assert!(body.contains("nope"), "{body}");
+}

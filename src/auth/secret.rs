@@ -1,10 +1,13 @@
 //! The stored form of a user's password, as PostgreSQL keeps it in `pg_authid`:
 //! plaintext, an md5 hash, or a SCRAM-SHA-256 verifier.
 
+use std::fmt;
+
 use crate::config::password::{PasswordForm, ScramVerifierParts};
+use crate::config::redact::{redacted, Redacted};
 
 /// A parsed SCRAM-SHA-256 verifier: `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ScramVerifier {
     /// PBKDF2 iteration count.
     pub iterations: u32,
@@ -17,7 +20,7 @@ pub struct ScramVerifier {
 }
 
 /// A configured password in one of the forms PostgreSQL accepts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Secret {
     /// The password itself.
     Plain(String),
@@ -25,6 +28,30 @@ pub enum Secret {
     Md5(String),
     /// A SCRAM-SHA-256 verifier.
     Scram(ScramVerifier),
+}
+
+// By hand, as for the other types here: a plaintext password, an md5 hash
+// and SCRAM keys are each enough to log in (or to pose as the server), so
+// none reaches a log; the salt is shown to every client anyway.
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Plain(_) => f.debug_tuple("Plain").field(&Redacted).finish(),
+            Secret::Md5(_) => f.debug_tuple("Md5").field(&Redacted).finish(),
+            Secret::Scram(v) => f.debug_tuple("Scram").field(v).finish(),
+        }
+    }
+}
+
+impl fmt::Debug for ScramVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScramVerifier")
+            .field("iterations", &self.iterations)
+            .field("salt", &self.salt)
+            .field("stored_key", &Redacted)
+            .field("server_key", &Redacted)
+            .finish()
+    }
 }
 
 impl Secret {
@@ -196,6 +223,39 @@ mod tests {
     }
 
     #[test]
+    fn debug_output_shows_no_secret() {
+        // Plaintext, md5 hashes and SCRAM keys are all password equivalents.
+        let scram = postgres_protocol::password::scram_sha_256(b"pw");
+        let (parsed, decoy) = (
+            ScramVerifier::parse(&scram).unwrap(),
+            ScramVerifier::decoy("ann"),
+        );
+        let md5 = postgres_protocol::password::md5(b"pw", "ann");
+        let shown = [
+            format!(
+                "{:?}",
+                Credentials::new("ann", "plain-s3cret", Some("server-s3cret"))
+            ),
+            format!("{:?}", Credentials::new("ann", &scram, None)),
+            format!("{:?}", Secret::parse(&md5)),
+            format!("{decoy:?}"),
+        ]
+        .join("\n");
+        let mut secrets = vec![
+            "plain-s3cret".to_string(),
+            "server-s3cret".into(),
+            md5[3..].into(),
+        ];
+        for v in [&parsed, &decoy] {
+            secrets.extend([format!("{:?}", v.stored_key), format!("{:?}", v.server_key)]);
+        }
+        for secret in secrets {
+            assert!(!shown.contains(&secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[test]
     fn plaintext_yields_a_verifier() {
         let v = Secret::Plain("pw".into()).scram_verifier("ann").unwrap();
         assert_eq!(v.salt.len(), 16);
@@ -207,7 +267,7 @@ mod tests {
 
 /// A configured user's secrets, with the SCRAM verifier computed once at load
 /// (PBKDF2 is deliberately slow; doing it per login would cost milliseconds).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Credentials {
     /// The password as configured.
     pub secret: Secret,
@@ -215,6 +275,16 @@ pub struct Credentials {
     pub scram: Option<ScramVerifier>,
     /// Plaintext Switchyard sends to PostgreSQL.
     pub server_password: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("secret", &self.secret)
+            .field("scram", &self.scram)
+            .field("server_password", &redacted(&self.server_password))
+            .finish()
+    }
 }
 
 impl Credentials {

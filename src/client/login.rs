@@ -9,8 +9,8 @@ use bytes::BytesMut;
 
 use super::conn::{ClientConn, ReadError};
 use crate::auth::client_side::{authenticate, AuthChannel, AuthChannelError};
-use crate::auth::AuthError;
-use crate::config::ProxyTlsMode;
+use crate::auth::{AuthError, Secret};
+use crate::config::{AuthType, ProxyTlsMode};
 use crate::error::ClientError;
 use crate::protocol::messages::backend;
 use crate::protocol::messages::startup::{decode, Startup, StartupError};
@@ -196,10 +196,8 @@ pub async fn check_credentials(
 ) -> Result<BytesMut, ReadError> {
     let users = ctx.users();
     let creds = users.get(user);
-    let auth_type = match ctx.config().proxy.auth_type {
-        crate::config::AuthType::Trust if admin => crate::config::AuthType::ScramSha256,
-        other => other,
-    };
+    let configured = ctx.config().proxy.auth_type;
+    let auth_type = method(configured, admin, creds.map(|c| &c.secret));
     let end_point = conn.end_point.clone();
     match authenticate(conn, auth_type, user, creds, end_point.as_deref()).await {
         Ok(out) => Ok(out),
@@ -217,6 +215,18 @@ pub async fn check_credentials(
     }
 }
 
+/// The method a login goes through. Under `trust` the admin console still
+/// asks for the password (SHUTDOWN, KILL and SWITCHOVER live there): with
+/// SCRAM, or with md5 for a password stored as an md5 verifier, which SCRAM
+/// cannot check; an unknown user gets SCRAM, like any unknown user.
+fn method(configured: AuthType, admin: bool, secret: Option<&Secret>) -> AuthType {
+    match (configured, secret) {
+        (AuthType::Trust, Some(Secret::Md5(_))) if admin => AuthType::Md5,
+        (AuthType::Trust, _) if admin => AuthType::ScramSha256,
+        (other, _) => other,
+    }
+}
+
 /// The login reply after authentication: AuthenticationOk, the server's
 /// ParameterStatus values, our BackendKeyData, ReadyForQuery.
 pub fn login_reply(out: &mut BytesMut, params: &[(String, String)], key: (i32, i32)) {
@@ -226,4 +236,35 @@ pub fn login_reply(out: &mut BytesMut, params: &[(String, String)], key: (i32, i
     }
     backend::backend_key_data(out, key.0, key.1);
     backend::ready_for_query(out, backend::IDLE);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_console_never_trusts() {
+        let plain = Secret::Plain("pw".into());
+        let md5 = Secret::Md5(format!("md5{}", "0".repeat(32)));
+        let scram = Secret::parse(&postgres_protocol::password::scram_sha_256(b"pw")).unwrap();
+        use AuthType::{Md5, ScramSha256 as Scram, Trust};
+        let cases = [
+            (Trust, false, Some(&plain), Trust),
+            (Trust, false, None, Trust),
+            (Trust, true, Some(&plain), Scram),
+            (Trust, true, Some(&scram), Scram),
+            (Trust, true, Some(&md5), Md5),
+            (Trust, true, None, Scram),
+            (Md5, true, Some(&plain), Md5),
+            (Scram, true, Some(&plain), Scram),
+            (Scram, false, None, Scram),
+        ];
+        for (configured, admin, secret, want) in cases {
+            assert_eq!(
+                method(configured, admin, secret),
+                want,
+                "{configured:?} admin={admin} {secret:?}"
+            );
+        }
+    }
 }

@@ -94,7 +94,7 @@ impl fmt::Debug for CoordinationConfig {
             .field("prefix", &self.prefix)
             .field("lease_ttl", &self.lease_ttl)
             .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &super::redact::redacted(&self.password))
             .field("tls", &self.tls)
             .field("advertise", &self.advertise)
             .finish()

@@ -34,12 +34,16 @@ const LIST_KEYS: [&str; 3] = [
     "coordination.endpoints",
 ];
 
-/// Why a configuration could not be used.
+/// Why a configuration could not be used. No message quotes a secret
+/// (see `From<config::ConfigError>` and `parse_list`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file is missing, is not TOML, or does not match the schema.
+    /// The file is missing or does not match the schema.
     #[error(transparent)]
-    Parse(#[from] config::ConfigError),
+    Parse(config::ConfigError),
+    /// The file is not TOML: where, and what is wrong.
+    #[error("{0}")]
+    Syntax(String),
     /// The file parsed but a value is not acceptable.
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -51,6 +55,57 @@ pub enum ConfigError {
         DEFAULT_PATHS[1]
     )]
     NotFound,
+}
+
+// The TOML parser's message (and its Debug) quotes the offending line,
+// which may be a password: a syntax error keeps only its position and what
+// is wrong.
+impl From<config::ConfigError> for ConfigError {
+    fn from(e: config::ConfigError) -> Self {
+        match e {
+            config::ConfigError::FileParse { uri, cause } => {
+                ConfigError::Syntax(syntax(uri.as_deref(), cause.as_ref()))
+            }
+            other => ConfigError::Parse(other),
+        }
+    }
+}
+
+/// "not valid TOML at line L, column C: what is wrong" (callers name the
+/// file). The position is worked out from the file, read again (this is
+/// the error path).
+fn syntax(file: Option<&str>, cause: &(dyn std::error::Error + 'static)) -> String {
+    let Some(e) = cause.downcast_ref::<toml::de::Error>() else {
+        // Some other failure of the file's reader: its first line only.
+        let shown = cause.to_string();
+        return format!(
+            "not valid TOML: {}",
+            shown.lines().next().unwrap_or_default()
+        );
+    };
+    let text = file.and_then(|f| std::fs::read_to_string(f).ok());
+    let at = match (e.span(), text) {
+        (Some(span), Some(text)) => {
+            let (line, column) = line_column(&text, span.start);
+            format!(" at line {line}, column {column}")
+        }
+        _ => String::new(),
+    };
+    format!("not valid TOML{at}: {}", e.message().trim_end())
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 /// Loads `path`, applies environment overrides and validates the result.
@@ -154,7 +209,7 @@ const PEERS_EXAMPLE: &str = r#"[{"id": 2, "addr": "10.0.0.12:6432"}]"#;
 /// `SWITCHYARD__USERS` or `SWITCHYARD__PEERS`: the tables as a JSON list of
 /// objects with the same keys, e.g. `[{"name": "app", "password": "s3cr:t"}]`.
 /// JSON quoting lets a password hold any character. Error messages never
-/// repeat the value.
+/// repeat the value, nor a value serde would quote (`"password": 1234`).
 fn parse_list<T: serde::de::DeserializeOwned>(
     var: &str,
     example: &str,
@@ -162,7 +217,8 @@ fn parse_list<T: serde::de::DeserializeOwned>(
 ) -> Result<Vec<T>, ConfigError> {
     let bad = |what: String| {
         ConfigError::Invalid(format!(
-            "{var}: {what} (expected a JSON list like {example})"
+            "{var}: {} (expected a JSON list like {example})",
+            super::redact::without_values(&what)
         ))
     };
     let value: serde_json::Value =
@@ -415,6 +471,61 @@ mod tests {
             );
             assert!(!err.contains("secret-pw"), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn users_json_of_the_wrong_type_is_explained_without_echoing_it() {
+        for (json, says) in [
+            (r#"[{"name": "app", "password": 987654}]"#, "integer"),
+            (
+                r#"[{"name": "app", "password": 9876.54}]"#,
+                "floating point",
+            ),
+            (
+                r#"[{"name": "app", "password": "x", "server_password": 987654}]"#,
+                "integer",
+            ),
+            (r#"[{"name": "app", "password": false}]"#, "boolean"),
+        ] {
+            let err = load_env_only(&env(&[
+                ("SWITCHYARD__CLUSTER__NODES", "a:1"),
+                ("SWITCHYARD__USERS", json),
+            ]))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("entry 0") && err.contains(says),
+                "{json}: {err}"
+            );
+            for secret in ["987654", "9876.54", "false"] {
+                assert!(!err.contains(secret), "{json}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_toml_syntax_error_says_where_without_quoting_the_line() {
+        let path = std::env::temp_dir().join(format!("sy_syntax_{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "[cluster]\nnodes = [\"a:1\"]\n[[users]]\nname = \"é\"\npassword = \"s3cret\" junk\n",
+        )
+        .unwrap();
+        let err = load_with(Some(&path), &[]).unwrap_err();
+        let _ = std::fs::remove_file(&path);
+        let (shown, debug) = (err.to_string(), format!("{err:?}"));
+        assert!(
+            !shown.contains("s3cret") && !debug.contains("s3cret"),
+            "{shown}\n{debug}"
+        );
+        assert!(
+            shown.contains("not valid TOML at line 5, column 21"),
+            "{shown}"
+        );
+        assert_eq!(line_column("ab\ncé\nd", 6), (2, 3));
+        assert_eq!(line_column("ab\ncé\nd", 7), (3, 1));
+        assert_eq!(line_column("ab\ncé\nd", 5), (2, 2));
+        assert_eq!(line_column("", 0), (1, 1));
     }
 
     #[test]

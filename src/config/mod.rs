@@ -10,6 +10,7 @@ mod http_url;
 mod load;
 pub mod password;
 pub mod peers;
+pub mod redact;
 pub mod reload;
 mod validate;
 
@@ -26,7 +27,7 @@ pub use load::{
     USERS_ENV,
 };
 pub use peers::{PeerConfig, MAX_PEER_ID};
-pub use validate::{validate, warnings};
+pub use validate::{is_loopback, trust_allowed_on, validate, warnings};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -92,7 +93,7 @@ impl Default for SwitchoverConfig {
 }
 
 /// `[http]` section.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of the HTTP endpoints. Default `127.0.0.1:9930` (loopback: set
@@ -101,9 +102,24 @@ pub struct HttpConfig {
     /// Record per-query timings, byte counts and latency histograms (the
     /// traffic metrics and `SHOW STATS`). Default true.
     pub metrics: bool,
-    /// Bearer token that allows `POST /switchover` from any address; without
-    /// it only loopback clients may switch over. Default none.
+    /// Bearer token `POST /switchover` must carry, from any address,
+    /// loopback included; without one only loopback clients may switch
+    /// over. Default none.
     pub switchover_token: Option<String>,
+}
+
+// By hand: the token must never reach a log or an error message.
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("metrics", &self.metrics)
+            .field(
+                "switchover_token",
+                &redact::redacted(&self.switchover_token),
+            )
+            .finish()
+    }
 }
 
 impl Default for HttpConfig {
@@ -272,10 +288,12 @@ pub struct ProxyConfig {
     #[serde(with = "duration")]
     pub server_connect_timeout: Duration,
     /// `scram-sha-256` (default), `md5` or `trust`. The admin console never
-    /// trusts: its users always give a password (SCRAM).
+    /// trusts: its users always give a password (SCRAM, or md5 for a
+    /// password stored as an md5 verifier).
     pub auth_type: AuthType,
-    /// Allow `auth_type = "trust"` with a `listen` address other than
-    /// loopback. Default false: anyone who reaches the port would get in.
+    /// Allow `auth_type = "trust"` with a `listen` address (and a bound
+    /// client socket) other than loopback. Default false: anyone who
+    /// reaches the port would get in.
     pub allow_trust_on_network: bool,
     /// Users allowed into the admin console (database `switchyard` / `pgbouncer`).
     pub admin_users: Vec<String>,
@@ -395,7 +413,7 @@ impl Default for ProxyConfig {
 }
 
 /// One `[[users]]` entry.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// Login name, the same on the client side and on PostgreSQL.
@@ -408,8 +426,19 @@ pub struct UserConfig {
     pub server_password: Option<String>,
 }
 
+// By hand: passwords must never reach a log or an error message.
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password", &redact::Redacted)
+            .field("server_password", &redact::redacted(&self.server_password))
+            .finish()
+    }
+}
+
 /// `[cluster]` section.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Names the cluster across proxies (their keys in etcd). Required
@@ -427,6 +456,19 @@ pub struct ClusterConfig {
     /// `[cluster.tls]`: TLS toward PostgreSQL.
     #[serde(default)]
     pub tls: ClusterTlsConfig,
+}
+
+// By hand: the password must never reach a log or an error message.
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("name", &self.name)
+            .field("nodes", &self.nodes)
+            .field("user", &self.user)
+            .field("password", &redact::redacted(&self.password))
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// A node as written in the file.
@@ -581,6 +623,36 @@ impl Config {
                 Target::Primary,
                 self.proxy.default_pool_size,
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let cfg = super::load_str(
+            "[cluster]\nnodes = [\"a:1\"]\nuser = \"sw\"\npassword = \"cluster-s3cret\"\n\
+             [http]\nswitchover_token = \"token-s3cret\"\n\
+             [coordination]\nusername = \"u\"\npassword = \"etcd-s3cret\"\n\
+             [[users]]\nname = \"app\"\npassword = \"user-s3cret\"\nserver_password = \"server-s3cret\"\n",
+        )
+        .unwrap();
+        for shown in [format!("{cfg:?}"), format!("{cfg:#?}")] {
+            for secret in [
+                "cluster-s3cret",
+                "token-s3cret",
+                "etcd-s3cret",
+                "user-s3cret",
+                "server-s3cret",
+            ] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            // What is not secret stays, so the output is still useful.
+            assert!(
+                shown.contains("<redacted>") && shown.contains("\"app\""),
+                "{shown}"
+            );
         }
     }
 }

@@ -19,7 +19,7 @@ pub enum PasswordForm {
 }
 
 /// The fields of `SCRAM-SHA-256$<iter>:<salt>$<StoredKey>:<ServerKey>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ScramVerifierParts {
     /// PBKDF2 iteration count (never 0).
     pub iterations: u32,
@@ -29,6 +29,18 @@ pub struct ScramVerifierParts {
     pub stored_key: [u8; 32],
     /// HMAC(SaltedPassword, "Server Key").
     pub server_key: [u8; 32],
+}
+
+// By hand: the keys are as good as the password to whoever holds them.
+impl std::fmt::Debug for ScramVerifierParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramVerifierParts")
+            .field("iterations", &self.iterations)
+            .field("salt", &self.salt)
+            .field("stored_key", &super::redact::Redacted)
+            .field("server_key", &super::redact::Redacted)
+            .finish()
+    }
 }
 
 impl PasswordForm {

@@ -2,7 +2,7 @@
 //! startup, `check-config` and (later) reload, so all three agree.
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::password::PasswordForm;
 use super::{AuthType, ClusterTlsMode, Config, ProxyTlsMode};
@@ -74,20 +74,33 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
 /// `trust` lets in anyone who reaches the port as any configured user:
 /// refused on an address other than loopback unless asked for explicitly.
 fn validate_trust(cfg: &Config) -> Result<(), String> {
-    let loopback = cfg
-        .proxy
-        .listen
-        .parse::<SocketAddr>()
-        .is_ok_and(|a| a.ip().is_loopback());
-    if cfg.proxy.auth_type == AuthType::Trust && !loopback && !cfg.proxy.allow_trust_on_network {
-        return Err(format!(
-            "proxy.auth_type = \"trust\" on proxy.listen = {:?} lets anyone on the network in \
-             without a password; listen on loopback, use scram-sha-256, or set \
-             proxy.allow_trust_on_network = true",
-            cfg.proxy.listen
-        ));
+    match cfg.proxy.listen.parse::<SocketAddr>() {
+        Ok(addr) => trust_allowed_on(cfg, addr),
+        // `validate` refused it already; a name might resolve anywhere.
+        Err(e) => Err(format!("proxy.listen = {:?}: {e}", cfg.proxy.listen)),
     }
-    Ok(())
+}
+
+/// Whether `cfg`'s `auth_type` may serve clients on `listening`: `trust`
+/// only on loopback, or anywhere with `proxy.allow_trust_on_network`. The
+/// one rule for the file (`validate`), the socket bound at start, and the
+/// socket a reload keeps (its `listen` change waits for a restart).
+pub fn trust_allowed_on(cfg: &Config, listening: SocketAddr) -> Result<(), String> {
+    let p = &cfg.proxy;
+    if p.auth_type != AuthType::Trust || p.allow_trust_on_network || is_loopback(listening.ip()) {
+        return Ok(());
+    }
+    Err(format!(
+        "proxy.auth_type = \"trust\" with clients accepted on {listening} (proxy.listen, not \
+         loopback) lets anyone on the network in without a password; listen on loopback, use \
+         scram-sha-256, or set proxy.allow_trust_on_network = true"
+    ))
+}
+
+/// Loopback, IPv4-mapped IPv6 included (`::ffff:127.0.0.1`: how an IPv4
+/// loopback client looks to a socket bound to `[::]`).
+pub fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
 }
 
 fn validate_nodes(cfg: &Config) -> Result<(), String> {
@@ -203,17 +216,45 @@ mod tests {
 
     #[test]
     fn trust_only_on_loopback_unless_allowed() {
+        // (listen, allow_trust_on_network, accepted, what a refusal names)
+        let cases = [
+            ("127.0.0.1:6432", false, true, ""),
+            ("127.0.0.2:6432", false, true, ""),
+            ("[::1]:6432", false, true, ""),
+            // An IPv6 socket on the IPv4-mapped loopback takes IPv4 loopback only.
+            ("[::ffff:127.0.0.1]:6432", false, true, ""),
+            ("0.0.0.0:6432", false, false, "allow_trust_on_network"),
+            ("[::]:6432", false, false, "allow_trust_on_network"),
+            ("10.1.2.3:6432", false, false, "allow_trust_on_network"),
+            ("[fe80::1]:6432", false, false, "allow_trust_on_network"),
+            (
+                "[::ffff:10.1.2.3]:6432",
+                false,
+                false,
+                "allow_trust_on_network",
+            ),
+            ("0.0.0.0:6432", true, true, ""),
+            ("[::]:6432", true, true, ""),
+            ("10.1.2.3:6432", true, true, ""),
+            // A name may resolve anywhere: listen takes an IP address only.
+            ("localhost:6432", false, false, "proxy.listen"),
+            ("localhost:6432", true, false, "proxy.listen"),
+            ("db.example.com:6432", true, false, "proxy.listen"),
+        ];
         let base = "[cluster]\nnodes=[\"127.0.0.1:5432\"]\n[proxy]\nauth_type = \"trust\"\n";
-        for (listen, extra, ok) in [
-            ("127.0.0.1:6432", "", true),
-            ("[::1]:6432", "", true),
-            ("0.0.0.0:6432", "", false),
-            ("10.1.2.3:6432", "", false),
-            ("0.0.0.0:6432", "allow_trust_on_network = true\n", true),
-        ] {
-            let toml = format!("{base}listen = \"{listen}\"\n{extra}");
-            assert_eq!(load_str(&toml).is_ok(), ok, "{listen} {extra}");
+        for (listen, allow, ok, names) in cases {
+            let toml = format!("{base}listen = \"{listen}\"\nallow_trust_on_network = {allow}\n");
+            match load_str(&toml) {
+                Ok(_) => assert!(ok, "{listen} allow={allow}: accepted"),
+                Err(e) => {
+                    assert!(!ok, "{listen} allow={allow}: {e}");
+                    assert!(e.to_string().contains(names), "{listen}: {e}");
+                }
+            }
         }
+        // Other methods never need the override.
+        let scram = "[cluster]\nnodes=[\"127.0.0.1:5432\"]\n[proxy]\nlisten = \"[::]:6432\"\n";
+        assert!(load_str(scram).is_ok());
     }
 
     #[test]

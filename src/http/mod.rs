@@ -41,9 +41,17 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
                     } else {
                         respond(req.uri().path(), req.uri().query(), &ctx)
                     };
-                    let response = Response::builder()
+                    let mut response = Response::builder()
                         .status(status)
-                        .header("content-type", content_type)
+                        .header("content-type", content_type);
+                    if status == StatusCode::UNAUTHORIZED {
+                        // Bearer is the one scheme any endpoint takes (RFC 6750).
+                        response = response.header(
+                            hyper::header::WWW_AUTHENTICATE,
+                            r#"Bearer realm="switchyard""#,
+                        );
+                    }
+                    let response = response
                         .body(Full::new(Bytes::from(body)))
                         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
                     Ok::<_, Infallible>(response)
@@ -115,15 +123,21 @@ async fn post(
             r#"{"error":"not found"}"#.into(),
         );
     }
-    let bearer = req
+    let authorization = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.to_str().ok());
     let token = ctx.config().http.switchover_token.clone();
-    if !switchover_allowed(peer, token.as_deref(), bearer) {
-        let body = r#"{"error":"POST /switchover needs the bearer token of [http] switchover_token (or, with none set, a loopback client)"}"#;
-        return (StatusCode::FORBIDDEN, JSON, body.into());
+    match control_access(peer, token.as_deref(), authorization) {
+        Access::Allowed => {}
+        Access::Unauthorized => {
+            let body = r#"{"error":"POST /switchover needs Authorization: Bearer <[http] switchover_token>"}"#;
+            return (StatusCode::UNAUTHORIZED, JSON, body.into());
+        }
+        Access::Forbidden => {
+            let body = r#"{"error":"POST /switchover is for loopback clients only while [http] switchover_token is not set"}"#;
+            return (StatusCode::FORBIDDEN, JSON, body.into());
+        }
     }
     let target = req
         .uri()
@@ -155,12 +169,44 @@ fn status_of(sqlstate: &str) -> StatusCode {
     }
 }
 
-/// A configured token is always required; without one, only loopback clients may.
-pub fn switchover_allowed(peer: SocketAddr, token: Option<&str>, bearer: Option<&str>) -> bool {
+/// Whether a request may use a control endpoint (one that changes the
+/// cluster: `POST /switchover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Go ahead.
+    Allowed,
+    /// A token is configured and the request did not carry it (HTTP 401).
+    Unauthorized,
+    /// No token is configured and the client is not on loopback (HTTP 403).
+    Forbidden,
+}
+
+/// A configured token is always required, from any address (loopback too:
+/// a sidecar's neighbours, a mesh proxy and an application's SSRF all
+/// arrive from loopback); without one, only loopback clients may.
+/// `authorization` is the header's value as sent.
+pub fn control_access(
+    peer: SocketAddr,
+    token: Option<&str>,
+    authorization: Option<&str>,
+) -> Access {
+    let carries = |t: &str| {
+        bearer(authorization).is_some_and(|b| constant_time_eq(t.as_bytes(), b.as_bytes()))
+    };
     match token {
-        Some(t) => bearer.is_some_and(|b| constant_time_eq(t.as_bytes(), b.as_bytes())),
-        None => peer.ip().is_loopback(),
+        Some(t) if carries(t) => Access::Allowed,
+        Some(_) => Access::Unauthorized,
+        None if crate::config::is_loopback(peer.ip()) => Access::Allowed,
+        None => Access::Forbidden,
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme's
+/// case does not matter, RFC 7235).
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let (scheme, token) = authorization?.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -254,24 +300,39 @@ mod tests {
 
     #[test]
     fn switchover_needs_the_token_when_set_else_loopback() {
+        use Access::{Allowed, Forbidden, Unauthorized};
         let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:1".parse().unwrap();
+        let local6: SocketAddr = "[::1]:1".parse().unwrap();
         let remote: SocketAddr = "10.0.0.5:1".parse().unwrap();
+        let remote_mapped: SocketAddr = "[::ffff:10.0.0.5]:1".parse().unwrap();
+        let token = Some("s3cret");
         let cases = [
-            (local, None, None, true),
-            (remote, None, None, false),
-            (remote, None, Some("x"), false),
-            (remote, Some("s3cret"), Some("s3cret"), true),
-            (remote, Some("s3cret"), Some("s3cre"), false),
-            // A token set is required from loopback too.
-            (local, Some("s3cret"), None, false),
-            (local, Some("s3cret"), Some("wrong"), false),
-            (local, Some("s3cret"), Some("s3cret"), true),
+            // No token configured: loopback only.
+            (local, None, None, Allowed),
+            (local6, None, None, Allowed),
+            (mapped, None, None, Allowed),
+            (remote, None, None, Forbidden),
+            (remote_mapped, None, None, Forbidden),
+            (remote, None, Some("Bearer x"), Forbidden),
+            // A token configured is required from everywhere, loopback too.
+            (remote, token, Some("Bearer s3cret"), Allowed),
+            (remote, token, Some("bearer  s3cret "), Allowed),
+            (remote, token, Some("Bearer s3cre"), Unauthorized),
+            (remote, token, None, Unauthorized),
+            (local, token, None, Unauthorized),
+            (mapped, token, None, Unauthorized),
+            (local, token, Some("Bearer wrong"), Unauthorized),
+            (local, token, Some("Bearer "), Unauthorized),
+            (local, token, Some("Basic s3cret"), Unauthorized),
+            (local, token, Some("s3cret"), Unauthorized),
+            (local, token, Some("Bearer s3cret"), Allowed),
         ];
-        for (peer, token, bearer, want) in cases {
+        for (peer, token, authorization, want) in cases {
             assert_eq!(
-                switchover_allowed(peer, token, bearer),
+                control_access(peer, token, authorization),
                 want,
-                "{peer} {token:?} {bearer:?}"
+                "{peer} {token:?} {authorization:?}"
             );
         }
     }

@@ -77,7 +77,7 @@ pub enum ConnectError {
 }
 
 /// What to log in as.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Login {
     /// PostgreSQL role.
     pub user: String,
@@ -85,6 +85,17 @@ pub struct Login {
     pub database: String,
     /// Plaintext password for the server, if configured.
     pub password: Option<String>,
+}
+
+// By hand: the password must never reach a log.
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .field("password", &crate::config::redact::redacted(&self.password))
+            .finish()
+    }
 }
 
 /// A logged-in server connection.
@@ -578,5 +589,22 @@ fn set_param(params: &mut Vec<(String, String)>, name: String, value: String) {
     {
         Some(slot) => slot.1 = value,
         None => params.push((name, value)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_login_shows_no_password() {
+        let login = super::Login {
+            user: "app".into(),
+            database: "app".into(),
+            password: Some("server-s3cret".into()),
+        };
+        let shown = format!("{login:?}");
+        assert!(
+            !shown.contains("server-s3cret") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 }

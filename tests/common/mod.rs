@@ -89,6 +89,20 @@ impl Proxy {
         Self::spawn(cluster, config, opts).await
     }
 
+    /// As [`Proxy::start_from_file`], on a listener bound beforehand.
+    pub async fn start_from_file_on(
+        cluster: Arc<LocalCluster>,
+        path: &std::path::Path,
+        listener: TcpListener,
+    ) -> Proxy {
+        let config = switchyard::config::load(path).expect("test config file is valid");
+        let opts = switchyard::listener::Options {
+            config_path: Some(path.to_path_buf()),
+            ..Default::default()
+        };
+        Self::spawn_on(cluster, config, opts, listener).await
+    }
+
     /// Starts a proxy with a whole TOML configuration on a listener bound
     /// beforehand, so that proxies can name each other's addresses.
     pub async fn start_on(cluster: Arc<LocalCluster>, toml: &str, listener: TcpListener) -> Proxy {
@@ -400,9 +414,23 @@ pub async fn send_cancel(addr: std::net::SocketAddr, key: (i32, i32)) {
 
 /// One HTTP/1.0 request to `addr`: status and body.
 pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let (status, _, body) = http_request_with(addr, method, path, &[]).await;
+    (status, body)
+}
+
+/// One HTTP/1.0 request to `addr` with extra header lines (`Name: value`):
+/// status, response head, body.
+pub async fn http_request_with(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     s.write_all(
-        format!("{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.0\r\nHost: x\r\n{extra}Content-Length: 0\r\n\r\n")
+            .as_bytes(),
     )
     .await
     .unwrap();
@@ -413,11 +441,8 @@ pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) 
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (status, head.to_string(), body.to_string())
 }
 
 /// `RUST_LOG=switchyard=debug` shows the proxy's side of a failing test.
