@@ -40,7 +40,9 @@ pub(super) async fn perform(
         Action::Event(kind, node, msg) => {
             cluster.events.record(kind, node.map(name).as_deref(), msg)
         }
-        Action::Fence(i) => tracks[i].fenced = true,
+        Action::Fence(i) => {
+            cluster.fence(i);
+        }
         Action::CloseConns(i) => cluster.retire(i),
         Action::CatchUp { candidate, old } => {
             let (kind, msg) = catch_up(tracks, candidate, old, config.health.timeout).await;

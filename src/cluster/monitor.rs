@@ -89,11 +89,11 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
                 .map(|n| Track::new(n, &login, cluster.tls())),
         );
         super::hardware::watch::spawn_new(&cluster, &shutdown);
-        apply_readmits(&cluster, &mut tracks);
+        apply_readmits(&cluster);
         probe_all(&cluster, &config, &mut tracks, &state, &mut failing_since).await;
         if !fences_known {
             let waited = started.elapsed() > config.coordination.lease_ttl;
-            fences_known = restore_fences(&cluster, coord.as_ref(), &mut tracks, waited);
+            fences_known = restore_fences(&cluster, coord.as_ref(), waited);
             if !fences_known {
                 tokio::time::sleep(FAST_TICK).await;
                 continue;
@@ -180,12 +180,7 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
 
 /// Fences what the shared record says is fenced, once it has been read;
 /// true when done (or when `gave_up` waiting for etcd).
-fn restore_fences(
-    cluster: &Cluster,
-    coord: Option<&Coordination>,
-    tracks: &mut [Track],
-    gave_up: bool,
-) -> bool {
+fn restore_fences(cluster: &Cluster, coord: Option<&Coordination>, gave_up: bool) -> bool {
     let Some(names) = coord.and_then(Coordination::fenced_by_record) else {
         if gave_up {
             let msg =
@@ -199,8 +194,7 @@ fn restore_fences(
         let Some(i) = nodes.iter().position(|n| n.name == name) else {
             continue;
         };
-        if !tracks[i].fenced {
-            tracks[i].fenced = true;
+        if cluster.fence(i) {
             let msg = "fenced, as the shared record says (until re-admitted)";
             cluster
                 .events
@@ -210,10 +204,10 @@ fn restore_fences(
     true
 }
 
-fn apply_readmits(cluster: &Cluster, tracks: &mut [Track]) {
+fn apply_readmits(cluster: &Cluster) {
     let nodes = cluster.nodes();
     for i in cluster.take_readmits() {
-        tracks[i].fenced = false;
+        cluster.unfence(i);
         cluster.events.record(
             EventKind::NodeReadmitted,
             Some(&nodes[i].name),
