@@ -2,6 +2,9 @@
 //! that client's query, or, when its key names another instance among
 //! `[[peers]]`, sent on unchanged to that instance. Which of the two is
 //! `sessions::peer_key::route`'s decision; this is the I/O around it.
+//! Either way a request ends in `cancel_here` at the instance that issued
+//! the key, the one place a target is looked up (`sessions::cancel`), so
+//! every cancel, however it came, is one that instance's relay waits for.
 
 use std::time::Duration;
 
@@ -57,12 +60,23 @@ fn published_addr(ctx: &Context, id: u8) -> Option<String> {
 }
 
 /// Cancels the query of our client with this key, if it has one running.
+/// The client's relay waits for this before its server serves anyone else,
+/// so the outcome is reported: a cancel that may still arrive has the
+/// server closed instead.
 async fn cancel_here(ctx: &Context, pid: i32, secret: i32) {
-    let Some(target) = ctx.cancels().lookup(pid, secret) else {
+    let Some(sending) = ctx.cancels().lookup(pid, secret) else {
         return;
     };
-    if let Err(e) = send_cancel(&target.addr, target.key).await {
-        tracing::warn!(error = %e, "could not forward cancel request");
+    let target = sending.target();
+    let sent = send_cancel(&target.addr, target.key).await;
+    match sent {
+        Ok(()) => sending.settle(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not forward cancel request");
+            if !e.may_arrive() {
+                sending.settle();
+            }
+        }
     }
 }
 

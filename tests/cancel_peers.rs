@@ -155,3 +155,79 @@ async fn a_loop_of_misconfigured_peers_is_cut_at_once() {
     a.client().await.batch_execute("SELECT 1").await.unwrap();
     b.client().await.batch_execute("SELECT 1").await.unwrap();
 }
+
+/// How long each run of A and B below goes on when no cancel strays.
+const STRAY_ROUNDS: Duration = Duration::from_secs(5);
+
+/// One server connection (`default_pool_size = 1`, transaction mode) shared
+/// by A and B. A runs short queries and fires a cancel at each (through
+/// `a_cancels_via`) a little later each time, from at once to past its end,
+/// so some cancels are still on their way when A's query has already ended
+/// and B holds the connection. B runs short
+/// queries the whole time and must never see its query cancelled. Returns
+/// how many of A's queries were cancelled (cancels still work).
+async fn stray_cancels(on: &Proxy, a_cancels_via: SocketAddr) -> usize {
+    let (a, b) = (on.client().await, on.client().await);
+    let started = Instant::now();
+    let b_loop = async {
+        let mut ran = 0usize;
+        while started.elapsed() < STRAY_ROUNDS {
+            if let Err(e) = b.batch_execute("SELECT pg_sleep(0.003)").await {
+                panic!(
+                    "B's query {ran} failed: {:?} {e}: a cancel meant for A reached B",
+                    sqlstate(&e)
+                );
+            }
+            ran += 1;
+        }
+        ran
+    };
+    let a_loop = async {
+        let mut cancelled = 0usize;
+        for round in 0u64.. {
+            if started.elapsed() >= STRAY_ROUNDS {
+                break;
+            }
+            let token = a.cancel_token();
+            let after = Duration::from_micros(500 * (round % 12));
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                // Unchecked: the last ones may find the proxy stopped.
+                if let Ok(s) = TcpStream::connect(a_cancels_via).await {
+                    let _ = token.cancel_query_raw(s, NoTls).await;
+                }
+            });
+            match a.batch_execute("SELECT pg_sleep(0.002)").await {
+                Ok(()) => {}
+                Err(e) if sqlstate(&e).as_deref() == Some("57014") => cancelled += 1,
+                Err(e) => panic!("A's query failed: {e}"),
+            }
+        }
+        cancelled
+    };
+    let (b_ran, a_cancelled) = tokio::join!(b_loop, a_loop);
+    assert!(b_ran > 0, "B ran no query");
+    a_cancelled
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_cancel_never_reaches_the_next_client_of_its_server() {
+    let p = Proxy::start_with(
+        common::cluster(),
+        &config(None, &[], "default_pool_size = 1"),
+    )
+    .await;
+    let cancelled = stray_cancels(&p, p.addr).await;
+    assert!(cancelled > 0, "none of A's queries was cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_cancel_through_a_peer_never_reaches_the_next_client_of_its_server() {
+    let ((la, a_addr), (lb, b_addr)) = (listener().await, listener().await);
+    let cluster = common::cluster();
+    let one = "default_pool_size = 1";
+    let a = Proxy::start_on(cluster.clone(), &config(Some(1), &[(2, b_addr)], one), la).await;
+    let _b = Proxy::start_on(cluster, &config(Some(2), &[(1, a_addr)], one), lb).await;
+    let cancelled = stray_cancels(&a, b_addr).await;
+    assert!(cancelled > 0, "none of A's queries was cancelled");
+}

@@ -404,13 +404,14 @@ impl Session {
     /// Relays between the client and `server` until the transaction (or, in
     /// session mode, the session) ends. Returns the server when it is reusable.
     async fn attach(&mut self, mut server: PooledConn) -> (End, Option<PooledConn>) {
-        self.cancel.set(Some(CancelTarget {
+        self.cancel.attach(CancelTarget {
             addr: server.addr().clone(),
             key: server.key(),
-        }));
+        });
         let meter = Meter::new(self.ctx.record_metrics());
         let mut link = Link::new(self.limits, meter);
         let mut end = self.pump(&mut link, &mut server).await;
+        self.detach_cancels(&end, &mut server).await;
         if let Some(custom) = link.take_settings_changed().filter(|_| !self.pinned) {
             match end {
                 End::Released => {
@@ -426,13 +427,28 @@ impl Session {
             }
         }
         self.pool.stats().add(&mut link.meter.tally);
-        self.cancel.set(None);
         self.last_txn = link.txn;
         self.last_at_rest = link.at_rest();
         // A lost server is gone; any other ending hands it to cleanup, which
         // decides between reuse (quiet), cancel-and-close or close.
         let keep = !matches!(end, End::ServerLost(_) | End::SettingsLost);
         (end, keep.then_some(server))
+    }
+
+    /// Points the client's cancels away from `server` once its part is over,
+    /// and waits for those already on their way: one arriving later would
+    /// cancel what runs there next (the settings read-back, or another
+    /// client's query). One that may still arrive has the server closed when
+    /// it comes back. No wait when none was sent: the usual case costs
+    /// nothing but the lock taken anyway.
+    async fn detach_cancels(&mut self, end: &End, server: &mut PooledConn) {
+        let Some(unsettled) = self.cancel.detach() else {
+            return;
+        };
+        // A lost server serves nobody again.
+        if !matches!(end, End::ServerLost(_)) && !unsettled.wait().await {
+            server.close_on_return();
+        }
     }
 
     /// Runs `link` over a view of this session until the attachment ends,

@@ -40,7 +40,9 @@ pub(super) async fn perform(
         Action::Event(kind, node, msg) => {
             cluster.events.record(kind, node.map(name).as_deref(), msg)
         }
-        Action::Fence(i) => tracks[i].fenced = true,
+        Action::Fence(i) => {
+            cluster.fence(i);
+        }
         Action::CloseConns(i) => cluster.retire(i),
         Action::CatchUp { candidate, old } => {
             let (kind, msg) = catch_up(tracks, candidate, old, config.health.timeout).await;
@@ -293,4 +295,77 @@ fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) ->
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Target;
+    use crate::events::Events;
+    use crate::server::Login;
+
+    /// A cluster of two nodes that routes to node 0 (primary, and the
+    /// least loaded for `any`) and node 1 (replica), with the monitor's
+    /// per-node tracks. Nothing connects.
+    fn routed_cluster() -> (Cluster, Config, Vec<Track>) {
+        let config = crate::config::load_str(
+            "[[users]]\nname = \"app\"\npassword = \"pw\"\n\
+             [cluster]\nnodes = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n",
+        )
+        .unwrap();
+        let cluster = Cluster::new(config.nodes(), Arc::new(Events::new(16)));
+        let login = Login {
+            user: "app".into(),
+            database: "app".into(),
+            password: None,
+        };
+        let tracks = config
+            .nodes()
+            .iter()
+            .map(|n| Track::new(n, &login, cluster.tls()))
+            .collect();
+        cluster.publish(Snapshot {
+            primary: Some(0),
+            replicas: vec![1],
+            usable: vec![0, 1],
+        });
+        (cluster, config, tracks)
+    }
+
+    const TARGETS: [Target; 3] = [Target::Primary, Target::Replica, Target::Any];
+
+    #[tokio::test]
+    async fn once_a_node_is_fenced_no_checkout_gets_a_connection_to_it_that_lives_on() {
+        let (cluster, config, mut tracks) = routed_cluster();
+        let before = cluster.route(Target::Primary).expect("routed");
+        assert_eq!(before.node, 0);
+        // The failover state machine fences with these actions, in this
+        // order, and then the monitor publishes the routing that leaves the
+        // node out. A checkout on another thread may run at any point in
+        // between, while the snapshot still names the node.
+        let mut taken = vec![];
+        for action in [Action::Fence(0), Action::CloseConns(0)] {
+            perform(&cluster, &config, &mut tracks, action.clone()).await;
+            for target in TARGETS {
+                taken.extend(cluster.route(target).map(|r| (action.clone(), target, r)));
+            }
+        }
+        publish(&cluster, &config, &tracks, &Primary::Serving(1));
+        assert!(
+            before.retired.is_cancelled(),
+            "connections from before the fence end"
+        );
+        for (after, target, route) in taken {
+            assert!(
+                route.node != 0 || route.retired.is_cancelled(),
+                "{target:?} routed after {after:?}: a connection to the fenced node lives on"
+            );
+        }
+        for target in TARGETS {
+            let node = cluster.route(target).map(|r| r.node);
+            assert_ne!(node, Some(0), "{target:?} once the routing followed");
+        }
+    }
 }

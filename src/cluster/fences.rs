@@ -7,18 +7,12 @@ use std::time::Duration;
 
 use super::coord::gate::Held;
 use super::coord::{fence_changes, Ask, Coordination};
-use super::track::Track;
 use super::{Cluster, ReadmitError};
 use crate::events::EventKind;
 
 /// Fences what the shared record says is fenced, once it has been read;
 /// true when done (or when `gave_up` waiting for etcd).
-pub(super) fn restore(
-    cluster: &Cluster,
-    coord: Option<&Coordination>,
-    tracks: &mut [Track],
-    gave_up: bool,
-) -> bool {
+pub(super) fn restore(cluster: &Cluster, coord: Option<&Coordination>, gave_up: bool) -> bool {
     let Some(names) = coord.and_then(Coordination::fenced_by_record) else {
         if gave_up {
             let msg =
@@ -32,8 +26,7 @@ pub(super) fn restore(
         let Some(i) = nodes.iter().position(|n| n.name == name) else {
             continue;
         };
-        if !tracks[i].fenced {
-            tracks[i].fenced = true;
+        if cluster.fence(i) {
             let msg = "fenced, as the shared record says (until re-admitted)";
             cluster
                 .events
@@ -51,7 +44,6 @@ pub(super) fn follow(
     cluster: &Cluster,
     coord: Option<&Coordination>,
     held: Option<&Held>,
-    tracks: &mut [Track],
     seen: &mut Option<Vec<String>>,
 ) {
     let Some(now) = coord.and_then(Coordination::fenced_by_record) else {
@@ -68,8 +60,7 @@ pub(super) fn follow(
     let nodes = cluster.nodes();
     let index = |name: &str| nodes.iter().position(|n| n.name == name);
     for i in added.into_iter().filter_map(index) {
-        if !tracks[i].fenced {
-            tracks[i].fenced = true;
+        if cluster.fence(i) {
             let msg = "fenced by the leader, as the shared record says (until re-admitted)";
             cluster
                 .events
@@ -77,8 +68,8 @@ pub(super) fn follow(
         }
     }
     for i in removed.iter().filter_map(|n| index(n)) {
-        if tracks[i].fenced {
-            tracks[i].fenced = false;
+        if cluster.is_fenced(i) {
+            cluster.unfence(i);
             let msg = "re-admitted through the shared record; routed again once its checks pass";
             cluster
                 .events
@@ -94,7 +85,6 @@ pub(super) fn readmit(
     cluster: &Cluster,
     coord: Option<&Coordination>,
     held: Option<&Held>,
-    tracks: &mut [Track],
     limit: Duration,
 ) {
     let nodes = cluster.nodes();
@@ -102,10 +92,10 @@ pub(super) fn readmit(
         let name = nodes[r.node].name.clone();
         match (held, coord) {
             (None, _) => {
-                let outcome = match tracks[r.node].fenced {
+                let outcome = match cluster.is_fenced(r.node) {
                     false => Err(ReadmitError::NotFenced(name)),
                     true => {
-                        tracks[r.node].fenced = false;
+                        cluster.unfence(r.node);
                         let msg = "re-admitted by an operator (READMIT); routed again once its \
                                    checks pass";
                         cluster

@@ -7,8 +7,6 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio_util::sync::CancellationToken;
-
 use super::error::MembershipError;
 use super::{hardware, lock, Cluster, Incarnation};
 use crate::config::Node;
@@ -24,7 +22,6 @@ pub(super) struct Slot {
     pub(super) hardware: Mutex<hardware::Verdict>,
     /// Wakes the hardware watcher for a probe before its interval is up.
     pub(super) probe_now: tokio::sync::Notify,
-    removed: AtomicBool,
     /// A hardware watcher runs for this node.
     watched: AtomicBool,
 }
@@ -33,14 +30,10 @@ impl Slot {
     pub(super) fn new(node: &Node) -> Arc<Slot> {
         Arc::new(Slot {
             addr: Arc::from(node.addr.as_str()),
-            incarnation: Mutex::new(Incarnation {
-                epoch: 0,
-                retired: CancellationToken::new(),
-            }),
+            incarnation: Mutex::new(Incarnation::new()),
             load: AtomicUsize::new(0),
             hardware: Mutex::new(hardware::Verdict::unknown("no hardware probe configured")),
             probe_now: tokio::sync::Notify::new(),
-            removed: AtomicBool::new(false),
             watched: AtomicBool::new(false),
         })
     }
@@ -87,7 +80,7 @@ pub fn diff(current: &[Node], removed: &[bool], wanted: &[Node]) -> NodeChanges 
 impl Cluster {
     /// Whether `node` was removed by a reload.
     pub fn is_removed(&self, node: usize) -> bool {
-        self.slots.load()[node].removed.load(Ordering::Relaxed)
+        lock(&self.slots.load()[node].incarnation).removed
     }
 
     /// The index of the live node called `name`.
@@ -142,8 +135,9 @@ impl Cluster {
     /// at their next checkout, busy ones when their transaction ends.
     fn remove(&self, node: usize) {
         let slot = self.slot(node);
-        slot.removed.store(true, Ordering::Relaxed);
-        lock(&slot.incarnation).epoch += 1;
+        let mut inc = lock(&slot.incarnation);
+        inc.removed = true;
+        inc.epoch += 1;
     }
 
     /// Claims the hardware watcher of `node`; false when one already runs.
@@ -168,6 +162,33 @@ mod tests {
             priority: 0,
             hardware: None,
         }
+    }
+
+    #[test]
+    fn once_a_node_is_removed_no_checkout_gets_a_connection_to_it() {
+        use crate::config::Target;
+        let (a, b) = (node("a", "h:1"), node("b", "h:2"));
+        let cluster = Cluster::new(vec![a.clone(), b], Arc::new(crate::events::Events::new(8)));
+        cluster.publish(super::super::Snapshot {
+            primary: Some(0),
+            replicas: vec![1],
+            usable: vec![1],
+        });
+        assert_eq!(cluster.route(Target::Replica).map(|r| r.node), Some(1));
+        cluster.apply_nodes(&[a]).unwrap();
+        // The monitor publishes the routing without b at its next tick; a
+        // checkout meanwhile, on the snapshot that still names b, gets
+        // nothing (and waits for that tick) rather than a connection that
+        // would belong to the current incarnation of a removed node.
+        for target in [Target::Replica, Target::Any] {
+            let route = cluster.route(target);
+            assert!(
+                route.is_none(),
+                "{target:?} routed to {:?}",
+                route.map(|r| r.node)
+            );
+        }
+        assert_eq!(cluster.route(Target::Primary).map(|r| r.node), Some(0));
     }
 
     #[test]

@@ -88,9 +88,36 @@ pub struct Route {
     pub retired: CancellationToken,
 }
 
+/// A node's connections as of now, and whether it may be routed to at all.
+/// One lock over both: fencing or removing a node and `route` reading it
+/// are ordered, so a checkout still holding a routing snapshot that names
+/// the node cannot get a fresh incarnation of it in the gap before the
+/// snapshot that leaves the node out is published.
 struct Incarnation {
     epoch: u64,
     retired: CancellationToken,
+    /// Never routed to until re-admitted.
+    fenced: bool,
+    /// Taken out by a reload.
+    removed: bool,
+}
+
+impl Incarnation {
+    fn new() -> Incarnation {
+        Incarnation {
+            epoch: 0,
+            retired: CancellationToken::new(),
+            fenced: false,
+            removed: false,
+        }
+    }
+
+    /// Ends it: its connections close at once, new ones are a new epoch.
+    fn retire(&mut self) {
+        self.retired.cancel();
+        self.epoch += 1;
+        self.retired = CancellationToken::new();
+    }
 }
 
 /// A `READMIT` waiting for the monitor: the node, and where its outcome
@@ -119,7 +146,7 @@ pub struct Cluster {
     pub events: Arc<Events>,
     /// TLS toward the nodes (`[cluster.tls]`), for pools and health checks alike.
     tls: crate::tls::SharedConnector,
-    /// Bumped by every [`Cluster::retire`]: pools sweep their idle lists when it moves.
+    /// Bumped by every [`Cluster::retire`] and [`Cluster::fence`]: pools sweep their idle lists when it moves.
     retirements: std::sync::atomic::AtomicU64,
     /// Bumped by every hardware verdict, so the monitor can stop waiting for
     /// a primary whose hardware just said it is gone.
@@ -210,6 +237,11 @@ impl Cluster {
         let slots = self.slots.load();
         let slot = &slots[node];
         let inc = lock(&slot.incarnation);
+        // The snapshot may predate a fence or a removal whose routing is not
+        // published yet: nothing until it is (the checkout waits for it).
+        if inc.fenced || inc.removed {
+            return None;
+        }
         Some(Route {
             node,
             addr: slot.addr.clone(),
@@ -339,13 +371,34 @@ impl Cluster {
     /// Retires every connection to `node`: idle ones are dropped at checkout,
     /// active ones see `retired` cancelled and end at once.
     pub(crate) fn retire(&self, node: usize) {
-        let slot = self.slot(node);
-        let mut inc = lock(&slot.incarnation);
-        inc.retired.cancel();
-        inc.epoch += 1;
-        inc.retired = CancellationToken::new();
+        lock(&self.slot(node).incarnation).retire();
         self.retirements
             .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Fences `node`: never routed to until [`Cluster::unfence`], and its
+    /// connections retired, in one step. True if it was not fenced before.
+    pub(crate) fn fence(&self, node: usize) -> bool {
+        let slot = self.slot(node);
+        let newly = {
+            let mut inc = lock(&slot.incarnation);
+            inc.retire();
+            !std::mem::replace(&mut inc.fenced, true)
+        };
+        self.retirements
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        newly
+    }
+
+    /// Lifts `node`'s fence (an operator re-admitted it): routed again once
+    /// its checks pass.
+    pub(crate) fn unfence(&self, node: usize) {
+        lock(&self.slot(node).incarnation).fenced = false;
+    }
+
+    /// Whether `node` is fenced.
+    pub fn is_fenced(&self, node: usize) -> bool {
+        lock(&self.slot(node).incarnation).fenced
     }
 
     /// How many retirements there have been: a pool whose last sweep saw an

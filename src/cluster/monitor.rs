@@ -86,7 +86,7 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
         probe_all(&cluster, &config, &mut tracks, &state, &mut failing_since).await;
         if !fences_known {
             let waited = started.elapsed() > config.coordination.lease_ttl;
-            fences_known = fences::restore(&cluster, coord.as_ref(), &mut tracks, waited);
+            fences_known = fences::restore(&cluster, coord.as_ref(), waited);
             if !fences_known {
                 tokio::time::sleep(FAST_TICK).await;
                 continue;
@@ -97,17 +97,10 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
             &cluster,
             coord.as_ref(),
             leading.as_ref(),
-            &mut tracks,
             &mut record_fences,
         );
         let limit = forward_limit(&config);
-        fences::readmit(
-            &cluster,
-            coord.as_ref(),
-            leading.as_ref(),
-            &mut tracks,
-            limit,
-        );
+        fences::readmit(&cluster, coord.as_ref(), leading.as_ref(), limit);
         react_to_hardware(&cluster, &config, &state, &mut hardware_acted);
         // Planned moves run between ticks, on fresh probes. One that lost
         // the old primary mid-way leaves it lost before any replica was

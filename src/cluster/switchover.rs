@@ -575,7 +575,7 @@ impl Switch<'_> {
             let checker = &mut self.tracks[target].checker;
             actuate::clear_sync_standby(self.cluster, checker, &name, timeout).await;
         }
-        self.tracks[old].fenced = true;
+        self.cluster.fence(old);
         let state = Primary::Serving(target);
         actuate::publish(self.cluster, self.config, self.tracks, &state);
         let msg = format!(
@@ -611,7 +611,7 @@ impl Switch<'_> {
             .probe
             .as_ref()
             .is_some_and(|p| p.role == Role::Replica)
-            && !self.tracks[i].fenced
+            && !self.cluster.is_fenced(i)
     }
 
     /// The switchover stopped before the promotion, the old primary still

@@ -20,8 +20,6 @@ pub(crate) struct Track {
     pub(crate) health: Health,
     /// The last successful probe.
     pub(crate) probe: Option<Probe>,
-    /// Never routed to until re-admitted.
-    pub(crate) fenced: bool,
     /// The primary it was last repointed at, and when.
     pub(crate) repointed: Option<(usize, std::time::Instant)>,
     /// What it witnesses of a primary that stopped answering us.
@@ -38,7 +36,6 @@ impl Track {
             checker: Checker::new(node.addr.clone(), login.clone(), tls.clone()),
             health: Health::Unknown,
             probe: None,
-            fenced: false,
             repointed: None,
             witness: Witness::Idle,
         }
@@ -109,7 +106,7 @@ pub(super) fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
             probe: t.probe.clone(),
             witness: t.witness.testimony(),
             // A removed node is out of every decision, like a fenced one.
-            fenced: t.fenced || cluster.is_removed(i),
+            fenced: cluster.is_fenced(i) || cluster.is_removed(i),
             hardware_failing: cluster.hardware(i).status == HardwareStatus::Failing,
             repointed: t.repointed,
         })

@@ -256,7 +256,8 @@ impl Pool {
         conn.release();
         let current = self.shared.cluster.is_current(conn.node(), conn.epoch())
             && conn.generation() == self.shared.generation.load(Ordering::Relaxed);
-        if !current || expired(&conn, now, &self.shared.settings.load()) || !conn.buf().is_empty() {
+        let stale = !current || expired(&conn, now, &self.shared.settings.load());
+        if stale || !conn.buf().is_empty() || conn.closes_on_return() {
             return;
         }
         conn.set_last_used(now);

@@ -1,8 +1,9 @@
 //! A server connection as the pool hands it out: the wire connection plus
 //! what the pool and routing need to know about it (its slot, its node's
 //! load, the generation and node incarnation it was opened in, when it was
-//! last returned). The relay reaches the wire connection through `Deref`, as
-//! with any pool's checked-out handle.
+//! last returned, whether it must close when it comes back). The relay
+//! reaches the wire connection through `Deref`, as with any pool's
+//! checked-out handle.
 
 use std::ops::{Deref, DerefMut};
 use std::time::Instant;
@@ -33,6 +34,8 @@ pub struct PooledConn {
     generation: u64,
     /// When it was last returned to the pool.
     last_used: Instant,
+    /// A cancel may still reach it: it must serve no other client.
+    close_on_return: bool,
 }
 
 impl PooledConn {
@@ -47,6 +50,7 @@ impl PooledConn {
             generation,
             // Never returned yet: idle since it was opened.
             last_used: conn.created(),
+            close_on_return: false,
             conn,
         }
     }
@@ -66,6 +70,18 @@ impl PooledConn {
     /// Records that it went idle at `now`.
     pub(super) fn set_last_used(&mut self, now: Instant) {
         self.last_used = now;
+    }
+
+    /// Closes it when it comes back instead of keeping it: a cancel for its
+    /// last client may still arrive and would hit the next client's query.
+    pub fn close_on_return(&mut self) {
+        self.close_on_return = true;
+    }
+
+    /// Whether it must close when it comes back.
+    #[inline]
+    pub fn closes_on_return(&self) -> bool {
+        self.close_on_return
     }
 
     /// When it was last returned to the pool.

@@ -1,5 +1,5 @@
-//! One connection from Switchyard to PostgreSQL: opening it, logging in,
-//! resetting it and cancelling its query. It knows nothing of pools or routing
+//! One connection from Switchyard to PostgreSQL: opening it, logging in and
+//! resetting it. It knows nothing of pools or routing
 //! (the pool wraps it with those), so health checks use it as well. The relay
 //! reads and writes the stream and buffer through borrowing accessors; the
 //! login and reset code here does not sit on the hot path.
@@ -563,22 +563,6 @@ fn set_dead_peer_timeouts(stream: &TcpStream) {
         .with_retries(3);
     let _ = sock.set_tcp_keepalive(&keepalive);
     let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(15)));
-}
-
-/// Sends a CancelRequest for `key` to `addr` (a fresh connection, as the protocol requires).
-pub async fn send_cancel(addr: &str, key: (i32, i32)) -> std::io::Result<()> {
-    let mut out = BytesMut::new();
-    frontend::cancel_request(key.0, key.1, &mut out);
-    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "cancel connect timed out")
-        })??;
-    stream.write_all(&out).await?;
-    // Wait for the server to close, so the cancel is delivered before we return.
-    let mut sink = [0u8; 16];
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut sink)).await;
-    Ok(())
 }
 
 /// Sets `name = value` in a ParameterStatus list (names ignore case).
