@@ -113,9 +113,8 @@ async fn login(
             wanted,
         }));
     }
-    let pool = ctx.pool_for(&database, &user);
-    let params = pool
-        .server_params()
+    let (pool, params) = ctx
+        .pool_for(&database, &user)
         .await
         .map_err(|e| ReadError::Client(pool_error(e, true)))?;
     let cancel = ctx.cancels().register();

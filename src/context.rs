@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 use metrics_exporter_prometheus::PrometheusRecorder;
@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::events::{EventKind, Events};
 use crate::measure::latency::Latencies;
 use crate::measure::ErrorCounts;
-use crate::pool::{Pool, PoolSettings, Pools};
+use crate::pool::{Pool, PoolError, PoolSettings, Pools, ServerParams};
 use crate::runtime::LoopLag;
 use crate::server::Login;
 use crate::sessions::cancel::CancelMap;
@@ -81,7 +81,7 @@ pub struct Context {
     /// Errors sent to clients, by SQLSTATE class.
     errors: Arc<ErrorCounts>,
     /// This proxy's own Prometheus recorder, made at the first scrape.
-    prometheus: OnceLock<PrometheusRecorder>,
+    prometheus: std::sync::Mutex<Option<(u64, Arc<PrometheusRecorder>)>>,
     /// Record per-query timings and latency histograms (`[http] metrics`).
     record_metrics: bool,
     /// TLS toward clients and toward PostgreSQL; a reload rebuilds it.
@@ -136,7 +136,7 @@ impl Context {
             clients: Arc::default(),
             latencies: Default::default(),
             errors: Default::default(),
-            prometheus: OnceLock::new(),
+            prometheus: std::sync::Mutex::new(None),
             record_metrics,
             tls,
             listening: None,
@@ -211,9 +211,20 @@ impl Context {
         &self.errors
     }
 
-    /// This proxy's Prometheus recorder, made by `make` the first time.
-    pub fn prometheus(&self, make: fn() -> PrometheusRecorder) -> &PrometheusRecorder {
-        self.prometheus.get_or_init(make)
+    /// This proxy's Prometheus recorder, made by `make` the first time and
+    /// again after pools were dropped, so their series go with them (every
+    /// value is set afresh at each scrape: nothing else is lost).
+    pub fn prometheus(&self, make: fn() -> PrometheusRecorder) -> Arc<PrometheusRecorder> {
+        let epoch = self.pools.evicted();
+        let mut slot = self.prometheus.lock().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Some((e, rec)) if *e == epoch => rec.clone(),
+            _ => {
+                let rec = Arc::new(make());
+                *slot = Some((epoch, rec.clone()));
+                rec
+            }
+        }
     }
 
     /// Whether per-query timings are recorded (`[http] metrics`).
@@ -231,13 +242,35 @@ impl Context {
         &self.loop_lag
     }
 
-    /// The pool serving `database` (client-facing name) for `user`.
-    pub fn pool_for(&self, database: &str, user: &str) -> Pool {
-        self.pools
-            .get_or_create((database.to_string(), user.to_string()), |paused| {
-                let (login, settings) = self.pool_settings(database, user);
-                Pool::new(login, settings, self.cluster.clone(), paused)
-            })
+    /// The pool serving `database` (client-facing name) for `user`, with
+    /// what its servers report at login. A new pool is kept only once a
+    /// server login for it succeeded, and only while fewer than
+    /// `proxy.max_pools` exist: a client naming a database that does not
+    /// exist gets PostgreSQL's error and leaves nothing behind.
+    pub async fn pool_for(
+        &self,
+        database: &str,
+        user: &str,
+    ) -> Result<(Pool, ServerParams), PoolError> {
+        let key = (database.to_string(), user.to_string());
+        if let Some(pool) = self.pools.get(&key) {
+            let params = pool.server_params().await?;
+            return Ok((pool, params));
+        }
+        // Held across the server login on purpose (an async mutex): the
+        // first clients of a new pool share one login, not one each.
+        let gate = self.pools.creation_gate(&key);
+        let _creating = gate.lock().await;
+        if let Some(pool) = self.pools.get(&key) {
+            let params = pool.server_params().await?;
+            return Ok((pool, params));
+        }
+        let (login, settings) = self.pool_settings(database, user);
+        let paused = self.pools.paused_for(database);
+        let candidate = Pool::new(login, settings, self.cluster.clone(), paused);
+        let params = candidate.server_params().await?;
+        let max = self.config.load().proxy.max_pools;
+        Ok((self.pools.insert(key, candidate, max)?, params))
     }
 
     /// What the configuration in force says about the pool (`database`, `user`).

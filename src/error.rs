@@ -17,6 +17,9 @@ pub enum ClientError {
     /// No server connection became free within `checkout_timeout`.
     #[error("no server connection available within checkout_timeout")]
     CheckoutTimeout,
+    /// `proxy.max_pools` pools exist; a new (database, user) gets none.
+    #[error("no more pools allowed (max_pools = {0})")]
+    TooManyPools(usize),
     /// The client did not finish logging in within `client_login_timeout`.
     #[error("client_login_timeout: login took too long")]
     LoginTimeout,
@@ -91,7 +94,9 @@ impl ClientError {
     pub fn sqlstate(&self) -> &str {
         match self {
             ClientError::AuthFailed(_) => "28P01",
-            ClientError::TooManyClients | ClientError::CheckoutTimeout => "53300",
+            ClientError::TooManyClients
+            | ClientError::CheckoutTimeout
+            | ClientError::TooManyPools(_) => "53300",
             ClientError::LoginTimeout => "57014",
             ClientError::Protocol(_) => "08P01",
             ClientError::UnsupportedProtocol(_) => "0A000",
@@ -145,6 +150,7 @@ mod tests {
             (ClientError::AuthFailed("u".into()), "28P01", true),
             (ClientError::TooManyClients, "53300", true),
             (ClientError::CheckoutTimeout, "53300", false),
+            (ClientError::TooManyPools(1000), "53300", true),
             (ClientError::Protocol("x".into()), "08P01", true),
             (ClientError::UnsupportedProtocol("x".into()), "0A000", true),
             (ClientError::Shutdown, "57P01", true),

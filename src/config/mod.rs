@@ -272,6 +272,9 @@ pub struct ProxyConfig {
     pub default_pool_size: usize,
     /// Client connections accepted at once; more get SQLSTATE 53300. Default 10000.
     pub max_client_conn: usize,
+    /// (database, user) pools kept at once; a login that needs another gets
+    /// SQLSTATE 53300. Default 1000.
+    pub max_pools: usize,
     /// Longest wait for a server connection before SQLSTATE 53300. Default `5s`.
     #[serde(with = "duration")]
     pub checkout_timeout: Duration,
@@ -392,6 +395,7 @@ impl Default for ProxyConfig {
             pool_mode: PoolMode::Transaction,
             default_pool_size: 20,
             max_client_conn: 10_000,
+            max_pools: 1000,
             checkout_timeout: Duration::from_secs(5),
             client_login_timeout: Duration::from_secs(15),
             server_idle_timeout: Duration::from_secs(600),

@@ -40,6 +40,9 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     if cfg.proxy.max_client_conn == 0 {
         return Err("proxy.max_client_conn must be at least 1".into());
     }
+    if cfg.proxy.max_pools == 0 {
+        return Err("proxy.max_pools must be at least 1".into());
+    }
     if cfg.proxy.max_message_size < 8192 {
         return Err("proxy.max_message_size must be at least 8192 bytes".into());
     }

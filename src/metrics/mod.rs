@@ -153,7 +153,8 @@ pub fn recorder() -> PrometheusRecorder {
 
 /// The `/metrics` page.
 pub fn render(ctx: &Context) -> String {
-    metrics::with_local_recorder(ctx.prometheus(recorder), || {
+    let rec = ctx.prometheus(recorder);
+    metrics::with_local_recorder(&*rec, || {
         record_clients(ctx);
         record_pools(ctx);
         record_nodes(ctx);
@@ -165,7 +166,7 @@ pub fn render(ctx: &Context) -> String {
             counter!(ERRORS, "class" => class).absolute(n);
         }
     });
-    let mut out = ctx.prometheus(recorder).handle().render();
+    let mut out = rec.handle().render();
     // Series that have no value yet (no error of any class so far) still
     // announce themselves, so dashboards and the README list stay checkable.
     for &(name, ty, help) in METRICS {

@@ -53,6 +53,9 @@ pub enum PoolError {
     /// Opening a new connection failed.
     #[error(transparent)]
     Connect(#[from] ClusterError),
+    /// `proxy.max_pools` pools exist already.
+    #[error("max_pools ({0}) reached")]
+    TooManyPools(usize),
 }
 
 /// ParameterStatus (name, value) pairs as a server reported them.
@@ -89,6 +92,9 @@ struct Shared {
     held: AtomicUsize,
     /// The cluster's retirement count at the last sweep of `idle`.
     swept: AtomicU64,
+    /// Since when the reaper has found the pool unused (no client, no
+    /// server connection); only the reaper reads or writes it.
+    unused_since: Mutex<Option<Instant>>,
 }
 
 /// Counts a gauge up while alive.
@@ -157,6 +163,7 @@ impl Pool {
             opening: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             swept: AtomicU64::new(0),
+            unused_since: Mutex::new(None),
         };
         Pool {
             shared: Arc::new(shared),
@@ -280,6 +287,30 @@ impl Pool {
     pub fn reap(&self, now: Instant) {
         let settings = self.shared.settings.load();
         lock(&self.shared.idle).retain(|c| !expired(c, now, &settings));
+    }
+
+    /// Whether the pool, reached through this handle only (the map's), has
+    /// served nobody for `server_idle_timeout`: no client holds it, no
+    /// server connection is idle, opening or held. Called by the reaper,
+    /// which keeps the time it first found it unused.
+    fn idle_since_long(&self, now: Instant) -> bool {
+        let s = &self.shared;
+        let unused = Arc::strong_count(s) == 1
+            && lock(&s.idle).is_empty()
+            && s.opening.load(Ordering::Relaxed) == 0
+            && s.held.load(Ordering::Relaxed) == 0;
+        let mut since = lock(&s.unused_since);
+        match (unused, *since) {
+            (false, _) => {
+                *since = None;
+                false
+            }
+            (true, None) => {
+                *since = Some(now);
+                false
+            }
+            (true, Some(t)) => now.duration_since(t) >= s.settings.load().idle_timeout,
+        }
     }
 
     /// Records that a server accepted the statement `name` (its text parses here).
@@ -413,11 +444,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// All pools, keyed by (client-facing database, user).
+/// A pool's key: (client-facing database, user).
+pub type PoolKey = (String, String);
+
+/// All pools, keyed by (client-facing database, user). A pool is added
+/// only once a server login for it succeeded, and dropped after it served
+/// nobody for `server_idle_timeout`, so clients asking for databases that
+/// do not exist leave nothing behind.
 #[derive(Default)]
 pub struct Pools {
-    pools: Mutex<HashMap<(String, String), Pool>>,
+    pools: Mutex<HashMap<PoolKey, Pool>>,
     paused: Mutex<Paused>,
+    /// One async gate per key being created: concurrent first clients of a
+    /// (database, user) wait for one server login instead of each opening
+    /// a connection past the pool's size. Weak, so finished ones vanish.
+    creating: Mutex<HashMap<PoolKey, std::sync::Weak<tokio::sync::Mutex<()>>>>,
+    /// Pools dropped so far (the metrics forget their series when it moves).
+    evicted: AtomicU64,
 }
 
 /// What `PAUSE` covers: everything, or some databases.
@@ -428,24 +471,62 @@ struct Paused {
 }
 
 impl Pools {
-    /// The pool for `key`, created by `make(paused)` on first use.
-    pub fn get_or_create(&self, key: (String, String), make: impl FnOnce(bool) -> Pool) -> Pool {
-        let mut pools = lock(&self.pools);
-        if let Some(p) = pools.get(&key) {
-            return p.clone();
-        }
-        let paused = {
-            let p = lock(&self.paused);
-            p.all || p.databases.contains(&key.0)
-        };
-        pools.entry(key).or_insert_with(|| make(paused)).clone()
+    /// The pool for `key`, if it exists.
+    pub fn get(&self, key: &PoolKey) -> Option<Pool> {
+        lock(&self.pools).get(key).cloned()
     }
 
-    /// Runs `reap` on every pool.
+    /// Whether a pool of `database` created now starts paused.
+    pub fn paused_for(&self, database: &str) -> bool {
+        let p = lock(&self.paused);
+        p.all || p.databases.contains(database)
+    }
+
+    /// The gate that serialises the creation of the pool for `key`.
+    pub fn creation_gate(&self, key: &PoolKey) -> Arc<tokio::sync::Mutex<()>> {
+        let mut creating = lock(&self.creating);
+        if let Some(gate) = creating.get(key).and_then(std::sync::Weak::upgrade) {
+            return gate;
+        }
+        creating.retain(|_, g| g.strong_count() > 0);
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        creating.insert(key.clone(), Arc::downgrade(&gate));
+        gate
+    }
+
+    /// Adds `pool` (its server login succeeded) under `key` unless `max`
+    /// pools exist; returns the pool now under `key`.
+    pub fn insert(&self, key: PoolKey, pool: Pool, max: usize) -> Result<Pool, PoolError> {
+        let mut pools = lock(&self.pools);
+        if let Some(p) = pools.get(&key) {
+            return Ok(p.clone());
+        }
+        if pools.len() >= max {
+            return Err(PoolError::TooManyPools(max));
+        }
+        pool.set_paused(self.paused_for(&key.0));
+        pools.insert(key, pool.clone());
+        Ok(pool)
+    }
+
+    /// Runs `reap` on every pool, and drops the pools that served nobody
+    /// for their `server_idle_timeout`.
     pub fn reap_all(&self, now: Instant) {
         for (_, p) in self.all() {
             p.reap(now);
         }
+        let mut pools = lock(&self.pools);
+        let before = pools.len();
+        pools.retain(|_, p| !p.idle_since_long(now));
+        let dropped = before - pools.len();
+        if dropped > 0 {
+            self.evicted.fetch_add(dropped as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// How many pools were dropped so far.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Every pool with its (database, user), sorted.

@@ -1,0 +1,99 @@
+//! Resources no client can run away with: what a client asks for that the
+//! proxy keeps after it left (pools and their metric series).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{cluster, http_request, nodes_toml, sqlstate, Proxy, USERS};
+use tokio_postgres::Client;
+
+/// A proxy in front of the shared cluster, `extra` in `[proxy]`, with its
+/// HTTP endpoints.
+async fn proxy(extra: &str) -> (Proxy, SocketAddr) {
+    let cluster = cluster();
+    let toml = format!(
+        "[proxy]\n{extra}\n{USERS}\n[cluster]\nnodes = [{}]\n",
+        nodes_toml(&cluster)
+    );
+    Proxy::start_with_http(cluster, &toml).await
+}
+
+/// `SHOW POOLS` on the admin console: (database, user) of each pool.
+async fn pools(admin: &Client) -> Vec<(String, String)> {
+    let rows = admin.simple_query("SHOW POOLS").await.unwrap();
+    rows.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                r.get(0).unwrap_or_default().to_string(),
+                r.get(1).unwrap_or_default().to_string(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_to_databases_that_do_not_exist_leave_no_pool_behind() {
+    let (p, http) = proxy("").await;
+    for i in 0..20 {
+        let db = format!("no_such_db_{i}");
+        let err = p.client_as("app", "app", &db).await.err().expect("refused");
+        // PostgreSQL's own answer: the database does not exist.
+        assert_eq!(sqlstate(&err).as_deref(), Some("3D000"), "{err:?}");
+    }
+    let c = p.client().await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let admin = p.client_as("admin", "adminpw", "switchyard").await.unwrap();
+    let listed = pools(&admin).await;
+    assert_eq!(listed, vec![("app".into(), "app".into())], "{listed:?}");
+    let (_, metrics) = http_request(http, "GET", "/metrics").await;
+    assert!(!metrics.contains("no_such_db"), "series for refused logins");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_pools_a_login_is_refused_with_53300_and_the_others_go_on() {
+    let (p, _) = proxy("max_pools = 2").await;
+    let a = p.client_as("app", "app", "app").await.unwrap();
+    let b = p.client_as("app", "app", "postgres").await.unwrap();
+    let err = p
+        .client_as("md5user", "md5pass", "app")
+        .await
+        .err()
+        .expect("a third pool is refused");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err:?}");
+    let message = err.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        message.as_deref().unwrap_or("").contains("max_pools"),
+        "{err:?}"
+    );
+    // The existing pools serve on, and a client of one of them gets in.
+    a.simple_query("SELECT 1").await.unwrap();
+    b.simple_query("SELECT 1").await.unwrap();
+    let again = p.client_as("app", "app", "app").await.unwrap();
+    again.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_nobody_uses_is_dropped_after_server_idle_timeout() {
+    let (p, http) = proxy("server_idle_timeout = \"1s\"").await;
+    let c = p.client_as("app", "app", "postgres").await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    drop(c);
+    let admin = p.client_as("admin", "adminpw", "switchyard").await.unwrap();
+    let gone = common::wait_until(15, "the unused pool is dropped", || {
+        let admin = &admin;
+        async move { !pools(admin).await.iter().any(|(db, _)| db == "postgres") }
+    });
+    gone.await;
+    let (_, metrics) = http_request(http, "GET", "/metrics").await;
+    assert!(
+        !metrics.contains("database=\"postgres\""),
+        "the dropped pool's series are still exported"
+    );
+    // A new client gets a new pool.
+    let c = p.client_as("app", "app", "postgres").await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+    assert!(pools(&admin).await.iter().any(|(db, _)| db == "postgres"));
+}
