@@ -69,7 +69,7 @@ async fn reload_on_sighup(ctx: Arc<Context>) {
     };
     loop {
         tokio::select! {
-            Some(()) = hup.recv() => match ctx.reload() {
+            Some(()) = hup.recv() => match ctx.reload().await {
                 Ok(restart) => tracing::info!(needs_restart = ?restart, "SIGHUP: configuration reloaded"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: configuration rejected; the running one stays"),
             },

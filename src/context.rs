@@ -43,6 +43,17 @@ pub enum ReloadError {
     /// The node list cannot be applied.
     #[error("{0}")]
     Nodes(crate::cluster::MembershipError),
+    /// Reading the file stopped short (a panic on the blocking pool).
+    #[error("reading the configuration stopped short: {0}")]
+    Interrupted(String),
+}
+
+/// What a reload reads and derives off the event loop: the file, every
+/// user's verifiers and the certificate files.
+struct ReadReload {
+    config: Config,
+    users: HashMap<String, Credentials>,
+    tls: crate::tls::Prepared,
 }
 
 /// A reload that passed every check, ready to install.
@@ -91,6 +102,9 @@ pub struct Context {
     listening: Option<SocketAddr>,
     /// Scheduling delay of the event loops.
     loop_lag: Arc<LoopLag>,
+    /// Held by the reload under way: one at a time, so that two overlapping
+    /// ones (SIGHUP and `RELOAD`) cannot install the older file last.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// Why the proxy could not run.
@@ -141,6 +155,7 @@ impl Context {
             tls,
             listening: None,
             loop_lag: Arc::default(),
+            reloading: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -304,8 +319,9 @@ impl Context {
     /// client connection: users and passwords, pool sizes and timeouts, and
     /// settings read per new client. Returns one line per setting that needs a
     /// restart to change. An invalid file changes nothing.
-    pub fn reload(&self) -> Result<Vec<String>, ReloadError> {
-        let prepared = self.prepare_reload().inspect_err(|e| {
+    pub async fn reload(&self) -> Result<Vec<String>, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let prepared = self.prepare_reload().await.inspect_err(|e| {
             self.cluster.events.record(
                 EventKind::ConfigRejected,
                 None,
@@ -316,11 +332,17 @@ impl Context {
     }
 
     /// Everything a reload can fail at, before anything changes.
-    fn prepare_reload(&self) -> Result<PreparedReload, ReloadError> {
-        let config = self.read_config()?;
-        let users = credentials(&config)?;
-        // Certificate files are re-read; on failure nothing changes.
-        let tls = crate::tls::Tls::prepare(&config)?;
+    async fn prepare_reload(&self) -> Result<PreparedReload, ReloadError> {
+        let path = self.config_path.clone().ok_or(ReloadError::NoFile)?;
+        // File reads, and a PBKDF2 per plaintext user (milliseconds each, so
+        // seconds for a thousand users), on the blocking pool: on the event
+        // loop they would stall every client it serves, all of them with
+        // `workers = 1`.
+        let listening = self.listening;
+        let ReadReload { config, users, tls } =
+            tokio::task::spawn_blocking(move || read_reload(&path, listening))
+                .await
+                .map_err(|e| ReloadError::Interrupted(e.to_string()))??;
         let ignored = crate::config::reload::needs_restart(&self.config.load(), &config);
         let node_changes = self
             .cluster
@@ -362,17 +384,25 @@ impl Context {
             .map(|k| format!("{k} changed: takes effect after a restart"))
             .collect()
     }
+}
 
-    fn read_config(&self) -> Result<Config, ReloadError> {
-        let path = self.config_path.as_ref().ok_or(ReloadError::NoFile)?;
-        let read = |e: String| ReloadError::Read(format!("{}: {e}", path.display()));
-        let config = crate::config::load(path).map_err(|e| read(e.to_string()))?;
-        // The file's `listen` waits for a restart; the socket clients reach stays.
-        if let Some(addr) = self.listening {
-            crate::config::trust_allowed_on(&config, addr).map_err(read)?;
-        }
-        Ok(config)
+/// The blocking half of a reload: reads and checks the file (`trust`
+/// against the socket clients reach, `listening`: the file's `listen`
+/// waits for a restart), derives every user's verifiers and reads the
+/// certificate files. Changes nothing.
+fn read_reload(
+    path: &std::path::Path,
+    listening: Option<SocketAddr>,
+) -> Result<ReadReload, ReloadError> {
+    let read = |e: String| ReloadError::Read(format!("{}: {e}", path.display()));
+    let config = crate::config::load(path).map_err(|e| read(e.to_string()))?;
+    if let Some(addr) = listening {
+        crate::config::trust_allowed_on(&config, addr).map_err(read)?;
     }
+    let users = credentials(&config)?;
+    // Certificate files are re-read; on failure nothing changes.
+    let tls = crate::tls::Tls::prepare(&config)?;
+    Ok(ReadReload { config, users, tls })
 }
 
 /// Every configured user's credentials, verifiers precomputed.

@@ -56,6 +56,10 @@ pub enum EventKind {
     HardwareFailing,
     /// A node's hardware probe could not be read (no failover follows).
     HardwareUnknown,
+    /// The primary's hardware would move it (failing, or degraded with
+    /// `switchover_on_degraded`), but it changed less than
+    /// `switchover.min_interval` ago: not yet.
+    HardwareMoveHeld,
     /// A reload added a node.
     NodeAdded,
     /// A reload removed a node; its connections drain.
@@ -98,6 +102,7 @@ impl EventKind {
             EventKind::HardwareDegraded => "hardware_degraded",
             EventKind::HardwareFailing => "hardware_failing",
             EventKind::HardwareUnknown => "hardware_unknown",
+            EventKind::HardwareMoveHeld => "hardware_move_held",
             EventKind::NodeAdded => "node_added",
             EventKind::NodeRemoved => "node_removed",
             EventKind::SwitchoverStarted => "switchover_started",
@@ -121,6 +126,7 @@ impl EventKind {
                 | EventKind::HardwareDegraded
                 | EventKind::HardwareFailing
                 | EventKind::HardwareUnknown
+                | EventKind::HardwareMoveHeld
                 | EventKind::SwitchoverFailed
         )
     }

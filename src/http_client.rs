@@ -1,9 +1,12 @@
 //! The proxy's one HTTP client: just enough HTTP/1.1 for a `GET` per
-//! connection (`Connection: close`), plain `http://` only, bodies framed by
-//! `Content-Length`, `chunked` or the close. It serves the hardware probes
-//! (exporters sit on the database hosts' own network and speak plain HTTP)
-//! and `switchyard healthcheck` (the proxy's own endpoints have no TLS), so
-//! neither needs a client stack. It builds on nothing above the configuration.
+//! connection (`Connection: close`), bodies framed by `Content-Length`,
+//! `chunked` or the close. It serves the hardware probes (plain `http://`, or
+//! `https://` with the caller's rustls configuration, optionally with an
+//! `Authorization` header) and `switchyard healthcheck` (the proxy's own
+//! endpoints: plain HTTP). It builds on nothing above the configuration.
+//!
+//! An [`Authorization`] never appears in `Debug` output or in a
+//! [`FetchError`]: it is written into the request and nowhere else.
 //!
 //! The peer is untrusted: lengths are checked before anything is allocated
 //! for them, the head and the body are capped, and nothing indexes or unwraps
@@ -11,13 +14,18 @@
 //! pure and tested apart from the socket; [`get`] and [`status`] only move
 //! bytes.
 
+use std::fmt;
 use std::io;
+use std::sync::Arc;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::HttpUrl;
+use crate::config::{HttpUrl, Scheme};
 
 /// Largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -58,13 +66,127 @@ pub enum FetchError {
     /// The server closed the connection mid-response.
     #[error("connection closed before the response was complete")]
     Truncated,
+    /// An `https://` URL without a TLS configuration to reach it with.
+    #[error("https needs the CA that signs the server's certificate")]
+    NoTls,
+    /// The host is not usable as a TLS server name.
+    #[error("invalid TLS server name {0:?}")]
+    ServerName(String),
+    /// The TLS handshake failed (a certificate not signed by the CA, or not
+    /// naming the host, ...).
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+}
+
+/// The `Authorization` a request carries.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Authorization {
+    /// `Bearer <token>`.
+    Bearer(String),
+    /// `Basic base64(user:password)`.
+    Basic {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: String,
+    },
+}
+
+impl Authorization {
+    /// The header's value.
+    fn value(&self) -> String {
+        match self {
+            Authorization::Bearer(token) => format!("Bearer {token}"),
+            Authorization::Basic { user, password } => {
+                format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+            }
+        }
+    }
+}
+
+// By hand: the credentials must never reach a log line or an error.
+impl fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Authorization::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Authorization::Basic { user, .. } => write!(f, "Basic({user}:<redacted>)"),
+        }
+    }
+}
+
+/// How a request reaches its server and says who sends it.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// For `https://` URLs: the rustls configuration (which CAs to trust).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Sent as the `Authorization` header.
+    pub authorization: Option<Authorization>,
 }
 
 /// `GET`s `url` and returns the body of a 2xx answer, at most `max_body` bytes.
 /// No timeout of its own: the caller bounds it. Cancel safe in the sense that
 /// dropping it only drops the connection.
 pub async fn get(url: &HttpUrl, max_body: usize) -> Result<Vec<u8>, FetchError> {
-    let (mut stream, buf, head) = send(url, max_body).await?;
+    get_with(url, &Options::default(), max_body).await
+}
+
+/// As [`get`], over TLS for an `https://` URL and with the credentials of `options`.
+pub async fn get_with(
+    url: &HttpUrl,
+    options: &Options,
+    max_body: usize,
+) -> Result<Vec<u8>, FetchError> {
+    let tcp = connect(url).await?;
+    match url.scheme {
+        Scheme::Http => fetch_body(tcp, url, options, max_body).await,
+        Scheme::Https => {
+            let tls = handshake(tcp, url, options).await?;
+            fetch_body(tls, url, options, max_body).await
+        }
+    }
+}
+
+/// `GET`s `url` and returns the status code of the answer, whatever it is;
+/// the body is left unread. Plain HTTP only; no timeout of its own, as [`get`].
+pub async fn status(url: &HttpUrl) -> Result<u16, FetchError> {
+    if url.scheme == Scheme::Https {
+        return Err(FetchError::NoTls);
+    }
+    let mut tcp = connect(url).await?;
+    // No byte of the body is read, so no length is too large for it.
+    let (_, head) = send(&mut tcp, url, &Options::default(), usize::MAX).await?;
+    Ok(head.status)
+}
+
+async fn connect(url: &HttpUrl) -> Result<TcpStream, FetchError> {
+    TcpStream::connect((url.host.as_str(), url.port))
+        .await
+        .map_err(FetchError::Connect)
+}
+
+/// TLS over `tcp`, checking the certificate against `options.tls` and the URL's host.
+async fn handshake(
+    tcp: TcpStream,
+    url: &HttpUrl,
+    options: &Options,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, FetchError> {
+    let config = options.tls.clone().ok_or(FetchError::NoTls)?;
+    let name = ServerName::try_from(url.host.clone())
+        .map_err(|_| FetchError::ServerName(url.host.clone()))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(FetchError::Handshake)
+}
+
+/// Sends the request on `stream` and reads the body of a 2xx answer.
+async fn fetch_body<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    url: &HttpUrl,
+    options: &Options,
+    max_body: usize,
+) -> Result<Vec<u8>, FetchError> {
+    let (buf, head) = send(&mut stream, url, options, max_body).await?;
     if !(200..300).contains(&head.status) {
         return Err(FetchError::Status {
             status: head.status,
@@ -78,39 +200,43 @@ pub async fn get(url: &HttpUrl, max_body: usize) -> Result<Vec<u8>, FetchError> 
     }
 }
 
-/// `GET`s `url` and returns the status code of the answer, whatever it is;
-/// the body is left unread. No timeout of its own, as [`get`].
-pub async fn status(url: &HttpUrl) -> Result<u16, FetchError> {
-    // No byte of the body is read, so no length is too large for it.
-    let (_, _, head) = send(url, usize::MAX).await?;
-    Ok(head.status)
-}
-
-/// Connects, sends the request and reads the response head; what is left in
-/// the buffer is the start of the body. A `Content-Length` over `max_body`
-/// is refused here.
-async fn send(url: &HttpUrl, max_body: usize) -> Result<(TcpStream, BytesMut, Head), FetchError> {
-    let mut stream = TcpStream::connect((url.host.as_str(), url.port))
-        .await
-        .map_err(FetchError::Connect)?;
+/// The request head: a `GET` of the URL's path, with the credentials.
+fn request(url: &HttpUrl, options: &Options) -> String {
+    let authorization = options
+        .authorization
+        .as_ref()
+        .map(|a| format!("Authorization: {}\r\n", a.value()))
+        .unwrap_or_default();
     // Asking for the 0.0.4 text format and no compression keeps exporters that
     // negotiate (client_golang) off OpenMetrics, protobuf and gzip.
-    let request = format!(
+    format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: switchyard\r\n\
          Accept: text/plain;version=0.0.4\r\nAccept-Encoding: identity\r\n\
-         Connection: close\r\n\r\n",
+         {authorization}Connection: close\r\n\r\n",
         url.path, url.authority
-    );
+    )
+}
+
+/// Sends the request and reads the response head; what is left in the
+/// buffer is the start of the body. A `Content-Length` over `max_body` is
+/// refused here.
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    url: &HttpUrl,
+    options: &Options,
+    max_body: usize,
+) -> Result<(BytesMut, Head), FetchError> {
     stream
-        .write_all(request.as_bytes())
+        .write_all(request(url, options).as_bytes())
         .await
         .map_err(FetchError::Io)?;
+    stream.flush().await.map_err(FetchError::Io)?;
 
     let mut buf = BytesMut::with_capacity(8 * 1024);
     loop {
         if let Some(end) = head_end(&buf) {
             let head = parse_head(&buf.split_to(end), max_body)?;
-            return Ok((stream, buf, head));
+            return Ok((buf, head));
         }
         if buf.len() > MAX_HEAD {
             return Err(FetchError::TooLarge {
@@ -118,18 +244,24 @@ async fn send(url: &HttpUrl, max_body: usize) -> Result<(TcpStream, BytesMut, He
                 max: MAX_HEAD,
             });
         }
-        if read_more(&mut stream, &mut buf).await? == 0 {
+        if read_more(stream, &mut buf).await? == 0 {
             return Err(FetchError::Truncated);
         }
     }
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<usize, FetchError> {
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<usize, FetchError> {
+    // Over TLS, a close without close_notify is an error here, not the end
+    // of a body framed by the close: whoever cut the connection could
+    // otherwise cut the series that say "failing" off a scrape.
     stream.read_buf(buf).await.map_err(FetchError::Io)
 }
 
-async fn read_length(
-    stream: &mut TcpStream,
+async fn read_length<S: AsyncRead + Unpin>(
+    stream: &mut S,
     mut buf: BytesMut,
     len: usize,
 ) -> Result<Vec<u8>, FetchError> {
@@ -144,8 +276,8 @@ async fn read_length(
     Ok(buf.to_vec())
 }
 
-async fn read_to_close(
-    stream: &mut TcpStream,
+async fn read_to_close<S: AsyncRead + Unpin>(
+    stream: &mut S,
     mut buf: BytesMut,
     max: usize,
 ) -> Result<Vec<u8>, FetchError> {
@@ -159,8 +291,8 @@ async fn read_to_close(
     }
 }
 
-async fn read_chunked(
-    stream: &mut TcpStream,
+async fn read_chunked<S: AsyncRead + Unpin>(
+    stream: &mut S,
     mut buf: BytesMut,
     max: usize,
 ) -> Result<Vec<u8>, FetchError> {

@@ -511,6 +511,77 @@ async fn reload_rereads_the_configuration_file() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Plaintext users a reload is given: each needs a SCRAM verifier, a PBKDF2
+/// of 4096 rounds (about 18 ms in a debug build: 1000 users took 18 s), so
+/// together a few seconds of CPU.
+const MANY_USERS: usize = 200;
+
+/// A current-thread runtime is what `workers = 1` builds: one event loop for
+/// every client, the admin console and, here, the test's own clients too.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reload_deriving_many_verifiers_does_not_stop_queries_on_a_single_worker() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let cluster = common::cluster();
+    let nodes: Vec<String> = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("{:?}", n.addr()))
+        .collect();
+    let toml = |users: usize| {
+        let extra: String = (0..users)
+            .map(|i| format!("[[users]]\nname = \"bulk{i}\"\npassword = \"pw-{i}\"\n"))
+            .collect();
+        format!(
+            "{}\n{extra}\n[cluster]\nnodes = [{}]\n",
+            common::USERS,
+            nodes.join(", ")
+        )
+    };
+    let dir = std::env::temp_dir().join(common::unique("sy_reload_many"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, toml(0)).unwrap();
+    let proxy = Proxy::start_from_file(cluster.clone(), &path).await;
+    let admin = admin(&proxy, "switchyard").await;
+    let app = proxy.client().await;
+    let (done, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let looping = {
+        let (done, stop) = (done.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                app.simple_query("SELECT 1").await.expect("SELECT 1");
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    while done.load(Ordering::SeqCst) < 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    std::fs::write(&path, toml(MANY_USERS)).unwrap();
+    let start = done.load(Ordering::SeqCst);
+    let sent = std::time::Instant::now();
+    admin.simple_query("RELOAD").await.expect("RELOAD");
+    let took = sent.elapsed();
+    let during = done.load(Ordering::SeqCst) - start;
+    stop.store(true, Ordering::SeqCst);
+    looping.await.unwrap();
+    eprintln!("RELOAD of {MANY_USERS} plaintext users: {took:?}, {during} queries during it");
+    // Blocked, the loop finishes at most the query under way when RELOAD
+    // arrives and one after its answer; free, it serves hundreds a second.
+    assert!(
+        during >= 10,
+        "only {during} queries finished during a {took:?} RELOAD: the event loop was blocked"
+    );
+    let (_, users) = show(&admin, "SHOW USERS").await;
+    assert_eq!(users.len(), MANY_USERS + 4, "the reload applied");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `trust` lets configured users into their databases without a password,
 /// but never into the admin console, where SHUTDOWN and SWITCHOVER live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use common::{cluster, http_request, nodes_toml, sqlstate, Proxy, USERS};
 use tokio_postgres::Client;
@@ -39,7 +38,7 @@ async fn logins_to_databases_that_do_not_exist_leave_no_pool_behind() {
     let (p, http) = proxy("").await;
     for i in 0..20 {
         let db = format!("no_such_db_{i}");
-        let err = p.client_as("app", "app", &db).await.err().expect("refused");
+        let err = p.client_as("app", "app", &db).await.expect_err("refused");
         // PostgreSQL's own answer: the database does not exist.
         assert_eq!(sqlstate(&err).as_deref(), Some("3D000"), "{err:?}");
     }
@@ -60,8 +59,7 @@ async fn past_max_pools_a_login_is_refused_with_53300_and_the_others_go_on() {
     let err = p
         .client_as("md5user", "md5pass", "app")
         .await
-        .err()
-        .expect("a third pool is refused");
+        .expect_err("a third pool is refused");
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err:?}");
     let message = err.as_db_error().map(|e| e.message().to_string());
     assert!(

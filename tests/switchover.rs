@@ -489,7 +489,9 @@ async fn power_loss_fails_over_without_attempting_a_switchover() {
 async fn a_probe_flapping_between_ok_and_failing_promotes_once() {
     let (cluster, primary, r1, r2) = start_trio().await;
     let exporter = Exporter::start(&exposition(0, 45)).await;
-    let spec = exporter.spec();
+    // Every reading in force at once: with the default three in a row, a
+    // reading that flips every 150 ms would never fail anything over.
+    let spec = format!("{}, failing_after = 1", exporter.spec());
     let toml = config_of(&[(&primary, &spec), (&r1, ""), (&r2, "")], "");
     let Probed {
         proxy: _proxy,
@@ -763,4 +765,220 @@ async fn after_a_switchover_with_synchronous_replication_writes_do_not_wait_for_
     assert_nothing_lost(&replica, &primary, &table, &acked, &errors, old_rows).await;
     let events = timeline(http).await;
     assert!(has(&events, "sync_standby_cleared", "db2"), "{events:?}");
+}
+
+/// Whether `node` is in recovery (a replica), asked directly.
+async fn in_recovery(node: &PgNode) -> bool {
+    psql(node, "SELECT pg_is_in_recovery()").await == "t"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failing_reading_moves_nothing_and_sustained_failing_fails_over() {
+    let (cluster, primary, replica) = start_pair().await;
+    let exporter = Exporter::start(&exposition(0, 45)).await;
+    let toml = config(&primary, &replica, &exporter.spec(), "", "");
+    let Probed {
+        proxy: _proxy,
+        http,
+        admin,
+        client: c,
+        table,
+    } = Probed::start(&cluster, &toml).await;
+
+    // One scrape says the CPU is past critical (a spoofed or glitching
+    // exporter), the next ones say all is well.
+    exporter.serve_times(&exposition(0, 97), 1);
+    eventually(10, "the failing reading served", || async {
+        exporter.served_all()
+    })
+    .await;
+    // Ten probe intervals of ok readings.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
+        .await
+        .expect("writes on the old primary");
+    assert_eq!(port_of(&c).await, primary.port());
+    assert_eq!(node_column(&admin, "db1", "role").await, "primary");
+    assert_ne!(node_column(&admin, "db1", "state").await, "fenced");
+    assert_eq!(node_column(&admin, "db1", "hardware").await, "ok");
+    assert!(in_recovery(&replica).await, "the replica was promoted");
+    let events = timeline(http).await;
+    for kind in [
+        "hardware_failing",
+        "failover_started",
+        "promoting",
+        "node_fenced",
+    ] {
+        assert_eq!(count(&events, kind), 0, "{kind}: {events:?}");
+    }
+
+    // Failing on every reading: three in a row are enough.
+    exporter.set(&exposition(0, 97));
+    eventually(15, "failover after sustained failing readings", || async {
+        node_column(&admin, "db2", "role").await == "primary" && port_of(&c).await == replica.port()
+    })
+    .await;
+    c.batch_execute(&format!("INSERT INTO {table} VALUES (2)"))
+        .await
+        .expect("writes on the new primary");
+    let events = timeline(http).await;
+    assert!(has(&events, "hardware_failing", "db1"), "{events:?}");
+    assert!(has(&events, "failover_started", "db1"), "{events:?}");
+    assert_eq!(node_column(&admin, "db1", "state").await, "fenced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardware_moves_the_primary_at_most_once_per_min_interval() {
+    let (cluster, primary, r1, r2) = start_trio().await;
+    let nodes = [&primary, &r1, &r2];
+    let mut exporters = vec![];
+    for _ in &nodes {
+        exporters.push(Exporter::start(&exposition(0, 45)).await);
+    }
+    let specs: Vec<String> = exporters.iter().map(Exporter::spec).collect();
+    let toml = config_of(
+        &[(&primary, &specs[0]), (&r1, &specs[1]), (&r2, &specs[2])],
+        "switchover_on_degraded = true\n[switchover]\nmin_interval = \"20s\"\n",
+    );
+    let Probed {
+        proxy: _proxy,
+        http,
+        admin,
+        client: c,
+        table,
+    } = Probed::start(&cluster, &toml).await;
+    let name = |i: usize| format!("db{}", i + 1);
+
+    // The first hardware failure moves the primary.
+    exporters[0].set(&exposition(0, 97));
+    eventually(20, "a replica took writes", || async {
+        let port = port_of(&c).await;
+        port == r1.port() || port == r2.port()
+    })
+    .await;
+    let port = port_of(&c).await;
+    let moved = nodes.iter().position(|n| n.port() == port).unwrap();
+    let other = 3 - moved;
+
+    // The second one, within min_interval: degraded, then failing. Neither
+    // moves the primary again; each says why.
+    exporters[moved].set(&exposition(1, 45));
+    eventually(10, "the degraded switchover held", || async {
+        count(&timeline(http).await, "hardware_move_held") == 1
+    })
+    .await;
+    exporters[moved].set(&exposition(0, 97));
+    eventually(10, "the failover held", || async {
+        count(&timeline(http).await, "hardware_move_held") == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.batch_execute(&format!("INSERT INTO {table} VALUES (1)"))
+        .await
+        .expect("writes on the second primary");
+    assert_eq!(port_of(&c).await, nodes[moved].port());
+    assert!(in_recovery(nodes[other]).await, "promoted a second time");
+    assert_ne!(node_column(&admin, &name(moved), "state").await, "fenced");
+    let events = timeline(http).await;
+    assert_eq!(count(&events, "promoting"), 1, "{events:?}");
+    assert_eq!(count(&events, "switchover_started"), 0, "{events:?}");
+    let held: Vec<_> = events
+        .iter()
+        .filter(|(k, _, _)| k == "hardware_move_held")
+        .collect();
+    assert!(
+        held.iter()
+            .all(|(_, n, m)| *n == name(moved) && m.contains("min_interval")),
+        "{held:?}"
+    );
+
+    // Once min_interval has passed, the failing hardware counts again.
+    eventually(40, "the third node took writes", || async {
+        port_of(&c).await == nodes[other].port()
+    })
+    .await;
+    assert_eq!(count(&timeline(http).await, "promoting"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_probes_check_the_exporter_certificate_and_send_their_credentials() {
+    use base64::Engine;
+    let (cluster, primary, replica) = start_pair().await;
+    let ca = common::certs::Ca::new("exporter CA");
+    let (cert, key) = ca.leaf(&["127.0.0.1"], "exporter", false);
+    let dir = std::env::temp_dir().join(unique("sy_hw_tls"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let other_ca = dir.join("other-ca.pem");
+    std::fs::write(&other_ca, common::certs::Ca::new("someone else").pem).unwrap();
+    let token = "t0ken-XYZ-1";
+    let basic = base64::engine::general_purpose::STANDARD.encode("probe:pa55-word");
+    let bearer_exporter =
+        Exporter::start_tls(&exposition(0, 45), &cert, &key, &format!("Bearer {token}")).await;
+    let basic_exporter =
+        Exporter::start_tls(&exposition(1, 45), &cert, &key, &format!("Basic {basic}")).await;
+    let with = |e: &Exporter, ca: &std::path::Path, auth: &str| {
+        format!("{}, ca_file = \"{}\", {auth}", e.spec(), ca.display())
+    };
+
+    // The right CA and credentials: each node reads its own exporter.
+    let toml = config(
+        &primary,
+        &replica,
+        &with(&bearer_exporter, &ca_file, &format!("token = \"{token}\"")),
+        &with(
+            &basic_exporter,
+            &ca_file,
+            "username = \"probe\", password = \"pa55-word\"",
+        ),
+        "",
+    );
+    let (proxy, _) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let console = admin(&proxy).await;
+    eventually(10, "both exporters read", || async {
+        node_column(&console, "db1", "hardware").await == "ok"
+            && node_column(&console, "db2", "hardware").await == "degraded"
+    })
+    .await;
+    drop((console, proxy));
+
+    // A wrong token is refused by the exporter; a certificate from another
+    // CA is refused by the proxy. Neither secret shows anywhere.
+    let toml = config(
+        &primary,
+        &replica,
+        &with(&bearer_exporter, &ca_file, "token = \"wr0ng-t0ken\""),
+        &with(
+            &basic_exporter,
+            &other_ca,
+            "username = \"probe\", password = \"pa55-word\"",
+        ),
+        "",
+    );
+    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let console = admin(&proxy).await;
+    eventually(10, "both probes unknown", || async {
+        node_column(&console, "db1", "hardware").await == "unknown"
+            && node_column(&console, "db2", "hardware").await == "unknown"
+    })
+    .await;
+    let (_, status) = http_request(http, "GET", "/status").await;
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let reason = |i: usize| {
+        v["nodes"][i]["hardware_reasons"][0]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(reason(0).contains("HTTP status 401"), "{}", reason(0));
+    assert!(reason(1).contains("certificate"), "{}", reason(1));
+    let (_, events) = http_request(http, "GET", "/events").await;
+    for secret in ["wr0ng-t0ken", "pa55-word", basic.as_str()] {
+        assert!(
+            !status.contains(secret) && !events.contains(secret),
+            "{secret} leaked"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -188,7 +188,7 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
             command_complete(out, "SHUTDOWN");
         }
         Command::Reload => {
-            let report = ctx.reload().map_err(|e| ClientError::Admin {
+            let report = ctx.reload().await.map_err(|e| ClientError::Admin {
                 code: "F0000",
                 message: format!("RELOAD failed, the running configuration is unchanged: {e}"),
             })?;

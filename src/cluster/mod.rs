@@ -11,6 +11,7 @@ mod error;
 pub mod failover;
 mod fences;
 pub mod hardware;
+mod hardware_moves;
 pub mod health;
 mod membership;
 pub mod monitor;
@@ -151,6 +152,9 @@ pub struct Cluster {
     /// Bumped by every hardware verdict, so the monitor can stop waiting for
     /// a primary whose hardware just said it is gone.
     hardware_seen: watch::Sender<u64>,
+    /// The serving primary whose failing hardware is held back by
+    /// `switchover.min_interval` (the monitor sets it each tick).
+    hardware_held: Mutex<Option<usize>>,
     /// Replicas repointed after a promotion that did not stream from the new
     /// primary within `repoint::STREAMING_BOUND`.
     not_streaming: Arc<std::sync::atomic::AtomicU64>,
@@ -191,6 +195,7 @@ impl Cluster {
             tls: Default::default(),
             retirements: Default::default(),
             hardware_seen: watch::channel(0).0,
+            hardware_held: Mutex::new(None),
             split_brain: Default::default(),
             writes_held: Default::default(),
             coordination: Mutex::new(None),
@@ -484,8 +489,26 @@ impl Cluster {
         before
     }
 
-    /// Resolves once `node`'s hardware probe reports `failing` (at once if
-    /// it does already), with the reasons. After `late`, asks the node's
+    /// Holds back the failing hardware of `node`: the serving primary, which
+    /// changed less than `switchover.min_interval` ago. It then does not
+    /// count as gone ([`Cluster::hardware_gone`]). `None`: nothing held.
+    pub(crate) fn hold_hardware(&self, node: Option<usize>) {
+        let before = std::mem::replace(&mut *lock(&self.hardware_held), node);
+        if before != node {
+            // A lifted hold is news to whoever waits for failing hardware.
+            self.hardware_seen.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Whether `node` counts as gone for its hardware: the verdict in force
+    /// is `failing` and not held back by `switchover.min_interval`.
+    pub fn hardware_gone(&self, node: usize) -> bool {
+        self.hardware(node).status == hardware::HardwareStatus::Failing
+            && *lock(&self.hardware_held) != Some(node)
+    }
+
+    /// Resolves once `node`'s hardware counts as gone ([`Cluster::hardware_gone`];
+    /// at once if it does already), with the reasons. After `late`, asks the node's
     /// hardware watcher to probe now rather than at its next interval: a
     /// health check running late is the moment to ask the baseboard.
     pub(crate) async fn hardware_failing(&self, node: usize, late: Duration) -> String {
@@ -494,9 +517,9 @@ impl Cluster {
         tokio::pin!(ask);
         let mut asked = false;
         loop {
-            let v = self.hardware(node);
-            if v.status == hardware::HardwareStatus::Failing {
-                return format!("hardware probe reports failing: {}", v.reasons.join("; "));
+            if self.hardware_gone(node) {
+                let reasons = self.hardware(node).reasons.join("; ");
+                return format!("hardware probe reports failing: {reasons}");
             }
             tokio::select! {
                 _ = &mut ask, if !asked => {

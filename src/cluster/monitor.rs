@@ -25,7 +25,7 @@ use super::witness::{failure_start, primary_failing, Failure};
 use super::{Cluster, ReadmitError, SwitchoverError};
 use arc_swap::ArcSwap;
 
-use super::hardware::HardwareStatus;
+use super::hardware_moves::HardwareMoves;
 use crate::config::{Config, SyncPolicy};
 use crate::events::EventKind;
 use crate::server::Login;
@@ -52,7 +52,7 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
     let mut tracks: Vec<Track> = vec![];
     let mut state = Primary::Discovering;
     let mut failing_since: Option<Instant> = None;
-    let mut hardware_acted: Option<usize> = None;
+    let mut hardware = HardwareMoves::default();
     let coord = {
         let (nudge, asks) = (cluster.clone(), cluster.clone());
         let on_request = move |ask, reason| run_asked(&asks, ask, reason);
@@ -83,6 +83,7 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
                 .map(|n| Track::new(n, &login, cluster.tls())),
         );
         super::hardware::watch::spawn_new(&cluster, &shutdown);
+        hardware.pace(&cluster, &config, &state);
         probe_all(&cluster, &config, &mut tracks, &state, &mut failing_since).await;
         if !fences_known {
             let waited = started.elapsed() > config.coordination.lease_ttl;
@@ -101,7 +102,7 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
         );
         let limit = forward_limit(&config);
         fences::readmit(&cluster, coord.as_ref(), leading.as_ref(), limit);
-        react_to_hardware(&cluster, &config, &state, &mut hardware_acted);
+        hardware.react(&cluster, &config, &state);
         // Planned moves run between ticks, on fresh probes. One that lost
         // the old primary mid-way leaves it lost before any replica was
         // asked whether it still hears it: the failover decides only after
@@ -129,6 +130,8 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
             };
             unasked = matches!(state, Primary::Lost { .. });
         }
+        // A switchover just run moved the primary: its hardware waits now.
+        hardware.pace(&cluster, &config, &state);
         let mut act = Acting {
             cluster: &cluster,
             config: &config,
@@ -430,10 +433,7 @@ async fn probe_all(
     let others = probe_others(cluster, config, tracks, serving).await;
     let answered = primary_result.as_ref().map(Result::is_ok);
     let (up, hardware_failing) = match state {
-        Primary::Serving(p) => (
-            tracks[*p].health == Health::Up,
-            cluster.hardware(*p).status == HardwareStatus::Failing,
-        ),
+        Primary::Serving(p) => (tracks[*p].health == Health::Up, cluster.hardware_gone(*p)),
         _ => (false, false),
     };
     let failing = primary_failing(state, answered, up, hardware_failing);
@@ -489,8 +489,7 @@ async fn probe_others(
 /// notice its return, which is not urgent: a short timeout keeps a hung one
 /// from slowing every tick (and with it the detection of a promotion).
 fn probe_limit(cluster: &Cluster, config: &Config, track: &Track, node: usize) -> Duration {
-    let gone =
-        track.health == Health::Down || cluster.hardware(node).status == HardwareStatus::Failing;
+    let gone = track.health == Health::Down || cluster.hardware_gone(node);
     if gone {
         config.health.timeout.min(DOWN_PROBE_TIMEOUT)
     } else {
@@ -537,34 +536,4 @@ fn apply_primary(
         threshold,
         failure.as_ref(),
     );
-}
-
-/// A degraded primary gets a planned switchover (with
-/// `failover.switchover_on_degraded`), once per episode. A failing one is
-/// not switched over: it counts as down, and `step` fails over from it.
-fn react_to_hardware(
-    cluster: &Cluster,
-    config: &Config,
-    state: &Primary,
-    acted: &mut Option<usize>,
-) {
-    use super::switchover::{hardware_trigger, Trigger};
-    let Some(p) = state.serving() else { return };
-    let verdict = cluster.hardware(p);
-    match hardware_trigger(verdict.status, config.failover.switchover_on_degraded) {
-        Trigger::Rearm => *acted = None,
-        Trigger::Switchover if *acted != Some(p) => {
-            *acted = Some(p);
-            cluster.request_switchover(Request {
-                target: None,
-                reason: format!(
-                    "primary hardware {}: {}",
-                    verdict.status,
-                    verdict.reasons.join("; ")
-                ),
-                reply: None,
-            });
-        }
-        Trigger::Switchover | Trigger::Hold => {}
-    }
 }

@@ -5,7 +5,6 @@
 //! switchover, so none of them needs another.
 
 use super::decide::{react, DownBecause, NodeEvent, Probed};
-use super::hardware::HardwareStatus;
 use super::health::{Checker, ProbeError};
 use super::view::{Health, NodeView, Probe};
 use super::witness::{Failure, Witness};
@@ -107,7 +106,7 @@ pub(super) fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
             witness: t.witness.testimony(),
             // A removed node is out of every decision, like a fenced one.
             fenced: cluster.is_fenced(i) || cluster.is_removed(i),
-            hardware_failing: cluster.hardware(i).status == HardwareStatus::Failing,
+            hardware_failing: cluster.hardware_gone(i),
             repointed: t.repointed,
         })
         .collect()

@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::HttpUrl;
+use super::{Hidden, HttpUrl, Scheme};
 
 /// `[cluster.nodes.hardware]`: where a node's hardware status comes from.
-/// Exactly one of `url` and `command`.
+/// Exactly one of `url` and `command`. `Debug` shows no secret (they are
+/// [`Hidden`]).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HardwareSpec {
-    /// A Prometheus text endpoint (`http://host:port/path`; node_exporter,
+    /// A Prometheus text endpoint (`http[s]://host:port/path`; node_exporter,
     /// ipmi_exporter, a Redfish exporter) whose series `rules` judge.
     #[serde(default)]
     pub url: Option<String>,
@@ -34,6 +35,27 @@ pub struct HardwareSpec {
     /// Rules over the scraped series (with `url` only). Default: none.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// Consecutive readings it takes before a worse status than the one in
+    /// force is acted on (1: every reading at once). Default 3.
+    #[serde(default = "default_failing_after")]
+    pub failing_after: u32,
+    /// PEM CA certificates that sign an `https://` exporter's certificate;
+    /// needed with `https://`, which trusts nothing else.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// Sent as `Authorization: Bearer <token>` (`https://` only).
+    #[serde(default)]
+    pub token: Option<Hidden>,
+    /// With `password`: sent as HTTP basic authentication (`https://` only).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password of `username`.
+    #[serde(default)]
+    pub password: Option<Hidden>,
+}
+
+fn default_failing_after() -> u32 {
+    3
 }
 
 fn default_interval() -> Duration {
@@ -45,18 +67,21 @@ fn default_timeout() -> Duration {
 }
 
 impl HardwareSpec {
-    /// Checks what serde cannot; the message names the offending key.
+    /// Checks what serde cannot; the message names the offending key (and
+    /// never repeats a secret).
     pub fn validate(&self) -> Result<(), String> {
-        match (&self.url, &self.command) {
+        let url = match (&self.url, &self.command) {
             (Some(_), Some(_)) => return Err("hardware: set url or command, not both".into()),
             (None, None) => {
                 return Err("hardware: set url (a Prometheus metrics endpoint) or command".into())
             }
             (Some(url), None) => {
-                HttpUrl::parse(url).map_err(|e| format!("hardware.url = {url:?}: {e}"))?;
+                let parsed =
+                    HttpUrl::parse(url).map_err(|e| format!("hardware.url = {url:?}: {e}"))?;
                 if self.rules.is_empty() {
                     return Err("hardware.rules: a url probe needs at least one rule".into());
                 }
+                Some(parsed)
             }
             (None, Some(command)) => {
                 if command.trim().is_empty() {
@@ -67,19 +92,81 @@ impl HardwareSpec {
                                 a command reports through its exit status"
                         .into());
                 }
+                None
             }
-        }
+        };
+        self.check_access(url.as_ref().map(|u| u.scheme))?;
         if self.interval.is_zero() {
             return Err("hardware.interval must be more than 0".into());
         }
         if self.timeout.is_zero() {
             return Err("hardware.timeout must be more than 0".into());
         }
+        if self.failing_after == 0 {
+            return Err("hardware.failing_after must be at least 1".into());
+        }
         for (i, rule) in self.rules.iter().enumerate() {
             rule.validate()
                 .map_err(|e| format!("hardware.rules[{i}]: {e}"))?;
         }
         Ok(())
+    }
+
+    /// The keys that reach an exporter: `ca_file` for `https://` (and only
+    /// there), credentials over `https://` only (over `http://` anyone on
+    /// the path would read them, a spoofed exporter first), never for a
+    /// command (`scheme` `None`).
+    fn check_access(&self, scheme: Option<Scheme>) -> Result<(), String> {
+        let credentials = [
+            ("token", self.token.is_some()),
+            ("username", self.username.is_some()),
+            ("password", self.password.is_some()),
+        ];
+        let set = credentials.iter().find(|(_, set)| *set).map(|(k, _)| *k);
+        match (scheme, set) {
+            (None, _) if self.ca_file.is_some() => {
+                return Err("hardware.ca_file applies to url probes only".into())
+            }
+            (None, Some(key)) => return Err(format!("hardware.{key} applies to url probes only")),
+            (Some(Scheme::Http), _) if self.ca_file.is_some() => {
+                return Err("hardware.ca_file is for https:// urls".into())
+            }
+            (Some(Scheme::Http), Some(key)) => {
+                return Err(format!(
+                "hardware.{key} would cross the network in clear over http://; use an https:// url"
+            ))
+            }
+            (Some(Scheme::Https), _) if self.ca_file.is_none() => {
+                return Err("hardware.ca_file is needed with an https:// url: \
+                            the PEM CA that signs the exporter's certificate"
+                    .into())
+            }
+            _ => {}
+        }
+        self.check_credentials()
+    }
+
+    /// `token`, or `username` with `password`, each usable in a header.
+    fn check_credentials(&self) -> Result<(), String> {
+        let unfit = |s: &str| s.is_empty() || s.chars().any(char::is_control);
+        match (&self.token, &self.username, &self.password) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                Err("hardware: set token, or username and password, not both".into())
+            }
+            (Some(t), None, None) if unfit(t.expose()) || t.expose().contains(' ') => {
+                Err("hardware.token must be non-empty, without spaces or control characters".into())
+            }
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                Err("hardware.username and hardware.password go together".into())
+            }
+            (None, Some(u), Some(_)) if unfit(u) || u.contains(':') => {
+                Err("hardware.username must be non-empty, without ':' or control characters".into())
+            }
+            (None, Some(_), Some(p)) if unfit(p.expose()) => {
+                Err("hardware.password must be non-empty, without control characters".into())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -442,7 +529,53 @@ mod tests {
             (rule.to_string(), "set url"),
             (
                 "url = \"https://h/m\"\n".to_string() + rule,
-                "https is not supported",
+                "ca_file is needed with an https:// url",
+            ),
+            (
+                "url = \"http://h/m\"\nca_file = \"/ca.pem\"\n".to_string() + rule,
+                "ca_file is for https:// urls",
+            ),
+            (
+                "url = \"http://h/m\"\ntoken = \"s3cret\"\n".to_string() + rule,
+                "hardware.token would cross the network in clear over http://",
+            ),
+            (
+                "command = \"x\"\npassword = \"s3cret\"".to_string(),
+                "hardware.password applies to url probes only",
+            ),
+            (
+                "command = \"x\"\nca_file = \"/ca.pem\"".to_string(),
+                "ca_file applies to url probes only",
+            ),
+            (
+                format!(
+                    "{HTTPS}token = \"s3cret\"\nusername = \"u\"\npassword = \"s3cret\"\n{rule}"
+                ),
+                "not both",
+            ),
+            (
+                format!("{HTTPS}token = \"s3cret\\r\\nX-Evil: 1\"\n{rule}"),
+                "hardware.token must be non-empty",
+            ),
+            (
+                format!("{HTTPS}token = \"s3 cret\"\n{rule}"),
+                "hardware.token must be non-empty",
+            ),
+            (
+                format!("{HTTPS}password = \"s3cret\"\n{rule}"),
+                "username and hardware.password go together",
+            ),
+            (
+                format!("{HTTPS}username = \"a:b\"\npassword = \"s3cret\"\n{rule}"),
+                "hardware.username must be non-empty",
+            ),
+            (
+                format!("{HTTPS}username = \"u\"\npassword = \"s3\\ncret\"\n{rule}"),
+                "hardware.password must be non-empty",
+            ),
+            (
+                "command = \"x\"\nfailing_after = 0".to_string(),
+                "failing_after must be at least 1",
             ),
             ("url = \"http://h/m\"".to_string(), "at least one rule"),
             ("command = \" \"".to_string(), "command is empty"),
@@ -468,6 +601,43 @@ mod tests {
         for (body, needle) in cases {
             let err = spec(&format!("[hardware]\n{body}")).unwrap_err();
             assert!(err.contains(needle), "{body}: {err}");
+            assert!(!err.contains("s3"), "a secret in the message: {err}");
         }
+    }
+
+    /// The start of an https probe, as the error cases above use it.
+    const HTTPS: &str = "url = \"https://bmc1/metrics\"\nca_file = \"/etc/ca.pem\"\n";
+
+    #[test]
+    fn https_probes_with_credentials_load_and_hide_them() {
+        let rule = r#"rules = [{ metric = "m", op = ">", value = 1, status = "failing" }]"#;
+        let bearer = spec(&format!(
+            "[hardware]\n{HTTPS}token = \"s3cret-t0ken\"\n{rule}"
+        ))
+        .unwrap();
+        assert_eq!(
+            bearer.token.as_ref().map(Hidden::expose),
+            Some("s3cret-t0ken")
+        );
+        assert_eq!(bearer.ca_file.as_deref(), Some("/etc/ca.pem"));
+        assert_eq!(bearer.failing_after, 3);
+        let basic = spec(&format!(
+            "[hardware]\n{HTTPS}username = \"probe\"\npassword = \"pa55word\"\nfailing_after = 1\n{rule}"
+        ))
+        .unwrap();
+        assert_eq!(
+            basic.password.as_ref().map(Hidden::expose),
+            Some("pa55word")
+        );
+        assert_eq!(basic.failing_after, 1);
+        for shown in [format!("{bearer:?}"), format!("{basic:?}")] {
+            assert!(
+                !shown.contains("s3cret") && !shown.contains("pa55"),
+                "{shown}"
+            );
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        let json = serde_json::to_string(&basic).unwrap();
+        assert!(!json.contains("pa55word"), "{json}");
     }
 }

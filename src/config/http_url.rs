@@ -1,16 +1,44 @@
-//! The `http://` URL a hardware probe (`[cluster.nodes.hardware] url`)
-//! names, as the configuration accepts it: checked when the file is loaded so
-//! a typo is refused then, not at the first scrape. The HTTP client that
-//! scrapes it takes it already parsed.
+//! The `http://` or `https://` URL a hardware probe (`[cluster.nodes.hardware]
+//! url`) names, as the configuration accepts it: checked when the file is
+//! loaded so a typo is refused then, not at the first scrape. The HTTP client
+//! that scrapes it takes it already parsed.
 
 use std::fmt;
 
-/// An `http://host[:port][/path]` URL.
+/// Plain HTTP or HTTP over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `http://`
+    Http,
+    /// `https://`
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// An `http[s]://host[:port][/path]` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// `http` or `https`.
+    pub scheme: Scheme,
     /// Host name or IP address (IPv6 without brackets).
     pub host: String,
-    /// TCP port; 80 when the URL has none.
+    /// TCP port; 80 (443 for https) when the URL has none.
     pub port: u16,
     /// `host[:port]` as written, for the `Host` header.
     pub authority: String,
@@ -19,15 +47,16 @@ pub struct HttpUrl {
 }
 
 impl HttpUrl {
-    /// Parses `http://host[:port][/path][?query]`; `https`, user info and
-    /// anything that could break the request line are refused.
+    /// Parses `http[s]://host[:port][/path][?query]`; user info (credentials
+    /// have keys of their own) and anything that could break the request line
+    /// are refused.
     pub fn parse(s: &str) -> Result<HttpUrl, String> {
-        let rest = match s.strip_prefix("http://") {
-            Some(rest) => rest,
-            None if s.starts_with("https://") => {
-                return Err("https is not supported; use the exporter's plain http:// port".into())
-            }
-            None => return Err("must start with http://".into()),
+        let (scheme, rest) = if let Some(rest) = s.strip_prefix("http://") {
+            (Scheme::Http, rest)
+        } else if let Some(rest) = s.strip_prefix("https://") {
+            (Scheme::Https, rest)
+        } else {
+            return Err("must start with http:// or https://".into());
         };
         let rest = rest.split('#').next().unwrap_or("");
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
@@ -40,8 +69,9 @@ impl HttpUrl {
             None if path.is_empty() => "/".into(),
             None => path.into(),
         };
-        let (host, port) = split_authority(authority)?;
+        let (host, port) = split_authority(authority, scheme.default_port())?;
         Ok(HttpUrl {
+            scheme,
             host,
             port,
             authority: authority.into(),
@@ -52,14 +82,20 @@ impl HttpUrl {
 
 impl fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.path)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.authority,
+            self.path
+        )
     }
 }
 
-fn split_authority(authority: &str) -> Result<(String, u16), String> {
+fn split_authority(authority: &str, default_port: u16) -> Result<(String, u16), String> {
     let bad = |c: char| c == '@' || c == '/' || c.is_whitespace() || c.is_control();
     if authority.is_empty() || authority.chars().any(bad) {
-        return Err("expected http://host:port/path".into());
+        return Err("expected http[s]://host:port/path".into());
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']').ok_or("unclosed '[' in the host")?;
@@ -80,7 +116,7 @@ fn split_authority(authority: &str) -> Result<(String, u16), String> {
         return Err("the host is empty".into());
     }
     let port = match port {
-        None => 80,
+        None => default_port,
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => return Err(format!("invalid port {p:?}")),
@@ -112,6 +148,18 @@ mod tests {
             ("http://h:1?x=1", "h", 1, "/?x=1"),
             ("http://[::1]:9290/metrics#frag", "::1", 9290, "/metrics"),
             ("http://[fe80::1]", "fe80::1", 80, "/"),
+            (
+                "https://bmc1/redfish/v1/metrics",
+                "bmc1",
+                443,
+                "/redfish/v1/metrics",
+            ),
+            (
+                "https://10.0.0.5:9290/metrics",
+                "10.0.0.5",
+                9290,
+                "/metrics",
+            ),
         ];
         for (s, host, port, path) in ok {
             let u = HttpUrl::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
@@ -125,12 +173,18 @@ mod tests {
             HttpUrl::parse("http://h:80/m").unwrap().to_string(),
             "http://h:80/m"
         );
+        let https = HttpUrl::parse("https://h/m").unwrap();
+        assert_eq!(
+            (https.scheme, https.to_string()),
+            (Scheme::Https, "https://h/m".into())
+        );
+        assert_eq!(HttpUrl::parse("http://h/m").unwrap().scheme, Scheme::Http);
         let bad = [
-            ("https://h/m", "https is not supported"),
-            ("ftp://h/m", "must start with http://"),
+            ("ftp://h/m", "must start with http:// or https://"),
             ("db1:9290/metrics", "must start with http://"),
-            ("http://", "expected http://host:port/path"),
-            ("http://user:pw@h/m", "expected http://host:port/path"),
+            ("http://", "expected http[s]://host:port/path"),
+            ("http://user:pw@h/m", "expected http[s]://host:port/path"),
+            ("https://user:pw@h/m", "expected http[s]://host:port/path"),
             ("http://h:99999/m", "invalid port"),
             ("http://h:0/m", "invalid port"),
             ("http://h:+80/m", "invalid port"),

@@ -6,6 +6,7 @@ pub mod coordination;
 pub(crate) mod duration;
 mod flatten;
 pub mod hardware;
+pub mod hidden;
 mod http_url;
 mod load;
 pub mod password;
@@ -21,7 +22,8 @@ use serde::{Deserialize, Serialize};
 
 pub use flatten::{needs_restart, settings};
 pub use hardware::HardwareSpec;
-pub use http_url::HttpUrl;
+pub use hidden::Hidden;
+pub use http_url::{HttpUrl, Scheme};
 pub use load::{
     default_file, load, load_env, load_str, ConfigError, DEFAULT_PATHS, NODES_ENV, PEERS_ENV,
     USERS_ENV,
@@ -81,6 +83,11 @@ pub struct SwitchoverConfig {
     /// before the switchover is abandoned (and the old primary restored). Default `10s`.
     #[serde(with = "duration")]
     pub catchup_timeout: Duration,
+    /// A hardware verdict does not move the primary (a switchover for
+    /// `degraded`, a failover for `failing`) within this long of the last
+    /// time the primary changed; `0s` never holds one. Default `5m`.
+    #[serde(with = "duration")]
+    pub min_interval: Duration,
 }
 
 impl Default for SwitchoverConfig {
@@ -88,6 +95,7 @@ impl Default for SwitchoverConfig {
         SwitchoverConfig {
             drain_timeout: Duration::from_secs(5),
             catchup_timeout: Duration::from_secs(10),
+            min_interval: Duration::from_secs(300),
         }
     }
 }
@@ -481,8 +489,9 @@ impl std::fmt::Debug for ClusterConfig {
 pub enum NodeSpec {
     /// `"host:port"`.
     Addr(String),
-    /// `{ name = "db1", addr = "host:port", priority = 10 }`.
-    Table(NodeTable),
+    /// `{ name = "db1", addr = "host:port", priority = 10 }` (boxed: with
+    /// its hardware probe, far larger than an address).
+    Table(Box<NodeTable>),
 }
 
 // By hand rather than `untagged`: an untagged enum replaces the table's own
@@ -500,7 +509,7 @@ impl<'de> Deserialize<'de> for NodeSpec {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<NodeSpec, A::Error> {
                 NodeTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(NodeSpec::Table)
+                    .map(|t| NodeSpec::Table(Box::new(t)))
             }
         }
         d.deserialize_any(Spec)

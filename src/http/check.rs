@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use crate::config::HttpUrl;
+use crate::config::{HttpUrl, Scheme};
 use crate::http_client::{self, FetchError};
 
 /// Why no status code came back.
@@ -29,7 +29,11 @@ pub enum CheckError {
 /// GETs `url` and returns the status code, waiting at most `timeout` for
 /// all of it (connect, request and the response head; the body is not read).
 pub fn get_status(url: &str, timeout: Duration) -> Result<u16, CheckError> {
-    let target = HttpUrl::parse(url).map_err(|_| CheckError::BadUrl(url.to_string()))?;
+    // The proxy's own endpoints have no TLS.
+    let target = HttpUrl::parse(url)
+        .ok()
+        .filter(|t| t.scheme == Scheme::Http)
+        .ok_or_else(|| CheckError::BadUrl(url.to_string()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()

@@ -50,7 +50,7 @@ pub enum TlsError {
     /// rustls refused the material (a key that does not match its certificate, ...).
     #[error("{section}: {source}")]
     Rustls {
-        /// `proxy.tls`, `cluster.tls` or `coordination.tls`.
+        /// `proxy.tls`, `cluster.tls`, `coordination.tls` or `hardware`.
         section: &'static str,
         /// The cause.
         source: rustls::Error,
@@ -358,6 +358,20 @@ impl EtcdPem {
         };
         Ok(Some(EtcdPem { ca, identity }))
     }
+}
+
+/// The rustls configuration of an HTTPS client (a hardware probe): it
+/// trusts only the CA certificates in the PEM file `ca_file` (configuration
+/// key `key`), and the server's certificate must name the host connected
+/// to. Reads the file, so it belongs off the event loop.
+pub fn https_client(key: &'static str, ca_file: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    let section = "hardware";
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|source| TlsError::Rustls { section, source })?
+        .with_root_certificates(roots(key, ca_file)?)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 fn read_pem(key: &'static str, path: &str) -> Result<Vec<u8>, TlsError> {

@@ -14,15 +14,24 @@
 //! `failing` or `unknown` (the probe itself failed: unreachable, timed out,
 //! unparsable), with human-readable reasons. As docs/switchover.md says, `failing`
 //! counts as down and `degraded` raises an event and may start a planned
-//! switchover; that policy belongs to the monitor, not to this module.
+//! switchover; that policy belongs to the monitor, not to this module. A
+//! reading worse than the status in force is acted on only once
+//! `failing_after` readings in a row say so.
 //!
 //! Layout, pure parts apart from I/O:
 //! - [`exposition`]: parser of the Prometheus text format (pure);
 //! - [`rules`]: statuses, verdicts and [`evaluate`] (pure);
 //! - [`probe`](mod@probe): [`probe()`](fn@probe), which runs one probe (I/O,
-//!   through [`crate::http_client`] for a `url`).
+//!   through [`crate::http_client`] for a `url`, over TLS for `https://`);
+//! - [`confirm`]: which status is in force after a probe's last readings:
+//!   a worse one only after `failing_after` in a row (pure);
+//! - [`pace`]: whether a hardware verdict may move the primary now, given
+//!   when it last moved (`switchover.min_interval`; pure);
+//! - [`watch`]: the task per probe that runs it and stores what is in force.
 
+pub mod confirm;
 pub mod exposition;
+pub mod pace;
 pub mod probe;
 pub mod rules;
 pub mod watch;

@@ -1,9 +1,10 @@
 //! Running one hardware probe: [`probe`] takes the `[cluster.nodes.hardware]`
-//! section of a node ([`HardwareSpec`]), scrapes the exporter or runs the
-//! command and returns a [`Verdict`]. This is the I/O half; deciding is
-//! left to [`super::rules::evaluate`]. Every failure of the probe itself is
-//! an `unknown` verdict with the reason, never an error or a panic: the
-//! caller only ever needs a status.
+//! section of a node ([`HardwareSpec`]), scrapes the exporter (over TLS for
+//! `https://`, with its credentials) or runs the command and returns a
+//! [`Verdict`]. This is the I/O half; deciding is left to
+//! [`super::rules::evaluate`]. Every failure of the probe itself is an
+//! `unknown` verdict with the reason, never an error or a panic: the caller
+//! only ever needs a status. No reason ever holds a credential.
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -13,9 +14,9 @@ use tokio::process::{ChildStdout, Command};
 
 use super::exposition;
 use super::rules::{evaluate, HardwareStatus, Verdict};
-use crate::config::hardware::{HardwareSpec, Rule};
-use crate::config::HttpUrl;
-use crate::http_client;
+use crate::config::hardware::HardwareSpec;
+use crate::config::{HttpUrl, Scheme};
+use crate::http_client::{self, Authorization, Options};
 
 /// Largest scrape accepted. node_exporter on a big host serves well under
 /// 1 MiB; anything near this is a wrong URL, not an exporter.
@@ -32,20 +33,25 @@ const MAX_REASON_CHARS: usize = 200;
 /// Cancel safe: dropping it closes the connection or kills the command.
 pub async fn probe(spec: &HardwareSpec) -> Verdict {
     match (&spec.url, &spec.command) {
-        (Some(url), None) => scrape(url, &spec.rules, spec.timeout).await,
+        (Some(url), None) => scrape(url, spec).await,
         (None, Some(command)) => run_command(command, spec.timeout).await,
         _ => Verdict::unknown("hardware probe needs exactly one of url and command"),
     }
 }
 
-async fn scrape(url: &str, rules: &[Rule], timeout: Duration) -> Verdict {
+async fn scrape(url: &str, spec: &HardwareSpec) -> Verdict {
     let target = match HttpUrl::parse(url) {
         Ok(t) => t,
         Err(e) => return Verdict::unknown(format!("{url}: {e}")),
     };
-    let body = match tokio::time::timeout(timeout, http_client::get(&target, MAX_SCRAPE_BYTES))
-        .await
-    {
+    let timeout = spec.timeout;
+    let fetch = async {
+        let options = options(&target, spec).await?;
+        http_client::get_with(&target, &options, MAX_SCRAPE_BYTES)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let body = match tokio::time::timeout(timeout, fetch).await {
         Ok(Ok(body)) => body,
         Ok(Err(e)) => return Verdict::unknown(format!("{url}: {e}")),
         Err(_) => return Verdict::unknown(format!("{url}: no complete answer within {timeout:?}")),
@@ -56,8 +62,43 @@ async fn scrape(url: &str, rules: &[Rule], timeout: Duration) -> Verdict {
     // Parsing runs inline: a few milliseconds for a typical exporter, and the
     // size cap bounds the worst case.
     match exposition::parse(text) {
-        Ok(samples) => evaluate(rules, &samples),
+        Ok(samples) => evaluate(&spec.rules, &samples),
         Err(e) => Verdict::unknown(format!("{url}: {e}")),
+    }
+}
+
+/// TLS and credentials for a scrape of `target`. The CA file is read at
+/// every scrape (on the blocking pool: a file read has no place on the
+/// event loop), so a certificate renewed in place is trusted from the next
+/// scrape on.
+async fn options(target: &HttpUrl, spec: &HardwareSpec) -> Result<Options, String> {
+    let tls = match (target.scheme, &spec.ca_file) {
+        (Scheme::Https, Some(ca_file)) => {
+            let ca_file = ca_file.clone();
+            let built = tokio::task::spawn_blocking(move || {
+                crate::tls::https_client("hardware.ca_file", &ca_file)
+            })
+            .await
+            .map_err(|e| format!("reading hardware.ca_file stopped short: {e}"))?;
+            Some(built.map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
+    Ok(Options {
+        tls,
+        authorization: authorization(spec),
+    })
+}
+
+/// The `Authorization` the spec asks for, if any.
+fn authorization(spec: &HardwareSpec) -> Option<Authorization> {
+    match (&spec.token, &spec.username, &spec.password) {
+        (Some(token), _, _) => Some(Authorization::Bearer(token.expose().to_owned())),
+        (None, Some(user), Some(password)) => Some(Authorization::Basic {
+            user: user.clone(),
+            password: password.expose().to_owned(),
+        }),
+        _ => None,
     }
 }
 
@@ -182,13 +223,9 @@ ipmi_sensor_state{name=\"PSU2\",type=\"Power Supply\"} 0\n";
     }
 
     fn command_spec(command: &str, timeout_ms: u64) -> HardwareSpec {
-        HardwareSpec {
-            url: None,
-            command: Some(command.into()),
-            interval: Duration::from_secs(5),
-            timeout: Duration::from_millis(timeout_ms),
-            rules: vec![],
-        }
+        spec(&format!(
+            "command = {command:?}\ntimeout = \"{timeout_ms}ms\""
+        ))
     }
 
     /// Serves `response` to each connection after reading the request head.

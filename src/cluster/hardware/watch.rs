@@ -1,14 +1,16 @@
 //! One task per node with a hardware probe: probe every `interval` (or at
 //! once when the monitor asks: the node's health check is running late),
-//! store the verdict on the cluster, and on a change record an event and
-//! wake the monitor (which fails over from a failing node, and switches over
-//! from a degraded primary when configured to).
+//! store the verdict in force on the cluster (a worse reading is in force
+//! once `failing_after` readings in a row say so: `confirm`), and on a change
+//! record an event and wake the monitor (which fails over from a failing
+//! node, and switches over from a degraded primary when configured to).
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{probe, HardwareSpec, HardwareStatus};
+use super::confirm::{shown, Readings};
+use super::{probe, HardwareSpec, HardwareStatus, Verdict};
 use crate::cluster::Cluster;
 use crate::events::EventKind;
 
@@ -35,21 +37,42 @@ async fn watch(cluster: Arc<Cluster>, node: usize, shutdown: CancellationToken) 
     // The first verdict is always told: an unreachable probe is `unknown`
     // from the start, and the operator must hear of it.
     let mut first = true;
+    let mut readings = Readings::default();
     // The spec is read each round, so a reload's change applies at once.
     while let Some(spec) = spec(&cluster, node) {
-        let verdict = tokio::select! {
+        let reading = tokio::select! {
             v = probe(&spec) => v,
             _ = shutdown.cancelled() => break,
         };
-        report(&cluster, node, &name, verdict, std::mem::take(&mut first));
-        // The monitor asks early when the node's health check runs late.
+        let in_force = confirm(&mut readings, &name, reading, &spec);
+        let status = in_force.status;
+        report(&cluster, node, &name, in_force, std::mem::take(&mut first));
+        // The monitor asks early when the node's health check runs late; that
+        // brings the first reading of a finding forward, never the ones that
+        // confirm it: readings a moment apart are hardly independent evidence.
+        let unconfirmed = status != readings_newest(&readings);
         tokio::select! {
             _ = tokio::time::sleep(spec.interval) => {}
-            _ = cluster.hardware_probe_asked(node) => {}
+            _ = cluster.hardware_probe_asked(node), if !unconfirmed => {}
             _ = shutdown.cancelled() => break,
         }
     }
     cluster.release_watch(node);
+}
+
+/// Adds `reading` to the node's readings; returns the verdict in force.
+fn confirm(readings: &mut Readings, name: &str, reading: Verdict, spec: &HardwareSpec) -> Verdict {
+    let needed = usize::try_from(spec.failing_after).unwrap_or(usize::MAX);
+    let acted = readings.push(reading.status, needed);
+    let verdict = shown(acted, reading, readings.streak(), needed);
+    if verdict.status != readings_newest(readings) {
+        tracing::warn!(node = %name, reasons = ?verdict.reasons, "hardware reading not acted on yet");
+    }
+    verdict
+}
+
+fn readings_newest(readings: &Readings) -> HardwareStatus {
+    readings.newest().unwrap_or(HardwareStatus::Unknown)
 }
 
 /// Stores a verdict; a change (or the first one) is an event and wakes the monitor.
