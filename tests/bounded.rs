@@ -95,3 +95,53 @@ async fn a_pool_nobody_uses_is_dropped_after_server_idle_timeout() {
     c.simple_query("SELECT 1").await.unwrap();
     assert!(pools(&admin).await.iter().any(|(db, _)| db == "postgres"));
 }
+
+/// Processes whose command line contains `needle`.
+fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(needle))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_command_that_hangs_is_killed_and_its_stderr_stays_out_of_events() {
+    let (cluster, primary, _replica) = common::private_pair().await;
+    let nodes = cluster
+        .nodes()
+        .iter()
+        .map(|n| format!("{{ name = \"{}\", addr = \"{}\" }}", n.name(), n.addr()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // A hook that prints a secret and then never ends, nor does its child.
+    let nap = format!("600.{}", std::process::id());
+    let toml = format!(
+        "{USERS}\n[failover]\nfence_command = 'echo SECRET-{nap} >&2; sleep {nap}'\n\
+         fence_timeout = \"1s\"\n[cluster]\nnodes = [{nodes}]\nuser = \"{}\"\npassword = \"{}\"\n",
+        switchyard::local_cluster::CLUSTER_USER,
+        switchyard::local_cluster::CLUSTER_PASSWORD
+    );
+    let (p, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let c = p.client().await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let n = primary.clone();
+    tokio::task::spawn_blocking(move || n.stop(switchyard::local_cluster::StopMode::Immediate))
+        .await
+        .unwrap()
+        .unwrap();
+    common::wait_until(30, "the fence_command is given up on", || async {
+        let (_, events) = http_request(http, "GET", "/events").await;
+        events.contains("fence_command timed out")
+    })
+    .await;
+    let (_, events) = http_request(http, "GET", "/events").await;
+    assert!(!events.contains("SECRET-"), "stderr in /events: {events}");
+    // Neither the hook's shell nor what it started is left running.
+    common::wait_until(5, "the hook's processes are gone", || async {
+        processes_with(&nap) == 0
+    })
+    .await;
+}

@@ -202,32 +202,14 @@ fn spawn_fence_command(cluster: &Cluster, config: &Config, node: usize) {
     let addr = cluster.nodes()[node].addr.clone();
     let name = cluster.nodes()[node].name.clone();
     let events = cluster.events.clone();
+    let limit = config.failover.fence_timeout;
     tokio::spawn(async move {
-        let out = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .arg("fence")
-            .arg(&addr)
-            .env("SWITCHYARD_FENCED_NODE", &addr)
-            .output()
-            .await;
-        let (kind, msg) = match out {
-            Ok(o) if o.status.success() => (
+        let (kind, msg) = match super::fence_command::run(&cmd, &addr, limit).await {
+            Ok(()) => (
                 EventKind::NodeFenced,
                 format!("fence_command succeeded for {addr}"),
             ),
-            Ok(o) => (
-                EventKind::ActionFailed,
-                format!(
-                    "fence_command exited with {}: {}",
-                    o.status,
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-            ),
-            Err(e) => (
-                EventKind::ActionFailed,
-                format!("fence_command could not run: {e}"),
-            ),
+            Err(e) => (EventKind::ActionFailed, format!("fence_command {e}")),
         };
         events.record(kind, Some(&name), msg);
     });

@@ -9,6 +9,7 @@ pub mod coord;
 pub mod decide;
 mod error;
 pub mod failover;
+mod fence_command;
 mod fences;
 pub mod hardware;
 mod hardware_moves;

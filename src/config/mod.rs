@@ -201,6 +201,10 @@ pub struct FailoverConfig {
     pub repoint_replicas: bool,
     /// Run with the old primary's address after a promotion (optional).
     pub fence_command: Option<String>,
+    /// How long `fence_command` may run before it (and whatever it
+    /// started) is killed. Default `30s`.
+    #[serde(with = "duration")]
+    pub fence_timeout: Duration,
     /// `availability` (default) or `durability`.
     pub sync_policy: SyncPolicy,
     /// How long a query waits for a routable primary before an error. Default `30s`.
@@ -221,6 +225,7 @@ impl Default for FailoverConfig {
             max_lag_bytes: 16 * 1024 * 1024,
             repoint_replicas: true,
             fence_command: None,
+            fence_timeout: Duration::from_secs(30),
             sync_policy: SyncPolicy::Availability,
             hold_timeout: Duration::from_secs(30),
             switchover_on_degraded: false,
