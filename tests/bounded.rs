@@ -145,3 +145,73 @@ async fn a_fence_command_that_hangs_is_killed_and_its_stderr_stays_out_of_events
     })
     .await;
 }
+
+/// Whether `GET /healthz` is answered 200 (false on any error: a refused
+/// connection included).
+async fn healthz_ok(http: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(http).await else {
+        return false;
+    };
+    if s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut text = Vec::new();
+    let _ = s.read_to_end(&mut text).await;
+    text.starts_with(b"HTTP/1.0 200") || text.starts_with(b"HTTP/1.1 200")
+}
+
+/// Whether the server closed `s` within `secs` (reads until EOF or reset).
+async fn closed_by_server(s: &mut tokio::net::TcpStream, secs: u64) -> bool {
+    closed_by_server_ms(s, secs * 1000).await
+}
+
+/// Whether the server closed `s` within `ms` milliseconds.
+async fn closed_by_server_ms(s: &mut tokio::net::TcpStream, ms: u64) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_http_client_is_cut_off_and_http_connections_are_capped() {
+    use tokio::io::AsyncWriteExt;
+    let (_p, http) = proxy("").await;
+    // Half a request head, then nothing: closed after the header timeout.
+    let mut slow = tokio::net::TcpStream::connect(http).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(
+        closed_by_server(&mut slow, 15).await,
+        "a half request head is kept open"
+    );
+    // 100 silent connections: those past the cap are closed at once.
+    let mut silent = vec![];
+    for _ in 0..100 {
+        silent.push(tokio::net::TcpStream::connect(http).await.unwrap());
+    }
+    // The last 36 went past the 64 allowed; checked well inside the header
+    // timeout, so a close can only be the cap's.
+    let mut closed = 0;
+    for s in silent.iter_mut().rev().take(36) {
+        closed += usize::from(closed_by_server_ms(s, 100).await);
+    }
+    assert!(
+        closed >= 30,
+        "only {closed} of the 36 connections past the cap were refused"
+    );
+    // Once the silent ones time out, probes are served again.
+    common::wait_until(15, "/healthz answers again", || async {
+        healthz_ok(http).await
+    })
+    .await;
+    drop(silent);
+}

@@ -62,10 +62,16 @@ pub async fn run(cmd: &str, addr: &str, limit: Duration) -> Result<(), FenceErro
             }
         }
         Err(_) => {
-            if let Some(pgid) = group.and_then(|g| i32::try_from(g).ok()) {
-                // SAFETY: kill(2) on the process group we created for the
-                // hook (its id is the hook's pid); no memory is involved.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            if let Some(pgid) = group {
+                // The whole group (its id is the hook's pid): what the hook
+                // started dies with it. kill(1) rather than unsafe libc.
+                let _ = tokio::process::Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pgid}")])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
             }
             let _ = child.wait().await;
             tracing::warn!(node = %addr, ?limit, "fence_command timed out and was killed");

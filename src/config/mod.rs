@@ -114,6 +114,9 @@ pub struct HttpConfig {
     /// loopback included; without one only loopback clients may switch
     /// over. Default none.
     pub switchover_token: Option<String>,
+    /// HTTP connections served at once; more are closed on accept.
+    /// Default 64.
+    pub max_connections: usize,
 }
 
 // By hand: the token must never reach a log or an error message.
@@ -122,6 +125,7 @@ impl std::fmt::Debug for HttpConfig {
         f.debug_struct("HttpConfig")
             .field("listen", &self.listen)
             .field("metrics", &self.metrics)
+            .field("max_connections", &self.max_connections)
             .field(
                 "switchover_token",
                 &redact::redacted(&self.switchover_token),
@@ -136,6 +140,7 @@ impl Default for HttpConfig {
             listen: "127.0.0.1:9930".into(),
             metrics: true,
             switchover_token: None,
+            max_connections: 64,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod check;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -21,18 +22,47 @@ use crate::cluster::Snapshot;
 use crate::context::Context;
 use crate::events::Event;
 
-/// Serves HTTP on `listener` until the proxy shuts down.
+/// How long a client has to send a whole request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves HTTP on `listener` until the proxy shuts down: at most
+/// `http.max_connections` at once (more are closed on accept), one request
+/// per connection, whose head must arrive within [`HEADER_TIMEOUT`]. A
+/// slow or silent client therefore holds a connection for seconds, never
+/// for ever, and cannot run the process out of file descriptors, which
+/// the PostgreSQL port shares.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        ctx.config().http.max_connections,
+    ));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
-                Err(_) => continue,
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "http: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
             _ = ctx.shutdown().cancelled() => return,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "http: connection limit reached, closed");
+            continue;
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
+            let _slot = slot;
+            // hyper's header timeout runs from the first byte: a client that
+            // sends none is given the same time to start.
+            if tokio::time::timeout(HEADER_TIMEOUT, stream.readable())
+                .await
+                .is_err()
+            {
+                return;
+            }
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let ctx = ctx.clone();
                 async move {
@@ -58,6 +88,9 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
