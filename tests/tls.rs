@@ -355,7 +355,7 @@ async fn cancel_requests_work_over_tls() {
     let tls =
         tokio_postgres_rustls::MakeRustlsConnect::new(client_config(&env.path("ca.pem"), None));
     // tokio-postgres sends its CancelRequest inside TLS; the proxy passes it
-    // on to PostgreSQL (in plaintext, as libpq before 17 does).
+    // on to PostgreSQL inside TLS too (verify-full).
     let cancel = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
         token.cancel_query(tls).await
@@ -690,4 +690,85 @@ async fn verify_full_connects(env: &Env, proxy: &Proxy, ca: &str) -> bool {
         )
         .await;
     ok
+}
+
+/// CancelRequest code (1234.5678): the second word of a plaintext cancel.
+const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+
+/// A TCP pass-through in front of PostgreSQL that keeps the first 8 bytes
+/// each connection sent (an SSLRequest, a StartupMessage's header or a
+/// plaintext CancelRequest's), as a packet capture of the proxy's side would.
+struct Tap {
+    port: u16,
+    openings: Arc<Mutex<Vec<[u8; 8]>>>,
+}
+
+impl Tap {
+    async fn start(target_port: u16) -> Tap {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let openings = Arc::new(Mutex::new(Vec::new()));
+        let seen = openings.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut first = [0u8; 8];
+                    if inbound.read_exact(&mut first).await.is_err() {
+                        return;
+                    }
+                    seen.lock().unwrap().push(first);
+                    let target = format!("127.0.0.1:{target_port}");
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    if outbound.write_all(&first).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Tap { port, openings }
+    }
+
+    /// How many connections opened with a plaintext CancelRequest.
+    fn plaintext_cancels(&self) -> usize {
+        let openings = self.openings.lock().unwrap();
+        openings
+            .iter()
+            .filter(|o| {
+                o[..4] == 16u32.to_be_bytes() && o[4..] == CANCEL_REQUEST_CODE.to_be_bytes()
+            })
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_reach_postgresql_inside_tls() {
+    let env = env();
+    let tap = Tap::start(env.pg_port()).await;
+    let nodes = format!("nodes = [\"127.0.0.1:{}\"]", tap.port);
+    let toml = env.config(&env.proxy_tls("allow"), &nodes, &env.verify_full());
+    let proxy = Proxy::start_with(env.cluster.clone(), &toml).await;
+    let client = proxy.client().await;
+    let token = client.cancel_token();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    // PostgreSQL 15 acts on a CancelRequest sent inside TLS: the query ends
+    // with 57014, and the only way to PostgreSQL is through the tap.
+    let err = client
+        .simple_query("SELECT pg_sleep(20)")
+        .await
+        .expect_err("cancelled");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    cancel.await.unwrap().unwrap();
+    assert_eq!(
+        tap.plaintext_cancels(),
+        0,
+        "a cancel key crossed the network in plaintext under verify-full"
+    );
+    assert_eq!(one(&client, "SELECT 'after'").await, "after");
+    proxy.shutdown().await;
 }
