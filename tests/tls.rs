@@ -415,6 +415,92 @@ async fn client_certificates_are_checked_against_client_ca_file() {
     proxy.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cert_user_cn_lets_in_only_the_user_the_certificate_names() {
+    let env = env();
+    let extra = format!(
+        "client_ca_file = {:?}\nclient_cert_user = \"cn\"\n",
+        env.path("ca.pem")
+    );
+    let proxy = env.proxy("allow", &extra).await;
+    // client.crt says CN=app: app gets in, and still proves its password.
+    let app = (env.path("client.crt"), env.path("client.key"));
+    let app = Some((app.0.as_str(), app.1.as_str()));
+    let client = tls_client(&env, &proxy, "", app).await.unwrap();
+    assert_eq!(one(&client, "SELECT current_user::text").await, "app");
+    let err = tls_client(&env, &proxy, "password=wrong", app)
+        .await
+        .expect_err("a wrong password");
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err}");
+
+    // A certificate from the right CA that names someone else.
+    let (cert, key) = env.ca.leaf(&[], "other", true);
+    env.write("other.crt", &cert);
+    env.write("other.key", &key);
+    let (c, k) = (env.path("other.crt"), env.path("other.key"));
+    let err = tls_client(&env, &proxy, "", Some((&c, &k)))
+        .await
+        .expect_err("CN=other logging in as app");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "28000", "{err}");
+    assert_eq!(
+        db.message(),
+        "certificate authentication failed for user \"app\""
+    );
+    // The admin console too: CN=app is not admin.
+    let err = tls_client(
+        &env,
+        &proxy,
+        "user=admin password=adminpw dbname=switchyard",
+        app,
+    )
+    .await
+    .expect_err("CN=app logging in as admin");
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+
+    // No certificate at all: in plaintext (allowed by mode = "allow")...
+    let err = proxy
+        .client_as("app", "app", "app")
+        .await
+        .expect_err("no certificate");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "28000", "{err}");
+    assert_eq!(
+        db.message(),
+        "connection requires a valid client certificate"
+    );
+    let (ok, out) = env
+        .psql(
+            &conninfo(&proxy, "127.0.0.1", "sslmode=disable"),
+            "SELECT 1",
+        )
+        .await;
+    assert!(
+        !ok && out.contains("requires a valid client certificate"),
+        "{out}"
+    );
+    // ...or over TLS, where client_ca_file already refuses the handshake.
+    assert!(tls_client(&env, &proxy, "", None).await.is_err());
+    // psql with CN=app.
+    let (ok, out) = env
+        .psql(
+            &conninfo(
+                &proxy,
+                "localhost",
+                &format!(
+                    "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+                    env.path("ca.pem"),
+                    env.path("client.crt"),
+                    env.path("client.key")
+                ),
+            ),
+            "SELECT 'psql as ' || current_user",
+        )
+        .await;
+    assert!(ok && out.contains("psql as app"), "{out}");
+    proxy.shutdown().await;
+}
+
 /// A startup packet for app on app.
 fn startup_packet() -> BytesMut {
     common::startup_packet(0, "app", "app")
