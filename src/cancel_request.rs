@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::context::Context;
-use crate::server::send_cancel;
+use crate::server::{channel, send_cancel, send_cancel_plain};
 use crate::sessions::forwards::Outcome;
 use crate::sessions::peer_key::{self, Route};
 
@@ -68,7 +68,9 @@ async fn cancel_here(ctx: &Context, pid: i32, secret: i32) {
         return;
     };
     let target = sending.target();
-    let sent = send_cancel(&target.addr, target.key).await;
+    let tls = ctx.cluster().tls().current();
+    let via = channel(tls.mode, target.tls);
+    let sent = send_cancel(&target.addr, target.key, via, &tls).await;
     match sent {
         Ok(()) => sending.settle(),
         Err(e) => {
@@ -91,7 +93,7 @@ async fn forward(ctx: &Context, addr: &str, key: (i32, i32)) {
             return;
         }
     };
-    let outcome = match tokio::time::timeout(PEER_TIMEOUT, send_cancel(addr, key)).await {
+    let outcome = match tokio::time::timeout(PEER_TIMEOUT, send_cancel_plain(addr, key)).await {
         Ok(Ok(())) => Outcome::Forwarded,
         Ok(Err(e)) => {
             tracing::warn!(peer = %addr, error = %e, "could not send a cancel request on to its peer");

@@ -92,6 +92,7 @@ async fn login(
         .unwrap_or_default();
     let wanted = settings::from_startup(&params);
     let admin = crate::admin::is_admin_database(&database);
+    login::check_certificate(conn, &tls, &user)?;
     let mut reply = login::check_credentials(conn, ctx, &user, admin).await?;
     if admin {
         if !ctx.config().proxy.admin_users.contains(&user) {

@@ -39,6 +39,13 @@ pub enum ClientError {
     /// A direct TLS connection (no SSLRequest) that did not negotiate ALPN `postgresql`.
     #[error("received direct TLS connection request without ALPN protocol negotiation extension")]
     TlsNoAlpn,
+    /// `proxy.tls.client_cert_user` is set and the client presented no
+    /// certificate (PostgreSQL's words for a `clientcert` line).
+    #[error("connection requires a valid client certificate")]
+    CertificateRequired,
+    /// The client certificate does not name the user the client logs in as.
+    #[error("certificate authentication failed for user \"{0}\"")]
+    CertAuthFailed(String),
     /// The startup packet named no user.
     #[error("no PostgreSQL user name specified in startup packet")]
     NoUser,
@@ -101,6 +108,7 @@ impl ClientError {
             ClientError::Protocol(_) => "08P01",
             ClientError::UnsupportedProtocol(_) => "0A000",
             ClientError::NoUser | ClientError::TlsRequired => "28000",
+            ClientError::CertificateRequired | ClientError::CertAuthFailed(_) => "28000",
             ClientError::TlsHandshake | ClientError::TlsNoAlpn => "08P01",
             ClientError::NoPrimary => "08006",
             ClientError::ServerLoginFailed => "08006",
@@ -155,6 +163,8 @@ mod tests {
             (ClientError::UnsupportedProtocol("x".into()), "0A000", true),
             (ClientError::Shutdown, "57P01", true),
             (ClientError::TlsRequired, "28000", true),
+            (ClientError::CertificateRequired, "28000", true),
+            (ClientError::CertAuthFailed("u".into()), "28000", true),
             (ClientError::TlsHandshake, "08P01", true),
             (ClientError::TlsNoAlpn, "08P01", true),
             (ClientError::NotAdmin("u".into()), "42501", true),

@@ -355,7 +355,7 @@ async fn cancel_requests_work_over_tls() {
     let tls =
         tokio_postgres_rustls::MakeRustlsConnect::new(client_config(&env.path("ca.pem"), None));
     // tokio-postgres sends its CancelRequest inside TLS; the proxy passes it
-    // on to PostgreSQL (in plaintext, as libpq before 17 does).
+    // on to PostgreSQL inside TLS too (verify-full).
     let cancel = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
         token.cancel_query(tls).await
@@ -412,6 +412,92 @@ async fn client_certificates_are_checked_against_client_ca_file() {
     env.write("stranger.key", &key);
     let (c, k) = (env.path("stranger.crt"), env.path("stranger.key"));
     assert!(tls_client(&env, &proxy, "", Some((&c, &k))).await.is_err());
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cert_user_cn_lets_in_only_the_user_the_certificate_names() {
+    let env = env();
+    let extra = format!(
+        "client_ca_file = {:?}\nclient_cert_user = \"cn\"\n",
+        env.path("ca.pem")
+    );
+    let proxy = env.proxy("allow", &extra).await;
+    // client.crt says CN=app: app gets in, and still proves its password.
+    let app = (env.path("client.crt"), env.path("client.key"));
+    let app = Some((app.0.as_str(), app.1.as_str()));
+    let client = tls_client(&env, &proxy, "", app).await.unwrap();
+    assert_eq!(one(&client, "SELECT current_user::text").await, "app");
+    let err = tls_client(&env, &proxy, "password=wrong", app)
+        .await
+        .expect_err("a wrong password");
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err}");
+
+    // A certificate from the right CA that names someone else.
+    let (cert, key) = env.ca.leaf(&[], "other", true);
+    env.write("other.crt", &cert);
+    env.write("other.key", &key);
+    let (c, k) = (env.path("other.crt"), env.path("other.key"));
+    let err = tls_client(&env, &proxy, "", Some((&c, &k)))
+        .await
+        .expect_err("CN=other logging in as app");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "28000", "{err}");
+    assert_eq!(
+        db.message(),
+        "certificate authentication failed for user \"app\""
+    );
+    // The admin console too: CN=app is not admin.
+    let err = tls_client(
+        &env,
+        &proxy,
+        "user=admin password=adminpw dbname=switchyard",
+        app,
+    )
+    .await
+    .expect_err("CN=app logging in as admin");
+    assert_eq!(sqlstate(&err).as_deref(), Some("28000"), "{err}");
+
+    // No certificate at all: in plaintext (allowed by mode = "allow")...
+    let err = proxy
+        .client_as("app", "app", "app")
+        .await
+        .expect_err("no certificate");
+    let db = err.as_db_error().expect("an ErrorResponse");
+    assert_eq!(db.code().code(), "28000", "{err}");
+    assert_eq!(
+        db.message(),
+        "connection requires a valid client certificate"
+    );
+    let (ok, out) = env
+        .psql(
+            &conninfo(&proxy, "127.0.0.1", "sslmode=disable"),
+            "SELECT 1",
+        )
+        .await;
+    assert!(
+        !ok && out.contains("requires a valid client certificate"),
+        "{out}"
+    );
+    // ...or over TLS, where client_ca_file already refuses the handshake.
+    assert!(tls_client(&env, &proxy, "", None).await.is_err());
+    // psql with CN=app.
+    let (ok, out) = env
+        .psql(
+            &conninfo(
+                &proxy,
+                "localhost",
+                &format!(
+                    "sslmode=verify-full sslrootcert={} sslcert={} sslkey={}",
+                    env.path("ca.pem"),
+                    env.path("client.crt"),
+                    env.path("client.key")
+                ),
+            ),
+            "SELECT 'psql as ' || current_user",
+        )
+        .await;
+    assert!(ok && out.contains("psql as app"), "{out}");
     proxy.shutdown().await;
 }
 
@@ -690,4 +776,85 @@ async fn verify_full_connects(env: &Env, proxy: &Proxy, ca: &str) -> bool {
         )
         .await;
     ok
+}
+
+/// CancelRequest code (1234.5678): the second word of a plaintext cancel.
+const CANCEL_REQUEST_CODE: u32 = 80_877_102;
+
+/// A TCP pass-through in front of PostgreSQL that keeps the first 8 bytes
+/// each connection sent (an SSLRequest, a StartupMessage's header or a
+/// plaintext CancelRequest's), as a packet capture of the proxy's side would.
+struct Tap {
+    port: u16,
+    openings: Arc<Mutex<Vec<[u8; 8]>>>,
+}
+
+impl Tap {
+    async fn start(target_port: u16) -> Tap {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let openings = Arc::new(Mutex::new(Vec::new()));
+        let seen = openings.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut first = [0u8; 8];
+                    if inbound.read_exact(&mut first).await.is_err() {
+                        return;
+                    }
+                    seen.lock().unwrap().push(first);
+                    let target = format!("127.0.0.1:{target_port}");
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    if outbound.write_all(&first).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Tap { port, openings }
+    }
+
+    /// How many connections opened with a plaintext CancelRequest.
+    fn plaintext_cancels(&self) -> usize {
+        let openings = self.openings.lock().unwrap();
+        openings
+            .iter()
+            .filter(|o| {
+                o[..4] == 16u32.to_be_bytes() && o[4..] == CANCEL_REQUEST_CODE.to_be_bytes()
+            })
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_reach_postgresql_inside_tls() {
+    let env = env();
+    let tap = Tap::start(env.pg_port()).await;
+    let nodes = format!("nodes = [\"127.0.0.1:{}\"]", tap.port);
+    let toml = env.config(&env.proxy_tls("allow"), &nodes, &env.verify_full());
+    let proxy = Proxy::start_with(env.cluster.clone(), &toml).await;
+    let client = proxy.client().await;
+    let token = client.cancel_token();
+    let cancel = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    // PostgreSQL 15 acts on a CancelRequest sent inside TLS: the query ends
+    // with 57014, and the only way to PostgreSQL is through the tap.
+    let err = client
+        .simple_query("SELECT pg_sleep(20)")
+        .await
+        .expect_err("cancelled");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    cancel.await.unwrap().unwrap();
+    assert_eq!(
+        tap.plaintext_cancels(),
+        0,
+        "a cancel key crossed the network in plaintext under verify-full"
+    );
+    assert_eq!(one(&client, "SELECT 'after'").await, "after");
+    proxy.shutdown().await;
 }

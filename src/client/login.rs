@@ -3,7 +3,9 @@
 //! the very first bytes is PostgreSQL 17's direct TLS; GSSENCRequest is always
 //! `N`), protocol negotiation (3.x minor versions via NegotiateProtocolVersion),
 //! authentication, and the login reply (AuthenticationOk, ParameterStatus,
-//! BackendKeyData, ReadyForQuery). A CancelRequest ends here too.
+//! BackendKeyData, ReadyForQuery). A CancelRequest ends here too. With
+//! `proxy.tls.client_cert_user`, the client certificate must name the user
+//! before the password is asked for.
 
 use bytes::BytesMut;
 
@@ -14,6 +16,7 @@ use crate::config::{AuthType, ProxyTlsMode};
 use crate::error::ClientError;
 use crate::protocol::messages::backend;
 use crate::protocol::messages::startup::{decode, Startup, StartupError};
+use crate::tls::client_cert::{self, Refusal};
 use crate::tls::{Acceptor, ALPN_POSTGRESQL};
 
 /// First byte of a TLS handshake record; a startup packet's first byte (the
@@ -182,6 +185,28 @@ impl AuthChannel for ClientConn {
             ReadError::Closed => AuthChannelError::Io("client closed during authentication".into()),
             ReadError::Client(c) => AuthChannelError::Io(c.to_string()),
         })
+    }
+}
+
+/// `proxy.tls.client_cert_user`: refuses a client whose certificate does not
+/// name `user` (or that has none) before any password is asked for.
+pub fn check_certificate(conn: &ClientConn, tls: &Acceptor, user: &str) -> Result<(), ReadError> {
+    let cert = conn.stream.peer_certificate();
+    match client_cert::check(tls.client_cert_user(), user, cert.as_deref()) {
+        Ok(()) => Ok(()),
+        Err(Refusal::NoCertificate) => {
+            tracing::info!(
+                user,
+                "client without a certificate refused (client_cert_user)"
+            );
+            Err(ReadError::Client(ClientError::CertificateRequired))
+        }
+        Err(Refusal::OtherUser(cn)) => {
+            tracing::info!(user, certificate_cn = ?cn, "client certificate names another user (client_cert_user)");
+            Err(ReadError::Client(ClientError::CertAuthFailed(
+                user.to_string(),
+            )))
+        }
     }
 }
 

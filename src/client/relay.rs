@@ -27,7 +27,7 @@ use crate::protocol::frame::HEADER_LEN;
 use crate::protocol::messages::backend;
 use crate::protocol::{frame_len, FrameError};
 use crate::server::settings::{Setting, SettingSet};
-use crate::server::{send_cancel, ConnectError, ServerConn};
+use crate::server::{channel, send_cancel, ConnectError, ServerConn};
 use crate::sessions::cancel::{CancelGuard, CancelTarget};
 use crate::sessions::registry::{ClientState, Linked, Registration};
 
@@ -407,6 +407,7 @@ impl Session {
         self.cancel.attach(CancelTarget {
             addr: server.addr().clone(),
             key: server.key(),
+            tls: server.stream().is_tls(),
         });
         let meter = Meter::new(self.ctx.record_metrics());
         let mut link = Link::new(self.limits, meter);
@@ -490,7 +491,9 @@ impl Session {
         let txn = self.last_txn;
         if !txn.quiet() || !self.last_at_rest {
             if txn.pending > 0 {
-                let _ = send_cancel(server.addr(), server.key()).await;
+                let tls = self.ctx.cluster().tls().current();
+                let via = channel(tls.mode, server.stream().is_tls());
+                let _ = send_cancel(server.addr(), server.key(), via, &tls).await;
             }
             return;
         }

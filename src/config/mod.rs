@@ -370,6 +370,22 @@ pub struct ProxyTlsConfig {
     /// PEM CA certificates: when set, every TLS client must present a
     /// certificate signed by one of them. Default none.
     pub client_ca_file: Option<String>,
+    /// `none` (default) or `cn`: the client certificate's subject CN must
+    /// be the login user, and a client without a certificate (plaintext
+    /// under `allow`) is refused. Needs `client_ca_file`.
+    pub client_cert_user: ClientCertUser,
+}
+
+/// Whether a client certificate must name the user it logs in as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum ClientCertUser {
+    /// Any certificate `client_ca_file` signed will do, for any user (default).
+    #[default]
+    #[serde(rename = "none")]
+    AnyUser,
+    /// The subject CN must equal the login user (PostgreSQL's `clientcert=verify-full`).
+    #[serde(rename = "cn")]
+    Cn,
 }
 
 /// How Switchyard's connections to PostgreSQL use TLS (libpq's `sslmode` values).

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 
 use super::password::PasswordForm;
-use super::{AuthType, ClusterTlsMode, Config, ProxyTlsMode};
+use super::{AuthType, ClientCertUser, ClusterTlsMode, Config, ProxyTlsMode};
 
 /// What a valid configuration may still get wrong, one line each (printed
 /// by `check-config`, logged at start).
@@ -142,6 +142,11 @@ fn validate_tls(cfg: &Config) -> Result<(), String> {
         return Err(
             "proxy.tls: cert_file and key_file are needed unless mode = \"disable\"".into(),
         );
+    }
+    if p.client_cert_user == ClientCertUser::Cn
+        && (p.client_ca_file.is_none() || p.mode == ProxyTlsMode::Disable)
+    {
+        return Err("proxy.tls: client_cert_user = \"cn\" needs client_ca_file, and mode \"allow\" or \"require\"".into());
     }
     let c = &cfg.cluster.tls;
     if matches!(
@@ -288,6 +293,14 @@ mod tests {
             (
                 "[proxy.tls]\nmode = \"allow\"\ncert_file = \"c.pem\"\n",
                 "key_file",
+            ),
+            (
+                "[proxy.tls]\nmode = \"require\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_cert_user = \"cn\"\n",
+                "client_cert_user = \"cn\" needs client_ca_file",
+            ),
+            (
+                "[proxy.tls]\nclient_ca_file = \"ca.pem\"\nclient_cert_user = \"cn\"\n",
+                "client_cert_user = \"cn\" needs",
             ),
             ("[proxy]\npeer_id = 999\n", "proxy.peer_id = 999"),
             (

@@ -9,5 +9,5 @@ mod conn;
 pub mod settings;
 pub mod statements;
 
-pub use cancel::{send_cancel, CancelError};
+pub use cancel::{channel, send_cancel, send_cancel_plain, CancelError, Channel};
 pub use conn::{ConnectError, Login, ServerConn};

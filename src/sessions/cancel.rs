@@ -26,6 +26,9 @@ pub struct CancelTarget {
     pub addr: Arc<str>,
     /// The server connection's own BackendKeyData.
     pub key: (i32, i32),
+    /// Whether that connection is encrypted: under `cluster.tls.mode =
+    /// "prefer"` its cancel is too (`server::channel`).
+    pub tls: bool,
 }
 
 /// One client's cancel state, shared by its relay and the CancelRequests for it.
@@ -222,6 +225,7 @@ mod tests {
         g.attach(CancelTarget {
             addr: "h:1".into(),
             key: (5, 6),
+            tls: false,
         });
         let found = map.lookup(g.pid, g.secret).map(|s| s.target().key);
         assert_eq!(found, Some((5, 6)));
@@ -236,6 +240,7 @@ mod tests {
         CancelTarget {
             addr: "h:1".into(),
             key: (5, 6),
+            tls: false,
         }
     }
 

@@ -10,6 +10,8 @@
 
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
+use super::der::element;
+
 /// Hash functions a signature algorithm can name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HashFn {
@@ -54,28 +56,6 @@ fn signature_algorithm(der: &[u8]) -> Option<&[u8]> {
     let (algorithm, _) = element(rest, 0x30)?;
     let (oid, _) = element(algorithm, 0x06)?;
     Some(oid)
-}
-
-/// One DER element with tag `tag` at the start of `input`: (content, rest).
-fn element(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&t, rest) = input.split_first()?;
-    if t != tag {
-        return None;
-    }
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        first as usize
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let bytes = rest.get(..n)?;
-        rest = &rest[n..];
-        bytes.iter().fold(0usize, |acc, &b| (acc << 8) | b as usize)
-    };
-    let content = rest.get(..len)?;
-    Some((content, &rest[len..]))
 }
 
 #[cfg(test)]

@@ -9,8 +9,11 @@
 //!
 //! What is not here: the connection-start negotiation with a client
 //! (`client::login`), the SSLRequest toward PostgreSQL (`upstream`), the
-//! stream type both use (`stream`), the SCRAM channel-binding hash (`end_point`).
+//! stream type both use (`stream`), the SCRAM channel-binding hash (`end_point`),
+//! the client certificate's user (`client_cert`) and the DER reads both make (`der`).
 
+pub mod client_cert;
+mod der;
 pub mod end_point;
 mod offload;
 pub mod stream;
@@ -27,7 +30,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::coordination::CoordinationTlsConfig;
-use crate::config::{ClusterTlsConfig, ClusterTlsMode, Config, ProxyTlsConfig, ProxyTlsMode};
+use crate::config::{
+    ClientCertUser, ClusterTlsConfig, ClusterTlsMode, Config, ProxyTlsConfig, ProxyTlsMode,
+};
 
 pub use stream::Stream;
 
@@ -83,6 +88,8 @@ pub struct Acceptor {
     /// tls-server-end-point hash of our certificate (SCRAM-SHA-256-PLUS);
     /// `None` when its signature algorithm has no defined hash (then -PLUS is not offered).
     end_point: Option<Arc<[u8]>>,
+    /// Whether a client's certificate must name its login user.
+    client_cert_user: ClientCertUser,
 }
 
 impl Acceptor {
@@ -92,6 +99,7 @@ impl Acceptor {
             mode: ProxyTlsMode::Disable,
             config: None,
             end_point: None,
+            client_cert_user: ClientCertUser::AnyUser,
         }
     }
 
@@ -136,6 +144,7 @@ impl Acceptor {
             mode: cfg.mode,
             config: Some(Arc::new(config)),
             end_point,
+            client_cert_user: cfg.client_cert_user,
         })
     }
 
@@ -147,6 +156,11 @@ impl Acceptor {
     /// The tls-server-end-point channel binding data of our certificate.
     pub fn end_point(&self) -> Option<&Arc<[u8]>> {
         self.end_point.as_ref()
+    }
+
+    /// Whether a client's certificate must name its login user (`client_cert_user`).
+    pub fn client_cert_user(&self) -> ClientCertUser {
+        self.client_cert_user
     }
 }
 
@@ -461,6 +475,7 @@ mod tests {
             cert_file: Some(cert_file.clone()),
             key_file: Some(key_file.clone()),
             client_ca_file: None,
+            client_cert_user: Default::default(),
         };
         let acceptor = Acceptor::build(&cfg).unwrap();
         assert!(acceptor.config().is_some());
