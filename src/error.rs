@@ -20,6 +20,10 @@ pub enum ClientError {
     /// `proxy.max_pools` pools exist; a new (database, user) gets none.
     #[error("no more pools allowed (max_pools = {0})")]
     TooManyPools(usize),
+    /// The client left a transaction open and idle past
+    /// `idle_transaction_timeout` (PostgreSQL's wording and SQLSTATE).
+    #[error("terminating connection due to idle-in-transaction timeout")]
+    IdleInTransactionTimeout,
     /// The client did not finish logging in within `client_login_timeout`.
     #[error("client_login_timeout: login took too long")]
     LoginTimeout,
@@ -105,6 +109,7 @@ impl ClientError {
             | ClientError::CheckoutTimeout
             | ClientError::TooManyPools(_) => "53300",
             ClientError::LoginTimeout => "57014",
+            ClientError::IdleInTransactionTimeout => "25P03",
             ClientError::Protocol(_) => "08P01",
             ClientError::UnsupportedProtocol(_) => "0A000",
             ClientError::NoUser | ClientError::TlsRequired => "28000",
@@ -159,6 +164,7 @@ mod tests {
             (ClientError::TooManyClients, "53300", true),
             (ClientError::CheckoutTimeout, "53300", false),
             (ClientError::TooManyPools(1000), "53300", true),
+            (ClientError::IdleInTransactionTimeout, "25P03", true),
             (ClientError::Protocol("x".into()), "08P01", true),
             (ClientError::UnsupportedProtocol("x".into()), "0A000", true),
             (ClientError::Shutdown, "57P01", true),

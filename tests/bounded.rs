@@ -215,3 +215,66 @@ async fn a_slow_http_client_is_cut_off_and_http_connections_are_capped() {
     .await;
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_idle_in_a_transaction_is_ended_and_its_locks_released() {
+    let (p, _) = proxy("idle_transaction_timeout = \"1s\"\ndefault_pool_size = 2").await;
+    let table = common::unique("idle_txn");
+    let setup = p.client().await;
+    setup
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, v int); INSERT INTO {table} VALUES (1, 0)"
+        ))
+        .await
+        .unwrap();
+    // Takes a row lock, then goes quiet inside the transaction.
+    let (idle, mut conn) =
+        tokio_postgres::connect(&p.url("app", "app", "app"), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    // What ends the connection: the FATAL the proxy sends while it idles.
+    let ended = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(m) = futures_util::StreamExt::next(&mut messages).await {
+            if let Err(e) = m {
+                return e.as_db_error().map(|d| d.code().code().to_string());
+            }
+        }
+        None
+    });
+    idle.batch_execute(&format!("BEGIN; UPDATE {table} SET v = 1 WHERE id = 1"))
+        .await
+        .unwrap();
+    // Another client needs that row: it gets it once the idle one is ended.
+    let other = p.client().await;
+    let update = format!("UPDATE {table} SET v = 2 WHERE id = 1");
+    let done = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        other.batch_execute(&update),
+    )
+    .await;
+    assert!(
+        matches!(done, Ok(Ok(()))),
+        "the row stayed locked: {done:?}"
+    );
+    // The idle client was told why, as PostgreSQL tells it (25P03), and its
+    // transaction was rolled back.
+    let code = tokio::time::timeout(std::time::Duration::from_secs(5), ended)
+        .await
+        .expect("the idle client's connection ended")
+        .unwrap();
+    assert_eq!(code.as_deref(), Some("25P03"));
+    assert!(
+        idle.simple_query("SELECT 1").await.is_err(),
+        "the session ended"
+    );
+    let v = setup
+        .query_one(&format!("SELECT v FROM {table} WHERE id = 1"), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        v.get::<_, i32>(0),
+        2,
+        "the idle transaction's update was rolled back"
+    );
+}

@@ -23,6 +23,8 @@ pub struct Limits {
     /// How long a server may take to apply the client's settings
     /// (`proxy.server_connect_timeout`).
     pub settings_timeout: Duration,
+    /// `proxy.idle_transaction_timeout`, when set.
+    pub idle_transaction: Option<Duration>,
 }
 
 impl From<&crate::config::Config> for Limits {
@@ -36,6 +38,7 @@ impl From<&crate::config::Config> for Limits {
                 bytes: TRACKED_BYTES,
             },
             settings_timeout: c.proxy.server_connect_timeout,
+            idle_transaction: Some(c.proxy.idle_transaction_timeout).filter(|t| !t.is_zero()),
         }
     }
 }

@@ -80,6 +80,9 @@ pub(super) enum End {
     Killed,
     /// The server failed before the client's changed settings were read back.
     SettingsLost,
+    /// The client left a transaction open and sent nothing for
+    /// `proxy.idle_transaction_timeout`.
+    IdleInTransaction,
 }
 
 /// Why [`Link::pump`] returned.
@@ -101,6 +104,8 @@ impl From<End> for Pumped {
 #[derive(Default)]
 pub(super) struct Link {
     pub(super) txn: Txn,
+    /// `proxy.idle_transaction_timeout`, when set.
+    idle_transaction: Option<std::time::Duration>,
     /// Rewrite statement names (transaction mode).
     rewrite: bool,
     /// Session mode: the server is kept even when idle.
@@ -165,6 +170,7 @@ impl Link {
             session_mode: limits.mode == PoolMode::Session,
             max_message_size: limits.max_message_size,
             max_prepared: limits.max_prepared,
+            idle_transaction: limits.idle_transaction,
             meter,
             ..Default::default()
         }
@@ -185,6 +191,13 @@ impl Link {
             effects,
             text,
         )
+    }
+
+    /// A transaction is open, everything was answered, and the client has
+    /// sent nothing since (`client_empty`, `server_empty`: no bytes
+    /// buffered either way).
+    fn idle_in_transaction(&self, client_empty: bool, server_empty: bool) -> bool {
+        client_empty && server_empty && self.at_rest() && self.txn.quiet() && !self.txn.idle()
     }
 
     /// Everything forwarded, nothing owed, no message half-sent either way.
@@ -238,6 +251,11 @@ impl Link {
                 }
             }
             let (c_ready, s_ready) = (self.c_ready, self.s_ready);
+            // Only a client sitting in an open transaction is timed: the
+            // timer (and its clock read) costs nothing elsewhere.
+            let idle_limit = self.idle_transaction.filter(|_| {
+                self.idle_in_transaction(cx.client.buf.is_empty(), server.buf().is_empty())
+            });
             let client = &mut *cx.client;
             let (mut c_rd, mut c_wr) = client.stream.split();
             let (s_stream, s_buf) = server.stream_and_buf_mut();
@@ -275,6 +293,12 @@ impl Link {
             };
             let shutdown = cx.shutdown.cancelled();
             let wait_shutdown = (session_mode || cx.pinned) && !cx.shutdown.is_cancelled();
+            let idle_expired = async move {
+                match idle_limit {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 d = up => match d {
                     Dir::Read(Ok(0)) | Dir::Read(Err(_)) => return End::ClientGone.into(),
@@ -293,6 +317,7 @@ impl Link {
                 },
                 _ = shutdown, if wait_shutdown => {}
                 _ = &mut kill => return End::Killed.into(),
+                _ = idle_expired => return End::IdleInTransaction.into(),
                 _ = &mut retired => return End::ServerLost("the node's connections were closed by the health monitor".into()).into(),
             }
             if let Err(p) = self.settle(cx, server) {

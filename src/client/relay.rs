@@ -169,6 +169,12 @@ impl Session {
                     self.client.send_error(&ClientError::Killed).await;
                     return self.cleanup(s).await;
                 }
+                (End::IdleInTransaction, s) => {
+                    self.client
+                        .send_error(&ClientError::IdleInTransactionTimeout)
+                        .await;
+                    return self.cleanup(s).await;
+                }
                 (End::SettingsLost, _) => {
                     self.ctx.cluster().nudge();
                     return self.client.send_error(&ClientError::SettingsLost).await;

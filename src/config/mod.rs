@@ -299,6 +299,11 @@ pub struct ProxyConfig {
     /// Longest time a client may take from connect to logged in. Default `15s`.
     #[serde(with = "duration")]
     pub client_login_timeout: Duration,
+    /// A client that leaves a transaction open and sends nothing for this
+    /// long is disconnected (25P03) and its transaction rolled back. `0s`
+    /// (default): never.
+    #[serde(with = "duration")]
+    pub idle_transaction_timeout: Duration,
     /// Idle server connections older than this are closed. Default `10m`.
     #[serde(with = "duration")]
     pub server_idle_timeout: Duration,
@@ -432,6 +437,7 @@ impl Default for ProxyConfig {
             max_pools: 1000,
             checkout_timeout: Duration::from_secs(5),
             client_login_timeout: Duration::from_secs(15),
+            idle_transaction_timeout: Duration::ZERO,
             server_idle_timeout: Duration::from_secs(600),
             server_lifetime: Duration::from_secs(3600),
             server_connect_timeout: Duration::from_secs(5),
