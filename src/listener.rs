@@ -86,6 +86,7 @@ pub async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    set_keepalive(&stream, ctx.config().proxy.tcp_keepidle);
                     let permit = clients.clone().try_acquire_owned().ok();
                     let ctx = ctx.clone();
                     let span = tracing::debug_span!("client", %peer);
@@ -110,4 +111,23 @@ pub async fn serve(
         tracing::warn!("shutdown_timeout reached with clients still in transactions; closing them");
     }
     Ok(())
+}
+
+/// Keepalive probes every 10 s after `idle` without traffic, 6 of them, and
+/// as long for unacknowledged data (TCP_USER_TIMEOUT): a client whose host
+/// vanished, inside a transaction or not, is noticed in about
+/// `idle` + 60 s instead of never, and its server connection freed.
+fn set_keepalive(stream: &tokio::net::TcpStream, idle: Duration) {
+    if idle.is_zero() {
+        return;
+    }
+    const INTERVAL: Duration = Duration::from_secs(10);
+    const PROBES: u32 = 6;
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(INTERVAL)
+        .with_retries(PROBES);
+    let _ = sock.set_tcp_keepalive(&keepalive);
+    let _ = sock.set_tcp_user_timeout(Some(idle + INTERVAL * PROBES));
 }

@@ -278,3 +278,27 @@ async fn a_client_idle_in_a_transaction_is_ended_and_its_locks_released() {
         "the idle transaction's update was rolled back"
     );
 }
+
+/// The kernel's timer state (`tr` of /proc/net/tcp: 2 = keepalive) of the
+/// socket from local port `local` to remote port `remote`.
+fn tcp_timer(local: u16, remote: u16) -> Option<u8> {
+    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    text.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+        (port(f[1])? == local && port(f[2])? == remote)
+            .then(|| f[5].split(':').next()?.parse().ok())?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sockets_have_keepalives_so_a_vanished_client_is_noticed() {
+    let (p, _) = proxy("").await;
+    let s = tokio::net::TcpStream::connect(p.addr).await.unwrap();
+    let mine = s.local_addr().unwrap().port();
+    // The proxy's end of this connection runs a keepalive timer.
+    common::wait_until(5, "a keepalive timer on the proxy's socket", || async {
+        tcp_timer(p.addr.port(), mine) == Some(2)
+    })
+    .await;
+}

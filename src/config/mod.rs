@@ -299,6 +299,11 @@ pub struct ProxyConfig {
     /// Longest time a client may take from connect to logged in. Default `15s`.
     #[serde(with = "duration")]
     pub client_login_timeout: Duration,
+    /// Idle time before TCP keepalive probes start on client sockets (then
+    /// every 10 s, 6 probes; unacknowledged data times out after as long).
+    /// `0s`: no keepalives. Default `60s`.
+    #[serde(with = "duration")]
+    pub tcp_keepidle: Duration,
     /// A client that leaves a transaction open and sends nothing for this
     /// long is disconnected (25P03) and its transaction rolled back. `0s`
     /// (default): never.
@@ -438,6 +443,7 @@ impl Default for ProxyConfig {
             checkout_timeout: Duration::from_secs(5),
             client_login_timeout: Duration::from_secs(15),
             idle_transaction_timeout: Duration::ZERO,
+            tcp_keepidle: Duration::from_secs(60),
             server_idle_timeout: Duration::from_secs(600),
             server_lifetime: Duration::from_secs(3600),
             server_connect_timeout: Duration::from_secs(5),
