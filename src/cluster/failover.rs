@@ -101,10 +101,28 @@ pub struct FailoverSettings {
     pub fence_command: bool,
     /// Give up on a promotion that has not shown after this long.
     pub promote_timeout: Duration,
-    /// A promotion a previous leader sent (as the shared record says) while
-    /// the primary it replaces is still the record's: no other node is
-    /// promoted while that one may complete.
-    pub promotion_sent: Option<usize>,
+    /// A promotion the leader sent, as the shared record says: while it
+    /// stands, its old primary takes no writes from any proxy (it may
+    /// still complete) and no other node is promoted.
+    pub promotion_sent: Option<SentPromotion>,
+}
+
+/// `pg_promote()` was sent to `candidate` in place of `old` (node indices).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentPromotion {
+    /// The primary being replaced.
+    pub old: usize,
+    /// The node the promotion was sent to.
+    pub candidate: usize,
+}
+
+impl FailoverSettings {
+    /// The node a promotion was sent to in place of `old`, if one was.
+    fn sent_in_place_of(&self, old: usize) -> Option<usize> {
+        self.promotion_sent
+            .filter(|s| s.old == old && s.candidate != old)
+            .map(|s| s.candidate)
+    }
 }
 
 /// One decision step.
@@ -147,6 +165,16 @@ pub fn step(
     let next = match state {
         Primary::Discovering | Primary::Split(_) => {
             match reported_primary(nodes).filter(|&p| usable(p)) {
+                // A proxy that starts (or ends a split) mid-failover does
+                // not adopt the primary a promotion is replacing.
+                Some(p) if cfg.sent_in_place_of(p).is_some() => {
+                    let was = Was {
+                        old: p,
+                        blocked: None,
+                        promoted: None,
+                    };
+                    lost(was, nodes, now, cfg, &mut actions)
+                }
                 Some(p) => {
                     let msg = match state {
                         Primary::Split(_) => "the only primary on its timeline now",
@@ -209,13 +237,19 @@ fn serving(
     actions: &mut Vec<Action>,
 ) -> Primary {
     let node = &nodes[p];
-    let still_primary = !fenced_now.contains(&p) && node.live_role() == Some(Role::Primary);
+    // The leader sent pg_promote() in place of it (another proxy saw it
+    // down, or this one became leader since): whatever it takes now may be
+    // lost when the promotion completes.
+    let replaced = cfg.sent_in_place_of(p);
+    let still_primary =
+        replaced.is_none() && !fenced_now.contains(&p) && node.live_role() == Some(Role::Primary);
     if !still_primary {
         let why = match (
             node.fenced || fenced_now.contains(&p),
             node.health,
             node.probe.as_ref().map(|x| x.role),
         ) {
+            _ if replaced.is_some() => "a promotion was sent in place of the primary",
             (true, _, _) => "primary fenced",
             // Gone, whether it still answers or not: nothing is asked of it
             // (no drain, no read-only step), its replacement is promoted.
@@ -278,7 +312,7 @@ fn lost(
         blocked,
         promoted,
     } = was;
-    let promoted = promoted.or(cfg.promotion_sent.filter(|&c| c != old));
+    let promoted = promoted.or(cfg.sent_in_place_of(old));
     let held = |blocked: Option<Blocked>| Primary::Lost {
         old,
         blocked,

@@ -14,7 +14,7 @@ use super::actuate::{is_slow, perform, publish};
 use super::coord::gate::{self, Held};
 use super::coord::{Ask, AskReply, Coordination};
 use super::decide::replicas_silent_since;
-use super::failover::{step, Action, FailoverSettings, Primary};
+use super::failover::{step, Action, FailoverSettings, Primary, SentPromotion};
 use super::fences;
 use super::health::{ProbeError, LATE_PROBE};
 use super::peer_switch::{finish_interrupted, PeerSwitchover};
@@ -263,7 +263,7 @@ impl Acting<'_> {
         let now = Instant::now();
         let mut settings = failover_settings(config);
         if let Some(c) = self.coord {
-            settings.promotion_sent = promotion_sent(c, state, &views);
+            settings.promotion_sent = promotion_sent(c, &views);
             let (gated, verdict) = c.gate(settings, state, &views, config, now);
             self.note(verdict.err(), state);
             settings = gated;
@@ -284,7 +284,7 @@ impl Acting<'_> {
                     break;
                 }
                 if let Action::Promote(c) = action {
-                    if !self.mark_promoting(&views[c].name).await {
+                    if !self.mark_promoting(tracks, state, c).await {
                         break;
                     }
                     promoted = Some(c);
@@ -296,12 +296,24 @@ impl Acting<'_> {
         promoted
     }
 
-    /// With coordination: the record says which node is being promoted
-    /// before `pg_promote()` is sent, so a leader that takes over mid-way
-    /// promotes no other. False when etcd did not take it.
-    async fn mark_promoting(&self, node: &str) -> bool {
+    /// With coordination: the record says which node is being promoted in
+    /// place of which primary before `pg_promote()` is sent, so a leader
+    /// that takes over mid-way promotes no other, and no proxy writes to
+    /// that primary meanwhile. The primary is named here, not taken from
+    /// the record etcd holds, which may predate it. False when etcd did not
+    /// take it.
+    async fn mark_promoting(&self, tracks: &[Track], state: &Primary, candidate: usize) -> bool {
         let Some(c) = self.coord else { return true };
-        if c.mark_promoting(node, self.config.coordination.lease_ttl)
+        let views = views(self.cluster, tracks);
+        let node = views[candidate].name.clone();
+        // `Promote` comes only with `Promoting`; otherwise the mark names
+        // no primary to keep out (`old` = the node), only the node.
+        let old = match state {
+            Primary::Promoting { old, .. } => *old,
+            _ => candidate,
+        };
+        let record = super::coord::record_of(&views, old);
+        if c.mark_promoting(record, &node, self.config.coordination.lease_ttl)
             .await
         {
             return true;
@@ -329,17 +341,16 @@ impl Acting<'_> {
     }
 }
 
-/// The node a previous leader sent `pg_promote()` to in place of the
-/// primary in question, by index.
-fn promotion_sent(c: &Coordination, state: &Primary, views: &[NodeView]) -> Option<usize> {
-    let old = match state {
-        Primary::Serving(p) | Primary::Lost { old: p, .. } | Primary::Promoting { old: p, .. } => {
-            *p
-        }
-        _ => return None,
-    };
-    let name = c.promotion_sent(&views.get(old)?.name)?;
-    views.iter().position(|v| v.name == name)
+/// The promotion the shared record says the leader sent, by node index
+/// (whatever this proxy's own state: it may have started since, or never
+/// seen the primary down).
+fn promotion_sent(c: &Coordination, views: &[NodeView]) -> Option<SentPromotion> {
+    let (old, candidate) = c.promotion_sent()?;
+    let at = |name: &str| views.iter().position(|v| v.name == name);
+    Some(SentPromotion {
+        old: at(&old)?,
+        candidate: at(&candidate)?,
+    })
 }
 
 /// Polls a node just asked to promote until it leaves recovery (then probes

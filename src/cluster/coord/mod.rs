@@ -184,10 +184,15 @@ impl Coordination {
         });
     }
 
-    /// Asks for the record to say this (written only while we lead).
+    /// Asks for the record to say this (written only while we lead). Sent
+    /// again while etcd's record differs, not only when ours changed: a
+    /// proxy that comes to lead after its record last changed must still
+    /// write it.
     pub fn publish_record(&self, t: Topology) {
+        let stored = self.record();
         self.record.send_if_modified(|r| {
-            let changed = !r.as_ref().is_some_and(|old| old.same_as(&t));
+            let changed = !r.as_ref().is_some_and(|old| old.same_as(&t))
+                || !stored.as_ref().is_some_and(|s| s.same_as(&t));
             if changed {
                 *r = Some(t);
             }
@@ -257,7 +262,10 @@ impl Coordination {
             drained,
             cancel_route: config.cancel_route(),
         });
-        if let Some(p) = state.serving() {
+        // Only what this proxy decided while leading: a record made while
+        // following (serving the primary a leader's promotion replaces)
+        // would undo that promotion's mark once this proxy leads.
+        if let (Some(p), true) = (state.serving(), self.may_act(Instant::now())) {
             self.publish_record(record_of(views, p));
         }
     }
@@ -270,10 +278,10 @@ impl Coordination {
     }
 
     /// Marks in the record (as leader) that `node` is being promoted in
-    /// place of the record's primary, and waits, at most `limit`, until etcd
+    /// place of `current`'s primary, and waits, at most `limit`, until etcd
     /// holds it. False when it does not: then nothing is promoted.
-    pub async fn mark_promoting(&self, node: &str, limit: Duration) -> bool {
-        let mut t = self.record().unwrap_or_default();
+    pub async fn mark_promoting(&self, current: Topology, node: &str, limit: Duration) -> bool {
+        let mut t = current;
         t.promoting = Some(node.to_string());
         self.publish_record(t);
         self.await_standing(limit, |s| {
@@ -282,12 +290,11 @@ impl Coordination {
         .await
     }
 
-    /// The node a leader sent `pg_promote()` to in place of `old`, as the
-    /// record says.
-    pub fn promotion_sent(&self, old: &str) -> Option<String> {
-        self.record()
-            .filter(|r| r.primary.as_deref() == Some(old))
-            .and_then(|r| r.promoting)
+    /// The primary a leader sent `pg_promote()` in place of, and the node
+    /// it sent it to, as the record says.
+    pub fn promotion_sent(&self) -> Option<(String, String)> {
+        let r = self.record()?;
+        Some((r.primary?, r.promoting?))
     }
 
     /// Acknowledges switchover `id`: this proxy holds its new transactions

@@ -585,7 +585,10 @@ fn once_a_promotion_was_sent_no_other_node_is_promoted() {
         node("b", Role::Replica, 1, 99),
     ];
     let sent = FailoverSettings {
-        promotion_sent: Some(1),
+        promotion_sent: Some(SentPromotion {
+            old: 0,
+            candidate: 1,
+        }),
         ..cfg(FailoverMode::Promote)
     };
     let lost = |promoted| Primary::Lost {
@@ -635,4 +638,68 @@ fn once_a_promotion_was_sent_no_other_node_is_promoted() {
     // Without a promotion sent, the best replica is chosen as before.
     let (_, actions) = step(&lost(None), &nodes, now, &cfg(FailoverMode::Promote));
     assert!(has(&actions, &Action::Promote(2)), "{actions:?}");
+}
+
+#[test]
+fn a_proxy_told_of_a_sent_promotion_writes_no_more_to_the_primary_it_replaces() {
+    let now = Instant::now();
+    // The leader sent pg_promote() to "a" in place of "p"; this proxy
+    // still reaches "p" (it never saw it down, or it just started) and "a"
+    // has not left recovery yet.
+    let nodes = [
+        node("p", Role::Primary, 1, 100),
+        node("a", Role::Replica, 1, 100),
+        node("b", Role::Replica, 1, 100),
+    ];
+    let sent = |mode| FailoverSettings {
+        promotion_sent: Some(SentPromotion {
+            old: 0,
+            candidate: 1,
+        }),
+        ..cfg(mode)
+    };
+    for mode in [FailoverMode::Follow, FailoverMode::Promote] {
+        for state in [Primary::Serving(0), Primary::Discovering] {
+            let what = format!("{mode:?} {state:?}");
+            let (s, actions) = step(&state, &nodes, now, &sent(mode));
+            assert_eq!(s.serving(), None, "{what}: {actions:?}");
+            assert!(
+                matches!(
+                    s,
+                    Primary::Lost {
+                        old: 0,
+                        promoted: Some(1),
+                        ..
+                    }
+                ),
+                "{what}: {s:?}"
+            );
+            assert!(promotes(&actions).is_empty(), "{what}: {actions:?}");
+            assert_eq!(events_of(&actions, EventKind::FailoverBlocked), 1, "{what}");
+            if state == Primary::Serving(0) {
+                assert!(has(&actions, &Action::CloseConns(0)), "{what}: {actions:?}");
+            }
+        }
+    }
+    // The promotion completes: its node takes writes, the old is fenced.
+    let mut done = nodes.clone();
+    done[1] = node("a", Role::Primary, 2, 120);
+    let (s, actions) = step(
+        &Primary::Serving(0),
+        &done,
+        now,
+        &sent(FailoverMode::Follow),
+    );
+    assert_eq!(s, Primary::Serving(1), "{actions:?}");
+    assert!(has(&actions, &Action::Fence(0)), "{actions:?}");
+    // A mark about another primary changes nothing for this one.
+    let other = FailoverSettings {
+        promotion_sent: Some(SentPromotion {
+            old: 2,
+            candidate: 1,
+        }),
+        ..cfg(FailoverMode::Follow)
+    };
+    let (s, actions) = step(&Primary::Serving(0), &nodes, now, &other);
+    assert_eq!(s, Primary::Serving(0), "{actions:?}");
 }
