@@ -203,7 +203,10 @@ impl Context {
         if let Some(cached) = self.auth_cache.fresh(user, Instant::now(), ttl) {
             return Ok(cached);
         }
-        let found = crate::auth_query::fetch::fetch(self, user, database).await?;
+        let config = self.config.load_full();
+        let users = self.users();
+        let found =
+            crate::auth_query::fetch::fetch(&self.cluster, &config, &users, user, database).await?;
         self.auth_cache
             .store(user, found.clone(), Instant::now(), ttl);
         Ok(found)

@@ -2,11 +2,12 @@
 //! server connection per lookup (lookups are cached, so they are rare), in
 //! `proxy.auth_dbname` or else the database the client asked for.
 
+use std::collections::HashMap;
+
 use crate::auth::secret::Credentials;
 use crate::auth::server_side::ServerSecret;
 use crate::cluster::{Cluster, ClusterError, Route};
 use crate::config::{Config, Target};
-use crate::context::Context;
 use crate::server::{ConnectError, Login};
 
 /// Why a lookup gave no answer (not "no such user": that is an answer).
@@ -27,19 +28,21 @@ pub enum LookupError {
 }
 
 /// The stored credentials of `user` (`None`: no such user, or no
-/// password), found by `proxy.auth_query` for a client of `database`.
+/// password), found by `proxy.auth_query` for a client of `database`;
+/// `users` are the `[[users]]` credentials (the auth_user's among them).
 pub async fn fetch(
-    ctx: &Context,
+    cluster: &Cluster,
+    config: &Config,
+    users: &HashMap<String, Credentials>,
     user: &str,
     database: &str,
 ) -> Result<Option<Credentials>, LookupError> {
-    let config = ctx.config();
-    let Some(login) = lookup_login(&config, &ctx.users(), database) else {
+    let Some(login) = lookup_login(config, users, database) else {
         return Ok(None);
     };
-    let route = primary(ctx.cluster(), config.failover.hold_timeout).await?;
+    let route = primary(cluster, config.failover.hold_timeout).await?;
     let timeout = config.proxy.server_connect_timeout;
-    let mut conn = ctx.cluster().connect(&route, &login, timeout).await?;
+    let mut conn = cluster.connect(&route, &login, timeout).await?;
     let row = conn
         .query_row_with(&config.proxy.auth_query, &[user])
         .await?;
@@ -70,7 +73,7 @@ async fn primary(cluster: &Cluster, hold: std::time::Duration) -> Result<Route, 
 /// Who runs the lookup, where: `None` when `proxy.auth_user` is not set.
 fn lookup_login(
     config: &Config,
-    users: &std::collections::HashMap<String, Credentials>,
+    users: &HashMap<String, Credentials>,
     database: &str,
 ) -> Option<Login> {
     let user = config.proxy.auth_user.clone()?;
@@ -102,7 +105,7 @@ mod tests {
                  [databases.shop]\ndbname = \"shop_real\"\n"
             )
         };
-        let users = |c: &Config| -> std::collections::HashMap<String, Credentials> {
+        let users = |c: &Config| -> HashMap<String, Credentials> {
             c.users
                 .iter()
                 .map(|u| {
