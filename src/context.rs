@@ -199,11 +199,20 @@ impl Context {
         user: &str,
         database: &str,
     ) -> Result<Option<Credentials>, crate::auth_query::fetch::LookupError> {
-        let ttl = self.config.load().proxy.auth_query_ttl;
+        let config = self.config.load_full();
+        if config.proxy.auth_user.is_none() {
+            return Ok(None);
+        }
+        let ttl = config.proxy.auth_query_ttl;
         if let Some(cached) = self.auth_cache.fresh(user, Instant::now(), ttl) {
             return Ok(cached);
         }
-        let config = self.config.load_full();
+        // A few lookups at a time: a burst of made-up names must not open a
+        // server connection each. A waiter may find its answer cached.
+        let _turn = self.auth_cache.turn().await;
+        if let Some(cached) = self.auth_cache.fresh(user, Instant::now(), ttl) {
+            return Ok(cached);
+        }
         let users = self.users();
         let found =
             crate::auth_query::fetch::fetch(&self.cluster, &config, &users, user, database).await?;

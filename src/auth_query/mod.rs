@@ -18,10 +18,22 @@ use crate::auth::Secret;
 /// Users cached at most; past it, expired entries go first, then the oldest.
 const MAX_ENTRIES: usize = 10_000;
 
+/// Lookups running at once (each holds a server connection while it runs).
+const MAX_LOOKUPS: usize = 4;
+
 /// Looked-up users' stored passwords, in memory only.
-#[derive(Default)]
 pub struct AuthCache {
     entries: Mutex<HashMap<String, Entry>>,
+    lookups: tokio::sync::Semaphore,
+}
+
+impl Default for AuthCache {
+    fn default() -> Self {
+        AuthCache {
+            entries: Mutex::default(),
+            lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
+        }
+    }
 }
 
 struct Entry {
@@ -52,6 +64,12 @@ impl AuthCache {
                 creds,
             },
         );
+    }
+
+    /// Waits for a lookup's turn: at most `MAX_LOOKUPS` run at once.
+    pub async fn turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        // The semaphore is never closed; `None` would only let the lookup run.
+        self.lookups.acquire().await.ok()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {

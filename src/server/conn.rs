@@ -548,6 +548,32 @@ impl ServerConn {
     }
 }
 
+impl ServerConn {
+    /// Sends Terminate and waits (at most `within`) for the server to close
+    /// its end: once it has, its backend is gone, so a caller bounding its
+    /// connections is bounding PostgreSQL's backends, not only its sockets.
+    pub async fn close(mut self, within: Duration) {
+        let closed = async {
+            self.write(b"X\0\0\0\x04").await?;
+            let mut sink = BytesMut::with_capacity(1024);
+            while self
+                .stream
+                .read_buf(&mut sink)
+                .await
+                .map_err(|source| ConnectError::Io {
+                    addr: self.addr.to_string(),
+                    source,
+                })?
+                > 0
+            {
+                sink.clear();
+            }
+            Ok::<(), ConnectError>(())
+        };
+        let _ = tokio::time::timeout(within, closed).await;
+    }
+}
+
 impl Drop for ServerConn {
     fn drop(&mut self) {
         // Best effort Terminate so PostgreSQL logs a clean disconnect; a full
