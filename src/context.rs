@@ -307,10 +307,13 @@ impl Context {
         looked_up: Option<ServerSecret>,
     ) -> Result<(Pool, ServerParams), PoolError> {
         let key = (database.to_string(), user.to_string());
-        if let Some(pool) = self.pools.get(&key) {
-            if let Some(secret) = looked_up {
-                pool.set_secret(secret);
+        let existing = |pool: &Pool| {
+            if let Some(secret) = &looked_up {
+                pool.set_secret(secret.clone());
             }
+        };
+        if let Some(pool) = self.pools.get(&key) {
+            existing(&pool);
             let params = pool.server_params().await?;
             return Ok((pool, params));
         }
@@ -319,6 +322,7 @@ impl Context {
         let gate = self.pools.creation_gate(&key);
         let _creating = gate.lock().await;
         if let Some(pool) = self.pools.get(&key) {
+            existing(&pool);
             let params = pool.server_params().await?;
             return Ok((pool, params));
         }
