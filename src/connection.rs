@@ -93,7 +93,8 @@ async fn login(
     let wanted = settings::from_startup(&params);
     let admin = crate::admin::is_admin_database(&database);
     login::check_certificate(conn, &tls, &user)?;
-    let mut reply = login::check_credentials(conn, ctx, &user, admin).await?;
+    let checked = login::check_credentials(conn, ctx, &user, &database, admin).await?;
+    let mut reply = checked.reply;
     if admin {
         if !ctx.config().proxy.admin_users.contains(&user) {
             return Err(ReadError::Client(ClientError::NotAdmin(user)));
@@ -115,7 +116,7 @@ async fn login(
         }));
     }
     let (pool, params) = ctx
-        .pool_for(&database, &user)
+        .pool_for(&database, &user, checked.looked_up)
         .await
         .map_err(|e| ReadError::Client(pool_error(e, true)))?;
     let cancel = ctx.cancels().register();

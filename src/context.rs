@@ -7,12 +7,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::{ArcSwap, Guard};
 use metrics_exporter_prometheus::PrometheusRecorder;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::secret::Credentials;
+use crate::auth::server_side::ServerSecret;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::events::{EventKind, Events};
@@ -105,6 +107,8 @@ pub struct Context {
     /// Held by the reload under way: one at a time, so that two overlapping
     /// ones (SIGHUP and `RELOAD`) cannot install the older file last.
     reloading: tokio::sync::Mutex<()>,
+    /// Users found by `proxy.auth_query`, cached for `proxy.auth_query_ttl`.
+    auth_cache: crate::auth_query::AuthCache,
 }
 
 /// Why the proxy could not run.
@@ -156,6 +160,7 @@ impl Context {
             listening: None,
             loop_lag: Arc::default(),
             reloading: tokio::sync::Mutex::new(()),
+            auth_cache: Default::default(),
         })
     }
 
@@ -184,6 +189,36 @@ impl Context {
     /// Users' credentials now.
     pub fn users(&self) -> Arc<HashMap<String, Credentials>> {
         self.users.load_full()
+    }
+
+    /// The stored credentials of `user`, who is not in `[[users]]`, by
+    /// `proxy.auth_query` (cached for `proxy.auth_query_ttl`); `None` when
+    /// there is no such user or no `proxy.auth_user`.
+    pub async fn look_up(
+        &self,
+        user: &str,
+        database: &str,
+    ) -> Result<Option<Credentials>, crate::auth_query::fetch::LookupError> {
+        let config = self.config.load_full();
+        if config.proxy.auth_user.is_none() {
+            return Ok(None);
+        }
+        let ttl = config.proxy.auth_query_ttl;
+        if let Some(cached) = self.auth_cache.fresh(user, Instant::now(), ttl) {
+            return Ok(cached);
+        }
+        // A few lookups at a time: a burst of made-up names must not open a
+        // server connection each. A waiter may find its answer cached.
+        let _turn = self.auth_cache.turn().await;
+        if let Some(cached) = self.auth_cache.fresh(user, Instant::now(), ttl) {
+            return Ok(cached);
+        }
+        let users = self.users();
+        let found =
+            crate::auth_query::fetch::fetch(&self.cluster, &config, &users, user, database).await?;
+        self.auth_cache
+            .store(user, found.clone(), Instant::now(), ttl);
+        Ok(found)
     }
 
     /// The server connection pools.
@@ -262,13 +297,23 @@ impl Context {
     /// server login for it succeeded, and only while fewer than
     /// `proxy.max_pools` exist: a client naming a database that does not
     /// exist gets PostgreSQL's error and leaves nothing behind.
+    /// `looked_up` is what a user found by `auth_query` logs into
+    /// PostgreSQL with, from this client's login: the pool takes it, so
+    /// its new server connections follow the latest login.
     pub async fn pool_for(
         &self,
         database: &str,
         user: &str,
+        looked_up: Option<ServerSecret>,
     ) -> Result<(Pool, ServerParams), PoolError> {
         let key = (database.to_string(), user.to_string());
+        let existing = |pool: &Pool| {
+            if let Some(secret) = &looked_up {
+                pool.set_secret(secret.clone());
+            }
+        };
         if let Some(pool) = self.pools.get(&key) {
+            existing(&pool);
             let params = pool.server_params().await?;
             return Ok((pool, params));
         }
@@ -277,10 +322,14 @@ impl Context {
         let gate = self.pools.creation_gate(&key);
         let _creating = gate.lock().await;
         if let Some(pool) = self.pools.get(&key) {
+            existing(&pool);
             let params = pool.server_params().await?;
             return Ok((pool, params));
         }
-        let (login, settings) = self.pool_settings(database, user);
+        let (mut login, settings) = self.pool_settings(database, user);
+        if looked_up.is_some() {
+            login.secret = looked_up;
+        }
         let paused = self.pools.paused_for(database);
         let candidate = Pool::new(login, settings, self.cluster.clone(), paused);
         let params = candidate.server_params().await?;
@@ -306,11 +355,12 @@ impl Context {
             .users
             .load()
             .get(user)
-            .and_then(|c| c.server_password.clone());
+            .and_then(|c| c.server_password.clone())
+            .map(ServerSecret::Password);
         let login = Login {
             user: user.to_string(),
             database: dbname,
-            password,
+            secret: password,
         };
         (login, settings)
     }
@@ -363,7 +413,11 @@ impl Context {
         self.users.store(Arc::new(r.users));
         self.config.store(Arc::new(r.config));
         for ((db, user), pool) in self.pools.all() {
-            let (login, settings) = self.pool_settings(&db, &user);
+            let (mut login, settings) = self.pool_settings(&db, &user);
+            if login.secret.is_none() && !self.users.load().contains_key(&user) {
+                // A looked-up user's secret came from a client's login, not the file.
+                login.secret = pool.login().secret.clone();
+            }
             pool.update(login, settings);
         }
         let mut msg = "configuration reloaded".to_string();

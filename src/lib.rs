@@ -21,6 +21,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod auth_query;
 pub mod background;
 pub mod cancel_request;
 pub mod client;

@@ -20,7 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["error", "auth", "tls", "http_client"],
     &["server"],
     &["cluster"],
-    &["pool"],
+    &["pool", "auth_query"],
     &["context"],
     &["client"],
     &["admin", "metrics", "background", "cancel_request"],

@@ -48,7 +48,7 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 
-use switchyard::auth::server_side::{Reply, ServerAuth};
+use switchyard::auth::server_side::{Reply, ServerAuth, ServerSecret};
 use switchyard::auth::{md5, AuthError, Secret};
 use switchyard::protocol::messages::startup::{self, Startup};
 use switchyard::protocol::messages::{backend, error_response, extended, password};
@@ -759,7 +759,8 @@ fn check_be(m: &Be, frame: &[u8], user: &str, tls: bool) {
         Be::Auth(a) => {
             let pw = "pw\u{e9}";
             let end_point = tls.then(|| vec![7u8; 32]);
-            let reply = ServerAuth::new(user, Some(pw), end_point).on_request(body);
+            let secret = ServerSecret::Password(pw.into());
+            let reply = ServerAuth::new(user, Some(&secret), end_point).on_request(body);
             match a {
                 Auth::Ok => assert!(matches!(reply, Ok(Reply::Ok)), "{reply:?}"),
                 Auth::Kerberos => {

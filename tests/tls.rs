@@ -347,6 +347,50 @@ async fn scram_channel_binding_over_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looked_up_user_logs_into_a_tls_server_with_its_scram_key() {
+    // PostgreSQL over TLS offers SCRAM-SHA-256-PLUS: the pass-through login
+    // of a user known only to PostgreSQL (proxy.auth_query) binds to the
+    // server's certificate, as a password login does.
+    use switchyard::local_cluster::{CLUSTER_PASSWORD, CLUSTER_USER};
+    let env = env();
+    let toml = format!(
+        "[proxy]\nauth_user = \"{CLUSTER_USER}\"\n[proxy.tls]\n{}\n{USERS}\n\
+         [[users]]\nname = \"{CLUSTER_USER}\"\npassword = \"{CLUSTER_PASSWORD}\"\n\
+         [cluster]\n{}\n[cluster.tls]\n{}\n[failover]\nhold_timeout = \"1s\"\n",
+        env.proxy_tls("allow"),
+        env.nodes("127.0.0.1"),
+        env.verify_full()
+    );
+    let proxy = Proxy::start_with(env.cluster.clone(), &toml).await;
+    let admin = proxy
+        .client_as(CLUSTER_USER, CLUSTER_PASSWORD, "app")
+        .await
+        .unwrap();
+    let role = common::unique("tls_q");
+    admin
+        .batch_execute(&format!("CREATE ROLE {role} LOGIN PASSWORD 'tls-pw'"))
+        .await
+        .unwrap();
+    let c = proxy.client_as(&role, "tls-pw", "app").await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT current_user::text, ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        (role.clone(), "true".into())
+    );
+    let Err(e) = proxy.client_as(&role, "wrong", "app").await else {
+        panic!("a wrong password passed")
+    };
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"), "{e}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_requests_work_over_tls() {
     let env = env();
     let proxy = env.proxy("require", "").await;

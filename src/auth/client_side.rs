@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::BytesMut;
 
-use super::scram::{Channel, ScramServer, Step};
+use super::scram::{Channel, ClientKey, ScramServer, Step};
 use super::secret::{Credentials, ScramVerifier};
 use super::{md5, AuthError, Secret};
 use crate::config::AuthType;
@@ -30,6 +30,25 @@ pub enum AuthChannelError {
     Io(String),
 }
 
+/// A login that passed.
+#[derive(Debug)]
+pub struct Passed {
+    /// What must be sent before AuthenticationOk (SCRAM's final message).
+    pub reply: BytesMut,
+    /// The client's SCRAM key, after a SCRAM login: what logs in to a
+    /// server storing the same verifier (`pass_through`).
+    pub client_key: Option<ClientKey>,
+}
+
+impl Passed {
+    fn plain() -> Passed {
+        Passed {
+            reply: BytesMut::new(),
+            client_key: None,
+        }
+    }
+}
+
 /// Authenticates `user`; `secret` is `None` for an unknown user, who still goes
 /// through the whole exchange so the reply never reveals whether the user exists.
 /// `end_point` is our certificate's channel binding data when the client is on
@@ -42,11 +61,11 @@ pub async fn authenticate(
     user: &str,
     creds: Option<&Credentials>,
     end_point: Option<&[u8]>,
-) -> Result<BytesMut, AuthChannelError> {
+) -> Result<Passed, AuthChannelError> {
     let secret = creds.map(|c| &c.secret);
     let fail = || AuthChannelError::Auth(AuthError::Failed(user.to_string()));
     match method {
-        AuthType::Trust => secret.map(|_| BytesMut::new()).ok_or_else(fail),
+        AuthType::Trust => secret.map(|_| Passed::plain()).ok_or_else(fail),
         AuthType::Md5 if !matches!(secret, Some(Secret::Scram(_))) => {
             let salt: [u8; 4] = rand::random();
             let mut out = BytesMut::new();
@@ -55,7 +74,7 @@ pub async fn authenticate(
             let response = password::decode_password(&reply)
                 .ok_or(AuthError::Malformed("password message"))?;
             match secret {
-                Some(s) if md5::verify(s, user, salt, response) => Ok(BytesMut::new()),
+                Some(s) if md5::verify(s, user, salt, response) => Ok(Passed::plain()),
                 _ => Err(fail()),
             }
         }
@@ -73,7 +92,7 @@ async fn scram(
     user: &str,
     creds: Option<&Credentials>,
     end_point: Option<&[u8]>,
-) -> Result<BytesMut, AuthChannelError> {
+) -> Result<Passed, AuthChannelError> {
     // Unknown users (and md5-only secrets) get a verifier nobody knows the password of.
     let real = creds.and_then(|c| c.scram.clone());
     let known = real.is_some();
@@ -98,10 +117,13 @@ async fn scram(
         out.clear();
         match step {
             Step::Continue(msg) => backend::auth_sasl_step(&mut out, 11, &msg.0),
-            Step::Done(_) if !known => return Err(AuthError::Failed(String::new()).into()),
-            Step::Done(msg) => {
+            Step::Done(..) if !known => return Err(AuthError::Failed(String::new()).into()),
+            Step::Done(msg, client_key) => {
                 backend::auth_sasl_step(&mut out, 12, &msg.0);
-                return Ok(out);
+                return Ok(Passed {
+                    reply: out,
+                    client_key: Some(client_key),
+                });
             }
         }
         data = ch.round_trip(&out).await?;

@@ -5,6 +5,7 @@
 
 pub mod client_side;
 pub mod md5;
+pub mod pass_through;
 pub mod scram;
 pub mod secret;
 pub mod server_side;
@@ -26,4 +27,8 @@ pub enum AuthError {
     /// PostgreSQL asked for a password and none is configured for the server side.
     #[error("no server password configured for user \"{0}\"")]
     NoServerPassword(String),
+    /// A looked-up user's server holds another verifier than the one the
+    /// client logged in against: the password changed since the lookup.
+    #[error("the server's SCRAM verifier differs from the looked-up one (password changed)")]
+    StaleVerifier,
 }

@@ -50,8 +50,24 @@ pub enum ScramServer {
 pub enum Step {
     /// Send this as AuthenticationSASLContinue and wait for the next client message.
     Continue(ScramServer2Client),
-    /// The proof matched: send this as AuthenticationSASLFinal, then AuthenticationOk.
-    Done(ScramServer2Client),
+    /// The proof matched: send this as AuthenticationSASLFinal, then
+    /// AuthenticationOk. The client's key, recovered from its proof, lets
+    /// Switchyard log into a server holding the same verifier.
+    Done(ScramServer2Client, ClientKey),
+}
+
+/// SCRAM's ClientKey, HMAC(SaltedPassword, "Client Key"): with the verifier
+/// it logs in as the user wherever that verifier is stored, so it is kept
+/// in memory only and never shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientKey(pub [u8; 32]);
+
+impl std::fmt::Debug for ClientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ClientKey")
+            .field(&crate::config::redact::Redacted)
+            .finish()
+    }
 }
 
 /// Bytes to send to the client.
@@ -181,12 +197,14 @@ fn client_final(
     if proof.len() != client_signature.len() {
         return Err(AuthError::Malformed("SCRAM proof has the wrong length"));
     }
-    let client_key: Vec<u8> = proof
-        .iter()
-        .zip(&client_signature)
-        .map(|(p, s)| p ^ s)
-        .collect();
-    if !constant_time_eq(Sha256::digest(&client_key).as_slice(), &verifier.stored_key) {
+    let mut client_key = [0u8; 32];
+    for (k, (p, s)) in client_key
+        .iter_mut()
+        .zip(proof.iter().zip(&client_signature))
+    {
+        *k = p ^ s;
+    }
+    if !constant_time_eq(Sha256::digest(client_key).as_slice(), &verifier.stored_key) {
         return Err(AuthError::Failed(String::new()));
     }
     let server_signature = hmac(&verifier.server_key, auth_message.as_bytes());
@@ -199,7 +217,10 @@ fn client_final(
     };
     Ok((
         next,
-        Step::Done(ScramServer2Client(server_final.into_bytes())),
+        Step::Done(
+            ScramServer2Client(server_final.into_bytes()),
+            ClientKey(client_key),
+        ),
     ))
 }
 
@@ -243,7 +264,7 @@ mod tests {
         };
         client.update(&first.0).unwrap();
         let (_, step) = server.step(client.message())?;
-        let Step::Done(last) = step else {
+        let Step::Done(last, _) = step else {
             panic!("expected done")
         };
         client

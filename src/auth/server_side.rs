@@ -1,13 +1,48 @@
 //! Logging Switchyard into PostgreSQL: answers each Authentication request
 //! (cleartext, md5, SCRAM-SHA-256, and SCRAM-SHA-256-PLUS over TLS when the
-//! server offers it) with the configured server password. No I/O here: the
-//! caller feeds `R` message bodies and sends back what it returns.
+//! server offers it) with the configured server password, or, for users
+//! found by `auth_query`, with what `pass_through` derives from their
+//! login. No I/O here: the caller feeds `R` message bodies and sends back
+//! what it returns.
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
 
+use super::pass_through::{self, ScramKeys};
 use super::AuthError;
+
+/// What Switchyard logs into PostgreSQL with.
+#[derive(Clone)]
+pub enum ServerSecret {
+    /// A plaintext password: answers every method.
+    Password(String),
+    /// A stored md5 hash (`md5...`): answers md5 only.
+    Md5(String),
+    /// SCRAM keys recovered from a client's login: answer SCRAM only.
+    Scram(ScramKeys),
+}
+
+// By hand: each form is enough to log in as the user.
+impl std::fmt::Debug for ServerSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let form = match self {
+            ServerSecret::Password(_) => "Password",
+            ServerSecret::Md5(_) => "Md5",
+            ServerSecret::Scram(_) => "Scram",
+        };
+        f.debug_tuple(form)
+            .field(&crate::config::redact::Redacted)
+            .finish()
+    }
+}
+
+/// A SCRAM exchange in progress, by what it answers with.
+enum Exchange {
+    Password(ScramSha256),
+    KeysStarted(ScramKeys, pass_through::Started),
+    KeysSent(pass_through::Sent),
+}
 
 /// What the login sequence should do after an `R` message.
 #[derive(Debug)]
@@ -23,28 +58,45 @@ pub enum Reply {
 /// Server-side login state for one connection.
 pub struct ServerAuth {
     user: String,
-    password: Option<String>,
+    secret: Option<ServerSecret>,
     /// tls-server-end-point data of the server's certificate, under TLS.
     end_point: Option<Vec<u8>>,
-    scram: Option<ScramSha256>,
+    scram: Option<Exchange>,
 }
 
 impl ServerAuth {
-    /// `password` is the plaintext PostgreSQL expects, if any is configured;
+    /// `secret` is what PostgreSQL is answered with, if any is known;
     /// `end_point` the channel binding data when the connection is TLS.
-    pub fn new(user: &str, password: Option<&str>, end_point: Option<Vec<u8>>) -> ServerAuth {
+    pub fn new(
+        user: &str,
+        secret: Option<&ServerSecret>,
+        end_point: Option<Vec<u8>>,
+    ) -> ServerAuth {
         ServerAuth {
             user: user.to_string(),
-            password: password.map(str::to_string),
+            secret: secret.cloned(),
             end_point,
             scram: None,
         }
     }
 
     fn password(&self) -> Result<&str, AuthError> {
-        self.password
-            .as_deref()
-            .ok_or_else(|| AuthError::NoServerPassword(self.user.clone()))
+        match &self.secret {
+            Some(ServerSecret::Password(p)) => Ok(p),
+            _ => Err(AuthError::NoServerPassword(self.user.clone())),
+        }
+    }
+
+    /// The md5 answer to `salt`, from the password or a stored md5 hash.
+    fn md5(&self, salt: [u8; 4]) -> Result<String, AuthError> {
+        match &self.secret {
+            Some(ServerSecret::Md5(hash)) => pass_through::md5_answer(hash, salt),
+            _ => Ok(postgres_protocol::authentication::md5_hash(
+                self.user.as_bytes(),
+                self.password()?.as_bytes(),
+                salt,
+            )),
+        }
     }
 
     /// Whether answering this Authentication body derives the SCRAM key
@@ -70,56 +122,83 @@ impl ServerAuth {
                 let salt: [u8; 4] = data
                     .try_into()
                     .map_err(|_| AuthError::Malformed("md5 salt"))?;
-                let hash = postgres_protocol::authentication::md5_hash(
-                    self.user.as_bytes(),
-                    self.password()?.as_bytes(),
-                    salt,
-                );
+                let hash = self.md5(salt)?;
                 frontend::password_message(hash.as_bytes(), &mut out).map_err(io)?;
             }
             10 => {
                 let offered = |name: &[u8]| data.split(|&b| b == 0).any(|m| m == name);
-                let (mechanism, binding) = match &self.end_point {
-                    Some(cb) if offered(b"SCRAM-SHA-256-PLUS") => (
-                        "SCRAM-SHA-256-PLUS",
-                        ChannelBinding::tls_server_end_point(cb.clone()),
-                    ),
+                let (mechanism, header, cb) = match &self.end_point {
+                    Some(cb) if offered(b"SCRAM-SHA-256-PLUS") => {
+                        ("SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,", cb.clone())
+                    }
                     // "y": we could bind, the server did not offer it.
-                    Some(_) => ("SCRAM-SHA-256", ChannelBinding::unrequested()),
-                    None => ("SCRAM-SHA-256", ChannelBinding::unsupported()),
+                    Some(_) => ("SCRAM-SHA-256", "y,,", vec![]),
+                    None => ("SCRAM-SHA-256", "n,,", vec![]),
                 };
                 if !offered(mechanism.as_bytes()) {
                     return Err(AuthError::Unsupported(code));
                 }
-                let scram = ScramSha256::new(self.password()?.as_bytes(), binding);
-                frontend::sasl_initial_response(mechanism, scram.message(), &mut out)
-                    .map_err(io)?;
-                self.scram = Some(scram);
+                let (first, exchange) = self.start_scram(header, cb)?;
+                frontend::sasl_initial_response(mechanism, &first, &mut out).map_err(io)?;
+                self.scram = Some(exchange);
             }
             11 => {
-                let scram = self
-                    .scram
-                    .as_mut()
-                    .ok_or(AuthError::Malformed("SASL continue before start"))?;
-                scram
-                    .update(data)
-                    .map_err(|_| AuthError::Malformed("server SCRAM message"))?;
-                frontend::sasl_response(scram.message(), &mut out).map_err(io)?;
+                let next = self.continue_scram(data)?;
+                frontend::sasl_response(&next, &mut out).map_err(io)?;
             }
             12 => {
-                let scram = self
-                    .scram
-                    .as_mut()
-                    .ok_or(AuthError::Malformed("SASL final before start"))?;
                 // A server that cannot prove it knows the verifier is not our server.
-                scram
-                    .finish(data)
-                    .map_err(|_| AuthError::Malformed("server SCRAM signature is invalid"))?;
+                let invalid = AuthError::Malformed("server SCRAM signature is invalid");
+                match self.scram.as_mut() {
+                    Some(Exchange::Password(scram)) => scram.finish(data).map_err(|_| invalid)?,
+                    Some(Exchange::KeysSent(sent)) => pass_through::verify(sent, data)?,
+                    _ => return Err(AuthError::Malformed("SASL final before start")),
+                }
                 return Ok(Reply::Wait);
             }
             other => return Err(AuthError::Unsupported(other)),
         }
         Ok(Reply::Send(out))
+    }
+
+    /// client-first-message, from the password or from recovered keys.
+    fn start_scram(&self, header: &str, cb: Vec<u8>) -> Result<(Vec<u8>, Exchange), AuthError> {
+        if let Some(ServerSecret::Scram(keys)) = &self.secret {
+            let nonce: [u8; 18] = rand::random();
+            let nonce = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, nonce);
+            let (first, started) = pass_through::first(header, &cb, &nonce);
+            return Ok((
+                first.into_bytes(),
+                Exchange::KeysStarted(keys.clone(), started),
+            ));
+        }
+        let binding = match header {
+            "n,," => ChannelBinding::unsupported(),
+            "y,," => ChannelBinding::unrequested(),
+            _ => ChannelBinding::tls_server_end_point(cb),
+        };
+        let scram = ScramSha256::new(self.password()?.as_bytes(), binding);
+        Ok((scram.message().to_vec(), Exchange::Password(scram)))
+    }
+
+    /// client-final-message for the server-first-message `data`.
+    fn continue_scram(&mut self, data: &[u8]) -> Result<Vec<u8>, AuthError> {
+        match self.scram.take() {
+            Some(Exchange::Password(mut scram)) => {
+                scram
+                    .update(data)
+                    .map_err(|_| AuthError::Malformed("server SCRAM message"))?;
+                let msg = scram.message().to_vec();
+                self.scram = Some(Exchange::Password(scram));
+                Ok(msg)
+            }
+            Some(Exchange::KeysStarted(keys, started)) => {
+                let (msg, sent) = pass_through::proof(&keys, &started, data)?;
+                self.scram = Some(Exchange::KeysSent(sent));
+                Ok(msg.into_bytes())
+            }
+            _ => Err(AuthError::Malformed("SASL continue before start")),
+        }
     }
 }
 
@@ -139,7 +218,8 @@ mod tests {
 
     /// The mechanism and gs2 header of the SASLInitialResponse we send.
     fn first(end_point: Option<Vec<u8>>, offered: &[&str]) -> Result<String, AuthError> {
-        let mut auth = ServerAuth::new("u", Some("pw"), end_point);
+        let pw = ServerSecret::Password("pw".into());
+        let mut auth = ServerAuth::new("u", Some(&pw), end_point);
         let Reply::Send(out) = auth.on_request(&sasl(offered))? else {
             panic!("expected a SASLInitialResponse")
         };

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 
 use super::conn::{ClientConn, ReadError};
 use crate::auth::client_side::{authenticate, AuthChannel, AuthChannelError};
+use crate::auth::server_side::ServerSecret;
 use crate::auth::{AuthError, Secret};
 use crate::config::{AuthType, ProxyTlsMode};
 use crate::error::ClientError;
@@ -210,22 +211,49 @@ pub fn check_certificate(conn: &ClientConn, tls: &Acceptor, user: &str) -> Resul
     }
 }
 
-/// Runs the configured authentication; returns the bytes to send before
-/// AuthenticationOk. The admin console (`admin`) never trusts: its users
+/// A client that proved who it is.
+pub struct Checked {
+    /// The bytes to send before AuthenticationOk.
+    pub reply: BytesMut,
+    /// For a user found by `auth_query`: what to log into PostgreSQL with.
+    pub looked_up: Option<ServerSecret>,
+}
+
+/// Runs the configured authentication. A user not in `[[users]]` is looked
+/// up with `proxy.auth_query` (not for the admin console, whose users are
+/// Switchyard's own); an unknown one goes through the same exchange as a
+/// wrong password. The admin console (`admin`) never trusts: its users
 /// always prove their password, whatever `auth_type` says.
 pub async fn check_credentials(
     conn: &mut ClientConn,
     ctx: &crate::context::Context,
     user: &str,
+    database: &str,
     admin: bool,
-) -> Result<BytesMut, ReadError> {
+) -> Result<Checked, ReadError> {
     let users = ctx.users();
-    let creds = users.get(user);
+    let (creds, looked_up) = match users.get(user) {
+        Some(c) => (Some(c.clone()), false),
+        None if admin => (None, false),
+        None => match ctx.look_up(user, database).await {
+            Ok(found) => (found, true),
+            Err(e) => {
+                tracing::warn!(user, error = %e, "auth_query lookup failed");
+                return Err(ReadError::Client(ClientError::ServerLoginFailed));
+            }
+        },
+    };
+    let creds = creds.as_ref();
     let configured = ctx.config().proxy.auth_type;
     let auth_type = method(configured, admin, creds.map(|c| &c.secret));
     let end_point = conn.end_point.clone();
     match authenticate(conn, auth_type, user, creds, end_point.as_deref()).await {
-        Ok(out) => Ok(out),
+        Ok(passed) => Ok(Checked {
+            looked_up: creds
+                .filter(|_| looked_up)
+                .and_then(|c| crate::auth_query::server_secret(c, passed.client_key)),
+            reply: passed.reply,
+        }),
         Err(AuthChannelError::Auth(AuthError::Malformed(why))) => {
             tracing::debug!(user, why, "malformed authentication");
             Err(ReadError::Client(ClientError::Protocol(format!(

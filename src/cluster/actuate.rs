@@ -301,7 +301,7 @@ mod tests {
         let login = Login {
             user: "app".into(),
             database: "app".into(),
-            password: None,
+            secret: None,
         };
         let tracks = config
             .nodes()

@@ -403,7 +403,7 @@ fn health_login(config: &Config) -> Login {
     Login {
         user,
         database: config.health.database.clone(),
-        password,
+        secret: password.map(crate::auth::server_side::ServerSecret::Password),
     }
 }
 

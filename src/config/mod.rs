@@ -350,6 +350,21 @@ pub struct ProxyConfig {
     /// cancel keys it issues. Default none: keys are wholly random and no
     /// CancelRequest is sent on. Needs a restart to change.
     pub peer_id: Option<u16>,
+    /// A `[[users]]` user (with a password Switchyard can log in with) that
+    /// looks up the passwords of users not in `[[users]]` by running
+    /// `auth_query` on the primary. Default none: only `[[users]]` log in.
+    pub auth_user: Option<String>,
+    /// The lookup `auth_user` runs; `$1` is the user name, the row gives
+    /// (name, stored password). Default
+    /// `SELECT usename, passwd FROM pg_shadow WHERE usename = $1`.
+    pub auth_query: String,
+    /// Database the lookup runs in. Default none: the database the client
+    /// asked for (its real name), as PgBouncer does.
+    pub auth_dbname: Option<String>,
+    /// How long a looked-up password (or the absence of a user) is used
+    /// before the lookup runs again. Default `60s`.
+    #[serde(with = "duration")]
+    pub auth_query_ttl: Duration,
     /// `[proxy.tls]`: TLS toward clients.
     pub tls: ProxyTlsConfig,
 }
@@ -456,6 +471,10 @@ impl Default for ProxyConfig {
             max_tracked_parameters: 64,
             stats_period: Duration::from_secs(60),
             workers: 0,
+            auth_user: None,
+            auth_query: "SELECT usename, passwd FROM pg_shadow WHERE usename = $1".into(),
+            auth_dbname: None,
+            auth_query_ttl: Duration::from_secs(60),
             peer_id: None,
             tls: ProxyTlsConfig::default(),
         }

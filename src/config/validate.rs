@@ -49,6 +49,7 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     validate_trust(cfg)?;
     validate_nodes(cfg)?;
     validate_users(cfg)?;
+    validate_auth_user(cfg)?;
     validate_tls(cfg)?;
     super::peers::validate(cfg.proxy.peer_id, &cfg.peers)?;
     if let Some(p) = cfg
@@ -183,9 +184,46 @@ fn validate_users(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// `proxy.auth_user` must be a `[[users]]` user Switchyard can log into
+/// PostgreSQL as: it has a plaintext password or a `server_password`.
+fn validate_auth_user(cfg: &Config) -> Result<(), String> {
+    let Some(name) = &cfg.proxy.auth_user else {
+        return Ok(());
+    };
+    let user = cfg
+        .users
+        .iter()
+        .find(|u| &u.name == name)
+        .ok_or_else(|| format!("proxy.auth_user = {name:?} must be listed in [[users]]"))?;
+    let plain = PasswordForm::of(&user.password) == Ok(PasswordForm::Plain);
+    if !plain && user.server_password.is_none() {
+        return Err(format!(
+            "proxy.auth_user = {name:?} needs a plaintext password or a server_password \
+             to log into PostgreSQL"
+        ));
+    }
+    if !cfg.proxy.auth_query.contains("$1") {
+        return Err("proxy.auth_query must take the user name as $1".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::load_str;
+
+    #[test]
+    fn auth_user_must_be_a_user_switchyard_can_log_in_as() {
+        let base = "[cluster]\nnodes = [\"127.0.0.1:5432\"]\n";
+        let users = "[[users]]\nname = \"lookup\"\npassword = \"pw\"\n\
+                     [[users]]\nname = \"hashed\"\n\
+                     password = \"md5aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"\n";
+        let with = |proxy: &str| format!("[proxy]\nauth_type = \"md5\"\n{proxy}\n{users}{base}");
+        assert!(load_str(&with("auth_user = \"lookup\"")).is_ok());
+        assert!(err_of(&with("auth_user = \"nobody\"")).contains("must be listed in [[users]]"));
+        assert!(err_of(&with("auth_user = \"hashed\"")).contains("server_password"));
+        assert!(err_of(&with("auth_user = \"lookup\"\nauth_query = \"SELECT 1\"")).contains("$1"));
+    }
 
     fn err_of(toml: &str) -> String {
         load_str(toml).unwrap_err().to_string()

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, Semaphore};
 
+use crate::auth::server_side::ServerSecret;
 use crate::cluster::{Cluster, ClusterError, Route};
 use crate::config::Target;
 use crate::server::Login;
@@ -387,6 +388,19 @@ impl Pool {
     /// The pool's settings.
     pub fn settings(&self) -> Arc<PoolSettings> {
         self.shared.settings.load_full()
+    }
+
+    /// What new server connections log in as.
+    pub fn login(&self) -> Arc<Login> {
+        self.shared.login.load_full()
+    }
+
+    /// Gives new server connections `secret` to log in with (a looked-up
+    /// user's, from a client's latest login); open ones stay.
+    pub fn set_secret(&self, secret: ServerSecret) {
+        let mut login = Login::clone(&self.shared.login.load());
+        login.secret = Some(secret);
+        self.shared.login.store(Arc::new(login));
     }
 
     /// Applies reloaded settings. A smaller size takes effect as connections

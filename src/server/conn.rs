@@ -14,7 +14,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::auth::server_side::{Reply, ServerAuth};
+use crate::auth::server_side::{Reply, ServerAuth, ServerSecret};
 use crate::auth::AuthError;
 use crate::config::ClusterTlsMode;
 use crate::protocol::frame_len;
@@ -83,8 +83,8 @@ pub struct Login {
     pub user: String,
     /// Real database name.
     pub database: String,
-    /// Plaintext password for the server, if configured.
-    pub password: Option<String>,
+    /// What the server's authentication is answered with, if known.
+    pub secret: Option<ServerSecret>,
 }
 
 // By hand: the password must never reach a log.
@@ -93,7 +93,7 @@ impl std::fmt::Debug for Login {
         f.debug_struct("Login")
             .field("user", &self.user)
             .field("database", &self.database)
-            .field("password", &crate::config::redact::redacted(&self.password))
+            .field("secret", &self.secret)
             .finish()
     }
 }
@@ -251,7 +251,7 @@ impl ServerConn {
         login: &Login,
         end_point: Option<Vec<u8>>,
     ) -> Result<(), ConnectError> {
-        let mut auth = ServerAuth::new(&login.user, login.password.as_deref(), end_point);
+        let mut auth = ServerAuth::new(&login.user, login.secret.as_ref(), end_point);
         let mut authenticated = false;
         loop {
             let (tag, mut body) = self.read_message().await?;
@@ -392,6 +392,37 @@ impl ServerConn {
         Ok(rows.into_iter().next().unwrap_or_default())
     }
 
+    /// Runs `sql` with text parameters (`$1`...) through the extended
+    /// protocol, so a parameter is never SQL, and returns the first row's
+    /// text values (`None` for NULL; empty without a row).
+    pub async fn query_row_with(
+        &mut self,
+        sql: &str,
+        params: &[&str],
+    ) -> Result<Vec<Option<String>>, ConnectError> {
+        let mut out = BytesMut::new();
+        let encode = |_| ConnectError::Protocol(self.addr.to_string(), "cannot encode query");
+        frontend::parse("", sql, std::iter::empty(), &mut out).map_err(encode)?;
+        frontend::bind(
+            "",
+            "",
+            std::iter::empty(),
+            params.iter(),
+            |p, buf| {
+                buf.extend_from_slice(p.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            std::iter::empty(),
+            &mut out,
+        )
+        .map_err(|_| ConnectError::Protocol(self.addr.to_string(), "cannot encode parameters"))?;
+        frontend::execute("", 1, &mut out).map_err(encode)?;
+        frontend::sync(&mut out);
+        self.write(&out).await?;
+        let rows = self.read_rows(1).await?;
+        Ok(rows.into_iter().next().unwrap_or_default())
+    }
+
     /// Runs a simple query and returns up to `max_rows` rows as text, or
     /// the server's error. Reported parameters it changes are recorded.
     async fn query_rows(
@@ -400,12 +431,19 @@ impl ServerConn {
         max_rows: usize,
     ) -> Result<Vec<Vec<Option<String>>>, ConnectError> {
         let mut out = BytesMut::new();
-        let io = |addr: &str, source| ConnectError::Io {
-            addr: addr.to_string(),
+        frontend::query(sql, &mut out).map_err(|source| ConnectError::Io {
+            addr: self.addr.to_string(),
             source,
-        };
-        frontend::query(sql, &mut out).map_err(|e| io(&self.addr, e))?;
+        })?;
         self.write(&out).await?;
+        self.read_rows(max_rows).await
+    }
+
+    /// Reads up to ReadyForQuery: up to `max_rows` rows, or the server's error.
+    async fn read_rows(
+        &mut self,
+        max_rows: usize,
+    ) -> Result<Vec<Vec<Option<String>>>, ConnectError> {
         let (mut rows, mut error) = (Vec::new(), None);
         loop {
             match self.read_message().await? {
@@ -510,6 +548,32 @@ impl ServerConn {
     }
 }
 
+impl ServerConn {
+    /// Sends Terminate and waits (at most `within`) for the server to close
+    /// its end: once it has, its backend is gone, so a caller bounding its
+    /// connections is bounding PostgreSQL's backends, not only its sockets.
+    pub async fn close(mut self, within: Duration) {
+        let closed = async {
+            self.write(b"X\0\0\0\x04").await?;
+            let mut sink = BytesMut::with_capacity(1024);
+            while self
+                .stream
+                .read_buf(&mut sink)
+                .await
+                .map_err(|source| ConnectError::Io {
+                    addr: self.addr.to_string(),
+                    source,
+                })?
+                > 0
+            {
+                sink.clear();
+            }
+            Ok::<(), ConnectError>(())
+        };
+        let _ = tokio::time::timeout(within, closed).await;
+    }
+}
+
 impl Drop for ServerConn {
     fn drop(&mut self) {
         // Best effort Terminate so PostgreSQL logs a clean disconnect; a full
@@ -583,7 +647,9 @@ mod tests {
         let login = super::Login {
             user: "app".into(),
             database: "app".into(),
-            password: Some("server-s3cret".into()),
+            secret: Some(crate::auth::server_side::ServerSecret::Password(
+                "server-s3cret".into(),
+            )),
         };
         let shown = format!("{login:?}");
         assert!(
