@@ -64,9 +64,10 @@ pub async fn run(cmd: &str, addr: &str, limit: Duration) -> Result<(), FenceErro
         Err(_) => {
             if let Some(pgid) = group {
                 // The whole group (its id is the hook's pid): what the hook
-                // started dies with it. kill(1) rather than unsafe libc.
-                let _ = tokio::process::Command::new("kill")
-                    .args(["-KILL", "--", &format!("-{pgid}")])
+                // started dies with it. The shell's own kill (no procps
+                // needed) rather than unsafe libc.
+                let _ = tokio::process::Command::new("sh")
+                    .args(["-c", &format!("kill -KILL -{pgid}")])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
