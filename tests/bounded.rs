@@ -110,12 +110,7 @@ fn processes_with(needle: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fence_command_that_hangs_is_killed_and_its_stderr_stays_out_of_events() {
     let (cluster, primary, _replica) = common::private_pair().await;
-    let nodes = cluster
-        .nodes()
-        .iter()
-        .map(|n| format!("{{ name = \"{}\", addr = \"{}\" }}", n.name(), n.addr()))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let nodes = nodes_toml(&cluster);
     // A hook that prints a secret and then never ends, nor does its child.
     let nap = format!("600.{}", std::process::id());
     let toml = format!(
