@@ -20,6 +20,15 @@ pub enum ClientError {
     /// `proxy.max_pools` pools exist; a new (database, user) gets none.
     #[error("no more pools allowed (max_pools = {0})")]
     TooManyPools(usize),
+    /// A Parse past the client's prepared statement bounds; the
+    /// connection stays usable.
+    #[error("cannot prepare another statement on this connection ({key} = {limit})")]
+    PreparedLimit {
+        /// The setting that bounds it.
+        key: &'static str,
+        /// Its value.
+        limit: usize,
+    },
     /// The client left a transaction open and idle past
     /// `idle_transaction_timeout` (PostgreSQL's wording and SQLSTATE).
     #[error("terminating connection due to idle-in-transaction timeout")]
@@ -109,6 +118,7 @@ impl ClientError {
             | ClientError::CheckoutTimeout
             | ClientError::TooManyPools(_) => "53300",
             ClientError::LoginTimeout => "57014",
+            ClientError::PreparedLimit { .. } => "53400",
             ClientError::IdleInTransactionTimeout => "25P03",
             ClientError::Protocol(_) => "08P01",
             ClientError::UnsupportedProtocol(_) => "0A000",
@@ -133,6 +143,7 @@ impl ClientError {
         !matches!(
             self,
             ClientError::CheckoutTimeout
+                | ClientError::PreparedLimit { .. }
                 | ClientError::TransactionLost
                 | ClientError::CommitUnknown
                 | ClientError::InFailedTransaction

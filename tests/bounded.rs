@@ -3,9 +3,12 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use common::{cluster, http_request, nodes_toml, sqlstate, Proxy, USERS};
+use common::shipped::Shipped;
+use common::{cluster, http_request, nodes_toml, sqlstate, Proxy, Raw, USERS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 
 /// A proxy in front of the shared cluster, `extra` in `[proxy]`, with its
@@ -296,4 +299,203 @@ async fn client_sockets_have_keepalives_so_a_vanished_client_is_noticed() {
         tcp_timer(p.addr.port(), mine) == Some(2)
     })
     .await;
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A raw client logged in (trust) as app to the shipped proxy.
+async fn raw_session(addr: SocketAddr) -> Raw {
+    let mut raw = Raw::connect(addr).await;
+    raw.startup(0, "app", "app").await;
+    let (_, status) = raw.until_ready().await;
+    assert_eq!(status, Some(b'I'), "logged in");
+    raw
+}
+
+/// Writes `unit` over and over, reading nothing, for `secs` or until `max`
+/// bytes went out; returns the bytes written (possibly ending mid-unit).
+async fn flood(stream: &mut tokio::net::TcpStream, unit: &[u8], max: usize, secs: u64) -> usize {
+    let chunk: Vec<u8> = unit.repeat(64 * 1024 / unit.len());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut written = 0;
+    while written < max {
+        let at = written % chunk.len();
+        match tokio::time::timeout_at(deadline, stream.write(&chunk[at..])).await {
+            Ok(Ok(n)) if n > 0 => written += n,
+            _ => break,
+        }
+    }
+    written
+}
+
+/// Finishes the unit cut short at `written`, sends Sync, and reads every
+/// reply until the `zs`-th ReadyForQuery: the tags received, counted.
+async fn finish_and_count(raw: Raw, unit: &[u8], written: usize, zs: usize) -> HashMap<u8, usize> {
+    let Raw {
+        stream, mut buf, ..
+    } = raw;
+    let (mut rd, mut wr) = stream.into_split();
+    let reader = tokio::spawn(async move {
+        let mut seen: HashMap<u8, usize> = HashMap::new();
+        loop {
+            while let Some((tag, _)) = common::take_message(&mut buf) {
+                *seen.entry(tag).or_default() += 1;
+                if tag == b'Z' && seen[&tag] == zs {
+                    return seen;
+                }
+            }
+            let read =
+                tokio::time::timeout(std::time::Duration::from_secs(60), rd.read_buf(&mut buf));
+            match read.await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return seen,
+            }
+        }
+    });
+    let rest = &unit[written % unit.len()..];
+    let rest = if written % unit.len() == 0 {
+        &[][..]
+    } else {
+        rest
+    };
+    wr.write_all(rest).await.unwrap();
+    wr.write_all(b"S\0\0\0\x04").await.unwrap();
+    reader.await.unwrap()
+}
+
+/// Close of statement `s1`: answered by the proxy itself in transaction mode.
+const CLOSE_S1: &[u8] = b"C\0\0\0\x08Ss1\0";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_the_proxys_own_answers_cannot_grow_its_memory() {
+    let cluster = cluster();
+    let proxy = Shipped::start(&cluster, "auth_type = \"trust\"").await;
+    let mut raw = raw_session(proxy.addr).await;
+    let before = rss_kib(proxy.pid());
+    // Close + Flush, the answers never read.
+    let unit = [CLOSE_S1, b"H\0\0\0\x04"].concat();
+    let written = flood(&mut raw.stream, &unit, 256 << 20, 6).await;
+    let grown = rss_kib(proxy.pid()).saturating_sub(before);
+    let units = written.div_ceil(unit.len());
+    eprintln!("{written} bytes sent, proxy grew {grown} KiB");
+    assert!(grown < 16 * 1024, "the proxy grew {grown} KiB");
+    // Nothing was dropped: every Close is answered once the client reads.
+    let seen = finish_and_count(raw, &unit, written, 1).await;
+    assert_eq!(seen.get(&b'3').copied(), Some(units), "{seen:?}");
+    assert_eq!(seen.get(&b'Z').copied(), Some(1), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_queued_behind_a_long_query_are_bounded() {
+    let cluster = cluster();
+    let proxy = Shipped::start(&cluster, "auth_type = \"trust\"").await;
+    let mut raw = raw_session(proxy.addr).await;
+    let before = rss_kib(proxy.pid());
+    raw.query("SELECT pg_sleep(4)").await;
+    let written = flood(&mut raw.stream, CLOSE_S1, 64 << 20, 3).await;
+    let grown = rss_kib(proxy.pid()).saturating_sub(before);
+    let units = written.div_ceil(CLOSE_S1.len());
+    eprintln!("{written} bytes sent behind pg_sleep, proxy grew {grown} KiB");
+    assert!(grown < 16 * 1024, "the proxy grew {grown} KiB");
+    let seen = finish_and_count(raw, CLOSE_S1, written, 2).await;
+    // The query's reply (and its ReadyForQuery) come first; the Sync's last.
+    assert_eq!(seen.get(&b'Z').copied(), Some(2), "{seen:?}");
+    assert_eq!(seen.get(&b'C').copied(), Some(1), "{seen:?}");
+    assert_eq!(seen.get(&b'3').copied(), Some(units), "{seen:?}");
+}
+
+/// A Parse of `query` as statement `name` (no parameter types).
+fn parse_frame(name: &str, query: &str) -> Vec<u8> {
+    let body = [name.as_bytes(), b"\0", query.as_bytes(), b"\0\0\0"].concat();
+    [&[b'P'][..], &(body.len() as u32 + 4).to_be_bytes(), &body].concat()
+}
+
+/// Sends `batch` while reading the replies up to the next ReadyForQuery:
+/// the replies (tag, body) and the status.
+async fn pipeline(raw: &mut Raw, batch: Vec<u8>) -> (Vec<(u8, Vec<u8>)>, Option<u8>) {
+    let (mut rd, mut wr) = raw.stream.split();
+    let buf = &mut raw.buf;
+    let write = async move { wr.write_all(&batch).await.unwrap() };
+    let read = async move {
+        let mut msgs = vec![];
+        loop {
+            while let Some((tag, body)) = common::take_message(buf) {
+                if tag == b'Z' {
+                    return (msgs, body.first().copied());
+                }
+                msgs.push((tag, body));
+            }
+            let more = tokio::time::timeout(std::time::Duration::from_secs(60), rd.read_buf(buf));
+            match more.await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return (msgs, None),
+            }
+        }
+    };
+    tokio::join!(write, read).1
+}
+
+/// The tags of `msgs`, as a string.
+fn tags(msgs: &[(u8, Vec<u8>)]) -> String {
+    msgs.iter().map(|(t, _)| *t as char).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_prepared_statements_are_bounded_and_share_their_text() {
+    let cluster = cluster();
+    let extra = "auth_type = \"trust\"\nmax_client_prepared_statements = 150\n\
+                 max_client_prepared_bytes = 1048576";
+    let proxy = Shipped::start(&cluster, extra).await;
+    let mut raw = raw_session(proxy.addr).await;
+    let before = rss_kib(proxy.pid());
+    // 200 names for one 256 KiB text, pipelined: one copy is kept, and
+    // names past the count are refused.
+    let text = format!("SELECT 1 /* {} */", "x".repeat(256 << 10));
+    let mut batch: Vec<u8> = (1..=200)
+        .flat_map(|i| parse_frame(&format!("s{i}"), &text))
+        .collect();
+    batch.extend_from_slice(b"S\0\0\0\x04");
+    let (msgs, status) = pipeline(&mut raw, batch).await;
+    let grown = rss_kib(proxy.pid()).saturating_sub(before);
+    assert_eq!(status, Some(b'I'));
+    assert_eq!(tags(&msgs), format!("{}E", "1".repeat(150)));
+    let err = String::from_utf8_lossy(&msgs[150].1);
+    assert!(
+        err.contains("53400") && err.contains("max_client_prepared_statements = 150"),
+        "{err}"
+    );
+    assert!(
+        grown < 16 * 1024,
+        "200 names of one 256 KiB text grew the proxy {grown} KiB"
+    );
+    // The connection goes on, with the statements it has.
+    let bind = b"B\0\0\0\x0e\0s1\0\0\0\0\0\0\0E\0\0\0\x09\0\0\0\0\0S\0\0\0\x04".to_vec();
+    let (msgs, status) = pipeline(&mut raw, bind).await;
+    assert_eq!((tags(&msgs).as_str(), status), ("2DC", Some(b'I')));
+
+    // Distinct texts count against the bytes, and a refusal inside a
+    // transaction fails it, as an error there does on PostgreSQL.
+    let mut raw = raw_session(proxy.addr).await;
+    let mut batch = b"Q\0\0\0\x0aBEGIN\0".to_vec();
+    for i in 0..6 {
+        batch.extend(parse_frame(
+            &format!("t{i}"),
+            &format!("SELECT {i} /* {} */", "y".repeat(256 << 10)),
+        ));
+    }
+    batch.extend_from_slice(b"S\0\0\0\x04");
+    let (msgs, status) = pipeline(&mut raw, batch).await;
+    assert_eq!((tags(&msgs).as_str(), status), ("C", Some(b'T')), "BEGIN");
+    let (msgs, status) = pipeline(&mut raw, Vec::new()).await;
+    assert_eq!((tags(&msgs).as_str(), status), ("111E", Some(b'E')));
+    let err = String::from_utf8_lossy(&msgs[3].1);
+    assert!(err.contains("max_client_prepared_bytes = 1048576"), "{err}");
 }

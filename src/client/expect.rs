@@ -43,6 +43,11 @@ pub enum Expect {
     Swallow(Sent),
     /// The proxy answers with this message tag (`1` ParseComplete, `3` CloseComplete) when it reaches the head.
     Answer(u8),
+    /// A message the proxy refused (a Parse past the client's bounds),
+    /// sent to the server as one that fails there, so that the server
+    /// skips the rest of the batch and aborts the transaction as
+    /// PostgreSQL would: its error is replaced by this ErrorResponse.
+    Refused(bytes::Bytes),
     /// The client ended a COPY IN (CopyDone/CopyFail): no reply of its own,
     /// it bounds the Syncs the server ignores during copy-in.
     CopyEnd,
@@ -80,6 +85,19 @@ impl Expectations {
     /// Nothing owed either way.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Replies owed (and answers due).
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// The ErrorResponse that replaces the server's error at the head.
+    pub fn refusal(&self) -> Option<&bytes::Bytes> {
+        match self.queue.front() {
+            Some(Expect::Refused(err)) => Some(err),
+            _ => None,
+        }
     }
 
     /// The entries still queued, head first.
@@ -124,6 +142,7 @@ impl Expectations {
     pub fn verdict(&self, tag: u8) -> Verdict {
         match (self.queue.front(), tag) {
             (Some(Expect::Swallow(_)), b'1' | b'2' | b'3' | b't' | b'T' | b'n') => Verdict::Drop,
+            (Some(Expect::Refused(_)), b'E') => Verdict::Drop,
             _ => Verdict::Forward,
         }
     }
@@ -136,6 +155,7 @@ impl Expectations {
         };
         let sent = match head {
             Expect::Forward(s) | Expect::Swallow(s) => s.clone(),
+            Expect::Refused(_) => Sent::Bind,
             Expect::Answer(_) | Expect::CopyEnd => return forgotten,
         };
         if (&sent, tag) == (&Sent::Execute, b'G') {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::prepared::StatementBounds;
 use super::settings::Bounds;
 use crate::config::PoolMode;
 
@@ -18,6 +19,8 @@ pub struct Limits {
     pub max_message_size: usize,
     /// `proxy.max_prepared_statements`.
     pub max_prepared: usize,
+    /// `proxy.max_client_prepared_statements` and `max_client_prepared_bytes`.
+    pub statements: StatementBounds,
     /// How many settings, and how many bytes of them, follow the client.
     pub tracked: Bounds,
     /// How long a server may take to apply the client's settings
@@ -33,6 +36,10 @@ impl From<&crate::config::Config> for Limits {
             mode: c.proxy.pool_mode,
             max_message_size: c.proxy.max_message_size,
             max_prepared: c.proxy.max_prepared_statements,
+            statements: StatementBounds {
+                count: c.proxy.max_client_prepared_statements,
+                bytes: c.proxy.max_client_prepared_bytes,
+            },
             tracked: Bounds {
                 count: c.proxy.max_tracked_parameters,
                 bytes: TRACKED_BYTES,

@@ -41,6 +41,14 @@ const MAX_SERVER_MESSAGE: usize = 1 << 30;
 /// hundred microseconds of scanning.
 const YIELD_EVERY: usize = 128 * 1024;
 
+/// Most replies a client may be owed before it is read no more (about
+/// 40 bytes each).
+const MAX_OWED: usize = 16 * 1024;
+
+/// Most bytes of the proxy's own answers waiting for the client before it
+/// is read no more.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
 /// What one pump borrows from its session, built by the relay for one call
 /// of [`Link::pump`]: the client side, and where the link counts and learns.
 /// Changes to the session itself come back as [`Pumped`] or are read from
@@ -200,6 +208,15 @@ impl Link {
         client_empty && server_empty && self.at_rest() && self.txn.quiet() && !self.txn.idle()
     }
 
+    /// Replies and the proxy's own answers still owed to the client are at
+    /// their bound: the client is not read until it reads. Forwarded
+    /// messages meet the server's backpressure, but answers the proxy gives
+    /// itself (CloseComplete, ParseComplete) and the queue of replies owed
+    /// would otherwise grow with every message of a client that never reads.
+    fn owes_too_much(&self) -> bool {
+        self.expect.len() >= MAX_OWED || self.s_synth.len() >= MAX_ANSWER_BYTES
+    }
+
     /// Everything forwarded, nothing owed, no message half-sent either way.
     pub(super) fn at_rest(&self) -> bool {
         self.c_ready == 0
@@ -262,6 +279,7 @@ impl Link {
             let (mut s_rd, mut s_wr) = s_stream.split();
             let c_buf = &mut client.buf;
             let (c_synth, s_synth) = (&self.c_synth, &self.s_synth);
+            let owing = self.owes_too_much();
             // Each direction either reads (nothing pending) or writes what is
             // pending, so neither side can stall the other: no proxy deadlock
             // when both peers write at once. Before it reads, a direction
@@ -274,6 +292,9 @@ impl Link {
                     Dir::Wrote(s_wr.write(&c_buf[..c_ready]).await)
                 } else if s_wr.wants_flush() {
                     Dir::Flushed(s_wr.flush().await)
+                } else if owing {
+                    // Read on once the client has taken some of what it is owed.
+                    std::future::pending().await
                 } else {
                     reserve(c_buf);
                     Dir::Read(c_rd.read_buf(c_buf).await)
@@ -407,6 +428,10 @@ impl Link {
                     let tag = server.buf()[0];
                     server.buf_mut().advance(len);
                     self.s_drop = false;
+                    if let Some(err) = self.expect.refusal().filter(|_| tag == b'E') {
+                        self.s_synth.extend_from_slice(err);
+                        cx.errors.add("53400");
+                    }
                     let forgotten = self.expect.on_server(tag);
                     forget(cx, server, forgotten);
                     continue;

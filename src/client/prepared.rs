@@ -43,16 +43,86 @@ impl Statement {
     }
 }
 
-/// One client's named statements.
+/// How many named statements one client may hold, and how many bytes of
+/// distinct statement text (`proxy.max_client_prepared_statements`,
+/// `proxy.max_client_prepared_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatementBounds {
+    /// Names.
+    pub count: usize,
+    /// Bytes of the Parse frames kept, each distinct text counted once.
+    pub bytes: usize,
+}
+
+impl Default for StatementBounds {
+    fn default() -> StatementBounds {
+        StatementBounds {
+            count: usize::MAX,
+            bytes: usize::MAX,
+        }
+    }
+}
+
+/// A statement a client may not add: which bound it would cross.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverBound {
+    /// `count` names held already.
+    Count(usize),
+    /// The text would take the client past `bytes` bytes.
+    Bytes(usize),
+}
+
+/// One client's named statements. Names preparing the same text (and
+/// parameter types) share one [`Statement`], so a client cannot multiply
+/// one large text by preparing it under many names.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
     by_name: HashMap<Arc<str>, Arc<Statement>>,
+    /// Distinct statements by server name, with how many names use each.
+    texts: HashMap<Arc<str>, (Arc<Statement>, usize)>,
+    /// Bytes of the distinct statements' Parse frames.
+    bytes: usize,
+    bounds: StatementBounds,
 }
 
 impl ClientStatements {
-    /// Registers (or replaces) `name`.
-    pub fn insert(&mut self, name: Arc<str>, stmt: Arc<Statement>) {
-        self.by_name.insert(name, stmt);
+    /// No statements yet, bounded by `bounds`.
+    pub fn new(bounds: StatementBounds) -> ClientStatements {
+        ClientStatements {
+            bounds,
+            ..Default::default()
+        }
+    }
+
+    /// Registers (or replaces) `name`; returns the statement now kept for
+    /// it (shared with other names of the same text). Refused, changing
+    /// nothing, past the bounds.
+    pub fn insert(&mut self, name: Arc<str>, stmt: Statement) -> Result<Arc<Statement>, OverBound> {
+        let replacing = self.by_name.contains_key(&name);
+        if !replacing && self.by_name.len() >= self.bounds.count {
+            return Err(OverBound::Count(self.bounds.count));
+        }
+        let shared = match self.texts.get_mut(&stmt.server_name) {
+            Some((kept, uses)) => {
+                *uses += 1;
+                kept.clone()
+            }
+            None => {
+                let size = stmt.parse.len();
+                if self.bytes.saturating_add(size) > self.bounds.bytes {
+                    return Err(OverBound::Bytes(self.bounds.bytes));
+                }
+                self.bytes += size;
+                let kept = Arc::new(stmt);
+                self.texts
+                    .insert(kept.server_name.clone(), (kept.clone(), 1));
+                kept
+            }
+        };
+        if let Some(old) = self.by_name.insert(name, shared.clone()) {
+            self.release(&old);
+        }
+        Ok(shared)
     }
 
     /// The statement called `name`.
@@ -62,12 +132,28 @@ impl ClientStatements {
 
     /// Forgets `name` (Close, or its Parse failed).
     pub fn remove(&mut self, name: &str) {
-        self.by_name.remove(name);
+        if let Some(old) = self.by_name.remove(name) {
+            self.release(&old);
+        }
     }
 
     /// Forgets every name (`DISCARD ALL`, `DEALLOCATE ALL`).
     pub fn clear(&mut self) {
         self.by_name.clear();
+        self.texts.clear();
+        self.bytes = 0;
+    }
+
+    /// One name less uses `stmt`; its text goes with the last.
+    fn release(&mut self, stmt: &Statement) {
+        let Some((kept, uses)) = self.texts.get_mut(&stmt.server_name) else {
+            return;
+        };
+        *uses -= 1;
+        if *uses == 0 {
+            self.bytes -= kept.parse.len();
+            self.texts.remove(&stmt.server_name);
+        }
     }
 }
 
@@ -91,5 +177,35 @@ mod tests {
         assert_eq!(a.server_name, b.server_name);
         assert_ne!(a.server_name, c.server_name);
         assert!(a.server_name.starts_with("sy_") && a.server_name.len() == 19);
+    }
+
+    #[test]
+    fn names_share_one_text_and_the_bounds_hold() {
+        let one = Statement::new(&parse(b"", b"SELECT 1")).parse.len();
+        let mut s = ClientStatements::new(StatementBounds {
+            count: 3,
+            bytes: 2 * one + 1,
+        });
+        let stmt = |q: &'static [u8]| Statement::new(&parse(b"", q));
+        let a = s.insert("a".into(), stmt(b"SELECT 1")).unwrap();
+        let b = s.insert("b".into(), stmt(b"SELECT 1")).unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "one text, one copy");
+        s.insert("c".into(), stmt(b"SELECT 2")).unwrap();
+        assert_eq!(
+            s.insert("d".into(), stmt(b"SELECT 1")).err(),
+            Some(OverBound::Count(3))
+        );
+        // Replacing a name is not a new name; a third text is over the bytes.
+        assert_eq!(
+            s.insert("a".into(), stmt(b"SELECT 3")).err(),
+            Some(OverBound::Bytes(2 * one + 1))
+        );
+        assert_eq!(s.get("a").unwrap().server_name, a.server_name, "unchanged");
+        // The last name of a text gives its bytes back.
+        s.remove("c");
+        s.insert("a".into(), stmt(b"SELECT 3")).unwrap();
+        assert_eq!((s.by_name.len(), s.texts.len(), s.bytes), (2, 2, 2 * one));
+        s.clear();
+        assert_eq!((s.by_name.len(), s.texts.len(), s.bytes), (0, 0, 0));
     }
 }

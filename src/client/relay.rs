@@ -102,7 +102,7 @@ impl Session {
             cancel,
             last_txn: Txn::default(),
             lost: None,
-            stmts: ClientStatements::default(),
+            stmts: ClientStatements::new(limits.statements),
             pinned: false,
             last_at_rest: true,
             settings,
@@ -308,7 +308,10 @@ impl Session {
         else {
             return false;
         };
-        self.stmts.insert(name, Arc::new(stmt));
+        // Past the client's bounds the link refuses it, in order.
+        if self.stmts.insert(name, stmt).is_err() {
+            return false;
+        }
         self.client.buf.advance(len);
         true
     }

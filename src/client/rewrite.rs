@@ -10,12 +10,16 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::expect::{Expect, Expectations, Sent};
-use super::prepared::{ClientStatements, Statement};
+use super::prepared::{ClientStatements, OverBound, Statement};
 use super::session_state::Effects;
+use crate::error::ClientError;
 use crate::protocol::messages::extended::{
     decode_bind_statement, decode_parse, decode_target, encode_bind, encode_target,
 };
 use crate::server::statements::ServerStatements;
+
+/// A statement name no server holds: a Bind of it fails.
+const REFUSED: &[u8] = b"sy_refused";
 
 /// A Parse, Bind, Describe or Close that names a (non-empty) prepared
 /// statement: held whole and rewritten. Anything else (the unnamed
@@ -121,8 +125,13 @@ impl Upstream<'_> {
             return Effects::default();
         };
         let client_name: Arc<str> = String::from_utf8_lossy(p.name).into();
-        let stmt = Arc::new(Statement::new(&p));
-        stmts.insert(client_name.clone(), stmt.clone());
+        let stmt = match stmts.insert(client_name.clone(), Statement::new(&p)) {
+            Ok(stmt) => stmt,
+            Err(over) => {
+                self.refuse(over);
+                return Effects::default();
+            }
+        };
         if self.held.touch(&stmt.server_name) {
             self.expect.push(Expect::Answer(b'1'));
         } else {
@@ -137,6 +146,21 @@ impl Upstream<'_> {
             self.expect.push(Expect::Forward(sent));
         }
         stmt.effects
+    }
+
+    /// A Parse past the client's bounds: the server gets a Bind of a
+    /// statement that cannot exist (`sy_` names are 16 hex digits), whose
+    /// error the client sees as the bound's.
+    fn refuse(&mut self, over: OverBound) {
+        let (key, limit) = match over {
+            OverBound::Count(n) => ("max_client_prepared_statements", n),
+            OverBound::Bytes(n) => ("max_client_prepared_bytes", n),
+        };
+        let mut err = BytesMut::new();
+        ClientError::PreparedLimit { key, limit }.encode_as(&mut err, false);
+        // No parameters, no parameter or result formats.
+        encode_bind(self.out, b"", REFUSED, &[0; 6]);
+        self.expect.push(Expect::Refused(err.freeze()));
     }
 
     /// Sends a message unchanged (malformed or naming an unknown statement:
@@ -417,12 +441,55 @@ mod tests {
     }
 
     #[test]
+    fn a_parse_past_the_bounds_fails_on_the_server_as_the_bound() {
+        use crate::client::expect::Verdict;
+        use crate::client::prepared::StatementBounds;
+        let bounds = StatementBounds {
+            count: 1,
+            bytes: usize::MAX,
+        };
+        let mut stmts = ClientStatements::new(bounds);
+        let mut held = ServerStatements::default();
+        let (mut out, mut expect) = (BytesMut::new(), Expectations::default());
+        let mut up = Upstream {
+            held: &mut held,
+            max_prepared: 10,
+            out: &mut out,
+            expect: &mut expect,
+            parses: 0,
+        };
+        up.rewrite(&parse("s1", "SELECT 1"), &mut stmts);
+        up.rewrite(&parse("s2", "SELECT 2"), &mut stmts);
+        assert!(stmts.get("s2").is_none(), "not registered");
+        let mut want = parse(&sy("SELECT 1"), "SELECT 1");
+        encode_bind(&mut want, b"", REFUSED, &[0; 6]);
+        assert_eq!(out, want, "the refused Parse becomes a Bind that fails");
+        let queued = expect.queued();
+        let Some(Expect::Refused(err)) = queued.get(1) else {
+            panic!("{queued:?}");
+        };
+        let text = String::from_utf8_lossy(err);
+        assert!(text.contains("53400") && text.contains("max_client_prepared_statements = 1"));
+        assert_eq!(
+            expect.verdict(b'E'),
+            Verdict::Forward,
+            "the Parse's reply is first"
+        );
+        expect.on_server(b'1');
+        assert_eq!(
+            expect.verdict(b'E'),
+            Verdict::Drop,
+            "replaced by the proxy's"
+        );
+    }
+
+    #[test]
     fn rewrites_statement_names() {
         for c in cases() {
             let mut stmts = ClientStatements::default();
             for (name, text) in c.known {
                 let stmt = Statement::new(&decode_parse(&parse(name, text)).unwrap());
-                stmts.insert((*name).into(), Arc::new(stmt));
+                stmts.insert((*name).into(), stmt).unwrap();
             }
             let mut held = ServerStatements::default();
             for text in c.held {

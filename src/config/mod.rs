@@ -339,6 +339,12 @@ pub struct ProxyConfig {
     /// Session settings tracked per client (transaction mode); a client
     /// with more is pinned to its server. Default 64.
     pub max_tracked_parameters: usize,
+    /// Named prepared statements one client may hold (transaction mode);
+    /// a Parse of another gets SQLSTATE 53400. Default 2000.
+    pub max_client_prepared_statements: usize,
+    /// Bytes of prepared statement text one client may hold (transaction
+    /// mode); names preparing the same text share one copy. Default 16 MiB.
+    pub max_client_prepared_bytes: usize,
     /// Period of the `SHOW STATS` averages (PgBouncer's `stats_period`). Default `60s`.
     #[serde(with = "duration")]
     pub stats_period: Duration,
@@ -469,6 +475,8 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             max_prepared_statements: 200,
             max_tracked_parameters: 64,
+            max_client_prepared_statements: 2000,
+            max_client_prepared_bytes: 16 << 20,
             stats_period: Duration::from_secs(60),
             workers: 0,
             auth_user: None,
