@@ -63,7 +63,7 @@ fn published_addr(ctx: &Context, id: u8) -> Option<String> {
 /// The client's relay waits for this before its server serves anyone else,
 /// so the outcome is reported: a cancel that may still arrive has the
 /// server closed instead.
-async fn cancel_here(ctx: &Context, pid: i32, secret: i32) {
+pub(crate) async fn cancel_here(ctx: &Context, pid: i32, secret: i32) {
     let Some(sending) = ctx.cancels().lookup(pid, secret) else {
         return;
     };

@@ -349,6 +349,7 @@ impl Context {
             lifetime: p.server_lifetime,
             connect_timeout: p.server_connect_timeout,
             hold_timeout: config.failover.hold_timeout,
+            query_wait_timeout: Some(p.query_wait_timeout).filter(|t| !t.is_zero()),
             target,
         };
         let password = self

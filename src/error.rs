@@ -29,6 +29,10 @@ pub enum ClientError {
         /// Its value.
         limit: usize,
     },
+    /// The client's pool stayed paused past `query_wait_timeout`: its
+    /// request was never run. The connection stays usable.
+    #[error("query_wait_timeout: the pool stayed paused for {0:?}; the query was not run")]
+    QueryWaitTimeout(std::time::Duration),
     /// The client left a transaction open and idle past
     /// `idle_transaction_timeout` (PostgreSQL's wording and SQLSTATE).
     #[error("terminating connection due to idle-in-transaction timeout")]
@@ -119,6 +123,7 @@ impl ClientError {
             | ClientError::TooManyPools(_) => "53300",
             ClientError::LoginTimeout => "57014",
             ClientError::PreparedLimit { .. } => "53400",
+            ClientError::QueryWaitTimeout(_) => "57014",
             ClientError::IdleInTransactionTimeout => "25P03",
             ClientError::Protocol(_) => "08P01",
             ClientError::UnsupportedProtocol(_) => "0A000",
@@ -144,6 +149,7 @@ impl ClientError {
             self,
             ClientError::CheckoutTimeout
                 | ClientError::PreparedLimit { .. }
+                | ClientError::QueryWaitTimeout(_)
                 | ClientError::TransactionLost
                 | ClientError::CommitUnknown
                 | ClientError::InFailedTransaction

@@ -360,12 +360,8 @@ async fn finish_and_count(raw: Raw, unit: &[u8], written: usize, zs: usize) -> H
             }
         }
     });
-    let rest = &unit[written % unit.len()..];
-    let rest = if written % unit.len() == 0 {
-        &[][..]
-    } else {
-        rest
-    };
+    // The rest of the unit cut short, if one was.
+    let rest = &unit[written % unit.len()..][..(unit.len() - written % unit.len()) % unit.len()];
     wr.write_all(rest).await.unwrap();
     wr.write_all(b"S\0\0\0\x04").await.unwrap();
     reader.await.unwrap()
@@ -498,4 +494,69 @@ async fn a_clients_prepared_statements_are_bounded_and_share_their_text() {
     assert_eq!((tags(&msgs).as_str(), status), ("111E", Some(b'E')));
     let err = String::from_utf8_lossy(&msgs[3].1);
     assert!(err.contains("max_client_prepared_bytes = 1048576"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_cancels_a_long_query_and_gives_up_on_a_frozen_server() {
+    let (p, _) = proxy("query_timeout = \"1s\"").await;
+    let c = p.client().await;
+    let started = std::time::Instant::now();
+    let err = c
+        .simple_query("SELECT pg_sleep(30)")
+        .await
+        .expect_err("cancelled");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Quick requests, one after another, each get the whole limit.
+    for _ in 0..3 {
+        c.simple_query("SELECT pg_sleep(0.6)").await.unwrap();
+    }
+    c.simple_query("SELECT 1").await.unwrap();
+
+    // A server that answers nothing, not even the cancel (its backend stopped).
+    c.batch_execute("BEGIN").await.unwrap();
+    let row = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap();
+    let pid: i32 = row.get(0);
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        c.simple_query("SELECT 1"),
+    )
+    .await
+    .expect("answered, not left waiting")
+    .expect_err("its server is lost");
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(sqlstate(&err).as_deref(), Some("08006"), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    // The client goes on: its lost transaction ends, then a new one works.
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_on_a_paused_pool_gives_up_after_query_wait_timeout() {
+    let (p, _) = proxy("query_wait_timeout = \"1s\"").await;
+    let c = p.client().await;
+    c.simple_query("SELECT 1").await.unwrap();
+    let admin = p.client_as("admin", "adminpw", "switchyard").await.unwrap();
+    admin.simple_query("PAUSE app").await.unwrap();
+    let started = std::time::Instant::now();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        c.simple_query("SELECT 1"),
+    );
+    let err = waited
+        .await
+        .expect("not held forever")
+        .expect_err("refused");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err:?}");
+    let message = err.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        message.unwrap_or_default().contains("query_wait_timeout"),
+        "{err:?}"
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    admin.simple_query("RESUME app").await.unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
 }

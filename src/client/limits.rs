@@ -28,6 +28,8 @@ pub struct Limits {
     pub settings_timeout: Duration,
     /// `proxy.idle_transaction_timeout`, when set.
     pub idle_transaction: Option<Duration>,
+    /// `proxy.query_timeout`, when set.
+    pub query_timeout: Option<Duration>,
 }
 
 impl From<&crate::config::Config> for Limits {
@@ -46,6 +48,7 @@ impl From<&crate::config::Config> for Limits {
             },
             settings_timeout: c.proxy.server_connect_timeout,
             idle_transaction: Some(c.proxy.idle_transaction_timeout).filter(|t| !t.is_zero()),
+            query_timeout: Some(c.proxy.query_timeout).filter(|t| !t.is_zero()),
         }
     }
 }

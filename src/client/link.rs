@@ -41,6 +41,58 @@ const MAX_SERVER_MESSAGE: usize = 1 << 30;
 /// hundred microseconds of scanning.
 const YIELD_EVERY: usize = 128 * 1024;
 
+/// How long a server has to answer after the proxy cancelled its request
+/// (`query_timeout`) before its connection is given up as lost.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The clock of `proxy.query_timeout`: it runs while a request is
+/// unanswered and restarts at each ReadyForQuery, so each request of a
+/// pipeline gets the whole limit. Only links with the limit set read the
+/// clock.
+#[derive(Debug)]
+struct QueryClock {
+    limit: std::time::Duration,
+    /// When the request now running must be answered by.
+    deadline: Option<tokio::time::Instant>,
+    /// The request was cancelled: the deadline is the grace after it.
+    cancelled: bool,
+}
+
+impl QueryClock {
+    fn new(limit: std::time::Duration) -> QueryClock {
+        QueryClock {
+            limit,
+            deadline: None,
+            cancelled: false,
+        }
+    }
+
+    /// The deadline of the request running, `pending` requests being owed.
+    fn deadline(&mut self, pending: u32) -> Option<tokio::time::Instant> {
+        if pending == 0 {
+            self.deadline = None;
+            self.cancelled = false;
+            return None;
+        }
+        Some(
+            *self
+                .deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.limit),
+        )
+    }
+
+    /// A ReadyForQuery: the next request's clock starts when it is next asked.
+    fn answered(&mut self) {
+        self.deadline = None;
+        self.cancelled = false;
+    }
+
+    fn cancel(&mut self) {
+        self.cancelled = true;
+        self.deadline = Some(tokio::time::Instant::now() + CANCEL_GRACE);
+    }
+}
+
 /// Most replies a client may be owed before it is read no more (about
 /// 40 bytes each).
 const MAX_OWED: usize = 16 * 1024;
@@ -95,6 +147,9 @@ pub(super) enum End {
 
 /// Why [`Link::pump`] returned.
 pub(super) enum Pumped {
+    /// The running request passed `query_timeout`: the relay cancels it,
+    /// then pumps on with the same link.
+    Cancel,
     /// The client did something tied to its server session (the reason):
     /// the relay pins it, then pumps on with the same link.
     Pin(&'static str),
@@ -114,6 +169,8 @@ pub(super) struct Link {
     pub(super) txn: Txn,
     /// `proxy.idle_transaction_timeout`, when set.
     idle_transaction: Option<std::time::Duration>,
+    /// `proxy.query_timeout`, when set, and the running request's clock.
+    query_timeout: Option<QueryClock>,
     /// Rewrite statement names (transaction mode).
     rewrite: bool,
     /// Session mode: the server is kept even when idle.
@@ -179,6 +236,7 @@ impl Link {
             max_message_size: limits.max_message_size,
             max_prepared: limits.max_prepared,
             idle_transaction: limits.idle_transaction,
+            query_timeout: limits.query_timeout.map(QueryClock::new),
             meter,
             ..Default::default()
         }
@@ -206,6 +264,23 @@ impl Link {
     /// buffered either way).
     fn idle_in_transaction(&self, client_empty: bool, server_empty: bool) -> bool {
         client_empty && server_empty && self.at_rest() && self.txn.quiet() && !self.txn.idle()
+    }
+
+    /// The running request passed its deadline: first it is cancelled
+    /// (the relay sends the cancel); if the server then answers nothing
+    /// in time, it is lost.
+    fn query_expired(&mut self) -> Option<Pumped> {
+        let clock = self.query_timeout.as_mut()?;
+        if clock.cancelled {
+            tracing::warn!("query_timeout: the server answered neither the request nor its cancel");
+            return Some(
+                End::ServerLost("query_timeout: no answer to the request or its cancel".into())
+                    .into(),
+            );
+        }
+        tracing::info!(timeout = ?clock.limit, "query_timeout: cancelling the request");
+        clock.cancel();
+        Some(Pumped::Cancel)
     }
 
     /// Replies and the proxy's own answers still owed to the client are at
@@ -314,6 +389,16 @@ impl Link {
             };
             let shutdown = cx.shutdown.cancelled();
             let wait_shutdown = (session_mode || cx.pinned) && !cx.shutdown.is_cancelled();
+            let query_deadline = match &mut self.query_timeout {
+                Some(clock) => clock.deadline(self.txn.pending),
+                None => None,
+            };
+            let query_expired = async move {
+                match query_deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             let idle_expired = async move {
                 match idle_limit {
                     Some(limit) => tokio::time::sleep(limit).await,
@@ -339,6 +424,7 @@ impl Link {
                 _ = shutdown, if wait_shutdown => {}
                 _ = &mut kill => return End::Killed.into(),
                 _ = idle_expired => return End::IdleInTransaction.into(),
+                _ = query_expired => if let Some(p) = self.query_expired() { return p },
                 _ = &mut retired => return End::ServerLost("the node's connections were closed by the health monitor".into()).into(),
             }
             if let Err(p) = self.settle(cx, server) {
@@ -511,6 +597,7 @@ impl Link {
         errors: &ErrorCounts,
     ) -> Result<Forgotten, FrameError> {
         let (txn, expect, drop) = (&mut self.txn, &mut self.expect, &mut self.s_drop);
+        let clock = &mut self.query_timeout;
         let meter = &mut self.meter;
         let reported = &mut self.reported;
         let mut forgotten = Forgotten::default();
@@ -533,6 +620,9 @@ impl Link {
                 forgotten.confirmed.extend(f.confirmed);
                 txn.pending = txn.pending.saturating_sub(f.ignored_syncs);
                 if let (b'Z', Some(&status)) = (tag, frame.and_then(|f| f.get(5))) {
+                    if let Some(clock) = clock.as_mut() {
+                        clock.answered();
+                    }
                     txn.on_ready(status);
                     meter.ready(txn.pending, status, latencies);
                 }

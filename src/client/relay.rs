@@ -477,9 +477,18 @@ impl Session {
             };
             match link.pump(&mut cx, server).await {
                 Pumped::Pin(why) => self.pin(why),
+                Pumped::Cancel => self.cancel_running(),
                 Pumped::End(end) => return end,
             }
         }
+    }
+
+    /// Cancels the client's running request (`query_timeout`) as its own
+    /// CancelRequest would be: counted, so its server serves nobody else
+    /// before the cancel has landed.
+    fn cancel_running(&self) {
+        let (ctx, pid, secret) = (self.ctx.clone(), self.cancel.pid, self.cancel.secret);
+        tokio::spawn(async move { crate::cancel_request::cancel_here(&ctx, pid, secret).await });
     }
 
     /// Keeps the client on its server until it disconnects.

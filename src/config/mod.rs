@@ -309,6 +309,17 @@ pub struct ProxyConfig {
     /// (default): never.
     #[serde(with = "duration")]
     pub idle_transaction_timeout: Duration,
+    /// A request (a Query, or an extended batch up to Sync) still
+    /// unanswered after this long is cancelled on its server; if the server
+    /// answers neither within 5 s more, its connection is dropped as lost.
+    /// `0s` (default): never.
+    #[serde(with = "duration")]
+    pub query_timeout: Duration,
+    /// Longest a request waits while its pool is paused (`PAUSE`); then it
+    /// gets SQLSTATE 57014 and the connection stays. `0s`: as long as it
+    /// takes. Default `120s`.
+    #[serde(with = "duration")]
+    pub query_wait_timeout: Duration,
     /// Idle server connections older than this are closed. Default `10m`.
     #[serde(with = "duration")]
     pub server_idle_timeout: Duration,
@@ -476,6 +487,8 @@ impl Default for ProxyConfig {
             max_prepared_statements: 200,
             max_tracked_parameters: 64,
             max_client_prepared_statements: 2000,
+            query_timeout: Duration::ZERO,
+            query_wait_timeout: Duration::from_secs(120),
             max_client_prepared_bytes: 16 << 20,
             stats_period: Duration::from_secs(60),
             workers: 0,

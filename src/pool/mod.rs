@@ -38,6 +38,8 @@ pub struct PoolSettings {
     pub connect_timeout: Duration,
     /// Longest wait for a routable node (a failover in progress).
     pub hold_timeout: Duration,
+    /// Longest wait while the pool is paused (`None`: as long as it takes).
+    pub query_wait_timeout: Option<Duration>,
     /// Where this pool's connections go.
     pub target: Target,
 }
@@ -48,6 +50,9 @@ pub enum PoolError {
     /// No slot became free within `checkout_timeout`.
     #[error("checkout timed out")]
     Timeout,
+    /// The pool stayed paused past `query_wait_timeout`.
+    #[error("paused past query_wait_timeout")]
+    PausedTooLong(Duration),
     /// No node became routable within `hold_timeout`.
     #[error("no routable server within hold_timeout")]
     HoldTimeout,
@@ -177,8 +182,8 @@ impl Pool {
     /// awaited up to `checkout_timeout`.
     pub async fn checkout(&self) -> Result<PooledConn, PoolError> {
         let s = &self.shared;
-        self.resumed().await;
         let settings = s.settings.load_full();
+        self.resumed(settings.query_wait_timeout).await?;
         let deadline = tokio::time::Instant::now() + settings.hold_timeout;
         let permit = match s.slots.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -333,15 +338,23 @@ impl Pool {
         &self.shared.stats
     }
 
-    /// Waits while the pool is paused.
-    async fn resumed(&self) {
+    /// Waits while the pool is paused, at most `limit`.
+    async fn resumed(&self, limit: Option<Duration>) -> Result<(), PoolError> {
         // The common case, not paused, costs a read lock and no subscription.
         if !*self.shared.paused.borrow() {
-            return;
+            return Ok(());
         }
         let mut rx = self.shared.paused.subscribe();
         // Only errs when the sender is gone, and the pool owns it.
-        let _ = rx.wait_for(|paused| !paused).await;
+        let resumed = rx.wait_for(|paused| !paused);
+        match limit {
+            None => drop(resumed.await),
+            Some(limit) => match tokio::time::timeout(limit, resumed).await {
+                Ok(_) => {}
+                Err(_) => return Err(PoolError::PausedTooLong(limit)),
+            },
+        }
+        Ok(())
     }
 
     /// Pauses (`true`) or resumes the pool's checkouts.
@@ -592,6 +605,7 @@ mod tests {
             lifetime: Duration::from_secs(100),
             connect_timeout: Duration::from_secs(1),
             hold_timeout: Duration::from_secs(1),
+            query_wait_timeout: None,
             target: Target::Primary,
         };
         let t0 = Instant::now();
