@@ -560,3 +560,32 @@ async fn a_request_waiting_on_a_paused_pool_gives_up_after_query_wait_timeout() 
     admin.simple_query("RESUME app").await.unwrap();
     c.simple_query("SELECT 1").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_bind_of_a_named_statement_streams_instead_of_being_held() {
+    // Held whole, a 24 MiB Bind would break a 1 MiB max_message_size.
+    let cluster = cluster();
+    let extra = "max_message_size = 1048576\ndefault_pool_size = 1";
+    let proxy = Shipped::start(&cluster, extra).await;
+    let url = proxy.url("app", "app", "app");
+    let (a, b) = (
+        common::connect(&url).await.unwrap(),
+        common::connect(&url).await.unwrap(),
+    );
+    let sql = "SELECT length($1::bytea), get_byte($1::bytea, 0), get_byte($1::bytea, length($1::bytea) - 1)";
+    let before = rss_kib(proxy.pid());
+    for (i, c) in [&a, &b, &a].into_iter().enumerate() {
+        // Each client's statement is new to the server or shared with the
+        // other's: the Parse injected before a streamed Bind works too.
+        let stmt = c.prepare(sql).await.unwrap();
+        let mut data = vec![7u8; 24 << 20];
+        data[0] = i as u8;
+        *data.last_mut().unwrap() = 9;
+        let row = c.query_one(&stmt, &[&data]).await.unwrap();
+        let got: (i32, i32, i32) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(got, (24 << 20, i as i32, 9));
+    }
+    let grown = rss_kib(proxy.pid()).saturating_sub(before);
+    assert!(grown < 16 * 1024, "the proxy grew {grown} KiB");
+    a.simple_query("SELECT 1").await.unwrap();
+}

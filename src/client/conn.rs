@@ -7,8 +7,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::ClientError;
+use crate::protocol::frame::MAX_FRAME;
 use crate::protocol::messages::startup::{packet_len, StartupError};
-use crate::protocol::{frame_len, Scanner, Visit};
+use crate::protocol::{frame_len, Hold, Scanner, Visit};
 use crate::tls::Stream;
 
 /// Largest message accepted during authentication.
@@ -132,8 +133,10 @@ impl ClientConn {
         }
     }
 
-    /// Drops messages: the first one, or everything up to and including Sync.
-    pub async fn discard(&mut self, through_sync: bool, max: usize) -> Result<(), ClientGone> {
+    /// Drops messages: the first one, or everything up to and including
+    /// Sync. Streamed: nothing is held, so any message PostgreSQL would
+    /// take is dropped in pieces.
+    pub async fn discard(&mut self, through_sync: bool) -> Result<(), ClientGone> {
         let mut scanner = Scanner::default();
         let mut first = true;
         let mut done = false;
@@ -141,8 +144,8 @@ impl ClientConn {
             let n = scanner
                 .scan(
                     &self.buf,
-                    max,
-                    |_| false,
+                    MAX_FRAME,
+                    |_, _| Hold::Stream,
                     |tag, _| {
                         if done {
                             return Visit::Stop;

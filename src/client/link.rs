@@ -25,14 +25,20 @@ use crate::measure::ErrorCounts;
 use crate::pool::Pool;
 use crate::pool::PooledConn;
 use crate::protocol::frame::put_frame;
+use crate::protocol::frame::{header, HEADER_LEN, MAX_FRAME};
 use crate::protocol::messages::backend::decode_parameter_status;
 use crate::protocol::messages::error_response;
-use crate::protocol::messages::extended::{decode_parse, decode_target};
-use crate::protocol::{frame_len, FrameError, Scanner, Visit};
+use crate::protocol::messages::extended::{decode_bind_statement, decode_parse, decode_target};
+use crate::protocol::{frame_len, whole_if, FrameError, Hold, Scanner, Visit};
 use crate::server::ServerConn;
 
-/// Server messages are PostgreSQL's; only bodies we hold whole are bounded.
-const MAX_SERVER_MESSAGE: usize = 1 << 30;
+/// Server messages are PostgreSQL's: bounded by its own limit.
+const MAX_SERVER_MESSAGE: usize = MAX_FRAME;
+
+/// Server messages the link reads (ErrorResponse for its SQLSTATE,
+/// ParameterStatus, ReadyForQuery) are held whole up to this size; a larger
+/// one (an error carrying a huge query in its detail) streams through unread.
+const MAX_SERVER_HELD: usize = 64 * 1024;
 
 /// Bytes a link moves before it lets the other tasks on its event loop run.
 /// A flood (a pipeline of a million queries, a huge COPY) keeps both sockets
@@ -100,6 +106,23 @@ const MAX_OWED: usize = 16 * 1024;
 /// Most bytes of the proxy's own answers waiting for the client before it
 /// is read no more.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// A named Bind larger than this is not held whole: its head is
+/// rewritten and its parameters stream on to the server.
+const MAX_HELD_BIND: usize = 64 * 1024;
+
+/// Whether the link holds a client message of `tag` and `len` whole before
+/// forwarding it: a Query, to spot a COMMIT in flight and what it does to
+/// the session; when rewriting statement names, the messages that name
+/// one, except a large Bind. Everything else streams.
+pub(super) fn held_whole(tag: u8, len: usize, rewrite: bool) -> bool {
+    match tag {
+        b'Q' => true,
+        b'P' | b'D' | b'C' => rewrite,
+        b'B' => rewrite && len <= MAX_HELD_BIND,
+        _ => false,
+    }
+}
 
 /// What one pump borrows from its session, built by the relay for one call
 /// of [`Link::pump`]: the client side, and where the link counts and learns.
@@ -192,6 +215,9 @@ pub(super) struct Link {
     s_synth: BytesMut,
     /// The client message at the buffer front must be rewritten (once `c_ready` is sent).
     c_hold: bool,
+    /// A Bind too large to hold is at the buffer front: its head is
+    /// rewritten once it has arrived, and its body streams after it.
+    c_head: bool,
     /// The server message at the buffer front must be dropped (once `s_ready` is sent).
     s_drop: bool,
     /// The client sent Terminate (left unforwarded at the buffer front).
@@ -299,6 +325,7 @@ impl Link {
             && self.c_synth.is_empty()
             && self.s_synth.is_empty()
             && !self.c_hold
+            && !self.c_head
             && !self.s_drop
             && self.expect.is_empty()
             && self.client_scan.at_boundary()
@@ -470,7 +497,7 @@ impl Link {
     fn settle(&mut self, cx: &mut LinkCtx<'_>, server: &mut ServerConn) -> Result<(), Pumped> {
         let max = self.max_message_size;
         loop {
-            if !self.c_hold {
+            if !self.c_hold && !self.c_head {
                 self.scan_client(&cx.client.buf, max)
                     .map_err(|e| End::ClientError(ClientError::Protocol(e.to_string())))?;
             }
@@ -480,6 +507,12 @@ impl Link {
                 self.move_ready_to_synth(&mut cx.client.buf);
                 self.rewrite_front(cx, server);
                 continue;
+            }
+            if self.c_head {
+                self.move_ready_to_synth(&mut cx.client.buf);
+                if self.rewrite_bind_head(cx, server) {
+                    continue;
+                }
             }
             if !self.c_synth.is_empty() {
                 self.move_ready_to_synth(&mut cx.client.buf);
@@ -542,14 +575,21 @@ impl Link {
             &mut self.custom,
             &mut self.forgot_statements,
         );
-        // Queries are held whole (bounded by max_message_size) to spot a COMMIT
-        // in flight; statement-naming messages, to rewrite them.
-        let whole = |t: u8| t == b'Q' || (rewrite && matches!(t, b'P' | b'B' | b'D' | b'C'));
+        let head = &mut self.c_head;
+        let policy = |t: u8, len: usize| match held_whole(t, len, rewrite) {
+            false => Hold::Stream,
+            true if len > max => Hold::TooLarge,
+            true => Hold::Whole,
+        };
         let n = self
             .client_scan
-            .scan(&buf[self.c_ready..], max, whole, |tag, frame| {
+            .scan(&buf[self.c_ready..], MAX_FRAME, policy, |tag, frame| {
                 if tag == b'X' {
                     *terminated = true;
+                    return Visit::Stop;
+                }
+                if rewrite && tag == b'B' && frame.is_none() {
+                    *head = true;
                     return Visit::Stop;
                 }
                 if rewrite {
@@ -605,7 +645,7 @@ impl Link {
             &buf[self.s_ready..],
             MAX_SERVER_MESSAGE,
             // ErrorResponses are held whole for their SQLSTATE (the error metrics).
-            |t| t == b'Z' || t == b'S' || t == b'E',
+            |t, len| whole_if(matches!(t, b'Z' | b'S' | b'E') && len <= MAX_SERVER_HELD),
             |tag, frame| {
                 if expect.answer_due() {
                     return Visit::Stop;
@@ -642,6 +682,54 @@ impl Link {
         )?;
         self.s_ready += n;
         Ok(forgotten)
+    }
+
+    /// Rewrites the head of the large Bind at the front of the client
+    /// buffer once its portal and statement names have arrived, and lets
+    /// its body stream. False: more bytes are needed first.
+    fn rewrite_bind_head(&mut self, cx: &mut LinkCtx<'_>, server: &mut ServerConn) -> bool {
+        let buf = &cx.client.buf;
+        let Ok(Some((_, len))) = header(buf, MAX_FRAME) else {
+            return false;
+        };
+        let seen = &buf[..buf.len().min(len + 1)];
+        let names = decode_bind_statement(seen).map(|(p, n, _)| (p.to_vec(), n.to_vec()));
+        if names.is_none() && seen.len() < (len + 1).min(MAX_HELD_BIND) {
+            return false;
+        }
+        self.c_head = false;
+        self.moved = true;
+        self.txn.on_client(b'B');
+        self.meter.client_message(b'B');
+        let mut up = Upstream {
+            held: server.statements_mut(),
+            max_prepared: self.max_prepared,
+            out: &mut self.c_synth,
+            expect: &mut self.expect,
+            parses: 0,
+        };
+        let rewritten = names.as_ref().and_then(|(portal, name)| {
+            let effects = up.bind_head(portal, name, len, cx.stmts)?;
+            Some((effects, HEADER_LEN + portal.len() + name.len() + 2))
+        });
+        let parses = up.parses;
+        for _ in 0..parses {
+            self.meter.server_parse();
+        }
+        match rewritten {
+            Some((effects, head)) => {
+                cx.client.buf.advance(head);
+                self.client_scan.continue_body(len + 1 - head);
+                self.note(effects, b"");
+            }
+            // Not a statement the proxy knows (or no names within reach):
+            // it goes as sent, and PostgreSQL answers it.
+            None => {
+                self.expect.push(Expect::Forward(Sent::Bind));
+                self.client_scan.continue_body(len + 1);
+            }
+        }
+        true
     }
 
     /// Rewrites the statement-naming message at the front of the client buffer.

@@ -79,7 +79,6 @@ fn on_server_lost(txn: Txn) -> Verdict {
 pub(super) async fn answer_lost_server(
     client: &mut ClientConn,
     txn: Txn,
-    max_message_size: usize,
 ) -> Result<Option<LostTxn>, ClientGone> {
     let Verdict { err, status, lost } = on_server_lost(txn);
     let mut out = BytesMut::new();
@@ -91,7 +90,7 @@ pub(super) async fn answer_lost_server(
     client.send(&out).await?;
     if txn.extended_open {
         // The batch's Sync is still to come: answer it like the others.
-        client.discard(true, max_message_size).await?;
+        client.discard(true).await?;
         out.clear();
         err.encode(&mut out);
         client.errors.add(err.sqlstate());
@@ -129,9 +128,7 @@ pub(super) async fn answer_in_lost_txn(
     client.errors.add(err.sqlstate());
     client.send(&out).await?;
     if tag != b'Q' {
-        client
-            .discard(!matches!(tag, b'F'), max_message_size)
-            .await?;
+        client.discard(!matches!(tag, b'F')).await?;
     }
     out.clear();
     backend::ready_for_query(&mut out, b'E');

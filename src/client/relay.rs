@@ -10,7 +10,7 @@ use bytes::{Buf, BytesMut};
 
 use super::conn::{ClientConn, ClientGone};
 use super::limits::Limits;
-use super::link::{End, Link, LinkCtx, Pumped};
+use super::link::{held_whole, End, Link, LinkCtx, Pumped};
 use super::lost::LostTxn;
 use super::meter::Meter;
 use super::prepared::ClientStatements;
@@ -23,9 +23,9 @@ use crate::error::ClientError;
 use crate::measure::latency::Kind;
 use crate::pool::stats::Tally;
 use crate::pool::{Pool, PoolError, PooledConn};
-use crate::protocol::frame::HEADER_LEN;
+use crate::protocol::frame::{header, HEADER_LEN, MAX_FRAME};
 use crate::protocol::messages::backend;
-use crate::protocol::{frame_len, FrameError};
+use crate::protocol::FrameError;
 use crate::server::settings::{Setting, SettingSet};
 use crate::server::{channel, send_cancel, ConnectError, ServerConn};
 use crate::sessions::cancel::{CancelGuard, CancelTarget};
@@ -187,10 +187,7 @@ impl Session {
                 (End::ServerLost(why), _) => {
                     tracing::warn!(error = %why, "server connection lost mid-session");
                     self.ctx.cluster().nudge();
-                    let max = self.limits.max_message_size;
-                    match super::lost::answer_lost_server(&mut self.client, self.last_txn, max)
-                        .await
-                    {
+                    match super::lost::answer_lost_server(&mut self.client, self.last_txn).await {
                         Ok(_) if self.settings_unknown => {
                             return self.client.send_error(&ClientError::SettingsLost).await
                         }
@@ -324,8 +321,7 @@ impl Session {
         self.ctx.errors().add(client_err.sqlstate());
         self.client.send(&out).await?;
         let through_sync = !matches!(tag, b'Q' | b'F');
-        let max = self.limits.max_message_size;
-        self.client.discard(through_sync, max).await?;
+        self.client.discard(through_sync).await?;
         out.clear();
         backend::ready_for_query(&mut out, backend::IDLE);
         Ok(self.client.send(&out).await?)
@@ -559,8 +555,20 @@ fn idle_front(buf: &[u8], max: usize, rewrite: bool) -> Result<Front, FrameError
     let Some(&tag) = buf.first() else {
         return Ok(Front::More);
     };
-    let held_whole = tag == b'Q' || (rewrite && matches!(tag, b'P' | b'B' | b'D' | b'C'));
-    let len = frame_len(buf, max)?;
+    // Only what is held whole is bounded by `max`; the rest streams.
+    let (len, held_whole) = match header(buf, MAX_FRAME)? {
+        Some((_, len)) if held_whole(tag, len, rewrite) && len > max => {
+            return Err(FrameError::BadLength {
+                tag,
+                len: len as u32,
+            })
+        }
+        Some((_, len)) => (
+            (buf.len() > len).then_some(len + 1),
+            held_whole(tag, len, rewrite),
+        ),
+        None => (None, tag == b'Q' || rewrite),
+    };
     Ok(match (tag, len) {
         (b'X', _) if buf.len() >= HEADER_LEN => Front::Terminate,
         (b'S' | b'H' | b'd' | b'c' | b'f', Some(len)) => Front::Skip {
@@ -610,6 +618,7 @@ mod tests {
         let big = 100_000;
         let q = msg(b'Q', big);
         let b = msg(b'B', big);
+        let mid = msg(b'B', 20_000);
         let cases: &[(&[u8], bool, Front)] = &[
             (b"", true, Front::More),
             (b"Q", true, Front::More),
@@ -619,7 +628,9 @@ mod tests {
             (&q[..STREAM_AFTER + 10], true, Front::More),
             (&q, true, Front::Work(b'Q')),
             // Statement-naming messages are held whole when rewriting...
-            (&b[..STREAM_AFTER + 10], true, Front::More),
+            (&mid[..STREAM_AFTER + 10], true, Front::More),
+            // ...except a large Bind, whose head alone is rewritten...
+            (&b[..STREAM_AFTER + 10], true, Front::Work(b'B')),
             // ...and streamed once large when not.
             (&b[..STREAM_AFTER + 10], false, Front::Work(b'B')),
             (&b[..15], false, Front::More),
@@ -652,5 +663,9 @@ mod tests {
             );
         }
         assert!(idle_front(&msg(b'Q', 10), 8, true).is_err());
+        // Only what is held whole is bounded: a large Execute streams.
+        assert_eq!(idle_front(&msg(b'E', 10), 8, true), Ok(Front::Work(b'E')));
+        assert!(idle_front(&msg(b'B', 10)[..6], 8, true).is_err());
+        assert_eq!(idle_front(&msg(b'B', 10)[..6], 8, false), Ok(Front::More));
     }
 }

@@ -14,7 +14,8 @@ use super::prepared::{ClientStatements, OverBound, Statement};
 use super::session_state::Effects;
 use crate::error::ClientError;
 use crate::protocol::messages::extended::{
-    decode_bind_statement, decode_parse, decode_target, encode_bind, encode_target,
+    decode_bind_statement, decode_parse, decode_target, encode_bind, encode_bind_head,
+    encode_target,
 };
 use crate::server::statements::ServerStatements;
 
@@ -115,6 +116,25 @@ impl Upstream<'_> {
             }
         }
         Effects::default()
+    }
+
+    /// The head of a Bind too large to hold (`len`, its length field),
+    /// naming `name`: the head is rewritten and the body streams after it.
+    /// `None`: no such statement here, so the Bind goes unchanged (and
+    /// PostgreSQL answers 26000).
+    pub fn bind_head(
+        &mut self,
+        portal: &[u8],
+        name: &[u8],
+        len: usize,
+        stmts: &ClientStatements,
+    ) -> Option<Effects> {
+        let stmt = stmts.get(&String::from_utf8_lossy(name))?;
+        self.ensure_prepared(&stmt);
+        let server = stmt.server_name.as_bytes();
+        encode_bind_head(self.out, portal, server, len - name.len() + server.len());
+        self.expect.push(Expect::Forward(Sent::Bind));
+        Some(stmt.effects)
     }
 
     /// A named Parse: registered under the client's name; sent under the

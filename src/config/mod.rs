@@ -339,7 +339,10 @@ pub struct ProxyConfig {
     pub allow_trust_on_network: bool,
     /// Users allowed into the admin console (database `switchyard` / `pgbouncer`).
     pub admin_users: Vec<String>,
-    /// Largest client message accepted, in bytes; larger is a protocol violation. Default 256 MiB.
+    /// Largest client message the proxy holds whole (a Query; in
+    /// transaction mode a Parse, Describe, Close, or a Bind up to 64 KiB);
+    /// larger is a protocol violation. Other messages stream, bounded only
+    /// by PostgreSQL's own 1 GB. Default 64 MiB.
     pub max_message_size: usize,
     /// On SIGTERM/SIGINT, how long running transactions may take to finish. Default `30s`.
     #[serde(with = "duration")]
@@ -482,7 +485,7 @@ impl Default for ProxyConfig {
             auth_type: AuthType::ScramSha256,
             allow_trust_on_network: false,
             admin_users: vec!["admin".into()],
-            max_message_size: 256 * 1024 * 1024,
+            max_message_size: 64 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
             max_prepared_statements: 200,
             max_tracked_parameters: 64,

@@ -14,6 +14,10 @@ pub enum FrameError {
     },
 }
 
+/// PostgreSQL's own bound on a message (its `PQ_LARGE_MESSAGE_LIMIT`, 1 GB):
+/// what streams through the proxy is bounded by it alone.
+pub const MAX_FRAME: usize = 0x3fff_ffff;
+
 /// Size of a tag + length header.
 pub const HEADER_LEN: usize = 5;
 

@@ -10,4 +10,4 @@ pub mod messages;
 pub mod scanner;
 
 pub use frame::{frame_len, FrameError};
-pub use scanner::{Scanner, Visit};
+pub use scanner::{whole_if, Hold, Scanner, Visit};

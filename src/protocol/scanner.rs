@@ -15,6 +15,17 @@ pub enum Visit {
     Stop,
 }
 
+/// How the caller wants one message, given its tag and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Shown to the visitor complete (`Some(frame)`), once all of it arrived.
+    Whole,
+    /// Shown at its header (`None`) and streamed.
+    Stream,
+    /// It should be held, and is too large to: the stream is broken.
+    TooLarge,
+}
+
 /// Position within a message stream; carries a partially forwarded body across reads.
 #[derive(Debug, Default)]
 pub struct Scanner {
@@ -22,21 +33,28 @@ pub struct Scanner {
 }
 
 impl Scanner {
+    /// The next `n` bytes are the rest of a message the caller took the
+    /// head of itself: they are forwarded as they come.
+    pub fn continue_body(&mut self, n: usize) {
+        self.body_left = n;
+    }
+
     /// True when the next byte starts a new message.
     pub fn at_boundary(&self) -> bool {
         self.body_left == 0
     }
 
     /// Scans `buf` (bytes not yet scanned) and returns how many leading bytes
-    /// may be forwarded. `whole(tag)` says which messages must be complete
-    /// before they are shown to `visit` (with `Some(frame)`); other messages are
-    /// shown at their header (`None`) and streamed. A frame longer than `max`
-    /// is an error.
+    /// may be forwarded. `hold(tag, len)` says which messages must be
+    /// complete before they are shown to `visit` (with `Some(frame)`);
+    /// other messages are shown at their header (`None`) and streamed. A
+    /// frame longer than `max`, or one to hold that is too large to, is an
+    /// error.
     pub fn scan(
         &mut self,
         buf: &[u8],
         max: usize,
-        whole: impl Fn(u8) -> bool,
+        hold: impl Fn(u8, usize) -> Hold,
         mut visit: impl FnMut(u8, Option<&[u8]>) -> Visit,
     ) -> Result<usize, FrameError> {
         let mut pos = self.body_left.min(buf.len());
@@ -47,24 +65,42 @@ impl Scanner {
                 break;
             };
             let total = len + 1;
-            if whole(tag) {
-                let Some(frame) = rest.get(..total) else {
-                    break;
-                };
-                if visit(tag, Some(frame)) == Visit::Stop {
-                    break;
+            match hold(tag, len) {
+                Hold::TooLarge => {
+                    return Err(FrameError::BadLength {
+                        tag,
+                        len: len as u32,
+                    })
                 }
-                pos += total;
-            } else {
-                if visit(tag, None) == Visit::Stop {
-                    break;
+                Hold::Whole => {
+                    let Some(frame) = rest.get(..total) else {
+                        break;
+                    };
+                    if visit(tag, Some(frame)) == Visit::Stop {
+                        break;
+                    }
+                    pos += total;
                 }
-                let avail = rest.len().min(total);
-                pos += avail;
-                self.body_left = total - avail;
+                Hold::Stream => {
+                    if visit(tag, None) == Visit::Stop {
+                        break;
+                    }
+                    let avail = rest.len().min(total);
+                    pos += avail;
+                    self.body_left = total - avail;
+                }
             }
         }
         Ok(pos)
+    }
+}
+
+/// [`Hold::Whole`] if `whole`, else [`Hold::Stream`].
+pub fn whole_if(whole: bool) -> Hold {
+    if whole {
+        Hold::Whole
+    } else {
+        Hold::Stream
     }
 }
 
@@ -94,7 +130,7 @@ mod tests {
                 .scan(
                     &buf,
                     1 << 20,
-                    |t| t == b'Z',
+                    |t, _| whole_if(t == b'Z'),
                     |t, f| {
                         seen.push((t, f.map(|f| f[5])));
                         Visit::Forward
@@ -119,7 +155,7 @@ mod tests {
             .scan(
                 &stream,
                 1024,
-                |_| false,
+                |_, _| Hold::Stream,
                 |t, _| {
                     if t == b'X' {
                         Visit::Stop
@@ -137,10 +173,37 @@ mod tests {
     fn lying_length_is_an_error() {
         let mut s = Scanner::default();
         assert!(s
-            .scan(b"Q\0\0\0\x01", 1024, |_| false, |_, _| Visit::Forward)
+            .scan(
+                b"Q\0\0\0\x01",
+                1024,
+                |_, _| Hold::Stream,
+                |_, _| Visit::Forward
+            )
             .is_err());
         assert!(s
-            .scan(b"Q\x7f\0\0\0", 1024, |_| false, |_, _| Visit::Forward)
+            .scan(
+                b"Q\x7f\0\0\0",
+                1024,
+                |_, _| Hold::Stream,
+                |_, _| Visit::Forward
+            )
             .is_err());
+        // A message to hold that is too large to is refused at its header.
+        let big = frame(b'Q', &[b'x'; 100]);
+        let hold = |_, len| {
+            if len > 50 {
+                Hold::TooLarge
+            } else {
+                Hold::Whole
+            }
+        };
+        assert!(s
+            .scan(&big[..5], 1024, hold, |_, _| Visit::Forward)
+            .is_err());
+        let stream = |_, _| Hold::Stream;
+        assert_eq!(
+            s.scan(&big, 1024, stream, |_, _| Visit::Forward),
+            Ok(big.len())
+        );
     }
 }

@@ -68,6 +68,18 @@ pub fn encode_bind(out: &mut BytesMut, portal: &[u8], stmt: &[u8], tail: &[u8]) 
     put_frame(out, b'B', &b);
 }
 
+/// Appends the head of a Bind whose statement name is replaced, for a
+/// body of `len` bytes (length field included) that streams on after it:
+/// tag, length, portal and statement name.
+pub fn encode_bind_head(out: &mut BytesMut, portal: &[u8], stmt: &[u8], len: usize) {
+    out.put_u8(b'B');
+    out.put_u32(len as u32);
+    out.put_slice(portal);
+    out.put_u8(0);
+    out.put_slice(stmt);
+    out.put_u8(0);
+}
+
 /// Describe or Close: kind (`S` statement / `P` portal) and name.
 pub fn decode_target(frame: &[u8]) -> Option<(u8, &[u8])> {
     let (&kind, rest) = body(frame).split_first()?;
