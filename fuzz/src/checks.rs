@@ -4,7 +4,7 @@
 //! them under plain `cargo test`. A check panics when an invariant breaks;
 //! the code under test must never panic, loop or allocate without bound.
 
-use switchyard::protocol::{frame_len, Scanner, Visit};
+use switchyard::protocol::{frame_len, whole_if, Scanner, Visit};
 
 /// The framing limit of the check: small, so lying lengths are exercised.
 const MAX: usize = 64 * 1024;
@@ -17,12 +17,12 @@ pub fn frames(data: &[u8]) {
         return;
     };
     let client_side = mode & 1 == 0;
-    let whole = move |t: u8| {
-        if client_side {
+    let whole = move |t: u8, _len: usize| {
+        whole_if(if client_side {
             matches!(t, b'Q' | b'P' | b'B' | b'D' | b'C')
         } else {
             matches!(t, b'Z' | b'S' | b'E')
-        }
+        })
     };
     let chunk = usize::from(mode >> 1).max(1);
     // Reference: whole-buffer framing with frame_len.
