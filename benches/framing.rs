@@ -103,7 +103,7 @@ fn scan_once(buf: &[u8]) -> (usize, usize) {
         .scan(
             buf,
             MAX,
-            |t| t == b'Z',
+            |t, _| switchyard::protocol::whole_if(t == b'Z'),
             |t, whole| {
                 if t == b'Z' && whole.is_some() {
                     ready += 1;
@@ -128,7 +128,7 @@ fn scan_streaming(stream: &[u8]) -> usize {
             .scan(
                 &stream[forwarded..received],
                 MAX,
-                |t| t == b'Z',
+                |t, _| switchyard::protocol::whole_if(t == b'Z'),
                 |_, _| {
                     headers += 1;
                     Visit::Forward
