@@ -924,7 +924,7 @@ fn drive_scanner(frames: &[Vec<u8>], chunks: &Chunks, held: &[u8], stops: &[bool
             Some(*at)
         }))
         .collect();
-    let whole = |t: u8| held.contains(&t);
+    let whole = |t: u8, _: usize| switchyard::protocol::whole_if(held.contains(&t));
     let mut s = Scanner::default();
     let mut buf: Vec<u8> = vec![];
     let mut at = 0; // stream offset of buf[0]
@@ -1006,7 +1006,12 @@ fn bounds(frames: &[Vec<u8>]) {
     assert_eq!(frame_len(rest, max), Err(refused()));
     let mut s = Scanner::default();
     assert_eq!(
-        s.scan(&stream, max, |_| false, |_, _| Visit::Forward),
+        s.scan(
+            &stream,
+            max,
+            |_, _| switchyard::protocol::Hold::Stream,
+            |_, _| Visit::Forward
+        ),
         Err(refused())
     );
 }
