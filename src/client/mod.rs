@@ -34,5 +34,6 @@ pub fn pool_error(err: PoolError, at_login: bool) -> ClientError {
         PoolError::Connect(ClusterError::Login(_)) if at_login => ClientError::ServerLoginFailed,
         PoolError::HoldTimeout | PoolError::Connect(_) => ClientError::NoPrimary,
         PoolError::TooManyPools(max) => ClientError::TooManyPools(max),
+        PoolError::Limit(hit) => ClientError::ServerLimit(hit),
     }
 }
