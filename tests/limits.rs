@@ -177,7 +177,7 @@ async fn a_cancel_request_is_served_at_max_client_conn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_pending_logins_a_connection_is_refused_at_once_until_slots_free() {
-    let p = proxy("max_pending_logins = 3\nclient_login_timeout = \"3s\"").await;
+    let p = proxy("max_pending_logins = 3\nclient_login_timeout = \"5s\"").await;
     // Three sockets that connect and say nothing hold the three slots.
     let mut stalled = vec![];
     for _ in 0..3 {
@@ -219,7 +219,7 @@ async fn past_max_pending_logins_a_connection_is_refused_at_once_until_slots_fre
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(p.client_as("app", "app", "app").await.is_err());
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
     let c2 = p.client().await;
     c2.simple_query("SELECT 1").await.unwrap();
     // Logged-in clients hold no login slot.
@@ -343,4 +343,32 @@ async fn max_user_connections_bounds_server_connections_across_a_users_pools() {
     b.batch_execute("COMMIT").await.unwrap();
     c.simple_query("SELECT 1").await.unwrap();
     a.batch_execute("COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_waiting_at_max_db_connections_gets_the_place_of_a_connection_returned_elsewhere(
+) {
+    let p = proxy("max_db_connections = 2\ncheckout_timeout = \"10s\"").await;
+    let a = p.client_as("app", "app", "app").await.unwrap();
+    let b = p.client_as("md5user", "md5pass", "app").await.unwrap();
+    a.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    b.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let c = p.client_as("app", "app", "app").await.unwrap();
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        c.simple_query("SELECT 1").await.map(|_| started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the third checkout did not wait");
+    // md5user's connection comes back to its own pool: it is closed, and
+    // the waiting checkout of app's pool opens one in its place.
+    b.batch_execute("COMMIT").await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served well before checkout_timeout")
+        .unwrap()
+        .unwrap();
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    a.batch_execute("COMMIT").await.unwrap();
+    b.simple_query("SELECT 1").await.unwrap();
 }
