@@ -1,6 +1,7 @@
 //! One accepted connection, start to end: login, then the admin console or
-//! the query relay. Errors end here: they are sent to the client with a
-//! SQLSTATE and logged, and never reach the listener.
+//! the query relay; or, past a limit decided at accept, a refusal that
+//! still serves a CancelRequest. Errors end here: they are sent to the
+//! client with a SQLSTATE and logged, and never reach the listener.
 
 use std::sync::Arc;
 use std::time::Duration;

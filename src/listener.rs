@@ -88,27 +88,7 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    set_keepalive(&stream, ctx.config().proxy.tcp_keepidle);
-                    let ctx = ctx.clone();
-                    let span = tracing::debug_span!("client", %peer);
-                    match limits.admit() {
-                        Admission::Serve(admitted) => {
-                            let served = crate::connection::serve(stream, ctx, admitted);
-                            tracker.spawn(tracing::Instrument::instrument(served, span));
-                        }
-                        Admission::Refuse(why, slot) => {
-                            let refused = async move {
-                                crate::connection::refuse(stream, ctx, why).await;
-                                drop(slot);
-                            };
-                            tracker.spawn(tracing::Instrument::instrument(refused, span));
-                        }
-                        Admission::Close => {
-                            tracing::debug!(%peer, "refusals at their limit: connection closed at once");
-                        }
-                    }
-                }
+                Ok((stream, peer)) => spawn_client(&tracker, &limits, &ctx, stream, peer),
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -128,6 +108,36 @@ pub async fn serve(
         tracing::warn!("shutdown_timeout reached with clients still in transactions; closing them");
     }
     Ok(())
+}
+
+/// Starts the task of one accepted connection: served, refused, or (too
+/// many refusals under way) none, the socket closed at once.
+fn spawn_client(
+    tracker: &TaskTracker,
+    limits: &Limits,
+    ctx: &Arc<Context>,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    let span = tracing::debug_span!("client", %peer);
+    let ctx = ctx.clone();
+    match limits.admit() {
+        Admission::Serve(admitted) => {
+            set_keepalive(&stream, ctx.config().proxy.tcp_keepidle);
+            let served = crate::connection::serve(stream, ctx, admitted);
+            tracker.spawn(tracing::Instrument::instrument(served, span));
+        }
+        Admission::Refuse(why, slot) => {
+            let refused = async move {
+                crate::connection::refuse(stream, ctx, why).await;
+                drop(slot);
+            };
+            tracker.spawn(tracing::Instrument::instrument(refused, span));
+        }
+        Admission::Close => {
+            tracing::debug!(%peer, "too many refusals under way: connection closed unheard");
+        }
+    }
 }
 
 /// Keepalive probes every 10 s after `idle` without traffic, 6 of them, and
