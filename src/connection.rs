@@ -1,8 +1,10 @@
 //! One accepted connection, start to end: login, then the admin console or
-//! the query relay. Errors end here: they are sent to the client with a
-//! SQLSTATE and logged, and never reach the listener.
+//! the query relay; or, past a limit decided at accept, a refusal that
+//! still serves a CancelRequest. Errors end here: they are sent to the
+//! client with a SQLSTATE and logged, and never reach the listener.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -18,20 +20,41 @@ use crate::pool::Pool;
 use crate::server::settings::Setting;
 use crate::sessions::cancel::CancelGuard;
 use crate::sessions::registry;
+use crate::sessions::seats::{Seat, SeatLimits};
 
-/// Serves one accepted connection. `permit` is `None` when `max_client_conn`
-/// is reached: the client is still heard out (it may be a CancelRequest) and
-/// then refused with 53300.
-pub async fn serve(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSemaphorePermit>) {
+/// How long a refused connection is heard out for its first packets. A
+/// client sends them as soon as it is connected, usually before it is even
+/// accepted: one second is ample, and bounds what a flood of refused
+/// connections can hold.
+const REFUSED_WAIT: Duration = Duration::from_secs(1);
+
+/// The permits an admitted connection holds: its place under
+/// `max_client_conn` for its whole life, and under `max_pending_logins`
+/// until its login ends, however it ends.
+pub struct Admitted {
+    /// `max_client_conn`.
+    pub client: OwnedSemaphorePermit,
+    /// `max_pending_logins`.
+    pub login: OwnedSemaphorePermit,
+}
+
+/// Serves one accepted connection within its limits.
+pub async fn serve(stream: TcpStream, ctx: Arc<Context>, admitted: Admitted) {
+    let Admitted {
+        client: _client,
+        login: login_slot,
+    } = admitted;
     let mut conn = ClientConn::new(stream, ctx.errors().clone());
     let login_timeout = ctx.config().proxy.client_login_timeout;
-    let logged_in =
-        match tokio::time::timeout(login_timeout, login(&mut conn, &ctx, permit.is_some())).await {
-            Err(_) => return conn.send_error(&ClientError::LoginTimeout).await,
-            Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return,
-            Ok(Err(ReadError::Client(e))) => return conn.send_error(&e).await,
-            Ok(Ok(Some(logged_in))) => logged_in,
-        };
+    let outcome = tokio::time::timeout(login_timeout, login(&mut conn, &ctx)).await;
+    drop(login_slot);
+    let logged_in = match outcome {
+        Err(_) => return conn.send_error(&ClientError::LoginTimeout).await,
+        Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return,
+        Ok(Err(ReadError::Client(e))) => return conn.send_error(&e).await,
+        Ok(Ok(Some(logged_in))) => logged_in,
+    };
+    let _seat = logged_in.seat;
     let reg = ctx.clients().register(registry::Arrival {
         user: logged_in.user,
         database: logged_in.database,
@@ -49,7 +72,26 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSem
         .run()
         .await;
     tracing::debug!("client disconnected");
-    drop(permit);
+}
+
+/// Serves a connection past a limit (`why`) without a TLS handshake or a
+/// login: a CancelRequest is still served (it may be what frees the
+/// proxy), anyone else is told `why` (53300) and closed. Silence, or
+/// anything unreadable, is closed after [`REFUSED_WAIT`].
+pub async fn refuse(stream: TcpStream, ctx: Arc<Context>, why: ClientError) {
+    let mut conn = ClientConn::new(stream, ctx.errors().clone());
+    let tls_on = ctx.tls().acceptor().config().is_some();
+    let heard = tokio::time::timeout(REFUSED_WAIT, login::refused_opening(&mut conn, tls_on)).await;
+    match heard {
+        Ok(Ok(login::Refused::Cancel { pid, secret })) => {
+            crate::cancel_request::serve(&ctx, pid, secret).await;
+        }
+        Ok(Ok(login::Refused::Tell)) => {
+            tracing::debug!(error = %why, "connection refused");
+            conn.send_error(&why).await;
+        }
+        Ok(Err(_)) | Err(_) => tracing::debug!(error = %why, "refused connection closed unheard"),
+    }
 }
 
 /// A client that passed login.
@@ -62,14 +104,13 @@ struct LoggedIn {
     cancel: CancelGuard,
     /// Settings from the startup packet (or why they cannot be tracked).
     wanted: Result<Vec<Setting>, Untracked>,
+    /// Its place under `max_db_client_connections` /
+    /// `max_user_client_connections` (none for the admin console).
+    seat: Option<Seat>,
 }
 
 /// Negotiates, authenticates and sends the login reply. `None`: a cancel was served.
-async fn login(
-    conn: &mut ClientConn,
-    ctx: &Arc<Context>,
-    admitted: bool,
-) -> Result<Option<LoggedIn>, ReadError> {
+async fn login(conn: &mut ClientConn, ctx: &Arc<Context>) -> Result<Option<LoggedIn>, ReadError> {
     let tls = ctx.tls().acceptor();
     let (user, database, params) = match login::negotiate(conn, &tls).await? {
         Opening::Cancel { pid, secret } => {
@@ -82,9 +123,6 @@ async fn login(
             params,
         } => (user, database, params),
     };
-    if !admitted {
-        return Err(ReadError::Client(ClientError::TooManyClients));
-    }
     let application_name = params
         .iter()
         .find(|(k, _)| k == "application_name")
@@ -113,8 +151,11 @@ async fn login(
             pool: None,
             cancel,
             wanted,
+            seat: None,
         }));
     }
+    // After authentication: a stranger learns nothing of a tenant's load.
+    let seat = take_seat(ctx, &database, &user)?;
     let (pool, params) = ctx
         .pool_for(&database, &user, checked.looked_up)
         .await
@@ -136,5 +177,21 @@ async fn login(
         pool: Some(pool),
         cancel,
         wanted,
+        seat: Some(seat),
     }))
+}
+
+/// A place under `max_db_client_connections` and `max_user_client_connections`.
+fn take_seat(ctx: &Context, database: &str, user: &str) -> Result<Seat, ReadError> {
+    let limits = {
+        let p = &ctx.config().proxy;
+        SeatLimits {
+            per_db: p.max_db_client_connections,
+            per_user: p.max_user_client_connections,
+        }
+    };
+    ctx.seats().take(limits, database, user).map_err(|e| {
+        tracing::info!(user, database, error = %e, "client refused");
+        ReadError::Client(e)
+    })
 }

@@ -89,6 +89,8 @@ pub struct Context {
     shutdown: CancellationToken,
     /// Logged-in clients.
     clients: Arc<Registry>,
+    /// Logged-in clients per database and per user.
+    seats: Arc<crate::sessions::seats::Seats>,
     /// Latency histograms.
     latencies: Latencies,
     /// Errors sent to clients, by SQLSTATE class.
@@ -142,16 +144,22 @@ impl Context {
         let record_metrics = config.http.metrics;
         // Validated to fit (MAX_PEER_ID); fixed until a restart, like the keys issued.
         let peer_id = config.proxy.peer_id.and_then(|id| u8::try_from(id).ok());
+        // Fixed until a restart: the pools of a name share one from their first on.
+        let limits = crate::pool::Limits::new(
+            config.proxy.max_db_connections,
+            config.proxy.max_user_connections,
+        );
         Ok(Context {
             config: Arc::new(ArcSwap::from_pointee(config)),
             config_path: None,
             users: ArcSwap::from_pointee(users),
-            pools: Pools::default(),
+            pools: Pools::new(limits),
             cluster,
             cancels: Arc::new(CancelMap::new(peer_id)),
             peer_cancels: Forwards::default(),
             shutdown,
             clients: Arc::default(),
+            seats: Arc::default(),
             latencies: Default::default(),
             errors: Default::default(),
             prometheus: std::sync::Mutex::new(None),
@@ -251,6 +259,11 @@ impl Context {
         &self.clients
     }
 
+    /// Logged-in clients per database and per user.
+    pub fn seats(&self) -> &Arc<crate::sessions::seats::Seats> {
+        &self.seats
+    }
+
     /// Latency histograms.
     pub fn latencies(&self) -> &Latencies {
         &self.latencies
@@ -331,7 +344,8 @@ impl Context {
             login.secret = looked_up;
         }
         let paused = self.pools.paused_for(database);
-        let candidate = Pool::new(login, settings, self.cluster.clone(), paused);
+        let limits = self.pools.limits_for(&key);
+        let candidate = Pool::new(login, settings, self.cluster.clone(), paused, limits);
         let params = candidate.server_params().await?;
         let max = self.config.load().proxy.max_pools;
         Ok((self.pools.insert(key, candidate, max)?, params))

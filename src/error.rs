@@ -14,6 +14,32 @@ pub enum ClientError {
     /// `max_client_conn` reached.
     #[error("no more connections allowed (max_client_conn)")]
     TooManyClients,
+    /// `max_pending_logins` connections are logging in already.
+    #[error("too many connections logging in at once (max_pending_logins = {0})")]
+    TooManyPendingLogins(usize),
+    /// `max_db_client_connections` clients of the database are logged in.
+    #[error("too many client connections for database \"{database}\" (max_db_client_connections = {max})")]
+    TooManyDbClients {
+        /// Client-facing database name.
+        database: String,
+        /// The limit.
+        max: usize,
+    },
+    /// `max_user_client_connections` clients of the user are logged in.
+    #[error(
+        "too many client connections for user \"{user}\" (max_user_client_connections = {max})"
+    )]
+    TooManyUserClients {
+        /// Login user.
+        user: String,
+        /// The limit.
+        max: usize,
+    },
+    /// No server connection within `checkout_timeout` because the
+    /// database's (`max_db_connections`) or user's
+    /// (`max_user_connections`) server connections are all taken.
+    #[error("no server connection available within checkout_timeout: {0}")]
+    ServerLimit(crate::pool::LimitHit),
     /// No server connection became free within `checkout_timeout`.
     #[error("no server connection available within checkout_timeout")]
     CheckoutTimeout,
@@ -119,6 +145,10 @@ impl ClientError {
         match self {
             ClientError::AuthFailed(_) => "28P01",
             ClientError::TooManyClients
+            | ClientError::TooManyPendingLogins(_)
+            | ClientError::TooManyDbClients { .. }
+            | ClientError::TooManyUserClients { .. }
+            | ClientError::ServerLimit(_)
             | ClientError::CheckoutTimeout
             | ClientError::TooManyPools(_) => "53300",
             ClientError::LoginTimeout => "57014",
@@ -150,6 +180,7 @@ impl ClientError {
             ClientError::CheckoutTimeout
                 | ClientError::PreparedLimit { .. }
                 | ClientError::QueryWaitTimeout(_)
+                | ClientError::ServerLimit(_)
                 | ClientError::TransactionLost
                 | ClientError::CommitUnknown
                 | ClientError::InFailedTransaction
@@ -181,6 +212,33 @@ mod tests {
             (ClientError::TooManyClients, "53300", true),
             (ClientError::CheckoutTimeout, "53300", false),
             (ClientError::TooManyPools(1000), "53300", true),
+            (ClientError::TooManyPendingLogins(10), "53300", true),
+            (
+                ClientError::TooManyDbClients {
+                    database: "d".into(),
+                    max: 1,
+                },
+                "53300",
+                true,
+            ),
+            (
+                ClientError::TooManyUserClients {
+                    user: "u".into(),
+                    max: 1,
+                },
+                "53300",
+                true,
+            ),
+            (
+                ClientError::ServerLimit(crate::pool::LimitHit {
+                    key: "max_db_connections",
+                    of: "database",
+                    name: "d".into(),
+                    max: 1,
+                }),
+                "53300",
+                false,
+            ),
             (ClientError::IdleInTransactionTimeout, "25P03", true),
             (ClientError::Protocol("x".into()), "08P01", true),
             (ClientError::UnsupportedProtocol("x".into()), "0A000", true),

@@ -1,7 +1,8 @@
 //! The accept loop. The listener builds the shared `Context`, starts the
-//! background tasks, applies `max_client_conn`, spawns one tracked task per
-//! client, and on shutdown stops accepting and waits (bounded) for clients
-//! to finish.
+//! background tasks, applies `max_client_conn` and `max_pending_logins`
+//! (a connection past them is refused at once, before any TLS handshake),
+//! spawns one tracked task per client, and on shutdown stops accepting and
+//! waits (bounded) for clients to finish.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -9,12 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::connection::Admitted;
 use crate::context::{Context, RunError};
+use crate::error::ClientError;
 
 /// How [`serve`] runs besides the client listener.
 #[derive(Default)]
@@ -80,18 +83,12 @@ pub async fn serve(
         ctx.live_config().clone(),
         token.clone(),
     ));
-    let clients = Arc::new(Semaphore::new(ctx.config().proxy.max_client_conn));
+    let limits = Limits::new(&ctx.config().proxy);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    set_keepalive(&stream, ctx.config().proxy.tcp_keepidle);
-                    let permit = clients.clone().try_acquire_owned().ok();
-                    let ctx = ctx.clone();
-                    let span = tracing::debug_span!("client", %peer);
-                    tracker.spawn(tracing::Instrument::instrument(crate::connection::serve(stream, ctx, permit), span));
-                }
+                Ok((stream, peer)) => spawn_client(&tracker, &limits, &ctx, stream, peer),
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -113,6 +110,36 @@ pub async fn serve(
     Ok(())
 }
 
+/// Starts the task of one accepted connection: served, refused, or (too
+/// many refusals under way) none, the socket closed at once.
+fn spawn_client(
+    tracker: &TaskTracker,
+    limits: &Limits,
+    ctx: &Arc<Context>,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    let span = tracing::debug_span!("client", %peer);
+    let ctx = ctx.clone();
+    match limits.admit() {
+        Admission::Serve(admitted) => {
+            set_keepalive(&stream, ctx.config().proxy.tcp_keepidle);
+            let served = crate::connection::serve(stream, ctx, admitted);
+            tracker.spawn(tracing::Instrument::instrument(served, span));
+        }
+        Admission::Refuse(why, slot) => {
+            let refused = async move {
+                crate::connection::refuse(stream, ctx, why).await;
+                drop(slot);
+            };
+            tracker.spawn(tracing::Instrument::instrument(refused, span));
+        }
+        Admission::Close => {
+            tracing::debug!(%peer, "too many refusals under way: connection closed unheard");
+        }
+    }
+}
+
 /// Keepalive probes every 10 s after `idle` without traffic, 6 of them, and
 /// as long for unacknowledged data (TCP_USER_TIMEOUT): a client whose host
 /// vanished, inside a transaction or not, is noticed in about
@@ -130,4 +157,112 @@ fn set_keepalive(stream: &tokio::net::TcpStream, idle: Duration) {
         .with_retries(PROBES);
     let _ = sock.set_tcp_keepalive(&keepalive);
     let _ = sock.set_tcp_user_timeout(Some(idle + INTERVAL * PROBES));
+}
+
+/// The limits applied at accept, before any byte is read: `max_client_conn`,
+/// `max_pending_logins`, and as many connections being refused at once as
+/// may be logging in (a flood past the limits holds no more than that).
+struct Limits {
+    clients: Arc<Semaphore>,
+    logins: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+    max_logins: usize,
+}
+
+/// What becomes of an accepted connection.
+enum Admission {
+    /// Logged in and served.
+    Serve(Admitted),
+    /// Heard out briefly (a CancelRequest is served) and refused with this error.
+    Refuse(ClientError, OwnedSemaphorePermit),
+    /// Closed unheard: too many refusals already under way.
+    Close,
+}
+
+/// Which limit refuses a connection, given which places were free; `None`:
+/// it is admitted. `max_client_conn` is named first: it is the one an
+/// operator would raise.
+fn refusal(client_free: bool, login_free: bool, max_logins: usize) -> Option<ClientError> {
+    match (client_free, login_free) {
+        (true, true) => None,
+        (false, _) => Some(ClientError::TooManyClients),
+        (true, false) => Some(ClientError::TooManyPendingLogins(max_logins)),
+    }
+}
+
+impl Limits {
+    fn new(p: &crate::config::ProxyConfig) -> Limits {
+        Limits {
+            clients: Arc::new(Semaphore::new(p.max_client_conn)),
+            logins: Arc::new(Semaphore::new(p.max_pending_logins)),
+            refusals: Arc::new(Semaphore::new(p.max_pending_logins)),
+            max_logins: p.max_pending_logins,
+        }
+    }
+
+    fn admit(&self) -> Admission {
+        let client = self.clients.clone().try_acquire_owned().ok();
+        let login = match client {
+            Some(_) => self.logins.clone().try_acquire_owned().ok(),
+            None => None,
+        };
+        match refusal(client.is_some(), login.is_some(), self.max_logins) {
+            None => match (client, login) {
+                (Some(client), Some(login)) => Admission::Serve(Admitted { client, login }),
+                _ => Admission::Close,
+            },
+            Some(why) => match self.refusals.clone().try_acquire_owned() {
+                Ok(slot) => Admission::Refuse(why, slot),
+                Err(_) => Admission::Close,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_named_is_the_first_reached() {
+        assert!(refusal(true, true, 5).is_none());
+        let msg = |c, l| refusal(c, l, 5).map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg(false, true).contains("max_client_conn"));
+        assert!(msg(false, false).contains("max_client_conn"));
+        assert!(msg(true, false).contains("max_pending_logins = 5"));
+    }
+
+    #[test]
+    fn refusals_are_bounded_and_places_come_back() {
+        let p = crate::config::ProxyConfig {
+            max_client_conn: 2,
+            max_pending_logins: 1,
+            ..Default::default()
+        };
+        let limits = Limits::new(&p);
+        let first = limits.admit();
+        assert!(matches!(first, Admission::Serve(_)));
+        // The one login place is taken: refused, once; then closed unheard.
+        let second = limits.admit();
+        assert!(matches!(
+            second,
+            Admission::Refuse(ClientError::TooManyPendingLogins(1), _)
+        ));
+        assert!(matches!(limits.admit(), Admission::Close));
+        drop(second);
+        // A login that ended frees its place; the client place stays taken.
+        let Admission::Serve(a) = first else {
+            unreachable!()
+        };
+        drop(a.login);
+        let third = limits.admit();
+        assert!(matches!(third, Admission::Serve(_)));
+        // Both client places are taken now.
+        assert!(matches!(
+            limits.admit(),
+            Admission::Refuse(ClientError::TooManyClients, _)
+        ));
+        drop((a.client, third));
+        assert!(matches!(limits.admit(), Admission::Serve(_)));
+    }
 }

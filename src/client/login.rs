@@ -106,6 +106,68 @@ pub async fn negotiate(conn: &mut ClientConn, tls: &Acceptor) -> Result<Opening,
     }
 }
 
+/// What a connection that is refused (a limit reached) gets to say first.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// A CancelRequest: served all the same, it may be what frees the proxy.
+    Cancel {
+        /// Key pid.
+        pid: i32,
+        /// Key secret.
+        secret: i32,
+    },
+    /// Anything else: the client is told why and closed.
+    Tell,
+}
+
+/// The reply to an encryption request on a refused connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RefusedEncryption {
+    /// `N`: the startup packet follows in plaintext, and the refusal after it.
+    No,
+    /// The ErrorResponse itself in place of `S`, with no handshake (what
+    /// PostgreSQL sends when it cannot serve a connection at all).
+    ErrorNow,
+}
+
+/// On a refused connection, TLS is never started: with TLS on the
+/// request is answered by the refusal itself; with TLS off by `N`, as
+/// it always is, so the client then reads the refusal after its startup
+/// packet. A GSSENCRequest always gets `N`.
+pub fn refused_encryption(startup: &Startup, tls_on: bool) -> RefusedEncryption {
+    match startup {
+        Startup::SslRequest if tls_on => RefusedEncryption::ErrorNow,
+        _ => RefusedEncryption::No,
+    }
+}
+
+/// Reads what a refused connection opens with, answering at most two
+/// encryption requests with `N`, and never doing a TLS handshake.
+pub async fn refused_opening(conn: &mut ClientConn, tls_on: bool) -> Result<Refused, ReadError> {
+    if conn.buf.is_empty() && conn.fill().await? == 0 {
+        return Err(ReadError::Closed);
+    }
+    if conn.buf.first() == Some(&TLS_HANDSHAKE) {
+        // Direct TLS: nothing can be said to it before a handshake.
+        return Err(ReadError::Closed);
+    }
+    for _ in 0..3 {
+        let packet = conn.read_startup().await?;
+        let startup = decode(&packet).map_err(|_| ReadError::Closed)?;
+        match startup {
+            Startup::Cancel { pid, secret } => return Ok(Refused::Cancel { pid, secret }),
+            Startup::Startup { .. } => return Ok(Refused::Tell),
+            Startup::SslRequest | Startup::GssEncRequest => {
+                match refused_encryption(&startup, tls_on) {
+                    RefusedEncryption::ErrorNow => return Ok(Refused::Tell),
+                    RefusedEncryption::No => conn.send(b"N").await?,
+                }
+            }
+        }
+    }
+    Err(ReadError::Closed)
+}
+
 /// PostgreSQL 17 direct TLS: the handshake starts at once (the ClientHello is
 /// already in `conn.buf`), and ALPN must have agreed on `postgresql`.
 async fn direct_tls(conn: &mut ClientConn, tls: &Acceptor) -> Result<(), ReadError> {
@@ -294,6 +356,25 @@ pub fn login_reply(out: &mut BytesMut, params: &[(String, String)], key: (i32, i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_connection_never_starts_tls() {
+        let cancel = Startup::Cancel { pid: 1, secret: 2 };
+        let cases = [
+            (Startup::SslRequest, true, RefusedEncryption::ErrorNow),
+            (Startup::SslRequest, false, RefusedEncryption::No),
+            (Startup::GssEncRequest, true, RefusedEncryption::No),
+            (Startup::GssEncRequest, false, RefusedEncryption::No),
+            (cancel, true, RefusedEncryption::No),
+        ];
+        for (startup, tls_on, want) in cases {
+            assert_eq!(
+                refused_encryption(&startup, tls_on),
+                want,
+                "{startup:?} {tls_on}"
+            );
+        }
+    }
 
     #[test]
     fn the_admin_console_never_trusts() {

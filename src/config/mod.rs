@@ -293,6 +293,24 @@ pub struct ProxyConfig {
     /// (database, user) pools kept at once; a login that needs another gets
     /// SQLSTATE 53300. Default 1000.
     pub max_pools: usize,
+    /// Connections between accept and logged in (TLS handshake, startup,
+    /// authentication) at once; past it a connection is refused at once with
+    /// SQLSTATE 53300. Default 1000.
+    pub max_pending_logins: usize,
+    /// Server connections (idle or in use) across all pools of one
+    /// database; a checkout past it waits like a full pool. 0 (default):
+    /// no limit. Needs a restart to change.
+    pub max_db_connections: usize,
+    /// Server connections (idle or in use) across all pools of one user; a
+    /// checkout past it waits like a full pool. 0 (default): no limit.
+    /// Needs a restart to change.
+    pub max_user_connections: usize,
+    /// Logged-in clients of one database; the next login gets SQLSTATE
+    /// 53300. 0 (default): no limit.
+    pub max_db_client_connections: usize,
+    /// Logged-in clients of one user; the next login gets SQLSTATE 53300.
+    /// 0 (default): no limit.
+    pub max_user_client_connections: usize,
     /// Longest wait for a server connection before SQLSTATE 53300. Default `5s`.
     #[serde(with = "duration")]
     pub checkout_timeout: Duration,
@@ -475,6 +493,11 @@ impl Default for ProxyConfig {
             default_pool_size: 20,
             max_client_conn: 10_000,
             max_pools: 1000,
+            max_pending_logins: 1000,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            max_db_client_connections: 0,
+            max_user_client_connections: 0,
             checkout_timeout: Duration::from_secs(5),
             client_login_timeout: Duration::from_secs(15),
             idle_transaction_timeout: Duration::ZERO,

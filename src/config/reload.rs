@@ -15,6 +15,16 @@ const RESTART: &[(&str, Changed)] = &[
     ("proxy.max_client_conn", |a, b| {
         a.proxy.max_client_conn != b.proxy.max_client_conn
     }),
+    ("proxy.max_pending_logins", |a, b| {
+        a.proxy.max_pending_logins != b.proxy.max_pending_logins
+    }),
+    // Shared by the pools of a database (user) from its first pool on.
+    ("proxy.max_db_connections", |a, b| {
+        a.proxy.max_db_connections != b.proxy.max_db_connections
+    }),
+    ("proxy.max_user_connections", |a, b| {
+        a.proxy.max_user_connections != b.proxy.max_user_connections
+    }),
     ("proxy.stats_period", |a, b| {
         a.proxy.stats_period != b.proxy.stats_period
     }),

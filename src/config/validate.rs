@@ -43,6 +43,9 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     if cfg.proxy.max_pools == 0 {
         return Err("proxy.max_pools must be at least 1".into());
     }
+    if cfg.proxy.max_pending_logins == 0 {
+        return Err("proxy.max_pending_logins must be at least 1".into());
+    }
     if cfg.proxy.max_message_size < 8192 {
         return Err("proxy.max_message_size must be at least 8192 bytes".into());
     }
@@ -310,6 +313,7 @@ mod tests {
             ("[proxy]\nlisten = \"nowhere\"\n", "proxy.listen"),
             ("[proxy]\ndefault_pool_size = 0\n", "default_pool_size"),
             ("[proxy]\nmax_client_conn = 0\n", "max_client_conn"),
+            ("[proxy]\nmax_pending_logins = 0\n", "max_pending_logins"),
             (
                 "[[users]]\nname=\"a\"\npassword=\"x\"\n[[users]]\nname=\"a\"\npassword=\"y\"\n",
                 "twice",

@@ -6,6 +6,7 @@
 //! [`crate::server::ServerConn`]; the pool wraps it in a [`PooledConn`] with
 //! its own bookkeeping.
 
+mod limit;
 mod pooled;
 pub mod stats;
 
@@ -21,6 +22,7 @@ use crate::auth::server_side::ServerSecret;
 use crate::cluster::{Cluster, ClusterError, Route};
 use crate::config::Target;
 use crate::server::Login;
+pub use limit::{LimitHit, Limits, SharedLimit};
 pub use pooled::PooledConn;
 
 /// Timeouts a pool works with.
@@ -59,6 +61,9 @@ pub enum PoolError {
     /// Opening a new connection failed.
     #[error(transparent)]
     Connect(#[from] ClusterError),
+    /// `max_db_connections` or `max_user_connections` left no room within `checkout_timeout`.
+    #[error("{0}")]
+    Limit(LimitHit),
     /// `proxy.max_pools` pools exist already.
     #[error("max_pools ({0}) reached")]
     TooManyPools(usize),
@@ -98,6 +103,9 @@ struct Shared {
     held: AtomicUsize,
     /// The cluster's retirement count at the last sweep of `idle`.
     swept: AtomicU64,
+    /// `max_db_connections` / `max_user_connections` this pool is under
+    /// (empty when unset: opening a connection then costs nothing more).
+    limits: Vec<Arc<SharedLimit>>,
     /// Since when the reaper has found the pool unused (no client, no
     /// server connection); only the reaper reads or writes it.
     unused_since: Mutex<Option<Instant>>,
@@ -152,8 +160,14 @@ pub struct IdleServer {
 }
 
 impl Pool {
-    /// An empty pool; connections are opened on demand.
-    pub fn new(login: Login, settings: PoolSettings, cluster: Arc<Cluster>, paused: bool) -> Pool {
+    /// An empty pool under `limits`; connections are opened on demand.
+    pub fn new(
+        login: Login,
+        settings: PoolSettings,
+        cluster: Arc<Cluster>,
+        paused: bool,
+        limits: Vec<Arc<SharedLimit>>,
+    ) -> Pool {
         let slots = Arc::new(Semaphore::new(settings.size));
         let shared = Shared {
             login: ArcSwap::from_pointee(login),
@@ -170,10 +184,13 @@ impl Pool {
             held: AtomicUsize::new(0),
             swept: AtomicU64::new(0),
             unused_since: Mutex::new(None),
+            limits,
         };
-        Pool {
-            shared: Arc::new(shared),
+        let shared = Arc::new(shared);
+        for l in &shared.limits {
+            l.enroll(&shared);
         }
+        Pool { shared }
     }
 
     /// Takes a server connection on the node the pool's target routes to now:
@@ -184,7 +201,9 @@ impl Pool {
         let s = &self.shared;
         let settings = s.settings.load_full();
         self.resumed(settings.query_wait_timeout).await?;
-        let deadline = tokio::time::Instant::now() + settings.hold_timeout;
+        let now = tokio::time::Instant::now();
+        let deadline = now + settings.hold_timeout;
+        let room_by = now + settings.checkout_timeout;
         let permit = match s.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -200,7 +219,7 @@ impl Pool {
                 let found = self.pop_usable(&route, Instant::now());
                 let conn = match found {
                     Some(conn) => Ok(conn),
-                    None => self.open(&route).await,
+                    None => self.open(&route, room_by).await,
                 };
                 match conn {
                     Ok(mut conn) => {
@@ -246,9 +265,19 @@ impl Pool {
         None
     }
 
-    async fn open(&self, route: &Route) -> Result<PooledConn, PoolError> {
+    /// Opens a connection along `route`, within the database's and user's
+    /// limits (waiting for room until `room_by`).
+    async fn open(
+        &self,
+        route: &Route,
+        room_by: tokio::time::Instant,
+    ) -> Result<PooledConn, PoolError> {
         let s = &self.shared;
         let generation = s.generation.load(Ordering::Relaxed);
+        let mut permits = Vec::new();
+        for l in &s.limits {
+            permits.push(l.acquire(room_by).await?);
+        }
         let opening = Gauge::up(&s.opening);
         let conn = s
             .cluster
@@ -260,7 +289,7 @@ impl Pool {
         if params.is_none() {
             *params = Some(Arc::new(conn.params().to_vec()));
         }
-        Ok(PooledConn::new(conn, route, generation))
+        Ok(PooledConn::new(conn, route, generation, permits))
     }
 
     /// Returns a connection whose transaction status is idle. Its slot is freed.
@@ -270,7 +299,9 @@ impl Pool {
         let current = self.shared.cluster.is_current(conn.node(), conn.epoch())
             && conn.generation() == self.shared.generation.load(Ordering::Relaxed);
         let stale = !current || expired(&conn, now, &self.shared.settings.load());
-        if stale || !conn.buf().is_empty() || conn.closes_on_return() {
+        // Another pool under the same limit waits for room: hand it this place.
+        let wanted = self.shared.limits.iter().any(|l| l.wanted());
+        if stale || wanted || !conn.buf().is_empty() || conn.closes_on_return() {
             return;
         }
         conn.set_last_used(now);
@@ -488,6 +519,8 @@ pub struct Pools {
     creating: Mutex<HashMap<PoolKey, std::sync::Weak<tokio::sync::Mutex<()>>>>,
     /// Pools dropped so far (the metrics forget their series when it moves).
     evicted: AtomicU64,
+    /// `max_db_connections` and `max_user_connections`.
+    limits: Limits,
 }
 
 /// What `PAUSE` covers: everything, or some databases.
@@ -498,6 +531,19 @@ struct Paused {
 }
 
 impl Pools {
+    /// No pools yet; the ones made later are under `limits`.
+    pub fn new(limits: Limits) -> Pools {
+        Pools {
+            limits,
+            ..Default::default()
+        }
+    }
+
+    /// The server connection limits a new pool for `key` is under.
+    pub fn limits_for(&self, key: &PoolKey) -> Vec<Arc<SharedLimit>> {
+        self.limits.for_pool(&key.0, &key.1)
+    }
+
     /// The pool for `key`, if it exists.
     pub fn get(&self, key: &PoolKey) -> Option<Pool> {
         lock(&self.pools).get(key).cloned()

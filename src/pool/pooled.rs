@@ -20,6 +20,9 @@ pub struct PooledConn {
     // Declared first so it drops first: the server sees the Terminate and the
     // close before the slot below is freed for a new connection.
     conn: ServerConn,
+    /// Permits of `max_db_connections` / `max_user_connections`, held
+    /// until the connection closes.
+    _limits: Vec<OwnedSemaphorePermit>,
     /// Pool slot held while checked out.
     permit: Option<OwnedSemaphorePermit>,
     /// Counts this connection against its node while checked out.
@@ -39,9 +42,16 @@ pub struct PooledConn {
 }
 
 impl PooledConn {
-    /// A connection just opened along `route` in pool generation `generation`.
-    pub(super) fn new(conn: ServerConn, route: &Route, generation: u64) -> PooledConn {
+    /// A connection just opened along `route` in pool generation
+    /// `generation`, holding `limits` while it lives.
+    pub(super) fn new(
+        conn: ServerConn,
+        route: &Route,
+        generation: u64,
+        limits: Vec<OwnedSemaphorePermit>,
+    ) -> PooledConn {
         PooledConn {
+            _limits: limits,
             permit: None,
             load: None,
             node: route.node,
