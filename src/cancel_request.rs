@@ -2,14 +2,15 @@
 //! that client's query, or, when its key names another instance among
 //! `[[peers]]`, sent on unchanged to that instance. Which of the two is
 //! `sessions::peer_key::route`'s decision; this is the I/O around it.
-//! Either way a request ends in `cancel_here` at the instance that issued
-//! the key, the one place a target is looked up (`sessions::cancel`), so
-//! every cancel, however it came, is one that instance's relay waits for.
+//! Either way a request ends in `Context::cancel_local` at the instance
+//! that issued the key, the one place a target is looked up
+//! (`sessions::cancel`), so every cancel, however it came, is one that
+//! instance's relay waits for.
 
 use std::time::Duration;
 
 use crate::context::Context;
-use crate::server::{channel, send_cancel, send_cancel_plain};
+use crate::server::send_cancel_plain;
 use crate::sessions::forwards::Outcome;
 use crate::sessions::peer_key::{self, Route};
 
@@ -33,7 +34,7 @@ pub async fn serve(ctx: &Context, pid: i32, secret: i32) {
         })
     };
     match route {
-        Route::Local => cancel_here(ctx, pid, secret).await,
+        Route::Local => ctx.cancel_local(pid, secret).await,
         Route::Peer(addr) => forward(ctx, &addr, (pid, secret)).await,
     }
 }
@@ -56,29 +57,6 @@ fn published_addr(ctx: &Context, id: u8) -> Option<String> {
             None
         }
         _ => None,
-    }
-}
-
-/// Cancels the query of our client with this key, if it has one running.
-/// The client's relay waits for this before its server serves anyone else,
-/// so the outcome is reported: a cancel that may still arrive has the
-/// server closed instead.
-pub(crate) async fn cancel_here(ctx: &Context, pid: i32, secret: i32) {
-    let Some(sending) = ctx.cancels().lookup(pid, secret) else {
-        return;
-    };
-    let target = sending.target();
-    let tls = ctx.cluster().tls().current();
-    let via = channel(tls.mode, target.tls);
-    let sent = send_cancel(&target.addr, target.key, via, &tls).await;
-    match sent {
-        Ok(()) => sending.settle(),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not forward cancel request");
-            if !e.may_arrive() {
-                sending.settle();
-            }
-        }
     }
 }
 

@@ -192,6 +192,6 @@ fn take_seat(ctx: &Context, database: &str, user: &str) -> Result<Seat, ReadErro
     };
     ctx.seats().take(limits, database, user).map_err(|e| {
         tracing::info!(user, database, error = %e, "client refused");
-        ReadError::Client(e)
+        ReadError::Client(ClientError::NoSeat(e))
     })
 }

@@ -269,6 +269,28 @@ impl Context {
         &self.latencies
     }
 
+    /// Cancels the query of our client with this key, if it has one
+    /// running. The client's relay waits for this before its server serves
+    /// anyone else, so the outcome is reported: a cancel that may still
+    /// arrive has the server closed instead.
+    pub async fn cancel_local(&self, pid: i32, secret: i32) {
+        let Some(sending) = self.cancels.lookup(pid, secret) else {
+            return;
+        };
+        let target = sending.target();
+        let tls = self.cluster().tls().current();
+        let via = crate::server::channel(tls.mode, target.tls);
+        match crate::server::send_cancel(&target.addr, target.key, via, &tls).await {
+            Ok(()) => sending.settle(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not forward cancel request");
+                if !e.may_arrive() {
+                    sending.settle();
+                }
+            }
+        }
+    }
+
     /// Errors sent to clients, by SQLSTATE class.
     pub fn errors(&self) -> &Arc<ErrorCounts> {
         &self.errors

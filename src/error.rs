@@ -17,29 +17,16 @@ pub enum ClientError {
     /// `max_pending_logins` connections are logging in already.
     #[error("too many connections logging in at once (max_pending_logins = {0})")]
     TooManyPendingLogins(usize),
-    /// `max_db_client_connections` clients of the database are logged in.
-    #[error("too many client connections for database \"{database}\" (max_db_client_connections = {max})")]
-    TooManyDbClients {
-        /// Client-facing database name.
-        database: String,
-        /// The limit.
-        max: usize,
-    },
-    /// `max_user_client_connections` clients of the user are logged in.
-    #[error(
-        "too many client connections for user \"{user}\" (max_user_client_connections = {max})"
-    )]
-    TooManyUserClients {
-        /// Login user.
-        user: String,
-        /// The limit.
-        max: usize,
-    },
+    /// `max_db_client_connections` or `max_user_client_connections`
+    /// clients of the database or user are logged in.
+    #[error("{0}")]
+    NoSeat(crate::sessions::seats::Refused),
     /// No server connection within `checkout_timeout` because the
     /// database's (`max_db_connections`) or user's
     /// (`max_user_connections`) server connections are all taken.
+    /// Carries the limit's description (`pool::LimitHit`, as text).
     #[error("no server connection available within checkout_timeout: {0}")]
-    ServerLimit(crate::pool::LimitHit),
+    ServerLimit(String),
     /// No server connection became free within `checkout_timeout`.
     #[error("no server connection available within checkout_timeout")]
     CheckoutTimeout,
@@ -146,8 +133,7 @@ impl ClientError {
             ClientError::AuthFailed(_) => "28P01",
             ClientError::TooManyClients
             | ClientError::TooManyPendingLogins(_)
-            | ClientError::TooManyDbClients { .. }
-            | ClientError::TooManyUserClients { .. }
+            | ClientError::NoSeat(_)
             | ClientError::ServerLimit(_)
             | ClientError::CheckoutTimeout
             | ClientError::TooManyPools(_) => "53300",
@@ -214,28 +200,15 @@ mod tests {
             (ClientError::TooManyPools(1000), "53300", true),
             (ClientError::TooManyPendingLogins(10), "53300", true),
             (
-                ClientError::TooManyDbClients {
+                ClientError::NoSeat(crate::sessions::seats::Refused::Database {
                     database: "d".into(),
                     max: 1,
-                },
-                "53300",
-                true,
-            ),
-            (
-                ClientError::TooManyUserClients {
-                    user: "u".into(),
-                    max: 1,
-                },
-                "53300",
-                true,
-            ),
-            (
-                ClientError::ServerLimit(crate::pool::LimitHit {
-                    key: "max_db_connections",
-                    of: "database",
-                    name: "d".into(),
-                    max: 1,
                 }),
+                "53300",
+                true,
+            ),
+            (
+                ClientError::ServerLimit("database \"d\" has max_db_connections = 1".into()),
                 "53300",
                 false,
             ),

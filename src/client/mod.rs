@@ -35,6 +35,6 @@ pub fn pool_error(err: PoolError, at_login: bool) -> ClientError {
         PoolError::HoldTimeout | PoolError::Connect(_) => ClientError::NoPrimary,
         PoolError::TooManyPools(max) => ClientError::TooManyPools(max),
         PoolError::PausedTooLong(limit) => ClientError::QueryWaitTimeout(limit),
-        PoolError::Limit(hit) => ClientError::ServerLimit(hit),
+        PoolError::Limit(hit) => ClientError::ServerLimit(hit.to_string()),
     }
 }

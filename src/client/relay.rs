@@ -484,7 +484,7 @@ impl Session {
     /// before the cancel has landed.
     fn cancel_running(&self) {
         let (ctx, pid, secret) = (self.ctx.clone(), self.cancel.pid, self.cancel.secret);
-        tokio::spawn(async move { crate::cancel_request::cancel_here(&ctx, pid, secret).await });
+        tokio::spawn(async move { ctx.cancel_local(pid, secret).await });
     }
 
     /// Keeps the client on its server until it disconnects.

@@ -5,7 +5,28 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::error::ClientError;
+/// A login past a limit, naming it (SQLSTATE 53300 for the client).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// `max_db_client_connections` clients of the database are logged in.
+    #[error("too many client connections for database \"{database}\" (max_db_client_connections = {max})")]
+    Database {
+        /// Client-facing database name.
+        database: String,
+        /// The limit.
+        max: usize,
+    },
+    /// `max_user_client_connections` clients of the user are logged in.
+    #[error(
+        "too many client connections for user \"{user}\" (max_user_client_connections = {max})"
+    )]
+    User {
+        /// Login user.
+        user: String,
+        /// The limit.
+        max: usize,
+    },
+}
 
 /// Logged-in clients per database and per user.
 #[derive(Debug, Default)]
@@ -36,15 +57,15 @@ pub fn refusal(
     user_taken: usize,
     database: &str,
     user: &str,
-) -> Option<ClientError> {
+) -> Option<Refused> {
     if limits.per_db > 0 && db_taken >= limits.per_db {
-        return Some(ClientError::TooManyDbClients {
+        return Some(Refused::Database {
             database: database.to_string(),
             max: limits.per_db,
         });
     }
     if limits.per_user > 0 && user_taken >= limits.per_user {
-        return Some(ClientError::TooManyUserClients {
+        return Some(Refused::User {
             user: user.to_string(),
             max: limits.per_user,
         });
@@ -67,7 +88,7 @@ impl Seats {
         limits: SeatLimits,
         database: &str,
         user: &str,
-    ) -> Result<Seat, ClientError> {
+    ) -> Result<Seat, Refused> {
         let mut t = self.lock();
         let db_taken = t.by_db.get(database).copied().unwrap_or(0);
         let user_taken = t.by_user.get(user).copied().unwrap_or(0);
@@ -142,7 +163,7 @@ mod tests {
         };
         let a = seats.take(l, "app", "u").unwrap();
         let err = seats.take(l, "app", "v").unwrap_err();
-        assert_eq!(err.sqlstate(), "53300");
+        assert!(err.to_string().contains("max_db_client_connections = 1"));
         assert!(seats.take(l, "other", "u").is_ok());
         drop(a);
         assert!(seats.take(l, "app", "v").is_ok());
