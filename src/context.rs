@@ -91,6 +91,8 @@ pub struct Context {
     clients: Arc<Registry>,
     /// Logged-in clients per database and per user.
     seats: Arc<crate::sessions::seats::Seats>,
+    /// `proxy.max_memory`, for large messages held whole.
+    budget: Arc<crate::sessions::budget::Budget>,
     /// Latency histograms.
     latencies: Latencies,
     /// Errors sent to clients, by SQLSTATE class.
@@ -142,6 +144,10 @@ impl Context {
             .with_tls(tls.connector().clone());
         let cluster = Arc::new(cluster);
         let record_metrics = config.http.metrics;
+        // Fixed until a restart: grants taken count against one total.
+        let budget = Arc::new(crate::sessions::budget::Budget::new(
+            config.proxy.max_memory,
+        ));
         // Validated to fit (MAX_PEER_ID); fixed until a restart, like the keys issued.
         let peer_id = config.proxy.peer_id.and_then(|id| u8::try_from(id).ok());
         // Fixed until a restart: the pools of a name share one from their first on.
@@ -160,6 +166,7 @@ impl Context {
             shutdown,
             clients: Arc::default(),
             seats: Arc::default(),
+            budget,
             latencies: Default::default(),
             errors: Default::default(),
             prometheus: std::sync::Mutex::new(None),
@@ -257,6 +264,11 @@ impl Context {
     /// Logged-in clients.
     pub fn clients(&self) -> &Arc<Registry> {
         &self.clients
+    }
+
+    /// The memory budget for large messages held whole (`proxy.max_memory`).
+    pub fn budget(&self) -> &Arc<crate::sessions::budget::Budget> {
+        &self.budget
     }
 
     /// Logged-in clients per database and per user.

@@ -42,6 +42,16 @@ pub enum ClientError {
         /// Its value.
         limit: usize,
     },
+    /// No room in `proxy.max_memory` for a large message the proxy must
+    /// hold whole. Between transactions the message is dropped and the
+    /// connection kept; inside one the connection is closed.
+    #[error("out of memory: no room within max_memory ({max} bytes) for a message this large")]
+    OutOfMemory {
+        /// `proxy.max_memory`.
+        max: usize,
+        /// The connection is closed after it.
+        fatal: bool,
+    },
     /// The client's pool stayed paused past `query_wait_timeout`: its
     /// request was never run. The connection stays usable.
     #[error("query_wait_timeout: the pool stayed paused for {0:?}; the query was not run")]
@@ -140,6 +150,7 @@ impl ClientError {
             ClientError::LoginTimeout => "57014",
             ClientError::PreparedLimit { .. } => "53400",
             ClientError::QueryWaitTimeout(_) => "57014",
+            ClientError::OutOfMemory { .. } => "53200",
             ClientError::IdleInTransactionTimeout => "25P03",
             ClientError::Protocol(_) => "08P01",
             ClientError::UnsupportedProtocol(_) => "0A000",
@@ -161,6 +172,9 @@ impl ClientError {
 
     /// Whether the connection survives it (ERROR) or is closed after it (FATAL).
     pub fn is_fatal(&self) -> bool {
+        if let ClientError::OutOfMemory { fatal, .. } = self {
+            return *fatal;
+        }
         !matches!(
             self,
             ClientError::CheckoutTimeout

@@ -589,3 +589,51 @@ async fn a_large_bind_of_a_named_statement_streams_instead_of_being_held() {
     assert!(grown < 16 * 1024, "the proxy grew {grown} KiB");
     a.simple_query("SELECT 1").await.unwrap();
 }
+
+/// A simple Query frame for `sql`.
+fn query_frame(sql: &str) -> Vec<u8> {
+    let body = [sql.as_bytes(), b"\0"].concat();
+    [&[b'Q'][..], &(body.len() as u32 + 4).to_be_bytes(), &body].concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_queries_share_max_memory_and_wait_or_get_53200() {
+    let cluster = cluster();
+    let extra = "auth_type = \"trust\"\nmax_memory = 4194304\ncheckout_timeout = \"1s\"";
+    let proxy = Shipped::start(&cluster, extra).await;
+    let sql = |mib: usize| format!("SELECT length('{}')", "x".repeat(mib << 20));
+    // A holds 3 MiB of the 4: its Query arrives slowly, half of it sent.
+    let mut a = raw_session(proxy.addr).await;
+    let three = query_frame(&sql(3));
+    a.send(&three[..three.len() / 2]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // B's 2 MiB finds no room, waits checkout_timeout, and is refused;
+    // its connection goes on.
+    let url = proxy.url("app", "app", "app");
+    let b = common::connect(&url).await.unwrap();
+    let err = b.simple_query(&sql(2)).await.expect_err("no room");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53200"), "{err:?}");
+    b.simple_query("SELECT 1").await.unwrap();
+    // 5 MiB can never fit: refused at once.
+    let started = std::time::Instant::now();
+    let err = b.simple_query(&sql(5)).await.expect_err("never fits");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53200"), "{err:?}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(900));
+    // Inside a transaction the message cannot be skipped: the client is
+    // told and closed, its transaction rolled back.
+    let c = common::connect(&url).await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    let err = c.simple_query(&sql(2)).await.expect_err("no room");
+    assert_eq!(sqlstate(&err).as_deref(), Some("53200"), "{err:?}");
+    assert!(c.simple_query("SELECT 1").await.is_err(), "closed");
+    // A finishes; its query runs, and the room is B's again.
+    a.send(&three[three.len() / 2..]).await;
+    let (msgs, status) = a.until_ready().await;
+    assert_eq!((tags(&msgs).as_str(), status), ("TDC", Some(b'I')));
+    let rows = b.simple_query(&sql(2)).await.unwrap();
+    let got = rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    });
+    assert_eq!(got.as_deref(), Some("2097152"));
+}

@@ -26,6 +26,8 @@ pub struct ClientConn {
     pub buf: BytesMut,
     /// Where errors sent to the client are counted.
     pub errors: std::sync::Arc<crate::measure::ErrorCounts>,
+    /// Room in `proxy.max_memory` for the large message being read whole.
+    pub grant: Option<crate::sessions::budget::Grant>,
 }
 
 /// Why a read during login ended.
@@ -68,6 +70,7 @@ impl ClientConn {
             end_point: None,
             buf: BytesMut::with_capacity(16 * 1024),
             errors,
+            grant: None,
         }
     }
 

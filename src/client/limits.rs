@@ -30,6 +30,11 @@ pub struct Limits {
     pub idle_transaction: Option<Duration>,
     /// `proxy.query_timeout`, when set.
     pub query_timeout: Option<Duration>,
+    /// How long a large message waits for room in `proxy.max_memory`
+    /// (`proxy.checkout_timeout`), and that budget's size.
+    pub room_wait: Duration,
+    /// `proxy.max_memory`.
+    pub max_memory: usize,
 }
 
 impl From<&crate::config::Config> for Limits {
@@ -49,6 +54,8 @@ impl From<&crate::config::Config> for Limits {
             settings_timeout: c.proxy.server_connect_timeout,
             idle_transaction: Some(c.proxy.idle_transaction_timeout).filter(|t| !t.is_zero()),
             query_timeout: Some(c.proxy.query_timeout).filter(|t| !t.is_zero()),
+            room_wait: c.proxy.checkout_timeout,
+            max_memory: c.proxy.max_memory,
         }
     }
 }

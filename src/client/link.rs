@@ -31,6 +31,7 @@ use crate::protocol::messages::error_response;
 use crate::protocol::messages::extended::{decode_bind_statement, decode_parse, decode_target};
 use crate::protocol::{frame_len, whole_if, FrameError, Hold, Scanner, Visit};
 use crate::server::ServerConn;
+use crate::sessions::budget::{large_incomplete, Budget, Denied, Grant, FREE_UP_TO};
 
 /// Server messages are PostgreSQL's: bounded by its own limit.
 const MAX_SERVER_MESSAGE: usize = MAX_FRAME;
@@ -145,6 +146,8 @@ pub(super) struct LinkCtx<'a> {
     pub errors: &'a ErrorCounts,
     /// The client keeps its server until it leaves.
     pub pinned: bool,
+    /// `proxy.max_memory`, for large messages held whole.
+    pub budget: &'a Budget,
 }
 
 /// How an attachment to a server ended.
@@ -200,6 +203,10 @@ pub(super) struct Link {
     session_mode: bool,
     /// `proxy.max_message_size`.
     max_message_size: usize,
+    /// How long a large message waits for room in `proxy.max_memory`.
+    room_wait: std::time::Duration,
+    /// `proxy.max_memory`.
+    max_memory: usize,
     /// `proxy.max_prepared_statements`.
     max_prepared: usize,
     expect: Expectations,
@@ -252,6 +259,8 @@ enum Dir {
     Wrote(std::io::Result<usize>),
     /// TLS bytes held in the session went out (or failed to).
     Flushed(std::io::Result<()>),
+    /// Room in the memory budget for a large message, or why there is none.
+    Room(Result<Grant, Denied>),
 }
 
 impl Link {
@@ -260,6 +269,8 @@ impl Link {
             rewrite: limits.mode == PoolMode::Transaction,
             session_mode: limits.mode == PoolMode::Session,
             max_message_size: limits.max_message_size,
+            room_wait: limits.room_wait,
+            max_memory: limits.max_memory,
             max_prepared: limits.max_prepared,
             idle_transaction: limits.idle_transaction,
             query_timeout: limits.query_timeout.map(QueryClock::new),
@@ -307,6 +318,26 @@ impl Link {
         tracing::info!(timeout = ?clock.limit, "query_timeout: cancelling the request");
         clock.cancel();
         Some(Pumped::Cancel)
+    }
+
+    /// The length of the large message to hold whole at the front of the
+    /// client's unscanned bytes, if it still needs room in the memory
+    /// budget before more of it is read. Room taken before is given back
+    /// once the client's buffer is small again.
+    fn room_needed(&self, client: &mut ClientConn) -> Option<usize> {
+        let front = (self.client_scan.at_boundary() && !self.c_hold && !self.c_head)
+            .then(|| client.buf.get(self.c_ready..))
+            .flatten();
+        let rewrite = self.rewrite;
+        let need = front.and_then(|b| large_incomplete(b, |t, len| held_whole(t, len, rewrite)));
+        match need {
+            None if client.buf.len() <= FREE_UP_TO => client.grant = None,
+            None => {}
+            Some(len) if client.grant.as_ref().is_some_and(|g| g.covers(len)) => return None,
+            // Room for an earlier message goes back before this one waits.
+            Some(_) => client.grant = None,
+        }
+        need
     }
 
     /// Replies and the proxy's own answers still owed to the client are at
@@ -369,6 +400,7 @@ impl Link {
                     return End::Shutdown.into();
                 }
             }
+            let room = self.room_needed(cx.client);
             let (c_ready, s_ready) = (self.c_ready, self.s_ready);
             // Only a client sitting in an open transaction is timed: the
             // timer (and its clock read) costs nothing elsewhere.
@@ -382,6 +414,7 @@ impl Link {
             let c_buf = &mut client.buf;
             let (c_synth, s_synth) = (&self.c_synth, &self.s_synth);
             let owing = self.owes_too_much();
+            let (budget, room_wait) = (cx.budget, self.room_wait);
             // Each direction either reads (nothing pending) or writes what is
             // pending, so neither side can stall the other: no proxy deadlock
             // when both peers write at once. Before it reads, a direction
@@ -397,6 +430,8 @@ impl Link {
                 } else if owing {
                     // Read on once the client has taken some of what it is owed.
                     std::future::pending().await
+                } else if let Some(len) = room {
+                    Dir::Room(budget.reserve(len, room_wait).await)
                 } else {
                     reserve(c_buf);
                     Dir::Read(c_rd.read_buf(c_buf).await)
@@ -439,6 +474,11 @@ impl Link {
                     Dir::Wrote(Ok(n)) => self.sent_up(&mut cx.client.buf, n),
                     Dir::Wrote(Err(e)) | Dir::Flushed(Err(e)) => return End::ServerLost(e.to_string()).into(),
                     Dir::Flushed(Ok(())) => {}
+                    Dir::Room(Ok(grant)) => cx.client.grant = Some(grant),
+                    Dir::Room(Err(_)) => {
+                        let max = self.max_memory;
+                        return End::ClientError(ClientError::OutOfMemory { max, fatal: true }).into();
+                    }
                 },
                 d = down => match d {
                     Dir::Read(Ok(0)) => return End::ServerLost("server closed the connection".into()).into(),
@@ -446,7 +486,7 @@ impl Link {
                     Dir::Read(Ok(n)) => self.since_yield += n,
                     Dir::Wrote(Ok(n)) => self.sent_down(server.buf_mut(), n),
                     Dir::Wrote(Err(_)) | Dir::Flushed(Err(_)) => return End::ClientGone.into(),
-                    Dir::Flushed(Ok(())) => {}
+                    Dir::Flushed(Ok(())) | Dir::Room(_) => {}
                 },
                 _ = shutdown, if wait_shutdown => {}
                 _ = &mut kill => return End::Killed.into(),

@@ -28,6 +28,7 @@ use crate::protocol::messages::backend;
 use crate::protocol::FrameError;
 use crate::server::settings::{Setting, SettingSet};
 use crate::server::{channel, send_cancel, ConnectError, ServerConn};
+use crate::sessions::budget::{large_incomplete, Denied, FREE_UP_TO};
 use crate::sessions::cancel::{CancelGuard, CancelTarget};
 use crate::sessions::registry::{ClientState, Linked, Registration};
 
@@ -252,7 +253,18 @@ impl Session {
                     self.client.send_error(&ClientError::Protocol(msg)).await;
                     return Idle::Gone;
                 }
-                Ok(Front::More) => {}
+                Ok(Front::More) => match self.make_room().await {
+                    Ok(()) => {}
+                    Err(_) => {
+                        let tag = self.client.buf[0];
+                        let max = self.limits.max_memory;
+                        let err = ClientError::OutOfMemory { max, fatal: false };
+                        if self.refuse(tag, err).await.is_err() {
+                            return Idle::Gone;
+                        }
+                        continue;
+                    }
+                },
             }
             tokio::select! {
                 r = self.client.fill() => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
@@ -260,6 +272,26 @@ impl Session {
                 _ = self.reg.info.kill.cancelled() => return Idle::Killed,
             }
         }
+    }
+
+    /// Room in `proxy.max_memory` for the large message being read whole at
+    /// the front of the buffer, taken before more of it is read; given back
+    /// once the buffer is small again.
+    async fn make_room(&mut self) -> Result<(), Denied> {
+        let rewrite = self.mode() == PoolMode::Transaction;
+        let need = large_incomplete(&self.client.buf, |t, len| held_whole(t, len, rewrite));
+        let client = &mut self.client;
+        match need {
+            None if client.buf.len() <= FREE_UP_TO => client.grant = None,
+            None => {}
+            Some(len) if client.grant.as_ref().is_some_and(|g| g.covers(len)) => {}
+            Some(len) => {
+                client.grant = None;
+                let wait = self.limits.room_wait;
+                client.grant = Some(self.ctx.budget().reserve(len, wait).await?);
+            }
+        }
+        Ok(())
     }
 
     /// Sends a reply the proxy writes itself while the client holds no server.
@@ -470,6 +502,7 @@ impl Session {
                 latencies: self.ctx.latencies(),
                 errors: self.ctx.errors(),
                 pinned: self.pinned,
+                budget: self.ctx.budget(),
             };
             match link.pump(&mut cx, server).await {
                 Pumped::Pin(why) => self.pin(why),

@@ -371,6 +371,11 @@ pub struct ProxyConfig {
     /// Session settings tracked per client (transaction mode); a client
     /// with more is pinned to its server. Default 64.
     pub max_tracked_parameters: usize,
+    /// Bytes all clients together may hold of messages the proxy reads
+    /// whole and that are larger than 64 KiB (a large Query or Parse).
+    /// A message that finds no room waits up to `checkout_timeout`, then
+    /// gets SQLSTATE 53200. Default 1 GiB.
+    pub max_memory: usize,
     /// Named prepared statements one client may hold (transaction mode);
     /// a Parse of another gets SQLSTATE 53400. Default 2000.
     pub max_client_prepared_statements: usize,
@@ -512,6 +517,7 @@ impl Default for ProxyConfig {
             shutdown_timeout: Duration::from_secs(30),
             max_prepared_statements: 200,
             max_tracked_parameters: 64,
+            max_memory: 1 << 30,
             max_client_prepared_statements: 2000,
             query_timeout: Duration::ZERO,
             query_wait_timeout: Duration::from_secs(120),
