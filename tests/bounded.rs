@@ -461,6 +461,7 @@ async fn a_clients_prepared_statements_are_bounded_and_share_their_text() {
     batch.extend_from_slice(b"S\0\0\0\x04");
     let (msgs, status) = pipeline(&mut raw, batch).await;
     let grown = rss_kib(proxy.pid()).saturating_sub(before);
+    eprintln!("200 names of one 256 KiB text: the proxy grew {grown} KiB");
     assert_eq!(status, Some(b'I'));
     assert_eq!(tags(&msgs), format!("{}E", "1".repeat(150)));
     let err = String::from_utf8_lossy(&msgs[150].1);
@@ -586,6 +587,7 @@ async fn a_large_bind_of_a_named_statement_streams_instead_of_being_held() {
         assert_eq!(got, (24 << 20, i as i32, 9));
     }
     let grown = rss_kib(proxy.pid()).saturating_sub(before);
+    eprintln!("three 24 MiB Binds: the proxy grew {grown} KiB");
     assert!(grown < 16 * 1024, "the proxy grew {grown} KiB");
     a.simple_query("SELECT 1").await.unwrap();
 }
