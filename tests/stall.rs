@@ -193,6 +193,9 @@ enum Conversation {
     Md5Query,
     /// An extended-protocol pipeline with a named statement.
     Pipeline,
+    /// A named statement bound with a parameter too large to hold: its
+    /// head is rewritten and its body streams.
+    LargeBind,
     /// BEGIN, a query, COMMIT.
     Transaction,
     /// COPY FROM STDIN.
@@ -234,6 +237,20 @@ impl Conversation {
                     frame(b'S', &[]),
                 ])
                 .await?;
+                c.until(b'Z').await;
+            }
+            Conversation::LargeBind => {
+                c.send_all(&[parse("big", "SELECT length($1)"), frame(b'S', &[])])
+                    .await?;
+                c.until(b'Z').await;
+                let big = "x".repeat(100_000);
+                let b = bind("big", &[&big]);
+                // In pieces, so that cuts land in its head, while its body
+                // streams, and at its end.
+                for piece in [&b[..12], &b[12..20_000], &b[20_000..]] {
+                    c.send(piece).await?;
+                }
+                c.send_all(&[execute(), frame(b'S', &[])]).await?;
                 c.until(b'Z').await;
             }
             Conversation::Transaction => {
@@ -309,6 +326,7 @@ async fn every_offset_of_every_conversation_ends_cleanly() {
             Conversation::ScramQuery,
             Conversation::Md5Query,
             Conversation::Pipeline,
+            Conversation::LargeBind,
             Conversation::Transaction,
             Conversation::Copy,
             Conversation::Admin,
