@@ -13,7 +13,9 @@
 //! the binary with the primary alone in `[cluster] nodes`, and Switchyard
 //! in-process exactly as `pgbench_compare` runs it (primary alone, no HTTP
 //! endpoints, on a runtime in a thread of this process, logging through
-//! this process's `warn` subscriber).
+//! this process's `warn` subscriber). `BENCH_TARGETS` (names as in the
+//! tables, comma-separated) and `BENCH_WORKLOAD` (one workload's name, e.g.
+//! `-S -c 16`) narrow a run down to a focused comparison.
 //!
 //! What it does: starts a throw-away PostgreSQL primary (`fsync = on`) with
 //! one streaming replica, `pgbench -i -s 10`, starts the release binary with
@@ -174,6 +176,12 @@ fn bench() -> anyhow::Result<()> {
     let rounds = env_number("BENCH_ROUNDS", 3)?.max(1) as usize;
     let secs = env_number("BENCH_SECS", 10)?.max(1);
     let diag = env_number("BENCH_DIAG", 0)? != 0;
+    // Focused comparisons: `BENCH_TARGETS=switchyard,switchyard-inprocess`
+    // (target names as in the tables), `BENCH_WORKLOAD="-S -c 16"`.
+    let only_targets: Option<Vec<String>> = std::env::var("BENCH_TARGETS")
+        .ok()
+        .map(|v| v.split(',').map(|t| t.trim().to_string()).collect());
+    let only_workload = std::env::var("BENCH_WORKLOAD").ok();
 
     eprintln!("starting PostgreSQL: primary (fsync = on) + 1 streaming replica...");
     let cluster = LocalCluster::start(LocalClusterOptions {
@@ -268,14 +276,31 @@ fn bench() -> anyhow::Result<()> {
             Target::Direct => Some((primary.port(), CpuOf::Nobody)),
             Target::PgBouncer => bouncer.as_ref().map(|b| (b.port, CpuOf::Pid(b.pid()))),
             Target::Switchyard => Some((proxy.port, CpuOf::Pid(proxy.pid()))),
-            Target::BinaryPrimaryOnly => proxy_1node.as_ref().map(|p| (p.port, CpuOf::Pid(p.pid()))),
+            Target::BinaryPrimaryOnly => {
+                proxy_1node.as_ref().map(|p| (p.port, CpuOf::Pid(p.pid())))
+            }
             Target::InProcess => in_process.as_ref().map(|p| (p.port, CpuOf::Myself)),
         }
     };
     let targets: Vec<Target> = ALL_TARGETS
         .into_iter()
         .filter(|&t| target_of(t).is_some())
+        .filter(|t| {
+            only_targets
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|n| n == t.name()))
+        })
         .collect();
+    let workloads: Vec<usize> = (0..WORKLOADS.len())
+        .filter(|&i| {
+            only_workload
+                .as_ref()
+                .is_none_or(|o| *o == WORKLOADS[i].name)
+        })
+        .collect();
+    if targets.is_empty() || workloads.is_empty() {
+        bail!("BENCH_TARGETS / BENCH_WORKLOAD leave nothing to run");
+    }
     let began = Instant::now();
 
     // Warm-up: PostgreSQL's buffer cache and every pool's connections.
@@ -285,9 +310,14 @@ fn bench() -> anyhow::Result<()> {
             continue;
         };
         eprintln!("warm-up: {} ({warm}s, -S -c 64)", t.name());
-        if let Outcome::Failed(msg) =
-            run_one(&pgbench_bin, &tmp.path, port, CpuOf::Nobody, &WORKLOADS[1], warm)
-        {
+        if let Outcome::Failed(msg) = run_one(
+            &pgbench_bin,
+            &tmp.path,
+            port,
+            CpuOf::Nobody,
+            &WORKLOADS[1],
+            warm,
+        ) {
             eprintln!("warm-up through {} failed:\n{msg}", t.name());
         }
     }
@@ -297,13 +327,19 @@ fn bench() -> anyhow::Result<()> {
     for r in 0..rounds {
         let mut order = targets.clone();
         order.rotate_left(r % targets.len());
-        for (wi, w) in WORKLOADS.iter().enumerate() {
+        for &wi in &workloads {
+            let w = &WORKLOADS[wi];
             let mut outs = vec![Outcome::Skipped; ALL_TARGETS.len()];
             for &t in &order {
                 let Some((port, cpu)) = target_of(t) else {
                     continue;
                 };
-                eprint!("{} | round {}/{rounds} | {:<20} ... ", w.name, r + 1, t.name());
+                eprint!(
+                    "{} | round {}/{rounds} | {:<20} ... ",
+                    w.name,
+                    r + 1,
+                    t.name()
+                );
                 let out = run_one(&pgbench_bin, &tmp.path, port, cpu, w, secs);
                 match &out {
                     Outcome::Ran(run) => eprintln!(
@@ -467,8 +503,14 @@ fn run_one(
     let log_dir = scratch.join("pgbench-log");
     let _ = fs::remove_dir_all(&log_dir);
     let mut cmd = pgbench::command(pgbench_bin, port, "shipped");
-    cmd.args(["-n", "-S", "-T", &secs.to_string()])
-        .args(["-c", &w.clients.to_string(), "-j", "2", "-M", w.protocol]);
+    cmd.args(["-n", "-S", "-T", &secs.to_string()]).args([
+        "-c",
+        &w.clients.to_string(),
+        "-j",
+        "2",
+        "-M",
+        w.protocol,
+    ]);
     if w.p99 {
         if let Err(e) = fs::create_dir(&log_dir) {
             return Outcome::Failed(format!("creating {}: {e}", log_dir.display()));
@@ -598,7 +640,7 @@ fn report(header: &str, targets: &[Target], results: &[Vec<Vec<Outcome>>]) -> St
          | Switchyard CPU µs/txn | CPU/txn Switchyard / PgBouncer |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (w, rounds) in WORKLOADS.iter().zip(results) {
+    for (w, rounds) in WORKLOADS.iter().zip(results).filter(|(_, r)| !r.is_empty()) {
         let d = medians(w, rounds, Target::Direct);
         let p = medians(w, rounds, Target::PgBouncer);
         let y = medians(w, rounds, Target::Switchyard);
@@ -634,7 +676,11 @@ fn report(header: &str, targets: &[Target], results: &[Vec<Vec<Outcome>>]) -> St
          during the run (connecting and SCRAM included) over the transactions pgbench \
          reports. n/a: PgBouncer before 1.21 cannot run -M prepared in transaction mode.\n"
     );
-    if let Some((wi, w)) = WORKLOADS.iter().enumerate().find(|(_, w)| w.p99) {
+    if let Some((wi, w)) = WORKLOADS
+        .iter()
+        .enumerate()
+        .find(|(i, w)| w.p99 && !results[*i].is_empty())
+    {
         let _ = writeln!(
             s,
             "p99 latency, {} (10 % of transactions logged; median over rounds): {}\n",
@@ -672,7 +718,7 @@ fn proxies_table(s: &mut String, targets: &[Target], results: &[Vec<Vec<Outcome>
     let names: Vec<&str> = ys.iter().map(|t| t.name()).collect();
     let _ = writeln!(s, "| workload | {} |", names.join(" | "));
     let _ = writeln!(s, "|---|{}", "---:|".repeat(ys.len()));
-    for (w, rounds) in WORKLOADS.iter().zip(results) {
+    for (w, rounds) in WORKLOADS.iter().zip(results).filter(|(_, r)| !r.is_empty()) {
         let cells: Vec<String> = ys
             .iter()
             .map(|&t| {
@@ -697,7 +743,7 @@ fn rounds_table(s: &mut String, targets: &[Target], results: &[Vec<Vec<Outcome>>
     let _ = writeln!(s, "| workload | round | {} |", names.join(" | "));
     let _ = writeln!(s, "|---|---:|{}", "---:|".repeat(targets.len()));
     let mut failures = Vec::new();
-    for (w, rounds) in WORKLOADS.iter().zip(results) {
+    for (w, rounds) in WORKLOADS.iter().zip(results).filter(|(_, r)| !r.is_empty()) {
         for (i, r) in rounds.iter().enumerate() {
             let cells: Vec<String> = targets
                 .iter()
