@@ -375,11 +375,13 @@ fn bench() -> anyhow::Result<()> {
             .map_or("PgBouncer not available".into(), |b| b.version.clone())
     );
     println!("\n{}", report(&header, &targets, &results));
-    let log = proxy.log_tail(usize::MAX);
+    // The binary's whole log (ANSI colours removed): startup, events, and
+    // any health-check trouble during the runs.
+    let log = strip_ansi(&proxy.log_tail(usize::MAX));
     println!(
-        "switchyard's log: {} line(s) over the whole run; last lines:\n```\n{}\n```",
+        "switchyard's log ({} line(s) over the whole run):\n```\n{}\n```",
         log.lines().count(),
-        common::tail(&log, 5)
+        common::tail(&log, 60)
     );
 
     // Teardown in reverse order of start; the guards also do this on panic.
@@ -390,6 +392,24 @@ fn bench() -> anyhow::Result<()> {
     drop(tmp);
     drop(cluster);
     Ok(())
+}
+
+/// `text` without its ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The binary's configuration file.
