@@ -8,7 +8,7 @@
 //! the benchmark and runs that one (`CARGO_BIN_EXE_switchyard`).
 //! Environment: `BENCH_ROUNDS` (default 3) interleaved rounds,
 //! `BENCH_SECS` (default 10) seconds per pgbench run; a default run takes
-//! about 7 minutes. `BENCH_DIAG=1` adds two targets that explain the gap
+//! about 6.5 minutes. `BENCH_DIAG=1` adds two targets that explain the gap
 //! between this benchmark and `pgbench_compare` (about 4 more minutes):
 //! the binary with the primary alone in `[cluster] nodes`, and Switchyard
 //! in-process exactly as `pgbench_compare` runs it (primary alone, no HTTP
@@ -23,9 +23,10 @@
 //! transaction mode, 20 server connections and SCRAM, and PgBouncer with the
 //! same pool and SCRAM; then runs rounds in which every workload visits the
 //! targets in an order that rotates from round to round. Around each run it
-//! reads the proxy's CPU time (utime + stime from /proc/PID/stat; for the
-//! in-process target, this whole process's) and divides it by the
-//! transactions pgbench reports. The 64-client run logs a 10 % sample of its
+//! reads the proxy's CPU time (utime + stime from /proc/PID/stat) and its
+//! threads' context switches (/proc/PID/task/*/status; for the in-process
+//! target, this whole process's) and divides them by the transactions
+//! pgbench reports. The 64-client run logs a 10 % sample of its
 //! transactions (`pgbench -l --sampling-rate 0.1`) for the p99 latency.
 //! PgBouncer before 1.21 cannot do `-M prepared` in transaction mode: that
 //! cell is "n/a". Prints markdown tables; everything it starts is stopped on
