@@ -43,12 +43,18 @@ pub fn command(pgbench: &Path, port: u16, app: &str) -> Command {
 /// Runs `cmd` (a [`command`] with its arguments, the database appended
 /// here) for at most `limit`: the tps of a run without failed transactions,
 /// else what pgbench said.
-pub fn run(mut cmd: Command, limit: Duration) -> Result<f64, String> {
+pub fn run(cmd: Command, limit: Duration) -> Result<f64, String> {
+    run_with_output(cmd, limit).map(|(tps, _)| tps)
+}
+
+/// [`run`], also returning what pgbench printed on stdout (for
+/// [`parse_transactions`]).
+pub fn run_with_output(mut cmd: Command, limit: Duration) -> Result<(f64, String), String> {
     cmd.arg(APP_DB);
     let (status, stdout, stderr) =
         output_with_deadline(cmd, limit).map_err(|e| format!("{e:#}"))?;
     match (status.success(), parse_tps(&stdout), parse_failed(&stdout)) {
-        (true, Some(tps), None | Some(0)) => Ok(tps),
+        (true, Some(tps), None | Some(0)) => Ok((tps, stdout)),
         _ => Err(format!(
             "pgbench exited with {status}\n--- stdout ---\n{}\n--- stderr ---\n{}",
             stdout.trim_end(),
@@ -119,4 +125,13 @@ fn parse_failed(stdout: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("number of failed transactions: "))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+}
+
+/// `number of transactions actually processed: 123456` (with `-t`,
+/// `123456/160000`): the transactions a run completed.
+pub fn parse_transactions(stdout: &str) -> Option<u64> {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|rest| rest.split(['/', ' ']).next()?.parse().ok())
 }

@@ -168,6 +168,13 @@ impl PgBouncer {
     }
 }
 
+impl PgBouncer {
+    /// The process id, for /proc.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// The first line of `bin --version`.
 fn version(bin: &Path) -> String {
     Command::new(bin)
