@@ -25,13 +25,17 @@ use crate::sessions::registry;
 pub async fn serve(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSemaphorePermit>) {
     let mut conn = ClientConn::new(stream, ctx.errors().clone());
     let login_timeout = ctx.config().proxy.client_login_timeout;
-    let logged_in =
-        match tokio::time::timeout(login_timeout, login(&mut conn, &ctx, permit.is_some())).await {
-            Err(_) => return conn.send_error(&ClientError::LoginTimeout).await,
-            Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return,
-            Ok(Err(ReadError::Client(e))) => return conn.send_error(&e).await,
-            Ok(Ok(Some(logged_in))) => logged_in,
-        };
+    // The login's future (SCRAM state, TLS handshake) is boxed so it is
+    // freed once the client is in: inline, it would be part of the task's
+    // allocation, which an idle client keeps for as long as it stays.
+    let login = Box::pin(login(&mut conn, &ctx, permit.is_some()));
+    let outcome = tokio::time::timeout(login_timeout, login).await;
+    let logged_in = match outcome {
+        Err(_) => return conn.send_error(&ClientError::LoginTimeout).await,
+        Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return,
+        Ok(Err(ReadError::Client(e))) => return conn.send_error(&e).await,
+        Ok(Ok(Some(logged_in))) => logged_in,
+    };
     let reg = ctx.clients().register(registry::Arrival {
         user: logged_in.user,
         database: logged_in.database,
@@ -41,13 +45,16 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSem
     });
     tracing::debug!(client = reg.info.id, user = %reg.info.user, database = %reg.info.database, "client logged in");
     let Some(pool) = logged_in.pool else {
-        crate::admin::serve(conn, ctx, reg).await;
+        // Boxed like the login: the console's states stay out of every
+        // client task.
+        Box::pin(crate::admin::serve(conn, ctx, reg)).await;
         tracing::debug!("admin client disconnected");
         return;
     };
-    Session::new(conn, ctx, pool, logged_in.cancel, logged_in.wanted, reg)
-        .run()
-        .await;
+    // Boxed: this task's future then holds a pointer, not the session
+    // beside the login's leftovers (one allocation per client, at login).
+    let session = Session::new(conn, ctx, pool, logged_in.cancel, logged_in.wanted, reg);
+    Box::pin(session.run()).await;
     tracing::debug!("client disconnected");
     drop(permit);
 }

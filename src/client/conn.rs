@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::error::ClientError;
 use crate::protocol::messages::startup::{packet_len, StartupError};
-use crate::protocol::{frame_len, Scanner, Visit};
+use crate::protocol::{buffer, frame_len, Scanner, Visit};
 use crate::tls::Stream;
 
 /// Largest message accepted during authentication.
@@ -21,7 +21,8 @@ pub struct ClientConn {
     /// Our certificate's tls-server-end-point data once the client is on TLS
     /// (offered for SCRAM-SHA-256-PLUS).
     pub end_point: Option<std::sync::Arc<[u8]>>,
-    /// Bytes read but not yet consumed.
+    /// Bytes read but not yet consumed. No allocation while the client
+    /// waits idle (see [`ClientConn::wait_readable`]).
     pub buf: BytesMut,
     /// Where errors sent to the client are counted.
     pub errors: std::sync::Arc<crate::measure::ErrorCounts>,
@@ -65,17 +66,34 @@ impl ClientConn {
         ClientConn {
             stream: Stream::Plain(stream),
             end_point: None,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::new(),
             errors,
         }
     }
 
     /// Reads more bytes into `buf`; 0 means the peer closed. Cancel safe.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(16 * 1024);
+        if self.buf.capacity() == 0 {
+            self.buf = buffer::take();
+        } else if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(buffer::SIZE);
         }
         self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Waits until the socket has something to read, holding no buffer
+    /// meanwhile: an empty one goes back to the thread's stock first, so an
+    /// idle client costs no buffer memory. Cancel safe. Under TLS the
+    /// session may hold decrypted bytes already: returns at once, and the
+    /// caller's read waits.
+    pub async fn wait_readable(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            buffer::give(std::mem::take(&mut self.buf));
+        }
+        match &self.stream {
+            Stream::Plain(s) => s.readable().await,
+            _ => Ok(()),
+        }
     }
 
     /// Reads one untagged startup packet, length prefix included.

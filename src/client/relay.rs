@@ -14,6 +14,7 @@ use super::link::{End, Link, LinkCtx, Pumped};
 use super::lost::LostTxn;
 use super::meter::Meter;
 use super::prepared::ClientStatements;
+use super::recycled::Recycled;
 use super::rewrite::known_parse;
 use super::settings::{check, Untracked};
 use super::txn::Txn;
@@ -119,87 +120,123 @@ impl Session {
 
     /// Serves the client until it leaves.
     pub async fn run(mut self) {
-        let mut held: Option<PooledConn> = None;
+        // Boxed: a server is held between requests only in rare cases
+        // (pinned clients), and inline it would take room in every task.
+        let mut held: Option<Box<PooledConn>> = None;
         loop {
-            let server = match held.take() {
-                Some(s) => s,
+            let tag = match held {
+                // Session mode: the client's own server serves what comes.
+                Some(_) => None,
                 None => match self.wait_idle().await {
                     Idle::Gone => return,
                     Idle::Shutdown => return self.client.send_error(&ClientError::Shutdown).await,
                     Idle::Killed => return self.client.send_error(&ClientError::Killed).await,
-                    Idle::Work(tag) => match self.lost {
-                        Some(lost) => {
-                            let max = self.limits.max_message_size;
-                            match super::lost::answer_in_lost_txn(&mut self.client, lost, tag, max)
-                                .await
-                            {
-                                Ok(lost) => {
-                                    self.lost = lost;
-                                    continue;
-                                }
-                                Err(ClientGone) => return,
-                            }
-                        }
-                        None => match self.ready_server(tag).await {
-                            Ok(Some(s)) => s,
-                            Ok(None) => continue,
-                            Err(ClientGone) => return,
-                        },
-                    },
+                    Idle::Work(tag) => Some(tag),
                 },
             };
-            let attached = self.attach(server).await;
-            if !matches!(attached, (End::Released, Some(_))) || self.mode() == PoolMode::Transaction
-            {
-                self.reg.info.set(ClientState::Idle, None);
+            // The work runs in a recycled block, not in the task: an idle
+            // client's task then holds only the idle wait (see `recycled`).
+            if !Recycled::new(self.work(tag, &mut held)).await {
+                return;
             }
-            match attached {
-                (End::Released, Some(s))
-                    if self.mode() == PoolMode::Transaction && !self.pinned =>
-                {
-                    self.pool.checkin(s)
-                }
-                (End::Released, Some(s)) => held = Some(s),
-                (End::ClientGone, s) => return self.cleanup(s).await,
-                (End::Shutdown, s) => {
-                    self.client.send_error(&ClientError::Shutdown).await;
-                    return self.cleanup(s).await;
-                }
-                (End::Killed, s) => {
-                    self.client.send_error(&ClientError::Killed).await;
-                    return self.cleanup(s).await;
-                }
-                (End::IdleInTransaction, s) => {
-                    self.client
-                        .send_error(&ClientError::IdleInTransactionTimeout)
-                        .await;
-                    return self.cleanup(s).await;
-                }
-                (End::SettingsLost, _) => {
-                    self.ctx.cluster().nudge();
-                    return self.client.send_error(&ClientError::SettingsLost).await;
-                }
-                (End::ClientError(e), s) => {
-                    tracing::debug!(error = %e, "client protocol error");
-                    self.client.send_error(&e).await;
-                    return self.cleanup(s).await;
-                }
-                (End::ServerLost(why), _) => {
-                    tracing::warn!(error = %why, "server connection lost mid-session");
-                    self.ctx.cluster().nudge();
-                    let max = self.limits.max_message_size;
-                    match super::lost::answer_lost_server(&mut self.client, self.last_txn, max)
+        }
+    }
+
+    /// Serves one request (`tag`, or whatever comes on the `held` server);
+    /// leaves a server the client keeps in `held`. Returns whether the
+    /// session goes on.
+    async fn work(&mut self, tag: Option<u8>, held: &mut Option<Box<PooledConn>>) -> bool {
+        let server = match (held.take(), tag) {
+            (Some(s), _) => *s,
+            (None, tag) => {
+                let tag = tag.unwrap_or(b'Q');
+                match self.lost {
+                    Some(lost) => {
+                        let max = self.limits.max_message_size;
+                        return match super::lost::answer_in_lost_txn(
+                            &mut self.client,
+                            lost,
+                            tag,
+                            max,
+                        )
                         .await
-                    {
-                        Ok(_) if self.settings_unknown => {
-                            return self.client.send_error(&ClientError::SettingsLost).await
-                        }
-                        Ok(lost) => self.lost = lost,
-                        Err(ClientGone) => return,
+                        {
+                            Ok(lost) => {
+                                self.lost = lost;
+                                true
+                            }
+                            Err(ClientGone) => false,
+                        };
                     }
+                    None => match self.ready_server(tag).await {
+                        Ok(Some(s)) => s,
+                        Ok(None) => return true,
+                        Err(ClientGone) => return false,
+                    },
                 }
-                (End::Released, None) => return,
             }
+        };
+        let attached = self.attach(server).await;
+        if !matches!(attached, (End::Released, Some(_))) || self.mode() == PoolMode::Transaction {
+            self.reg.info.set(ClientState::Idle, None);
+        }
+        self.after(attached, held).await
+    }
+
+    /// What follows an attachment's end: the server back to the pool (or
+    /// kept in `held`), or the session's end. Returns whether it goes on.
+    async fn after(
+        &mut self,
+        attached: (End, Option<PooledConn>),
+        held: &mut Option<Box<PooledConn>>,
+    ) -> bool {
+        let farewell = match attached {
+            (End::Released, Some(s)) if self.mode() == PoolMode::Transaction && !self.pinned => {
+                self.pool.checkin(s);
+                return true;
+            }
+            (End::Released, Some(s)) => {
+                *held = Some(Box::new(s));
+                return true;
+            }
+            (End::ClientGone, s) => (None, s),
+            (End::Shutdown, s) => (Some(ClientError::Shutdown), s),
+            (End::Killed, s) => (Some(ClientError::Killed), s),
+            (End::IdleInTransaction, s) => (Some(ClientError::IdleInTransactionTimeout), s),
+            (End::SettingsLost, _) => {
+                self.ctx.cluster().nudge();
+                (Some(ClientError::SettingsLost), None)
+            }
+            (End::ClientError(e), s) => {
+                tracing::debug!(error = %e, "client protocol error");
+                (Some(e), s)
+            }
+            (End::ServerLost(why), _) => return self.after_lost_server(why).await,
+            (End::Released, None) => return false,
+        };
+        if let Some(e) = farewell.0 {
+            self.client.send_error(&e).await;
+        }
+        self.cleanup(farewell.1).await;
+        false
+    }
+
+    /// The server died mid-request: the client is told what it must know.
+    /// Returns whether the session goes on.
+    async fn after_lost_server(&mut self, why: String) -> bool {
+        tracing::warn!(error = %why, "server connection lost mid-session");
+        self.ctx.cluster().nudge();
+        let max = self.limits.max_message_size;
+        match super::lost::answer_lost_server(&mut self.client, self.last_txn, max).await {
+            Ok(_) if self.settings_unknown => {
+                self.client.send_error(&ClientError::SettingsLost).await;
+                false
+            }
+            Ok(lost) => {
+                self.lost = lost;
+                true
+            }
+            Err(ClientGone) => false,
         }
     }
 
@@ -257,8 +294,15 @@ impl Session {
                 }
                 Ok(Front::More) => {}
             }
+            // The buffer is taken only once there is something to read: an
+            // idle client holds none.
+            let client = &mut self.client;
+            let read = async move {
+                client.wait_readable().await?;
+                client.fill().await
+            };
             tokio::select! {
-                r = self.client.fill() => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
+                r = read => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
                 _ = self.ctx.shutdown().cancelled() => return Idle::Shutdown,
                 _ = self.reg.info.kill.cancelled() => return Idle::Killed,
             }
@@ -641,4 +685,49 @@ mod tests {
         }
         assert!(idle_front(&msg(b'Q', 10), 8, true).is_err());
     }
+}
+
+#[doc(hidden)]
+pub fn scratch_sizes() {
+    fn r1<A, R>(_: fn(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    fn r2<A, B, R>(_: fn(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    fn r3<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    let f: fn(&'static mut Session) -> _ = Session::wait_idle;
+    println!("wait_idle {}", r1(f));
+    let f: fn(&'static mut Session) -> _ = Session::checkout;
+    println!("checkout {}", r1(f));
+    let f: fn(&'static mut Session, u8) -> _ = Session::ready_server;
+    println!("ready_server {}", r2(f));
+    let f: fn(&'static mut Session, &'static mut PooledConn) -> _ = Session::give_settings;
+    println!("give_settings {}", r2(f));
+    let f: fn(&'static mut Session, &'static mut PooledConn, &'static [String]) -> _ =
+        Session::read_back;
+    println!("read_back {}", r3(f));
+    let f: fn(&'static mut Session, PooledConn) -> _ = Session::attach;
+    println!("attach {}", r2(f));
+    let f: fn(&'static mut Session, &'static End, &'static mut PooledConn) -> _ =
+        Session::detach_cancels;
+    println!("detach_cancels {}", r3(f));
+    let f: fn(&'static mut Session, &'static mut Link, &'static mut PooledConn) -> _ =
+        Session::pump;
+    println!("pump {}", r3(f));
+    let f: fn(&'static mut Link, &'static mut LinkCtx<'static>, &'static mut PooledConn) -> _ =
+        Link::pump;
+    println!("Link::pump {}", r3(f));
+    let f: fn(&'static mut Session, Option<PooledConn>) -> _ = Session::cleanup;
+    println!("cleanup {}", r2(f));
+    let f: fn(&'static mut Session, u8, ClientError) -> _ = Session::refuse;
+    println!("refuse {}", r3(f));
+    let f: fn(&'static mut ClientConn, &'static ClientError) -> _ = ClientConn::send_error;
+    println!("send_error {}", r2(f));
+    let f: fn(&'static mut ClientConn, Txn, usize) -> _ = super::lost::answer_lost_server;
+    println!("answer_lost_server {}", r3(f));
+    println!("Link {}", std::mem::size_of::<Link>());
+    println!("PooledConn {}", std::mem::size_of::<PooledConn>());
 }
