@@ -22,18 +22,46 @@ use crate::sessions::registry;
 /// Serves one accepted connection. `permit` is `None` when `max_client_conn`
 /// is reached: the client is still heard out (it may be a CancelRequest) and
 /// then refused with 53300.
-pub async fn serve(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSemaphorePermit>) {
+///
+/// A task is one allocation as large as its future's largest state, kept
+/// while the client stays: the login (SCRAM state, TLS handshake, the
+/// console) runs in a box freed before the session starts, so an idle
+/// client's task holds little more than the session's idle wait. An
+/// `async` block, not an `async fn`, which would keep a second copy of its
+/// arguments.
+pub fn serve(
+    stream: TcpStream,
+    ctx: Arc<Context>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let admitted = permit.is_some();
+        let session = Box::pin(admit(stream, ctx, admitted)).await;
+        if let Some(session) = session {
+            session.run().await;
+            tracing::debug!("client disconnected");
+        }
+        drop(permit);
+    }
+}
+
+/// Logs the client in and returns its session; `None` when it is done
+/// already (refused, a cancel request, or an admin console client, served
+/// here to its end).
+async fn admit(stream: TcpStream, ctx: Arc<Context>, admitted: bool) -> Option<Box<Session>> {
     let mut conn = ClientConn::new(stream, ctx.errors().clone());
     let login_timeout = ctx.config().proxy.client_login_timeout;
-    // The login's future (SCRAM state, TLS handshake) is boxed so it is
-    // freed once the client is in: inline, it would be part of the task's
-    // allocation, which an idle client keeps for as long as it stays.
-    let login = Box::pin(login(&mut conn, &ctx, permit.is_some()));
-    let outcome = tokio::time::timeout(login_timeout, login).await;
+    let outcome = tokio::time::timeout(login_timeout, login(&mut conn, &ctx, admitted)).await;
     let logged_in = match outcome {
-        Err(_) => return conn.send_error(&ClientError::LoginTimeout).await,
-        Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return,
-        Ok(Err(ReadError::Client(e))) => return conn.send_error(&e).await,
+        Err(_) => {
+            conn.send_error(&ClientError::LoginTimeout).await;
+            return None;
+        }
+        Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return None,
+        Ok(Err(ReadError::Client(e))) => {
+            conn.send_error(&e).await;
+            return None;
+        }
         Ok(Ok(Some(logged_in))) => logged_in,
     };
     let reg = ctx.clients().register(registry::Arrival {
@@ -45,18 +73,12 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, permit: Option<OwnedSem
     });
     tracing::debug!(client = reg.info.id, user = %reg.info.user, database = %reg.info.database, "client logged in");
     let Some(pool) = logged_in.pool else {
-        // Boxed like the login: the console's states stay out of every
-        // client task.
-        Box::pin(crate::admin::serve(conn, ctx, reg)).await;
+        crate::admin::serve(conn, ctx, reg).await;
         tracing::debug!("admin client disconnected");
-        return;
+        return None;
     };
-    // Boxed: this task's future then holds a pointer, not the session
-    // beside the login's leftovers (one allocation per client, at login).
-    let session = Session::new(conn, ctx, pool, logged_in.cancel, logged_in.wanted, reg);
-    Box::pin(session.run()).await;
-    tracing::debug!("client disconnected");
-    drop(permit);
+    let (cancel, wanted) = (logged_in.cancel, logged_in.wanted);
+    Some(Box::new(Session::new(conn, ctx, pool, cancel, wanted, reg)))
 }
 
 /// A client that passed login.

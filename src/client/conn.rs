@@ -91,7 +91,9 @@ impl ClientConn {
             buffer::give(std::mem::take(&mut self.buf));
         }
         match &self.stream {
-            Stream::Plain(s) => s.readable().await,
+            // Not `readable()`: its future holds a waiter entry, and this
+            // wait is part of every idle client's task.
+            Stream::Plain(s) => std::future::poll_fn(|cx| s.poll_read_ready(cx)).await,
             _ => Ok(()),
         }
     }

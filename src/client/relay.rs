@@ -56,7 +56,9 @@ pub struct Session {
     /// (startup packet, then what it SET): given to every server it gets.
     settings: SettingSet,
     /// What the startup packet asked for: what a RESET goes back to.
-    startup: Vec<Setting>,
+    /// `None` until the first read-back: until then `settings` holds just
+    /// that, and one copy per idle client is enough.
+    startup: Option<Vec<Setting>>,
     /// Settings changed and then the server died before they were read
     /// back: the client is told, and disconnected.
     settings_unknown: bool,
@@ -95,7 +97,7 @@ impl Session {
             Ok(s) => (s, None),
             Err(why) => (Vec::new(), Some(why)),
         };
-        let settings = SettingSet::new(startup.iter().cloned());
+        let settings = SettingSet::new(startup);
         let mut session = Session {
             client,
             ctx,
@@ -107,7 +109,7 @@ impl Session {
             pinned: false,
             last_at_rest: true,
             settings,
-            startup,
+            startup: None,
             settings_unknown: false,
             reg,
             limits,
@@ -118,63 +120,65 @@ impl Session {
         session
     }
 
-    /// Serves the client until it leaves.
-    pub async fn run(mut self) {
-        // Boxed: a server is held between requests only in rare cases
-        // (pinned clients), and inline it would take room in every task.
-        let mut held: Option<Box<PooledConn>> = None;
-        loop {
-            let tag = match held {
-                // Session mode: the client's own server serves what comes.
-                Some(_) => None,
-                None => match self.wait_idle().await {
-                    Idle::Gone => return,
-                    Idle::Shutdown => return self.client.send_error(&ClientError::Shutdown).await,
-                    Idle::Killed => return self.client.send_error(&ClientError::Killed).await,
-                    Idle::Work(tag) => Some(tag),
-                },
-            };
-            // The work runs in a recycled block, not in the task: an idle
-            // client's task then holds only the idle wait (see `recycled`).
-            if !Recycled::new(self.work(tag, &mut held)).await {
-                return;
+    /// Serves the client until it leaves. The session is boxed and the
+    /// body is an `async` block, not an `async fn` (which keeps a second
+    /// copy of its arguments): the future, which an idle client's task
+    /// keeps, is little more than the idle wait.
+    pub fn run(self: Box<Self>) -> impl std::future::Future<Output = ()> + Send {
+        let mut session = self;
+        async move {
+            // Boxed: a server is held between requests only in rare cases
+            // (pinned clients), and inline it would take room in every task.
+            let mut held: Option<Box<PooledConn>> = None;
+            loop {
+                let idle = match held {
+                    // A server the client keeps serves whatever comes.
+                    Some(_) => None,
+                    None => Some(session.wait_idle().await),
+                };
+                // The work runs in a recycled block, not in the task: an idle
+                // client's task then holds only the idle wait (see `recycled`).
+                if !Recycled::new(session.work(idle, &mut held)).await {
+                    return;
+                }
             }
         }
     }
 
-    /// Serves one request (`tag`, or whatever comes on the `held` server);
-    /// leaves a server the client keeps in `held`. Returns whether the
-    /// session goes on.
-    async fn work(&mut self, tag: Option<u8>, held: &mut Option<Box<PooledConn>>) -> bool {
-        let server = match (held.take(), tag) {
+    /// Acts on what the idle wait saw (`None`: the client holds a server,
+    /// `held`, which serves whatever comes); leaves a server the client
+    /// keeps in `held`. Returns whether the session goes on.
+    async fn work(&mut self, idle: Option<Idle>, held: &mut Option<Box<PooledConn>>) -> bool {
+        let server = match (held.take(), idle) {
             (Some(s), _) => *s,
-            (None, tag) => {
-                let tag = tag.unwrap_or(b'Q');
-                match self.lost {
-                    Some(lost) => {
-                        let max = self.limits.max_message_size;
-                        return match super::lost::answer_in_lost_txn(
-                            &mut self.client,
-                            lost,
-                            tag,
-                            max,
-                        )
-                        .await
-                        {
-                            Ok(lost) => {
-                                self.lost = lost;
-                                true
-                            }
-                            Err(ClientGone) => false,
-                        };
-                    }
-                    None => match self.ready_server(tag).await {
-                        Ok(Some(s)) => s,
-                        Ok(None) => return true,
-                        Err(ClientGone) => return false,
-                    },
-                }
+            (None, None | Some(Idle::Gone)) => return false,
+            (None, Some(Idle::Shutdown)) => {
+                self.client.send_error(&ClientError::Shutdown).await;
+                return false;
             }
+            (None, Some(Idle::Killed)) => {
+                self.client.send_error(&ClientError::Killed).await;
+                return false;
+            }
+            (None, Some(Idle::Work(tag))) => match self.lost {
+                Some(lost) => {
+                    let max = self.limits.max_message_size;
+                    return match super::lost::answer_in_lost_txn(&mut self.client, lost, tag, max)
+                        .await
+                    {
+                        Ok(lost) => {
+                            self.lost = lost;
+                            true
+                        }
+                        Err(ClientGone) => false,
+                    };
+                }
+                None => match self.ready_server(tag).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return true,
+                    Err(ClientGone) => return false,
+                },
+            },
         };
         let attached = self.attach(server).await;
         if !matches!(attached, (End::Released, Some(_))) || self.mode() == PoolMode::Transaction {
@@ -439,8 +443,13 @@ impl Session {
             }
             _ = retired.cancelled() => return Err(ConnectError::Protocol(addr, "node retired")),
         };
-        let missing = self
+        // The set holds the startup packet's settings (names lowercased, a
+        // later duplicate winning) until this first replaces it.
+        let settings = &self.settings;
+        let startup = self
             .startup
+            .get_or_insert_with(|| settings.items().to_vec());
+        let missing = startup
             .iter()
             .filter(|(n, _)| read.get(n).is_none())
             .cloned();
@@ -685,49 +694,4 @@ mod tests {
         }
         assert!(idle_front(&msg(b'Q', 10), 8, true).is_err());
     }
-}
-
-#[doc(hidden)]
-pub fn scratch_sizes() {
-    fn r1<A, R>(_: fn(A) -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
-    fn r2<A, B, R>(_: fn(A, B) -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
-    fn r3<A, B, C, R>(_: fn(A, B, C) -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
-    let f: fn(&'static mut Session) -> _ = Session::wait_idle;
-    println!("wait_idle {}", r1(f));
-    let f: fn(&'static mut Session) -> _ = Session::checkout;
-    println!("checkout {}", r1(f));
-    let f: fn(&'static mut Session, u8) -> _ = Session::ready_server;
-    println!("ready_server {}", r2(f));
-    let f: fn(&'static mut Session, &'static mut PooledConn) -> _ = Session::give_settings;
-    println!("give_settings {}", r2(f));
-    let f: fn(&'static mut Session, &'static mut PooledConn, &'static [String]) -> _ =
-        Session::read_back;
-    println!("read_back {}", r3(f));
-    let f: fn(&'static mut Session, PooledConn) -> _ = Session::attach;
-    println!("attach {}", r2(f));
-    let f: fn(&'static mut Session, &'static End, &'static mut PooledConn) -> _ =
-        Session::detach_cancels;
-    println!("detach_cancels {}", r3(f));
-    let f: fn(&'static mut Session, &'static mut Link, &'static mut PooledConn) -> _ =
-        Session::pump;
-    println!("pump {}", r3(f));
-    let f: fn(&'static mut Link, &'static mut LinkCtx<'static>, &'static mut PooledConn) -> _ =
-        Link::pump;
-    println!("Link::pump {}", r3(f));
-    let f: fn(&'static mut Session, Option<PooledConn>) -> _ = Session::cleanup;
-    println!("cleanup {}", r2(f));
-    let f: fn(&'static mut Session, u8, ClientError) -> _ = Session::refuse;
-    println!("refuse {}", r3(f));
-    let f: fn(&'static mut ClientConn, &'static ClientError) -> _ = ClientConn::send_error;
-    println!("send_error {}", r2(f));
-    let f: fn(&'static mut ClientConn, Txn, usize) -> _ = super::lost::answer_lost_server;
-    println!("answer_lost_server {}", r3(f));
-    println!("Link {}", std::mem::size_of::<Link>());
-    println!("PooledConn {}", std::mem::size_of::<PooledConn>());
 }
