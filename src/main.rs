@@ -155,7 +155,11 @@ fn raise_fd_limit(config: &Config) {
         open_files = lim.rlim_cur as u64,
         max_clients = clients,
         "RLIMIT_NOFILE {}: room for about {clients} clients beside {servers} server connections",
-        if raised { "raised to the hard limit" } else { "unchanged" }
+        if raised {
+            "raised to the hard limit"
+        } else {
+            "unchanged"
+        }
     );
     if config.proxy.max_client_conn as u64 > clients {
         tracing::warn!(
