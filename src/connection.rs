@@ -34,8 +34,8 @@ pub fn serve(
     ctx: Arc<Context>,
     permit: Option<OwnedSemaphorePermit>,
 ) -> impl std::future::Future<Output = ()> + Send {
+    let admitted = permit.is_some();
     async move {
-        let admitted = permit.is_some();
         let session = Box::pin(admit(stream, ctx, admitted)).await;
         if let Some(session) = session {
             session.run().await;

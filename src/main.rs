@@ -150,9 +150,9 @@ fn raise_fd_limit(config: &Config) {
         lim.rlim_cur = lim.rlim_max;
     }
     let servers = (config.proxy.default_pool_size * config.users.len().max(1)) as u64;
-    let clients = (lim.rlim_cur as u64).saturating_sub(FD_RESERVE + servers);
+    let clients = lim.rlim_cur.saturating_sub(FD_RESERVE + servers);
     tracing::info!(
-        open_files = lim.rlim_cur as u64,
+        open_files = lim.rlim_cur,
         max_clients = clients,
         "RLIMIT_NOFILE {}: room for about {clients} clients beside {servers} server connections",
         if raised {
@@ -164,7 +164,7 @@ fn raise_fd_limit(config: &Config) {
     if config.proxy.max_client_conn as u64 > clients {
         tracing::warn!(
             max_client_conn = config.proxy.max_client_conn,
-            open_files = lim.rlim_cur as u64,
+            open_files = lim.rlim_cur,
             "proxy.max_client_conn is above the {clients} clients RLIMIT_NOFILE allows: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower max_client_conn"
         );
     }
