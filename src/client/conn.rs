@@ -22,7 +22,7 @@ pub struct ClientConn {
     /// (offered for SCRAM-SHA-256-PLUS).
     pub end_point: Option<std::sync::Arc<[u8]>>,
     /// Bytes read but not yet consumed. No allocation while the client
-    /// waits idle (see [`ClientConn::wait_readable`]).
+    /// waits idle (see [`ClientConn::fill_when_readable`]).
     pub buf: BytesMut,
     /// Where errors sent to the client are counted.
     pub errors: std::sync::Arc<crate::measure::ErrorCounts>,
@@ -73,28 +73,34 @@ impl ClientConn {
 
     /// Reads more bytes into `buf`; 0 means the peer closed. Cancel safe.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() == 0 {
-            self.buf = buffer::take();
-        } else if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(buffer::SIZE);
-        }
+        make_room(&mut self.buf);
         self.stream.read_buf(&mut self.buf).await
     }
 
-    /// Waits until the socket has something to read, holding no buffer
-    /// meanwhile: an empty one goes back to the thread's stock first, so an
-    /// idle client costs no buffer memory. Cancel safe. Under TLS the
-    /// session may hold decrypted bytes already: returns at once, and the
-    /// caller's read waits.
-    pub async fn wait_readable(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
-            buffer::give(std::mem::take(&mut self.buf));
-        }
-        match &self.stream {
+    /// [`ClientConn::fill`] for a client holding no server, which holds no
+    /// buffer while it waits: an empty one goes back to the thread's stock
+    /// first and is taken again once the socket is readable, so an idle
+    /// client costs no buffer memory. Cancel safe. Under TLS the session
+    /// may hold decrypted bytes already: a plain `fill`, buffer kept.
+    pub async fn fill_when_readable(&mut self) -> std::io::Result<usize> {
+        loop {
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                buffer::give(std::mem::take(&mut self.buf));
+            }
+            let Stream::Plain(s) = &self.stream else {
+                return self.fill().await;
+            };
             // Not `readable()`: its future holds a waiter entry, and this
             // wait is part of every idle client's task.
-            Stream::Plain(s) => std::future::poll_fn(|cx| s.poll_read_ready(cx)).await,
-            _ => Ok(()),
+            std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
+            make_room(&mut self.buf);
+            // Readiness may be stale (the last read did not drain the
+            // socket to WouldBlock): that read clears it, and the buffer
+            // goes back before the next wait.
+            match s.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
         }
     }
 
@@ -198,5 +204,14 @@ impl ClientConn {
         if err.is_fatal() {
             let _ = self.stream.shutdown().await;
         }
+    }
+}
+
+/// Gives `buf` an allocation (from the thread's stock) or room to read into.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        *buf = buffer::take();
+    } else if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(buffer::SIZE);
     }
 }

@@ -300,13 +300,8 @@ impl Session {
             }
             // The buffer is taken only once there is something to read: an
             // idle client holds none.
-            let client = &mut self.client;
-            let read = async move {
-                client.wait_readable().await?;
-                client.fill().await
-            };
             tokio::select! {
-                r = read => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
+                r = self.client.fill_when_readable() => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
                 _ = self.ctx.shutdown().cancelled() => return Idle::Shutdown,
                 _ = self.reg.info.kill.cancelled() => return Idle::Killed,
             }
