@@ -39,22 +39,55 @@ pub struct Admitted {
 }
 
 /// Serves one accepted connection within its limits.
-pub async fn serve(stream: TcpStream, ctx: Arc<Context>, admitted: Admitted) {
-    let Admitted {
-        client: _client,
-        login: login_slot,
-    } = admitted;
+///
+/// A task is one allocation as large as its future's largest state, kept
+/// while the client stays: the login (SCRAM state, TLS handshake, the
+/// console) runs in a box freed before the session starts, so an idle
+/// client's task holds little more than the session's idle wait. An
+/// `async` block, not an `async fn`, which would keep a second copy of its
+/// arguments.
+pub fn serve(
+    stream: TcpStream,
+    ctx: Arc<Context>,
+    admitted: Admitted,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        let Admitted { client, login } = admitted;
+        // The seat (per-database and per-user limits) is held as long as
+        // the session.
+        if let Some((session, _seat)) = Box::pin(admit(stream, ctx, login)).await {
+            session.run().await;
+            tracing::debug!("client disconnected");
+        }
+        drop(client);
+    }
+}
+
+/// Logs the client in and returns its session and seat; `None` when it is
+/// done already (refused, a cancel request, or an admin console client,
+/// served here to its end). The `max_pending_logins` place goes when the
+/// login ends.
+async fn admit(
+    stream: TcpStream,
+    ctx: Arc<Context>,
+    login_slot: OwnedSemaphorePermit,
+) -> Option<(Box<Session>, Option<Seat>)> {
     let mut conn = ClientConn::new(stream, ctx.errors().clone());
     let login_timeout = ctx.config().proxy.client_login_timeout;
     let outcome = tokio::time::timeout(login_timeout, login(&mut conn, &ctx)).await;
     drop(login_slot);
     let logged_in = match outcome {
-        Err(_) => return conn.send_error(&ClientError::LoginTimeout).await,
-        Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return,
-        Ok(Err(ReadError::Client(e))) => return conn.send_error(&e).await,
+        Err(_) => {
+            conn.send_error(&ClientError::LoginTimeout).await;
+            return None;
+        }
+        Ok(Err(ReadError::Closed)) | Ok(Ok(None)) => return None,
+        Ok(Err(ReadError::Client(e))) => {
+            conn.send_error(&e).await;
+            return None;
+        }
         Ok(Ok(Some(logged_in))) => logged_in,
     };
-    let _seat = logged_in.seat;
     let reg = ctx.clients().register(registry::Arrival {
         user: logged_in.user,
         database: logged_in.database,
@@ -66,12 +99,13 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, admitted: Admitted) {
     let Some(pool) = logged_in.pool else {
         crate::admin::serve(conn, ctx, reg).await;
         tracing::debug!("admin client disconnected");
-        return;
+        return None;
     };
-    Session::new(conn, ctx, pool, logged_in.cancel, logged_in.wanted, reg)
-        .run()
-        .await;
-    tracing::debug!("client disconnected");
+    let (cancel, wanted, seat) = (logged_in.cancel, logged_in.wanted, logged_in.seat);
+    Some((
+        Box::new(Session::new(conn, ctx, pool, cancel, wanted, reg)),
+        seat,
+    ))
 }
 
 /// Serves a connection past a limit (`why`) without a TLS handshake or a

@@ -90,6 +90,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             for w in switchyard::config::warnings(&config) {
                 tracing::warn!("{w}");
             }
+            raise_fd_limit(&config);
             let workers = config.proxy.workers;
             runtime(workers)?.block_on(serve(config, path))
         }
@@ -117,6 +118,55 @@ fn load_config(explicit: Option<PathBuf>) -> anyhow::Result<(Config, Option<Path
             Ok((config, Some(path)))
         }
         None => Ok((switchyard::config::load_env()?, None)),
+    }
+}
+
+/// Descriptors kept back from clients: listeners, health checks, logs and
+/// the like, beside the server connections counted separately.
+const FD_RESERVE: u64 = 100;
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit (a soft limit of 1024 is
+/// common, far below `max_client_conn`), and says how many clients the
+/// limit allows: each needs a descriptor, and server connections (up to
+/// `default_pool_size` per user's pool) need theirs.
+fn raise_fd_limit(config: &Config) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `lim`, ours.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read RLIMIT_NOFILE");
+            return;
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            ..lim
+        };
+        lim.rlim_cur < lim.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0
+    };
+    if raised {
+        lim.rlim_cur = lim.rlim_max;
+    }
+    let servers = (config.proxy.default_pool_size * config.users.len().max(1)) as u64;
+    let clients = lim.rlim_cur.saturating_sub(FD_RESERVE + servers);
+    tracing::info!(
+        open_files = lim.rlim_cur,
+        max_clients = clients,
+        "RLIMIT_NOFILE {}: room for about {clients} clients beside {servers} server connections",
+        if raised {
+            "raised to the hard limit"
+        } else {
+            "unchanged"
+        }
+    );
+    if config.proxy.max_client_conn as u64 > clients {
+        tracing::warn!(
+            max_client_conn = config.proxy.max_client_conn,
+            open_files = lim.rlim_cur,
+            "proxy.max_client_conn is above the {clients} clients RLIMIT_NOFILE allows: raise the hard limit (ulimit -Hn, LimitNOFILE=) or lower max_client_conn"
+        );
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use crate::error::ClientError;
 use crate::protocol::frame::MAX_FRAME;
 use crate::protocol::messages::startup::{packet_len, StartupError};
-use crate::protocol::{frame_len, Hold, Scanner, Visit};
+use crate::protocol::{buffer, frame_len, Hold, Scanner, Visit};
 use crate::tls::Stream;
 
 /// Largest message accepted during authentication.
@@ -22,7 +22,8 @@ pub struct ClientConn {
     /// Our certificate's tls-server-end-point data once the client is on TLS
     /// (offered for SCRAM-SHA-256-PLUS).
     pub end_point: Option<std::sync::Arc<[u8]>>,
-    /// Bytes read but not yet consumed.
+    /// Bytes read but not yet consumed. No allocation while the client
+    /// waits idle (see [`ClientConn::fill_when_readable`]).
     pub buf: BytesMut,
     /// Where errors sent to the client are counted.
     pub errors: std::sync::Arc<crate::measure::ErrorCounts>,
@@ -68,7 +69,7 @@ impl ClientConn {
         ClientConn {
             stream: Stream::Plain(stream),
             end_point: None,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::new(),
             errors,
             grant: None,
         }
@@ -76,10 +77,35 @@ impl ClientConn {
 
     /// Reads more bytes into `buf`; 0 means the peer closed. Cancel safe.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(16 * 1024);
-        }
+        make_room(&mut self.buf);
         self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// [`ClientConn::fill`] for a client holding no server, which holds no
+    /// buffer while it waits: an empty one goes back to the thread's stock
+    /// first and is taken again once the socket is readable, so an idle
+    /// client costs no buffer memory. Cancel safe. Under TLS the session
+    /// may hold decrypted bytes already: a plain `fill`, buffer kept.
+    pub async fn fill_when_readable(&mut self) -> std::io::Result<usize> {
+        loop {
+            if self.buf.is_empty() && self.buf.capacity() > 0 {
+                buffer::give(std::mem::take(&mut self.buf));
+            }
+            let Stream::Plain(s) = &self.stream else {
+                return self.fill().await;
+            };
+            // Not `readable()`: its future holds a waiter entry, and this
+            // wait is part of every idle client's task.
+            std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
+            make_room(&mut self.buf);
+            // Readiness may be stale (the last read did not drain the
+            // socket to WouldBlock): that read clears it, and the buffer
+            // goes back before the next wait.
+            match s.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        }
     }
 
     /// Reads one untagged startup packet, length prefix included.
@@ -184,5 +210,14 @@ impl ClientConn {
         if err.is_fatal() {
             let _ = self.stream.shutdown().await;
         }
+    }
+}
+
+/// Gives `buf` an allocation (from the thread's stock) or room to read into.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() == 0 {
+        *buf = buffer::take();
+    } else if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(buffer::SIZE);
     }
 }

@@ -24,6 +24,7 @@ use crate::measure::latency::Latencies;
 use crate::measure::ErrorCounts;
 use crate::pool::Pool;
 use crate::pool::PooledConn;
+use crate::protocol::buffer;
 use crate::protocol::frame::put_frame;
 use crate::protocol::frame::{header, HEADER_LEN, MAX_FRAME};
 use crate::protocol::messages::backend::decode_parameter_status;
@@ -393,6 +394,11 @@ impl Link {
                 && !cx.client.stream.wants_flush()
             {
                 cx.pool.stats().add(&mut self.meter.tally);
+                // Both buffers are empty or nearly: one that a large
+                // message grew is given up now, not kept for the
+                // connection's life (a session-mode link may run for hours).
+                server.shrink_buf();
+                buffer::forget_if_grown(&mut cx.client.buf);
                 if !session_mode && !cx.pinned {
                     return End::Released.into();
                 }

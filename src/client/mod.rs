@@ -10,6 +10,7 @@ pub mod login;
 pub mod lost;
 mod meter;
 pub mod prepared;
+mod recycled;
 pub mod relay;
 mod rewrite;
 pub mod session_state;

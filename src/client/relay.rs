@@ -14,6 +14,7 @@ use super::link::{held_whole, End, Link, LinkCtx, Pumped};
 use super::lost::LostTxn;
 use super::meter::Meter;
 use super::prepared::ClientStatements;
+use super::recycled::Recycled;
 use super::rewrite::known_parse;
 use super::settings::{check, Untracked};
 use super::txn::Txn;
@@ -56,7 +57,9 @@ pub struct Session {
     /// (startup packet, then what it SET): given to every server it gets.
     settings: SettingSet,
     /// What the startup packet asked for: what a RESET goes back to.
-    startup: Vec<Setting>,
+    /// `None` until the first read-back: until then `settings` holds just
+    /// that, and one copy per idle client is enough.
+    startup: Option<Vec<Setting>>,
     /// Settings changed and then the server died before they were read
     /// back: the client is told, and disconnected.
     settings_unknown: bool,
@@ -95,7 +98,7 @@ impl Session {
             Ok(s) => (s, None),
             Err(why) => (Vec::new(), Some(why)),
         };
-        let settings = SettingSet::new(startup.iter().cloned());
+        let settings = SettingSet::new(startup);
         let mut session = Session {
             client,
             ctx,
@@ -107,7 +110,7 @@ impl Session {
             pinned: false,
             last_at_rest: true,
             settings,
-            startup,
+            startup: None,
             settings_unknown: false,
             reg,
             limits,
@@ -118,86 +121,126 @@ impl Session {
         session
     }
 
-    /// Serves the client until it leaves.
-    pub async fn run(mut self) {
-        let mut held: Option<PooledConn> = None;
-        loop {
-            let server = match held.take() {
-                Some(s) => s,
-                None => match self.wait_idle().await {
-                    Idle::Gone => return,
-                    Idle::Shutdown => return self.client.send_error(&ClientError::Shutdown).await,
-                    Idle::Killed => return self.client.send_error(&ClientError::Killed).await,
-                    Idle::Work(tag) => match self.lost {
-                        Some(lost) => {
-                            let max = self.limits.max_message_size;
-                            match super::lost::answer_in_lost_txn(&mut self.client, lost, tag, max)
-                                .await
-                            {
-                                Ok(lost) => {
-                                    self.lost = lost;
-                                    continue;
-                                }
-                                Err(ClientGone) => return,
-                            }
+    /// Serves the client until it leaves. The session is boxed and the
+    /// body is an `async` block, not an `async fn` (which keeps a second
+    /// copy of its arguments): the future, which an idle client's task
+    /// keeps, is little more than the idle wait.
+    pub fn run(self: Box<Self>) -> impl std::future::Future<Output = ()> + Send {
+        let mut session = self;
+        async move {
+            // Boxed: a server is held between requests only in rare cases
+            // (pinned clients), and inline it would take room in every task.
+            let mut held: Option<Box<PooledConn>> = None;
+            loop {
+                let idle = match held {
+                    // A server the client keeps serves whatever comes.
+                    Some(_) => None,
+                    None => Some(session.wait_idle().await),
+                };
+                // The work runs in a recycled block, not in the task: an idle
+                // client's task then holds only the idle wait (see `recycled`).
+                if !Recycled::new(session.work(idle, &mut held)).await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Acts on what the idle wait saw (`None`: the client holds a server,
+    /// `held`, which serves whatever comes); leaves a server the client
+    /// keeps in `held`. Returns whether the session goes on.
+    async fn work(&mut self, idle: Option<Idle>, held: &mut Option<Box<PooledConn>>) -> bool {
+        let server = match (held.take(), idle) {
+            (Some(s), _) => *s,
+            (None, None | Some(Idle::Gone)) => return false,
+            (None, Some(Idle::Shutdown)) => {
+                self.client.send_error(&ClientError::Shutdown).await;
+                return false;
+            }
+            (None, Some(Idle::Killed)) => {
+                self.client.send_error(&ClientError::Killed).await;
+                return false;
+            }
+            (None, Some(Idle::Work(tag))) => match self.lost {
+                Some(lost) => {
+                    let max = self.limits.max_message_size;
+                    return match super::lost::answer_in_lost_txn(&mut self.client, lost, tag, max)
+                        .await
+                    {
+                        Ok(lost) => {
+                            self.lost = lost;
+                            true
                         }
-                        None => match self.ready_server(tag).await {
-                            Ok(Some(s)) => s,
-                            Ok(None) => continue,
-                            Err(ClientGone) => return,
-                        },
-                    },
+                        Err(ClientGone) => false,
+                    };
+                }
+                None => match self.ready_server(tag).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => return true,
+                    Err(ClientGone) => return false,
                 },
-            };
-            let attached = self.attach(server).await;
-            if !matches!(attached, (End::Released, Some(_))) || self.mode() == PoolMode::Transaction
-            {
-                self.reg.info.set(ClientState::Idle, None);
+            },
+        };
+        let attached = self.attach(server).await;
+        if !matches!(attached, (End::Released, Some(_))) || self.mode() == PoolMode::Transaction {
+            self.reg.info.set(ClientState::Idle, None);
+        }
+        self.after(attached, held).await
+    }
+
+    /// What follows an attachment's end: the server back to the pool (or
+    /// kept in `held`), or the session's end. Returns whether it goes on.
+    async fn after(
+        &mut self,
+        attached: (End, Option<PooledConn>),
+        held: &mut Option<Box<PooledConn>>,
+    ) -> bool {
+        let farewell = match attached {
+            (End::Released, Some(s)) if self.mode() == PoolMode::Transaction && !self.pinned => {
+                self.pool.checkin(s);
+                return true;
             }
-            match attached {
-                (End::Released, Some(s))
-                    if self.mode() == PoolMode::Transaction && !self.pinned =>
-                {
-                    self.pool.checkin(s)
-                }
-                (End::Released, Some(s)) => held = Some(s),
-                (End::ClientGone, s) => return self.cleanup(s).await,
-                (End::Shutdown, s) => {
-                    self.client.send_error(&ClientError::Shutdown).await;
-                    return self.cleanup(s).await;
-                }
-                (End::Killed, s) => {
-                    self.client.send_error(&ClientError::Killed).await;
-                    return self.cleanup(s).await;
-                }
-                (End::IdleInTransaction, s) => {
-                    self.client
-                        .send_error(&ClientError::IdleInTransactionTimeout)
-                        .await;
-                    return self.cleanup(s).await;
-                }
-                (End::SettingsLost, _) => {
-                    self.ctx.cluster().nudge();
-                    return self.client.send_error(&ClientError::SettingsLost).await;
-                }
-                (End::ClientError(e), s) => {
-                    tracing::debug!(error = %e, "client protocol error");
-                    self.client.send_error(&e).await;
-                    return self.cleanup(s).await;
-                }
-                (End::ServerLost(why), _) => {
-                    tracing::warn!(error = %why, "server connection lost mid-session");
-                    self.ctx.cluster().nudge();
-                    match super::lost::answer_lost_server(&mut self.client, self.last_txn).await {
-                        Ok(_) if self.settings_unknown => {
-                            return self.client.send_error(&ClientError::SettingsLost).await
-                        }
-                        Ok(lost) => self.lost = lost,
-                        Err(ClientGone) => return,
-                    }
-                }
-                (End::Released, None) => return,
+            (End::Released, Some(s)) => {
+                *held = Some(Box::new(s));
+                return true;
             }
+            (End::ClientGone, s) => (None, s),
+            (End::Shutdown, s) => (Some(ClientError::Shutdown), s),
+            (End::Killed, s) => (Some(ClientError::Killed), s),
+            (End::IdleInTransaction, s) => (Some(ClientError::IdleInTransactionTimeout), s),
+            (End::SettingsLost, _) => {
+                self.ctx.cluster().nudge();
+                (Some(ClientError::SettingsLost), None)
+            }
+            (End::ClientError(e), s) => {
+                tracing::debug!(error = %e, "client protocol error");
+                (Some(e), s)
+            }
+            (End::ServerLost(why), _) => return self.after_lost_server(why).await,
+            (End::Released, None) => return false,
+        };
+        if let Some(e) = farewell.0 {
+            self.client.send_error(&e).await;
+        }
+        self.cleanup(farewell.1).await;
+        false
+    }
+
+    /// The server died mid-request: the client is told what it must know.
+    /// Returns whether the session goes on.
+    async fn after_lost_server(&mut self, why: String) -> bool {
+        tracing::warn!(error = %why, "server connection lost mid-session");
+        self.ctx.cluster().nudge();
+        match super::lost::answer_lost_server(&mut self.client, self.last_txn).await {
+            Ok(_) if self.settings_unknown => {
+                self.client.send_error(&ClientError::SettingsLost).await;
+                false
+            }
+            Ok(lost) => {
+                self.lost = lost;
+                true
+            }
+            Err(ClientGone) => false,
         }
     }
 
@@ -266,8 +309,10 @@ impl Session {
                     }
                 },
             }
+            // The buffer is taken only once there is something to read: an
+            // idle client holds none.
             tokio::select! {
-                r = self.client.fill() => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
+                r = self.client.fill_when_readable() => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
                 _ = self.ctx.shutdown().cancelled() => return Idle::Shutdown,
                 _ = self.reg.info.kill.cancelled() => return Idle::Killed,
             }
@@ -426,8 +471,13 @@ impl Session {
             }
             _ = retired.cancelled() => return Err(ConnectError::Protocol(addr, "node retired")),
         };
-        let missing = self
+        // The set holds the startup packet's settings (names lowercased, a
+        // later duplicate winning) until this first replaces it.
+        let settings = &self.settings;
+        let startup = self
             .startup
+            .get_or_insert_with(|| settings.items().to_vec());
+        let missing = startup
             .iter()
             .filter(|(n, _)| read.get(n).is_none())
             .cloned();

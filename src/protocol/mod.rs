@@ -5,6 +5,7 @@
 //!
 //! Protocol reference: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
 
+pub mod buffer;
 pub mod frame;
 pub mod messages;
 pub mod scanner;

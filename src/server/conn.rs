@@ -17,9 +17,9 @@ use tokio::net::TcpStream;
 use crate::auth::server_side::{Reply, ServerAuth, ServerSecret};
 use crate::auth::AuthError;
 use crate::config::ClusterTlsMode;
-use crate::protocol::frame_len;
 use crate::protocol::messages::backend::decode_parameter_status;
 use crate::protocol::messages::error_response::{self, ServerError};
+use crate::protocol::{buffer, frame_len};
 use crate::tls::upstream::{self, Outcome, UpstreamError};
 use crate::tls::{Connector, Stream};
 
@@ -163,7 +163,7 @@ impl ServerConn {
         let local = stream.local_addr().ok();
         let mut conn = ServerConn {
             stream,
-            buf: BytesMut::with_capacity(16 * 1024),
+            buf: BytesMut::with_capacity(buffer::SIZE),
             addr: addr.into(),
             key: (0, 0),
             params: vec![],
@@ -314,6 +314,14 @@ impl ServerConn {
     #[inline]
     pub fn buf_mut(&mut self) -> &mut BytesMut {
         &mut self.buf
+    }
+
+    /// Frees the read buffer's allocation if one large reply grew it and
+    /// it is now empty, so a pooled connection does not keep it for life.
+    /// Costs a comparison otherwise.
+    #[inline]
+    pub fn shrink_buf(&mut self) {
+        buffer::shrink(&mut self.buf);
     }
 
     /// The socket and the read buffer at once: the relay reads into the one

@@ -29,6 +29,8 @@ impl SettingSet {
                 Err(i) => items.insert(i, (name, value)),
             }
         }
+        // Every client keeps one for as long as it stays: no spare room.
+        items.shrink_to_fit();
         let mut h = DefaultHasher::new();
         items.hash(&mut h);
         SettingSet {
