@@ -51,8 +51,8 @@ pub fn serve(
     ctx: Arc<Context>,
     admitted: Admitted,
 ) -> impl std::future::Future<Output = ()> + Send {
+    let Admitted { client, login } = admitted;
     async move {
-        let Admitted { client, login } = admitted;
         // The seat (per-database and per-user limits) is held as long as
         // the session.
         if let Some((session, _seat)) = Box::pin(admit(stream, ctx, login)).await {
