@@ -27,8 +27,9 @@ pub struct ClientConn {
     pub buf: BytesMut,
     /// Where errors sent to the client are counted.
     pub errors: std::sync::Arc<crate::measure::ErrorCounts>,
-    /// Room in `proxy.max_memory` for the large message being read whole.
-    pub grant: Option<crate::sessions::budget::Grant>,
+    /// Room in `proxy.max_memory` for the large message being read whole
+    /// (boxed: rare, and every idle client carries the field).
+    pub grant: Option<Box<crate::sessions::budget::Grant>>,
 }
 
 /// Why a read during login ended.

@@ -1,6 +1,7 @@
 //! The settings a session reads on its hot path, copied at login so that a
 //! reload applies to new clients only.
 
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::prepared::StatementBounds;
@@ -35,6 +36,27 @@ pub struct Limits {
     pub room_wait: Duration,
     /// `proxy.max_memory`.
     pub max_memory: usize,
+}
+
+/// The limits made last, and the configuration they were made from.
+type Made = Option<(Weak<crate::config::Config>, Arc<Limits>)>;
+
+impl Limits {
+    /// The limits of `config`, one copy shared by every session that
+    /// logged in under it (each idle client carries only a pointer).
+    /// Taken at login only.
+    pub fn shared(config: &Arc<crate::config::Config>) -> Arc<Limits> {
+        static LAST: Mutex<Made> = Mutex::new(None);
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((from, limits)) if from.as_ptr() == Arc::as_ptr(config) => limits.clone(),
+            _ => {
+                let limits = Arc::new(Limits::from(&**config));
+                *last = Some((Arc::downgrade(config), limits.clone()));
+                limits
+            }
+        }
+    }
 }
 
 impl From<&crate::config::Config> for Limits {

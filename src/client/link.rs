@@ -480,7 +480,7 @@ impl Link {
                     Dir::Wrote(Ok(n)) => self.sent_up(&mut cx.client.buf, n),
                     Dir::Wrote(Err(e)) | Dir::Flushed(Err(e)) => return End::ServerLost(e.to_string()).into(),
                     Dir::Flushed(Ok(())) => {}
-                    Dir::Room(Ok(grant)) => cx.client.grant = Some(grant),
+                    Dir::Room(Ok(grant)) => cx.client.grant = Some(Box::new(grant)),
                     Dir::Room(Err(_)) => {
                         let max = self.max_memory;
                         return End::ClientError(ClientError::OutOfMemory { max, fatal: true }).into();

@@ -74,33 +74,68 @@ pub enum OverBound {
 
 /// One client's named statements. Names preparing the same text (and
 /// parameter types) share one [`Statement`], so a client cannot multiply
-/// one large text by preparing it under many names.
+/// one large text by preparing it under many names. The maps are made at
+/// the first statement: most clients never prepare one, and every idle
+/// client carries this.
 #[derive(Debug, Default)]
 pub struct ClientStatements {
+    held: Option<Box<Held>>,
+    bounds: StatementBounds,
+}
+
+#[derive(Debug, Default)]
+struct Held {
     by_name: HashMap<Arc<str>, Arc<Statement>>,
     /// Distinct statements by server name, with how many names use each.
     texts: HashMap<Arc<str>, (Arc<Statement>, usize)>,
     /// Bytes of the distinct statements' Parse frames.
     bytes: usize,
-    bounds: StatementBounds,
 }
 
 impl ClientStatements {
     /// No statements yet, bounded by `bounds`.
     pub fn new(bounds: StatementBounds) -> ClientStatements {
-        ClientStatements {
-            bounds,
-            ..Default::default()
-        }
+        ClientStatements { held: None, bounds }
     }
 
     /// Registers (or replaces) `name`; returns the statement now kept for
     /// it (shared with other names of the same text). Refused, changing
     /// nothing, past the bounds.
     pub fn insert(&mut self, name: Arc<str>, stmt: Statement) -> Result<Arc<Statement>, OverBound> {
+        let bounds = self.bounds;
+        self.held
+            .get_or_insert_with(Default::default)
+            .insert(name, stmt, bounds)
+    }
+
+    /// The statement called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Statement>> {
+        self.held.as_ref()?.by_name.get(name).cloned()
+    }
+
+    /// Forgets `name` (Close, or its Parse failed).
+    pub fn remove(&mut self, name: &str) {
+        if let Some(held) = self.held.as_mut() {
+            held.remove(name);
+        }
+    }
+
+    /// Forgets every name (`DISCARD ALL`, `DEALLOCATE ALL`).
+    pub fn clear(&mut self) {
+        self.held = None;
+    }
+}
+
+impl Held {
+    fn insert(
+        &mut self,
+        name: Arc<str>,
+        stmt: Statement,
+        bounds: StatementBounds,
+    ) -> Result<Arc<Statement>, OverBound> {
         let replacing = self.by_name.contains_key(&name);
-        if !replacing && self.by_name.len() >= self.bounds.count {
-            return Err(OverBound::Count(self.bounds.count));
+        if !replacing && self.by_name.len() >= bounds.count {
+            return Err(OverBound::Count(bounds.count));
         }
         let shared = match self.texts.get_mut(&stmt.server_name) {
             Some((kept, uses)) => {
@@ -109,8 +144,8 @@ impl ClientStatements {
             }
             None => {
                 let size = stmt.parse.len();
-                if self.bytes.saturating_add(size) > self.bounds.bytes {
-                    return Err(OverBound::Bytes(self.bounds.bytes));
+                if self.bytes.saturating_add(size) > bounds.bytes {
+                    return Err(OverBound::Bytes(bounds.bytes));
                 }
                 self.bytes += size;
                 let kept = Arc::new(stmt);
@@ -125,23 +160,10 @@ impl ClientStatements {
         Ok(shared)
     }
 
-    /// The statement called `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<Statement>> {
-        self.by_name.get(name).cloned()
-    }
-
-    /// Forgets `name` (Close, or its Parse failed).
-    pub fn remove(&mut self, name: &str) {
+    fn remove(&mut self, name: &str) {
         if let Some(old) = self.by_name.remove(name) {
             self.release(&old);
         }
-    }
-
-    /// Forgets every name (`DISCARD ALL`, `DEALLOCATE ALL`).
-    pub fn clear(&mut self) {
-        self.by_name.clear();
-        self.texts.clear();
-        self.bytes = 0;
     }
 
     /// One name less uses `stmt`; its text goes with the last.
@@ -204,8 +226,12 @@ mod tests {
         // The last name of a text gives its bytes back.
         s.remove("c");
         s.insert("a".into(), stmt(b"SELECT 3")).unwrap();
-        assert_eq!((s.by_name.len(), s.texts.len(), s.bytes), (2, 2, 2 * one));
+        let held = s.held.as_ref().unwrap();
+        assert_eq!(
+            (held.by_name.len(), held.texts.len(), held.bytes),
+            (2, 2, 2 * one)
+        );
         s.clear();
-        assert_eq!((s.by_name.len(), s.texts.len(), s.bytes), (0, 0, 0));
+        assert!(s.held.is_none() && s.get("a").is_none());
     }
 }

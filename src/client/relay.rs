@@ -66,7 +66,7 @@ pub struct Session {
     /// The client's entry in the registry (state, link, KILL).
     reg: Registration,
     /// Settings fixed for the session's life (a reload applies to new clients).
-    limits: Limits,
+    limits: Arc<Limits>,
 }
 
 /// What the client asked for while holding no server.
@@ -93,12 +93,13 @@ impl Session {
         startup: Result<Vec<Setting>, Untracked>,
         reg: Registration,
     ) -> Session {
-        let limits = Limits::from(&**ctx.config());
+        let limits = Limits::shared(&ctx.config());
         let (startup, untracked) = match startup {
             Ok(s) => (s, None),
             Err(why) => (Vec::new(), Some(why)),
         };
         let settings = SettingSet::new(startup);
+        let tracked = limits.tracked;
         let mut session = Session {
             client,
             ctx,
@@ -115,7 +116,7 @@ impl Session {
             reg,
             limits,
         };
-        if let Some(why) = untracked.or(check(&session.settings, limits.tracked).err()) {
+        if let Some(why) = untracked.or(check(&session.settings, tracked).err()) {
             session.pin(why.reason());
         }
         session
@@ -333,7 +334,7 @@ impl Session {
             Some(len) => {
                 client.grant = None;
                 let wait = self.limits.room_wait;
-                client.grant = Some(self.ctx.budget().reserve(len, wait).await?);
+                client.grant = Some(Box::new(self.ctx.budget().reserve(len, wait).await?));
             }
         }
         Ok(())
@@ -497,7 +498,7 @@ impl Session {
             tls: server.stream().is_tls(),
         });
         let meter = Meter::new(self.ctx.record_metrics());
-        let mut link = Link::new(self.limits, meter);
+        let mut link = Link::new(*self.limits, meter);
         let mut end = self.pump(&mut link, &mut server).await;
         self.detach_cancels(&end, &mut server).await;
         if let Some(custom) = link.take_settings_changed().filter(|_| !self.pinned) {
