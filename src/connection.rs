@@ -71,7 +71,7 @@ async fn admit(
     stream: TcpStream,
     ctx: Arc<Context>,
     login_slot: OwnedSemaphorePermit,
-) -> Option<(Box<Session>, Option<Seat>)> {
+) -> Option<(Box<Session>, Option<Box<Seat>>)> {
     let mut conn = ClientConn::new(stream, ctx.errors().clone());
     let login_timeout = ctx.config().proxy.client_login_timeout;
     let outcome = tokio::time::timeout(login_timeout, login(&mut conn, &ctx)).await;
@@ -140,7 +140,7 @@ struct LoggedIn {
     wanted: Result<Vec<Setting>, Untracked>,
     /// Its place under `max_db_client_connections` /
     /// `max_user_client_connections` (none for the admin console).
-    seat: Option<Seat>,
+    seat: Option<Box<Seat>>,
 }
 
 /// Negotiates, authenticates and sends the login reply. `None`: a cancel was served.
@@ -211,12 +211,15 @@ async fn login(conn: &mut ClientConn, ctx: &Arc<Context>) -> Result<Option<Logge
         pool: Some(pool),
         cancel,
         wanted,
-        seat: Some(seat),
+        seat,
     }))
 }
 
 /// A place under `max_db_client_connections` and `max_user_client_connections`.
-fn take_seat(ctx: &Context, database: &str, user: &str) -> Result<Seat, ReadError> {
+/// A seat under the per-database and per-user client limits; none when
+/// neither is set (the usual case costs an idle client nothing). Clients
+/// that logged in while they were off are not counted if a reload sets them.
+fn take_seat(ctx: &Context, database: &str, user: &str) -> Result<Option<Box<Seat>>, ReadError> {
     let limits = {
         let p = &ctx.config().proxy;
         SeatLimits {
@@ -224,8 +227,13 @@ fn take_seat(ctx: &Context, database: &str, user: &str) -> Result<Seat, ReadErro
             per_user: p.max_user_client_connections,
         }
     };
-    ctx.seats().take(limits, database, user).map_err(|e| {
+    if limits.per_db == 0 && limits.per_user == 0 {
+        return Ok(None);
+    }
+    let seat = ctx.seats().take(limits, database, user).map_err(|e| {
         tracing::info!(user, database, error = %e, "client refused");
         ReadError::Client(ClientError::NoSeat(e))
-    })
+    })?;
+    // Boxed: the session's task carries it for the client's whole life.
+    Ok(Some(Box::new(seat)))
 }

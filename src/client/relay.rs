@@ -29,7 +29,7 @@ use crate::protocol::messages::backend;
 use crate::protocol::FrameError;
 use crate::server::settings::{Setting, SettingSet};
 use crate::server::{channel, send_cancel, ConnectError, ServerConn};
-use crate::sessions::budget::{large_incomplete, Denied, FREE_UP_TO};
+use crate::sessions::budget::{large_incomplete, FREE_UP_TO};
 use crate::sessions::cancel::{CancelGuard, CancelTarget};
 use crate::sessions::registry::{ClientState, Linked, Registration};
 
@@ -297,18 +297,17 @@ impl Session {
                     self.client.send_error(&ClientError::Protocol(msg)).await;
                     return Idle::Gone;
                 }
-                Ok(Front::More) => match self.make_room().await {
-                    Ok(()) => {}
-                    Err(_) => {
-                        let tag = self.client.buf[0];
-                        let max = self.limits.max_memory;
-                        let err = ClientError::OutOfMemory { max, fatal: false };
-                        if self.refuse(tag, err).await.is_err() {
-                            return Idle::Gone;
+                Ok(Front::More) => {
+                    if let Some(len) = self.room_to_take() {
+                        // Rare (a large message): boxed, so that the idle
+                        // wait every client's task holds does not carry it.
+                        match Box::pin(self.take_room(len)).await {
+                            Ok(true) => {}
+                            Ok(false) => continue,
+                            Err(ClientGone) => return Idle::Gone,
                         }
-                        continue;
                     }
-                },
+                }
             }
             // The buffer is taken only once there is something to read: an
             // idle client holds none.
@@ -320,24 +319,40 @@ impl Session {
         }
     }
 
-    /// Room in `proxy.max_memory` for the large message being read whole at
-    /// the front of the buffer, taken before more of it is read; given back
-    /// once the buffer is small again.
-    async fn make_room(&mut self) -> Result<(), Denied> {
+    /// The length of the large message being read whole at the front of
+    /// the buffer, when it needs room in `proxy.max_memory` before more of
+    /// it is read. Room taken before goes back once the buffer is small.
+    fn room_to_take(&mut self) -> Option<usize> {
         let rewrite = self.mode() == PoolMode::Transaction;
         let need = large_incomplete(&self.client.buf, |t, len| held_whole(t, len, rewrite));
         let client = &mut self.client;
         match need {
             None if client.buf.len() <= FREE_UP_TO => client.grant = None,
+            Some(len) if client.grant.as_ref().is_some_and(|g| g.covers(len)) => return None,
+            // Room for an earlier message goes back before this one waits.
+            Some(_) => client.grant = None,
             None => {}
-            Some(len) if client.grant.as_ref().is_some_and(|g| g.covers(len)) => {}
-            Some(len) => {
-                client.grant = None;
-                let wait = self.limits.room_wait;
-                client.grant = Some(Box::new(self.ctx.budget().reserve(len, wait).await?));
+        }
+        need
+    }
+
+    /// Takes room for a message of `len` bytes, waiting up to
+    /// `checkout_timeout`. True: taken. False: there was none, and the
+    /// message was dropped with 53200, the connection kept.
+    async fn take_room(&mut self, len: usize) -> Result<bool, ClientGone> {
+        match self.ctx.budget().reserve(len, self.limits.room_wait).await {
+            Ok(grant) => {
+                self.client.grant = Some(Box::new(grant));
+                Ok(true)
+            }
+            Err(_) => {
+                let tag = self.client.buf[0];
+                let max = self.limits.max_memory;
+                let err = ClientError::OutOfMemory { max, fatal: false };
+                self.refuse(tag, err).await?;
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     /// Sends a reply the proxy writes itself while the client holds no server.
