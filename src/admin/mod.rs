@@ -166,11 +166,7 @@ async fn execute(ctx: &Context, cmd: Command, out: &mut BytesMut) -> Result<(), 
         Command::Kill(db) => {
             known_database(ctx, Some(&db))?;
             ctx.pools().set_paused(Some(&db), true);
-            for c in ctx.clients().all() {
-                if c.database == db {
-                    c.kill.cancel();
-                }
-            }
+            ctx.clients().kill_database(&db);
             for ((name, _), pool) in ctx.pools().all() {
                 if name == db {
                     pool.reconnect();
@@ -244,7 +240,7 @@ fn known_database(ctx: &Context, db: Option<&str>) -> Result<(), ClientError> {
 async fn drained(ctx: &Context, db: Option<&str>) {
     loop {
         let busy = ctx.clients().all().iter().any(|c| {
-            db.is_none_or(|d| d == c.database)
+            db.is_none_or(|d| d == &*c.database)
                 && c.state() == ClientState::Active
                 && !is_admin_database(&c.database)
         });

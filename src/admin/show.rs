@@ -71,7 +71,7 @@ fn pools(ctx: &Context) -> Table {
     for ((db, user), pool) in ctx.pools().all() {
         let mine = clients
             .iter()
-            .filter(|c| c.database == db && c.user == user);
+            .filter(|c| *c.database == *db && *c.user == *user);
         let (mut active, mut waiting, mut linked, mut maxwait) = (0u64, 0u64, 0u64, 0u64);
         for c in mine {
             match c.state() {
@@ -326,8 +326,8 @@ fn connection_row(r: ConnectionRow<'_>) -> Vec<Cell> {
     let (host, port) = r.addr.unzip();
     vec![
         r.kind.into(),
-        r.client.user.clone().into(),
-        r.client.database.clone().into(),
+        r.client.user.to_string().into(),
+        r.client.database.to_string().into(),
         "no".into(),
         r.state.into(),
         host.into(),
@@ -411,9 +411,9 @@ fn databases(ctx: &Context) -> Table {
         }
         servers += clients
             .iter()
-            .filter(|c| c.database == name && c.link().is_some())
+            .filter(|c| *c.database == *name && c.link().is_some())
             .count();
-        let client_count = clients.iter().filter(|c| c.database == name).count();
+        let client_count = clients.iter().filter(|c| *c.database == *name).count();
         t.row(vec![
             name.into(),
             host.into(),
@@ -506,9 +506,9 @@ fn users(ctx: &Context) -> Table {
     for u in &ctx.config().users {
         let servers = clients
             .iter()
-            .filter(|c| c.user == u.name && c.link().is_some())
+            .filter(|c| *c.user == *u.name && c.link().is_some())
             .count();
-        let connected = clients.iter().filter(|c| c.user == u.name).count();
+        let connected = clients.iter().filter(|c| *c.user == *u.name).count();
         t.row(vec![
             u.name.clone().into(),
             Cell::Null,

@@ -62,10 +62,10 @@ pub struct Linked {
 pub struct ClientInfo {
     /// Unique per process, shown as `id`/`ptr`.
     pub id: u64,
-    /// Login user.
-    pub user: String,
-    /// Client-facing database.
-    pub database: String,
+    /// Login user (one copy shared by the clients of the name).
+    pub user: Arc<str>,
+    /// Client-facing database (one copy shared by the clients of the name).
+    pub database: Arc<str>,
     /// The client's address.
     pub peer: Option<SocketAddr>,
     /// The proxy's address on this connection.
@@ -74,7 +74,9 @@ pub struct ClientInfo {
     pub connected_at: SystemTime,
     /// `application_name` from the startup packet.
     pub application_name: String,
-    /// Cancelled by admin `KILL`: the client is disconnected.
+    /// Cancelled by admin `KILL` of the client's database: the client is
+    /// disconnected. Shared by the database's clients (a clone costs no
+    /// allocation; `KILL` replaces it for those who log in later).
     pub kill: CancellationToken,
     state: AtomicU8,
     pinned: std::sync::OnceLock<&'static str>,
@@ -130,6 +132,35 @@ impl ClientInfo {
 pub struct Registry {
     clients: DashMap<u64, Arc<ClientInfo>>,
     next: AtomicU64,
+    /// User and database names of logged-in clients.
+    names: Names,
+    /// Each database's `KILL` token, by the database's interned name.
+    kills: Mutex<std::collections::HashMap<Arc<str>, CancellationToken>>,
+}
+
+/// One copy of each user and database name in use: thousands of clients
+/// of one pool share two strings instead of holding two each. Names no
+/// client uses any more are swept as the table grows.
+#[derive(Debug, Default)]
+struct Names(Mutex<std::collections::HashMap<String, std::sync::Weak<str>>>);
+
+impl Names {
+    /// Logged-in clients' names: at most one per pool and admin user, so
+    /// the table stays small; a sweep past this many keeps it so.
+    const SWEEP_PAST: usize = 4096;
+
+    fn intern(&self, name: String) -> Arc<str> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(kept) = map.get(name.as_str()).and_then(std::sync::Weak::upgrade) {
+            return kept;
+        }
+        if map.len() >= Self::SWEEP_PAST {
+            map.retain(|_, w| w.strong_count() > 0);
+        }
+        let kept: Arc<str> = name.as_str().into();
+        map.insert(name, Arc::downgrade(&kept));
+        kept
+    }
 }
 
 /// What a client tells the registry about itself at login.
@@ -163,15 +194,17 @@ impl Registry {
     /// Adds a client, idle.
     pub fn register(self: &Arc<Self>, a: Arrival) -> Registration {
         let now = SystemTime::now();
+        let database = self.names.intern(a.database);
+        let kill = self.kill_token(&database);
         let info = Arc::new(ClientInfo {
             id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
-            user: a.user,
-            database: a.database,
+            user: self.names.intern(a.user),
+            database,
             peer: a.peer,
             local: a.local,
             connected_at: now,
             application_name: a.application_name,
-            kill: CancellationToken::new(),
+            kill,
             state: AtomicU8::new(ClientState::Idle as u8),
             pinned: Default::default(),
             since_us: AtomicU64::new(unix_micros(now)),
@@ -182,6 +215,29 @@ impl Registry {
             registry: self.clone(),
             info,
         }
+    }
+
+    /// The `KILL` token of `database` for a client logging in now.
+    fn kill_token(&self, database: &Arc<str>) -> CancellationToken {
+        let mut kills = self.kills.lock().unwrap_or_else(|e| e.into_inner());
+        if kills.len() >= Names::SWEEP_PAST {
+            // Databases no client holds the name of any more.
+            kills.retain(|name, _| Arc::strong_count(name) > 1);
+        }
+        kills.entry(database.clone()).or_default().clone()
+    }
+
+    /// Disconnects every client of `database` (admin `KILL`); clients that
+    /// log in afterwards get a fresh token.
+    pub fn kill_database(&self, database: &str) {
+        let mut kills = self.kills.lock().unwrap_or_else(|e| e.into_inner());
+        kills.retain(|name, token| {
+            let hit = **name == *database;
+            if hit {
+                token.cancel();
+            }
+            !hit
+        });
     }
 
     /// A copy of every entry (no map guard outlives this call).
@@ -223,7 +279,42 @@ mod tests {
         drop(b);
         let all = r.all();
         assert_eq!(all.len(), 1);
-        assert_eq!(all[0].user, "a");
+        assert_eq!(&*all[0].user, "a");
         assert_eq!(a.info.state(), ClientState::Idle);
+    }
+
+    #[test]
+    fn clients_of_one_name_share_it_and_unused_names_go() {
+        let names = Names::default();
+        let a = names.intern("app".into());
+        let b = names.intern("app".into());
+        assert!(Arc::ptr_eq(&a, &b));
+        drop((a, b));
+        // A name no client holds is made afresh, not revived.
+        let c = names.intern("app".into());
+        assert_eq!(&*c, "app");
+        assert_eq!(Arc::strong_count(&c), 1);
+    }
+
+    #[test]
+    fn kill_reaches_the_databases_clients_and_not_later_ones() {
+        let reg = Arc::new(Registry::default());
+        let arrive = |db: &str| Arrival {
+            user: "u".into(),
+            database: db.into(),
+            peer: None,
+            local: None,
+            application_name: String::new(),
+        };
+        let (a, b, other) = (
+            reg.register(arrive("app")),
+            reg.register(arrive("app")),
+            reg.register(arrive("other")),
+        );
+        reg.kill_database("app");
+        assert!(a.info.kill.is_cancelled() && b.info.kill.is_cancelled());
+        assert!(!other.info.kill.is_cancelled());
+        let later = reg.register(arrive("app"));
+        assert!(!later.info.kill.is_cancelled());
     }
 }
