@@ -31,13 +31,13 @@
 //! does nothing: a run takes minutes.
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context as _};
+use anyhow::ensure;
 use switchyard::config::Config;
-use switchyard::local_cluster::{LocalCluster, LocalClusterOptions, APP_DB, APP_PASSWORD};
+use switchyard::local_cluster::APP_PASSWORD;
 
 mod common;
 
@@ -239,29 +239,9 @@ fn bench() -> anyhow::Result<()> {
     let secs = env_number("BENCH_SECS", 10)?.max(1);
 
     eprintln!("starting PostgreSQL (fsync = on, no replica)...");
-    let cluster = LocalCluster::start(LocalClusterOptions {
-        fsync: true,
-        replicas: 0,
-        ..Default::default()
-    })
-    .context("starting the local cluster (is PostgreSQL installed?)")?;
+    let (cluster, pgbench) = pgbench::initialised_cluster(0, SCALE, "pgbench_compare")?;
     let primary = cluster.primary();
-    let pgbench = find_pgbench(cluster.bindir())?;
     let version = primary.psql("postgres", "SHOW server_version")?;
-
-    eprintln!("pgbench -i -s {SCALE}...");
-    let init = pgbench::command(&pgbench, primary.port(), "pgbench_compare")
-        .args(["-i", "-s", &SCALE.to_string(), "-q", APP_DB])
-        .output()
-        .context("running pgbench -i")?;
-    if !init.status.success() {
-        bail!(
-            "pgbench -i failed ({}):\n{}{}",
-            init.status,
-            String::from_utf8_lossy(&init.stdout),
-            String::from_utf8_lossy(&init.stderr)
-        );
-    }
 
     let tmp = TempDir::create("switchyard-bench")?;
     let proxy = start_switchyard(&primary.addr(), Metrics::On)?;
@@ -381,14 +361,6 @@ fn bench() -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------
 // pgbench
 // ---------------------------------------------------------------------------
-
-fn find_pgbench(bindir: &Path) -> anyhow::Result<PathBuf> {
-    let candidates = [bindir.join("pgbench"), PathBuf::from("/usr/bin/pgbench")];
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("pgbench not found in {} or /usr/bin", bindir.display()))
-}
 
 /// Whether `msg`, the failure of `w` through `t`, is PgBouncer not supporting
 /// protocol-level prepared statements in transaction mode (before 1.21, or

@@ -37,15 +37,12 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use switchyard::local_cluster::{
-    LocalCluster, LocalClusterOptions, APP_DB, APP_PASSWORD, APP_USER, CLUSTER_PASSWORD,
-    CLUSTER_USER,
-};
+use switchyard::local_cluster::{APP_PASSWORD, APP_USER, CLUSTER_PASSWORD, CLUSTER_USER};
 
 mod common;
 
@@ -185,29 +182,9 @@ fn bench() -> anyhow::Result<()> {
     let only_workload = std::env::var("BENCH_WORKLOAD").ok();
 
     eprintln!("starting PostgreSQL: primary (fsync = on) + 1 streaming replica...");
-    let cluster = LocalCluster::start(LocalClusterOptions {
-        fsync: true,
-        replicas: 1,
-        ..Default::default()
-    })
-    .context("starting the local cluster (is PostgreSQL installed?)")?;
+    let (cluster, pgbench_bin) = pgbench::initialised_cluster(1, SCALE, "shipped")?;
     let primary = cluster.primary();
-    let pgbench_bin = find_pgbench(cluster.bindir())?;
     let version = primary.psql("postgres", "SHOW server_version")?;
-
-    eprintln!("pgbench -i -s {SCALE}...");
-    let init = pgbench::command(&pgbench_bin, primary.port(), "shipped")
-        .args(["-i", "-s", &SCALE.to_string(), "-q", APP_DB])
-        .output()
-        .context("running pgbench -i")?;
-    if !init.status.success() {
-        bail!(
-            "pgbench -i failed ({}):\n{}{}",
-            init.status,
-            String::from_utf8_lossy(&init.stdout),
-            String::from_utf8_lossy(&init.stderr)
-        );
-    }
 
     let tmp = TempDir::create("switchyard-bench-shipped")?;
     let all_nodes: Vec<String> = cluster
@@ -443,13 +420,6 @@ password = "{CLUSTER_PASSWORD}"
 // ---------------------------------------------------------------------------
 // Runs
 // ---------------------------------------------------------------------------
-
-fn find_pgbench(bindir: &Path) -> anyhow::Result<PathBuf> {
-    [bindir.join("pgbench"), PathBuf::from("/usr/bin/pgbench")]
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("pgbench not found in {} or /usr/bin", bindir.display()))
-}
 
 /// CPU time (user + system) of process `pid` so far, µs.
 fn cpu_us(pid: u32) -> anyhow::Result<f64> {

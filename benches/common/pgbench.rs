@@ -2,13 +2,15 @@
 //! environment removed, a run with a deadline, and the numbers read back.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
-use switchyard::local_cluster::{APP_DB, APP_PASSWORD, APP_USER};
+use anyhow::{anyhow, bail, Context as _};
+use switchyard::local_cluster::{
+    LocalCluster, LocalClusterOptions, APP_DB, APP_PASSWORD, APP_USER,
+};
 
 use super::tail;
 
@@ -134,4 +136,43 @@ pub fn parse_transactions(stdout: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
         .and_then(|rest| rest.split(['/', ' ']).next()?.parse().ok())
+}
+
+/// The pgbench of the cluster's PostgreSQL, else Debian's.
+pub fn find(bindir: &Path) -> anyhow::Result<PathBuf> {
+    [bindir.join("pgbench"), PathBuf::from("/usr/bin/pgbench")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow!("pgbench not found in {} or /usr/bin", bindir.display()))
+}
+
+/// A throw-away primary (`fsync = on`) with `replicas` streaming replicas,
+/// its app database initialised by `pgbench -i -s scale` (run as
+/// `name`), and the pgbench binary to run against it.
+pub fn initialised_cluster(
+    replicas: usize,
+    scale: u32,
+    name: &str,
+) -> anyhow::Result<(LocalCluster, PathBuf)> {
+    let cluster = LocalCluster::start(LocalClusterOptions {
+        fsync: true,
+        replicas,
+        ..Default::default()
+    })
+    .context("starting the local cluster (is PostgreSQL installed?)")?;
+    let bin = find(cluster.bindir())?;
+    eprintln!("pgbench -i -s {scale}...");
+    let init = command(&bin, cluster.primary().port(), name)
+        .args(["-i", "-s", &scale.to_string(), "-q", APP_DB])
+        .output()
+        .context("running pgbench -i")?;
+    if !init.status.success() {
+        bail!(
+            "pgbench -i failed ({}):\n{}{}",
+            init.status,
+            String::from_utf8_lossy(&init.stdout),
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    Ok((cluster, bin))
 }
