@@ -10,6 +10,7 @@ use crate::error::ClientError;
 use crate::protocol::frame::MAX_FRAME;
 use crate::protocol::messages::startup::{packet_len, StartupError};
 use crate::protocol::{buffer, frame_len, Hold, Scanner, Visit};
+use crate::sessions::budget::{large_incomplete, FREE_UP_TO};
 use crate::tls::Stream;
 
 /// Largest message accepted during authentication.
@@ -74,6 +75,28 @@ impl ClientConn {
             errors,
             grant: None,
         }
+    }
+
+    /// The length of the large message to hold whole that starts at
+    /// `buf[front..]` (`held` says which are held), if it still needs room
+    /// in `proxy.max_memory` before more of it is read. `None` for `front`:
+    /// no message starts at a known place. Room taken before goes back
+    /// once the buffer is small again, or before another message waits.
+    pub fn room_needed(
+        &mut self,
+        front: Option<usize>,
+        held: impl Fn(u8, usize) -> bool,
+    ) -> Option<usize> {
+        let need = front
+            .and_then(|at| self.buf.get(at..))
+            .and_then(|b| large_incomplete(b, held));
+        match need {
+            None if self.buf.len() <= FREE_UP_TO => self.grant = None,
+            Some(len) if self.grant.as_ref().is_some_and(|g| g.covers(len)) => return None,
+            Some(_) => self.grant = None,
+            None => {}
+        }
+        need
     }
 
     /// Reads more bytes into `buf`; 0 means the peer closed. Cancel safe.

@@ -32,7 +32,7 @@ use crate::protocol::messages::error_response;
 use crate::protocol::messages::extended::{decode_bind_statement, decode_parse, decode_target};
 use crate::protocol::{frame_len, whole_if, FrameError, Hold, Scanner, Visit};
 use crate::server::ServerConn;
-use crate::sessions::budget::{large_incomplete, Budget, Denied, Grant, FREE_UP_TO};
+use crate::sessions::budget::{Budget, Denied, Grant};
 
 /// Server messages are PostgreSQL's: bounded by its own limit.
 const MAX_SERVER_MESSAGE: usize = MAX_FRAME;
@@ -321,24 +321,11 @@ impl Link {
         Some(Pumped::Cancel)
     }
 
-    /// The length of the large message to hold whole at the front of the
-    /// client's unscanned bytes, if it still needs room in the memory
-    /// budget before more of it is read. Room taken before is given back
-    /// once the client's buffer is small again.
-    fn room_needed(&self, client: &mut ClientConn) -> Option<usize> {
-        let front = (self.client_scan.at_boundary() && !self.c_hold && !self.c_head)
-            .then(|| client.buf.get(self.c_ready..))
-            .flatten();
-        let rewrite = self.rewrite;
-        let need = front.and_then(|b| large_incomplete(b, |t, len| held_whole(t, len, rewrite)));
-        match need {
-            None if client.buf.len() <= FREE_UP_TO => client.grant = None,
-            None => {}
-            Some(len) if client.grant.as_ref().is_some_and(|g| g.covers(len)) => return None,
-            // Room for an earlier message goes back before this one waits.
-            Some(_) => client.grant = None,
-        }
-        need
+    /// Where the next client message to scan starts in the client's
+    /// buffer, when the link is at a message start (none is half-scanned
+    /// or waiting for its rewrite).
+    fn message_start(&self) -> Option<usize> {
+        (self.client_scan.at_boundary() && !self.c_hold && !self.c_head).then_some(self.c_ready)
     }
 
     /// Replies and the proxy's own answers still owed to the client are at
@@ -406,7 +393,10 @@ impl Link {
                     return End::Shutdown.into();
                 }
             }
-            let room = self.room_needed(cx.client);
+            let rewrite = self.rewrite;
+            let room = cx
+                .client
+                .room_needed(self.message_start(), |t, len| held_whole(t, len, rewrite));
             let (c_ready, s_ready) = (self.c_ready, self.s_ready);
             // Only a client sitting in an open transaction is timed: the
             // timer (and its clock read) costs nothing elsewhere.

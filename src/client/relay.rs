@@ -29,7 +29,6 @@ use crate::protocol::messages::backend;
 use crate::protocol::FrameError;
 use crate::server::settings::{Setting, SettingSet};
 use crate::server::{channel, send_cancel, ConnectError, ServerConn};
-use crate::sessions::budget::{large_incomplete, FREE_UP_TO};
 use crate::sessions::cancel::{CancelGuard, CancelTarget};
 use crate::sessions::registry::{ClientState, Linked, Registration};
 
@@ -298,7 +297,9 @@ impl Session {
                     return Idle::Gone;
                 }
                 Ok(Front::More) => {
-                    if let Some(len) = self.room_to_take() {
+                    let rewrite = self.mode() == PoolMode::Transaction;
+                    let held = |t, len| held_whole(t, len, rewrite);
+                    if let Some(len) = self.client.room_needed(Some(0), held) {
                         // Rare (a large message): boxed, so that the idle
                         // wait every client's task holds does not carry it.
                         match Box::pin(self.take_room(len)).await {
@@ -317,23 +318,6 @@ impl Session {
                 _ = self.reg.info.kill.cancelled() => return Idle::Killed,
             }
         }
-    }
-
-    /// The length of the large message being read whole at the front of
-    /// the buffer, when it needs room in `proxy.max_memory` before more of
-    /// it is read. Room taken before goes back once the buffer is small.
-    fn room_to_take(&mut self) -> Option<usize> {
-        let rewrite = self.mode() == PoolMode::Transaction;
-        let need = large_incomplete(&self.client.buf, |t, len| held_whole(t, len, rewrite));
-        let client = &mut self.client;
-        match need {
-            None if client.buf.len() <= FREE_UP_TO => client.grant = None,
-            Some(len) if client.grant.as_ref().is_some_and(|g| g.covers(len)) => return None,
-            // Room for an earlier message goes back before this one waits.
-            Some(_) => client.grant = None,
-            None => {}
-        }
-        need
     }
 
     /// Takes room for a message of `len` bytes, waiting up to
