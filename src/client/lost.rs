@@ -37,7 +37,7 @@ pub fn ends_transaction(sql: &[u8]) -> Option<bool> {
 /// Whether any statement of `sql` commits (COMMIT/END): with such a query in
 /// flight when the server dies, the outcome is unknown.
 pub fn commits(sql: &[u8]) -> bool {
-    super::sql::statements(sql).any(|h| h.is(0, "COMMIT") || h.is(0, "END"))
+    super::sql::first_words(sql).any(|h| h.is(0, "COMMIT") || h.is(0, "END"))
 }
 
 /// What the client is told about the requests in flight on a server that

@@ -33,12 +33,18 @@ pub struct Effects {
 /// no decoding, no copy.
 pub fn effects(sql: &[u8]) -> Effects {
     let text = &sql[..sql.len().min(SCAN)];
+    let calls = Calls::in_text(text);
     let mut out = Effects {
         pin: None,
-        settings: sql.len() > SCAN || contains(text, "SET_CONFIG"),
+        settings: sql.len() > SCAN || calls.set_config,
         forgets_statements: false,
     };
-    for head in super::sql::statements(text) {
+    // Most queries (SELECT, INSERT, ...) begin no statement with a word
+    // that matters here: their first words decide, and the statements'
+    // further words are not read.
+    let words_matter = super::sql::first_words(text).any(|h| MATTERS.iter().any(|w| h.is(0, w)));
+    let heads = words_matter.then(|| super::sql::statements(text));
+    for head in heads.into_iter().flatten() {
         out.settings |= changes_settings(&head);
         out.forgets_statements |= (head.is(0, "DISCARD") && head.is(1, "ALL"))
             || (head.is(0, "DEALLOCATE") && (head.is(1, "ALL") || head.is(2, "ALL")));
@@ -46,8 +52,60 @@ pub fn effects(sql: &[u8]) -> Effects {
             out.pin = statement_pins(&head, text);
         }
     }
+    out.pin = out.pin.or_else(|| calls.pin());
     out
 }
+
+/// The first words of the statements whose further words `effects` reads.
+const MATTERS: [&str; 9] = [
+    "SET",
+    "RESET",
+    "DISCARD",
+    "DEALLOCATE",
+    "PREPARE",
+    "LISTEN",
+    "LOAD",
+    "CREATE",
+    "DECLARE",
+];
+
+/// Functions named anywhere in a query's text (quoted, in a comment or a
+/// function body too: a false match only costs a read-back or a pin).
+/// Looked for once per query, not per statement.
+#[derive(Debug, Clone, Copy)]
+struct Calls {
+    set_config: bool,
+    /// `set_config` of `role` or `session_authorization`.
+    sets_identity: bool,
+    advisory_lock: bool,
+}
+
+impl Calls {
+    fn in_text(text: &[u8]) -> Calls {
+        let set_config = contains(text, "SET_CONFIG");
+        Calls {
+            set_config,
+            sets_identity: set_config
+                && (contains(text, "'ROLE'") || contains(text, "'SESSION_AUTHORIZATION'")),
+            advisory_lock: contains(text, "PG_ADVISORY_LOCK")
+                || contains(text, "PG_TRY_ADVISORY_LOCK"),
+        }
+    }
+
+    /// Why these calls pin the session, if they do.
+    fn pin(self) -> Option<&'static str> {
+        if self.sets_identity {
+            // Another client must never run as this one's role.
+            Some(IDENTITY)
+        } else if self.advisory_lock {
+            Some("session advisory lock")
+        } else {
+            None
+        }
+    }
+}
+
+const IDENTITY: &str = "SET ROLE or SET SESSION AUTHORIZATION";
 
 /// Why `sql` pins the session to its server, if it does.
 pub fn pins(sql: &[u8]) -> Option<&'static str> {
@@ -87,32 +145,35 @@ fn statement_pins(head: &super::sql::Head<'_>, text: &[u8]) -> Option<&'static s
     if head.is(0, "DECLARE") && contains(text, "WITH HOLD") {
         return Some("DECLARE ... WITH HOLD");
     }
-    if sets_identity(head, text) {
+    if sets_identity(head) {
         // Another client must never run as this one's role.
-        return Some("SET ROLE or SET SESSION AUTHORIZATION");
-    }
-    if contains(text, "PG_ADVISORY_LOCK") || contains(text, "PG_TRY_ADVISORY_LOCK") {
-        return Some("session advisory lock");
+        return Some(IDENTITY);
     }
     None
 }
 
-/// `SET [SESSION] ROLE`, `SET [SESSION] SESSION AUTHORIZATION`, or
-/// `set_config` of `role` / `session_authorization` anywhere in the text.
-fn sets_identity(head: &super::sql::Head<'_>, text: &[u8]) -> bool {
+/// `SET [SESSION] ROLE` or `SET [SESSION] SESSION AUTHORIZATION`.
+fn sets_identity(head: &super::sql::Head<'_>) -> bool {
     let set_session = head.is(0, "SET") && head.is(1, "SESSION");
     (head.is(0, "SET") && head.is(1, "ROLE"))
         || (set_session
             && (head.is(2, "ROLE") || head.is(2, "SESSION") || head.is(2, "AUTHORIZATION")))
-        || (contains(text, "SET_CONFIG")
-            && (contains(text, "'ROLE'") || contains(text, "'SESSION_AUTHORIZATION'")))
 }
 
 /// Whether `hay` contains `needle` (upper-case ASCII), ignoring ASCII case.
+/// Runs on every query: only the places holding the needle's first byte
+/// that is not a letter (`_`, a blank, a quote), which case cannot change,
+/// are compared in full.
 fn contains(hay: &[u8], needle: &str) -> bool {
     let needle = needle.as_bytes();
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
+    let matches_at = |start: usize| {
+        hay.get(start..start + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(needle))
+    };
+    match needle.iter().position(|c| !c.is_ascii_alphabetic()) {
+        Some(k) => memchr::memchr_iter(needle[k], hay).any(|at| at >= k && matches_at(at - k)),
+        None => (0..hay.len()).any(matches_at),
+    }
 }
 
 /// The custom settings (`app.tenant`: a dotted name, which PostgreSQL keeps
@@ -186,7 +247,13 @@ mod tests {
 
     #[test]
     fn what_pins_and_what_does_not() {
-        let cases: [(&str, bool); 30] = [
+        let cases: [(&str, bool); 32] = [
+            // Calls pin wherever they are, whatever the first words.
+            ("WITH x AS (SELECT 1) SELECT pg_try_advisory_lock(2)", true),
+            (
+                "INSERT INTO t SELECT set_config('session_authorization', 'u', false)",
+                true,
+            ),
             // Comments, later statements and quoting are seen as PostgreSQL sees them.
             ("/* x */ SET ROLE foo", true),
             ("-- why\nLISTEN chan", true),
@@ -262,6 +329,24 @@ mod tests {
             effects(long.as_bytes()).settings,
             "too long to scan: read back"
         );
+    }
+
+    #[test]
+    fn contains_ignores_case_wherever_the_needle_is() {
+        let cases: [(&str, &str, bool); 9] = [
+            ("select set_config('a', 'b', false)", "SET_CONFIG", true),
+            ("SET_CONFIG", "SET_CONFIG", true),
+            ("xset_configx", "SET_CONFIG", true),
+            ("_config set_confi", "SET_CONFIG", false),
+            ("pgbench_accounts", "SET_CONFIG", false),
+            ("x = 'Role'", "'ROLE'", true),
+            ("'role", "'ROLE'", false),
+            ("create temp table", " TEMP TABLE", true),
+            ("listen", "LISTEN", true),
+        ];
+        for (hay, needle, want) in cases {
+            assert_eq!(contains(hay.as_bytes(), needle), want, "{needle} in {hay}");
+        }
     }
 
     #[test]

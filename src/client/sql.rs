@@ -33,13 +33,40 @@ impl<'a> Head<'a> {
 /// The statements of `sql`, each as its leading words. Empty statements
 /// (`;;`, a trailing `;`) are skipped.
 pub fn statements(sql: &[u8]) -> Statements<'_> {
-    Statements { sql, pos: 0 }
+    statements_keeping(sql, WORDS)
+}
+
+/// [`statements`] keeping only each statement's first word: a query whose
+/// only `;` ends it is read no further than that word.
+pub fn first_words(sql: &[u8]) -> Statements<'_> {
+    statements_keeping(sql, 1)
+}
+
+fn statements_keeping(sql: &[u8], keep: usize) -> Statements<'_> {
+    // Trailing `;`, blanks and the message's NUL end no statement that has
+    // words: without them, a query whose only `;` ends it is one statement,
+    // and its scan stops at its leading words (most queries: the hot path).
+    let end = sql
+        .iter()
+        .rposition(|&c| !(c == b';' || c == 0 || c.is_ascii_whitespace()))
+        .map_or(0, |p| p + 1);
+    let sql = &sql[..end];
+    Statements {
+        sql,
+        pos: 0,
+        keep,
+        last_semicolon: memchr::memrchr(b';', sql),
+    }
 }
 
 /// Iterator over the statements of a query string.
 pub struct Statements<'a> {
     sql: &'a [u8],
     pos: usize,
+    /// Words kept per statement (at most `WORDS`).
+    keep: usize,
+    /// Where the last `;` byte is, quoted or not: past it no statement can end.
+    last_semicolon: Option<usize>,
 }
 
 impl<'a> Iterator for Statements<'a> {
@@ -60,9 +87,16 @@ impl<'a> Iterator for Statements<'a> {
                     Token::End => break,
                     Token::Word(w) => {
                         saw_token = true;
-                        if head.len < WORDS {
+                        if head.len < self.keep {
                             head.words[head.len] = w;
                             head.len += 1;
+                        }
+                        // Its words are all kept, and no `;` lies ahead: the
+                        // statement runs to the end, unread.
+                        if head.len == self.keep && self.last_semicolon.is_none_or(|p| p < self.pos)
+                        {
+                            self.pos = sql.len();
+                            break;
                         }
                     }
                     Token::Other => saw_token = true,
@@ -244,6 +278,18 @@ mod tests {
             ("SELECT 1 -- ; SET x = 1", &[&["select", "1"]]),
             ("SELECT 1 /* unclosed ; SET x", &[&["select", "1"]]),
             ("SELECT 'unclosed ; SET x", &[&["select"]]),
+            // Trailing terminators, and statements past the words kept.
+            ("SELECT a, b FROM t WHERE c ;; \n", &[&["select", "a", "b"]]),
+            (
+                "SELECT a, b FROM t; LISTEN x;\n",
+                &[&["select", "a", "b"], &["listen", "x"]],
+            ),
+            (
+                "SELECT a, b, 'x;y' FROM t LISTEN z",
+                &[&["select", "a", "b"]],
+            ),
+            ("SELECT a, b, c; ", &[&["select", "a", "b"]]),
+            ("SELECT a, b FROM t;\0", &[&["select", "a", "b"]]),
         ];
         for (sql, want) in cases {
             let want: Vec<Vec<String>> = want
@@ -251,6 +297,21 @@ mod tests {
                 .map(|h| h.iter().map(|w| w.to_string()).collect())
                 .collect();
             assert_eq!(heads(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn first_words_are_the_statements_first_words() {
+        for sql in [
+            "SELECT a, b FROM t;\0",
+            "/* x */ SET a = 1; -- y\n commit ;",
+            "SELECT ';'; LISTEN x",
+            "",
+        ] {
+            let firsts: Vec<&[u8]> = first_words(sql.as_bytes()).map(|h| h.word(0)).collect();
+            let all: Vec<&[u8]> = statements(sql.as_bytes()).map(|h| h.word(0)).collect();
+            assert_eq!(firsts, all, "{sql}");
+            assert!(first_words(sql.as_bytes()).all(|h| h.word(1).is_empty()));
         }
     }
 
