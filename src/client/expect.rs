@@ -75,6 +75,24 @@ pub struct Forgotten {
     pub ignored_syncs: u32,
 }
 
+impl Forgotten {
+    /// Adds the names `other` learned (nothing to move in the usual case,
+    /// a reply that taught nothing).
+    pub fn absorb(&mut self, other: Forgotten) {
+        if other.is_empty() {
+            return;
+        }
+        self.server.extend(other.server);
+        self.client.extend(other.client);
+        self.confirmed.extend(other.confirmed);
+    }
+
+    /// Whether it names no statement.
+    pub fn is_empty(&self) -> bool {
+        self.server.is_empty() && self.client.is_empty() && self.confirmed.is_empty()
+    }
+}
+
 /// The queue.
 #[derive(Debug, Default)]
 pub struct Expectations {

@@ -10,6 +10,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::cancelled::Cancelled;
 use super::conn::ClientConn;
 use super::expect::{Expect, Expectations, Forgotten, Sent, Verdict};
 use super::limits::Limits;
@@ -355,14 +356,14 @@ impl Link {
     /// pinned (then the relay pins it and calls again with the same link).
     pub(super) async fn pump(&mut self, cx: &mut LinkCtx<'_>, server: &mut PooledConn) -> Pumped {
         let session_mode = self.session_mode;
+        let (server, retired) = server.conn_and_retired();
         if let Err(p) = self.settle(cx, server) {
             return p;
         }
-        // Made once per call, not per turn of the loop: a wait future
-        // registers with its token when first polled, and re-registering on
-        // every message costs locks on the hot path.
-        let (kill, retired) = (cx.kill.clone(), server.retired().clone());
-        let (kill, retired) = (kill.cancelled(), retired.cancelled());
+        // Made once per call, not per turn of the loop, and registered with
+        // their tokens once: re-registering on every message costs locks on
+        // the hot path.
+        let (kill, retired) = (Cancelled::new(cx.kill), Cancelled::new(retired));
         tokio::pin!(kill, retired);
         loop {
             if self.since_yield >= YIELD_EVERY {
@@ -691,10 +692,8 @@ impl Link {
                     return Visit::Stop;
                 }
                 let f = expect.on_server(tag);
-                forgotten.server.extend(f.server);
-                forgotten.client.extend(f.client);
-                forgotten.confirmed.extend(f.confirmed);
                 txn.pending = txn.pending.saturating_sub(f.ignored_syncs);
+                forgotten.absorb(f);
                 if let (b'Z', Some(&status)) = (tag, frame.and_then(|f| f.get(5))) {
                     if let Some(clock) = clock.as_mut() {
                         clock.answered();
@@ -820,6 +819,9 @@ fn plain_sent(tag: u8, frame: Option<&[u8]>) -> Option<Sent> {
 
 /// Applies statements that turned out not to exist, and those a server accepted.
 fn forget(cx: &mut LinkCtx<'_>, server: &mut ServerConn, f: Forgotten) {
+    if f.is_empty() {
+        return;
+    }
     for name in f.server {
         server.statements_mut().remove(&name);
     }

@@ -2,6 +2,7 @@
 //! query loop (`relay`) and what it reads on the way. `crate::connection`
 //! drives one accepted connection through them.
 
+mod cancelled;
 pub mod conn;
 pub mod expect;
 mod limits;

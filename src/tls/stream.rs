@@ -171,23 +171,22 @@ impl Stream {
     /// handshake leftovers (session tickets): those are consumed, and only
     /// application data, EOF or an error count.
     pub fn is_broken(&self) -> bool {
-        use futures_util::FutureExt;
-        let readable = |tcp: &TcpStream| tcp.ready(tokio::io::Interest::READABLE).now_or_never();
+        // Readiness as the reactor last saw it, read without registering a
+        // waiter (a `ready()` future would lock the socket's waiter list
+        // twice on every checkout).
+        let readable = |tcp: &TcpStream| tcp.try_io(tokio::io::Interest::READABLE, || Ok(()));
         match self {
-            Stream::Plain(tcp) => match readable(tcp) {
-                None => false,
-                Some(Err(_)) => true,
-                Some(Ok(_)) => {
-                    let mut probe = [0u8; 1];
-                    !matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-                }
-            },
+            // `try_read` makes the system call only when the socket is readable.
+            Stream::Plain(tcp) => {
+                let mut probe = [0u8; 1];
+                !matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
             Stream::Tls(m) => {
                 let mut tls = lock(m);
                 match readable(tls.get_ref().0) {
-                    None => false,
-                    Some(Err(_)) => true,
-                    Some(Ok(_)) => {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                    Err(_) => true,
+                    Ok(()) => {
                         let mut cx = Context::from_waker(Waker::noop());
                         let mut probe = [0u8; 1];
                         let mut probe = ReadBuf::new(&mut probe);
