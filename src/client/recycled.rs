@@ -75,8 +75,11 @@ pub struct Recycled<F: Future> {
 unsafe impl<F: Future + Send> Send for Recycled<F> {}
 
 impl<F: Future> Recycled<F> {
-    /// Moves `fut` into a block.
-    pub fn new(fut: F) -> Recycled<F> {
+    /// Makes the future in a block. `make` is called with the block ready
+    /// and inlined, so that the future (kilobytes for the relay's work) is
+    /// built in place rather than built on the stack and copied.
+    #[inline(always)]
+    pub fn new(make: impl FnOnce() -> F) -> Recycled<F> {
         let layout = Layout::new::<F>();
         let ptr = if layout.size() == 0 {
             NonNull::dangling()
@@ -84,7 +87,7 @@ impl<F: Future> Recycled<F> {
             take_block(layout).cast::<F>()
         };
         // SAFETY: the block is valid for `F`'s layout and unused.
-        unsafe { ptr.as_ptr().write(fut) };
+        unsafe { ptr.as_ptr().write(make()) };
         Recycled {
             ptr,
             _owns: PhantomData,
@@ -130,7 +133,7 @@ mod tests {
         let mut seen = Vec::new();
         for i in 0..3u8 {
             let c = Counted(drops.clone(), [i; 1000]);
-            let fut = Recycled::new(async move { c.1[999] });
+            let fut = Recycled::new(|| async move { c.1[999] });
             seen.push(fut.ptr.as_ptr() as usize);
             assert_eq!(fut.await, i);
         }
@@ -138,7 +141,7 @@ mod tests {
         assert!(seen.windows(2).all(|w| w[0] == w[1]), "{seen:?}");
         // Dropped unfinished: the future inside is dropped too.
         let c = Counted(drops.clone(), [0; 1000]);
-        drop(Recycled::new(async move {
+        drop(Recycled::new(|| async move {
             std::future::pending::<()>().await;
             drop(c);
         }));

@@ -139,7 +139,7 @@ impl Session {
                 };
                 // The work runs in a recycled block, not in the task: an idle
                 // client's task then holds only the idle wait (see `recycled`).
-                if !Recycled::new(session.work(idle, &mut held)).await {
+                if !Recycled::new(|| session.work(idle, &mut held)).await {
                     return;
                 }
             }
@@ -311,8 +311,11 @@ impl Session {
                 }
             }
             // The buffer is taken only once there is something to read: an
-            // idle client holds none.
+            // idle client holds none. The read goes first: when the next
+            // request is already there, the tokens are never registered with
+            // (each registration locks their waiter lists twice).
             tokio::select! {
+                biased;
                 r = self.client.fill_when_readable() => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
                 _ = self.ctx.shutdown().cancelled() => return Idle::Shutdown,
                 _ = self.reg.info.kill.cancelled() => return Idle::Killed,

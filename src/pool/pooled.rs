@@ -18,8 +18,10 @@ use crate::server::ServerConn;
 /// A server connection owned by a pool, idle or checked out.
 pub struct PooledConn {
     // Declared first so it drops first: the server sees the Terminate and the
-    // close before the slot below is freed for a new connection.
-    conn: ServerConn,
+    // close before the slot below is freed for a new connection. Boxed: a
+    // checkout, an attachment and a checkin each move the handle a few
+    // times per transaction, and inline it would be copied whole each time.
+    conn: Box<ServerConn>,
     /// Permits of `max_db_connections` / `max_user_connections`, held
     /// until the connection closes.
     _limits: Vec<OwnedSemaphorePermit>,
@@ -61,7 +63,7 @@ impl PooledConn {
             // Never returned yet: idle since it was opened.
             last_used: conn.created(),
             close_on_return: false,
-            conn,
+            conn: Box::new(conn),
         }
     }
 
@@ -123,6 +125,13 @@ impl PooledConn {
     #[inline]
     pub fn retired(&self) -> &CancellationToken {
         &self.retired
+    }
+}
+
+impl PooledConn {
+    /// The connection to use, and the token of its node's retirement, borrowed apart.
+    pub fn conn_and_retired(&mut self) -> (&mut ServerConn, &CancellationToken) {
+        (&mut self.conn, &self.retired)
     }
 }
 
