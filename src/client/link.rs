@@ -394,6 +394,16 @@ impl Link {
                     return End::Shutdown.into();
                 }
             }
+            match self.write_now(cx, server) {
+                Some(Ok(())) => {
+                    if let Err(p) = self.settle(cx, server) {
+                        return p;
+                    }
+                    continue;
+                }
+                Some(Err(end)) => return end.into(),
+                None => {}
+            }
             let rewrite = self.rewrite;
             let room = cx
                 .client
@@ -495,6 +505,41 @@ impl Link {
                 return p;
             }
         }
+    }
+
+    /// Writes what is ready for the server, else for the client, if its
+    /// socket takes it at once: the request a client just sent, and the
+    /// reply to it, go out without a `select!` built and polled for a write
+    /// that does not wait (PgBouncer too sends as soon as it has read).
+    /// `None`: nothing went, and the select below writes or waits as usual.
+    fn write_now(
+        &mut self,
+        cx: &mut LinkCtx<'_>,
+        server: &mut ServerConn,
+    ) -> Option<Result<(), End>> {
+        let up: &[u8] = match self.c_synth.is_empty() {
+            false => &self.c_synth,
+            true => &cx.client.buf[..self.c_ready],
+        };
+        if !up.is_empty() {
+            match server.stream().write_now(up)? {
+                Ok(n) => self.sent_up(&mut cx.client.buf, n),
+                Err(e) => return Some(Err(End::ServerLost(e.to_string()))),
+            }
+            return Some(Ok(()));
+        }
+        let down: &[u8] = match self.s_synth.is_empty() {
+            false => &self.s_synth,
+            true => &server.buf()[..self.s_ready],
+        };
+        if down.is_empty() {
+            return None;
+        }
+        match cx.client.stream.write_now(down)? {
+            Ok(n) => self.sent_down(server.buf_mut(), n),
+            Err(_) => return Some(Err(End::ClientGone)),
+        }
+        Some(Ok(()))
     }
 
     /// Copies the scanned client bytes behind the pending synthesized ones

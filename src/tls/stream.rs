@@ -200,6 +200,20 @@ impl Stream {
         }
     }
 
+    /// Writes what a plain socket takes of `bytes` at once (one system
+    /// call, no waker registered). `None` when that would block, wrote
+    /// nothing, or the stream is TLS: the caller waits as usual.
+    pub fn write_now(&self, bytes: &[u8]) -> Option<io::Result<usize>> {
+        let Stream::Plain(tcp) = self else {
+            return None;
+        };
+        match tcp.try_write(bytes) {
+            Ok(0) => None,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            r => Some(r),
+        }
+    }
+
     /// Writes `bytes` if the socket takes them at once, without waiting
     /// (a goodbye such as Terminate from a `Drop`).
     pub fn try_write_now(&mut self, bytes: &[u8]) {
