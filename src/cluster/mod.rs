@@ -90,6 +90,13 @@ pub struct Route {
     pub retired: CancellationToken,
 }
 
+/// A node and the incarnation of its connections that a route names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteKey {
+    pub node: usize,
+    pub epoch: u64,
+}
+
 /// A node's connections as of now, and whether it may be routed to at all.
 /// One lock over both: fencing or removing a node and `route` reading it
 /// are ordered, so a checkout still holding a routing snapshot that names
@@ -234,6 +241,28 @@ impl Cluster {
     /// Where a connection for `target` goes now; `None` when nothing is routable.
     /// `replica` falls back to the primary when no replica qualifies.
     pub fn route(&self, target: Target) -> Option<Route> {
+        self.routed(target, |slot, node, inc| Route {
+            node,
+            addr: slot.addr.clone(),
+            epoch: inc.epoch,
+            retired: inc.retired.clone(),
+        })
+    }
+
+    /// [`Cluster::route`]'s node and epoch only: enough to pick an idle
+    /// connection (a checkout), without the clones a new one needs.
+    pub fn route_key(&self, target: Target) -> Option<RouteKey> {
+        self.routed(target, |_, node, inc| RouteKey {
+            node,
+            epoch: inc.epoch,
+        })
+    }
+
+    fn routed<R>(
+        &self,
+        target: Target,
+        make: impl FnOnce(&membership::Slot, usize, &Incarnation) -> R,
+    ) -> Option<R> {
         let snap = self.snapshot.load();
         let node = match target {
             Target::Primary => snap.primary,
@@ -248,12 +277,7 @@ impl Cluster {
         if inc.fenced || inc.removed {
             return None;
         }
-        Some(Route {
-            node,
-            addr: slot.addr.clone(),
-            epoch: inc.epoch,
-            retired: inc.retired.clone(),
-        })
+        Some(make(slot, node, &inc))
     }
 
     fn least_loaded(&self, candidates: &[usize]) -> Option<usize> {

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, Semaphore};
 
 use crate::auth::server_side::ServerSecret;
-use crate::cluster::{Cluster, ClusterError, Route};
+use crate::cluster::{Cluster, ClusterError, Route, RouteKey};
 use crate::config::Target;
 use crate::server::Login;
 pub use limit::{LimitHit, Limits, SharedLimit};
@@ -215,12 +215,18 @@ impl Pool {
         };
         loop {
             let version = s.cluster.version();
-            if let Some(route) = s.cluster.route(settings.target) {
-                let found = self.pop_usable(&route, Instant::now());
-                let conn = match found {
-                    Some(conn) => Ok(conn),
-                    None => self.open(&route, room_by).await,
-                };
+            let found = s
+                .cluster
+                .route_key(settings.target)
+                .and_then(|key| self.pop_usable(key, Instant::now()));
+            let conn = match found {
+                Some(conn) => Some(Ok(conn)),
+                None => match s.cluster.route(settings.target) {
+                    Some(route) => Some(self.open(&route, room_by).await),
+                    None => None,
+                },
+            };
+            if let Some(conn) = conn {
                 match conn {
                     Ok(mut conn) => {
                         let load = LoadGuard::new(s.cluster.clone(), conn.node());
@@ -241,7 +247,7 @@ impl Pool {
         }
     }
 
-    fn pop_usable(&self, route: &Route, now: Instant) -> Option<PooledConn> {
+    fn pop_usable(&self, route: RouteKey, now: Instant) -> Option<PooledConn> {
         let mut idle = lock(&self.shared.idle);
         let cluster = &self.shared.cluster;
         let settings = self.shared.settings.load();
@@ -255,9 +261,9 @@ impl Pool {
         while let Some(pos) = idle.iter().rposition(|c| c.node() == route.node) {
             let conn = idle.remove(pos);
             // A server that died (or was terminated) while this connection sat
-            // idle must not cost the next client an error.
-            if cluster.is_current(conn.node(), conn.epoch())
-                && !(expired(&conn, now, &settings) || conn.is_broken())
+            // idle must not cost the next client an error. The route's epoch
+            // was the node's current one as it was read.
+            if conn.epoch() == route.epoch && !(expired(&conn, now, &settings) || conn.is_broken())
             {
                 return Some(conn);
             }
