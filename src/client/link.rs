@@ -34,6 +34,7 @@ use crate::protocol::messages::extended::{decode_bind_statement, decode_parse, d
 use crate::protocol::{frame_len, whole_if, FrameError, Hold, Scanner, Visit};
 use crate::server::ServerConn;
 use crate::sessions::budget::{Budget, Denied, Grant};
+use crate::sessions::registry::ClientInfo;
 
 /// Server messages are PostgreSQL's: bounded by its own limit.
 const MAX_SERVER_MESSAGE: usize = MAX_FRAME;
@@ -140,8 +141,8 @@ pub(super) struct LinkCtx<'a> {
     pub pool: &'a Pool,
     /// Cancelled when the proxy shuts down.
     pub shutdown: &'a CancellationToken,
-    /// Cancelled when an operator runs `KILL` on the client's database.
-    pub kill: &'a CancellationToken,
+    /// The client's registry entry, which `KILL` marks.
+    pub info: &'a ClientInfo,
     /// Query and transaction latencies.
     pub latencies: &'a Latencies,
     /// Where server errors forwarded to the client are counted.
@@ -363,7 +364,7 @@ impl Link {
         // Made once per call, not per turn of the loop, and registered with
         // their tokens once: re-registering on every message costs locks on
         // the hot path.
-        let (kill, retired) = (Cancelled::new(cx.kill), Cancelled::new(retired));
+        let (kill, retired) = (cx.info.killed(), Cancelled::new(retired));
         tokio::pin!(kill, retired);
         loop {
             if self.since_yield >= YIELD_EVERY {
@@ -696,11 +697,13 @@ impl Link {
                 }
                 txn.on_client(tag);
                 if let (b'Q', Some(body)) = (tag, frame.and_then(|f| f.get(5..))) {
-                    txn.commit_in_flight |= super::lost::commits(body);
                     if rewrite {
                         let e = effects(body);
+                        txn.commit_in_flight |= e.commits;
                         *forgot |= e.forgets_statements;
                         note(pin, changed, custom, e, body);
+                    } else {
+                        txn.commit_in_flight |= super::lost::commits(body);
                     }
                 }
                 if let (b'P', true, Some(p)) = (tag, rewrite, frame.and_then(decode_parse)) {

@@ -45,20 +45,25 @@ impl Meter {
             return;
         }
         let now = Instant::now();
+        let mut samples = [(Kind::Query, 0); 2];
+        let mut n = 0;
         if let Some(start) = self.query_start.take() {
             let us = micros(now, start);
             self.tally.queries += 1;
             self.tally.query_us += us;
-            latencies.record(Kind::Query, us);
+            samples[n] = (Kind::Query, us);
+            n += 1;
         }
         if status == b'I' {
             if let Some(start) = self.xact_start.take() {
                 let us = micros(now, start);
                 self.tally.xacts += 1;
                 self.tally.xact_us += us;
-                latencies.record(Kind::Transaction, us);
+                samples[n] = (Kind::Transaction, us);
+                n += 1;
             }
         }
+        latencies.record_all(&samples[..n]);
     }
 
     /// Counts a client message by tag (Parse and Bind, for `SHOW STATS`).

@@ -26,6 +26,9 @@ pub struct Effects {
     /// It drops the session's prepared statements (`DISCARD ALL`,
     /// `DEALLOCATE ALL`): the client's, and the ones the proxy made there.
     pub forgets_statements: bool,
+    /// A statement of it commits (`COMMIT`, `END`), as
+    /// [`super::lost::commits`] says: found in the same pass.
+    pub commits: bool,
 }
 
 /// What `sql` does; any of its statements may pin or change settings. Runs
@@ -38,11 +41,19 @@ pub fn effects(sql: &[u8]) -> Effects {
         pin: None,
         settings: sql.len() > SCAN || calls.set_config,
         forgets_statements: false,
+        commits: false,
     };
     // Most queries (SELECT, INSERT, ...) begin no statement with a word
     // that matters here: their first words decide, and the statements'
     // further words are not read.
-    let words_matter = super::sql::first_words(text).any(|h| MATTERS.iter().any(|w| h.is(0, w)));
+    let mut words_matter = false;
+    for h in super::sql::first_words(text) {
+        words_matter |= MATTERS.iter().any(|w| h.is(0, w));
+        out.commits |= h.is(0, "COMMIT") || h.is(0, "END");
+    }
+    if sql.len() > SCAN {
+        out.commits = super::lost::commits(sql);
+    }
     let heads = words_matter.then(|| super::sql::statements(text));
     for head in heads.into_iter().flatten() {
         out.settings |= changes_settings(&head);
@@ -81,14 +92,24 @@ struct Calls {
 }
 
 impl Calls {
+    /// One pass over the text's `_`s, which every name looked for has.
     fn in_text(text: &[u8]) -> Calls {
-        let set_config = contains(text, "SET_CONFIG");
+        let at = |start: Option<usize>, name: &str| {
+            start
+                .and_then(|s| text.get(s..s + name.len()))
+                .is_some_and(|w| w.eq_ignore_ascii_case(name.as_bytes()))
+        };
+        let (mut set_config, mut advisory_lock) = (false, false);
+        for i in memchr::memchr_iter(b'_', text) {
+            set_config |= at(i.checked_sub(3), "SET_CONFIG");
+            advisory_lock |= at(i.checked_sub(2), "PG_ADVISORY_LOCK")
+                || at(i.checked_sub(2), "PG_TRY_ADVISORY_LOCK");
+        }
         Calls {
             set_config,
             sets_identity: set_config
                 && (contains(text, "'ROLE'") || contains(text, "'SESSION_AUTHORIZATION'")),
-            advisory_lock: contains(text, "PG_ADVISORY_LOCK")
-                || contains(text, "PG_TRY_ADVISORY_LOCK"),
+            advisory_lock,
         }
     }
 
@@ -329,6 +350,23 @@ mod tests {
             effects(long.as_bytes()).settings,
             "too long to scan: read back"
         );
+    }
+
+    #[test]
+    fn effects_commits_as_lost_commits_says() {
+        let long = format!("SELECT '{}'; COMMIT", "x".repeat(SCAN));
+        for sql in [
+            "COMMIT",
+            "select 1; end;",
+            "SELECT 'COMMIT'",
+            "/* c */ Commit",
+            "BEGIN; UPDATE t SET a = 1",
+            long.as_str(),
+        ] {
+            let sql = sql.as_bytes();
+            assert_eq!(effects(sql).commits, super::super::lost::commits(sql));
+        }
+        assert!(effects(long.as_bytes()).commits);
     }
 
     #[test]

@@ -49,10 +49,21 @@ impl Latencies {
 
     /// Records one sample of `micros` into this thread's slot.
     pub fn record(&self, kind: Kind, micros: u64) {
+        self.record_all(&[(kind, micros)]);
+    }
+
+    /// Records several samples (a query and the transaction it ended)
+    /// under one lock of this thread's slot.
+    pub fn record_all(&self, samples: &[(Kind, u64)]) {
+        if samples.is_empty() {
+            return;
+        }
         let slot = &self.slots[thread_slot() % self.slots.len()];
         let mut h = slot.lock().unwrap_or_else(|e| e.into_inner());
-        // Clamped to the histogram's range, so recording cannot fail.
-        let _ = h[kind as usize].record(micros.clamp(1, MAX_MICROS));
+        for &(kind, micros) in samples {
+            // Clamped to the histogram's range, so recording cannot fail.
+            let _ = h[kind as usize].record(micros.clamp(1, MAX_MICROS));
+        }
     }
 
     /// All samples of `kind` so far, merged across slots.

@@ -218,7 +218,7 @@ impl Pool {
             let found = s
                 .cluster
                 .route_key(settings.target)
-                .and_then(|key| self.pop_usable(key, Instant::now()));
+                .and_then(|key| self.pop_usable(key, Instant::now(), &settings));
             let conn = match found {
                 Some(conn) => Some(Ok(conn)),
                 None => match s.cluster.route(settings.target) {
@@ -247,10 +247,14 @@ impl Pool {
         }
     }
 
-    fn pop_usable(&self, route: RouteKey, now: Instant) -> Option<PooledConn> {
+    fn pop_usable(
+        &self,
+        route: RouteKey,
+        now: Instant,
+        settings: &PoolSettings,
+    ) -> Option<PooledConn> {
         let mut idle = lock(&self.shared.idle);
         let cluster = &self.shared.cluster;
-        let settings = self.shared.settings.load();
         // Connections to retired incarnations are closed here (dropped), in
         // one sweep after each retirement rather than a check of every idle
         // connection at every checkout.
