@@ -102,6 +102,8 @@ pub async fn serve(
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for running transactions");
     token.cancel();
+    // Idle clients wait on their registry entries, not on the token.
+    ctx.clients().stop();
     tracker.close();
     let grace = ctx.config().proxy.shutdown_timeout;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

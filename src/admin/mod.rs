@@ -117,7 +117,7 @@ async fn read_message(
         tokio::select! {
             r = conn.fill() => if !matches!(r, Ok(n) if n > 0) { return Ok(None) },
             _ = ctx.shutdown().cancelled() => return Err(ClientError::Shutdown),
-            _ = reg.info.kill.cancelled() => return Err(ClientError::Killed),
+            _ = reg.info.killed() => return Err(ClientError::Killed),
         }
     }
 }

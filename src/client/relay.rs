@@ -30,7 +30,7 @@ use crate::protocol::FrameError;
 use crate::server::settings::{Setting, SettingSet};
 use crate::server::{channel, send_cancel, ConnectError, ServerConn};
 use crate::sessions::cancel::{CancelGuard, CancelTarget};
-use crate::sessions::registry::{ClientState, Linked, Registration};
+use crate::sessions::registry::{ClientState, Interrupt, Linked, Registration};
 
 /// A logged-in client.
 pub struct Session {
@@ -255,7 +255,7 @@ impl Session {
     /// server, so a client that stops (or closes) mid-message is seen here.
     async fn wait_idle(&mut self) -> Idle {
         loop {
-            if self.ctx.shutdown().is_cancelled() {
+            if self.reg.stopping() {
                 return Idle::Shutdown;
             }
             let rewrite = self.mode() == PoolMode::Transaction;
@@ -311,14 +311,14 @@ impl Session {
                 }
             }
             // The buffer is taken only once there is something to read: an
-            // idle client holds none. The read goes first: when the next
-            // request is already there, the tokens are never registered with
-            // (each registration locks their waiter lists twice).
+            // idle client holds none.
             tokio::select! {
                 biased;
                 r = self.client.fill_when_readable() => if !matches!(r, Ok(n) if n > 0) { return Idle::Gone },
-                _ = self.ctx.shutdown().cancelled() => return Idle::Shutdown,
-                _ = self.reg.info.kill.cancelled() => return Idle::Killed,
+                why = self.reg.interrupted() => return match why {
+                    Interrupt::Shutdown => Idle::Shutdown,
+                    Interrupt::Killed => Idle::Killed,
+                },
             }
         }
     }
@@ -551,7 +551,7 @@ impl Session {
                 stmts: &mut self.stmts,
                 pool: &self.pool,
                 shutdown: self.ctx.shutdown(),
-                kill: &self.reg.info.kill,
+                info: &self.reg.info,
                 latencies: self.ctx.latencies(),
                 errors: self.ctx.errors(),
                 pinned: self.pinned,

@@ -3,13 +3,15 @@
 //! updates its own entry (atomics, and a mutex nobody else holds for long)
 //! when it waits for, takes or returns a server.
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::SystemTime;
 
 use dashmap::DashMap;
-use tokio_util::sync::CancellationToken;
+use futures_util::task::AtomicWaker;
 
 /// A client's state, PgBouncer's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,10 +76,14 @@ pub struct ClientInfo {
     pub connected_at: SystemTime,
     /// `application_name` from the startup packet.
     pub application_name: String,
-    /// Cancelled by admin `KILL` of the client's database: the client is
-    /// disconnected. Shared by the database's clients (a clone costs no
-    /// allocation; `KILL` replaces it for those who log in later).
-    pub kill: CancellationToken,
+    /// Set by admin `KILL` of the client's database: the client is
+    /// disconnected.
+    killed: AtomicBool,
+    /// The client's task, woken by `KILL` and by the proxy's shutdown. A
+    /// waker slot of its own, not a cancellation token's waiter list: the
+    /// task registers at each wait of every transaction, and this costs
+    /// two atomics where a token's list takes locks and allocations.
+    wake: AtomicWaker,
     state: AtomicU8,
     pinned: std::sync::OnceLock<&'static str>,
     /// Unix µs of the last state change (request_time / wait start).
@@ -102,6 +108,30 @@ impl ClientInfo {
         self.state.store(state as u8, Ordering::Relaxed);
         self.since_us.store(coarse_unix_micros(), Ordering::Relaxed);
         *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
+    }
+
+    /// `KILL`: the client's task is woken and ends the session.
+    fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.wake.wake();
+    }
+
+    /// Whether `KILL` reached the client.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
+    }
+
+    /// Ready once `KILL` reaches the client. Every poll registers the
+    /// task (two atomics when its waker is unchanged), then looks.
+    pub fn killed(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.wake.register(cx.waker());
+            if self.is_killed() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     /// Marks the client pinned to its server connection, for `why` (the
@@ -133,8 +163,8 @@ pub struct Registry {
     next: AtomicU64,
     /// User and database names of logged-in clients.
     names: Names,
-    /// Each database's `KILL` token, by the database's interned name.
-    kills: Mutex<std::collections::HashMap<Arc<str>, CancellationToken>>,
+    /// The proxy is shutting down: every client's task was woken to see it.
+    stopping: AtomicBool,
 }
 
 /// One copy of each user and database name in use: thousands of clients
@@ -183,6 +213,36 @@ pub struct Registration {
     pub info: Arc<ClientInfo>,
 }
 
+/// Why an idle client's wait was cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// The proxy is shutting down.
+    Shutdown,
+    /// An operator ran `KILL` on the client's database.
+    Killed,
+}
+
+impl Registration {
+    /// Whether the proxy is shutting down.
+    pub fn stopping(&self) -> bool {
+        self.registry.stopping.load(Ordering::Acquire)
+    }
+
+    /// Ready once the proxy shuts down or `KILL` reaches the client.
+    pub fn interrupted(&self) -> impl Future<Output = Interrupt> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.info.wake.register(cx.waker());
+            if self.stopping() {
+                Poll::Ready(Interrupt::Shutdown)
+            } else if self.info.is_killed() {
+                Poll::Ready(Interrupt::Killed)
+            } else {
+                Poll::Pending
+            }
+        })
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.registry.clients.remove(&self.info.id);
@@ -194,7 +254,6 @@ impl Registry {
     pub fn register(self: &Arc<Self>, a: Arrival) -> Registration {
         let now = SystemTime::now();
         let database = self.names.intern(a.database);
-        let kill = self.kill_token(&database);
         let info = Arc::new(ClientInfo {
             id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
             user: self.names.intern(a.user),
@@ -203,7 +262,8 @@ impl Registry {
             local: a.local,
             connected_at: now,
             application_name: a.application_name,
-            kill,
+            killed: AtomicBool::new(false),
+            wake: AtomicWaker::new(),
             state: AtomicU8::new(ClientState::Idle as u8),
             pinned: Default::default(),
             since_us: AtomicU64::new(unix_micros(now)),
@@ -216,27 +276,21 @@ impl Registry {
         }
     }
 
-    /// The `KILL` token of `database` for a client logging in now.
-    fn kill_token(&self, database: &Arc<str>) -> CancellationToken {
-        let mut kills = self.kills.lock().unwrap_or_else(|e| e.into_inner());
-        if kills.len() >= Names::SWEEP_PAST {
-            // Databases no client holds the name of any more.
-            kills.retain(|name, _| Arc::strong_count(name) > 1);
+    /// Disconnects every client of `database` now logged in (admin
+    /// `KILL`); clients that log in afterwards are not touched.
+    pub fn kill_database(&self, database: &str) {
+        for c in self.clients.iter().filter(|c| *c.database == *database) {
+            c.kill();
         }
-        kills.entry(database.clone()).or_default().clone()
     }
 
-    /// Disconnects every client of `database` (admin `KILL`); clients that
-    /// log in afterwards get a fresh token.
-    pub fn kill_database(&self, database: &str) {
-        let mut kills = self.kills.lock().unwrap_or_else(|e| e.into_inner());
-        kills.retain(|name, token| {
-            let hit = **name == *database;
-            if hit {
-                token.cancel();
-            }
-            !hit
-        });
+    /// The proxy shuts down: every client's task is woken to see it (and
+    /// ends between transactions).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for c in self.clients.iter() {
+            c.wake.wake();
+        }
     }
 
     /// A copy of every entry (no map guard outlives this call).
@@ -334,9 +388,33 @@ mod tests {
             reg.register(arrive("other")),
         );
         reg.kill_database("app");
-        assert!(a.info.kill.is_cancelled() && b.info.kill.is_cancelled());
-        assert!(!other.info.kill.is_cancelled());
+        assert!(a.info.is_killed() && b.info.is_killed());
+        assert!(!other.info.is_killed());
         let later = reg.register(arrive("app"));
-        assert!(!later.info.kill.is_cancelled());
+        assert!(!later.info.is_killed());
+    }
+
+    #[tokio::test]
+    async fn kill_and_stop_wake_a_waiting_client() {
+        let reg = Arc::new(Registry::default());
+        let arrive = |db: &str| Arrival {
+            user: "u".into(),
+            database: db.into(),
+            peer: None,
+            local: None,
+            application_name: String::new(),
+        };
+        let wait = |r: Registration| tokio::spawn(async move { r.interrupted().await });
+        let (a, b) = (
+            wait(reg.register(arrive("app"))),
+            wait(reg.register(arrive("b"))),
+        );
+        // Both tasks are parked on their waits before anything happens.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        reg.kill_database("app");
+        assert_eq!(a.await.unwrap(), Interrupt::Killed);
+        assert!(!b.is_finished());
+        reg.stop();
+        assert_eq!(b.await.unwrap(), Interrupt::Shutdown);
     }
 }
