@@ -267,8 +267,7 @@ impl Pool {
             // A server that died (or was terminated) while this connection sat
             // idle must not cost the next client an error. The route's epoch
             // was the node's current one as it was read.
-            if conn.epoch() == route.epoch && !(expired(&conn, now, &settings) || conn.is_broken())
-            {
+            if conn.epoch() == route.epoch && !(expired(&conn, now, settings) || conn.is_broken()) {
                 return Some(conn);
             }
         }
