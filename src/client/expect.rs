@@ -76,17 +76,6 @@ pub struct Forgotten {
 }
 
 impl Forgotten {
-    /// Adds the names `other` learned (nothing to move in the usual case,
-    /// a reply that taught nothing).
-    pub fn absorb(&mut self, other: Forgotten) {
-        if other.is_empty() {
-            return;
-        }
-        self.server.extend(other.server);
-        self.client.extend(other.client);
-        self.confirmed.extend(other.confirmed);
-    }
-
     /// Whether it names no statement.
     pub fn is_empty(&self) -> bool {
         self.server.is_empty() && self.client.is_empty() && self.confirmed.is_empty()
@@ -168,17 +157,24 @@ impl Expectations {
     /// Applies a server message with `tag`: pops what it completes.
     pub fn on_server(&mut self, tag: u8) -> Forgotten {
         let mut forgotten = Forgotten::default();
+        forgotten.ignored_syncs = self.learn(tag, &mut forgotten);
+        forgotten
+    }
+
+    /// [`Expectations::on_server`] adding what the message taught about
+    /// statements to `forgotten` (no lists made and dropped per message,
+    /// the link's hot path). Returns the Syncs it found PostgreSQL ignores.
+    pub fn learn(&mut self, tag: u8, forgotten: &mut Forgotten) -> u32 {
         let Some(head) = self.queue.front() else {
-            return forgotten;
+            return 0;
         };
         let sent = match head {
             Expect::Forward(s) | Expect::Swallow(s) => s.clone(),
             Expect::Refused(_) => Sent::Bind,
-            Expect::Answer(_) | Expect::CopyEnd => return forgotten,
+            Expect::Answer(_) | Expect::CopyEnd => return 0,
         };
         if (&sent, tag) == (&Sent::Execute, b'G') {
-            forgotten.ignored_syncs = self.drop_syncs_in_copy();
-            return forgotten;
+            return self.drop_syncs_in_copy();
         }
         let completes = match (&sent, tag) {
             (_, b'N' | b'S' | b'A') => false,
@@ -186,8 +182,8 @@ impl Expectations {
             (Sent::Query, _) => false,
             (Sent::Sync, b'Z') => true,
             (_, b'E') => {
-                self.fail_batch(&mut forgotten);
-                return forgotten;
+                self.fail_batch(forgotten);
+                return 0;
             }
             (Sent::Parse { .. }, b'1') | (Sent::Bind, b'2') | (Sent::Close, b'3') => true,
             (Sent::DescribeStatement | Sent::DescribePortal, b'T' | b'n') => true,
@@ -206,7 +202,7 @@ impl Expectations {
             }
             self.pop();
         }
-        forgotten
+        0
     }
 
     /// The Execute at the head started COPY IN: the Syncs the client sent

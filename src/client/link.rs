@@ -610,8 +610,10 @@ impl Link {
                     .scan_server(server.buf(), cx.latencies, cx.errors)
                     .map_err(|e| End::ServerLost(e.to_string()))?;
                 forget(cx, server, forgotten);
-                for (k, v) in self.reported.drain(..) {
-                    set_param(server.params_mut(), k, v);
+                if !self.reported.is_empty() {
+                    for (k, v) in self.reported.drain(..) {
+                        set_param(server.params_mut(), k, v);
+                    }
                 }
             }
             if std::mem::take(&mut self.forgot_statements) {
@@ -739,9 +741,8 @@ impl Link {
                     *drop = true;
                     return Visit::Stop;
                 }
-                let f = expect.on_server(tag);
-                txn.pending = txn.pending.saturating_sub(f.ignored_syncs);
-                forgotten.absorb(f);
+                let ignored = expect.learn(tag, &mut forgotten);
+                txn.pending = txn.pending.saturating_sub(ignored);
                 if let (b'Z', Some(&status)) = (tag, frame.and_then(|f| f.get(5))) {
                     if let Some(clock) = clock.as_mut() {
                         clock.answered();
