@@ -220,9 +220,9 @@ pub(super) struct Link {
     /// Scanned server bytes at the front of the server buffer, ready to forward.
     s_ready: usize,
     /// Rewritten or injected bytes for the server, sent before `c_ready`.
-    c_synth: BytesMut,
+    c_synth: Synth,
     /// The proxy's own answers for the client, sent before `s_ready`.
-    s_synth: BytesMut,
+    s_synth: Synth,
     /// The client message at the buffer front must be rewritten (once `c_ready` is sent).
     c_hold: bool,
     /// A Bind too large to hold is at the buffer front: its head is
@@ -547,7 +547,7 @@ impl Link {
     /// (small messages: a copy is cheaper than a second write).
     fn move_ready_to_synth(&mut self, client_buf: &mut BytesMut) {
         if self.c_ready > 0 {
-            self.c_synth.extend_from_slice(&client_buf[..self.c_ready]);
+            synth(&mut self.c_synth).extend_from_slice(&client_buf[..self.c_ready]);
             client_buf.advance(self.c_ready);
             self.c_ready = 0;
         }
@@ -788,7 +788,7 @@ impl Link {
         let mut up = Upstream {
             held: server.statements_mut(),
             max_prepared: self.max_prepared,
-            out: &mut self.c_synth,
+            out: synth(&mut self.c_synth),
             expect: &mut self.expect,
             parses: 0,
         };
@@ -822,7 +822,9 @@ impl Link {
         let Ok(Some(len)) = frame_len(&cx.client.buf, self.max_message_size) else {
             return;
         };
-        let frame = cx.client.buf.split_to(len);
+        // Read in place, then consumed: splitting it off would make the
+        // client's buffer shared (an allocation) on every rewritten message.
+        let frame = &cx.client.buf[..len];
         self.moved = true;
         let tag = frame[0];
         self.txn.on_client(tag);
@@ -830,16 +832,17 @@ impl Link {
         let mut up = Upstream {
             held: server.statements_mut(),
             max_prepared: self.max_prepared,
-            out: &mut self.c_synth,
+            out: synth(&mut self.c_synth),
             expect: &mut self.expect,
             parses: 0,
         };
-        let effects = up.rewrite(&frame, cx.stmts);
+        let effects = up.rewrite(frame, cx.stmts);
         for _ in 0..up.parses {
             self.meter.server_parse();
         }
-        let text = decode_parse(&frame).map_or(&b""[..], |p| p.query);
+        let text = decode_parse(frame).map_or(&b""[..], |p| p.query);
         self.note(effects, text);
+        cx.client.buf.advance(len);
     }
 }
 
@@ -917,6 +920,43 @@ fn note(
             }
         }
     }
+}
+
+/// Bytes the proxy writes itself (rewritten, injected or answered), in a
+/// buffer taken from the thread's stock when first written and given back
+/// with the link: a link rewriting a Bind per transaction allocates none.
+#[derive(Default)]
+struct Synth(BytesMut);
+
+impl std::ops::Deref for Synth {
+    type Target = BytesMut;
+    fn deref(&self) -> &BytesMut {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Synth {
+    fn deref_mut(&mut self) -> &mut BytesMut {
+        &mut self.0
+    }
+}
+
+impl Drop for Synth {
+    /// Only an empty buffer goes back: a link that ended mid-message drops
+    /// what it held.
+    fn drop(&mut self) {
+        if self.0.capacity() > 0 && self.0.is_empty() {
+            buffer::give(std::mem::take(&mut self.0));
+        }
+    }
+}
+
+/// `buf`, with room from the stock if it has none yet.
+fn synth(buf: &mut Synth) -> &mut BytesMut {
+    if buf.0.capacity() == 0 {
+        buf.0 = buffer::take();
+    }
+    &mut buf.0
 }
 
 fn reserve(buf: &mut BytesMut) {
