@@ -8,7 +8,7 @@
 //! the benchmark and runs that one (`CARGO_BIN_EXE_switchyard`).
 //! Environment: `BENCH_ROUNDS` (default 3) interleaved rounds,
 //! `BENCH_SECS` (default 10) seconds per pgbench run; a default run takes
-//! about 6.5 minutes. `BENCH_DIAG=1` adds two targets that explain the gap
+//! about 8 minutes. `BENCH_DIAG=1` adds two targets that explain the gap
 //! between this benchmark and `pgbench_compare` (about 4 more minutes):
 //! the binary with the primary alone in `[cluster] nodes`, and Switchyard
 //! in-process exactly as `pgbench_compare` runs it (primary alone, no HTTP
@@ -26,7 +26,10 @@
 //! reads the proxy's CPU time (utime + stime from /proc/PID/stat) and its
 //! threads' context switches (/proc/PID/task/*/status; for the in-process
 //! target, this whole process's) and divides them by the transactions
-//! pgbench reports. The 64-client run logs a 10 % sample of its
+//! pgbench reports. Besides pgbench's built-in select-only script in
+//! three protocols, one workload runs `benches/select_with_sets.pgbench`:
+//! 64 clients that each SET two session parameters first, as drivers do.
+//! The 64-client `-S` run logs a 10 % sample of its
 //! transactions (`pgbench -l --sampling-rate 0.1`) for the p99 latency.
 //! PgBouncer before 1.21 cannot do `-M prepared` in transaction mode: that
 //! cell is "n/a". Prints markdown tables; everything it starts is stopped on
@@ -68,32 +71,49 @@ struct Workload {
     protocol: &'static str,
     /// Whether the run logs a sample of its transactions for the p99.
     p99: bool,
+    /// A script of `benches/` run instead of pgbench's built-in `-S`.
+    script: Option<&'static str>,
 }
 
-const WORKLOADS: [Workload; 4] = [
+const WORKLOADS: [Workload; 5] = [
     Workload {
         name: "-S -c 16",
         clients: 16,
         protocol: "simple",
         p99: false,
+        script: None,
     },
     Workload {
         name: "-S -c 64",
         clients: 64,
         protocol: "simple",
         p99: true,
+        script: None,
     },
     Workload {
         name: "-S -M extended -c 16",
         clients: 16,
         protocol: "extended",
         p99: false,
+        script: None,
     },
     Workload {
         name: "-S -M prepared -c 16",
         clients: 16,
         protocol: "prepared",
         p99: false,
+        script: None,
+    },
+    // What pgjdbc and SQLAlchemy hooks do on connect: each client SETs two
+    // session parameters first, then runs -S's SELECT. Switchyard keeps
+    // them per client; PgBouncer 1.18 runs them on whichever server it
+    // gets and leaves them there.
+    Workload {
+        name: "SETs + -S -c 64",
+        clients: 64,
+        protocol: "simple",
+        p99: false,
+        script: Some("select_with_sets.pgbench"),
     },
 ];
 
@@ -494,7 +514,18 @@ fn run_one(
     let log_dir = scratch.join("pgbench-log");
     let _ = fs::remove_dir_all(&log_dir);
     let mut cmd = pgbench::command(pgbench_bin, port, "shipped");
-    cmd.args(["-n", "-S", "-T", &secs.to_string()]).args([
+    match w.script {
+        None => cmd.arg("-S"),
+        Some(file) => cmd
+            .arg("-f")
+            .arg(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("benches")
+                    .join(file),
+            )
+            .args(["-D", "configured=0"]),
+    };
+    cmd.args(["-n", "-T", &secs.to_string()]).args([
         "-c",
         &w.clients.to_string(),
         "-j",
