@@ -785,13 +785,7 @@ impl Link {
         self.moved = true;
         self.txn.on_client(b'B');
         self.meter.client_message(b'B');
-        let mut up = Upstream {
-            held: server.statements_mut(),
-            max_prepared: self.max_prepared,
-            out: synth(&mut self.c_synth),
-            expect: &mut self.expect,
-            parses: 0,
-        };
+        let mut up = self.upstream(server);
         let rewritten = names.as_ref().and_then(|(portal, name)| {
             let effects = up.bind_head(portal, name, len, cx.stmts)?;
             Some((effects, HEADER_LEN + portal.len() + name.len() + 2))
@@ -829,13 +823,7 @@ impl Link {
         let tag = frame[0];
         self.txn.on_client(tag);
         self.meter.client_message(tag);
-        let mut up = Upstream {
-            held: server.statements_mut(),
-            max_prepared: self.max_prepared,
-            out: synth(&mut self.c_synth),
-            expect: &mut self.expect,
-            parses: 0,
-        };
+        let mut up = self.upstream(server);
         let effects = up.rewrite(frame, cx.stmts);
         for _ in 0..up.parses {
             self.meter.server_parse();
@@ -843,6 +831,20 @@ impl Link {
         let text = decode_parse(frame).map_or(&b""[..], |p| p.query);
         self.note(effects, text);
         cx.client.buf.advance(len);
+    }
+}
+
+impl Link {
+    /// Where a rewrite of a client message to `server` writes its bytes
+    /// and the replies it owes.
+    fn upstream<'a>(&'a mut self, server: &'a mut ServerConn) -> Upstream<'a> {
+        Upstream {
+            held: server.statements_mut(),
+            max_prepared: self.max_prepared,
+            out: synth(&mut self.c_synth),
+            expect: &mut self.expect,
+            parses: 0,
+        }
     }
 }
 

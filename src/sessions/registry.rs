@@ -344,6 +344,14 @@ mod tests {
         }
     }
 
+    /// User `u` logging in to `database`.
+    fn arrival_to(database: &str) -> Arrival {
+        Arrival {
+            database: database.into(),
+            ..arrival("u")
+        }
+    }
+
     #[test]
     fn entries_live_as_long_as_their_registration() {
         let r = Arc::new(Registry::default());
@@ -375,39 +383,25 @@ mod tests {
     #[test]
     fn kill_reaches_the_databases_clients_and_not_later_ones() {
         let reg = Arc::new(Registry::default());
-        let arrive = |db: &str| Arrival {
-            user: "u".into(),
-            database: db.into(),
-            peer: None,
-            local: None,
-            application_name: String::new(),
-        };
         let (a, b, other) = (
-            reg.register(arrive("app")),
-            reg.register(arrive("app")),
-            reg.register(arrive("other")),
+            reg.register(arrival_to("app")),
+            reg.register(arrival_to("app")),
+            reg.register(arrival_to("other")),
         );
         reg.kill_database("app");
         assert!(a.info.is_killed() && b.info.is_killed());
         assert!(!other.info.is_killed());
-        let later = reg.register(arrive("app"));
+        let later = reg.register(arrival_to("app"));
         assert!(!later.info.is_killed());
     }
 
     #[tokio::test]
     async fn kill_and_stop_wake_a_waiting_client() {
         let reg = Arc::new(Registry::default());
-        let arrive = |db: &str| Arrival {
-            user: "u".into(),
-            database: db.into(),
-            peer: None,
-            local: None,
-            application_name: String::new(),
-        };
         let wait = |r: Registration| tokio::spawn(async move { r.interrupted().await });
         let (a, b) = (
-            wait(reg.register(arrive("app"))),
-            wait(reg.register(arrive("b"))),
+            wait(reg.register(arrival_to("app"))),
+            wait(reg.register(arrival_to("b"))),
         );
         // Both tasks are parked on their waits before anything happens.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
