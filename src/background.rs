@@ -1,5 +1,6 @@
 //! The proxy's housekeeping tasks: the idle-connection reaper, the `SHOW
-//! STATS` periods, the event-loop lag tickers and reload on SIGHUP. Each
+//! STATS` periods, the latency windows' snapshots, the event-loop lag
+//! tickers and reload on SIGHUP. Each
 //! ends at shutdown.
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::context::Context;
 pub fn spawn(tracker: &TaskTracker, ctx: &Arc<Context>, reload_on_sighup: bool) {
     tracker.spawn(reaper(ctx.clone()));
     tracker.spawn(stats_periods(ctx.clone()));
+    tracker.spawn(latency_snapshots(ctx.clone()));
     tracker.spawn(crate::runtime::watch_lag(
         ctx.loop_lag().clone(),
         ctx.shutdown().clone(),
@@ -55,6 +57,19 @@ async fn stats_periods(ctx: Arc<Context>) {
                     pool.stats().roll(now);
                 }
             }
+            _ = ctx.shutdown().cancelled() => return,
+        }
+    }
+}
+
+/// Snapshots the latency histograms every `window::STEP`, from which
+/// `/status` and `SHOW STATS` compute the last minutes' percentiles.
+async fn latency_snapshots(ctx: Arc<Context>) {
+    let step = crate::measure::window::STEP;
+    let mut tick = tokio::time::interval(step);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => ctx.snapshot_latencies(Instant::now()),
             _ = ctx.shutdown().cancelled() => return,
         }
     }

@@ -19,6 +19,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::events::{EventKind, Events};
 use crate::measure::latency::Latencies;
+use crate::measure::window::Percentiles;
 use crate::measure::ErrorCounts;
 use crate::pool::{Pool, PoolError, PoolSettings, Pools, ServerParams};
 use crate::runtime::LoopLag;
@@ -95,6 +96,8 @@ pub struct Context {
     budget: Arc<crate::sessions::budget::Budget>,
     /// Latency histograms.
     latencies: Latencies,
+    /// Snapshots of them, for the last minutes' percentiles.
+    recent: crate::measure::window::Recent,
     /// Errors sent to clients, by SQLSTATE class.
     errors: Arc<ErrorCounts>,
     /// This proxy's own Prometheus recorder, made at the first scrape.
@@ -114,6 +117,9 @@ pub struct Context {
     /// Users found by `proxy.auth_query`, cached for `proxy.auth_query_ttl`.
     auth_cache: crate::auth_query::AuthCache,
 }
+
+/// The latency series, in the order `Context::latency_totals` gives them.
+pub const LATENCY_SERIES: [&str; 4] = ["query", "transaction", "checkout_wait", "held"];
 
 /// Why the proxy could not run.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +174,7 @@ impl Context {
             seats: Arc::default(),
             budget,
             latencies: Default::default(),
+            recent: Default::default(),
             errors: Default::default(),
             prometheus: std::sync::Mutex::new(None),
             record_metrics,
@@ -279,6 +286,43 @@ impl Context {
     /// Latency histograms.
     pub fn latencies(&self) -> &Latencies {
         &self.latencies
+    }
+
+    /// Every latency histogram since start, in `LATENCY_SERIES` order.
+    pub fn latency_totals(&self) -> Vec<hdrhistogram::Histogram<u64>> {
+        use crate::measure::latency::Kind;
+        vec![
+            self.latencies.merged(Kind::Query),
+            self.latencies.merged(Kind::Transaction),
+            self.latencies.merged(Kind::Wait),
+            self.cluster.holds().durations(),
+        ]
+    }
+
+    /// Keeps this moment's latency histograms for the windows to come.
+    pub fn snapshot_latencies(&self, now: Instant) {
+        self.recent.push(now, self.latency_totals());
+    }
+
+    /// Percentiles of each latency series (`LATENCY_SERIES`) over each
+    /// window (`measure::window::WINDOWS`).
+    pub fn latency_windows(&self) -> Vec<(&'static str, &'static str, Percentiles)> {
+        let (now, totals) = (Instant::now(), self.latency_totals());
+        let windows: Vec<_> = crate::measure::window::WINDOWS
+            .iter()
+            .map(|&(name, span)| (name, self.recent.last(&totals, now, span)))
+            .collect();
+        let mut out = Vec::new();
+        for (i, series) in LATENCY_SERIES.iter().enumerate() {
+            for (window, last) in &windows {
+                out.push((
+                    *series,
+                    *window,
+                    crate::measure::window::percentiles(&last[i]),
+                ));
+            }
+        }
+        out
     }
 
     /// Cancels the query of our client with this key, if it has one

@@ -170,6 +170,14 @@ impl ClientError {
         }
     }
 
+    /// Who made it: PostgreSQL's own refusals are passed on as they came.
+    pub fn origin(&self) -> crate::measure::errors::Origin {
+        match self {
+            ClientError::Server(_) => crate::measure::errors::Origin::Server,
+            _ => crate::measure::errors::Origin::Proxy,
+        }
+    }
+
     /// Whether the connection survives it (ERROR) or is closed after it (FATAL).
     pub fn is_fatal(&self) -> bool {
         if let ClientError::OutOfMemory { fatal, .. } = self {

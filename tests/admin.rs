@@ -124,11 +124,21 @@ async fn show_commands_answer_with_pgbouncer_columns() {
             .iter()
             .map(|f| format!("avg_{}", if *f == "received" { "recv" } else { f })),
     );
+    // PgBouncer's columns first, then the recent latency percentiles.
+    for series in ["query", "xact", "wait"] {
+        for window in ["1m", "5m"] {
+            for q in ["p50", "p99"] {
+                want.push(format!("{series}_{q}_{window}_us"));
+            }
+        }
+    }
     assert_eq!(cols, want);
     let app_stats = rows
         .iter()
         .find(|r| cell(&cols, r, "database") == Some("app"))
         .expect("stats for app");
+    let p50 = num(&cols, app_stats, "query_p50_1m_us");
+    assert!(p50 > 0 && p50 <= num(&cols, app_stats, "query_p99_1m_us"));
     assert!(
         num(&cols, app_stats, "total_xact_count") >= 6,
         "{app_stats:?}"

@@ -86,13 +86,26 @@ async fn health_readiness_status_events_and_metrics() {
         ),
         ticks
     );
+    // Latency histograms: cumulative buckets ending with the count.
+    let buckets: Vec<f64> = after
+        .iter()
+        .filter(|s| s.name == "switchyard_query_duration_seconds_bucket")
+        .map(|s| s.value)
+        .collect();
+    assert_eq!(buckets.len(), 16, "15 bounds and +Inf");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+    assert_eq!(buckets.last(), Some(&count(&after)));
+    assert!(value(&after, "switchyard_query_duration_seconds_sum", &[]) > 0.0);
+    // The last minute's percentiles are in /status.
+    let (_, status) = get(http_addr, "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let q = &status["latency"]["query"]["1m"];
+    assert!(q["count"].as_u64().unwrap() >= 11, "{status}");
     assert!(
-        value(
-            &after,
-            "switchyard_query_duration_seconds",
-            &[("quantile", "0.99")]
-        ) > 0.0
+        q["p99"].as_f64().unwrap() >= q["p50"].as_f64().unwrap(),
+        "{q}"
     );
+    assert!(q["p50"].as_f64().unwrap() > 0.0, "{q}");
     assert!(
         value(&after, "switchyard_transactions_total", &app)
             > value(&before, "switchyard_transactions_total", &app)
@@ -105,6 +118,31 @@ async fn health_readiness_status_events_and_metrics() {
         value(&after, "switchyard_errors_total", &[("class", "22")]),
         1.0,
         "division by zero"
+    );
+    // PostgreSQL's error is the server's; a wrong password is the proxy's.
+    let server_22 = [("class", "22"), ("origin", "server")];
+    assert_eq!(
+        value(&after, "switchyard_client_errors_total", &server_22),
+        1.0
+    );
+    let bad = url.replace("password=app", "password=wrong");
+    assert!(tokio_postgres::connect(&bad, tokio_postgres::NoTls)
+        .await
+        .is_err());
+    let proxy_28 = [("class", "28"), ("origin", "proxy")];
+    let m = scrape(http_addr).await;
+    assert_eq!(value(&m, "switchyard_client_errors_total", &proxy_28), 1.0);
+    assert_eq!(
+        value(
+            &m,
+            "switchyard_client_errors_total",
+            &[("class", "22"), ("origin", "proxy")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "switchyard_write_unavailable_seconds_total", &[]),
+        0.0
     );
     assert_eq!(value(&after, "switchyard_pinned_clients", &[]), 1.0);
     assert_eq!(value(&after, "switchyard_pinned_clients_total", &app), 1.0);

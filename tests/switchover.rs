@@ -733,6 +733,20 @@ async fn admin_switchover_under_load_loses_nothing() {
         _ => None,
     });
     assert!(pause.is_some(), "no write pause recorded");
+    // Writers that came during the pause were held, and the time writes
+    // were unavailable is within the pause.
+    let (_, text) = http_request(http, "GET", "/metrics").await;
+    let m = switchyard::cluster::hardware::exposition::parse(&text).unwrap();
+    let metric = |name: &str| m.iter().find(|s| s.name == name).map_or(0.0, |s| s.value);
+    let held = metric("switchyard_held_query_duration_seconds_count");
+    assert!(held >= 1.0, "no request was held:\n{text}");
+    let unavailable = metric("switchyard_write_unavailable_seconds_total");
+    let pause = metric("switchyard_last_switchover_pause_seconds");
+    assert!(
+        unavailable > 0.0 && unavailable <= pause + 0.05,
+        "writes unavailable {unavailable} s, pause {pause} s"
+    );
+    assert!(metric("switchyard_held_query_duration_seconds_sum") <= held * (pause + 0.05));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

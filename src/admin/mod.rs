@@ -90,7 +90,7 @@ pub async fn serve(mut conn: ClientConn, ctx: Arc<Context>, reg: Registration) {
 }
 
 fn error(out: &mut BytesMut, ctx: &Context, e: &ClientError) {
-    ctx.errors().add(e.sqlstate());
+    ctx.errors().record(e.origin(), e.sqlstate());
     e.encode(out);
 }
 

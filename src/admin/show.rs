@@ -153,6 +153,14 @@ fn stats(ctx: &Context, totals: bool, avgs: bool) -> Table {
                 .map(|f| (prefix("avg", avg_name(f)), Col::Int)),
         );
     }
+    // The full SHOW STATS ends with the proxy's recent latency percentiles,
+    // after PgBouncer's columns (so readers of those are unaffected).
+    let recent = if totals && avgs {
+        recent_latencies(ctx)
+    } else {
+        Vec::new()
+    };
+    cols.extend(recent.iter().map(|(name, _)| (*name, Col::Int)));
     let mut t = Table::new(&cols);
     for (db, (total, delta, secs)) in per_database(ctx) {
         let mut row: Vec<Cell> = vec![db.into()];
@@ -167,9 +175,31 @@ fn stats(ctx: &Context, totals: bool, avgs: bool) -> Table {
             };
             row.extend(a.fields().into_iter().map(Cell::from));
         }
+        row.extend(recent.iter().map(|(_, us)| Cell::from(*us)));
         t.row(row);
     }
     t
+}
+
+/// Proxy-wide p50 and p99 of queries, transactions and checkout waits over
+/// the last minute and five minutes, µs, as `(column, value)`:
+/// `query_p50_1m_us`, `query_p99_1m_us`, ..., `wait_p99_5m_us`.
+fn recent_latencies(ctx: &Context) -> Vec<(&'static str, u64)> {
+    let short = |series: &str| match series {
+        "transaction" => Some("xact"),
+        "checkout_wait" => Some("wait"),
+        "query" => Some("query"),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for (series, window, p) in ctx.latency_windows() {
+        let Some(name) = short(series) else { continue };
+        for (q, secs) in [("p50", p.p50), ("p99", p.p99)] {
+            let col = intern(format!("{name}_{q}_{window}_us"));
+            out.push((col, (secs * 1e6).round() as u64));
+        }
+    }
+    out
 }
 
 /// Totals and last-period deltas summed over each database's pools.

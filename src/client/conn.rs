@@ -229,7 +229,7 @@ impl ClientConn {
     pub async fn send_error(&mut self, err: &ClientError) {
         let mut out = BytesMut::new();
         err.encode(&mut out);
-        self.errors.add(err.sqlstate());
+        self.errors.record(err.origin(), err.sqlstate());
         let _ = self.send(&out).await;
         if err.is_fatal() {
             let _ = self.stream.shutdown().await;

@@ -753,7 +753,7 @@ impl Link {
                 if let (b'E', Some(e)) =
                     (tag, frame.and_then(|f| error_response::decode(f.get(5..)?)))
                 {
-                    errors.add(&e.code);
+                    errors.add_server(&e.code);
                 }
                 if let (b'S', Some(kv)) = (
                     tag,

@@ -84,7 +84,7 @@ pub(super) async fn answer_lost_server(
     let mut out = BytesMut::new();
     for _ in 0..txn.pending {
         err.encode(&mut out);
-        client.errors.add(err.sqlstate());
+        client.errors.record(err.origin(), err.sqlstate());
         backend::ready_for_query(&mut out, status);
     }
     client.send(&out).await?;
@@ -93,7 +93,7 @@ pub(super) async fn answer_lost_server(
         client.discard(true).await?;
         out.clear();
         err.encode(&mut out);
-        client.errors.add(err.sqlstate());
+        client.errors.record(err.origin(), err.sqlstate());
         backend::ready_for_query(&mut out, status);
         client.send(&out).await?;
     }
@@ -125,7 +125,7 @@ pub(super) async fn answer_in_lost_txn(
         ClientError::InFailedTransaction
     };
     err.encode(&mut out);
-    client.errors.add(err.sqlstate());
+    client.errors.record(err.origin(), err.sqlstate());
     client.send(&out).await?;
     if tag != b'Q' {
         client.discard(!matches!(tag, b'F')).await?;

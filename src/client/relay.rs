@@ -398,7 +398,9 @@ impl Session {
     async fn refuse(&mut self, tag: u8, client_err: ClientError) -> Result<(), ClientGone> {
         let mut out = BytesMut::new();
         client_err.encode_as(&mut out, false);
-        self.ctx.errors().add(client_err.sqlstate());
+        self.ctx
+            .errors()
+            .record(client_err.origin(), client_err.sqlstate());
         self.client.send(&out).await?;
         let through_sync = !matches!(tag, b'Q' | b'F');
         self.client.discard(through_sync).await?;

@@ -172,6 +172,8 @@ pub struct Cluster {
     writes_held: std::sync::atomic::AtomicBool,
     /// With `[coordination]`: where this proxy stands among the others.
     coordination: Mutex<Option<coord::CoordinationStatus>>,
+    /// Requests the pools held while nothing was routable.
+    holds: crate::measure::holds::Holds,
 }
 
 /// Why no server connection could be opened.
@@ -207,8 +209,15 @@ impl Cluster {
             split_brain: Default::default(),
             writes_held: Default::default(),
             coordination: Mutex::new(None),
+            holds: Default::default(),
             not_streaming: Default::default(),
         }
+    }
+
+    /// Requests held for a routable node: their waits and the time writes
+    /// were unavailable.
+    pub fn holds(&self) -> &crate::measure::holds::Holds {
+        &self.holds
     }
 
     /// The same cluster, reaching its nodes with `tls` (shared with the

@@ -276,6 +276,8 @@ fn status_json(ctx: &Context) -> serde_json::Value {
         "pools": pools,
         "clients": clients,
         "event_loop_lag_seconds": ctx.loop_lag().snapshot().last,
+        "latency": latency_json(ctx),
+        "write_unavailable_seconds": ctx.cluster().holds().unavailable(std::time::Instant::now()).as_secs_f64(),
         "coordination": ctx.cluster().coordination(),
         "config": {
             "pool_mode": crate::config::settings(&config).into_iter().find(|s| s.0 == "pool_mode").map(|s| s.1),
@@ -283,6 +285,19 @@ fn status_json(ctx: &Context) -> serde_json::Value {
             "nodes": config.nodes().iter().map(|n| serde_json::json!({"name": n.name, "addr": n.addr})).collect::<Vec<_>>(),
         },
     })
+}
+
+/// Percentiles per latency series and window, seconds:
+/// `{"query": {"1m": {"count", "p50", ...}, "5m": ...}, ...}`.
+fn latency_json(ctx: &Context) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for (series, window, p) in ctx.latency_windows() {
+        let entry = out
+            .entry(series)
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        entry[window] = serde_json::to_value(p).unwrap_or_default();
+    }
+    out.into()
 }
 
 /// Ready while a primary is routable. Otherwise the reason, with why this

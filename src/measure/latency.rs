@@ -22,7 +22,7 @@ pub enum Kind {
 
 const KINDS: usize = 3;
 /// Samples are microseconds, clamped to one hour.
-const MAX_MICROS: u64 = 3_600_000_000;
+pub(crate) const MAX_MICROS: u64 = 3_600_000_000;
 
 /// Per-worker histograms, merged when read.
 pub struct Latencies {
@@ -78,7 +78,8 @@ impl Latencies {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
+/// An empty histogram of µs samples with the bounds every one here shares.
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("static histogram bounds are valid")
 }
 

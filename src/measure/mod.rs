@@ -1,8 +1,12 @@
 //! What the hot path records for metrics to read later: latency histograms
-//! (`latency`) and errors sent to clients by class (`errors`). Rendering them
-//! is `metrics`'s job, at scrape time.
+//! (`latency`), errors sent to clients by class and origin (`errors`), and
+//! requests held for a routable node (`holds`); `window` keeps what the last
+//! minutes' percentiles need. Rendering them is `metrics`'s job, at scrape
+//! time.
 
 pub mod errors;
+pub mod holds;
 pub mod latency;
+pub mod window;
 
 pub use errors::ErrorCounts;

@@ -3,7 +3,8 @@
 //! counters, the client registry, per-worker histograms, the cluster
 //! status); a scrape copies them into this proxy's own Prometheus recorder
 //! (not the process-global one: tests run several proxies in one process)
-//! and renders it, then appends the latency summaries from hdrhistogram.
+//! and renders it, then appends the histograms: latency ones bucketed from
+//! hdrhistogram, which also serves the windowed percentiles of `/status`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -12,7 +13,6 @@ use metrics::{counter, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
 use crate::context::Context;
-use crate::measure::latency::Kind;
 use crate::sessions::registry::ClientState;
 
 /// The Prometheus type of a metric.
@@ -22,8 +22,6 @@ pub enum Type {
     Counter,
     /// Goes up and down.
     Gauge,
-    /// Quantiles (p50/p90/p99/p999) plus `_sum` and `_count`.
-    Summary,
     /// Fixed cumulative buckets (`_bucket{le=...}`) plus `_sum` and `_count`.
     Histogram,
 }
@@ -38,9 +36,12 @@ pub const METRICS: &[(&str, Type, &str)] = &[
     (RECEIVED_BYTES, Type::Counter, "Bytes received from clients, by database and user"),
     (SENT_BYTES, Type::Counter, "Bytes sent to clients, by database and user"),
     (ERRORS, Type::Counter, "ErrorResponses sent to clients (from PostgreSQL or from Switchyard), by SQLSTATE class (first two characters)"),
-    (QUERY_DURATION, Type::Summary, "Query latency through the proxy, from request to ReadyForQuery (hdrhistogram, since start)"),
-    (TRANSACTION_DURATION, Type::Summary, "Transaction latency through the proxy, from the first request to the ReadyForQuery that ends it (hdrhistogram, since start)"),
-    (CHECKOUT_WAIT, Type::Summary, "Wait for a server connection, per checkout (hdrhistogram, since start)"),
+    (CLIENT_ERRORS, Type::Counter, "ErrorResponses sent to clients, by SQLSTATE class and origin: proxy (made by Switchyard) or server (from PostgreSQL)"),
+    (QUERY_DURATION, Type::Histogram, "Query latency through the proxy, from request to ReadyForQuery (since start)"),
+    (TRANSACTION_DURATION, Type::Histogram, "Transaction latency through the proxy, from the first request to the ReadyForQuery that ends it (since start)"),
+    (CHECKOUT_WAIT, Type::Histogram, "Wait for a server connection, per checkout (since start)"),
+    (HELD_DURATION, Type::Histogram, "How long a request was held for a routable node (a failover or switchover under way), from its first wait to its release or timeout"),
+    (WRITE_UNAVAILABLE, Type::Counter, "Seconds during which at least one request was held waiting for a routable primary"),
     (NODE_UP, Type::Gauge, "1 when the node passes health checks, by node"),
     (NODE_ROLE, Type::Gauge, "1 for the node's current role (primary, replica, unknown), by node and role"),
     (NODE_LAG_BYTES, Type::Gauge, "Replication lag of a replica in bytes, by node"),
@@ -82,12 +83,24 @@ pub const RECEIVED_BYTES: &str = "switchyard_received_bytes_total";
 pub const SENT_BYTES: &str = "switchyard_sent_bytes_total";
 /// Errors by SQLSTATE class.
 pub const ERRORS: &str = "switchyard_errors_total";
-/// Query latency summary.
+/// Errors by SQLSTATE class and origin.
+pub const CLIENT_ERRORS: &str = "switchyard_client_errors_total";
+/// Query latency histogram.
 pub const QUERY_DURATION: &str = "switchyard_query_duration_seconds";
-/// Transaction latency summary.
+/// Transaction latency histogram.
 pub const TRANSACTION_DURATION: &str = "switchyard_transaction_duration_seconds";
-/// Checkout wait summary.
+/// Checkout wait histogram.
 pub const CHECKOUT_WAIT: &str = "switchyard_checkout_wait_seconds";
+/// Held request histogram.
+pub const HELD_DURATION: &str = "switchyard_held_query_duration_seconds";
+/// Time with a request held for a primary.
+pub const WRITE_UNAVAILABLE: &str = "switchyard_write_unavailable_seconds_total";
+
+/// Upper bounds of the latency histograms' buckets, seconds. Fixed, so the
+/// series of a fleet of proxies add up.
+pub const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 /// Node health.
 pub const NODE_UP: &str = "switchyard_node_up";
 /// Node role.
@@ -144,7 +157,7 @@ pub fn recorder() -> PrometheusRecorder {
                 Type::Counter => metrics::describe_counter!(name, help),
                 Type::Gauge => metrics::describe_gauge!(name, help),
                 // Rendered by `render` from where the values live, not by the recorder.
-                Type::Summary | Type::Histogram => {}
+                Type::Histogram => {}
             }
         }
     });
@@ -165,8 +178,19 @@ pub fn render(ctx: &Context) -> String {
         for (class, n) in ctx.errors().snapshot() {
             counter!(ERRORS, "class" => class).absolute(n);
         }
+        for ((class, origin), n) in ctx.errors().by_origin() {
+            counter!(CLIENT_ERRORS, "class" => class, "origin" => origin.as_str()).absolute(n);
+        }
     });
     let mut out = rec.handle().render();
+    // Fractional seconds: the recorder's counters are integers.
+    let unavailable = ctx.cluster().holds().unavailable(std::time::Instant::now());
+    let _ = writeln!(
+        out,
+        "# HELP {WRITE_UNAVAILABLE} {}\n# TYPE {WRITE_UNAVAILABLE} counter\n{WRITE_UNAVAILABLE} {}",
+        help_of(WRITE_UNAVAILABLE),
+        unavailable.as_secs_f64()
+    );
     // Series that have no value yet (no error of any class so far) still
     // announce themselves, so dashboards and the README list stay checkable.
     for &(name, ty, help) in METRICS {
@@ -179,26 +203,53 @@ pub fn render(ctx: &Context) -> String {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {ty}");
         }
     }
-    for (name, kind) in [
-        (QUERY_DURATION, Kind::Query),
-        (TRANSACTION_DURATION, Kind::Transaction),
-        (CHECKOUT_WAIT, Kind::Wait),
-    ] {
-        summary(&mut out, name, &ctx.latencies().merged(kind));
+    let names = [
+        QUERY_DURATION,
+        TRANSACTION_DURATION,
+        CHECKOUT_WAIT,
+        HELD_DURATION,
+    ];
+    for (name, h) in names.into_iter().zip(ctx.latency_totals()) {
+        histogram(
+            &mut out,
+            name,
+            &LATENCY_BUCKETS,
+            &bucketed(&h, &LATENCY_BUCKETS),
+        );
     }
-    histogram(
-        &mut out,
-        EVENT_LOOP_LAG,
-        &crate::runtime::LAG_BUCKETS,
-        &ctx.loop_lag().snapshot(),
-    );
+    let lag = ctx.loop_lag().snapshot();
+    histogram(&mut out, EVENT_LOOP_LAG, &crate::runtime::LAG_BUCKETS, &lag);
     out
+}
+
+fn help_of(name: &str) -> &'static str {
+    METRICS.iter().find(|m| m.0 == name).map_or("", |m| m.2)
+}
+
+/// An hdrhistogram of µs samples as cumulative counts at `bounds` (seconds;
+/// exact to the histogram's 1 % resolution) and a sum in seconds.
+fn bucketed(h: &hdrhistogram::Histogram<u64>, bounds: &[f64]) -> crate::runtime::LagSnapshot {
+    let mut cumulative: Vec<u64> = bounds
+        .iter()
+        .map(|b| {
+            if h.is_empty() {
+                0
+            } else {
+                h.count_between(0, (b * 1e6) as u64)
+            }
+        })
+        .collect();
+    cumulative.push(h.len());
+    crate::runtime::LagSnapshot {
+        cumulative,
+        sum: h.mean() * h.len() as f64 / 1e6,
+        last: 0.0,
+    }
 }
 
 /// Renders a fixed-bucket histogram.
 fn histogram(out: &mut String, name: &str, bounds: &[f64], s: &crate::runtime::LagSnapshot) {
-    let help = METRICS.iter().find(|m| m.0 == name).map_or("", |m| m.2);
-    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# HELP {name} {}", help_of(name));
     let _ = writeln!(out, "# TYPE {name} histogram");
     for (le, n) in bounds
         .iter()
@@ -330,24 +381,6 @@ fn node_name(ctx: &Context, addr: &str) -> String {
         .map_or_else(|| addr.to_string(), |n| n.name.clone())
 }
 
-/// Appends a Prometheus summary of `h` (µs samples) in seconds.
-fn summary(out: &mut String, name: &str, h: &hdrhistogram::Histogram<u64>) {
-    let help = METRICS.iter().find(|m| m.0 == name).map_or("", |m| m.2);
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} summary");
-    for q in [0.5, 0.9, 0.99, 0.999] {
-        let v = if h.is_empty() {
-            0.0
-        } else {
-            h.value_at_quantile(q) as f64 / 1e6
-        };
-        let _ = writeln!(out, "{name}{{quantile=\"{q}\"}} {v}");
-    }
-    let sum = h.mean() * h.len() as f64 / 1e6;
-    let _ = writeln!(out, "{name}_sum {sum}");
-    let _ = writeln!(out, "{name}_count {}", h.len());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,15 +401,28 @@ mod tests {
     }
 
     #[test]
-    fn summaries_render_quantiles_sum_and_count() {
-        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 1_000_000, 2).unwrap();
-        for us in [1000, 2000, 3000] {
+    fn latency_histograms_are_cumulative_and_end_with_the_count() {
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 2).unwrap();
+        for us in [300, 1000, 3000, 3000, 40_000_000] {
             h.record(us).unwrap();
         }
+        let s = bucketed(&h, &LATENCY_BUCKETS);
+        // le 0.0005: 1; 0.001: 2; 0.005: 4; ...; 30: 4; +Inf: 5.
+        assert_eq!(
+            s.cumulative,
+            vec![1, 2, 2, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 5]
+        );
+        assert!((s.sum - 40.0073).abs() < 0.5, "{}", s.sum);
         let mut out = String::new();
-        summary(&mut out, QUERY_DURATION, &h);
-        assert!(out.contains("# TYPE switchyard_query_duration_seconds summary"));
-        assert!(out.contains("switchyard_query_duration_seconds{quantile=\"0.99\"} 0.003"));
-        assert!(out.contains("switchyard_query_duration_seconds_count 3"));
+        histogram(&mut out, QUERY_DURATION, &LATENCY_BUCKETS, &s);
+        assert!(out.contains("# TYPE switchyard_query_duration_seconds histogram"));
+        assert!(out.contains("switchyard_query_duration_seconds_bucket{le=\"0.001\"} 2"));
+        assert!(out.contains("switchyard_query_duration_seconds_bucket{le=\"+Inf\"} 5"));
+        assert!(out.contains("switchyard_query_duration_seconds_count 5"));
+        let empty = bucketed(
+            &hdrhistogram::Histogram::<u64>::new(2).unwrap(),
+            &LATENCY_BUCKETS,
+        );
+        assert!(empty.cumulative.iter().all(|&n| n == 0) && empty.sum == 0.0);
     }
 }

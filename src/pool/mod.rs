@@ -213,6 +213,8 @@ impl Pool {
                     .map_err(|_| PoolError::Timeout)?
             }
         };
+        // Begun at the first wait, recorded when the checkout ends either way.
+        let mut hold = None;
         loop {
             let version = s.cluster.version();
             let found = s
@@ -241,6 +243,8 @@ impl Pool {
             }
             let wait = s.cluster.changed(version);
             let _held = Gauge::up(&s.held);
+            let wants_primary = settings.target == Target::Primary;
+            hold.get_or_insert_with(|| s.cluster.holds().begin(wants_primary));
             if tokio::time::timeout_at(deadline, wait).await.is_err() {
                 return Err(PoolError::HoldTimeout);
             }
