@@ -2,12 +2,14 @@
 //! and runs the proxy (or `check-config`, `healthcheck`, or `demo`). All logic
 //! is in the library.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use switchyard::config::Config;
+use switchyard::config::{Config, LogConfig, LogFormat};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -20,20 +22,31 @@ struct Cli {
     /// else the SWITCHYARD__... environment alone (docs/configuration.md).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    /// Log level (overridden by RUST_LOG).
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
+    /// Log format; overrides `[log] format` (default text).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<FormatArg>,
+    /// Log level directives, e.g. `warn,switchyard=debug`; overrides RUST_LOG
+    /// and `[log] level` (default info).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+/// `--log-format`'s values: the library's type knows nothing of clap.
 #[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
+enum FormatArg {
     Text,
     Json,
+}
+
+impl From<FormatArg> for LogFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Text => LogFormat::Text,
+            FormatArg::Json => LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -60,7 +73,6 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
     match dispatch(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -70,10 +82,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+// Logging starts once the configuration is loaded: its `[log]` section
+// decides how. Errors before that go to stderr through `main`.
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let log = LogFlags {
+        format: cli.log_format.map(LogFormat::from),
+        level: cli.log_level,
+    };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
             let (config, path) = load_config(cli.config)?;
+            // Also checks the flags and RUST_LOG the proxy would run with.
+            log.init(&config.log)?;
             let source = path.map_or_else(|| ENV_SOURCE.to_string(), |p| p.display().to_string());
             println!("{source}: configuration is valid");
             for w in switchyard::config::warnings(&config) {
@@ -83,6 +103,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run => {
             let (config, path) = load_config(cli.config)?;
+            log.init(&config.log)?;
             let source = path
                 .as_ref()
                 .map_or_else(|| ENV_SOURCE.to_string(), |p| p.display().to_string());
@@ -94,6 +115,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let workers = config.proxy.workers;
             runtime(workers)?.block_on(serve(config, path))
         }
+        // Logs nothing: no logger, so a stray RUST_LOG cannot fail a probe.
         Command::Healthcheck { url } => {
             let status = switchyard::http::check::get_status(&url, Duration::from_secs(2))
                 .with_context(|| url.clone())?;
@@ -101,7 +123,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{url}: HTTP {status}");
             Ok(())
         }
-        Command::Demo { listen } => demo(&listen),
+        Command::Demo { listen } => {
+            log.init(&LogConfig::default())?;
+            demo(&listen)
+        }
     }
 }
 
@@ -256,14 +281,52 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+/// The logging flags; each beats RUST_LOG and the file.
+struct LogFlags {
+    format: Option<LogFormat>,
+    level: Option<String>,
+}
+
+impl LogFlags {
+    /// Installs the logger: format from `--log-format`, else `[log] format`;
+    /// level from `--log-level`, else RUST_LOG, else `[log] level`
+    /// (docs/configuration.md). Colours only when stderr is a terminal: in
+    /// a file or a journal escape codes are noise.
+    fn init(&self, config: &LogConfig) -> anyhow::Result<()> {
+        let (filter, ignored) = log_filter(self.level.as_deref(), &config.level)?;
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal());
+        match self.format.unwrap_or(config.format) {
+            LogFormat::Text => builder.init(),
+            // Fields at the top level, so `jq .listen` works.
+            LogFormat::Json => builder.json().flatten_event(true).init(),
+        }
+        if let Some(why) = ignored {
+            tracing::warn!("{why}");
+        }
+        Ok(())
     }
+}
+
+/// The level filter, and why RUST_LOG was ignored if it was. A bad flag is
+/// an error; a bad RUST_LOG, set for some other program perhaps, only a
+/// warning. RUST_LOG keeps `tracing`'s own syntax, bare target names included.
+fn log_filter(flag: Option<&str>, configured: &str) -> anyhow::Result<(EnvFilter, Option<String>)> {
+    if let Some(level) = flag {
+        let filter = switchyard::config::level_filter(level).context("--log-level")?;
+        return Ok((filter, None));
+    }
+    let ignored = match std::env::var("RUST_LOG") {
+        Ok(env) if env.trim().is_empty() => None,
+        Ok(env) => match EnvFilter::builder().parse(&env) {
+            Ok(filter) => return Ok((filter, None)),
+            Err(e) => Some(format!("RUST_LOG={env:?} ignored: {e}")),
+        },
+        Err(std::env::VarError::NotPresent) => None,
+        Err(std::env::VarError::NotUnicode(_)) => Some("RUST_LOG ignored: not UTF-8".into()),
+    };
+    let filter = switchyard::config::level_filter(configured).context("log.level")?;
+    Ok((filter, ignored))
 }

@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{
-    ClusterTlsConfig, Config, FailoverConfig, HealthConfig, HttpConfig, ProxyConfig, RoutingConfig,
-    SwitchoverConfig,
+    ClusterTlsConfig, Config, FailoverConfig, HealthConfig, HttpConfig, LogConfig, ProxyConfig,
+    RoutingConfig, SwitchoverConfig,
 };
 
 /// Whether changing the `SHOW CONFIG` setting `key` needs a restart (RELOAD
@@ -56,6 +56,8 @@ pub fn settings(config: &Config) -> Vec<(String, String, String)> {
         &config.cluster.tls,
         &ClusterTlsConfig::default(),
     );
+    // The file's values: the binary's flags and RUST_LOG may override them.
+    section(&mut out, "log.", &config.log, &LogConfig::default());
     out
 }
 
@@ -135,5 +137,7 @@ mod tests {
         assert!(get("switchover.drain_timeout").is_some());
         assert!(needs_restart("listen") && !needs_restart("default_pool_size"));
         assert!(needs_restart("workers") && needs_restart("http.metrics"));
+        assert_eq!(get("log.level").unwrap().1, "info");
+        assert!(needs_restart("log.format") && needs_restart("log.level"));
     }
 }

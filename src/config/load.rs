@@ -558,6 +558,46 @@ mod tests {
     }
 
     #[test]
+    fn log_section_from_file_and_environment() {
+        use crate::config::LogFormat;
+        let cfg = load_str(MINIMAL).unwrap();
+        assert_eq!(
+            (cfg.log.format, cfg.log.level.as_str()),
+            (LogFormat::Text, "info")
+        );
+        let cfg = load_str(&format!(
+            "{MINIMAL}\n[log]\nformat = \"json\"\nlevel = \"warn\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (cfg.log.format, cfg.log.level.as_str()),
+            (LogFormat::Json, "warn")
+        );
+        // A comma in the level is part of it, not a list.
+        let cfg = load_env_only(&env(&[
+            ("SWITCHYARD__CLUSTER__NODES", "a:1"),
+            ("SWITCHYARD__LOG__FORMAT", "json"),
+            ("SWITCHYARD__LOG__LEVEL", "warn,switchyard=debug"),
+        ]))
+        .unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        assert_eq!(cfg.log.level, "warn,switchyard=debug");
+    }
+
+    #[test]
+    fn a_bad_log_setting_names_its_key() {
+        for (log, says) in [
+            ("level = \"warning\"", "log.level = \"warning\""),
+            ("level = \"switchyard=loud\"", "log.level"),
+            ("format = \"xml\"", "xml"),
+            ("colour = true", "colour"),
+        ] {
+            let err = load_str(&format!("{MINIMAL}\n[log]\n{log}\n")).expect_err(log);
+            assert!(err.to_string().contains(says), "{log}: {err}");
+        }
+    }
+
+    #[test]
     fn env_keys_map_to_dotted_paths() {
         assert_eq!(
             env_key("SWITCHYARD__PROXY__DEFAULT_POOL_SIZE"),

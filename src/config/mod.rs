@@ -9,6 +9,7 @@ pub mod hardware;
 pub mod hidden;
 mod http_url;
 mod load;
+pub mod log;
 pub mod password;
 pub mod peers;
 pub mod redact;
@@ -28,6 +29,7 @@ pub use load::{
     default_file, load, load_env, load_str, ConfigError, DEFAULT_PATHS, NODES_ENV, PEERS_ENV,
     USERS_ENV,
 };
+pub use log::{level_filter, LevelError, LogConfig, LogFormat};
 pub use peers::{PeerConfig, MAX_PEER_ID};
 pub use validate::{is_loopback, trust_allowed_on, validate, warnings};
 
@@ -69,6 +71,10 @@ pub struct Config {
     /// CancelRequests for their clients' keys are sent on. Needs `proxy.peer_id`.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// `[log]`: format and level of the log lines (the binary's flags and
+    /// `RUST_LOG` take precedence).
+    #[serde(default)]
+    pub log: LogConfig,
 }
 
 /// `[switchover]` section.

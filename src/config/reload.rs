@@ -46,6 +46,9 @@ const RESTART: &[(&str, Changed)] = &[
     // The coordination task joins etcd once, under one name.
     ("cluster.name", |a, b| a.cluster.name != b.cluster.name),
     ("coordination", |a, b| a.coordination != b.coordination),
+    // The binary installs its logger once, before serving.
+    ("log.format", |a, b| a.log.format != b.log.format),
+    ("log.level", |a, b| a.log.level != b.log.level),
 ];
 
 /// The settings that differ between `old` and `new` but only change on restart.
@@ -104,5 +107,12 @@ mod tests {
         )
         .unwrap();
         assert!(needs_restart(&old, &more_nodes).is_empty(), "nodes reload");
+        assert_eq!(
+            needs_restart(
+                &old,
+                &config("[log]\nformat = \"json\"\nlevel = \"warn\"\n")
+            ),
+            ["log.format", "log.level"]
+        );
     }
 }

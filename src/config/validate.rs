@@ -75,6 +75,8 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
             return Err(format!("databases.{name}.pool_size must be at least 1"));
         }
     }
+    super::level_filter(&cfg.log.level)
+        .map_err(|e| format!("log.level = {:?}: {e}", cfg.log.level))?;
     Ok(())
 }
 
