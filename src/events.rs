@@ -214,22 +214,25 @@ impl Events {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .count(kind, at);
+        let mut guard = self.ring.lock().unwrap_or_else(|e| e.into_inner());
+        let (seq, ring) = &mut *guard;
+        *seq += 1;
+        // One structured line per event, with the seq `/events` shows.
         if kind.is_warning() {
             tracing::warn!(
+                seq = *seq,
                 event = kind.as_str(),
                 node = node.unwrap_or("-"),
                 "{message}"
             );
         } else {
             tracing::info!(
+                seq = *seq,
                 event = kind.as_str(),
                 node = node.unwrap_or("-"),
                 "{message}"
             );
         }
-        let mut guard = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let (seq, ring) = &mut *guard;
-        *seq += 1;
         if ring.len() == self.capacity {
             ring.pop_front();
         }
