@@ -1,7 +1,9 @@
 //! HTTP for orchestrators and operators: `/healthz` (the process serves),
 //! `/readyz` (a primary is routable: a sidecar's readiness probe), `/status`
-//! (nodes, JSON), `/events?since=N` (the incident timeline, JSON) and
-//! `/metrics` (Prometheus text). Loopback by default (`[http] listen`).
+//! (nodes, JSON), `/events?since=N` (the incident timeline, JSON),
+//! `/metrics` (Prometheus text) and `/`, a status page for people that
+//! reads `/status` and `/events` from the browser. Loopback by default
+//! (`[http] listen`).
 //! Handlers are pure functions of the cluster state, tested without sockets.
 //! [`check`] is the other side: the `switchyard healthcheck` client.
 
@@ -9,13 +11,16 @@ pub mod check;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::cluster::Snapshot;
@@ -24,6 +29,13 @@ use crate::events::Event;
 
 /// How long a client has to send a whole request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The content type of the status page, the one HTML answer.
+const HTML: &str = "text/html; charset=utf-8";
+
+/// The status page: one file with its script and style inline, so it needs
+/// no build step and loads nothing from elsewhere.
+const STATUS_PAGE: &str = include_str!("status_page.html");
 
 /// Serves HTTP on `listener` until the proxy shuts down: at most
 /// `http.max_connections` at once (more are closed on accept), one request
@@ -71,9 +83,16 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>) {
                     } else {
                         respond(req.uri().path(), req.uri().query(), &ctx)
                     };
+                    // nosniff: a browser reads each answer as the type it
+                    // names, never JSON or text as a page.
                     let mut response = Response::builder()
                         .status(status)
-                        .header("content-type", content_type);
+                        .header("content-type", content_type)
+                        .header(hyper::header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+                    if content_type == HTML {
+                        response =
+                            response.header(hyper::header::CONTENT_SECURITY_POLICY, page_policy());
+                    }
                     if status == StatusCode::UNAUTHORIZED {
                         // Bearer is the one scheme any endpoint takes (RFC 6750).
                         response = response.header(
@@ -107,6 +126,7 @@ pub fn respond(
     const TEXT: &str = "text/plain; charset=utf-8";
     let cluster = &ctx.cluster();
     match path {
+        "/" => (StatusCode::OK, HTML, STATUS_PAGE.into()),
         "/healthz" => (StatusCode::OK, TEXT, "ok\n".into()),
         "/readyz" => match readiness(&cluster.snapshot(), held(cluster).as_deref()) {
             Ok(()) => (StatusCode::OK, TEXT, "ready\n".into()),
@@ -137,6 +157,38 @@ pub fn respond(
         ),
         _ => (StatusCode::NOT_FOUND, TEXT, "not found\n".into()),
     }
+}
+
+/// The status page's Content-Security-Policy: its own inline script and
+/// style, named by their hashes, and fetches to the origin that served it.
+/// Nothing else loads or runs, so even markup that got into the page could
+/// not act.
+fn page_policy() -> &'static str {
+    static POLICY: OnceLock<String> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        format!(
+            "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
+             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+            inline_hash(STATUS_PAGE, "script"),
+            inline_hash(STATUS_PAGE, "style"),
+        )
+    })
+}
+
+/// The CSP source `'sha256-…'` of the text between the first `<tag>` and
+/// `</tag>` of `page`, hashed as the browser hashes an inline element.
+fn inline_hash(page: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let start = page.find(&open).map(|i| i + open.len());
+    let end = page.find(&format!("</{tag}>"));
+    let text = match (start, end) {
+        (Some(s), Some(e)) if s <= e => &page[s..e],
+        _ => "",
+    };
+    format!(
+        "'sha256-{}'",
+        STANDARD.encode(Sha256::digest(text.as_bytes()))
+    )
 }
 
 /// `POST /switchover[?to=node]`: a planned switchover, answered when done.
@@ -338,6 +390,37 @@ mod tests {
         )
         .unwrap();
         Context::new(config, Default::default()).unwrap()
+    }
+
+    #[test]
+    fn the_status_page_is_html_that_loads_nothing_from_elsewhere() {
+        let (code, content_type, page) = respond("/", None, &context());
+        assert_eq!((code, content_type), (StatusCode::OK, HTML));
+        assert!(page.starts_with("<!DOCTYPE html>"));
+        assert!(!page.contains("://"), "an absolute URL in the page");
+        // One inline script and one style, the two the policy hashes; a
+        // style attribute or inline handler would be blocked by it.
+        assert_eq!(page.matches("<script").count(), 1);
+        assert_eq!(page.matches("<style").count(), 1);
+        assert!(!page.contains(" style=") && !page.contains(" onload="));
+        // Server data goes in as text only.
+        assert!(!page.contains("innerHTML") && !page.contains("insertAdjacentHTML"));
+    }
+
+    #[test]
+    fn the_page_policy_allows_its_own_script_and_style_only() {
+        assert_eq!(
+            inline_hash("<p><script>x</script></p>", "script"),
+            "'sha256-LXEWQrcmsEQBYnyp+6wy9chTD7GQPMTbAiWHF5IaSIE='"
+        );
+        let policy = page_policy();
+        assert!(policy.starts_with("default-src 'none';"), "{policy}");
+        assert!(policy.contains("connect-src 'self';"), "{policy}");
+        assert!(!policy.contains("unsafe"), "{policy}");
+        for tag in ["script", "style"] {
+            let hash = inline_hash(STATUS_PAGE, tag);
+            assert!(policy.contains(&format!("{tag}-src {hash};")), "{policy}");
+        }
     }
 
     #[test]
