@@ -98,6 +98,8 @@ pub struct Context {
     latencies: Latencies,
     /// Snapshots of them, for the last minutes' percentiles.
     recent: crate::measure::window::Recent,
+    /// Notification delivery outcomes.
+    notify_stats: Arc<crate::notify::Stats>,
     /// Errors sent to clients, by SQLSTATE class.
     errors: Arc<ErrorCounts>,
     /// This proxy's own Prometheus recorder, made at the first scrape.
@@ -133,6 +135,9 @@ pub enum RunError {
     /// The configuration cannot serve on the socket given (`trust` off loopback).
     #[error("{0}")]
     Refused(String),
+    /// A `[[notify]]` receiver cannot be set up (its CA file).
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
 }
 
 impl Context {
@@ -175,6 +180,7 @@ impl Context {
             budget,
             latencies: Default::default(),
             recent: Default::default(),
+            notify_stats: Arc::default(),
             errors: Default::default(),
             prometheus: std::sync::Mutex::new(None),
             record_metrics,
@@ -286,6 +292,11 @@ impl Context {
     /// Latency histograms.
     pub fn latencies(&self) -> &Latencies {
         &self.latencies
+    }
+
+    /// Notification delivery outcomes.
+    pub fn notify_stats(&self) -> &Arc<crate::notify::Stats> {
+        &self.notify_stats
     }
 
     /// Every latency histogram since start, in `LATENCY_SERIES` order.

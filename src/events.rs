@@ -112,7 +112,8 @@ impl EventKind {
         }
     }
 
-    fn is_warning(self) -> bool {
+    /// Whether it is logged as a warning: something failed or needs a look.
+    pub fn is_warning(self) -> bool {
         matches!(
             self,
             EventKind::NodeDown
@@ -152,7 +153,13 @@ pub struct Events {
     ring: Mutex<(u64, VecDeque<Event>)>,
     capacity: usize,
     tallies: Mutex<Tallies>,
+    /// Each new event, for the notification tasks: bounded, and a sender
+    /// never waits (a receiver that falls behind loses the oldest).
+    live: tokio::sync::broadcast::Sender<Event>,
 }
+
+/// Events a subscriber that falls behind can be short of before it loses some.
+const LIVE_CAPACITY: usize = 256;
 
 /// Counts that outlive the bounded ring, for the metrics.
 #[derive(Debug, Clone, Default)]
@@ -203,7 +210,14 @@ impl Events {
             ring: Mutex::new((0, VecDeque::new())),
             capacity: capacity.max(1),
             tallies: Mutex::default(),
+            live: tokio::sync::broadcast::channel(LIVE_CAPACITY).0,
         }
+    }
+
+    /// Every event recorded from now on. A receiver that falls more than
+    /// `LIVE_CAPACITY` behind is told how many it lost.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.live.subscribe()
     }
 
     /// Records an event and logs it (warn for failures, info otherwise).
@@ -236,13 +250,18 @@ impl Events {
         if ring.len() == self.capacity {
             ring.pop_front();
         }
-        ring.push_back(Event {
+        let event = Event {
             seq: *seq,
             at,
             kind,
             node: node.map(str::to_string),
             message,
-        });
+        };
+        if self.live.receiver_count() > 0 {
+            // Never blocks; fails only when nobody listens.
+            let _ = self.live.send(event.clone());
+        }
+        ring.push_back(event);
     }
 
     /// Counts by kind and failover totals.
@@ -258,6 +277,64 @@ impl Events {
         let guard = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         guard.1.iter().filter(|e| e.seq > seq).cloned().collect()
     }
+}
+
+/// A wall-clock time's UTC calendar fields, for the times shown to people
+/// and receivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Utc {
+    /// Year.
+    pub year: i64,
+    /// Month, 1 to 12.
+    pub month: u32,
+    /// Day of the month, from 1.
+    pub day: u32,
+    /// Hour, minute and second.
+    pub hms: (u64, u64, u64),
+    /// Milliseconds past the second.
+    pub millis: u32,
+}
+
+impl Utc {
+    /// `at`'s fields (before 1970: 1970-01-01).
+    pub fn of(at: SystemTime) -> Utc {
+        let d = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let secs = d.as_secs();
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days as i64);
+        Utc {
+            year,
+            month,
+            day,
+            hms: (rem / 3600, rem % 3600 / 60, rem % 60),
+            millis: d.subsec_millis(),
+        }
+    }
+
+    /// `2026-12-06T02:55:59.123Z`.
+    pub fn rfc3339(&self) -> String {
+        let (h, m, s) = self.hms;
+        format!(
+            "{:04}-{:02}-{:02}T{h:02}:{m:02}:{s:02}.{:03}Z",
+            self.year, self.month, self.day, self.millis
+        )
+    }
+}
+
+/// The Gregorian date `days` after 1970-01-01: shift to a calendar that
+/// starts in March (so the leap day ends a year), then count 400-year eras.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, 0..146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // 0..399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of the March-based year
+    let mp = (5 * doy + 2) / 153; // March = 0
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]
@@ -287,5 +364,24 @@ mod tests {
         let t = events.tallies();
         assert_eq!(t.failovers, 1);
         assert!(t.last_failover_seconds.is_some_and(|s| s >= 0.0));
+    }
+
+    #[test]
+    fn utc_fields_and_rfc3339() {
+        use std::time::Duration;
+        let at = |secs: u64, ms: u64| {
+            Utc::of(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(ms))
+                .rfc3339()
+        };
+        for (secs, ms, want) in [
+            (0, 0, "1970-01-01T00:00:00.000Z"),
+            (951_782_400, 5, "2000-02-29T00:00:00.005Z"),
+            (951_868_800, 0, "2000-03-01T00:00:00.000Z"),
+            (1_709_251_199, 999, "2024-02-29T23:59:59.999Z"),
+            (1_796_525_759, 0, "2026-12-06T02:55:59.000Z"),
+            (4_102_444_800, 0, "2100-01-01T00:00:00.000Z"),
+        ] {
+            assert_eq!(at(secs, ms), want);
+        }
     }
 }

@@ -158,6 +158,52 @@ pub async fn status(url: &HttpUrl) -> Result<u16, FetchError> {
     Ok(head.status)
 }
 
+/// `POST`s `body` to `url` with the credentials of `options` and the extra
+/// `headers`, and returns the answer's status code, whatever it is (the
+/// body is left unread). No timeout of its own, as [`get`].
+pub async fn post(
+    url: &HttpUrl,
+    options: &Options,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<u16, FetchError> {
+    let mut request = post_head(url, options, headers, body.len()).into_bytes();
+    request.extend_from_slice(body);
+    let tcp = connect(url).await?;
+    // Nothing of the answer's body is read: no length is too large for it.
+    let head = match url.scheme {
+        Scheme::Http => send_request(&mut { tcp }, &request, usize::MAX).await?.1,
+        Scheme::Https => {
+            let mut tls = handshake(tcp, url, options).await?;
+            send_request(&mut tls, &request, usize::MAX).await?.1
+        }
+    };
+    Ok(head.status)
+}
+
+/// A `POST` request head for a body of `len` bytes.
+fn post_head(url: &HttpUrl, options: &Options, headers: &[(&str, String)], len: usize) -> String {
+    let mut head = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: switchyard\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n",
+        url.path, url.authority
+    );
+    if let Some(a) = &options.authorization {
+        head.push_str(&format!("Authorization: {}\r\n", a.value()));
+    }
+    for (name, value) in headers {
+        // Header values come from the configuration; a line break in one
+        // would start a header of its own.
+        let value: String = value
+            .chars()
+            .filter(|c| !matches!(c, '\r' | '\n'))
+            .collect();
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
 async fn connect(url: &HttpUrl) -> Result<TcpStream, FetchError> {
     TcpStream::connect((url.host.as_str(), url.port))
         .await
@@ -226,10 +272,17 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     options: &Options,
     max_body: usize,
 ) -> Result<(BytesMut, Head), FetchError> {
-    stream
-        .write_all(request(url, options).as_bytes())
-        .await
-        .map_err(FetchError::Io)?;
+    send_request(stream, request(url, options).as_bytes(), max_body).await
+}
+
+/// Sends `request` (head and body, complete) and reads the response head,
+/// as [`send`].
+async fn send_request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &[u8],
+    max_body: usize,
+) -> Result<(BytesMut, Head), FetchError> {
+    stream.write_all(request).await.map_err(FetchError::Io)?;
     stream.flush().await.map_err(FetchError::Io)?;
 
     let mut buf = BytesMut::with_capacity(8 * 1024);

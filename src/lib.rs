@@ -12,7 +12,8 @@
 //! - [`auth`] checks clients and logs into PostgreSQL;
 //! - [`protocol`] frames messages and decodes the few bodies the proxy reads;
 //! - [`config`] loads and validates the TOML file;
-//! - [`http_client`] is the minimal HTTP/1.1 GET of hardware probes and `switchyard healthcheck`;
+//! - [`http_client`] is the minimal HTTP/1.1 client of hardware probes, notifications and `switchyard healthcheck`;
+//! - [`notify`] sends timeline events to `[[notify]]` receivers (webhook, Slack, PagerDuty);
 //! - [`tls`] builds the TLS acceptor (clients) and connector (servers), and the stream both use;
 //! - [`error`] maps every client-visible error to its SQLSTATE;
 //! - [`runtime`] builds the tokio runtime `[proxy] workers` asks for;
@@ -40,6 +41,7 @@ pub mod listener;
 pub mod local_cluster;
 pub mod measure;
 pub mod metrics;
+pub mod notify;
 pub mod pool;
 pub mod protocol;
 pub mod runtime;

@@ -75,6 +75,14 @@ pub async fn serve(
     let ctx = Arc::new(ctx);
     let tracker = TaskTracker::new();
     crate::background::spawn(&tracker, &ctx, opts.reload_on_sighup);
+    // Before the monitor: its first events are worth sending too.
+    crate::notify::spawn_all(
+        &ctx.config().notify,
+        &ctx.cluster().events,
+        ctx.notify_stats(),
+        &tracker,
+        &token,
+    )?;
     if let Some(http) = opts.http {
         tracker.spawn(crate::http::serve(http, ctx.clone()));
     }

@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
         "local_cluster",
     ],
     &["error", "auth", "tls", "http_client"],
-    &["server"],
+    &["server", "notify"],
     &["cluster"],
     &["pool", "auth_query"],
     &["context"],

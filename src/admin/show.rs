@@ -636,7 +636,7 @@ fn events(ctx: &Context) -> Table {
     for e in ctx.cluster().events.since(0) {
         t.row(vec![
             e.seq.into(),
-            timestamp(e.at).into(),
+            timestamp_ms(e.at).into(),
             e.kind.as_str().into(),
             e.node.clone().into(),
             e.message.clone().into(),
@@ -663,32 +663,19 @@ fn micros_since(t: SystemTime, now: SystemTime) -> u64 {
 
 /// `YYYY-MM-DD HH:MM:SS UTC`, as PgBouncer prints times.
 pub fn timestamp(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let u = crate::events::Utc::of(t);
+    let (h, m, s) = u.hms;
+    format!("{:04}-{:02}-{:02} {h:02}:{m:02}:{s:02} UTC", u.year, u.month, u.day)
 }
 
-/// Gregorian date of a day count since 1970-01-01 (the well-known
-/// era-based conversion).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+/// As [`timestamp`], with milliseconds: events come close together.
+fn timestamp_ms(t: SystemTime) -> String {
+    let u = crate::events::Utc::of(t);
+    let (h, m, s) = u.hms;
+    format!(
+        "{:04}-{:02}-{:02} {h:02}:{m:02}:{s:02}.{:03} UTC",
+        u.year, u.month, u.day, u.millis
+    )
 }
 
 #[cfg(test)]
@@ -702,6 +689,8 @@ mod tests {
         assert_eq!(at(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(at(951_782_400), "2000-02-29 00:00:00 UTC");
         assert_eq!(at(1_795_779_296), "2026-11-27 11:34:56 UTC");
+        let ms = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_779_296_042);
+        assert_eq!(timestamp_ms(ms), "2026-11-27 11:34:56.042 UTC");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod hidden;
 mod http_url;
 mod load;
 pub mod log;
+pub mod notify;
 pub mod password;
 pub mod peers;
 pub mod redact;
@@ -75,6 +76,9 @@ pub struct Config {
     /// `RUST_LOG` take precedence).
     #[serde(default)]
     pub log: LogConfig,
+    /// `[[notify]]`: receivers of incident notifications.
+    #[serde(default)]
+    pub notify: Vec<notify::NotifyConfig>,
 }
 
 /// `[switchover]` section.

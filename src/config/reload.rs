@@ -32,6 +32,8 @@ const RESTART: &[(&str, Changed)] = &[
     // Keys already issued carry the id the proxy started with.
     ("proxy.peer_id", |a, b| a.proxy.peer_id != b.proxy.peer_id),
     ("http.listen", |a, b| a.http.listen != b.http.listen),
+    // Each receiver's delivery task is started with the proxy.
+    ("notify", |a, b| a.notify != b.notify),
     ("http.metrics", |a, b| a.http.metrics != b.http.metrics),
     // The monitor reads health, failover, routing and switchover settings at
     // every tick and takes node changes from the reload; its login is fixed

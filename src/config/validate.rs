@@ -55,6 +55,7 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     validate_auth_user(cfg)?;
     validate_tls(cfg)?;
     super::peers::validate(cfg.proxy.peer_id, &cfg.peers)?;
+    super::notify::validate(&cfg.notify)?;
     if let Some(p) = cfg
         .coordination
         .problems(&cfg.cluster.name)

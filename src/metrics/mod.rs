@@ -63,6 +63,7 @@ pub const METRICS: &[(&str, Type, &str)] = &[
     (PINNED_CLIENTS_TOTAL, Type::Counter, "Clients pinned to one server connection in transaction mode (LISTEN, temp tables, SET ROLE, ...), by database, user and reason"),
     (PAUSED_POOLS, Type::Gauge, "Pools paused by the admin console"),
     (PEER_CANCELS, Type::Counter, "CancelRequests whose key names another instance among [[peers]], by outcome: forwarded (sent on, and the peer closed), failed (peer unreachable or not done within 2 s), in_flight (dropped: that key was still being forwarded, a loop of misconfigured peers or a repeat), busy (dropped: 64 forwards under way)"),
+    (NOTIFICATIONS, Type::Counter, "Notifications to [[notify]] receivers, by outcome: delivered, retried (an attempt failed and another follows), failed (refused, or out of attempts), dropped (never attempted: the receiver fell too far behind)"),
     (EVENTS, Type::Counter, "Topology and failover events recorded on the incident timeline, by kind"),
     (EVENT_LOOP_LAG, Type::Histogram, "How late the event loops ran a timer task, per tick of a ticker per worker every 100 ms: time every task on that loop waited (a task that does not yield shows here)"),
 ];
@@ -143,6 +144,8 @@ pub const PINNED_CLIENTS_TOTAL: &str = "switchyard_pinned_clients_total";
 pub const PAUSED_POOLS: &str = "switchyard_paused_pools";
 /// CancelRequests for peers, by outcome.
 pub const PEER_CANCELS: &str = "switchyard_peer_cancels_total";
+/// Notification outcomes.
+pub const NOTIFICATIONS: &str = "switchyard_notifications_total";
 /// Timeline events by kind.
 pub const EVENTS: &str = "switchyard_events_total";
 /// Event-loop scheduling delay.
@@ -172,6 +175,9 @@ pub fn render(ctx: &Context) -> String {
         record_pools(ctx);
         record_nodes(ctx);
         record_events(ctx);
+        for (outcome, n) in ctx.notify_stats().counts() {
+            counter!(NOTIFICATIONS, "outcome" => outcome).absolute(n);
+        }
         for (outcome, n) in ctx.peer_cancels().counts() {
             counter!(PEER_CANCELS, "outcome" => outcome.as_str()).absolute(n);
         }

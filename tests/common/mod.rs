@@ -89,6 +89,22 @@ impl Proxy {
         Self::spawn(cluster, config, opts).await
     }
 
+    /// As [`Proxy::start_from_file`], with the HTTP endpoints; returns their address too.
+    pub async fn start_from_file_with_http(
+        cluster: Arc<LocalCluster>,
+        path: &std::path::Path,
+    ) -> (Proxy, std::net::SocketAddr) {
+        let config = switchyard::config::load(path).expect("test config file is valid");
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let opts = switchyard::listener::Options {
+            config_path: Some(path.to_path_buf()),
+            http: Some(http),
+            ..Default::default()
+        };
+        (Self::spawn(cluster, config, opts).await, http_addr)
+    }
+
     /// As [`Proxy::start_from_file`], on a listener bound beforehand.
     pub async fn start_from_file_on(
         cluster: Arc<LocalCluster>,
