@@ -114,6 +114,28 @@ impl fmt::Debug for Authorization {
     }
 }
 
+/// What a request asks for in its `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    /// Prometheus text format 0.0.4: exporters and the proxy's own endpoints.
+    PrometheusText,
+    /// JSON: a Redfish service, which may refuse (406) a request that
+    /// accepts only text.
+    Json,
+}
+
+impl Accept {
+    /// The header's value.
+    fn value(self) -> &'static str {
+        match self {
+            // Asking for the 0.0.4 text format keeps exporters that negotiate
+            // (client_golang) off OpenMetrics and protobuf.
+            Accept::PrometheusText => "text/plain;version=0.0.4",
+            Accept::Json => "application/json",
+        }
+    }
+}
+
 /// How a request reaches its server and says who sends it.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -136,12 +158,23 @@ pub async fn get_with(
     options: &Options,
     max_body: usize,
 ) -> Result<Vec<u8>, FetchError> {
+    get_accepting(url, options, Accept::PrometheusText, max_body).await
+}
+
+/// As [`get_with`], asking for `accept` rather than Prometheus text.
+pub async fn get_accepting(
+    url: &HttpUrl,
+    options: &Options,
+    accept: Accept,
+    max_body: usize,
+) -> Result<Vec<u8>, FetchError> {
     let tcp = connect(url).await?;
+    let request = request(url, options, accept);
     match url.scheme {
-        Scheme::Http => fetch_body(tcp, url, options, max_body).await,
+        Scheme::Http => fetch_body(tcp, &request, max_body).await,
         Scheme::Https => {
             let tls = handshake(tcp, url, options).await?;
-            fetch_body(tls, url, options, max_body).await
+            fetch_body(tls, &request, max_body).await
         }
     }
 }
@@ -225,14 +258,13 @@ async fn handshake(
         .map_err(FetchError::Handshake)
 }
 
-/// Sends the request on `stream` and reads the body of a 2xx answer.
+/// Sends `request` on `stream` and reads the body of a 2xx answer.
 async fn fetch_body<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    url: &HttpUrl,
-    options: &Options,
+    request: &str,
     max_body: usize,
 ) -> Result<Vec<u8>, FetchError> {
-    let (buf, head) = send(&mut stream, url, options, max_body).await?;
+    let (buf, head) = send_request(&mut stream, request.as_bytes(), max_body).await?;
     if !(200..300).contains(&head.status) {
         return Err(FetchError::Status {
             status: head.status,
@@ -247,19 +279,20 @@ async fn fetch_body<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The request head: a `GET` of the URL's path, with the credentials.
-fn request(url: &HttpUrl, options: &Options) -> String {
+fn request(url: &HttpUrl, options: &Options, accept: Accept) -> String {
     let authorization = options
         .authorization
         .as_ref()
         .map(|a| format!("Authorization: {}\r\n", a.value()))
         .unwrap_or_default();
-    // Asking for the 0.0.4 text format and no compression keeps exporters that
-    // negotiate (client_golang) off OpenMetrics, protobuf and gzip.
+    // No compression: this client decodes none (gzip is refused).
     format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: switchyard\r\n\
-         Accept: text/plain;version=0.0.4\r\nAccept-Encoding: identity\r\n\
+         Accept: {}\r\nAccept-Encoding: identity\r\n\
          {authorization}Connection: close\r\n\r\n",
-        url.path, url.authority
+        url.path,
+        url.authority,
+        accept.value()
     )
 }
 
@@ -272,7 +305,8 @@ async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     options: &Options,
     max_body: usize,
 ) -> Result<(BytesMut, Head), FetchError> {
-    send_request(stream, request(url, options).as_bytes(), max_body).await
+    let request = request(url, options, Accept::PrometheusText);
+    send_request(stream, request.as_bytes(), max_body).await
 }
 
 /// Sends `request` (head and body, complete) and reads the response head,
@@ -650,6 +684,20 @@ mod tests {
             let err = parse(h).expect_err(h).to_string();
             assert!(err.contains(needle), "{h:?}: {err}");
         }
+    }
+
+    #[test]
+    fn requests_ask_for_their_media_type() {
+        let url = HttpUrl::parse("http://bmc:8000/redfish/v1").unwrap();
+        let options = Options::default();
+        let text = request(&url, &options, Accept::PrometheusText);
+        assert!(text.starts_with("GET /redfish/v1 HTTP/1.1\r\nHost: bmc:8000\r\n"));
+        assert!(
+            text.contains("\r\nAccept: text/plain;version=0.0.4\r\n"),
+            "{text}"
+        );
+        let json = request(&url, &options, Accept::Json);
+        assert!(json.contains("\r\nAccept: application/json\r\n"), "{json}");
     }
 
     #[test]

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::{Hidden, HttpUrl, Scheme};
 
 /// `[cluster.nodes.hardware]`: where a node's hardware status comes from.
-/// Exactly one of `url` and `command`. `Debug` shows no secret (they are
-/// [`Hidden`]).
+/// Exactly one of `url`, `command` and `redfish`. `Debug` shows no secret
+/// (they are [`Hidden`]).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HardwareSpec {
@@ -26,6 +26,10 @@ pub struct HardwareSpec {
     /// anything else unknown; the first line of stdout is the reason.
     #[serde(default)]
     pub command: Option<String>,
+    /// A BMC's Redfish service root (`http[s]://bmc/redfish/v1`), whose
+    /// chassis and systems report their own health: no exporter needed.
+    #[serde(default)]
+    pub redfish: Option<String>,
     /// Time between probes. Default `5s`.
     #[serde(default = "default_interval", with = "super::duration")]
     pub interval: Duration,
@@ -39,8 +43,8 @@ pub struct HardwareSpec {
     /// force is acted on (1: every reading at once). Default 3.
     #[serde(default = "default_failing_after")]
     pub failing_after: u32,
-    /// PEM CA certificates that sign an `https://` exporter's certificate;
-    /// needed with `https://`, which trusts nothing else.
+    /// PEM CA certificates that sign an `https://` exporter's (or BMC's)
+    /// certificate; needed with `https://`, which trusts nothing else.
     #[serde(default)]
     pub ca_file: Option<String>,
     /// Sent as `Authorization: Bearer <token>` (`https://` only).
@@ -66,16 +70,37 @@ fn default_timeout() -> Duration {
     Duration::from_secs(2)
 }
 
+/// Where a probe's verdict comes from: the one of `url`, `command` and
+/// `redfish` that is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source<'a> {
+    /// A Prometheus text endpoint judged by rules.
+    Url(&'a str),
+    /// A shell command whose exit status is the verdict.
+    Command(&'a str),
+    /// A Redfish service root.
+    Redfish(&'a str),
+}
+
 impl HardwareSpec {
+    /// The probe's source; an error unless exactly one is set.
+    pub fn source(&self) -> Result<Source<'_>, String> {
+        match (&self.url, &self.command, &self.redfish) {
+            (Some(url), None, None) => Ok(Source::Url(url)),
+            (None, Some(command), None) => Ok(Source::Command(command)),
+            (None, None, Some(root)) => Ok(Source::Redfish(root)),
+            (None, None, None) => Err("hardware: set url (a Prometheus metrics endpoint), \
+                                       command, or redfish (a BMC's service root)"
+                .into()),
+            _ => Err("hardware: set one of url, command and redfish, not several".into()),
+        }
+    }
+
     /// Checks what serde cannot; the message names the offending key (and
     /// never repeats a secret).
     pub fn validate(&self) -> Result<(), String> {
-        let url = match (&self.url, &self.command) {
-            (Some(_), Some(_)) => return Err("hardware: set url or command, not both".into()),
-            (None, None) => {
-                return Err("hardware: set url (a Prometheus metrics endpoint) or command".into())
-            }
-            (Some(url), None) => {
+        let url = match self.source()? {
+            Source::Url(url) => {
                 let parsed =
                     HttpUrl::parse(url).map_err(|e| format!("hardware.url = {url:?}: {e}"))?;
                 if self.rules.is_empty() {
@@ -83,16 +108,23 @@ impl HardwareSpec {
                 }
                 Some(parsed)
             }
-            (None, Some(command)) => {
+            Source::Command(command) => {
                 if command.trim().is_empty() {
                     return Err("hardware.command is empty".into());
                 }
-                if !self.rules.is_empty() {
-                    return Err("hardware.rules apply to url probes only; \
-                                a command reports through its exit status"
+                self.check_no_rules("a command reports through its exit status")?;
+                None
+            }
+            Source::Redfish(root) => {
+                let parsed = HttpUrl::parse(root)
+                    .map_err(|e| format!("hardware.redfish = {root:?}: {e}"))?;
+                self.check_no_rules("a redfish probe reads the health the BMC reports")?;
+                if self.token.is_some() {
+                    return Err("hardware.token applies to url probes only; \
+                                a redfish probe sends username and password (basic)"
                         .into());
                 }
-                None
+                Some(parsed)
             }
         };
         self.check_access(url.as_ref().map(|u| u.scheme))?;
@@ -112,10 +144,19 @@ impl HardwareSpec {
         Ok(())
     }
 
-    /// The keys that reach an exporter: `ca_file` for `https://` (and only
-    /// there), credentials over `https://` only (over `http://` anyone on
-    /// the path would read them, a spoofed exporter first), never for a
-    /// command (`scheme` `None`).
+    /// `rules` judge scraped series, which only a url probe has.
+    fn check_no_rules(&self, why: &str) -> Result<(), String> {
+        if self.rules.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("hardware.rules apply to url probes only; {why}"))
+        }
+    }
+
+    /// The keys that reach an exporter or a BMC: `ca_file` for `https://`
+    /// (and only there), credentials over `https://` only (over `http://`
+    /// anyone on the path would read them, a spoofed exporter first), never
+    /// for a command (`scheme` `None`).
     fn check_access(&self, scheme: Option<Scheme>) -> Result<(), String> {
         let credentials = [
             ("token", self.token.is_some()),
@@ -125,9 +166,13 @@ impl HardwareSpec {
         let set = credentials.iter().find(|(_, set)| *set).map(|(k, _)| *k);
         match (scheme, set) {
             (None, _) if self.ca_file.is_some() => {
-                return Err("hardware.ca_file applies to url probes only".into())
+                return Err("hardware.ca_file applies to url and redfish probes only".into())
             }
-            (None, Some(key)) => return Err(format!("hardware.{key} applies to url probes only")),
+            (None, Some(key)) => {
+                return Err(format!(
+                    "hardware.{key} applies to url and redfish probes only"
+                ))
+            }
             (Some(Scheme::Http), _) if self.ca_file.is_some() => {
                 return Err("hardware.ca_file is for https:// urls".into())
             }
@@ -138,7 +183,7 @@ impl HardwareSpec {
             }
             (Some(Scheme::Https), _) if self.ca_file.is_none() => {
                 return Err("hardware.ca_file is needed with an https:// url: \
-                            the PEM CA that signs the exporter's certificate"
+                            the PEM CA that signs the exporter's or BMC's certificate"
                     .into())
             }
             _ => {}
@@ -524,7 +569,36 @@ mod tests {
         let cases = [
             (
                 "command = \"a\"\nurl = \"http://h/m\"".to_string(),
-                "not both",
+                "not several",
+            ),
+            (
+                "redfish = \"http://bmc/redfish/v1\"\ncommand = \"a\"".to_string(),
+                "not several",
+            ),
+            (
+                "redfish = \"bmc/redfish/v1\"".to_string(),
+                "hardware.redfish = \"bmc/redfish/v1\": must start with http://",
+            ),
+            (
+                "redfish = \"http://bmc/redfish/v1\"\n".to_string() + rule,
+                "rules apply to url probes only; a redfish probe",
+            ),
+            (
+                "redfish = \"https://bmc/redfish/v1\"".to_string(),
+                "ca_file is needed with an https:// url",
+            ),
+            (
+                "redfish = \"http://bmc/redfish/v1\"\nusername = \"u\"\npassword = \"s3cret\""
+                    .to_string(),
+                "hardware.username would cross the network in clear over http://",
+            ),
+            (
+                format!("{REDFISH}token = \"s3cret\""),
+                "hardware.token applies to url probes only",
+            ),
+            (
+                format!("{REDFISH}username = \"u\""),
+                "username and hardware.password go together",
             ),
             (rule.to_string(), "set url"),
             (
@@ -541,11 +615,11 @@ mod tests {
             ),
             (
                 "command = \"x\"\npassword = \"s3cret\"".to_string(),
-                "hardware.password applies to url probes only",
+                "hardware.password applies to url and redfish probes only",
             ),
             (
                 "command = \"x\"\nca_file = \"/ca.pem\"".to_string(),
-                "ca_file applies to url probes only",
+                "ca_file applies to url and redfish probes only",
             ),
             (
                 format!(
@@ -607,6 +681,29 @@ mod tests {
 
     /// The start of an https probe, as the error cases above use it.
     const HTTPS: &str = "url = \"https://bmc1/metrics\"\nca_file = \"/etc/ca.pem\"\n";
+    /// The start of an https Redfish probe.
+    const REDFISH: &str = "redfish = \"https://bmc1/redfish/v1\"\nca_file = \"/etc/ca.pem\"\n";
+
+    #[test]
+    fn redfish_probes_load_with_basic_credentials_and_hide_them() {
+        let s = spec(&format!(
+            "[hardware]\n{REDFISH}username = \"probe\"\npassword = \"pa55word\"\ntimeout = \"5s\""
+        ))
+        .unwrap();
+        assert_eq!(s.source(), Ok(Source::Redfish("https://bmc1/redfish/v1")));
+        assert_eq!(s.timeout, Duration::from_secs(5));
+        assert_eq!(s.interval, default_interval());
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("pa55") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("pa55word"), "{json}");
+        // Without credentials (a lab BMC, an emulator), plain http is fine.
+        let plain = spec("[hardware]\nredfish = \"http://127.0.0.1:8000/redfish/v1\"").unwrap();
+        assert_eq!(plain.failing_after, 3);
+    }
 
     #[test]
     fn https_probes_with_credentials_load_and_hide_them() {

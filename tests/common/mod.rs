@@ -23,9 +23,11 @@ pub mod certs;
 pub mod coord;
 pub mod etcd;
 pub mod hardware;
+pub mod redfish;
 pub mod relay;
 pub mod script;
 pub mod shipped;
+pub mod switching;
 
 static CLUSTER: Mutex<Weak<LocalCluster>> = Mutex::new(Weak::new());
 

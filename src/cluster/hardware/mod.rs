@@ -8,7 +8,9 @@
 //! - `url`: an HTTP endpoint serving Prometheus text (node_exporter,
 //!   ipmi_exporter, a Redfish exporter), judged by [`Rule`]s on named series; or
 //! - `command`: a shell command whose exit status is the verdict (0 ok,
-//!   1 degraded, 2 failing) and whose first line of stdout is the reason.
+//!   1 degraded, 2 failing) and whose first line of stdout is the reason; or
+//! - `redfish`: a BMC's Redfish service root, whose chassis (power supplies,
+//!   temperatures, fans) and systems report their own health.
 //!
 //! Each probe yields a [`Verdict`]: [`HardwareStatus`] `ok`, `degraded`,
 //! `failing` or `unknown` (the probe itself failed: unreachable, timed out,
@@ -23,6 +25,9 @@
 //! - [`rules`]: statuses, verdicts and [`evaluate`] (pure);
 //! - [`probe`](mod@probe): [`probe()`](fn@probe), which runs one probe (I/O,
 //!   through [`crate::http_client`] for a `url`, over TLS for `https://`);
+//! - [`redfish`]: what a Redfish resource links to and reports, and the
+//!   mapping from its health to a status (pure); [`redfish_probe`]: following
+//!   those links on the BMC, bounded (I/O);
 //! - [`confirm`]: which status is in force after a probe's last readings:
 //!   a worse one only after `failing_after` in a row (pure);
 //! - [`pace`]: whether a hardware verdict may move the primary now, given
@@ -33,6 +38,8 @@ pub mod confirm;
 pub mod exposition;
 pub mod pace;
 pub mod probe;
+pub mod redfish;
+pub mod redfish_probe;
 pub mod rules;
 pub mod watch;
 

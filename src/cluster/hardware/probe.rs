@@ -1,8 +1,9 @@
 //! Running one hardware probe: [`probe`] takes the `[cluster.nodes.hardware]`
 //! section of a node ([`HardwareSpec`]), scrapes the exporter (over TLS for
-//! `https://`, with its credentials) or runs the command and returns a
-//! [`Verdict`]. This is the I/O half; deciding is left to
-//! [`super::rules::evaluate`]. Every failure of the probe itself is an
+//! `https://`, with its credentials), runs the command, or reads the BMC's
+//! Redfish service ([`super::redfish_probe`]) and returns a [`Verdict`].
+//! This is the I/O half; deciding is left to [`super::rules::evaluate`] and
+//! [`super::redfish`]. Every failure of the probe itself is an
 //! `unknown` verdict with the reason, never an error or a panic: the caller
 //! only ever needs a status. No reason ever holds a credential.
 
@@ -14,7 +15,7 @@ use tokio::process::{ChildStdout, Command};
 
 use super::exposition;
 use super::rules::{evaluate, HardwareStatus, Verdict};
-use crate::config::hardware::HardwareSpec;
+use crate::config::hardware::{HardwareSpec, Source};
 use crate::config::{HttpUrl, Scheme};
 use crate::http_client::{self, Authorization, Options};
 
@@ -32,10 +33,11 @@ const MAX_REASON_CHARS: usize = 200;
 ///
 /// Cancel safe: dropping it closes the connection or kills the command.
 pub async fn probe(spec: &HardwareSpec) -> Verdict {
-    match (&spec.url, &spec.command) {
-        (Some(url), None) => scrape(url, spec).await,
-        (None, Some(command)) => run_command(command, spec.timeout).await,
-        _ => Verdict::unknown("hardware probe needs exactly one of url and command"),
+    match spec.source() {
+        Ok(Source::Url(url)) => scrape(url, spec).await,
+        Ok(Source::Command(command)) => run_command(command, spec.timeout).await,
+        Ok(Source::Redfish(root)) => super::redfish_probe::probe(root, spec).await,
+        Err(e) => Verdict::unknown(e),
     }
 }
 
@@ -67,11 +69,11 @@ async fn scrape(url: &str, spec: &HardwareSpec) -> Verdict {
     }
 }
 
-/// TLS and credentials for a scrape of `target`. The CA file is read at
-/// every scrape (on the blocking pool: a file read has no place on the
-/// event loop), so a certificate renewed in place is trusted from the next
-/// scrape on.
-async fn options(target: &HttpUrl, spec: &HardwareSpec) -> Result<Options, String> {
+/// TLS and credentials for a scrape of `target` (or a Redfish probe of
+/// it). The CA file is read at every probe (on the blocking pool: a file
+/// read has no place on the event loop), so a certificate renewed in place
+/// is trusted from the next probe on.
+pub(super) async fn options(target: &HttpUrl, spec: &HardwareSpec) -> Result<Options, String> {
     let tls = match (target.scheme, &spec.ca_file) {
         (Scheme::Https, Some(ca_file)) => {
             let ca_file = ca_file.clone();
