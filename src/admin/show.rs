@@ -665,7 +665,10 @@ fn micros_since(t: SystemTime, now: SystemTime) -> u64 {
 pub fn timestamp(t: SystemTime) -> String {
     let u = crate::events::Utc::of(t);
     let (h, m, s) = u.hms;
-    format!("{:04}-{:02}-{:02} {h:02}:{m:02}:{s:02} UTC", u.year, u.month, u.day)
+    format!(
+        "{:04}-{:02}-{:02} {h:02}:{m:02}:{s:02} UTC",
+        u.year, u.month, u.day
+    )
 }
 
 /// As [`timestamp`], with milliseconds: events come close together.
