@@ -8,15 +8,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use base64::Engine;
 use common::redfish::{Gate, Sushy};
-use common::switching::{
-    admin, assert_nothing_lost, count, create_table, has, node_column, port_of, timeline, values,
-    Workload,
-};
-use common::{direct_client, http_request, private_pair, wait_until as eventually, Proxy, USERS};
+use common::switching::{admin, count, has, moved_under_load, node_column, timeline};
+use common::{http_request, private_pair, wait_until as eventually, Proxy, USERS};
 use switchyard::cluster::hardware::{probe, HardwareSpec, HardwareStatus, Verdict};
 use switchyard::local_cluster::{CLUSTER_PASSWORD, CLUSTER_USER};
 
@@ -202,41 +197,20 @@ async fn a_dead_power_supply_of_a_pair_moves_the_primary_without_client_errors()
     );
     let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
     let admin = admin(&proxy).await;
-    let setup = proxy.client().await;
-    let table = create_table(&setup).await;
     eventually(10, "hardware ok", || async {
         node_column(&admin, "db1", "hardware").await == "ok"
     })
     .await;
-
-    let load = Workload::start(&proxy, &table, 6).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
     // One supply of a redundant pair dies: the host still has power, but no
     // spare. The primary moves before the second one goes.
-    bmc.sushy.set_psu(0, "Enabled", Some("Critical"));
-    eventually(20, "primary moved to db2", || async {
-        node_column(&admin, "db2", "role").await == "primary"
-            && port_of(&setup).await == replica.port()
-    })
-    .await;
-    let old_rows = values(&direct_client(primary.port()).await, &table)
-        .await
-        .len();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let (acked, errors) = load.finish().await;
-    assert_nothing_lost(&replica, &primary, &table, &acked, &errors, old_rows).await;
-
-    assert_eq!(node_column(&admin, "db1", "hardware").await, "degraded");
-    assert_eq!(node_column(&admin, "db1", "state").await, "fenced");
-    let (_, status) = http_request(http, "GET", "/status").await;
-    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(v["primary"], "db2");
+    let dies = async { bmc.sushy.set_psu(0, "Enabled", Some("Critical")) };
+    let v = moved_under_load(&proxy, http, (&primary, &replica), "degraded", dies).await;
     assert!(
         v["nodes"][0]["hardware_reasons"][0]
             .as_str()
             .unwrap()
             .contains("power supply \"PS1\""),
-        "{status}"
+        "{v}"
     );
     let events = timeline(http).await;
     for kind in ["hardware_degraded", "switchover_started"] {
@@ -247,7 +221,7 @@ async fn a_dead_power_supply_of_a_pair_moves_the_primary_without_client_errors()
     assert_eq!(count(&events, "failover_started"), 0, "{events:?}");
     assert_eq!(count(&events, "switchover_failed"), 0, "{events:?}");
     let (_, raw_events) = http_request(http, "GET", "/events").await;
-    for shown in [&status, &raw_events] {
+    for shown in [&v.to_string(), &raw_events] {
         assert!(!shown.contains(PASSWORD), "the BMC password leaked");
     }
 }

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use common::hardware::{exposition, powered_off, Exporter, Frozen};
 use common::switching::{
-    admin, assert_nothing_lost, count, create_table, has, node_column, port_of, timeline, values,
-    Workload,
+    admin, assert_nothing_lost, count, create_table, has, moved_under_load, node_column, port_of,
+    timeline, values, Workload,
 };
 use common::{
     direct_client, http_request, private_pair as start_pair, sqlstate, unique,
@@ -144,34 +144,9 @@ async fn a_degraded_psu_moves_the_primary_without_client_errors() {
         "",
         "switchover_on_degraded = true\n",
     );
-    let Probed {
-        proxy,
-        http,
-        admin,
-        client: setup,
-        table,
-    } = Probed::start(&cluster, &toml).await;
-
-    let load = Workload::start(&proxy, &table, 6).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    exporter.set(&exposition(1, 45));
-    eventually(20, "primary moved to db2", || async {
-        node_column(&admin, "db2", "role").await == "primary"
-            && port_of(&setup).await == replica.port()
-    })
-    .await;
-    let old_rows = values(&direct_client(primary.port()).await, &table)
-        .await
-        .len();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let (acked, errors) = load.finish().await;
-    assert_nothing_lost(&replica, &primary, &table, &acked, &errors, old_rows).await;
-
-    assert_eq!(node_column(&admin, "db1", "hardware").await, "degraded");
-    assert_eq!(node_column(&admin, "db1", "state").await, "fenced");
-    let (_, status) = http_request(http, "GET", "/status").await;
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(status["primary"], "db2");
+    let Probed { proxy, http, .. } = Probed::start(&cluster, &toml).await;
+    let degrade = async { exporter.set(&exposition(1, 45)) };
+    let status = moved_under_load(&proxy, http, (&primary, &replica), "degraded", degrade).await;
     assert_eq!(status["nodes"][0]["hardware"], "degraded");
     assert!(status["nodes"][0]["hardware_reasons"][0]
         .as_str()
@@ -575,7 +550,8 @@ async fn admin_switchover_under_load_loses_nothing() {
     });
     assert!(pause.is_some(), "no write pause recorded");
     // Writers that came during the pause were held, and the time writes
-    // were unavailable is within the pause.
+    // were unavailable is within the pause (give or take the wake-up of a
+    // held request; not the new server connection it opens next).
     let (_, text) = http_request(http, "GET", "/metrics").await;
     let m = switchyard::cluster::hardware::exposition::parse(&text).unwrap();
     let metric = |name: &str| m.iter().find(|s| s.name == name).map_or(0.0, |s| s.value);
@@ -584,10 +560,10 @@ async fn admin_switchover_under_load_loses_nothing() {
     let unavailable = metric("switchyard_write_unavailable_seconds_total");
     let pause = metric("switchyard_last_switchover_pause_seconds");
     assert!(
-        unavailable > 0.0 && unavailable <= pause + 0.05,
+        unavailable > 0.0 && unavailable <= pause + 0.1,
         "writes unavailable {unavailable} s, pause {pause} s"
     );
-    assert!(metric("switchyard_held_query_duration_seconds_sum") <= held * (pause + 0.05));
+    assert!(metric("switchyard_held_query_duration_seconds_sum") <= held * (pause + 0.1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

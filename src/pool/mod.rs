@@ -213,7 +213,8 @@ impl Pool {
                     .map_err(|_| PoolError::Timeout)?
             }
         };
-        // Begun at the first wait, recorded when the checkout ends either way.
+        // Begun at the first wait; ends once something is routable, or with
+        // the checkout (a timeout).
         let mut hold = None;
         loop {
             let version = s.cluster.version();
@@ -224,10 +225,18 @@ impl Pool {
             let conn = match found {
                 Some(conn) => Some(Ok(conn)),
                 None => match s.cluster.route(settings.target) {
-                    Some(route) => Some(self.open(&route, room_by).await),
+                    Some(route) => {
+                        // Routable again: the wait for the topology ends
+                        // here, before the time a new connection takes.
+                        drop(hold.take());
+                        Some(self.open(&route, room_by).await)
+                    }
                     None => None,
                 },
             };
+            if conn.is_some() {
+                drop(hold.take());
+            }
             if let Some(conn) = conn {
                 match conn {
                     Ok(mut conn) => {

@@ -135,7 +135,7 @@ impl Exporter {
 }
 
 /// Reads a request head (or what arrives of it before the peer stops).
-async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> String {
+pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> String {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
     while !head.ends_with(b"\r\n\r\n") {
@@ -148,7 +148,7 @@ async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> String {
 }
 
 /// The value of the header `name` (any case) in a request head.
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().skip(1).find_map(|line| {
         let (n, v) = line.split_once(':')?;
         n.eq_ignore_ascii_case(name).then_some(v.trim())
@@ -173,7 +173,8 @@ async fn answer(mut s: TcpStream, body: Result<String, &'static str>) {
     respond(&mut s, body).await;
 }
 
-fn tls_acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
+/// A TLS acceptor serving the certificate chain and key given as PEM.
+pub fn tls_acceptor(cert_pem: &str, key_pem: &str) -> tokio_rustls::TlsAcceptor {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())

@@ -174,3 +174,35 @@ pub async fn assert_nothing_lost(
         "the old primary took writes after the switchover"
     );
 }
+
+/// A planned move of the primary from `old` (db1) to `new` (db2) that
+/// `trigger` sets off under a steady 6-client write load: waits for db2 to
+/// serve, then checks that nothing was lost, that db1 is fenced with
+/// `hardware` as its status, and that `/status` names db2. Returns `/status`.
+pub async fn moved_under_load(
+    proxy: &Proxy,
+    http: SocketAddr,
+    (old, new): (&PgNode, &PgNode),
+    hardware: &str,
+    trigger: impl std::future::Future<Output = ()>,
+) -> serde_json::Value {
+    let (admin, setup) = (self::admin(proxy).await, proxy.client().await);
+    let table = create_table(&setup).await;
+    let load = Workload::start(proxy, &table, 6).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    trigger.await;
+    super::wait_until(20, "primary moved to db2", || async {
+        node_column(&admin, "db2", "role").await == "primary" && port_of(&setup).await == new.port()
+    })
+    .await;
+    let old_rows = values(&direct_client(old.port()).await, &table).await.len();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (acked, errors) = load.finish().await;
+    assert_nothing_lost(new, old, &table, &acked, &errors, old_rows).await;
+    assert_eq!(node_column(&admin, "db1", "hardware").await, hardware);
+    assert_eq!(node_column(&admin, "db1", "state").await, "fenced");
+    let (_, status) = http_request(http, "GET", "/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["primary"], "db2");
+    status
+}
