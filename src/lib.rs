@@ -17,6 +17,7 @@
 //! - [`tls`] builds the TLS acceptor (clients) and connector (servers), and the stream both use;
 //! - [`error`] maps every client-visible error to its SQLSTATE;
 //! - [`runtime`] builds the tokio runtime `[proxy] workers` asks for;
+//! - [`drill`] rehearses a failover against a running proxy (`switchyard drill`): a write load, a move, a report;
 //! - `local_cluster` starts a throw-away PostgreSQL primary + replica (demo, tests, benchmarks;
 //!   only with the `local-cluster` feature, on by default).
 
@@ -32,6 +33,7 @@ pub mod connection;
 pub mod context;
 #[cfg(feature = "local-cluster")]
 pub mod demo;
+pub mod drill;
 pub mod error;
 pub mod events;
 pub mod http;

@@ -1,14 +1,15 @@
 //! The `switchyard` binary: parses the command line, loads the configuration
-//! and runs the proxy (or `check-config`, `healthcheck`, or `demo`). All logic
-//! is in the library.
+//! and runs the proxy (or `check-config`, `healthcheck`, `demo`, or `drill`).
+//! All logic is in the library.
 
 use std::io::IsTerminal as _;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
-use switchyard::config::{Config, LogConfig, LogFormat};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use switchyard::config::{parse_duration, Config, LogConfig, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -69,27 +70,116 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: String,
     },
+    /// Rehearse a failover against a running proxy: a write load of its own
+    /// through it, a switchover (or, with --crash-test, a crash), and a
+    /// report. Exit 0 within every threshold, 1 past one, 2 when the drill
+    /// could not run (docs/observability.md).
+    Drill(DrillArgs),
 }
 
-fn main() -> std::process::ExitCode {
+#[derive(Args)]
+struct DrillArgs {
+    /// URL through the proxy for the write load, e.g.
+    /// postgres://app:pw@127.0.0.1:6432/app (no TLS).
+    #[arg(long)]
+    url: String,
+    /// URL of the admin console, e.g.
+    /// postgres://admin:pw@127.0.0.1:6432/switchyard (no TLS).
+    #[arg(long)]
+    admin_url: String,
+    /// Writers, each on a connection of its own.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    writers: u32,
+    /// Load before the first move and after each move.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    settle: Duration,
+    /// Run for each node a switchover fenced (via `sh -c`, with
+    /// SWITCHYARD_DRILL_NODE[_ADDR] and SWITCHYARD_DRILL_PRIMARY[_ADDR]):
+    /// rebuild it as a replica of the primary; the drill then READMITs it.
+    #[arg(long, value_name = "SHELL COMMAND", conflicts_with = "crash_test")]
+    rebuild_command: Option<String>,
+    /// Once the old primary is rebuilt, switch back to it (and rebuild the
+    /// other): the cluster ends as it began.
+    #[arg(long, requires = "rebuild_command")]
+    and_back: bool,
+    /// Crash the primary with --crash-command instead of switching over,
+    /// and wait for the failover. For disposable clusters.
+    #[arg(long, requires = "crash_command")]
+    crash_test: bool,
+    /// The crash (via `sh -c`, with SWITCHYARD_DRILL_NODE[_ADDR]), e.g.
+    /// `pg_ctl -D /data stop -m immediate`.
+    #[arg(long, value_name = "SHELL COMMAND", requires = "crash_test")]
+    crash_command: Option<String>,
+    /// Longest wait for writes after a crash, for a command, and for a
+    /// rebuilt node to rejoin.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// One JSON object instead of the text report.
+    #[arg(long)]
+    json: bool,
+    /// Fail when the longest gap between acknowledged writes is longer.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    max_pause: Duration,
+    /// Fail past this many client errors [default: 0; unbounded with
+    /// --crash-test, where transactions in flight fail by design].
+    #[arg(long)]
+    max_errors: Option<u64>,
+    /// Fail past this many acknowledged commits missing afterwards.
+    #[arg(long, default_value_t = 0)]
+    max_lost: u64,
+    /// Fail when failover_started → writes_resumed takes longer
+    /// (--crash-test) [default: 30s].
+    #[arg(long, value_parser = parse_duration, requires = "crash_test")]
+    max_promote: Option<Duration>,
+}
+
+impl DrillArgs {
+    fn options(self) -> switchyard::drill::Options {
+        use switchyard::drill::{Mode, Options, Thresholds};
+        let mode = match self.crash_command {
+            Some(command) => Mode::Crash { command },
+            None => Mode::Switchover {
+                rebuild: self.rebuild_command,
+                and_back: self.and_back,
+            },
+        };
+        let crash = matches!(mode, Mode::Crash { .. });
+        Options {
+            url: self.url,
+            admin_url: self.admin_url,
+            writers: self.writers,
+            settle: self.settle,
+            mode,
+            timeout: self.timeout,
+            thresholds: Thresholds {
+                max_pause: self.max_pause,
+                max_errors: self.max_errors.or((!crash).then_some(0)),
+                max_lost: self.max_lost,
+                max_promote: self.max_promote.unwrap_or(Duration::from_secs(30)),
+            },
+        }
+    }
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
 
 // Logging starts once the configuration is loaded: its `[log]` section
 // decides how. Errors before that go to stderr through `main`.
-fn dispatch(cli: Cli) -> anyhow::Result<()> {
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let log = LogFlags {
         format: cli.log_format.map(LogFormat::from),
         level: cli.log_level,
     };
-    match cli.command.unwrap_or(Command::Run) {
+    let done = match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => {
             let (config, path) = load_config(cli.config)?;
             // Also checks the flags and RUST_LOG the proxy would run with.
@@ -127,7 +217,30 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             log.init(&LogConfig::default())?;
             demo(&listen)
         }
+        // Exit 2 is the drill's "could not run", whatever failed.
+        Command::Drill(args) => {
+            return Ok(drill(args, &log).unwrap_or_else(|e| {
+                eprintln!("drill could not run: {e:#}");
+                ExitCode::from(2)
+            }))
+        }
+    };
+    done.map(|()| ExitCode::SUCCESS)
+}
+
+/// `switchyard drill`: the report on stdout (text or JSON), progress on
+/// stderr; the exit status is the verdict's.
+fn drill(args: DrillArgs, log: &LogFlags) -> anyhow::Result<ExitCode> {
+    log.init(&LogConfig::default())?;
+    let json = args.json;
+    let opts = args.options();
+    let report = runtime(1)?.block_on(switchyard::drill::run(&opts))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
     }
+    Ok(ExitCode::from(report.exit_code()))
 }
 
 /// How the configuration's source is named when there is no file.

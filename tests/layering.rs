@@ -25,7 +25,7 @@ const LAYERS: &[&[&str]] = &[
     &["client"],
     &["admin", "metrics", "background", "cancel_request"],
     &["connection", "http"],
-    &["listener", "demo"],
+    &["listener", "demo", "drill"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use duration::parse as parse_duration;
 pub use flatten::{needs_restart, settings};
 pub use hardware::HardwareSpec;
 pub use hidden::Hidden;
