@@ -7,6 +7,10 @@ use crate::local_cluster::{
     LocalCluster, APP_DB, APP_PASSWORD, APP_USER, CLUSTER_PASSWORD, CLUSTER_USER,
 };
 
+/// The demo's admin console user, password the same (a throw-away cluster
+/// on loopback).
+pub const DEMO_ADMIN: &str = "admin";
+
 /// The configuration the demo runs: the embedded default pointed at `cluster`.
 pub fn demo_config(cluster: &LocalCluster, listen: &str) -> Result<Config, config::ConfigError> {
     let nodes: Vec<String> = cluster
@@ -21,10 +25,15 @@ pub fn demo_config(cluster: &LocalCluster, listen: &str) -> Result<Config, confi
         pool_mode = "transaction"
         default_pool_size = 20
         auth_type = "scram-sha-256"
+        admin_users = ["{DEMO_ADMIN}"]
 
         [[users]]
         name = "{APP_USER}"
         password = "{APP_PASSWORD}"
+
+        [[users]]
+        name = "{DEMO_ADMIN}"
+        password = "{DEMO_ADMIN}"
 
         [cluster]
         nodes = [{nodes}]
@@ -44,7 +53,7 @@ pub fn banner(cluster: &LocalCluster, listen: &str) -> String {
         .map(|n| format!("    {:<9} {}", n.name(), n.addr()))
         .collect();
     format!(
-        "Switchyard demo is running.\n\n  PostgreSQL nodes (data under {dir}):\n{nodes}\n\n  Connect through the proxy:\n    psql \"postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{APP_DB}\"\n\n  Press Ctrl-C to stop; the nodes and their data are removed.\n",
+        "Switchyard demo is running.\n\n  PostgreSQL nodes (data under {dir}):\n{nodes}\n\n  Connect through the proxy:\n    psql \"postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{APP_DB}\"\n\n  Admin console (SHOW NODES, SHOW EVENTS, SWITCHOVER):\n    psql \"postgres://{DEMO_ADMIN}:{DEMO_ADMIN}@{host}:{port}/switchyard\"\n\n  Rehearse a switchover:\n    switchyard drill --url postgres://{APP_USER}:{APP_PASSWORD}@{host}:{port}/{APP_DB} --admin-url postgres://{DEMO_ADMIN}:{DEMO_ADMIN}@{host}:{port}/switchyard\n\n  Press Ctrl-C to stop; the nodes and their data are removed.\n",
         dir = cluster.base_dir().display(),
         nodes = nodes.join("\n"),
     )
