@@ -151,6 +151,10 @@ impl Context {
             // keeps failing: read them once here so the start fails naming it.
             crate::tls::EtcdPem::read(&config.coordination.tls)?;
         }
+        if let Some(p) = &config.coordination.patroni {
+            // The same for the etcd Patroni uses.
+            crate::tls::EtcdPem::read_as(&p.tls, &crate::tls::PATRONI_TLS)?;
+        }
         let cluster = Cluster::new(config.nodes(), Arc::new(Events::new(1000)))
             .with_tls(tls.connector().clone());
         let cluster = Arc::new(cluster);

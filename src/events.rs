@@ -73,6 +73,9 @@ pub enum EventKind {
     /// Two or more nodes report primary on the same timeline: writes to all
     /// of them stop until only one is left.
     SplitBrain,
+    /// Patroni's leader key names another member, or none (`backend =
+    /// "patroni"`), as this proxy reads it.
+    PatroniLeaderChanged,
 }
 
 impl EventKind {
@@ -109,6 +112,7 @@ impl EventKind {
             EventKind::SwitchoverStep => "switchover_step",
             EventKind::SwitchoverFailed => "switchover_failed",
             EventKind::SplitBrain => "split_brain",
+            EventKind::PatroniLeaderChanged => "patroni_leader_changed",
         }
     }
 

@@ -91,6 +91,10 @@ pub async fn serve(
         ctx.live_config().clone(),
         token.clone(),
     ));
+    let patroni = crate::cluster::patroni::watcher(ctx.cluster(), &ctx.config(), token.clone());
+    if let Some(watcher) = patroni {
+        tracker.spawn(watcher);
+    }
     let limits = Limits::new(&ctx.config().proxy);
     tokio::pin!(shutdown);
     loop {

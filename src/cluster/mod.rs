@@ -16,6 +16,7 @@ mod hardware_moves;
 pub mod health;
 mod membership;
 pub mod monitor;
+pub mod patroni;
 mod peer_switch;
 pub mod repoint;
 pub mod switchover;
@@ -172,6 +173,8 @@ pub struct Cluster {
     writes_held: std::sync::atomic::AtomicBool,
     /// With `[coordination]`: where this proxy stands among the others.
     coordination: Mutex<Option<coord::CoordinationStatus>>,
+    /// With `backend = "patroni"`: Patroni's view, as last read.
+    patroni: arc_swap::ArcSwapOption<patroni::Observed>,
     /// Requests the pools held while nothing was routable.
     holds: crate::measure::holds::Holds,
 }
@@ -209,6 +212,7 @@ impl Cluster {
             split_brain: Default::default(),
             writes_held: Default::default(),
             coordination: Mutex::new(None),
+            patroni: Default::default(),
             holds: Default::default(),
             not_streaming: Default::default(),
         }
@@ -399,6 +403,15 @@ impl Cluster {
 
     pub(crate) fn set_coordination(&self, status: coord::CoordinationStatus) {
         *lock(&self.coordination) = Some(status);
+    }
+
+    /// Patroni's view of the cluster, with `backend = "patroni"`.
+    pub fn patroni(&self) -> Option<Arc<patroni::Observed>> {
+        self.patroni.load_full()
+    }
+
+    pub(crate) fn set_patroni(&self, observed: patroni::Observed) {
+        self.patroni.store(Some(Arc::new(observed)));
     }
 
     /// Replaces the routing snapshot and wakes held clients.

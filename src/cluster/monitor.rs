@@ -26,6 +26,7 @@ use super::{Cluster, ReadmitError, SwitchoverError};
 use arc_swap::ArcSwap;
 
 use super::hardware_moves::HardwareMoves;
+use crate::config::coordination::Backend;
 use crate::config::{Config, SyncPolicy};
 use crate::events::EventKind;
 use crate::server::Login;
@@ -409,11 +410,14 @@ fn health_login(config: &Config) -> Login {
 
 fn failover_settings(config: &Config) -> FailoverSettings {
     let f = &config.failover;
+    // Patroni points its replicas at the new primary and sets
+    // `synchronous_standby_names` itself: doing it too would fight it.
+    let patroni = config.coordination.backend == Backend::Patroni;
     FailoverSettings {
         mode: f.mode,
         max_lag_bytes: f.max_lag_bytes,
-        repoint_replicas: f.repoint_replicas,
-        clear_sync_standby: f.sync_policy == SyncPolicy::Availability,
+        repoint_replicas: f.repoint_replicas && !patroni,
+        clear_sync_standby: f.sync_policy == SyncPolicy::Availability && !patroni,
         fence_command: f.fence_command.is_some(),
         promote_timeout: Duration::from_secs(30),
         promotion_sent: None,
@@ -547,4 +551,20 @@ fn apply_primary(
         threshold,
         failure.as_ref(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_patroni_replicas_and_sync_standbys_are_left_to_it() {
+        let base = "[cluster]\nnodes = [\"127.0.0.1:5432\"]\n[failover]\nmode = \"follow\"\n";
+        let patroni = "[coordination]\nbackend = \"patroni\"\n\
+                       patroni = { scope = \"orders\", endpoints = [\"http://127.0.0.1:2379\"] }\n";
+        // (extra configuration) -> (repoint replicas, clear sync standbys)
+        for (extra, want) in [("", (true, true)), (patroni, (false, false))] {
+            let config = crate::config::load_str(&format!("{base}{extra}")).unwrap();
+            let s = super::failover_settings(&config);
+            assert_eq!((s.repoint_replicas, s.clear_sync_standby), want, "{extra}");
+        }
+    }
 }

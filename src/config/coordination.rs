@@ -1,6 +1,8 @@
 //! `[coordination]`: how several proxies in front of one cluster agree on
-//! who acts (etcd), and `failover.quorum`. Only what the file says and the
-//! checks serde cannot make; the protocol is `cluster::coord`'s business.
+//! who acts (etcd), where Patroni keeps its view of the cluster (`patroni`),
+//! and `failover.quorum`. Only what the file says and the checks serde
+//! cannot make; the protocols are `cluster::coord`'s and `cluster::patroni`'s
+//! business.
 
 use std::fmt;
 use std::time::Duration;
@@ -16,13 +18,17 @@ pub enum Backend {
     None,
     /// etcd v3: one leader acts, the others observe.
     Etcd,
+    /// Patroni manages the cluster: its view is read from its keys in etcd
+    /// v3 (`[coordination.patroni]`). The proxy takes no part in Switchyard's
+    /// own coordination: no lease, no leader among proxies.
+    Patroni,
 }
 
 /// `[coordination]` section.
 #[derive(Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoordinationConfig {
-    /// `none` (default) or `etcd`. Needs a restart to change.
+    /// `none` (default), `etcd` or `patroni`. Needs a restart to change.
     pub backend: Backend,
     /// etcd client URLs (`http://host:2379`). Required with `etcd`.
     pub endpoints: Vec<String>,
@@ -44,6 +50,51 @@ pub struct CoordinationConfig {
     /// lands on another proxy is sent on here. Default: `proxy.listen`
     /// unless that is an unspecified address (`0.0.0.0`, `[::]`).
     pub advertise: Option<String>,
+    /// Where Patroni keeps its view of the cluster. Required with
+    /// `backend = "patroni"`, refused otherwise.
+    pub patroni: Option<PatroniConfig>,
+}
+
+/// `[coordination.patroni]` (or `patroni = { ... }` in `[coordination]`):
+/// the etcd v3 that Patroni uses as its DCS, and the cluster's place in it
+/// (`<namespace>/<scope>/`, as in Patroni's own configuration).
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatroniConfig {
+    /// Patroni's `scope`: the cluster's name. Required.
+    pub scope: String,
+    /// Patroni's `namespace`. Default `/service`, as Patroni's.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// etcd client URLs (`http://host:2379`). Required.
+    pub endpoints: Vec<String>,
+    /// etcd user, for an etcd with authentication (read access suffices).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// etcd password for `username`.
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// TLS toward etcd, for `https://` endpoints.
+    #[serde(default)]
+    pub tls: CoordinationTlsConfig,
+}
+
+fn default_namespace() -> String {
+    "/service".into()
+}
+
+// By hand: the password must never reach a log or an error message.
+impl fmt::Debug for PatroniConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PatroniConfig")
+            .field("scope", &self.scope)
+            .field("namespace", &self.namespace)
+            .field("endpoints", &self.endpoints)
+            .field("username", &self.username)
+            .field("password", &super::redact::redacted(&self.password))
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 /// `[coordination.tls]` (or `tls = { ... }` in `[coordination]`): how the
@@ -81,6 +132,7 @@ impl Default for CoordinationConfig {
             password: None,
             tls: CoordinationTlsConfig::default(),
             advertise: None,
+            patroni: None,
         }
     }
 }
@@ -97,6 +149,7 @@ impl fmt::Debug for CoordinationConfig {
             .field("password", &super::redact::redacted(&self.password))
             .field("tls", &self.tls)
             .field("advertise", &self.advertise)
+            .field("patroni", &self.patroni)
             .finish()
     }
 }
@@ -115,20 +168,20 @@ pub enum Quorum {
 impl CoordinationConfig {
     /// What is wrong with this section, if anything.
     pub fn problems(&self, cluster_name: &str) -> Vec<String> {
-        if self.backend == Backend::None {
-            return vec![];
-        }
         let mut out = vec![];
-        if self.endpoints.is_empty() {
-            out.push("coordination.endpoints: at least one etcd URL is needed".into());
+        if self.patroni.is_some() && self.backend != Backend::Patroni {
+            out.push("coordination.patroni: set, but backend is not \"patroni\"".into());
         }
-        for e in &self.endpoints {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                out.push(format!(
-                    "coordination.endpoints: {e:?} is no http:// or https:// URL"
-                ));
-            }
+        match self.backend {
+            Backend::None => {}
+            Backend::Etcd => out.extend(self.etcd_problems(cluster_name)),
+            Backend::Patroni => out.extend(self.patroni_problems()),
         }
+        out
+    }
+
+    fn etcd_problems(&self, cluster_name: &str) -> Vec<String> {
+        let mut out = endpoint_problems("coordination", &self.endpoints);
         if !self.prefix.starts_with('/') || self.prefix.ends_with('/') {
             out.push(format!(
                 "coordination.prefix: {:?} must start with / and not end with /",
@@ -146,37 +199,102 @@ impl CoordinationConfig {
         if self.password.is_some() != self.username.is_some() {
             out.push("coordination.username and coordination.password go together".into());
         }
-        out.extend(self.tls_problems());
+        out.extend(tls_problems("coordination", &self.endpoints, &self.tls));
         out
     }
 
-    /// TLS is all or nothing: the etcd client takes one TLS setting for
-    /// every endpoint, and an `https://` endpoint with no CA to check it
-    /// against could never be reached.
-    fn tls_problems(&self) -> Vec<String> {
-        let mut out = vec![];
-        let https = self
-            .endpoints
-            .iter()
-            .filter(|e| e.starts_with("https://"))
-            .count();
-        if https > 0 && https < self.endpoints.len() {
-            out.push("coordination.endpoints: either every URL is https:// or none is".to_string());
-        }
-        if https > 0 && self.tls.ca_file.is_none() {
+    fn patroni_problems(&self) -> Vec<String> {
+        let Some(p) = &self.patroni else {
+            return vec![
+                "coordination.patroni: needed with backend = \"patroni\": Patroni's scope and the endpoints of its etcd"
+                    .into(),
+            ];
+        };
+        let mut out = self.etcd_only_settings();
+        if p.scope.trim().is_empty() {
             out.push(
-                "coordination.tls.ca_file: needed with https:// endpoints, to check etcd's certificate"
+                "coordination.patroni.scope: Patroni's scope (the cluster's name) is needed".into(),
+            );
+        }
+        out.extend(endpoint_problems("coordination.patroni", &p.endpoints));
+        if p.password.is_some() != p.username.is_some() {
+            out.push(
+                "coordination.patroni.username and coordination.patroni.password go together"
                     .into(),
             );
         }
-        if https == 0 && self.tls.is_set() {
-            out.push("coordination.tls: set, but no endpoint is https://".into());
-        }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            out.push("coordination.tls: cert_file and key_file go together".into());
-        }
+        out.extend(tls_problems("coordination.patroni", &p.endpoints, &p.tls));
         out
     }
+
+    /// The settings of Switchyard's own coordination through etcd, which
+    /// `patroni` does not use: set there, they would silently do nothing.
+    fn etcd_only_settings(&self) -> Vec<String> {
+        let default = CoordinationConfig::default();
+        let set = [
+            ("endpoints", !self.endpoints.is_empty()),
+            ("prefix", self.prefix != default.prefix),
+            ("lease_ttl", self.lease_ttl != default.lease_ttl),
+            ("username", self.username.is_some()),
+            ("password", self.password.is_some()),
+            ("tls", self.tls.is_set()),
+            ("advertise", self.advertise.is_some()),
+        ];
+        set.iter()
+            .filter(|(_, on)| *on)
+            .map(|(key, _)| {
+                format!(
+                    "coordination.{key}: for backend = \"etcd\" only; with \"patroni\", Patroni's etcd is set in coordination.patroni"
+                )
+            })
+            .collect()
+    }
+}
+
+/// `<section>.endpoints`: at least one, each an `http://` or `https://` URL.
+fn endpoint_problems(section: &str, endpoints: &[String]) -> Vec<String> {
+    let mut out = vec![];
+    if endpoints.is_empty() {
+        out.push(format!(
+            "{section}.endpoints: at least one etcd URL is needed"
+        ));
+    }
+    for e in endpoints {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            out.push(format!(
+                "{section}.endpoints: {e:?} is no http:// or https:// URL"
+            ));
+        }
+    }
+    out
+}
+
+/// TLS is all or nothing: the etcd client takes one TLS setting for
+/// every endpoint, and an `https://` endpoint with no CA to check it
+/// against could never be reached.
+fn tls_problems(section: &str, endpoints: &[String], tls: &CoordinationTlsConfig) -> Vec<String> {
+    let mut out = vec![];
+    let https = endpoints
+        .iter()
+        .filter(|e| e.starts_with("https://"))
+        .count();
+    if https > 0 && https < endpoints.len() {
+        out.push(format!(
+            "{section}.endpoints: either every URL is https:// or none is"
+        ));
+    }
+    if https > 0 && tls.ca_file.is_none() {
+        out.push(format!(
+            "{section}.tls.ca_file: needed with https:// endpoints, to check etcd's certificate"
+        ));
+    }
+    if https == 0 && tls.is_set() {
+        out.push(format!("{section}.tls: set, but no endpoint is https://"));
+    }
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        out.push(format!("{section}.tls: cert_file and key_file go together"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -289,14 +407,183 @@ mod tests {
         }
     }
 
+    fn patroni() -> PatroniConfig {
+        PatroniConfig {
+            scope: "orders".into(),
+            namespace: "/service".into(),
+            endpoints: vec!["http://10.0.0.5:2379".into()],
+            username: None,
+            password: None,
+            tls: CoordinationTlsConfig::default(),
+        }
+    }
+
+    fn following(p: PatroniConfig) -> CoordinationConfig {
+        CoordinationConfig {
+            backend: Backend::Patroni,
+            patroni: Some(p),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_patroni_section_is_checked_and_needs_no_cluster_name() {
+        let ca = CoordinationTlsConfig {
+            ca_file: Some("/etc/etcd/ca.pem".into()),
+            ..Default::default()
+        };
+        let https = vec!["https://10.0.0.5:2379".into()];
+        let good = [
+            patroni(),
+            PatroniConfig {
+                username: Some("patroni".into()),
+                password: Some("pw".into()),
+                ..patroni()
+            },
+            PatroniConfig {
+                endpoints: https.clone(),
+                tls: ca.clone(),
+                ..patroni()
+            },
+        ];
+        for p in good {
+            let problems = following(p.clone()).problems("");
+            assert!(problems.is_empty(), "{p:?}: {problems:?}");
+        }
+        let cases = [
+            (
+                CoordinationConfig {
+                    patroni: None,
+                    ..following(patroni())
+                },
+                "coordination.patroni: needed with backend = \"patroni\"",
+            ),
+            (
+                following(PatroniConfig {
+                    scope: " ".into(),
+                    ..patroni()
+                }),
+                "coordination.patroni.scope",
+            ),
+            (
+                following(PatroniConfig {
+                    endpoints: vec![],
+                    ..patroni()
+                }),
+                "coordination.patroni.endpoints: at least one",
+            ),
+            (
+                following(PatroniConfig {
+                    endpoints: vec!["10.0.0.5:2379".into()],
+                    ..patroni()
+                }),
+                "coordination.patroni.endpoints: \"10.0.0.5:2379\" is no http",
+            ),
+            (
+                following(PatroniConfig {
+                    username: Some("patroni".into()),
+                    ..patroni()
+                }),
+                "coordination.patroni.username and coordination.patroni.password go together",
+            ),
+            (
+                following(PatroniConfig {
+                    endpoints: https.clone(),
+                    ..patroni()
+                }),
+                "coordination.patroni.tls.ca_file: needed",
+            ),
+            (
+                following(PatroniConfig {
+                    tls: ca.clone(),
+                    ..patroni()
+                }),
+                "coordination.patroni.tls: set, but no endpoint is https://",
+            ),
+            (
+                CoordinationConfig {
+                    endpoints: vec!["http://10.0.0.9:2379".into()],
+                    ..following(patroni())
+                },
+                "coordination.endpoints: for backend = \"etcd\" only",
+            ),
+            (
+                CoordinationConfig {
+                    lease_ttl: Duration::from_secs(5),
+                    ..following(patroni())
+                },
+                "coordination.lease_ttl: for backend = \"etcd\" only",
+            ),
+            (
+                CoordinationConfig {
+                    advertise: Some("10.0.0.1:6432".into()),
+                    ..following(patroni())
+                },
+                "coordination.advertise: for backend = \"etcd\" only",
+            ),
+            (
+                CoordinationConfig {
+                    backend: Backend::Etcd,
+                    endpoints: vec!["http://10.0.0.9:2379".into()],
+                    ..following(patroni())
+                },
+                "coordination.patroni: set, but backend is not",
+            ),
+            (
+                CoordinationConfig {
+                    backend: Backend::None,
+                    ..following(patroni())
+                },
+                "coordination.patroni: set, but backend is not",
+            ),
+        ];
+        for (c, want) in cases {
+            let p = c.problems("orders");
+            assert!(p.iter().any(|m| m.contains(want)), "{want}: {p:?}");
+        }
+    }
+
+    #[test]
+    fn the_patroni_table_reads_like_patronis_own_settings() {
+        let load = |table: &str| {
+            crate::config::load_str(&format!(
+                "[cluster]\nnodes = [\"10.0.0.1:5432\"]\n[failover]\nmode = \"follow\"\n\
+                 [coordination]\nbackend = \"patroni\"\npatroni = {table}\n"
+            ))
+        };
+        let cfg = load(r#"{ scope = "orders", endpoints = ["http://10.0.0.5:2379"] }"#).unwrap();
+        let p = cfg.coordination.patroni.unwrap();
+        assert_eq!(p.namespace, "/service", "Patroni's default namespace");
+        assert_eq!(p.scope, "orders");
+        let refused = [
+            (r#"{ endpoints = ["http://10.0.0.5:2379"] }"#, "scope"),
+            (r#"{ scope = "orders" }"#, "endpoints"),
+            (
+                r#"{ scope = "orders", endpoints = [], nmespace = "/x" }"#,
+                "nmespace",
+            ),
+        ];
+        for (table, want) in refused {
+            let err = load(table).unwrap_err().to_string();
+            assert!(err.contains(want), "{table}: {err}");
+        }
+    }
+
     #[test]
     fn the_password_is_never_printed() {
         let c = CoordinationConfig {
             username: Some("sy".into()),
             password: Some("hunter2".into()),
+            patroni: Some(PatroniConfig {
+                username: Some("patroni".into()),
+                password: Some("hunter3".into()),
+                ..patroni()
+            }),
             ..Default::default()
         };
-        assert!(!format!("{c:?}").contains("hunter2"));
-        assert!(!serde_json::to_string(&c).unwrap().contains("hunter2"));
+        for secret in ["hunter2", "hunter3"] {
+            assert!(!format!("{c:?}").contains(secret));
+            assert!(!serde_json::to_string(&c).unwrap().contains(secret));
+        }
     }
 }

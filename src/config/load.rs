@@ -28,10 +28,11 @@ pub const PEERS_ENV: &str = "SWITCHYARD__PEERS";
 /// The one key a configuration from the environment alone cannot do without.
 pub const NODES_ENV: &str = "SWITCHYARD__CLUSTER__NODES";
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 3] = [
+const LIST_KEYS: [&str; 4] = [
     "proxy.admin_users",
     "cluster.nodes",
     "coordination.endpoints",
+    "coordination.patroni.endpoints",
 ];
 
 /// Why a configuration could not be used. No message quotes a secret
@@ -368,6 +369,27 @@ mod tests {
         assert_eq!(c.endpoints, ["https://etcd-0:2379", "https://etcd-1:2379"]);
         assert_eq!(c.tls.ca_file.as_deref(), Some("/tls/ca.crt"));
         assert_eq!(c.tls.key_file.as_deref(), Some("/tls/tls.key"));
+    }
+
+    #[test]
+    fn environment_reaches_the_patroni_table() {
+        let cfg = load_env_only(&env(&[
+            ("SWITCHYARD__CLUSTER__NODES", "db1:5432"),
+            ("SWITCHYARD__FAILOVER__MODE", "follow"),
+            ("SWITCHYARD__COORDINATION__BACKEND", "patroni"),
+            ("SWITCHYARD__COORDINATION__PATRONI__SCOPE", "orders"),
+            (
+                "SWITCHYARD__COORDINATION__PATRONI__ENDPOINTS",
+                "http://etcd-0:2379, http://etcd-1:2379",
+            ),
+        ]))
+        .unwrap();
+        let p = cfg.coordination.patroni.unwrap();
+        assert_eq!(p.endpoints, ["http://etcd-0:2379", "http://etcd-1:2379"]);
+        assert_eq!(
+            (p.scope.as_str(), p.namespace.as_str()),
+            ("orders", "/service")
+        );
     }
 
     #[test]

@@ -64,6 +64,15 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
     {
         return Err(p);
     }
+    if cfg.coordination.backend == super::coordination::Backend::Patroni
+        && cfg.failover.mode == super::FailoverMode::Promote
+    {
+        return Err(
+            "failover.mode = \"promote\" with coordination.backend = \"patroni\": Patroni \
+             promotes, and two that promote may promote two nodes; set failover.mode = \"follow\""
+                .into(),
+        );
+    }
     if cfg.coordination.advertise.is_some() && cfg.proxy.peer_id.is_none() {
         return Err(
             "coordination.advertise needs proxy.peer_id: the id the cancel keys \
@@ -264,6 +273,27 @@ mod tests {
         }
         let orphan = format!("{base}[coordination]\nadvertise = \"a:1\"\n");
         assert!(err_of(&orphan).contains("proxy.peer_id"));
+    }
+
+    #[test]
+    fn with_patroni_switchyard_never_promotes() {
+        let base = concat!(
+            "[cluster]\nnodes = [\"127.0.0.1:5432\"]\n",
+            "[coordination]\nbackend = \"patroni\"\n",
+            "patroni = { scope = \"orders\", endpoints = [\"http://127.0.0.1:2379\"] }\n",
+        );
+        // ([failover] mode, accepted)
+        for (mode, accepted) in [("promote", false), ("follow", true), ("off", true)] {
+            let toml = format!("{base}[failover]\nmode = \"{mode}\"\n");
+            match accepted {
+                true => assert!(load_str(&toml).is_ok(), "{mode}"),
+                false => assert!(err_of(&toml).contains("Patroni promotes"), "{mode}"),
+            }
+        }
+        assert!(
+            err_of(base).contains("Patroni promotes"),
+            "promote is the default"
+        );
     }
 
     #[test]

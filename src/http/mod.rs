@@ -331,6 +331,7 @@ fn status_json(ctx: &Context) -> serde_json::Value {
         "latency": latency_json(ctx),
         "write_unavailable_seconds": ctx.cluster().holds().unavailable(std::time::Instant::now()).as_secs_f64(),
         "coordination": ctx.cluster().coordination(),
+        "patroni": ctx.cluster().patroni().as_deref(),
         "config": {
             "pool_mode": crate::config::settings(&config).into_iter().find(|s| s.0 == "pool_mode").map(|s| s.1),
             "failover_mode": format!("{:?}", config.failover.mode).to_lowercase(),

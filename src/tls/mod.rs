@@ -4,8 +4,8 @@
 //! startup and RELOAD build them the same way ([`Tls::new`], [`Tls::reload`]).
 //! Every rustls object uses the ring provider explicitly (with two providers
 //! compiled in, rustls's process-default builders panic at run time).
-//! The files `[coordination.tls]` names are read and checked here too
-//! ([`EtcdPem`]); the etcd client builds its own rustls configuration from them.
+//! The files `[coordination.tls]` and `[coordination.patroni.tls]` name are
+//! read and checked here too ([`EtcdPem`]); the etcd client builds its own rustls configuration from them.
 //!
 //! What is not here: the connection-start negotiation with a client
 //! (`client::login`), the SSLRequest toward PostgreSQL (`upstream`), the
@@ -55,7 +55,8 @@ pub enum TlsError {
     /// rustls refused the material (a key that does not match its certificate, ...).
     #[error("{section}: {source}")]
     Rustls {
-        /// `proxy.tls`, `cluster.tls`, `coordination.tls` or `hardware`.
+        /// `proxy.tls`, `cluster.tls`, `coordination.tls`,
+        /// `coordination.patroni.tls` or `hardware`.
         section: &'static str,
         /// The cause.
         source: rustls::Error,
@@ -313,9 +314,10 @@ impl Tls {
     }
 }
 
-/// What `[coordination.tls]` names, read and checked, as PEM text: the etcd
-/// client takes PEM and parses it only when it connects, where a bad file
-/// would show as a failed connection; checking it here names the file.
+/// What `[coordination.tls]` (or `[coordination.patroni.tls]`) names, read
+/// and checked, as PEM text: the etcd client takes PEM and parses it only
+/// when it connects, where a bad file would show as a failed connection;
+/// checking it here names the file.
 #[derive(Clone)]
 pub struct EtcdPem {
     /// CA certificates that sign etcd's server certificates.
@@ -325,14 +327,47 @@ pub struct EtcdPem {
     pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+/// The configuration keys of an etcd TLS section, which errors name.
+pub struct EtcdTlsKeys {
+    pub section: &'static str,
+    pub ca_file: &'static str,
+    pub cert_file: &'static str,
+    pub key_file: &'static str,
+}
+
+/// `[coordination.tls]`: Switchyard's own coordination.
+pub const COORDINATION_TLS: EtcdTlsKeys = EtcdTlsKeys {
+    section: "coordination.tls",
+    ca_file: "coordination.tls.ca_file",
+    cert_file: "coordination.tls.cert_file",
+    key_file: "coordination.tls.key_file",
+};
+
+/// `[coordination.patroni.tls]`: the etcd Patroni uses.
+pub const PATRONI_TLS: EtcdTlsKeys = EtcdTlsKeys {
+    section: "coordination.patroni.tls",
+    ca_file: "coordination.patroni.tls.ca_file",
+    cert_file: "coordination.patroni.tls.cert_file",
+    key_file: "coordination.patroni.tls.key_file",
+};
+
 impl EtcdPem {
-    /// Reads the files `cfg` names; `None` when it names none.
+    /// Reads the files `cfg` (`[coordination.tls]`) names; `None` when it
+    /// names none.
     pub fn read(cfg: &CoordinationTlsConfig) -> Result<Option<EtcdPem>, TlsError> {
+        EtcdPem::read_as(cfg, &COORDINATION_TLS)
+    }
+
+    /// [`EtcdPem::read`] of the section whose keys are `keys`.
+    pub fn read_as(
+        cfg: &CoordinationTlsConfig,
+        keys: &EtcdTlsKeys,
+    ) -> Result<Option<EtcdPem>, TlsError> {
         if !cfg.is_set() {
             return Ok(None);
         }
-        let section = "coordination.tls";
-        let ca_key = "coordination.tls.ca_file";
+        let section = keys.section;
+        let ca_key = keys.ca_file;
         let ca_path = cfg
             .ca_file
             .as_deref()
@@ -346,8 +381,7 @@ impl EtcdPem {
         }
         let identity = match (&cfg.cert_file, &cfg.key_file) {
             (Some(cert_path), Some(key_path)) => {
-                let (cert_key, key_key) =
-                    ("coordination.tls.cert_file", "coordination.tls.key_file");
+                let (cert_key, key_key) = (keys.cert_file, keys.key_file);
                 let cert = read_pem(cert_key, cert_path)?;
                 let key = read_pem(key_key, key_path)?;
                 let chain = certs_in(cert_key, cert_path, &cert)?;
@@ -367,8 +401,8 @@ impl EtcdPem {
             (None, None) => None,
             // cert_file and key_file go together (the configuration is
             // checked for it); name the missing one.
-            (Some(_), None) => return Err(file_error("coordination.tls.key_file", "", "not set")),
-            (None, Some(_)) => return Err(file_error("coordination.tls.cert_file", "", "not set")),
+            (Some(_), None) => return Err(file_error(keys.key_file, "", "not set")),
+            (None, Some(_)) => return Err(file_error(keys.cert_file, "", "not set")),
         };
         Ok(Some(EtcdPem { ca, identity }))
     }
@@ -551,6 +585,17 @@ mod tests {
             ..Default::default()
         });
         assert!(missing.contains("coordination.tls.ca_file"), "{missing}");
+        let missing_ca = CoordinationTlsConfig {
+            ca_file: Some(dir.join("missing.pem").to_string_lossy().into_owned()),
+            ..Default::default()
+        };
+        let patroni = EtcdPem::read_as(&missing_ca, &PATRONI_TLS).err().unwrap();
+        assert!(
+            patroni
+                .to_string()
+                .contains("coordination.patroni.tls.ca_file"),
+            "{patroni}"
+        );
         let empty = err(CoordinationTlsConfig {
             ca_file: Some(write(&dir, "empty.pem", "")),
             ..Default::default()

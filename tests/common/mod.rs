@@ -23,6 +23,7 @@ pub mod certs;
 pub mod coord;
 pub mod etcd;
 pub mod hardware;
+pub mod patroni;
 pub mod redfish;
 pub mod relay;
 pub mod script;

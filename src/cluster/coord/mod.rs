@@ -116,7 +116,8 @@ impl Coordination {
         shutdown: CancellationToken,
     ) -> Option<Coordination> {
         let cfg = config.coordination.clone();
-        if cfg.backend == Backend::None {
+        // With `patroni`, Patroni decides: the proxies do not coordinate.
+        if cfg.backend != Backend::Etcd {
             return None;
         }
         let me = proxy_id();

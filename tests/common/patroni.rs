@@ -1,0 +1,390 @@
+//! A throw-away Patroni cluster for tests/patroni.rs: Debian's `patroni`
+//! (3.0.x, installed by `.ci/run`) managing two PostgreSQL members on free
+//! loopback ports, on an etcd of its own ([`Etcd`]), with its data in a
+//! temporary directory, run as the `postgres` OS user when we are root
+//! (PostgreSQL refuses root). Timings are Patroni's defaults made short:
+//! `ttl` 10 s, `loop_wait` 1 s, `retry_timeout` 5 s.
+//!
+//! Drop kills everything it started: each Patroni's process group (Patroni
+//! and what it runs: initdb, pg_basebackup), then the postmasters, which
+//! Patroni starts in sessions of their own, found by their data directory.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::etcd::Etcd;
+use super::{free_port, unique};
+
+/// Two Patroni members and their etcd.
+pub struct PatroniCluster {
+    /// Patroni's `scope`.
+    pub scope: String,
+    pub members: Vec<PatroniMember>,
+    dir: PathBuf,
+    bindir: PathBuf,
+    run_as: Option<(u32, u32)>,
+    // Last: stopped after the members, whose keys it holds.
+    etcd: Etcd,
+}
+
+/// One member: Patroni and the PostgreSQL it manages.
+pub struct PatroniMember {
+    /// Patroni's `name`.
+    pub name: String,
+    /// PostgreSQL's port on 127.0.0.1.
+    pub port: u16,
+    config: PathBuf,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl PatroniCluster {
+    /// Starts etcd and two members, `pg0` first so that it leads, and
+    /// waits until `pg1` streams from it (at most 60 s).
+    pub fn start() -> PatroniCluster {
+        assert!(
+            Path::new("/usr/bin/patroni").exists(),
+            "patroni is installed (apt-get install patroni python3-etcd; .ci/run does it)"
+        );
+        let dir = std::env::temp_dir().join(format!("sy-patroni-{}", unique("d")));
+        std::fs::create_dir_all(&dir).expect("patroni dir");
+        let run_as = postgres_user();
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).expect("chown patroni dir");
+        }
+        let mut cluster = PatroniCluster {
+            scope: unique("sy"),
+            members: vec![],
+            bindir: switchyard::local_cluster::find_pg_bindir().expect("PostgreSQL binaries"),
+            run_as,
+            etcd: Etcd::start(),
+            dir,
+        };
+        for name in ["pg0", "pg1"] {
+            let member = cluster.member_config(name);
+            cluster.members.push(member);
+        }
+        cluster.launch(0);
+        cluster.wait_for("pg0 to lead", |c| c.leader().as_deref() == Some("pg0"));
+        cluster.launch(1);
+        cluster.wait_for("pg1 to stream from pg0, and Patroni to say so", |c| {
+            c.streams("pg1", "pg0") && c.running() == ["pg0", "pg1"]
+        });
+        cluster
+    }
+
+    /// The etcd client URL Patroni uses.
+    pub fn endpoint(&self) -> String {
+        self.etcd.endpoint()
+    }
+
+    /// The member called `name`.
+    pub fn member(&self, name: &str) -> &PatroniMember {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// `[cluster] nodes` for a proxy in front of the members.
+    pub fn nodes_toml(&self) -> String {
+        let nodes: Vec<String> = self
+            .members
+            .iter()
+            .map(|m| {
+                format!(
+                    "{{ name = \"{}\", addr = \"127.0.0.1:{}\" }}",
+                    m.name, m.port
+                )
+            })
+            .collect();
+        nodes.join(", ")
+    }
+
+    /// The leader as `patronictl list` shows it (None while there is none,
+    /// or when patronictl fails).
+    pub fn leader(&self) -> Option<String> {
+        let members = self.list();
+        let leader = members.iter().find(|m| m["Role"] == "Leader")?;
+        leader["Member"].as_str().map(str::to_string)
+    }
+
+    /// The members `patronictl list` shows running, by name.
+    pub fn running(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .list()
+            .iter()
+            .filter(|m| m["State"] == "running")
+            .filter_map(|m| m["Member"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn list(&self) -> Vec<serde_json::Value> {
+        let out = self.patronictl(&["list", "--format", "json"]);
+        out.ok()
+            .and_then(|o| serde_json::from_str(&o).ok())
+            .unwrap_or_default()
+    }
+
+    /// `patronictl switchover --leader from --candidate to --force`, which
+    /// returns once Patroni has moved the leader key.
+    pub fn switchover(&self, from: &str, to: &str) -> String {
+        let args = ["switchover", "--leader", from, "--candidate", to, "--force"];
+        self.patronictl(&args)
+            .unwrap_or_else(|e| panic!("patronictl switchover: {e}"))
+    }
+
+    /// Whether `replica` streams from `leader` (by its application name,
+    /// which Patroni sets to the member's: `pg_basebackup`'s own stream
+    /// does not count).
+    pub fn streams(&self, replica: &str, leader: &str) -> bool {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_replication \
+             WHERE state = 'streaming' AND application_name = '{replica}'"
+        );
+        let port = self.member(leader).port.to_string();
+        let out = Command::new(self.bindir.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+            .args(["-d", "postgres", "-AtXc", &sql])
+            .env("PGCONNECT_TIMEOUT", "2")
+            .stderr(Stdio::null())
+            .output();
+        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
+    }
+
+    /// Polls `done` every 200 ms for at most 60 s; on timeout, fails with
+    /// the members' logs.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&PatroniCluster) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done(self) {
+            if Instant::now() > deadline {
+                panic!("waiting for {what}: not within 60 s\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn patronictl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("/usr/bin/patronictl")
+            .arg("-c")
+            .arg(&self.members[0].config)
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", &self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match out.status.success() {
+            true => Ok(text),
+            false => Err(format!(
+                "{}: {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )),
+        }
+    }
+
+    /// The tail of every member's log.
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for m in &self.members {
+            let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            out.push_str(&format!("--- {}:\n{tail}\n", m.name));
+        }
+        out
+    }
+}
+
+impl PatroniCluster {
+    /// Writes `name`'s configuration; nothing runs yet.
+    fn member_config(&self, name: &str) -> PatroniMember {
+        let (port, api) = (free_port(), free_port());
+        let data_dir = self.dir.join(name);
+        let config = self.dir.join(format!("{name}.yml"));
+        let yaml = patroni_yaml(&PatroniYaml {
+            scope: &self.scope,
+            name,
+            etcd: &self.etcd.endpoint(),
+            port,
+            api,
+            data_dir: &data_dir,
+            dir: &self.dir,
+            bindir: &self.bindir,
+        });
+        std::fs::write(&config, yaml).expect("write patroni.yml");
+        PatroniMember {
+            name: name.to_string(),
+            port,
+            log: self.dir.join(format!("{name}.log")),
+            config,
+            data_dir,
+            child: None,
+        }
+    }
+
+    /// Starts member `i`'s Patroni in a process group of its own.
+    fn launch(&mut self, i: usize) {
+        let log = std::fs::File::create(&self.members[i].log).expect("patroni log");
+        let mut cmd = Command::new("/usr/bin/patroni");
+        cmd.arg(&self.members[i].config)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", &self.dir)
+            .env("LANG", "C.UTF-8")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("patroni log"))
+            .stderr(log)
+            .process_group(0);
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        self.members[i].child = Some(cmd.spawn().expect("start patroni"));
+    }
+}
+
+/// What a member's `patroni.yml` differs in.
+struct PatroniYaml<'a> {
+    scope: &'a str,
+    name: &'a str,
+    etcd: &'a str,
+    port: u16,
+    api: u16,
+    data_dir: &'a Path,
+    dir: &'a Path,
+    bindir: &'a Path,
+}
+
+/// Patroni's configuration: trust on loopback, no fsync, replication slots.
+fn patroni_yaml(c: &PatroniYaml) -> String {
+    let etcd = c.etcd.trim_start_matches("http://");
+    format!(
+        "scope: {scope}
+namespace: /service
+name: {name}
+restapi:
+  listen: 127.0.0.1:{api}
+  connect_address: 127.0.0.1:{api}
+etcd3:
+  hosts: {etcd}
+bootstrap:
+  dcs:
+    ttl: 10
+    loop_wait: 1
+    retry_timeout: 5
+    maximum_lag_on_failover: 1048576
+    postgresql:
+      use_pg_rewind: false
+      use_slots: true
+      parameters:
+        wal_level: replica
+        hot_standby: 'on'
+        max_wal_senders: 10
+        max_replication_slots: 10
+  initdb:
+  - encoding: UTF8
+  - auth: trust
+  pg_hba:
+  - local all all trust
+  - host replication replicator 127.0.0.1/32 trust
+  - host all all 127.0.0.1/32 trust
+postgresql:
+  listen: 127.0.0.1:{port}
+  connect_address: 127.0.0.1:{port}
+  data_dir: {data}
+  bin_dir: {bindir}
+  pgpass: {dir}/pgpass-{name}
+  authentication:
+    replication:
+      username: replicator
+      password: rep
+    superuser:
+      username: postgres
+      password: postgres
+  parameters:
+    unix_socket_directories: {dir}
+    fsync: 'off'
+",
+        scope = c.scope,
+        name = c.name,
+        api = c.api,
+        port = c.port,
+        data = c.data_dir.display(),
+        bindir = c.bindir.display(),
+        dir = c.dir.display(),
+    )
+}
+
+impl Drop for PatroniCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            if let Some(mut child) = m.child.take() {
+                // The whole group: Patroni and any initdb or pg_basebackup.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+            }
+        }
+        let dirs: Vec<PathBuf> = self.members.iter().map(|m| m.data_dir.clone()).collect();
+        stop_postmasters(&dirs);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Stops every process started with `-D <dir>` for one of `dirs`: an
+/// immediate shutdown (SIGQUIT, which takes the backends with it), then
+/// SIGKILL for one still there after 5 s.
+fn stop_postmasters(dirs: &[PathBuf]) {
+    let running = || processes_using(dirs);
+    for pid in running() {
+        unsafe { libc::kill(pid, libc::SIGQUIT) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !running().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in running() {
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Live processes whose command line names one of `dirs`.
+fn processes_using(dirs: &[PathBuf]) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            dirs.iter().any(|d| {
+                let d = d.as_os_str().as_encoded_bytes();
+                args.iter().any(|a| *a == d || a.ends_with(d))
+            })
+        })
+        .collect()
+}
+
+/// The `postgres` OS user's uid and gid when we are root (PostgreSQL
+/// refuses to run as root), from `/etc/passwd`.
+fn postgres_user() -> Option<(u32, u32)> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let line = passwd.lines().find(|l| l.starts_with("postgres:"));
+    let fields: Vec<&str> = line
+        .expect("the postgres OS user exists (.ci/run creates it)")
+        .split(':')
+        .collect();
+    Some((fields[2].parse().ok()?, fields[3].parse().ok()?))
+}

@@ -1,0 +1,306 @@
+//! Reading Patroni's view (`[coordination] backend = "patroni"`) from a real
+//! Patroni's keys in etcd: the reader alone, `/status` of a proxy, and a
+//! switchover Patroni makes, which the view and the timeline follow. One
+//! Patroni cluster serves the three, in that order (the switchover last).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::etcd::Etcd;
+use common::patroni::PatroniCluster;
+use common::{http_request, wait_until};
+use serde_json::Value;
+use switchyard::cluster::patroni::{Member, Role};
+use switchyard::cluster::Cluster;
+use switchyard::events::{EventKind, Events};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patronis_view_is_read_shown_and_followed_through_a_switchover() {
+    common::init_tracing();
+    let patroni = tokio::task::spawn_blocking(PatroniCluster::start)
+        .await
+        .unwrap();
+    let patroni = Arc::new(patroni);
+    the_reader_sees_the_leader_and_both_members(&patroni).await;
+    let proxy = RunningProxy::start(&toml(&patroni)).await;
+    status_shows_patronis_view_beside_the_nodes(&patroni, proxy.http).await;
+    the_view_follows_a_switchover(patroni.clone(), proxy.http).await;
+    proxy.stop().await;
+    // Its Drop waits for the postmasters to go: off the runtime.
+    tokio::task::spawn_blocking(move || drop(patroni))
+        .await
+        .unwrap();
+}
+
+/// (a) The watcher on a cluster of its own, no proxy: its first view
+/// names pg0 as leader, both members where the harness put them, and the
+/// timeline says who leads.
+async fn the_reader_sees_the_leader_and_both_members(patroni: &PatroniCluster) {
+    let config = switchyard::config::load_str(&toml(patroni)).unwrap();
+    let cluster = Arc::new(Cluster::new(config.nodes(), Arc::new(Events::new(100))));
+    let stop = CancellationToken::new();
+    let watcher = switchyard::cluster::patroni::watcher(&cluster, &config, stop.clone())
+        .expect("backend = \"patroni\" starts a watcher");
+    let task = tokio::spawn(watcher);
+    wait_until(10, "the reader's first view", || async {
+        cluster.patroni().is_some_and(|o| o.connected)
+    })
+    .await;
+    let seen = cluster.patroni().unwrap();
+    assert_eq!(seen.prefix, format!("/service/{}/", patroni.scope));
+    assert_eq!(seen.view.leader.as_deref(), Some("pg0"), "{seen:?}");
+    assert_eq!(seen.view.members.len(), 2, "{seen:?}");
+    for (name, role) in [("pg0", Role::Primary), ("pg1", Role::Replica)] {
+        let m: &Member = seen.view.members.iter().find(|m| m.name == name).unwrap();
+        assert_eq!(m.host.as_deref(), Some("127.0.0.1"), "{m:?}");
+        assert_eq!(m.port, Some(patroni.member(name).port), "{m:?}");
+        assert_eq!((m.role, m.state.as_str()), (role, "running"), "{m:?}");
+        assert_eq!(m.timeline, Some(1), "{m:?}");
+    }
+    let said: Vec<_> = cluster
+        .events
+        .since(0)
+        .into_iter()
+        .filter(|e| e.kind == EventKind::PatroniLeaderChanged)
+        .map(|e| (e.node, e.message))
+        .collect();
+    assert_eq!(
+        said,
+        [(Some("pg0".into()), "Patroni's leader is pg0".into())]
+    );
+    stop.cancel();
+    task.await.unwrap();
+}
+
+/// (c) `/status` has Patroni's view beside Switchyard's own nodes.
+async fn status_shows_patronis_view_beside_the_nodes(patroni: &PatroniCluster, http: SocketAddr) {
+    wait_until(10, "/status to show Patroni's view", || async {
+        status(http).await["patroni"]["connected"] == true
+    })
+    .await;
+    let s = status(http).await;
+    let p = &s["patroni"];
+    assert_eq!(p["leader"], "pg0", "{p}");
+    assert_eq!(p["prefix"], format!("/service/{}/", patroni.scope), "{p}");
+    assert!(p["failover"].is_null(), "{p}");
+    let members = p["members"].as_array().expect("members");
+    for (name, role) in [("pg0", "primary"), ("pg1", "replica")] {
+        let m = members.iter().find(|m| m["name"] == name).expect(name);
+        assert_eq!(m["host"], "127.0.0.1", "{m}");
+        assert_eq!(m["port"], patroni.member(name).port, "{m}");
+        assert_eq!((&m["role"], &m["state"]), (&role.into(), &"running".into()));
+    }
+    assert_eq!(s["nodes"].as_array().map(Vec::len), Some(2), "{s}");
+}
+
+/// (b) `patronictl switchover` moves the leader; the view names pg1 within
+/// the watcher's reaction time, a `patroni_leader_changed` event says so,
+/// and the view goes on to show pg1 promoted and pg0 back as its replica.
+async fn the_view_follows_a_switchover(patroni: Arc<PatroniCluster>, http: SocketAddr) {
+    let p = patroni.clone();
+    let said = tokio::task::spawn_blocking(move || p.switchover("pg0", "pg1"))
+        .await
+        .unwrap();
+    let moved = Instant::now();
+    assert_eq!(patroni.leader().as_deref(), Some("pg1"), "{said}");
+    while status(http).await["patroni"]["leader"] != "pg1" {
+        assert!(
+            moved.elapsed() < Duration::from_secs(2),
+            "the view still names the old leader 2 s after the switchover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events: Value =
+        serde_json::from_str(&http_request(http, "GET", "/events").await.1).unwrap();
+    let changes: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "patroni_leader_changed")
+        .collect();
+    assert!(
+        changes.iter().any(|e| e["node"] == "pg1"),
+        "no patroni_leader_changed naming pg1: {changes:?}"
+    );
+    wait_until(
+        30,
+        "pg1 promoted and pg0 its replica, on timeline 2",
+        || async {
+            let s = status(http).await;
+            let members = s["patroni"]["members"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let member = |n: &str| members.iter().find(|m| m["name"] == n).cloned();
+            let is = |n: &str, role: &str| {
+                member(n).is_some_and(|m| {
+                    m["role"] == role && m["state"] == "running" && m["timeline"] == 2
+                })
+            };
+            is("pg1", "primary") && is("pg0", "replica")
+        },
+    )
+    .await;
+    let last = &status(http).await["patroni"]["last_switch"];
+    assert_eq!(
+        (&last["timeline"], &last["leader"]),
+        (&1.into(), &"pg1".into()),
+        "{last}"
+    );
+}
+
+/// Without Patroni, keys written as it writes them: while etcd is away the
+/// last view stays, marked not current; once it is back the reader catches
+/// up, and the leader it already recorded is not recorded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reader_keeps_the_last_view_while_etcd_is_away() {
+    common::init_tracing();
+    let etcd = tokio::task::spawn_blocking(Etcd::start).await.unwrap();
+    let prefix = "/service/orders/";
+    let member =
+        r#"{"conn_url":"postgres://10.0.0.1:5432/postgres","role":"master","state":"running"}"#;
+    put(&etcd, &format!("{prefix}members/pg0"), member).await;
+    put(&etcd, &format!("{prefix}leader"), "pg0").await;
+    let config = switchyard::config::load_str(&format!(
+        "[cluster]\nnodes = [\"10.0.0.1:5432\"]\n[failover]\nmode = \"follow\"\n\
+         [coordination]\nbackend = \"patroni\"\n\
+         patroni = {{ scope = \"orders\", endpoints = [\"{}\"] }}\n",
+        etcd.endpoint()
+    ))
+    .unwrap();
+    let cluster = Arc::new(Cluster::new(config.nodes(), Arc::new(Events::new(100))));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(
+        switchyard::cluster::patroni::watcher(&cluster, &config, stop.clone()).unwrap(),
+    );
+    let leader = |c: &Cluster| {
+        c.patroni()
+            .and_then(|o| o.connected.then(|| o.view.leader.clone()))
+    };
+    wait_until(10, "the first view", || async {
+        leader(&cluster) == Some(Some("pg0".into()))
+    })
+    .await;
+
+    let mut etcd = tokio::task::spawn_blocking(move || {
+        let mut etcd = etcd;
+        etcd.stop();
+        etcd
+    })
+    .await
+    .unwrap();
+    wait_until(10, "the view marked not current", || async {
+        cluster.patroni().is_some_and(|o| !o.connected)
+    })
+    .await;
+    let away = cluster.patroni().unwrap();
+    assert_eq!(
+        away.view.leader.as_deref(),
+        Some("pg0"),
+        "the last view stays"
+    );
+    assert!(
+        away.error.as_deref().is_some_and(|e| e.contains("etcd")),
+        "{away:?}"
+    );
+
+    etcd = tokio::task::spawn_blocking(move || {
+        etcd.restart();
+        etcd
+    })
+    .await
+    .unwrap();
+    put(&etcd, &format!("{prefix}leader"), "pg1").await;
+    wait_until(15, "the view after etcd came back", || async {
+        leader(&cluster) == Some(Some("pg1".into()))
+    })
+    .await;
+    let said: Vec<String> = cluster
+        .events
+        .since(0)
+        .into_iter()
+        .filter(|e| e.kind == EventKind::PatroniLeaderChanged)
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "Patroni's leader is pg0",
+            "Patroni's leader moved from pg0 to pg1"
+        ]
+    );
+    stop.cancel();
+    task.await.unwrap();
+    tokio::task::spawn_blocking(move || drop(etcd))
+        .await
+        .unwrap();
+}
+
+async fn put(etcd: &Etcd, key: &str, value: &str) {
+    let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    client.put(key, value, None).await.unwrap();
+}
+
+/// A proxy in front of the members, reading Patroni's view.
+fn toml(patroni: &PatroniCluster) -> String {
+    format!(
+        "[[users]]\nname = \"app\"\npassword = \"app\"\n\
+         [cluster]\nnodes = [{nodes}]\nuser = \"postgres\"\npassword = \"postgres\"\n\
+         [failover]\nmode = \"follow\"\n\
+         [coordination]\nbackend = \"patroni\"\n\
+         patroni = {{ scope = \"{scope}\", endpoints = [\"{etcd}\"] }}\n",
+        nodes = patroni.nodes_toml(),
+        scope = patroni.scope,
+        etcd = patroni.endpoint(),
+    )
+}
+
+async fn status(http: SocketAddr) -> Value {
+    let (code, body) = http_request(http, "GET", "/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A proxy with its HTTP endpoints, in this process; its nodes are
+/// Patroni's, so none of the harness's `LocalCluster`s is involved.
+struct RunningProxy {
+    http: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningProxy {
+    async fn start(toml: &str) -> RunningProxy {
+        let config = switchyard::config::load_str(toml).expect("test config is valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            switchyard::listener::run_with_http(config, listener, Some(http), shutdown)
+                .await
+                .expect("proxy runs");
+        });
+        RunningProxy {
+            http: http_addr,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
