@@ -136,17 +136,22 @@ async fn connect(cfg: &CoordinationConfig, endpoint: &str) -> Result<Client, Etc
     // Read at every connection, not once: a certificate renewed in place
     // is used from the next reconnection on, without a restart.
     if let Some(pem) = crate::tls::EtcdPem::read(&cfg.tls)? {
-        // The server's name is checked against the endpoint's host (a DNS
-        // name or an IP address in its subjectAltName).
-        let mut tls = TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(pem.ca))
-            .timeout(ttl / 3);
-        if let Some((cert, key)) = pem.identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        opts = opts.with_tls(tls);
+        opts = opts.with_tls(tls_options(pem, ttl / 3));
     }
     Ok(Client::connect([endpoint], Some(opts)).await?)
+}
+
+/// TLS toward etcd from PEM files already read: the server's name is
+/// checked against the endpoint's host (a DNS name or an IP address in its
+/// subjectAltName), and a client certificate is shown when there is one.
+pub(crate) fn tls_options(pem: crate::tls::EtcdPem, handshake: Duration) -> TlsOptions {
+    let mut tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(pem.ca))
+        .timeout(handshake);
+    if let Some((cert, key)) = pem.identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    tls
 }
 
 /// One session: a lease, kept alive at a third of its TTL; every beat also

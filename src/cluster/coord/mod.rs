@@ -4,7 +4,7 @@
 //! only when a majority of the live proxies' views agree (see [`gate`]).
 //! The monitor asks [`Coordination::standing`] and never waits on etcd.
 
-mod etcd;
+pub(crate) mod etcd;
 pub mod gate;
 mod keys;
 pub mod switch;

@@ -11,9 +11,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{
-    Certificate, Client, ConnectOptions, EventType, GetOptions, Identity, TlsOptions, WatchOptions,
-};
+use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::{parse, Observed, PatroniView};
@@ -106,13 +104,10 @@ async fn connect(cfg: &PatroniConfig, endpoint: &str) -> Result<Client, WatchErr
     // Read at every connection: a certificate renewed in place is used
     // from the next one on.
     if let Some(pem) = crate::tls::EtcdPem::read_as(&cfg.tls, &crate::tls::PATRONI_TLS)? {
-        let mut tls = TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(pem.ca))
-            .timeout(CONNECT_TIMEOUT);
-        if let Some((cert, key)) = pem.identity {
-            tls = tls.identity(Identity::from_pem(cert, key));
-        }
-        opts = opts.with_tls(tls);
+        opts = opts.with_tls(crate::cluster::coord::etcd::tls_options(
+            pem,
+            CONNECT_TIMEOUT,
+        ));
     }
     Ok(Client::connect([endpoint], Some(opts)).await?)
 }
