@@ -25,7 +25,7 @@ use common::{
     direct_client, http_request, private_pair as start_pair, sqlstate, unique,
     wait_until as eventually, Proxy, USERS,
 };
-use switchyard::local_cluster::{LocalCluster, PgNode, CLUSTER_PASSWORD, CLUSTER_USER};
+use switchyard::local_cluster::{LocalCluster, PgNode, StopMode, CLUSTER_PASSWORD, CLUSTER_USER};
 use tokio::net::TcpListener;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -496,6 +496,55 @@ async fn command_probes_map_exit_codes() {
     // A failing replica is not routed to; the primary never moved.
     assert_eq!(port_of(&proxy.client().await).await, primary.port());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `READMIT` of a fenced old primary that is down (being rebuilt) while its
+/// health has not gone down yet: what its last check said before the
+/// rebuild (primary, on the old timeline) must not fence it again. Only a
+/// check after the `READMIT` decides: the same old primary back fences it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readmit_is_judged_on_checks_made_after_it() {
+    let (cluster, primary, replica) = start_pair().await;
+    // Many failed checks before "down": the stopped node stays usable with
+    // its last probe for the whole test, the window a fast rebuild leaves.
+    let health = "[health]\ninterval = \"100ms\"\nfailure_threshold = 1000\n";
+    let toml = format!("{}{health}", config(&primary, &replica, "", "", ""));
+    let proxy = Proxy::start_with(cluster.clone(), &toml).await;
+    let admin = admin(&proxy).await;
+    eventually(10, "replica seen", || async {
+        node_column(&admin, "db2", "role").await == "replica"
+    })
+    .await;
+    admin
+        .simple_query("SWITCHOVER TO db2")
+        .await
+        .expect("switchover");
+    assert_eq!(node_column(&admin, "db1", "state").await, "fenced");
+
+    let p = primary.clone();
+    tokio::task::spawn_blocking(move || p.stop(StopMode::Fast))
+        .await
+        .unwrap()
+        .unwrap();
+    admin.simple_query("READMIT db1").await.expect("readmit");
+    // Stopped, it answers no check: nothing new says it is a primary.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_ne!(
+        node_column(&admin, "db1", "state").await,
+        "fenced",
+        "fenced again on a check from before the READMIT"
+    );
+    // Back unrebuilt, still a primary on the old timeline: fenced again.
+    let p = primary.clone();
+    tokio::task::spawn_blocking(move || p.start())
+        .await
+        .unwrap()
+        .unwrap();
+    eventually(10, "the old primary fenced again", || async {
+        node_column(&admin, "db1", "state").await == "fenced"
+    })
+    .await;
+    assert_eq!(node_column(&admin, "db2", "role").await, "primary");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,6 +95,7 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
             }
         }
         let leading = not_leading(coord.as_ref());
+        let fenced_before = fenced_now(&cluster, tracks.len());
         fences::follow(
             &cluster,
             coord.as_ref(),
@@ -103,6 +104,7 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
         );
         let limit = forward_limit(&config);
         fences::readmit(&cluster, coord.as_ref(), leading.as_ref(), limit);
+        forget_readmitted(&cluster, &mut tracks, &fenced_before);
         hardware.react(&cluster, &config, &state);
         // Planned moves run between ticks, on fresh probes. One that lost
         // the old primary mid-way leaves it lost before any replica was
@@ -405,6 +407,22 @@ fn health_login(config: &Config) -> Login {
         user,
         database: config.health.database.clone(),
         secret: password.map(crate::auth::server_side::ServerSecret::Password),
+    }
+}
+
+fn fenced_now(cluster: &Cluster, nodes: usize) -> Vec<bool> {
+    (0..nodes).map(|i| cluster.is_fenced(i)).collect()
+}
+
+/// A node re-admitted this tick (here or through the shared record) is
+/// judged only on checks made from now on: its last one may be from before
+/// an operator rebuilt it (a primary on the old timeline), and would fence
+/// it again at once.
+fn forget_readmitted(cluster: &Cluster, tracks: &mut [Track], fenced_before: &[bool]) {
+    for (i, track) in tracks.iter_mut().enumerate() {
+        if fenced_before.get(i) == Some(&true) && !cluster.is_fenced(i) {
+            track.forget();
+        }
     }
 }
 

@@ -40,6 +40,13 @@ impl Track {
         }
     }
 
+    /// Forgets what the node's checks said: unknown until the next one
+    /// answers, as at start.
+    pub(crate) fn forget(&mut self) {
+        self.health = Health::Unknown;
+        self.probe = None;
+    }
+
     /// Applies node `i`'s probe result: its health follows the
     /// [`react`] rules, a successful probe is kept (and read for
     /// witnessing), and changes are events. A node whose role changed, or
