@@ -224,6 +224,10 @@ pub fn render(ctx: &Context) -> String {
         );
     }
     let lag = ctx.loop_lag().snapshot();
+    let lag = Buckets {
+        cumulative: lag.cumulative,
+        sum: lag.sum,
+    };
     histogram(&mut out, EVENT_LOOP_LAG, &crate::runtime::LAG_BUCKETS, &lag);
     out
 }
@@ -232,9 +236,17 @@ fn help_of(name: &str) -> &'static str {
     METRICS.iter().find(|m| m.0 == name).map_or("", |m| m.2)
 }
 
+/// A histogram as Prometheus shows it.
+struct Buckets {
+    /// Cumulative counts per bound, then the total (`+Inf`).
+    cumulative: Vec<u64>,
+    /// Sum of all samples, seconds.
+    sum: f64,
+}
+
 /// An hdrhistogram of µs samples as cumulative counts at `bounds` (seconds;
 /// exact to the histogram's 1 % resolution) and a sum in seconds.
-fn bucketed(h: &hdrhistogram::Histogram<u64>, bounds: &[f64]) -> crate::runtime::LagSnapshot {
+fn bucketed(h: &hdrhistogram::Histogram<u64>, bounds: &[f64]) -> Buckets {
     let mut cumulative: Vec<u64> = bounds
         .iter()
         .map(|b| {
@@ -246,15 +258,14 @@ fn bucketed(h: &hdrhistogram::Histogram<u64>, bounds: &[f64]) -> crate::runtime:
         })
         .collect();
     cumulative.push(h.len());
-    crate::runtime::LagSnapshot {
+    Buckets {
         cumulative,
         sum: h.mean() * h.len() as f64 / 1e6,
-        last: 0.0,
     }
 }
 
 /// Renders a fixed-bucket histogram.
-fn histogram(out: &mut String, name: &str, bounds: &[f64], s: &crate::runtime::LagSnapshot) {
+fn histogram(out: &mut String, name: &str, bounds: &[f64], s: &Buckets) {
     let _ = writeln!(out, "# HELP {name} {}", help_of(name));
     let _ = writeln!(out, "# TYPE {name} histogram");
     for (le, n) in bounds

@@ -222,21 +222,20 @@ impl Pool {
                 .cluster
                 .route_key(settings.target)
                 .and_then(|key| self.pop_usable(key, Instant::now(), &settings));
-            let conn = match found {
-                Some(conn) => Some(Ok(conn)),
-                None => match s.cluster.route(settings.target) {
-                    Some(route) => {
-                        // Routable again: the wait for the topology ends
-                        // here, before the time a new connection takes.
-                        drop(hold.take());
-                        Some(self.open(&route, room_by).await)
-                    }
-                    None => None,
-                },
+            let route = match found {
+                Some(_) => None,
+                None => s.cluster.route(settings.target),
             };
-            if conn.is_some() {
+            if found.is_some() || route.is_some() {
+                // Routable again: the wait for the topology ends here,
+                // before the time a new connection takes.
                 drop(hold.take());
             }
+            let conn = match (found, route) {
+                (Some(conn), _) => Some(Ok(conn)),
+                (None, Some(route)) => Some(self.open(&route, room_by).await),
+                (None, None) => None,
+            };
             if let Some(conn) = conn {
                 match conn {
                     Ok(mut conn) => {
