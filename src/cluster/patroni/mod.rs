@@ -8,6 +8,7 @@
 //! use it yet: it follows Switchyard's own health checks.
 
 pub mod parse;
+mod shown;
 mod watch;
 
 use std::future::Future;
@@ -137,6 +138,9 @@ pub struct Observed {
     pub revision: i64,
     #[serde(flatten)]
     pub view: PatroniView,
+    /// When the switchover request in `view.failover` was first seen.
+    #[serde(skip)]
+    pub failover_seen: Option<std::time::Instant>,
 }
 
 /// The task that keeps [`Cluster::patroni`] current, when `[coordination]`

@@ -14,10 +14,10 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions, EventType, GetOptions, WatchOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::{parse, Observed, PatroniView};
+use super::parse;
+use super::shown::Shown;
 use crate::cluster::Cluster;
 use crate::config::coordination::PatroniConfig;
-use crate::events::EventKind;
 
 /// At most this many keys under the prefix: a Patroni cluster has a few
 /// plus one per member.
@@ -131,7 +131,7 @@ async fn session(
         store.put(prefix, kv.key(), kv.value());
     }
     let mut revision = first.header().map_or(0, |h| h.revision());
-    shown.show(&store, revision);
+    shown.show_keys(&store.0, revision);
     let from = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision + 1);
@@ -158,7 +158,7 @@ async fn session(
             return Err(WatchError::TooManyKeys(prefix.to_string()));
         }
         revision = resp.header().map_or(revision, |h| h.revision());
-        shown.show(&store, revision);
+        shown.show_keys(&store.0, revision);
     }
 }
 
@@ -195,130 +195,9 @@ fn relative<'k>(prefix: &str, key: &'k [u8]) -> Option<&'k str> {
     std::str::from_utf8(rest).ok().filter(|k| parse::is_read(k))
 }
 
-/// What the cluster shows of Patroni, and the leader the timeline last
-/// recorded.
-struct Shown {
-    cluster: Arc<Cluster>,
-    prefix: String,
-    /// `None` until a view was read; then the leader it named.
-    recorded: Option<Option<String>>,
-    current: bool,
-}
-
-impl Shown {
-    /// Shows "not read yet" at once, so `/status` says where it looks.
-    fn new(cluster: Arc<Cluster>, prefix: String) -> Shown {
-        let shown = Shown {
-            cluster,
-            prefix,
-            recorded: None,
-            current: false,
-        };
-        shown.store(false, None, 0, PatroniView::default());
-        shown
-    }
-
-    fn show(&mut self, store: &Store, revision: i64) {
-        let view = parse::view(&store.0);
-        if let Some((node, message)) = leader_event(self.recorded.as_ref(), &view.leader) {
-            self.cluster
-                .events
-                .record(EventKind::PatroniLeaderChanged, node.as_deref(), message);
-        }
-        self.recorded = Some(view.leader.clone());
-        self.current = true;
-        self.store(true, None, revision, view);
-    }
-
-    /// The session ended: the last view stays, not current. Returns whether
-    /// the session had read it.
-    fn lost(&mut self, error: String) -> bool {
-        let last = self.cluster.patroni();
-        let (revision, view) = last.map_or((0, PatroniView::default()), |o| {
-            (o.revision, o.view.clone())
-        });
-        self.store(false, Some(error), revision, view);
-        std::mem::replace(&mut self.current, false)
-    }
-
-    fn store(&self, connected: bool, error: Option<String>, revision: i64, view: PatroniView) {
-        self.cluster.set_patroni(Observed {
-            prefix: self.prefix.clone(),
-            connected,
-            error,
-            revision,
-            view,
-        });
-    }
-}
-
-/// The timeline entry when Patroni's leader is no longer the one last
-/// recorded (`None`: no view read before): the member concerned and what
-/// happened. Once per change, not once per session.
-pub fn leader_event(
-    recorded: Option<&Option<String>>,
-    now: &Option<String>,
-) -> Option<(Option<String>, String)> {
-    let before = match recorded {
-        Some(before) if before == now => return None,
-        Some(before) => Some(before.as_deref()),
-        None => None,
-    };
-    let message = match (before, now.as_deref()) {
-        (None, Some(new)) => format!("Patroni's leader is {new}"),
-        (None, None) => "Patroni has no leader".to_string(),
-        (Some(Some(old)), Some(new)) => format!("Patroni's leader moved from {old} to {new}"),
-        (Some(None), Some(new)) => format!("Patroni's leader is {new} (there was none)"),
-        (Some(Some(old)), None) => format!("Patroni has no leader ({old} no longer holds the key)"),
-        (Some(None), None) => return None,
-    };
-    let node = now.clone().or_else(|| before.flatten().map(str::to_string));
-    Some((node, message))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_leader_event_once_per_change() {
-        let s = |n: &str| Some(n.to_string());
-        // (recorded, now) -> (node, message) or nothing
-        type Case = (
-            Option<Option<String>>,
-            Option<String>,
-            Option<(Option<String>, &'static str)>,
-        );
-        let cases: [Case; 7] = [
-            (None, s("pg0"), Some((s("pg0"), "Patroni's leader is pg0"))),
-            (None, None, Some((None, "Patroni has no leader"))),
-            (Some(s("pg0")), s("pg0"), None),
-            (Some(None), None, None),
-            (
-                Some(s("pg0")),
-                s("pg1"),
-                Some((s("pg1"), "Patroni's leader moved from pg0 to pg1")),
-            ),
-            (
-                Some(s("pg0")),
-                None,
-                Some((
-                    s("pg0"),
-                    "Patroni has no leader (pg0 no longer holds the key)",
-                )),
-            ),
-            (
-                Some(None),
-                s("pg1"),
-                Some((s("pg1"), "Patroni's leader is pg1 (there was none)")),
-            ),
-        ];
-        for (recorded, now, want) in cases {
-            let got = leader_event(recorded.as_ref(), &now);
-            let want = want.map(|(n, m)| (n, m.to_string()));
-            assert_eq!(got, want, "{recorded:?} -> {now:?}");
-        }
-    }
 
     #[test]
     fn the_pause_grows_while_no_session_reads_the_view() {
