@@ -219,15 +219,24 @@ fn spawn_fence_command(cluster: &Cluster, config: &Config, node: usize) {
 pub(super) fn publish(cluster: &Cluster, config: &Config, tracks: &[Track], state: &Primary) {
     let views = views(cluster, tracks);
     let primary = state.serving();
+    // With Patroni, reads go only to the replicas it would balance to.
+    let gate = super::patroni::gate_now(cluster, config);
+    let readable = |i: usize| {
+        gate.as_ref()
+            .is_none_or(|g| g.readable.get(i).copied().unwrap_or(false))
+    };
     let snap = Snapshot {
         // Held while the leading proxy moves the primary: no new
         // transaction starts there meanwhile.
         primary: primary.filter(|_| !cluster.writes_held()),
-        replicas: fit_replicas(&views, primary, config.routing.max_replica_lag),
+        replicas: fit_replicas(&views, primary, config.routing.max_replica_lag)
+            .into_iter()
+            .filter(|&i| readable(i))
+            .collect(),
         usable: views
             .iter()
             .enumerate()
-            .filter(|(_, v)| v.live_role().is_some())
+            .filter(|(i, v)| v.live_role().is_some() && (Some(*i) == primary || readable(*i)))
             .map(|(i, _)| i)
             .collect(),
     };

@@ -48,6 +48,9 @@ pub enum SwitchoverError {
     /// Forwarded to the leader, which answered this (or did not answer).
     #[error("the leading proxy answered: {0}")]
     AtLeader(String),
+    /// Patroni moves the primary (`coordination.backend = "patroni"`).
+    #[error("Patroni manages this cluster's primary: switch over with patronictl switchover")]
+    PatroniManages,
 }
 
 /// The step of a switchover that failed.
@@ -134,6 +137,7 @@ impl SwitchoverError {
             | SwitchoverError::Unconfirmed(_)
             | SwitchoverError::NotLeader(_)
             | SwitchoverError::AtLeader(_)
+            | SwitchoverError::PatroniManages
             | SwitchoverError::MonitorStopped => "55000",
         }
     }
@@ -172,6 +176,7 @@ mod tests {
             SwitchoverError::Unconfirmed(step),
             SwitchoverError::NotLeader("not the leader (db9)".into()),
             SwitchoverError::AtLeader("no healthy replica".into()),
+            SwitchoverError::PatroniManages,
             SwitchoverError::MonitorStopped,
         ];
         for e in switchovers {

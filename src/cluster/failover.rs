@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use super::decide::{
-    choose_candidate, reported_primary, split_primaries, stray_replicas, to_fence, Blocked,
+    choose_candidate, highest_timeline, reported_primary, split_primaries, stray_replicas,
+    to_fence, Blocked,
 };
 use super::view::{Health, NodeView, Role};
 use crate::config::FailoverMode;
@@ -105,6 +106,22 @@ pub struct FailoverSettings {
     /// stands, its old primary takes no writes from any proxy (it may
     /// still complete) and no other node is promoted.
     pub promotion_sent: Option<SentPromotion>,
+    /// Something else (Patroni) appoints the primary: only this node may
+    /// take writes, and Switchyard fences nothing of its own accord.
+    pub appointed: Option<Appointed>,
+}
+
+/// The primary as another system appoints it (Patroni's leader).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appointed {
+    /// The node that may take writes once it reports primary (not while
+    /// it drains); none while there is no leader.
+    pub node: Option<usize>,
+    /// It must report a timeline this high or higher.
+    pub min_timeline: u32,
+    /// A switchover was asked: no new transaction starts on the leader,
+    /// and the ones running finish (their connections are not closed).
+    pub draining: bool,
 }
 
 /// `pg_promote()` was sent to `candidate` in place of `old` (node indices).
@@ -123,6 +140,22 @@ impl FailoverSettings {
             .filter(|s| s.old == old && s.candidate != old)
             .map(|s| s.candidate)
     }
+
+    /// Whether `i` may take writes as far as the appointing system says:
+    /// its leader, not draining, on no timeline below one it published or
+    /// one any node reports.
+    fn may_write(&self, i: usize, nodes: &[NodeView]) -> bool {
+        self.appointed.is_none_or(|a| {
+            let floor = a.min_timeline.max(highest_timeline(nodes));
+            a.node == Some(i) && !a.draining && nodes[i].timeline() >= floor
+        })
+    }
+
+    /// The node that reports primary and may take writes: the appointed
+    /// one, or the one on the highest timeline.
+    fn writable_primary(&self, nodes: &[NodeView]) -> Option<usize> {
+        reported_primary(nodes).filter(|&p| self.may_write(p, nodes))
+    }
 }
 
 /// One decision step.
@@ -133,7 +166,14 @@ pub fn step(
     cfg: &FailoverSettings,
 ) -> (Primary, Vec<Action>) {
     let mut actions = vec![];
-    for i in to_fence(nodes) {
+    // An appointing system demotes a primary it replaced itself, and the
+    // node then serves again: a fence would need an operator.
+    let fencing = if cfg.appointed.is_some() {
+        vec![]
+    } else {
+        to_fence(nodes)
+    };
+    for i in fencing {
         let msg = format!(
             "node reports primary on timeline {} below the highest seen; fenced",
             nodes[i].timeline()
@@ -154,7 +194,11 @@ pub fn step(
             }
         })
         .collect();
-    let usable = |i: usize| !fenced_now.contains(&i) && nodes[i].live_role() == Some(Role::Primary);
+    let usable = |i: usize| {
+        !fenced_now.contains(&i)
+            && nodes[i].live_role() == Some(Role::Primary)
+            && cfg.may_write(i, nodes)
+    };
     let split: Vec<usize> = split_primaries(nodes)
         .into_iter()
         .filter(|i| !fenced_now.contains(i))
@@ -241,9 +285,12 @@ fn serving(
     // down, or this one became leader since): whatever it takes now may be
     // lost when the promotion completes.
     let replaced = cfg.sent_in_place_of(p);
-    let still_primary =
-        replaced.is_none() && !fenced_now.contains(&p) && node.live_role() == Some(Role::Primary);
+    let still_primary = replaced.is_none()
+        && !fenced_now.contains(&p)
+        && node.live_role() == Some(Role::Primary)
+        && cfg.may_write(p, nodes);
     if !still_primary {
+        let draining = cfg.appointed.is_some_and(|a| a.draining) && node.live_role().is_some();
         let why = match (
             node.fenced || fenced_now.contains(&p),
             node.health,
@@ -256,9 +303,17 @@ fn serving(
             _ if node.hardware_failing => "primary hardware failing: the node counts as gone",
             (_, Health::Down, _) => "primary is down",
             (_, _, Some(Role::Replica)) => "primary is in recovery now",
+            _ if draining => {
+                "Patroni was asked to switch over: new transactions wait for its next leader"
+            }
+            _ if !cfg.may_write(p, nodes) => "Patroni no longer names the primary its leader",
             _ => "primary is not usable",
         };
-        actions.push(Action::CloseConns(p));
+        // A drain lets the running transactions finish: the switchover
+        // ends them when it stops the old leader, if they have not.
+        if !draining {
+            actions.push(Action::CloseConns(p));
+        }
         actions.push(Action::Event(
             EventKind::FailoverStarted,
             Some(p),
@@ -271,7 +326,7 @@ fn serving(
         };
         return lost(was, nodes, now, cfg, actions);
     }
-    match reported_primary(nodes) {
+    match cfg.writable_primary(nodes) {
         Some(q) if q != p => {
             // Someone promoted another node onto a higher timeline.
             actions.push(Action::CloseConns(p));
@@ -328,7 +383,7 @@ fn lost(
         }
         held(Some(b))
     };
-    match (reported_primary(nodes), promoted) {
+    match (cfg.writable_primary(nodes), promoted) {
         (Some(q), Some(c)) if q == old => {
             return block(Blocked::PromotionSent(nodes[c].name.clone()))
         }
@@ -408,7 +463,11 @@ fn took_over(
         nodes[new].timeline()
     );
     actions.push(Action::Event(EventKind::WritesResumed, Some(new), msg));
-    if let Some(o) = old {
+    if let (Some(o), Some(_)) = (old, cfg.appointed) {
+        // Not fenced: it serves again once the appointing system makes it
+        // a replica (or its leader again); until then no write goes there.
+        actions.push(Action::CloseConns(o));
+    } else if let Some(o) = old {
         if !nodes[o].fenced {
             let msg = format!(
                 "old primary {} replaced by {}",

@@ -14,7 +14,7 @@ use super::actuate::{is_slow, perform, publish};
 use super::coord::gate::{self, Held};
 use super::coord::{Ask, AskReply, Coordination};
 use super::decide::replicas_silent_since;
-use super::failover::{step, Action, FailoverSettings, Primary, SentPromotion};
+use super::failover::{step, Action, Appointed, FailoverSettings, Primary, SentPromotion};
 use super::fences;
 use super::health::{ProbeError, LATE_PROBE};
 use super::peer_switch::{finish_interrupted, PeerSwitchover};
@@ -112,7 +112,14 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
         // the next tick's probes asked them (the witness rule).
         let mut unasked = false;
         if let Some(req) = cluster.next_switchover() {
+            let patroni = config.coordination.backend == Backend::Patroni;
             state = match not_leading(coord.as_ref()) {
+                _ if patroni => super::switchover::refuse(
+                    &cluster,
+                    req,
+                    SwitchoverError::PatroniManages,
+                    &state,
+                ),
                 None => {
                     let c = coord.as_ref();
                     super::switchover::run(&cluster, &config, c, &mut tracks, &state, req).await
@@ -129,7 +136,10 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
                     });
                     state
                 }
-                Some(why) => super::switchover::refuse(&cluster, req, why, &state),
+                Some(why) => {
+                    let e = SwitchoverError::NotLeader(why.to_string());
+                    super::switchover::refuse(&cluster, req, e, &state)
+                }
             };
             unasked = matches!(state, Primary::Lost { .. });
         }
@@ -265,6 +275,11 @@ impl Acting<'_> {
         let views = views(cluster, tracks);
         let now = Instant::now();
         let mut settings = failover_settings(config);
+        settings.appointed = super::patroni::gate_now(cluster, config).map(|g| Appointed {
+            node: g.leader,
+            min_timeline: g.min_timeline,
+            draining: g.draining,
+        });
         if let Some(c) = self.coord {
             settings.promotion_sent = promotion_sent(c, &views);
             let (gated, verdict) = c.gate(settings, state, &views, config, now);
@@ -439,6 +454,7 @@ fn failover_settings(config: &Config) -> FailoverSettings {
         fence_command: f.fence_command.is_some(),
         promote_timeout: Duration::from_secs(30),
         promotion_sent: None,
+        appointed: None,
     }
 }
 

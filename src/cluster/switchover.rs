@@ -255,15 +255,14 @@ pub(super) async fn run(
     next
 }
 
-/// Answers `req` with `why` this proxy cannot run it (coordination: it does
-/// not lead); nothing changes.
+/// Answers `req` with why this proxy cannot run it (coordination: it does
+/// not lead; Patroni moves the primary); nothing changes.
 pub(super) fn refuse(
     cluster: &Cluster,
     req: Request,
-    why: impl std::fmt::Display,
+    e: SwitchoverError,
     state: &Primary,
 ) -> Primary {
-    let e = SwitchoverError::NotLeader(why.to_string());
     let msg = format!("switchover not done ({}): {e}", req.reason);
     cluster
         .events

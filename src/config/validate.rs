@@ -73,6 +73,15 @@ pub fn validate(cfg: &Config) -> Result<(), String> {
                 .into(),
         );
     }
+    if cfg.coordination.backend == super::coordination::Backend::Patroni
+        && cfg.failover.switchover_on_degraded
+    {
+        return Err(
+            "failover.switchover_on_degraded with coordination.backend = \"patroni\": Patroni \
+             moves the primary; a degraded leader is reported, not switched over"
+                .into(),
+        );
+    }
     if cfg.coordination.advertise.is_some() && cfg.proxy.peer_id.is_none() {
         return Err(
             "coordination.advertise needs proxy.peer_id: the id the cancel keys \
@@ -294,6 +303,9 @@ mod tests {
             err_of(base).contains("Patroni promotes"),
             "promote is the default"
         );
+        let degraded =
+            format!("{base}[failover]\nmode = \"follow\"\nswitchover_on_degraded = true\n");
+        assert!(err_of(&degraded).contains("Patroni moves the primary"));
     }
 
     #[test]

@@ -251,6 +251,7 @@ mod tests {
             fence_command: true,
             promote_timeout: Duration::from_secs(30),
             promotion_sent: None,
+            appointed: None,
         };
         let acting = gated(s.clone(), &Ok(()));
         assert_eq!(acting.mode, FailoverMode::Promote);

@@ -12,6 +12,7 @@ fn cfg(mode: FailoverMode) -> FailoverSettings {
         fence_command: false,
         promote_timeout: Duration::from_secs(30),
         promotion_sent: None,
+        appointed: None,
     }
 }
 
@@ -702,4 +703,210 @@ fn a_proxy_told_of_a_sent_promotion_writes_no_more_to_the_primary_it_replaces() 
     };
     let (s, actions) = step(&Primary::Serving(0), &nodes, now, &other);
     assert_eq!(s, Primary::Serving(0), "{actions:?}");
+}
+
+fn appointed(node: Option<usize>, draining: bool) -> FailoverSettings {
+    FailoverSettings {
+        repoint_replicas: false,
+        clear_sync_standby: false,
+        appointed: Some(Appointed {
+            node,
+            min_timeline: 2,
+            draining,
+        }),
+        ..cfg(FailoverMode::Follow)
+    }
+}
+
+fn closes(actions: &[Action]) -> Vec<usize> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CloseConns(i) => Some(*i),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fences(actions: &[Action]) -> Vec<usize> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Fence(i) => Some(*i),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_appointed_primary_takes_writes_only_once_it_reports_primary() {
+    let now = Instant::now();
+    let old = node("old", Role::Primary, 2, 100);
+    let new_replica = node("new", Role::Replica, 2, 100);
+    let new_primary = node("new", Role::Primary, 3, 100);
+    let mut low = node("new", Role::Primary, 1, 100);
+    low.health = Health::Up;
+    let serving = Primary::Serving(0);
+    let lost = Primary::Lost {
+        old: 0,
+        blocked: None,
+        promoted: None,
+    };
+    // (state, nodes, appointed node, draining) -> next state, closed, fenced
+    type Case = (
+        Primary,
+        [NodeView; 2],
+        Option<usize>,
+        bool,
+        Primary,
+        Vec<usize>,
+    );
+    let cases: Vec<Case> = vec![
+        // Discovering: only the leader, and only as primary.
+        (
+            Primary::Discovering,
+            [old.clone(), new_replica.clone()],
+            Some(0),
+            false,
+            serving.clone(),
+            vec![],
+        ),
+        (
+            Primary::Discovering,
+            [old.clone(), new_replica.clone()],
+            Some(1),
+            false,
+            Primary::Discovering,
+            vec![],
+        ),
+        (
+            Primary::Discovering,
+            [old.clone(), new_replica.clone()],
+            None,
+            false,
+            Primary::Discovering,
+            vec![],
+        ),
+        // Below the timeline Patroni published: not yet.
+        (
+            Primary::Discovering,
+            [low.clone(), new_replica.clone()],
+            Some(0),
+            false,
+            Primary::Discovering,
+            vec![],
+        ),
+        // A drain: writes held, running transactions keep their server.
+        (
+            serving.clone(),
+            [old.clone(), new_replica.clone()],
+            Some(0),
+            true,
+            lost.clone(),
+            vec![],
+        ),
+        (
+            lost.clone(),
+            [old.clone(), new_replica.clone()],
+            Some(0),
+            true,
+            lost.clone(),
+            vec![],
+        ),
+        // The drain ended and nothing moved: the leader serves again.
+        (
+            lost.clone(),
+            [old.clone(), new_replica.clone()],
+            Some(0),
+            false,
+            serving.clone(),
+            vec![],
+        ),
+        // The leader moved to a node still in recovery: held, the old one closed.
+        (
+            serving.clone(),
+            [old.clone(), new_replica.clone()],
+            Some(1),
+            false,
+            lost.clone(),
+            vec![0],
+        ),
+        // Patroni has no leader: held, closed.
+        (
+            serving.clone(),
+            [old.clone(), new_replica.clone()],
+            None,
+            false,
+            lost.clone(),
+            vec![0],
+        ),
+        // The new leader reports primary: it serves; the old is closed, not fenced.
+        (
+            lost.clone(),
+            [down(old.clone()), new_primary.clone()],
+            Some(1),
+            false,
+            Primary::Serving(1),
+            vec![0],
+        ),
+        (
+            lost.clone(),
+            [old.clone(), new_primary.clone()],
+            Some(1),
+            false,
+            Primary::Serving(1),
+            vec![0],
+        ),
+        // Another node on a higher timeline that Patroni does not name: never.
+        (
+            serving.clone(),
+            [old.clone(), new_primary.clone()],
+            Some(0),
+            false,
+            lost.clone(),
+            vec![0],
+        ),
+    ];
+    for (state, nodes, leader, draining, want, closed) in cases {
+        let (next, actions) = step(&state, &nodes, now, &appointed(leader, draining));
+        assert_eq!(
+            next, want,
+            "{state:?} leader {leader:?} draining {draining}"
+        );
+        assert_eq!(
+            closes(&actions),
+            closed,
+            "{state:?} leader {leader:?}: {actions:?}"
+        );
+        assert_eq!(fences(&actions), Vec::<usize>::new(), "{actions:?}");
+        assert!(!actions
+            .iter()
+            .any(|a| matches!(a, Action::Promote(_) | Action::Repoint { .. })));
+    }
+}
+
+#[test]
+fn an_appointed_primary_never_promotes_or_fences_on_its_own() {
+    let now = Instant::now();
+    // The leader is dead and Patroni has not moved the key (paused, or its
+    // TTL runs): nothing is promoted, the old primary back on a lower
+    // timeline is not fenced, only kept from writes.
+    let nodes = [
+        down(node("p", Role::Primary, 2, 100)),
+        node("r", Role::Replica, 2, 99),
+    ];
+    let lost = Primary::Lost {
+        old: 0,
+        blocked: None,
+        promoted: None,
+    };
+    let (next, actions) = step(&lost, &nodes, now, &appointed(Some(0), false));
+    assert_eq!((next, actions), (lost.clone(), vec![]));
+    let back = [
+        node("p", Role::Primary, 2, 100),
+        node("r", Role::Primary, 3, 120),
+    ];
+    let (next, actions) = step(&Primary::Serving(1), &back, now, &appointed(Some(1), false));
+    assert_eq!(next, Primary::Serving(1));
+    assert!(fences(&actions).is_empty(), "{actions:?}");
 }

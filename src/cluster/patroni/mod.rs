@@ -4,9 +4,12 @@
 //! address, role, state and WAL position, a switchover asked for, the
 //! synchronous standbys. [`parse`] turns the keys into a [`PatroniView`]
 //! (pure); [`watch`] keeps it current in the [`Cluster`] and records a
-//! `patroni_leader_changed` event when the leader changes. Routing does not
-//! use it yet: it follows Switchyard's own health checks.
+//! `patroni_leader_changed` event when the leader changes. [`gate`] says
+//! what routing may do with it: writes only to Patroni's leader once its
+//! own probe says primary, none while a switchover drains it, reads only
+//! from the replicas Patroni balances to.
 
+pub mod gate;
 pub mod parse;
 mod shown;
 mod watch;
@@ -141,6 +144,26 @@ pub struct Observed {
     /// When the switchover request in `view.failover` was first seen.
     #[serde(skip)]
     pub failover_seen: Option<std::time::Instant>,
+}
+
+/// What Patroni allows now, with `backend = "patroni"`: its leader and
+/// readable replicas among the configured nodes, and whether a switchover
+/// drains the leader (for at most `failover.hold_timeout`, the longest a
+/// held query waits anyway).
+pub fn gate_now(cluster: &Cluster, config: &Config) -> Option<gate::Gate> {
+    if config.coordination.backend != Backend::Patroni {
+        return None;
+    }
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    Some(gate::gate(
+        cluster.patroni().as_deref(),
+        &cluster.nodes(),
+        std::time::Instant::now(),
+        unix_now,
+        config.failover.hold_timeout,
+    ))
 }
 
 /// The task that keeps [`Cluster::patroni`] current, when `[coordination]`

@@ -170,7 +170,7 @@ pub fn conn_url_address(url: &str) -> Option<(String, u16)> {
     (!host.is_empty()).then(|| (host.to_string(), port))
 }
 
-fn role(raw: Option<&str>) -> Role {
+pub(super) fn role(raw: Option<&str>) -> Role {
     match raw {
         Some("primary" | "master") => Role::Primary,
         Some("replica") => Role::Replica,
@@ -185,7 +185,7 @@ fn role(raw: Option<&str>) -> Role {
 /// Patroni's reading of the tags: a boolean tag set at all wins; without
 /// it, a priority of 0 or less (`failover_priority`, `sync_priority`) means
 /// the same.
-fn tags(tags: Option<&Value>) -> Tags {
+pub(super) fn tags(tags: Option<&Value>) -> Tags {
     let get = |k: &str| tags.and_then(|t| t.get(k));
     let flag_or_priority = |flag: &str, priority: &str| match get(flag) {
         Some(v) if !v.is_null() => truthy(v),
@@ -220,6 +220,45 @@ fn failover(value: &str) -> Option<ScheduledSwitchover> {
         candidate,
         scheduled_at: at,
     })
+}
+
+/// Seconds since the Unix epoch of an ISO 8601 time as Patroni writes
+/// `scheduled_at` (`2026-12-06T05:30:00+00:00`, fractions and `Z`
+/// allowed); `None` when it is not one.
+pub fn unix_seconds(iso: &str) -> Option<i64> {
+    let num = |s: &str| -> Option<i64> {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (date, time) = iso.trim().split_once(['T', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let (y, mo, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let split = time.find(['Z', 'z', '+', '-']).unwrap_or(time.len());
+    let (clock, zone) = time.split_at(split);
+    let mut c = clock.splitn(3, ':');
+    let (h, mi) = (num(c.next()?)?, num(c.next()?)?);
+    let sec = num(c.next().unwrap_or("0").split('.').next()?)?;
+    let offset = match zone {
+        "" | "Z" | "z" => 0,
+        _ => {
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = zone[1..].split_once(':').unwrap_or((&zone[1..], "0"));
+            sign * (num(oh)? * 3600 + num(om)? * 60)
+        }
+    };
+    let valid = (1..=12).contains(&mo) && (1..=31).contains(&day) && h < 24 && mi < 60 && sec <= 60;
+    valid.then(|| days_from_civil(y, mo, day) * 86_400 + h * 3600 + mi * 60 + sec - offset)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// The `sync` key; without a leader it says nothing (as Patroni reads it).
@@ -257,7 +296,7 @@ fn last_switch(v: &Value) -> Option<TimelineSwitch> {
 }
 
 /// A non-negative integer, written as a number or a string.
-fn int(v: &Value) -> Option<u64> {
+pub(super) fn int(v: &Value) -> Option<u64> {
     match v {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.trim().parse().ok(),
@@ -274,7 +313,7 @@ fn signed(v: &Value) -> Option<i64> {
 }
 
 /// Python's truth of a JSON value, which is what Patroni tests.
-fn truthy(v: &Value) -> bool {
+pub(super) fn truthy(v: &Value) -> bool {
     match v {
         Value::Null => false,
         Value::Bool(b) => *b,

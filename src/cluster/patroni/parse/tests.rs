@@ -378,3 +378,26 @@ fn whole_views_of_unusual_clusters() {
     );
     assert_eq!(view(&BTreeMap::new()), PatroniView::default());
 }
+
+#[test]
+fn scheduled_times_as_patroni_writes_them() {
+    // 2026-12-06T05:30:00Z is 1_796_535_000 s after the epoch.
+    let at = 1_796_535_000;
+    let cases = [
+        ("2026-12-06T05:30:00+00:00", Some(at)),
+        ("2026-12-06T05:30:00.123456+00:00", Some(at)),
+        ("2026-12-06T05:30:00Z", Some(at)),
+        ("2026-12-06T06:30:00+01:00", Some(at)),
+        ("2026-12-06T00:30:00-05:00", Some(at)),
+        ("2026-12-06 05:30:00", Some(at)),
+        ("1970-01-01T00:00:00Z", Some(0)),
+        ("2024-02-29T00:00:00Z", Some(1_709_164_800)),
+        ("2026-13-06T05:30:00Z", None),
+        ("2026-12-06", None),
+        ("tomorrow", None),
+        ("", None),
+    ];
+    for (iso, want) in cases {
+        assert_eq!(unix_seconds(iso), want, "{iso}");
+    }
+}
