@@ -266,7 +266,10 @@ async fn show_commands_answer_with_pgbouncer_columns() {
             "lag_bytes",
             "lag_seconds",
             "last_check",
-            "hardware"
+            "hardware",
+            "patroni_member",
+            "patroni_role",
+            "patroni_state"
         ])
     );
     let roles: Vec<_> = rows

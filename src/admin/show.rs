@@ -565,6 +565,9 @@ fn nodes(ctx: &Context) -> Table {
         ("lag_seconds", Col::Text),
         ("last_check", Col::Text),
         ("hardware", Col::Text),
+        ("patroni_member", Col::Text),
+        ("patroni_role", Col::Text),
+        ("patroni_state", Col::Text),
     ]);
     let now = SystemTime::now();
     for n in ctx.cluster().status().iter() {
@@ -583,9 +586,21 @@ fn nodes(ctx: &Context) -> Table {
             n.lag_seconds.map(|s| format!("{s:.3}")).into(),
             last_check.into(),
             n.hardware.into(),
+            n.patroni.as_ref().map(|m| m.member.clone()).into(),
+            n.patroni.as_ref().map(patroni_role).into(),
+            n.patroni.as_ref().map(|m| m.state.clone()).into(),
         ]);
     }
     t
+}
+
+/// Patroni's role of a member: `leader` for the one holding its key.
+fn patroni_role(m: &crate::cluster::patroni::MemberStatus) -> String {
+    if m.leader {
+        "leader".into()
+    } else {
+        m.role.as_str().into()
+    }
 }
 
 /// With `[coordination]`: this proxy first, then the other live ones, as

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::decide::fit_replicas;
 use super::failover::{Action, Primary};
 use super::health::Checker;
+use super::patroni::MemberStatus;
 use super::track::{views, Track};
 use super::view::{Health, NodeView, Role};
 use super::{Cluster, NodeStatus, Snapshot};
@@ -249,6 +250,10 @@ pub(super) fn publish(cluster: &Cluster, config: &Config, tracks: &[Track], stat
 
 fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) -> Vec<NodeStatus> {
     let primary_lsn = primary.map(|p| views[p].lsn());
+    let mut members = cluster
+        .patroni()
+        .map(|o| MemberStatus::of_nodes(&o.view, &cluster.nodes()))
+        .unwrap_or_default();
     views
         .iter()
         .zip(cluster.nodes().iter())
@@ -283,6 +288,7 @@ fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) ->
                 last_check_seconds_ago: probe.map(|p| p.at.elapsed().as_secs_f64()),
                 hardware: hw.status.as_str(),
                 hardware_reasons: hw.reasons,
+                patroni: members.get_mut(i).and_then(Option::take),
             }
         })
         .collect()

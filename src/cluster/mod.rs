@@ -76,6 +76,9 @@ pub struct NodeStatus {
     pub hardware: &'static str,
     /// Why, when not ok.
     pub hardware_reasons: Vec<String>,
+    /// With `backend = "patroni"`: the Patroni member this node is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patroni: Option<patroni::MemberStatus>,
 }
 
 /// Where one server connection should go.

@@ -85,6 +85,59 @@ pub enum Role {
     Unknown,
 }
 
+impl Role {
+    /// As Patroni 3.1 and later name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::StandbyLeader => "standby_leader",
+            Role::Demoted => "demoted",
+            Role::Promoted => "promoted",
+            Role::Uninitialized => "uninitialized",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+/// What Patroni says of one configured node, beside Switchyard's own view
+/// of it (`/status`, `SHOW NODES`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MemberStatus {
+    /// The member's name in Patroni.
+    pub member: String,
+    /// It holds Patroni's leader key.
+    pub leader: bool,
+    pub role: Role,
+    /// Patroni's state of its PostgreSQL (`running`, `streaming`, ...).
+    pub state: String,
+    pub timeline: Option<u32>,
+    pub lag_bytes: Option<u64>,
+}
+
+impl MemberStatus {
+    /// Each configured node's member in `view`, by index.
+    pub fn of_nodes(
+        view: &PatroniView,
+        nodes: &[crate::config::Node],
+    ) -> Vec<Option<MemberStatus>> {
+        let mut out = vec![None; nodes.len()];
+        for m in &view.members {
+            if let Some(i) = gate::node_of(m, nodes) {
+                out[i] = Some(MemberStatus {
+                    member: m.name.clone(),
+                    leader: view.leader.as_deref() == Some(m.name.as_str()),
+                    role: m.role,
+                    state: m.state.clone(),
+                    timeline: m.timeline,
+                    lag_bytes: m.lag_bytes,
+                });
+            }
+        }
+        out
+    }
+}
+
 /// The tags that change what Patroni does with a member.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Tags {
