@@ -2,6 +2,7 @@
 //! Patroni's keys in etcd: the reader alone, `/status` of a proxy, and a
 //! switchover Patroni makes, which the view and the timeline follow. One
 //! Patroni cluster serves the three, in that order (the switchover last).
+//! Another serves the same view read from Patroni's REST API instead.
 
 mod common;
 
@@ -238,6 +239,71 @@ async fn the_reader_keeps_the_last_view_while_etcd_is_away() {
     stop.cancel();
     task.await.unwrap();
     tokio::task::spawn_blocking(move || drop(etcd))
+        .await
+        .unwrap();
+}
+
+/// `patroni.rest`: the same view from Patroni's REST API (`GET /cluster`),
+/// with no etcd endpoint given, so whatever `/status` shows came from it.
+/// The first URL refuses connections: the poller goes on to the members.
+/// A switchover is seen within a few polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patronis_view_is_read_from_its_rest_api() {
+    common::init_tracing();
+    let patroni = tokio::task::spawn_blocking(PatroniCluster::start)
+        .await
+        .unwrap();
+    let patroni = Arc::new(patroni);
+    let api = |name: &str| format!("http://127.0.0.1:{}", patroni.member(name).api);
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
+    let rest = format!("[\"{closed}\", \"{}\", \"{}\"]", api("pg0"), api("pg1"));
+    let toml = toml(&patroni).replace(
+        &format!("endpoints = [\"{}\"]", patroni.endpoint()),
+        &format!("rest = {rest}"),
+    );
+    assert!(!toml.contains("endpoints"), "{toml}");
+    let proxy = RunningProxy::start(&toml).await;
+    wait_until(
+        10,
+        "/status to show Patroni's view from its REST API",
+        || async { status(proxy.http).await["patroni"]["connected"] == true },
+    )
+    .await;
+    let p = status(proxy.http).await["patroni"].clone();
+    assert_eq!(p["leader"], "pg0", "{p}");
+    assert!(
+        p["error"].is_null() && p["revision"].as_i64() > Some(0),
+        "{p}"
+    );
+    let members = p["members"].as_array().expect("members");
+    assert_eq!(members.len(), 2, "{p}");
+    for (name, role) in [("pg0", "primary"), ("pg1", "replica")] {
+        let m = members.iter().find(|m| m["name"] == name).expect(name);
+        assert_eq!(m["host"], "127.0.0.1", "{m}");
+        assert_eq!(m["port"], patroni.member(name).port, "{m}");
+        assert_eq!((&m["role"], &m["state"]), (&role.into(), &"running".into()));
+        assert_eq!(m["timeline"], 1, "{m}");
+        assert_eq!(m["api_url"], format!("{}/patroni", api(name)), "{m}");
+    }
+
+    let p = patroni.clone();
+    let said = tokio::task::spawn_blocking(move || p.switchover("pg0", "pg1"))
+        .await
+        .unwrap();
+    wait_until(5, "the view from the REST API to name pg1", || async {
+        status(proxy.http).await["patroni"]["leader"] == "pg1"
+    })
+    .await;
+    let events: Value =
+        serde_json::from_str(&http_request(proxy.http, "GET", "/events").await.1).unwrap();
+    let named_pg1 = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["kind"] == "patroni_leader_changed" && e["node"] == "pg1");
+    assert!(named_pg1, "no patroni_leader_changed naming pg1: {said}");
+    proxy.stop().await;
+    tokio::task::spawn_blocking(move || drop(patroni))
         .await
         .unwrap();
 }

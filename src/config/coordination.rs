@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::HttpUrl;
+
 /// Which store the proxies coordinate through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -19,8 +21,9 @@ pub enum Backend {
     /// etcd v3: one leader acts, the others observe.
     Etcd,
     /// Patroni manages the cluster: its view is read from its keys in etcd
-    /// v3 (`[coordination.patroni]`). The proxy takes no part in Switchyard's
-    /// own coordination: no lease, no leader among proxies.
+    /// v3 or from its REST API (`[coordination.patroni]`). The proxy takes
+    /// no part in Switchyard's own coordination: no lease, no leader among
+    /// proxies.
     Patroni,
 }
 
@@ -56,8 +59,10 @@ pub struct CoordinationConfig {
 }
 
 /// `[coordination.patroni]` (or `patroni = { ... }` in `[coordination]`):
-/// the etcd v3 that Patroni uses as its DCS, and the cluster's place in it
-/// (`<namespace>/<scope>/`, as in Patroni's own configuration).
+/// where Patroni's view of the cluster is read, from one of two sources:
+/// the etcd v3 that Patroni uses as its DCS (`endpoints`; the cluster's
+/// keys are under `<namespace>/<scope>/`, as in Patroni's own
+/// configuration), or Patroni's REST API (`rest`), polled.
 #[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatroniConfig {
@@ -66,17 +71,43 @@ pub struct PatroniConfig {
     /// Patroni's `namespace`. Default `/service`, as Patroni's.
     #[serde(default = "default_namespace")]
     pub namespace: String,
-    /// etcd client URLs (`http://host:2379`). Required.
+    /// etcd client URLs (`http://host:2379`): the view is read from
+    /// Patroni's keys there. Exactly one of `endpoints` and `rest`.
+    #[serde(default)]
     pub endpoints: Vec<String>,
+    /// The roots of Patroni's REST API on its members (`http://db1:8008`):
+    /// the view is `GET /cluster` of the first that answers. Exactly one of
+    /// `endpoints` and `rest`. `https://` takes `tls.ca_file` (no client
+    /// certificate: `tls.cert_file` and `tls.key_file` are refused).
+    #[serde(default)]
+    pub rest: Vec<String>,
     /// etcd user, for an etcd with authentication (read access suffices).
     #[serde(default)]
     pub username: Option<String>,
     /// etcd password for `username`.
     #[serde(default, skip_serializing)]
     pub password: Option<String>,
-    /// TLS toward etcd, for `https://` endpoints.
+    /// TLS toward etcd, for `https://` endpoints, or toward the REST API.
     #[serde(default)]
     pub tls: CoordinationTlsConfig,
+}
+
+/// The configuration key of the CA file that checks Patroni's REST API.
+pub const PATRONI_REST_CA: &str = "coordination.patroni.tls.ca_file";
+
+/// `GET /cluster` of the REST API at `root` (`http[s]://host[:port]`):
+/// only a root is taken, since Patroni routes a request by its first path
+/// segment (`/patroni/cluster` would be answered as `/patroni`).
+pub fn rest_cluster_url(root: &str) -> Result<HttpUrl, String> {
+    let mut url = HttpUrl::parse(root)?;
+    if url.path != "/" {
+        return Err(format!(
+            "must be the API's root (http://host:port), not {:?}: /cluster is asked of it",
+            url.path
+        ));
+    }
+    url.path = "/cluster".into();
+    Ok(url)
 }
 
 fn default_namespace() -> String {
@@ -90,6 +121,7 @@ impl fmt::Debug for PatroniConfig {
             .field("scope", &self.scope)
             .field("namespace", &self.namespace)
             .field("endpoints", &self.endpoints)
+            .field("rest", &self.rest)
             .field("username", &self.username)
             .field("password", &super::redact::redacted(&self.password))
             .field("tls", &self.tls)
@@ -206,7 +238,7 @@ impl CoordinationConfig {
     fn patroni_problems(&self) -> Vec<String> {
         let Some(p) = &self.patroni else {
             return vec![
-                "coordination.patroni: needed with backend = \"patroni\": Patroni's scope and the endpoints of its etcd"
+                "coordination.patroni: needed with backend = \"patroni\": Patroni's scope and the endpoints of its etcd or its REST API"
                     .into(),
             ];
         };
@@ -216,14 +248,18 @@ impl CoordinationConfig {
                 "coordination.patroni.scope: Patroni's scope (the cluster's name) is needed".into(),
             );
         }
-        out.extend(endpoint_problems("coordination.patroni", &p.endpoints));
-        if p.password.is_some() != p.username.is_some() {
-            out.push(
-                "coordination.patroni.username and coordination.patroni.password go together"
+        match (p.endpoints.is_empty(), p.rest.is_empty()) {
+            (false, false) => out.push(
+                "coordination.patroni: endpoints and rest are exclusive: the view is read from Patroni's etcd or from its REST API, not both"
                     .into(),
-            );
+            ),
+            (true, true) => out.push(
+                "coordination.patroni: endpoints (Patroni's etcd) or rest (its REST API) is needed"
+                    .into(),
+            ),
+            (true, false) => out.extend(patroni_rest_problems(p)),
+            (false, true) => out.extend(patroni_etcd_problems(p)),
         }
-        out.extend(tls_problems("coordination.patroni", &p.endpoints, &p.tls));
         out
     }
 
@@ -249,6 +285,67 @@ impl CoordinationConfig {
             })
             .collect()
     }
+}
+
+/// `coordination.patroni` with `endpoints`: Patroni's etcd.
+fn patroni_etcd_problems(p: &PatroniConfig) -> Vec<String> {
+    let mut out = endpoint_problems("coordination.patroni", &p.endpoints);
+    if p.password.is_some() != p.username.is_some() {
+        out.push(
+            "coordination.patroni.username and coordination.patroni.password go together".into(),
+        );
+    }
+    out.extend(tls_problems("coordination.patroni", &p.endpoints, &p.tls));
+    out
+}
+
+/// `coordination.patroni` with `rest`: each URL an API root; no etcd
+/// credentials (`GET /cluster` takes none: they would do nothing); TLS as
+/// toward etcd, without a client certificate (the HTTP client sends none).
+fn patroni_rest_problems(p: &PatroniConfig) -> Vec<String> {
+    let mut out: Vec<String> = p
+        .rest
+        .iter()
+        .filter_map(|r| rest_cluster_url(r).err().map(|e| (r, e)))
+        .map(|(r, e)| format!("coordination.patroni.rest: {r:?} {e}"))
+        .collect();
+    for (key, set) in [
+        ("username", p.username.is_some()),
+        ("password", p.password.is_some()),
+    ] {
+        if set {
+            out.push(format!(
+                "coordination.patroni.{key}: for Patroni's etcd (endpoints) only; its REST API is read without credentials"
+            ));
+        }
+    }
+    if p.tls.cert_file.is_some() || p.tls.key_file.is_some() {
+        out.push(
+            "coordination.patroni.tls: cert_file and key_file are not sent to Patroni's REST API; only ca_file is used"
+                .into(),
+        );
+    }
+    out.extend(rest_tls_problems(&p.rest, &p.tls));
+    out
+}
+
+/// As [`tls_problems`], for the REST API's URLs: one TLS setting for all.
+fn rest_tls_problems(rest: &[String], tls: &CoordinationTlsConfig) -> Vec<String> {
+    let https = rest.iter().filter(|r| r.starts_with("https://")).count();
+    let mut out = vec![];
+    if https > 0 && https < rest.len() {
+        out.push("coordination.patroni.rest: either every URL is https:// or none is".into());
+    }
+    if https > 0 && tls.ca_file.is_none() {
+        out.push(
+            "coordination.patroni.tls.ca_file: needed with https:// rest URLs, to check Patroni's certificate"
+                .into(),
+        );
+    }
+    if https == 0 && tls.is_set() {
+        out.push("coordination.patroni.tls: set, but no rest URL is https://".into());
+    }
+    out
 }
 
 /// `<section>.endpoints`: at least one, each an `http://` or `https://` URL.
@@ -412,9 +509,19 @@ mod tests {
             scope: "orders".into(),
             namespace: "/service".into(),
             endpoints: vec!["http://10.0.0.5:2379".into()],
+            rest: vec![],
             username: None,
             password: None,
             tls: CoordinationTlsConfig::default(),
+        }
+    }
+
+    /// Patroni's view from its REST API rather than from etcd.
+    fn rest(urls: &[&str]) -> PatroniConfig {
+        PatroniConfig {
+            endpoints: vec![],
+            rest: urls.iter().map(|u| u.to_string()).collect(),
+            ..patroni()
         }
     }
 
@@ -470,7 +577,7 @@ mod tests {
                     endpoints: vec![],
                     ..patroni()
                 }),
-                "coordination.patroni.endpoints: at least one",
+                "coordination.patroni: endpoints (Patroni's etcd) or rest (its REST API) is needed",
             ),
             (
                 following(PatroniConfig {
@@ -544,6 +651,106 @@ mod tests {
     }
 
     #[test]
+    fn a_patroni_rest_source_is_checked() {
+        let ca = CoordinationTlsConfig {
+            ca_file: Some("/etc/patroni/ca.pem".into()),
+            ..Default::default()
+        };
+        let two = ["http://db1:8008", "http://db2:8008/"];
+        let https = ["https://db1:8008"];
+        let good = [
+            rest(&two),
+            PatroniConfig {
+                tls: ca.clone(),
+                ..rest(&https)
+            },
+        ];
+        for p in good {
+            let problems = following(p.clone()).problems("");
+            assert!(problems.is_empty(), "{p:?}: {problems:?}");
+        }
+        let cases = [
+            (
+                PatroniConfig {
+                    rest: vec!["http://db1:8008".into()],
+                    ..patroni()
+                },
+                "coordination.patroni: endpoints and rest are exclusive",
+            ),
+            (
+                rest(&[]),
+                "coordination.patroni: endpoints (Patroni's etcd) or rest",
+            ),
+            (
+                rest(&["db1:8008"]),
+                "coordination.patroni.rest: \"db1:8008\" must start with http://",
+            ),
+            (
+                rest(&["http://db1:8008/patroni"]),
+                "coordination.patroni.rest: \"http://db1:8008/patroni\" must be the API's root",
+            ),
+            (rest(&["http://db1:8008?x=1"]), "must be the API's root"),
+            (
+                PatroniConfig {
+                    username: Some("patroni".into()),
+                    password: Some("pw".into()),
+                    ..rest(&two)
+                },
+                "coordination.patroni.password: for Patroni's etcd (endpoints) only",
+            ),
+            (
+                rest(&["https://db1:8008", "http://db2:8008"]),
+                "coordination.patroni.rest: either every URL is https:// or none is",
+            ),
+            (
+                rest(&https),
+                "coordination.patroni.tls.ca_file: needed with https:// rest URLs",
+            ),
+            (
+                PatroniConfig {
+                    tls: ca.clone(),
+                    ..rest(&two)
+                },
+                "coordination.patroni.tls: set, but no rest URL is https://",
+            ),
+            (
+                PatroniConfig {
+                    tls: CoordinationTlsConfig {
+                        cert_file: Some("/etc/patroni/client.pem".into()),
+                        key_file: Some("/etc/patroni/client.key".into()),
+                        ..ca.clone()
+                    },
+                    ..rest(&https)
+                },
+                "cert_file and key_file are not sent to Patroni's REST API",
+            ),
+        ];
+        for (p, want) in cases {
+            let problems = following(p).problems("orders");
+            assert!(
+                problems.iter().any(|m| m.contains(want)),
+                "{want}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_rest_url_asked_is_the_roots_cluster() {
+        let asked = |root: &str| rest_cluster_url(root).map(|u| u.to_string());
+        let cases = [
+            ("http://db1:8008", Ok("http://db1:8008/cluster")),
+            ("https://[::1]:8008/", Ok("https://[::1]:8008/cluster")),
+            ("http://db1", Ok("http://db1/cluster")),
+        ];
+        for (root, want) in cases {
+            assert_eq!(asked(root), want.map(str::to_string), "{root}");
+        }
+        for root in ["http://db1:8008/cluster", "http://u:p@db1:8008", "db1:8008"] {
+            assert!(asked(root).is_err(), "{root}");
+        }
+    }
+
+    #[test]
     fn the_patroni_table_reads_like_patronis_own_settings() {
         let load = |table: &str| {
             crate::config::load_str(&format!(
@@ -555,9 +762,17 @@ mod tests {
         let p = cfg.coordination.patroni.unwrap();
         assert_eq!(p.namespace, "/service", "Patroni's default namespace");
         assert_eq!(p.scope, "orders");
+        let cfg =
+            load(r#"{ scope = "orders", rest = ["http://db1:8008", "http://db2:8008"] }"#).unwrap();
+        let p = cfg.coordination.patroni.unwrap();
+        assert_eq!((p.rest.len(), p.endpoints.len()), (2, 0));
         let refused = [
             (r#"{ endpoints = ["http://10.0.0.5:2379"] }"#, "scope"),
-            (r#"{ scope = "orders" }"#, "endpoints"),
+            (
+                r#"{ scope = "orders" }"#,
+                "endpoints (Patroni's etcd) or rest",
+            ),
+            (r#"{ scope = "orders", rest = "http://db1:8008" }"#, "rest"),
             (
                 r#"{ scope = "orders", endpoints = [], nmespace = "/x" }"#,
                 "nmespace",

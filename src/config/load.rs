@@ -28,11 +28,12 @@ pub const PEERS_ENV: &str = "SWITCHYARD__PEERS";
 /// The one key a configuration from the environment alone cannot do without.
 pub const NODES_ENV: &str = "SWITCHYARD__CLUSTER__NODES";
 /// Keys whose environment value is a comma-separated list.
-const LIST_KEYS: [&str; 4] = [
+const LIST_KEYS: [&str; 5] = [
     "proxy.admin_users",
     "cluster.nodes",
     "coordination.endpoints",
     "coordination.patroni.endpoints",
+    "coordination.patroni.rest",
 ];
 
 /// Why a configuration could not be used. No message quotes a secret
@@ -390,6 +391,19 @@ mod tests {
             (p.scope.as_str(), p.namespace.as_str()),
             ("orders", "/service")
         );
+        let cfg = load_env_only(&env(&[
+            ("SWITCHYARD__CLUSTER__NODES", "db1:5432"),
+            ("SWITCHYARD__FAILOVER__MODE", "follow"),
+            ("SWITCHYARD__COORDINATION__BACKEND", "patroni"),
+            ("SWITCHYARD__COORDINATION__PATRONI__SCOPE", "orders"),
+            (
+                "SWITCHYARD__COORDINATION__PATRONI__REST",
+                "http://db1:8008, http://db2:8008",
+            ),
+        ]))
+        .unwrap();
+        let p = cfg.coordination.patroni.unwrap();
+        assert_eq!(p.rest, ["http://db1:8008", "http://db2:8008"]);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! loopback ports, on an etcd of its own ([`Etcd`]), with its data in a
 //! temporary directory, run as the `postgres` OS user when we are root
 //! (PostgreSQL refuses root). Timings are Patroni's defaults made short:
-//! `ttl` 10 s, `loop_wait` 1 s, `retry_timeout` 5 s.
+//! `ttl` 10 s, `loop_wait` 1 s, `retry_timeout` 5 s; [`PatroniCluster::start_with`]
+//! takes others ([`PatroniOptions::DEFAULTS`]: Patroni's own).
 //!
 //! Drop kills everything it started: each Patroni's process group (Patroni
 //! and what it runs: initdb, pg_basebackup), then the postmasters, which
@@ -25,6 +26,7 @@ pub struct PatroniCluster {
     dir: PathBuf,
     bindir: PathBuf,
     run_as: Option<(u32, u32)>,
+    options: PatroniOptions,
     // Last: stopped after the members, whose keys it holds.
     etcd: Etcd,
 }
@@ -35,16 +37,56 @@ pub struct PatroniMember {
     pub name: String,
     /// PostgreSQL's port on 127.0.0.1.
     pub port: u16,
+    /// Patroni's REST API port on 127.0.0.1.
+    pub api: u16,
     config: PathBuf,
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
 }
 
+/// What a cluster's Patroni is told beyond the harness's fixed settings.
+#[derive(Clone, Copy, Debug)]
+pub struct PatroniOptions {
+    /// `bootstrap.dcs.ttl`, seconds.
+    pub ttl: u32,
+    /// `bootstrap.dcs.loop_wait`, seconds.
+    pub loop_wait: u32,
+    /// `bootstrap.dcs.retry_timeout`, seconds.
+    pub retry_timeout: u32,
+    /// `bootstrap.dcs.postgresql.use_pg_rewind`: a crashed leader that
+    /// comes back behind the new timeline is rewound rather than left out.
+    pub use_pg_rewind: bool,
+}
+
+impl PatroniOptions {
+    /// The tests' timings (what [`PatroniCluster::start`] uses).
+    pub const SHORT: PatroniOptions = PatroniOptions {
+        ttl: 10,
+        loop_wait: 1,
+        retry_timeout: 5,
+        use_pg_rewind: false,
+    };
+    /// Patroni's own defaults: `ttl` 30 s, `loop_wait` 10 s,
+    /// `retry_timeout` 10 s, no pg_rewind.
+    pub const DEFAULTS: PatroniOptions = PatroniOptions {
+        ttl: 30,
+        loop_wait: 10,
+        retry_timeout: 10,
+        use_pg_rewind: false,
+    };
+}
+
 impl PatroniCluster {
     /// Starts etcd and two members, `pg0` first so that it leads, and
     /// waits until `pg1` streams from it (at most 60 s).
     pub fn start() -> PatroniCluster {
+        PatroniCluster::start_with(PatroniOptions::SHORT)
+    }
+
+    /// [`PatroniCluster::start`] with other timings; each wait is at most
+    /// 60 s or three `ttl`s, whichever is longer.
+    pub fn start_with(options: PatroniOptions) -> PatroniCluster {
         assert!(
             Path::new("/usr/bin/patroni").exists(),
             "patroni is installed (apt-get install patroni python3-etcd; .ci/run does it)"
@@ -60,6 +102,7 @@ impl PatroniCluster {
             members: vec![],
             bindir: switchyard::local_cluster::find_pg_bindir().expect("PostgreSQL binaries"),
             run_as,
+            options,
             etcd: Etcd::start(),
             dir,
         };
@@ -157,13 +200,14 @@ impl PatroniCluster {
         out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "1")
     }
 
-    /// Polls `done` every 200 ms for at most 60 s; on timeout, fails with
-    /// the members' logs.
+    /// Polls `done` every 200 ms for at most 60 s (or three `ttl`s, when
+    /// longer); on timeout, fails with the members' logs.
     pub fn wait_for(&self, what: &str, done: impl Fn(&PatroniCluster) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let budget = 60.max(3 * u64::from(self.options.ttl));
+        let deadline = Instant::now() + Duration::from_secs(budget);
         while !done(self) {
             if Instant::now() > deadline {
-                panic!("waiting for {what}: not within 60 s\n{}", self.logs());
+                panic!("waiting for {what}: not within {budget} s\n{}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -189,6 +233,37 @@ impl PatroniCluster {
                 String::from_utf8_lossy(&out.stderr)
             )),
         }
+    }
+
+    /// Crashes member `name`: SIGKILL to its Patroni (with whatever runs
+    /// in Patroni's process group) and to its postmaster, whose backends
+    /// then exit on their own. [`PatroniCluster::relaunch`] starts its
+    /// Patroni again.
+    pub fn kill(&mut self, name: &str) {
+        let m = self
+            .members
+            .iter_mut()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"));
+        if let Some(mut child) = m.child.take() {
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
+        for pid in processes_using(std::slice::from_ref(&m.data_dir)) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
+    /// Starts member `name`'s Patroni again (after [`PatroniCluster::kill`]);
+    /// its log goes on in the same file.
+    pub fn relaunch(&mut self, name: &str) {
+        let i = self
+            .members
+            .iter()
+            .position(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"));
+        assert!(self.members[i].child.is_none(), "{name}'s Patroni runs");
+        self.launch(i);
     }
 
     /// The tail of every member's log.
@@ -219,11 +294,13 @@ impl PatroniCluster {
             data_dir: &data_dir,
             dir: &self.dir,
             bindir: &self.bindir,
+            options: self.options,
         });
         std::fs::write(&config, yaml).expect("write patroni.yml");
         PatroniMember {
             name: name.to_string(),
             port,
+            api,
             log: self.dir.join(format!("{name}.log")),
             config,
             data_dir,
@@ -233,7 +310,11 @@ impl PatroniCluster {
 
     /// Starts member `i`'s Patroni in a process group of its own.
     fn launch(&mut self, i: usize) {
-        let log = std::fs::File::create(&self.members[i].log).expect("patroni log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.members[i].log)
+            .expect("patroni log");
         let mut cmd = Command::new("/usr/bin/patroni");
         cmd.arg(&self.members[i].config)
             .env_clear()
@@ -262,6 +343,7 @@ struct PatroniYaml<'a> {
     data_dir: &'a Path,
     dir: &'a Path,
     bindir: &'a Path,
+    options: PatroniOptions,
 }
 
 /// Patroni's configuration: trust on loopback, no fsync, replication slots.
@@ -278,18 +360,20 @@ etcd3:
   hosts: {etcd}
 bootstrap:
   dcs:
-    ttl: 10
-    loop_wait: 1
-    retry_timeout: 5
+    ttl: {ttl}
+    loop_wait: {loop_wait}
+    retry_timeout: {retry_timeout}
     maximum_lag_on_failover: 1048576
     postgresql:
-      use_pg_rewind: false
+      use_pg_rewind: {rewind}
       use_slots: true
       parameters:
         wal_level: replica
         hot_standby: 'on'
         max_wal_senders: 10
         max_replication_slots: 10
+        # pg_rewind (use_pg_rewind) needs it: initdb enables no checksums.
+        wal_log_hints: 'on'
   initdb:
   - encoding: UTF8
   - auth: trust
@@ -321,6 +405,10 @@ postgresql:
         data = c.data_dir.display(),
         bindir = c.bindir.display(),
         dir = c.dir.display(),
+        ttl = c.options.ttl,
+        loop_wait = c.options.loop_wait,
+        retry_timeout = c.options.retry_timeout,
+        rewind = c.options.use_pg_rewind,
     )
 }
 
@@ -387,4 +475,107 @@ fn postgres_user() -> Option<(u32, u32)> {
         .split(':')
         .collect();
     Some((fields[2].parse().ok()?, fields[3].parse().ok()?))
+}
+
+/// What an operator does by hand: pause and resume Patroni, change its
+/// dynamic configuration, stop and start a member's PostgreSQL.
+impl PatroniCluster {
+    /// `patronictl pause --wait`: Patroni neither fails over nor starts a
+    /// stopped PostgreSQL until [`PatroniCluster::resume`].
+    pub fn pause(&self) {
+        self.patronictl(&["pause", "--wait"])
+            .unwrap_or_else(|e| panic!("patronictl pause: {e}"));
+    }
+
+    /// `patronictl resume --wait`.
+    pub fn resume(&self) {
+        self.patronictl(&["resume", "--wait"])
+            .unwrap_or_else(|e| panic!("patronictl resume: {e}"));
+    }
+
+    /// `patronictl edit-config --force --set <each of set>`, e.g.
+    /// `synchronous_mode=true`; Patroni applies it within a loop.
+    pub fn edit_config(&self, set: &[&str]) {
+        let mut args = vec!["edit-config", "--force", "--quiet"];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        self.patronictl(&args)
+            .unwrap_or_else(|e| panic!("patronictl edit-config: {e}"));
+    }
+
+    /// `name`'s role as `patronictl list` shows it (`Leader`, `Replica`,
+    /// `Sync Standby`); None when it is not listed.
+    pub fn role(&self, name: &str) -> Option<String> {
+        let members = self.list();
+        let m = members.iter().find(|m| m["Member"] == name)?;
+        m["Role"].as_str().map(str::to_string)
+    }
+
+    /// The processes of `name`'s PostgreSQL: its postmaster and the
+    /// postmaster's children (backends, walsenders, ...).
+    pub fn postgres_pids(&self, name: &str) -> Vec<i32> {
+        let postmasters = processes_using(std::slice::from_ref(&self.member(name).data_dir));
+        let mut pids = postmasters.clone();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return pids;
+        };
+        for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // After the command name, in parentheses: the state, the parent.
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            if parent.is_some_and(|p| postmasters.contains(&p)) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// `pg_ctl stop -m fast` of `name`'s PostgreSQL, as the postgres OS
+    /// user; returns once it is stopped.
+    pub fn stop_postgres(&self, name: &str) {
+        self.pg_ctl(name, &["stop", "-m", "fast"]);
+    }
+
+    /// `pg_ctl start` of `name`'s PostgreSQL with the options Patroni last
+    /// started it with (its `postmaster.opts`), as the postgres OS user;
+    /// returns once it accepts connections. Paused, Patroni leaves it to us.
+    pub fn start_postgres(&self, name: &str) {
+        let data_dir = &self.member(name).data_dir;
+        let opts = std::fs::read_to_string(data_dir.join("postmaster.opts"))
+            .expect("postmaster.opts: Patroni started this PostgreSQL before");
+        // The postgres binary, then its quoted options (pg_ctl runs them
+        // through the shell).
+        let (_, options) = opts.trim().split_once(' ').expect("postmaster.opts");
+        let log = self.dir.join(format!("{name}-pg_ctl.log"));
+        let log = log.to_str().expect("utf-8 path");
+        self.pg_ctl(name, &["start", "-l", log, "-o", options]);
+    }
+
+    fn pg_ctl(&self, name: &str, args: &[&str]) {
+        let mut cmd = Command::new(self.bindir.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&self.member(name).data_dir)
+            .args(["-w", "-t", "60"])
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("LANG", "C.UTF-8")
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .process_group(0);
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        let out = cmd.output().expect("run pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?} for {name}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

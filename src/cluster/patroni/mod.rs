@@ -4,13 +4,19 @@
 //! address, role, state and WAL position, a switchover asked for, the
 //! synchronous standbys. [`parse`] turns the keys into a [`PatroniView`]
 //! (pure); [`watch`] keeps it current in the [`Cluster`] and records a
-//! `patroni_leader_changed` event when the leader changes. [`gate`] says
+//! `patroni_leader_changed` event when the leader changes. Or, with
+//! `patroni.rest`, from Patroni's REST API: [`rest`] turns `GET /cluster`
+//! into the same view (pure; it carries less: no WAL positions of the
+//! leader, no history), [`poll`] reads it every second and shows it the
+//! same way (`shown`). [`gate`] says
 //! what routing may do with it: writes only to Patroni's leader once its
 //! own probe says primary, none while a switchover drains it, reads only
 //! from the replicas Patroni balances to.
 
 pub mod gate;
 pub mod parse;
+mod poll;
+pub mod rest;
 mod shown;
 mod watch;
 
@@ -183,14 +189,17 @@ pub struct TimelineSwitch {
 /// What this proxy knows of Patroni now, for `/status` and (later) routing.
 #[derive(Debug, Clone, Serialize)]
 pub struct Observed {
-    /// `<namespace>/<scope>/`: where the view is read.
+    /// `<namespace>/<scope>/`: where the view is read in etcd (with the
+    /// REST API, only the cluster's name).
     pub prefix: String,
-    /// The watch on etcd runs, so the view is current; otherwise it is the
-    /// last one read.
+    /// The watch on etcd runs (or the last poll of the REST API was
+    /// answered), so the view is current; otherwise it is the last one read.
     pub connected: bool,
-    /// Why the last session with etcd ended, while not connected.
+    /// Why the last session with etcd ended (or why no member's REST API
+    /// answered), while not connected.
     pub error: Option<String>,
-    /// etcd's revision the view is as of (0: none read yet).
+    /// etcd's revision the view is as of; from the REST API, how many
+    /// answers were read up to it (0: none read yet).
     pub revision: i64,
     #[serde(flatten)]
     pub view: PatroniView,
@@ -220,7 +229,9 @@ pub fn gate_now(cluster: &Cluster, config: &Config) -> Option<gate::Gate> {
 }
 
 /// The task that keeps [`Cluster::patroni`] current, when `[coordination]`
-/// says `backend = "patroni"`; it ends at `shutdown`.
+/// says `backend = "patroni"`: the etcd watch, or the REST API's poller
+/// with `patroni.rest` (the configuration has exactly one); it ends at
+/// `shutdown`.
 pub fn watcher(
     cluster: &Arc<Cluster>,
     config: &Config,
@@ -231,5 +242,12 @@ pub fn watcher(
         (Backend::Patroni, Some(p)) => p.clone(),
         _ => return None,
     };
-    Some(watch::run(cluster.clone(), cfg, shutdown))
+    let cluster = cluster.clone();
+    Some(async move {
+        if cfg.rest.is_empty() {
+            watch::run(cluster, cfg, shutdown).await
+        } else {
+            poll::run(cluster, cfg, shutdown).await
+        }
+    })
 }

@@ -90,8 +90,9 @@ fn nothing_is_allowed_before_a_view_or_without_a_leader() {
 
 #[test]
 fn replicas_patroni_would_not_balance_to_take_no_reads() {
+    type Change = fn(&mut Member);
     // (change to pg1) -> readable
-    let cases: [(fn(&mut Member), bool); 6] = [
+    let cases: [(Change, bool); 6] = [
         (|_| {}, true),
         (|m| m.state = "starting".into(), false),
         (|m| m.state = "stopped".into(), false),
