@@ -921,6 +921,45 @@ async fn follow_mode_waits_for_an_external_promotion_then_reroutes_writes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_beyond_the_pool_size_are_held_for_the_primary_not_timed_out_for_a_slot() {
+    // One server slot for three clients, and slots awaited for 1 s only:
+    // while no primary serves, every client waits for one (up to
+    // hold_timeout), none for a slot a held client keeps.
+    let extra = concat!(
+        "[proxy]\ndefault_pool_size = 1\ncheckout_timeout = \"1s\"\n",
+        "[failover]\nmode = \"follow\"\nhold_timeout = \"30s\"\n",
+    );
+    let (primary, replica, proxy) = cluster_with_proxy(extra).await;
+    let first = proxy.client().await;
+    let table = create_table(&first, "beyond").await;
+    let mut clients = vec![first];
+    for _ in 0..2 {
+        clients.push(proxy.client().await);
+    }
+    let_pool_settle().await;
+
+    stop(&primary, StopMode::Immediate).await;
+    let held: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let table = table.clone();
+            tokio::spawn(async move { (insert(&c, &table, i as i32).await, c) })
+        })
+        .collect();
+    // Three checkout_timeouts: long enough for the slot waiters to fail.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = replica.clone();
+    blocking(move || r.promote()).await.expect("pg_ctl promote");
+    for h in held {
+        let (r, c) = within(25, "a held write", h).await.unwrap();
+        r.unwrap_or_else(|e| panic!("a client beyond the pool size: {}", describe(&e)));
+        assert_eq!(port_of(&c).await.unwrap(), replica.port());
+    }
+    assert_eq!(count_on(&replica, &table).await, "3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_mode_never_promotes_and_held_queries_time_out_on_a_usable_connection() {
     let (primary, replica, proxy) =
         cluster_with_proxy("[failover]\nmode = \"off\"\nhold_timeout = \"2s\"\n").await;

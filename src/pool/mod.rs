@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::server_side::ServerSecret;
 use crate::cluster::{Cluster, ClusterError, Route, RouteKey};
@@ -196,28 +196,22 @@ impl Pool {
     /// Takes a server connection on the node the pool's target routes to now:
     /// an idle one if there is one, else a new one. While nothing is routable
     /// (a failover) the request is held up to `hold_timeout`; a free slot is
-    /// awaited up to `checkout_timeout`.
+    /// awaited up to `checkout_timeout`. A held request gives its slot back
+    /// while it waits: otherwise the first `pool_size` held requests would
+    /// keep the others queued for slots, and those would time out after
+    /// `checkout_timeout` instead of being held.
     pub async fn checkout(&self) -> Result<PooledConn, PoolError> {
         let s = &self.shared;
         let settings = s.settings.load_full();
         self.resumed(settings.query_wait_timeout).await?;
-        let now = tokio::time::Instant::now();
-        let deadline = now + settings.hold_timeout;
-        let room_by = now + settings.checkout_timeout;
-        let permit = match s.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                tokio::time::timeout(settings.checkout_timeout, s.slots.clone().acquire_owned())
-                    .await
-                    .map_err(|_| PoolError::Timeout)?
-                    .map_err(|_| PoolError::Timeout)?
-            }
-        };
+        let deadline = tokio::time::Instant::now() + settings.hold_timeout;
         // Begun at the first wait; ends once something is routable, or with
         // the checkout (a timeout).
         let mut hold = None;
         loop {
             let version = s.cluster.version();
+            let permit = self.slot(&settings).await?;
+            let room_by = tokio::time::Instant::now() + settings.checkout_timeout;
             let found = s
                 .cluster
                 .route_key(settings.target)
@@ -236,19 +230,19 @@ impl Pool {
                 (None, Some(route)) => Some(self.open(&route, room_by).await),
                 (None, None) => None,
             };
-            if let Some(conn) = conn {
-                match conn {
-                    Ok(mut conn) => {
-                        let load = LoadGuard::new(s.cluster.clone(), conn.node());
-                        conn.lend(permit, load);
-                        return Ok(conn);
-                    }
-                    Err(PoolError::Connect(ClusterError::Unreachable(e))) => {
-                        tracing::debug!(error = %e, "routed node unreachable; holding for the topology to change");
-                    }
-                    Err(e) => return Err(e),
+            match conn {
+                Some(Ok(mut conn)) => {
+                    let load = LoadGuard::new(s.cluster.clone(), conn.node());
+                    conn.lend(permit, load);
+                    return Ok(conn);
                 }
+                Some(Err(PoolError::Connect(ClusterError::Unreachable(e)))) => {
+                    tracing::debug!(error = %e, "routed node unreachable; holding for the topology to change");
+                }
+                Some(Err(e)) => return Err(e),
+                None => {}
             }
+            drop(permit);
             let wait = s.cluster.changed(version);
             let _held = Gauge::up(&s.held);
             let wants_primary = settings.target == Target::Primary;
@@ -257,6 +251,19 @@ impl Pool {
                 return Err(PoolError::HoldTimeout);
             }
         }
+    }
+
+    /// A slot of the pool: at once if one is free, else the first to free
+    /// up within `checkout_timeout`.
+    async fn slot(&self, settings: &PoolSettings) -> Result<OwnedSemaphorePermit, PoolError> {
+        let slots = &self.shared.slots;
+        if let Ok(p) = slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        tokio::time::timeout(settings.checkout_timeout, slots.clone().acquire_owned())
+            .await
+            .map_err(|_| PoolError::Timeout)?
+            .map_err(|_| PoolError::Timeout)
     }
 
     fn pop_usable(
