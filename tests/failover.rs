@@ -1637,3 +1637,66 @@ async fn settings_given_to_a_hung_server_are_abandoned_at_the_failover() {
     assert_eq!(port_of(&waiting).await.unwrap(), replica.port());
     drop(frozen);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_postmaster_costs_pooled_clients_their_requests_in_flight_not_their_sessions() {
+    // SIGKILL of the postmaster: each backend idle between a client's
+    // requests sends FATAL 57P01 ("unexpected postmaster exit") and exits.
+    // Forwarded, that FATAL reached clients that had nothing in flight,
+    // and drivers end the connection on an unsolicited error. tokio-postgres
+    // closes each statement it prepares without waiting, so its writers
+    // sit between requests most of the time.
+    let extra = concat!(
+        "[proxy]\ndefault_pool_size = 3\n",
+        "[failover]\nmode = \"follow\"\nhold_timeout = \"30s\"\n",
+    );
+    let (primary, replica, proxy) = cluster_with_proxy(extra).await;
+    let table = create_table(&proxy.client().await, "killed").await;
+    let stop_writing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = vec![];
+    for w in 0..6 {
+        let c = proxy.client().await;
+        let (table, stop_writing) = (table.clone(), stop_writing.clone());
+        writers.push(tokio::spawn(async move {
+            let mut errors = vec![];
+            let sql = format!("INSERT INTO {table} VALUES ($1)");
+            let mut v = w * 1_000_000;
+            while !stop_writing.load(std::sync::atomic::Ordering::Relaxed) {
+                v += 1;
+                if let Err(e) = c.execute(&sql, &[&v]).await {
+                    errors.push((sqlstate(&e), describe(&e)));
+                    if e.is_closed() {
+                        break;
+                    }
+                }
+            }
+            (errors, c)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pidfile = primary.data_dir().join("postmaster.pid");
+    let postmaster: i32 = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse().ok())
+        .expect("postmaster pid");
+    // SAFETY: a signal to a process id read from the node's own pid file.
+    unsafe { libc::kill(postmaster, libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = replica.clone();
+    blocking(move || r.promote()).await.expect("pg_ctl promote");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_writing.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        let (errors, c) = w.await.unwrap();
+        for (code, text) in &errors {
+            assert!(
+                matches!(code.as_deref(), Some("08006" | "08007")),
+                "only requests in flight fail, with 08006/08007: {text}"
+            );
+        }
+        assert_eq!(
+            port_within(10, "the writer's session", &c).await,
+            replica.port()
+        );
+    }
+}

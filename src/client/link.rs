@@ -230,6 +230,12 @@ pub(super) struct Link {
     c_head: bool,
     /// The server message at the buffer front must be dropped (once `s_ready` is sent).
     s_drop: bool,
+    /// The server message at the buffer front is a FATAL (or PANIC) error:
+    /// the server is ending the session. It is not forwarded: a pooled
+    /// client's session outlives its server, so the link ends as if the
+    /// connection had dropped (what it said, for the log), and the client
+    /// is told about its requests in flight, not that its session ended.
+    s_fatal: Option<String>,
     /// The client sent Terminate (left unforwarded at the buffer front).
     terminated: bool,
     /// Why the client must keep this server, once seen.
@@ -605,7 +611,7 @@ impl Link {
                     put_frame(&mut self.s_synth, tag, b"");
                 }
             }
-            if !self.s_drop {
+            if !self.s_drop && self.s_fatal.is_none() {
                 let forgotten = self
                     .scan_server(server.buf(), cx.latencies, cx.errors)
                     .map_err(|e| End::ServerLost(e.to_string()))?;
@@ -625,6 +631,12 @@ impl Link {
             if let Some(why) = self.pin_reason.take() {
                 if !cx.pinned {
                     return Err(Pumped::Pin(why));
+                }
+            }
+            if self.s_ready == 0 && self.s_synth.is_empty() {
+                // Everything before the FATAL is with the client now.
+                if let Some(why) = self.s_fatal.take() {
+                    return Err(End::ServerLost(why).into());
                 }
             }
             if self.s_drop && self.s_ready == 0 {
@@ -724,6 +736,7 @@ impl Link {
         errors: &ErrorCounts,
     ) -> Result<Forgotten, FrameError> {
         let (txn, expect, drop) = (&mut self.txn, &mut self.expect, &mut self.s_drop);
+        let fatal = &mut self.s_fatal;
         let clock = &mut self.query_timeout;
         let meter = &mut self.meter;
         let reported = &mut self.reported;
@@ -735,6 +748,16 @@ impl Link {
             |t, len| whole_if(matches!(t, b'Z' | b'S' | b'E') && len <= MAX_SERVER_HELD),
             |tag, frame| {
                 if expect.answer_due() {
+                    return Visit::Stop;
+                }
+                let error = frame
+                    .filter(|_| tag == b'E')
+                    .and_then(|f| error_response::decode(f.get(5..)?));
+                if let Some(e) = error.as_ref().filter(|e| e.ends_session()) {
+                    *fatal = Some(format!(
+                        "the server ended the session: {} {}",
+                        e.code, e.message
+                    ));
                     return Visit::Stop;
                 }
                 if expect.verdict(tag) == Verdict::Drop {
@@ -750,9 +773,7 @@ impl Link {
                     txn.on_ready(status);
                     meter.ready(txn.pending, status, latencies);
                 }
-                if let (b'E', Some(e)) =
-                    (tag, frame.and_then(|f| error_response::decode(f.get(5..)?)))
-                {
+                if let Some(e) = &error {
                     errors.add_server(&e.code);
                 }
                 if let (b'S', Some(kv)) = (

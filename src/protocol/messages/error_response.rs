@@ -42,12 +42,19 @@ fn encode_tagged(out: &mut BytesMut, tag: u8, severity: &str, code: &str, messag
 /// The fields a proxy cares about in a server's ErrorResponse body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerError {
-    /// `S` (localized) severity.
+    /// `V` severity, never localized (PostgreSQL 9.6 and later); else `S`.
     pub severity: String,
     /// `C` SQLSTATE.
     pub code: String,
     /// `M` message.
     pub message: String,
+}
+
+impl ServerError {
+    /// FATAL or PANIC: the server ends the session after sending it.
+    pub fn ends_session(&self) -> bool {
+        matches!(self.severity.as_str(), "FATAL" | "PANIC")
+    }
 }
 
 /// Reads an ErrorResponse body (after tag and length). Unknown fields are skipped.
@@ -65,7 +72,9 @@ pub fn decode(body: &[u8]) -> Option<ServerError> {
         let nul = tail.iter().position(|&b| b == 0)?;
         let value = String::from_utf8_lossy(&tail[..nul]).into_owned();
         match field {
-            b'S' => err.severity = value,
+            // `S` comes first and may be translated; `V` is not.
+            b'S' if err.severity.is_empty() => err.severity = value,
+            b'V' => err.severity = value,
             b'C' => err.code = value,
             b'M' => err.message = value,
             _ => {}
@@ -90,6 +99,33 @@ mod tests {
         );
         for cut in 5..out.len() - 1 {
             assert_eq!(decode(&out[5..cut]), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn the_untranslated_severity_says_whether_the_session_ends() {
+        // (fields) -> severity, ends the session
+        let cases: [(&[(u8, &str)], &str, bool); 5] = [
+            (&[(b'S', "FATAL"), (b'V', "FATAL")], "FATAL", true),
+            (&[(b'S', "SCHWERWIEGEND"), (b'V', "FATAL")], "FATAL", true),
+            (&[(b'S', "PANIC")], "PANIC", true),
+            (&[(b'S', "ERROR"), (b'V', "ERROR")], "ERROR", false),
+            (&[(b'S', "FEHLER")], "FEHLER", false),
+        ];
+        for (fields, severity, ends) in cases {
+            let mut body = vec![];
+            for (f, v) in fields {
+                body.push(*f);
+                body.extend_from_slice(v.as_bytes());
+                body.push(0);
+            }
+            body.push(0);
+            let e = decode(&body).unwrap();
+            assert_eq!(
+                (e.severity.as_str(), e.ends_session()),
+                (severity, ends),
+                "{fields:?}"
+            );
         }
     }
 }
