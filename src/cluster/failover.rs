@@ -314,11 +314,14 @@ fn serving(
         if !draining {
             actions.push(Action::CloseConns(p));
         }
-        actions.push(Action::Event(
-            EventKind::FailoverStarted,
-            Some(p),
-            why.into(),
-        ));
+        // A planned move is a switchover on the timeline (and in the
+        // notifications), not a failover.
+        let kind = if draining {
+            EventKind::SwitchoverStarted
+        } else {
+            EventKind::FailoverStarted
+        };
+        actions.push(Action::Event(kind, Some(p), why.into()));
         let was = Was {
             old: p,
             blocked: None,

@@ -910,3 +910,30 @@ fn an_appointed_primary_never_promotes_or_fences_on_its_own() {
     assert_eq!(next, Primary::Serving(1));
     assert!(fences(&actions).is_empty(), "{actions:?}");
 }
+
+#[test]
+fn a_drain_is_a_switchover_and_a_moved_leader_a_failover_on_the_timeline() {
+    let now = Instant::now();
+    let nodes = [
+        node("old", Role::Primary, 2, 100),
+        node("new", Role::Replica, 2, 100),
+    ];
+    let kinds = |actions: &[Action]| -> Vec<EventKind> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event(k, _, _) => Some(*k),
+                _ => None,
+            })
+            .collect()
+    };
+    let (_, drained) = step(&Primary::Serving(0), &nodes, now, &appointed(Some(0), true));
+    assert_eq!(kinds(&drained), [EventKind::SwitchoverStarted]);
+    let (_, moved) = step(
+        &Primary::Serving(0),
+        &nodes,
+        now,
+        &appointed(Some(1), false),
+    );
+    assert_eq!(kinds(&moved), [EventKind::FailoverStarted]);
+}
