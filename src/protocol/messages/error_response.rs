@@ -104,8 +104,9 @@ mod tests {
 
     #[test]
     fn the_untranslated_severity_says_whether_the_session_ends() {
+        type Fields = &'static [(u8, &'static str)];
         // (fields) -> severity, ends the session
-        let cases: [(&[(u8, &str)], &str, bool); 5] = [
+        let cases: [(Fields, &str, bool); 5] = [
             (&[(b'S', "FATAL"), (b'V', "FATAL")], "FATAL", true),
             (&[(b'S', "SCHWERWIEGEND"), (b'V', "FATAL")], "FATAL", true),
             (&[(b'S', "PANIC")], "PANIC", true),
