@@ -243,6 +243,44 @@ async fn the_reader_keeps_the_last_view_while_etcd_is_away() {
         .unwrap();
 }
 
+/// A watch on which nothing changes for a while (Patroni's default loop
+/// writes every 10 s) stays one session: its keepalive pings stay within
+/// what etcd tolerates (one per 5 s by default; more often, with no data
+/// flowing, and etcd ends the connection as "too many pings").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_watch_keeps_its_session() {
+    common::init_tracing();
+    let etcd = tokio::task::spawn_blocking(Etcd::start).await.unwrap();
+    put(&etcd, "/service/quiet/leader", "pg0").await;
+    let config = switchyard::config::load_str(&format!(
+        "[cluster]\nnodes = [\"10.0.0.1:5432\"]\n[failover]\nmode = \"follow\"\n\
+         [coordination]\nbackend = \"patroni\"\n\
+         patroni = {{ scope = \"quiet\", endpoints = [\"{}\"] }}\n",
+        etcd.endpoint()
+    ))
+    .unwrap();
+    let cluster = Arc::new(Cluster::new(config.nodes(), Arc::new(Events::new(100))));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(
+        switchyard::cluster::patroni::watcher(&cluster, &config, stop.clone()).unwrap(),
+    );
+    wait_until(10, "the first view", || async {
+        cluster.patroni().is_some_and(|o| o.connected)
+    })
+    .await;
+    let quiet_until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < quiet_until {
+        let o = cluster.patroni().unwrap();
+        assert!(o.connected, "the session ended: {:?}", o.error);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    tokio::task::spawn_blocking(move || drop(etcd))
+        .await
+        .unwrap();
+}
+
 /// `patroni.rest`: the same view from Patroni's REST API (`GET /cluster`),
 /// with no etcd endpoint given, so whatever `/status` shows came from it.
 /// The first URL refuses connections: the poller goes on to the members.

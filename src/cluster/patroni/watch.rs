@@ -27,9 +27,13 @@ const MAX_KEYS: usize = 1024;
 const MAX_VALUE: usize = 64 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// HTTP/2 pings on the watch's connection: a peer that vanished without a
-/// word ends the session within two of them.
-const KEEP_ALIVE: Duration = Duration::from_secs(2);
+/// HTTP/2 pings on the watch's connection, and how long one may go
+/// unanswered: a peer that vanished without a word ends the session within
+/// both. etcd ends a connection that pings more often than its
+/// `--grpc-keepalive-min-time` (5 s by default) while no data flows, and
+/// a watch on a quiet cluster carries none for a whole Patroni loop.
+const KEEP_ALIVE: Duration = Duration::from_secs(6);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(4);
 const FIRST_PAUSE: Duration = Duration::from_millis(500);
 const LONGEST_PAUSE: Duration = Duration::from_secs(5);
 
@@ -95,7 +99,7 @@ async fn connect(cfg: &PatroniConfig, endpoint: &str) -> Result<Client, WatchErr
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
-        .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE)
+        .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE_TIMEOUT)
         // A member cut off from the others would serve an old view.
         .with_require_leader(true);
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
