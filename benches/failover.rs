@@ -76,12 +76,13 @@ use switchyard::local_cluster::{
     CLUSTER_PASSWORD, CLUSTER_USER,
 };
 use tokio::runtime::Runtime;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 mod common;
 #[path = "failover/fleet.rs"]
 mod fleet;
 
+use common::pg::{connect, connect_when_ready, describe};
 use common::{env_number, Switchyard};
 
 /// Server connections per pool.
@@ -195,11 +196,7 @@ fn proxies_wanted() -> anyhow::Result<usize> {
 
 fn bench() -> anyhow::Result<()> {
     let runs = env_number("FAILOVER_RUNS", DEFAULT_RUNS)?.max(1) as usize;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("building the client runtime")?;
+    let rt = common::client_runtime()?;
     match proxies_wanted()? {
         1 => single(&rt, runs),
         n => fleet::bench(&rt, n, runs),
@@ -324,7 +321,7 @@ fn run_once(
 
     // The proxy serves nothing before its first health checks; wait for it.
     let (writer_client, idle) = rt.block_on(async {
-        let writer_client = connect_when_ready(&conninfo).await?;
+        let writer_client = connect_when_ready(&conninfo, "SELECT 1", READY_TIMEOUT).await?;
         let mut idle = Vec::with_capacity(IDLE_CLIENTS);
         for i in 0..IDLE_CLIENTS {
             let c = connect(&conninfo)
@@ -652,46 +649,6 @@ async fn writer(
             }
         }
         tokio::time::sleep(WRITER_PAUSE).await;
-    }
-}
-
-async fn connect(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-/// Connects and runs `SELECT 1`, retrying until the proxy answers.
-async fn connect_when_ready(conninfo: &str) -> anyhow::Result<Client> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let attempt = async {
-            let c = connect(conninfo).await?;
-            c.simple_query("SELECT 1").await?;
-            Ok::<_, tokio_postgres::Error>(c)
-        };
-        let err = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(Ok(c)) => return Ok(c),
-            Ok(Err(e)) => describe(&e),
-            Err(_) => "no answer within 5s".to_string(),
-        };
-        if Instant::now() >= deadline {
-            bail!(
-                "the proxy did not serve `SELECT 1` within {}s: {err}",
-                READY_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// `SQLSTATE: message` for server errors, the error's text otherwise.
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
     }
 }
 

@@ -12,7 +12,7 @@
 //! the bench raises its own soft RLIMIT_NOFILE to the hard limit, and the
 //! proxies inherit it.
 
-// Only the process, PgBouncer and OS helpers are used here.
+// Only the process, configuration, PgBouncer and OS helpers are used here.
 #[allow(dead_code)]
 mod common;
 
@@ -131,28 +131,14 @@ fn raise_nofile() -> anyhow::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// The binary's configuration: one node, transaction pooling, SCRAM.
+/// The binary's configuration: one node, transaction pooling, SCRAM, room
+/// for `clients`.
 fn switchyard_toml(node: &str, listen: &str, http: &str, clients: usize) -> String {
-    format!(
-        r#"
-[proxy]
-listen = "{listen}"
-pool_mode = "transaction"
-default_pool_size = {POOL_SIZE}
-auth_type = "scram-sha-256"
-max_client_conn = {max}
-
-[[users]]
-name = "{APP_USER}"
-password = "{APP_PASSWORD}"
-
-[cluster]
-nodes = ["{node}"]
-
-[http]
-listen = "{http}"
-"#,
-        max = clients + 1000
+    common::proxy_toml(
+        listen,
+        POOL_SIZE,
+        &format!("max_client_conn = {}", clients + 1000),
+        &format!("nodes = [\"{node}\"]\n\n[http]\nlisten = \"{http}\""),
     )
 }
 

@@ -45,7 +45,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use switchyard::local_cluster::{APP_PASSWORD, APP_USER, CLUSTER_PASSWORD, CLUSTER_USER};
+use switchyard::local_cluster::{APP_PASSWORD, CLUSTER_PASSWORD, CLUSTER_USER};
 
 mod common;
 
@@ -412,28 +412,19 @@ fn strip_ansi(text: &str) -> String {
 
 /// The binary's configuration file.
 fn binary_config(listen: &str, http: &str, nodes: &[String]) -> String {
-    format!(
-        r#"[proxy]
-listen = "{listen}"
-pool_mode = "transaction"
-default_pool_size = {POOL_SIZE}
-max_client_conn = {MAX_CLIENT_CONN}
-auth_type = "scram-sha-256"
-shutdown_timeout = "2s"
-
-[[users]]
-name = "{APP_USER}"
-password = "{APP_PASSWORD}"
-
-[http]
-listen = "{http}"
-
-[cluster]
-nodes = [{}]
+    common::proxy_toml(
+        listen,
+        POOL_SIZE,
+        &format!("max_client_conn = {MAX_CLIENT_CONN}\nshutdown_timeout = \"2s\""),
+        &format!(
+            r#"nodes = [{}]
 user = "{CLUSTER_USER}"
 password = "{CLUSTER_PASSWORD}"
-"#,
-        nodes.join(", ")
+
+[http]
+listen = "{http}""#,
+            nodes.join(", ")
+        ),
     )
 }
 

@@ -60,13 +60,14 @@ use switchyard::local_cluster::{
 };
 use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage, Statement};
+use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
 // `common::proxy_config` is the one shared helper not used here (see
 // `proxy_config` below), so the module's unused code is allowed.
 #[allow(dead_code)]
 mod common;
 
+use common::pg::{connect, connect_when_ready, describe};
 use common::{env_number, median, Switchyard};
 
 /// Clients writing through the proxy.
@@ -120,11 +121,7 @@ fn bench() -> anyhow::Result<()> {
     let began = Instant::now();
     // Declared in this order so that they drop in the reverse one, also on
     // an early return: load, admin client, proxy, cluster, runtime.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("building the client runtime")?;
+    let rt = common::client_runtime()?;
     eprintln!(
         "starting PostgreSQL: 1 primary + {count} replicas, {}...",
         fsync_label(fsync)
@@ -144,9 +141,13 @@ fn bench() -> anyhow::Result<()> {
     let proxy = Switchyard::start(|listen| proxy_config(&cluster, listen))?;
     let admin_info = conninfo(proxy.port, ADMIN_USER, ADMIN_PASSWORD, "switchyard");
     let app_info = conninfo(proxy.port, APP_USER, APP_PASSWORD, APP_DB);
-    let admin = rt.block_on(connect_when_ready(&admin_info, "SHOW VERSION"))?;
+    let admin = rt.block_on(connect_when_ready(
+        &admin_info,
+        "SHOW VERSION",
+        READY_TIMEOUT,
+    ))?;
     // The proxy routes nothing before its first health checks.
-    drop(rt.block_on(connect_when_ready(&app_info, "SELECT 1"))?);
+    drop(rt.block_on(connect_when_ready(&app_info, "SELECT 1", READY_TIMEOUT))?);
 
     eprintln!("load: {CLIENTS} clients; {count} switchovers, {INTERVAL:?} apart...");
     let load = Load::start(&rt, &app_info)?;
@@ -744,47 +745,6 @@ async fn explicit_insert(
     let tx = client.transaction().await?;
     tx.execute(insert, &[&id]).await?;
     tx.commit().await
-}
-
-async fn connect(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
-}
-
-/// Connects and runs `probe` (`SELECT 1`; `SHOW VERSION` on the admin
-/// console, which knows no SQL), retrying until it works.
-async fn connect_when_ready(conninfo: &str, probe: &str) -> anyhow::Result<Client> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let attempt = async {
-            let c = connect(conninfo).await?;
-            c.simple_query(probe).await?;
-            Ok::<_, tokio_postgres::Error>(c)
-        };
-        let err = match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-            Ok(Ok(c)) => return Ok(c),
-            Ok(Err(e)) => describe(&e),
-            Err(_) => "no answer within 5s".to_string(),
-        };
-        if Instant::now() >= deadline {
-            bail!(
-                "the proxy did not answer `{probe}` within {}s: {err}",
-                READY_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(RETRY_PAUSE).await;
-    }
-}
-
-/// `SQLSTATE: message` for server errors, the error's text otherwise.
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
-    }
 }
 
 // ---------------------------------------------------------------------------

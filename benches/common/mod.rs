@@ -1,8 +1,9 @@
 //! Helpers shared by the `harness = false` benchmarks: the `main` wrapper
 //! that skips without `--bench` and sets up tracing, numbers from the
 //! environment, Switchyard's configuration and Switchyard running
-//! in-process, the median; `os` (users, ports, scratch directories),
-//! `pgbench` (running it) and `pgbouncer` (the reference proxy).
+//! in-process, the clients' runtime, the median; `os` (users, ports,
+//! scratch directories, packages), `pg` (clients), `pgbench` (running it),
+//! `pgbouncer` (the reference proxy) and `fleet` (etcd, the release binary).
 //!
 //! A directory module (`benches/common/mod.rs`), so cargo does not take it
 //! for a benchmark target of its own; each benchmark includes it with
@@ -13,6 +14,8 @@
 pub mod fleet;
 #[allow(dead_code)]
 pub mod os;
+#[allow(dead_code)]
+pub mod pg;
 #[allow(dead_code)]
 pub mod pgbench;
 #[allow(dead_code)]
@@ -64,6 +67,17 @@ pub fn env_number(name: &str, default: u64) -> anyhow::Result<u64> {
     }
 }
 
+/// The runtime of a benchmark's clients: two workers, so that the clients
+/// neither starve on one thread nor take the cores from what they measure.
+#[allow(dead_code)]
+pub fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building the client runtime")
+}
+
 /// The last `lines` lines of `s`, for error messages.
 #[allow(dead_code)]
 pub fn tail(s: &str, lines: usize) -> String {
@@ -85,17 +99,14 @@ pub fn median(mut xs: Vec<f64>) -> Option<f64> {
     })
 }
 
-/// Switchyard's configuration: listening on `listen`, transaction pooling
-/// with `pool_size` server connections per pool, SCRAM authentication of the
-/// local cluster's app user; `proxy` holds further `[proxy]` keys, `cluster`
-/// the body of `[cluster]`.
-pub fn proxy_config(
-    listen: &str,
-    pool_size: usize,
-    proxy: &str,
-    cluster: &str,
-) -> anyhow::Result<Config> {
-    let toml = format!(
+/// Switchyard's configuration file: listening on `listen`, transaction
+/// pooling with `pool_size` server connections per pool, SCRAM
+/// authentication of the local cluster's app user; `proxy` holds further
+/// `[proxy]` keys, `cluster` the body of `[cluster]`. `[cluster]` comes
+/// last, so tables of their own (`[http]`, `[failover]`, ...) may follow
+/// its body in `cluster`.
+pub fn proxy_toml(listen: &str, pool_size: usize, proxy: &str, cluster: &str) -> String {
+    format!(
         r#"
 [proxy]
 listen = "{listen}"
@@ -111,8 +122,19 @@ password = "{APP_PASSWORD}"
 [cluster]
 {cluster}
 "#
-    );
-    switchyard::config::load_str(&toml).context("switchyard config")
+    )
+}
+
+/// [`proxy_toml`], loaded: for Switchyard in-process.
+#[allow(dead_code)]
+pub fn proxy_config(
+    listen: &str,
+    pool_size: usize,
+    proxy: &str,
+    cluster: &str,
+) -> anyhow::Result<Config> {
+    switchyard::config::load_str(&proxy_toml(listen, pool_size, proxy, cluster))
+        .context("switchyard config")
 }
 
 /// Switchyard running on its own runtime in a background thread; stopped on drop.

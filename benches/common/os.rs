@@ -1,12 +1,16 @@
-//! Operating-system helpers of the benchmarks that run PgBouncer: who we
-//! are, a user's ids, a private scratch directory, a free port.
+//! Operating-system helpers of the benchmarks that run other programs: who
+//! we are, a user's ids, a private scratch directory, a free port, a Debian
+//! package installed when missing.
 
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
+
+use super::tail;
 
 /// Whether this process runs as root (PgBouncer refuses to).
 pub fn is_root() -> bool {
@@ -30,6 +34,56 @@ pub fn lookup_user(user: &str) -> Option<(u32, u32)> {
 /// A port nothing listens on (bound, then released).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Returns `bin`, installing Debian's `package` with apt-get if it is
+/// missing; a service the package starts (named as the package) is stopped.
+pub fn ensure_package(bin: &str, package: &str) -> anyhow::Result<PathBuf> {
+    let path = PathBuf::from(bin);
+    if path.is_file() {
+        return Ok(path);
+    }
+    eprintln!("{bin} missing; trying `apt-get install -y {package}`...");
+    apt_install(package)?;
+    // The benchmarks run their own instance on their own ports and
+    // configuration: the package's would be harmless, but would take CPU.
+    let _ = Command::new("service")
+        .args([package, "stop"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if path.is_file() {
+        Ok(path)
+    } else {
+        bail!("apt-get succeeded but {bin} is still missing")
+    }
+}
+
+/// `apt-get install -y package`; after a failure (stale package lists,
+/// often) `apt-get update` and once more.
+fn apt_install(package: &str) -> anyhow::Result<()> {
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()
+    };
+    let first = apt(&["install", "-y", package]);
+    if first.as_ref().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    eprintln!("apt-get install failed; running apt-get update and retrying...");
+    let _ = apt(&["update"]);
+    let second = apt(&["install", "-y", package]).context("running apt-get")?;
+    if !second.status.success() {
+        bail!(
+            "apt-get install -y {package} failed:\n{}",
+            tail(&String::from_utf8_lossy(&second.stderr), 10)
+        );
+    }
+    Ok(())
 }
 
 /// A private directory under the temp dir (mode 0700); removed on drop.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use switchyard::local_cluster::{APP_DB, APP_USER};
 
-use super::os::{free_port, is_root, lookup_user, TempDir};
+use super::os::{ensure_package, free_port, is_root, lookup_user, TempDir};
 use super::tail;
 
 /// Where Debian puts PgBouncer.
@@ -50,43 +50,7 @@ pub struct PgBouncer {
 
 /// Returns PgBouncer's path, installing it with apt-get if needed.
 pub fn ensure() -> anyhow::Result<PathBuf> {
-    let bin = PathBuf::from(BIN);
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    eprintln!("{BIN} missing; trying `apt-get install -y pgbouncer`...");
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .output()
-    };
-    let first = apt(&["install", "-y", "pgbouncer"]);
-    if !first.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!("apt-get install failed; running apt-get update and retrying...");
-        let _ = apt(&["update"]);
-        let second = apt(&["install", "-y", "pgbouncer"]).context("running apt-get")?;
-        if !second.status.success() {
-            bail!(
-                "apt-get install -y pgbouncer failed:\n{}",
-                tail(&String::from_utf8_lossy(&second.stderr), 10)
-            );
-        }
-    }
-    // The package may start its own service on 6432; we use our own port and
-    // config, so it would be harmless, but it would take CPU: stop it.
-    let _ = Command::new("service")
-        .args(["pgbouncer", "stop"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if bin.is_file() {
-        Ok(bin)
-    } else {
-        bail!("apt-get succeeded but {BIN} is still missing")
-    }
+    ensure_package(BIN, "pgbouncer")
 }
 
 impl PgBouncer {

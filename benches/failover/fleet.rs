@@ -36,9 +36,10 @@ use tokio::runtime::Runtime;
 
 use super::common::fleet::{http, Etcd, ProxyProcess};
 use super::common::median;
+use super::common::pg::{connect, connect_when_ready};
 use super::{
-    connect, connect_when_ready, first_ack_after, lock, longest_pause, writer, WriterLog,
-    AFTER_RECOVERY, HEALTH_INTERVAL, POOL_SIZE, RECOVERY_CAP, STEADY_WRITES,
+    first_ack_after, lock, longest_pause, writer, WriterLog, AFTER_RECOVERY, HEALTH_INTERVAL,
+    POOL_SIZE, READY_TIMEOUT, RECOVERY_CAP, STEADY_WRITES,
 };
 
 /// Idle clients per proxy: logged in before the failure, one query after.
@@ -136,17 +137,11 @@ fn config(cluster: &LocalCluster, etcd: &str, name: &str, listen: &str, http: &s
         .map(|n| format!("{{ name = \"{}\", addr = \"{}\" }}", n.name(), n.addr()))
         .collect::<Vec<_>>()
         .join(", ");
-    format!(
-        r#"[proxy]
-listen = "{listen}"
-pool_mode = "transaction"
-default_pool_size = {POOL_SIZE}
-auth_type = "scram-sha-256"
-shutdown_timeout = "2s"
-
-[[users]]
-name = "{APP_USER}"
-password = "{APP_PASSWORD}"
+    let cluster_and_more = format!(
+        r#"name = "{name}"
+nodes = [{nodes}]
+user = "{CLUSTER_USER}"
+password = "{CLUSTER_PASSWORD}"
 
 [http]
 listen = "{http}"
@@ -154,15 +149,10 @@ switchover_token = "{TOKEN}"
 
 [coordination]
 backend = "etcd"
-endpoints = ["{etcd}"]
-
-[cluster]
-name = "{name}"
-nodes = [{nodes}]
-user = "{CLUSTER_USER}"
-password = "{CLUSTER_PASSWORD}"
-"#
-    )
+endpoints = ["{etcd}"]"#
+    );
+    let proxy = r#"shutdown_timeout = "2s""#;
+    super::common::proxy_toml(listen, POOL_SIZE, proxy, &cluster_and_more)
 }
 
 /// Quorum-synchronous replication on every node, then waits until the
@@ -278,7 +268,7 @@ fn measure(
     let mut idle = Vec::new();
     for (i, p) in fleet.iter().enumerate() {
         let info = conninfo(p);
-        let c = rt.block_on(connect_when_ready(&info))?;
+        let c = rt.block_on(connect_when_ready(&info, "SELECT 1", READY_TIMEOUT))?;
         for _ in 0..IDLE_PER_PROXY {
             let c = rt.block_on(connect(&info))?;
             rt.block_on(c.simple_query("SELECT 1"))?;
