@@ -696,8 +696,10 @@ fn server_error(fields: &[(u8, String)]) -> error_response::ServerError {
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
+    // The untranslated severity (`V`) wins over the localized one (`S`).
+    let has_v = fields.iter().any(|(c, _)| *c == b'V');
     error_response::ServerError {
-        severity: last(b'S'),
+        severity: if has_v { last(b'V') } else { last(b'S') },
         code: last(b'C'),
         message: last(b'M'),
     }

@@ -64,17 +64,21 @@ pub fn decode(body: &[u8]) -> Option<ServerError> {
         code: String::new(),
         message: String::new(),
     };
+    // `S` may be translated; `V` never is, and wins when present.
+    let mut untranslated = None;
     let mut rest = body;
     while let Some((&field, tail)) = rest.split_first() {
         if field == 0 {
+            if let Some(v) = untranslated {
+                err.severity = v;
+            }
             return Some(err);
         }
         let nul = tail.iter().position(|&b| b == 0)?;
         let value = String::from_utf8_lossy(&tail[..nul]).into_owned();
         match field {
-            // `S` comes first and may be translated; `V` is not.
-            b'S' if err.severity.is_empty() => err.severity = value,
-            b'V' => err.severity = value,
+            b'S' => err.severity = value,
+            b'V' => untranslated = Some(value),
             b'C' => err.code = value,
             b'M' => err.message = value,
             _ => {}
