@@ -1700,3 +1700,61 @@ async fn a_killed_postmaster_costs_pooled_clients_their_requests_in_flight_not_t
         );
     }
 }
+
+/// A backend stopped with SIGSTOP until dropped (then SIGCONT).
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(pid: i32) -> Stopped {
+        // SAFETY: signals to a PostgreSQL backend of the test's own cluster.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as in `stop`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_heartbeat_does_not_stall_the_primarys_health_checks() {
+    // The heartbeat's commit stalls (here: its backend stopped, as a disk
+    // stall would hold a commit). Sharing the probes' connection, it cost
+    // them their session: every probe after it logged in anew, on a node
+    // under strain, and three slow logins made a loaded primary "down".
+    let (cluster, primary, _replica) = start_pair().await;
+    let toml = config(&nodes_of(&cluster), "");
+    let (_proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let direct = direct_client(primary.port()).await;
+    let beat_sql = "SELECT pid FROM pg_stat_activity \
+        WHERE query LIKE '%pg_logical_emit_message(true, ''switchyard''%' \
+        AND pid <> pg_backend_pid()";
+    let pid: i32 = eventually(10, "the heartbeat's backend", || async {
+        direct
+            .query_opt(beat_sql, &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get(0))
+    })
+    .await;
+    let stopped = Stopped::stop(pid);
+    let state = |s: serde_json::Value| s["nodes"][0]["state"].as_str().map(str::to_string);
+    // Six seconds: three probes' timeouts and then some.
+    for _ in 0..120 {
+        let (_, body) = common::http_request(http, "GET", "/status").await;
+        let now = state(serde_json::from_str(&body).unwrap());
+        assert_eq!(
+            now.as_deref(),
+            Some("up"),
+            "the primary's checks, with its heartbeat stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, events) = common::http_request(http, "GET", "/events").await;
+    assert!(!events.contains("node_down"), "{events}");
+    drop(stopped);
+}

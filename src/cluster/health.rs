@@ -80,6 +80,10 @@ pub struct Checker {
     /// TLS as `[cluster.tls]` says, the same as pooled connections.
     tls: crate::tls::SharedConnector,
     conn: Option<ServerConn>,
+    /// The heartbeat's own connection: a commit that is slow (a disk
+    /// stall) or stuck must not cost the probes their session, or every
+    /// probe after it pays for a new login on a node already under strain.
+    beat: Option<ServerConn>,
     heartbeat_failed: bool,
     /// When the last heartbeat was committed.
     last_heartbeat: Option<Instant>,
@@ -93,6 +97,7 @@ impl Checker {
             login,
             tls,
             conn: None,
+            beat: None,
             heartbeat_failed: false,
             last_heartbeat: None,
         }
@@ -153,7 +158,8 @@ impl Checker {
 
     async fn heartbeat(&mut self, timeout: Duration) {
         let run = async {
-            self.connected(timeout)
+            let tls = self.tls.current();
+            open(&mut self.beat, &self.addr, &self.login, &tls, timeout)
                 .await?
                 .query_row(HEARTBEAT_SQL)
                 .await
@@ -172,8 +178,8 @@ impl Checker {
         }
         self.heartbeat_failed = true;
         // Cut short, or failed inside its BEGIN (an aborted transaction):
-        // the next probe starts on a fresh session.
-        self.conn = None;
+        // the next heartbeat starts on a fresh session.
+        self.beat = None;
     }
 
     /// Runs a control statement (promote, repoint) on this node's check connection.
@@ -210,15 +216,8 @@ impl Checker {
 
     /// The check connection, opened if needed.
     async fn connected(&mut self, timeout: Duration) -> Result<&mut ServerConn, ConnectError> {
-        if self.conn.is_none() {
-            let tls = self.tls.current();
-            let conn = ServerConn::connect(&self.addr, &self.login, &tls, timeout).await?;
-            bound_unacknowledged(conn.stream(), timeout);
-            self.conn = Some(conn);
-        }
-        self.conn
-            .as_mut()
-            .ok_or_else(|| ConnectError::Protocol(self.addr.clone(), "no connection"))
+        let tls = self.tls.current();
+        open(&mut self.conn, &self.addr, &self.login, &tls, timeout).await
     }
 
     /// Turns a bounded attempt into a result; a failure other than an error
@@ -249,6 +248,23 @@ impl Checker {
         }
         Err(err)
     }
+}
+
+/// The connection in `slot`, opened first if there is none.
+async fn open<'a>(
+    slot: &'a mut Option<ServerConn>,
+    addr: &str,
+    login: &Login,
+    tls: &crate::tls::Connector,
+    timeout: Duration,
+) -> Result<&'a mut ServerConn, ConnectError> {
+    if slot.is_none() {
+        let conn = ServerConn::connect(addr, login, tls, timeout).await?;
+        bound_unacknowledged(conn.stream(), timeout);
+        *slot = Some(conn);
+    }
+    slot.as_mut()
+        .ok_or_else(|| ConnectError::Protocol(addr.to_string(), "no connection"))
 }
 
 /// A check connection to a host that lost power gets no acknowledgement for
