@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use common::etcd::Etcd;
 use common::patroni::PatroniCluster;
+use common::patroni_proxy::{status, RunningProxy};
 use common::{http_request, wait_until};
 use serde_json::Value;
 use switchyard::cluster::patroni::{Member, Role};
 use switchyard::cluster::Cluster;
 use switchyard::events::{EventKind, Events};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,18 +167,7 @@ async fn the_reader_keeps_the_last_view_while_etcd_is_away() {
         r#"{"conn_url":"postgres://10.0.0.1:5432/postgres","role":"master","state":"running"}"#;
     put(&etcd, &format!("{prefix}members/pg0"), member).await;
     put(&etcd, &format!("{prefix}leader"), "pg0").await;
-    let config = switchyard::config::load_str(&format!(
-        "[cluster]\nnodes = [\"10.0.0.1:5432\"]\n[failover]\nmode = \"follow\"\n\
-         [coordination]\nbackend = \"patroni\"\n\
-         patroni = {{ scope = \"orders\", endpoints = [\"{}\"] }}\n",
-        etcd.endpoint()
-    ))
-    .unwrap();
-    let cluster = Arc::new(Cluster::new(config.nodes(), Arc::new(Events::new(100))));
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(
-        switchyard::cluster::patroni::watcher(&cluster, &config, stop.clone()).unwrap(),
-    );
+    let (cluster, stop, task) = watching(&etcd, "orders");
     let leader = |c: &Cluster| {
         c.patroni()
             .and_then(|o| o.connected.then(|| o.view.leader.clone()))
@@ -252,18 +240,7 @@ async fn a_quiet_watch_keeps_its_session() {
     common::init_tracing();
     let etcd = tokio::task::spawn_blocking(Etcd::start).await.unwrap();
     put(&etcd, "/service/quiet/leader", "pg0").await;
-    let config = switchyard::config::load_str(&format!(
-        "[cluster]\nnodes = [\"10.0.0.1:5432\"]\n[failover]\nmode = \"follow\"\n\
-         [coordination]\nbackend = \"patroni\"\n\
-         patroni = {{ scope = \"quiet\", endpoints = [\"{}\"] }}\n",
-        etcd.endpoint()
-    ))
-    .unwrap();
-    let cluster = Arc::new(Cluster::new(config.nodes(), Arc::new(Events::new(100))));
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(
-        switchyard::cluster::patroni::watcher(&cluster, &config, stop.clone()).unwrap(),
-    );
+    let (cluster, stop, task) = watching(&etcd, "quiet");
     wait_until(10, "the first view", || async {
         cluster.patroni().is_some_and(|o| o.connected)
     })
@@ -279,6 +256,27 @@ async fn a_quiet_watch_keeps_its_session() {
     tokio::task::spawn_blocking(move || drop(etcd))
         .await
         .unwrap();
+}
+
+/// The watcher alone, on Patroni's keys of `scope` in `etcd`, with a
+/// cluster of one node for it to keep the view in; cancel the token to stop.
+fn watching(
+    etcd: &Etcd,
+    scope: &str,
+) -> (Arc<Cluster>, CancellationToken, tokio::task::JoinHandle<()>) {
+    let config = switchyard::config::load_str(&format!(
+        "[cluster]\nnodes = [\"10.0.0.1:5432\"]\n[failover]\nmode = \"follow\"\n\
+         [coordination]\nbackend = \"patroni\"\n\
+         patroni = {{ scope = \"{scope}\", endpoints = [\"{}\"] }}\n",
+        etcd.endpoint()
+    ))
+    .unwrap();
+    let cluster = Arc::new(Cluster::new(config.nodes(), Arc::new(Events::new(100))));
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(
+        switchyard::cluster::patroni::watcher(&cluster, &config, stop.clone()).unwrap(),
+    );
+    (cluster, stop, task)
 }
 
 /// `patroni.rest`: the same view from Patroni's REST API (`GET /cluster`),
@@ -365,46 +363,4 @@ fn toml(patroni: &PatroniCluster) -> String {
         scope = patroni.scope,
         etcd = patroni.endpoint(),
     )
-}
-
-async fn status(http: SocketAddr) -> Value {
-    let (code, body) = http_request(http, "GET", "/status").await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// A proxy with its HTTP endpoints, in this process; its nodes are
-/// Patroni's, so none of the harness's `LocalCluster`s is involved.
-struct RunningProxy {
-    http: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RunningProxy {
-    async fn start(toml: &str) -> RunningProxy {
-        let config = switchyard::config::load_str(toml).expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_addr = http.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            switchyard::listener::run_with_http(config, listener, Some(http), shutdown)
-                .await
-                .expect("proxy runs");
-        });
-        RunningProxy {
-            http: http_addr,
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
-    }
 }

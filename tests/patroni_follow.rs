@@ -12,16 +12,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::patroni::{PatroniCluster, PatroniOptions};
-use common::{connect, http_request, sqlstate, unique, wait_until};
+use common::patroni_proxy::{status, RunningProxy};
+use common::{connect, sqlstate, unique, wait_until};
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 use tokio::task::block_in_place;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -176,7 +174,7 @@ async fn paused_a_stopped_leaders_writes_wait_for_it_and_nothing_is_promoted() {
     let (pg0, pg1) = (patroni.member("pg0").port, patroni.member("pg1").port);
     let table = create_table(pg0).await;
     let proxy = RunningProxy::start(&proxy_toml(&patroni)).await;
-    let client = proxy.client().await;
+    let client = client_of(&proxy).await;
     assert_eq!(insert(&client, &table, 1, true).await, Ok(pg0));
 
     block_in_place(|| {
@@ -317,8 +315,8 @@ impl Writers {
         let failures = Arc::new(Mutex::new(vec![]));
         let mut tasks = vec![];
         for i in 0..WRITERS {
-            let mut client = Some(proxy.client().await);
-            let url = proxy.url();
+            let mut client = Some(client_of(proxy).await);
+            let url = url_of(proxy);
             let (stop, next, table) = (stop.clone(), next.clone(), table.to_string());
             let (acks, failures) = (acks.clone(), failures.clone());
             tasks.push(tokio::spawn(async move {
@@ -541,12 +539,6 @@ fn proxy_toml(patroni: &PatroniCluster) -> String {
     )
 }
 
-async fn status(http: SocketAddr) -> Value {
-    let (code, body) = http_request(http, "GET", "/status").await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
 /// `name`'s entry in `/status`'s nodes.
 fn node<'a>(status: &'a Value, name: &str) -> &'a Value {
     status["nodes"]
@@ -555,53 +547,16 @@ fn node<'a>(status: &'a Value, name: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-/// A proxy with its HTTP endpoints, in this process.
-struct RunningProxy {
-    addr: SocketAddr,
-    http: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+/// The proxy's address as a tokio-postgres connection string.
+fn url_of(proxy: &RunningProxy) -> String {
+    format!(
+        "host=127.0.0.1 port={} user=postgres password=postgres dbname=postgres connect_timeout=10",
+        proxy.addr.port()
+    )
 }
 
-impl RunningProxy {
-    async fn start(toml: &str) -> RunningProxy {
-        let config = switchyard::config::load_str(toml).expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let http_addr = http.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            switchyard::listener::run_with_http(config, listener, Some(http), shutdown)
-                .await
-                .expect("proxy runs");
-        });
-        RunningProxy {
-            addr,
-            http: http_addr,
-            stop,
-            task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "host=127.0.0.1 port={} user=postgres password=postgres dbname=postgres connect_timeout=10",
-            self.addr.port()
-        )
-    }
-
-    async fn client(&self) -> Client {
-        connect(&self.url())
-            .await
-            .expect("connect through the proxy")
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
-    }
+async fn client_of(proxy: &RunningProxy) -> Client {
+    connect(&url_of(proxy))
+        .await
+        .expect("connect through the proxy")
 }

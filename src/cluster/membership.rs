@@ -156,12 +156,7 @@ mod tests {
     use super::*;
 
     fn node(name: &str, addr: &str) -> Node {
-        Node {
-            name: name.into(),
-            addr: addr.into(),
-            priority: 0,
-            hardware: None,
-        }
+        Node::plain(name, addr)
     }
 
     #[test]

@@ -667,16 +667,23 @@ pub struct Node {
     pub hardware: Option<HardwareSpec>,
 }
 
+impl Node {
+    /// A node named `name` at `addr`, with priority 0 and no hardware probe.
+    pub fn plain(name: &str, addr: &str) -> Node {
+        Node {
+            name: name.into(),
+            addr: addr.into(),
+            priority: 0,
+            hardware: None,
+        }
+    }
+}
+
 impl NodeSpec {
     /// The node with defaults filled in.
     pub fn resolve(&self) -> Node {
         match self {
-            NodeSpec::Addr(addr) => Node {
-                name: addr.clone(),
-                addr: addr.clone(),
-                priority: 0,
-                hardware: None,
-            },
+            NodeSpec::Addr(addr) => Node::plain(addr, addr),
             NodeSpec::Table(t) => Node {
                 name: t.name.clone().unwrap_or_else(|| t.addr.clone()),
                 addr: t.addr.clone(),

@@ -24,6 +24,7 @@ pub mod coord;
 pub mod etcd;
 pub mod hardware;
 pub mod patroni;
+pub mod patroni_proxy;
 pub mod redfish;
 pub mod relay;
 pub mod script;

@@ -305,14 +305,16 @@ fn failing(mut n: NodeView) -> NodeView {
     n
 }
 
+/// The nodes of the actions `pick` names one for.
+fn nodes_of(actions: &[Action], pick: fn(&Action) -> Option<usize>) -> Vec<usize> {
+    actions.iter().filter_map(pick).collect()
+}
+
 fn promotes(actions: &[Action]) -> Vec<usize> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Promote(c) => Some(*c),
-            _ => None,
-        })
-        .collect()
+    nodes_of(actions, |a| match a {
+        Action::Promote(c) => Some(*c),
+        _ => None,
+    })
 }
 
 #[test]
@@ -719,23 +721,17 @@ fn appointed(node: Option<usize>, draining: bool) -> FailoverSettings {
 }
 
 fn closes(actions: &[Action]) -> Vec<usize> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::CloseConns(i) => Some(*i),
-            _ => None,
-        })
-        .collect()
+    nodes_of(actions, |a| match a {
+        Action::CloseConns(i) => Some(*i),
+        _ => None,
+    })
 }
 
 fn fences(actions: &[Action]) -> Vec<usize> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Fence(i) => Some(*i),
-            _ => None,
-        })
-        .collect()
+    nodes_of(actions, |a| match a {
+        Action::Fence(i) => Some(*i),
+        _ => None,
+    })
 }
 
 #[test]

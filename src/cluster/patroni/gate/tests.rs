@@ -2,12 +2,7 @@ use super::*;
 use crate::cluster::patroni::{ScheduledSwitchover, Tags, TimelineSwitch};
 
 fn node(name: &str, addr: &str) -> Node {
-    Node {
-        name: name.into(),
-        addr: addr.into(),
-        priority: 0,
-        hardware: None,
-    }
+    Node::plain(name, addr)
 }
 
 fn nodes() -> Vec<Node> {
