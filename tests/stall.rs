@@ -61,7 +61,7 @@ impl Bench {
             .await
             .expect("probe client logs in");
         probe.batch_execute("SELECT 1").await.unwrap();
-        let baseline = other_sockets(&proxy).await;
+        let baseline = settled_sockets(&proxy).await;
         Bench {
             proxy,
             _cluster: cluster,
@@ -125,6 +125,22 @@ impl Bench {
 }
 
 /// Open sockets of the proxy that are not server connections.
+/// [`other_sockets`] once the proxy's own connections are all open: the
+/// primary's heartbeat gets its check connection only once the primary
+/// serves, a tick or two after start. Unchanged for 2 s (at most 15 s).
+async fn settled_sockets(proxy: &Shipped) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut last, mut since) = (other_sockets(proxy).await, Instant::now());
+    while since.elapsed() < Duration::from_secs(2) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = other_sockets(proxy).await;
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    last
+}
+
 async fn other_sockets(proxy: &Shipped) -> usize {
     let sockets = proxy.sockets();
     let (open, _) = proxy.servers().await;
