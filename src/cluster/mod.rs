@@ -92,6 +92,38 @@ pub struct Route {
     pub epoch: u64,
     /// Cancelled when the node's connections must close (node down, role changed).
     pub retired: CancellationToken,
+    /// The node's load count and incarnation, reached without a lookup.
+    pub handle: NodeHandle,
+}
+
+/// A node's shared state as a pooled connection needs it on every
+/// transaction: its count of checked-out connections, and whether an
+/// incarnation is still current. Held by the connection, so neither needs
+/// a load of the cluster's slot list.
+#[derive(Clone)]
+pub struct NodeHandle(Arc<membership::Slot>);
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("NodeHandle").field(&self.0.addr).finish()
+    }
+}
+
+impl NodeHandle {
+    /// Counts a checked-out connection (`delta` = +1 / -1).
+    pub fn add_load(&self, delta: isize) {
+        let load = &self.0.load;
+        if delta >= 0 {
+            load.fetch_add(delta as usize, Ordering::Relaxed);
+        } else {
+            load.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether incarnation `epoch` is the node's current one.
+    pub fn is_current(&self, epoch: u64) -> bool {
+        lock(&self.0.incarnation).epoch == epoch
+    }
 }
 
 /// A node and the incarnation of its connections that a route names.
@@ -262,6 +294,7 @@ impl Cluster {
             addr: slot.addr.clone(),
             epoch: inc.epoch,
             retired: inc.retired.clone(),
+            handle: NodeHandle(slot.clone()),
         })
     }
 
@@ -277,7 +310,7 @@ impl Cluster {
     fn routed<R>(
         &self,
         target: Target,
-        make: impl FnOnce(&membership::Slot, usize, &Incarnation) -> R,
+        make: impl FnOnce(&Arc<membership::Slot>, usize, &Incarnation) -> R,
     ) -> Option<R> {
         let snap = self.snapshot.load();
         let node = match target {
@@ -334,20 +367,6 @@ impl Cluster {
                 self.nudge();
                 Err(ClusterError::Unreachable(e))
             }
-        }
-    }
-
-    /// Counts a checked-out connection to `node` (`delta` = +1 / -1).
-    pub fn add_load(&self, node: usize, delta: isize) {
-        let slots = self.slots.load();
-        if delta >= 0 {
-            slots[node]
-                .load
-                .fetch_add(delta as usize, Ordering::Relaxed);
-        } else {
-            slots[node]
-                .load
-                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
         }
     }
 

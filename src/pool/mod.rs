@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::server_side::ServerSecret;
-use crate::cluster::{Cluster, ClusterError, Route, RouteKey};
+use crate::cluster::{Cluster, ClusterError, NodeHandle, Route, RouteKey};
 use crate::config::Target;
 use crate::server::Login;
 pub use limit::{LimitHit, Limits, SharedLimit};
@@ -232,7 +232,7 @@ impl Pool {
             };
             match conn {
                 Some(Ok(mut conn)) => {
-                    let load = LoadGuard::new(s.cluster.clone(), conn.node());
+                    let load = LoadGuard::new(conn.node_handle());
                     conn.lend(permit, load);
                     return Ok(conn);
                 }
@@ -251,6 +251,26 @@ impl Pool {
                 return Err(PoolError::HoldTimeout);
             }
         }
+    }
+
+    /// The usual checkout, done at once: an idle connection on the node the
+    /// target routes to, when the pool is not paused and a slot is free.
+    /// `None` leaves the rest (waits, new connections, holds) to
+    /// [`Pool::checkout`]. Also returns the time it read for the expiry
+    /// check, so that the caller need not read the clock again.
+    pub fn checkout_now(&self) -> Option<(PooledConn, Instant)> {
+        let s = &self.shared;
+        if *s.paused.borrow() {
+            return None;
+        }
+        let settings = s.settings.load();
+        let key = s.cluster.route_key(settings.target)?;
+        let permit = s.slots.clone().try_acquire_owned().ok()?;
+        let now = Instant::now();
+        let mut conn = self.pop_usable(key, now, &settings)?;
+        let load = LoadGuard::new(conn.node_handle());
+        conn.lend(permit, load);
+        Some((conn, now))
     }
 
     /// A slot of the pool: at once if one is free, else the first to free
@@ -279,7 +299,7 @@ impl Pool {
         // connection at every checkout.
         let retirements = cluster.retirements();
         if self.shared.swept.swap(retirements, Ordering::AcqRel) != retirements {
-            idle.retain(|c| cluster.is_current(c.node(), c.epoch()));
+            idle.retain(PooledConn::is_current);
         }
         while let Some(pos) = idle.iter().rposition(|c| c.node() == route.node) {
             let conn = idle.remove(pos);
@@ -321,10 +341,15 @@ impl Pool {
     }
 
     /// Returns a connection whose transaction status is idle. Its slot is freed.
-    pub fn checkin(&self, mut conn: PooledConn) {
-        let now = Instant::now();
+    pub fn checkin(&self, conn: PooledConn) {
+        self.checkin_at(conn, Instant::now());
+    }
+
+    /// [`Pool::checkin`] with the time its last answer came (read once
+    /// for the query's latency, not again here).
+    pub fn checkin_at(&self, mut conn: PooledConn, now: Instant) {
         conn.release();
-        let current = self.shared.cluster.is_current(conn.node(), conn.epoch())
+        let current = conn.is_current()
             && conn.generation() == self.shared.generation.load(Ordering::Relaxed);
         let stale = !current || expired(&conn, now, &self.shared.settings.load());
         // Another pool under the same limit waits for room: hand it this place.
@@ -496,21 +521,18 @@ impl Pool {
 }
 
 /// Counts a checked-out connection against its node while it lives.
-pub struct LoadGuard {
-    cluster: Arc<Cluster>,
-    node: usize,
-}
+pub struct LoadGuard(NodeHandle);
 
 impl LoadGuard {
-    fn new(cluster: Arc<Cluster>, node: usize) -> LoadGuard {
-        cluster.add_load(node, 1);
-        LoadGuard { cluster, node }
+    fn new(node: &NodeHandle) -> LoadGuard {
+        node.add_load(1);
+        LoadGuard(node.clone())
     }
 }
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        self.cluster.add_load(self.node, -1);
+        self.0.add_load(-1);
     }
 }
 

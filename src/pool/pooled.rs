@@ -12,7 +12,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::LoadGuard;
-use crate::cluster::Route;
+use crate::cluster::{NodeHandle, Route};
 use crate::server::ServerConn;
 
 /// A server connection owned by a pool, idle or checked out.
@@ -35,6 +35,8 @@ pub struct PooledConn {
     epoch: u64,
     /// Cancelled when the node's connections must close at once.
     retired: CancellationToken,
+    /// Its node's load count and incarnation.
+    handle: NodeHandle,
     /// The pool generation it was opened in; `RECONNECT` retires older ones.
     generation: u64,
     /// When it was last returned to the pool.
@@ -59,6 +61,7 @@ impl PooledConn {
             node: route.node,
             epoch: route.epoch,
             retired: route.retired.clone(),
+            handle: route.handle.clone(),
             generation,
             // Never returned yet: idle since it was opened.
             last_used: conn.created(),
@@ -118,6 +121,16 @@ impl PooledConn {
     #[inline]
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Whether its node incarnation is still the current one.
+    pub fn is_current(&self) -> bool {
+        self.handle.is_current(self.epoch)
+    }
+
+    /// Its node's load count and incarnation.
+    pub(super) fn node_handle(&self) -> &NodeHandle {
+        &self.handle
     }
 
     /// Cancelled when the node's connections must close at once (node down,
