@@ -88,7 +88,22 @@ pub struct Expectations {
     queue: VecDeque<Expect>,
 }
 
+/// Entries a spare queue keeps room for: a queue that a long pipeline grew
+/// is not kept for the client's life.
+const SPARE_ROOM: usize = 16;
+
 impl Expectations {
+    /// The queue emptied for the next attachment, keeping its (small)
+    /// allocation: a new one per transaction was an allocation and a free
+    /// on the hot path.
+    pub fn emptied(mut self) -> Expectations {
+        self.queue.clear();
+        if self.queue.capacity() > SPARE_ROOM {
+            self.queue = VecDeque::new();
+        }
+        self
+    }
+
     /// Nothing owed either way.
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()

@@ -6,6 +6,8 @@
 //! statement; the `expect` queue then drops the replies to injected messages
 //! and inserts the proxy's own answers in order.
 
+use std::pin::Pin;
+
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +26,6 @@ use crate::error::ClientError;
 use crate::measure::latency::Latencies;
 use crate::measure::ErrorCounts;
 use crate::pool::Pool;
-use crate::pool::PooledConn;
 use crate::protocol::buffer;
 use crate::protocol::frame::put_frame;
 use crate::protocol::frame::{header, HEADER_LEN, MAX_FRAME};
@@ -273,8 +274,10 @@ enum Dir {
 }
 
 impl Link {
-    pub(super) fn new(limits: Limits, meter: Meter) -> Link {
+    /// `spare`: an emptied queue of an earlier link, for its allocation.
+    pub(super) fn new(limits: Limits, meter: Meter, spare: Expectations) -> Link {
         Link {
+            expect: spare.emptied(),
             rewrite: limits.mode == PoolMode::Transaction,
             session_mode: limits.mode == PoolMode::Session,
             max_message_size: limits.max_message_size,
@@ -286,6 +289,11 @@ impl Link {
             meter,
             ..Default::default()
         }
+    }
+
+    /// The expectation queue, for the next link to reuse.
+    pub(super) fn take_queue(&mut self) -> Expectations {
+        std::mem::take(&mut self.expect)
     }
 
     /// Whether a statement that may change session settings went through,
@@ -361,17 +369,22 @@ impl Link {
 
     /// Moves bytes both ways until the attachment ends or the client must be
     /// pinned (then the relay pins it and calls again with the same link).
-    pub(super) async fn pump(&mut self, cx: &mut LinkCtx<'_>, server: &mut PooledConn) -> Pumped {
+    /// `retired`: the wait for the retirement of the server's node
+    /// incarnation, which the session keeps from one transaction to the next.
+    pub(super) async fn pump(
+        &mut self,
+        cx: &mut LinkCtx<'_>,
+        server: &mut ServerConn,
+        mut retired: Pin<&mut Cancelled>,
+    ) -> Pumped {
         let session_mode = self.session_mode;
-        let (server, retired) = server.conn_and_retired();
         if let Err(p) = self.settle(cx, server) {
             return p;
         }
-        // Made once per call, not per turn of the loop, and registered with
-        // their tokens once: re-registering on every message costs locks on
-        // the hot path.
-        let (kill, retired) = (cx.info.killed(), Cancelled::new(retired));
-        tokio::pin!(kill, retired);
+        // Made once per call, not per turn of the loop: polling it registers
+        // the task (two atomics when its waker is unchanged).
+        let kill = cx.info.killed();
+        tokio::pin!(kill);
         loop {
             if self.since_yield >= YIELD_EVERY {
                 self.since_yield = 0;
@@ -506,7 +519,7 @@ impl Link {
                 _ = &mut kill => return End::Killed.into(),
                 _ = idle_expired => return End::IdleInTransaction.into(),
                 _ = query_expired => if let Some(p) = self.query_expired() { return p },
-                _ = &mut retired => return End::ServerLost("the node's connections were closed by the health monitor".into()).into(),
+                _ = retired.as_mut() => return End::ServerLost("the node's connections were closed by the health monitor".into()).into(),
             }
             if let Err(p) = self.settle(cx, server) {
                 return p;

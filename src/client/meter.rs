@@ -17,6 +17,14 @@ pub struct Meter {
     on: bool,
     query_start: Option<Instant>,
     xact_start: Option<Instant>,
+    /// A time read just before the attachment (a checkout that did not
+    /// wait): the first request's start, without reading the clock again.
+    hint: Option<Instant>,
+    /// That checkout's zero wait, not yet recorded: it goes into the
+    /// histograms with the query's samples, under the same lock.
+    wait_due: bool,
+    /// When the last ReadyForQuery that ended a query came.
+    answered: Option<Instant>,
     /// Counts not yet added to the pool.
     pub tally: Tally,
 }
@@ -30,10 +38,33 @@ impl Meter {
         }
     }
 
+    /// The attachment began with a checkout that did not wait, at `at`:
+    /// `at` stands for the first request's start, and the checkout is
+    /// counted with the transaction (its assignment in the tally, its zero
+    /// wait with the latencies the transaction records).
+    pub fn started_at(&mut self, at: Instant) {
+        self.hint = Some(at);
+        self.tally.server_assignments += 1;
+        self.wait_due = self.on;
+    }
+
+    /// Records the checkout's wait if no ReadyForQuery took it along (the
+    /// attachment ended before one came).
+    pub fn finish(&mut self, latencies: &Latencies) {
+        if std::mem::take(&mut self.wait_due) {
+            latencies.record(Kind::Wait, 0);
+        }
+    }
+
+    /// When the last query ended, if it was timed.
+    pub fn answered_at(&self) -> Option<Instant> {
+        self.answered
+    }
+
     /// A client request was sent while `pending` requests were in flight.
     pub fn request(&mut self, pending: u32) {
         if self.on && pending == 0 && self.query_start.is_none() {
-            let now = Instant::now();
+            let now = self.hint.take().unwrap_or_else(Instant::now);
             self.query_start = Some(now);
             self.xact_start.get_or_insert(now);
         }
@@ -45,10 +76,17 @@ impl Meter {
             return;
         }
         let now = Instant::now();
-        let mut samples = [(Kind::Query, 0); 2];
+        self.answered = Some(now);
+        let mut samples = [(Kind::Query, 0); 3];
         let mut n = 0;
+        if std::mem::take(&mut self.wait_due) {
+            samples[n] = (Kind::Wait, 0);
+            n += 1;
+        }
+        let mut query = None;
         if let Some(start) = self.query_start.take() {
             let us = micros(now, start);
+            query = Some((start, us));
             self.tally.queries += 1;
             self.tally.query_us += us;
             samples[n] = (Kind::Query, us);
@@ -56,7 +94,11 @@ impl Meter {
         }
         if status == b'I' {
             if let Some(start) = self.xact_start.take() {
-                let us = micros(now, start);
+                // A one-query transaction (the usual one) began with its query.
+                let us = match query {
+                    Some((q, us)) if q == start => us,
+                    _ => micros(now, start),
+                };
                 self.tally.xacts += 1;
                 self.tally.xact_us += us;
                 samples[n] = (Kind::Transaction, us);
@@ -121,6 +163,39 @@ mod tests {
         assert_eq!((m.tally.queries, m.tally.xacts), (4, 2));
         assert_eq!(lat.merged(Kind::Query).len(), 4);
         assert_eq!(lat.merged(Kind::Transaction).len(), 2);
+    }
+
+    #[test]
+    fn a_query_starts_at_the_time_its_checkout_read() {
+        let lat = Latencies::with_slots(1);
+        let mut m = Meter::new(true);
+        let at = Instant::now() - std::time::Duration::from_millis(50);
+        m.started_at(at);
+        m.request(0);
+        m.ready(0, b'I', &lat);
+        // One query, one transaction, both timed from the checkout.
+        assert!(m.tally.query_us >= 50_000, "{}", m.tally.query_us);
+        assert_eq!(m.tally.xact_us, m.tally.query_us);
+        assert!(m.answered_at().is_some_and(|t| t > at));
+        // The checkout is counted with the transaction it served.
+        assert_eq!(m.tally.server_assignments, 1);
+        assert_eq!(lat.merged(Kind::Wait).len(), 1);
+        m.finish(&lat);
+        assert_eq!(lat.merged(Kind::Wait).len(), 1);
+        // The next query reads the clock itself.
+        m.request(0);
+        m.ready(0, b'I', &lat);
+        assert!(m.tally.query_us < 100_000, "{}", m.tally.query_us);
+    }
+
+    #[test]
+    fn a_checkout_that_served_no_query_is_still_counted() {
+        let lat = Latencies::with_slots(1);
+        let mut m = Meter::new(true);
+        m.started_at(Instant::now());
+        m.finish(&lat);
+        assert_eq!(lat.merged(Kind::Wait).len(), 1);
+        assert_eq!(m.tally.server_assignments, 1);
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //! flight. Session mode keeps the connection until the client leaves.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 
+use super::cancelled::RetireWatch;
 use super::conn::{ClientConn, ClientGone};
+use super::expect::Expectations;
 use super::limits::Limits;
 use super::link::{held_whole, End, Link, LinkCtx, Pumped};
 use super::lost::LostTxn;
@@ -52,6 +55,13 @@ pub struct Session {
     pinned: bool,
     /// Whether the last attachment ended with nothing half-sent or owed.
     last_at_rest: bool,
+    /// The wait for the retirement of the last server's node incarnation.
+    retire: RetireWatch,
+    /// The last link's expectation queue, whose room the next one reuses.
+    spare_queue: Expectations,
+    /// When the last attachment's last query was answered: the time its
+    /// server goes back to the pool with.
+    answered_at: Option<Instant>,
     /// The client's session settings as PostgreSQL last accepted them
     /// (startup packet, then what it SET): given to every server it gets.
     settings: SettingSet,
@@ -109,6 +119,9 @@ impl Session {
             stmts: ClientStatements::new(limits.statements),
             pinned: false,
             last_at_rest: true,
+            retire: RetireWatch::default(),
+            spare_queue: Expectations::default(),
+            answered_at: None,
             settings,
             startup: None,
             settings_unknown: false,
@@ -150,8 +163,8 @@ impl Session {
     /// `held`, which serves whatever comes); leaves a server the client
     /// keeps in `held`. Returns whether the session goes on.
     async fn work(&mut self, idle: Option<Idle>, held: &mut Option<Box<PooledConn>>) -> bool {
-        let server = match (held.take(), idle) {
-            (Some(s), _) => *s,
+        let (server, started) = match (held.take(), idle) {
+            (Some(s), _) => (*s, None),
             (None, None | Some(Idle::Gone)) => return false,
             (None, Some(Idle::Shutdown)) => {
                 self.client.send_error(&ClientError::Shutdown).await;
@@ -181,7 +194,7 @@ impl Session {
                 },
             },
         };
-        let attached = self.attach(server).await;
+        let attached = self.attach(server, started).await;
         if !matches!(attached, (End::Released, Some(_))) || self.mode() == PoolMode::Transaction {
             self.reg.info.set(ClientState::Idle, None);
         }
@@ -197,7 +210,10 @@ impl Session {
     ) -> bool {
         let farewell = match attached {
             (End::Released, Some(s)) if self.mode() == PoolMode::Transaction && !self.pinned => {
-                self.pool.checkin(s);
+                match self.answered_at.take() {
+                    Some(at) => self.pool.checkin_at(s, at),
+                    None => self.pool.checkin(s),
+                }
                 return true;
             }
             (End::Released, Some(s)) => {
@@ -351,28 +367,43 @@ impl Session {
 
     /// Takes a server from the pool, showing the client as waiting meanwhile
     /// and counting the wait.
-    async fn checkout(&mut self) -> Result<PooledConn, PoolError> {
+    /// With the server comes the time read as it was taken, when the take
+    /// did not wait: the start of the request that asked for it.
+    async fn checkout(&mut self) -> Result<(PooledConn, Option<Instant>), PoolError> {
         let info = &self.reg.info;
+        // The usual case: an idle server at once, no wait to time or show.
+        if let Some((s, at)) = self.pool.checkout_now() {
+            // Counted by the meter of the attachment it serves, or by
+            // `count_unserved` when it serves none.
+            self.reg.info.set(ClientState::Active, Some(linked(&s)));
+            return Ok((s, Some(at)));
+        }
         info.set(ClientState::Waiting, None);
         let started = std::time::Instant::now();
         let server = self.pool.checkout().await;
         match &server {
-            Ok(s) => {
-                let waited = started.elapsed().as_micros() as u64;
-                if self.ctx.record_metrics() {
-                    self.ctx.latencies().record(Kind::Wait, waited);
-                }
-                info.set(ClientState::Active, Some(linked(s)));
-                let mut tally = Tally {
-                    server_assignments: 1,
-                    wait_us: waited,
-                    ..Default::default()
-                };
-                self.pool.stats().add(&mut tally);
-            }
+            Ok(s) => self.checked_out(s, started.elapsed().as_micros() as u64),
             Err(_) => info.set(ClientState::Idle, None),
         }
-        server
+        server.map(|s| (s, None))
+    }
+
+    /// Shows and counts a checkout that waited `waited` µs.
+    fn checked_out(&self, s: &ServerConn, waited: u64) {
+        self.reg.info.set(ClientState::Active, Some(linked(s)));
+        self.count_checkout(waited);
+    }
+
+    fn count_checkout(&self, waited: u64) {
+        if self.ctx.record_metrics() {
+            self.ctx.latencies().record(Kind::Wait, waited);
+        }
+        let mut tally = Tally {
+            server_assignments: 1,
+            wait_us: waited,
+            ..Default::default()
+        };
+        self.pool.stats().add(&mut tally);
     }
 
     /// A named Parse of a text some server already accepted needs no server:
@@ -413,16 +444,28 @@ impl Session {
     /// in force on it. `None`: the request was answered with an error (no
     /// server, or PostgreSQL refused the settings), or the server failed
     /// while taking them (the request is still buffered: the idle loop tries again).
-    async fn ready_server(&mut self, tag: u8) -> Result<Option<PooledConn>, ClientGone> {
-        let mut server = match self.checkout().await {
+    /// With it comes the time the checkout read, unless the checkout or
+    /// the settings waited.
+    async fn ready_server(
+        &mut self,
+        tag: u8,
+    ) -> Result<Option<(PooledConn, Option<Instant>)>, ClientGone> {
+        let (mut server, mut started) = match self.checkout().await {
             Ok(s) => s,
             Err(e) => {
                 self.refuse(tag, super::pool_error(e, false)).await?;
                 return Ok(None);
             }
         };
-        match self.give_settings(&mut server).await {
-            Ok(()) => Ok(Some(server)),
+        let given = self.give_settings(&mut server).await;
+        // A checkout that did not wait is counted with the transaction it
+        // serves; it serves none when the settings failed, and its query
+        // starts after them when they took a round trip.
+        if matches!(given, Ok(true) | Err(_)) && started.take().is_some() {
+            self.count_checkout(0);
+        }
+        match given {
+            Ok(_) => Ok(Some((server, started))),
             Err(ConnectError::Refused { error, .. }) => {
                 // Nothing changed on that server (one implicit transaction),
                 // but it is not kept: PostgreSQL's error goes to the client.
@@ -437,18 +480,19 @@ impl Session {
     }
 
     /// Applies the client's settings to `server` where they differ, within
-    /// `settings_timeout`, and not past the node's retirement.
-    async fn give_settings(&mut self, server: &mut PooledConn) -> Result<(), ConnectError> {
+    /// `settings_timeout`, and not past the node's retirement. True when it
+    /// had to (a round trip to the server).
+    async fn give_settings(&mut self, server: &mut PooledConn) -> Result<bool, ConnectError> {
         // The usual case, checked first: no timer, no allocation per transaction.
         if !server.settings_differ(&self.settings) {
-            return Ok(());
+            return Ok(false);
         }
         let retired = server.retired().clone();
         let limit = self.limits.settings_timeout;
         let addr = server.addr().to_string();
         tokio::select! {
             r = tokio::time::timeout(limit, server.apply_settings(&self.settings)) => {
-                r.unwrap_or(Err(ConnectError::Timeout(addr)))
+                r.unwrap_or(Err(ConnectError::Timeout(addr))).map(|()| true)
             }
             _ = retired.cancelled() => Err(ConnectError::Protocol(addr, "node retired")),
         }
@@ -495,14 +539,23 @@ impl Session {
 
     /// Relays between the client and `server` until the transaction (or, in
     /// session mode, the session) ends. Returns the server when it is reusable.
-    async fn attach(&mut self, mut server: PooledConn) -> (End, Option<PooledConn>) {
+    /// `started`: the time the checkout read, the first request's start.
+    async fn attach(
+        &mut self,
+        mut server: PooledConn,
+        started: Option<Instant>,
+    ) -> (End, Option<PooledConn>) {
         self.cancel.attach(CancelTarget {
             addr: server.addr().clone(),
             key: server.key(),
             tls: server.stream().is_tls(),
         });
-        let meter = Meter::new(self.ctx.record_metrics());
-        let mut link = Link::new(*self.limits, meter);
+        let mut meter = Meter::new(self.ctx.record_metrics());
+        if let Some(at) = started {
+            meter.started_at(at);
+        }
+        let spare = std::mem::take(&mut self.spare_queue);
+        let mut link = Link::new(*self.limits, meter, spare);
         let mut end = self.pump(&mut link, &mut server).await;
         self.detach_cancels(&end, &mut server).await;
         if let Some(custom) = link.take_settings_changed().filter(|_| !self.pinned) {
@@ -519,7 +572,10 @@ impl Session {
                 _ => {}
             }
         }
+        link.meter.finish(self.ctx.latencies());
         self.pool.stats().add(&mut link.meter.tally);
+        self.answered_at = link.meter.answered_at();
+        self.spare_queue = link.take_queue();
         self.last_txn = link.txn;
         self.last_at_rest = link.at_rest();
         // A lost server is gone; any other ending hands it to cleanup, which
@@ -547,7 +603,10 @@ impl Session {
     /// Runs `link` over a view of this session until the attachment ends,
     /// pinning the client when the link says so.
     async fn pump(&mut self, link: &mut Link, server: &mut PooledConn) -> End {
+        let (node, epoch) = (server.node(), server.epoch());
+        let (server, token) = server.conn_and_retired();
         loop {
+            let retired = self.retire.of(node, epoch, token);
             let mut cx = LinkCtx {
                 client: &mut self.client,
                 stmts: &mut self.stmts,
@@ -559,7 +618,7 @@ impl Session {
                 pinned: self.pinned,
                 budget: self.ctx.budget(),
             };
-            match link.pump(&mut cx, server).await {
+            match link.pump(&mut cx, server, retired).await {
                 Pumped::Pin(why) => self.pin(why),
                 Pumped::Cancel => self.cancel_running(),
                 Pumped::End(end) => return end,
