@@ -599,7 +599,10 @@ impl Link {
     fn settle(&mut self, cx: &mut LinkCtx<'_>, server: &mut ServerConn) -> Result<(), Pumped> {
         let max = self.max_message_size;
         loop {
-            if !self.c_hold && !self.c_head {
+            // A side with no unscanned byte has nothing to scan: settle runs
+            // after every read and write, and most of them bring bytes from
+            // one side only.
+            if !self.c_hold && !self.c_head && cx.client.buf.len() > self.c_ready {
                 self.scan_client(&cx.client.buf, max)
                     .map_err(|e| End::ClientError(ClientError::Protocol(e.to_string())))?;
             }
@@ -624,7 +627,7 @@ impl Link {
                     put_frame(&mut self.s_synth, tag, b"");
                 }
             }
-            if !self.s_drop && self.s_fatal.is_none() {
+            if !self.s_drop && self.s_fatal.is_none() && server.buf().len() > self.s_ready {
                 let forgotten = self
                     .scan_server(server.buf(), cx.latencies, cx.errors)
                     .map_err(|e| End::ServerLost(e.to_string()))?;
