@@ -337,11 +337,6 @@ impl Cluster {
             .min_by_key(|&i| (slots[i].load.load(Ordering::Relaxed), i))
     }
 
-    /// Whether connections of `epoch` to `node` are still current.
-    pub fn is_current(&self, node: usize, epoch: u64) -> bool {
-        lock(&self.slots.load()[node].incarnation).epoch == epoch
-    }
-
     /// Opens a logged-in connection along `route`.
     pub async fn connect(
         &self,
