@@ -756,6 +756,55 @@ async fn an_autocommit_write_that_reached_the_replica_is_not_reported_as_rolled_
     );
 }
 
+/// PostgreSQL can lose a promotion request: its startup process may take the
+/// wakeup, then sleep out `wal_retrieve_retry_interval` (5 s) before it looks
+/// for the request again. Here it is lost for good: the startup process is
+/// frozen when `pg_promote()` arrives, and the signal file is gone before it
+/// thaws. The proxy asks again until the replica leaves recovery, and never
+/// gives up on its candidate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_request_the_replica_loses_is_sent_again() {
+    let (primary, replica, proxy) = cluster_with_proxy("").await;
+    let writer = proxy.client().await;
+    let table = create_table(&writer, "lost_promote").await;
+    let admin = proxy
+        .client_as("admin", "adminpw", "switchyard")
+        .await
+        .unwrap();
+    let_pool_settle().await;
+
+    let startup = Frozen::freeze_child(&replica, "startup");
+    stop(&primary, StopMode::Immediate).await;
+    let signal_file = replica.data_dir().join("promote");
+    eventually(20, "pg_promote() to reach the replica", || {
+        let f = signal_file.clone();
+        async move { f.exists().then_some(()) }
+    })
+    .await;
+    let _ = std::fs::remove_file(&signal_file);
+    drop(startup);
+
+    within(
+        20,
+        "write after a lost promotion request",
+        insert(&writer, &table, 1),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("write after a lost promotion request: {}", describe(&e)));
+    assert_eq!(port_of(&writer).await.unwrap(), replica.port());
+    let events = admin.simple_query("SHOW EVENTS").await.unwrap();
+    let failed: Vec<String> = events
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) if r.get(2) == Some("action_failed") => {
+                Some(r.get(4).unwrap_or_default().to_string())
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(failed.is_empty(), "the proxy gave up on a step: {failed:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_primary_is_detected_by_timeouts_and_replaced() {
     let (primary, replica, proxy) = cluster_for_a_hang("").await;

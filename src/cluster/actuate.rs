@@ -50,12 +50,8 @@ pub(super) async fn perform(
             cluster.events.record(kind, Some(&name(candidate)), msg);
         }
         Action::Promote(i) => {
-            // Not `pg_promote(true)`: it checks only every 100 ms, and that
-            // wait would be write pause. The monitor polls instead.
-            let result = tracks[i]
-                .checker
-                .control("SELECT pg_promote(false)", timeout)
-                .await;
+            // Returns at once: the monitor waits for it (and asks again).
+            let result = super::promotion::ask(&mut tracks[i].checker, timeout).await;
             let (kind, msg) = match result {
                 Ok(_) => (EventKind::Promoting, "pg_promote() started".to_string()),
                 Err(e) => (EventKind::ActionFailed, format!("pg_promote() failed: {e}")),

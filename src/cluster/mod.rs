@@ -18,6 +18,7 @@ mod membership;
 pub mod monitor;
 pub mod patroni;
 mod peer_switch;
+mod promotion;
 pub mod repoint;
 pub mod switchover;
 mod track;

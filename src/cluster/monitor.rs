@@ -18,6 +18,7 @@ use super::failover::{step, Action, Appointed, FailoverSettings, Primary, SentPr
 use super::fences;
 use super::health::{ProbeError, LATE_PROBE};
 use super::peer_switch::{finish_interrupted, PeerSwitchover};
+use super::promotion::{self, Waited};
 use super::switchover::Request;
 use super::track::{views, Track};
 use super::view::{Health, NodeView, Probe, Timers};
@@ -44,7 +45,6 @@ const HEARTBEAT_TRAVEL: Duration = Duration::from_millis(50);
 
 /// How often a promotion in progress is checked, and for how long the
 /// monitor waits on it before going back to its ticks.
-const PROMOTION_POLL: Duration = Duration::from_millis(10);
 const PROMOTION_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs until `shutdown`, reading the live configuration at every tick.
@@ -377,18 +377,10 @@ fn promotion_sent(c: &Coordination, views: &[NodeView]) -> Option<SentPromotion>
 /// its own timeout).
 async fn await_promotion(config: &Config, track: &mut Track) -> bool {
     let timeout = config.health.timeout;
-    let deadline = tokio::time::Instant::now() + PROMOTION_WAIT;
-    loop {
-        let answer = track
-            .checker
-            .control("SELECT pg_is_in_recovery()", timeout)
-            .await;
-        match answer.as_ref().map(|row| row.first().cloned().flatten()) {
-            Ok(Some(v)) if v == "f" => break,
-            Ok(_) if tokio::time::Instant::now() < deadline => {}
-            _ => return false,
-        }
-        tokio::time::sleep(PROMOTION_POLL).await;
+    let deadline = Instant::now() + PROMOTION_WAIT;
+    match promotion::until_writable(&mut track.checker, timeout, deadline).await {
+        Waited::Writable => {}
+        Waited::InRecovery | Waited::Unanswered => return false,
     }
     match track.checker.probe(timeout, false).await {
         Ok(p) => {

@@ -32,6 +32,7 @@ use super::error::{StepError, SwitchoverError};
 use super::failover::Primary;
 use super::hardware::HardwareStatus;
 use super::health::{ControlError, ProbeError, LATE_PROBE};
+use super::promotion::{self, Waited};
 use super::track::{self, Track};
 use super::view::{Health, NodeView, Role};
 use super::Cluster;
@@ -523,30 +524,25 @@ impl Switch<'_> {
         }
     }
 
-    /// Promotes the target and waits until it accepts writes. Polled here
-    /// rather than with `pg_promote(true)`, which checks only every 100 ms:
-    /// that wait is write pause.
+    /// Promotes the target and waits until it accepts writes, asking again
+    /// while it stays in recovery (see [`promotion`]).
     async fn promote(&mut self) -> Result<(), StepError> {
         let timeout = self.target_timeout();
         let checker = &mut self.tracks[self.target].checker;
-        checker
-            .control("SELECT pg_promote(false)", timeout)
+        promotion::ask(checker, timeout)
             .await
             .map_err(StepError::Promote)?;
         let deadline = Instant::now() + PROMOTE_TIMEOUT;
         loop {
-            let in_recovery = checker
-                .control("SELECT pg_is_in_recovery()", timeout)
-                .await
-                .ok()
-                .and_then(|r| r.first().cloned().flatten());
-            if in_recovery.as_deref() == Some("f") {
-                return Ok(());
+            match promotion::until_writable(checker, timeout, deadline).await {
+                Waited::Writable => return Ok(()),
+                Waited::InRecovery => return Err(StepError::StillInRecovery),
+                // A poll it missed is not an answer: poll again until the deadline.
+                Waited::Unanswered if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                Waited::Unanswered => return Err(StepError::StillInRecovery),
             }
-            if Instant::now() >= deadline {
-                return Err(StepError::StillInRecovery);
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

@@ -224,14 +224,7 @@ pub struct Frozen {
 
 impl Frozen {
     pub fn freeze(node: &PgNode) -> Frozen {
-        let pidfile = node.data_dir().join("postmaster.pid");
-        let text = std::fs::read_to_string(&pidfile)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", pidfile.display()));
-        let postmaster: u32 = text
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .expect("postmaster pid");
+        let postmaster = postmaster_pid(node);
         // The postmaster first, so it forks no new children meanwhile.
         let mut frozen = Frozen {
             pids: vec![postmaster],
@@ -245,12 +238,41 @@ impl Frozen {
     }
 }
 
+impl Frozen {
+    /// Freezes only the node's child process whose title contains `role`
+    /// (`startup` is the one replaying WAL on a replica): its signals wait
+    /// until it is thawed.
+    pub fn freeze_child(node: &PgNode, role: &str) -> Frozen {
+        let postmaster = postmaster_pid(node);
+        let child = children_of(postmaster)
+            .into_iter()
+            .find(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(role))
+            })
+            .unwrap_or_else(|| panic!("no `{role}` process under {}", node.name()));
+        signal("STOP", child);
+        Frozen { pids: vec![child] }
+    }
+}
+
 impl Drop for Frozen {
     fn drop(&mut self) {
         for &pid in self.pids.iter().rev() {
             signal("CONT", pid);
         }
     }
+}
+
+/// The node's postmaster, from its `postmaster.pid`.
+fn postmaster_pid(node: &PgNode) -> u32 {
+    let pidfile = node.data_dir().join("postmaster.pid");
+    let text = std::fs::read_to_string(&pidfile)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", pidfile.display()));
+    text.lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("postmaster pid")
 }
 
 fn signal(sig: &str, pid: u32) {
