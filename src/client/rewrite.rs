@@ -27,11 +27,18 @@ const REFUSED: &[u8] = b"sy_refused";
 /// statement, portals) is forwarded as sent.
 pub(super) fn names_statement(tag: u8, frame: &[u8]) -> bool {
     match tag {
-        b'P' => decode_parse(frame).is_some_and(|p| !p.name.is_empty()),
+        // The unnamed statement (what most drivers send) is known by its
+        // first byte, with no scan of the query text.
+        b'P' => !unnamed(frame) && decode_parse(frame).is_some(),
         b'B' => decode_bind_statement(frame).is_some_and(|(_, s, _)| !s.is_empty()),
         b'D' | b'C' => decode_target(frame).is_some_and(|(k, n)| k == b'S' && !n.is_empty()),
         _ => false,
     }
+}
+
+/// A Parse of the unnamed statement: its name, the body's first string, is empty.
+fn unnamed(parse: &[u8]) -> bool {
+    parse.get(5) == Some(&0)
 }
 
 /// A named Parse whose text some server already accepted (`known` says so
@@ -41,10 +48,10 @@ pub(super) fn known_parse(
     frame: &[u8],
     known: impl FnOnce(&str) -> bool,
 ) -> Option<(Arc<str>, Statement)> {
-    let p = decode_parse(frame)?;
-    if p.name.is_empty() {
+    if unnamed(frame) {
         return None;
     }
+    let p = decode_parse(frame)?;
     let stmt = Statement::new(&p);
     if !known(&stmt.server_name) {
         return None;
