@@ -130,15 +130,17 @@ impl Expectations {
 
     /// Records what was just sent (or will be answered by the proxy).
     pub fn push(&mut self, e: Expect) {
-        if e == Expect::CopyEnd && self.queue.is_empty() {
+        if matches!(e, Expect::CopyEnd) && self.queue.is_empty() {
             return; // a stray CopyDone outside COPY: nothing to bound
         }
         self.queue.push_back(e);
     }
 
     fn pop(&mut self) {
+        // `matches!`, not `==`: the derived comparison is a call per
+        // message on the hot path.
         self.queue.pop_front();
-        while self.queue.front() == Some(&Expect::CopyEnd) {
+        while matches!(self.queue.front(), Some(Expect::CopyEnd)) {
             self.queue.pop_front();
         }
     }
@@ -183,15 +185,15 @@ impl Expectations {
         let Some(head) = self.queue.front() else {
             return 0;
         };
+        // Borrowed, not cloned: a clone of a Parse entry was two reference
+        // counts up and down per server message.
         let sent = match head {
-            Expect::Forward(s) | Expect::Swallow(s) => s.clone(),
-            Expect::Refused(_) => Sent::Bind,
+            Expect::Forward(s) | Expect::Swallow(s) => s,
+            Expect::Refused(_) => &Sent::Bind,
             Expect::Answer(_) | Expect::CopyEnd => return 0,
         };
-        if (&sent, tag) == (&Sent::Execute, b'G') {
-            return self.drop_syncs_in_copy();
-        }
-        let completes = match (&sent, tag) {
+        let completes = match (sent, tag) {
+            (Sent::Execute, b'G') => return self.drop_syncs_in_copy(),
             (_, b'N' | b'S' | b'A') => false,
             (Sent::Query, b'Z') => true,
             (Sent::Query, _) => false,
@@ -200,21 +202,16 @@ impl Expectations {
                 self.fail_batch(forgotten);
                 return 0;
             }
-            (Sent::Parse { .. }, b'1') | (Sent::Bind, b'2') | (Sent::Close, b'3') => true,
+            (Sent::Parse { server, .. }, b'1') => {
+                forgotten.confirmed.extend(server.clone());
+                true
+            }
+            (Sent::Bind, b'2') | (Sent::Close, b'3') => true,
             (Sent::DescribeStatement | Sent::DescribePortal, b'T' | b'n') => true,
             (Sent::Execute, b'C' | b'I' | b's') => true,
             _ => false,
         };
         if completes {
-            if let (
-                Sent::Parse {
-                    server: Some(name), ..
-                },
-                b'1',
-            ) = (&sent, tag)
-            {
-                forgotten.confirmed.push(name.clone());
-            }
             self.pop();
         }
         0
@@ -247,7 +244,7 @@ impl Expectations {
     /// have prepared do not exist.
     fn fail_batch(&mut self, forgotten: &mut Forgotten) {
         while let Some(e) = self.queue.front() {
-            if *e == Expect::CopyEnd {
+            if matches!(e, Expect::CopyEnd) {
                 self.queue.pop_front();
                 continue;
             }
