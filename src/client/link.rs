@@ -865,7 +865,11 @@ impl Link {
         for _ in 0..up.parses {
             self.meter.server_parse();
         }
-        let text = decode_parse(frame).map_or(&b""[..], |p| p.query);
+        // Only a Parse carries SQL text (a Bind would decode as nonsense).
+        let text = match tag {
+            b'P' => decode_parse(frame).map_or(&b""[..], |p| p.query),
+            _ => &b""[..],
+        };
         self.note(effects, text);
         cx.client.buf.advance(len);
     }
