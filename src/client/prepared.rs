@@ -83,11 +83,18 @@ pub struct ClientStatements {
     bounds: StatementBounds,
 }
 
+/// The maps' hasher: a lookup by name runs for every Bind of a named
+/// statement, and std's SipHash cost more than the rest of the lookup.
+/// Seeded at random per process and per map; a client's maps are bounded
+/// (`StatementBounds`), so colliding names cost that client alone, and only
+/// so much.
+type Hasher = foldhash::fast::RandomState;
+
 #[derive(Debug, Default)]
 struct Held {
-    by_name: HashMap<Arc<str>, Arc<Statement>>,
+    by_name: HashMap<Arc<str>, Arc<Statement>, Hasher>,
     /// Distinct statements by server name, with how many names use each.
-    texts: HashMap<Arc<str>, (Arc<Statement>, usize)>,
+    texts: HashMap<Arc<str>, (Arc<Statement>, usize), Hasher>,
     /// Bytes of the distinct statements' Parse frames.
     bytes: usize,
 }
