@@ -736,8 +736,12 @@ impl Link {
                         txn.commit_in_flight |= super::lost::commits(body);
                     }
                 }
-                if let (b'P', true, Some(p)) = (tag, rewrite, frame.and_then(decode_parse)) {
-                    note(pin, changed, custom, effects(p.query), p.query);
+                // Decoded only for a Parse: a tuple of the three would
+                // decode every message.
+                if let (b'P', true) = (tag, rewrite) {
+                    if let Some(p) = frame.and_then(decode_parse) {
+                        note(pin, changed, custom, effects(p.query), p.query);
+                    }
                 }
                 Visit::Forward
             })?;
@@ -792,11 +796,10 @@ impl Link {
                 if let Some(e) = &error {
                     errors.add_server(&e.code);
                 }
-                if let (b'S', Some(kv)) = (
-                    tag,
-                    frame.and_then(|f| decode_parameter_status(f.get(5..)?)),
-                ) {
-                    reported.push(kv);
+                if tag == b'S' {
+                    if let Some(kv) = frame.and_then(|f| decode_parameter_status(f.get(5..)?)) {
+                        reported.push(kv);
+                    }
                 }
                 Visit::Forward
             },
