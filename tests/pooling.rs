@@ -362,3 +362,21 @@ async fn a_pooled_connection_killed_while_idle_costs_the_next_client_nothing() {
         .get(0);
     assert_ne!(again, pid, "a fresh server connection was used");
 }
+
+/// `server_idle_timeout` counts idle time in the pool, as PgBouncer's does:
+/// a server connection busy with one long transaction is not closed when
+/// it comes back, and the next transaction gets the same backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_busy_past_the_idle_timeout_is_kept_when_it_comes_back() {
+    let proxy = Proxy::start("default_pool_size = 1\nserver_idle_timeout = \"1s\"").await;
+    let c = proxy.client().await;
+    let first: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
+    let busy: i32 = c
+        .query_typed("SELECT pg_backend_pid() FROM pg_sleep(1.5)", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
+    assert_eq!(busy, first, "one server, the pool's only one");
+    let after: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
+    assert_eq!(after, first, "the busy connection was kept, not closed as idle");
+}

@@ -351,7 +351,7 @@ impl Pool {
         conn.release();
         let current = conn.is_current()
             && conn.generation() == self.shared.generation.load(Ordering::Relaxed);
-        let stale = !current || expired(&conn, now, &self.shared.settings.load());
+        let stale = !current || outlived(&conn, now, &self.shared.settings.load());
         // Another pool under the same limit waits for room: hand it this place.
         let wanted = self.shared.limits.iter().any(|l| l.wanted());
         if stale || wanted || !conn.buf().is_empty() || conn.closes_on_return() {
@@ -539,6 +539,14 @@ impl Drop for LoadGuard {
 /// Whether a connection has outlived its lifetime or idle timeout.
 fn expired(conn: &PooledConn, now: Instant, s: &PoolSettings) -> bool {
     is_expired(conn.created(), conn.last_used(), now, s)
+}
+
+/// Whether a connection coming back from a client is past its lifetime.
+/// Its idle time is not counted: it was busy, not idle, since it last went
+/// back to the pool (`server_idle_timeout` counts time in the pool, as
+/// PgBouncer's does).
+fn outlived(conn: &PooledConn, now: Instant, s: &PoolSettings) -> bool {
+    now.duration_since(conn.created()) >= s.lifetime
 }
 
 /// Pure form of the expiry rule, for tests.
