@@ -378,5 +378,8 @@ async fn a_connection_busy_past_the_idle_timeout_is_kept_when_it_comes_back() {
         .get(0);
     assert_eq!(busy, first, "one server, the pool's only one");
     let after: i32 = c.query_typed("SELECT pg_backend_pid()", &[]).await.unwrap()[0].get(0);
-    assert_eq!(after, first, "the busy connection was kept, not closed as idle");
+    assert_eq!(
+        after, first,
+        "the busy connection was kept, not closed as idle"
+    );
 }
