@@ -1768,6 +1768,85 @@ impl Drop for Stopped {
     }
 }
 
+/// A primary whose heartbeat fails sends its replicas nothing, busy or not
+/// (a read-only load writes no WAL): their silence then says nothing, and
+/// one slow probe must not make it "down" and cut every transaction in
+/// flight. Here the heartbeat cannot log in (pg_hba rejects the check
+/// role's new sessions), then the probes' backend stalls for one probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_probe_of_a_primary_whose_heartbeat_fails_cuts_nothing() {
+    let (cluster, primary, _replica) = start_pair().await;
+    let toml = config(&nodes_of(&cluster), "");
+    let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let direct = direct_client(primary.port()).await;
+    let backend = |like: &'static str| {
+        let sql = format!(
+            "SELECT pid FROM pg_stat_activity WHERE usename = '{CLUSTER_USER}' \
+             AND query LIKE '{like}' AND pid <> pg_backend_pid()"
+        );
+        let direct = &direct;
+        async move {
+            direct
+                .query_opt(&sql, &[])
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.get::<_, i32>(0))
+        }
+    };
+    let beat = eventually(10, "the heartbeat's backend", || {
+        backend("%pg_logical_emit_message(true, ''switchyard''%")
+    })
+    .await;
+
+    // The heartbeat fails from now on, and writes no WAL.
+    let hba = primary.data_dir().join("pg_hba.conf");
+    let original = std::fs::read_to_string(&hba).unwrap();
+    let reject = format!("host all {CLUSTER_USER} 127.0.0.1/32 reject\n");
+    std::fs::write(&hba, format!("{reject}{original}")).unwrap();
+    direct
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    direct
+        .query_one("SELECT pg_terminate_backend($1)", &[&beat])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let c = proxy.client().await;
+    let running = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(4)").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let probe = backend("%FROM pg_is_in_recovery() AS r%")
+        .await
+        .expect("the probes' backend");
+    let stalled = Stopped::stop(probe);
+    // Until a probe has failed (the node is no longer "up"), then the node
+    // lets the check role in again.
+    let state = |s: serde_json::Value| s["nodes"][0]["state"].as_str().map(str::to_string);
+    eventually(10, "a failed probe of the stalled primary", || async {
+        let (_, body) = common::http_request(http, "GET", "/status").await;
+        state(serde_json::from_str(&body).ok()?).filter(|s| s != "up")
+    })
+    .await;
+    std::fs::write(&hba, &original).unwrap();
+    direct
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    drop(stalled);
+
+    let outcome = within(20, "the statement in flight", running)
+        .await
+        .unwrap();
+    assert!(
+        outcome.is_ok(),
+        "the statement in flight failed: {outcome:?}"
+    );
+    let (_, events) = common::http_request(http, "GET", "/events").await;
+    assert!(!events.contains("node_down"), "{events}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_heartbeat_does_not_stall_the_primarys_health_checks() {
     // The heartbeat's commit stalls (here: its backend stopped, as a disk

@@ -114,6 +114,12 @@ impl Checker {
         self.last_heartbeat
     }
 
+    /// Whether the last heartbeat failed: the node may be writing nothing
+    /// its replicas would hear.
+    pub fn heartbeat_failing(&self) -> bool {
+        self.heartbeat_failed
+    }
+
     /// Runs one probe within `timeout`, followed by a heartbeat if asked.
     /// Any failure drops the connection so the next probe reconnects.
     pub async fn probe(&mut self, timeout: Duration, heartbeat: bool) -> Result<Probe, ProbeError> {

@@ -565,10 +565,15 @@ fn apply_primary(
 ) {
     let threshold = config.health.failure_threshold;
     // Silent for as long as the probe was given: a live primary with any
-    // traffic would have sent the replicas something meanwhile.
+    // traffic would have sent the replicas something meanwhile. Only while
+    // its heartbeats commit: a read-only load writes no WAL, and a primary
+    // too slow for its heartbeat (CPU, disk) sends its replicas nothing
+    // although it lives; their silence then proves nothing, and one slow
+    // probe would cut every transaction in flight.
     let span = config.health.timeout;
-    let corroborated =
-        result.is_err() && replicas_silent_since(&views(cluster, tracks), p, started, span);
+    let corroborated = result.is_err()
+        && !tracks[p].checker.heartbeat_failing()
+        && replicas_silent_since(&views(cluster, tracks), p, started, span);
     tracks[p].record(
         cluster,
         p,
