@@ -44,7 +44,10 @@ pub(super) async fn perform(
         Action::Fence(i) => {
             cluster.fence(i);
         }
-        Action::CloseConns(i) => cluster.retire(i),
+        Action::CloseConns(i) => {
+            cluster.retire(i);
+            tracks[i].down_on_silence = false;
+        }
         Action::CatchUp { candidate, old } => {
             let (kind, msg) = catch_up(tracks, candidate, old, config.health.timeout).await;
             cluster.events.record(kind, Some(&name(candidate)), msg);

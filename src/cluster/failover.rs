@@ -310,8 +310,15 @@ fn serving(
             _ => "primary is not usable",
         };
         // A drain lets the running transactions finish: the switchover
-        // ends them when it stops the old leader, if they have not.
-        if !draining {
+        // ends them when it stops the old leader, if they have not. So does
+        // a primary down on its replicas' silence alone, which may only have
+        // stalled: its connections close when a promotion is sent ([`lost`])
+        // or the failure threshold is reached (the track), whichever first.
+        let stalled = node.down_on_silence
+            && replaced.is_none()
+            && !(node.fenced || fenced_now.contains(&p))
+            && !node.hardware_failing;
+        if !draining && !stalled {
             actions.push(Action::CloseConns(p));
         }
         // A planned move is a switchover on the timeline (and in the
@@ -371,6 +378,17 @@ fn lost(
         promoted,
     } = was;
     let promoted = promoted.or(cfg.sent_in_place_of(old));
+    // A promotion was sent (here or by the leader): whatever the old
+    // primary takes from now on may be lost, so its connections close now
+    // if they were kept (`serving`).
+    let cut_off = |actions: &mut Vec<Action>| {
+        if nodes[old].down_on_silence {
+            actions.push(Action::CloseConns(old));
+        }
+    };
+    if promoted.is_some() {
+        cut_off(actions);
+    }
     let held = |blocked: Option<Blocked>| Primary::Lost {
         old,
         blocked,
@@ -411,6 +429,9 @@ fn lost(
                 nodes[c].lsn(),
                 nodes[old].lsn()
             );
+            if promoted.is_none() {
+                cut_off(actions);
+            }
             actions.push(Action::Event(EventKind::CandidateChosen, Some(c), msg));
             if nodes[old].health.usable() {
                 // Its clients are cut off already (CloseConns comes first),

@@ -23,6 +23,13 @@ pub(crate) struct Track {
     pub(crate) repointed: Option<(usize, std::time::Instant)>,
     /// What it witnesses of a primary that stopped answering us.
     witness: Witness,
+    /// Probes failed in a row.
+    failed_in_row: u32,
+    /// Down on its replicas' silence alone, with fewer than
+    /// `failure_threshold` probes failed: its connections are kept (it may
+    /// be a live primary that stalled) until a promotion is sent, or the
+    /// threshold is reached, or it answers again.
+    pub(crate) down_on_silence: bool,
 }
 
 impl Track {
@@ -37,6 +44,8 @@ impl Track {
             probe: None,
             repointed: None,
             witness: Witness::Idle,
+            failed_in_row: 0,
+            down_on_silence: false,
         }
     }
 
@@ -69,7 +78,22 @@ impl Track {
         let last_role = self.probe.as_ref().map(|p| p.role);
         let reaction = react(self.health, last_role, probed, threshold);
         self.health = reaction.health();
-        if reaction.retire() {
+        self.failed_in_row = match result {
+            Ok(_) => 0,
+            Err(_) => self.failed_in_row.saturating_add(1),
+        };
+        let silent = matches!(
+            reaction.event(),
+            Some(NodeEvent::Down(DownBecause::Corroborated))
+        );
+        self.down_on_silence = (self.down_on_silence || silent) && self.health == Health::Down;
+        // Down on silence alone: its transactions in flight finish if it
+        // only stalled. Past the threshold it is down by any measure.
+        let past_threshold = self.down_on_silence && self.failed_in_row >= threshold;
+        if past_threshold {
+            self.down_on_silence = false;
+        }
+        if (reaction.retire() && !silent) || past_threshold {
             // Connections made under its old role, or to a node now down, are stale.
             cluster.retire(i);
         }
@@ -114,6 +138,7 @@ pub(super) fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
             // A removed node is out of every decision, like a fenced one.
             fenced: cluster.is_fenced(i) || cluster.is_removed(i),
             hardware_failing: cluster.hardware_gone(i),
+            down_on_silence: t.down_on_silence,
             repointed: t.repointed,
         })
         .collect()

@@ -151,6 +151,9 @@ pub struct NodeView {
     pub fenced: bool,
     /// Its hardware probe says `failing`: it counts as down.
     pub hardware_failing: bool,
+    /// Down on its replicas' silence alone (fewer than `failure_threshold`
+    /// probes failed): its connections stay open until a promotion is sent.
+    pub down_on_silence: bool,
     /// The primary it was last repointed at, and when.
     pub repointed: Option<(usize, Instant)>,
 }
@@ -197,6 +200,7 @@ pub(crate) fn test_node(name: &str, role: Role, tl: u32, lsn: u64) -> NodeView {
         witness: Testimony::Nothing,
         fenced: false,
         hardware_failing: false,
+        down_on_silence: false,
         repointed: None,
     }
 }

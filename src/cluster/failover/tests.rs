@@ -136,6 +136,63 @@ fn no_promotion_while_a_replica_witnesses_the_primary() {
 }
 
 #[test]
+fn a_primary_down_on_silence_alone_keeps_its_connections_until_a_promotion() {
+    let t0 = Instant::now();
+    let settings = cfg(FailoverMode::Promote);
+    let silent = || {
+        let mut p = down(node("p", Role::Primary, 1, 100));
+        p.down_on_silence = true;
+        p
+    };
+    let closes = |actions: &[Action]| has(actions, &Action::CloseConns(0));
+    // (the replica's testimony, the primary) -> closed now?, promoted now?
+    let mut listening = node("r", Role::Replica, 1, 100);
+    listening.witness = Testimony::Listening {
+        window: Some(Duration::from_secs(30)),
+    };
+    let quiet = node("r", Role::Replica, 1, 100);
+    // Held by the witness: its transactions in flight may still finish.
+    let (held, actions) = step(
+        &Primary::Serving(0),
+        &[silent(), listening.clone()],
+        t0,
+        &settings,
+    );
+    assert!(matches!(held, Primary::Lost { old: 0, .. }), "{held:?}");
+    assert!(!closes(&actions), "kept while it may only have stalled");
+    // It answers again: it serves again, nothing was cut.
+    let (back, actions) = step(
+        &held,
+        &[node("p", Role::Primary, 1, 100), listening],
+        t0,
+        &settings,
+    );
+    assert_eq!(back, Primary::Serving(0));
+    assert!(!closes(&actions));
+    // Or the replica stops hearing it: closed before the promotion is sent.
+    let (next, actions) = step(&held, &[silent(), quiet.clone()], t0, &settings);
+    assert!(matches!(next, Primary::Promoting { candidate: 1, .. }));
+    let close = actions.iter().position(|a| *a == Action::CloseConns(0));
+    let promote = actions.iter().position(|a| *a == Action::Promote(1));
+    assert!(close.is_some() && close < promote, "{actions:?}");
+    // A promotion the leader sent cuts it off too.
+    let mut sent = cfg(FailoverMode::Promote);
+    sent.promotion_sent = Some(SentPromotion {
+        old: 0,
+        candidate: 1,
+    });
+    let (_, actions) = step(&held, &[silent(), quiet.clone()], t0, &sent);
+    assert!(closes(&actions), "{actions:?}");
+    // Down by the threshold, or fenced: closed at once, as ever.
+    let mut fenced = silent();
+    fenced.fenced = true;
+    for p in [down(node("p", Role::Primary, 1, 100)), fenced] {
+        let (_, actions) = step(&Primary::Serving(0), &[p, quiet.clone()], t0, &settings);
+        assert!(closes(&actions), "{actions:?}");
+    }
+}
+
+#[test]
 fn a_primary_its_replica_may_yet_hear_is_not_replaced_until_it_cannot() {
     let t0 = Instant::now();
     let settings = cfg(FailoverMode::Promote);
