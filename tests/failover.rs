@@ -1798,24 +1798,6 @@ async fn a_primary_down_for_one_silent_probe_keeps_its_transactions_in_flight() 
     assert!(events.contains("node_down"), "down at once: {events}");
 }
 
-/// What the heartbeat's backend last ran, for `LIKE`.
-const HEARTBEAT_LIKE: &str = "%pg_logical_emit_message(true, ''switchyard''%";
-
-/// The backend of a health-check connection (the check role's) whose last
-/// statement is `LIKE like`, asked of the node directly.
-async fn check_backend(direct: &Client, like: &str) -> Option<i32> {
-    let sql = format!(
-        "SELECT pid FROM pg_stat_activity WHERE usename = '{CLUSTER_USER}' \
-         AND query LIKE '{like}' AND pid <> pg_backend_pid()"
-    );
-    direct
-        .query_opt(&sql, &[])
-        .await
-        .ok()
-        .flatten()
-        .map(|r| r.get(0))
-}
-
 /// A statement in flight through the proxy while the primary's probes'
 /// backend stalls past one probe's timeout (its heartbeat failing first
 /// if `fail_heartbeat`): how the statement ended, and the event log.
@@ -1824,13 +1806,28 @@ async fn one_probe_stalls(fail_heartbeat: bool) -> (Result<(), tokio_postgres::E
     let toml = config(&nodes_of(&cluster), "");
     let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
     let direct = direct_client(primary.port()).await;
+    let backend = |like: &'static str| {
+        let sql = format!(
+            "SELECT pid FROM pg_stat_activity WHERE usename = '{CLUSTER_USER}' \
+             AND query LIKE '{like}' AND pid <> pg_backend_pid()"
+        );
+        let direct = &direct;
+        async move {
+            direct
+                .query_opt(&sql, &[])
+                .await
+                .ok()
+                .flatten()
+                .map(|r| r.get::<_, i32>(0))
+        }
+    };
+    let beat = eventually(10, "the heartbeat's backend", || {
+        backend("%pg_logical_emit_message(true, ''switchyard''%")
+    })
+    .await;
     let hba = primary.data_dir().join("pg_hba.conf");
     let original = std::fs::read_to_string(&hba).unwrap();
     if fail_heartbeat {
-        let beat = eventually(10, "the heartbeat's backend", || {
-            check_backend(&direct, HEARTBEAT_LIKE)
-        })
-        .await;
         // The heartbeat fails from now on, and writes no WAL.
         let reject = format!("host all {CLUSTER_USER} 127.0.0.1/32 reject\n");
         std::fs::write(&hba, format!("{reject}{original}")).unwrap();
@@ -1848,7 +1845,7 @@ async fn one_probe_stalls(fail_heartbeat: bool) -> (Result<(), tokio_postgres::E
     let c = proxy.client().await;
     let running = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(4)").await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let probe = check_backend(&direct, "%FROM pg_is_in_recovery() AS r%")
+    let probe = backend("%FROM pg_is_in_recovery() AS r%")
         .await
         .expect("the probes' backend");
     let stalled = Stopped::stop(probe);
@@ -1890,8 +1887,16 @@ async fn a_stuck_heartbeat_does_not_stall_the_primarys_health_checks() {
     let toml = config(&nodes_of(&cluster), "");
     let (_proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
     let direct = direct_client(primary.port()).await;
-    let pid = eventually(10, "the heartbeat's backend", || {
-        check_backend(&direct, HEARTBEAT_LIKE)
+    let beat_sql = "SELECT pid FROM pg_stat_activity \
+        WHERE query LIKE '%pg_logical_emit_message(true, ''switchyard''%' \
+        AND pid <> pg_backend_pid()";
+    let pid: i32 = eventually(10, "the heartbeat's backend", || async {
+        direct
+            .query_opt(beat_sql, &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get(0))
     })
     .await;
     let stopped = Stopped::stop(pid);

@@ -145,6 +145,7 @@ fn a_primary_down_on_silence_alone_keeps_its_connections_until_a_promotion() {
         p
     };
     let closes = |actions: &[Action]| has(actions, &Action::CloseConns(0));
+    // (the replica's testimony, the primary) -> closed now?, promoted now?
     let mut listening = node("r", Role::Replica, 1, 100);
     listening.witness = Testimony::Listening {
         window: Some(Duration::from_secs(30)),
