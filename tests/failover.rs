@@ -1852,11 +1852,22 @@ async fn one_probe_stalls(fail_heartbeat: bool) -> (Result<(), tokio_postgres::E
     // Until a probe has failed (the node is no longer "up"), then the node
     // lets the check role in again.
     let state = |s: serde_json::Value| s["nodes"][0]["state"].as_str().map(str::to_string);
+    // Or a new probe connection: the stalled one was given up. With the
+    // heartbeats working the node is "down" only until the next probe,
+    // 200 ms later, and a poll of the state alone can miss that.
+    let replaced = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{CLUSTER_USER}' \
+         AND query LIKE '%FROM pg_is_in_recovery() AS r%' AND pid <> {probe}"
+    );
     let failed = async {
         loop {
             let (_, body) = common::http_request(http, "GET", "/status").await;
             let now = serde_json::from_str(&body).ok().and_then(state);
-            if now.is_some_and(|s| s != "up") {
+            let reconnected = direct
+                .query_one(&replaced, &[])
+                .await
+                .is_ok_and(|r| r.get::<_, i64>(0) > 0);
+            if now.is_some_and(|s| s != "up") || reconnected {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
