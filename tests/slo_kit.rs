@@ -231,6 +231,30 @@ fn every_alert_is_tested_firing_and_silent() {
     }
 }
 
+/// promtool orders groups it is not told about at random at every step, so
+/// an alert reads its recording rules as of this step or the one before and
+/// a tested value changes from run to run. The tests name every group, in
+/// the rules file's order.
+#[test]
+fn rule_tests_evaluate_every_group_in_file_order() {
+    let groups: Vec<String> = read(RULES)
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - name: "))
+        .map(str::to_owned)
+        .collect();
+    let tests = read(RULES_TEST);
+    let order: Vec<String> = tests
+        .split("group_eval_order:\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{RULES_TEST} has no group_eval_order"))
+        .lines()
+        .map_while(|l| l.strip_prefix("  - "))
+        .map(str::to_owned)
+        .collect();
+    assert!(groups.len() >= 4, "only {} groups in {RULES}", groups.len());
+    assert_eq!(order, groups, "{RULES_TEST}: group_eval_order");
+}
+
 /// A latency threshold must be a bucket bound: `le="0.2"` selects no series.
 /// Compared as numbers: Prometheus 3 writes `le="1"` as `le="1.0"`.
 #[test]
