@@ -31,6 +31,7 @@
 //! 64 clients that each SET two session parameters first, as drivers do.
 //! The 64-client `-S` run logs a 10 % sample of its
 //! transactions (`pgbench -l --sampling-rate 0.1`) for the p99 latency.
+//! Besides medians it reports Switchyard / PgBouncer paired by round.
 //! PgBouncer before 1.21 cannot do `-M prepared` in transaction mode: that
 //! cell is "n/a". Prints markdown tables; everything it starts is stopped on
 //! the way out, also on panic.
@@ -709,9 +710,54 @@ fn report(header: &str, targets: &[Target], results: &[Vec<Vec<Outcome>>]) -> St
                 .join(", ")
         );
     }
+    paired_ratios(&mut s, results);
     proxies_table(&mut s, targets, results);
     rounds_table(&mut s, targets, results);
     s
+}
+
+/// Switchyard / PgBouncer round by round: the two ran minutes apart in the
+/// same round, so their ratio is steadier than the ratio of two medians,
+/// which may come from different rounds. Geometric mean, and the range.
+fn paired_ratios(s: &mut String, results: &[Vec<Vec<Outcome>>]) {
+    let pairs = |rounds: &[Vec<Outcome>], f: fn(&Run) -> Option<f64>| -> Vec<f64> {
+        rounds
+            .iter()
+            .filter_map(|r| {
+                let (Outcome::Ran(y), Outcome::Ran(p)) = (
+                    &r[Target::Switchyard.index()],
+                    &r[Target::PgBouncer.index()],
+                ) else {
+                    return None;
+                };
+                ratio(f(y), f(p))
+            })
+            .collect()
+    };
+    let summary = |v: Vec<f64>| match v.len() {
+        0 => "–".to_string(),
+        n => {
+            let geo = (v.iter().map(|x| x.ln()).sum::<f64>() / n as f64).exp();
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+            format!("{geo:.2} ({lo:.2}–{hi:.2}, {n} rounds)")
+        }
+    };
+    let _ = writeln!(
+        s,
+        "Switchyard / PgBouncer per round (same round; geometric mean, range):\n\n\
+         | workload | TPS | CPU per txn |\n|---|---:|---:|"
+    );
+    for (w, rounds) in WORKLOADS.iter().zip(results).filter(|(_, r)| !r.is_empty()) {
+        let tps = pairs(rounds, |r| Some(r.tps));
+        if tps.is_empty() {
+            continue;
+        }
+        let cpu = pairs(rounds, |r| Some(r.cpu_us? / r.transactions.max(1) as f64));
+        let _ = writeln!(s, "| {} | {} | {} |", w.name, summary(tps), summary(cpu));
+    }
+    let _ = writeln!(s);
 }
 
 /// Every proxy side by side, with the `BENCH_DIAG` variants.
