@@ -103,11 +103,18 @@ impl ClientInfo {
             + std::time::Duration::from_micros(self.since_us.load(Ordering::Relaxed))
     }
 
-    /// Moves to `state`, holding `link` (a server, when active).
+    /// Moves to `state`, holding `link` (a server, when active). The link
+    /// is shown only while the client is active (see [`ClientInfo::link`]),
+    /// so leaving that state does not take the lock to clear it: that was
+    /// a second lock per transaction. The next activation replaces it.
     pub fn set(&self, state: ClientState, link: Option<Linked>) {
-        self.state.store(state as u8, Ordering::Relaxed);
+        debug_assert!(link.is_none() || state == ClientState::Active);
+        if state == ClientState::Active {
+            *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
+        }
+        // Release: a reader that sees `Active` sees the link stored with it.
+        self.state.store(state as u8, Ordering::Release);
         self.since_us.store(coarse_unix_micros(), Ordering::Relaxed);
-        *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
     }
 
     /// `KILL`: the client's task is woken and ends the session.
@@ -152,6 +159,9 @@ impl ClientInfo {
 
     /// The server connection held now.
     pub fn link(&self) -> Option<Linked> {
+        if self.state.load(Ordering::Acquire) != ClientState::Active as u8 {
+            return None;
+        }
         self.link.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
