@@ -93,15 +93,14 @@ pub struct Expectations {
 const SPARE_ROOM: usize = 16;
 
 impl Expectations {
-    /// The queue emptied for the next attachment, keeping its (small)
+    /// Empties the queue for the next attachment, keeping its (small)
     /// allocation: a new one per transaction was an allocation and a free
     /// on the hot path.
-    pub fn emptied(mut self) -> Expectations {
+    pub fn empty(&mut self) {
         self.queue.clear();
         if self.queue.capacity() > SPARE_ROOM {
             self.queue = VecDeque::new();
         }
-        self
     }
 
     /// Nothing owed either way.

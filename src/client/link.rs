@@ -274,10 +274,13 @@ enum Dir {
 }
 
 impl Link {
-    /// `spare`: an emptied queue of an earlier link, for its allocation.
-    pub(super) fn new(limits: Limits, meter: Meter, spare: Expectations) -> Link {
-        Link {
-            expect: spare.emptied(),
+    /// `spare`: the queue of an earlier link, emptied here and taken for
+    /// its allocation; [`Link::return_queue`] gives it back. Swapped, not
+    /// moved: `spare` holds the link's default queue meanwhile, so no queue
+    /// is dropped per attachment but the one the link drops.
+    pub(super) fn new(limits: Limits, meter: Meter, spare: &mut Expectations) -> Link {
+        spare.empty();
+        let mut link = Link {
             rewrite: limits.mode == PoolMode::Transaction,
             session_mode: limits.mode == PoolMode::Session,
             max_message_size: limits.max_message_size,
@@ -288,12 +291,14 @@ impl Link {
             query_timeout: limits.query_timeout.map(QueryClock::new),
             meter,
             ..Default::default()
-        }
+        };
+        std::mem::swap(&mut link.expect, spare);
+        link
     }
 
-    /// The expectation queue, for the next link to reuse.
-    pub(super) fn take_queue(&mut self) -> Expectations {
-        std::mem::take(&mut self.expect)
+    /// Puts the expectation queue back in `spare`, for the next link.
+    pub(super) fn return_queue(&mut self, spare: &mut Expectations) {
+        std::mem::swap(&mut self.expect, spare);
     }
 
     /// Whether a statement that may change session settings went through,

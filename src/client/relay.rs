@@ -554,8 +554,7 @@ impl Session {
         if let Some(at) = started {
             meter.started_at(at);
         }
-        let spare = std::mem::take(&mut self.spare_queue);
-        let mut link = Link::new(*self.limits, meter, spare);
+        let mut link = Link::new(*self.limits, meter, &mut self.spare_queue);
         let mut end = self.pump(&mut link, &mut server).await;
         self.detach_cancels(&end, &mut server).await;
         if let Some(custom) = link.take_settings_changed().filter(|_| !self.pinned) {
@@ -575,7 +574,7 @@ impl Session {
         link.meter.finish(self.ctx.latencies());
         self.pool.stats().add(&mut link.meter.tally);
         self.answered_at = link.meter.answered_at();
-        self.spare_queue = link.take_queue();
+        link.return_queue(&mut self.spare_queue);
         self.last_txn = link.txn;
         self.last_at_rest = link.at_rest();
         // A lost server is gone; any other ending hands it to cleanup, which
