@@ -178,6 +178,13 @@ struct Run {
     p99_ms: Option<f64>,
 }
 
+impl Run {
+    /// The proxy's CPU µs per transaction pgbench reports.
+    fn cpu_per_txn(&self) -> Option<f64> {
+        Some(self.cpu_us? / self.transactions.max(1) as f64)
+    }
+}
+
 /// Whose CPU time a target's runs are charged.
 #[derive(Clone, Copy)]
 enum CpuOf {
@@ -344,7 +351,7 @@ fn bench() -> anyhow::Result<()> {
                     Outcome::Ran(run) => eprintln!(
                         "{:.0} tps, {} µs CPU/txn, p99 {}",
                         run.tps,
-                        fmt_opt(run.cpu_us.map(|c| c / run.transactions.max(1) as f64), 1),
+                        fmt_opt(run.cpu_per_txn(), 1),
                         fmt_opt(run.p99_ms, 2)
                     ),
                     Outcome::Failed(msg) if unsupported(w, t, msg) => {
@@ -618,11 +625,7 @@ fn medians(w: &Workload, rounds: &[Vec<Outcome>], t: Target) -> Medians {
         .collect();
     Medians {
         tps: median(runs.iter().map(|r| r.tps).collect()),
-        cpu_per_txn: median(
-            runs.iter()
-                .filter_map(|r| Some(r.cpu_us? / r.transactions.max(1) as f64))
-                .collect(),
-        ),
+        cpu_per_txn: median(runs.iter().filter_map(|r| r.cpu_per_txn()).collect()),
         ctxsw_per_txn: median(
             runs.iter()
                 .filter_map(|r| Some(r.ctxsw? / r.transactions.max(1) as f64))
@@ -754,7 +757,7 @@ fn paired_ratios(s: &mut String, results: &[Vec<Vec<Outcome>>]) {
         if tps.is_empty() {
             continue;
         }
-        let cpu = pairs(rounds, |r| Some(r.cpu_us? / r.transactions.max(1) as f64));
+        let cpu = pairs(rounds, Run::cpu_per_txn);
         let _ = writeln!(s, "| {} | {} | {} |", w.name, summary(tps), summary(cpu));
     }
     let _ = writeln!(s);
@@ -807,11 +810,9 @@ fn rounds_table(s: &mut String, targets: &[Target], results: &[Vec<Vec<Outcome>>
             let cells: Vec<String> = targets
                 .iter()
                 .map(|&t| match &r[t.index()] {
-                    Outcome::Ran(run) => format!(
-                        "{:.0} / {}",
-                        run.tps,
-                        fmt_opt(run.cpu_us.map(|c| c / run.transactions.max(1) as f64), 1)
-                    ),
+                    Outcome::Ran(run) => {
+                        format!("{:.0} / {}", run.tps, fmt_opt(run.cpu_per_txn(), 1))
+                    }
                     Outcome::Failed(m) if unsupported(w, t, m) => "n/a".into(),
                     Outcome::Failed(m) => {
                         failures.push(format!("{} / round {} / {}:\n{m}", w.name, i + 1, t.name()));
