@@ -13,6 +13,10 @@ pub enum EventKind {
     NodeUp,
     /// A node failed `failure_threshold` consecutive checks.
     NodeDown,
+    /// The primary failed one check while its replicas heard nothing from
+    /// it: it takes nothing new, but it may only have stalled. Not yet a
+    /// failover: `node_down` follows at the threshold.
+    NodeSuspect,
     /// The primary is down and a failover begins.
     FailoverStarted,
     /// Promotion is not started (no candidate, or a replica still sees the primary).
@@ -84,6 +88,7 @@ impl EventKind {
         match self {
             EventKind::NodeUp => "node_up",
             EventKind::NodeDown => "node_down",
+            EventKind::NodeSuspect => "node_suspect",
             EventKind::FailoverStarted => "failover_started",
             EventKind::FailoverBlocked => "failover_blocked",
             EventKind::CandidateChosen => "candidate_chosen",
@@ -121,6 +126,7 @@ impl EventKind {
         matches!(
             self,
             EventKind::NodeDown
+                | EventKind::NodeSuspect
                 | EventKind::FailoverStarted
                 | EventKind::FailoverBlocked
                 | EventKind::NodeFenced

@@ -30,6 +30,11 @@ pub enum Primary {
         /// then on `old` never takes writes again: the promotion may still
         /// complete, and whatever `old` took meanwhile would be lost.
         promoted: Option<usize>,
+        /// `failover_started` was recorded. Not while the primary is down
+        /// on its replicas' silence alone with nothing sent in its place:
+        /// it may only have stalled, and if it answers again it serves on
+        /// with nothing on the timeline but `node_suspect` and `node_up`.
+        started: bool,
     },
     /// Two or more nodes report primary on one timeline: none takes writes
     /// until only one is left (one stopped or fenced by an operator).
@@ -212,10 +217,12 @@ pub fn step(
                 // A proxy that starts (or ends a split) mid-failover does
                 // not adopt the primary a promotion is replacing.
                 Some(p) if cfg.sent_in_place_of(p).is_some() => {
+                    // The failover is under way: joining it is not starting one.
                     let was = Was {
                         old: p,
                         blocked: None,
                         promoted: None,
+                        started: true,
                     };
                     lost(was, nodes, now, cfg, &mut actions)
                 }
@@ -235,11 +242,13 @@ pub fn step(
             old,
             blocked,
             promoted,
+            started,
         } => {
             let was = Was {
                 old: *old,
                 blocked: blocked.as_ref(),
                 promoted: *promoted,
+                started: *started,
             };
             lost(was, nodes, now, cfg, &mut actions)
         }
@@ -263,6 +272,7 @@ pub fn step(
                     old: *old,
                     blocked: None,
                     promoted: Some(*candidate),
+                    started: true,
                 }
             } else {
                 state.clone()
@@ -314,10 +324,9 @@ fn serving(
         // a primary down on its replicas' silence alone, which may only have
         // stalled: its connections close when a promotion is sent ([`lost`])
         // or the failure threshold is reached (the track), whichever first.
-        let stalled = node.down_on_silence
-            && replaced.is_none()
-            && !(node.fenced || fenced_now.contains(&p))
-            && !node.hardware_failing;
+        // Such a primary is only suspect: no failover is said to start
+        // until something is done about it (`lost`).
+        let stalled = !draining && may_have_stalled(node, replaced) && !fenced_now.contains(&p);
         if !draining && !stalled {
             actions.push(Action::CloseConns(p));
         }
@@ -328,11 +337,14 @@ fn serving(
         } else {
             EventKind::FailoverStarted
         };
-        actions.push(Action::Event(kind, Some(p), why.into()));
+        if !stalled {
+            actions.push(Action::Event(kind, Some(p), why.into()));
+        }
         let was = Was {
             old: p,
             blocked: None,
             promoted: None,
+            started: !stalled,
         };
         return lost(was, nodes, now, cfg, actions);
     }
@@ -363,6 +375,14 @@ struct Was<'a> {
     old: usize,
     blocked: Option<&'a Blocked>,
     promoted: Option<usize>,
+    started: bool,
+}
+
+/// Down on its replicas' silence alone, with nothing sent in its place and
+/// no verdict against it (fenced, hardware failing): it may be a live
+/// primary that stalled for a probe's timeout.
+fn may_have_stalled(node: &NodeView, replaced: Option<usize>) -> bool {
+    node.down_on_silence && replaced.is_none() && !node.fenced && !node.hardware_failing
 }
 
 fn lost(
@@ -376,8 +396,30 @@ fn lost(
         old,
         blocked,
         promoted,
+        started,
     } = was;
     let promoted = promoted.or(cfg.sent_in_place_of(old));
+    let writable = cfg.writable_primary(nodes);
+    // Suspect only, and it answers as the primary again: it stalled, and
+    // serves on. No failover was said to start, so none is said to end.
+    if !started && promoted.is_none() && writable == Some(old) {
+        return Primary::Serving(old);
+    }
+    // Said once it is down by more than its replicas' silence, or once
+    // something is done about it (below).
+    let quiet = !started && may_have_stalled(&nodes[old], promoted);
+    let (started, blocked) = if started || quiet {
+        (started, blocked)
+    } else {
+        actions.push(failover_started(old));
+        // Its block, if it had one, was not said either.
+        (true, None)
+    };
+    let act = |actions: &mut Vec<Action>| {
+        if !started {
+            actions.push(failover_started(old));
+        }
+    };
     // A promotion was sent (here or by the leader): whatever the old
     // primary takes from now on may be lost, so its connections close now
     // if they were kept (`serving`).
@@ -393,9 +435,10 @@ fn lost(
         old,
         blocked,
         promoted,
+        started,
     };
     let mut block = |b: Blocked| {
-        if blocked != Some(&b) {
+        if started && blocked != Some(&b) {
             actions.push(Action::Event(
                 EventKind::FailoverBlocked,
                 Some(old),
@@ -404,11 +447,14 @@ fn lost(
         }
         held(Some(b))
     };
-    match (cfg.writable_primary(nodes), promoted) {
+    match (writable, promoted) {
         (Some(q), Some(c)) if q == old => {
             return block(Blocked::PromotionSent(nodes[c].name.clone()))
         }
-        (Some(q), _) => return took_over(q, (q != old).then_some(old), nodes, cfg, actions),
+        (Some(q), _) => {
+            act(actions);
+            return took_over(q, (q != old).then_some(old), nodes, cfg, actions);
+        }
         (None, _) => {}
     }
     if cfg.mode != FailoverMode::Promote {
@@ -429,6 +475,7 @@ fn lost(
                 nodes[c].lsn(),
                 nodes[old].lsn()
             );
+            act(actions);
             if promoted.is_none() {
                 cut_off(actions);
             }
@@ -450,6 +497,16 @@ fn lost(
         }
         Err(b) => block(b),
     }
+}
+
+/// The event of a failover that starts in [`lost`]: the primary went
+/// from suspect to down, or something is done about it.
+fn failover_started(old: usize) -> Action {
+    Action::Event(
+        EventKind::FailoverStarted,
+        Some(old),
+        "primary is down".into(),
+    )
 }
 
 /// Two or more primaries on one timeline: close every connection to them

@@ -344,9 +344,10 @@ impl Acting<'_> {
     }
 
     /// Records why this proxy is held back while the primary is in
-    /// question, once per reason.
+    /// question, once per reason: not while it is only suspect, when no
+    /// failover has started to be held back from.
     fn note(&mut self, held: Option<Held>, state: &Primary) {
-        let in_question = matches!(state, Primary::Lost { .. });
+        let in_question = matches!(state, Primary::Lost { started: true, .. });
         let held = held.filter(|_| in_question);
         if held != *self.held {
             if let Some(h) = &held {

@@ -134,15 +134,18 @@ impl Abort {
     pub fn next_state(&self, old: usize, target: usize) -> Primary {
         match self {
             Abort::Restore(_) => Primary::Serving(old),
+            // The switchover's own events said what began.
             Abort::Gone(_) => Primary::Lost {
                 old,
                 blocked: None,
                 promoted: None,
+                started: true,
             },
             Abort::Unconfirmed(_) => Primary::Lost {
                 old,
                 blocked: None,
                 promoted: Some(target),
+                started: true,
             },
         }
     }
@@ -278,7 +281,7 @@ pub(super) fn refuse(
 /// and the failover state machine takes over from `Lost`.
 fn fail_over(cluster: &Cluster, tracks: &mut [Track], old: usize, why: &StepError) {
     let name = cluster.nodes()[old].name.clone();
-    tracks[old].health = Health::Down;
+    tracks[old].mark_down();
     cluster.retire(old);
     let msg = format!("stopped answering during a switchover ({why})");
     cluster.events.record(EventKind::NodeDown, Some(&name), msg);
@@ -739,6 +742,7 @@ mod tests {
             old: 0,
             blocked: None,
             promoted,
+            started: true,
         };
         let cases = [
             (

@@ -30,6 +30,9 @@ pub(crate) struct Track {
     /// be a live primary that stalled) until a promotion is sent, or the
     /// threshold is reached, or it answers again.
     pub(crate) down_on_silence: bool,
+    /// `node_down` was recorded for the node's current time down (not
+    /// while it was only suspect).
+    down_said: bool,
 }
 
 impl Track {
@@ -46,6 +49,7 @@ impl Track {
             witness: Witness::Idle,
             failed_in_row: 0,
             down_on_silence: false,
+            down_said: false,
         }
     }
 
@@ -54,6 +58,12 @@ impl Track {
     pub(crate) fn forget(&mut self) {
         self.health = Health::Unknown;
         self.probe = None;
+    }
+
+    /// Counts the node down without a probe (the caller records why).
+    pub(crate) fn mark_down(&mut self) {
+        self.health = Health::Down;
+        self.down_said = true;
     }
 
     /// Applies node `i`'s probe result: its health follows the
@@ -98,27 +108,57 @@ impl Track {
             cluster.retire(i);
         }
         let name = &cluster.nodes()[i].name;
-        let down_why = match (&result, reaction.event()) {
-            (Err(e), Some(NodeEvent::Down(DownBecause::Corroborated))) => {
-                format!("health check failed ({e}) and no replica has heard from it since")
-            }
-            _ => format!("{threshold} consecutive health checks failed"),
-        };
-        match result {
+        let failed = match result {
             Ok(probe) => {
                 self.witness = self.witness.after(&probe, failure);
                 self.probe = Some(probe);
+                None
             }
-            Err(e) => tracing::debug!(node = %name, error = %e, "probe failed"),
-        }
-        let events = &cluster.events;
-        match reaction.event() {
-            Some(NodeEvent::Up) => {
-                events.record(EventKind::NodeUp, Some(name), "health check passed")
+            Err(e) => {
+                tracing::debug!(node = %name, error = %e, "probe failed");
+                Some(e)
             }
-            Some(NodeEvent::Down(_)) => events.record(EventKind::NodeDown, Some(name), down_why),
-            None => {}
+        };
+        let (said, down_said) = say(
+            reaction.event(),
+            self.health == Health::Down && self.failed_in_row >= threshold,
+            self.down_said,
+        );
+        self.down_said = down_said;
+        let why = match (said, &failed) {
+            (Some(EventKind::NodeSuspect), e) => format!(
+                "health check failed{} and no replica has heard from it since: \
+                 new transactions wait, the running ones go on",
+                e.as_ref().map_or_else(String::new, |e| format!(" ({e})"))
+            ),
+            (Some(EventKind::NodeDown), _) => {
+                format!("{threshold} consecutive health checks failed")
+            }
+            _ => "health check passed".into(),
+        };
+        if let Some(kind) = said {
+            cluster.events.record(kind, Some(name), why);
         }
+    }
+}
+
+/// What the timeline says of a node after a probe (`reaction`, and
+/// whether it is down with `failure_threshold` probes failed in a row),
+/// and whether `node_down` now stands said for its time down. A primary
+/// down on its replicas' silence alone is only `node_suspect`: it may have
+/// stalled, and pages nobody. It is `node_down` at the threshold, like
+/// any node, whether or not it was suspect first.
+fn say(
+    reaction: Option<NodeEvent>,
+    down_by_threshold: bool,
+    down_said: bool,
+) -> (Option<EventKind>, bool) {
+    match reaction {
+        Some(NodeEvent::Up) => (Some(EventKind::NodeUp), false),
+        Some(NodeEvent::Down(DownBecause::Corroborated)) => (Some(EventKind::NodeSuspect), false),
+        Some(NodeEvent::Down(DownBecause::Threshold)) => (Some(EventKind::NodeDown), true),
+        None if down_by_threshold && !down_said => (Some(EventKind::NodeDown), true),
+        None => (None, down_said),
     }
 }
 
@@ -142,4 +182,38 @@ pub(super) fn views(cluster: &Cluster, tracks: &[Track]) -> Vec<NodeView> {
             repointed: t.repointed,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_primary_down_on_silence_is_suspect_until_the_threshold() {
+        use EventKind::{NodeDown as Down, NodeSuspect as Suspect, NodeUp as Up};
+        let corroborated = Some(NodeEvent::Down(DownBecause::Corroborated));
+        let threshold = Some(NodeEvent::Down(DownBecause::Threshold));
+        // (reaction, down by the threshold now, node_down said before)
+        //   -> (event, node_down said after)
+        let table = [
+            ((corroborated, false, false), (Some(Suspect), false)),
+            // Still failing, below the threshold: nothing more to say.
+            ((None, false, false), (None, false)),
+            // It reaches the threshold: down, once.
+            ((None, true, false), (Some(Down), true)),
+            ((None, true, true), (None, true)),
+            // It answers again: up, whether it was suspect or down.
+            ((Some(NodeEvent::Up), false, false), (Some(Up), false)),
+            ((Some(NodeEvent::Up), false, true), (Some(Up), false)),
+            // Any node down by the threshold straight away.
+            ((threshold, true, false), (Some(Down), true)),
+        ];
+        for ((reaction, by_threshold, said), want) in table {
+            assert_eq!(
+                say(reaction, by_threshold, said),
+                want,
+                "{reaction:?} {by_threshold} {said}"
+            );
+        }
+    }
 }

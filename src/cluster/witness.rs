@@ -183,6 +183,7 @@ mod tests {
             old: 0,
             blocked: None,
             promoted: None,
+            started: true,
         };
         let promoting = Primary::Promoting {
             old: 0,

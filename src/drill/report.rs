@@ -121,7 +121,8 @@ struct RebuildReport {
 #[derive(Debug, Serialize)]
 struct CrashReport {
     node: String,
-    /// Crash command started → first `node_down` or `failover_started`.
+    /// Crash command started → first `node_suspect`, `node_down` or
+    /// `failover_started`.
     detect_ms: Option<f64>,
     /// `failover_started` → `writes_resumed`.
     promote_ms: Option<f64>,
@@ -304,12 +305,12 @@ pub(super) fn switchover_pauses(events: &[Event]) -> Vec<Option<Duration>> {
 }
 
 /// After a crash started at `crash_ms` (wall clock): the time to detect it
-/// (the first `node_down` or `failover_started`) and to promote
+/// (the first `node_suspect`, `node_down` or `failover_started`) and to promote
 /// (`failover_started` → the next `writes_resumed`).
 pub(super) fn crash_times(events: &[Event], crash_ms: i64) -> (Option<Duration>, Promote) {
     let detect = events
         .iter()
-        .find(|e| matches!(e.kind(), "node_down" | "failover_started"))
+        .find(|e| matches!(e.kind(), "node_suspect" | "node_down" | "failover_started"))
         .and_then(|e| between(Some(crash_ms), e.at_unix_ms()));
     let Some(i) = events.iter().position(|e| e.kind() == "failover_started") else {
         return (detect, Promote::Never);
@@ -535,6 +536,17 @@ mod tests {
                 vec![e(1, 10_400, "node_down"), e(2, 10_401, "failover_started")],
                 Some(ms_(400)),
                 Promote::Never,
+            ),
+            (
+                "a hang: suspect first, down at the threshold",
+                vec![
+                    e(1, 11_000, "node_suspect"),
+                    e(2, 12_500, "node_down"),
+                    e(3, 12_501, "failover_started"),
+                    e(4, 13_000, "writes_resumed"),
+                ],
+                Some(ms_(1000)),
+                Promote::Took(ms_(499)),
             ),
             ("nothing seen", vec![], None, Promote::Never),
         ];

@@ -144,6 +144,8 @@ mod tests {
             (K::FailoverBlocked, Some(G::Failover), Severity::Critical),
             (K::SplitBrain, Some(G::NoPrimary), Severity::Critical),
             (K::NodeDown, Some(G::NodeDown), Severity::Warning),
+            // A primary that may only have stalled pages nobody.
+            (K::NodeSuspect, None, Severity::Warning),
             (K::NodeUp, None, Severity::Info),
             (K::SwitchoverStarted, None, Severity::Info),
             (K::WritesResumed, None, Severity::Info),

@@ -192,6 +192,58 @@ fn a_primary_down_on_silence_alone_keeps_its_connections_until_a_promotion() {
     }
 }
 
+/// A primary down on its replicas' silence alone may be a live one that
+/// stalled under load: no failover is said to start (and nothing pages)
+/// until it is down by the threshold or a promotion replaces it.
+#[test]
+fn a_suspect_primary_starts_no_failover_until_it_is_down_or_replaced() {
+    use EventKind::{CandidateChosen, FailoverBlocked, FailoverStarted};
+    let t0 = Instant::now();
+    let settings = cfg(FailoverMode::Promote);
+    let silent = || {
+        let mut p = down(node("p", Role::Primary, 1, 100));
+        p.down_on_silence = true;
+        p
+    };
+    let mut listening = node("r", Role::Replica, 1, 100);
+    listening.witness = Testimony::Listening {
+        window: Some(Duration::from_secs(30)),
+    };
+    let quiet = node("r", Role::Replica, 1, 100);
+    let said = |actions: &[Action]| -> Vec<EventKind> {
+        let kind = |a: &Action| match a {
+            Action::Event(k, ..) => Some(*k),
+            _ => None,
+        };
+        actions.iter().filter_map(kind).collect()
+    };
+    // Held back by the witness rule: nothing said, tick after tick.
+    let (held, actions) = step(
+        &Primary::Serving(0),
+        &[silent(), listening.clone()],
+        t0,
+        &settings,
+    );
+    assert_eq!(said(&actions), []);
+    let (again, actions) = step(&held, &[silent(), listening.clone()], t0, &settings);
+    assert_eq!((&again, said(&actions)), (&held, vec![]));
+    // It answers again: it serves on, and no failover ends either.
+    let up = node("p", Role::Primary, 1, 100);
+    let (back, actions) = step(&held, &[up, listening.clone()], t0, &settings);
+    assert_eq!((back, said(&actions)), (Primary::Serving(0), vec![]));
+    // Down by the threshold: the failover starts, and its block is said.
+    let by_threshold = down(node("p", Role::Primary, 1, 100));
+    let (next, actions) = step(&held, &[by_threshold, listening], t0, &settings);
+    assert_eq!(said(&actions), [FailoverStarted, FailoverBlocked]);
+    assert!(
+        matches!(next, Primary::Lost { started: true, .. }),
+        "{next:?}"
+    );
+    // Or its replica stops hearing it: it starts with the promotion.
+    let (_, actions) = step(&held, &[silent(), quiet], t0, &settings);
+    assert_eq!(said(&actions), [FailoverStarted, CandidateChosen]);
+}
+
 #[test]
 fn a_primary_its_replica_may_yet_hear_is_not_replaced_until_it_cannot() {
     let t0 = Instant::now();
@@ -252,6 +304,7 @@ fn follow_and_off_never_promote() {
             old: 0,
             blocked: None,
             promoted: None,
+            started: true,
         },
         &nodes,
         now,
@@ -462,6 +515,7 @@ fn a_primary_whose_hardware_recovers_before_any_promotion_keeps_serving() {
         old: 0,
         blocked: Some(Blocked::WitnessSeesPrimary("r".into())),
         promoted: None,
+        started: true,
     };
     let nodes = [node("p", Role::Primary, 1, 100), r];
     let (s, actions) = step(&lost, &nodes, now, &cfg(FailoverMode::Promote));
@@ -625,6 +679,7 @@ fn a_readmitted_primary_on_an_older_timeline_never_takes_writes() {
         old: 0,
         blocked: None,
         promoted: None,
+        started: true,
     };
     for state in [Primary::Serving(0), lost, Primary::Discovering] {
         let (s, actions) = step(&state, &nodes, now, &settings);
@@ -655,6 +710,7 @@ fn once_a_promotion_was_sent_no_other_node_is_promoted() {
         old: 0,
         blocked: None,
         promoted,
+        started: true,
     };
     let cases = [
         (
@@ -804,6 +860,7 @@ fn an_appointed_primary_takes_writes_only_once_it_reports_primary() {
         old: 0,
         blocked: None,
         promoted: None,
+        started: true,
     };
     // (state, nodes, appointed node, draining) -> next state, closed, fenced
     type Case = (
@@ -952,6 +1009,7 @@ fn an_appointed_primary_never_promotes_or_fences_on_its_own() {
         old: 0,
         blocked: None,
         promoted: None,
+        started: true,
     };
     let (next, actions) = step(&lost, &nodes, now, &appointed(Some(0), false));
     assert_eq!((next, actions), (lost.clone(), vec![]));
