@@ -21,6 +21,13 @@ fn down(mut n: NodeView) -> NodeView {
     n
 }
 
+/// A primary down on its replicas' silence alone.
+fn silent_primary() -> NodeView {
+    let mut p = down(node("p", Role::Primary, 1, 100));
+    p.down_on_silence = true;
+    p
+}
+
 fn has(actions: &[Action], want: &Action) -> bool {
     actions.contains(want)
 }
@@ -139,11 +146,6 @@ fn no_promotion_while_a_replica_witnesses_the_primary() {
 fn a_primary_down_on_silence_alone_keeps_its_connections_until_a_promotion() {
     let t0 = Instant::now();
     let settings = cfg(FailoverMode::Promote);
-    let silent = || {
-        let mut p = down(node("p", Role::Primary, 1, 100));
-        p.down_on_silence = true;
-        p
-    };
     let closes = |actions: &[Action]| has(actions, &Action::CloseConns(0));
     // (the replica's testimony, the primary) -> closed now?, promoted now?
     let mut listening = node("r", Role::Replica, 1, 100);
@@ -154,7 +156,7 @@ fn a_primary_down_on_silence_alone_keeps_its_connections_until_a_promotion() {
     // Held by the witness: its transactions in flight may still finish.
     let (held, actions) = step(
         &Primary::Serving(0),
-        &[silent(), listening.clone()],
+        &[silent_primary(), listening.clone()],
         t0,
         &settings,
     );
@@ -170,7 +172,7 @@ fn a_primary_down_on_silence_alone_keeps_its_connections_until_a_promotion() {
     assert_eq!(back, Primary::Serving(0));
     assert!(!closes(&actions));
     // Or the replica stops hearing it: closed before the promotion is sent.
-    let (next, actions) = step(&held, &[silent(), quiet.clone()], t0, &settings);
+    let (next, actions) = step(&held, &[silent_primary(), quiet.clone()], t0, &settings);
     assert!(matches!(next, Primary::Promoting { candidate: 1, .. }));
     let close = actions.iter().position(|a| *a == Action::CloseConns(0));
     let promote = actions.iter().position(|a| *a == Action::Promote(1));
@@ -181,10 +183,10 @@ fn a_primary_down_on_silence_alone_keeps_its_connections_until_a_promotion() {
         old: 0,
         candidate: 1,
     });
-    let (_, actions) = step(&held, &[silent(), quiet.clone()], t0, &sent);
+    let (_, actions) = step(&held, &[silent_primary(), quiet.clone()], t0, &sent);
     assert!(closes(&actions), "{actions:?}");
     // Down by the threshold, or fenced: closed at once, as ever.
-    let mut fenced = silent();
+    let mut fenced = silent_primary();
     fenced.fenced = true;
     for p in [down(node("p", Role::Primary, 1, 100)), fenced] {
         let (_, actions) = step(&Primary::Serving(0), &[p, quiet.clone()], t0, &settings);
@@ -200,11 +202,6 @@ fn a_suspect_primary_starts_no_failover_until_it_is_down_or_replaced() {
     use EventKind::{CandidateChosen, FailoverBlocked, FailoverStarted};
     let t0 = Instant::now();
     let settings = cfg(FailoverMode::Promote);
-    let silent = || {
-        let mut p = down(node("p", Role::Primary, 1, 100));
-        p.down_on_silence = true;
-        p
-    };
     let mut listening = node("r", Role::Replica, 1, 100);
     listening.witness = Testimony::Listening {
         window: Some(Duration::from_secs(30)),
@@ -220,12 +217,12 @@ fn a_suspect_primary_starts_no_failover_until_it_is_down_or_replaced() {
     // Held back by the witness rule: nothing said, tick after tick.
     let (held, actions) = step(
         &Primary::Serving(0),
-        &[silent(), listening.clone()],
+        &[silent_primary(), listening.clone()],
         t0,
         &settings,
     );
     assert_eq!(said(&actions), []);
-    let (again, actions) = step(&held, &[silent(), listening.clone()], t0, &settings);
+    let (again, actions) = step(&held, &[silent_primary(), listening.clone()], t0, &settings);
     assert_eq!((&again, said(&actions)), (&held, vec![]));
     // It answers again: it serves on, and no failover ends either.
     let up = node("p", Role::Primary, 1, 100);
@@ -240,7 +237,7 @@ fn a_suspect_primary_starts_no_failover_until_it_is_down_or_replaced() {
         "{next:?}"
     );
     // Or its replica stops hearing it: it starts with the promotion.
-    let (_, actions) = step(&held, &[silent(), quiet], t0, &settings);
+    let (_, actions) = step(&held, &[silent_primary(), quiet], t0, &settings);
     assert_eq!(said(&actions), [FailoverStarted, CandidateChosen]);
 }
 
