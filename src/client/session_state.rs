@@ -48,8 +48,11 @@ pub fn effects(sql: &[u8]) -> Effects {
     // further words are not read.
     let mut words_matter = false;
     for h in super::sql::first_words(text) {
-        words_matter |= MATTERS.iter().any(|w| h.is(0, w));
-        out.commits |= h.is(0, "COMMIT") || h.is(0, "END");
+        match first_word(h.word(0)) {
+            First::Matters => words_matter = true,
+            First::Commits => out.commits = true,
+            First::Other => {}
+        }
     }
     if sql.len() > SCAN {
         out.commits = super::lost::commits(sql);
@@ -67,18 +70,43 @@ pub fn effects(sql: &[u8]) -> Effects {
     out
 }
 
-/// The first words of the statements whose further words `effects` reads.
-const MATTERS: [&str; 9] = [
-    "SET",
-    "RESET",
-    "DISCARD",
-    "DEALLOCATE",
-    "PREPARE",
-    "LISTEN",
-    "LOAD",
-    "CREATE",
-    "DECLARE",
-];
+/// What a statement's first word tells [`effects`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum First {
+    /// `SET`, `RESET`, `DISCARD`, `DEALLOCATE`, `PREPARE`, `LISTEN`,
+    /// `LOAD`, `CREATE` or `DECLARE`: the statement's further words are read.
+    Matters,
+    /// `COMMIT` or `END`.
+    Commits,
+    /// Anything else (`SELECT`, `INSERT`, ...: most statements).
+    Other,
+}
+
+/// The class of a statement's first word. Runs for every statement of
+/// every query: a word whose length and first letter match no keyword
+/// (most words) is told apart without a comparison.
+fn first_word(word: &[u8]) -> First {
+    let candidates: &[&str] = match (word.len(), word.first().map(u8::to_ascii_uppercase)) {
+        (3, Some(b'S')) => &["SET"],
+        (3, Some(b'E')) => &["END"],
+        (4, Some(b'L')) => &["LOAD"],
+        (5, Some(b'R')) => &["RESET"],
+        (6, Some(b'L')) => &["LISTEN"],
+        (6, Some(b'C')) => &["CREATE", "COMMIT"],
+        (7, Some(b'D')) => &["DISCARD", "DECLARE"],
+        (7, Some(b'P')) => &["PREPARE"],
+        (10, Some(b'D')) => &["DEALLOCATE"],
+        _ => &[],
+    };
+    match candidates
+        .iter()
+        .find(|k| word.eq_ignore_ascii_case(k.as_bytes()))
+    {
+        Some(&"COMMIT" | &"END") => First::Commits,
+        Some(_) => First::Matters,
+        None => First::Other,
+    }
+}
 
 /// Functions named anywhere in a query's text (quoted, in a comment or a
 /// function body too: a false match only costs a read-back or a pin).
@@ -101,9 +129,14 @@ impl Calls {
         };
         let (mut set_config, mut advisory_lock) = (false, false);
         for i in memchr::memchr_iter(b'_', text) {
-            set_config |= at(i.checked_sub(3), "SET_CONFIG");
-            advisory_lock |= at(i.checked_sub(2), "PG_ADVISORY_LOCK")
-                || at(i.checked_sub(2), "PG_TRY_ADVISORY_LOCK");
+            // The letter after the `_` rules out all names but one (most
+            // `_`s are in table and column names).
+            match text.get(i + 1).map(u8::to_ascii_uppercase) {
+                Some(b'C') => set_config |= at(i.checked_sub(3), "SET_CONFIG"),
+                Some(b'A') => advisory_lock |= at(i.checked_sub(2), "PG_ADVISORY_LOCK"),
+                Some(b'T') => advisory_lock |= at(i.checked_sub(2), "PG_TRY_ADVISORY_LOCK"),
+                _ => {}
+            }
         }
         Calls {
             set_config,
@@ -268,7 +301,7 @@ mod tests {
 
     #[test]
     fn what_pins_and_what_does_not() {
-        let cases: [(&str, bool); 32] = [
+        let cases: [(&str, bool); 35] = [
             // Calls pin wherever they are, whatever the first words.
             ("WITH x AS (SELECT 1) SELECT pg_try_advisory_lock(2)", true),
             (
@@ -290,6 +323,9 @@ mod tests {
             ("CREATE GLOBAL TEMPORARY TABLE t (a int)", true),
             ("SELECT pg_advisory_lock(1)", true),
             ("SELECT pg_try_advisory_lock(1)", true),
+            ("SELECT PG_TRY_ADVISORY_LOCK(1), PG_ADVISORY_LOCK(2)", true),
+            ("SELECT a_b, c_d FROM t_pg_advisory_lock", true),
+            ("SELECT Set_Config('ROLE', 'foo', false)", true),
             ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", true),
             ("SET statement_timeout = 5", false),
             ("SET SESSION ROLE foo", true),
@@ -367,6 +403,37 @@ mod tests {
             assert_eq!(effects(sql).commits, super::super::lost::commits(sql));
         }
         assert!(effects(long.as_bytes()).commits);
+    }
+
+    /// The first words of the statements whose further words `effects` reads.
+    const MATTERS: [&str; 9] = [
+        "SET",
+        "RESET",
+        "DISCARD",
+        "DEALLOCATE",
+        "PREPARE",
+        "LISTEN",
+        "LOAD",
+        "CREATE",
+        "DECLARE",
+    ];
+
+    #[test]
+    fn first_words_are_told_apart_as_by_comparing_every_keyword() {
+        let mut words: Vec<&str> = MATTERS.to_vec();
+        words.extend(["COMMIT", "END", "SELECT", "SETS", "SE", "", "ENDS", "LOCK"]);
+        words.extend(["CLOSE", "DELETE", "DECLARES", "reset", "Commit", "lisTEN"]);
+        for w in words {
+            let upper = w.to_ascii_uppercase();
+            let want = if MATTERS.contains(&upper.as_str()) {
+                First::Matters
+            } else if upper == "COMMIT" || upper == "END" {
+                First::Commits
+            } else {
+                First::Other
+            };
+            assert_eq!(first_word(w.as_bytes()), want, "{w}");
+        }
     }
 
     #[test]
