@@ -193,6 +193,47 @@ impl From<End> for Pumped {
     }
 }
 
+/// What a session keeps from one link to the next (`Link::new`,
+/// `Link::give_back`): the expectation queue's room, and the parse memo.
+#[derive(Default)]
+pub(super) struct Spare {
+    queue: Expectations,
+    parses: ParseMemo,
+}
+
+/// The effects of the last unnamed Parse's text, and that text (up to
+/// `MEMO_MAX` bytes). A driver on the extended protocol that names no
+/// statement sends the same text with every execution, and scanning it
+/// was most of what such a Parse cost the proxy. [`effects`] is a pure
+/// function of the bytes, so a text equal to the last one has its effects.
+#[derive(Default)]
+struct ParseMemo {
+    text: Vec<u8>,
+    effects: Effects,
+}
+
+/// The longest text the memo keeps: it lives as long as the session, idle
+/// or not.
+const MEMO_MAX: usize = 1024;
+
+impl ParseMemo {
+    fn effects(&mut self, text: &[u8]) -> Effects {
+        if self.text.as_slice() == text {
+            return self.effects;
+        }
+        let found = effects(text);
+        self.text.clear();
+        // A text too long to keep leaves the memo empty: only an empty
+        // text matches it then, and an empty text's effects are none.
+        self.effects = Effects::default();
+        if text.len() <= MEMO_MAX {
+            self.text.extend_from_slice(text);
+            self.effects = found;
+        }
+        found
+    }
+}
+
 /// Bytes in flight between one client and one server.
 #[derive(Default)]
 pub(super) struct Link {
@@ -214,6 +255,8 @@ pub(super) struct Link {
     /// `proxy.max_prepared_statements`.
     max_prepared: usize,
     expect: Expectations,
+    /// The effects of the last unnamed Parse's text.
+    parses: ParseMemo,
     client_scan: Scanner,
     server_scan: Scanner,
     /// Scanned client bytes at the front of the client buffer, ready to forward.
@@ -278,8 +321,8 @@ impl Link {
     /// its allocation; [`Link::return_queue`] gives it back. Swapped, not
     /// moved: `spare` holds the link's default queue meanwhile, so no queue
     /// is dropped per attachment but the one the link drops.
-    pub(super) fn new(limits: Limits, meter: Meter, spare: &mut Expectations) -> Link {
-        spare.empty();
+    pub(super) fn new(limits: Limits, meter: Meter, spare: &mut Spare) -> Link {
+        spare.queue.empty();
         let mut link = Link {
             rewrite: limits.mode == PoolMode::Transaction,
             session_mode: limits.mode == PoolMode::Session,
@@ -292,13 +335,15 @@ impl Link {
             meter,
             ..Default::default()
         };
-        std::mem::swap(&mut link.expect, spare);
+        std::mem::swap(&mut link.expect, &mut spare.queue);
+        std::mem::swap(&mut link.parses, &mut spare.parses);
         link
     }
 
-    /// Puts the expectation queue back in `spare`, for the next link.
-    pub(super) fn return_queue(&mut self, spare: &mut Expectations) {
-        std::mem::swap(&mut self.expect, spare);
+    /// Puts what the session keeps between links back in `spare`.
+    pub(super) fn give_back(&mut self, spare: &mut Spare) {
+        std::mem::swap(&mut self.expect, &mut spare.queue);
+        std::mem::swap(&mut self.parses, &mut spare.parses);
     }
 
     /// Whether a statement that may change session settings went through,
@@ -694,6 +739,7 @@ impl Link {
             &mut self.forgot_statements,
         );
         let head = &mut self.c_head;
+        let parses = &mut self.parses;
         let policy = |t: u8, len: usize| match held_whole(t, len, rewrite) {
             false => Hold::Stream,
             true if len > max => Hold::TooLarge,
@@ -745,7 +791,7 @@ impl Link {
                 // decode every message.
                 if let (b'P', true) = (tag, rewrite) {
                     if let Some(p) = frame.and_then(decode_parse) {
-                        note(pin, changed, custom, effects(p.query), p.query);
+                        note(pin, changed, custom, parses.effects(p.query), p.query);
                     }
                 }
                 Visit::Forward
@@ -1013,5 +1059,31 @@ fn synth(buf: &mut Synth) -> &mut BytesMut {
 fn reserve(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(32 * 1024);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parse_memo_gives_what_a_scan_gives() {
+        let long_set = format!("SET search_path = {}", "a".repeat(MEMO_MAX));
+        let texts: [&[u8]; 8] = [
+            b"SELECT 1",
+            b"SELECT 1",
+            b"SET statement_timeout = 5",
+            b"SET statement_timeout = 5",
+            long_set.as_bytes(),
+            b"",
+            long_set.as_bytes(),
+            b"SELECT pg_advisory_lock($1)",
+        ];
+        let mut memo = ParseMemo::default();
+        for text in texts {
+            let shown = String::from_utf8_lossy(&text[..text.len().min(40)]).into_owned();
+            assert_eq!(memo.effects(text), effects(text), "{shown}");
+            assert!(memo.text.len() <= MEMO_MAX, "{shown}");
+        }
     }
 }

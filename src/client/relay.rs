@@ -11,9 +11,8 @@ use bytes::{Buf, BytesMut};
 
 use super::cancelled::RetireWatch;
 use super::conn::{ClientConn, ClientGone};
-use super::expect::Expectations;
 use super::limits::Limits;
-use super::link::{held_whole, End, Link, LinkCtx, Pumped};
+use super::link::{held_whole, End, Link, LinkCtx, Pumped, Spare};
 use super::lost::LostTxn;
 use super::meter::Meter;
 use super::prepared::ClientStatements;
@@ -57,8 +56,9 @@ pub struct Session {
     last_at_rest: bool,
     /// The wait for the retirement of the last server's node incarnation.
     retire: RetireWatch,
-    /// The last link's expectation queue, whose room the next one reuses.
-    spare_queue: Expectations,
+    /// What the last link kept for the next: its expectation queue's room,
+    /// and the effects of its last unnamed Parse.
+    spare: Spare,
     /// When the last attachment's last query was answered: the time its
     /// server goes back to the pool with.
     answered_at: Option<Instant>,
@@ -120,7 +120,7 @@ impl Session {
             pinned: false,
             last_at_rest: true,
             retire: RetireWatch::default(),
-            spare_queue: Expectations::default(),
+            spare: Spare::default(),
             answered_at: None,
             settings,
             startup: None,
@@ -554,7 +554,7 @@ impl Session {
         if let Some(at) = started {
             meter.started_at(at);
         }
-        let mut link = Link::new(*self.limits, meter, &mut self.spare_queue);
+        let mut link = Link::new(*self.limits, meter, &mut self.spare);
         let mut end = self.pump(&mut link, &mut server).await;
         self.detach_cancels(&end, &mut server).await;
         if let Some(custom) = link.take_settings_changed().filter(|_| !self.pinned) {
@@ -574,7 +574,7 @@ impl Session {
         link.meter.finish(self.ctx.latencies());
         self.pool.stats().add(&mut link.meter.tally);
         self.answered_at = link.meter.answered_at();
-        link.return_queue(&mut self.spare_queue);
+        link.give_back(&mut self.spare);
         self.last_txn = link.txn;
         self.last_at_rest = link.at_rest();
         // A lost server is gone; any other ending hands it to cleanup, which
