@@ -317,10 +317,11 @@ enum Dir {
 }
 
 impl Link {
-    /// `spare`: the queue of an earlier link, emptied here and taken for
-    /// its allocation; [`Link::return_queue`] gives it back. Swapped, not
-    /// moved: `spare` holds the link's default queue meanwhile, so no queue
-    /// is dropped per attachment but the one the link drops.
+    /// `spare`: what an earlier link kept, its queue (emptied here and
+    /// taken for its allocation) and its parse memo; [`Link::give_back`]
+    /// gives them back. Swapped, not moved: `spare` holds the link's
+    /// defaults meanwhile, so nothing is dropped per attachment but what
+    /// the link drops.
     pub(super) fn new(limits: Limits, meter: Meter, spare: &mut Spare) -> Link {
         spare.queue.empty();
         let mut link = Link {

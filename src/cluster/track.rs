@@ -125,20 +125,19 @@ impl Track {
             self.down_said,
         );
         self.down_said = down_said;
-        let why = match (said, &failed) {
-            (Some(EventKind::NodeSuspect), e) => format!(
+        let Some(kind) = said else {
+            return;
+        };
+        let why = match kind {
+            EventKind::NodeSuspect => format!(
                 "health check failed{} and no replica has heard from it since: \
                  new transactions wait, the running ones go on",
-                e.as_ref().map_or_else(String::new, |e| format!(" ({e})"))
+                failed.map_or_else(String::new, |e| format!(" ({e})"))
             ),
-            (Some(EventKind::NodeDown), _) => {
-                format!("{threshold} consecutive health checks failed")
-            }
+            EventKind::NodeDown => format!("{threshold} consecutive health checks failed"),
             _ => "health check passed".into(),
         };
-        if let Some(kind) = said {
-            cluster.events.record(kind, Some(name), why);
-        }
+        cluster.events.record(kind, Some(name), why);
     }
 }
 
