@@ -30,9 +30,19 @@ pub(super) fn names_statement(tag: u8, frame: &[u8]) -> bool {
         // The unnamed statement (what most drivers send) is known by its
         // first byte, with no scan of the query text.
         b'P' => !unnamed(frame) && decode_parse(frame).is_some(),
-        b'B' => decode_bind_statement(frame).is_some_and(|(_, s, _)| !s.is_empty()),
+        b'B' => bind_names_statement(frame),
         b'D' | b'C' => decode_target(frame).is_some_and(|(k, n)| k == b'S' && !n.is_empty()),
         _ => false,
+    }
+}
+
+/// A Bind whose statement name (the body's second string) is not empty.
+/// Only the portal name is looked for: the rewrite decodes the rest.
+fn bind_names_statement(bind: &[u8]) -> bool {
+    let body = bind.get(5..).unwrap_or_default();
+    match body.iter().position(|&b| b == 0) {
+        Some(end) => body.get(end + 1).is_some_and(|&b| b != 0),
+        None => false,
     }
 }
 
@@ -582,6 +592,10 @@ mod tests {
             (sync, false),
             // Malformed: forwarded for PostgreSQL to reject.
             (BytesMut::from(&b"P\0\0\0\x08s1\0\0"[..]), false),
+            (BytesMut::from(&b"B\0\0\0\x06p1"[..]), false),
+            (BytesMut::from(&b"B\0\0\0\x05\0"[..]), false),
+            // A name with no end is held, then passed on undecoded.
+            (BytesMut::from(&b"B\0\0\0\x07\0s1"[..]), true),
         ];
         for (frame, held) in cases {
             assert_eq!(names_statement(frame[0], &frame), held, "{frame:?}");

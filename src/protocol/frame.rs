@@ -40,6 +40,18 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     Ok(header(buf, max)?.and_then(|(_, len)| (buf.len() > len).then_some(len + 1)))
 }
 
+/// Appends a frame with `tag` whose body is `parts` one after another, with
+/// no body built first: a rewritten Bind is a few slices of the client's.
+pub fn put_frame_parts(out: &mut bytes::BytesMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    out.reserve(HEADER_LEN + len);
+    out.extend_from_slice(&[tag]);
+    out.extend_from_slice(&((len + 4) as u32).to_be_bytes());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
 /// Appends a frame with `tag` and `body` to `out`.
 pub fn put_frame(out: &mut bytes::BytesMut, tag: u8, body: &[u8]) {
     out.extend_from_slice(&[tag]);
@@ -69,5 +81,15 @@ mod tests {
         let mut out = bytes::BytesMut::new();
         put_frame(&mut out, b'Q', b"select 1\0");
         assert_eq!(frame_len(&out, 1024), Ok(Some(out.len())));
+    }
+
+    #[test]
+    fn a_frame_of_parts_is_the_frame_of_their_concatenation() {
+        let mut whole = bytes::BytesMut::new();
+        put_frame(&mut whole, b'B', b"\0s1\0\0\0");
+        let mut parts = bytes::BytesMut::from(&b"xy"[..]);
+        put_frame_parts(&mut parts, b'B', &[b"", b"\0", b"s1", b"\0", b"\0\0"]);
+        assert_eq!(&parts[..2], b"xy");
+        assert_eq!(&parts[2..], &whole[..]);
     }
 }

@@ -5,7 +5,7 @@
 
 use bytes::{BufMut, BytesMut};
 
-use crate::protocol::frame::put_frame;
+use crate::protocol::frame::put_frame_parts;
 
 fn cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
     let nul = nul_at(buf)?;
@@ -53,13 +53,7 @@ pub fn decode_parse(frame: &[u8]) -> Option<Parse<'_>> {
 
 /// Appends a Parse frame for `p` under `name`.
 pub fn encode_parse(out: &mut BytesMut, name: &[u8], p: &Parse<'_>) {
-    let mut b = BytesMut::with_capacity(name.len() + p.query.len() + p.param_types.len() + 2);
-    b.put_slice(name);
-    b.put_u8(0);
-    b.put_slice(p.query);
-    b.put_u8(0);
-    b.put_slice(p.param_types);
-    put_frame(out, b'P', &b);
+    put_frame_parts(out, b'P', &[name, b"\0", p.query, b"\0", p.param_types]);
 }
 
 /// Bind: the statement name and where it sits, so it can be replaced.
@@ -71,13 +65,7 @@ pub fn decode_bind_statement(frame: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
 
 /// Appends a Bind frame with the statement name replaced.
 pub fn encode_bind(out: &mut BytesMut, portal: &[u8], stmt: &[u8], tail: &[u8]) {
-    let mut b = BytesMut::with_capacity(portal.len() + stmt.len() + tail.len() + 2);
-    b.put_slice(portal);
-    b.put_u8(0);
-    b.put_slice(stmt);
-    b.put_u8(0);
-    b.put_slice(tail);
-    put_frame(out, b'B', &b);
+    put_frame_parts(out, b'B', &[portal, b"\0", stmt, b"\0", tail]);
 }
 
 /// Appends the head of a Bind whose statement name is replaced, for a
@@ -101,16 +89,13 @@ pub fn decode_target(frame: &[u8]) -> Option<(u8, &[u8])> {
 
 /// Appends a Describe (`D`) or Close (`C`) frame.
 pub fn encode_target(out: &mut BytesMut, tag: u8, kind: u8, name: &[u8]) {
-    let mut b = BytesMut::with_capacity(name.len() + 2);
-    b.put_u8(kind);
-    b.put_slice(name);
-    b.put_u8(0);
-    put_frame(out, tag, &b);
+    put_frame_parts(out, tag, &[&[kind], name, b"\0"]);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::frame::put_frame;
 
     fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
