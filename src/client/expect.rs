@@ -266,6 +266,43 @@ impl Expectations {
 mod tests {
     use super::*;
 
+    /// The link forwards a DataRow without asking the queue: this holds
+    /// only while no head makes a row do anything.
+    #[test]
+    fn a_data_row_is_forwarded_and_completes_nothing_whatever_the_head() {
+        let sent = [
+            Sent::Parse {
+                server: Some("s".into()),
+                client: Some("c".into()),
+            },
+            Sent::Parse {
+                server: None,
+                client: None,
+            },
+            Sent::Bind,
+            Sent::DescribeStatement,
+            Sent::DescribePortal,
+            Sent::Execute,
+            Sent::Close,
+            Sent::Sync,
+            Sent::Query,
+        ];
+        let mut heads: Vec<Expect> = sent.iter().cloned().map(Expect::Forward).collect();
+        heads.extend(sent.iter().cloned().map(Expect::Swallow));
+        heads.push(Expect::Refused(bytes::Bytes::from_static(b"E")));
+        for head in heads {
+            let mut q = Expectations::default();
+            q.push(head.clone());
+            q.push(Expect::Forward(Sent::Sync));
+            let before = q.queued();
+            let mut forgotten = Forgotten::default();
+            assert_eq!(q.verdict(b'D'), Verdict::Forward, "{head:?}");
+            assert_eq!(q.learn(b'D', &mut forgotten), 0, "{head:?}");
+            assert_eq!(q.queued(), before, "{head:?}");
+            assert_eq!(forgotten, Forgotten::default(), "{head:?}");
+        }
+    }
+
     #[test]
     fn syncs_sent_during_copy_in_expect_no_reply() {
         // tokio-postgres copy_in: Bind, Execute, Sync, CopyData..., CopyDone, Sync; then Close + Sync.

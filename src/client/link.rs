@@ -618,7 +618,7 @@ impl Link {
     fn move_ready_to_synth(&mut self, client_buf: &mut BytesMut) {
         if self.c_ready > 0 {
             synth(&mut self.c_synth).extend_from_slice(&client_buf[..self.c_ready]);
-            client_buf.advance(self.c_ready);
+            consume(client_buf, self.c_ready);
             self.c_ready = 0;
         }
     }
@@ -627,10 +627,10 @@ impl Link {
         self.moved = true;
         self.meter.bytes(true, n);
         if self.c_synth.is_empty() {
-            client_buf.advance(n);
+            consume(client_buf, n);
             self.c_ready -= n;
         } else {
-            self.c_synth.advance(n);
+            consume(&mut self.c_synth, n);
         }
     }
 
@@ -638,10 +638,10 @@ impl Link {
         self.moved = true;
         self.meter.bytes(false, n);
         if self.s_synth.is_empty() {
-            server_buf.advance(n);
+            consume(server_buf, n);
             self.s_ready -= n;
         } else {
-            self.s_synth.advance(n);
+            consume(&mut self.s_synth, n);
         }
     }
 
@@ -821,6 +821,12 @@ impl Link {
             |tag, frame| {
                 if expect.answer_due() {
                     return Visit::Stop;
+                }
+                // A row completes nothing, is never dropped and reports
+                // nothing: the checks below are for the other messages
+                // (and a large result is mostly rows).
+                if tag == b'D' {
+                    return Visit::Forward;
                 }
                 let error = frame
                     .filter(|_| tag == b'E')
@@ -1055,6 +1061,18 @@ fn synth(buf: &mut Synth) -> &mut BytesMut {
         buf.0 = buffer::take();
     }
     &mut buf.0
+}
+
+/// Drops the first `n` bytes of `buf`. All of them (the usual case, a
+/// whole request or reply written at once) leaves the buffer's start where
+/// it was, so its whole capacity is there for the next read with no
+/// reclaim, and giving it back to the stock finds nothing to move.
+fn consume(buf: &mut BytesMut, n: usize) {
+    if n == buf.len() {
+        buf.clear();
+    } else {
+        buf.advance(n);
+    }
 }
 
 fn reserve(buf: &mut BytesMut) {
