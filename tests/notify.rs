@@ -240,6 +240,13 @@ async fn each_format_reaches_its_receiver_and_failures_are_retried_or_not() {
     assert_eq!(json.body["node"], "db2");
     assert_eq!(json.body["source"], "proxy-a");
     assert_eq!(json.body["severity"], "warning");
+    // It says what failed, not only how often: a refused connection here.
+    let message = json.body["message"].as_str().unwrap();
+    assert!(
+        message.contains("health checks failed (127.0.0.1:"),
+        "{message}"
+    );
+    assert!(message.contains("Connection refused"), "{message}");
     assert_eq!(
         json.header("X-Switchyard-Signature"),
         Some(format!("sha256={}", hmac_hex("s3cret", &json.raw)).as_str()),

@@ -128,13 +128,15 @@ impl Track {
         let Some(kind) = said else {
             return;
         };
+        // The failure itself, so that an operator reading the timeline
+        // can tell a refused connection from a slow answer.
+        let last = failed.map_or_else(String::new, |e| format!(" ({e})"));
         let why = match kind {
             EventKind::NodeSuspect => format!(
-                "health check failed{} and no replica has heard from it since: \
-                 new transactions wait, the running ones go on",
-                failed.map_or_else(String::new, |e| format!(" ({e})"))
+                "health check failed{last} and no replica has heard from it since: \
+                 new transactions wait, the running ones go on"
             ),
-            EventKind::NodeDown => format!("{threshold} consecutive health checks failed"),
+            EventKind::NodeDown => format!("{threshold} consecutive health checks failed{last}"),
             _ => "health check passed".into(),
         };
         cluster.events.record(kind, Some(name), why);
