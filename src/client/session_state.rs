@@ -122,10 +122,15 @@ struct Calls {
 impl Calls {
     /// One pass over the text's `_`s, which every name looked for has.
     fn in_text(text: &[u8]) -> Calls {
+        // The first letters are compared before the whole name: most
+        // candidates (`pgbench_accounts`) differ there already.
         let at = |start: Option<usize>, name: &str| {
             start
                 .and_then(|s| text.get(s..s + name.len()))
-                .is_some_and(|w| w.eq_ignore_ascii_case(name.as_bytes()))
+                .is_some_and(|w| {
+                    w[0].eq_ignore_ascii_case(&name.as_bytes()[0])
+                        && w.eq_ignore_ascii_case(name.as_bytes())
+                })
         };
         let (mut set_config, mut advisory_lock) = (false, false);
         for i in memchr::memchr_iter(b'_', text) {

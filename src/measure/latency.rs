@@ -41,7 +41,8 @@ impl Default for Latencies {
 impl Latencies {
     /// Histograms with `n` recording slots.
     pub fn with_slots(n: usize) -> Latencies {
-        let slots = (0..n.max(1))
+        // A power of two, so a thread's slot is a mask away, not a division.
+        let slots = (0..n.max(1).next_power_of_two())
             .map(|_| Mutex::new(std::array::from_fn(|_| new_histogram())))
             .collect();
         Latencies { slots }
@@ -58,7 +59,7 @@ impl Latencies {
         if samples.is_empty() {
             return;
         }
-        let slot = &self.slots[thread_slot() % self.slots.len()];
+        let slot = &self.slots[thread_slot() & (self.slots.len() - 1)];
         let mut h = slot.lock().unwrap_or_else(|e| e.into_inner());
         for &(kind, micros) in samples {
             // Clamped to the histogram's range, so recording cannot fail.
