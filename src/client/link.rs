@@ -201,36 +201,40 @@ pub(super) struct Spare {
     parses: ParseMemo,
 }
 
-/// The effects of the last unnamed Parse's text, and that text (up to
-/// `MEMO_MAX` bytes). A driver on the extended protocol that names no
-/// statement sends the same text with every execution, and scanning it
-/// was most of what such a Parse cost the proxy. [`effects`] is a pure
-/// function of the bytes, so a text equal to the last one has its effects.
+/// The effects of the last unnamed Parse's text, and that Parse's body
+/// (up to `MEMO_MAX` bytes). A driver on the extended protocol that names
+/// no statement sends the same Parse with every execution, and decoding and
+/// scanning it was most of what such a Parse cost the proxy. [`effects`] is
+/// a pure function of the text, which the body holds, so a body equal to
+/// the last one has its effects: it is compared as it came, not decoded.
 #[derive(Default)]
 struct ParseMemo {
-    text: Vec<u8>,
+    /// Empty: nothing kept (no valid Parse body is empty).
+    body: Vec<u8>,
     effects: Effects,
 }
 
-/// The longest text the memo keeps: it lives as long as the session, idle
+/// The longest body the memo keeps: it lives as long as the session, idle
 /// or not.
 const MEMO_MAX: usize = 1024;
 
 impl ParseMemo {
-    fn effects(&mut self, text: &[u8]) -> Effects {
-        if self.text.as_slice() == text {
-            return self.effects;
+    /// The effects of the text of the Parse `frame` (tag and length
+    /// included); `None` if it does not decode.
+    fn effects(&mut self, frame: &[u8]) -> Option<Effects> {
+        let body = frame.get(5..)?;
+        if !body.is_empty() && self.body.as_slice() == body {
+            return Some(self.effects);
         }
-        let found = effects(text);
-        self.text.clear();
-        // A text too long to keep leaves the memo empty: only an empty
-        // text matches it then, and an empty text's effects are none.
+        let found = effects(decode_parse(frame)?.query);
+        self.body.clear();
         self.effects = Effects::default();
-        if text.len() <= MEMO_MAX {
-            self.text.extend_from_slice(text);
+        // A body too long to keep leaves the memo empty.
+        if body.len() <= MEMO_MAX {
+            self.body.extend_from_slice(body);
             self.effects = found;
         }
-        found
+        Some(found)
     }
 }
 
@@ -790,9 +794,15 @@ impl Link {
                 }
                 // Decoded only for a Parse: a tuple of the three would
                 // decode every message.
-                if let (b'P', true) = (tag, rewrite) {
-                    if let Some(p) = frame.and_then(decode_parse) {
-                        note(pin, changed, custom, parses.effects(p.query), p.query);
+                if let (b'P', true, Some(f)) = (tag, rewrite, frame) {
+                    if let Some(e) = parses.effects(f) {
+                        // The text again only for the names a SET gives
+                        // (rare): `note` reads it for nothing else.
+                        let text = match e.settings {
+                            true => decode_parse(f).map_or(&b""[..], |p| p.query),
+                            false => b"",
+                        };
+                        note(pin, changed, custom, e, text);
                     }
                 }
                 Visit::Forward
@@ -1088,21 +1098,37 @@ mod tests {
     #[test]
     fn the_parse_memo_gives_what_a_scan_gives() {
         let long_set = format!("SET search_path = {}", "a".repeat(MEMO_MAX));
-        let texts: [&[u8]; 8] = [
-            b"SELECT 1",
-            b"SELECT 1",
-            b"SET statement_timeout = 5",
-            b"SET statement_timeout = 5",
-            long_set.as_bytes(),
-            b"",
-            long_set.as_bytes(),
-            b"SELECT pg_advisory_lock($1)",
+        let parse = |text: &[u8], types: &[u8]| {
+            let mut f = BytesMut::new();
+            let body = [b"\0", text, b"\0", types].concat();
+            crate::protocol::frame::put_frame(&mut f, b'P', &body);
+            f.to_vec()
+        };
+        let one_int4 = b"\0\x01\0\0\0\x17";
+        let frames = [
+            parse(b"SELECT 1", b"\0\0"),
+            parse(b"SELECT 1", b"\0\0"),
+            parse(b"SELECT $1", one_int4),
+            parse(b"SET statement_timeout = 5", b"\0\0"),
+            parse(b"SET statement_timeout = 5", b"\0\0"),
+            parse(long_set.as_bytes(), b"\0\0"),
+            parse(b"", b"\0\0"),
+            parse(long_set.as_bytes(), b"\0\0"),
+            parse(b"SELECT pg_advisory_lock($1)", one_int4),
+            parse(b"SELECT pg_advisory_lock($1)", one_int4),
         ];
         let mut memo = ParseMemo::default();
-        for text in texts {
+        for f in &frames {
+            let text = decode_parse(f).unwrap().query;
             let shown = String::from_utf8_lossy(&text[..text.len().min(40)]).into_owned();
-            assert_eq!(memo.effects(text), effects(text), "{shown}");
-            assert!(memo.text.len() <= MEMO_MAX, "{shown}");
+            assert_eq!(memo.effects(f), Some(effects(text)), "{shown}");
+            assert!(memo.body.len() <= MEMO_MAX, "{shown}");
         }
+        // What does not decode has no effects, and leaves the memo as it was.
+        for bad in [&b"P\0\0\0\x04"[..], b"P\0\0\0\x06\0S", b"P"] {
+            assert_eq!(memo.effects(bad), None, "{bad:?}");
+        }
+        let last = &frames[frames.len() - 1];
+        assert_eq!(memo.body.as_slice(), &last[5..]);
     }
 }
