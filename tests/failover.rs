@@ -1775,7 +1775,7 @@ impl Drop for Stopped {
 /// role's new sessions), then the probes' backend stalls for one probe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slow_probe_of_a_primary_whose_heartbeat_fails_cuts_nothing() {
-    let (outcome, events) = one_probe_stalls(true).await;
+    let (outcome, events, _) = one_probe_stalls(true).await;
     assert!(
         outcome.is_ok(),
         "the statement in flight failed: {outcome:?}"
@@ -1792,11 +1792,13 @@ async fn one_slow_probe_of_a_primary_whose_heartbeat_fails_cuts_nothing() {
 /// suspect, and answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_down_for_one_silent_probe_keeps_its_transactions_in_flight() {
-    let (outcome, events) = one_probe_stalls(false).await;
+    let (outcome, events, states) = one_probe_stalls(false).await;
     assert!(
         outcome.is_ok(),
         "the statement in flight failed: {outcome:?}"
     );
+    // `/status` says what the timeline says, whenever the stall was seen there.
+    assert!(states.iter().all(|s| s == "suspect"), "{states:?}");
     assert!(events.contains("node_suspect"), "suspect at once: {events}");
     for kind in ["node_down", "failover_started", "failover_blocked"] {
         assert!(!events.contains(kind), "a stall is no {kind}: {events}");
@@ -1805,8 +1807,11 @@ async fn a_primary_down_for_one_silent_probe_keeps_its_transactions_in_flight() 
 
 /// A statement in flight through the proxy while the primary's probes'
 /// backend stalls past one probe's timeout (its heartbeat failing first
-/// if `fail_heartbeat`): how the statement ended, and the event log.
-async fn one_probe_stalls(fail_heartbeat: bool) -> (Result<(), tokio_postgres::Error>, String) {
+/// if `fail_heartbeat`): how the statement ended, the event log, and the
+/// states other than `up` that `/status` showed for the primary meanwhile.
+async fn one_probe_stalls(
+    fail_heartbeat: bool,
+) -> (Result<(), tokio_postgres::Error>, String, Vec<String>) {
     let (cluster, primary, _replica) = start_pair().await;
     let toml = config(&nodes_of(&cluster), "");
     let (proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
@@ -1858,16 +1863,18 @@ async fn one_probe_stalls(fail_heartbeat: bool) -> (Result<(), tokio_postgres::E
     // lets the check role in again.
     let state = |s: serde_json::Value| s["nodes"][0]["state"].as_str().map(str::to_string);
     // Or a new probe connection: the stalled one was given up. With the
-    // heartbeats working the node is "down" only until the next probe,
+    // heartbeats working the node is "suspect" only until the next probe,
     // 200 ms later, and a poll of the state alone can miss that.
     let replaced = format!(
         "SELECT count(*) FROM pg_stat_activity WHERE usename = '{CLUSTER_USER}' \
          AND query LIKE '%FROM pg_is_in_recovery() AS r%' AND pid <> {probe}"
     );
+    let mut states = Vec::new();
     let failed = async {
         loop {
             let (_, body) = common::http_request(http, "GET", "/status").await;
             let now = serde_json::from_str(&body).ok().and_then(state);
+            states.extend(now.clone().filter(|s| s != "up"));
             let reconnected = direct
                 .query_one(&replaced, &[])
                 .await
@@ -1890,7 +1897,7 @@ async fn one_probe_stalls(fail_heartbeat: bool) -> (Result<(), tokio_postgres::E
         .await
         .unwrap();
     let (_, events) = common::http_request(http, "GET", "/events").await;
-    (outcome, events)
+    (outcome, events, states)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

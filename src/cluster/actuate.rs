@@ -266,12 +266,7 @@ fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) ->
                 Some(Role::Replica) => "replica",
                 None => "unknown",
             };
-            let state = match v.health {
-                Health::Up => "up",
-                Health::Suspect(_) => "suspect",
-                Health::Down => "down",
-                Health::Unknown => "unknown",
-            };
+            let state = state_label(v.health, v.down_on_silence);
             NodeStatus {
                 name: n.name.clone(),
                 addr: n.addr.clone(),
@@ -293,6 +288,20 @@ fn node_status(cluster: &Cluster, views: &[NodeView], primary: Option<usize>) ->
         .collect()
 }
 
+/// A node's state as `/status` and `SHOW NODES` show it. A primary down
+/// on its replicas' silence alone is `suspect`, as the timeline says
+/// (`node_suspect`), until the threshold makes it `down`; new
+/// transactions wait for it meanwhile.
+fn state_label(health: Health, down_on_silence: bool) -> &'static str {
+    match health {
+        Health::Up => "up",
+        Health::Suspect(_) => "suspect",
+        Health::Down if down_on_silence => "suspect",
+        Health::Down => "down",
+        Health::Unknown => "unknown",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -301,6 +310,20 @@ mod tests {
     use crate::config::Target;
     use crate::events::Events;
     use crate::server::Login;
+
+    #[test]
+    fn a_primary_down_on_silence_alone_is_shown_suspect() {
+        let cases = [
+            (Health::Up, false, "up"),
+            (Health::Suspect(1), false, "suspect"),
+            (Health::Down, true, "suspect"),
+            (Health::Down, false, "down"),
+            (Health::Unknown, false, "unknown"),
+        ];
+        for (health, silence, shown) in cases {
+            assert_eq!(state_label(health, silence), shown, "{health:?} {silence}");
+        }
+    }
 
     /// A cluster of two nodes that routes to node 0 (primary, and the
     /// least loaded for `any`) and node 1 (replica), with the monitor's
