@@ -101,7 +101,8 @@ struct Shared {
     opening: AtomicUsize,
     /// Checkouts waiting for a routable node (a failover) now.
     held: AtomicUsize,
-    /// The cluster's retirement count at the last sweep of `idle`.
+    /// The cluster's retirement count at the last sweep of `idle` (read
+    /// and written with the `idle` lock held).
     swept: AtomicU64,
     /// `max_db_connections` / `max_user_connections` this pool is under
     /// (empty when unset: opening a connection then costs nothing more).
@@ -298,7 +299,10 @@ impl Pool {
         // one sweep after each retirement rather than a check of every idle
         // connection at every checkout.
         let retirements = cluster.retirements();
-        if self.shared.swept.swap(retirements, Ordering::AcqRel) != retirements {
+        // Read and written only under the idle lock: a checkout with
+        // nothing retired since the last sweep (nearly all) writes nothing.
+        if self.shared.swept.load(Ordering::Relaxed) != retirements {
+            self.shared.swept.store(retirements, Ordering::Relaxed);
             idle.retain(PooledConn::is_current);
         }
         while let Some(pos) = idle.iter().rposition(|c| c.node() == route.node) {
