@@ -1805,6 +1805,63 @@ async fn a_primary_down_for_one_silent_probe_keeps_its_transactions_in_flight() 
     }
 }
 
+/// A suspect primary is not down yet: the probes that decide whether it is
+/// get the whole probe timeout, not the short one of a node already down.
+/// Here the probes' backend stalls past one probe (the primary is suspect),
+/// and the postmaster too, so the next probe's login waits 0.7 s for it,
+/// as a saturated node's can: within the 1 s timeout, so the primary was
+/// never down. With 250 ms per probe, two such waits made it `node_down`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspect_primary_gets_the_whole_timeout_to_answer_again() {
+    let (cluster, primary, _replica) = start_pair().await;
+    let toml = config(&nodes_of(&cluster), "");
+    let (_proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
+    let direct = direct_client(primary.port()).await;
+    let probe_sql = format!(
+        "SELECT pid FROM pg_stat_activity WHERE usename = '{CLUSTER_USER}' \
+         AND query LIKE '%FROM pg_is_in_recovery() AS r%' AND pid <> pg_backend_pid()"
+    );
+    let probe: i32 = eventually(10, "the probes' backend", || async {
+        direct
+            .query_opt(&probe_sql, &[])
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get(0))
+    })
+    .await;
+    let pid_file = std::fs::read_to_string(primary.data_dir().join("postmaster.pid")).unwrap();
+    let postmaster: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    let stalled = Stopped::stop(probe);
+    let logins = Stopped::stop(postmaster);
+    let state = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body).ok()?["nodes"][0]["state"]
+            .as_str()
+            .map(str::to_string)
+    };
+    eventually(10, "the stalled primary suspect", || async {
+        let (_, body) = common::http_request(http, "GET", "/status").await;
+        state(&body).filter(|s| s != "up")
+    })
+    .await;
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop(logins);
+    eventually(10, "the primary up again", || async {
+        let (_, body) = common::http_request(http, "GET", "/status").await;
+        state(&body).filter(|s| s == "up")
+    })
+    .await;
+    let (_, events) = common::http_request(http, "GET", "/events").await;
+    assert!(events.contains("node_suspect"), "{events}");
+    for kind in ["node_down", "failover_started", "failover_blocked"] {
+        assert!(
+            !events.contains(kind),
+            "a login that took 0.7 s is no {kind}: {events}"
+        );
+    }
+}
+
 /// A statement in flight through the proxy while the primary's probes'
 /// backend stalls past one probe's timeout (its heartbeat failing first
 /// if `fail_heartbeat`): how the statement ended, the event log, and the

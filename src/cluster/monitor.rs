@@ -527,16 +527,27 @@ async fn probe_others(
     futures_util::future::join_all(probes).await
 }
 
-/// A node already down, or whose hardware says it is gone, is only probed to
-/// notice its return, which is not urgent: a short timeout keeps a hung one
-/// from slowing every tick (and with it the detection of a promotion).
 fn probe_limit(cluster: &Cluster, config: &Config, track: &Track, node: usize) -> Duration {
-    let gone = track.health == Health::Down || cluster.hardware_gone(node);
-    if gone {
+    let short = short_probe(
+        track.health,
+        track.down_on_silence,
+        cluster.hardware_gone(node),
+    );
+    if short {
         config.health.timeout.min(DOWN_PROBE_TIMEOUT)
     } else {
         config.health.timeout
     }
+}
+
+/// Whether a node gets the short probe timeout. A node already down, or
+/// whose hardware says it is gone, is only probed to notice its return,
+/// which is not urgent: a short timeout keeps a hung one from slowing every
+/// tick (and with it the detection of a promotion). A primary down on its
+/// replicas' silence alone is only suspect: its next probes decide whether
+/// it is down, and a saturated node's login can take most of a second.
+fn short_probe(health: Health, down_on_silence: bool, hardware_gone: bool) -> bool {
+    (health == Health::Down && !down_on_silence) || hardware_gone
 }
 
 /// When the primary (serving, or just lost) began failing, as far as the
@@ -587,6 +598,26 @@ fn apply_primary(
 
 #[cfg(test)]
 mod tests {
+    use super::Health;
+
+    #[test]
+    fn only_a_node_down_by_the_threshold_or_its_hardware_gets_the_short_probe() {
+        // (health, down on silence alone, hardware gone) -> short timeout
+        let cases = [
+            (Health::Up, false, false, false),
+            (Health::Suspect(2), false, false, false),
+            (Health::Unknown, false, false, false),
+            (Health::Down, true, false, false),
+            (Health::Down, false, false, true),
+            (Health::Down, true, true, true),
+            (Health::Up, false, true, true),
+        ];
+        for (health, silence, gone, short) in cases {
+            let got = super::short_probe(health, silence, gone);
+            assert_eq!(got, short, "{health:?} {silence} {gone}");
+        }
+    }
+
     #[test]
     fn with_patroni_replicas_and_sync_standbys_are_left_to_it() {
         let base = "[cluster]\nnodes = [\"127.0.0.1:5432\"]\n[failover]\nmode = \"follow\"\n";
