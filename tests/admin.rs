@@ -429,6 +429,32 @@ async fn pause_holds_new_transactions_and_resume_releases_them() {
     app.simple_query("SELECT 1").await.unwrap();
 }
 
+/// `KILL` drops the database's clients at once, those waiting for a server
+/// connection too (here: behind `PAUSE`, whose wait is
+/// `query_wait_timeout`, 120 s), not once their wait is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_reaches_a_client_waiting_for_a_server() {
+    let proxy = Proxy::start("").await;
+    let admin = admin(&proxy, "switchyard").await;
+    let app = proxy.client().await;
+    app.simple_query("SELECT 1").await.unwrap();
+    admin.simple_query("PAUSE app").await.unwrap();
+    let waiting = tokio::spawn(async move { app.simple_query("SELECT 1").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the query did not wait for RESUME");
+    admin.simple_query("KILL app").await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("KILL reached the waiting client")
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        sqlstate(&e).as_deref() == Some("57P01") || e.is_closed(),
+        "{e}"
+    );
+    admin.simple_query("RESUME app").await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_disconnects_a_database_and_reconnect_replaces_servers() {
     let proxy = Proxy::start("").await;

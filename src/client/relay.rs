@@ -90,6 +90,14 @@ enum Idle {
     Killed,
 }
 
+/// Why a checkout gave no server.
+enum Waited {
+    /// The pool's answer (a timeout, a pool that cannot open one).
+    Pool(PoolError),
+    /// `KILL` reached the client while it waited.
+    Killed,
+}
+
 impl Session {
     /// A client that has just logged in to `pool`, holding no server, with
     /// the settings `startup` from its startup packet. The settings it reads
@@ -369,7 +377,9 @@ impl Session {
     /// and counting the wait.
     /// With the server comes the time read as it was taken, when the take
     /// did not wait: the start of the request that asked for it.
-    async fn checkout(&mut self) -> Result<(PooledConn, Option<Instant>), PoolError> {
+    /// `KILL` ends the wait: a client waiting for a server (behind `PAUSE`,
+    /// or a full pool) is dropped with the rest of its database.
+    async fn checkout(&mut self) -> Result<(PooledConn, Option<Instant>), Waited> {
         let info = &self.reg.info;
         // The usual case: an idle server at once, no wait to time or show.
         if let Some((s, at)) = self.pool.checkout_now() {
@@ -380,7 +390,10 @@ impl Session {
         }
         info.set(ClientState::Waiting, None);
         let started = std::time::Instant::now();
-        let server = self.pool.checkout().await;
+        let server = tokio::select! {
+            s = self.pool.checkout() => s.map_err(Waited::Pool),
+            () = info.killed() => Err(Waited::Killed),
+        };
         match &server {
             Ok(s) => self.checked_out(s, started.elapsed().as_micros() as u64),
             Err(_) => info.set(ClientState::Idle, None),
@@ -452,9 +465,13 @@ impl Session {
     ) -> Result<Option<(PooledConn, Option<Instant>)>, ClientGone> {
         let (mut server, mut started) = match self.checkout().await {
             Ok(s) => s,
-            Err(e) => {
+            Err(Waited::Pool(e)) => {
                 self.refuse(tag, super::pool_error(e, false)).await?;
                 return Ok(None);
+            }
+            Err(Waited::Killed) => {
+                self.client.send_error(&ClientError::Killed).await;
+                return Err(ClientGone);
             }
         };
         let given = self.give_settings(&mut server).await;
