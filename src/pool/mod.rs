@@ -6,6 +6,7 @@
 //! [`crate::server::ServerConn`]; the pool wraps it in a [`PooledConn`] with
 //! its own bookkeeping.
 
+mod hot;
 mod limit;
 mod pooled;
 pub mod stats;
@@ -22,6 +23,7 @@ use crate::auth::server_side::ServerSecret;
 use crate::cluster::{Cluster, ClusterError, NodeHandle, Route, RouteKey};
 use crate::config::Target;
 use crate::server::Login;
+use hot::{Expiry, Hot};
 pub use limit::{LimitHit, Limits, SharedLimit};
 pub use pooled::PooledConn;
 
@@ -83,6 +85,8 @@ struct Shared {
     login: ArcSwap<Login>,
     /// Swapped by a reload.
     settings: ArcSwap<PoolSettings>,
+    /// What checkouts and checkins read of `settings`, stored with it.
+    hot: Hot,
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<PooledConn>>,
     cluster: Arc<Cluster>,
@@ -172,6 +176,7 @@ impl Pool {
         let slots = Arc::new(Semaphore::new(settings.size));
         let shared = Shared {
             login: ArcSwap::from_pointee(login),
+            hot: Hot::new(&settings),
             settings: ArcSwap::from_pointee(settings),
             slots,
             idle: Mutex::new(vec![]),
@@ -216,7 +221,7 @@ impl Pool {
             let found = s
                 .cluster
                 .route_key(settings.target)
-                .and_then(|key| self.pop_usable(key, Instant::now(), &settings));
+                .and_then(|key| self.pop_usable(key, Instant::now(), Expiry::from(&*settings)));
             let route = match found {
                 Some(_) => None,
                 None => s.cluster.route(settings.target),
@@ -264,11 +269,10 @@ impl Pool {
         if *s.paused.borrow() {
             return None;
         }
-        let settings = s.settings.load();
-        let key = s.cluster.route_key(settings.target)?;
+        let key = s.cluster.route_key(s.hot.target())?;
         let permit = s.slots.clone().try_acquire_owned().ok()?;
         let now = Instant::now();
-        let mut conn = self.pop_usable(key, now, &settings)?;
+        let mut conn = self.pop_usable(key, now, s.hot.expiry())?;
         let load = LoadGuard::new(conn.node_handle());
         conn.lend(permit, load);
         Some((conn, now))
@@ -287,12 +291,7 @@ impl Pool {
             .map_err(|_| PoolError::Timeout)
     }
 
-    fn pop_usable(
-        &self,
-        route: RouteKey,
-        now: Instant,
-        settings: &PoolSettings,
-    ) -> Option<PooledConn> {
+    fn pop_usable(&self, route: RouteKey, now: Instant, expiry: Expiry) -> Option<PooledConn> {
         let mut idle = lock(&self.shared.idle);
         let cluster = &self.shared.cluster;
         // Connections to retired incarnations are closed here (dropped), in
@@ -310,7 +309,7 @@ impl Pool {
             // A server that died (or was terminated) while this connection sat
             // idle must not cost the next client an error. The route's epoch
             // was the node's current one as it was read.
-            if conn.epoch() == route.epoch && !(expired(&conn, now, settings) || conn.is_broken()) {
+            if conn.epoch() == route.epoch && !(expired(&conn, now, expiry) || conn.is_broken()) {
                 return Some(conn);
             }
         }
@@ -355,7 +354,10 @@ impl Pool {
         conn.release();
         let current = conn.is_current()
             && conn.generation() == self.shared.generation.load(Ordering::Relaxed);
-        let stale = !current || outlived(&conn, now, &self.shared.settings.load());
+        // Its idle time is not counted: it was busy, not idle, since it
+        // last went back to the pool (`server_idle_timeout` counts time in
+        // the pool, as PgBouncer's does).
+        let stale = !current || self.shared.hot.expiry().outlived(conn.created(), now);
         // Another pool under the same limit waits for room: hand it this place.
         let wanted = self.shared.limits.iter().any(|l| l.wanted());
         if stale || wanted || !conn.buf().is_empty() || conn.closes_on_return() {
@@ -379,8 +381,8 @@ impl Pool {
 
     /// Closes idle connections past their idle timeout or lifetime.
     pub fn reap(&self, now: Instant) {
-        let settings = self.shared.settings.load();
-        lock(&self.shared.idle).retain(|c| !expired(c, now, &settings));
+        let expiry = self.shared.hot.expiry();
+        lock(&self.shared.idle).retain(|c| !expired(c, now, expiry));
     }
 
     /// Whether the pool, reached through this handle only (the map's), has
@@ -509,6 +511,7 @@ impl Pool {
     pub fn update(&self, login: Login, new: PoolSettings) {
         self.shared.login.store(Arc::new(login));
         let new_size = new.size;
+        self.shared.hot.store(&new);
         let old = self.shared.settings.swap(Arc::new(new));
         if new_size > old.size {
             self.shared.slots.add_permits(new_size - old.size);
@@ -541,21 +544,8 @@ impl Drop for LoadGuard {
 }
 
 /// Whether a connection has outlived its lifetime or idle timeout.
-fn expired(conn: &PooledConn, now: Instant, s: &PoolSettings) -> bool {
-    is_expired(conn.created(), conn.last_used(), now, s)
-}
-
-/// Whether a connection coming back from a client is past its lifetime.
-/// Its idle time is not counted: it was busy, not idle, since it last went
-/// back to the pool (`server_idle_timeout` counts time in the pool, as
-/// PgBouncer's does).
-fn outlived(conn: &PooledConn, now: Instant, s: &PoolSettings) -> bool {
-    now.duration_since(conn.created()) >= s.lifetime
-}
-
-/// Pure form of the expiry rule, for tests.
-pub fn is_expired(created: Instant, last_used: Instant, now: Instant, s: &PoolSettings) -> bool {
-    now.duration_since(created) >= s.lifetime || now.duration_since(last_used) >= s.idle_timeout
+fn expired(conn: &PooledConn, now: Instant, e: Expiry) -> bool {
+    e.expired(conn.created(), conn.last_used(), now)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -697,30 +687,5 @@ impl Pools {
                 pool.set_paused(paused);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expiry_by_lifetime_or_idle_time() {
-        let s = PoolSettings {
-            size: 1,
-            checkout_timeout: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(10),
-            lifetime: Duration::from_secs(100),
-            connect_timeout: Duration::from_secs(1),
-            hold_timeout: Duration::from_secs(1),
-            query_wait_timeout: None,
-            target: Target::Primary,
-        };
-        let t0 = Instant::now();
-        let at = |secs| t0 + Duration::from_secs(secs);
-        assert!(!is_expired(t0, t0, at(5), &s));
-        assert!(is_expired(t0, t0, at(10), &s));
-        assert!(!is_expired(t0, at(95), at(99), &s));
-        assert!(is_expired(t0, at(95), at(100), &s));
     }
 }
