@@ -301,6 +301,46 @@ async fn power_loss_fails_over_without_attempting_a_switchover() {
     drop(frozen);
 }
 
+/// A power loss with a slow hardware probe (a reading a minute, longer
+/// than this test): the primary's silence is evidence of its own, so the
+/// readings that confirm the BMC's first `failing` one are asked for while
+/// its health checks run late, not taken an interval apart. Before, the
+/// confirmations waited two intervals (ten seconds with the default 5 s),
+/// and the failover came from the witness rule's keepalive wait instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_primary_has_its_failing_readings_confirmed_without_waiting_intervals() {
+    let (cluster, primary, replica) = start_pair().await;
+    let exporter = Exporter::start(&exposition(0, 45)).await;
+    let spec = exporter
+        .spec()
+        .replace("interval = \"200ms\"", "interval = \"60s\"");
+    assert!(spec.contains("60s"), "{spec}");
+    let toml = config(&primary, &replica, &spec, "", "");
+    let Probed {
+        proxy: _proxy,
+        http,
+        admin,
+        client: c,
+        table: _,
+    } = Probed::start(&cluster, &toml).await;
+
+    let frozen = Frozen::freeze(&primary);
+    exporter.set(&powered_off());
+    eventually(20, "writes on db2", || async {
+        node_column(&admin, "db2", "role").await == "primary" && port_of(&c).await == replica.port()
+    })
+    .await;
+    // A transaction id is only given out where writes are taken.
+    c.batch_execute("SELECT txid_current()")
+        .await
+        .expect("writes on the new primary");
+    let events = timeline(http).await;
+    assert!(has(&events, "hardware_failing", "db1"), "{events:?}");
+    assert!(has(&events, "node_fenced", "db1"), "{events:?}");
+    assert_eq!(count(&events, "switchover_started"), 0, "{events:?}");
+    drop(frozen);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_flapping_between_ok_and_failing_promotes_once() {
     let (cluster, primary, r1, r2) = start_trio().await;

@@ -43,6 +43,12 @@ const HEARTBEAT_SQL: &str = "BEGIN READ WRITE; SET LOCAL synchronous_commit = lo
 /// one, is asked at once instead of at its next interval.
 pub(super) const LATE_PROBE: Duration = Duration::from_millis(100);
 
+/// While a check stays unanswered past `LATE_PROBE`, the node's hardware
+/// probe is asked again this often, so that a `failing` reading is
+/// confirmed (`failing_after` in a row) in a fraction of a second when the
+/// node is silent too, not one probe interval per reading.
+pub(super) const CONFIRM_PACE: Duration = Duration::from_millis(200);
+
 /// Why a control statement did not run.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {

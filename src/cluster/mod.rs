@@ -38,6 +38,7 @@ pub use error::{MembershipError, ReadmitError, StepError, SwitchoverError};
 use crate::config::{Node, Target};
 use crate::events::Events;
 use crate::server::{ConnectError, Login, ServerConn};
+use health::CONFIRM_PACE;
 
 /// What routing knows right now; replaced as a whole by the monitor.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -573,24 +574,25 @@ impl Cluster {
     }
 
     /// Resolves once `node`'s hardware counts as gone ([`Cluster::hardware_gone`];
-    /// at once if it does already), with the reasons. After `late`, asks the node's
-    /// hardware watcher to probe now rather than at its next interval: a
-    /// health check running late is the moment to ask the baseboard.
+    /// at once if it does already), with the reasons. After `late`, and every
+    /// [`CONFIRM_PACE`] after that until dropped (the check it races has
+    /// answered), asks the node's hardware watcher to probe now rather than
+    /// at its next interval: a health check running late is the moment to
+    /// ask the baseboard, and the node's silence is evidence of its own, so
+    /// the readings that confirm a `failing` one need not wait an interval
+    /// each. A node that answers its checks is never asked.
     pub(crate) async fn hardware_failing(&self, node: usize, late: Duration) -> String {
         let mut seen = self.hardware_seen.subscribe();
-        let ask = tokio::time::sleep(late);
-        tokio::pin!(ask);
-        let mut asked = false;
+        let first = tokio::time::Instant::now() + late;
+        let mut ask = tokio::time::interval_at(first, CONFIRM_PACE);
+        ask.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if self.hardware_gone(node) {
                 let reasons = self.hardware(node).reasons.join("; ");
                 return format!("hardware probe reports failing: {reasons}");
             }
             tokio::select! {
-                _ = &mut ask, if !asked => {
-                    asked = true;
-                    self.slot(node).probe_now.notify_one();
-                }
+                _ = ask.tick() => self.slot(node).probe_now.notify_one(),
                 changed = seen.changed() => {
                     if changed.is_err() {
                         std::future::pending::<()>().await;

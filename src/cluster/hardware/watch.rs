@@ -45,15 +45,15 @@ async fn watch(cluster: Arc<Cluster>, node: usize, shutdown: CancellationToken) 
             _ = shutdown.cancelled() => break,
         };
         let in_force = confirm(&mut readings, &name, reading, &spec);
-        let status = in_force.status;
         report(&cluster, node, &name, in_force, std::mem::take(&mut first));
-        // The monitor asks early when the node's health check runs late; that
-        // brings the first reading of a finding forward, never the ones that
-        // confirm it: readings a moment apart are hardly independent evidence.
-        let unconfirmed = status != readings_newest(&readings);
+        // The monitor asks early while the node's health check runs late:
+        // the node's silence is evidence of its own, so then the readings
+        // that confirm a finding come as fast as it asks. A node that
+        // answers is never asked, and a finding about it is confirmed one
+        // interval per reading.
         tokio::select! {
             _ = tokio::time::sleep(spec.interval) => {}
-            _ = cluster.hardware_probe_asked(node), if !unconfirmed => {}
+            _ = cluster.hardware_probe_asked(node) => {}
             _ = shutdown.cancelled() => break,
         }
     }
