@@ -310,6 +310,30 @@ pub(super) struct Link {
     since_yield: usize,
 }
 
+/// Which limit a link's timer runs for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// The running request's `query_timeout`.
+    Query,
+    /// `idle_transaction_timeout` of a client idle in a transaction.
+    Idle,
+}
+
+/// The deadline the link waits for, and what it is, given the running
+/// request's deadline and the idle-in-transaction one: the earlier, the
+/// request's on a tie. Pure.
+fn first_timer(
+    query_at: Option<tokio::time::Instant>,
+    idle_at: Option<tokio::time::Instant>,
+) -> Option<(tokio::time::Instant, Timer)> {
+    match (query_at, idle_at) {
+        (Some(q), Some(i)) if i < q => Some((i, Timer::Idle)),
+        (Some(q), _) => Some((q, Timer::Query)),
+        (None, Some(i)) => Some((i, Timer::Idle)),
+        (None, None) => None,
+    }
+}
+
 /// One step of either direction.
 enum Dir {
     Read(std::io::Result<usize>),
@@ -513,7 +537,10 @@ impl Link {
                     // Read on once the client has taken some of what it is owed.
                     std::future::pending().await
                 } else if let Some(len) = room {
-                    Dir::Room(budget.reserve(len, room_wait).await)
+                    // Rare (a large message), and its future, with a timer
+                    // inside, is large: boxed, so the futures this select
+                    // moves into place at every turn stay small.
+                    Dir::Room(Box::pin(budget.reserve(len, room_wait)).await)
                 } else {
                     reserve(c_buf);
                     Dir::Read(c_rd.read_buf(c_buf).await)
@@ -537,15 +564,15 @@ impl Link {
                 Some(clock) => clock.deadline(self.txn.pending),
                 None => None,
             };
-            let query_expired = async move {
-                match query_deadline {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let idle_expired = async move {
-                match idle_limit {
-                    Some(limit) => tokio::time::sleep(limit).await,
+            // One timer for both limits (a timer is the largest of the
+            // futures below, which the select moves into place every turn).
+            let idle_at = idle_limit.map(|limit| tokio::time::Instant::now() + limit);
+            let expired = async move {
+                match first_timer(query_deadline, idle_at) {
+                    Some((at, timer)) => {
+                        tokio::time::sleep_until(at).await;
+                        timer
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -572,8 +599,10 @@ impl Link {
                 },
                 _ = shutdown, if wait_shutdown => {}
                 _ = &mut kill => return End::Killed.into(),
-                _ = idle_expired => return End::IdleInTransaction.into(),
-                _ = query_expired => if let Some(p) = self.query_expired() { return p },
+                timer = expired => match timer {
+                    Timer::Idle => return End::IdleInTransaction.into(),
+                    Timer::Query => if let Some(p) = self.query_expired() { return p },
+                },
                 _ = retired.as_mut() => return End::ServerLost("the node's connections were closed by the health monitor".into()).into(),
             }
             if let Err(p) = self.settle(cx, server) {
@@ -1155,6 +1184,23 @@ mod tests {
         }
         let last = &frames[frames.len() - 1];
         assert_eq!(memo.body.as_slice(), &last[5..]);
+    }
+
+    #[test]
+    fn the_earlier_deadline_is_waited_for_the_request_first_on_a_tie() {
+        let t0 = tokio::time::Instant::now();
+        let (early, late) = (t0, t0 + std::time::Duration::from_secs(1));
+        let cases = [
+            (None, None, None),
+            (Some(early), None, Some((early, Timer::Query))),
+            (None, Some(early), Some((early, Timer::Idle))),
+            (Some(early), Some(late), Some((early, Timer::Query))),
+            (Some(late), Some(early), Some((early, Timer::Idle))),
+            (Some(early), Some(early), Some((early, Timer::Query))),
+        ];
+        for (query, idle, want) in cases {
+            assert_eq!(first_timer(query, idle), want, "{query:?} {idle:?}");
+        }
     }
 
     /// `settled` is what lets `settle` skip its work: any state that gives
