@@ -350,7 +350,7 @@ impl Link {
     /// gives them back. Swapped, not moved: `spare` holds the link's
     /// defaults meanwhile, so nothing is dropped per attachment but what
     /// the link drops.
-    pub(super) fn new(limits: Limits, meter: Meter, spare: &mut Spare) -> Link {
+    pub(super) fn new(limits: &Limits, meter: Meter, spare: &mut Spare) -> Link {
         spare.queue.empty();
         let mut link = Link {
             rewrite: limits.mode == PoolMode::Transaction,

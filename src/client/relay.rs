@@ -571,7 +571,7 @@ impl Session {
         if let Some(at) = started {
             meter.started_at(at);
         }
-        let mut link = Link::new(*self.limits, meter, &mut self.spare);
+        let mut link = Link::new(&self.limits, meter, &mut self.spare);
         let mut end = self.pump(&mut link, &mut server).await;
         self.detach_cancels(&end, &mut server).await;
         if let Some(custom) = link.take_settings_changed().filter(|_| !self.pinned) {

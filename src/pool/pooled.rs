@@ -21,10 +21,7 @@ pub struct PooledConn {
     // close before the slot below is freed for a new connection. Boxed: a
     // checkout, an attachment and a checkin each move the handle a few
     // times per transaction, and inline it would be copied whole each time.
-    conn: Box<ServerConn>,
-    /// Permits of `max_db_connections` / `max_user_connections`, held
-    /// until the connection closes.
-    _limits: Vec<OwnedSemaphorePermit>,
+    held: Box<Held>,
     /// Pool slot held while checked out.
     permit: Option<OwnedSemaphorePermit>,
     /// Counts this connection against its node while checked out.
@@ -33,8 +30,6 @@ pub struct PooledConn {
     node: usize,
     /// The node incarnation this connection belongs to.
     epoch: u64,
-    /// Cancelled when the node's connections must close at once.
-    retired: CancellationToken,
     /// Its node's load count and incarnation.
     handle: NodeHandle,
     /// The pool generation it was opened in; `RECONNECT` retires older ones.
@@ -43,6 +38,18 @@ pub struct PooledConn {
     last_used: Instant,
     /// A cancel may still reach it: it must serve no other client.
     close_on_return: bool,
+}
+
+/// What a pooled connection keeps behind its box: what a transaction does
+/// not touch stays out of the handle it moves (at 88 bytes, under 128, a
+/// move is a few stores, not a call to `memcpy`).
+struct Held {
+    conn: ServerConn,
+    /// Permits of `max_db_connections` / `max_user_connections`, held
+    /// until the connection closes.
+    _limits: Vec<OwnedSemaphorePermit>,
+    /// Cancelled when the node's connections must close at once.
+    retired: CancellationToken,
 }
 
 impl PooledConn {
@@ -55,18 +62,20 @@ impl PooledConn {
         limits: Vec<OwnedSemaphorePermit>,
     ) -> PooledConn {
         PooledConn {
-            _limits: limits,
             permit: None,
             load: None,
             node: route.node,
             epoch: route.epoch,
-            retired: route.retired.clone(),
             handle: route.handle.clone(),
             generation,
             // Never returned yet: idle since it was opened.
             last_used: conn.created(),
             close_on_return: false,
-            conn: Box::new(conn),
+            held: Box::new(Held {
+                conn,
+                _limits: limits,
+                retired: route.retired.clone(),
+            }),
         }
     }
 
@@ -137,14 +146,15 @@ impl PooledConn {
     /// role changed): a relay on this connection stops waiting for it.
     #[inline]
     pub fn retired(&self) -> &CancellationToken {
-        &self.retired
+        &self.held.retired
     }
 }
 
 impl PooledConn {
     /// The connection to use, and the token of its node's retirement, borrowed apart.
     pub fn conn_and_retired(&mut self) -> (&mut ServerConn, &CancellationToken) {
-        (&mut self.conn, &self.retired)
+        let held = &mut *self.held;
+        (&mut held.conn, &held.retired)
     }
 }
 
@@ -153,13 +163,13 @@ impl Deref for PooledConn {
 
     #[inline]
     fn deref(&self) -> &ServerConn {
-        &self.conn
+        &self.held.conn
     }
 }
 
 impl DerefMut for PooledConn {
     #[inline]
     fn deref_mut(&mut self) -> &mut ServerConn {
-        &mut self.conn
+        &mut self.held.conn
     }
 }
