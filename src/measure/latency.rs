@@ -26,7 +26,15 @@ pub(crate) const MAX_MICROS: u64 = 3_600_000_000;
 
 /// Per-worker histograms, merged when read.
 pub struct Latencies {
-    slots: Vec<Mutex<[Histogram<u64>; KINDS]>>,
+    slots: Vec<Mutex<Slot>>,
+}
+
+/// One slot's samples. Samples of at most 1 µs (after clamping, exactly
+/// 1) are only counted: every transaction whose server was idle records a
+/// wait of 0, and a histogram's record was 56 instructions.
+struct Slot {
+    histograms: [Histogram<u64>; KINDS],
+    ones: [u64; KINDS],
 }
 
 impl Default for Latencies {
@@ -43,7 +51,12 @@ impl Latencies {
     pub fn with_slots(n: usize) -> Latencies {
         // A power of two, so a thread's slot is a mask away, not a division.
         let slots = (0..n.max(1).next_power_of_two())
-            .map(|_| Mutex::new(std::array::from_fn(|_| new_histogram())))
+            .map(|_| {
+                Mutex::new(Slot {
+                    histograms: std::array::from_fn(|_| new_histogram()),
+                    ones: [0; KINDS],
+                })
+            })
             .collect();
         Latencies { slots }
     }
@@ -60,10 +73,14 @@ impl Latencies {
             return;
         }
         let slot = &self.slots[thread_slot() & (self.slots.len() - 1)];
-        let mut h = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         for &(kind, micros) in samples {
-            // Clamped to the histogram's range, so recording cannot fail.
-            let _ = h[kind as usize].record(micros.clamp(1, MAX_MICROS));
+            if micros <= 1 {
+                slot.ones[kind as usize] += 1;
+            } else {
+                // Clamped to the histogram's range, so recording cannot fail.
+                let _ = slot.histograms[kind as usize].record(micros.min(MAX_MICROS));
+            }
         }
     }
 
@@ -71,9 +88,13 @@ impl Latencies {
     pub fn merged(&self, kind: Kind) -> Histogram<u64> {
         let mut out = new_histogram();
         for slot in &self.slots {
-            let h = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = slot.lock().unwrap_or_else(|e| e.into_inner());
             // Same bounds and precision everywhere: adding cannot fail.
-            let _ = out.add(&h[kind as usize]);
+            let _ = out.add(&slot.histograms[kind as usize]);
+            let ones = slot.ones[kind as usize];
+            if ones > 0 {
+                let _ = out.record_n(1, ones);
+            }
         }
         out
     }
@@ -126,5 +147,22 @@ mod tests {
         assert!(q.value_at_quantile(0.5) >= 3000 && q.value_at_quantile(0.5) <= 4200);
         assert_eq!(l.merged(Kind::Wait).len(), 1);
         assert_eq!(l.merged(Kind::Transaction).len(), 0);
+        assert_eq!(l.merged(Kind::Transaction).max(), 0);
+    }
+
+    #[test]
+    fn samples_of_0_and_1_count_as_1_beside_the_others() {
+        let l = Latencies::with_slots(2);
+        for micros in [0, 1, 1, 0, 5, 2, 7_000_000_000] {
+            l.record(Kind::Wait, micros);
+        }
+        let w = l.merged(Kind::Wait);
+        assert_eq!(w.len(), 7);
+        assert_eq!(w.count_at(1), 4);
+        assert_eq!(w.value_at_quantile(0.5), 1);
+        assert_eq!(w.min(), 1);
+        assert!(w.max() >= MAX_MICROS);
+        // A merge reads the counts; it does not take them away.
+        assert_eq!(l.merged(Kind::Wait).len(), 7);
     }
 }
