@@ -174,6 +174,25 @@ pub(crate) struct Readmit {
     pub reply: oneshot::Sender<Result<(), ReadmitError>>,
 }
 
+/// The routing snapshot with the node slots as they were when it was
+/// published, so that a checkout reads both with one load. Slots are only
+/// ever appended to, so each node the snapshot names has its slot here; a
+/// slot is shared with the current list, so its incarnation (epoch, fenced,
+/// removed) is the live one.
+struct Routing {
+    snap: Arc<Snapshot>,
+    slots: Arc<Vec<Arc<membership::Slot>>>,
+}
+
+/// Of `candidates`, the node with the fewest checked-out connections (the
+/// lowest index on a tie).
+fn least_loaded(slots: &[Arc<membership::Slot>], candidates: &[usize]) -> Option<usize> {
+    candidates
+        .iter()
+        .copied()
+        .min_by_key(|&i| (slots[i].load.load(Ordering::Relaxed), i))
+}
+
 /// The shared topology handle.
 pub struct Cluster {
     /// The nodes, by index. Only ever appended to — a reload that removes a
@@ -181,7 +200,7 @@ pub struct Cluster {
     nodes: ArcSwap<Vec<Node>>,
     /// Per-node state, index-aligned with `nodes`.
     slots: ArcSwap<Vec<Arc<membership::Slot>>>,
-    snapshot: ArcSwap<Snapshot>,
+    routing: ArcSwap<Routing>,
     status: ArcSwap<Vec<NodeStatus>>,
     changed: watch::Sender<u64>,
     nudge: Notify,
@@ -235,7 +254,10 @@ impl Cluster {
         Cluster {
             nodes: ArcSwap::from_pointee(nodes),
             slots: ArcSwap::from_pointee(slots),
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            routing: ArcSwap::from_pointee(Routing {
+                snap: Arc::default(),
+                slots: Arc::default(),
+            }),
             status: ArcSwap::from_pointee(Vec::new()),
             changed: watch::channel(0).0,
             nudge: Notify::new(),
@@ -285,7 +307,7 @@ impl Cluster {
 
     /// The current routing snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        self.routing.load().snap.clone()
     }
 
     /// Where a connection for `target` goes now; `None` when nothing is routable.
@@ -314,13 +336,13 @@ impl Cluster {
         target: Target,
         make: impl FnOnce(&Arc<membership::Slot>, usize, &Incarnation) -> R,
     ) -> Option<R> {
-        let snap = self.snapshot.load();
+        let routing = self.routing.load();
+        let (snap, slots) = (&routing.snap, &routing.slots);
         let node = match target {
             Target::Primary => snap.primary,
-            Target::Replica => self.least_loaded(&snap.replicas).or(snap.primary),
-            Target::Any => self.least_loaded(&snap.usable).or(snap.primary),
+            Target::Replica => least_loaded(slots, &snap.replicas).or(snap.primary),
+            Target::Any => least_loaded(slots, &snap.usable).or(snap.primary),
         }?;
-        let slots = self.slots.load();
         let slot = &slots[node];
         let inc = lock(&slot.incarnation);
         // The snapshot may predate a fence or a removal whose routing is not
@@ -331,13 +353,6 @@ impl Cluster {
         Some(make(slot, node, &inc))
     }
 
-    fn least_loaded(&self, candidates: &[usize]) -> Option<usize> {
-        let slots = self.slots.load();
-        candidates
-            .iter()
-            .copied()
-            .min_by_key(|&i| (slots[i].load.load(Ordering::Relaxed), i))
-    }
 
     /// Opens a logged-in connection along `route`.
     pub async fn connect(
@@ -435,7 +450,11 @@ impl Cluster {
 
     /// Replaces the routing snapshot and wakes held clients.
     pub(crate) fn publish(&self, snap: Snapshot) {
-        self.snapshot.store(Arc::new(snap));
+        let slots = self.slots.load_full();
+        self.routing.store(Arc::new(Routing {
+            snap: Arc::new(snap),
+            slots,
+        }));
         self.changed.send_modify(|v| *v += 1);
     }
 
