@@ -1238,9 +1238,11 @@ mod tests {
         }
         // Scanned bytes waiting to go, and an answer behind server bytes
         // still to forward, are nothing to settle.
-        let mut link = Link::default();
-        link.c_ready = 3;
-        link.s_ready = 2;
+        let mut link = Link {
+            c_ready: 3,
+            s_ready: 2,
+            ..Default::default()
+        };
         link.expect.push(Expect::Answer(b'1'));
         assert!(link.settled(3, 2));
     }

@@ -29,9 +29,9 @@ pub struct Latencies {
     slots: Vec<Mutex<Slot>>,
 }
 
-/// One slot's samples. Samples of at most 1 µs (after clamping, exactly
-/// 1) are only counted: every transaction whose server was idle records a
-/// wait of 0, and a histogram's record was 56 instructions.
+/// One slot's samples. Samples of at most a microsecond (1 after
+/// clamping) are only counted: every transaction whose server was idle
+/// records a wait of 0, and a histogram's record was 56 instructions.
 struct Slot {
     histograms: [Histogram<u64>; KINDS],
     ones: [u64; KINDS],
