@@ -353,7 +353,6 @@ impl Cluster {
         Some(make(slot, node, &inc))
     }
 
-
     /// Opens a logged-in connection along `route`.
     pub async fn connect(
         &self,
