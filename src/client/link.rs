@@ -576,7 +576,29 @@ impl Link {
                     None => std::future::pending().await,
                 }
             };
+            // Biased: polled in this order, with no random start (a
+            // thread-local generator and a modulo per branch at every
+            // turn). The control branches are atomic loads and go first, so
+            // a kill or a deadline is seen even while a peer keeps a
+            // direction busy; the server's replies before the client's
+            // requests, since draining replies is what lets both go on.
             tokio::select! {
+                biased;
+                _ = &mut kill => return End::Killed.into(),
+                _ = retired.as_mut() => return End::ServerLost("the node's connections were closed by the health monitor".into()).into(),
+                timer = expired => match timer {
+                    Timer::Idle => return End::IdleInTransaction.into(),
+                    Timer::Query => if let Some(p) = self.query_expired() { return p },
+                },
+                _ = shutdown, if wait_shutdown => {}
+                d = down => match d {
+                    Dir::Read(Ok(0)) => return End::ServerLost("server closed the connection".into()).into(),
+                    Dir::Read(Err(e)) => return End::ServerLost(e.to_string()).into(),
+                    Dir::Read(Ok(n)) => self.since_yield += n,
+                    Dir::Wrote(Ok(n)) => self.sent_down(server.buf_mut(), n),
+                    Dir::Wrote(Err(_)) | Dir::Flushed(Err(_)) => return End::ClientGone.into(),
+                    Dir::Flushed(Ok(())) | Dir::Room(_) => {}
+                },
                 d = up => match d {
                     Dir::Read(Ok(0)) | Dir::Read(Err(_)) => return End::ClientGone.into(),
                     Dir::Read(Ok(n)) => self.since_yield += n,
@@ -589,21 +611,6 @@ impl Link {
                         return End::ClientError(ClientError::OutOfMemory { max, fatal: true }).into();
                     }
                 },
-                d = down => match d {
-                    Dir::Read(Ok(0)) => return End::ServerLost("server closed the connection".into()).into(),
-                    Dir::Read(Err(e)) => return End::ServerLost(e.to_string()).into(),
-                    Dir::Read(Ok(n)) => self.since_yield += n,
-                    Dir::Wrote(Ok(n)) => self.sent_down(server.buf_mut(), n),
-                    Dir::Wrote(Err(_)) | Dir::Flushed(Err(_)) => return End::ClientGone.into(),
-                    Dir::Flushed(Ok(())) | Dir::Room(_) => {}
-                },
-                _ = shutdown, if wait_shutdown => {}
-                _ = &mut kill => return End::Killed.into(),
-                timer = expired => match timer {
-                    Timer::Idle => return End::IdleInTransaction.into(),
-                    Timer::Query => if let Some(p) = self.query_expired() { return p },
-                },
-                _ = retired.as_mut() => return End::ServerLost("the node's connections were closed by the health monitor".into()).into(),
             }
             if let Err(p) = self.settle(cx, server) {
                 return p;
