@@ -125,7 +125,7 @@ impl ClientConn {
             // Readiness may be stale (a read that came back full did not
             // show the socket drained): that read clears it, and the buffer
             // goes back before the next wait.
-            match try_read_draining(s, &mut self.buf) {
+            match crate::tls::sys::try_read_buf(s, &mut self.buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 r => return r,
             }
@@ -238,29 +238,6 @@ impl ClientConn {
 }
 
 /// Gives `buf` an allocation (from the thread's stock) or room to read into.
-/// `try_read_buf`, which also forgets the socket's readiness when the read
-/// came back short: the kernel's queue was drained then, as tokio's own
-/// `poll_read` assumes. Kept, a stale readiness would start the client's
-/// next idle wait with a read that can only return WouldBlock: one wasted
-/// syscall per transaction. Data arriving after the read raises readiness
-/// anew, which tokio does not let this clear.
-fn try_read_draining(s: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
-    let room = buf.capacity() - buf.len();
-    let mut short = None;
-    let r = s.try_io(tokio::io::Interest::READABLE, || {
-        let n = s.try_read_buf(buf)?;
-        if 0 < n && n < room {
-            short = Some(n);
-            return Err(std::io::ErrorKind::WouldBlock.into());
-        }
-        Ok(n)
-    });
-    match (r, short) {
-        (_, Some(n)) => Ok(n),
-        (r, None) => r,
-    }
-}
-
 fn make_room(buf: &mut BytesMut) {
     if buf.capacity() == 0 {
         *buf = buffer::take();

@@ -9,7 +9,8 @@
 //!
 //! What is not here: the connection-start negotiation with a client
 //! (`client::login`), the SSLRequest toward PostgreSQL (`upstream`), the
-//! stream type both use (`stream`), the SCRAM channel-binding hash (`end_point`),
+//! stream type both use (`stream`) and its plain socket's system calls
+//! (`sys`), the SCRAM channel-binding hash (`end_point`),
 //! the client certificate's user (`client_cert`) and the DER reads both make (`der`).
 
 pub mod client_cert;
@@ -17,6 +18,7 @@ mod der;
 pub mod end_point;
 mod offload;
 pub mod stream;
+pub mod sys;
 pub mod upstream;
 mod verify;
 

@@ -207,7 +207,7 @@ impl Stream {
         let Stream::Plain(tcp) = self else {
             return None;
         };
-        match tcp.try_write(bytes) {
+        match super::sys::try_write(tcp, bytes) {
             Ok(0) => None,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
             r => Some(r),
@@ -252,7 +252,7 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        each!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf), tls t => Pin::new(t).poll_read(cx, buf))
+        each!(self.get_mut(), s => super::sys::poll_read(s, cx, buf), tls t => Pin::new(t).poll_read(cx, buf))
     }
 }
 
@@ -311,7 +311,7 @@ impl AsyncRead for ReadHalf<'_> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            ReadHalf::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalf::Plain(r) => super::sys::poll_read(r.as_ref(), cx, buf),
             ReadHalf::Tls(m) => Pin::new(&mut *lock(m)).poll_read(cx, buf),
             ReadHalf::Closed => Poll::Ready(Err(closed())),
         }
