@@ -387,6 +387,11 @@ fn bench() -> anyhow::Result<()> {
             .map_or("PgBouncer not available".into(), |b| b.version.clone())
     );
     println!("\n{}", report(&header, &targets, &results));
+    // The SETs workload must pin nobody: every client's settings follow it.
+    match pinned_total(&proxy.http) {
+        Ok(n) => println!("Clients the binary pinned over the whole run: {n}\n"),
+        Err(e) => println!("Clients the binary pinned: unknown ({e:#})\n"),
+    }
     // The binary's whole log (ANSI colours removed): startup, events, and
     // any health-check trouble during the runs.
     let log = strip_ansi(&proxy.log_tail(usize::MAX));
@@ -404,6 +409,20 @@ fn bench() -> anyhow::Result<()> {
     drop(tmp);
     drop(cluster);
     Ok(())
+}
+
+/// `switchyard_pinned_clients_total` summed over its reasons, from the
+/// binary's `/metrics`.
+fn pinned_total(http: &str) -> anyhow::Result<u64> {
+    let (code, body) = common::fleet::http(http, "GET", "/metrics", None)?;
+    if code != 200 {
+        bail!("/metrics answered {code}");
+    }
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with("switchyard_pinned_clients_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
 }
 
 /// `text` without its ANSI escape sequences (`ESC [ ... letter`).

@@ -580,8 +580,8 @@ impl Link {
             // thread-local generator and a modulo per branch at every
             // turn). The control branches are atomic loads and go first, so
             // a kill or a deadline is seen even while a peer keeps a
-            // direction busy; the server's replies before the client's
-            // requests, since draining replies is what lets both go on.
+            // direction busy; then the server's replies, then the client's
+            // requests, which PostgreSQL would queue behind those replies.
             tokio::select! {
                 biased;
                 _ = &mut kill => return End::Killed.into(),
