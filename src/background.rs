@@ -35,7 +35,7 @@ async fn reaper(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(period);
     loop {
         tokio::select! {
-            _ = tick.tick() => ctx.pools().reap_all(Instant::now()),
+            _ = tick.tick() => ctx.pools().reap_all(crate::measure::tick::Tick::now()),
             _ = ctx.shutdown().cancelled() => return,
         }
     }

@@ -5,9 +5,8 @@
 //! is idle. Counts accumulate in a [`Tally`] that the session adds to its
 //! pool's counters once per transaction.
 
-use std::time::Instant;
-
 use crate::measure::latency::{Kind, Latencies};
+use crate::measure::tick::Tick;
 use crate::pool::stats::Tally;
 
 /// Per-attachment timers and counts.
@@ -15,16 +14,16 @@ use crate::pool::stats::Tally;
 pub struct Meter {
     /// Timing is off when `[http] metrics = false`.
     on: bool,
-    query_start: Option<Instant>,
-    xact_start: Option<Instant>,
+    query_start: Option<Tick>,
+    xact_start: Option<Tick>,
     /// A time read just before the attachment (a checkout that did not
     /// wait): the first request's start, without reading the clock again.
-    hint: Option<Instant>,
+    hint: Option<Tick>,
     /// That checkout's zero wait, not yet recorded: it goes into the
     /// histograms with the query's samples, under the same lock.
     wait_due: bool,
     /// When the last ReadyForQuery that ended a query came.
-    answered: Option<Instant>,
+    answered: Option<Tick>,
     /// Counts not yet added to the pool.
     pub tally: Tally,
 }
@@ -42,7 +41,7 @@ impl Meter {
     /// `at` stands for the first request's start, and the checkout is
     /// counted with the transaction (its assignment in the tally, its zero
     /// wait with the latencies the transaction records).
-    pub fn started_at(&mut self, at: Instant) {
+    pub fn started_at(&mut self, at: Tick) {
         self.hint = Some(at);
         self.tally.server_assignments += 1;
         self.wait_due = self.on;
@@ -57,14 +56,14 @@ impl Meter {
     }
 
     /// When the last query ended, if it was timed.
-    pub fn answered_at(&self) -> Option<Instant> {
+    pub fn answered_at(&self) -> Option<Tick> {
         self.answered
     }
 
     /// A client request was sent while `pending` requests were in flight.
     pub fn request(&mut self, pending: u32) {
         if self.on && pending == 0 && self.query_start.is_none() {
-            let now = self.hint.take().unwrap_or_else(Instant::now);
+            let now = self.hint.take().unwrap_or_else(Tick::now);
             self.query_start = Some(now);
             self.xact_start.get_or_insert(now);
         }
@@ -75,7 +74,7 @@ impl Meter {
         if !self.on || pending > 0 {
             return;
         }
-        let now = Instant::now();
+        let now = Tick::now();
         self.answered = Some(now);
         let mut samples = [(Kind::Query, 0); 3];
         let mut n = 0;
@@ -138,8 +137,8 @@ impl Meter {
     }
 }
 
-fn micros(now: Instant, start: Instant) -> u64 {
-    now.duration_since(start).as_micros() as u64
+fn micros(now: Tick, start: Tick) -> u64 {
+    now.micros_since(start)
 }
 
 #[cfg(test)]
@@ -169,7 +168,8 @@ mod tests {
     fn a_query_starts_at_the_time_its_checkout_read() {
         let lat = Latencies::with_slots(1);
         let mut m = Meter::new(true);
-        let at = Instant::now() - std::time::Duration::from_millis(50);
+        let at = Tick::now();
+        std::thread::sleep(std::time::Duration::from_millis(50));
         m.started_at(at);
         m.request(0);
         m.ready(0, b'I', &lat);
@@ -192,7 +192,7 @@ mod tests {
     fn a_checkout_that_served_no_query_is_still_counted() {
         let lat = Latencies::with_slots(1);
         let mut m = Meter::new(true);
-        m.started_at(Instant::now());
+        m.started_at(Tick::now());
         m.finish(&lat);
         assert_eq!(lat.merged(Kind::Wait).len(), 1);
         assert_eq!(m.tally.server_assignments, 1);

@@ -5,7 +5,6 @@
 //! flight. Session mode keeps the connection until the client leaves.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
 
@@ -24,6 +23,7 @@ use crate::config::PoolMode;
 use crate::context::Context;
 use crate::error::ClientError;
 use crate::measure::latency::Kind;
+use crate::measure::tick::Tick;
 use crate::pool::stats::Tally;
 use crate::pool::{Pool, PoolError, PooledConn};
 use crate::protocol::frame::{header, HEADER_LEN, MAX_FRAME};
@@ -61,7 +61,7 @@ pub struct Session {
     spare: Spare,
     /// When the last attachment's last query was answered: the time its
     /// server goes back to the pool with.
-    answered_at: Option<Instant>,
+    answered_at: Option<Tick>,
     /// The client's session settings as PostgreSQL last accepted them
     /// (startup packet, then what it SET): given to every server it gets.
     settings: SettingSet,
@@ -379,7 +379,7 @@ impl Session {
     /// did not wait: the start of the request that asked for it.
     /// `KILL` ends the wait: a client waiting for a server (behind `PAUSE`,
     /// or a full pool) is dropped with the rest of its database.
-    async fn checkout(&mut self) -> Result<(PooledConn, Option<Instant>), Waited> {
+    async fn checkout(&mut self) -> Result<(PooledConn, Option<Tick>), Waited> {
         let info = &self.reg.info;
         // The usual case: an idle server at once, no wait to time or show.
         if let Some((s, at)) = self.pool.checkout_now() {
@@ -462,7 +462,7 @@ impl Session {
     async fn ready_server(
         &mut self,
         tag: u8,
-    ) -> Result<Option<(PooledConn, Option<Instant>)>, ClientGone> {
+    ) -> Result<Option<(PooledConn, Option<Tick>)>, ClientGone> {
         let (mut server, mut started) = match self.checkout().await {
             Ok(s) => s,
             Err(Waited::Pool(e)) => {
@@ -560,7 +560,7 @@ impl Session {
     async fn attach(
         &mut self,
         mut server: PooledConn,
-        started: Option<Instant>,
+        started: Option<Tick>,
     ) -> (End, Option<PooledConn>) {
         self.cancel.attach(CancelTarget {
             addr: server.addr().clone(),

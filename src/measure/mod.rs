@@ -1,12 +1,13 @@
 //! What the hot path records for metrics to read later: latency histograms
 //! (`latency`), errors sent to clients by class and origin (`errors`), and
 //! requests held for a routable node (`holds`); `window` keeps what the last
-//! minutes' percentiles need. Rendering them is `metrics`'s job, at scrape
+//! minutes' percentiles need; `tick` is the clock the hot path reads. Rendering them is `metrics`'s job, at scrape
 //! time.
 
 pub mod errors;
 pub mod holds;
 pub mod latency;
+pub mod tick;
 pub mod window;
 
 pub use errors::ErrorCounts;

@@ -5,38 +5,39 @@
 //! reload and one from after sees two valid settings of its own pool.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::time::{Duration, Instant};
 
 use super::PoolSettings;
 use crate::config::Target;
+use crate::measure::tick::{nanos, Tick};
 
-/// When a server connection is too old to serve again.
+/// When a server connection is too old to serve again, in nanoseconds
+/// (compared with [`Tick`] differences: no `Duration` arithmetic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expiry {
     /// Connections older than this close when next idle.
-    pub lifetime: Duration,
+    pub lifetime_ns: u64,
     /// Idle connections older than this close.
-    pub idle_timeout: Duration,
+    pub idle_ns: u64,
 }
 
 impl Expiry {
     /// Past its lifetime, or idle (since `last_used`) past the idle timeout.
-    pub fn expired(&self, created: Instant, last_used: Instant, now: Instant) -> bool {
-        self.outlived(created, now) || now.duration_since(last_used) >= self.idle_timeout
+    pub fn expired(&self, created: Tick, last_used: Tick, now: Tick) -> bool {
+        self.outlived(created, now) || now.nanos_since(last_used) >= self.idle_ns
     }
 
     /// Past its lifetime (a connection coming back from a client: it was
     /// busy, not idle, since it last went back to the pool).
-    pub fn outlived(&self, created: Instant, now: Instant) -> bool {
-        now.duration_since(created) >= self.lifetime
+    pub fn outlived(&self, created: Tick, now: Tick) -> bool {
+        now.nanos_since(created) >= self.lifetime_ns
     }
 }
 
 impl From<&PoolSettings> for Expiry {
     fn from(s: &PoolSettings) -> Expiry {
         Expiry {
-            lifetime: s.lifetime,
-            idle_timeout: s.idle_timeout,
+            lifetime_ns: nanos(s.lifetime),
+            idle_ns: nanos(s.idle_timeout),
         }
     }
 }
@@ -77,8 +78,8 @@ impl Hot {
 
     pub fn expiry(&self) -> Expiry {
         Expiry {
-            lifetime: Duration::from_nanos(self.lifetime_ns.load(Ordering::Relaxed)),
-            idle_timeout: Duration::from_nanos(self.idle_ns.load(Ordering::Relaxed)),
+            lifetime_ns: self.lifetime_ns.load(Ordering::Relaxed),
+            idle_ns: self.idle_ns.load(Ordering::Relaxed),
         }
     }
 }
@@ -91,14 +92,10 @@ fn target_code(t: Target) -> u8 {
     }
 }
 
-/// A duration in nanoseconds, the longest (584 years) for anything longer.
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn settings(target: Target, lifetime: Duration, idle_timeout: Duration) -> PoolSettings {
         PoolSettings {
@@ -137,16 +134,16 @@ mod tests {
         }
         // Longer than 584 years is as good as forever.
         hot.store(&settings(Target::Any, forever, forever));
-        assert!(hot.expiry().lifetime > Duration::from_secs(500 * 365 * 86400));
+        assert_eq!(hot.expiry().lifetime_ns, u64::MAX);
     }
 
     #[test]
     fn a_connection_expires_by_lifetime_or_idle_time() {
-        let t0 = Instant::now();
-        let at = |s| t0 + Duration::from_secs(s);
+        let t0 = Tick::now();
+        let at = |s| t0.plus(Duration::from_secs(s));
         let e = Expiry {
-            lifetime: Duration::from_secs(100),
-            idle_timeout: Duration::from_secs(10),
+            lifetime_ns: 100_000_000_000,
+            idle_ns: 10_000_000_000,
         };
         // (created, last used, now, expired, outlived)
         let cases = [

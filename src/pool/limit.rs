@@ -94,7 +94,7 @@ impl SharedLimit {
     /// this limit (the caller drops it, outside any lock).
     fn take_idle(&self) -> Option<PooledConn> {
         let pools: Vec<Arc<Shared>> = lock(&self.pools).iter().filter_map(Weak::upgrade).collect();
-        let mut oldest: Option<(usize, std::time::Instant)> = None;
+        let mut oldest: Option<(usize, crate::measure::tick::Tick)> = None;
         for (i, p) in pools.iter().enumerate() {
             // Idle lists are kept most recently used last.
             if let Some(c) = lock(&p.idle).first() {

@@ -14,7 +14,7 @@ pub mod stats;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -22,6 +22,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::auth::server_side::ServerSecret;
 use crate::cluster::{Cluster, ClusterError, NodeHandle, Route, RouteKey};
 use crate::config::Target;
+use crate::measure::tick::Tick;
 use crate::server::Login;
 use hot::{Expiry, Hot};
 pub use limit::{LimitHit, Limits, SharedLimit};
@@ -113,7 +114,7 @@ struct Shared {
     limits: Vec<Arc<SharedLimit>>,
     /// Since when the reaper has found the pool unused (no client, no
     /// server connection); only the reaper reads or writes it.
-    unused_since: Mutex<Option<Instant>>,
+    unused_since: Mutex<Option<Tick>>,
 }
 
 /// Counts a gauge up while alive.
@@ -221,7 +222,7 @@ impl Pool {
             let found = s
                 .cluster
                 .route_key(settings.target)
-                .and_then(|key| self.pop_usable(key, Instant::now(), Expiry::from(&*settings)));
+                .and_then(|key| self.pop_usable(key, Tick::now(), Expiry::from(&*settings)));
             let route = match found {
                 Some(_) => None,
                 None => s.cluster.route(settings.target),
@@ -264,14 +265,14 @@ impl Pool {
     /// `None` leaves the rest (waits, new connections, holds) to
     /// [`Pool::checkout`]. Also returns the time it read for the expiry
     /// check, so that the caller need not read the clock again.
-    pub fn checkout_now(&self) -> Option<(PooledConn, Instant)> {
+    pub fn checkout_now(&self) -> Option<(PooledConn, Tick)> {
         let s = &self.shared;
         if *s.paused.borrow() {
             return None;
         }
         let key = s.cluster.route_key(s.hot.target())?;
         let permit = s.slots.clone().try_acquire_owned().ok()?;
-        let now = Instant::now();
+        let now = Tick::now();
         let mut conn = self.pop_usable(key, now, s.hot.expiry())?;
         let load = LoadGuard::new(conn.node_handle());
         conn.lend(permit, load);
@@ -291,7 +292,7 @@ impl Pool {
             .map_err(|_| PoolError::Timeout)
     }
 
-    fn pop_usable(&self, route: RouteKey, now: Instant, expiry: Expiry) -> Option<PooledConn> {
+    fn pop_usable(&self, route: RouteKey, now: Tick, expiry: Expiry) -> Option<PooledConn> {
         let mut idle = lock(&self.shared.idle);
         let cluster = &self.shared.cluster;
         // Connections to retired incarnations are closed here (dropped), in
@@ -345,12 +346,12 @@ impl Pool {
 
     /// Returns a connection whose transaction status is idle. Its slot is freed.
     pub fn checkin(&self, conn: PooledConn) {
-        self.checkin_at(conn, Instant::now());
+        self.checkin_at(conn, Tick::now());
     }
 
     /// [`Pool::checkin`] with the time its last answer came (read once
     /// for the query's latency, not again here).
-    pub fn checkin_at(&self, mut conn: PooledConn, now: Instant) {
+    pub fn checkin_at(&self, mut conn: PooledConn, now: Tick) {
         conn.release();
         let current = conn.is_current()
             && conn.generation() == self.shared.generation.load(Ordering::Relaxed);
@@ -380,7 +381,7 @@ impl Pool {
     }
 
     /// Closes idle connections past their idle timeout or lifetime.
-    pub fn reap(&self, now: Instant) {
+    pub fn reap(&self, now: Tick) {
         let expiry = self.shared.hot.expiry();
         lock(&self.shared.idle).retain(|c| !expired(c, now, expiry));
     }
@@ -389,7 +390,7 @@ impl Pool {
     /// served nobody for `server_idle_timeout`: no client holds it, no
     /// server connection is idle, opening or held. Called by the reaper,
     /// which keeps the time it first found it unused.
-    fn idle_since_long(&self, now: Instant) -> bool {
+    fn idle_since_long(&self, now: Tick) -> bool {
         let s = &self.shared;
         let unused = Arc::strong_count(s) == 1
             && lock(&s.idle).is_empty()
@@ -405,7 +406,7 @@ impl Pool {
                 *since = Some(now);
                 false
             }
-            (true, Some(t)) => now.duration_since(t) >= s.settings.load().idle_timeout,
+            (true, Some(t)) => now.since(t) >= s.settings.load().idle_timeout,
         }
     }
 
@@ -473,8 +474,8 @@ impl Pool {
 
     /// The idle connections, for `SHOW SERVERS`.
     pub fn idle_servers(&self) -> Vec<IdleServer> {
-        let now = (Instant::now(), std::time::SystemTime::now());
-        let ago = |t: Instant| now.1 - now.0.duration_since(t);
+        let now = (Tick::now(), std::time::SystemTime::now());
+        let ago = |t: Tick| now.1 - now.0.since(t);
         lock(&self.shared.idle)
             .iter()
             .map(|c| IdleServer {
@@ -544,7 +545,7 @@ impl Drop for LoadGuard {
 }
 
 /// Whether a connection has outlived its lifetime or idle timeout.
-fn expired(conn: &PooledConn, now: Instant, e: Expiry) -> bool {
+fn expired(conn: &PooledConn, now: Tick, e: Expiry) -> bool {
     e.expired(conn.created(), conn.last_used(), now)
 }
 
@@ -636,7 +637,7 @@ impl Pools {
 
     /// Runs `reap` on every pool, and drops the pools that served nobody
     /// for their `server_idle_timeout`.
-    pub fn reap_all(&self, now: Instant) {
+    pub fn reap_all(&self, now: Tick) {
         for (_, p) in self.all() {
             p.reap(now);
         }

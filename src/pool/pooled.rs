@@ -6,13 +6,13 @@
 //! checked-out handle.
 
 use std::ops::{Deref, DerefMut};
-use std::time::Instant;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::LoadGuard;
 use crate::cluster::{NodeHandle, Route};
+use crate::measure::tick::Tick;
 use crate::server::ServerConn;
 
 /// A server connection owned by a pool, idle or checked out.
@@ -35,7 +35,7 @@ pub struct PooledConn {
     /// The pool generation it was opened in; `RECONNECT` retires older ones.
     generation: u64,
     /// When it was last returned to the pool.
-    last_used: Instant,
+    last_used: Tick,
     /// A cancel may still reach it: it must serve no other client.
     close_on_return: bool,
 }
@@ -92,7 +92,7 @@ impl PooledConn {
     }
 
     /// Records that it went idle at `now`.
-    pub(super) fn set_last_used(&mut self, now: Instant) {
+    pub(super) fn set_last_used(&mut self, now: Tick) {
         self.last_used = now;
     }
 
@@ -110,7 +110,7 @@ impl PooledConn {
 
     /// When it was last returned to the pool.
     #[inline]
-    pub fn last_used(&self) -> Instant {
+    pub fn last_used(&self) -> Tick {
         self.last_used
     }
 

@@ -7,7 +7,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use crate::measure::tick::Tick;
 
 use bytes::{Buf, BytesMut};
 use postgres_protocol::message::frontend;
@@ -111,7 +113,7 @@ pub struct ServerConn {
     /// ParameterStatus values: reported at login, then kept up to date by the relay.
     params: Vec<(String, String)>,
     /// When the connection was opened.
-    created: Instant,
+    created: Tick,
     /// Wall-clock time it was opened (`SHOW SERVERS`).
     connected_at: SystemTime,
     /// Its local socket address (`SHOW SERVERS`).
@@ -167,7 +169,7 @@ impl ServerConn {
             addr: addr.into(),
             key: (0, 0),
             params: vec![],
-            created: Instant::now(),
+            created: Tick::now(),
             connected_at: SystemTime::now(),
             local,
             statements: Default::default(),
@@ -357,7 +359,7 @@ impl ServerConn {
 
     /// When the connection was opened.
     #[inline]
-    pub fn created(&self) -> Instant {
+    pub fn created(&self) -> Tick {
         self.created
     }
 
