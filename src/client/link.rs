@@ -162,8 +162,10 @@ pub(super) enum End {
     ClientGone,
     /// Shutdown reached the client between transactions.
     Shutdown,
-    /// The client broke the protocol.
-    ClientError(ClientError),
+    /// The client broke the protocol. Boxed (rare): an `End` and the
+    /// server handed back with it move several times per transaction,
+    /// and at 152 bytes each move was a call to `memcpy`.
+    ClientError(Box<ClientError>),
     /// The server connection failed.
     ServerLost(String),
     /// An operator ran `KILL` on the client's database.
@@ -174,6 +176,11 @@ pub(super) enum End {
     /// `proxy.idle_transaction_timeout`.
     IdleInTransaction,
 }
+
+// An attachment's ending and the server it hands back move a few times per
+// transaction: kept within 128 bytes, each move is a few stores rather than
+// a call to `memcpy`.
+const _: () = assert!(std::mem::size_of::<(End, Option<crate::pool::PooledConn>)>() <= 128);
 
 /// Why [`Link::pump`] returned.
 pub(super) enum Pumped {
@@ -608,7 +615,7 @@ impl Link {
                     Dir::Room(Ok(grant)) => cx.client.grant = Some(Box::new(grant)),
                     Dir::Room(Err(_)) => {
                         let max = self.max_memory;
-                        return End::ClientError(ClientError::OutOfMemory { max, fatal: true }).into();
+                        return End::ClientError(Box::new(ClientError::OutOfMemory { max, fatal: true })).into();
                     }
                 },
             }
@@ -719,8 +726,9 @@ impl Link {
             // after every read and write, and most of them bring bytes from
             // one side only.
             if !self.c_hold && !self.c_head && cx.client.buf.len() > self.c_ready {
-                self.scan_client(&cx.client.buf, max)
-                    .map_err(|e| End::ClientError(ClientError::Protocol(e.to_string())))?;
+                self.scan_client(&cx.client.buf, max).map_err(|e| {
+                    End::ClientError(Box::new(ClientError::Protocol(e.to_string())))
+                })?;
             }
             if self.c_hold {
                 // Scanned bytes before the rewritten message join the

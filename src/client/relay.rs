@@ -238,7 +238,7 @@ impl Session {
             }
             (End::ClientError(e), s) => {
                 tracing::debug!(error = %e, "client protocol error");
-                (Some(e), s)
+                (Some(*e), s)
             }
             (End::ServerLost(why), _) => return self.after_lost_server(why).await,
             (End::Released, None) => return false,
