@@ -1,8 +1,8 @@
 //! What the hot path records for metrics to read later: latency histograms
 //! (`latency`), errors sent to clients by class and origin (`errors`), and
 //! requests held for a routable node (`holds`); `window` keeps what the last
-//! minutes' percentiles need; `tick` is the clock the hot path reads. Rendering them is `metrics`'s job, at scrape
-//! time.
+//! minutes' percentiles need; `tick` is the clock the hot path reads.
+//! Rendering them is `metrics`'s job, at scrape time.
 
 pub mod errors;
 pub mod holds;
