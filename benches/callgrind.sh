@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Instructions per transaction of the proxy under callgrind, as
+# docs/benchmarks.md counts them: a throw-away PostgreSQL, the release
+# binary under valgrind, `pgbench -c 4 -j 2` through it, and the runtime
+# thread's instructions over 24,000 transactions less those over 8,000,
+# divided by 16,000 (so logins and start-up are out).
+#
+#   bash benches/callgrind.sh [BINARY] [pgbench options]
+#   bash benches/callgrind.sh target/release/switchyard -S -M extended
+#
+# Only the runtime's thread is counted (--separate-threads=yes, thread 1):
+# server logins derive SCRAM keys on tokio's blocking pool, about 21.6 M
+# instructions each, and one inside a window would move the result by
+# 1,350 per transaction. Needs valgrind, pgbench and PostgreSQL's server
+# binaries (PG_BIN, default /usr/lib/postgresql/15/bin). Run as root, it
+# runs PostgreSQL as the `postgres` user.
+set -euo pipefail
+
+bin=${1:-target/release/switchyard}
+shift || true
+args=("$@")
+[ ${#args[@]} -gt 0 ] || args=(-S)
+bin=$(realpath "$bin")
+pg_bin=${PG_BIN:-/usr/lib/postgresql/15/bin}
+pg_port=${PG_PORT:-55432}
+proxy_port=${PROXY_PORT:-56432}
+
+dir=$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)
+chmod 755 "$dir"
+as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -c "$*"; else sh -c "$*"; fi; }
+cleanup() {
+    [ -n "${vg:-}" ] && kill "$vg" 2>/dev/null && wait "$vg" 2>/dev/null
+    as_pg "$pg_bin/pg_ctl -D $dir/pg -m immediate stop" >/dev/null 2>&1 || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+[ "$(id -u)" = 0 ] && chown postgres "$dir"
+
+as_pg "$pg_bin/initdb -D $dir/pg -A trust -U postgres" >/dev/null
+cat >> "$dir/pg/postgresql.conf" <<EOF
+port = $pg_port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+password_encryption = 'scram-sha-256'
+EOF
+printf 'host all all 127.0.0.1/32 scram-sha-256\nlocal all all trust\n' > "$dir/pg/pg_hba.conf"
+as_pg "$pg_bin/pg_ctl -D $dir/pg -l $dir/pg.log -w start" >/dev/null
+psql -q -h "$dir" -p "$pg_port" -U postgres \
+    -c "ALTER USER postgres PASSWORD 'postgres'" \
+    -c "CREATE USER app PASSWORD 'app'" \
+    -c "GRANT ALL ON SCHEMA public TO app" >/dev/null
+PGPASSWORD=app pgbench -h 127.0.0.1 -p "$pg_port" -U app -i -s 10 -q postgres >/dev/null 2>&1
+
+cat > "$dir/switchyard.toml" <<EOF
+[proxy]
+listen = "127.0.0.1:$proxy_port"
+pool_mode = "transaction"
+default_pool_size = 20
+auth_type = "scram-sha-256"
+
+[[users]]
+name = "app"
+password = "app"
+
+[cluster]
+nodes = ["127.0.0.1:$pg_port"]
+user = "postgres"
+password = "postgres"
+
+[http]
+listen = "127.0.0.1:0"
+EOF
+
+valgrind --tool=callgrind --separate-threads=yes --dump-instr=no \
+    --callgrind-out-file="$dir/cg.out" "$bin" --config "$dir/switchyard.toml" \
+    > "$dir/proxy.log" 2>&1 &
+vg=$!
+for _ in $(seq 1 120); do
+    PGPASSWORD=app psql -h 127.0.0.1 -p "$proxy_port" -U app -c 'SELECT 1' postgres \
+        >/dev/null 2>&1 && break
+    sleep 1
+done
+
+run() {
+    PGPASSWORD=app pgbench -h 127.0.0.1 -p "$proxy_port" -U app -n "${args[@]}" \
+        -c 4 -j 2 -t "$1" postgres > "$dir/pgbench.$1.log" 2>&1
+}
+# Warm-up opens the pool's connections; each zero waits a moment, since
+# valgrind takes the command only when the proxy next runs.
+run 500
+callgrind_control -z "$vg" >/dev/null 2>&1; sleep 2; run 2000
+callgrind_control -d first "$vg" >/dev/null 2>&1
+callgrind_control -z "$vg" >/dev/null 2>&1; sleep 2; run 6000
+callgrind_control -d second "$vg" >/dev/null 2>&1
+
+first=$(grep -m1 '^summary' "$dir/cg.out.1-01" | awk '{print $2}')
+second=$(grep -m1 '^summary' "$dir/cg.out.2-01" | awk '{print $2}')
+echo "pgbench ${args[*]}: runtime thread $first instructions over 8000 transactions, $second over 24000"
+echo "per transaction: $(( (second - first) / 16000 ))"
