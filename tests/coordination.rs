@@ -735,3 +735,16 @@ async fn with_etcd_authentication_only_the_right_password_joins() {
     }
     drop(etcd);
 }
+
+/// The harness's etcd starts even when the port it picked is taken before
+/// etcd binds it: `free_port` finds a port free but cannot hold it, and the
+/// tests beside this one bind ports too (a CI run failed so, with
+/// "bind: address already in use").
+#[test]
+fn the_harness_etcd_moves_to_other_ports_when_its_own_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let etcd = Etcd::start_preferring(port);
+    assert_ne!(etcd.client_port(), port);
+    assert!(etcd.healthy(), "etcd answers on {}", etcd.endpoint());
+}

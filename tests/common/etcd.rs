@@ -53,8 +53,47 @@ impl Etcd {
         if tls {
             etcd.make_certificates();
         }
-        etcd.run();
+        etcd.run_on_free_ports();
         etcd
+    }
+
+    /// Starts a single member with `client_port` for its client port, or
+    /// on other ports if that one is taken: a harness check.
+    pub fn start_preferring(client_port: u16) -> Etcd {
+        let mut etcd = Etcd::unstarted("sy", false);
+        etcd.client_port = client_port;
+        etcd.run_on_free_ports();
+        etcd
+    }
+
+    /// Starts it, on fresh ports whenever one of its own was taken before
+    /// etcd could bind it: [`free_port`] only finds a port free, it cannot
+    /// hold it, and tests running beside this one bind ports too.
+    fn run_on_free_ports(&mut self) {
+        for _ in 0..START_TRIES {
+            self.spawn();
+            match self.ready() {
+                Ok(()) => return,
+                Err(log) if port_taken(&log) => {
+                    self.stop();
+                    let _ = std::fs::remove_dir_all(self.dir.join("data"));
+                    self.client_port = free_port();
+                    self.peer_port = free_port();
+                }
+                Err(log) => panic!("etcd did not become healthy:\n{log}"),
+            }
+        }
+        panic!("etcd found its ports taken {START_TRIES} times");
+    }
+
+    /// The client port etcd serves on.
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    /// Whether it answers its health check now (plain HTTP members).
+    pub fn healthy(&self) -> bool {
+        health_ok(&format!("127.0.0.1:{}", self.client_port), None)
     }
 
     /// A member with a fresh data directory and ports, not started.
@@ -143,7 +182,9 @@ impl Etcd {
 
     fn run(&mut self) {
         self.spawn();
-        self.wait_ready();
+        if let Err(log) = self.ready() {
+            panic!("etcd did not become healthy:\n{log}");
+        }
     }
 
     /// Starts the process without waiting: the members of a cluster answer
@@ -186,18 +227,27 @@ impl Etcd {
         self.child = Some(child);
     }
 
-    fn wait_ready(&self) {
+    /// Waits until it answers its health check (20 s at most). Err: its
+    /// log, once the process has exited or the time is up.
+    fn ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = format!("127.0.0.1:{}", self.client_port);
         let tls = self.tls.then(|| self.health_client());
+        let log = |dir: &PathBuf| std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default();
         while Instant::now() < deadline {
             if health_ok(&addr, tls.as_ref()) {
-                return;
+                return Ok(());
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .map(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited.unwrap_or(true) {
+                return Err(format!("(etcd exited)\n{}", log(&self.dir)));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let log = std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default();
-        panic!("etcd did not become healthy within 20 s:\n{log}");
+        Err(format!("(not healthy within 20 s)\n{}", log(&self.dir)))
     }
 }
 
@@ -225,6 +275,14 @@ impl Etcd {
 }
 
 /// `GET /health` answers `"health":"true"` (over TLS with `tls`).
+/// Starts on fresh ports before a test gives up on etcd.
+const START_TRIES: usize = 5;
+
+/// Whether etcd's log says it could not bind a port.
+fn port_taken(log: &str) -> bool {
+    log.contains("address already in use")
+}
+
 fn health_ok(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> bool {
     let req = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     fetch(addr, tls, &req).is_some_and(|answer| answer.contains("\"health\":\"true\""))
@@ -270,25 +328,35 @@ pub struct EtcdCluster {
 impl EtcdCluster {
     /// Starts three members and waits until each answers (which needs an
     /// elected leader).
+    /// A member that found a port of its own taken makes the whole
+    /// cluster start again on fresh ports (its peers know its address).
     pub fn start() -> EtcdCluster {
-        let mut members: Vec<Etcd> = (0..3)
-            .map(|i| Etcd::unstarted(&format!("sy{i}"), false))
-            .collect();
-        let initial = members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
-            .collect::<Vec<_>>()
-            .join(",");
-        let token = super::unique("sy-etcd-cluster");
-        for m in &mut members {
-            m.initial_cluster = Some(initial.clone());
-            m.token = token.clone();
-            m.spawn();
+        for _ in 0..START_TRIES {
+            let mut members: Vec<Etcd> = (0..3)
+                .map(|i| Etcd::unstarted(&format!("sy{i}"), false))
+                .collect();
+            let initial = members
+                .iter()
+                .map(|m| format!("{}={}", m.name, m.peer_url()))
+                .collect::<Vec<_>>()
+                .join(",");
+            let token = super::unique("sy-etcd-cluster");
+            for m in &mut members {
+                m.initial_cluster = Some(initial.clone());
+                m.token = token.clone();
+                m.spawn();
+            }
+            let failed: Vec<String> = members.iter_mut().filter_map(|m| m.ready().err()).collect();
+            // The others wait in vain for the member that could not bind.
+            if failed.is_empty() {
+                return EtcdCluster { members };
+            }
+            if !failed.iter().any(|log| port_taken(log)) {
+                panic!("an etcd member did not become healthy:\n{}", failed[0]);
+            }
+            // `members` drops here (stopped, removed): again on new ports.
         }
-        for m in &members {
-            m.wait_ready();
-        }
-        EtcdCluster { members }
+        panic!("etcd members found their ports taken {START_TRIES} times");
     }
 
     /// Every member's client URL, for `[coordination] endpoints`.
