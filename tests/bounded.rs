@@ -639,3 +639,35 @@ async fn large_queries_share_max_memory_and_wait_or_get_53200() {
     });
     assert_eq!(got.as_deref(), Some("2097152"));
 }
+
+/// The harness's binary starts even when a port it picked is taken before
+/// the binary binds it: `free_port` finds a port free but cannot hold it,
+/// and the tests beside this one bind ports too. The first configuration
+/// names a port that is taken; the binary exits, and is started again on
+/// fresh ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_binary_moves_to_other_ports_when_its_own_is_taken() {
+    let cluster = cluster();
+    let nodes = nodes_toml(&cluster);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    let proxy = Shipped::start_with(|addr, http| {
+        let first = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+        let listen = if first { taken_addr } else { addr };
+        format!(
+            "[proxy]\nlisten = \"{listen}\"\n{USERS}\n[cluster]\nnodes = [{nodes}]\n\
+             [http]\nlisten = \"{http}\"\n"
+        )
+    })
+    .await;
+    assert_eq!(tries.load(std::sync::atomic::Ordering::Relaxed), 2);
+    let url = proxy.url(
+        switchyard::local_cluster::APP_USER,
+        switchyard::local_cluster::APP_PASSWORD,
+        switchyard::local_cluster::APP_DB,
+    );
+    let client = common::connect(&url).await.expect("a client logs in");
+    let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}

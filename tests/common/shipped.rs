@@ -36,22 +36,60 @@ impl Shipped {
 
     /// Starts the binary with the whole configuration `toml` gives for its
     /// client and HTTP listen addresses, and waits until it routes to a
-    /// primary.
+    /// primary. A binary that exits before it is ready (a port
+    /// [`free_port`] found free was taken before the binary bound it) is
+    /// started again on fresh ports, a few times.
     pub async fn start_with(
-        toml: impl FnOnce(std::net::SocketAddr, std::net::SocketAddr) -> String,
+        toml: impl Fn(std::net::SocketAddr, std::net::SocketAddr) -> String,
     ) -> Shipped {
+        for _ in 0..START_TRIES {
+            if let Some(shipped) = Self::try_start(&toml).await {
+                return shipped;
+            }
+        }
+        panic!("the binary exited before it was ready, {START_TRIES} times");
+    }
+
+    /// One start on fresh ports; `None` when the binary exited first.
+    async fn try_start(
+        toml: &impl Fn(std::net::SocketAddr, std::net::SocketAddr) -> String,
+    ) -> Option<Shipped> {
         let dir = std::env::temp_dir().join(unique("sy_shipped"));
         std::fs::create_dir_all(&dir).unwrap();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let toml = toml(addr, http);
         let file = dir.join("switchyard.toml");
-        std::fs::write(&file, toml).unwrap();
+        std::fs::write(&file, toml(addr, http)).unwrap();
+        let child = Self::command(&file)
+            .spawn()
+            .expect("start the switchyard binary");
+        let mut shipped = Shipped {
+            child,
+            dir,
+            addr,
+            http,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if matches!(shipped.child.try_wait(), Ok(Some(_))) {
+                return None;
+            }
+            let up = tokio::net::TcpStream::connect(http).await.is_ok();
+            if up && http_request(http, "GET", "/readyz").await.0 == 200 {
+                return Some(shipped);
+            }
+            assert!(Instant::now() < deadline, "the binary never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The binary's command line for the configuration in `file`.
+    fn command(file: &std::path::Path) -> Command {
         // SWITCHYARD_BIN runs another build (the release binary, for numbers).
         let bin = std::env::var_os("SWITCHYARD_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_switchyard").into());
         let mut cmd = Command::new(bin);
-        cmd.arg("--config").arg(&file).stdout(Stdio::null());
+        cmd.arg("--config").arg(file).stdout(Stdio::null());
         cmd.stderr(match std::env::var_os("SHIPPED_LOG") {
             Some(_) => Stdio::inherit(),
             None => Stdio::null(),
@@ -73,22 +111,7 @@ impl Shipped {
                 Ok(())
             });
         }
-        let child = cmd.spawn().expect("start the switchyard binary");
-        let shipped = Shipped {
-            child,
-            dir,
-            addr,
-            http,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let up = tokio::net::TcpStream::connect(http).await.is_ok();
-            if up && http_request(http, "GET", "/readyz").await.0 == 200 {
-                return shipped;
-            }
-            assert!(Instant::now() < deadline, "the binary never became ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        cmd
     }
 
     /// The process id.
@@ -178,6 +201,9 @@ impl Shipped {
         )
     }
 }
+
+/// Starts on fresh ports before a test gives up on the binary.
+const START_TRIES: usize = 5;
 
 impl Drop for Shipped {
     fn drop(&mut self) {
