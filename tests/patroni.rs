@@ -344,6 +344,23 @@ async fn patronis_view_is_read_from_its_rest_api() {
         .unwrap();
 }
 
+/// The harness's Patroni starts even when a PostgreSQL port it picked is
+/// taken before PostgreSQL binds it: `free_port` finds a port free but
+/// cannot hold it, and the tests beside this one bind ports too. pg0's
+/// bootstrap fails (Patroni exits), pg1's replica keeps failing to start
+/// (Patroni runs on); each is started again on fresh ports.
+#[test]
+fn the_harness_patroni_moves_to_other_ports_when_its_own_are_taken() {
+    let taken = [(); 2].map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let ports = taken.each_ref().map(|t| t.local_addr().unwrap().port());
+    let patroni = PatroniCluster::start_preferring(ports);
+    for (m, port) in patroni.members.iter().zip(ports) {
+        assert_ne!(m.port, port, "{}", m.name);
+    }
+    assert_eq!(patroni.leader().as_deref(), Some("pg0"));
+    assert!(patroni.streams("pg1", "pg0"));
+}
+
 async fn put(etcd: &Etcd, key: &str, value: &str) {
     let mut client = etcd_client::Client::connect([etcd.endpoint()], None)
         .await

@@ -225,3 +225,17 @@ async fn a_dead_power_supply_of_a_pair_moves_the_primary_without_client_errors()
         assert!(!shown.contains(PASSWORD), "the BMC password leaked");
     }
 }
+
+/// The harness's emulator starts even when the port it picked is taken
+/// before the emulator binds it: `free_port` finds a port free but cannot
+/// hold it, and the tests beside this one bind ports too. The emulator
+/// exits ("Address already in use") and is started again on a fresh port.
+#[tokio::test]
+async fn the_harness_emulator_moves_to_another_port_when_its_own_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let sushy = Sushy::start_preferring(port).await;
+    assert_ne!(sushy.addr.port(), port);
+    let (code, body) = http_request(sushy.addr, "GET", "/redfish/v1").await;
+    assert_eq!(code, 200, "{body}");
+}

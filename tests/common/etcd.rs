@@ -274,7 +274,6 @@ impl Etcd {
     }
 }
 
-/// `GET /health` answers `"health":"true"` (over TLS with `tls`).
 /// Starts on fresh ports before a test gives up on etcd.
 const START_TRIES: usize = 5;
 
@@ -283,6 +282,7 @@ fn port_taken(log: &str) -> bool {
     log.contains("address already in use")
 }
 
+/// `GET /health` answers `"health":"true"` (over TLS with `tls`).
 fn health_ok(addr: &str, tls: Option<&Arc<rustls::ClientConfig>>) -> bool {
     let req = format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     fetch(addr, tls, &req).is_some_and(|answer| answer.contains("\"health\":\"true\""))

@@ -87,6 +87,18 @@ impl PatroniCluster {
     /// [`PatroniCluster::start`] with other timings; each wait is at most
     /// 60 s or three `ttl`s, whichever is longer.
     pub fn start_with(options: PatroniOptions) -> PatroniCluster {
+        PatroniCluster::launch_all(options, [free_port(), free_port()])
+    }
+
+    /// Starts with pg0's and pg1's PostgreSQL on `ports`, or on others if
+    /// those are taken: a harness check.
+    pub fn start_preferring(ports: [u16; 2]) -> PatroniCluster {
+        PatroniCluster::launch_all(PatroniOptions::SHORT, ports)
+    }
+
+    /// Starts the members, each with its PostgreSQL on its port of `ports`
+    /// (or, taken, on another).
+    fn launch_all(options: PatroniOptions, ports: [u16; 2]) -> PatroniCluster {
         assert!(
             Path::new("/usr/bin/patroni").exists(),
             "patroni is installed (apt-get install patroni python3-etcd; .ci/run does it)"
@@ -106,14 +118,11 @@ impl PatroniCluster {
             etcd: Etcd::start(),
             dir,
         };
-        for name in ["pg0", "pg1"] {
-            let member = cluster.member_config(name);
-            cluster.members.push(member);
-        }
-        cluster.launch(0);
-        cluster.wait_for("pg0 to lead", |c| c.leader().as_deref() == Some("pg0"));
-        cluster.launch(1);
-        cluster.wait_for("pg1 to stream from pg0, and Patroni to say so", |c| {
+        cluster.run_on_free_ports("pg0", ports[0], "pg0 to lead", |c| {
+            c.leader().as_deref() == Some("pg0")
+        });
+        let streams = "pg1 to stream from pg0, and Patroni to say so";
+        cluster.run_on_free_ports("pg1", ports[1], streams, |c| {
             c.streams("pg1", "pg0") && c.running() == ["pg0", "pg1"]
         });
         cluster
@@ -203,14 +212,20 @@ impl PatroniCluster {
     /// Polls `done` every 200 ms for at most 60 s (or three `ttl`s, when
     /// longer); on timeout, fails with the members' logs.
     pub fn wait_for(&self, what: &str, done: impl Fn(&PatroniCluster) -> bool) {
-        let budget = 60.max(3 * u64::from(self.options.ttl));
-        let deadline = Instant::now() + Duration::from_secs(budget);
+        let (budget, deadline) = self.deadline();
         while !done(self) {
             if Instant::now() > deadline {
                 panic!("waiting for {what}: not within {budget} s\n{}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// How long a wait lasts at most, in seconds, and when it ends if it
+    /// starts now.
+    fn deadline(&self) -> (u64, Instant) {
+        let budget = 60.max(3 * u64::from(self.options.ttl));
+        (budget, Instant::now() + Duration::from_secs(budget))
     }
 
     fn patronictl(&self, args: &[&str]) -> Result<String, String> {
@@ -280,9 +295,69 @@ impl PatroniCluster {
 }
 
 impl PatroniCluster {
-    /// Writes `name`'s configuration; nothing runs yet.
-    fn member_config(&self, name: &str) -> PatroniMember {
-        let (port, api) = (free_port(), free_port());
+    /// Starts member `name` with its PostgreSQL on `port` and waits for
+    /// `what` (`up`); on fresh ports whenever one of its own was taken
+    /// before it could bind it: [`free_port`] only finds a port free, it
+    /// cannot hold it, and tests running beside this one bind ports too.
+    fn run_on_free_ports(
+        &mut self,
+        name: &str,
+        mut port: u16,
+        what: &str,
+        up: impl Fn(&PatroniCluster) -> bool,
+    ) {
+        for _ in 0..START_TRIES {
+            let member = self.member_config(name, port, free_port());
+            self.members.push(member);
+            self.launch(self.members.len() - 1);
+            match self.ready(&up) {
+                Ok(()) => return,
+                Err(log) if port_taken(&log) => {
+                    self.kill(name);
+                    let m = self.members.pop().expect("the member just started");
+                    let _ = std::fs::remove_dir_all(&m.data_dir);
+                    let _ = std::fs::remove_file(&m.log);
+                    // A bootstrap cut short may leave its initialize key in
+                    // etcd, where the next would wait for it: a new cluster.
+                    if self.members.is_empty() {
+                        self.scope = unique("sy");
+                    }
+                    port = free_port();
+                }
+                Err(log) => panic!("waiting for {what}: {log}"),
+            }
+        }
+        panic!("Patroni's {name} found its ports taken {START_TRIES} times");
+    }
+
+    /// Waits until `up`, which the last member started brings. Err: its
+    /// log, once its Patroni has exited or the log says a port was taken
+    /// (a replica's Patroni runs on and starts PostgreSQL again and again);
+    /// the members' logs when the time is up.
+    fn ready(&mut self, up: &impl Fn(&PatroniCluster) -> bool) -> Result<(), String> {
+        let i = self.members.len() - 1;
+        let (budget, deadline) = self.deadline();
+        while !up(self) {
+            let log = std::fs::read_to_string(&self.members[i].log).unwrap_or_default();
+            let child = self.members[i].child.as_mut();
+            let exited = child.map(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited.unwrap_or(true) {
+                return Err(format!("(Patroni exited)\n{log}"));
+            }
+            if port_taken(&log) {
+                return Err(format!("(a port was taken)\n{log}"));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not within {budget} s\n{}", self.logs()));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// Writes `name`'s configuration, with PostgreSQL on `port` and the
+    /// REST API on `api`; nothing runs yet.
+    fn member_config(&self, name: &str, port: u16, api: u16) -> PatroniMember {
         let data_dir = self.dir.join(name);
         let config = self.dir.join(format!("{name}.yml"));
         let yaml = patroni_yaml(&PatroniYaml {
@@ -331,6 +406,16 @@ impl PatroniCluster {
         }
         self.members[i].child = Some(cmd.spawn().expect("start patroni"));
     }
+}
+
+/// Starts on fresh ports before a test gives up on a member.
+const START_TRIES: usize = 5;
+
+/// Whether a member's log says a port could not be bound: PostgreSQL's
+/// "could not bind IPv4 address ...: Address already in use", or Patroni's
+/// own for its REST API (`OSError: [Errno 98] Address already in use`).
+fn port_taken(log: &str) -> bool {
+    log.contains("Address already in use")
 }
 
 /// What a member's `patroni.yml` differs in.

@@ -85,10 +85,33 @@ pub struct Sushy {
 impl Sushy {
     /// Writes the mock tree and starts the emulator; returns once it answers.
     pub async fn start() -> Sushy {
+        Sushy::start_preferring(super::free_port()).await
+    }
+
+    /// Starts it on `port`, or on another if that one is taken: a harness
+    /// check. On a fresh port whenever its own was taken before the
+    /// emulator could bind it: [`super::free_port`] only finds a port free,
+    /// it cannot hold it, and tests running beside this one bind ports too.
+    pub async fn start_preferring(port: u16) -> Sushy {
+        let mut port = port;
+        for _ in 0..START_TRIES {
+            let mut sushy = Sushy::spawn(port);
+            match sushy.ready().await {
+                Ok(()) => return sushy,
+                // `sushy` drops here (killed, removed): again on a new port.
+                Err(log) if port_taken(&log) => port = super::free_port(),
+                Err(log) => panic!("sushy-static did not answer:\n{log}"),
+            }
+        }
+        panic!("sushy-static found its port taken {START_TRIES} times");
+    }
+
+    /// Writes the mock tree and starts the emulator on `port`, without
+    /// waiting.
+    fn spawn(port: u16) -> Sushy {
         let exe = sushy_static();
         let dir = std::env::temp_dir().join(super::unique("sy_redfish"));
         std::fs::create_dir_all(dir.join("mockup")).unwrap();
-        let port = super::free_port();
         let log = std::fs::File::create(dir.join("sushy.log")).unwrap();
         let child = Command::new(exe)
             .args(["--interface", "127.0.0.1", "--port", &port.to_string()])
@@ -106,7 +129,6 @@ impl Sushy {
             child,
         };
         sushy.write_all();
-        sushy.wait_ready().await;
         sushy
     }
 
@@ -120,19 +142,25 @@ impl Sushy {
         &self.dir
     }
 
-    async fn wait_ready(&self) {
+    /// Waits until it answers (15 s at most). Err: its log, once the
+    /// process has exited or the time is up.
+    async fn ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if get_status(self.addr, "/redfish/v1").await == Some(200) {
-                return;
+        let log = |dir: &Path| std::fs::read_to_string(dir.join("sushy.log")).unwrap_or_default();
+        while Instant::now() < deadline {
+            // What holds a taken port may accept and never answer; another
+            // test's emulator answers too, but its request is not in our log.
+            let root = get_status(self.addr, ROOT);
+            let answer = tokio::time::timeout(Duration::from_secs(1), root).await;
+            if answer == Ok(Some(200)) && log(&self.dir).contains("\"GET /redfish/v1 ") {
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "sushy-static did not answer within 15 s: {}",
-                std::fs::read_to_string(self.dir.join("sushy.log")).unwrap_or_default()
-            );
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return Err(format!("(sushy-static exited)\n{}", log(&self.dir)));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        Err(format!("(no answer within 15 s)\n{}", log(&self.dir)))
     }
 
     /// Power supply `i` (0..3) reports `state` and `health` from now on.
@@ -194,6 +222,15 @@ impl Drop for Sushy {
 }
 
 const ROOT: &str = "/redfish/v1";
+
+/// Starts on a fresh port before a test gives up on the emulator.
+const START_TRIES: usize = 5;
+
+/// Whether the emulator's log says it could not bind its port (Python's
+/// `OSError: [Errno 98] Address already in use`).
+fn port_taken(log: &str) -> bool {
+    log.contains("Address already in use")
+}
 
 fn id(path: &str) -> Value {
     json!({ "@odata.id": format!("{ROOT}{path}") })
