@@ -83,6 +83,17 @@ pub struct ClientStatements {
     bounds: StatementBounds,
 }
 
+/// A statement name as the maps key it: the text of a valid UTF-8 name
+/// (borrowed), else the name with its invalid bytes replaced, as the Parse
+/// that registered it was. A valid name takes one validation, not the
+/// chunked decoding of `String::from_utf8_lossy`.
+pub fn name_text(name: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(name) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(name),
+    }
+}
+
 /// The maps' hasher: a lookup by name runs for every Bind of a named
 /// statement, and std's SipHash cost more than the rest of the lookup.
 /// Seeded at random per process and per map; a client's maps are bounded
@@ -115,9 +126,11 @@ impl ClientStatements {
             .insert(name, stmt, bounds)
     }
 
-    /// The statement called `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<Statement>> {
-        self.held.as_ref()?.by_name.get(name).cloned()
+    /// The statement called `name`, as the client sent it (looked up for
+    /// every Bind: borrowed, not counted, and no text made of the name).
+    pub fn get(&self, name: &[u8]) -> Option<&Statement> {
+        let held = self.held.as_ref()?;
+        held.by_name.get(&*name_text(name)).map(|s| &**s)
     }
 
     /// Forgets `name` (Close, or its Parse failed).
@@ -229,7 +242,7 @@ mod tests {
             s.insert("a".into(), stmt(b"SELECT 3")).err(),
             Some(OverBound::Bytes(2 * one + 1))
         );
-        assert_eq!(s.get("a").unwrap().server_name, a.server_name, "unchanged");
+        assert_eq!(s.get(b"a").unwrap().server_name, a.server_name, "unchanged");
         // The last name of a text gives its bytes back.
         s.remove("c");
         s.insert("a".into(), stmt(b"SELECT 3")).unwrap();
@@ -239,6 +252,20 @@ mod tests {
             (2, 2, 2 * one)
         );
         s.clear();
-        assert!(s.held.is_none() && s.get("a").is_none());
+        assert!(s.held.is_none() && s.get(b"a").is_none());
+    }
+
+    #[test]
+    fn a_name_is_found_by_its_bytes_valid_utf8_or_not() {
+        let mut s = ClientStatements::default();
+        for name in [&b"s1"[..], "sélect".as_bytes(), b"\xffs\xfe", b""] {
+            let key: Arc<str> = Arc::from(&*name_text(name));
+            s.insert(key, Statement::new(&parse(b"", name))).unwrap();
+            let found = s.get(name).map(|st| st.server_name.clone());
+            assert_eq!(found, Some(Statement::new(&parse(b"", name)).server_name));
+        }
+        assert!(matches!(name_text(b"s1"), std::borrow::Cow::Borrowed("s1")));
+        assert_eq!(name_text(b"a\xffb"), String::from_utf8_lossy(b"a\xffb"));
+        assert!(s.get(b"s2").is_none());
     }
 }

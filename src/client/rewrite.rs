@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::expect::{Expect, Expectations, Sent};
-use super::prepared::{ClientStatements, OverBound, Statement};
+use super::prepared::{name_text, ClientStatements, OverBound, Statement};
 use super::session_state::Effects;
 use crate::error::ClientError;
 use crate::protocol::messages::extended::{
@@ -66,7 +66,7 @@ pub(super) fn known_parse(
     if !known(&stmt.server_name) {
         return None;
     }
-    Some((String::from_utf8_lossy(p.name).into(), stmt))
+    Some((Arc::from(&*name_text(p.name)), stmt))
 }
 
 /// The server side of a rewrite: what the server holds and what goes to it.
@@ -97,9 +97,9 @@ impl Upstream<'_> {
                     self.pass(frame, Sent::Bind);
                     return Effects::default();
                 };
-                match stmts.get(&String::from_utf8_lossy(name)) {
+                match stmts.get(name) {
                     Some(stmt) => {
-                        self.ensure_prepared(&stmt);
+                        self.ensure_prepared(stmt);
                         encode_bind(self.out, portal, stmt.server_name.as_bytes(), tail);
                         self.expect.push(Expect::Forward(Sent::Bind));
                         // Running it does what its text does (it may have
@@ -114,9 +114,9 @@ impl Upstream<'_> {
                     self.pass(frame, Sent::DescribePortal);
                     return Effects::default();
                 };
-                match stmts.get(&String::from_utf8_lossy(name)) {
+                match stmts.get(name) {
                     Some(stmt) => {
-                        self.ensure_prepared(&stmt);
+                        self.ensure_prepared(stmt);
                         encode_target(self.out, b'D', b'S', stmt.server_name.as_bytes());
                         self.expect.push(Expect::Forward(Sent::DescribeStatement));
                     }
@@ -127,7 +127,7 @@ impl Upstream<'_> {
                 // Close of a named statement: the client's name goes, the
                 // shared server statement stays; the proxy answers itself.
                 if let Some((_, name)) = decode_target(frame) {
-                    stmts.remove(&String::from_utf8_lossy(name));
+                    stmts.remove(&name_text(name));
                 }
                 self.expect.push(Expect::Answer(b'3'));
             }
@@ -146,8 +146,8 @@ impl Upstream<'_> {
         len: usize,
         stmts: &ClientStatements,
     ) -> Option<Effects> {
-        let stmt = stmts.get(&String::from_utf8_lossy(name))?;
-        self.ensure_prepared(&stmt);
+        let stmt = stmts.get(name)?;
+        self.ensure_prepared(stmt);
         let server = stmt.server_name.as_bytes();
         encode_bind_head(self.out, portal, server, len - name.len() + server.len());
         self.expect.push(Expect::Forward(Sent::Bind));
@@ -161,7 +161,7 @@ impl Upstream<'_> {
             self.pass(frame, Sent::Bind);
             return Effects::default();
         };
-        let client_name: Arc<str> = String::from_utf8_lossy(p.name).into();
+        let client_name: Arc<str> = Arc::from(&*name_text(p.name));
         let stmt = match stmts.insert(client_name.clone(), Statement::new(&p)) {
             Ok(stmt) => stmt,
             Err(over) => {
@@ -497,7 +497,7 @@ mod tests {
         };
         up.rewrite(&parse("s1", "SELECT 1"), &mut stmts);
         up.rewrite(&parse("s2", "SELECT 2"), &mut stmts);
-        assert!(stmts.get("s2").is_none(), "not registered");
+        assert!(stmts.get(b"s2").is_none(), "not registered");
         let mut want = parse(&sy("SELECT 1"), "SELECT 1");
         encode_bind(&mut want, b"", REFUSED, &[0; 6]);
         assert_eq!(out, want, "the refused Parse becomes a Bind that fails");
@@ -559,7 +559,9 @@ mod tests {
                 c.what
             );
             for (name, text) in c.names {
-                let got = stmts.get(name).map(|s| s.server_name.to_string());
+                let got = stmts
+                    .get(name.as_bytes())
+                    .map(|s| s.server_name.to_string());
                 assert_eq!(got, text.map(sy), "{}: client name {name}", c.what);
             }
             assert_eq!(held.len(), c.held_after.len(), "{}: held", c.what);
