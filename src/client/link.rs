@@ -201,11 +201,14 @@ impl From<End> for Pumped {
 }
 
 /// What a session keeps from one link to the next (`Link::new`,
-/// `Link::give_back`): the expectation queue's room, and the parse memo.
+/// `Link::give_back`): the expectation queue's room, the parse memo, and
+/// the synthesized buffers while small and empty.
 #[derive(Default)]
 pub(super) struct Spare {
     queue: Expectations,
     parses: ParseMemo,
+    c_synth: Synth,
+    s_synth: Synth,
 }
 
 /// The effects of the last unnamed Parse's text, and that Parse's body
@@ -373,6 +376,13 @@ impl Link {
         };
         std::mem::swap(&mut link.expect, &mut spare.queue);
         std::mem::swap(&mut link.parses, &mut spare.parses);
+        // Only a session that rewrites has any: the others skip the moves.
+        if spare.c_synth.capacity() != 0 {
+            std::mem::swap(&mut link.c_synth, &mut spare.c_synth);
+        }
+        if spare.s_synth.capacity() != 0 {
+            std::mem::swap(&mut link.s_synth, &mut spare.s_synth);
+        }
         link
     }
 
@@ -380,6 +390,12 @@ impl Link {
     pub(super) fn give_back(&mut self, spare: &mut Spare) {
         std::mem::swap(&mut self.expect, &mut spare.queue);
         std::mem::swap(&mut self.parses, &mut spare.parses);
+        if self.c_synth.capacity() != 0 {
+            spare.c_synth = std::mem::take(&mut self.c_synth).kept();
+        }
+        if self.s_synth.capacity() != 0 {
+            spare.s_synth = std::mem::take(&mut self.s_synth).kept();
+        }
     }
 
     /// Whether a statement that may change session settings went through,
@@ -1105,9 +1121,10 @@ fn note(
     }
 }
 
-/// Bytes the proxy writes itself (rewritten, injected or answered), in a
-/// buffer taken from the thread's stock when first written and given back
-/// with the link: a link rewriting a Bind per transaction allocates none.
+/// Bytes the proxy writes itself (rewritten, injected or answered). The
+/// session keeps the buffer from one link to the next while it is small
+/// and empty ([`Spare`]): a link rewriting a Bind per transaction allocates
+/// nothing and takes nothing from a stock.
 #[derive(Default)]
 struct Synth(BytesMut);
 
@@ -1124,20 +1141,30 @@ impl std::ops::DerefMut for Synth {
     }
 }
 
-impl Drop for Synth {
-    /// Only an empty buffer goes back: a link that ended mid-message drops
-    /// what it held.
-    fn drop(&mut self) {
-        if self.0.capacity() > 0 && self.0.is_empty() {
-            buffer::give(std::mem::take(&mut self.0));
+/// A new synthesized buffer's room: a rewritten Bind with the Execute and
+/// Sync behind it, a few answers.
+const SYNTH_SIZE: usize = 256;
+
+/// The largest synthesized buffer a session keeps between links: an idle
+/// session holds it, so one a large rewrite grew is freed instead.
+const SYNTH_KEEP: usize = 1024;
+
+impl Synth {
+    /// What the session keeps of it after a link: the buffer if it is empty
+    /// and small, else nothing (a link that ended mid-message drops what it
+    /// held).
+    fn kept(self) -> Synth {
+        match self.0.is_empty() && self.0.capacity() <= SYNTH_KEEP {
+            true => self,
+            false => Synth::default(),
         }
     }
 }
 
-/// `buf`, with room from the stock if it has none yet.
+/// `buf`, with room if it has none yet.
 fn synth(buf: &mut Synth) -> &mut BytesMut {
     if buf.0.capacity() == 0 {
-        buf.0 = buffer::take();
+        buf.0 = BytesMut::with_capacity(SYNTH_SIZE);
     }
     &mut buf.0
 }
@@ -1260,5 +1287,29 @@ mod tests {
         };
         link.expect.push(Expect::Answer(b'1'));
         assert!(link.settled(3, 2));
+    }
+
+    #[test]
+    fn a_session_keeps_its_synthesized_buffers_only_small_and_empty() {
+        let mut spare = Spare::default();
+        let mut link = Link::default();
+        link.give_back(&mut spare);
+        assert_eq!(spare.c_synth.capacity(), 0, "none made, none kept");
+        // A rewrite written out whole: the same allocation serves the next.
+        synth(&mut link.c_synth).extend_from_slice(b"Bind");
+        link.c_synth.clear();
+        let at = link.c_synth.as_ptr();
+        link.give_back(&mut spare);
+        assert_eq!(spare.c_synth.as_ptr(), at);
+        std::mem::swap(&mut link.c_synth, &mut spare.c_synth);
+        assert_eq!(link.c_synth.as_ptr(), at);
+        // Ended mid-message: its bytes are not sent with the next link.
+        link.s_synth.extend_from_slice(b"half");
+        link.give_back(&mut spare);
+        assert!(spare.s_synth.is_empty() && spare.s_synth.capacity() == 0);
+        // Grown past what an idle session should hold.
+        link.c_synth.reserve(4 * SYNTH_KEEP);
+        link.give_back(&mut spare);
+        assert_eq!(spare.c_synth.capacity(), 0);
     }
 }
