@@ -21,7 +21,8 @@
 //! one streaming replica, `pgbench -i -s 10`, starts the release binary with
 //! both nodes in `[cluster] nodes`, the default `[proxy] workers`,
 //! transaction mode, 20 server connections and SCRAM, and PgBouncer with the
-//! same pool and SCRAM; then runs rounds in which every workload visits the
+//! same pool and SCRAM, each proxy in a session of its own as a service
+//! runs (`os::own_session`); then runs rounds in which every workload visits the
 //! targets in an order that rotates from round to round. Around each run it
 //! reads the proxy's CPU time (utime + stime from /proc/PID/stat) and its
 //! threads' context switches (/proc/PID/task/*/status; for the in-process

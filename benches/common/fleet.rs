@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 
-use super::os::{free_port, TempDir};
+use super::os::{free_port, own_session, TempDir};
 
 /// The etcd server Debian's `etcd-server` package installs.
 const ETCD: &str = "/usr/bin/etcd";
@@ -106,7 +106,7 @@ impl ProxyProcess {
         let http_addr = format!("127.0.0.1:{http_port}");
         let file = dir.write("switchyard.toml", &config(&listen, &http_addr))?;
         let log = File::create(dir.path.join("switchyard.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        let child = own_session(&mut Command::new(env!("CARGO_BIN_EXE_switchyard")))
             .args(["--config", &file])
             .env(
                 "RUST_LOG",

@@ -31,6 +31,30 @@ pub fn lookup_user(user: &str) -> Option<(u32, u32)> {
     })
 }
 
+/// Runs `cmd` as a service runs: in a session of its own, as a systemd
+/// unit or a container's process would be, not in the benchmark's, which
+/// pgbench shares. With the kernel's autogroups (`sched_autogroup_enabled`)
+/// a session is one scheduling group: a proxy in pgbench's competes with
+/// pgbench's threads inside one share, and was measured to be preempted
+/// about twice as often per transaction as the same proxy in a session of
+/// its own (docs/benchmarks.md). PostgreSQL has one already (`pg_ctl`
+/// starts it so). The process still ends with the benchmark: a new session
+/// takes it out of reach of the terminal's Ctrl-C, so it is told when its
+/// parent dies.
+pub fn own_session(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        })
+    }
+}
+
 /// A port nothing listens on (bound, then released).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

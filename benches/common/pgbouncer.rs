@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use switchyard::local_cluster::{APP_DB, APP_USER};
 
-use super::os::{ensure_package, free_port, is_root, lookup_user, TempDir};
+use super::os::{ensure_package, free_port, is_root, lookup_user, own_session, TempDir};
 use super::tail;
 
 /// Where Debian puts PgBouncer.
@@ -100,7 +100,8 @@ impl PgBouncer {
             }
         }
         let mut cmd = Command::new(bin);
-        cmd.arg(&ini)
+        own_session(&mut cmd)
+            .arg(&ini)
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
