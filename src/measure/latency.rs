@@ -1,7 +1,7 @@
 //! Latency histograms (hdrhistogram) for queries, transactions and pool
-//! waits. Recording must not serialize the workers: each thread records into
-//! its own slot (a mutex only the scrape ever contends for), and a scrape
-//! merges the slots.
+//! waits. Recording must not serialize the workers: each thread counts into
+//! its own slot (a mutex only the scrape ever contends for), in buckets laid
+//! out as the histogram's, and a scrape merges the slots into one.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,12 +29,49 @@ pub struct Latencies {
     slots: Vec<Mutex<Slot>>,
 }
 
-/// One slot's samples. Samples of at most a microsecond (1 after
-/// clamping) are only counted: every transaction whose server was idle
-/// records a wait of 0, and a histogram's record was 56 instructions.
+/// One slot's samples: per kind, counts in the buckets of the histogram
+/// they are merged into ([`bucket`]). Recording is an index computed from
+/// the value's leading zeros and an increment: a histogram's own record
+/// (bounds, resize and min/max bookkeeping) was 56 instructions, two per
+/// transaction.
 struct Slot {
-    histograms: [Histogram<u64>; KINDS],
-    ones: [u64; KINDS],
+    counts: [Box<[u64]>; KINDS],
+}
+
+/// Values below this are their own bucket; above, each power of two
+/// `[2^k, 2^(k+1))` is split into `HALF` buckets of equal width. This is
+/// the layout of an hdrhistogram of 2 significant digits from 1 (256
+/// sub-buckets, half of them per power of two above the first).
+const EXACT: u64 = 256;
+const HALF: u64 = 128;
+/// log2(EXACT).
+const EXACT_BITS: u32 = 8;
+
+/// The bucket of `micros` (at most [`MAX_MICROS`]). Pure.
+fn bucket(micros: u64) -> usize {
+    if micros < EXACT {
+        return micros as usize;
+    }
+    let k = 63 - micros.leading_zeros();
+    let sub = (micros >> (k - 7)) - HALF;
+    (EXACT + u64::from(k - EXACT_BITS) * HALF + sub) as usize
+}
+
+/// The lowest value of bucket `i`: what a merge records its count as,
+/// which falls in the same bucket of the merged histogram. Pure.
+fn bucket_floor(i: usize) -> u64 {
+    let i = i as u64;
+    if i < EXACT {
+        return i;
+    }
+    let k = EXACT_BITS as u64 + (i - EXACT) / HALF;
+    let sub = (i - EXACT) % HALF;
+    (HALF + sub) << (k - 7)
+}
+
+/// Buckets up to [`MAX_MICROS`].
+fn buckets() -> usize {
+    bucket(MAX_MICROS) + 1
 }
 
 impl Default for Latencies {
@@ -53,8 +90,7 @@ impl Latencies {
         let slots = (0..n.max(1).next_power_of_two())
             .map(|_| {
                 Mutex::new(Slot {
-                    histograms: std::array::from_fn(|_| new_histogram()),
-                    ones: [0; KINDS],
+                    counts: std::array::from_fn(|_| vec![0; buckets()].into_boxed_slice()),
                 })
             })
             .collect();
@@ -75,11 +111,12 @@ impl Latencies {
         let slot = &self.slots[thread_slot() & (self.slots.len() - 1)];
         let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
         for &(kind, micros) in samples {
-            if micros <= 1 {
-                slot.ones[kind as usize] += 1;
-            } else {
-                // Clamped to the histogram's range, so recording cannot fail.
-                let _ = slot.histograms[kind as usize].record(micros.min(MAX_MICROS));
+            // 0 counts as 1, the histogram's lowest value; beyond its
+            // range, as its highest.
+            let i = bucket(micros.clamp(1, MAX_MICROS));
+            let counts = &mut slot.counts[kind as usize];
+            if let Some(c) = counts.get_mut(i) {
+                *c += 1;
             }
         }
     }
@@ -89,11 +126,11 @@ impl Latencies {
         let mut out = new_histogram();
         for slot in &self.slots {
             let slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-            // Same bounds and precision everywhere: adding cannot fail.
-            let _ = out.add(&slot.histograms[kind as usize]);
-            let ones = slot.ones[kind as usize];
-            if ones > 0 {
-                let _ = out.record_n(1, ones);
+            for (i, &n) in slot.counts[kind as usize].iter().enumerate() {
+                if n > 0 {
+                    // Within the histogram's range: recording cannot fail.
+                    let _ = out.record_n(bucket_floor(i), n);
+                }
             }
         }
         out
@@ -148,6 +185,27 @@ mod tests {
         assert_eq!(l.merged(Kind::Wait).len(), 1);
         assert_eq!(l.merged(Kind::Transaction).len(), 0);
         assert_eq!(l.merged(Kind::Transaction).max(), 0);
+    }
+
+    #[test]
+    fn the_buckets_are_the_merged_histograms() {
+        let h = new_histogram();
+        let mut values: Vec<u64> = (1..5000).collect();
+        for k in 8..32 {
+            let p = 1u64 << k;
+            values.extend([p - 1, p, p + 1, p + p / 3, 2 * p - 1]);
+        }
+        values.retain(|&v| v <= MAX_MICROS);
+        values.extend([MAX_MICROS - 1, MAX_MICROS]);
+        for v in values {
+            let i = bucket(v);
+            assert_eq!(bucket_floor(i), h.lowest_equivalent(v), "{v}");
+            assert!(i < buckets(), "{v}");
+            if v > 1 {
+                assert!(bucket(v - 1) <= i, "monotonic at {v}");
+            }
+        }
+        assert_eq!(buckets(), bucket(MAX_MICROS) + 1);
     }
 
     #[test]
