@@ -147,7 +147,7 @@ mod tests {
 
     #[test]
     fn queries_and_transactions_are_counted_at_their_end() {
-        let lat = Latencies::with_slots(1);
+        let lat = Latencies::default();
         let mut m = Meter::new(true);
         // BEGIN; SELECT; COMMIT as three simple queries.
         for status in [b'T', b'T', b'I'] {
@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn a_query_starts_at_the_time_its_checkout_read() {
-        let lat = Latencies::with_slots(1);
+        let lat = Latencies::default();
         let mut m = Meter::new(true);
         let at = Tick::now();
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn a_checkout_that_served_no_query_is_still_counted() {
-        let lat = Latencies::with_slots(1);
+        let lat = Latencies::default();
         let mut m = Meter::new(true);
         m.started_at(Tick::now());
         m.finish(&lat);
@@ -200,7 +200,7 @@ mod tests {
 
     #[test]
     fn off_records_nothing() {
-        let lat = Latencies::with_slots(1);
+        let lat = Latencies::default();
         let mut m = Meter::new(false);
         m.request(0);
         m.bytes(true, 10);

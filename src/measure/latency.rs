@@ -1,11 +1,12 @@
 //! Latency histograms (hdrhistogram) for queries, transactions and pool
 //! waits. Recording must not serialize the workers: each thread counts into
-//! its own slot (a mutex only the scrape ever contends for), in buckets laid
-//! out as the histogram's, and a scrape merges the slots into one.
+//! its own shard (`measure::shard`: a load and a store per sample, no lock),
+//! in buckets laid out as the histogram's, and a scrape merges the shards
+//! into one.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::shard::{self, SHARDS};
 
 use hdrhistogram::Histogram;
 
@@ -24,9 +25,9 @@ const KINDS: usize = 3;
 /// Samples are microseconds, clamped to one hour.
 pub(crate) const MAX_MICROS: u64 = 3_600_000_000;
 
-/// Per-worker histograms, merged when read.
+/// Per-thread histograms, merged when read.
 pub struct Latencies {
-    slots: Vec<Mutex<Slot>>,
+    slots: Box<[Slot]>,
 }
 
 /// One slot's samples: per kind, counts in the buckets of the histogram
@@ -35,7 +36,7 @@ pub struct Latencies {
 /// (bounds, resize and min/max bookkeeping) was 56 instructions, two per
 /// transaction.
 struct Slot {
-    counts: [Box<[u64]>; KINDS],
+    counts: [Box<[AtomicU64]>; KINDS],
 }
 
 /// Values below this are their own bucket; above, each power of two
@@ -76,47 +77,37 @@ fn buckets() -> usize {
 
 impl Default for Latencies {
     fn default() -> Self {
-        // More slots than worker threads: blocking-pool threads that record
-        // rarely share a slot with a worker only by chance.
-        let workers = std::thread::available_parallelism().map_or(4, |n| n.get());
-        Latencies::with_slots(workers * 4)
-    }
-}
-
-impl Latencies {
-    /// Histograms with `n` recording slots.
-    pub fn with_slots(n: usize) -> Latencies {
-        // A power of two, so a thread's slot is a mask away, not a division.
-        let slots = (0..n.max(1).next_power_of_two())
-            .map(|_| {
-                Mutex::new(Slot {
-                    counts: std::array::from_fn(|_| vec![0; buckets()].into_boxed_slice()),
-                })
+        let slots = (0..SHARDS)
+            .map(|_| Slot {
+                counts: std::array::from_fn(|_| {
+                    (0..buckets()).map(|_| AtomicU64::new(0)).collect()
+                }),
             })
             .collect();
         Latencies { slots }
     }
+}
 
+impl Latencies {
     /// Records one sample of `micros` into this thread's slot.
     pub fn record(&self, kind: Kind, micros: u64) {
         self.record_all(&[(kind, micros)]);
     }
 
     /// Records several samples (a query and the transaction it ended)
-    /// under one lock of this thread's slot.
+    /// into this thread's slot.
     pub fn record_all(&self, samples: &[(Kind, u64)]) {
         if samples.is_empty() {
             return;
         }
-        let slot = &self.slots[thread_slot() & (self.slots.len() - 1)];
-        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let shard = shard::mine();
+        let slot = &self.slots[shard.index];
         for &(kind, micros) in samples {
             // 0 counts as 1, the histogram's lowest value; beyond its
             // range, as its highest.
             let i = bucket(micros.clamp(1, MAX_MICROS));
-            let counts = &mut slot.counts[kind as usize];
-            if let Some(c) = counts.get_mut(i) {
-                *c += 1;
+            if let Some(c) = slot.counts[kind as usize].get(i) {
+                shard::add(c, 1, shard);
             }
         }
     }
@@ -125,8 +116,8 @@ impl Latencies {
     pub fn merged(&self, kind: Kind) -> Histogram<u64> {
         let mut out = new_histogram();
         for slot in &self.slots {
-            let slot = slot.lock().unwrap_or_else(|e| e.into_inner());
-            for (i, &n) in slot.counts[kind as usize].iter().enumerate() {
+            for (i, n) in slot.counts[kind as usize].iter().enumerate() {
+                let n = n.load(Ordering::Relaxed);
                 if n > 0 {
                     // Within the histogram's range: recording cannot fail.
                     let _ = out.record_n(bucket_floor(i), n);
@@ -142,30 +133,16 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_MICROS, 2).expect("static histogram bounds are valid")
 }
 
-/// A small per-thread index, assigned on first use.
-fn thread_slot() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: Cell<Option<usize>> = const { Cell::new(None) };
-    }
-    SLOT.with(|s| match s.get() {
-        Some(i) => i,
-        None => {
-            let i = NEXT.fetch_add(1, Ordering::Relaxed);
-            s.set(Some(i));
-            i
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// More threads than shards: the owners' samples and those of the
+    /// threads that share the last shard all count.
     #[test]
     fn samples_from_many_threads_merge() {
-        let l = std::sync::Arc::new(Latencies::with_slots(3));
-        let threads: Vec<_> = (0..6)
+        let l = std::sync::Arc::new(Latencies::default());
+        let threads: Vec<_> = (0..2 * SHARDS as u64)
             .map(|t| {
                 let l = l.clone();
                 std::thread::spawn(move || {
@@ -180,8 +157,9 @@ mod tests {
         }
         l.record(Kind::Wait, 0); // clamped, not lost
         let q = l.merged(Kind::Query);
-        assert_eq!(q.len(), 600);
-        assert!(q.value_at_quantile(0.5) >= 3000 && q.value_at_quantile(0.5) <= 4200);
+        assert_eq!(q.len(), 100 * 2 * SHARDS as u64);
+        let median = q.value_at_quantile(0.5);
+        assert!((8000..=9200).contains(&median), "{median}");
         assert_eq!(l.merged(Kind::Wait).len(), 1);
         assert_eq!(l.merged(Kind::Transaction).len(), 0);
         assert_eq!(l.merged(Kind::Transaction).max(), 0);
@@ -210,7 +188,7 @@ mod tests {
 
     #[test]
     fn samples_of_0_and_1_count_as_1_beside_the_others() {
-        let l = Latencies::with_slots(2);
+        let l = Latencies::default();
         for micros in [0, 1, 1, 0, 5, 2, 7_000_000_000] {
             l.record(Kind::Wait, micros);
         }

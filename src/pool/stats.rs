@@ -1,11 +1,14 @@
 //! Per-pool traffic counters, the numbers behind PgBouncer's `SHOW STATS`
 //! and the `switchyard_*_total` metrics. A client sums its own [`Tally`]
 //! while it holds a server and adds it here once per transaction, so the hot
-//! path touches shared atomics once per transaction, not once per message.
+//! path touches shared counters once per transaction, not once per message;
+//! and into its thread's shard of them, without atomic read-modify-writes.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
+
+use crate::measure::shard::{self, Padded, SHARDS};
 
 /// What one client did during one attachment to a server.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +43,8 @@ pub type Totals = Tally;
 /// Shared counters of one pool.
 #[derive(Debug)]
 pub struct PoolStats {
-    counters: [AtomicU64; 11],
+    /// The totals, per thread that adds (see `measure::shard`).
+    counters: Box<[Padded<[AtomicU64; 11]>; SHARDS]>,
     /// Clients pinned to a server connection, ever, by reason (rare: a
     /// mutex is fine).
     pinned: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
@@ -60,7 +64,7 @@ struct Averaging {
 impl Default for PoolStats {
     fn default() -> Self {
         PoolStats {
-            counters: Default::default(),
+            counters: Box::default(),
             pinned: Default::default(),
             averages: Mutex::new(Averaging {
                 at: Instant::now(),
@@ -147,9 +151,10 @@ impl PoolStats {
         if tally.is_empty() {
             return;
         }
-        for (c, v) in self.counters.iter().zip(tally.fields()) {
+        let shard = shard::mine();
+        for (c, v) in self.counters[shard.index].0.iter().zip(tally.fields()) {
             if v != 0 {
-                c.fetch_add(v, Ordering::Relaxed);
+                shard::add(c, v, shard);
             }
         }
         *tally = Tally::default();
@@ -158,7 +163,10 @@ impl PoolStats {
     /// Totals so far.
     pub fn totals(&self) -> Totals {
         Tally::from_fields(std::array::from_fn(|i| {
-            self.counters[i].load(Ordering::Relaxed)
+            self.counters
+                .iter()
+                .map(|s| s.0[i].load(Ordering::Relaxed))
+                .sum()
         }))
     }
 
