@@ -31,7 +31,7 @@ use crate::protocol::messages::backend;
 use crate::protocol::FrameError;
 use crate::server::settings::{Setting, SettingSet};
 use crate::server::{channel, send_cancel, ConnectError, ServerConn};
-use crate::sessions::cancel::{CancelGuard, CancelTarget};
+use crate::sessions::cancel::CancelGuard;
 use crate::sessions::registry::{ClientState, Interrupt, Linked, Registration};
 
 /// A logged-in client.
@@ -385,7 +385,7 @@ impl Session {
         if let Some((s, at)) = self.pool.checkout_now() {
             // Counted by the meter of the attachment it serves, or by
             // `count_unserved` when it serves none.
-            self.reg.info.set(ClientState::Active, Some(linked(&s)));
+            self.reg.info.activate(s.addr(), |addr| linked(addr, &s));
             return Ok((s, Some(at)));
         }
         info.set(ClientState::Waiting, None);
@@ -403,7 +403,7 @@ impl Session {
 
     /// Shows and counts a checkout that waited `waited` µs.
     fn checked_out(&self, s: &ServerConn, waited: u64) {
-        self.reg.info.set(ClientState::Active, Some(linked(s)));
+        self.reg.info.activate(s.addr(), |addr| linked(addr, s));
         self.count_checkout(waited);
     }
 
@@ -562,11 +562,8 @@ impl Session {
         mut server: PooledConn,
         started: Option<Tick>,
     ) -> (End, Option<PooledConn>) {
-        self.cancel.attach(CancelTarget {
-            addr: server.addr().clone(),
-            key: server.key(),
-            tls: server.stream().is_tls(),
-        });
+        self.cancel
+            .attach(server.addr(), server.key(), server.stream().is_tls());
         let mut meter = Meter::new(self.ctx.record_metrics());
         if let Some(at) = started {
             meter.started_at(at);
@@ -755,9 +752,9 @@ fn idle_front(buf: &[u8], max: usize, rewrite: bool) -> Result<Front, FrameError
 }
 
 /// How `SHOW SERVERS` shows a server connection held by a client.
-fn linked(s: &ServerConn) -> Linked {
+fn linked(addr: Arc<str>, s: &ServerConn) -> Linked {
     Linked {
-        addr: s.addr().clone(),
+        addr,
         local: s.local(),
         pid: s.key().0,
         connected_at: s.connected_at(),

@@ -41,8 +41,12 @@ struct Slot {
 
 #[derive(Default)]
 struct SlotState {
-    /// The server running the client's query, if any.
+    /// The server running the client's query, while `attached`. Kept after
+    /// a detach: the next attachment, most often to the same node, then
+    /// reuses its address instead of cloning it (an atomic count each way).
     target: Option<CancelTarget>,
+    /// Whether a query runs on `target`.
+    attached: bool,
     /// Cancels looked up and not yet ended.
     sending: u32,
     /// A cancel ended without knowing whether PostgreSQL got it: it may
@@ -131,7 +135,7 @@ impl CancelMap {
         };
         let target = {
             let mut state = slot.lock();
-            let target = state.target.clone()?;
+            let target = state.target.clone().filter(|_| state.attached)?;
             state.sending += 1;
             target
         };
@@ -144,9 +148,21 @@ impl CancelMap {
 }
 
 impl CancelGuard {
-    /// Points cancels at the server connection now serving the client.
-    pub fn attach(&self, target: CancelTarget) {
-        self.slot.lock().target = Some(target);
+    /// Points cancels at the server connection now serving the client:
+    /// at `addr`, with the connection's own `key`, encrypted if `tls`.
+    pub fn attach(&self, addr: &Arc<str>, key: (i32, i32), tls: bool) {
+        let mut state = self.slot.lock();
+        match &mut state.target {
+            Some(t) if Arc::ptr_eq(&t.addr, addr) => (t.key, t.tls) = (key, tls),
+            t => {
+                *t = Some(CancelTarget {
+                    addr: addr.clone(),
+                    key,
+                    tls,
+                })
+            }
+        }
+        state.attached = true;
     }
 
     /// Points cancels nowhere. `Some` if cancels looked up before are still
@@ -154,7 +170,7 @@ impl CancelGuard {
     /// serves anyone else.
     pub fn detach(&self) -> Option<Unsettled> {
         let mut state = self.slot.lock();
-        state.target = None;
+        state.attached = false;
         (state.sending > 0 || state.doubtful).then(|| Unsettled(self.slot.clone()))
     }
 }
@@ -222,26 +238,29 @@ mod tests {
             map.lookup(g.pid, g.secret).is_none(),
             "no query running yet"
         );
-        g.attach(CancelTarget {
-            addr: "h:1".into(),
-            key: (5, 6),
-            tls: false,
-        });
+        let addr: Arc<str> = "h:1".into();
+        g.attach(&addr, (5, 6), false);
         let found = map.lookup(g.pid, g.secret).map(|s| s.target().key);
         assert_eq!(found, Some((5, 6)));
+        g.detach();
+        assert!(map.lookup(g.pid, g.secret).is_none(), "detached");
+        // The next attachment's key and address, whether the node is the
+        // last one's or another.
+        g.attach(&addr, (7, 8), true);
+        let found = map.lookup(g.pid, g.secret).map(|s| s.target().clone());
+        assert_eq!(found.map(|t| (t.key, t.tls)), Some(((7, 8), true)));
+        g.detach();
+        g.attach(&"h:2".into(), (9, 10), false);
+        let found = map.lookup(g.pid, g.secret).map(|s| s.target().clone());
+        assert_eq!(
+            found.map(|t| (t.addr, t.key)),
+            Some(("h:2".into(), (9, 10)))
+        );
         assert!(map.lookup(g.pid, g.secret.wrapping_add(1)).is_none());
         assert!(map.lookup(g.pid ^ 1, g.secret).is_none());
         let pid = g.pid;
         drop(g);
         assert!(map.map.get(&pid).is_none());
-    }
-
-    fn target() -> CancelTarget {
-        CancelTarget {
-            addr: "h:1".into(),
-            key: (5, 6),
-            tls: false,
-        }
     }
 
     /// How a cancel looked up while the client was attached ends, and
@@ -271,7 +290,7 @@ mod tests {
             (&[SettledBefore, DoubtfulAfter], Some(false)),
         ];
         for (ends, want) in cases {
-            g.attach(target());
+            g.attach(&"h:1".into(), (5, 6), false);
             let mut after = Vec::new();
             for &end in ends {
                 let s = map.lookup(g.pid, g.secret).expect("attached: a target");

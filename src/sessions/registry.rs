@@ -5,9 +5,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
@@ -80,10 +80,17 @@ pub struct ClientInfo {
     /// disconnected.
     killed: AtomicBool,
     /// The client's task, woken by `KILL` and by the proxy's shutdown. A
-    /// waker slot of its own, not a cancellation token's waiter list: the
-    /// task registers at each wait of every transaction, and this costs
-    /// two atomics where a token's list takes locks and allocations.
+    /// waker slot of its own, not a cancellation token's waiter list (its
+    /// locks and allocations).
     wake: AtomicWaker,
+    /// Wakes of `wake` so far: each takes the waker out of the slot.
+    rings: AtomicUsize,
+    /// The waker the client's task last put in `wake` (its data and vtable
+    /// pointers) and `rings` then. Written by that task alone, so plain
+    /// stores: the task registers again only when its waker changed or a
+    /// wake took it, not at every wait (two atomic read-modify-writes a
+    /// registration, at three waits per transaction).
+    registered: [AtomicUsize; 3],
     state: AtomicU8,
     pinned: std::sync::OnceLock<&'static str>,
     /// Unix µs of the last state change (request_time / wait start).
@@ -117,10 +124,56 @@ impl ClientInfo {
         self.since_us.store(coarse_unix_micros(), Ordering::Relaxed);
     }
 
+    /// Moves to `Active` on the server at `addr` that `link` describes
+    /// (given the address to hold). The address of the last link is reused
+    /// when it is the same node's, as it nearly always is: no atomic count
+    /// to clone it, nor to drop the old one.
+    pub fn activate(&self, addr: &Arc<str>, link: impl FnOnce(Arc<str>) -> Linked) {
+        {
+            let mut held = self.link.lock().unwrap_or_else(|e| e.into_inner());
+            let same = held.take().map(|l| l.addr).filter(|a| Arc::ptr_eq(a, addr));
+            *held = Some(link(same.unwrap_or_else(|| addr.clone())));
+        }
+        self.state
+            .store(ClientState::Active as u8, Ordering::Release);
+        self.since_us.store(coarse_unix_micros(), Ordering::Relaxed);
+    }
+
     /// `KILL`: the client's task is woken and ends the session.
     fn kill(&self) {
         self.killed.store(true, Ordering::Release);
+        self.ring();
+    }
+
+    /// Wakes the client's task. Counted before the waker is taken: a task
+    /// that reads the count unchanged still has its waker in the slot (a
+    /// wake after the read finds it there).
+    fn ring(&self) {
+        self.rings.fetch_add(1, Ordering::AcqRel);
         self.wake.wake();
+    }
+
+    /// Makes sure `waker` is in the slot that `KILL` and shutdown wake.
+    /// Called by the client's task alone (see `registered`).
+    fn watch(&self, waker: &Waker) {
+        let rings = self.rings.load(Ordering::Acquire);
+        let mine = [
+            waker.data() as usize,
+            std::ptr::from_ref(waker.vtable()) as usize,
+            rings,
+        ];
+        if self
+            .registered
+            .iter()
+            .zip(mine)
+            .all(|(r, m)| r.load(Ordering::Relaxed) == m)
+        {
+            return;
+        }
+        self.wake.register(waker);
+        for (r, m) in self.registered.iter().zip(mine) {
+            r.store(m, Ordering::Relaxed);
+        }
     }
 
     /// Whether `KILL` reached the client.
@@ -128,11 +181,11 @@ impl ClientInfo {
         self.killed.load(Ordering::Acquire)
     }
 
-    /// Ready once `KILL` reaches the client. Every poll registers the
-    /// task (two atomics when its waker is unchanged), then looks.
+    /// Ready once `KILL` reaches the client. To be polled by the client's
+    /// own task only (see `registered`).
     pub fn killed(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
-            self.wake.register(cx.waker());
+            self.watch(cx.waker());
             if self.is_killed() {
                 Poll::Ready(())
             } else {
@@ -241,7 +294,7 @@ impl Registration {
     /// Ready once the proxy shuts down or `KILL` reaches the client.
     pub fn interrupted(&self) -> impl Future<Output = Interrupt> + '_ {
         std::future::poll_fn(move |cx| {
-            self.info.wake.register(cx.waker());
+            self.info.watch(cx.waker());
             if self.stopping() {
                 Poll::Ready(Interrupt::Shutdown)
             } else if self.info.is_killed() {
@@ -274,6 +327,8 @@ impl Registry {
             application_name: a.application_name,
             killed: AtomicBool::new(false),
             wake: AtomicWaker::new(),
+            rings: AtomicUsize::new(0),
+            registered: Default::default(),
             state: AtomicU8::new(ClientState::Idle as u8),
             pinned: Default::default(),
             since_us: AtomicU64::new(unix_micros(now)),
@@ -299,7 +354,7 @@ impl Registry {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         for c in self.clients.iter() {
-            c.wake.wake();
+            c.ring();
         }
     }
 
@@ -420,5 +475,86 @@ mod tests {
         assert!(!b.is_finished());
         reg.stop();
         assert_eq!(b.await.unwrap(), Interrupt::Shutdown);
+    }
+
+    /// A wake takes the task's waker out of the slot: the next wait puts
+    /// it back, though the task and its waker are the same, and a later
+    /// `KILL` still wakes it. Waits that follow one another, as in every
+    /// transaction, register once.
+    #[tokio::test]
+    async fn a_wait_after_a_wake_registers_again() {
+        let reg = Arc::new(Registry::default());
+        let r = reg.register(arrival_to("app"));
+        let info = r.info.clone();
+        // The wait of a session mode client in a transaction: shutdown
+        // wakes it, and it waits on for `KILL`.
+        let task = tokio::spawn(async move { r.info.killed().await });
+        let settle = || tokio::time::sleep(std::time::Duration::from_millis(20));
+        settle().await;
+        let registered = info.registered[2].load(Ordering::Relaxed);
+        reg.stop();
+        settle().await;
+        assert!(!task.is_finished());
+        // The task saw the wake and registered anew, counting it.
+        assert_eq!(info.registered[2].load(Ordering::Relaxed), registered + 1);
+        reg.kill_database("app");
+        let finished = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        finished.expect("KILL woke the task").unwrap();
+    }
+
+    #[tokio::test]
+    async fn waits_that_follow_one_another_register_once() {
+        let reg = Arc::new(Registry::default());
+        let r = reg.register(arrival_to("app"));
+        for _ in 0..3 {
+            // Polled once each, as a `select!` polls its branches.
+            let mut wait = std::pin::pin!(r.interrupted());
+            let waker = futures_util::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        let seen = r
+            .info
+            .registered
+            .each_ref()
+            .map(|a| a.load(Ordering::Relaxed));
+        let waker = futures_util::task::noop_waker();
+        assert_eq!(seen[0], waker.data() as usize);
+        assert_eq!(seen[2], 0);
+        // A wake takes it: the next wait registers again.
+        reg.stop();
+        let mut wait = std::pin::pin!(r.interrupted());
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(r.info.registered[2].load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_activation_shows_its_server_and_keeps_the_address_of_the_same_node() {
+        let reg = Arc::new(Registry::default());
+        let r = reg.register(arrival("a"));
+        let link = |addr: Arc<str>, pid| Linked {
+            addr,
+            local: None,
+            pid,
+            connected_at: SystemTime::UNIX_EPOCH,
+            prepared: 0,
+        };
+        let (one, two): (Arc<str>, Arc<str>) = ("h:1".into(), "h:2".into());
+        r.info.activate(&one, |a| link(a, 10));
+        assert_eq!(r.info.state(), ClientState::Active);
+        assert_eq!(r.info.link().map(|l| l.pid), Some(10));
+        r.info.set(ClientState::Idle, None);
+        assert!(r.info.link().is_none(), "idle: no server shown");
+        // Another server of the same node: the address held is reused.
+        r.info.activate(&one.clone(), |a| link(a, 11));
+        let shown = r.info.link().unwrap();
+        assert_eq!((shown.pid, &*shown.addr), (11, "h:1"));
+        assert_eq!(Arc::strong_count(&one), 3, "ours, the entry's, `shown`");
+        drop(shown);
+        r.info.activate(&two, |a| link(a, 12));
+        let shown = r.info.link().unwrap();
+        assert_eq!((shown.pid, &*shown.addr), (12, "h:2"));
+        assert_eq!(Arc::strong_count(&one), 1, "the old node's address let go");
     }
 }
