@@ -4,7 +4,7 @@
 //! (drain), and it is no longer probed, routed to or shown. Added nodes get a
 //! new slot at the end; the monitor starts probing them at its next tick.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::error::MembershipError;
@@ -15,7 +15,12 @@ use crate::events::EventKind;
 /// Per-node state shared with the pools.
 pub(super) struct Slot {
     pub(super) addr: Arc<str>,
+    /// Changed only through [`Slot::change`], which keeps `current` in step.
     pub(super) incarnation: Mutex<Incarnation>,
+    /// The incarnation's epoch, doubled, plus one if the node may not be
+    /// routed to (fenced or removed): what every checkout and checkin
+    /// reads, in one load instead of the lock (two atomic read-modify-writes).
+    current: AtomicU64,
     /// Server connections checked out (for least-outstanding replica choice, drains).
     pub(super) load: AtomicUsize,
     /// The last hardware verdict (`unknown` until probed or without a probe).
@@ -31,11 +36,30 @@ impl Slot {
         Arc::new(Slot {
             addr: Arc::from(node.addr.as_str()),
             incarnation: Mutex::new(Incarnation::new()),
+            current: AtomicU64::new(0),
             load: AtomicUsize::new(0),
             hardware: Mutex::new(hardware::Verdict::unknown("no hardware probe configured")),
             probe_now: tokio::sync::Notify::new(),
             watched: AtomicBool::new(false),
         })
+    }
+}
+
+impl Slot {
+    /// Changes the incarnation under its lock, and publishes the result.
+    pub(super) fn change<R>(&self, f: impl FnOnce(&mut Incarnation) -> R) -> R {
+        let mut inc = lock(&self.incarnation);
+        let r = f(&mut inc);
+        let blocked = inc.fenced || inc.removed;
+        self.current
+            .store(inc.epoch << 1 | u64::from(blocked), Ordering::Release);
+        r
+    }
+
+    /// The current incarnation's epoch, and whether the node may be routed to.
+    pub(super) fn current(&self) -> (u64, bool) {
+        let c = self.current.load(Ordering::Acquire);
+        (c >> 1, c & 1 == 0)
     }
 }
 
@@ -135,9 +159,10 @@ impl Cluster {
     /// at their next checkout, busy ones when their transaction ends.
     fn remove(&self, node: usize) {
         let slot = self.slot(node);
-        let mut inc = lock(&slot.incarnation);
-        inc.removed = true;
-        inc.epoch += 1;
+        slot.change(|inc| {
+            inc.removed = true;
+            inc.epoch += 1;
+        });
     }
 
     /// Claims the hardware watcher of `node`; false when one already runs.
@@ -182,8 +207,45 @@ mod tests {
                 "{target:?} routed to {:?}",
                 route.map(|r| r.node)
             );
+            assert_eq!(cluster.route_key(target), None, "{target:?}");
         }
         assert_eq!(cluster.route(Target::Primary).map(|r| r.node), Some(0));
+    }
+
+    /// The key a checkout picks an idle connection by (read without the
+    /// incarnation's lock) names what a route names, through fences,
+    /// retirements and their ends; a connection of an older incarnation
+    /// is not current.
+    #[test]
+    fn the_checkout_key_follows_the_route_through_fences_and_retirements() {
+        use crate::config::Target;
+        let cluster = Cluster::new(
+            vec![node("a", "h:1")],
+            Arc::new(crate::events::Events::new(8)),
+        );
+        cluster.publish(super::super::Snapshot {
+            primary: Some(0),
+            replicas: vec![],
+            usable: vec![0],
+        });
+        let key = |c: &Cluster| c.route_key(Target::Primary).map(|k| (k.node, k.epoch));
+        let route = |c: &Cluster| c.route(Target::Primary).map(|r| (r.node, r.epoch));
+        assert_eq!(key(&cluster), Some((0, 0)));
+        let handle = cluster.route(Target::Primary).unwrap().handle;
+        cluster.retire(0);
+        assert_eq!(
+            (key(&cluster), route(&cluster)),
+            (Some((0, 1)), Some((0, 1)))
+        );
+        assert!(!handle.is_current(0) && handle.is_current(1));
+        assert!(cluster.fence(0));
+        assert_eq!((key(&cluster), route(&cluster)), (None, None));
+        assert!(handle.is_current(2), "a fence retires the connections");
+        cluster.unfence(0);
+        assert_eq!(
+            (key(&cluster), route(&cluster)),
+            (Some((0, 2)), Some((0, 2)))
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl NodeHandle {
 
     /// Whether incarnation `epoch` is the node's current one.
     pub fn is_current(&self, epoch: u64) -> bool {
-        lock(&self.0.incarnation).epoch == epoch
+        self.0.current().0 == epoch
     }
 }
 
@@ -182,6 +182,16 @@ pub(crate) struct Readmit {
 struct Routing {
     snap: Arc<Snapshot>,
     slots: Arc<Vec<Arc<membership::Slot>>>,
+}
+
+/// The node `target` routes to in `routing`, if any.
+fn pick(routing: &Routing, target: Target) -> Option<usize> {
+    let (snap, slots) = (&routing.snap, &routing.slots);
+    match target {
+        Target::Primary => snap.primary,
+        Target::Replica => least_loaded(slots, &snap.replicas).or(snap.primary),
+        Target::Any => least_loaded(slots, &snap.usable).or(snap.primary),
+    }
 }
 
 /// Of `candidates`, the node with the fewest checked-out connections (the
@@ -325,10 +335,11 @@ impl Cluster {
     /// [`Cluster::route`]'s node and epoch only: enough to pick an idle
     /// connection (a checkout), without the clones a new one needs.
     pub fn route_key(&self, target: Target) -> Option<RouteKey> {
-        self.routed(target, |_, node, inc| RouteKey {
-            node,
-            epoch: inc.epoch,
-        })
+        let routing = self.routing.load();
+        let node = pick(&routing, target)?;
+        // The incarnation as `routed` reads it, without its lock.
+        let (epoch, routable) = routing.slots[node].current();
+        routable.then_some(RouteKey { node, epoch })
     }
 
     fn routed<R>(
@@ -337,13 +348,8 @@ impl Cluster {
         make: impl FnOnce(&Arc<membership::Slot>, usize, &Incarnation) -> R,
     ) -> Option<R> {
         let routing = self.routing.load();
-        let (snap, slots) = (&routing.snap, &routing.slots);
-        let node = match target {
-            Target::Primary => snap.primary,
-            Target::Replica => least_loaded(slots, &snap.replicas).or(snap.primary),
-            Target::Any => least_loaded(slots, &snap.usable).or(snap.primary),
-        }?;
-        let slot = &slots[node];
+        let node = pick(&routing, target)?;
+        let slot = &routing.slots[node];
         let inc = lock(&slot.incarnation);
         // The snapshot may predate a fence or a removal whose routing is not
         // published yet: nothing until it is (the checkout waits for it).
@@ -368,7 +374,10 @@ impl Cluster {
             _ = route.retired.cancelled() => Err(ConnectError::Timeout(route.addr.to_string())),
         };
         match attempt {
-            Ok(conn) => Ok(conn),
+            Ok(mut conn) => {
+                conn.share_addr(&route.addr);
+                Ok(conn)
+            }
             Err(e @ (ConnectError::Refused { .. } | ConnectError::Auth { .. }))
                 if !is_node_state_error(&e) =>
             {
@@ -460,7 +469,7 @@ impl Cluster {
     /// Retires every connection to `node`: idle ones are dropped at checkout,
     /// active ones see `retired` cancelled and end at once.
     pub(crate) fn retire(&self, node: usize) {
-        lock(&self.slot(node).incarnation).retire();
+        self.slot(node).change(Incarnation::retire);
         self.retirements
             .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
@@ -469,11 +478,10 @@ impl Cluster {
     /// connections retired, in one step. True if it was not fenced before.
     pub(crate) fn fence(&self, node: usize) -> bool {
         let slot = self.slot(node);
-        let newly = {
-            let mut inc = lock(&slot.incarnation);
+        let newly = slot.change(|inc| {
             inc.retire();
             !std::mem::replace(&mut inc.fenced, true)
-        };
+        });
         self.retirements
             .fetch_add(1, std::sync::atomic::Ordering::Release);
         newly
@@ -482,7 +490,7 @@ impl Cluster {
     /// Lifts `node`'s fence (an operator re-admitted it): routed again once
     /// its checks pass.
     pub(crate) fn unfence(&self, node: usize) {
-        lock(&self.slot(node).incarnation).fenced = false;
+        self.slot(node).change(|inc| inc.fenced = false);
     }
 
     /// Whether `node` is fenced.

@@ -12,7 +12,7 @@ mod pooled;
 pub mod stats;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::server_side::ServerSecret;
-use crate::cluster::{Cluster, ClusterError, NodeHandle, Route, RouteKey};
+use crate::cluster::{Cluster, ClusterError, Route, RouteKey};
 use crate::config::Target;
 use crate::measure::tick::Tick;
 use crate::server::Login;
@@ -100,6 +100,10 @@ struct Shared {
     stats: stats::PoolStats,
     /// True while `PAUSE`d: checkouts wait for `RESUME`.
     paused: watch::Sender<bool>,
+    /// `paused`'s value, for the check of every checkout: a load, where
+    /// the channel's value is behind a read lock (two atomic
+    /// read-modify-writes). Written before the channel, by `set_paused`.
+    paused_now: AtomicBool,
     /// Bumped by `RECONNECT`: older connections close instead of returning.
     generation: AtomicU64,
     /// Connections being opened (logging in) now.
@@ -186,6 +190,7 @@ impl Pool {
             known_statements: Mutex::default(),
             stats: Default::default(),
             paused: watch::Sender::new(paused),
+            paused_now: AtomicBool::new(paused),
             generation: AtomicU64::new(0),
             opening: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
@@ -239,8 +244,7 @@ impl Pool {
             };
             match conn {
                 Some(Ok(mut conn)) => {
-                    let load = LoadGuard::new(conn.node_handle());
-                    conn.lend(permit, load);
+                    conn.lend(permit);
                     return Ok(conn);
                 }
                 Some(Err(PoolError::Connect(ClusterError::Unreachable(e)))) => {
@@ -267,15 +271,14 @@ impl Pool {
     /// check, so that the caller need not read the clock again.
     pub fn checkout_now(&self) -> Option<(PooledConn, Tick)> {
         let s = &self.shared;
-        if *s.paused.borrow() {
+        if s.paused_now.load(Ordering::Acquire) {
             return None;
         }
         let key = s.cluster.route_key(s.hot.target())?;
         let permit = s.slots.clone().try_acquire_owned().ok()?;
         let now = Tick::now();
         let mut conn = self.pop_usable(key, now, s.hot.expiry())?;
-        let load = LoadGuard::new(conn.node_handle());
-        conn.lend(permit, load);
+        conn.lend(permit);
         Some((conn, now))
     }
 
@@ -431,8 +434,8 @@ impl Pool {
 
     /// Waits while the pool is paused, at most `limit`.
     async fn resumed(&self, limit: Option<Duration>) -> Result<(), PoolError> {
-        // The common case, not paused, costs a read lock and no subscription.
-        if !*self.shared.paused.borrow() {
+        // The common case, not paused, costs a load and no subscription.
+        if !self.shared.paused_now.load(Ordering::Acquire) {
             return Ok(());
         }
         let mut rx = self.shared.paused.subscribe();
@@ -450,6 +453,7 @@ impl Pool {
 
     /// Pauses (`true`) or resumes the pool's checkouts.
     pub fn set_paused(&self, paused: bool) {
+        self.shared.paused_now.store(paused, Ordering::Release);
         self.shared.paused.send_replace(paused);
     }
 
@@ -525,22 +529,6 @@ impl Pool {
                 }
             });
         }
-    }
-}
-
-/// Counts a checked-out connection against its node while it lives.
-pub struct LoadGuard(NodeHandle);
-
-impl LoadGuard {
-    fn new(node: &NodeHandle) -> LoadGuard {
-        node.add_load(1);
-        LoadGuard(node.clone())
-    }
-}
-
-impl Drop for LoadGuard {
-    fn drop(&mut self) {
-        self.0.add_load(-1);
     }
 }
 

@@ -10,7 +10,6 @@ use std::ops::{Deref, DerefMut};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use super::LoadGuard;
 use crate::cluster::{NodeHandle, Route};
 use crate::measure::tick::Tick;
 use crate::server::ServerConn;
@@ -24,8 +23,10 @@ pub struct PooledConn {
     held: Box<Held>,
     /// Pool slot held while checked out.
     permit: Option<OwnedSemaphorePermit>,
-    /// Counts this connection against its node while checked out.
-    load: Option<LoadGuard>,
+    /// Counted in its node's load (checked out). The count is taken and
+    /// given back through `handle`: a guard of its own would clone the
+    /// handle, an atomic count each way per transaction.
+    counted: bool,
     /// Node index in the cluster.
     node: usize,
     /// The node incarnation this connection belongs to.
@@ -63,7 +64,7 @@ impl PooledConn {
     ) -> PooledConn {
         PooledConn {
             permit: None,
-            load: None,
+            counted: false,
             node: route.node,
             epoch: route.epoch,
             handle: route.handle.clone(),
@@ -79,16 +80,20 @@ impl PooledConn {
         }
     }
 
-    /// Marks it checked out: it holds `permit` and counts in `load`.
-    pub(super) fn lend(&mut self, permit: OwnedSemaphorePermit, load: LoadGuard) {
+    /// Marks it checked out: it holds `permit` and counts in its node's load.
+    pub(super) fn lend(&mut self, permit: OwnedSemaphorePermit) {
         self.permit = Some(permit);
-        self.load = Some(load);
+        if !std::mem::replace(&mut self.counted, true) {
+            self.handle.add_load(1);
+        }
     }
 
     /// Frees its slot and its node's load count (it is back, or about to close).
     pub(super) fn release(&mut self) {
         self.permit = None;
-        self.load = None;
+        if std::mem::take(&mut self.counted) {
+            self.handle.add_load(-1);
+        }
     }
 
     /// Records that it went idle at `now`.
@@ -137,11 +142,6 @@ impl PooledConn {
         self.handle.is_current(self.epoch)
     }
 
-    /// Its node's load count and incarnation.
-    pub(super) fn node_handle(&self) -> &NodeHandle {
-        &self.handle
-    }
-
     /// Cancelled when the node's connections must close at once (node down,
     /// role changed): a relay on this connection stops waiting for it.
     #[inline]
@@ -155,6 +155,15 @@ impl PooledConn {
     pub fn conn_and_retired(&mut self) -> (&mut ServerConn, &CancellationToken) {
         let held = &mut *self.held;
         (&mut held.conn, &held.retired)
+    }
+}
+
+impl Drop for PooledConn {
+    /// A connection that closes while checked out leaves its node's load.
+    fn drop(&mut self) {
+        if self.counted {
+            self.handle.add_load(-1);
+        }
     }
 }
 

@@ -339,6 +339,16 @@ impl ServerConn {
         &self.addr
     }
 
+    /// Holds `addr`, the node's own copy of its address, instead of one of
+    /// its own: a client that takes connections to one node one after the
+    /// other then finds the address it last showed and keeps it (see
+    /// `ClientInfo::activate`), with no atomic count per transaction.
+    pub fn share_addr(&mut self, addr: &Arc<str>) {
+        if *self.addr == **addr {
+            self.addr = addr.clone();
+        }
+    }
+
     /// BackendKeyData (pid, secret), for a CancelRequest.
     #[inline]
     pub fn key(&self) -> (i32, i32) {
