@@ -42,8 +42,7 @@ struct Slot {
 #[derive(Default)]
 struct SlotState {
     /// The server running the client's query, while `attached`. Kept after
-    /// a detach: the next attachment, most often to the same node, then
-    /// reuses its address instead of cloning it (an atomic count each way).
+    /// a detach, for the next attachment's `reuse_addr`.
     target: Option<CancelTarget>,
     /// Whether a query runs on `target`.
     attached: bool,
@@ -135,7 +134,8 @@ impl CancelMap {
         };
         let target = {
             let mut state = slot.lock();
-            let target = state.target.clone().filter(|_| state.attached)?;
+            // Detached: the target kept for the next attachment is not cloned.
+            let target = state.attached.then(|| state.target.clone()).flatten()?;
             state.sending += 1;
             target
         };
@@ -152,16 +152,12 @@ impl CancelGuard {
     /// at `addr`, with the connection's own `key`, encrypted if `tls`.
     pub fn attach(&self, addr: &Arc<str>, key: (i32, i32), tls: bool) {
         let mut state = self.slot.lock();
-        match &mut state.target {
-            Some(t) if Arc::ptr_eq(&t.addr, addr) => (t.key, t.tls) = (key, tls),
-            t => {
-                *t = Some(CancelTarget {
-                    addr: addr.clone(),
-                    key,
-                    tls,
-                })
-            }
-        }
+        let kept = state.target.take().map(|t| t.addr);
+        state.target = Some(CancelTarget {
+            addr: super::reuse_addr(kept, addr),
+            key,
+            tls,
+        });
         state.attached = true;
     }
 

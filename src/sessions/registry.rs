@@ -119,24 +119,26 @@ impl ClientInfo {
         if state == ClientState::Active {
             *self.link.lock().unwrap_or_else(|e| e.into_inner()) = link;
         }
-        // Release: a reader that sees `Active` sees the link stored with it.
+        self.enter(state);
+    }
+
+    /// Marks the start of `state`. Release: a reader that sees `Active`
+    /// sees the link stored before it.
+    fn enter(&self, state: ClientState) {
         self.state.store(state as u8, Ordering::Release);
         self.since_us.store(coarse_unix_micros(), Ordering::Relaxed);
     }
 
     /// Moves to `Active` on the server at `addr` that `link` describes
-    /// (given the address to hold). The address of the last link is reused
-    /// when it is the same node's, as it nearly always is: no atomic count
-    /// to clone it, nor to drop the old one.
+    /// (given the address to hold: the last link's when it is the same
+    /// node's, see `reuse_addr`).
     pub fn activate(&self, addr: &Arc<str>, link: impl FnOnce(Arc<str>) -> Linked) {
         {
             let mut held = self.link.lock().unwrap_or_else(|e| e.into_inner());
-            let same = held.take().map(|l| l.addr).filter(|a| Arc::ptr_eq(a, addr));
-            *held = Some(link(same.unwrap_or_else(|| addr.clone())));
+            let kept = held.take().map(|l| l.addr);
+            *held = Some(link(super::reuse_addr(kept, addr)));
         }
-        self.state
-            .store(ClientState::Active as u8, Ordering::Release);
-        self.since_us.store(coarse_unix_micros(), Ordering::Relaxed);
+        self.enter(ClientState::Active);
     }
 
     /// `KILL`: the client's task is woken and ends the session.
