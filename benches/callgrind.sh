@@ -26,65 +26,25 @@ shift || true
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(-S)
 bin=$(realpath "$bin")
-pg_bin=${PG_BIN:-/usr/lib/postgresql/15/bin}
 pg_port=${PG_PORT:-55432}
 proxy_port=${PROXY_PORT:-56432}
+. "$(dirname "$0")/scratch.sh"
 
 dir=$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)
-chmod 755 "$dir"
-as_pg() { if [ "$(id -u)" = 0 ]; then su postgres -c "$*"; else sh -c "$*"; fi; }
 cleanup() {
     [ -n "${vg:-}" ] && kill "$vg" 2>/dev/null && wait "$vg" 2>/dev/null
-    as_pg "$pg_bin/pg_ctl -D $dir/pg -m immediate stop" >/dev/null 2>&1 || true
-    rm -rf "$dir"
+    scratch_pg_stop "$dir"
+    [ -n "${KEEP:-}" ] || rm -rf "$dir"
 }
 trap cleanup EXIT
-[ "$(id -u)" = 0 ] && chown postgres "$dir"
-
-as_pg "$pg_bin/initdb -D $dir/pg -A trust -U postgres" >/dev/null
-cat >> "$dir/pg/postgresql.conf" <<EOF
-port = $pg_port
-listen_addresses = '127.0.0.1'
-unix_socket_directories = '$dir'
-password_encryption = 'scram-sha-256'
-EOF
-printf 'host all all 127.0.0.1/32 scram-sha-256\nlocal all all trust\n' > "$dir/pg/pg_hba.conf"
-as_pg "$pg_bin/pg_ctl -D $dir/pg -l $dir/pg.log -w start" >/dev/null
-psql -q -h "$dir" -p "$pg_port" -U postgres \
-    -c "ALTER USER postgres PASSWORD 'postgres'" \
-    -c "CREATE USER app PASSWORD 'app'" \
-    -c "GRANT ALL ON SCHEMA public TO app" >/dev/null
-PGPASSWORD=app pgbench -h 127.0.0.1 -p "$pg_port" -U app -i -s 10 -q postgres >/dev/null 2>&1
-
-cat > "$dir/switchyard.toml" <<EOF
-[proxy]
-listen = "127.0.0.1:$proxy_port"
-pool_mode = "transaction"
-default_pool_size = 20
-auth_type = "scram-sha-256"
-
-[[users]]
-name = "app"
-password = "app"
-
-[cluster]
-nodes = ["127.0.0.1:$pg_port"]
-user = "postgres"
-password = "postgres"
-
-[http]
-listen = "127.0.0.1:0"
-EOF
+scratch_pg "$dir" "$pg_port"
+scratch_proxy_config "$dir" "$pg_port" "$proxy_port"
 
 valgrind --tool=callgrind --separate-threads=yes --dump-instr=yes \
     --callgrind-out-file="$dir/cg.out" "$bin" --config "$dir/switchyard.toml" \
     > "$dir/proxy.log" 2>&1 &
 vg=$!
-for _ in $(seq 1 120); do
-    PGPASSWORD=app psql -h 127.0.0.1 -p "$proxy_port" -U app -c 'SELECT 1' postgres \
-        >/dev/null 2>&1 && break
-    sleep 1
-done
+wait_for_proxy "$proxy_port"
 
 run() {
     PGPASSWORD=app pgbench -h 127.0.0.1 -p "$proxy_port" -U app -n "${args[@]}" \
