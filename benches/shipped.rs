@@ -15,7 +15,9 @@
 //! endpoints, on a runtime in a thread of this process, logging through
 //! this process's `warn` subscriber). `BENCH_TARGETS` (names as in the
 //! tables, comma-separated) and `BENCH_WORKLOAD` (one workload's name, e.g.
-//! `-S -c 16`) narrow a run down to a focused comparison.
+//! `-S -c 16`) narrow a run down to a focused comparison. `BENCH_PGO=PATH`
+//! adds a target, `switchyard-pgo`: the binary at PATH (what `bash
+//! benches/pgo.sh` builds and prints), configured as the release binary is.
 //!
 //! What it does: starts a throw-away PostgreSQL primary (`fsync = on`) with
 //! one streaming replica, `pgbench -i -s 10`, starts the release binary with
@@ -132,14 +134,18 @@ enum Target {
     BinaryPrimaryOnly,
     /// `BENCH_DIAG`: in-process, as `pgbench_compare` runs it.
     InProcess,
+    /// `BENCH_PGO`: the binary `benches/pgo.sh` builds, configured as
+    /// `Switchyard` is.
+    Pgo,
 }
 
-const ALL_TARGETS: [Target; 5] = [
+const ALL_TARGETS: [Target; 6] = [
     Target::Direct,
     Target::PgBouncer,
     Target::Switchyard,
     Target::BinaryPrimaryOnly,
     Target::InProcess,
+    Target::Pgo,
 ];
 
 impl Target {
@@ -150,6 +156,7 @@ impl Target {
             Target::Switchyard => "switchyard",
             Target::BinaryPrimaryOnly => "switchyard-1node",
             Target::InProcess => "switchyard-inprocess",
+            Target::Pgo => "switchyard-pgo",
         }
     }
 
@@ -205,6 +212,7 @@ fn bench() -> anyhow::Result<()> {
     let rounds = env_number("BENCH_ROUNDS", 3)?.max(1) as usize;
     let secs = env_number("BENCH_SECS", 10)?.max(1);
     let diag = env_number("BENCH_DIAG", 0)? != 0;
+    let pgo_binary = std::env::var("BENCH_PGO").ok().filter(|p| !p.is_empty());
     // Focused comparisons: `BENCH_TARGETS=switchyard,switchyard-inprocess`
     // (target names as in the tables), `BENCH_WORKLOAD="-S -c 16"`.
     let only_targets: Option<Vec<String>> = std::env::var("BENCH_TARGETS")
@@ -249,6 +257,20 @@ fn bench() -> anyhow::Result<()> {
     } else {
         None
     };
+    let proxy_pgo = match &pgo_binary {
+        Some(bin) => {
+            let p = ProxyProcess::start_binary(bin, "shipped-pgo", |listen, http| {
+                binary_config(listen, http, &all_nodes)
+            })?;
+            eprintln!(
+                "switchyard-pgo ({bin}, pid {}) on 127.0.0.1:{}",
+                p.pid(),
+                p.port
+            );
+            Some(p)
+        }
+        None => None,
+    };
     let in_process = if diag {
         let primary_addr = primary.addr();
         let p = Switchyard::start(|listen| {
@@ -289,6 +311,7 @@ fn bench() -> anyhow::Result<()> {
                 proxy_1node.as_ref().map(|p| (p.port, CpuOf::Pid(p.pid())))
             }
             Target::InProcess => in_process.as_ref().map(|p| (p.port, CpuOf::Myself)),
+            Target::Pgo => proxy_pgo.as_ref().map(|p| (p.port, CpuOf::Pid(p.pid()))),
         }
     };
     let targets: Vec<Target> = ALL_TARGETS
@@ -380,18 +403,27 @@ fn bench() -> anyhow::Result<()> {
          pgbench -j 2, {secs}s per run, {rounds} interleaved round(s) ({:.1} min of warm-up \
          and runs); pools: {POOL_SIZE} server connections, transaction mode, SCRAM; \
          Switchyard: the release binary, both nodes in [cluster] nodes, [proxy] workers \
-         default ({} worker thread(s) on {cores} cores); {}",
+         default ({} worker thread(s) on {cores} cores){}; {}",
         elapsed.as_secs_f64() / 60.0,
         switchyard::runtime::worker_count(0),
+        pgo_binary.as_ref().map_or(String::new(), |b| format!(
+            "; switchyard-pgo: {b}, built by benches/pgo.sh, configured the same"
+        )),
         bouncer
             .as_ref()
             .map_or("PgBouncer not available".into(), |b| b.version.clone())
     );
     println!("\n{}", report(&header, &targets, &results));
     // The SETs workload must pin nobody: every client's settings follow it.
-    match pinned_total(&proxy.http) {
-        Ok(n) => println!("Clients the binary pinned over the whole run: {n}\n"),
-        Err(e) => println!("Clients the binary pinned: unknown ({e:#})\n"),
+    for (name, p) in [
+        ("switchyard", Some(&proxy)),
+        ("switchyard-pgo", proxy_pgo.as_ref()),
+    ] {
+        match p.map(|p| pinned_total(&p.http)) {
+            Some(Ok(n)) => println!("Clients {name} pinned over the whole run: {n}\n"),
+            Some(Err(e)) => println!("Clients {name} pinned: unknown ({e:#})\n"),
+            None => {}
+        }
     }
     // The binary's whole log (ANSI colours removed): startup, events, and
     // any health-check trouble during the runs.
@@ -406,6 +438,7 @@ fn bench() -> anyhow::Result<()> {
     drop(bouncer);
     drop(in_process);
     drop(proxy_1node);
+    drop(proxy_pgo);
     drop(proxy);
     drop(tmp);
     drop(cluster);
@@ -761,7 +794,7 @@ fn report(header: &str, targets: &[Target], results: &[Vec<Vec<Outcome>>]) -> St
                 .join(", ")
         );
     }
-    paired_ratios(&mut s, results);
+    paired_ratios(&mut s, targets, results);
     proxies_table(&mut s, targets, results);
     rounds_table(&mut s, targets, results);
     s
@@ -770,15 +803,14 @@ fn report(header: &str, targets: &[Target], results: &[Vec<Vec<Outcome>>]) -> St
 /// Switchyard / PgBouncer round by round: the two ran minutes apart in the
 /// same round, so their ratio is steadier than the ratio of two medians,
 /// which may come from different rounds. Geometric mean, and the range.
-fn paired_ratios(s: &mut String, results: &[Vec<Vec<Outcome>>]) {
-    let pairs = |rounds: &[Vec<Outcome>], f: fn(&Run) -> Option<f64>| -> Vec<f64> {
+fn paired_ratios(s: &mut String, targets: &[Target], results: &[Vec<Vec<Outcome>>]) {
+    let pairs = |rounds: &[Vec<Outcome>], t: Target, f: fn(&Run) -> Option<f64>| -> Vec<f64> {
         rounds
             .iter()
             .filter_map(|r| {
-                let (Outcome::Ran(y), Outcome::Ran(p)) = (
-                    &r[Target::Switchyard.index()],
-                    &r[Target::PgBouncer.index()],
-                ) else {
+                let (Outcome::Ran(y), Outcome::Ran(p)) =
+                    (&r[t.index()], &r[Target::PgBouncer.index()])
+                else {
                     return None;
                 };
                 ratio(f(y), f(p))
@@ -798,15 +830,25 @@ fn paired_ratios(s: &mut String, results: &[Vec<Vec<Outcome>>]) {
     let _ = writeln!(
         s,
         "Switchyard / PgBouncer per round (same round; geometric mean, range):\n\n\
-         | workload | TPS | CPU per txn |\n|---|---:|---:|"
+         | workload | build | TPS | CPU per txn |\n|---|---|---:|---:|"
     );
+    let builds = [Target::Switchyard, Target::Pgo];
     for (w, rounds) in WORKLOADS.iter().zip(results).filter(|(_, r)| !r.is_empty()) {
-        let tps = pairs(rounds, |r| Some(r.tps));
-        if tps.is_empty() {
-            continue;
+        for &t in builds.iter().filter(|t| targets.contains(t)) {
+            let tps = pairs(rounds, t, |r| Some(r.tps));
+            if tps.is_empty() {
+                continue;
+            }
+            let cpu = pairs(rounds, t, Run::cpu_per_txn);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                w.name,
+                t.name(),
+                summary(tps),
+                summary(cpu)
+            );
         }
-        let cpu = pairs(rounds, Run::cpu_per_txn);
-        let _ = writeln!(s, "| {} | {} | {} |", w.name, summary(tps), summary(cpu));
     }
     let _ = writeln!(s);
 }
@@ -823,7 +865,8 @@ fn proxies_table(s: &mut String, targets: &[Target], results: &[Vec<Vec<Outcome>
         "Per proxy, medians of TPS / CPU µs per txn / context switches per txn (all the \
          proxy's threads). switchyard: the binary, primary + replica; switchyard-1node: the \
          binary, primary alone; switchyard-inprocess: as pgbench_compare runs it (its CPU \
-         and context switches: this whole process, which otherwise waits for pgbench).\n"
+         and context switches: this whole process, which otherwise waits for pgbench); \
+         switchyard-pgo: the binary built with a profile (benches/pgo.sh).\n"
     );
     let names: Vec<&str> = ys.iter().map(|t| t.name()).collect();
     let _ = writeln!(s, "| workload | {} |", names.join(" | "));

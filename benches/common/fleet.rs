@@ -100,13 +100,22 @@ impl ProxyProcess {
         tag: &str,
         config: impl FnOnce(&str, &str) -> String,
     ) -> anyhow::Result<ProxyProcess> {
+        Self::start_binary(env!("CARGO_BIN_EXE_switchyard"), tag, config)
+    }
+
+    /// [`ProxyProcess::start`] with another build of the binary.
+    pub fn start_binary(
+        binary: &str,
+        tag: &str,
+        config: impl FnOnce(&str, &str) -> String,
+    ) -> anyhow::Result<ProxyProcess> {
         let dir = TempDir::create(&format!("switchyard-bench-proxy-{tag}"))?;
         let (port, http_port) = (free_port()?, free_port()?);
         let listen = format!("127.0.0.1:{port}");
         let http_addr = format!("127.0.0.1:{http_port}");
         let file = dir.write("switchyard.toml", &config(&listen, &http_addr))?;
         let log = File::create(dir.path.join("switchyard.log"))?;
-        let child = own_session(&mut Command::new(env!("CARGO_BIN_EXE_switchyard")))
+        let child = own_session(&mut Command::new(binary))
             .args(["--config", &file])
             .env(
                 "RUST_LOG",
@@ -116,7 +125,7 @@ impl ProxyProcess {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("starting the switchyard binary")?;
+            .with_context(|| format!("starting {binary}"))?;
         let proxy = ProxyProcess {
             port,
             http: http_addr,
