@@ -19,6 +19,11 @@
 # per transaction (its `lock`-prefixed and `xchg` instructions, found with
 # objdump): callgrind counts one as one instruction, but each costs about
 # 5 ns here, what dozens of plain instructions do.
+#
+# KEEP=1 keeps the scratch directory and prints its path: callgrind's two
+# dumps are cg.out.1-01 and cg.out.2-01 there. With VALGRIND_OPTS="--cache-sim=yes
+# --branch-sim=yes" their `summary:` lines also hold the cache misses and
+# branches (the `events:` line names the columns).
 set -euo pipefail
 
 bin=${1:-target/release/switchyard}
@@ -34,7 +39,7 @@ dir=$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)
 cleanup() {
     [ -n "${vg:-}" ] && kill "$vg" 2>/dev/null && wait "$vg" 2>/dev/null
     scratch_pg_stop "$dir"
-    [ -n "${KEEP:-}" ] || rm -rf "$dir"
+    if [ -n "${KEEP:-}" ]; then echo "kept: $dir"; else rm -rf "$dir"; fi
 }
 trap cleanup EXIT
 scratch_pg "$dir" "$pg_port"
