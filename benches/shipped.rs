@@ -26,7 +26,8 @@
 //! same pool and SCRAM, each proxy in a session of its own as a service
 //! runs (`os::own_session`); then runs rounds in which every workload visits the
 //! targets in an order that rotates from round to round. Around each run it
-//! reads the proxy's CPU time (utime + stime from /proc/PID/stat) and its
+//! reads the proxy's CPU time (utime + stime from /proc/PID/stat, and
+//! utime alone: the proxy's own code, not the kernel's work for it) and its
 //! threads' context switches (/proc/PID/task/*/status; for the in-process
 //! target, this whole process's) and divides them by the transactions
 //! pgbench reports. Besides pgbench's built-in select-only script in
@@ -181,6 +182,8 @@ struct Run {
     transactions: u64,
     /// CPU time of the proxy during the run, µs; `None` for direct.
     cpu_us: Option<f64>,
+    /// The part of it spent in user space (utime), µs.
+    user_us: Option<f64>,
     /// Context switches (voluntary + involuntary) of the proxy's threads
     /// during the run; `None` for direct.
     ctxsw: Option<f64>,
@@ -192,6 +195,11 @@ impl Run {
     /// The proxy's CPU µs per transaction pgbench reports.
     fn cpu_per_txn(&self) -> Option<f64> {
         Some(self.cpu_us? / self.transactions.max(1) as f64)
+    }
+
+    /// The proxy's user-space CPU µs per transaction.
+    fn user_per_txn(&self) -> Option<f64> {
+        Some(self.user_us? / self.transactions.max(1) as f64)
     }
 }
 
@@ -499,8 +507,8 @@ listen = "{http}""#,
 // Runs
 // ---------------------------------------------------------------------------
 
-/// CPU time (user + system) of process `pid` so far, µs.
-fn cpu_us(pid: u32) -> anyhow::Result<f64> {
+/// CPU time of process `pid` so far, µs: (user + system, user).
+fn cpu_us(pid: u32) -> anyhow::Result<(f64, f64)> {
     let path = format!("/proc/{pid}/stat");
     let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // Fields after the command name, which is in parentheses and may hold
@@ -516,13 +524,14 @@ fn cpu_us(pid: u32) -> anyhow::Result<f64> {
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| anyhow!("{path}: field {} unreadable", i + 3))
     };
-    let total = ticks(11)? + ticks(12)?;
+    let (user, system) = (ticks(11)?, ticks(12)?);
     // SAFETY: sysconf reads a constant of the C library; no memory is involved.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if hz <= 0 {
         bail!("sysconf(_SC_CLK_TCK) = {hz}");
     }
-    Ok(total as f64 * 1e6 / hz as f64)
+    let us = |t: u64| t as f64 * 1e6 / hz as f64;
+    Ok((us(user + system), us(user)))
 }
 
 /// Context switches so far of the live threads of process `pid`
@@ -544,14 +553,29 @@ fn ctxsw(pid: u32) -> anyhow::Result<f64> {
     Ok(total as f64)
 }
 
-/// (CPU µs, context switches) of `who` so far.
-fn usage_of(who: CpuOf) -> Option<(f64, f64)> {
+/// What a run is charged: CPU and user-space CPU µs, and context
+/// switches, of `who` so far.
+struct Usage {
+    cpu_us: f64,
+    user_us: f64,
+    ctxsw: f64,
+}
+
+/// [`Usage`] of `who` so far.
+fn usage_of(who: CpuOf) -> Option<Usage> {
     let pid = match who {
         CpuOf::Nobody => return None,
         CpuOf::Pid(pid) => pid,
         CpuOf::Myself => std::process::id(),
     };
-    match cpu_us(pid).and_then(|c| Ok((c, ctxsw(pid)?))) {
+    let usage = cpu_us(pid).and_then(|(cpu_us, user_us)| {
+        Ok(Usage {
+            cpu_us,
+            user_us,
+            ctxsw: ctxsw(pid)?,
+        })
+    });
+    match usage {
         Ok(u) => Some(u),
         Err(e) => {
             eprintln!("CPU time unavailable: {e:#}");
@@ -610,11 +634,13 @@ fn run_one(
     };
     let p99_ms = w.p99.then(|| p99_of_logs(&log_dir)).flatten();
     let _ = fs::remove_dir_all(&log_dir);
+    let used = before.zip(after);
     Outcome::Ran(Run {
         tps,
         transactions,
-        cpu_us: before.zip(after).map(|(b, a)| a.0 - b.0),
-        ctxsw: before.zip(after).map(|(b, a)| a.1 - b.1),
+        cpu_us: used.as_ref().map(|(b, a)| a.cpu_us - b.cpu_us),
+        user_us: used.as_ref().map(|(b, a)| a.user_us - b.user_us),
+        ctxsw: used.as_ref().map(|(b, a)| a.ctxsw - b.ctxsw),
         p99_ms,
     })
 }
@@ -690,6 +716,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 struct Medians {
     tps: Option<f64>,
     cpu_per_txn: Option<f64>,
+    user_per_txn: Option<f64>,
     ctxsw_per_txn: Option<f64>,
     p99_ms: Option<f64>,
     /// No run succeeded and PgBouncer said it cannot.
@@ -707,6 +734,7 @@ fn medians(w: &Workload, rounds: &[Vec<Outcome>], t: Target) -> Medians {
     Medians {
         tps: median(runs.iter().map(|r| r.tps).collect()),
         cpu_per_txn: median(runs.iter().filter_map(|r| r.cpu_per_txn()).collect()),
+        user_per_txn: median(runs.iter().filter_map(|r| r.user_per_txn()).collect()),
         ctxsw_per_txn: median(
             runs.iter()
                 .filter_map(|r| Some(r.ctxsw? / r.transactions.max(1) as f64))
@@ -830,7 +858,8 @@ fn paired_ratios(s: &mut String, targets: &[Target], results: &[Vec<Vec<Outcome>
     let _ = writeln!(
         s,
         "Switchyard / PgBouncer per round (same round; geometric mean, range):\n\n\
-         | workload | build | TPS | CPU per txn |\n|---|---|---:|---:|"
+         | workload | build | TPS | CPU per txn | user-space CPU per txn |\n\
+         |---|---|---:|---:|---:|"
     );
     let builds = [Target::Switchyard, Target::Pgo];
     for (w, rounds) in WORKLOADS.iter().zip(results).filter(|(_, r)| !r.is_empty()) {
@@ -840,13 +869,15 @@ fn paired_ratios(s: &mut String, targets: &[Target], results: &[Vec<Vec<Outcome>
                 continue;
             }
             let cpu = pairs(rounds, t, Run::cpu_per_txn);
+            let user = pairs(rounds, t, Run::user_per_txn);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 w.name,
                 t.name(),
                 summary(tps),
-                summary(cpu)
+                summary(cpu),
+                summary(user)
             );
         }
     }
@@ -862,8 +893,8 @@ fn proxies_table(s: &mut String, targets: &[Target], results: &[Vec<Vec<Outcome>
         .collect();
     let _ = writeln!(
         s,
-        "Per proxy, medians of TPS / CPU µs per txn / context switches per txn (all the \
-         proxy's threads). switchyard: the binary, primary + replica; switchyard-1node: the \
+        "Per proxy, medians of TPS / CPU µs per txn / of which user space (utime) / \
+         context switches per txn (all the proxy's threads). switchyard: the binary, primary + replica; switchyard-1node: the \
          binary, primary alone; switchyard-inprocess: as pgbench_compare runs it (its CPU \
          and context switches: this whole process, which otherwise waits for pgbench); \
          switchyard-pgo: the binary built with a profile (benches/pgo.sh).\n"
@@ -877,9 +908,10 @@ fn proxies_table(s: &mut String, targets: &[Target], results: &[Vec<Vec<Outcome>
             .map(|&t| {
                 let m = medians(w, rounds, t);
                 format!(
-                    "{} / {} / {}",
+                    "{} / {} / {} / {}",
                     fmt_opt(m.tps, 0),
                     fmt_opt(m.cpu_per_txn, 1),
+                    fmt_opt(m.user_per_txn, 2),
                     fmt_opt(m.ctxsw_per_txn, 2)
                 )
             })
