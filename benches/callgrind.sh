@@ -5,6 +5,10 @@
 # thread's instructions over 24,000 transactions less those over 8,000,
 # divided by 16,000 (so logins and start-up are out).
 #
+# CLIENTS=64 runs that many clients instead of 4 (a divisor of 8,000): more
+# than the pool's 20 servers, so clients wait for one, and the count
+# includes the waiting checkout.
+#
 #   bash benches/callgrind.sh [BINARY] [pgbench options]
 #   bash benches/callgrind.sh target/release/switchyard -S -M extended
 #
@@ -31,6 +35,11 @@ shift || true
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(-S)
 bin=$(realpath "$bin")
+clients=${CLIENTS:-4}
+if [ "$clients" -lt 1 ] || [ $((8000 % clients)) -ne 0 ]; then
+    echo "CLIENTS must divide 8000, not $clients" >&2
+    exit 2
+fi
 pg_port=${PG_PORT:-55432}
 proxy_port=${PROXY_PORT:-56432}
 . "$(dirname "$0")/scratch.sh"
@@ -51,21 +60,23 @@ valgrind --tool=callgrind --separate-threads=yes --dump-instr=yes \
 vg=$!
 wait_for_proxy "$proxy_port"
 
+# `run N`: N transactions in all, split among the clients.
 run() {
     PGPASSWORD=app pgbench -h 127.0.0.1 -p "$proxy_port" -U app -n "${args[@]}" \
-        -c 4 -j 2 -t "$1" postgres > "$dir/pgbench.$1.log" 2>&1
+        -c "$clients" -j 2 -t $(( ($1 + clients - 1) / clients )) postgres \
+        > "$dir/pgbench.$1.log" 2>&1
 }
 # Warm-up opens the pool's connections; each zero waits a moment, since
 # valgrind takes the command only when the proxy next runs.
-run 500
-callgrind_control -z "$vg" >/dev/null 2>&1; sleep 2; run 2000
+run 2000
+callgrind_control -z "$vg" >/dev/null 2>&1; sleep 2; run 8000
 callgrind_control -d first "$vg" >/dev/null 2>&1
-callgrind_control -z "$vg" >/dev/null 2>&1; sleep 2; run 6000
+callgrind_control -z "$vg" >/dev/null 2>&1; sleep 2; run 24000
 callgrind_control -d second "$vg" >/dev/null 2>&1
 
 first=$(grep -m1 '^summary' "$dir/cg.out.1-01" | awk '{print $2}')
 second=$(grep -m1 '^summary' "$dir/cg.out.2-01" | awk '{print $2}')
-echo "pgbench ${args[*]}: runtime thread $first instructions over 8000 transactions, $second over 24000"
+echo "pgbench ${args[*]} -c $clients: runtime thread $first instructions over 8000 transactions, $second over 24000"
 echo "per transaction: $(( (second - first) / 16000 ))"
 
 # Executions of the binary's locked instructions in a dump: callgrind's
