@@ -211,19 +211,22 @@ impl Pool {
     /// awaited up to `checkout_timeout`. A held request gives its slot back
     /// while it waits: otherwise the first `pool_size` held requests would
     /// keep the others queued for slots, and those would time out after
-    /// `checkout_timeout` instead of being held.
+    /// `checkout_timeout` instead of being held. The clock is read for a
+    /// deadline only once that deadline can matter: most checkouts that
+    /// wait here wait for a slot, then find an idle connection.
     pub async fn checkout(&self) -> Result<PooledConn, PoolError> {
         let s = &self.shared;
         let settings = s.settings.load_full();
         self.resumed(settings.query_wait_timeout).await?;
-        let deadline = tokio::time::Instant::now() + settings.hold_timeout;
+        // Set at the first hold: `hold_timeout` bounds the wait for a
+        // routable node, from when it begins.
+        let mut deadline = None;
         // Begun at the first wait; ends once something is routable, or with
         // the checkout (a timeout).
         let mut hold = None;
         loop {
             let version = s.cluster.version();
             let permit = self.slot(&settings).await?;
-            let room_by = tokio::time::Instant::now() + settings.checkout_timeout;
             let found = s
                 .cluster
                 .route_key(settings.target)
@@ -239,7 +242,10 @@ impl Pool {
             }
             let conn = match (found, route) {
                 (Some(conn), _) => Some(Ok(conn)),
-                (None, Some(route)) => Some(self.open(&route, room_by).await),
+                (None, Some(route)) => {
+                    let room_by = tokio::time::Instant::now() + settings.checkout_timeout;
+                    Some(self.open(&route, room_by).await)
+                }
                 (None, None) => None,
             };
             match conn {
@@ -258,7 +264,9 @@ impl Pool {
             let _held = Gauge::up(&s.held);
             let wants_primary = settings.target == Target::Primary;
             hold.get_or_insert_with(|| s.cluster.holds().begin(wants_primary));
-            if tokio::time::timeout_at(deadline, wait).await.is_err() {
+            let until = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + settings.hold_timeout);
+            if tokio::time::timeout_at(until, wait).await.is_err() {
                 return Err(PoolError::HoldTimeout);
             }
         }
