@@ -231,33 +231,27 @@ impl Pool {
                 .cluster
                 .route_key(settings.target)
                 .and_then(|key| self.pop_usable(key, Tick::now(), Expiry::from(&*settings)));
-            let route = match found {
-                Some(_) => None,
-                None => s.cluster.route(settings.target),
-            };
-            if found.is_some() || route.is_some() {
-                // Routable again: the wait for the topology ends here,
-                // before the time a new connection takes.
+            // Routable again (an idle connection, or a route to open one
+            // along): the wait for the topology ends here, before the time
+            // a new connection takes.
+            if let Some(mut conn) = found {
                 drop(hold.take());
+                conn.lend(permit);
+                return Ok(conn);
             }
-            let conn = match (found, route) {
-                (Some(conn), _) => Some(Ok(conn)),
-                (None, Some(route)) => {
-                    let room_by = tokio::time::Instant::now() + settings.checkout_timeout;
-                    Some(self.open(&route, room_by).await)
+            if let Some(route) = s.cluster.route(settings.target) {
+                drop(hold.take());
+                let room_by = tokio::time::Instant::now() + settings.checkout_timeout;
+                match self.open(&route, room_by).await {
+                    Ok(mut conn) => {
+                        conn.lend(permit);
+                        return Ok(conn);
+                    }
+                    Err(PoolError::Connect(ClusterError::Unreachable(e))) => {
+                        tracing::debug!(error = %e, "routed node unreachable; holding for the topology to change");
+                    }
+                    Err(e) => return Err(e),
                 }
-                (None, None) => None,
-            };
-            match conn {
-                Some(Ok(mut conn)) => {
-                    conn.lend(permit);
-                    return Ok(conn);
-                }
-                Some(Err(PoolError::Connect(ClusterError::Unreachable(e)))) => {
-                    tracing::debug!(error = %e, "routed node unreachable; holding for the topology to change");
-                }
-                Some(Err(e)) => return Err(e),
-                None => {}
             }
             drop(permit);
             let wait = s.cluster.changed(version);
