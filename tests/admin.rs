@@ -429,6 +429,47 @@ async fn pause_holds_new_transactions_and_resume_releases_them() {
     app.simple_query("SELECT 1").await.unwrap();
 }
 
+/// A client that waited for a full pool has its wait counted, as PgBouncer
+/// counts it: in `total_wait_time` (µs) and in the wait percentiles, once
+/// the server it waited for has served it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_a_full_pool_is_counted_in_show_stats() {
+    let proxy = Proxy::start("default_pool_size = 1").await;
+    let admin = admin(&proxy, "switchyard").await;
+    let holder = proxy.client().await;
+    let waiter = proxy.client().await;
+    // The open transaction keeps the pool's only server.
+    holder.simple_query("BEGIN").await.unwrap();
+    let waiting = tokio::spawn(async move { waiter.simple_query("SELECT 1").await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the query did not wait for the server"
+    );
+    holder.simple_query("COMMIT").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("served once the server came back")
+        .unwrap()
+        .unwrap();
+
+    let (cols, rows) = show(&admin, "SHOW STATS").await;
+    let app = rows
+        .iter()
+        .find(|r| cell(&cols, r, "database") == Some("app"))
+        .expect("stats for app");
+    let waited = num(&cols, app, "total_wait_time");
+    assert!(
+        (350_000..5_000_000).contains(&waited),
+        "total_wait_time {waited} µs after a wait of 400 ms"
+    );
+    let p99 = num(&cols, app, "wait_p99_1m_us");
+    assert!(
+        p99 >= 100_000,
+        "wait_p99_1m_us {p99} after a wait of 400 ms"
+    );
+}
+
 /// `KILL` drops the database's clients at once, those waiting for a server
 /// connection too (here: behind `PAUSE`, whose wait is
 /// `query_wait_timeout`, 120 s), not once their wait is over.

@@ -9,6 +9,18 @@ use crate::measure::latency::{Kind, Latencies};
 use crate::measure::tick::Tick;
 use crate::pool::stats::Tally;
 
+/// A server just taken from the pool, not yet counted: the meter of the
+/// attachment it serves counts it with that attachment's samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkout {
+    /// The time read as it was taken: the first request's start, without
+    /// reading the clock again. `None` once that is no longer so (the
+    /// client's settings took a round trip since).
+    pub at: Option<Tick>,
+    /// How long the client waited for it, µs.
+    pub wait_us: u64,
+}
+
 /// Per-attachment timers and counts.
 #[derive(Debug, Default)]
 pub struct Meter {
@@ -16,12 +28,12 @@ pub struct Meter {
     on: bool,
     query_start: Option<Tick>,
     xact_start: Option<Tick>,
-    /// A time read just before the attachment (a checkout that did not
-    /// wait): the first request's start, without reading the clock again.
+    /// A time read just before the attachment (as the checkout ended):
+    /// the first request's start, without reading the clock again.
     hint: Option<Tick>,
-    /// That checkout's zero wait, not yet recorded: it goes into the
+    /// That checkout's wait (µs), not yet recorded: it goes into the
     /// histograms with the query's samples, under the same lock.
-    wait_due: bool,
+    wait_due: Option<u64>,
     /// When the last ReadyForQuery that ended a query came.
     answered: Option<Tick>,
     /// Counts not yet added to the pool.
@@ -37,21 +49,23 @@ impl Meter {
         }
     }
 
-    /// The attachment began with a checkout that did not wait, at `at`:
-    /// `at` stands for the first request's start, and the checkout is
-    /// counted with the transaction (its assignment in the tally, its zero
-    /// wait with the latencies the transaction records).
-    pub fn started_at(&mut self, at: Tick) {
-        self.hint = Some(at);
+    /// The attachment began with checkout `c`: its time stands for the
+    /// first request's start, and it is counted with the transaction (its
+    /// assignment and wait in the tally, its wait with the latencies the
+    /// transaction records), not apart, which would take the pool's
+    /// counters and the histograms' lock once more.
+    pub fn checked_out(&mut self, c: Checkout) {
+        self.hint = c.at;
         self.tally.server_assignments += 1;
-        self.wait_due = self.on;
+        self.tally.wait_us += c.wait_us;
+        self.wait_due = self.on.then_some(c.wait_us);
     }
 
     /// Records the checkout's wait if no ReadyForQuery took it along (the
     /// attachment ended before one came).
     pub fn finish(&mut self, latencies: &Latencies) {
-        if std::mem::take(&mut self.wait_due) {
-            latencies.record(Kind::Wait, 0);
+        if let Some(us) = self.wait_due.take() {
+            latencies.record(Kind::Wait, us);
         }
     }
 
@@ -78,8 +92,8 @@ impl Meter {
         self.answered = Some(now);
         let mut samples = [(Kind::Query, 0); 3];
         let mut n = 0;
-        if std::mem::take(&mut self.wait_due) {
-            samples[n] = (Kind::Wait, 0);
+        if let Some(us) = self.wait_due.take() {
+            samples[n] = (Kind::Wait, us);
             n += 1;
         }
         let mut query = None;
@@ -170,7 +184,10 @@ mod tests {
         let mut m = Meter::new(true);
         let at = Tick::now();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        m.started_at(at);
+        m.checked_out(Checkout {
+            at: Some(at),
+            wait_us: 0,
+        });
         m.request(0);
         m.ready(0, b'I', &lat);
         // One query, one transaction, both timed from the checkout.
@@ -192,10 +209,50 @@ mod tests {
     fn a_checkout_that_served_no_query_is_still_counted() {
         let lat = Latencies::default();
         let mut m = Meter::new(true);
-        m.started_at(Tick::now());
+        m.checked_out(Checkout {
+            at: Some(Tick::now()),
+            wait_us: 0,
+        });
         m.finish(&lat);
         assert_eq!(lat.merged(Kind::Wait).len(), 1);
         assert_eq!(m.tally.server_assignments, 1);
+    }
+
+    #[test]
+    fn a_checkout_that_waited_is_counted_with_its_wait() {
+        let lat = Latencies::default();
+        let mut m = Meter::new(true);
+        m.checked_out(Checkout {
+            at: Some(Tick::now()),
+            wait_us: 40_000,
+        });
+        // Nothing recorded apart: the wait goes with the query's samples.
+        assert_eq!(lat.merged(Kind::Wait).len(), 0);
+        m.request(0);
+        m.ready(0, b'I', &lat);
+        let waits = lat.merged(Kind::Wait);
+        assert_eq!(waits.len(), 1);
+        assert!(waits.max() >= 30_000, "{}", waits.max());
+        assert_eq!((m.tally.server_assignments, m.tally.wait_us), (1, 40_000));
+        m.finish(&lat);
+        assert_eq!(lat.merged(Kind::Wait).len(), 1);
+    }
+
+    #[test]
+    fn a_checkout_without_its_time_starts_the_query_at_the_request() {
+        let lat = Latencies::default();
+        let mut m = Meter::new(true);
+        let long_ago = Tick::now();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        m.checked_out(Checkout {
+            at: None,
+            wait_us: 7,
+        });
+        m.request(0);
+        m.ready(0, b'I', &lat);
+        assert!(m.answered_at().is_some_and(|t| t > long_ago));
+        assert!(m.tally.query_us < 50_000, "{}", m.tally.query_us);
+        assert_eq!(m.tally.wait_us, 7);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use super::conn::{ClientConn, ClientGone};
 use super::limits::Limits;
 use super::link::{held_whole, End, Link, LinkCtx, Pumped, Spare};
 use super::lost::LostTxn;
-use super::meter::Meter;
+use super::meter::{Checkout, Meter};
 use super::prepared::ClientStatements;
 use super::recycled::Recycled;
 use super::rewrite::known_parse;
@@ -171,7 +171,7 @@ impl Session {
     /// `held`, which serves whatever comes); leaves a server the client
     /// keeps in `held`. Returns whether the session goes on.
     async fn work(&mut self, idle: Option<Idle>, held: &mut Option<Box<PooledConn>>) -> bool {
-        let (server, started) = match (held.take(), idle) {
+        let (server, taken) = match (held.take(), idle) {
             (Some(s), _) => (*s, None),
             (None, None | Some(Idle::Gone)) => return false,
             (None, Some(Idle::Shutdown)) => {
@@ -196,13 +196,13 @@ impl Session {
                     };
                 }
                 None => match self.ready_server(tag).await {
-                    Ok(Some(s)) => s,
+                    Ok(Some((s, taken))) => (s, Some(taken)),
                     Ok(None) => return true,
                     Err(ClientGone) => return false,
                 },
             },
         };
-        let attached = self.attach(server, started).await;
+        let attached = self.attach(server, taken).await;
         if !matches!(attached, (End::Released, Some(_))) || self.mode() == PoolMode::Transaction {
             self.reg.info.set(ClientState::Idle, None);
         }
@@ -379,34 +379,43 @@ impl Session {
     /// did not wait: the start of the request that asked for it.
     /// `KILL` ends the wait: a client waiting for a server (behind `PAUSE`,
     /// or a full pool) is dropped with the rest of its database.
-    async fn checkout(&mut self) -> Result<(PooledConn, Option<Tick>), Waited> {
+    /// The checkout is counted by the meter of the attachment it serves,
+    /// or by `count_checkout` when it serves none.
+    async fn checkout(&mut self) -> Result<(PooledConn, Checkout), Waited> {
         let info = &self.reg.info;
         // The usual case: an idle server at once, no wait to time or show.
         if let Some((s, at)) = self.pool.checkout_now() {
-            // Counted by the meter of the attachment it serves, or by
-            // `count_unserved` when it serves none.
             self.reg.info.activate(s.addr(), |addr| linked(addr, &s));
-            return Ok((s, Some(at)));
+            let taken = Checkout {
+                at: Some(at),
+                wait_us: 0,
+            };
+            return Ok((s, taken));
         }
         info.set(ClientState::Waiting, None);
-        let started = std::time::Instant::now();
+        let started = Tick::now();
         let server = tokio::select! {
             s = self.pool.checkout() => s.map_err(Waited::Pool),
             () = info.killed() => Err(Waited::Killed),
         };
-        match &server {
-            Ok(s) => self.checked_out(s, started.elapsed().as_micros() as u64),
-            Err(_) => info.set(ClientState::Idle, None),
-        }
-        server.map(|s| (s, None))
+        let s = match server {
+            Ok(s) => s,
+            Err(e) => {
+                info.set(ClientState::Idle, None);
+                return Err(e);
+            }
+        };
+        info.activate(s.addr(), |addr| linked(addr, &s));
+        // One read for the wait's end and the first request's start.
+        let at = Tick::now();
+        let taken = Checkout {
+            at: Some(at),
+            wait_us: at.micros_since(started),
+        };
+        Ok((s, taken))
     }
 
-    /// Shows and counts a checkout that waited `waited` µs.
-    fn checked_out(&self, s: &ServerConn, waited: u64) {
-        self.reg.info.activate(s.addr(), |addr| linked(addr, s));
-        self.count_checkout(waited);
-    }
-
+    /// Counts a checkout that serves no attachment.
     fn count_checkout(&self, waited: u64) {
         if self.ctx.record_metrics() {
             self.ctx.latencies().record(Kind::Wait, waited);
@@ -457,13 +466,13 @@ impl Session {
     /// in force on it. `None`: the request was answered with an error (no
     /// server, or PostgreSQL refused the settings), or the server failed
     /// while taking them (the request is still buffered: the idle loop tries again).
-    /// With it comes the time the checkout read, unless the checkout or
-    /// the settings waited.
+    /// With it comes its checkout, still to count, with the time the
+    /// checkout read unless the settings took a round trip since.
     async fn ready_server(
         &mut self,
         tag: u8,
-    ) -> Result<Option<(PooledConn, Option<Tick>)>, ClientGone> {
-        let (mut server, mut started) = match self.checkout().await {
+    ) -> Result<Option<(PooledConn, Checkout)>, ClientGone> {
+        let (mut server, mut taken) = match self.checkout().await {
             Ok(s) => s,
             Err(Waited::Pool(e)) => {
                 self.refuse(tag, super::pool_error(e, false)).await?;
@@ -475,14 +484,16 @@ impl Session {
             }
         };
         let given = self.give_settings(&mut server).await;
-        // A checkout that did not wait is counted with the transaction it
-        // serves; it serves none when the settings failed, and its query
-        // starts after them when they took a round trip.
-        if matches!(given, Ok(true) | Err(_)) && started.take().is_some() {
-            self.count_checkout(0);
+        // The checkout is counted with the transaction it serves; it serves
+        // none when the settings failed, and its query starts after them
+        // when they took a round trip.
+        match given {
+            Ok(true) => taken.at = None,
+            Ok(false) => {}
+            Err(_) => self.count_checkout(taken.wait_us),
         }
         match given {
-            Ok(_) => Ok(Some((server, started))),
+            Ok(_) => Ok(Some((server, taken))),
             Err(ConnectError::Refused { error, .. }) => {
                 // Nothing changed on that server (one implicit transaction),
                 // but it is not kept: PostgreSQL's error goes to the client.
@@ -556,17 +567,18 @@ impl Session {
 
     /// Relays between the client and `server` until the transaction (or, in
     /// session mode, the session) ends. Returns the server when it is reusable.
-    /// `started`: the time the checkout read, the first request's start.
+    /// `taken`: the checkout that gave the server, which the attachment
+    /// counts (`None`: a server the client kept).
     async fn attach(
         &mut self,
         mut server: PooledConn,
-        started: Option<Tick>,
+        taken: Option<Checkout>,
     ) -> (End, Option<PooledConn>) {
         self.cancel
             .attach(server.addr(), server.key(), server.stream().is_tls());
         let mut meter = Meter::new(self.ctx.record_metrics());
-        if let Some(at) = started {
-            meter.started_at(at);
+        if let Some(c) = taken {
+            meter.checked_out(c);
         }
         let mut link = Link::new(&self.limits, meter, &mut self.spare);
         let mut end = self.pump(&mut link, &mut server).await;
