@@ -159,6 +159,20 @@ fn micros(now: Tick, start: Tick) -> u64 {
 mod tests {
     use super::*;
 
+    /// A recording meter whose attachment began with a checkout at `at`
+    /// that waited `wait_us`.
+    fn after_checkout(at: Option<Tick>, wait_us: u64) -> Meter {
+        let mut m = Meter::new(true);
+        m.checked_out(Checkout { at, wait_us });
+        m
+    }
+
+    /// One simple query that ends its transaction.
+    fn one_query(m: &mut Meter, lat: &Latencies) {
+        m.request(0);
+        m.ready(0, b'I', lat);
+    }
+
     #[test]
     fn queries_and_transactions_are_counted_at_their_end() {
         let lat = Latencies::default();
@@ -181,15 +195,10 @@ mod tests {
     #[test]
     fn a_query_starts_at_the_time_its_checkout_read() {
         let lat = Latencies::default();
-        let mut m = Meter::new(true);
         let at = Tick::now();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        m.checked_out(Checkout {
-            at: Some(at),
-            wait_us: 0,
-        });
-        m.request(0);
-        m.ready(0, b'I', &lat);
+        let mut m = after_checkout(Some(at), 0);
+        one_query(&mut m, &lat);
         // One query, one transaction, both timed from the checkout.
         assert!(m.tally.query_us >= 50_000, "{}", m.tally.query_us);
         assert_eq!(m.tally.xact_us, m.tally.query_us);
@@ -200,19 +209,14 @@ mod tests {
         m.finish(&lat);
         assert_eq!(lat.merged(Kind::Wait).len(), 1);
         // The next query reads the clock itself.
-        m.request(0);
-        m.ready(0, b'I', &lat);
+        one_query(&mut m, &lat);
         assert!(m.tally.query_us < 100_000, "{}", m.tally.query_us);
     }
 
     #[test]
     fn a_checkout_that_served_no_query_is_still_counted() {
         let lat = Latencies::default();
-        let mut m = Meter::new(true);
-        m.checked_out(Checkout {
-            at: Some(Tick::now()),
-            wait_us: 0,
-        });
+        let mut m = after_checkout(Some(Tick::now()), 0);
         m.finish(&lat);
         assert_eq!(lat.merged(Kind::Wait).len(), 1);
         assert_eq!(m.tally.server_assignments, 1);
@@ -221,15 +225,10 @@ mod tests {
     #[test]
     fn a_checkout_that_waited_is_counted_with_its_wait() {
         let lat = Latencies::default();
-        let mut m = Meter::new(true);
-        m.checked_out(Checkout {
-            at: Some(Tick::now()),
-            wait_us: 40_000,
-        });
+        let mut m = after_checkout(Some(Tick::now()), 40_000);
         // Nothing recorded apart: the wait goes with the query's samples.
         assert_eq!(lat.merged(Kind::Wait).len(), 0);
-        m.request(0);
-        m.ready(0, b'I', &lat);
+        one_query(&mut m, &lat);
         let waits = lat.merged(Kind::Wait);
         assert_eq!(waits.len(), 1);
         assert!(waits.max() >= 30_000, "{}", waits.max());
@@ -241,15 +240,10 @@ mod tests {
     #[test]
     fn a_checkout_without_its_time_starts_the_query_at_the_request() {
         let lat = Latencies::default();
-        let mut m = Meter::new(true);
         let long_ago = Tick::now();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        m.checked_out(Checkout {
-            at: None,
-            wait_us: 7,
-        });
-        m.request(0);
-        m.ready(0, b'I', &lat);
+        let mut m = after_checkout(None, 7);
+        one_query(&mut m, &lat);
         assert!(m.answered_at().is_some_and(|t| t > long_ago));
         assert!(m.tally.query_us < 50_000, "{}", m.tally.query_us);
         assert_eq!(m.tally.wait_us, 7);
