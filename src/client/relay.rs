@@ -374,13 +374,12 @@ impl Session {
     }
 
     /// Takes a server from the pool, showing the client as waiting meanwhile
-    /// and counting the wait.
-    /// With the server comes the time read as it was taken, when the take
-    /// did not wait: the start of the request that asked for it.
+    /// and timing the wait. With the server comes its [`Checkout`]: the
+    /// time read as it was taken (the start of the request that asked for
+    /// it) and the wait, which the meter of the attachment it serves counts,
+    /// or `count_checkout` when it serves none.
     /// `KILL` ends the wait: a client waiting for a server (behind `PAUSE`,
     /// or a full pool) is dropped with the rest of its database.
-    /// The checkout is counted by the meter of the attachment it serves,
-    /// or by `count_checkout` when it serves none.
     async fn checkout(&mut self) -> Result<(PooledConn, Checkout), Waited> {
         let info = &self.reg.info;
         // The usual case: an idle server at once, no wait to time or show.
