@@ -470,6 +470,42 @@ async fn a_wait_for_a_full_pool_is_counted_in_show_stats() {
     );
 }
 
+/// As on PgBouncer, a transaction is in `SHOW STATS` by the time its
+/// answer reaches the client: a monitor that checks right after its own
+/// query finds it counted. Repeated, because the proxy is most often
+/// preempted just as the answer it sent wakes the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_is_in_show_stats_once_its_answer_is_in() {
+    let proxy = Proxy::start("").await;
+    let admin = admin(&proxy, "switchyard").await;
+    let app = proxy.client().await;
+    let app_row = |cols: &[String], rows: Vec<Vec<Option<String>>>| {
+        rows.into_iter()
+            .find(|r| cell(cols, r, "database") == Some("app"))
+            .expect("stats for app")
+    };
+    let (cols, rows) = show(&admin, "SHOW STATS").await;
+    let before = app_row(&cols, rows);
+    let (xacts, sent) = (
+        num(&cols, &before, "total_xact_count"),
+        num(&cols, &before, "total_sent"),
+    );
+    for i in 1..=500 {
+        app.simple_query("SELECT 1").await.unwrap();
+        let (cols, rows) = show(&admin, "SHOW STATS").await;
+        let now = app_row(&cols, rows);
+        assert_eq!(
+            num(&cols, &now, "total_xact_count"),
+            xacts + i,
+            "transaction {i} answered but not counted: {now:?}"
+        );
+        assert!(
+            num(&cols, &now, "total_sent") > sent,
+            "the answers' bytes are not counted: {now:?}"
+        );
+    }
+}
+
 /// `KILL` drops the database's clients at once, those waiting for a server
 /// connection too (here: behind `PAUSE`, whose wait is
 /// `query_wait_timeout`, 120 s), not once their wait is over.
