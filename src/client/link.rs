@@ -699,7 +699,6 @@ impl Link {
 
     fn sent_down(&mut self, server_buf: &mut BytesMut, n: usize) {
         self.moved = true;
-        self.meter.bytes(false, n);
         if self.s_synth.is_empty() {
             consume(server_buf, n);
             self.s_ready -= n;
@@ -765,6 +764,7 @@ impl Link {
             if self.s_ready == 0 {
                 while let Some(tag) = self.expect.take_answer() {
                     put_frame(&mut self.s_synth, tag, b"");
+                    self.meter.bytes(false, HEADER_LEN);
                 }
             }
             if !self.s_drop && self.s_fatal.is_none() && server.buf().len() > self.s_ready {
@@ -772,6 +772,10 @@ impl Link {
                     .scan_server(server.buf(), cx.latencies, cx.errors)
                     .map_err(|e| End::ServerLost(e.to_string()))?;
                 forget(cx, server, forgotten);
+                if self.meter.take_ended() {
+                    // Before the answer goes: see `Meter::take_ended`.
+                    cx.pool.stats().add(&mut self.meter.tally);
+                }
                 if !self.reported.is_empty() {
                     for (k, v) in self.reported.drain(..) {
                         set_param(server.params_mut(), k, v);
@@ -802,6 +806,7 @@ impl Link {
                     self.s_drop = false;
                     if let Some(err) = self.expect.refusal().filter(|_| tag == b'E') {
                         self.s_synth.extend_from_slice(err);
+                        self.meter.bytes(false, err.len());
                         cx.errors.add("53400");
                     }
                     let forgotten = self.expect.on_server(tag);
@@ -958,6 +963,7 @@ impl Link {
             },
         )?;
         self.s_ready += n;
+        self.meter.bytes(false, n);
         Ok(forgotten)
     }
 

@@ -36,6 +36,9 @@ pub struct Meter {
     wait_due: Option<u64>,
     /// When the last ReadyForQuery that ended a query came.
     answered: Option<Tick>,
+    /// A ReadyForQuery ended a transaction since [`Meter::take_ended`]
+    /// last looked: the tally is due at the pool before that answer goes.
+    ended: bool,
     /// Counts not yet added to the pool.
     pub tally: Tally,
 }
@@ -85,7 +88,11 @@ impl Meter {
 
     /// ReadyForQuery arrived with `status`, leaving `pending` requests in flight.
     pub fn ready(&mut self, pending: u32, status: u8, latencies: &Latencies) {
-        if !self.on || pending > 0 {
+        if pending > 0 {
+            return;
+        }
+        self.ended |= status == b'I';
+        if !self.on {
             return;
         }
         let now = Tick::now();
@@ -121,6 +128,14 @@ impl Meter {
         latencies.record_all(&samples[..n]);
     }
 
+    /// Whether a transaction ended since the last call. Its counts are
+    /// then added to the pool before its last answer is forwarded, so that
+    /// a client sees its transaction in `SHOW STATS` as soon as the answer
+    /// (PgBouncer, one thread, counts before it forwards).
+    pub fn take_ended(&mut self) -> bool {
+        std::mem::take(&mut self.ended)
+    }
+
     /// Counts a client message by tag (Parse and Bind, for `SHOW STATS`).
     pub fn client_message(&mut self, tag: u8) {
         if self.on {
@@ -139,7 +154,9 @@ impl Meter {
         }
     }
 
-    /// Counts bytes forwarded from the client (`up`) or to it.
+    /// Counts bytes forwarded from the client (`up`, as written to the
+    /// server) or to it (as queued for the client, so that an answer's
+    /// bytes are in the tally its transaction adds before it is sent).
     pub fn bytes(&mut self, up: bool, n: usize) {
         if self.on {
             if up {
@@ -247,6 +264,31 @@ mod tests {
         assert!(m.answered_at().is_some_and(|t| t > long_ago));
         assert!(m.tally.query_us < 50_000, "{}", m.tally.query_us);
         assert_eq!(m.tally.wait_us, 7);
+    }
+
+    /// The tally is due at the pool when, and only when, a ReadyForQuery
+    /// that leaves nothing in flight says the transaction is over, whether
+    /// or not the meter times anything.
+    #[test]
+    fn a_transaction_end_is_reported_once() {
+        let lat = Latencies::default();
+        // (metering on, requests still in flight, status, ended)
+        let cases = [
+            (true, 0, b'I', true),
+            (true, 0, b'T', false),
+            (true, 0, b'E', false),
+            (true, 1, b'I', false),
+            (false, 0, b'I', true),
+            (false, 1, b'I', false),
+        ];
+        for (on, pending, status, ended) in cases {
+            let mut m = Meter::new(on);
+            m.request(0);
+            m.ready(pending, status, &lat);
+            let case = (on, pending, status as char);
+            assert_eq!(m.take_ended(), ended, "{case:?}");
+            assert!(!m.take_ended(), "reported twice: {case:?}");
+        }
     }
 
     #[test]
