@@ -397,16 +397,16 @@ impl Session {
             s = self.pool.checkout() => s.map_err(Waited::Pool),
             () = info.killed() => Err(Waited::Killed),
         };
-        let s = match server {
-            Ok(s) => s,
+        let (s, at) = match server {
+            Ok(taken) => taken,
             Err(e) => {
                 info.set(ClientState::Idle, None);
                 return Err(e);
             }
         };
         info.activate(s.addr(), |addr| linked(addr, &s));
-        // One read for the wait's end and the first request's start.
-        let at = Tick::now();
+        // The pool's last clock read: the wait's end and the first
+        // request's start.
         let taken = Checkout {
             at: Some(at),
             wait_us: at.micros_since(started),

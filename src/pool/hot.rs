@@ -5,6 +5,7 @@
 //! reload and one from after sees two valid settings of its own pool.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
 
 use super::PoolSettings;
 use crate::config::Target;
@@ -42,12 +43,14 @@ impl From<&PoolSettings> for Expiry {
     }
 }
 
-/// [`PoolSettings::target`] and its [`Expiry`], readable without a lock.
+/// [`PoolSettings::target`], its [`Expiry`] and its `checkout_timeout`,
+/// readable without a lock.
 #[derive(Debug)]
 pub struct Hot {
     target: AtomicU8,
     lifetime_ns: AtomicU64,
     idle_ns: AtomicU64,
+    checkout_timeout_ns: AtomicU64,
 }
 
 impl Hot {
@@ -56,6 +59,7 @@ impl Hot {
             target: AtomicU8::new(0),
             lifetime_ns: AtomicU64::new(0),
             idle_ns: AtomicU64::new(0),
+            checkout_timeout_ns: AtomicU64::new(0),
         };
         hot.store(s);
         hot
@@ -66,6 +70,8 @@ impl Hot {
         self.target.store(target_code(s.target), Ordering::Relaxed);
         self.lifetime_ns.store(nanos(s.lifetime), Ordering::Relaxed);
         self.idle_ns.store(nanos(s.idle_timeout), Ordering::Relaxed);
+        self.checkout_timeout_ns
+            .store(nanos(s.checkout_timeout), Ordering::Relaxed);
     }
 
     pub fn target(&self) -> Target {
@@ -74,6 +80,10 @@ impl Hot {
             1 => Target::Replica,
             _ => Target::Any,
         }
+    }
+
+    pub fn checkout_timeout(&self) -> Duration {
+        Duration::from_nanos(self.checkout_timeout_ns.load(Ordering::Relaxed))
     }
 
     pub fn expiry(&self) -> Expiry {
@@ -95,7 +105,6 @@ fn target_code(t: Target) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn settings(target: Target, lifetime: Duration, idle_timeout: Duration) -> PoolSettings {
         PoolSettings {

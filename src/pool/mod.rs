@@ -208,16 +208,45 @@ impl Pool {
     /// Takes a server connection on the node the pool's target routes to now:
     /// an idle one if there is one, else a new one. While nothing is routable
     /// (a failover) the request is held up to `hold_timeout`; a free slot is
-    /// awaited up to `checkout_timeout`. A held request gives its slot back
-    /// while it waits: otherwise the first `pool_size` held requests would
-    /// keep the others queued for slots, and those would time out after
-    /// `checkout_timeout` instead of being held. The clock is read for a
-    /// deadline only once that deadline can matter: most checkouts that
-    /// wait here wait for a slot, then find an idle connection.
-    pub async fn checkout(&self) -> Result<PooledConn, PoolError> {
+    /// awaited up to `checkout_timeout`. Also returns the time it read last,
+    /// for the caller's wait and first request: no second clock read.
+    ///
+    /// The usual wait (at many clients per server, a transaction's) is for
+    /// a slot, then an idle connection: it reads the settings kept as
+    /// atomics, not the shared ones, and the rest is left to
+    /// [`Pool::checkout_slow`].
+    pub async fn checkout(&self) -> Result<(PooledConn, Tick), PoolError> {
+        let s = &self.shared;
+        if s.paused_now.load(Ordering::Acquire) {
+            return self.checkout_slow(None).await;
+        }
+        let permit = self.slot(s.hot.checkout_timeout()).await?;
+        if let Some(key) = s.cluster.route_key(s.hot.target()) {
+            let now = Tick::now();
+            if let Some(mut conn) = self.pop_usable(key, now, s.hot.expiry()) {
+                conn.lend(permit);
+                return Ok((conn, now));
+            }
+        }
+        // The slot it waited for goes along, not back to the queue.
+        self.checkout_slow(Some(permit)).await
+    }
+
+    /// [`Pool::checkout`]'s other cases: a pause, a new connection, a hold.
+    /// A held request gives its slot back while it waits: otherwise the
+    /// first `pool_size` held requests would keep the others queued for
+    /// slots, and those would time out after `checkout_timeout` instead of
+    /// being held. The clock is read for a deadline only once that deadline
+    /// can matter.
+    async fn checkout_slow(
+        &self,
+        mut permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(PooledConn, Tick), PoolError> {
         let s = &self.shared;
         let settings = s.settings.load_full();
-        self.resumed(settings.query_wait_timeout).await?;
+        if permit.is_none() {
+            self.resumed(settings.query_wait_timeout).await?;
+        }
         // Set at the first hold: `hold_timeout` bounds the wait for a
         // routable node, from when it begins.
         let mut deadline = None;
@@ -226,18 +255,22 @@ impl Pool {
         let mut hold = None;
         loop {
             let version = s.cluster.version();
-            let permit = self.slot(&settings).await?;
+            let permit = match permit.take() {
+                Some(p) => p,
+                None => self.slot(settings.checkout_timeout).await?,
+            };
+            let now = Tick::now();
             let found = s
                 .cluster
                 .route_key(settings.target)
-                .and_then(|key| self.pop_usable(key, Tick::now(), Expiry::from(&*settings)));
+                .and_then(|key| self.pop_usable(key, now, Expiry::from(&*settings)));
             // Routable again (an idle connection, or a route to open one
             // along): the wait for the topology ends here, before the time
             // a new connection takes.
             if let Some(mut conn) = found {
                 drop(hold.take());
                 conn.lend(permit);
-                return Ok(conn);
+                return Ok((conn, now));
             }
             if let Some(route) = s.cluster.route(settings.target) {
                 drop(hold.take());
@@ -245,7 +278,7 @@ impl Pool {
                 match self.open(&route, room_by).await {
                     Ok(mut conn) => {
                         conn.lend(permit);
-                        return Ok(conn);
+                        return Ok((conn, Tick::now()));
                     }
                     Err(PoolError::Connect(ClusterError::Unreachable(e))) => {
                         tracing::debug!(error = %e, "routed node unreachable; holding for the topology to change");
@@ -286,12 +319,12 @@ impl Pool {
 
     /// A slot of the pool: at once if one is free, else the first to free
     /// up within `checkout_timeout`.
-    async fn slot(&self, settings: &PoolSettings) -> Result<OwnedSemaphorePermit, PoolError> {
+    async fn slot(&self, timeout: Duration) -> Result<OwnedSemaphorePermit, PoolError> {
         let slots = &self.shared.slots;
         if let Ok(p) = slots.clone().try_acquire_owned() {
             return Ok(p);
         }
-        tokio::time::timeout(settings.checkout_timeout, slots.clone().acquire_owned())
+        tokio::time::timeout(timeout, slots.clone().acquire_owned())
             .await
             .map_err(|_| PoolError::Timeout)?
             .map_err(|_| PoolError::Timeout)
@@ -379,7 +412,7 @@ impl Pool {
         if let Some(p) = lock(&self.shared.params).clone() {
             return Ok(p);
         }
-        let conn = self.checkout().await?;
+        let (conn, _) = self.checkout().await?;
         let params = Arc::new(conn.params().to_vec());
         self.checkin(conn);
         Ok(params)
