@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
 use crate::auth::server_side::ServerSecret;
 use crate::cluster::{Cluster, ClusterError, Route, RouteKey};
@@ -240,7 +240,7 @@ impl Pool {
     /// can matter.
     async fn checkout_slow(
         &self,
-        mut permit: Option<OwnedSemaphorePermit>,
+        mut permit: Option<SemaphorePermit<'_>>,
     ) -> Result<(PooledConn, Tick), PoolError> {
         let s = &self.shared;
         let settings = s.settings.load_full();
@@ -310,7 +310,7 @@ impl Pool {
             return None;
         }
         let key = s.cluster.route_key(s.hot.target())?;
-        let permit = s.slots.clone().try_acquire_owned().ok()?;
+        let permit = s.slots.try_acquire().ok()?;
         let now = Tick::now();
         let mut conn = self.pop_usable(key, now, s.hot.expiry())?;
         conn.lend(permit);
@@ -319,12 +319,12 @@ impl Pool {
 
     /// A slot of the pool: at once if one is free, else the first to free
     /// up within `checkout_timeout`.
-    async fn slot(&self, timeout: Duration) -> Result<OwnedSemaphorePermit, PoolError> {
+    async fn slot(&self, timeout: Duration) -> Result<SemaphorePermit<'_>, PoolError> {
         let slots = &self.shared.slots;
-        if let Ok(p) = slots.clone().try_acquire_owned() {
+        if let Ok(p) = slots.try_acquire() {
             return Ok(p);
         }
-        tokio::time::timeout(timeout, slots.clone().acquire_owned())
+        tokio::time::timeout(timeout, slots.acquire())
             .await
             .map_err(|_| PoolError::Timeout)?
             .map_err(|_| PoolError::Timeout)
@@ -379,7 +379,7 @@ impl Pool {
         if params.is_none() {
             *params = Some(Arc::new(conn.params().to_vec()));
         }
-        Ok(PooledConn::new(conn, route, generation, permits))
+        Ok(PooledConn::new(conn, route, generation, permits, &s.slots))
     }
 
     /// Returns a connection whose transaction status is idle. Its slot is freed.

@@ -6,8 +6,9 @@
 //! checked-out handle.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{NodeHandle, Route};
@@ -16,13 +17,11 @@ use crate::server::ServerConn;
 
 /// A server connection owned by a pool, idle or checked out.
 pub struct PooledConn {
-    // Declared first so it drops first: the server sees the Terminate and the
-    // close before the slot below is freed for a new connection. Boxed: a
+    // The connection, and after it its slot: the server sees the Terminate
+    // and the close before the slot is freed for a new connection. Boxed: a
     // checkout, an attachment and a checkin each move the handle a few
     // times per transaction, and inline it would be copied whole each time.
     held: Box<Held>,
-    /// Pool slot held while checked out.
-    permit: Option<OwnedSemaphorePermit>,
     /// Counted in its node's load (checked out). The count is taken and
     /// given back through `handle`: a guard of its own would clone the
     /// handle, an atomic count each way per transaction.
@@ -51,19 +50,46 @@ struct Held {
     _limits: Vec<OwnedSemaphorePermit>,
     /// Cancelled when the node's connections must close at once.
     retired: CancellationToken,
+    /// Last: a connection that closes while checked out frees its pool
+    /// slot once it is closed.
+    slot: Slot,
+}
+
+/// The pool slot a checked-out connection holds. The permit is forgotten
+/// as it is taken and added back as it is freed: an owned permit would
+/// clone and drop the semaphore's `Arc`, two atomic read-modify-writes
+/// per transaction; the connection holds that `Arc` from its opening.
+struct Slot {
+    slots: Arc<Semaphore>,
+    held: bool,
+}
+
+impl Slot {
+    fn free(&mut self) {
+        if std::mem::take(&mut self.held) {
+            self.slots.add_permits(1);
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.free();
+    }
 }
 
 impl PooledConn {
     /// A connection just opened along `route` in pool generation
-    /// `generation`, holding `limits` while it lives.
+    /// `generation`, holding `limits` while it lives, lent with a permit
+    /// of `slots` (its pool's).
     pub(super) fn new(
         conn: ServerConn,
         route: &Route,
         generation: u64,
         limits: Vec<OwnedSemaphorePermit>,
+        slots: &Arc<Semaphore>,
     ) -> PooledConn {
         PooledConn {
-            permit: None,
             counted: false,
             node: route.node,
             epoch: route.epoch,
@@ -76,13 +102,20 @@ impl PooledConn {
                 conn,
                 _limits: limits,
                 retired: route.retired.clone(),
+                slot: Slot {
+                    slots: slots.clone(),
+                    held: false,
+                },
             }),
         }
     }
 
-    /// Marks it checked out: it holds `permit` and counts in its node's load.
-    pub(super) fn lend(&mut self, permit: OwnedSemaphorePermit) {
-        self.permit = Some(permit);
+    /// Marks it checked out: it holds `permit`, of its pool's slots, and
+    /// counts in its node's load.
+    pub(super) fn lend(&mut self, permit: SemaphorePermit<'_>) {
+        debug_assert!(!self.held.slot.held);
+        permit.forget();
+        self.held.slot.held = true;
         if !std::mem::replace(&mut self.counted, true) {
             self.handle.add_load(1);
         }
@@ -90,7 +123,7 @@ impl PooledConn {
 
     /// Frees its slot and its node's load count (it is back, or about to close).
     pub(super) fn release(&mut self) {
-        self.permit = None;
+        self.held.slot.free();
         if std::mem::take(&mut self.counted) {
             self.handle.add_load(-1);
         }
