@@ -102,6 +102,20 @@ pub async fn values(c: &Client, table: &str) -> HashSet<i64> {
         .collect()
 }
 
+/// [`port_of`] for a poll across a failover: a statement in flight as the
+/// old primary is cut off fails with 08007 (its outcome unknown), which a
+/// planned switchover never gives. `None` then, and the poll asks again.
+pub async fn try_port_of(c: &Client) -> Option<u16> {
+    let rows = c
+        .simple_query("SELECT current_setting('port')")
+        .await
+        .ok()?;
+    match rows.get(1)? {
+        SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+        _ => None,
+    }
+}
+
 pub async fn port_of(c: &Client) -> u16 {
     let rows = c
         .simple_query("SELECT current_setting('port')")
