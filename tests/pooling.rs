@@ -302,6 +302,9 @@ async fn writes_go_to_the_primary_whatever_the_node_order() {
 async fn shutdown_lets_the_running_transaction_finish() {
     let proxy = Proxy::start("shutdown_timeout = \"10s\"").await;
     let addr = proxy.addr;
+    // The cluster outlives this proxy: the second one must find the commit
+    // there, not in a cluster started anew after the last holder went.
+    let _cluster = proxy.cluster.clone();
     let busy = proxy.client().await;
     let idle = proxy.client().await;
     let table = unique("sd");
