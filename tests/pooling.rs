@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{sqlstate, unique, Proxy, Raw};
+use common::{error_code, sqlstate, unique, Proxy, Raw};
 use tokio_postgres::types::Type;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,4 +385,70 @@ async fn a_connection_busy_past_the_idle_timeout_is_kept_when_it_comes_back() {
         after, first,
         "the busy connection was kept, not closed as idle"
     );
+}
+
+/// A raw client logged in (trust) as app.
+async fn raw_session(addr: std::net::SocketAddr) -> Raw {
+    let mut raw = Raw::connect(addr).await;
+    raw.startup(0, "app", "app").await;
+    let (_, status) = raw.until_ready().await;
+    assert_eq!(status, Some(b'I'), "logged in");
+    raw
+}
+
+/// The first column of the first row in `msgs`, as text.
+fn first_value(msgs: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, row) = msgs.iter().find(|(tag, _)| *tag == b'D')?;
+    let len = i32::from_be_bytes(row[2..6].try_into().unwrap()) as usize;
+    Some(String::from_utf8_lossy(&row[6..6 + len]).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_clients_are_served_in_order_when_a_server_closes_or_comes_back() {
+    // One server connection, and a checkout timeout far longer than the
+    // test: a turn lost on the way shows as a stuck client, not an answer.
+    let proxy =
+        Proxy::start("auth_type = \"trust\"\ndefault_pool_size = 1\ncheckout_timeout = \"60s\"")
+            .await;
+    let mut holder = raw_session(proxy.addr).await;
+    holder.query("BEGIN; SELECT pg_backend_pid()").await;
+    let (msgs, status) = holder.until_ready().await;
+    assert_eq!(status, Some(b'T'));
+    let pid: i32 = first_value(&msgs).unwrap().parse().unwrap();
+    // Three clients get in line, in this order.
+    let mut waiting = vec![];
+    for name in ["first", "second", "third"] {
+        let mut raw = raw_session(proxy.addr).await;
+        raw.query(&format!("SELECT '{name}'")).await;
+        waiting.push(tokio::spawn(async move {
+            let (msgs, status) = raw.until_ready().await;
+            (first_value(&msgs), status, Instant::now())
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The only server connection dies under its client: its slot, not a
+    // connection, goes to the first in line, which opens a new one; that
+    // one then goes from client to client as each is done.
+    let admin = proxy.direct_admin().await;
+    admin
+        .query("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let mut done = vec![];
+    for (w, name) in waiting.into_iter().zip(["first", "second", "third"]) {
+        let (value, status, at) = tokio::time::timeout(Duration::from_secs(20), w)
+            .await
+            .unwrap_or_else(|_| panic!("{name} still waits"))
+            .unwrap();
+        assert_eq!(value.as_deref(), Some(name));
+        assert_eq!(status, Some(b'I'));
+        done.push(at);
+    }
+    assert!(done.is_sorted(), "served in the order they came");
+    holder.query("SELECT 1").await;
+    let (msgs, status) = holder.until_ready().await;
+    // Its client learns at its next request that the transaction is gone.
+    let (tag, body) = &msgs[0];
+    assert_eq!((*tag, error_code(body).as_str()), (b'E', "08006"));
+    assert_eq!(status, Some(b'E'), "still in the failed transaction");
 }

@@ -394,7 +394,7 @@ impl Session {
         info.set(ClientState::Waiting, None);
         let started = Tick::now();
         let server = tokio::select! {
-            s = self.pool.checkout() => s.map_err(Waited::Pool),
+            s = self.pool.checkout(started) => s.map_err(Waited::Pool),
             () = info.killed() => Err(Waited::Killed),
         };
         let (s, at) = match server {

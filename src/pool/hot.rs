@@ -5,7 +5,6 @@
 //! reload and one from after sees two valid settings of its own pool.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::time::Duration;
 
 use super::PoolSettings;
 use crate::config::Target;
@@ -82,8 +81,8 @@ impl Hot {
         }
     }
 
-    pub fn checkout_timeout(&self) -> Duration {
-        Duration::from_nanos(self.checkout_timeout_ns.load(Ordering::Relaxed))
+    pub fn checkout_timeout_ns(&self) -> u64 {
+        self.checkout_timeout_ns.load(Ordering::Relaxed)
     }
 
     pub fn expiry(&self) -> Expiry {
@@ -105,6 +104,7 @@ fn target_code(t: Target) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn settings(target: Target, lifetime: Duration, idle_timeout: Duration) -> PoolSettings {
         PoolSettings {

@@ -97,15 +97,15 @@ impl SharedLimit {
         let mut oldest: Option<(usize, crate::measure::tick::Tick)> = None;
         for (i, p) in pools.iter().enumerate() {
             // Idle lists are kept most recently used last.
-            if let Some(c) = lock(&p.idle).first() {
+            if let Some(c) = lock(&p.line).idle.first() {
                 if oldest.is_none_or(|(_, t)| c.last_used() < t) {
                     oldest = Some((i, c.last_used()));
                 }
             }
         }
         let (i, _) = oldest?;
-        let mut idle = lock(&pools[i].idle);
-        (!idle.is_empty()).then(|| idle.remove(0))
+        let mut line = lock(&pools[i].line);
+        (!line.idle.is_empty()).then(|| line.idle.remove(0))
     }
 }
 

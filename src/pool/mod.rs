@@ -1,23 +1,24 @@
 //! Server connection pools, one per (client-facing database, user). A pool
-//! bounds the connections to its size with a semaphore (a checked-out
-//! connection holds a permit), keeps idle connections most-recently-used first,
-//! and closes them when idle or old for too long. Locks are std mutexes held for
-//! a push or pop, never across `.await`. The wire connection itself is
+//! bounds the connections to its size with slots (a checked-out connection
+//! holds one; waiting checkouts queue in [`line`]), keeps idle connections
+//! most-recently-used first, and closes them when idle or old for too long.
+//! Locks are std mutexes held for a push or pop, never across `.await`. The wire connection itself is
 //! [`crate::server::ServerConn`]; the pool wraps it in a [`PooledConn`] with
 //! its own bookkeeping.
 
 mod hot;
 mod limit;
+mod line;
 mod pooled;
 pub mod stats;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::{watch, Semaphore, SemaphorePermit};
+use tokio::sync::watch;
 
 use crate::auth::server_side::ServerSecret;
 use crate::cluster::{Cluster, ClusterError, Route, RouteKey};
@@ -26,6 +27,7 @@ use crate::measure::tick::Tick;
 use crate::server::Login;
 use hot::{Expiry, Hot};
 pub use limit::{LimitHit, Limits, SharedLimit};
+use line::{Line, Served, Taken, Wait};
 pub use pooled::PooledConn;
 
 /// Timeouts a pool works with.
@@ -88,8 +90,9 @@ struct Shared {
     settings: ArcSwap<PoolSettings>,
     /// What checkouts and checkins read of `settings`, stored with it.
     hot: Hot,
-    slots: Arc<Semaphore>,
-    idle: Mutex<Vec<PooledConn>>,
+    /// Slots, idle connections and waiting checkouts. An `Arc`: a
+    /// connection gives its slot back to it itself.
+    line: Arc<Mutex<Line<PooledConn>>>,
     cluster: Arc<Cluster>,
     /// ParameterStatus values of the first server connection, replayed to clients at login.
     params: Mutex<Option<ServerParams>>,
@@ -110,15 +113,27 @@ struct Shared {
     opening: AtomicUsize,
     /// Checkouts waiting for a routable node (a failover) now.
     held: AtomicUsize,
-    /// The cluster's retirement count at the last sweep of `idle` (read
-    /// and written with the `idle` lock held).
-    swept: AtomicU64,
     /// `max_db_connections` / `max_user_connections` this pool is under
     /// (empty when unset: opening a connection then costs nothing more).
     limits: Vec<Arc<SharedLimit>>,
     /// Since when the reaper has found the pool unused (no client, no
     /// server connection); only the reaper reads or writes it.
     unused_since: Mutex<Option<Tick>>,
+}
+
+impl Drop for Shared {
+    /// Idle connections hold the line they sit in (to give a slot back
+    /// when checked out): emptied here, or neither would be freed.
+    fn drop(&mut self) {
+        let left = lock(&self.line).drain();
+        drop(left);
+    }
+}
+
+/// A slot, and the connection that came back with it if any.
+enum Turn<'a> {
+    Conn(PooledConn, Taken<'a, PooledConn>),
+    Slot(Taken<'a, PooledConn>),
 }
 
 /// Counts a gauge up while alive.
@@ -178,13 +193,11 @@ impl Pool {
         paused: bool,
         limits: Vec<Arc<SharedLimit>>,
     ) -> Pool {
-        let slots = Arc::new(Semaphore::new(settings.size));
         let shared = Shared {
             login: ArcSwap::from_pointee(login),
             hot: Hot::new(&settings),
+            line: Arc::new(Mutex::new(Line::new(settings.size))),
             settings: ArcSwap::from_pointee(settings),
-            slots,
-            idle: Mutex::new(vec![]),
             cluster,
             params: Mutex::new(None),
             known_statements: Mutex::default(),
@@ -194,7 +207,6 @@ impl Pool {
             generation: AtomicU64::new(0),
             opening: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
-            swept: AtomicU64::new(0),
             unused_since: Mutex::new(None),
             limits,
         };
@@ -208,28 +220,42 @@ impl Pool {
     /// Takes a server connection on the node the pool's target routes to now:
     /// an idle one if there is one, else a new one. While nothing is routable
     /// (a failover) the request is held up to `hold_timeout`; a free slot is
-    /// awaited up to `checkout_timeout`. Also returns the time it read last,
-    /// for the caller's wait and first request: no second clock read.
+    /// awaited, from `since`, up to `checkout_timeout`. Also returns the time
+    /// it read last, for the caller's wait and first request: no second
+    /// clock read.
     ///
     /// The usual wait (at many clients per server, a transaction's) is for
-    /// a slot, then an idle connection: it reads the settings kept as
-    /// atomics, not the shared ones, and the rest is left to
-    /// [`Pool::checkout_slow`].
-    pub async fn checkout(&self) -> Result<(PooledConn, Tick), PoolError> {
+    /// a slot, and ends with a connection handed over as it came back: it
+    /// reads the settings kept as atomics, not the shared ones, and the
+    /// rest is left to [`Pool::checkout_slow`].
+    pub async fn checkout(&self, since: Tick) -> Result<(PooledConn, Tick), PoolError> {
         let s = &self.shared;
         if s.paused_now.load(Ordering::Acquire) {
             return self.checkout_slow(None).await;
         }
-        let permit = self.slot(s.hot.checkout_timeout()).await?;
-        if let Some(key) = s.cluster.route_key(s.hot.target()) {
-            let now = Tick::now();
-            if let Some(mut conn) = self.pop_usable(key, now, s.hot.expiry()) {
-                conn.lend(permit);
-                return Ok((conn, now));
+        let turn = self.turn(since).await?;
+        let key = s.cluster.route_key(s.hot.target());
+        let now = Tick::now();
+        let expiry = s.hot.expiry();
+        let slot = match turn {
+            Turn::Conn(mut conn, slot) => {
+                if key.is_some_and(|k| fits(&conn, k, now, expiry)) {
+                    conn.lend(slot);
+                    return Ok((conn, now));
+                }
+                // Not where the target routes now: kept for a checkout
+                // that it suits, and this one looks further.
+                lock(&s.line).idle.push(conn);
+                slot
             }
+            Turn::Slot(slot) => slot,
+        };
+        if let Some(mut conn) = key.and_then(|k| self.pop_usable(k, now, expiry)) {
+            conn.lend(slot);
+            return Ok((conn, now));
         }
-        // The slot it waited for goes along, not back to the queue.
-        self.checkout_slow(Some(permit)).await
+        // The slot it waited for goes along, not back to the line.
+        self.checkout_slow(Some(slot)).await
     }
 
     /// [`Pool::checkout`]'s other cases: a pause, a new connection, a hold.
@@ -240,11 +266,11 @@ impl Pool {
     /// can matter.
     async fn checkout_slow(
         &self,
-        mut permit: Option<SemaphorePermit<'_>>,
+        mut slot: Option<Taken<'_, PooledConn>>,
     ) -> Result<(PooledConn, Tick), PoolError> {
         let s = &self.shared;
         let settings = s.settings.load_full();
-        if permit.is_none() {
+        if slot.is_none() {
             self.resumed(settings.query_wait_timeout).await?;
         }
         // Set at the first hold: `hold_timeout` bounds the wait for a
@@ -255,9 +281,15 @@ impl Pool {
         let mut hold = None;
         loop {
             let version = s.cluster.version();
-            let permit = match permit.take() {
-                Some(p) => p,
-                None => self.slot(settings.checkout_timeout).await?,
+            let slot = match slot.take() {
+                Some(t) => t,
+                None => match self.turn(Tick::now()).await? {
+                    Turn::Conn(conn, t) => {
+                        lock(&s.line).idle.push(conn);
+                        t
+                    }
+                    Turn::Slot(t) => t,
+                },
             };
             let now = Tick::now();
             let found = s
@@ -269,7 +301,7 @@ impl Pool {
             // a new connection takes.
             if let Some(mut conn) = found {
                 drop(hold.take());
-                conn.lend(permit);
+                conn.lend(slot);
                 return Ok((conn, now));
             }
             if let Some(route) = s.cluster.route(settings.target) {
@@ -277,7 +309,7 @@ impl Pool {
                 let room_by = tokio::time::Instant::now() + settings.checkout_timeout;
                 match self.open(&route, room_by).await {
                     Ok(mut conn) => {
-                        conn.lend(permit);
+                        conn.lend(slot);
                         return Ok((conn, Tick::now()));
                     }
                     Err(PoolError::Connect(ClusterError::Unreachable(e))) => {
@@ -286,7 +318,7 @@ impl Pool {
                     Err(e) => return Err(e),
                 }
             }
-            drop(permit);
+            drop(slot);
             let wait = s.cluster.changed(version);
             let _held = Gauge::up(&s.held);
             let wants_primary = settings.target == Target::Primary;
@@ -300,59 +332,59 @@ impl Pool {
     }
 
     /// The usual checkout, done at once: an idle connection on the node the
-    /// target routes to, when the pool is not paused and a slot is free.
-    /// `None` leaves the rest (waits, new connections, holds) to
-    /// [`Pool::checkout`]. Also returns the time it read for the expiry
-    /// check, so that the caller need not read the clock again.
+    /// target routes to, when the pool is not paused and a slot is free
+    /// (and nobody waits for one). `None` leaves the rest (waits, new
+    /// connections, holds) to [`Pool::checkout`]. Also returns the time it
+    /// read for the expiry check, so that the caller need not read the
+    /// clock again.
     pub fn checkout_now(&self) -> Option<(PooledConn, Tick)> {
         let s = &self.shared;
         if s.paused_now.load(Ordering::Acquire) {
             return None;
         }
         let key = s.cluster.route_key(s.hot.target())?;
-        let permit = s.slots.try_acquire().ok()?;
+        let mut line = lock(&s.line);
+        if !line.can_take() {
+            return None;
+        }
         let now = Tick::now();
-        let mut conn = self.pop_usable(key, now, s.hot.expiry())?;
-        conn.lend(permit);
+        let mut conn = pop_usable(&mut line, &s.cluster, key, now, s.hot.expiry())?;
+        line.try_take();
+        drop(line);
+        conn.lend(Taken::new(&s.line));
         Some((conn, now))
     }
 
-    /// A slot of the pool: at once if one is free, else the first to free
-    /// up within `checkout_timeout`.
-    async fn slot(&self, timeout: Duration) -> Result<SemaphorePermit<'_>, PoolError> {
-        let slots = &self.shared.slots;
-        if let Ok(p) = slots.try_acquire() {
-            return Ok(p);
+    /// A slot of the pool: at once if one is free and nobody waits, else
+    /// in line from `since` (with the connection that freed it, if it
+    /// stayed open) within `checkout_timeout`.
+    async fn turn(&self, since: Tick) -> Result<Turn<'_>, PoolError> {
+        let line = &*self.shared.line;
+        match Wait::new(line, since, || self.start_timer()).await {
+            Served::Conn(conn) => Ok(Turn::Conn(conn, Taken::new(line))),
+            Served::Slot => Ok(Turn::Slot(Taken::new(line))),
+            Served::TimedOut => Err(PoolError::Timeout),
         }
-        tokio::time::timeout(timeout, slots.acquire())
-            .await
-            .map_err(|_| PoolError::Timeout)?
-            .map_err(|_| PoolError::Timeout)
+    }
+
+    /// Starts the line's timer: it ends each wait `checkout_timeout` after
+    /// it began, and itself once nobody waits. It holds the pool weakly (an
+    /// unused pool is still dropped).
+    fn start_timer(&self) {
+        let pool = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut timer = Timer(pool);
+            while let Some(ns) = timer.expire() {
+                tokio::time::sleep(Duration::from_nanos(ns)).await;
+            }
+            // Ended as it should: nothing for its drop to undo.
+            timer.0 = Weak::new();
+        });
     }
 
     fn pop_usable(&self, route: RouteKey, now: Tick, expiry: Expiry) -> Option<PooledConn> {
-        let mut idle = lock(&self.shared.idle);
-        let cluster = &self.shared.cluster;
-        // Connections to retired incarnations are closed here (dropped), in
-        // one sweep after each retirement rather than a check of every idle
-        // connection at every checkout.
-        let retirements = cluster.retirements();
-        // Read and written only under the idle lock: a checkout with
-        // nothing retired since the last sweep (nearly all) writes nothing.
-        if self.shared.swept.load(Ordering::Relaxed) != retirements {
-            self.shared.swept.store(retirements, Ordering::Relaxed);
-            idle.retain(PooledConn::is_current);
-        }
-        while let Some(pos) = idle.iter().rposition(|c| c.node() == route.node) {
-            let conn = idle.remove(pos);
-            // A server that died (or was terminated) while this connection sat
-            // idle must not cost the next client an error. The route's epoch
-            // was the node's current one as it was read.
-            if conn.epoch() == route.epoch && !(expired(&conn, now, expiry) || conn.is_broken()) {
-                return Some(conn);
-            }
-        }
-        None
+        let mut line = lock(&self.shared.line);
+        pop_usable(&mut line, &self.shared.cluster, route, now, expiry)
     }
 
     /// Opens a connection along `route`, within the database's and user's
@@ -379,7 +411,7 @@ impl Pool {
         if params.is_none() {
             *params = Some(Arc::new(conn.params().to_vec()));
         }
-        Ok(PooledConn::new(conn, route, generation, permits, &s.slots))
+        Ok(PooledConn::new(conn, route, generation, permits, &s.line))
     }
 
     /// Returns a connection whose transaction status is idle. Its slot is freed.
@@ -390,7 +422,7 @@ impl Pool {
     /// [`Pool::checkin`] with the time its last answer came (read once
     /// for the query's latency, not again here).
     pub fn checkin_at(&self, mut conn: PooledConn, now: Tick) {
-        conn.release();
+        conn.uncount();
         let current = conn.is_current()
             && conn.generation() == self.shared.generation.load(Ordering::Relaxed);
         // Its idle time is not counted: it was busy, not idle, since it
@@ -400,10 +432,16 @@ impl Pool {
         // Another pool under the same limit waits for room: hand it this place.
         let wanted = self.shared.limits.iter().any(|l| l.wanted());
         if stale || wanted || !conn.buf().is_empty() || conn.closes_on_return() {
+            // Dropped: it closes, then gives its slot back.
             return;
         }
         conn.set_last_used(now);
-        lock(&self.shared.idle).push(conn);
+        conn.unhold();
+        // To the first in line with its slot, or to the idle list.
+        let woken = lock(&self.shared.line).give_back(Some(conn));
+        if let Some(w) = woken {
+            w.wake();
+        }
     }
 
     /// The server's ParameterStatus values for a client's login reply, opening a
@@ -412,7 +450,7 @@ impl Pool {
         if let Some(p) = lock(&self.shared.params).clone() {
             return Ok(p);
         }
-        let (conn, _) = self.checkout().await?;
+        let (conn, _) = self.checkout(Tick::now()).await?;
         let params = Arc::new(conn.params().to_vec());
         self.checkin(conn);
         Ok(params)
@@ -421,7 +459,9 @@ impl Pool {
     /// Closes idle connections past their idle timeout or lifetime.
     pub fn reap(&self, now: Tick) {
         let expiry = self.shared.hot.expiry();
-        lock(&self.shared.idle).retain(|c| !expired(c, now, expiry));
+        lock(&self.shared.line)
+            .idle
+            .retain(|c| !expired(c, now, expiry));
     }
 
     /// Whether the pool, reached through this handle only (the map's), has
@@ -431,7 +471,7 @@ impl Pool {
     fn idle_since_long(&self, now: Tick) -> bool {
         let s = &self.shared;
         let unused = Arc::strong_count(s) == 1
-            && lock(&s.idle).is_empty()
+            && lock(&s.line).idle.is_empty()
             && s.opening.load(Ordering::Relaxed) == 0
             && s.held.load(Ordering::Relaxed) == 0;
         let mut since = lock(&s.unused_since);
@@ -496,14 +536,15 @@ impl Pool {
     /// (`RECONNECT`, `KILL`).
     pub fn reconnect(&self) {
         self.shared.generation.fetch_add(1, Ordering::Relaxed);
-        lock(&self.shared.idle).clear();
+        let idle = std::mem::take(&mut lock(&self.shared.line).idle);
+        drop(idle);
     }
 
     /// Numbers for `SHOW POOLS` and the metrics.
     pub fn counts(&self) -> PoolCounts {
         let s = &self.shared;
         PoolCounts {
-            idle: lock(&s.idle).len(),
+            idle: lock(&s.line).idle.len(),
             opening: s.opening.load(Ordering::Relaxed),
             held: s.held.load(Ordering::Relaxed),
             size: s.settings.load().size,
@@ -515,7 +556,8 @@ impl Pool {
     pub fn idle_servers(&self) -> Vec<IdleServer> {
         let now = (Tick::now(), std::time::SystemTime::now());
         let ago = |t: Tick| now.1 - now.0.since(t);
-        lock(&self.shared.idle)
+        lock(&self.shared.line)
+            .idle
             .iter()
             .map(|c| IdleServer {
                 addr: c.addr().clone(),
@@ -553,16 +595,69 @@ impl Pool {
         let new_size = new.size;
         self.shared.hot.store(&new);
         let old = self.shared.settings.swap(Arc::new(new));
-        if new_size > old.size {
-            self.shared.slots.add_permits(new_size - old.size);
-        } else if new_size < old.size {
-            let surplus = (old.size - new_size) as u32;
-            let slots = self.shared.slots.clone();
-            tokio::spawn(async move {
-                if let Ok(p) = slots.acquire_many_owned(surplus).await {
-                    p.forget();
-                }
-            });
+        let woken = lock(&self.shared.line).resize(old.size, new_size);
+        woken.into_iter().for_each(std::task::Waker::wake);
+    }
+}
+
+/// Takes the most recently used idle connection on `route` that is still
+/// usable, closing (dropping) the unusable ones it meets.
+fn pop_usable(
+    line: &mut Line<PooledConn>,
+    cluster: &Cluster,
+    route: RouteKey,
+    now: Tick,
+    expiry: Expiry,
+) -> Option<PooledConn> {
+    // Connections to retired incarnations are closed here (dropped), in
+    // one sweep after each retirement rather than a check of every idle
+    // connection at every checkout.
+    let retirements = cluster.retirements();
+    // A checkout with nothing retired since the last sweep (nearly all)
+    // writes nothing.
+    if line.swept != retirements {
+        line.swept = retirements;
+        line.idle.retain(PooledConn::is_current);
+    }
+    while let Some(pos) = line.idle.iter().rposition(|c| c.node() == route.node) {
+        let conn = line.idle.remove(pos);
+        if fits(&conn, route, now, expiry) {
+            return Some(conn);
+        }
+    }
+    None
+}
+
+/// Whether `conn` can serve a checkout routed along `route` at `now`. A
+/// server that died (or was terminated) while this connection sat idle must
+/// not cost the next client an error. The route's epoch was the node's
+/// current one as it was read.
+fn fits(conn: &PooledConn, route: RouteKey, now: Tick, expiry: Expiry) -> bool {
+    conn.node() == route.node
+        && conn.epoch() == route.epoch
+        && !(expired(conn, now, expiry) || conn.is_broken())
+}
+
+/// A pool line's timer task, by its weak hold on the pool.
+struct Timer(Weak<Shared>);
+
+impl Timer {
+    /// Ends the waits that are due; the time until the next one is.
+    fn expire(&mut self) -> Option<u64> {
+        let s = self.0.upgrade()?;
+        let timeout = s.hot.checkout_timeout_ns();
+        let (woken, next) = lock(&s.line).expire(Tick::now(), timeout);
+        woken.into_iter().for_each(std::task::Waker::wake);
+        next
+    }
+}
+
+impl Drop for Timer {
+    /// Only when the task is dropped before it ended (its runtime shut
+    /// down): the next wait then starts a new timer.
+    fn drop(&mut self) {
+        if let Some(s) = self.0.upgrade() {
+            lock(&s.line).timer_stopped();
         }
     }
 }

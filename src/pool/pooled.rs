@@ -6,10 +6,12 @@
 //! checked-out handle.
 
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
+
+use super::line::{Line, Taken};
 
 use crate::cluster::{NodeHandle, Route};
 use crate::measure::tick::Tick;
@@ -55,19 +57,21 @@ struct Held {
     slot: Slot,
 }
 
-/// The pool slot a checked-out connection holds. The permit is forgotten
-/// as it is taken and added back as it is freed: an owned permit would
-/// clone and drop the semaphore's `Arc`, two atomic read-modify-writes
-/// per transaction; the connection holds that `Arc` from its opening.
+/// The pool slot a checked-out connection holds: a flag, and the pool's
+/// line to give it back to (the connection holds the line's `Arc` from
+/// its opening, so a checkout clones none).
 struct Slot {
-    slots: Arc<Semaphore>,
+    line: Arc<Mutex<Line<PooledConn>>>,
     held: bool,
 }
 
 impl Slot {
     fn free(&mut self) {
         if std::mem::take(&mut self.held) {
-            self.slots.add_permits(1);
+            let woken = super::lock(&self.line).give_back(None);
+            if let Some(w) = woken {
+                w.wake();
+            }
         }
     }
 }
@@ -80,14 +84,14 @@ impl Drop for Slot {
 
 impl PooledConn {
     /// A connection just opened along `route` in pool generation
-    /// `generation`, holding `limits` while it lives, lent with a permit
-    /// of `slots` (its pool's).
+    /// `generation`, holding `limits` while it lives, whose slot comes
+    /// from and goes back to `line` (its pool's).
     pub(super) fn new(
         conn: ServerConn,
         route: &Route,
         generation: u64,
         limits: Vec<OwnedSemaphorePermit>,
-        slots: &Arc<Semaphore>,
+        line: &Arc<Mutex<Line<PooledConn>>>,
     ) -> PooledConn {
         PooledConn {
             counted: false,
@@ -103,30 +107,37 @@ impl PooledConn {
                 _limits: limits,
                 retired: route.retired.clone(),
                 slot: Slot {
-                    slots: slots.clone(),
+                    line: line.clone(),
                     held: false,
                 },
             }),
         }
     }
 
-    /// Marks it checked out: it holds `permit`, of its pool's slots, and
-    /// counts in its node's load.
-    pub(super) fn lend(&mut self, permit: SemaphorePermit<'_>) {
+    /// Marks it checked out: it holds `slot`, of its pool's, and counts in
+    /// its node's load.
+    pub(super) fn lend(&mut self, slot: Taken<'_, PooledConn>) {
         debug_assert!(!self.held.slot.held);
-        permit.forget();
+        slot.forget();
         self.held.slot.held = true;
         if !std::mem::replace(&mut self.counted, true) {
             self.handle.add_load(1);
         }
     }
 
-    /// Frees its slot and its node's load count (it is back, or about to close).
-    pub(super) fn release(&mut self) {
-        self.held.slot.free();
+    /// Leaves its node's load count (it is back).
+    pub(super) fn uncount(&mut self) {
         if std::mem::take(&mut self.counted) {
             self.handle.add_load(-1);
         }
+    }
+
+    /// Hands its slot to the caller, who gives both back to the line under
+    /// one lock. (A connection that closes instead keeps its slot, and
+    /// gives it back itself once closed.)
+    pub(super) fn unhold(&mut self) {
+        let held = std::mem::take(&mut self.held.slot.held);
+        debug_assert!(held, "a checked-out connection holds a slot");
     }
 
     /// Records that it went idle at `now`.
