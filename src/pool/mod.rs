@@ -2,9 +2,9 @@
 //! bounds the connections to its size with slots (a checked-out connection
 //! holds one; waiting checkouts queue in [`line`]), keeps idle connections
 //! most-recently-used first, and closes them when idle or old for too long.
-//! Locks are std mutexes held for a push or pop, never across `.await`. The wire connection itself is
-//! [`crate::server::ServerConn`]; the pool wraps it in a [`PooledConn`] with
-//! its own bookkeeping.
+//! Locks are std mutexes held for a push or pop, never across `.await`.
+//! The wire connection itself is [`crate::server::ServerConn`]; the pool
+//! wraps it in a [`PooledConn`] with its own bookkeeping.
 
 mod hot;
 mod limit;
