@@ -643,7 +643,7 @@ struct Timer(Weak<Shared>);
 
 impl Timer {
     /// Ends the waits that are due; the time until the next one is.
-    fn expire(&mut self) -> Option<u64> {
+    fn expire(&self) -> Option<u64> {
         let s = self.0.upgrade()?;
         let timeout = s.hot.checkout_timeout_ns();
         let (woken, next) = lock(&s.line).expire(Tick::now(), timeout);

@@ -106,24 +106,21 @@ pub async fn values(c: &Client, table: &str) -> HashSet<i64> {
 /// old primary is cut off fails with 08007 (its outcome unknown), which a
 /// planned switchover never gives. `None` then, and the poll asks again.
 pub async fn try_port_of(c: &Client) -> Option<u16> {
-    let rows = c
-        .simple_query("SELECT current_setting('port')")
-        .await
-        .ok()?;
-    match rows.get(1)? {
-        SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
-        _ => None,
-    }
+    port_in(&c.simple_query(PORT).await.ok()?)
 }
 
 pub async fn port_of(c: &Client) -> u16 {
-    let rows = c
-        .simple_query("SELECT current_setting('port')")
-        .await
-        .unwrap();
-    match &rows[1] {
-        SimpleQueryMessage::Row(r) => r.get(0).unwrap().parse().unwrap(),
-        _ => panic!("no row"),
+    let rows = c.simple_query(PORT).await.unwrap();
+    port_in(&rows).expect("a row with the port")
+}
+
+const PORT: &str = "SELECT current_setting('port')";
+
+/// The port in [`PORT`]'s answer.
+fn port_in(rows: &[SimpleQueryMessage]) -> Option<u16> {
+    match rows.get(1)? {
+        SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+        _ => None,
     }
 }
 
