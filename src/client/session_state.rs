@@ -47,12 +47,14 @@ pub fn effects(sql: &[u8]) -> Effects {
     // that matters here: their first words decide, and the statements'
     // further words are not read.
     let mut words_matter = false;
-    for h in super::sql::first_words(text) {
-        match first_word(h.word(0)) {
-            First::Matters => words_matter = true,
-            First::Commits => out.commits = true,
-            First::Other => {}
-        }
+    let mut class = |word: &[u8]| match first_word(word) {
+        First::Matters => words_matter = true,
+        First::Commits => out.commits = true,
+        First::Other => {}
+    };
+    match super::sql::lone_first_word(text) {
+        Some(word) => class(word),
+        None => super::sql::first_words(text).for_each(|h| class(h.word(0))),
     }
     if sql.len() > SCAN {
         out.commits = super::lost::commits(sql);

@@ -42,15 +42,44 @@ pub fn first_words(sql: &[u8]) -> Statements<'_> {
     statements_keeping(sql, 1)
 }
 
-fn statements_keeping(sql: &[u8], keep: usize) -> Statements<'_> {
-    // Trailing `;`, blanks and the message's NUL end no statement that has
-    // words: without them, a query whose only `;` ends it is one statement,
-    // and its scan stops at its leading words (most queries: the hot path).
+/// The first word of `sql`'s one statement, when it plainly has one: no
+/// `;` before its trailing ones, and a bare word first. `None` when it is
+/// not that plain (a comment or a quote first, several statements, a `;`
+/// in a literal): then [`first_words`] says. Most queries are plain, and
+/// this reads them without the lexer's state.
+pub fn lone_first_word(sql: &[u8]) -> Option<&[u8]> {
+    let sql = trimmed(sql);
+    if memchr::memchr(b';', sql).is_some() {
+        return None;
+    }
+    let start = sql.iter().position(|c| !c.is_ascii_whitespace())?;
+    let rest = &sql[start..];
+    // `E'...'` is a literal, not the word `E`.
+    if !is_word_byte(rest[0]) || (rest[0] | 0x20 == b'e' && rest.get(1) == Some(&b'\'')) {
+        return None;
+    }
+    let len = rest
+        .iter()
+        .position(|&c| !is_word_byte(c))
+        .unwrap_or(rest.len());
+    Some(&rest[..len])
+}
+
+/// `sql` without its trailing `;`s, blanks and the message's NUL: they end
+/// no statement that has words.
+fn trimmed(sql: &[u8]) -> &[u8] {
     let end = sql
         .iter()
         .rposition(|&c| !(c == b';' || c == 0 || c.is_ascii_whitespace()))
         .map_or(0, |p| p + 1);
-    let sql = &sql[..end];
+    &sql[..end]
+}
+
+fn statements_keeping(sql: &[u8], keep: usize) -> Statements<'_> {
+    // Without its trailing terminators, a query whose only `;` ends it is
+    // one statement, and its scan stops at its leading words (most
+    // queries: the hot path).
+    let sql = trimmed(sql);
     Statements {
         sql,
         pos: 0,
@@ -312,6 +341,55 @@ mod tests {
             let all: Vec<&[u8]> = statements(sql.as_bytes()).map(|h| h.word(0)).collect();
             assert_eq!(firsts, all, "{sql}");
             assert!(first_words(sql.as_bytes()).all(|h| h.word(1).is_empty()));
+        }
+    }
+
+    /// Wherever the plain reading answers, it is the lexer's: one
+    /// statement, with that first word.
+    #[test]
+    fn a_lone_first_word_is_the_lexers_first_word() {
+        let plain = [
+            (
+                "SELECT abalance FROM pgbench_accounts WHERE aid = 7;",
+                "SELECT",
+            ),
+            ("  \n\tset x = 1 ;; \n\0", "set"),
+            ("commit", "commit"),
+            ("END", "END"),
+            ("e", "e"),
+            ("ex'y'", "ex"),
+            ("_x", "_x"),
+            ("\u{e9}t\u{e9}", "\u{e9}t\u{e9}"),
+        ];
+        for (sql, want) in plain {
+            assert_eq!(
+                lone_first_word(sql.as_bytes()),
+                Some(want.as_bytes()),
+                "{sql}"
+            );
+        }
+        let not_plain = [
+            "",
+            " ;\0",
+            "SELECT 1; SET x = 1",
+            "SELECT ';'",
+            "/* c */ SET x = 1",
+            "-- c\nSET x = 1",
+            "\"set\" x",
+            "E'x'",
+            "e'x'",
+            "(SELECT 1)",
+            "$$x$$",
+        ];
+        for sql in not_plain {
+            assert_eq!(lone_first_word(sql.as_bytes()), None, "{sql}");
+        }
+        let ragged = ["$", "E'", "\"", "/*", "--", "'", "x\u{80}", "a;b", "a b;"];
+        for sql in plain.iter().map(|(s, _)| *s).chain(not_plain).chain(ragged) {
+            if let Some(word) = lone_first_word(sql.as_bytes()) {
+                let firsts: Vec<&[u8]> = first_words(sql.as_bytes()).map(|h| h.word(0)).collect();
+                assert_eq!(firsts, vec![word], "{sql}");
+            }
         }
     }
 
