@@ -55,14 +55,20 @@ fn shard_of(i: usize) -> Shard {
 #[inline]
 pub fn add(counter: &AtomicU64, v: u64, shard: Shard) {
     if shard.owned {
-        // One writer: nobody else's add can fall between the two.
-        counter.store(
-            counter.load(Ordering::Relaxed).wrapping_add(v),
-            Ordering::Relaxed,
-        );
+        add_owned(counter, v);
     } else {
         counter.fetch_add(v, Ordering::Relaxed);
     }
+}
+
+/// [`add`] on a shard this thread owns.
+#[inline]
+pub fn add_owned(counter: &AtomicU64, v: u64) {
+    // One writer: nobody else's add can fall between the two.
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(v),
+        Ordering::Relaxed,
+    );
 }
 
 #[cfg(test)]
