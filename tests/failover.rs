@@ -1817,6 +1817,18 @@ async fn a_suspect_primary_gets_the_whole_timeout_to_answer_again() {
     let toml = config(&nodes_of(&cluster), "");
     let (_proxy, http) = Proxy::start_with_http(cluster.clone(), &toml).await;
     let direct = direct_client(primary.port()).await;
+    let state = |body: &str| {
+        serde_json::from_str::<serde_json::Value>(body).ok()?["nodes"][0]["state"]
+            .as_str()
+            .map(str::to_string)
+    };
+    // Up first: a node not yet probed is "unknown", which is not "up"
+    // either, and a stall of its first probe makes it no suspect.
+    eventually(10, "the primary up", || async {
+        let (_, body) = common::http_request(http, "GET", "/status").await;
+        state(&body).filter(|s| s == "up")
+    })
+    .await;
     let probe_sql = format!(
         "SELECT pid FROM pg_stat_activity WHERE usename = '{CLUSTER_USER}' \
          AND query LIKE '%FROM pg_is_in_recovery() AS r%' AND pid <> pg_backend_pid()"
@@ -1834,11 +1846,6 @@ async fn a_suspect_primary_gets_the_whole_timeout_to_answer_again() {
     let postmaster: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
     let stalled = Stopped::stop(probe);
     let logins = Stopped::stop(postmaster);
-    let state = |body: &str| {
-        serde_json::from_str::<serde_json::Value>(body).ok()?["nodes"][0]["state"]
-            .as_str()
-            .map(str::to_string)
-    };
     eventually(10, "the stalled primary suspect", || async {
         let (_, body) = common::http_request(http, "GET", "/status").await;
         state(&body).filter(|s| s != "up")
