@@ -183,12 +183,12 @@ async fn a_leader_cut_off_from_the_primary_holds_its_writes_and_nobody_fails_ove
     drop(etcd);
 }
 
-/// How many crashes the tie test runs (`SWITCHYARD_TIE_ROUNDS`, default 20).
+/// How many crashes the tie test runs (`SWITCHYARD_TIE_ROUNDS`, default 12).
 fn tie_rounds() -> usize {
     std::env::var("SWITCHYARD_TIE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20)
+        .unwrap_or(12)
 }
 
 /// Waits until every replica has replayed all the primary had inserted
