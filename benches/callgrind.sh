@@ -12,6 +12,10 @@
 #   bash benches/callgrind.sh [BINARY] [pgbench options]
 #   bash benches/callgrind.sh target/release/switchyard -S -M extended
 #
+# BINARY is started as `BINARY --config FILE`: the bare forwarder of
+# examples/bare_forwarder.rs (FORWARDER=tokio or epoll) is counted the same
+# way, as the floor under any relay (docs/benchmarks.md, sixteenth round).
+#
 # Only the runtime's thread is counted (--separate-threads=yes, thread 1):
 # server logins derive SCRAM keys on tokio's blocking pool, about 21.6 M
 # instructions each, and one inside a window would move the result by
