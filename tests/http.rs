@@ -260,6 +260,68 @@ async fn readyz_is_503_while_no_primary_is_routable() {
     common::wait_until(20, "ready again", || ready(200)).await;
 }
 
+/// Nodes whose health probes hang: both "servers" accept connections and
+/// never answer, so the first round of checks lasts the whole
+/// `health.timeout`. Meanwhile `/status` lists every configured node, as
+/// `unknown`, not nothing; and a shutdown ends at once, without waiting
+/// for the probes to time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_whose_probes_hang_are_listed_and_do_not_hold_up_shutdown() {
+    let mut silent = Vec::new();
+    let mut addrs = Vec::new();
+    for _ in 0..2 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        addrs.push(l.local_addr().unwrap().to_string());
+        // Accepts and keeps each connection, and never writes to it.
+        silent.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        }));
+    }
+    let toml = format!(
+        "{}\n[health]\ntimeout = \"60s\"\n[cluster]\nnodes = [\"{}\", \"{}\"]\n",
+        common::USERS,
+        addrs[0],
+        addrs[1]
+    );
+    let config = switchyard::config::load_str(&toml).unwrap();
+    let pg = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(switchyard::run_with_http(config, pg, Some(http), async {
+        let _ = stopped.await;
+    }));
+
+    let (code, status) = get(http_addr, "/status").await;
+    assert_eq!(code, 200, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let nodes = status["nodes"].as_array().expect("nodes");
+    let listed: Vec<(&str, &str, &str)> = nodes
+        .iter()
+        .map(|n| {
+            let field = |k: &str| n[k].as_str().unwrap_or_default();
+            (field("addr"), field("role"), field("state"))
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (addrs[0].as_str(), "unknown", "unknown"),
+            (addrs[1].as_str(), "unknown", "unknown")
+        ],
+        "{status}"
+    );
+    assert_eq!(get(http_addr, "/readyz").await.0, 503);
+
+    stop.send(()).unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    assert!(ended.is_ok(), "the shutdown waited for the hanging probes");
+    silent.iter().for_each(|t| t.abort());
+}
+
 /// With `[http] switchover_token` set, `POST /switchover` needs it from
 /// loopback too: without it or with a wrong one the answer is 401 and
 /// nothing moves; with it the request reaches the switchover (here refused

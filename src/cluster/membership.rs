@@ -38,7 +38,10 @@ impl Slot {
             incarnation: Mutex::new(Incarnation::new()),
             current: AtomicU64::new(0),
             load: AtomicUsize::new(0),
-            hardware: Mutex::new(hardware::Verdict::unknown("no hardware probe configured")),
+            hardware: Mutex::new(hardware::Verdict::unknown(match node.hardware {
+                Some(_) => "the hardware probe has not answered yet",
+                None => "no hardware probe configured",
+            })),
             probe_now: tokio::sync::Notify::new(),
             watched: AtomicBool::new(false),
         })

@@ -83,6 +83,23 @@ pub struct NodeStatus {
     pub patroni: Option<patroni::MemberStatus>,
 }
 
+impl NodeStatus {
+    /// A node no health check has answered yet. The configured nodes are
+    /// listed from the start, not from the end of the first round of
+    /// checks, which a probe that hangs holds up for `health.timeout`.
+    fn unprobed(node: &Node, hardware: hardware::Verdict) -> NodeStatus {
+        NodeStatus {
+            name: node.name.clone(),
+            addr: node.addr.clone(),
+            role: "unknown",
+            state: "unknown",
+            hardware: hardware.status.as_str(),
+            hardware_reasons: hardware.reasons,
+            ..NodeStatus::default()
+        }
+    }
+}
+
 /// Where one server connection should go.
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -260,7 +277,12 @@ pub enum ClusterError {
 impl Cluster {
     /// A cluster over `nodes`; nothing is routable until the monitor's first checks.
     pub fn new(nodes: Vec<Node>, events: Arc<Events>) -> Cluster {
-        let slots = nodes.iter().map(membership::Slot::new).collect();
+        let slots: Vec<_> = nodes.iter().map(membership::Slot::new).collect();
+        let status = nodes
+            .iter()
+            .zip(&slots)
+            .map(|(n, s)| NodeStatus::unprobed(n, lock(&s.hardware).clone()))
+            .collect();
         Cluster {
             nodes: ArcSwap::from_pointee(nodes),
             slots: ArcSwap::from_pointee(slots),
@@ -268,7 +290,7 @@ impl Cluster {
                 snap: Arc::default(),
                 slots: Arc::default(),
             }),
-            status: ArcSwap::from_pointee(Vec::new()),
+            status: ArcSwap::from_pointee(status),
             changed: watch::channel(0).0,
             nudge: Notify::new(),
             readmits: Mutex::new(vec![]),

@@ -85,7 +85,12 @@ pub async fn run(cluster: Arc<Cluster>, live: Arc<ArcSwap<Config>>, shutdown: Ca
         );
         super::hardware::watch::spawn_new(&cluster, &shutdown);
         hardware.pace(&cluster, &config, &state);
-        probe_all(&cluster, &config, &mut tracks, &state, &mut failing_since).await;
+        // Probes only read, so a shutdown cuts them short: a node that
+        // stopped answering must not hold the exit up for `health.timeout`.
+        tokio::select! {
+            _ = probe_all(&cluster, &config, &mut tracks, &state, &mut failing_since) => {}
+            _ = shutdown.cancelled() => return,
+        }
         if !fences_known {
             let waited = started.elapsed() > config.coordination.lease_ttl;
             fences_known = fences::restore(&cluster, coord.as_ref(), waited);
