@@ -50,7 +50,9 @@ proxy_port=${PROXY_PORT:-56432}
 
 dir=$(mktemp -d /tmp/switchyard-callgrind.XXXXXX)
 cleanup() {
-    [ -n "${vg:-}" ] && kill "$vg" 2>/dev/null && wait "$vg" 2>/dev/null
+    # A binary that dies of the TERM (the bare forwarder) ends the wait
+    # with a failure, which must not skip the rest of the cleanup.
+    if [ -n "${vg:-}" ] && kill "$vg" 2>/dev/null; then wait "$vg" 2>/dev/null || true; fi
     scratch_pg_stop "$dir"
     if [ -n "${KEEP:-}" ]; then echo "kept: $dir"; else rm -rf "$dir"; fi
 }
