@@ -67,8 +67,8 @@ default_pool_size = 20
 logfile = $dir/pgbouncer.log
 pidfile = $dir/pgbouncer.pid
 INI
-[ "$(id -u)" = 0 ] && chown postgres "$dir/pgbouncer.ini" "$dir/userlist.txt"
 if [ "$(id -u)" = 0 ]; then
+    chown postgres "$dir/pgbouncer.ini" "$dir/userlist.txt"
     setsid runuser -u postgres -- "$pgbouncer" "$dir/pgbouncer.ini" >/dev/null 2>&1 &
 else
     setsid "$pgbouncer" "$dir/pgbouncer.ini" >/dev/null 2>&1 &
@@ -109,7 +109,7 @@ echo
 echo "medians over $rounds rounds: TPS, CPU µs per transaction (all / user space);"
 echo "then paired with PgBouncer's run of the same round (geometric means)"
 awk -v rounds="$rounds" '
-    { tps[$1, $2] = $3; cpu[$1, $2] = $4; usr[$1, $2] = $5; seen[$2] = 1 }
+    { tps[$1, $2] = $3; cpu[$1, $2] = $4; usr[$1, $2] = $5 }
     function median(a, m,   v, n, i, j, t) {
         n = 0
         for (i = 1; i <= rounds; i++) v[++n] = a[i, m]
